@@ -1,0 +1,268 @@
+"""The shared engine: target handling, chunking, and passes shared between techniques."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import registry
+from .hooks import LayerError, capture, guided, prepared, resolve_layer
+from .layers import default_layer
+
+#: ImageNet normalization, the default for every torchvision classifier.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: How many images (or noisy samples, IG steps, Score-CAM masks) go through the model at once.
+DEFAULT_BATCH_SIZE = 16
+
+LayerArg = str | Sequence[str] | Mapping[str, str | Sequence[str]] | None
+
+
+@dataclass
+class Pass:
+    """One forward + backward: logits, gradient w.r.t. the input, activations and their gradients."""
+
+    logits: Tensor
+    input_grad: Tensor | None
+    acts: dict[str, Tensor]
+    grads: dict[str, Tensor]
+
+
+@dataclass
+class Context:
+    """What a technique sees for one chunk of images: the model, inputs, targets, shared passes.
+
+    Techniques call :meth:`backward` (memoized per backward mode, so every technique in an
+    ``attribute_many`` call shares one forward/backward), :meth:`forward` (activations only,
+    no graph), :meth:`input_grad` (gradients for arbitrary batches, chunked) and :meth:`run`
+    (another technique's result on the same chunk, memoized).
+    """
+
+    model: nn.Module
+    x: Tensor
+    target: Tensor
+    layers: tuple[str, ...] = ()
+    batch_size: int = DEFAULT_BATCH_SIZE
+    need_input_grad: bool = True
+    _passes: dict[str, Pass] = field(default_factory=dict)
+    _results: dict[Any, Tensor] = field(default_factory=dict)
+
+    # -- shared passes ----------------------------------------------------------------------
+    def backward(self, mode: str = "plain") -> Pass:
+        """Forward with every requested layer captured, then one ``autograd.grad`` of the
+        target logits w.r.t. the input (when some technique needs it) and those layers."""
+        if mode not in self._passes:
+            x = self.x.detach().requires_grad_(self.need_input_grad or mode != "plain")
+            with torch.enable_grad(), guided(self.model, mode), capture(self.model, self.layers) as acts:
+                logits = _logits(self.model, x)
+                score = logits.gather(1, self.target[:, None]).sum()
+                wrt = ([x] if x.requires_grad else []) + [acts[n] for n in self.layers]
+                grads = torch.autograd.grad(score, wrt, allow_unused=True) if wrt else ()
+            input_grad = grads[0] if x.requires_grad else None
+            layer_grads = dict(zip(self.layers, grads[1 if x.requires_grad else 0:]))
+            for name, g in layer_grads.items():
+                if g is None:
+                    raise LayerError(f"layer {name!r} does not influence the model's output")
+            self._passes[mode] = Pass(
+                logits.detach(), None if input_grad is None else input_grad.detach(),
+                {k: v.detach() for k, v in acts.items()}, {k: v.detach() for k, v in layer_grads.items()},
+            )
+        return self._passes[mode]
+
+    def forward(self) -> Pass:
+        """Logits and activations of every requested layer, without building a graph."""
+        for p in self._passes.values():
+            return p  # a backward pass's forward half serves as well
+        if "forward" not in self._passes:
+            with torch.inference_mode(), capture(self.model, self.layers) as acts:
+                logits = _logits(self.model, self.x)
+            self._passes["forward"] = Pass(logits.clone(), None, {k: v.clone() for k, v in acts.items()}, {})
+        return self._passes["forward"]
+
+    def input_grad(self, x: Tensor, target: Tensor, mode: str = "plain") -> Tensor:
+        """d logit[target] / d x for an arbitrary batch (noisy samples, IG path points), chunked."""
+        out = []
+        for xs, ts in zip(x.split(self.batch_size), target.split(self.batch_size)):
+            xs = xs.detach().requires_grad_(True)
+            with torch.enable_grad(), guided(self.model, mode):
+                score = _logits(self.model, xs).gather(1, ts[:, None]).sum()
+                (g,) = torch.autograd.grad(score, xs)
+            out.append(g.detach())
+        return torch.cat(out)
+
+    def run(self, name: str, layer: Any = None, **params: Any) -> Tensor:
+        """Another technique's map on this chunk (memoized), at the layer's own resolution."""
+        tech = registry.get(name)
+        resolved = registry.resolve_params(tech, params)
+        key = (name, _freeze(layer), _freeze(resolved))
+        if key not in self._results:
+            kwargs = dict(resolved)
+            if tech.layer != "none":
+                kwargs["layer"] = layer
+            self._results[key] = tech.fn(self, **kwargs)
+        return self._results[key]
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, Tensor):
+        return ("tensor", id(value))
+    return value
+
+
+def _logits(model: nn.Module, x: Tensor) -> Tensor:
+    out = model(x)
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"the model must return logits of shape (N, classes); it returned {shape}")
+    return out
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for parameter-free models)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def resolve_targets(model: nn.Module, x: Tensor, target: int | Sequence[int] | Tensor | None,
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> Tensor:
+    """One class index per image: an int for all, a sequence of exactly N, or None for top-1."""
+    n = x.shape[0]
+    if target is None:
+        with torch.no_grad():
+            return torch.cat([_logits(model, xs).argmax(1) for xs in x.split(batch_size)])
+    if isinstance(target, Tensor):
+        target = target.flatten().tolist() if target.dim() else int(target)
+    if isinstance(target, (int,)) and not isinstance(target, bool):
+        t = [int(target)] * n
+    elif isinstance(target, Sequence) and not isinstance(target, str):
+        t = [int(v) for v in target]
+        if len(t) != n:
+            raise ValueError(f"target has {len(t)} entries for {n} images; give one per image or a single int")
+    else:
+        raise TypeError(f"target must be an int, a sequence of ints or None, not {type(target).__name__}")
+    return torch.tensor(t, dtype=torch.long, device=x.device)
+
+
+def _check_inputs(inputs: Tensor) -> None:
+    if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
+        desc = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise ValueError(f"inputs must be a float tensor of shape (N, C, H, W), got {desc}")
+
+
+def _layers_for(tech: registry.Technique, layer: LayerArg, model: nn.Module,
+                x: Tensor, cache: dict[str, str]) -> str | tuple[str, ...] | None:
+    if isinstance(layer, Mapping):
+        layer = layer.get(tech.name)
+    if tech.layer == "none":
+        return None
+    if layer is None:
+        if tech.layer == "optional":
+            return None
+        if "default" not in cache:
+            cache["default"] = default_layer(model, x[:1])
+        layer = cache["default"]
+    names = (layer,) if isinstance(layer, str) else tuple(layer)
+    if not names:
+        raise LayerError(f"{tech.name}: no layer given")
+    if tech.layer in ("one", "optional") and len(names) != 1:
+        raise LayerError(f"{tech.name} takes one layer, got {list(names)}")
+    return names if tech.layer == "many" else names[0]
+
+
+def attribute_many(
+    model: nn.Module,
+    inputs: Tensor,
+    techniques: Sequence[str],
+    target: int | Sequence[int] | Tensor | None,
+    layer: LayerArg = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict[str, Tensor]:
+    """Maps for several techniques, sharing the forward/backward passes they have in common.
+
+    ``layer`` is one dotted module name, a list (multi-layer techniques) or a mapping
+    technique -> layer; ``params`` maps technique -> parameters. Returns ``{technique: maps}``
+    with raw float32 CPU maps, (N,3,H,W) or (N,1,H,W) upsampled bilinearly to the input size.
+    """
+    _check_inputs(inputs)
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    params = dict(params or {})
+    unknown = set(params) - set(techniques)
+    if unknown:
+        raise registry.TechniqueError(f"params given for techniques not requested: {sorted(unknown)}")
+    techs = [registry.get(t) for t in techniques]
+    resolved = {t.name: registry.resolve_params(t, params.get(t.name)) for t in techs}
+    device = model_device(model)
+    x = inputs.detach().to(device)
+    out: dict[str, list[Tensor]] = {t.name: [] for t in techs}
+    with prepared(model):
+        default_cache: dict[str, str] = {}
+        layer_of = {t.name: _layers_for(t, layer, model, x, default_cache) for t in techs}
+        all_layers = tuple(dict.fromkeys(
+            n for lay in layer_of.values() for n in ((lay,) if isinstance(lay, str) else lay or ())))
+        for n in all_layers:
+            resolve_layer(model, n)
+        targets = resolve_targets(model, x, target, batch_size)
+        need_input = any(t.name not in _LAYER_ONLY for t in techs)
+        for xs, ts in zip(x.split(batch_size), targets.split(batch_size)):
+            ctx = Context(model, xs, ts, all_layers, batch_size, need_input)
+            for t in techs:
+                m = ctx.run(t.name, layer_of[t.name], **resolved[t.name])
+                out[t.name].append(_finish(m, xs))
+    return {name: torch.cat(maps) for name, maps in out.items()}
+
+
+#: Techniques that need gradients at layers only, so their backward can stop at the layer.
+_LAYER_ONLY = {"gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam"}
+
+
+def _finish(m: Tensor, x: Tensor) -> Tensor:
+    if m.shape[-2:] != x.shape[-2:]:
+        m = F.interpolate(m.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return m.detach().float().cpu()
+
+
+def attribute(
+    model: nn.Module,
+    inputs: Tensor,
+    technique: str,
+    target: int | Sequence[int] | Tensor | None,
+    layer: str | Sequence[str] | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    **params: Any,
+) -> Tensor:
+    """Raw attribution maps of one technique for a batch of normalized images.
+
+    Args:
+        model: any classifier returning logits (N, classes).
+        inputs: float tensor (N, 3, H, W), already normalized.
+        technique: a registry name (see :func:`techniques`).
+        target: a class index for all images, one per image, or None for each image's top-1.
+        layer: dotted module name (a list for multi-layer techniques); default: the model's
+            last convolutional block, found by a probe forward.
+        batch_size: images, samples, steps or masks per forward pass.
+        **params: the technique's parameters.
+
+    Returns:
+        float32 CPU tensor (N,3,H,W) for input-space techniques, (N,1,H,W) for CAM-style maps.
+    """
+    return attribute_many(model, inputs, [technique], target, layer, {technique: params},
+                          batch_size=batch_size)[technique]
+
+
+def techniques() -> list[dict[str, Any]]:
+    """Every registered technique with its parameters, defaults, output kind and paper."""
+    return [registry.get(n).describe() for n in registry.names()]
+

@@ -1,0 +1,120 @@
+"""Every temporary change to a model lives here, each in a try/finally context manager."""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .registry import suggest
+
+#: Activation modules that guided backprop and deconvnet guide. Functional activations
+#: (``F.relu`` called inside ``forward``) are invisible to module hooks and cannot be guided.
+RELU_FAMILY: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.Hardtanh, nn.RReLU)
+
+
+class LayerError(ValueError):
+    """A layer name that the model does not have, or a layer unusable for a technique."""
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` in ``model.named_modules()``, with suggestions if absent."""
+    modules = dict(model.named_modules())
+    if not isinstance(name, str) or name not in modules or name == "":
+        options = [n for n in modules if n]
+        raise LayerError(f"unknown layer {name!r}{suggest(str(name), options)}")
+    return modules[name]
+
+
+@contextmanager
+def prepared(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode, frozen parameters and no in-place activations; all restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    try:
+        model.eval()
+        for p, _ in grads:
+            p.requires_grad_(False)
+        for m in inplace:
+            m.inplace = False
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in grads:
+            p.requires_grad_(flag)
+        for m in inplace:
+            m.inplace = True
+
+
+@contextmanager
+def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+    """Record the output of each named module on every forward (the last call wins).
+
+    The module's output is replaced by a clone, so in-place operations that follow it in the
+    forward pass (``out += identity``) cannot change the recorded tensor.
+    """
+    store: dict[str, Tensor] = {}
+    with ExitStack() as stack:
+        for name in dict.fromkeys(names):
+            module = resolve_layer(model, name)
+
+            def hook(_m: nn.Module, _inp: object, out: object, name: str = name) -> Tensor:
+                if not isinstance(out, Tensor):
+                    raise LayerError(f"layer {name!r} returns {type(out).__name__}, not a tensor")
+                store[name] = out
+                return out.clone()
+
+            stack.callback(module.register_forward_hook(hook).remove)
+        yield store
+
+
+class _Deconv(torch.autograd.Function):
+    """Forward: the activation's output. Backward: the incoming gradient clamped at 0,
+    passed straight to the activation's input (the deconvnet rule, Zeiler & Fergus)."""
+
+    @staticmethod
+    def forward(ctx: object, inp: Tensor, out: Tensor) -> Tensor:  # noqa: ARG004
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None]:
+        return grad.clamp(min=0), None
+
+
+@contextmanager
+def guided(model: nn.Module, mode: str) -> Iterator[None]:
+    """Change the backward pass of every ReLU-family module for ``mode``.
+
+    ``"guided"``: the activation's own derivative times the positive part of the incoming
+    gradient (Springenberg et al.). ``"deconv"``: the positive part only. ``"plain"``: nothing.
+    """
+    if mode == "plain":
+        yield
+        return
+    if mode not in ("guided", "deconv"):
+        raise ValueError(f"unknown backward mode {mode!r}")
+
+    def hook(_m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
+        if not out.requires_grad:
+            return None
+        if mode == "deconv":
+            return _Deconv.apply(inputs[0], out)
+        out = out.clone()
+        out.register_hook(lambda g: g.clamp(min=0))
+        return out
+
+    with ExitStack() as stack:
+        for m in model.modules():
+            if isinstance(m, RELU_FAMILY):
+                stack.callback(m.register_forward_hook(hook).remove)
+        yield
+
+
+def hook_count(model: nn.Module) -> int:
+    """How many module hooks are registered anywhere in ``model`` (0 after every galleryvis call)."""
+    attrs = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+             "_forward_hooks_with_kwargs", "_state_dict_hooks", "_load_state_dict_pre_hooks")
+    return sum(len(getattr(m, a, {}) or {}) for m in model.modules() for a in attrs)

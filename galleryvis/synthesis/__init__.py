@@ -1,0 +1,1 @@
+"""Feature visualization (being written)."""

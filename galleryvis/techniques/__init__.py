@@ -1,0 +1,2 @@
+"""Every technique module is imported here, once, so the registry is complete on import."""
+from . import cam, gradients, lrp  # noqa: F401

@@ -1,0 +1,141 @@
+"""Class activation maps: Grad-CAM and its variants, Score-CAM, Eigen-CAM, guided Grad-CAM.
+
+Each returns (N, 1, h, w) at the layer's resolution; the engine upsamples bilinearly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..engine import Context
+from ..hooks import LayerError
+from ..registry import technique
+
+
+def _layer(ctx: Context, layer: str, mode: str = "plain") -> tuple[Tensor, Tensor]:
+    p = ctx.backward(mode)
+    a, g = p.acts[layer], p.grads[layer]
+    if a.dim() != 4:
+        raise LayerError(f"layer {layer!r} outputs shape {tuple(a.shape)}; CAMs need a 4-D (N,C,H,W) output")
+    return a, g
+
+
+def _weighted(acts: Tensor, weights: Tensor) -> Tensor:
+    """ReLU of the channel sum of weights * activations, the sum starting from zeros (paper)."""
+    return F.relu((weights * acts).sum(1, keepdim=True))
+
+
+@technique("gradcam", output="cam", layer="one",
+           paper="Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391",
+           summary="Activations weighted by their spatially averaged gradients.")
+def gradcam(ctx: Context, *, layer: str) -> Tensor:
+    """ReLU(sum_k mean(dy/dA_k) A_k)."""
+    a, g = _layer(ctx, layer)
+    return _weighted(a, g.mean((2, 3), keepdim=True))
+
+
+@technique("gradcam_pp", output="cam", layer="one",
+           paper="Chattopadhyay et al. 2018, https://arxiv.org/abs/1710.11063",
+           summary="Grad-CAM with pixel-wise weights from higher-order gradient terms (exponential score).")
+def gradcam_pp(ctx: Context, *, layer: str) -> Tensor:
+    """Weights sum_ij alpha_ij ReLU(g_ij), alpha from the closed form for an exponential score."""
+    a, g = _layer(ctx, layer)
+    g2, g3 = g.pow(2), g.pow(3)
+    denom = 2 * g2 + a.sum((2, 3), keepdim=True) * g3
+    alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
+    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+    return _weighted(a, (alpha * F.relu(g)).sum((2, 3), keepdim=True))
+
+
+@technique("xgradcam", output="cam", layer="one",
+           paper="Fu et al. 2020, https://arxiv.org/abs/2008.02312",
+           summary="Grad-CAM with gradients weighted by normalized activations (axiom-based).")
+def xgradcam(ctx: Context, *, layer: str) -> Tensor:
+    """Weights sum_ij g_ij A_ij / (sum_ij A_ij + eps)."""
+    a, g = _layer(ctx, layer)
+    w = (g * a).sum((2, 3), keepdim=True) / (a.sum((2, 3), keepdim=True) + 1e-7)
+    return _weighted(a, w)
+
+
+@technique("hirescam", output="cam", layer="one",
+           paper="Draelos & Carin 2020, https://arxiv.org/abs/2011.08891",
+           summary="Element-wise gradient times activation, summed over channels (no averaging).")
+def hirescam(ctx: Context, *, layer: str) -> Tensor:
+    """ReLU(sum_k g_k * A_k)."""
+    a, g = _layer(ctx, layer)
+    return F.relu((g * a).sum(1, keepdim=True))
+
+
+@technique("layercam", output="cam", layer="many",
+           paper="Jiang et al. 2021, http://mmcheng.net/mftp/Papers/21TIP_LayerCAM.pdf",
+           summary="Activations weighted by their positive gradients, element-wise; several layers fused.")
+def layercam(ctx: Context, *, layer: tuple[str, ...]) -> Tensor:
+    """ReLU(sum_k ReLU(g_k) * A_k) per layer. With several layers each map is upsampled to the
+    input size, divided by its maximum and the maps are averaged (pytorch-grad-cam's fusion)."""
+    maps = []
+    for name in layer:
+        a, g = _layer(ctx, name)
+        maps.append(F.relu((F.relu(g) * a).sum(1, keepdim=True)))
+    if len(maps) == 1:
+        return maps[0]
+    size = ctx.x.shape[-2:]
+    ups = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
+    return torch.stack([u / u.amax((1, 2, 3), keepdim=True).clamp_min(1e-12) for u in ups]).mean(0)
+
+
+@technique("eigencam", output="cam", layer="one",
+           paper="Muhammad & Yeasin 2020, https://arxiv.org/abs/2008.00299",
+           summary="Projection of the activations on their first principal component (no gradients, class-agnostic).")
+def eigencam(ctx: Context, *, layer: str) -> Tensor:
+    """First right-singular vector of the centred (HW x C) activation matrix, sign chosen so the
+    map correlates positively with the channel-summed activations, then ReLU."""
+    a = ctx.forward().acts[layer]
+    if a.dim() != 4:
+        raise LayerError(f"layer {layer!r} outputs shape {tuple(a.shape)}; CAMs need a 4-D (N,C,H,W) output")
+    n, c, h, w = a.shape
+    flat = a.permute(0, 2, 3, 1).reshape(n, h * w, c).float()
+    centred = flat - flat.mean(1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    proj = (centred @ vh[:, 0, :, None]).reshape(n, 1, h, w)
+    ref = a.sum(1, keepdim=True)
+    sign = torch.sign(((proj - proj.mean((2, 3), keepdim=True)) * (ref - ref.mean((2, 3), keepdim=True))).sum((1, 2, 3)))
+    return F.relu(proj * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None, None, None])
+
+
+@technique("scorecam", output="cam", layer="one", choices={"weighting": ("paper", "gradcam")},
+           paper="Wang et al. 2020, https://arxiv.org/abs/1910.01279",
+           summary="Activations weighted by the target's softmax probability when each activation map masks the input.")
+def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
+    """For each channel: upsample, min-max normalize, mask the input, read the softmax
+    probability of the target; those probabilities weight the channels (ReLU of the sum).
+    Constant channels are skipped (weight 0), as the official code does. ``weighting="gradcam"``
+    reproduces pytorch-grad-cam: softmax of the raw target logits across channels."""
+    acts = ctx.forward().acts[layer]
+    if acts.dim() != 4:
+        raise LayerError(f"layer {layer!r} outputs shape {tuple(acts.shape)}; CAMs need a 4-D (N,C,H,W) output")
+    size = ctx.x.shape[-2:]
+    weights = torch.zeros(acts.shape[:2], device=acts.device)
+    with torch.inference_mode():
+        for i, (xi, ti) in enumerate(zip(ctx.x, ctx.target)):
+            lo, hi = acts[i].amin((1, 2)), acts[i].amax((1, 2))
+            live = (hi > lo).nonzero().flatten()
+            for chunk in live.split(ctx.batch_size):
+                up = F.interpolate(acts[i, chunk, None], size=size, mode="bilinear", align_corners=False)
+                lo_c = up.amin((2, 3), keepdim=True)
+                mask = (up - lo_c) / (up.amax((2, 3), keepdim=True) - lo_c).clamp_min(1e-12)
+                logits = ctx.model(xi[None] * mask)
+                score = logits[:, ti] if weighting == "gradcam" else logits.softmax(1)[:, ti]
+                weights[i, chunk] = score.float()
+            if weighting == "gradcam":
+                weights[i] = torch.where(hi > lo, weights[i], torch.full_like(weights[i], -torch.inf)).softmax(0)
+    return _weighted(acts, weights[:, :, None, None].to(acts.dtype))
+
+
+@technique("guided_gradcam", output="input", layer="one", signed=True,
+           paper="Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391",
+           summary="Guided backprop multiplied element-wise by the upsampled Grad-CAM.")
+def guided_gradcam(ctx: Context, *, layer: str) -> Tensor:
+    """guided_backprop * upsample(gradcam), sharing both techniques' passes."""
+    cam = F.interpolate(ctx.run("gradcam", layer), size=ctx.x.shape[-2:], mode="bilinear", align_corners=False)
+    return ctx.run("guided_backprop") * cam

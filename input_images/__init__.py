@@ -1,0 +1,1 @@
+"""The default gallery's photos, shipped as package data."""
