@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -59,8 +61,13 @@ class Context:
             x = self.x.detach().requires_grad_(self.need_input_grad or mode != "plain")
             with torch.enable_grad(), guided(self.model, mode), capture(self.model, self.layers) as acts:
                 logits = _logits(self.model, x)
-                score = logits.gather(1, self.target[:, None]).sum()
+                score = _score(logits, self.target)
+                missing = [n for n in self.layers if n not in acts]
+                if missing:
+                    raise LayerError(f"layers {missing} were not called in the forward pass")
                 wrt = ([x] if x.requires_grad else []) + [acts[n] for n in self.layers]
+                if wrt and not score.requires_grad:
+                    raise LayerError(f"layers {list(self.layers)} do not influence the model's output")
                 grads = torch.autograd.grad(score, wrt, allow_unused=True) if wrt else ()
             input_grad = grads[0] if x.requires_grad else None
             layer_grads = dict(zip(self.layers, grads[1 if x.requires_grad else 0:]))
@@ -89,7 +96,7 @@ class Context:
         for xs, ts in zip(x.split(self.batch_size), target.split(self.batch_size)):
             xs = xs.detach().requires_grad_(True)
             with torch.enable_grad(), guided(self.model, mode):
-                score = _logits(self.model, xs).gather(1, ts[:, None]).sum()
+                score = _score(_logits(self.model, xs), ts)
                 (g,) = torch.autograd.grad(score, xs)
             out.append(g.detach())
         return torch.cat(out)
@@ -125,6 +132,13 @@ def _logits(model: nn.Module, x: Tensor) -> Tensor:
     return out
 
 
+def _score(logits: Tensor, target: Tensor) -> Tensor:
+    """Sum over the batch of each image's target logit; out-of-range targets raise ValueError."""
+    if int(target.min()) < 0 or int(target.max()) >= logits.shape[1]:
+        raise ValueError(f"target {target.tolist()} out of range for {logits.shape[1]} classes")
+    return logits.gather(1, target[:, None]).sum()
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for parameter-free models)."""
     for t in list(model.parameters()) + list(model.buffers()):
@@ -139,11 +153,14 @@ def resolve_targets(model: nn.Module, x: Tensor, target: int | Sequence[int] | T
     if target is None:
         with torch.no_grad():
             return torch.cat([_logits(model, xs).argmax(1) for xs in x.split(batch_size)])
-    if isinstance(target, Tensor):
-        target = target.flatten().tolist() if target.dim() else int(target)
-    if isinstance(target, (int,)) and not isinstance(target, bool):
+    if isinstance(target, (Tensor, np.ndarray)):
+        target = torch.as_tensor(target)
+        target = target.flatten().tolist() if target.dim() else target.item()
+    if isinstance(target, Integral) and not isinstance(target, bool):
         t = [int(target)] * n
     elif isinstance(target, Sequence) and not isinstance(target, str):
+        if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in target):
+            raise TypeError(f"target must hold class indices (ints), got {list(target)!r}")
         t = [int(v) for v in target]
         if len(t) != n:
             raise ValueError(f"target has {len(t)} entries for {n} images; give one per image or a single int")

@@ -54,7 +54,9 @@ def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor
     """Record the output of each named module on every forward (the last call wins).
 
     The module's output is replaced by a clone, so in-place operations that follow it in the
-    forward pass (``out += identity``) cannot change the recorded tensor.
+    forward pass (``out += identity``) cannot change the recorded tensor. Under grad mode, an
+    output that does not require grad (input and parameters frozen) becomes a leaf that does,
+    so the backward starts there: gradients reach the captured layers and stop at the first.
     """
     store: dict[str, Tensor] = {}
     with ExitStack() as stack:
@@ -64,6 +66,8 @@ def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor
             def hook(_m: nn.Module, _inp: object, out: object, name: str = name) -> Tensor:
                 if not isinstance(out, Tensor):
                     raise LayerError(f"layer {name!r} returns {type(out).__name__}, not a tensor")
+                if torch.is_grad_enabled() and out.is_floating_point() and not out.requires_grad:
+                    out = out.detach().requires_grad_(True)
                 store[name] = out
                 return out.clone()
 

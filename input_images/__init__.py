@@ -1,1 +1,1 @@
-"""The default gallery's photos, shipped as package data."""
+"""Bundled default input photos (from scikit-image's data set); see ATTRIBUTION.md."""

@@ -72,7 +72,7 @@ def hirescam(ctx: Context, *, layer: str) -> Tensor:
            summary="Activations weighted by their positive gradients, element-wise; several layers fused.")
 def layercam(ctx: Context, *, layer: tuple[str, ...]) -> Tensor:
     """ReLU(sum_k ReLU(g_k) * A_k) per layer. With several layers each map is upsampled to the
-    input size, divided by its maximum and the maps are averaged (pytorch-grad-cam's fusion)."""
+    input size, min-max normalized and the maps are averaged (pytorch-grad-cam's fusion)."""
     maps = []
     for name in layer:
         a, g = _layer(ctx, name)
@@ -81,7 +81,13 @@ def layercam(ctx: Context, *, layer: tuple[str, ...]) -> Tensor:
         return maps[0]
     size = ctx.x.shape[-2:]
     ups = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
-    return torch.stack([u / u.amax((1, 2, 3), keepdim=True).clamp_min(1e-12) for u in ups]).mean(0)
+    return torch.stack([_minmax(u) for u in ups]).mean(0)
+
+
+def _minmax(m: Tensor) -> Tensor:
+    """Each map scaled to [0, 1]."""
+    lo = m.amin((1, 2, 3), keepdim=True)
+    return (m - lo) / (m.amax((1, 2, 3), keepdim=True) - lo).clamp_min(1e-12)
 
 
 @technique("eigencam", output="cam", layer="one",
@@ -110,25 +116,25 @@ def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
     """For each channel: upsample, min-max normalize, mask the input, read the softmax
     probability of the target; those probabilities weight the channels (ReLU of the sum).
     Constant channels are skipped (weight 0), as the official code does. ``weighting="gradcam"``
-    reproduces pytorch-grad-cam: softmax of the raw target logits across channels."""
+    reproduces pytorch-grad-cam: corner-aligned upsampling, every channel, and a softmax of the
+    raw target logits across channels. Masks are built ``batch_size`` at a time, never all."""
     acts = ctx.forward().acts[layer]
     if acts.dim() != 4:
         raise LayerError(f"layer {layer!r} outputs shape {tuple(acts.shape)}; CAMs need a 4-D (N,C,H,W) output")
+    paper = weighting == "paper"
     size = ctx.x.shape[-2:]
     weights = torch.zeros(acts.shape[:2], device=acts.device)
     with torch.inference_mode():
         for i, (xi, ti) in enumerate(zip(ctx.x, ctx.target)):
-            lo, hi = acts[i].amin((1, 2)), acts[i].amax((1, 2))
-            live = (hi > lo).nonzero().flatten()
-            for chunk in live.split(ctx.batch_size):
-                up = F.interpolate(acts[i, chunk, None], size=size, mode="bilinear", align_corners=False)
-                lo_c = up.amin((2, 3), keepdim=True)
-                mask = (up - lo_c) / (up.amax((2, 3), keepdim=True) - lo_c).clamp_min(1e-12)
+            live = (acts[i].amax((1, 2)) > acts[i].amin((1, 2))) if paper else torch.ones_like(weights[i], dtype=torch.bool)
+            for chunk in live.nonzero().flatten().split(ctx.batch_size):
+                up = F.interpolate(acts[i, chunk, None], size=size, mode="bilinear", align_corners=not paper)
+                lo = up.amin((2, 3), keepdim=True)
+                mask = (up - lo) / (up.amax((2, 3), keepdim=True) - lo).clamp_min(1e-8)
                 logits = ctx.model(xi[None] * mask)
-                score = logits[:, ti] if weighting == "gradcam" else logits.softmax(1)[:, ti]
-                weights[i, chunk] = score.float()
-            if weighting == "gradcam":
-                weights[i] = torch.where(hi > lo, weights[i], torch.full_like(weights[i], -torch.inf)).softmax(0)
+                weights[i, chunk] = (logits.softmax(1)[:, ti] if paper else logits[:, ti]).float()
+            if not paper:
+                weights[i] = weights[i].softmax(0)
     return _weighted(acts, weights[:, :, None, None].to(acts.dtype))
 
 

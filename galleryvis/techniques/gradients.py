@@ -52,13 +52,15 @@ def grad_x_image(ctx: Context, *, base: str = "vanilla") -> Tensor:
 def smoothgrad(ctx: Context, *, samples: int = 50, sigma: float = 0.15, base: str = "vanilla",
                variant: str = "mean", seed: int = 0) -> Tensor:
     """Average (``mean``), mean square (``squared``) or variance (``vargrad``) of ``samples``
-    gradients at x + N(0, sigma^2), sigma a fraction of each image's (max - min) as in the paper."""
+    gradients at x + N(0, sigma^2), sigma a fraction of each image's (max - min) as in the paper.
+    Each image draws its noise from a CPU generator seeded with ``seed``, so an image's map does
+    not depend on the batch it comes in."""
     if samples < 1 or sigma < 0:
         raise ValueError("smoothgrad: samples must be >= 1 and sigma >= 0")
     mode = "guided" if base == "guided_backprop" else "plain"
-    gen = torch.Generator().manual_seed(seed)
     out = []
     for xi, ti in zip(ctx.x, ctx.target):
+        gen = torch.Generator().manual_seed(seed)
         std = sigma * float(xi.max() - xi.min())
         total = torch.zeros_like(xi)
         total_sq = torch.zeros_like(xi)

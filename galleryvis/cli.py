@@ -1,0 +1,195 @@
+"""The ``galleryvis`` command: parses flags and calls the pipeline; errors are one line, exit 2."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .manifest import Manifest, ManifestError, default_manifest, load_manifest, starter_manifest
+
+MANIFEST_NAME = "galleryvis.toml"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def _errors_as_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the package's own error types into a message and exit code 2, never a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .hooks import LayerError
+        from .images import ImageError
+        from .models import ModelError
+        from .registry import TechniqueError
+        from .sitefiles import LockError
+
+        try:
+            return fn(*args, **kwargs)
+        except ManifestError as exc:
+            _fail("\n".join(f"error: {e}" for e in exc.errors))
+        except (ModelError, ImageError, LayerError, TechniqueError, LockError) as exc:
+            _fail(f"error: {exc}")
+        except KeyboardInterrupt:
+            _fail("interrupted; the previous site is untouched and the cache keeps what was computed", 130)
+
+    return wrapper
+
+
+def _manifest(path: Path | None) -> Manifest:
+    if path is not None:
+        if not path.is_file():
+            raise ManifestError([f"{path}: no such manifest file"])
+        return load_manifest(path)
+    local = Path.cwd() / MANIFEST_NAME
+    return load_manifest(local) if local.is_file() else default_manifest()
+
+
+@click.group()
+@click.version_option(package_name="galleryvis")
+def main() -> None:
+    """Turn a manifest of images x models x techniques into a static gallery of CNN visualizations."""
+
+
+@main.command()
+@click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help="Cache folder (default: .galleryvis-cache beside the manifest).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")
+@click.option("--force", is_flag=True, help="Recompute every cell (and refresh the cache).")
+@click.option("--dry-run", is_flag=True, help="Print what would be computed and what comes from the cache.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failing cell (default: keep going).")
+@click.option("--keep-going", "fail_fast", flag_value=False, help="Finish every other cell when one fails (default).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Images per engine call.")
+@click.option("--wait", default=0.0, type=float, help="Seconds to wait for another build's lock.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@_errors_as_exit
+def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: bool, dry_run: bool,
+          fail_fast: bool, batch_size: int, wait: float, quiet: bool) -> None:
+    """Build the gallery of MANIFEST (default: ./galleryvis.toml, else the embedded default)."""
+    from .pipeline import Options, build as run_build
+
+    m = _manifest(manifest)
+    opts = Options(cache_dir=cache_dir, use_cache=not no_cache, force=force, dry_run=dry_run, quiet=quiet,
+                   fail_fast=fail_fast, batch_size=batch_size, wait=wait)
+    summary = run_build(m, opts)
+    if dry_run:
+        click.echo("\n".join(summary.plan))
+        return
+    if not quiet:
+        click.echo(f"{m.gallery.output}: {summary.line()}")
+    for line in summary.failures:
+        click.echo(f"failed: {line}", err=True)
+    if summary.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--github-pages", is_flag=True, help="Also write a GitHub Actions workflow that deploys the gallery to Pages.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+@_errors_as_exit
+def init(github_pages: bool, force: bool) -> None:
+    """Write a commented starter manifest (galleryvis.toml) in the current folder."""
+    from .cache import atomic_write
+
+    targets = {Path(MANIFEST_NAME): starter_manifest(github_pages)}
+    if github_pages:
+        from .publish import pages_workflow
+
+        targets[Path(".github/workflows/galleryvis-pages.yml")] = pages_workflow()
+    for path, text in targets.items():
+        if path.exists() and not force:
+            _fail(f"error: {path} exists; pass --force to overwrite it")
+        atomic_write(path, text.encode())
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--weights", default="none", show_default=True, help="DEFAULT, a weights enum name, a .pth path, or none.")
+@click.option("--size", default=224, show_default=True, type=click.IntRange(8))
+@_errors_as_exit
+def layers(model: str, weights: str, size: int) -> None:
+    """Print MODEL's named modules with output shapes; '*' marks the default CAM layer."""
+    import torch
+
+    from .layers import default_layer, probe
+    from .manifest import ModelSpec
+    from .models import load_model
+
+    adapter = load_model(ModelSpec(name=model, weights=weights), Path.cwd(), torch.device("cpu"), model)
+    x = torch.zeros(1, 3, size, size)
+    default = default_layer(adapter.model, x)
+    shapes = {name: shape for name, shape, _ in probe(adapter.model, x)}
+    for name, module in adapter.model.named_modules():
+        if name:
+            shape = "x".join(map(str, shapes[name])) if shapes.get(name) else "-"
+            mark = "*" if name == default else " "
+            click.echo(f"{mark} {name:40s} {type(module).__name__:24s} {shape}")
+
+
+@main.command("techniques")
+def list_techniques() -> None:
+    """List every technique with its parameters and defaults."""
+    from . import techniques
+
+    for t in techniques():
+        params = ", ".join(f"{k}={v!r}" for k, v in t["params"].items())
+        click.echo(f"{t['name']:24s} [{t['family']}, {t['output']}] {params}")
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--model", "model_name", default="efficientnet_lite0", show_default=True)
+@click.option("--weights", default=None, help="DEFAULT, a weights enum name, a .pth path, or none.")
+@click.option("--technique", "technique", default="gradcam", show_default=True)
+@click.option("--target", default=None, help="Class index or name (default: top-1).")
+@click.option("--layer", default=None, help="Dotted module name (default: last conv block).")
+@click.option("--param", "params", multiple=True, help="Technique parameter as key=value (TOML value).")
+@click.option("--variant", default=None, help="Which picture to write (default: the technique's first).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=Path(".galleryvis-cache"))
+@_errors_as_exit
+def explain(image: Path, model_name: str, weights: str | None, technique: str, target: str | None,
+            layer: str | None, params: tuple[str, ...], variant: str | None, output: Path, cache_dir: Path) -> None:
+    """Run one visualization of IMAGE through the same engine and cache, and write a PNG."""
+    from .explain import explain_one
+
+    written = explain_one(image, model_name, weights, technique, target, layer, params, variant, output, cache_dir)
+    click.echo(f"wrote {written}")
+
+
+@main.group()
+def cache() -> None:
+    """Inspect or clean the cache."""
+
+
+@cache.command("info")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=Path(".galleryvis-cache"))
+def cache_info(cache_dir: Path) -> None:
+    """Entries and size of the cache."""
+    from .cache import Cache
+
+    c = Cache(cache_dir)
+    click.echo(f"{cache_dir}: {len(c.keys())} entries, {c.size() / 1e6:.1f} MB")
+
+
+@cache.command("clean")
+@click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.option("--unreferenced", is_flag=True, help="Only remove entries the manifest no longer uses.")
+@_errors_as_exit
+def cache_clean(manifest: Path | None, cache_dir: Path | None, unreferenced: bool) -> None:
+    """Remove all cache entries, or only those MANIFEST no longer references."""
+    from .cache import Cache
+    from .pipeline import Options, referenced_keys
+
+    m = _manifest(manifest) if unreferenced else None
+    root = cache_dir or ((m.path.parent if m and m.path else Path.cwd()) / ".galleryvis-cache")
+    c = Cache(root)
+    removed = c.clean(referenced_keys(m, Options(cache_dir=root)) if m is not None else None)
+    click.echo(f"removed {removed} entries from {root}")

@@ -1,0 +1,750 @@
+"""The manifest: TOML -> frozen dataclasses, with every problem collected into one ManifestError.
+
+A manifest names images × models × techniques plus gallery and metrics settings
+(``docs/manifest.md`` documents every field). :func:`load_manifest` reads a file,
+:func:`parse_manifest` validates already-parsed data, :func:`default_manifest` is the
+gallery shipped inside the package. Checks that need a loaded model (layer names, class
+indices, class names) live in :func:`check_against_models`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import glob
+import importlib.resources
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from . import registry
+from . import techniques as _techniques  # noqa: F401  (fills the registry)
+from .images import ImageError, load_image
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Substrate = Literal["black", "zero", "blur"]
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+SUBSTRATES: tuple[str, ...] = ("black", "zero", "blur")
+#: Models galleryvis ships itself, beside torchvision's classification models.
+BUNDLED_MODELS: tuple[str, ...] = ("efficientnet_lite0",)
+#: What a glob keeps; files with other suffixes (README.md, .DS_Store) are skipped.
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+_FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_DEFAULT_LABEL = "default manifest"
+
+
+class ManifestError(Exception):
+    """One or more problems in a manifest; ``errors`` holds one message per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One input image file (a glob in the manifest becomes one ImageSpec per file).
+
+    ``target`` is a class index, a class name from the model's labels, or None (top-1).
+    ``field`` names the manifest entry it came from, e.g. ``images[2]``.
+    """
+
+    path: Path
+    target: int | str | None = None
+    field: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model column.
+
+    ``weights``: None (not given: ``DEFAULT`` for named models, whatever the factory returns
+    for factory models), ``"DEFAULT"``, ``"none"`` (random init), a torchvision weights enum
+    member name (``"IMAGENET1K_V2"``) or an absolute path to a local weights file.
+    ``layers`` maps technique name -> dotted module name (or names, for multi-layer
+    techniques). ``id`` is unique within a manifest and defaults to ``name``.
+    """
+
+    name: str
+    weights: str | None = None
+    factory: str | None = None
+    labels: Path | None = None
+    size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    layers: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
+    id: str = ""
+    field: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", self.name)
+
+
+@dataclass(frozen=True)
+class TechniqueSpec:
+    """One technique row: a registered technique with its full (defaults-merged) parameters.
+
+    ``id`` is unique within a manifest and defaults to ``name``, so one technique can be
+    listed twice with different parameters.
+    """
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    id: str = ""
+    field: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", self.name)
+
+
+@dataclass(frozen=True)
+class GallerySpec:
+    """Gallery-wide settings; ``description`` is Markdown, ``output`` an absolute folder."""
+
+    title: str = "galleryvis"
+    description: str = ""
+    output: Path = Path("site")
+    device: Device = "auto"
+    colormap: str | None = None
+    alpha: float = 0.5
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    """Faithfulness metrics: deletion/insertion curves (``steps`` points, pixels replaced by
+    ``substrate``) and the cascading-randomization sanity check."""
+
+    enabled: bool = False
+    deletion_insertion: bool = True
+    sanity: bool = True
+    steps: int = 20
+    substrate: Substrate = "blur"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest. ``path`` is None for the embedded default; ``root`` is the folder
+    relative paths were resolved against."""
+
+    path: Path | None
+    root: Path
+    gallery: GallerySpec
+    images: tuple[ImageSpec, ...]
+    models: tuple[ModelSpec, ...]
+    techniques: tuple[TechniqueSpec, ...]
+    metrics: MetricsSpec
+
+    @property
+    def label(self) -> str:
+        """How messages name this manifest: its file name, or 'default manifest'."""
+        return self.path.name if self.path is not None else _DEFAULT_LABEL
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate the TOML manifest at ``path``; relative paths resolve beside it."""
+    path = Path(path)
+    label = path.name or str(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ManifestError([f"{label}: no such file ({path})"]) from None
+    except IsADirectoryError:
+        raise ManifestError([f"{label}: is a folder, not a TOML file ({path})"]) from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError([f"{label}: not UTF-8 text (byte {exc.start})"]) from None
+    except OSError as exc:
+        raise ManifestError([f"{label}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError([f"{label}: invalid TOML: {exc}"]) from None
+    return parse_manifest(data, path=path, root=path.absolute().parent)
+
+
+def default_manifest() -> Manifest:
+    """The gallery shipped with galleryvis: its photos, EfficientNet-Lite0, every attribution
+    technique. Output goes to ``site/`` under the current working directory."""
+    text = importlib.resources.files("galleryvis").joinpath("data", "default.toml").read_text("utf-8")
+    manifest = parse_manifest(tomllib.loads(text), path=None, root=_default_images_dir())
+    gallery = dataclasses.replace(manifest.gallery, output=Path.cwd() / "site")
+    return dataclasses.replace(manifest, gallery=gallery)
+
+
+def _default_images_dir() -> Path:
+    """The packaged photos (``input_images/`` installed as ``galleryvis.default_images``); in an
+    uninstalled source checkout, the repository's ``input_images/``."""
+    try:
+        return Path(str(importlib.resources.files("galleryvis.default_images")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "input_images"
+
+
+def parse_manifest(data: Mapping[str, Any], *, path: Path | None, root: Path) -> Manifest:
+    """Validate parsed TOML ``data``; relative paths resolve against ``root``.
+
+    Raises ManifestError listing every problem found, each as ``file: field: message``.
+    """
+    p = _Parser(path.name if path is not None else _DEFAULT_LABEL, Path(root).absolute())
+    top = p.table(data, "", ("gallery", "images", "models", "techniques", "metrics"))
+    gallery = p.gallery(top.get("gallery", {}))
+    images = p.images(top.get("images"))
+    models = p.models(top.get("models"))
+    techniques = p.techniques(top.get("techniques"))
+    metrics = p.metrics(top.get("metrics", {}))
+    if p.errors:
+        raise ManifestError(list(dict.fromkeys(p.errors)))
+    return Manifest(path, p.root, gallery, images, models, techniques, metrics)
+
+
+def check_against_models(manifest: Manifest, adapters: Mapping[str, Any]) -> list[str]:
+    """Problems only a loaded model reveals, one message each (empty list when all is well).
+
+    ``adapters`` maps model id -> an object with ``labels`` (class names, maybe empty),
+    ``num_classes`` and ``module_names``. Checks that every layer in ``models[i].layers``
+    exists, and that each image target is a valid class index or a known class name
+    (case-insensitive). Models missing from ``adapters`` are skipped.
+    """
+    label = manifest.label
+    errors: list[str] = []
+    for model in manifest.models:
+        adapter = adapters.get(model.id)
+        if adapter is None:
+            continue
+        modules = sorted(adapter.module_names)
+        for tech, layers in model.layers.items():
+            for layer in (layers,) if isinstance(layers, str) else layers:
+                if layer not in adapter.module_names:
+                    errors.append(
+                        f"{label}: {model.field}.layers.{tech}: model {model.id!r} has no layer "
+                        f"{layer!r}{registry.suggest(layer, modules)} "
+                        f"(`galleryvis layers {model.name}` lists them)"
+                    )
+        lowered = {name.lower(): name for name in adapter.labels}
+        reported: set[tuple[str, int | str]] = set()
+        for image in manifest.images:
+            if image.target is None or (image.field, image.target) in reported:
+                continue
+            reported.add((image.field, image.target))
+            where = f"{label}: {image.field}.target"
+            if isinstance(image.target, int) and image.target >= adapter.num_classes:
+                errors.append(
+                    f"{where}: class index {image.target} is out of range for model {model.id!r} "
+                    f"({adapter.num_classes} classes: 0..{adapter.num_classes - 1})"
+                )
+            elif isinstance(image.target, str) and not adapter.labels:
+                errors.append(
+                    f"{where}: model {model.id!r} has no class names, so target {image.target!r} "
+                    "cannot be looked up (give the model a `labels` file, or use a class index)"
+                )
+            elif isinstance(image.target, str) and image.target.lower() not in lowered:
+                close = difflib.get_close_matches(image.target.lower(), list(lowered), n=3, cutoff=0.5)
+                hint = f" (did you mean: {', '.join(lowered[c] for c in close)}?)" if close else ""
+                errors.append(f"{where}: model {model.id!r} has no class {image.target!r}{hint}")
+    return errors
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+@cache
+def known_models() -> tuple[str, ...]:
+    """Every accepted model ``name``: torchvision's classification models plus the bundled ones."""
+    import torchvision
+
+    return tuple(sorted(torchvision.models.list_models(module=torchvision.models))) + BUNDLED_MODELS
+
+
+@cache
+def _weights_enum(name: str) -> tuple[str, tuple[str, ...]]:
+    """(enum class name, member names) of a torchvision model's weights."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name)
+    return enum.__name__, tuple(enum.__members__)
+
+
+def _toml_type(value: Any) -> str:
+    """A value's TOML type name and (shortened) value, for messages."""
+    kinds = ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"), (list, "array"),
+             (dict, "table"), (datetime.date, "date"), (datetime.time, "time"))
+    kind = next((k for t, k in kinds if isinstance(value, t)), type(value).__name__)
+    text = repr(value)
+    return f"{kind} {text[:40] + '...' if len(text) > 43 else text}"
+
+
+def _has_magic(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+class _Parser:
+    """Walks the parsed TOML, collecting ``file: field: message`` errors."""
+
+    def __init__(self, label: str, root: Path) -> None:
+        self.label = label
+        self.root = root
+        self.errors: list[str] = []
+
+    def error(self, where: str, message: str) -> None:
+        self.errors.append(f"{self.label}: {where}: {message}" if where else f"{self.label}: {message}")
+
+    # generic readers
+
+    def table(self, value: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        """``value`` as a table, reporting unknown keys; {} (with an error) if it is not one."""
+        if not isinstance(value, Mapping):
+            self.error(where, f"expected a table, got {_toml_type(value)}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                hint = registry.suggest(key, allowed) or f" (allowed: {', '.join(allowed)})"
+                self.error(f"{where}.{key}" if where else str(key), f"unknown key{hint}")
+        return {k: v for k, v in value.items() if k in allowed}
+
+    def array_of_tables(self, value: Any, where: str, header: str) -> list[Any]:
+        if isinstance(value, list):
+            return value
+        self.error(where, f"expected an array of tables ({header} sections), got {_toml_type(value)}")
+        return []
+
+    def string(self, table: Mapping[str, Any], key: str, where: str, *, empty_ok: bool = False) -> str | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.error(f"{where}.{key}", f"expected a string, got {_toml_type(value)}")
+            return None
+        if not empty_ok and not value.strip():
+            self.error(f"{where}.{key}", "must not be empty")
+            return None
+        return value
+
+    def choice(self, table: Mapping[str, Any], key: str, where: str, options: tuple[str, ...],
+               default: str) -> str:
+        value = self.string(table, key, where)
+        if value is None:
+            return default
+        if value not in options:
+            self.error(f"{where}.{key}", f"must be one of {', '.join(options)}, got {value!r}"
+                       f"{registry.suggest(value, options)}")
+            return default
+        return value
+
+    def integer(self, table: Mapping[str, Any], key: str, where: str, *, low: int, high: int,
+                default: int | None) -> int | None:
+        value = table.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.error(f"{where}.{key}", f"expected an integer, got {_toml_type(value)}")
+            return default
+        if not low <= value <= high:
+            self.error(f"{where}.{key}", f"must be from {low} to {high}, got {value}")
+            return default
+        return value
+
+    def boolean(self, table: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            self.error(f"{where}.{key}", f"expected true or false, got {_toml_type(value)}")
+            return default
+        return value
+
+    def triple(self, table: Mapping[str, Any], key: str, where: str, *, positive: bool,
+               ) -> tuple[float, float, float] | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        numbers = [_finite(v) for v in value] if isinstance(value, list) else []
+        if len(numbers) != 3 or None in numbers:
+            self.error(f"{where}.{key}", f"expected an array of 3 numbers (R, G, B), got {_toml_type(value)}")
+            return None
+        if positive and any(v <= 0 for v in numbers):  # type: ignore[operator]
+            self.error(f"{where}.{key}", f"every value must be greater than 0, got {value}")
+            return None
+        return numbers[0], numbers[1], numbers[2]  # type: ignore[return-value]
+
+    def path(self, text: str) -> Path:
+        """``text`` as a path: ``~`` expanded, relative paths joined to the manifest's folder."""
+        return self.root / os.path.expanduser(text)
+
+    def existing(self, table: Mapping[str, Any], key: str, where: str, what: str) -> Path | None:
+        """A path value that must name an existing file."""
+        text = self.string(table, key, where)
+        if text is None:
+            return None
+        path = self.path(text)
+        problem = _file_problem(path)
+        if problem:
+            self.error(f"{where}.{key}", f"{what} {text!r}: {problem}")
+            return None
+        return path
+
+    # sections
+
+    def gallery(self, value: Any) -> GallerySpec:
+        where = "gallery"
+        table = self.table(value, where, ("title", "description", "output", "device", "colormap", "alpha"))
+        base = GallerySpec()
+        title = self.string(table, "title", where)
+        description = self.string(table, "description", where, empty_ok=True)
+        text = self.string(table, "output", where)
+        output = self.path(text) if text is not None else self.root / "site"
+        self.check_output(output, f"{where}.output")
+        device = self.choice(table, "device", where, DEVICES, base.device)
+        colormap = self.string(table, "colormap", where)
+        alpha = _finite(table.get("alpha", base.alpha))
+        if alpha is None or not 0 <= alpha <= 1:
+            self.error(f"{where}.alpha", f"expected a number from 0 to 1, got {_toml_type(table['alpha'])}")
+            alpha = base.alpha
+        return GallerySpec(
+            title=title or base.title, description=description or "", output=output,
+            device=device, colormap=colormap, alpha=alpha,  # type: ignore[arg-type]
+        )
+
+    def check_output(self, output: Path, where: str) -> None:
+        """Refuse output folders that a rebuild or ``clean`` could not safely replace."""
+        try:
+            target = output.resolve()
+            if target.is_file():
+                self.error(where, f"{str(output)!r} is a file, not a folder")
+            elif target == self.root.resolve() or target in self.root.resolve().parents:
+                self.error(where, f"{str(output)!r} is the manifest's folder or a folder above it; "
+                                  "choose a subfolder such as 'site'")
+        except (OSError, ValueError, RuntimeError) as exc:
+            self.error(where, f"unusable output folder {str(output)!r}: {exc}")
+
+    def images(self, value: Any) -> tuple[ImageSpec, ...]:
+        if value is None:
+            self.error("images", "missing: add at least one [[images]] section with a `path`")
+            return ()
+        specs: dict[ImageSpec, None] = {}
+        for i, entry in enumerate(self.array_of_tables(value, "images", "[[images]]")):
+            where = f"images[{i}]"
+            table = self.table(entry, where, ("path", "target"))
+            target = self.target(table.get("target"), f"{where}.target")
+            if "path" not in table and isinstance(entry, Mapping):
+                self.error(where, "missing required key 'path' (an image file or a glob such as 'photos/*.jpg')")
+            text = self.string(table, "path", where)
+            if text is None:
+                continue
+            for path in self.expand(text, f"{where}.path"):
+                try:
+                    load_image(path)
+                except ImageError as exc:
+                    self.error(f"{where}.path", str(exc))
+                    continue
+                specs[ImageSpec(path, target, where)] = None
+        if isinstance(value, list) and not value:
+            self.error("images", "empty: add at least one [[images]] section with a `path`")
+        return tuple(specs)
+
+    def target(self, value: Any, where: str) -> int | str | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "top1"):
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            self.error(where, f'expected a class index, a class name or "top1", got {_toml_type(value)}')
+            return None
+        if isinstance(value, int) and value < 0:
+            self.error(where, f"class index must be 0 or more, got {value}")
+            return None
+        if isinstance(value, str) and not value.strip():
+            self.error(where, 'must not be empty (use "top1" for the predicted class)')
+            return None
+        return value
+
+    def expand(self, text: str, where: str) -> list[Path]:
+        """The image files ``text`` names: one file, or a glob's files with image suffixes."""
+        if not _has_magic(text):
+            path = self.path(text)
+            problem = _file_problem(path)
+            if problem:
+                self.error(where, f"{text!r}: {problem}")
+                return []
+            return [path]
+        try:
+            # root_dir keeps glob characters in the manifest's own folder name literal
+            found = glob.glob(os.path.expanduser(text), root_dir=self.root, recursive=True)
+            files = [m for m in sorted(self.root / f for f in found) if m.is_file()]
+        except (OSError, ValueError) as exc:
+            self.error(where, f"cannot search {text!r}: {exc}")
+            return []
+        images = [m for m in files if m.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            other = f"; only non-image files: {', '.join(m.name for m in files[:3])}" if files else ""
+            self.error(where, f"no image file matches {text!r} (relative to {self.root}{other})")
+        return images
+
+    def models(self, value: Any) -> tuple[ModelSpec, ...]:
+        if value is None:
+            self.error("models", 'missing: add at least one [[models]] section, e.g. name = "resnet50"')
+            return ()
+        specs: list[ModelSpec] = []
+        entries = self.array_of_tables(value, "models", "[[models]]")
+        if isinstance(value, list) and not value:
+            self.error("models", 'empty: add at least one [[models]] section, e.g. name = "resnet50"')
+        for i, entry in enumerate(entries):
+            spec = self.model(entry, f"models[{i}]")
+            if spec is None:
+                continue
+            if any(s.id == spec.id for s in specs):
+                self.error(spec.field, f"duplicate model id {spec.id!r}: give one of them a distinct "
+                                       '`id = "..."` to show the same model twice')
+            else:
+                specs.append(spec)
+        return tuple(specs)
+
+    def model(self, entry: Any, where: str) -> ModelSpec | None:
+        table = self.table(entry, where, ("name", "id", "weights", "factory", "labels", "size", "mean",
+                                          "std", "layers"))
+        ok = len(self.errors)
+        factory = self.string(table, "factory", where)
+        if factory is not None and not _FACTORY.fullmatch(factory):
+            self.error(f"{where}.factory", f"expected 'package.module:function', got {factory!r}")
+        name = self.string(table, "name", where)
+        if name is None and "name" not in table and factory is None and "factory" not in table:
+            self.error(where, "missing required key 'name' (a torchvision model such as 'resnet50', "
+                              "'efficientnet_lite0', or a `factory`)")
+        elif name is not None and factory is None and "factory" not in table and name not in known_models():
+            self.error(f"{where}.name", f"unknown model {name!r}{registry.suggest(name, known_models())} "
+                                        "(`galleryvis list models` shows every name)")
+        weights = self.weights(table, where, None if "factory" in table else name or "")
+        labels = self.existing(table, "labels", where, "labels file")
+        size = self.integer(table, "size", where, low=8, high=4096, default=None)
+        mean = self.triple(table, "mean", where, positive=False)
+        std = self.triple(table, "std", where, positive=True)
+        layers = self.layers(table.get("layers", {}), f"{where}.layers")
+        model_id = self.string(table, "id", where)
+        if len(self.errors) > ok:
+            return None
+        name = name or factory.rsplit(":", 1)[1].rsplit(".", 1)[-1]  # type: ignore[union-attr]
+        return ModelSpec(name=name, weights=weights, factory=factory, labels=labels, size=size, mean=mean,
+                         std=std, layers=layers, id=model_id or name, field=where)
+
+    def weights(self, table: Mapping[str, Any], where: str, name: str | None) -> str | None:
+        """Normalized ``weights``: DEFAULT, none, an enum member name or an absolute path.
+
+        ``name`` is the model name, or None for a factory model.
+        """
+        text = self.string(table, "weights", where)
+        if text is None:
+            return None
+        key = f"{where}.weights"
+        if text.upper() in ("DEFAULT", "NONE"):
+            if text.upper() == "DEFAULT" and name is None:
+                self.error(key, 'a factory model takes a weights file path or "none", not "DEFAULT"')
+            return "DEFAULT" if text.upper() == "DEFAULT" else "none"
+        if text.lower().endswith(_WEIGHT_SUFFIXES) or any(c in text for c in "/\\~"):
+            path = self.path(text)
+            problem = _file_problem(path)
+            if problem:
+                self.error(key, f"weights file {text!r}: {problem}")
+            return str(path)
+        if name is None or name in BUNDLED_MODELS:
+            what = "a factory model" if name is None else name
+            self.error(key, f'{what} takes "DEFAULT", "none" or a weights file path '
+                            f"(.pth, .pt, .safetensors), got {text!r}")
+            return None
+        if name not in known_models():
+            return None  # the missing or unknown name is reported already
+        enum, members = _weights_enum(name)
+        prefix, _, member = text.rpartition(".")
+        if prefix and prefix != enum:
+            self.error(key, f"{text!r} are not weights for {name} (they are {enum}.*)")
+        elif member not in members:
+            self.error(key, f"unknown weights {text!r} for {name}{registry.suggest(member, members)}; "
+                            f'known: {", ".join(members)}, "none" or a .pth path')
+        return member
+
+    def layers(self, value: Any, where: str) -> dict[str, str | tuple[str, ...]]:
+        """``layers``: technique name -> dotted module name, or an array of them."""
+        names = registry.names()
+        table = self.table(value, where, tuple(names))
+        out: dict[str, str | tuple[str, ...]] = {}
+        for tech_name, layer in table.items():
+            key = f"{where}.{tech_name}"
+            tech = registry.get(tech_name)
+            if isinstance(layer, str) and layer.strip():
+                out[tech_name] = layer
+            elif isinstance(layer, list) and layer and all(isinstance(v, str) and v.strip() for v in layer):
+                out[tech_name] = layer[0] if len(layer) == 1 and tech.layer != "many" else tuple(layer)
+            else:
+                self.error(key, f"expected a module name such as 'layer4' or an array of them, "
+                                f"got {_toml_type(layer)}")
+                continue
+            if tech.layer == "none":
+                self.error(key, f"technique {tech_name!r} works on the input and takes no layer")
+            elif tech.layer != "many" and not isinstance(out[tech_name], str):
+                self.error(key, f"technique {tech_name!r} takes one layer, got {len(layer)}")
+        return out
+
+    def techniques(self, value: Any) -> tuple[TechniqueSpec, ...]:
+        if value is None:
+            return tuple(TechniqueSpec(n, registry.resolve_params(registry.get(n), {}), n, "techniques")
+                         for n in registry.names("attribution"))
+        specs: list[TechniqueSpec] = []
+        for i, entry in enumerate(self.array_of_tables(value, "techniques", "[[techniques]]")):
+            where = f"techniques[{i}]"
+            table = self.table(entry, where, ("name", "id", "params"))
+            name = self.string(table, "name", where)
+            if "name" not in table and isinstance(entry, Mapping):
+                self.error(where, "missing required key 'name' (`galleryvis list techniques` shows them)")
+            tech_id = self.string(table, "id", where)
+            if name is None:
+                continue
+            try:
+                tech = registry.get(name)
+            except registry.TechniqueError as exc:
+                self.error(f"{where}.name", f"{exc} (`galleryvis list techniques` shows every name)")
+                continue
+            params = self.params(tech, table.get("params", {}), f"{where}.params")
+            if params is None:
+                continue
+            spec = TechniqueSpec(name, params, tech_id or name, where)
+            if any(s.id == spec.id for s in specs):
+                self.error(where, f"duplicate technique id {spec.id!r}: give one of them a distinct "
+                                  '`id = "..."` to list a technique twice')
+            else:
+                specs.append(spec)
+        return tuple(specs)
+
+    def params(self, tech: registry.Technique, value: Any, where: str) -> dict[str, Any] | None:
+        """Defaults merged with ``value``; None after reporting every bad parameter."""
+        if not isinstance(value, Mapping):
+            self.error(where, f"expected a table of parameters, got {_toml_type(value)}")
+            return None
+        ok = len(self.errors)
+        for key, item in value.items():
+            try:
+                registry.resolve_params(tech, {key: item})
+            except (registry.TechniqueError, OverflowError) as exc:
+                self.error(f"{where}.{key}", str(exc))
+        return registry.resolve_params(tech, value) if len(self.errors) == ok else None
+
+    def metrics(self, value: Any) -> MetricsSpec:
+        where = "metrics"
+        table = self.table(value, where, ("enabled", "deletion_insertion", "sanity", "steps", "substrate"))
+        base = MetricsSpec()
+        return MetricsSpec(
+            enabled=self.boolean(table, "enabled", where, base.enabled),
+            deletion_insertion=self.boolean(table, "deletion_insertion", where, base.deletion_insertion),
+            sanity=self.boolean(table, "sanity", where, base.sanity),
+            steps=self.integer(table, "steps", where, low=2, high=1000, default=base.steps),  # type: ignore[arg-type]
+            substrate=self.choice(table, "substrate", where, SUBSTRATES, base.substrate),  # type: ignore[arg-type]
+        )
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, or None if it is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _file_problem(path: Path) -> str:
+    """Why ``path`` is not a usable file ('' if it is one)."""
+    try:
+        if path.is_file():
+            return ""
+        if path.is_dir():
+            return "is a folder, not a file (use a glob such as 'folder/*.jpg' for its images)"
+        return f"no such file ({path})"
+    except (OSError, ValueError) as exc:
+        return f"unusable path: {exc}"
+
+
+# --- the starter manifest --------------------------------------------------------------------
+
+
+def starter_manifest(github_pages: bool = False) -> str:
+    """A commented starter manifest for ``galleryvis init``; ``github_pages`` writes the gallery
+    to ``docs/`` so GitHub Pages can serve it from the repository."""
+    output = (
+        '# GitHub Pages serves a branch\'s docs/ folder: Settings -> Pages -> "Deploy from a branch".\n'
+        'output = "docs"' if github_pages else 'output = "site"'
+    )
+    return _STARTER.replace("@OUTPUT@", output)
+
+
+_STARTER = '''\
+# galleryvis manifest: images x models x techniques -> a static gallery.
+# Every field is documented in docs/manifest.md. Relative paths are relative to this file.
+# Build with `galleryvis build` (it reads galleryvis.toml in the current folder).
+
+[gallery]
+title = "My CNN visualizations"          # page title
+description = """
+Attribution maps for my photos. This text is **Markdown**.
+"""
+# Output folder (default "site"), replaced on every build.
+@OUTPUT@
+device = "auto"                          # "auto" (CUDA, else MPS, else CPU), "cpu", "cuda" or "mps"
+# colormap = "inferno"                   # heatmap colormap (default: per technique)
+alpha = 0.5                              # heatmap opacity in overlays, 0 to 1
+
+# One [[images]] section per file or glob. A glob keeps image files (.png, .jpg, ...) only.
+[[images]]
+path = "input_images/*"
+# target: which class to explain. "top1" (default) = the model's prediction,
+# an index such as 281, or a class name from the model's labels such as "tabby".
+# target = "top1"
+
+# One [[models]] section per model column.
+[[models]]
+name = "efficientnet_lite0"              # bundled, offline; or any torchvision model: "resnet50", "vgg16", ...
+# weights = "DEFAULT"                    # "DEFAULT", "none" (random), an enum name ("IMAGENET1K_V2") or "my.pth"
+# id = "lite0"                           # display name; needed to list the same model twice
+# Layer per CAM technique (dotted module names, see `galleryvis layers MODEL`);
+# without one, the last convolutional block is used.
+# layers = { gradcam = "_blocks.15" }
+
+# Your own nn.Module (this runs your code):
+# [[models]]
+# factory = "mypackage.models:build"     # function returning an nn.Module
+# weights = "checkpoints/model.pth"      # optional state dict
+# labels = "labels.txt"                  # optional, one class name per line
+# size = 224                             # input size in pixels
+# mean = [0.485, 0.456, 0.406]
+# std = [0.229, 0.224, 0.225]
+
+# Techniques: without any [[techniques]] section every attribution technique runs with its
+# defaults (`galleryvis list techniques` shows names and parameters). To choose:
+# [[techniques]]
+# name = "gradcam"
+#
+# [[techniques]]
+# name = "smoothgrad"
+# params = { samples = 25, sigma = 0.15 }
+#
+# [[techniques]]
+# name = "smoothgrad"
+# id = "smoothgrad_wide"                 # the same technique twice needs distinct ids
+# params = { sigma = 0.3 }
+
+[metrics]
+enabled = false                          # faithfulness metrics (slower)
+deletion_insertion = true                # deletion/insertion curves (Petsiuk et al. 2018)
+sanity = true                            # cascading model-randomization check (Adebayo et al. 2018)
+steps = 20                               # points per deletion/insertion curve
+substrate = "blur"                       # what replaces removed pixels: "blur", "black" or "zero"
+'''

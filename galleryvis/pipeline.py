@@ -1,0 +1,448 @@
+"""Manifest -> plan -> compute (through the cache) -> pictures -> records -> site."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import postprocess, registry
+from .cache import Cache, CacheWarning, atomic_write, cache_key
+from .engine import attribute_many
+from .images import file_sha256, fit, load_image
+from .manifest import Manifest, ManifestError, TechniqueSpec, check_against_models
+from .models import ModelAdapter, ModelError, choose_device, load_model
+from .naming import unique_slugs
+from .records import Cell, Gallery, ImageRecord, ModelRecord, Prediction, TechniqueRecord, Variant
+from .sitefiles import build_lock, staged
+
+#: Techniques shown with a diverging colormap centred at zero.
+_DIVERGING = {"integrated_gradients", "lrp"}
+
+
+@dataclass
+class Options:
+    """How to build: cache location and use, failure policy, output verbosity."""
+
+    cache_dir: Path | None = None
+    use_cache: bool = True
+    force: bool = False
+    dry_run: bool = False
+    quiet: bool = False
+    fail_fast: bool = False
+    batch_size: int = 8
+    wait: float = 0.0
+
+
+@dataclass
+class Summary:
+    """What a build did: cells computed / cached / failed, seconds per technique."""
+
+    computed: int = 0
+    cached: int = 0
+    failed: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    plan: list[str] = field(default_factory=list)
+    total_seconds: float = 0.0
+
+    def line(self) -> str:
+        return (f"{self.computed} computed, {self.cached} cached, {self.failed} failed "
+                f"in {self.total_seconds:.1f} s")
+
+
+@dataclass
+class _Img:
+    id: str
+    name: str
+    path: Path
+    sha: str
+    pil: Image.Image
+    target: int | str | None
+
+
+@dataclass
+class _Job:
+    """One cell to produce: its cache key and what computing it needs."""
+
+    model: ModelAdapter
+    image: _Img
+    tech: TechniqueSpec
+    params: dict[str, Any]
+    layer: Any
+    target: int
+    key: str
+    result: np.ndarray | None = None
+    error: str = ""
+    cached: bool = False
+
+
+class Progress:
+    """A bar with ETA on a terminal (tqdm), one plain line per step otherwise, nothing if quiet."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.quiet, self.total, self.done = quiet, total, 0
+        self.start = time.monotonic()
+        self.bar = None
+        if not quiet and total and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="cell", file=sys.stderr)
+
+    def step(self, n: int, what: str) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.set_postfix_str(what[:40])
+            self.bar.update(n)
+        elif not self.quiet and self.total:
+            elapsed = time.monotonic() - self.start
+            eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
+            print(f"[{self.done}/{self.total}] {what} (eta {eta:.0f} s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _cache_dir(manifest: Manifest, opts: Options) -> Path:
+    if opts.cache_dir is not None:
+        return opts.cache_dir
+    base = manifest.path.parent if manifest.path is not None else Path.cwd()
+    return base / ".galleryvis-cache"
+
+
+def load_models(manifest: Manifest) -> dict[str, ModelAdapter]:
+    """Every model of the manifest, loaded; all problems (also layer/target checks) at once."""
+    errors: list[str] = []
+    try:
+        device = choose_device(manifest.gallery.device)
+    except ModelError as exc:
+        raise ManifestError([f"{manifest.label}: gallery.device: {exc}"]) from None
+    adapters: dict[str, ModelAdapter] = {}
+    for spec in manifest.models:
+        try:
+            adapters[spec.id] = load_model(spec, manifest.root, device, f"{manifest.label}: {spec.field}")
+        except ModelError as exc:
+            errors.append(str(exc))
+    errors += check_against_models(manifest, adapters)
+    if errors:
+        raise ManifestError(errors)
+    return adapters
+
+
+def _images(manifest: Manifest) -> list[_Img]:
+    ids = unique_slugs([s.path.stem for s in manifest.images])
+    return [_Img(i, s.path.name, s.path, file_sha256(s.path), load_image(s.path), s.target)
+            for i, s in zip(ids, manifest.images)]
+
+
+def _target_index(adapter: ModelAdapter, target: int | str | None, top1: int) -> int:
+    if target is None:
+        return top1
+    if isinstance(target, int):
+        return target
+    lowered = [name.lower() for name in adapter.labels]
+    return lowered.index(target.lower())
+
+
+def _prediction_key(adapter: ModelAdapter, img: _Img) -> str:
+    return cache_key(kind="predict", image=img.sha, model=adapter.name, fingerprint=adapter.fingerprint,
+                     size=adapter.size, mean=adapter.mean, std=adapter.std)
+
+
+def _predictions(adapter: ModelAdapter, images: list[_Img], cache: Cache) -> dict[str, np.ndarray]:
+    """Softmax probabilities per image id, from the cache when possible."""
+    out: dict[str, np.ndarray] = {}
+    for img in images:
+        key = _prediction_key(adapter, img)
+        entry = cache.get(key)
+        if entry is None:
+            probs = adapter.logits(adapter.preprocess(img.pil)[None]).softmax(1)[0].numpy()
+            cache.put(key, probs.astype(np.float32), {"image": img.name, "model": adapter.id})
+        else:
+            probs = entry.array
+        out[img.id] = probs
+    return out
+
+
+def _layer(adapter: ModelAdapter, tech: registry.Technique) -> Any:
+    chosen = adapter.layer_for(tech.name)
+    if chosen is None and tech.layer in ("one", "many"):
+        chosen = adapter.default_layer()
+    if tech.layer == "many" and isinstance(chosen, str):
+        chosen = (chosen,)
+    return chosen if chosen is None or isinstance(chosen, str) else tuple(chosen)
+
+
+def plan(manifest: Manifest, adapters: dict[str, ModelAdapter], images: list[_Img], cache: Cache,
+         force: bool) -> tuple[list[_Job], dict[str, dict[str, np.ndarray]]]:
+    """Every cell with its cache key, and each model's predictions; cached cells are marked."""
+    jobs: list[_Job] = []
+    preds: dict[str, dict[str, np.ndarray]] = {}
+    device_class = "cpu"
+    for spec in manifest.models:
+        adapter = adapters[spec.id]
+        device_class = adapter.device.type
+        preds[spec.id] = _predictions(adapter, images, cache)
+        for tspec in manifest.techniques:
+            tech = registry.get(tspec.name)
+            params = registry.resolve_params(tech, tspec.params)
+            layer = _layer(adapter, tech)
+            for img in images:
+                target = _target_index(adapter, img.target, int(preds[spec.id][img.id].argmax()))
+                key = cache_key(kind="map", image=img.sha, model=adapter.name, fingerprint=adapter.fingerprint,
+                                size=adapter.size, mean=adapter.mean, std=adapter.std, technique=tech.name,
+                                params=params, layer=layer, target=target, device=device_class)
+                job = _Job(adapter, img, tspec, params, layer, target, key)
+                if not force and cache.has(key):
+                    job.cached = True
+                jobs.append(job)
+    return jobs, preds
+
+
+def _compute(jobs: list[_Job], batch_size: int, cache: Cache, progress: Progress,
+             fail_fast: bool, seconds: dict[str, float]) -> None:
+    """Compute every job, grouped per model and per technique set, images batched."""
+    groups: dict[tuple[str, tuple[str, ...]], list[_Job]] = defaultdict(list)
+    by_cell: dict[tuple[str, str], list[_Job]] = defaultdict(list)
+    for job in jobs:
+        by_cell[(job.model.id, job.image.id)].append(job)
+    for (model_id, _), cell_jobs in by_cell.items():
+        groups[(model_id, tuple(j.tech.id for j in cell_jobs))].append(cell_jobs)  # type: ignore[arg-type]
+    for (_, tech_ids), cells in groups.items():
+        for start in range(0, len(cells), batch_size):
+            chunk: list[list[_Job]] = cells[start:start + batch_size]  # type: ignore[assignment]
+            _compute_chunk(chunk, batch_size, fail_fast, seconds)
+            for cell_jobs in chunk:
+                for job in cell_jobs:
+                    if job.result is not None:
+                        cache.put(job.key, job.result, {"technique": job.tech.name, "params": job.params,
+                                                        "image": job.image.name, "model": job.model.id})
+            n = sum(len(c) for c in chunk)
+            progress.step(n, f"{chunk[0][0].model.id}: {len(chunk)} image(s) x {len(tech_ids)} technique(s)")
+
+
+def _compute_chunk(chunk: list[list[_Job]], batch_size: int, fail_fast: bool, seconds: dict[str, float]) -> None:
+    """One attribute_many call per technique-id group; on failure, retry each technique alone
+    (so one failing technique does not take the others down), halving the batch on OOM."""
+    adapter = chunk[0][0].model
+    x = torch.stack([adapter.preprocess(cell[0].image.pil) for cell in chunk])
+    targets = [cell[0].target for cell in chunk]
+    columns = list(zip(*chunk))  # one tuple of jobs (one per image) per technique
+    by_name: dict[str, list[tuple[_Job, ...]]] = defaultdict(list)
+    for col in columns:
+        by_name[col[0].tech.name].append(col)
+    shared = [cols[0] for cols in by_name.values()]
+    rest = [col for cols in by_name.values() for col in cols[1:]]
+    for group in ([shared] + [[c] for c in rest]):
+        try:
+            _run(adapter, x, targets, group, batch_size, seconds)
+        except Exception:  # noqa: BLE001  (isolate: retry one technique at a time)
+            if fail_fast:
+                raise
+            for col in group:
+                try:
+                    _run(adapter, x, targets, [col], batch_size, seconds)
+                except Exception as exc:  # noqa: BLE001
+                    message = _one_line(exc)
+                    for job in col:
+                        job.error = message
+
+
+def _run(adapter: ModelAdapter, x: torch.Tensor, targets: list[int], cols: list[tuple[_Job, ...]],
+         batch_size: int, seconds: dict[str, float]) -> None:
+    names = [c[0].tech.name for c in cols]
+    layers = {c[0].tech.name: c[0].layer for c in cols}
+    params = {c[0].tech.name: c[0].params for c in cols}
+    while True:
+        try:
+            t0 = time.perf_counter()
+            maps = attribute_many(adapter.model, x, names, targets, layers, params, batch_size=batch_size)
+            break
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size //= 2
+    spent = (time.perf_counter() - t0) / len(cols)
+    for col in cols:
+        name = col[0].tech.name
+        seconds[col[0].tech.id] = seconds.get(col[0].tech.id, 0.0) + spent
+        arr = maps[name].numpy()
+        if not np.isfinite(arr).all():
+            raise FloatingPointError(f"{name} produced NaN or Inf values")
+        for i, job in enumerate(col):
+            job.result = arr[i]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _display_kind(tech: registry.Technique, raw: np.ndarray) -> str:
+    if tech.family == "synthesis":
+        return "image"
+    if tech.name in _DIVERGING:
+        return "signed"
+    if tech.output == "cam" or raw.shape[0] == 1:
+        return "cam"
+    return "gradient"
+
+
+def _save(img: Image.Image, out: Path, rel: str, thumb_size: int = 160) -> tuple[str, str]:
+    postprocess.save_png(img, out / rel)
+    thumb_rel = "thumbs/" + rel
+    postprocess.save_png(postprocess.thumbnail(img, thumb_size), out / thumb_rel)
+    return rel, thumb_rel
+
+
+def _cell_record(job: _Job, out: Path, manifest: Manifest, image_pil: Image.Image) -> Cell:
+    tech = registry.get(job.tech.name)
+    label = job.model.label(job.target)
+    if job.error:
+        return Cell(job.model.id, job.image.id, job.tech.id, job.target, label, "failed", error=job.error)
+    assert job.result is not None
+    variants = []
+    kind = _display_kind(tech, job.result)
+    pics = postprocess.variants(kind, job.result.astype(np.float32), image_pil,
+                                colormap=manifest.gallery.colormap, alpha=manifest.gallery.alpha,
+                                guided=job.tech.name == "guided_backprop")
+    for key, vlabel, pic in pics:
+        rel = f"img/{job.model.id}/{job.image.id}/{job.tech.id}-{key}.png"
+        src, thumb = _save(pic, out, rel)
+        alt = f"{tech.summary.split('.')[0]}: {job.tech.id} {vlabel.lower()}, model {job.model.id}, " \
+              f"image {job.image.name}, class {label} ({job.target})"
+        variants.append(Variant(key, vlabel, src, thumb, alt))
+    return Cell(job.model.id, job.image.id, job.tech.id, job.target, label, "ok", variants=variants)
+
+
+def _technique_records(manifest: Manifest) -> list[TechniqueRecord]:
+    out = []
+    for tspec in manifest.techniques:
+        tech = registry.get(tspec.name)
+        params = registry.resolve_params(tech, tspec.params)
+        out.append(TechniqueRecord(tspec.id, tech.name, _title(tspec.id, tech.name), tech.family,
+                                   {k: v for k, v in params.items()}, tech.summary, tech.paper))
+    return out
+
+
+_TITLES = {
+    "vanilla": "Vanilla Backpropagation", "guided_backprop": "Guided Backpropagation",
+    "deconvnet": "Deconvnet", "grad_x_image": "Gradient x Image", "smoothgrad": "SmoothGrad",
+    "integrated_gradients": "Integrated Gradients", "gradcam": "Grad-CAM", "gradcam_pp": "Grad-CAM++",
+    "xgradcam": "XGrad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM", "eigencam": "Eigen-CAM",
+    "scorecam": "Score-CAM", "guided_gradcam": "Guided Grad-CAM", "lrp": "Layer-wise Relevance Propagation",
+    "filter_visualization": "Filter Visualization", "layer_activation": "Layer Activation (Guided Backprop)",
+    "deep_dream": "Deep Dream", "class_visualization": "Class-specific Image Generation",
+    "inverted_representation": "Inverted Representation",
+}
+
+
+def _title(tid: str, name: str) -> str:
+    base = _TITLES.get(name, name.replace("_", " ").title())
+    return base if tid == name else f"{base} ({tid})"
+
+
+def build(manifest: Manifest, opts: Options) -> Summary:
+    """Build the site of ``manifest``: every cell from the cache or computed, then rendered
+    into a temporary folder that replaces the output folder only when complete."""
+    t_start = time.perf_counter()
+    adapters = load_models(manifest)
+    images = _images(manifest)
+    cache = Cache(_cache_dir(manifest, opts), enabled=opts.use_cache)
+    out = manifest.gallery.output
+    summary = Summary()
+    with build_lock(cache.root if opts.use_cache else out.parent, opts.wait):
+        jobs, preds = plan(manifest, adapters, images, cache, opts.force)
+        todo = [j for j in jobs if not j.cached]
+        for j in jobs:
+            if j.cached:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", CacheWarning)
+                    entry = cache.get(j.key)
+                for w in caught:
+                    print(f"warning: {w.message}", file=sys.stderr)
+                if entry is None:
+                    j.cached = False
+                    todo.append(j)
+                else:
+                    j.result = entry.array
+        summary.plan = _plan_lines(jobs)
+        if opts.dry_run:
+            return summary
+        progress = Progress(len(todo), opts.quiet)
+        try:
+            _compute(todo, opts.batch_size, cache, progress, opts.fail_fast, summary.seconds)
+        finally:
+            progress.close()
+        summary.computed = sum(1 for j in todo if not j.error)
+        summary.cached = sum(1 for j in jobs if j.cached)
+        summary.failed = sum(1 for j in jobs if j.error)
+        summary.failures = [f"{j.model.id} / {j.image.name} / {j.tech.id}: {j.error}" for j in jobs if j.error]
+        summary.total_seconds = time.perf_counter() - t_start
+        _write_site(manifest, adapters, images, jobs, preds, summary, out)
+    return summary
+
+
+def referenced_keys(manifest: Manifest, opts: Options) -> set[str]:
+    """Every cache key the manifest uses (predictions and maps)."""
+    adapters = load_models(manifest)
+    images = _images(manifest)
+    cache = Cache(_cache_dir(manifest, opts), enabled=opts.use_cache)
+    jobs, _ = plan(manifest, adapters, images, cache, force=False)
+    return {j.key for j in jobs} | {_prediction_key(a, i) for a in adapters.values() for i in images}
+
+
+def _plan_lines(jobs: list[_Job]) -> list[str]:
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for j in jobs:
+        counts[(j.model.id, j.tech.id)][0 if not j.cached else 1] += 1
+    return [f"{m} / {t}: {c[0]} to compute, {c[1]} cached" for (m, t), c in counts.items()]
+
+
+def _write_site(manifest: Manifest, adapters: dict[str, ModelAdapter], images: list[_Img], jobs: list[_Job],
+                preds: dict[str, dict[str, np.ndarray]], summary: Summary, out: Path) -> None:
+    from .render import render_site
+
+    with staged(out) as tmp:
+        image_records, crops = [], {}
+        for img in images:
+            crops[img.id] = fit(img.pil, 224)
+            src, thumb = _save(crops[img.id], tmp, f"img/input/{img.id}.png")
+            image_records.append(ImageRecord(img.id, img.name, src, thumb))
+        model_records = []
+        for spec in manifest.models:
+            a = adapters[spec.id]
+            top5 = {i: [Prediction(int(k), a.label(int(k)), round(float(p[k]), 4)) for k in np.argsort(-p)[:5]]
+                    for i, p in preds[spec.id].items()}
+            layers = {}
+            for t in manifest.techniques:
+                lay = _layer(a, registry.get(t.name))
+                if lay is not None:
+                    layers[t.id] = lay if isinstance(lay, str) else ", ".join(lay)
+            model_records.append(ModelRecord(a.id, a.name, a.description, top5, layers))
+        cells = []
+        fitted: dict[tuple[str, int], Image.Image] = {}
+        for job in jobs:
+            size = job.model.size
+            if (job.image.id, size) not in fitted:
+                fitted[(job.image.id, size)] = fit(job.image.pil, size)
+            cells.append(_cell_record(job, tmp, manifest, fitted[(job.image.id, size)]))
+        gallery = Gallery(manifest.gallery.title, manifest.gallery.description, image_records, model_records,
+                          _technique_records(manifest), cells, [],
+                          {"computed": summary.computed, "cached": summary.cached, "failed": summary.failed})
+        render_site(gallery, tmp)
+        timings = {"summary": {"computed": summary.computed, "cached": summary.cached, "failed": summary.failed,
+                               "total_seconds": round(summary.total_seconds, 3)},
+                   "seconds_per_technique": {k: round(v, 3) for k, v in sorted(summary.seconds.items())},
+                   "failures": summary.failures}
+        atomic_write(tmp / "build.json", json.dumps(timings, indent=2, sort_keys=True).encode())
+

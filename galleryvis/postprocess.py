@@ -1,0 +1,281 @@
+"""Raw maps (numpy float arrays) -> display images (PIL RGB), saved as deterministic PNGs.
+
+numpy and Pillow only: this module never imports torch. Map kinds and their variants, in the
+order :func:`variants` returns them:
+
+========== ======================= ==============================================================
+kind       raw shape               variants
+========== ======================= ==============================================================
+gradient   (C, H, W), signed       ``color``, ``saliency`` (+ ``positive``, ``negative`` if guided)
+cam        (1, H, W), >= 0         ``map``, ``heatmap``, ``overlay``
+signed     (C, H, W), signed       ``diverging``, ``saliency``
+image      (3, H, W) in [0, 1]     ``image``
+========== ======================= ==============================================================
+
+Non-finite values never crash: NaN becomes 0, and +Inf / -Inf become the largest / smallest
+finite value of the map (with 0 included in that range). A map with no spread (all zero or
+constant) renders black, except the diverging view, which renders the centre colour.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+from cmap import Colormap
+from PIL import Image
+
+#: Every colormap name offered, with what it is for (see docs/colormaps.md).
+COLORMAPS: dict[str, str] = {
+    "inferno": "perceptually uniform black-red-yellow; default for CAM heatmaps",
+    "viridis": "perceptually uniform blue-green-yellow; colour-vision-deficiency safe",
+    "magma": "perceptually uniform black-purple-cream; softer than inferno",
+    "cividis": "perceptually uniform blue-yellow, designed for colour-vision deficiency",
+    "gray": "black to white; the plain intensity ramp",
+    "turbo": "improved rainbow (Google); jet-like look with smoother lightness",
+    "jet": "classic rainbow (matplotlib/MATLAB jet); the early seed (cv2) heatmap look",
+    "hsv": "cyclic hue wheel; the seed's CAM heatmap colormap (misleading: both ends are red)",
+    "vik": "perceptually uniform diverging blue-white-red (Crameri); default for signed maps",
+    "RdBu_r": "ColorBrewer diverging blue-white-red",
+    "coolwarm": "Moreland's smooth diverging blue-grey-red",
+    "bwr": "linear diverging blue-white-red (pure blue, white, pure red)",
+    "seismic": "diverging dark blue-white-dark red; the seed's LRP colormap",
+}
+
+#: Fully namespaced ``cmap`` catalogue names (avoids cmap's ambiguous-alias warnings).
+_CMAP_IDS: dict[str, str] = {
+    "inferno": "bids:inferno",
+    "viridis": "bids:viridis",
+    "magma": "bids:magma",
+    "cividis": "cividis:cividis",
+    "gray": "matlab:gray",
+    "turbo": "google:turbo",
+    "jet": "matlab:jet",
+    "hsv": "matlab:hsv",
+    "vik": "crameri:vik",
+    "RdBu_r": "colorbrewer:rdbu_r",
+    "coolwarm": "matplotlib:coolwarm",
+    "bwr": "matplotlib:bwr",
+    "seismic": "matplotlib:seismic",
+}
+
+DEFAULT_COLORMAP = "inferno"
+DEFAULT_DIVERGING = "vik"
+KINDS = ("gradient", "cam", "signed", "image")
+
+Variant = tuple[str, str, Image.Image]
+
+
+# -- colormaps ----------------------------------------------------------------------------------
+_BY_LOWER = {k.lower(): k for k in COLORMAPS}
+
+
+def _canonical(name: str) -> str:
+    if name.lower() in _BY_LOWER:
+        return _BY_LOWER[name.lower()]
+    close = difflib.get_close_matches(name.lower(), list(_BY_LOWER), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(_BY_LOWER[c]) for c in close)}?" if close else ""
+    raise ValueError(f"unknown colormap {name!r}{hint} (known: {', '.join(COLORMAPS)})")
+
+
+@functools.lru_cache(maxsize=None)
+def _lut(name: str) -> np.ndarray:
+    """256 x 3 uint8 lookup table of an offered colormap (read-only, cached)."""
+    rgba = Colormap(_CMAP_IDS[name]).lut(256)
+    table = np.clip(np.rint(rgba[:, :3] * 255.0), 0, 255).astype(np.uint8)
+    table.setflags(write=False)
+    return table
+
+
+def apply_colormap(x01: np.ndarray, name: str) -> np.ndarray:
+    """Values in [0, 1] (any shape, e.g. (H, W)) -> uint8 colours of shape (..., 3).
+
+    Entry ``min(floor(x * 256), 255)`` of a 256-entry LUT, as matplotlib indexes; values
+    outside [0, 1] are clipped and NaN counts as 0. Names are case-insensitive keys of
+    :data:`COLORMAPS`.
+
+    Raises:
+        ValueError: unknown colormap name (the message suggests close names).
+    """
+    x = np.clip(np.nan_to_num(np.asarray(x01, dtype=np.float64), nan=0.0), 0.0, 1.0)
+    idx = np.minimum((x * 256).astype(np.intp), 255)
+    return _lut(_canonical(name))[idx]
+
+
+# -- normalization ------------------------------------------------------------------------------
+def _finite(raw: np.ndarray) -> np.ndarray:
+    """float64 copy with NaN -> 0 and +/-Inf -> the finite range (0 included)."""
+    a = np.asarray(raw, dtype=np.float64)
+    ok = np.isfinite(a)
+    if ok.all():
+        return a.copy()
+    hi = max(float(a[ok].max()), 0.0) if ok.any() else 0.0
+    lo = min(float(a[ok].min()), 0.0) if ok.any() else 0.0
+    return np.nan_to_num(a, nan=0.0, posinf=hi, neginf=lo)
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] by min and max; no spread -> zeros."""
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def normalize_abs(map: np.ndarray, pct: float = 99.0) -> np.ndarray:
+    """Saliency in [0, 1], shape (H, W), from a (C, H, W) or (H, W) map.
+
+    ``|map|`` summed over channels, then ``(s - min) / (percentile(s, pct) - min)`` clipped to
+    [0, 1]: Smilkov et al.'s ``VisualizeImageGrayscale`` and the seed's
+    ``convert_to_grayscale``. Non-finite values are handled as described in the module doc.
+    """
+    if not 0.0 < pct <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100], got {pct}")
+    a = _finite(map)
+    s = np.abs(a).sum(axis=0) if a.ndim == 3 else np.abs(a)
+    lo, hi = float(s.min()), float(np.percentile(s, pct))
+    if hi <= lo:
+        hi = float(s.max())
+    return np.clip((s - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(s)
+
+
+def _signed01(s: np.ndarray, pct: float = 99.0) -> np.ndarray:
+    """(H, W) signed -> [0, 1] with 0 at exactly 0.5; limit = percentile(|s|, pct)."""
+    mag = np.abs(s)
+    lim = float(np.percentile(mag, pct))
+    if lim <= 0.0:
+        lim = float(mag.max())
+    if lim <= 0.0:
+        return np.full_like(s, 0.5)
+    return np.clip(0.5 + s / (2.0 * lim), 0.0, 1.0)
+
+
+# -- to images ----------------------------------------------------------------------------------
+def _u8(x01: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x01 * 255.0), 0, 255).astype(np.uint8)
+
+
+def _grey(x01: np.ndarray) -> Image.Image:
+    return Image.fromarray(_u8(x01), "L").convert("RGB")
+
+
+def _rgb(chw01: np.ndarray) -> Image.Image:
+    """(3, H, W) or (1, H, W) in [0, 1] -> RGB image."""
+    hwc = np.repeat(chw01, 3, axis=0) if chw01.shape[0] == 1 else chw01
+    return Image.fromarray(np.ascontiguousarray(_u8(hwc).transpose(1, 2, 0)), "RGB")
+
+
+def _colored(x01: np.ndarray, name: str) -> Image.Image:
+    return Image.fromarray(apply_colormap(x01, name), "RGB")
+
+
+def _check_shape(kind: str, raw: np.ndarray, channels: tuple[int, ...] | None) -> None:
+    if raw.ndim != 3 or (channels is not None and raw.shape[0] not in channels):
+        want = "(C, H, W)" if channels is None else f"({' or '.join(map(str, channels))}, H, W)"
+        raise ValueError(f"a {kind!r} map must have shape {want}, got {raw.shape}")
+    if raw.shape[1] == 0 or raw.shape[2] == 0:
+        raise ValueError(f"a {kind!r} map must not be empty, got shape {raw.shape}")
+
+
+def variants(
+    kind: str,
+    raw: np.ndarray,
+    image: Image.Image | None,
+    *,
+    colormap: str | None = None,
+    diverging: str | None = None,
+    alpha: float = 0.5,
+    guided: bool = False,
+) -> list[Variant]:
+    """Display variants of one raw map as ``(key, human label, RGB image)`` in a fixed order.
+
+    Args:
+        kind: ``gradient``, ``cam``, ``signed`` or ``image`` (shapes in the module doc).
+        raw: the technique's map for one image, at the image's resolution.
+        image: the fitted input crop, same H x W; needed only for the CAM ``overlay``, which
+            is left out when ``image`` is None.
+        colormap: sequential colormap of CAM heatmaps (default :data:`DEFAULT_COLORMAP`).
+        diverging: colormap of signed maps, centred at 0 (default :data:`DEFAULT_DIVERGING`).
+        alpha: heatmap weight of the overlay, ``alpha * heatmap + (1 - alpha) * image``.
+        guided: add the positive and negative saliency of a guided-backprop gradient.
+
+    Raises:
+        ValueError: unknown kind or colormap, wrong shape, alpha outside [0, 1], or an
+            overlay image whose size differs from the map.
+    """
+    cmap_name = _canonical(colormap or DEFAULT_COLORMAP)
+    div_name = _canonical(diverging or DEFAULT_DIVERGING)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
+    a = np.asarray(raw)
+    if kind == "gradient":
+        _check_shape(kind, a, (1, 3))
+        g = _finite(a)
+        out = [
+            ("color", "Colored gradient", _rgb(_minmax(g))),
+            ("saliency", "Saliency", _grey(normalize_abs(g))),
+        ]
+        if guided:
+            pos, neg = np.maximum(g, 0.0), np.maximum(-g, 0.0)
+            out.append(("positive", "Positive saliency", _rgb(pos / pos.max() if pos.max() > 0 else pos)))
+            out.append(("negative", "Negative saliency", _rgb(neg / neg.max() if neg.max() > 0 else neg)))
+        return out
+    if kind == "cam":
+        _check_shape(kind, a, (1,))
+        m = _minmax(_finite(a)[0])
+        out = [("map", "Map", _grey(m)), ("heatmap", "Heatmap", _colored(m, cmap_name))]
+        if image is not None:
+            if image.size != (m.shape[1], m.shape[0]):
+                raise ValueError(
+                    f"overlay image is {image.size[0]}x{image.size[1]} but the map is "
+                    f"{m.shape[1]}x{m.shape[0]}"
+                )
+            overlay = Image.blend(image.convert("RGB"), out[1][2], alpha)
+            out.append(("overlay", "Heatmap on image", overlay))
+        return out
+    if kind == "signed":
+        _check_shape(kind, a, None)
+        s = _finite(a)
+        return [
+            ("diverging", "Signed map", _colored(_signed01(s.sum(axis=0)), div_name)),
+            ("saliency", "Saliency", _grey(normalize_abs(s))),
+        ]
+    if kind == "image":
+        _check_shape(kind, a, (1, 3))
+        return [("image", "Image", _rgb(np.clip(_finite(a), 0.0, 1.0)))]
+    close = difflib.get_close_matches(kind, KINDS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown map kind {kind!r}{hint} (known: {', '.join(KINDS)})")
+
+
+# -- output -------------------------------------------------------------------------------------
+def thumbnail(img: Image.Image, size: int = 160) -> Image.Image:
+    """A copy that fits in ``size`` x ``size`` (aspect kept, never enlarged), bicubic."""
+    if size < 1:
+        raise ValueError(f"thumbnail size must be a positive number of pixels, got {size}")
+    small = img.copy()
+    small.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    return small
+
+
+def save_png(img: Image.Image, path: str | os.PathLike[str]) -> None:
+    """Write ``img`` as a PNG whose bytes depend only on its pixels, atomically.
+
+    No metadata (no time, text, dpi, ICC or EXIF chunks), fixed zlib level, ``optimize=False``.
+    The bytes go to a temporary file in the same folder (created if missing), which then
+    replaces ``path`` with ``os.replace``: readers see the old file or the new one, never half.
+    """
+    target = Path(path)
+    mode = img.mode if img.mode in ("RGB", "RGBA", "L") else "RGB"
+    src = img if img.mode == mode else img.convert(mode)
+    clean = Image.frombytes(mode, src.size, src.tobytes())  # drops img.info (icc, exif, ...)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            clean.save(f, format="PNG", optimize=False, compress_level=6)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

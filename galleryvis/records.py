@@ -1,0 +1,112 @@
+"""Plain records that rendering reads: paths, labels, scores, timings; never tensors."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One of a model's top-k classes for an image."""
+
+    index: int
+    label: str
+    prob: float
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """An input image: ``src`` is the model-input crop, relative to the site root."""
+
+    id: str
+    name: str
+    src: str
+    thumb: str
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A model with its top-5 predictions per image id and the layers its techniques used."""
+
+    id: str
+    name: str
+    description: str
+    predictions: dict[str, list[Prediction]]
+    layers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class TechniqueRecord:
+    """A gallery row group: one technique (registry ``name``) with its resolved parameters."""
+
+    id: str
+    name: str
+    title: str
+    family: str
+    params: dict[str, Any]
+    description_md: str
+    paper: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One rendered picture of a cell (e.g. ``heatmap``), paths relative to the site root."""
+
+    key: str
+    label: str
+    src: str
+    thumb: str
+    alt: str
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The result of one (model, image, technique): its pictures, scores, or its error."""
+
+    model_id: str
+    image_id: str
+    technique_id: str
+    target_index: int | None
+    target_label: str
+    status: str  # "ok" | "failed"
+    variants: list[Variant] = field(default_factory=list)
+    error: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    trace: list[float] = field(default_factory=list)
+    plot: str = ""  # relative path of a small SVG/PNG plot (objective or metric curves)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A model's techniques ranked by insertion - deletion AUC (baselines included)."""
+
+    model_id: str
+    rows: list[dict[str, Any]]
+    protocol: str
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """Everything a site shows."""
+
+    title: str
+    description_md: str
+    images: list[ImageRecord]
+    models: list[ModelRecord]
+    techniques: list[TechniqueRecord]
+    cells: list[Cell]
+    rankings: list[Ranking] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def _index(self) -> dict[tuple[str, str, str], Cell]:
+        return {(c.model_id, c.image_id, c.technique_id): c for c in self.cells}
+
+    def cell(self, model_id: str, image_id: str, technique_id: str) -> Cell | None:
+        """The cell for that triple, or None when it was not computed."""
+        return self._index.get((model_id, image_id, technique_id))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for build.json and tests)."""
+        return asdict(self)

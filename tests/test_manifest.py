@@ -1,0 +1,524 @@
+"""Manifest parsing and validation: every error names file, field and problem; nothing crashes."""
+from __future__ import annotations
+
+import string
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from galleryvis import registry
+from galleryvis.manifest import (
+    GallerySpec,
+    ImageSpec,
+    Manifest,
+    ManifestError,
+    MetricsSpec,
+    ModelSpec,
+    TechniqueSpec,
+    check_against_models,
+    default_manifest,
+    load_manifest,
+    parse_manifest,
+    starter_manifest,
+)
+
+MODEL = '[[models]]\nname = "resnet18"\nweights = "none"\n'
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A manifest folder holding two small photos and a text file."""
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "photos" / "a.png")
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "photos" / "b.jpg")
+    (tmp_path / "photos" / "README.md").write_text("not an image")
+    return tmp_path
+
+
+def write(folder: Path, text: str, name: str = "gallery.toml") -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(folder: Path, body: str, images: str = '[[images]]\npath = "photos/*"\n',
+         models: str = MODEL) -> Manifest:
+    return load_manifest(write(folder, images + models + body))
+
+
+def errors(folder: Path, body: str, **parts: str) -> list[str]:
+    with pytest.raises(ManifestError) as info:
+        load(folder, body, **parts)
+    return info.value.errors
+
+
+def only(errs: list[str]) -> str:
+    assert len(errs) == 1, errs
+    return errs[0]
+
+
+# --- a valid manifest ---------------------------------------------------------------------
+
+
+def test_valid_manifest_parses_into_frozen_specs(folder: Path) -> None:
+    m = load(folder, """
+[gallery]
+title = "Mine"
+description = "*hello*"
+device = "cpu"
+colormap = "viridis"
+alpha = 1
+
+[[techniques]]
+name = "integrated_gradients"
+params = { steps = 8 }
+
+[[techniques]]
+name = "integrated_gradients"
+id = "ig_black"
+params = { baseline = "black" }
+
+[metrics]
+enabled = true
+steps = 10
+substrate = "zero"
+""")
+    assert m.path == folder / "gallery.toml" and m.root == folder
+    assert m.gallery == GallerySpec("Mine", "*hello*", folder / "site", "cpu", "viridis", 1.0)
+    assert [t.id for t in m.techniques] == ["integrated_gradients", "ig_black"]
+    assert m.techniques[0].params["steps"] == 8 and m.techniques[0].params["baseline"] == "zero"
+    assert m.techniques[1].params["steps"] == 50 and m.techniques[1].field == "techniques[1]"
+    assert m.metrics == MetricsSpec(enabled=True, steps=10, substrate="zero")
+    assert m.models == (ModelSpec("resnet18", weights="none", id="resnet18", field="models[0]"),)
+    with pytest.raises(AttributeError):
+        m.gallery.title = "x"  # type: ignore[misc]
+
+
+def test_defaults(folder: Path) -> None:
+    m = load(folder, "")
+    assert m.gallery == GallerySpec(output=folder / "site")
+    assert m.metrics == MetricsSpec()
+    attribution = registry.names("attribution")
+    assert [t.name for t in m.techniques] == attribution and len(attribution) > 3
+    assert all(t.params == registry.get(t.name).params for t in m.techniques)
+    assert {i.target for i in m.images} == {None}
+
+
+def test_glob_expands_to_sorted_image_files_only(folder: Path) -> None:
+    m = load(folder, "")
+    assert [i.path for i in m.images] == [folder / "photos" / "a.png", folder / "photos" / "b.jpg"]
+    assert {i.field for i in m.images} == {"images[0]"}
+
+
+def test_overlapping_entries_are_kept_once_per_target(folder: Path) -> None:
+    m = load(folder, "", images='[[images]]\npath = "photos/*"\n[[images]]\npath = "photos/a.png"\n'
+                                '[[images]]\npath = "photos/a.png"\ntarget = 3\n')
+    assert [(i.path.name, i.target) for i in m.images] == [("a.png", None), ("b.jpg", None), ("a.png", 3)]
+
+
+def test_relative_paths_resolve_beside_the_manifest_not_the_cwd(
+        folder: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    (folder / "labels.txt").write_text("a\nb\n")
+    (folder / "w.pth").write_bytes(b"")
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    m = load(folder, '[gallery]\noutput = "out/html"\n', models=(
+        '[[models]]\nfactory = "my_pkg.nets:build_net"\nweights = "w.pth"\nlabels = "labels.txt"\n'))
+    assert m.gallery.output == folder / "out" / "html"
+    assert m.images[0].path == folder / "photos" / "a.png"
+    spec = m.models[0]
+    assert (spec.name, spec.id, spec.factory) == ("build_net", "build_net", "my_pkg.nets:build_net")
+    assert spec.weights == str(folder / "w.pth") and spec.labels == folder / "labels.txt"
+
+
+def test_targets(folder: Path) -> None:
+    m = load(folder, "", images='[[images]]\npath = "photos/a.png"\ntarget = 281\n'
+                                '[[images]]\npath = "photos/b.jpg"\ntarget = "tabby"\n'
+                                '[[images]]\npath = "photos/a.png"\ntarget = "TOP1"\n')
+    assert [i.target for i in m.images] == [281, "tabby", None]
+
+
+def test_model_options(folder: Path) -> None:
+    m = load(folder, "", models="""
+[[models]]
+name = "resnet50"
+weights = "ResNet50_Weights.IMAGENET1K_V2"
+size = 256
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+layers = { gradcam = "layer4", layercam = ["layer3", "layer4"], eigencam = ["layer4"] }
+
+[[models]]
+name = "resnet50"
+id = "resnet50_random"
+weights = "None"
+
+[[models]]
+name = "efficientnet_lite0"
+""")
+    a, b, c = m.models
+    assert a.weights == "IMAGENET1K_V2" and a.size == 256 and a.mean == (0.5, 0.5, 0.5)
+    assert a.layers == {"gradcam": "layer4", "layercam": ("layer3", "layer4"), "eigencam": "layer4"}
+    assert (b.id, b.weights) == ("resnet50_random", "none")
+    assert (c.id, c.weights) == ("efficientnet_lite0", None)
+
+
+# --- each validation error ----------------------------------------------------------------
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError) as info:
+        load_manifest(write(tmp_path, '[gallery]\ntitle = "x"\ndevice = cpu\n'))
+    msg = only(info.value.errors)
+    assert msg.startswith("gallery.toml: invalid TOML") and "line 3" in msg
+
+
+def test_missing_manifest_file(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match=r"nope\.toml: no such file"):
+        load_manifest(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("body, field, hint", [
+    ("[galery]\n", "galery", "did you mean: gallery?"),
+    ("[gallery]\ntitel = 'x'\n", "gallery.titel", "did you mean: title?"),
+    ("[metrics]\nenable = true\n", "metrics.enable", "did you mean: enabled?"),
+    ("[[techniques]]\nname = 'gradcam'\nparam = {}\n", "techniques[0].param", "did you mean: params?"),
+    ("[gallery]\nzzz = 1\n", "gallery.zzz", "allowed: title, description"),
+])
+def test_unknown_keys(folder: Path, body: str, field: str, hint: str) -> None:
+    msg = only(errors(folder, body))
+    assert msg.startswith(f"gallery.toml: {field}: unknown key") and hint in msg
+
+
+def test_unknown_keys_in_images_and_models(folder: Path) -> None:
+    errs = errors(folder, "", images='[[images]]\npath = "photos/a.png"\ntraget = 1\n',
+                  models='[[models]]\nname = "resnet18"\nwieghts = "none"\n')
+    assert errs == ["gallery.toml: images[0].traget: unknown key (did you mean: target?)",
+                    "gallery.toml: models[0].wieghts: unknown key (did you mean: weights?)"]
+
+
+@pytest.mark.parametrize("body, field, problem", [
+    ("[gallery]\ntitle = 3\n", "gallery.title", "expected a string, got integer 3"),
+    ("[gallery]\nalpha = 'x'\n", "gallery.alpha", "expected a number from 0 to 1, got string 'x'"),
+    ("[gallery]\nalpha = 1.5\n", "gallery.alpha", "expected a number from 0 to 1"),
+    ("gallery = 1\n", "gallery", "expected a table, got integer 1"),
+    ("[metrics]\nenabled = 'yes'\n", "metrics.enabled", "expected true or false, got string 'yes'"),
+    ("[metrics]\nsteps = 1\n", "metrics.steps", "must be from 2 to 1000, got 1"),
+    ("[metrics]\nsteps = 2.5\n", "metrics.steps", "expected an integer, got float 2.5"),
+    ("[metrics]\nsubstrate = 'blurr'\n", "metrics.substrate", "(did you mean: blur?)"),
+    ("[techniques]\nname = 'gradcam'\n", "techniques", "expected an array of tables ([[techniques]]"),
+    ("[[techniques]]\nname = 'gradcam'\nparams = 3\n", "techniques[0].params", "expected a table"),
+])
+def test_wrong_types(folder: Path, body: str, field: str, problem: str) -> None:
+    msg = only(errors(folder, body))
+    assert msg.startswith(f"gallery.toml: {field}: ") and problem in msg
+
+
+def test_bad_device_suggests(folder: Path) -> None:
+    msg = only(errors(folder, '[gallery]\ndevice = "cuad"\n'))
+    assert msg == ("gallery.toml: gallery.device: must be one of auto, cpu, cuda, mps, got 'cuad'"
+                   " (did you mean: cuda?)")
+
+
+def test_missing_required_sections_and_keys(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError) as info:
+        load_manifest(write(tmp_path, "[[techniques]]\nparams = {}\n"))
+    errs = info.value.errors
+    assert errs[0].startswith("gallery.toml: images: missing: add at least one [[images]]")
+    assert errs[1].startswith("gallery.toml: models: missing: add at least one [[models]]")
+    assert errs[2].startswith("gallery.toml: techniques[0]: missing required key 'name'")
+    assert len(errs) == 3
+
+
+def test_missing_path_and_name_in_entries(folder: Path) -> None:
+    errs = errors(folder, "", images="[[images]]\ntarget = 1\n", models="[[models]]\nweights = 'none'\n")
+    assert errs[0].startswith("gallery.toml: images[0]: missing required key 'path'")
+    assert errs[1].startswith("gallery.toml: models[0]: missing required key 'name'")
+
+
+def test_missing_image_file_and_folder(folder: Path) -> None:
+    errs = errors(folder, "", images='[[images]]\npath = "photos/c.png"\n[[images]]\npath = "photos"\n')
+    assert errs[0].startswith("gallery.toml: images[0].path: 'photos/c.png': no such file")
+    assert errs[1].startswith("gallery.toml: images[1].path: 'photos': is a folder")
+    assert "photos/*.jpg" in errs[1]
+
+
+def test_glob_matching_nothing(folder: Path) -> None:
+    errs = errors(folder, "", images='[[images]]\npath = "pics/*.png"\n[[images]]\npath = "photos/*.md"\n')
+    assert errs[0].startswith("gallery.toml: images[0].path: no image file matches 'pics/*.png'")
+    assert errs[1].startswith("gallery.toml: images[1].path: no image file matches 'photos/*.md'")
+    assert "only non-image files: README.md" in errs[1]
+
+
+def test_undecodable_image(folder: Path) -> None:
+    (folder / "photos" / "fake.jpg").write_text("this is text")
+    msg = only(errors(folder, ""))
+    assert msg.startswith("gallery.toml: images[0].path: ") and "fake.jpg" in msg
+
+
+@pytest.mark.parametrize("target, problem", [
+    ("-1", "class index must be 0 or more, got -1"),
+    ("1.5", 'expected a class index, a class name or "top1", got float 1.5'),
+    ("true", "got boolean True"),
+    ("''", "must not be empty"),
+])
+def test_bad_target(folder: Path, target: str, problem: str) -> None:
+    msg = only(errors(folder, "", images=f'[[images]]\npath = "photos/a.png"\ntarget = {target}\n'))
+    assert msg.startswith("gallery.toml: images[0].target: ") and problem in msg
+
+
+def test_unknown_model_suggests(folder: Path) -> None:
+    msg = only(errors(folder, "", models='[[models]]\nname = "resnet5"\n'))
+    assert msg.startswith("gallery.toml: models[0].name: unknown model 'resnet5' (did you mean: resnet50")
+    assert "resnet18" in msg
+
+
+@pytest.mark.parametrize("model, field, problem", [
+    ('name = "resnet18"\nweights = "IMAGENET1K_V3"', "models[0].weights",
+     "unknown weights 'IMAGENET1K_V3' for resnet18 (did you mean: IMAGENET1K_V1"),
+    ('name = "resnet18"\nweights = "VGG16_Weights.IMAGENET1K_V1"', "models[0].weights",
+     "are not weights for resnet18 (they are ResNet18_Weights.*)"),
+    ('name = "resnet18"\nweights = "missing.pth"', "models[0].weights", "weights file 'missing.pth': no such file"),
+    ('name = "efficientnet_lite0"\nweights = "IMAGENET1K_V1"', "models[0].weights",
+     'efficientnet_lite0 takes "DEFAULT", "none" or a weights file path'),
+    ('factory = "pkg.mod:fn"\nweights = "DEFAULT"', "models[0].weights", 'not "DEFAULT"'),
+    ('factory = "pkg.mod.fn"', "models[0].factory", "expected 'package.module:function', got 'pkg.mod.fn'"),
+    ('factory = "pkg/mod:fn"', "models[0].factory", "expected 'package.module:function'"),
+    ('name = "resnet18"\nlabels = "labels.txt"', "models[0].labels", "labels file 'labels.txt': no such file"),
+    ('name = "resnet18"\nsize = 0', "models[0].size", "must be from 8 to 4096, got 0"),
+    ('name = "resnet18"\nmean = [0.5, 0.5]', "models[0].mean", "expected an array of 3 numbers"),
+    ('name = "resnet18"\nstd = [0.5, 0, 0.5]', "models[0].std", "every value must be greater than 0"),
+    ('name = "resnet18"\nlayers = { gradcma = "layer4" }', "models[0].layers.gradcma",
+     "unknown key (did you mean: gradcam"),
+    ('name = "resnet18"\nlayers = { vanilla = "layer4" }', "models[0].layers.vanilla", "takes no layer"),
+    ('name = "resnet18"\nlayers = { gradcam = ["layer3", "layer4"] }', "models[0].layers.gradcam",
+     "takes one layer, got 2"),
+    ('name = "resnet18"\nlayers = { gradcam = 4 }', "models[0].layers.gradcam", "expected a module name"),
+])
+def test_bad_model_fields(folder: Path, model: str, field: str, problem: str) -> None:
+    msg = only(errors(folder, "", models=f"[[models]]\n{model}\n"))
+    assert msg.startswith(f"gallery.toml: {field}: ") and problem in msg
+
+
+def test_duplicate_ids(folder: Path) -> None:
+    errs = errors(folder, '[[techniques]]\nname = "gradcam"\n[[techniques]]\nname = "gradcam"\n',
+                  models=MODEL + MODEL)
+    assert errs[0].startswith("gallery.toml: models[1]: duplicate model id 'resnet18'")
+    assert errs[1].startswith("gallery.toml: techniques[1]: duplicate technique id 'gradcam'")
+
+
+def test_unknown_technique_suggests(folder: Path) -> None:
+    msg = only(errors(folder, '[[techniques]]\nname = "gradcma"\n'))
+    assert msg.startswith("gallery.toml: techniques[0].name: unknown technique 'gradcma' (did you mean: gradcam")
+
+
+@pytest.mark.parametrize("params, field, problem", [
+    ("{ step = 3 }", "params.step", "unknown parameter 'step' (did you mean: steps?)"),
+    ("{ steps = 'many' }", "params.steps", "parameter 'steps' must be int, got str 'many'"),
+    ("{ steps = 2.0 }", "params.steps", "must be int, got float"),
+    ("{ baseline = 'white' }", "params.baseline", "must be one of 'zero', 'black', 'blur', got 'white'"),
+])
+def test_bad_technique_params(folder: Path, params: str, field: str, problem: str) -> None:
+    msg = only(errors(folder, f'[[techniques]]\nname = "integrated_gradients"\nparams = {params}\n'))
+    assert msg.startswith(f"gallery.toml: techniques[0].{field}: ") and problem in msg
+
+
+def test_every_problem_is_reported_at_once(folder: Path) -> None:
+    with pytest.raises(ManifestError) as info:
+        load(folder, '[gallery]\ndevice = "gpu"\n[[techniques]]\nname = "gradcma"\n'
+                     '[[techniques]]\nname = "smoothgrad"\nparams = { samples = "x", sigmaa = 1 }\n',
+             images='[[images]]\npath = "nothing/*.png"\ntarget = -2\n',
+             models='[[models]]\nname = "resnet5"\n')
+    errs = info.value.errors
+    fields = [e.split(": ")[1] for e in errs]
+    assert fields == ["gallery.device", "images[0].target", "images[0].path", "models[0].name",
+                      "techniques[0].name", "techniques[1].params.samples", "techniques[1].params.sigmaa"]
+    assert str(info.value) == "\n".join(errs)
+
+
+def test_output_must_be_a_folder_below_the_manifest(folder: Path) -> None:
+    (folder / "taken").write_text("")
+    assert "is the manifest's folder" in only(errors(folder, '[gallery]\noutput = "."\n'))
+    assert "is the manifest's folder" in only(errors(folder, '[gallery]\noutput = ".."\n'))
+    assert "'taken' is a file" in only(errors(folder, '[gallery]\noutput = "taken"\n'))
+
+
+# --- checks against loaded models ---------------------------------------------------------
+
+
+def adapter(labels: list[str], modules: set[str] | None = None) -> SimpleNamespace:
+    return SimpleNamespace(labels=labels, num_classes=len(labels) or 10,
+                           module_names=modules or {"features", "features.0", "layer4", "fc"})
+
+
+def test_check_against_models(folder: Path) -> None:
+    m = load(folder, "", images=(
+        '[[images]]\npath = "photos/*"\ntarget = 3\n'
+        '[[images]]\npath = "photos/a.png"\ntarget = "Tabby Cat"\n'
+        '[[images]]\npath = "photos/a.png"\ntarget = "tabby"\n'
+        '[[images]]\npath = "photos/a.png"\ntarget = 12\n'), models=(
+        '[[models]]\nname = "resnet18"\nlayers = { gradcam = "layer5", layercam = ["layer4", "fc"] }\n'
+        '[[models]]\nname = "vgg11"\n[[models]]\nname = "alexnet"\n'))
+    errs = check_against_models(m, {
+        "resnet18": adapter(["tabby cat", "tiger cat", "goldfish"]),
+        "vgg11": adapter([]),
+    })
+    assert errs == [
+        "gallery.toml: models[0].layers.gradcam: model 'resnet18' has no layer 'layer5' "
+        "(did you mean: layer4?) (`galleryvis layers resnet18` lists them)",
+        "gallery.toml: images[0].target: class index 3 is out of range for model 'resnet18' (3 classes: 0..2)",
+        "gallery.toml: images[2].target: model 'resnet18' has no class 'tabby' (did you mean: tabby cat?)",
+        "gallery.toml: images[3].target: class index 12 is out of range for model 'resnet18' (3 classes: 0..2)",
+        "gallery.toml: images[1].target: model 'vgg11' has no class names, so target 'Tabby Cat' cannot be "
+        "looked up (give the model a `labels` file, or use a class index)",
+        "gallery.toml: images[2].target: model 'vgg11' has no class names, so target 'tabby' cannot be "
+        "looked up (give the model a `labels` file, or use a class index)",
+        "gallery.toml: images[3].target: class index 12 is out of range for model 'vgg11' (10 classes: 0..9)",
+    ]
+
+
+def test_check_against_models_accepts_a_good_manifest(folder: Path) -> None:
+    m = load(folder, "", images='[[images]]\npath = "photos/a.png"\ntarget = "GOLDFISH"\n',
+             models='[[models]]\nname = "resnet18"\nlayers = { gradcam = "layer4" }\n')
+    assert check_against_models(m, {"resnet18": adapter(["tabby", "goldfish"])}) == []
+
+
+# --- the embedded default and the starter manifest ----------------------------------------
+
+
+def test_default_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    m = default_manifest()
+    assert m.path is None and m.label == "default manifest"
+    assert m.gallery.output == tmp_path / "site"
+    assert m.gallery.title == "galleryvis — CNN visualizations" and m.gallery.description
+    assert m.metrics.enabled
+    assert [s.name for s in m.models] == ["efficientnet_lite0"]
+    names = {i.path.name for i in m.images}
+    assert 3 <= len(names) <= 5 and "cat.png" in names
+    assert all(i.path.is_file() and i.path.parent == m.root for i in m.images)
+    assert [t.name for t in m.techniques] == registry.names("attribution")
+
+
+@pytest.mark.parametrize("github_pages, output", [(False, "site"), (True, "docs")])
+def test_starter_manifest_round_trips(tmp_path: Path, github_pages: bool, output: str) -> None:
+    (tmp_path / "input_images").mkdir()
+    Image.new("L", (16, 16)).save(tmp_path / "input_images" / "grey.png")
+    (tmp_path / "input_images" / "ATTRIBUTION.md").write_text("sources")
+    text = starter_manifest(github_pages)
+    m = load_manifest(write(tmp_path, text, "galleryvis.toml"))
+    assert m.gallery.output == tmp_path / output
+    assert [i.path.name for i in m.images] == ["grey.png"]
+    assert [s.name for s in m.models] == ["efficientnet_lite0"]
+    assert len(m.techniques) == len(registry.names("attribution"))
+
+
+def test_starter_manifest_examples_are_valid(tmp_path: Path) -> None:
+    (tmp_path / "input_images").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "input_images" / "x.jpg")
+    (tmp_path / "w.pth").write_bytes(b"")
+    (tmp_path / "labels.txt").write_text("a\n")
+    text = starter_manifest().replace("# target", "target").replace("# weights =", "weights =")
+    text = text.replace("# id =", "id =").replace("# layers", "layers").replace("# colormap", "colormap")
+    m = load_manifest(write(tmp_path, text, "galleryvis.toml"))
+    assert m.models[0].layers == {"gradcam": "_blocks.15"} and m.models[0].id == "lite0"
+    techniques = "\n".join(ln[2:] for ln in text.split("# [[techniques]]", 1)[1].splitlines()
+                           if ln.startswith("# ") and not ln.startswith("# Techniques"))
+    factory = text.split("# Your own nn.Module (this runs your code):\n", 1)[1].split("\n\n")[0]
+    factory = "\n".join(ln[2:] for ln in factory.splitlines()).replace("checkpoints/model.pth", "w.pth")
+    body = text.split("[metrics]")[0] + factory + "\n[[techniques]]\n" + techniques + "\n"
+    m = load_manifest(write(tmp_path, body, "full.toml"))
+    assert [t.id for t in m.techniques] == ["gradcam", "smoothgrad", "smoothgrad_wide"]
+    assert m.models[1].factory == "mypackage.models:build" and m.models[1].size == 224
+
+
+# --- property tests: parse_manifest accepts or raises ManifestError, nothing else --------
+
+_scalars = st.one_of(st.text(max_size=12), st.integers(), st.floats(), st.booleans())
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+_plausible = st.sampled_from([
+    "resnet18", "efficientnet_lite0", "DEFAULT", "none", "IMAGENET1K_V1", "w.pth", "pkg.mod:fn", "gradcam",
+    "layercam", "vanilla", "smoothgrad", "top1", "tabby", "cpu", "cuda", "*.png", "*", ".", "..", "/", "~",
+    "\x00", "a/b.png", "layer4", "blur", "",
+])
+_field_values = st.one_of(_values, _plausible, st.integers(-2, 2000), st.lists(_plausible, max_size=3),
+                          st.dictionaries(st.sampled_from(["gradcam", "layercam", "vanilla", "steps", "x"]),
+                                          st.one_of(_plausible, _values), max_size=3))
+
+
+def _section(keys: list[str]) -> st.SearchStrategy:
+    return st.dictionaries(st.one_of(st.sampled_from(keys), st.text(max_size=6)), _field_values, max_size=5)
+
+
+_gallery = _section(["title", "description", "output", "device", "colormap", "alpha"])
+_image = _section(["path", "target"])
+_model = _section(["name", "id", "weights", "factory", "labels", "size", "mean", "std", "layers"])
+_technique = st.one_of(_section(["name", "id", "params"]), st.fixed_dictionaries(
+    {"name": st.sampled_from(registry.names())},
+    optional={"params": st.dictionaries(st.sampled_from(["steps", "samples", "sigma", "base", "seed", "x"]),
+                                        _field_values, max_size=3), "id": _plausible}))
+_metrics = _section(["enabled", "deletion_insertion", "sanity", "steps", "substrate"])
+_manifests = st.one_of(
+    st.dictionaries(st.text(max_size=8), _values, max_size=4),
+    st.fixed_dictionaries({}, optional={
+        "gallery": st.one_of(_gallery, _values),
+        "images": st.one_of(st.lists(_image, max_size=3), _values),
+        "models": st.one_of(st.lists(_model, max_size=3), _values),
+        "techniques": st.one_of(st.lists(_technique, max_size=3), _values),
+        "metrics": st.one_of(_metrics, _values),
+        "extra": _values,
+    }),
+)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_manifests)
+def test_parse_never_crashes(data: dict, tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.getbasetemp() / "hypothesis-root"
+    root.mkdir(exist_ok=True)
+    try:
+        manifest = parse_manifest(data, path=Path("fuzz.toml"), root=root)
+    except ManifestError as exc:
+        assert exc.errors and all(e.startswith("fuzz.toml: ") for e in exc.errors)
+    else:
+        assert isinstance(manifest, Manifest)
+
+
+_toml_lines = st.lists(st.one_of(
+    st.sampled_from(["[gallery]", "[[images]]", "[[models]]", "[[techniques]]", "[metrics]", "[x.y]"]),
+    st.builds(lambda k, v: f"{k} = {v}",
+              st.sampled_from(["title", "path", "name", "target", "params", "device", "steps", "alpha", "x"]),
+              st.one_of(st.sampled_from(['"resnet18"', '"*.png"', "3", "-1", "1.5", "true", "[1, 2]",
+                                         '{ steps = 2 }', '"gradcam"', "1979-05-27", "inf", '"top1"']),
+                        st.text(string.printable, max_size=8))),
+    st.text(max_size=10),
+), max_size=12)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=_toml_lines)
+def test_load_never_crashes_on_random_toml(lines: list[str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    folder = tmp_path_factory.getbasetemp() / "hypothesis-toml"
+    folder.mkdir(exist_ok=True)
+    path = write(folder, "\n".join(lines), "fuzz.toml")
+    try:
+        load_manifest(path)
+    except ManifestError as exc:
+        assert exc.errors and all(e.startswith("fuzz.toml: ") for e in exc.errors)
+
+
+def test_manifest_error_joins_messages() -> None:
+    err = ManifestError(["a.toml: x: bad", "a.toml: y: worse"])
+    assert str(err) == "a.toml: x: bad\na.toml: y: worse" and err.errors == ["a.toml: x: bad", "a.toml: y: worse"]
+
+
+def test_specs_default_their_ids() -> None:
+    assert ModelSpec("vgg16").id == "vgg16" and ModelSpec("vgg16", id="v").id == "v"
+    assert TechniqueSpec("gradcam").id == "gradcam"
+    assert ImageSpec(Path("a.png")).target is None
+    assert tomllib.loads(starter_manifest())["models"][0]["name"] == "efficientnet_lite0"
