@@ -406,7 +406,7 @@ class _Parser:
         description = self.string(table, "description", where, empty_ok=True)
         text = self.string(table, "output", where)
         output = self.path(text) if text is not None else self.root / "site"
-        self.check_output(output, f"{where}.output")
+        self.check_output(output, f"{where}.output", text or "site")
         device = self.choice(table, "device", where, DEVICES, base.device)
         colormap = self.string(table, "colormap", where)
         alpha = _finite(table.get("alpha", base.alpha))
@@ -418,23 +418,23 @@ class _Parser:
             device=device, colormap=colormap, alpha=alpha,  # type: ignore[arg-type]
         )
 
-    def check_output(self, output: Path, where: str) -> None:
+    def check_output(self, output: Path, where: str, text: str) -> None:
         """Refuse output folders that a rebuild or ``clean`` could not safely replace."""
         try:
             target = output.resolve()
             if target.is_file():
-                self.error(where, f"{str(output)!r} is a file, not a folder")
+                self.error(where, f"{text!r} is a file, not a folder")
             elif target == self.root.resolve() or target in self.root.resolve().parents:
-                self.error(where, f"{str(output)!r} is the manifest's folder or a folder above it; "
+                self.error(where, f"{text!r} is the manifest's folder or a folder above it; "
                                   "choose a subfolder such as 'site'")
         except (OSError, ValueError, RuntimeError) as exc:
-            self.error(where, f"unusable output folder {str(output)!r}: {exc}")
+            self.error(where, f"unusable output folder {text!r}: {exc}")
 
     def images(self, value: Any) -> tuple[ImageSpec, ...]:
         if value is None:
             self.error("images", "missing: add at least one [[images]] section with a `path`")
             return ()
-        specs: dict[ImageSpec, None] = {}
+        specs: dict[tuple[Path, int | str | None], ImageSpec] = {}  # one spec per (file, target)
         for i, entry in enumerate(self.array_of_tables(value, "images", "[[images]]")):
             where = f"images[{i}]"
             table = self.table(entry, where, ("path", "target"))
@@ -450,10 +450,10 @@ class _Parser:
                 except ImageError as exc:
                     self.error(f"{where}.path", str(exc))
                     continue
-                specs[ImageSpec(path, target, where)] = None
+                specs.setdefault((path, target), ImageSpec(path, target, where))
         if isinstance(value, list) and not value:
             self.error("images", "empty: add at least one [[images]] section with a `path`")
-        return tuple(specs)
+        return tuple(specs.values())
 
     def target(self, value: Any, where: str) -> int | str | None:
         if value is None or (isinstance(value, str) and value.strip().lower() == "top1"):
@@ -474,6 +474,8 @@ class _Parser:
         if not _has_magic(text):
             path = self.path(text)
             problem = _file_problem(path)
+            if problem and _is_dir(path):
+                problem += f" (use a glob such as {text.rstrip('/') + '/*'!r} for the images in it)"
             if problem:
                 self.error(where, f"{text!r}: {problem}")
                 return []
@@ -661,13 +663,20 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _file_problem(path: Path) -> str:
     """Why ``path`` is not a usable file ('' if it is one)."""
     try:
         if path.is_file():
             return ""
         if path.is_dir():
-            return "is a folder, not a file (use a glob such as 'folder/*.jpg' for its images)"
+            return "is a folder, not a file"
         return f"no such file ({path})"
     except (OSError, ValueError) as exc:
         return f"unusable path: {exc}"

@@ -48,7 +48,7 @@ def write(folder: Path, text: str, name: str = "gallery.toml") -> Path:
 
 def load(folder: Path, body: str, images: str = '[[images]]\npath = "photos/*"\n',
          models: str = MODEL) -> Manifest:
-    return load_manifest(write(folder, images + models + body))
+    return load_manifest(write(folder, body + images + models))
 
 
 def errors(folder: Path, body: str, **parts: str) -> list[str]:
@@ -221,7 +221,7 @@ def test_wrong_types(folder: Path, body: str, field: str, problem: str) -> None:
 def test_bad_device_suggests(folder: Path) -> None:
     msg = only(errors(folder, '[gallery]\ndevice = "cuad"\n'))
     assert msg == ("gallery.toml: gallery.device: must be one of auto, cpu, cuda, mps, got 'cuad'"
-                   " (did you mean: cuda?)")
+                   " (did you mean: cuda, cpu?)")
 
 
 def test_missing_required_sections_and_keys(tmp_path: Path) -> None:
@@ -244,7 +244,7 @@ def test_missing_image_file_and_folder(folder: Path) -> None:
     errs = errors(folder, "", images='[[images]]\npath = "photos/c.png"\n[[images]]\npath = "photos"\n')
     assert errs[0].startswith("gallery.toml: images[0].path: 'photos/c.png': no such file")
     assert errs[1].startswith("gallery.toml: images[1].path: 'photos': is a folder")
-    assert "photos/*.jpg" in errs[1]
+    assert "use a glob such as 'photos/*'" in errs[1]
 
 
 def test_glob_matching_nothing(folder: Path) -> None:
@@ -274,7 +274,6 @@ def test_bad_target(folder: Path, target: str, problem: str) -> None:
 def test_unknown_model_suggests(folder: Path) -> None:
     msg = only(errors(folder, "", models='[[models]]\nname = "resnet5"\n'))
     assert msg.startswith("gallery.toml: models[0].name: unknown model 'resnet5' (did you mean: resnet50")
-    assert "resnet18" in msg
 
 
 @pytest.mark.parametrize("model, field, problem", [
@@ -344,7 +343,7 @@ def test_output_must_be_a_folder_below_the_manifest(folder: Path) -> None:
     (folder / "taken").write_text("")
     assert "is the manifest's folder" in only(errors(folder, '[gallery]\noutput = "."\n'))
     assert "is the manifest's folder" in only(errors(folder, '[gallery]\noutput = ".."\n'))
-    assert "'taken' is a file" in only(errors(folder, '[gallery]\noutput = "taken"\n'))
+    assert "gallery.output: 'taken' is a file, not a folder" in only(errors(folder, '[gallery]\noutput = "taken"\n'))
 
 
 # --- checks against loaded models ---------------------------------------------------------
@@ -422,7 +421,7 @@ def test_starter_manifest_examples_are_valid(tmp_path: Path) -> None:
     Image.new("RGB", (16, 16)).save(tmp_path / "input_images" / "x.jpg")
     (tmp_path / "w.pth").write_bytes(b"")
     (tmp_path / "labels.txt").write_text("a\n")
-    text = starter_manifest().replace("# target", "target").replace("# weights =", "weights =")
+    text = starter_manifest().replace("# target =", "target =").replace("# weights =", "weights =")
     text = text.replace("# id =", "id =").replace("# layers", "layers").replace("# colormap", "colormap")
     m = load_manifest(write(tmp_path, text, "galleryvis.toml"))
     assert m.models[0].layers == {"gradcam": "_blocks.15"} and m.models[0].id == "lite0"

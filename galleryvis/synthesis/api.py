@@ -1,0 +1,267 @@
+"""``synthesize``: run a feature-visualization technique and return the image and its objective trace."""
+from __future__ import annotations
+
+import hashlib
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .. import registry
+from ..engine import IMAGENET_MEAN, IMAGENET_STD, model_device
+from ..hooks import LayerError, prepared
+from ..layers import default_layer
+from ..registry import TechniqueError
+from .objectives import LayerTap, tap
+
+#: Items optimized together in one batch; longer channel/target lists are split into chunks of
+#: this size (the result is the same: items never influence each other).
+MAX_BATCH = 16
+
+UnitKind = Literal["channel", "target"]
+ImageUse = Literal["required", "optional", "none"]
+Units = int | Sequence[int] | Tensor | None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a synthesis technique takes besides its parameters: ``channel`` or ``target`` (and
+    whether it must be given) and whether it needs, accepts or refuses an input image."""
+
+    unit: UnitKind | None
+    unit_required: bool
+    image: ImageUse
+
+
+_SPECS: dict[str, Spec] = {}
+
+
+def synthesis_technique(name: str, *, paper: str, summary: str, layer: registry.LayerUse,
+                        unit: UnitKind | None, unit_required: bool = False, image: ImageUse = "none",
+                        choices: dict[str, tuple[Any, ...]] | None = None
+                        ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn(job, **params) -> (image01, trace)`` in the technique registry under
+    ``family="synthesis"``, together with its :class:`Spec`."""
+    reg = registry.technique(name, output="input", family="synthesis", layer=layer, paper=paper,
+                             summary=summary, choices=choices)
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = reg(fn)
+        _SPECS[name] = Spec(unit, unit_required, image)
+        return fn
+
+    return deco
+
+
+@dataclass
+class Job:
+    """What a synthesis technique sees for one chunk of items.
+
+    ``units[i]`` is item ``i``'s channel (or class); ``gens[i]`` its own random generator, seeded
+    from ``(seed, units[i])`` so that it does not depend on the item's position in the batch.
+    ``image`` is the normalized input (N,3,H,W) on the model's device, or None.
+    """
+
+    model: nn.Module
+    layer: str | None
+    units: list[int | None]
+    image: Tensor | None
+    gens: list[torch.Generator]
+    mean: Tensor
+    std: Tensor
+    device: torch.device
+    tap: LayerTap | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.units)
+
+    def normalize(self, x01: Tensor) -> Tensor:
+        """Image space [0, 1] -> the model's input space."""
+        return (x01 - self.mean) / self.std
+
+    def to01(self, x: Tensor) -> Tensor:
+        """The model's input space -> image space (not clamped)."""
+        return x * self.std + self.mean
+
+    def features(self, x01: Tensor) -> Tensor:
+        """The output of :attr:`layer` for images in [0, 1]; the forward stops at the layer."""
+        assert self.tap is not None
+        return self.tap(self.normalize(x01))
+
+    def logits(self, x01: Tensor) -> Tensor:
+        """The model's logits (N, classes) for images in [0, 1]."""
+        return self.model(self.normalize(x01))
+
+
+@dataclass(frozen=True)
+class SynthesisResult:
+    """``image``: float32 CPU (N,3,H,W) in [0, 1]. ``trace``: float32 CPU (steps, N), item ``i``'s
+    objective before each step (what the technique maximizes; the reconstruction loss, which it
+    minimizes, for ``inverted_representation``). Unpacks as ``image, trace = result``."""
+
+    image: Tensor
+    trace: Tensor
+
+    def __iter__(self) -> Iterator[Tensor]:
+        yield self.image
+        yield self.trace
+
+
+def _item_seed(seed: int, unit: int | None) -> int:
+    digest = hashlib.sha256(f"galleryvis.synthesis/{seed}/{unit}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _units(value: Units, what: str) -> tuple[list[int | None], bool]:
+    """(list of units, whether a list was given)."""
+    if value is None:
+        return [None], False
+    if isinstance(value, Tensor):
+        value = value.flatten().tolist() if value.dim() else int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"{what} must be >= 0, got {value}")
+        return [value], False
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        out: list[int | None] = []
+        for v in value:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{what} must be non-negative ints, got {v!r} in {list(value)!r}")
+            out.append(v)
+        if not out:
+            raise ValueError(f"{what} is an empty list")
+        return out, True
+    raise TypeError(f"{what} must be an int or a list of ints, not {type(value).__name__}")
+
+
+def _stats(values: Sequence[float] | Tensor, what: str, device: torch.device) -> Tensor:
+    t = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if t.numel() != 3:
+        raise ValueError(f"{what} must have 3 values (one per RGB channel), got {t.numel()}")
+    if what == "std" and bool((t <= 0).any()):
+        raise ValueError("std must be positive")
+    return t.view(1, 3, 1, 1).to(device)
+
+
+def synthesize(
+    model: nn.Module,
+    technique: str,
+    *,
+    layer: str | None = None,
+    channel: Units = None,
+    target: Units = None,
+    image: Tensor | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    mean: Sequence[float] | Tensor = IMAGENET_MEAN,
+    std: Sequence[float] | Tensor = IMAGENET_STD,
+    **params: Any,
+) -> SynthesisResult:
+    """Optimize or reconstruct images with a feature-visualization technique.
+
+    Args:
+        model: any classifier returning logits (N, classes); used in eval mode with frozen
+            parameters (restored afterwards); only gradients w.r.t. the image are computed.
+        technique: a registry name of family ``"synthesis"`` (see ``galleryvis.techniques()``).
+        layer: dotted module name (``model.named_modules()``); default: the last convolutional
+            block, as for ``attribute``. ``class_visualization`` takes none.
+        channel: unit of ``layer`` (a channel of a 4-D output, a neuron of a 2-D one); a list
+            gives one image per channel, optimized as one batch.
+        target: class index (``class_visualization``), or a list of them.
+        image: normalized input (N,3,H,W), as for ``attribute`` (deep dream, layer activation,
+            inversion; optional start for class visualization). With a list of units and one
+            image, the image is used for each unit; otherwise one unit per image.
+        steps: optimization steps (the technique's default when None; 0 returns the start).
+        seed: items are seeded from ``(seed, unit)``: a fixed seed gives the same images, and a
+            batched call the same images as separate calls.
+        mean, std: the model's input normalization.
+        **params: the technique's parameters (validated against the registry).
+
+    Returns:
+        :class:`SynthesisResult` ``(image, trace)``: image float32 CPU (N,3,H,W) in [0, 1],
+        trace float32 CPU (steps, N).
+    """
+    tech = registry.get(technique)
+    if tech.family != "synthesis":
+        raise TechniqueError(
+            f"{technique!r} is an attribution technique; use galleryvis.attribute() for it "
+            f"(synthesis techniques: {', '.join(registry.names('synthesis'))})")
+    spec = _SPECS[technique]
+    if steps is not None:
+        if "steps" not in tech.params:
+            raise TechniqueError(f"{technique} is not iterative and takes no steps")
+        params["steps"] = steps
+    resolved = registry.resolve_params(tech, params)
+    if "steps" in resolved and resolved["steps"] < 0:
+        raise ValueError(f"{technique}: steps must be >= 0, got {resolved['steps']}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, not {type(seed).__name__}")
+
+    for name, value in (("channel", channel), ("target", target)):
+        if value is not None and spec.unit != name:
+            raise ValueError(f"{technique} takes no {name}")
+    units, listed = _units(channel if spec.unit == "channel" else target, spec.unit or "unit")
+    if spec.unit_required and units == [None]:
+        raise ValueError(f"{technique} needs {spec.unit}= (an int or a list of ints)")
+
+    if image is not None and spec.image == "none":
+        raise ValueError(f"{technique} starts from noise and takes no image")
+    if image is None and spec.image == "required":
+        raise ValueError(f"{technique} needs image= (a normalized (N,3,H,W) tensor)")
+    device = model_device(model)
+    mean_t, std_t = _stats(mean, "mean", device), _stats(std, "std", device)
+    x = None
+    if image is not None:
+        if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != 3 \
+                or not image.is_floating_point():
+            desc = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"image must be a float tensor of shape (N, 3, H, W), got {desc}")
+        x = image.detach().to(device=device, dtype=torch.float32)
+        if listed and x.shape[0] == 1:
+            x = x.expand(len(units), -1, -1, -1)
+        elif listed and x.shape[0] != len(units):
+            raise ValueError(f"{len(units)} {spec.unit}s for {x.shape[0]} images: give one per "
+                             f"image, or one image")
+        elif not listed:
+            units = units * x.shape[0]
+
+    with prepared(model), ExitStack() as stack:
+        if x is not None:
+            probe_x = x[:1]
+        else:
+            size = resolved.get("size", 224)
+            probe_x = (torch.full((1, 3, size, size), 0.5, device=device) - mean_t) / std_t
+        layer_tap = None
+        if tech.layer == "none":
+            if layer is not None:
+                raise LayerError(f"{technique} takes no layer")
+            with torch.no_grad():
+                out = model(probe_x)
+            if not isinstance(out, Tensor) or out.dim() != 2:
+                raise ValueError("the model must return logits of shape (N, classes)")
+            limit, what = out.shape[1], f"the model's {out.shape[1]} classes"
+        else:
+            if layer is None:
+                layer = default_layer(model, probe_x)
+            layer_tap = stack.enter_context(tap(model, layer))
+            shape = layer_tap.probe(probe_x)
+            limit = shape[1] if len(shape) >= 2 else 0
+            what = f"layer {layer!r} with output {shape}"
+        for u in units:
+            if u is not None and u >= limit:
+                raise ValueError(f"{technique}: {spec.unit} {u} is out of range for {what}")
+
+        images, traces = [], []
+        for start in range(0, len(units), MAX_BATCH):
+            chunk = units[start:start + MAX_BATCH]
+            job = Job(model=model, layer=layer, units=chunk,
+                      image=None if x is None else x[start:start + MAX_BATCH],
+                      gens=[torch.Generator().manual_seed(_item_seed(seed, u)) for u in chunk],
+                      mean=mean_t, std=std_t, device=device, tap=layer_tap)
+            img, trace = tech.fn(job, **resolved)
+            images.append(img.detach().float().clamp(0, 1).cpu())
+            traces.append(trace.detach().float().cpu())
+    return SynthesisResult(torch.cat(images), torch.cat(traces, dim=1))

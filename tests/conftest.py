@@ -1,0 +1,125 @@
+"""Shared fixtures: tiny seeded models, VGG16 / ResNet-18 with seeded random weights, the real
+EfficientNet-Lite0 with real photos. Everything is module or session scoped; no test may leave
+a change on these models (that is what the engine promises and what test_engine checks)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+import torchvision.transforms as T
+from PIL import Image
+from torch import Tensor, nn
+
+from galleryvis import IMAGENET_MEAN, IMAGENET_STD
+from galleryvis.lite0 import efficientnet_lite0
+
+IMAGES = Path(__file__).resolve().parent.parent / "input_images"
+
+
+def load_photo(name: str, size: int = 224) -> Tensor:
+    """A photo from input_images/: short side resized to ``size``, centre crop, ImageNet
+    normalization; (1, 3, size, size) float32."""
+    prep = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return prep(Image.open(IMAGES / name).convert("RGB"))[None]
+
+
+class TinyNet(nn.Module):
+    """Conv net whose one ``nn.ReLU(inplace=True)`` is called three times per forward, with BN,
+    dropout and a residual add after which the ReLU acts in place. ``shared=False`` builds the
+    same function with three separate, not-in-place ReLUs (same parameter names)."""
+
+    def __init__(self, shared: bool = True, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
+        self.conv3 = nn.Conv2d(12, 12, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(12, classes)
+        self.shared = shared
+        if shared:
+            self.relu = nn.ReLU(inplace=True)
+        else:
+            self.relus = nn.ModuleList(nn.ReLU() for _ in range(3))
+
+    def act(self, i: int, x: Tensor) -> Tensor:
+        return self.relu(x) if self.shared else self.relus[i](x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool(self.act(0, self.bn1(self.conv1(x))))
+        x = self.act(1, self.conv2(x))
+        y = self.conv3(x)
+        y += x  # in-place residual add, as torchvision's blocks do
+        x = self.act(2, y)
+        return self.head(self.drop(x.mean((2, 3))))
+
+
+def tiny_sequential(classes: int = 10) -> nn.Sequential:
+    """A plain sequential conv net (VGG-like, so every technique, LRP included, supports it)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, classes),
+    )
+
+
+def _seeded(build, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build().eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_seq() -> nn.Sequential:
+    """Sequential tiny net, seeded; cam layer ``"6"`` (8x8 at 32x32 input)."""
+    return _seeded(tiny_sequential)
+
+
+@pytest.fixture(scope="session")
+def tiny_shared() -> tuple[TinyNet, TinyNet]:
+    """(net with one in-place ReLU called three times, the same net with separate ReLUs)."""
+    shared = _seeded(lambda: TinyNet(shared=True))
+    separate = TinyNet(shared=False).eval()
+    separate.load_state_dict(shared.state_dict())
+    with torch.no_grad():  # non-trivial BN statistics
+        for net in (shared, separate):
+            net.bn1.running_mean.uniform_(-0.2, 0.2)
+            net.bn1.running_var.uniform_(0.5, 1.5)
+    return shared, separate
+
+
+@pytest.fixture(scope="session")
+def tiny_x() -> Tensor:
+    """4 seeded images, 3x32x32."""
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def vgg16() -> nn.Module:
+    return _seeded(lambda: torchvision.models.vgg16(weights=None))
+
+
+@pytest.fixture(scope="session")
+def resnet18() -> nn.Module:
+    return _seeded(lambda: torchvision.models.resnet18(weights=None))
+
+
+@pytest.fixture(scope="session")
+def lite0() -> nn.Module:
+    """The real EfficientNet-Lite0 with its bundled ImageNet weights (offline)."""
+    return efficientnet_lite0()
+
+
+@pytest.fixture(scope="session")
+def photos224() -> Tensor:
+    """cat.png and coffee.png, preprocessed for ImageNet models at 224x224: (2, 3, 224, 224)."""
+    return torch.cat([load_photo("cat.png"), load_photo("coffee.png")])
+
+
+@pytest.fixture(scope="session")
+def photos112() -> Tensor:
+    """cat.png and rocket.jpg at 112x112 (small inputs for VGG16 / ResNet-18)."""
+    return torch.cat([load_photo("cat.png", 112), load_photo("rocket.jpg", 112)])
