@@ -128,7 +128,8 @@ def normalize_abs(map: np.ndarray, pct: float = 99.0) -> np.ndarray:
 
     ``|map|`` summed over channels, then ``(s - min) / (percentile(s, pct) - min)`` clipped to
     [0, 1]: Smilkov et al.'s ``VisualizeImageGrayscale`` and the seed's
-    ``convert_to_grayscale``. Non-finite values are handled as described in the module doc.
+    ``convert_to_grayscale``. If that percentile equals the minimum (a sparse map), the maximum
+    is used instead. Non-finite values are handled as described in the module doc.
     """
     if not 0.0 < pct <= 100.0:
         raise ValueError(f"percentile must be in (0, 100], got {pct}")
@@ -140,10 +141,10 @@ def normalize_abs(map: np.ndarray, pct: float = 99.0) -> np.ndarray:
     return np.clip((s - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(s)
 
 
-def _signed01(s: np.ndarray, pct: float = 99.0) -> np.ndarray:
-    """(H, W) signed -> [0, 1] with 0 at exactly 0.5; limit = percentile(|s|, pct)."""
+def _signed01(s: np.ndarray) -> np.ndarray:
+    """(H, W) signed -> [0, 1] with 0 at exactly 0.5; limit = 99th percentile of |s|."""
     mag = np.abs(s)
-    lim = float(np.percentile(mag, pct))
+    lim = float(np.percentile(mag, 99.0))
     if lim <= 0.0:
         lim = float(mag.max())
     if lim <= 0.0:

@@ -67,7 +67,7 @@ METRICS = {
 ROW_LABELS = {"color": "Colored {title}", "image": "{title}"}
 
 _SMALL_WORDS = frozenset({"a", "an", "and", "as", "at", "by", "for", "in", "of", "on", "or", "the", "to", "with"})
-_URL = re.compile(r"https?://[^\s<>\"')\]]+")
+_URL = re.compile(r"https?://[^\s<>\"'|)\]]+")
 _TECHNIQUE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~&$])")
 
@@ -174,6 +174,40 @@ def sparkline(trace: Iterable[float], width: int = 120, height: int = 30) -> Spa
         for i, v in finite
     )
     return Sparkline(pts, width, height, f"{finite[0][1]:.4g}", f"{finite[-1][1]:.4g}", n)
+
+
+_FENCE = re.compile(r"^\s{0,3}(`{3,}|~{3,})")
+_CODE_SPAN = re.compile(r"(`+)(?:.*?[^`])?\1(?!`)")
+_RAW_TAG = re.compile(r"<(?=[A-Za-z/!?])(?!(?:https?|mailto):)")
+_ATX = re.compile(r"^( {0,3})(#{1,6})(?=\s|$)")
+
+
+def embed_markdown(text: str, shift: int = 1) -> str:
+    """Authored Markdown made safe to embed in ``gallery.md``: raw HTML tags shown as text
+    (``<script>`` -> ``&lt;script>``, autolinks kept), ATX headings moved ``shift`` levels
+    down; fenced code blocks and code spans are left as they are."""
+    out, fence = [], ""
+    for line in (text or "").strip().splitlines():
+        m = _FENCE.match(line)
+        if fence:
+            if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
+                fence = ""
+            out.append(line)
+            continue
+        if m:
+            fence = m.group(1)
+            out.append(line)
+            continue
+        pieces, last = [], 0
+        for span in _CODE_SPAN.finditer(line):
+            pieces.append(_RAW_TAG.sub("&lt;", line[last:span.start()]))
+            pieces.append(span.group(0))
+            last = span.end()
+        pieces.append(_RAW_TAG.sub("&lt;", line[last:]))
+        line = "".join(pieces)
+        line = _ATX.sub(lambda h: h.group(1) + "#" * min(6, len(h.group(2)) + shift), line)
+        out.append(line)
+    return "\n".join(out)
 
 
 # -- Markdown -> HTML (raw HTML off, unsafe links dropped, headings shifted) ------------------
@@ -574,6 +608,7 @@ def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
     common = dict(
         gallery=gallery, site=site, families=families,
         nav_models=[(m, site.model_page[m.id]) for m in gallery.models],
+        papers={t.id: split_paper(t.paper) for t in gallery.techniques},
     )
     written: list[Path] = []
 
@@ -602,8 +637,7 @@ def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
     ]
     md_text = mdenv.get_template("gallery.md.j2").render(
         **common, models_md=model_md, cell=lambda t, s: _md_cell(site, t, s),
-        description=MdSafe((gallery.description_md or "").strip()),
-        papers={t.id: split_paper(t.paper) for t in gallery.techniques},
+        description=MdSafe(embed_markdown(gallery.description_md, shift=1)),
         MdSafe=MdSafe,
     )
     written.append(_write(out_dir / "gallery.md", md_text))

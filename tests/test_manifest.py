@@ -421,8 +421,8 @@ def test_starter_manifest_examples_are_valid(tmp_path: Path) -> None:
     Image.new("RGB", (16, 16)).save(tmp_path / "input_images" / "x.jpg")
     (tmp_path / "w.pth").write_bytes(b"")
     (tmp_path / "labels.txt").write_text("a\n")
-    text = starter_manifest().replace("# target =", "target =").replace("# weights =", "weights =")
-    text = text.replace("# id =", "id =").replace("# layers", "layers").replace("# colormap", "colormap")
+    text = starter_manifest().replace("# target =", "target =").replace("# weights =", "weights =", 1)
+    text = text.replace("# id =", "id =", 1).replace("# layers", "layers").replace("# colormap", "colormap")
     m = load_manifest(write(tmp_path, text, "galleryvis.toml"))
     assert m.models[0].layers == {"gradcam": "_blocks.15"} and m.models[0].id == "lite0"
     techniques = "\n".join(ln[2:] for ln in text.split("# [[techniques]]", 1)[1].splitlines()
@@ -443,7 +443,7 @@ _values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3)
 _plausible = st.sampled_from([
     "resnet18", "efficientnet_lite0", "DEFAULT", "none", "IMAGENET1K_V1", "w.pth", "pkg.mod:fn", "gradcam",
     "layercam", "vanilla", "smoothgrad", "top1", "tabby", "cpu", "cuda", "*.png", "*", ".", "..", "/", "~",
-    "\x00", "a/b.png", "layer4", "blur", "",
+    "\x00", "a/b.png", "img.png", "layer4", "blur", "",
 ])
 _field_values = st.one_of(_values, _plausible, st.integers(-2, 2000), st.lists(_plausible, max_size=3),
                           st.dictionaries(st.sampled_from(["gradcam", "layercam", "vanilla", "steps", "x"]),
@@ -479,7 +479,9 @@ _manifests = st.one_of(
 @given(data=_manifests)
 def test_parse_never_crashes(data: dict, tmp_path_factory: pytest.TempPathFactory) -> None:
     root = tmp_path_factory.getbasetemp() / "hypothesis-root"
-    root.mkdir(exist_ok=True)
+    if not root.exists():
+        root.mkdir()
+        Image.new("RGB", (4, 4)).save(root / "img.png")
     try:
         manifest = parse_manifest(data, path=Path("fuzz.toml"), root=root)
     except ManifestError as exc:

@@ -1,1 +1,15 @@
-"""Feature visualization (being written)."""
+"""Feature visualization: images optimized or reconstructed through a model.
+
+:func:`synthesize` runs one of the techniques registered here with ``family="synthesis"``:
+``filter_visualization``, ``layer_activation``, ``deep_dream``, ``class_visualization`` and
+``inverted_representation``.
+
+Modules: ``api`` (``synthesize``, ``SynthesisResult``, the per-chunk ``Job``), ``param`` (pixel and
+decorrelated FFT image parameterizations), ``transforms`` (jitter/scale/rotate/blur with one
+``torch.Generator`` per item), ``objectives`` (the layer tap, unit objectives, regularizers) and
+``techniques`` (the five registered functions).
+"""
+from . import techniques as _techniques  # noqa: F401  (fills the registry)
+from .api import SynthesisResult, synthesize
+
+__all__ = ["SynthesisResult", "synthesize"]

@@ -1,0 +1,337 @@
+"""Agreement with captum and pytorch-grad-cam: per-image Pearson r of the raw maps, flattened.
+
+Models: VGG16 and ResNet-18 (``weights=None``, seeded) on two photos at 112x112, and the real
+EfficientNet-Lite0 on two photos at 224x224; targets are each image's top-1 class.
+Run with ``-s`` to see every r.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import galleryvis
+from galleryvis.engine import IMAGENET_MEAN
+
+captum_attr = pytest.importorskip("captum.attr")
+pgc = pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+R_MIN = 0.99
+IG_STEPS = 10
+#: Techniques computed in one attribute_many call per model (sharing their passes).
+SHARED = ["vanilla", "grad_x_image", "guided_backprop", "deconvnet", "integrated_gradients",
+          "gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam", "guided_gradcam"]
+CAM_CLASSES = {"gradcam": "GradCAM", "gradcam_pp": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
+               "hirescam": "HiResCAM", "layercam": "LayerCAM"}
+#: model fixture, input fixture, CAM layer (the probe's default, asserted in test_engine).
+MODELS = {"vgg16": ("photos112", "features.29"), "resnet18": ("photos112", "layer4"),
+          "lite0": ("photos224", "_head_relu")}
+
+
+def pearson(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> list[float]:
+    """Pearson r per image of two (N, ...) maps, flattened."""
+    a = torch.as_tensor(a).flatten(1).double()
+    b = torch.as_tensor(b).flatten(1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).tolist()
+
+
+def check(label: str, rs: list[float], r_min: float = R_MIN) -> None:
+    print(f"\n  r {label}: {', '.join(f'{r:.5f}' for r in rs)}")
+    assert all(r >= r_min for r in rs), (label, rs)  # NaN (a constant map) fails too
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Reference libraries run with frozen parameters (faster; input gradients are unchanged)
+    and leave no parameter gradients or mode changes behind on the shared fixtures."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+            p.grad = None
+        for m, training in modes:
+            m.training = training
+
+
+def up(m: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
+    kw = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(m, size=size, mode=mode, **kw)
+
+
+@dataclass
+class Case:
+    name: str
+    model: nn.Module
+    x: Tensor
+    target: list[int]
+    layer: str
+    ours: dict[str, Tensor]
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model.get_submodule(self.layer)
+
+    def captum(self, cls: str, *args: object, **kw: object) -> Tensor:
+        with frozen(self.model):
+            algo = getattr(captum_attr, cls)(self.model, *args)
+            return algo.attribute(self.x.clone(), target=self.target, **kw).detach()
+
+    def gradcam(self, cls: str, layers: list[str] | None = None) -> np.ndarray:
+        mods = [self.model.get_submodule(n) for n in layers or [self.layer]]
+        with frozen(self.model), getattr(pgc, cls)(model=self.model, target_layers=mods) as cam:
+            return cam(input_tensor=self.x.clone(), targets=[ClassifierOutputTarget(t) for t in self.target])
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def case(request: pytest.FixtureRequest) -> Case:
+    model = request.getfixturevalue(request.param)
+    x = request.getfixturevalue(MODELS[request.param][0])
+    layer = MODELS[request.param][1]
+    with torch.no_grad():
+        target = model(x).argmax(1).tolist()
+    ours = galleryvis.attribute_many(model, x, SHARED, target, layer,
+                                     {"integrated_gradients": {"steps": IG_STEPS}})
+    return Case(request.param, model, x, target, layer, ours)
+
+
+# -- input gradients ---------------------------------------------------------------------------
+def test_vanilla(case: Case) -> None:
+    check(f"vanilla/{case.name}", pearson(case.ours["vanilla"], case.captum("Saliency", abs=False)))
+
+
+def test_grad_x_image(case: Case) -> None:
+    check(f"grad_x_image/{case.name}", pearson(case.ours["grad_x_image"], case.captum("InputXGradient")))
+
+
+def test_integrated_gradients(case: Case) -> None:
+    ref = case.captum("IntegratedGradients", baselines=0.0, n_steps=IG_STEPS, method="gausslegendre")
+    check(f"integrated_gradients/{case.name}", pearson(case.ours["integrated_gradients"], ref))
+
+
+@pytest.mark.parametrize("method", ["riemann_trapezoid", "riemann_middle"])
+def test_integrated_gradients_methods_and_baseline(resnet18: nn.Module, photos112: Tensor, method: str) -> None:
+    black = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, galleryvis.IMAGENET_STD)])[None, :, None, None]
+    ours = galleryvis.attribute(resnet18, photos112, "integrated_gradients", [1, 2], steps=6,
+                                method=method, baseline="black")
+    with frozen(resnet18):
+        ref = captum_attr.IntegratedGradients(resnet18).attribute(
+            photos112, baselines=black.expand_as(photos112), target=[1, 2], n_steps=6, method=method)
+    check(f"integrated_gradients {method} black/resnet18", pearson(ours, ref))
+
+
+# Guided backprop / deconvnet on nets with ReLU6 (Lite0): captum guides only nn.ReLU, so the
+# reference there swaps every ReLU-family module of a copy for one with the paper's backward.
+class _GuidedFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, hi: float, deconv: bool) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.hi, ctx.deconv = hi, deconv
+        return x.clamp(0, hi)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        g = g.clamp(min=0)
+        return (g if ctx.deconv else g * ((x > 0) & (x < ctx.hi))), None, None
+
+
+class _GuidedAct(nn.Module):
+    def __init__(self, hi: float, deconv: bool) -> None:
+        super().__init__()
+        self.hi, self.deconv = hi, deconv
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _GuidedFn.apply(x, self.hi, self.deconv)
+
+
+def guided_reference(model: nn.Module, x: Tensor, target: list[int], deconv: bool) -> Tensor:
+    ref = copy.deepcopy(model)
+    for name, m in list(ref.named_modules()):
+        if isinstance(m, (nn.ReLU, nn.ReLU6)):
+            parent, _, attr = name.rpartition(".")
+            hi = 6.0 if isinstance(m, nn.ReLU6) else math.inf
+            setattr(ref.get_submodule(parent), attr, _GuidedAct(hi, deconv))
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(ref(xg).gather(1, torch.tensor(target)[:, None]).sum(), xg)
+    return g
+
+
+@pytest.mark.parametrize("name, cls", [("guided_backprop", "GuidedBackprop"), ("deconvnet", "Deconvolution")])
+def test_guided_and_deconv(case: Case, name: str, cls: str) -> None:
+    if case.name == "lite0":
+        assert not any(isinstance(m, nn.ReLU) for m in case.model.modules())  # ReLU6 only
+        ref = guided_reference(case.model, case.x, case.target, deconv=name == "deconvnet")
+        check(f"{name}/lite0 (ReLU6 reference)", pearson(case.ours[name], ref))
+    else:
+        check(f"{name}/{case.name}", pearson(case.ours[name], case.captum(cls)))
+
+
+def test_guided_reference_matches_captum_on_relu_nets(resnet18: nn.Module, photos112: Tensor) -> None:
+    """The hand-written reference used for Lite0 is captum's rule where captum applies."""
+    with frozen(resnet18):
+        for deconv, cls in ((False, "GuidedBackprop"), (True, "Deconvolution")):
+            ref = guided_reference(resnet18, photos112, [3, 4], deconv)
+            cap = getattr(captum_attr, cls)(resnet18).attribute(photos112.clone(), target=[3, 4])
+            torch.testing.assert_close(ref, cap, rtol=1e-4, atol=1e-6)
+
+
+# -- CAMs ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(CAM_CLASSES))
+def test_cams(case: Case, name: str) -> None:
+    """grad-cam min-max normalizes and upsamples with cv2 (bilinear, half-pixel): compare at the
+    input size; Pearson is invariant to the normalization."""
+    check(f"{name}/{case.name}", pearson(case.ours[name], case.gradcam(CAM_CLASSES[name])))
+
+
+def test_layercam_several_layers(vgg16: nn.Module, photos112: Tensor) -> None:
+    layers = ["features.22", "features.29"]
+    ours = galleryvis.attribute(vgg16, photos112, "layercam", [5, 6], layer=layers)
+    mods = [vgg16.get_submodule(n) for n in layers]
+    with frozen(vgg16), pgc.LayerCAM(model=vgg16, target_layers=mods) as cam:
+        ref = cam(input_tensor=photos112.clone(), targets=[ClassifierOutputTarget(t) for t in (5, 6)])
+    check("layercam features.22+29/vgg16", pearson(ours, ref))
+
+
+def test_guided_gradcam(case: Case) -> None:
+    """captum's GuidedGradCam upsamples Grad-CAM nearest-neighbour; galleryvis bilinearly (as
+    the paper's code). The reference is captum's guided backprop (the ReLU6 reference on Lite0)
+    times captum's LayerGradCam upsampled bilinearly; captum's own product is reported."""
+    size = case.x.shape[-2:]
+    cam = case.captum("LayerGradCam", case.module, relu_attributions=True)
+    if case.name == "lite0":
+        guided = guided_reference(case.model, case.x, case.target, deconv=False)
+    else:
+        guided = case.captum("GuidedBackprop")
+    check(f"guided_gradcam/{case.name}", pearson(case.ours["guided_gradcam"], guided * up(cam, size)))
+    if case.name != "lite0":
+        nearest = case.captum("GuidedGradCam", case.module)
+        print(f"\n  r guided_gradcam vs captum GuidedGradCam (nearest)/{case.name}: "
+              + ", ".join(f"{r:.5f}" for r in pearson(case.ours["guided_gradcam"], nearest)))
+        check(f"guided_gradcam nearest-upsampled gradcam/{case.name}",
+              pearson(case.ours["guided_backprop"] * up(cam, size, "nearest"), nearest))
+
+
+def test_eigencam(case: Case) -> None:
+    """The first principal component's sign is arbitrary: grad-cam takes numpy's, galleryvis
+    makes it correlate positively with the channel sum. Checked: grad-cam's EigenCAM equals
+    ReLU(P) for grad-cam's projection P, and ours equals ReLU(s * P) with our sign s."""
+    acts = {}
+    handle = case.module.register_forward_hook(lambda _m, _i, o: acts.setdefault("a", o.detach().clone()))
+    try:
+        with torch.no_grad():
+            case.model(case.x)
+    finally:
+        handle.remove()
+    a = acts["a"]
+    proj = torch.from_numpy(get_2d_projection(a.numpy().copy()))[:, None]
+    with frozen(case.model), pgc.EigenCAM(model=case.model, target_layers=[case.module]) as cam:
+        theirs = cam(input_tensor=case.x.clone())
+    size = case.x.shape[-2:]
+    check(f"eigencam grad-cam vs its projection/{case.name}", pearson(up(F.relu(proj), size), theirs))
+    ref = a.sum(1, keepdim=True)
+    corr = torch.tensor(pearson(proj, ref))
+    sign = torch.where(corr < 0, -1.0, 1.0)[:, None, None, None]
+    check(f"eigencam/{case.name}", pearson(case.ours["eigencam"], up(F.relu(sign * proj), size)))
+    print(f"\n  |r| eigencam vs grad-cam EigenCAM/{case.name}: "
+          + ", ".join(f"{abs(r):.5f}" for r in pearson(case.ours["eigencam"], theirs)))
+
+
+# -- Score-CAM -----------------------------------------------------------------------------------
+def scorecam_reference(model: nn.Module, x: Tensor, target: int, layer: str) -> Tensor:
+    """The paper's algorithm as its official code writes it, one channel at a time: upsample the
+    activation map (bilinear), skip constant maps, min-max normalize, mask the input, weight by
+    the softmax probability of the target class; ReLU of the weighted sum. (1, 1, H, W)."""
+    acts = {}
+    handle = model.get_submodule(layer).register_forward_hook(lambda _m, _i, o: acts.setdefault("a", o.clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+            a = acts["a"]
+            total = torch.zeros(1, 1, *x.shape[-2:])
+            for k in range(a.shape[1]):
+                sal = F.interpolate(a[:, k:k + 1], size=x.shape[-2:], mode="bilinear", align_corners=False)
+                if sal.max() == sal.min():
+                    continue
+                norm = (sal - sal.min()) / (sal.max() - sal.min())
+                score = F.softmax(model(x * norm), dim=1)[0, target]
+                total += score * sal
+    finally:
+        handle.remove()
+    return F.relu(total)
+
+
+def test_scorecam_paper_on_lite0(lite0: nn.Module, photos224: Tensor) -> None:
+    layer = "_blocks.7"  # 80 channels, 14x14
+    x = photos224[:1]
+    with torch.no_grad():
+        target = int(lite0(x).argmax())
+    ours = galleryvis.attribute(lite0, x, "scorecam", target, layer=layer)
+    check("scorecam paper/lite0 _blocks.7", pearson(ours, scorecam_reference(lite0, x, target, layer)))
+
+
+def test_scorecam_gradcam_weighting(resnet18: nn.Module, photos112: Tensor) -> None:
+    """``weighting="gradcam"`` reproduces pytorch-grad-cam's ScoreCAM (random net)."""
+    ours = galleryvis.attribute(resnet18, photos112, "scorecam", [7, 8], layer="layer1", weighting="gradcam")
+    with frozen(resnet18), pgc.ScoreCAM(model=resnet18, target_layers=[resnet18.layer1]) as cam:
+        ref = cam(input_tensor=photos112.clone(), targets=[ClassifierOutputTarget(t) for t in (7, 8)])
+    check("scorecam weighting=gradcam/resnet18 layer1", pearson(ours, ref))
+
+
+# -- SmoothGrad ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant, nt_type, base, cls", [
+    ("mean", "smoothgrad", "vanilla", "Saliency"),
+    ("squared", "smoothgrad_sq", "vanilla", "Saliency"),
+    ("vargrad", "vargrad", "vanilla", "Saliency"),
+    ("mean", "smoothgrad", "guided_backprop", "GuidedBackprop"),
+])
+def test_smoothgrad_matches_noise_tunnel(resnet18: nn.Module, photos112: Tensor,
+                                         variant: str, nt_type: str, base: str, cls: str) -> None:
+    """Identical noise: one image, all samples in one draw from a generator seeded like captum's
+    global RNG; sigma is a fraction of the image's range, captum's stdev absolute."""
+    x, samples, sigma, seed = photos112[:1], 8, 0.15, 3
+    ours = galleryvis.attribute(resnet18, x, "smoothgrad", 9, samples=samples, sigma=sigma,
+                                variant=variant, base=base, seed=seed, batch_size=samples)
+    kw = {"abs": False} if cls == "Saliency" else {}
+    with frozen(resnet18):
+        torch.manual_seed(seed)
+        ref = captum_attr.NoiseTunnel(getattr(captum_attr, cls)(resnet18)).attribute(
+            x.clone(), nt_type=nt_type, nt_samples=samples, stdevs=sigma * float(x.max() - x.min()),
+            target=9, **kw)
+    check(f"smoothgrad {variant} base={base}/resnet18", pearson(ours, ref))
+    torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_smoothgrad_seed_and_variants(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    x = tiny_x[:2]
+    sg = lambda **kw: galleryvis.attribute(tiny_seq, x, "smoothgrad", 3, samples=6, **kw)  # noqa: E731
+    mean, sq, var = (sg(variant=v, seed=5) for v in ("mean", "squared", "vargrad"))
+    torch.testing.assert_close(sg(variant="mean", seed=5), mean, rtol=0, atol=0)  # deterministic
+    assert not torch.allclose(sg(variant="mean", seed=6), mean)
+    torch.testing.assert_close(var, sq - mean * mean, rtol=1e-4, atol=1e-9)
+    assert (sq >= 0).all() and (var >= -1e-9).all()
+    # batch size does not change the noise; sigma = 0 gives the plain gradient
+    torch.testing.assert_close(galleryvis.attribute(tiny_seq, x, "smoothgrad", 3, samples=6, seed=5,
+                                                    batch_size=4), mean)
+    vanilla = galleryvis.attribute(tiny_seq, x, "vanilla", 3)
+    torch.testing.assert_close(sg(sigma=0.0), vanilla)
+    torch.testing.assert_close(sg(sigma=0.0, variant="squared"), vanilla * vanilla)

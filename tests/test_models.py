@@ -1,0 +1,137 @@
+"""Model loading: bundled weights, torchvision families, local .pth, factories, refusals."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from galleryvis.manifest import ModelSpec
+from galleryvis.models import ModelError, choose_device, imagenet_labels, load_model
+
+CPU = torch.device("cpu")
+PHOTOS = Path(__file__).resolve().parent.parent / "input_images"
+
+
+@pytest.fixture(scope="module")
+def lite0_adapter():
+    return load_model(ModelSpec(name="efficientnet_lite0"), Path.cwd(), CPU)
+
+
+@pytest.fixture(scope="module")
+def cat_image():
+    from galleryvis.images import load_image
+
+    return load_image(PHOTOS / "cat.png")
+
+
+def test_bundled_lite0_has_real_imagenet_weights(lite0_adapter, cat_image):
+    probs = lite0_adapter.logits(lite0_adapter.preprocess(cat_image)[None]).softmax(1)[0]
+    top1 = int(probs.argmax())
+    assert lite0_adapter.label(top1) in {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+    assert lite0_adapter.num_classes == 1000 and len(lite0_adapter.labels) == 1000
+    assert not lite0_adapter.model.training
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg11", "resnet18", "densenet121", "mobilenet_v3_small", "efficientnet_b0"])
+def test_torchvision_families_load_with_random_weights(name):
+    adapter = load_model(ModelSpec(name=name, weights="none"), Path.cwd(), CPU)
+    assert adapter.num_classes == 1000
+    assert adapter.labels == imagenet_labels()
+    assert adapter.default_layer() in adapter.module_names
+
+
+def test_local_pth_weights_load(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(1)
+    reference = resnet18()
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    adapter = load_model(ModelSpec(name="resnet18", weights="r18.pth"), tmp_path, CPU)
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.allclose(adapter.logits(x), reference.eval()(x), atol=1e-5)
+    assert adapter.fingerprint != "random-init"
+
+
+def test_factory_model_with_labels_and_preprocessing(tmp_path, monkeypatch):
+    (tmp_path / "my_nets.py").write_text(
+        "from torch import nn\n"
+        "def tiny():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))\n"
+    )
+    (tmp_path / "labels.txt").write_text("cat\ndog\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = ModelSpec(name="tiny", factory="my_nets:tiny", labels=Path("labels.txt"), size=32,
+                     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    adapter = load_model(spec, tmp_path, CPU)
+    assert adapter.labels == ["cat", "dog"] and adapter.num_classes == 2 and adapter.size == 32
+    assert adapter.default_layer() == "1"
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_pickled_code_in_weights_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"weight": _Exploit()}, f)
+    with pytest.raises(ModelError, match="refusing to load"):
+        load_model(ModelSpec(name="resnet18", weights="evil.pth"), tmp_path, CPU)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_unfetchable_weights_name_the_file_and_the_offline_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    import torchvision.models._api as api
+
+    def offline(*_a, **_k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(api.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(ModelError) as err:
+        load_model(ModelSpec(name="alexnet", weights="DEFAULT"), tmp_path, CPU, "m.toml: models[0]")
+    message = str(err.value)
+    assert "m.toml: models[0]" in message and "alexnet-owt-7be5be79.pth" in message
+    assert str(tmp_path) in message and "local .pth" in message
+
+
+def test_weights_in_the_torch_hub_cache_load_offline(tmp_path, monkeypatch):
+    from torchvision.models import AlexNet_Weights, alexnet
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checkpoint = tmp_path / "hub" / "checkpoints" / Path(AlexNet_Weights.DEFAULT.url).name
+    checkpoint.parent.mkdir(parents=True)
+    torch.manual_seed(2)
+    reference = alexnet()
+    torch.save(reference.state_dict(), checkpoint)
+    adapter = load_model(ModelSpec(name="alexnet", weights="IMAGENET1K_V1"), tmp_path, CPU)
+    assert torch.equal(adapter.model.features[0].weight, reference.features[0].weight)
+    assert adapter.size == 224 and adapter.labels[0] == "tench"
+
+
+def test_unknown_weights_name_suggests(tmp_path):
+    with pytest.raises(ModelError, match="IMAGENET1K_V1"):
+        load_model(ModelSpec(name="resnet18", weights="IMAGENET1K_V9"), tmp_path, CPU)
+
+
+def test_devices():
+    assert choose_device("cpu").type == "cpu"
+    assert choose_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="CUDA is not available"):
+            choose_device("cuda")
+
+
+def test_functional_model_error_is_clear():
+    class Bad(nn.Module):
+        def forward(self, x):
+            return x
+
+    from galleryvis.engine import attribute
+
+    with pytest.raises(ValueError, match=r"logits of shape \(N, classes\)"):
+        attribute(Bad(), torch.zeros(1, 3, 8, 8), "vanilla", 0)
