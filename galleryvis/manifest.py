@@ -25,12 +25,13 @@ from typing import Any, Literal, Mapping
 from . import registry
 from . import techniques as _techniques  # noqa: F401  (fills the registry)
 from .images import ImageError, load_image
+from .postprocess import COLORMAPS
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Substrate = Literal["black", "zero", "blur"]
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-SUBSTRATES: tuple[str, ...] = ("black", "zero", "blur")
+SUBSTRATES: tuple[str, ...] = ("zero", "black", "blur")
 #: Models galleryvis ships itself, beside torchvision's classification models.
 BUNDLED_MODELS: tuple[str, ...] = ("efficientnet_lite0",)
 #: What a glob keeps; files with other suffixes (README.md, .DS_Store) are skipped.
@@ -132,7 +133,7 @@ class MetricsSpec:
     deletion_insertion: bool = True
     sanity: bool = True
     steps: int = 20
-    substrate: Substrate = "blur"
+    substrate: Substrate = "zero"
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,7 @@ class _Parser:
 
     # generic readers
 
-    def table(self, value: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    def table(self, value: Any, where: str, allowed: tuple[str, ...], noun: str = "key") -> dict[str, Any]:
         """``value`` as a table, reporting unknown keys; {} (with an error) if it is not one."""
         if not isinstance(value, Mapping):
             self.error(where, f"expected a table, got {_toml_type(value)}")
@@ -314,7 +315,7 @@ class _Parser:
         for key in value:
             if key not in allowed:
                 hint = registry.suggest(key, allowed) or f" (allowed: {', '.join(allowed)})"
-                self.error(f"{where}.{key}" if where else str(key), f"unknown key{hint}")
+                self.error(f"{where}.{key}" if where else str(key), f"unknown {noun}{hint}")
         return {k: v for k, v in value.items() if k in allowed}
 
     def array_of_tables(self, value: Any, where: str, header: str) -> list[Any]:
@@ -409,6 +410,13 @@ class _Parser:
         self.check_output(output, f"{where}.output", text or "site")
         device = self.choice(table, "device", where, DEVICES, base.device)
         colormap = self.string(table, "colormap", where)
+        known = {name.lower(): name for name in COLORMAPS}
+        if colormap is not None and colormap.lower() not in known:
+            self.error(f"{where}.colormap", f"unknown colormap {colormap!r}"
+                       f"{registry.suggest(colormap.lower(), list(known))}; known: {', '.join(COLORMAPS)}")
+            colormap = None
+        elif colormap is not None:
+            colormap = known[colormap.lower()]
         alpha = _finite(table.get("alpha", base.alpha))
         if alpha is None or not 0 <= alpha <= 1:
             self.error(f"{where}.alpha", f"expected a number from 0 to 1, got {_toml_type(table['alpha'])}")
@@ -435,6 +443,7 @@ class _Parser:
             self.error("images", "missing: add at least one [[images]] section with a `path`")
             return ()
         specs: dict[tuple[Path, int | str | None], ImageSpec] = {}  # one spec per (file, target)
+        decoded: set[Path] = set()
         for i, entry in enumerate(self.array_of_tables(value, "images", "[[images]]")):
             where = f"images[{i}]"
             table = self.table(entry, where, ("path", "target"))
@@ -446,7 +455,9 @@ class _Parser:
                 continue
             for path in self.expand(text, f"{where}.path"):
                 try:
-                    load_image(path)
+                    if path not in decoded:
+                        load_image(path)
+                        decoded.add(path)
                 except ImageError as exc:
                     self.error(f"{where}.path", str(exc))
                     continue
@@ -525,7 +536,7 @@ class _Parser:
                               "'efficientnet_lite0', or a `factory`)")
         elif name is not None and factory is None and "factory" not in table and name not in known_models():
             self.error(f"{where}.name", f"unknown model {name!r}{registry.suggest(name, known_models())} "
-                                        "(`galleryvis list models` shows every name)")
+                                        "(any torchvision classification model, or efficientnet_lite0)")
         weights = self.weights(table, where, None if "factory" in table else name or "")
         labels = self.existing(table, "labels", where, "labels file")
         size = self.integer(table, "size", where, low=8, high=4096, default=None)
@@ -577,7 +588,7 @@ class _Parser:
     def layers(self, value: Any, where: str) -> dict[str, str | tuple[str, ...]]:
         """``layers``: technique name -> dotted module name, or an array of them."""
         names = registry.names()
-        table = self.table(value, where, tuple(names))
+        table = self.table(value, where, tuple(names), "technique")
         out: dict[str, str | tuple[str, ...]] = {}
         for tech_name, layer in table.items():
             key = f"{where}.{tech_name}"
@@ -606,14 +617,14 @@ class _Parser:
             table = self.table(entry, where, ("name", "id", "params"))
             name = self.string(table, "name", where)
             if "name" not in table and isinstance(entry, Mapping):
-                self.error(where, "missing required key 'name' (`galleryvis list techniques` shows them)")
+                self.error(where, "missing required key 'name' (`galleryvis techniques` lists them)")
             tech_id = self.string(table, "id", where)
             if name is None:
                 continue
             try:
                 tech = registry.get(name)
             except registry.TechniqueError as exc:
-                self.error(f"{where}.name", f"{exc} (`galleryvis list techniques` shows every name)")
+                self.error(f"{where}.name", f"{exc} (`galleryvis techniques` lists them)")
                 continue
             params = self.params(tech, table.get("params", {}), f"{where}.params")
             if params is None:
@@ -686,18 +697,19 @@ def _file_problem(path: Path) -> str:
 
 
 def starter_manifest(github_pages: bool = False) -> str:
-    """A commented starter manifest for ``galleryvis init``; ``github_pages`` writes the gallery
-    to ``docs/`` so GitHub Pages can serve it from the repository."""
+    """A commented starter manifest for ``galleryvis init``; with ``github_pages`` it notes that the
+    Pages workflow written beside it publishes the ``site`` folder."""
     output = (
-        '# GitHub Pages serves a branch\'s docs/ folder: Settings -> Pages -> "Deploy from a branch".\n'
-        'output = "docs"' if github_pages else 'output = "site"'
-    )
+        "# .github/workflows/galleryvis-pages.yml publishes this folder with GitHub Pages: keep it.\n"
+        if github_pages else ""
+    ) + 'output = "site"'
+
     return _STARTER.replace("@OUTPUT@", output)
 
 
 _STARTER = '''\
 # galleryvis manifest: images x models x techniques -> a static gallery.
-# Every field is documented in docs/manifest.md. Relative paths are relative to this file.
+# Every field is documented in galleryvis's docs/manifest.md. Relative paths are relative to this file.
 # Build with `galleryvis build` (it reads galleryvis.toml in the current folder).
 
 [gallery]
@@ -705,10 +717,10 @@ title = "My CNN visualizations"          # page title
 description = """
 Attribution maps for my photos. This text is **Markdown**.
 """
-# Output folder (default "site"), replaced on every build.
+# Folder the gallery is written to (default "site" beside this file).
 @OUTPUT@
 device = "auto"                          # "auto" (CUDA, else MPS, else CPU), "cpu", "cuda" or "mps"
-# colormap = "inferno"                   # heatmap colormap (default: per technique)
+# colormap = "viridis"                   # CAM heatmap colormap (default "inferno"); signed maps use "vik"
 alpha = 0.5                              # heatmap opacity in overlays, 0 to 1
 
 # One [[images]] section per file or glob. A glob keeps image files (.png, .jpg, ...) only.
@@ -737,7 +749,7 @@ name = "efficientnet_lite0"              # bundled, offline; or any torchvision 
 # std = [0.229, 0.224, 0.225]
 
 # Techniques: without any [[techniques]] section every attribution technique runs with its
-# defaults (`galleryvis list techniques` shows names and parameters). To choose:
+# defaults (`galleryvis techniques` lists names and parameters). To choose:
 # [[techniques]]
 # name = "gradcam"
 #
@@ -755,5 +767,5 @@ enabled = false                          # faithfulness metrics (slower)
 deletion_insertion = true                # deletion/insertion curves (Petsiuk et al. 2018)
 sanity = true                            # cascading model-randomization check (Adebayo et al. 2018)
 steps = 20                               # points per deletion/insertion curve
-substrate = "blur"                       # what replaces removed pixels: "blur", "black" or "zero"
+substrate = "zero"                       # what deleted pixels become: "zero" (mean colour), "black" or "blur"
 '''

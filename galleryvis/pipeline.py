@@ -245,16 +245,15 @@ def _compute_chunk(chunk: list[list[_Job]], batch_size: int, fail_fast: bool, se
     for group in ([shared] + [[c] for c in rest]):
         try:
             _run(adapter, x, targets, group, batch_size, seconds)
-        except Exception:  # noqa: BLE001  (isolate: retry one technique at a time)
+        except Exception:  # noqa: BLE001  (isolate: retry one technique and one image at a time)
             if fail_fast:
                 raise
             for col in group:
-                try:
-                    _run(adapter, x, targets, [col], batch_size, seconds)
-                except Exception as exc:  # noqa: BLE001
-                    message = _one_line(exc)
-                    for job in col:
-                        job.error = message
+                for i, job in enumerate(col):
+                    try:
+                        _run(adapter, x[i:i + 1], targets[i:i + 1], [(job,)], batch_size, seconds)
+                    except Exception as exc:  # noqa: BLE001
+                        job.error = _one_line(exc)
 
 
 def _run(adapter: ModelAdapter, x: torch.Tensor, targets: list[int], cols: list[tuple[_Job, ...]],

@@ -69,7 +69,7 @@ ROW_LABELS = {"color": "Colored {title}", "image": "{title}"}
 _SMALL_WORDS = frozenset({"a", "an", "and", "as", "at", "by", "for", "in", "of", "on", "or", "the", "to", "with"})
 _URL = re.compile(r"https?://[^\s<>\"'|)\]]+")
 _TECHNIQUE_NAME = re.compile(r"[A-Za-z0-9_-]+")
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~&$])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~&$])")
 
 
 # -- small pure helpers (tested directly) -----------------------------------------------------
@@ -93,8 +93,9 @@ def site_url(path: str) -> str:
 def md_escape(text: Any) -> str:
     """``text`` on one line with Markdown's special characters backslash-escaped.
 
-    Escapes ``\\ ` * _ { } [ ] < > ( ) # + ! | ~ & $`` so names show literally on GitHub,
-    also inside table cells and link text (``|`` no longer splits a cell, ``<script>`` is text).
+    Escapes ``\\ ` * _ [ ] < > # | ~ & $`` so names show literally on GitHub, also inside
+    table cells and link text (``|`` no longer splits a cell, ``<script>`` is text). With
+    ``[`` and ``]`` escaped, ``(``, ``)`` and ``!`` cannot start a link and stay as they are.
     """
     return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
@@ -228,7 +229,8 @@ class _SafeTree(Treeprocessor):
                         link.tail = el.tail
                         parent[i] = link
                 elif el.tag == "a" and not _safe_href(el.get("href", "")):
-                    el.attrib.pop("href", None)
+                    el.tag = "span"  # a javascript: or data: link keeps only its text
+                    el.attrib.clear()
                 elif re.fullmatch(r"h[1-6]", el.tag):
                     el.tag = f"h{min(6, int(el.tag[1]) + self.shift)}"
 
@@ -307,7 +309,6 @@ class Table:
     corner: str
     columns: list[Column]
     rows: list[Row]
-    show_plots: bool = False
 
 
 class _Site:
@@ -416,7 +417,7 @@ class _Site:
             rows.extend(group)
         if len(rows) == int(original):
             return None
-        return Table(caption, corner, columns, rows, plots)
+        return Table(caption, corner, columns, rows)
 
     def slot(self, col: Column, tech: TechniqueRecord, cell: Cell | None, v: Variant | None,
              j: int, span: int, plots: bool) -> Slot:

@@ -123,3 +123,9 @@ def photos224() -> Tensor:
 def photos112() -> Tensor:
     """cat.png and rocket.jpg at 112x112 (small inputs for VGG16 / ResNet-18)."""
     return torch.cat([load_photo("cat.png", 112), load_photo("rocket.jpg", 112)])
+
+
+@pytest.fixture(scope="session")
+def photos64() -> Tensor:
+    """cat.png and rocket.jpg at 64x64 (VGG16 at this size: features.29 is 4x4)."""
+    return torch.cat([load_photo("cat.png", 64), load_photo("rocket.jpg", 64)])

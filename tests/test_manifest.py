@@ -86,14 +86,14 @@ params = { baseline = "black" }
 [metrics]
 enabled = true
 steps = 10
-substrate = "zero"
+substrate = "blur"
 """)
     assert m.path == folder / "gallery.toml" and m.root == folder
     assert m.gallery == GallerySpec("Mine", "*hello*", folder / "site", "cpu", "viridis", 1.0)
     assert [t.id for t in m.techniques] == ["integrated_gradients", "ig_black"]
     assert m.techniques[0].params["steps"] == 8 and m.techniques[0].params["baseline"] == "zero"
     assert m.techniques[1].params["steps"] == 50 and m.techniques[1].field == "techniques[1]"
-    assert m.metrics == MetricsSpec(enabled=True, steps=10, substrate="zero")
+    assert m.metrics == MetricsSpec(enabled=True, steps=10, substrate="blur")
     assert m.models == (ModelSpec("resnet18", weights="none", id="resnet18", field="models[0]"),)
     with pytest.raises(AttributeError):
         m.gallery.title = "x"  # type: ignore[misc]
@@ -210,6 +210,7 @@ def test_unknown_keys_in_images_and_models(folder: Path) -> None:
     ("[metrics]\nsteps = 1\n", "metrics.steps", "must be from 2 to 1000, got 1"),
     ("[metrics]\nsteps = 2.5\n", "metrics.steps", "expected an integer, got float 2.5"),
     ("[metrics]\nsubstrate = 'blurr'\n", "metrics.substrate", "(did you mean: blur?)"),
+    ("[gallery]\ncolormap = 'viridiss'\n", "gallery.colormap", "unknown colormap 'viridiss' (did you mean: viridis"),
     ("[techniques]\nname = 'gradcam'\n", "techniques", "expected an array of tables ([[techniques]]"),
     ("[[techniques]]\nname = 'gradcam'\nparams = 3\n", "techniques[0].params", "expected a table"),
 ])
@@ -292,7 +293,7 @@ def test_unknown_model_suggests(folder: Path) -> None:
     ('name = "resnet18"\nmean = [0.5, 0.5]', "models[0].mean", "expected an array of 3 numbers"),
     ('name = "resnet18"\nstd = [0.5, 0, 0.5]', "models[0].std", "every value must be greater than 0"),
     ('name = "resnet18"\nlayers = { gradcma = "layer4" }', "models[0].layers.gradcma",
-     "unknown key (did you mean: gradcam"),
+     "unknown technique (did you mean: gradcam"),
     ('name = "resnet18"\nlayers = { vanilla = "layer4" }', "models[0].layers.vanilla", "takes no layer"),
     ('name = "resnet18"\nlayers = { gradcam = ["layer3", "layer4"] }', "models[0].layers.gradcam",
      "takes one layer, got 2"),
@@ -403,14 +404,15 @@ def test_default_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert [t.name for t in m.techniques] == registry.names("attribution")
 
 
-@pytest.mark.parametrize("github_pages, output", [(False, "site"), (True, "docs")])
-def test_starter_manifest_round_trips(tmp_path: Path, github_pages: bool, output: str) -> None:
+@pytest.mark.parametrize("github_pages", [False, True])
+def test_starter_manifest_round_trips(tmp_path: Path, github_pages: bool) -> None:
     (tmp_path / "input_images").mkdir()
     Image.new("L", (16, 16)).save(tmp_path / "input_images" / "grey.png")
     (tmp_path / "input_images" / "ATTRIBUTION.md").write_text("sources")
     text = starter_manifest(github_pages)
     m = load_manifest(write(tmp_path, text, "galleryvis.toml"))
-    assert m.gallery.output == tmp_path / output
+    assert m.gallery.output == tmp_path / "site"
+    assert ("galleryvis-pages.yml" in text) == github_pages
     assert [i.path.name for i in m.images] == ["grey.png"]
     assert [s.name for s in m.models] == ["efficientnet_lite0"]
     assert len(m.techniques) == len(registry.names("attribution"))
@@ -462,7 +464,18 @@ _technique = st.one_of(_section(["name", "id", "params"]), st.fixed_dictionaries
     optional={"params": st.dictionaries(st.sampled_from(["steps", "samples", "sigma", "base", "seed", "x"]),
                                         _field_values, max_size=3), "id": _plausible}))
 _metrics = _section(["enabled", "deletion_insertion", "sanity", "steps", "substrate"])
+_near_valid = st.fixed_dictionaries({
+    "images": st.lists(st.fixed_dictionaries({"path": st.sampled_from(["img.png", "*.png"])}, optional={
+        "target": st.one_of(st.integers(-1, 5), _plausible)}), min_size=1, max_size=2),
+    "models": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["resnet18", "efficientnet_lite0"])}, optional={
+        "weights": st.sampled_from(["DEFAULT", "none", "IMAGENET1K_V1", "x.pth"]),
+        "layers": st.dictionaries(st.sampled_from(["gradcam", "layercam", "vanilla"]),
+                                  st.one_of(_plausible, st.lists(_plausible, max_size=2)), max_size=2),
+        "size": st.integers(0, 5000), "mean": st.lists(st.floats(), max_size=4), "id": _plausible,
+    }), min_size=1, max_size=2),
+}, optional={"techniques": st.lists(_technique, max_size=3), "gallery": _gallery, "metrics": _metrics})
 _manifests = st.one_of(
+    _near_valid,
     st.dictionaries(st.text(max_size=8), _values, max_size=4),
     st.fixed_dictionaries({}, optional={
         "gallery": st.one_of(_gallery, _values),
@@ -501,7 +514,7 @@ _toml_lines = st.lists(st.one_of(
 ), max_size=12)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=_toml_lines)
 def test_load_never_crashes_on_random_toml(lines: list[str], tmp_path_factory: pytest.TempPathFactory) -> None:
     folder = tmp_path_factory.getbasetemp() / "hypothesis-toml"

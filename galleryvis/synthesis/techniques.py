@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,7 +18,7 @@ from torch import Tensor
 from ..hooks import guided
 from . import param as P
 from .api import Job, synthesis_technique
-from .objectives import alpha_norm, relative_distance, total_variation, unit_mean, unit_square_mean
+from .objectives import alpha_norm, redirected_relus, relative_distance, total_variation, unit_mean, unit_square_mean
 from .transforms import gaussian_blur, random_affine, roll
 
 
@@ -38,18 +40,21 @@ def _trace(values: list[Tensor], n: int, device: torch.device) -> Tensor:
     paper="Erhan et al. 2009; Olah et al. 2017, https://distill.pub/2017/feature-visualization/",
     summary="An image, optimized from noise, that maximizes the mean activation of one channel.")
 def filter_visualization(job: Job, *, steps: int = 128, size: int = 128, lr: float = 0.05,
-                         param: str = "fft", transforms: bool = True) -> tuple[Tensor, Tensor]:
+                         param: str = "fft", transforms: bool = True, redirect: bool = True
+                         ) -> tuple[Tensor, Tensor]:
     """Adam ascent on the channel's mean activation. ``param="fft"`` (default): lucent's
     decorrelated Fourier parameterization; ``"pixel"``: the seed's pixels, from uniform noise in
     [150, 180]/255, projected into [0, 1] each step. ``transforms``: lucent's random pad, jitter,
-    scale and rotation before every forward (off + ``pixel`` reproduces the seed's setting)."""
+    scale and rotation before every forward (off + ``pixel`` reproduces the seed's setting).
+    ``redirect``: lucid's redirected ReLU gradient (``objectives.redirected_relus``), so channels
+    that are inactive on the whole start image (common after ReLU6) still get a gradient."""
     if size < 8:
         raise ValueError(f"filter_visualization: size must be >= 8, got {size}")
     make = P.fft if param == "fft" else P.pixel
     p = make(job.gens, (size, size), job.device)
     opt = torch.optim.Adam([p.tensor], lr=lr)
     trace = []
-    with torch.enable_grad():
+    with torch.enable_grad(), redirected_relus(job.model) if redirect else nullcontext():
         for _ in range(steps):
             img = p.image()
             if transforms:
@@ -133,10 +138,11 @@ def deep_dream(job: Job, *, steps: int = 10, octaves: int = 3, octave_scale: flo
     paper="Simonyan et al. 2013, https://arxiv.org/abs/1312.6034; Yosinski et al. 2015, "
           "https://arxiv.org/abs/1506.06579",
     summary="An image optimized to maximize one class logit, with optional regularization.")
-def class_visualization(job: Job, *, steps: int = 100, size: int = 224, lr: float = 0.05,
+def class_visualization(job: Job, *, steps: int = 100, size: int = 160, lr: float = 0.05,
                         regularization: str = "yosinski", weight: float = 1.0,
-                        decay: float = 0.01, blur_every: int = 4, blur_sigma: float = 0.5,
-                        norm_pct: float = 0.1, contrib_pct: float = 0.1, jitter: int = 8
+                        decay: float = 0.01, blur_every: int = 4, blur_sigma: float = 1.0,
+                        norm_pct: float = 0.3, contrib_pct: float = 0.1, jitter: int = 8,
+                        noise: float = 0.2
                         ) -> tuple[Tensor, Tensor]:
     """Adam ascent on the target logit, in [0, 1] image space centred on the normalization mean
     (``z = x - mean``, so "zero" is the mean colour). From uniform noise in [0, 1] unless an
@@ -151,8 +157,8 @@ def class_visualization(job: Job, *, steps: int = 100, size: int = 224, lr: floa
     if job.image is not None:
         z = (job.to01(job.image).clamp(0, 1) - job.mean).detach().clone()
     else:
-        z = torch.cat([torch.rand(1, 3, size, size, generator=g) for g in job.gens]).to(job.device)
-        z = z - job.mean
+        z = torch.cat([(torch.rand(1, 3, size, size, generator=g) - 0.5) * noise
+                       for g in job.gens]).to(job.device)
     z.requires_grad_(True)
     lo, hi = -job.mean, 1 - job.mean
     opt = torch.optim.Adam([z], lr=lr)

@@ -1,6 +1,7 @@
 """Class activation maps: Grad-CAM and its variants, Score-CAM, Eigen-CAM, guided Grad-CAM.
 
-Each returns (N, 1, h, w) at the layer's resolution; the engine upsamples bilinearly.
+Each returns (N, 1, h, w) at the layer's resolution (the engine upsamples bilinearly), except
+paper Score-CAM, which returns the input size because its ReLU follows the upsampling.
 """
 from __future__ import annotations
 
@@ -114,10 +115,11 @@ def eigencam(ctx: Context, *, layer: str) -> Tensor:
            summary="Activations weighted by the target's softmax probability when each activation map masks the input.")
 def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
     """For each channel: upsample, min-max normalize, mask the input, read the softmax
-    probability of the target; those probabilities weight the channels (ReLU of the sum).
-    Constant channels are skipped (weight 0), as the official code does. ``weighting="gradcam"``
-    reproduces pytorch-grad-cam: corner-aligned upsampling, every channel, and a softmax of the
-    raw target logits across channels. Masks are built ``batch_size`` at a time, never all."""
+    probability of the target; those probabilities weight the channels, and the weighted sum is
+    upsampled to the input size before the ReLU; constant channels are skipped (weight 0); both
+    as the official code does. ``weighting="gradcam"`` reproduces pytorch-grad-cam: corner-aligned
+    upsampling of the masks, every channel, a softmax of the raw target logits across channels,
+    and the ReLU at the layer's resolution. Masks are built ``batch_size`` at a time, never all."""
     acts = ctx.forward().acts[layer]
     if acts.dim() != 4:
         raise LayerError(f"layer {layer!r} outputs shape {tuple(acts.shape)}; CAMs need a 4-D (N,C,H,W) output")
@@ -135,7 +137,10 @@ def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
                 weights[i, chunk] = (logits.softmax(1)[:, ti] if paper else logits[:, ti]).float()
             if not paper:
                 weights[i] = weights[i].softmax(0)
-    return _weighted(acts, weights[:, :, None, None].to(acts.dtype))
+    cam = (weights[:, :, None, None].to(acts.dtype) * acts).sum(1, keepdim=True)
+    if paper:  # the official code upsamples before the ReLU (grad-cam after it)
+        cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+    return F.relu(cam)
 
 
 @technique("guided_gradcam", output="input", layer="one", signed=True,

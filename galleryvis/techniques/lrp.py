@@ -1,30 +1,31 @@
 """Layer-wise relevance propagation (Bach et al. 2015; rules after Montavon et al. 2019).
 
 Implemented the zennit way: relevance travels backwards as the "gradient" of one autograd
-pass. During that pass a forward hook replaces the output of every linear layer (convolution,
-``Linear``, a convolution with its BatchNorm folded in, average pooling) by an autograd
-function whose backward applies the layer's LRP rule::
+pass, starting from the target logit (one-hot times the logit). During the forward, a hook
+on every leaf module hands the output of each linear layer (convolution, ``Linear``, a
+convolution with its BatchNorm folded in, average pooling) to an autograd function whose
+backward applies the layer's rule, e.g. for epsilon::
 
-    R_in = x * d/dx [ f_mod(x) ] . (R_out / stabilized f_mod(x))
+    R_in = x * W^T (R_out / (z + eps sign z))
 
-computed functionally from the layer's own (frozen) parameters: no module is copied, changed
-or given attributes, and every hook is removed in a ``finally`` (also when the call raises).
-Element-wise activations (``ReLU``, ``ReLU6``) pass relevance unchanged; max pooling routes
-it to the winner (its ordinary gradient); dropout, flatten and identity are their gradient.
+computed functionally from the layer's own frozen parameters (modified copies of a weight
+exist only inside that layer's backward): no module is copied, changed or given attributes,
+and every hook is removed in a ``finally``, also when the call raises. ReLU, max pooling,
+dropout, flatten and identity keep their ordinary gradient, which is already their LRP rule
+(identity on relevance, winner-take-all, a reshape); ``ReLU6`` passes relevance unchanged.
 
 Which models: a *chain* of supported modules, each receiving exactly the previous module's
 output (functional reshapes such as ``torch.flatten`` and functional ReLU / max pooling
 between modules are fine): torchvision's AlexNet and every VGG, with or without BatchNorm.
-A probe forward records the call order and follows each module's input through the autograd
-graph to the previous module's output; a residual add (ResNet), a concatenation (Inception,
-DenseNet), an unsupported module type or a module with parameters of its own raises a
-:class:`~galleryvis.hooks.LayerError` naming the module. (captum returns relevance on
-ResNet-50 without complaint, but it is not LRP relevance there.)
+The same hooks check this as the forward runs, following each module's input through the
+autograd graph back to the previous module's output; a residual add (ResNet), a
+concatenation (Inception, DenseNet), an unsupported module type or a container with
+parameters of its own raises a :class:`~galleryvis.hooks.LayerError` naming the module.
+(captum returns relevance on ResNet-50 without complaint, but it is not LRP relevance there.)
 """
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -46,10 +47,12 @@ _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _AVG = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
         nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 #: Element-wise activations: relevance passes unchanged (identity backward).
-_ACT = (nn.ReLU, nn.ReLU6)
+_ACT = (nn.ReLU6,)
 #: Their ordinary gradient is the LRP rule: winner-take-all for max pooling, identity or a
 #: reshape for the others (dropout is the identity in eval mode, which the engine sets).
-_GRAD = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+#: ReLU's gradient is the identity on relevance too: relevance is zero wherever an
+#: activation is zero (every rule multiplies by the layer input), which is where it masks.
+_GRAD = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
          nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
          nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
          nn.FeatureAlphaDropout, nn.Flatten, nn.Unflatten, nn.Identity)
@@ -71,84 +74,89 @@ _TINY = 1e-9
 
 # -- rules ------------------------------------------------------------------------------------
 # A rule maps (layer input x, layer output z, relevance at the output r) -> relevance at x.
-# ``f(x, w, b)`` is the layer's affine map with parameters w, b (b may be None).
-Affine = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+# ``f(x, w, b)`` is the layer's affine map with parameters w, b (b may be None) and
+# ``f.t(s, w, x)`` its transpose applied to s (the vector-Jacobian product, independent of x).
+
+
+class Affine:
+    """An affine map f(x, w, b) and its transpose, for the layer's own or modified parameters."""
+
+    def __init__(self, fwd: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+                 transpose: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> None:
+        self.fwd, self.transpose = fwd, transpose
+
+    def __call__(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        with torch.no_grad():
+            return self.fwd(x, w, b)
+
+    def t(self, s: Tensor, w: Tensor, x: Tensor) -> Tensor:
+        """d/dx <f(x, w, .), s>: the transposed layer (autograd when no closed form is known)."""
+        if self.transpose is not None:
+            return self.transpose(s, w, x)
+        leaf = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.fwd(leaf, w, None), leaf, s)
+        return g
+
+
 Rule = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def _stab(z: Tensor, eps: float) -> Tensor:
     """z + eps * sign(z), with sign(0) = +1: the signed stabilizer of the epsilon rule."""
-    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z)
+    return torch.where(z >= 0, eps, -eps).to(z.dtype).add_(z)
 
 
-def _vjp(f: Affine, parts: list[tuple[Tensor, Tensor, Tensor | None, Tensor]]) -> list[Tensor]:
-    """For each (input, weight, bias, s): d/dinput <f(input, weight, bias), s>, in one backward.
-
-    f is linear in its input, so this is the transposed layer applied to s (the "gradient" of
-    the modified layer)."""
-    leaves = [x.detach().requires_grad_(True) for x, _, _, _ in parts]
-    with torch.enable_grad():
-        outs = [f(leaf, w, b) for leaf, (_, w, b, _) in zip(leaves, parts)]
-        return list(torch.autograd.grad(outs, leaves, [s for *_, s in parts]))
-
-
-def _forward(f: Affine, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    with torch.no_grad():
-        return f(x, w, b)
-
-
-def epsilon_rule(f: Affine, w: Tensor, b: Tensor | None, eps: float) -> Rule:
+def epsilon_rule(f: Affine, w: Tensor, b: Tensor | None, eps: float) -> Rule:  # noqa: ARG001
     """LRP-epsilon: R_j = sum_k x_j w_jk R_k / (z_k + eps sign z_k); z includes the bias."""
     def rule(x: Tensor, z: Tensor, r: Tensor) -> Tensor:
-        (c,) = _vjp(f, [(x, w, b, r / _stab(z, eps))])
-        return x * c
+        return x * f.t(r / _stab(z, eps), w, x)
     return rule
 
 
 def gamma_rule(f: Affine, w: Tensor, b: Tensor | None, gamma: float) -> Rule:
     """LRP-gamma, favouring positive contributions: weights w + gamma w+ (Montavon et al. 2019).
 
-    For negative inputs the generalized form (Andeol et al. 2021, as zennit): units with
-    z > 0 share relevance by x+ (w + g w+) + x- (w + g w-), units with z < 0 by
-    x+ (w + g w-) + x- (w + g w+). Gamma modifies weights only; the bias enters unchanged
-    (the seed also scaled it, KNOWN_ISSUES row 8)."""
+    Units with z >= 0 share their relevance by x (w + g w+); when inputs or relevant outputs
+    are negative, the generalized form (Andeol et al. 2021, as zennit) applies: z >= 0 units
+    by x+ (w + g w+) + x- (w + g w-), z < 0 units by x+ (w + g w-) + x- (w + g w+). Gamma
+    modifies weights only; the bias enters unchanged (the seed also scaled it, KNOWN_ISSUES
+    row 8). After a ReLU nothing is negative, and the rule costs one forward and one
+    transposed layer."""
     def rule(x: Tensor, z: Tensor, r: Tensor) -> Tensor:
-        wp, wn = w + gamma * w.clamp(min=0), w + gamma * w.clamp(max=0)
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
-        rp, rn = r * (z > 0), r * (z < 0)
-        if not bool((x < 0).any()):
-            sp = rp / _stab(_forward(f, x, wp, b), _TINY)
-            sn = rn / _stab(_forward(f, x, wn, b), _TINY)
-            c1, c2 = _vjp(f, [(x, wp, b, sp), (x, wn, b, sn)])
-            return x * (c1 + c2)
-        sp = rp / _stab(_forward(f, xp, wp, b) + _forward(f, xn, wn, None), _TINY)
-        sn = rn / _stab(_forward(f, xp, wn, b) + _forward(f, xn, wp, None), _TINY)
-        c = _vjp(f, [(xp, wp, b, sp), (xn, wn, None, sp), (xp, wn, b, sn), (xn, wp, None, sn)])
-        return xp * (c[0] + c[2]) + xn * (c[1] + c[3])
+        signed = bool((x < 0).any())
+        wp = w.clamp(min=0).mul_(gamma).add_(w)
+        if not signed and not bool(((z < 0) & (r != 0)).any()):
+            return x * f.t(r / _stab(f(x, wp, b), _TINY), wp, x)
+        wn = w.clamp(max=0).mul_(gamma).add_(w)
+        rp, rn = r * (z >= 0), r * (z < 0)
+        xp, xn = (x.clamp(min=0), x.clamp(max=0)) if signed else (x, None)
+        sp = rp / _stab(f(xp, wp, b) + (f(xn, wn, None) if signed else 0), _TINY)
+        sn = rn / _stab(f(xp, wn, b) + (f(xn, wp, None) if signed else 0), _TINY)
+        out = xp * (f.t(sp, wp, x) + f.t(sn, wn, x))
+        return out + xn * (f.t(sp, wn, x) + f.t(sn, wp, x)) if signed else out
     return rule
 
 
 def alpha_beta_rule(f: Affine, w: Tensor, b: Tensor | None, alpha: float) -> Rule:
     """LRP-alpha-beta with beta = alpha - 1: alpha times the share of the positive
     contributions (x w)+ minus beta times the share of the negative ones (x w)-, the bias
-    neuron included in both sums (Montavon et al. 2019, eq. for LRP-alpha-beta). alpha = 1 is z+."""
+    neuron's part included in each sum (Montavon et al. 2019). alpha = 1 is the z+ rule."""
     beta = alpha - 1.0
 
     def rule(x: Tensor, z: Tensor, r: Tensor) -> Tensor:  # noqa: ARG001
         wp, wn = w.clamp(min=0), w.clamp(max=0)
         bp, bn = (None, None) if b is None else (b.clamp(min=0), b.clamp(max=0))
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
         signed = bool((x < 0).any())
-        pos = _forward(f, xp, wp, bp) + (_forward(f, xn, wn, None) if signed else 0)
+        xp, xn = (x.clamp(min=0), x.clamp(max=0)) if signed else (x, None)
+        pos = f(xp, wp, bp) + (f(xn, wn, None) if signed else 0)
         sp = alpha * r / _stab(pos, _TINY)
-        parts = [(xp, wp, bp, sp)] + ([(xn, wn, None, sp)] if signed else [])
+        out = xp * f.t(sp, wp, x) + (xn * f.t(sp, wn, x) if signed else 0)
         if beta:
-            neg = _forward(f, xp, wn, bn) + (_forward(f, xn, wp, None) if signed else 0)
-            sn = -beta * r / _stab(neg, _TINY)
-            parts += [(xp, wn, bn, sn)] + ([(xn, wp, None, sn)] if signed else [])
-        c = _vjp(f, parts)
-        ins = [xp, xn] if signed else [xp]
-        return sum(i * g for i, g in zip(ins * (len(c) // len(ins)), c))
+            neg = f(xp, wn, bn) + (f(xn, wp, None) if signed else 0)
+            sn = beta * r / _stab(neg, _TINY)
+            out = out - xp * f.t(sn, wn, x) - (xn * f.t(sn, wp, x) if signed else 0)
+        return out
     return rule
 
 
@@ -157,32 +165,42 @@ def box_rule(f: Affine, w: Tensor, low: Tensor, high: Tensor) -> Rule:
     R_i = sum_j (x_i w_ij - l_i w_ij+ - h_i w_ij-) / sum_i (...) R_j; the bias does not enter."""
     def rule(x: Tensor, z: Tensor, r: Tensor) -> Tensor:  # noqa: ARG001
         wp, wn = w.clamp(min=0), w.clamp(max=0)
-        den = _forward(f, x, w, None) - _forward(f, low, wp, None) - _forward(f, high, wn, None)
-        s = r / _stab(den, _TINY)
-        c = _vjp(f, [(x, w, None, s), (low, wp, None, s), (high, wn, None, s)])
-        return x * c[0] - low * c[1] - high * c[2]
+        s = r / _stab(f(x, w, None) - f(low, wp, None) - f(high, wn, None), _TINY)
+        return x * f.t(s, w, x) - low * f.t(s, wp, x) - high * f.t(s, wn, x)
     return rule
 
 
 def pool_rule(module: nn.Module, eps: float) -> Rule:
-    """Epsilon rule on a parameter-free linear layer (average pooling), through its forward."""
-    def f(x: Tensor, _w: Tensor, _b: Tensor | None) -> Tensor:
-        return module.forward(x)  # .forward, not __call__: our own hooks must not fire here
+    """Epsilon rule on a parameter-free linear layer (average pooling), through its forward
+    (``.forward``, not ``__call__``: our own hooks must not fire here)."""
+    f = Affine(lambda x, _w, _b: module.forward(x))
 
     def rule(x: Tensor, z: Tensor, r: Tensor) -> Tensor:
-        (c,) = _vjp(f, [(x, x, None, r / _stab(z, eps))])
-        return x * c
+        return x * f.t(r / _stab(z, eps), x, x)
     return rule
 
 
 class _Relevance(torch.autograd.Function):
-    """Forward: the layer's output (already computed). Backward: the layer's LRP rule."""
+    """Forward: the layer's output, already computed, returned as itself. Backward: the
+    layer's LRP rule.
+
+    ``mark_dirty`` on a detached alias gives the output this function as its history without
+    a copy, and without keeping the layer's own graph alive (it is never used). Views and
+    outputs that are the input itself are copied first: their version counter is shared."""
 
     @staticmethod
     def forward(ctx, x: Tensor, z: Tensor, rule: Rule) -> Tensor:  # type: ignore[override]
+        ctx.mark_dirty(z)
         ctx.rule = rule
         ctx.save_for_backward(x, z)
-        return z.view_as(z)
+        return z
+
+    @staticmethod
+    def wrap(x: Tensor, out: Tensor, rule: Rule) -> Tensor:
+        z = out.detach()
+        if out is x or out._is_view():
+            z = z.clone()
+        return _Relevance.apply(x, z, rule)
 
     @staticmethod
     def backward(ctx, r: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
@@ -195,7 +213,7 @@ class _Pass(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, out: Tensor) -> Tensor:  # type: ignore[override]  # noqa: ARG004
-        return out.view_as(out)
+        return out.clone()
 
     @staticmethod
     def backward(ctx, r: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
@@ -203,16 +221,6 @@ class _Pass(torch.autograd.Function):
 
 
 # -- the chain ----------------------------------------------------------------------------------
-@dataclass
-class _Step:
-    """One module call of the chain, in call order."""
-
-    name: str
-    module: nn.Module
-    kind: str  # "affine", "fold_src" (affine whose BatchNorm follows), "norm", "avg", "act", "grad"
-    src: nn.Module | None = None  # for "norm": the convolution / Linear folded into it
-
-
 def _kind(m: nn.Module) -> str | None:
     t = type(m)
     if t in _CONV:
@@ -243,106 +251,55 @@ def _link(node: object, target: object) -> str | None:
     return None
 
 
-def plan(model: nn.Module, x: Tensor) -> list[_Step]:
-    """Probe forward on ``x``: the chain of module calls, each checked to receive exactly the
-    previous one's output. Raises :class:`LayerError` naming the first module that does not."""
-    names: dict[nn.Module, str] = {}
-    for name, m in model.named_modules():
-        names.setdefault(m, name or type(model).__name__)
-        has_children = next(m.children(), None) is not None
-        if has_children and next(m.parameters(recurse=False), None) is not None:
-            raise _unsupported(names[m], m, ": it has parameters of its own besides its submodules")
-    steps: list[_Step] = []
-    last: dict[str, object] = {}
-
-    def hook(m: nn.Module, inputs: tuple[object, ...], out: object) -> None:
-        name = names[m]
-        if len(inputs) != 1 or not isinstance(inputs[0], Tensor) or not isinstance(out, Tensor):
-            raise _unsupported(name, m, ": it takes or returns something other than one tensor")
-        kind = _kind(m)
-        if kind is None:
-            raise _unsupported(name, m)
-        prev = steps[-1].name if steps else "the model's input"
-        found = _link(inputs[0].grad_fn, last["node"])
-        if found is not None:
-            raise LayerError(
-                f"lrp needs a plain chain of modules, but the input of {name!r} ({type(m).__name__}) "
-                f"is not the output of {prev!r}: it comes from {found} (a residual connection or "
-                f"another branch?); LRP rules for such architectures are not implemented")
-        if kind == "norm":
-            if not steps or steps[-1].kind != "affine" or inputs[0].grad_fn is not last["node"]:
-                raise _unsupported(name, m, ": a BatchNorm is folded into the convolution or "
-                                   "Linear right before it, and there is none")
-            steps[-1].kind = "fold_src"
-            steps.append(_Step(name, m, kind, src=steps[-1].module))
-        else:
-            steps.append(_Step(name, m, kind))
-        last["node"] = out.grad_fn
-
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    with ExitStack() as stack, torch.enable_grad():
-        for m in dict.fromkeys(leaves):
-            stack.callback(m.register_forward_hook(hook).remove)
-        x0 = x.detach().requires_grad_(True).clone()
-        last["node"] = x0.grad_fn
-        out = model(x0)
-    if not isinstance(out, Tensor):
-        raise LayerError(f"lrp needs a model that returns a tensor, not {type(out).__name__}")
-    found = _link(out.grad_fn, last["node"])
-    if found is not None:
-        after = repr(steps[-1].name) if steps else "its input"
-        raise LayerError(f"lrp needs a plain chain of modules, but the model's output is not the "
-                         f"output of {after}: it comes from {found}")
-    return steps
-
-
-# -- parameters -----------------------------------------------------------------------------
-def _affine(step: _Step) -> tuple[Affine, Tensor, Tensor | None]:
-    """The step's affine map and its parameters, BatchNorm folded in (nothing is modified)."""
-    layer = step.src if step.kind == "norm" else step.module
-    assert layer is not None
-    w, b = layer.weight, layer.bias
+def _affine(layer: nn.Module, bn: nn.Module | None = None) -> tuple[Affine, Tensor, Tensor | None]:
+    """The layer's affine map and parameters, with ``bn`` folded in (nothing is modified)."""
+    w, b = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
     if isinstance(layer, nn.Linear):
-        f: Affine = F.linear
+        f = Affine(F.linear, lambda s, w, _x: s @ w)
     else:
-        conv = _CONV[type(layer)]
+        conv, c = _CONV[type(layer)], layer
+        grad_input = getattr(torch.nn.grad, f"conv{w.dim() - 2}d_input")
 
-        def f(x: Tensor, w: Tensor, b: Tensor | None, c: nn.Module = layer) -> Tensor:
-            return conv(x, w, b, c.stride, c.padding, c.dilation, c.groups)
-    if step.kind == "norm":
-        bn = step.module
+        def transpose(s: Tensor, w: Tensor, x: Tensor) -> Tensor:
+            return grad_input(x.shape, w, s, c.stride, c.padding, c.dilation, c.groups)
+        f = Affine(lambda x, w, b: conv(x, w, b, c.stride, c.padding, c.dilation, c.groups),
+                   None if isinstance(c.padding, str) else transpose)
+    if bn is not None:
         scale = torch.rsqrt(bn.running_var + bn.eps)
         if bn.weight is not None:
-            scale = scale * bn.weight
-        shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0)
+            scale = scale * bn.weight.detach()
+        shift = -bn.running_mean * scale + (0 if bn.bias is None else bn.bias.detach())
         w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
         b = shift if b is None else b * scale + shift
-    return f, w.detach(), None if b is None else b.detach()
+    return f, w, b
 
 
-def _bounds(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Lowest and highest possible input, element-wise: the ImageNet-normalized [0, 1] pixel
-    range for 3-channel images, else each sample's own min and max; widened to contain x."""
-    if x.dim() == 4 and x.shape[1] == 3:
+def _bounds(x: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
+    """Lowest and highest possible values of the first layer's input ``x``, element-wise.
+
+    For 3-channel images: the ImageNet-normalized [0, 1] pixel range, reshaped like ``x``
+    when only reshapes lie between the image and the layer (``Flatten`` before a Linear);
+    otherwise each sample's own min and max. Widened where needed to contain ``x``."""
+    x, image = x.detach(), image.detach()
+    if image.dim() == 4 and image.shape[1] == 3 and x.numel() == image.numel():
         mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        low, high = (0 - mean) / std, (1 - mean) / std
+        low = ((0 - mean) / std).expand_as(image).reshape(x.shape)
+        high = ((1 - mean) / std).expand_as(image).reshape(x.shape)
     else:
         dims = tuple(range(1, x.dim()))
         low, high = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
-    return torch.minimum(low, x).detach(), torch.maximum(high, x).detach()
+    return torch.minimum(low, x), torch.maximum(high, x)
 
 
-def _rule(step: _Step, first: bool, x: Tensor, rule: str, epsilon: float, gamma: float,
-          alpha: float) -> Rule:
-    if step.kind == "avg":
-        return pool_rule(step.module, epsilon if rule == "epsilon" else _TINY)
-    f, w, b = _affine(step)
+def _layer_rule(layer: nn.Module, bn: nn.Module | None, first: Tensor | None, x: Tensor,
+                rule: str, epsilon: float, gamma: float, alpha: float) -> Rule:
+    """The rule of one layer; ``first`` is the model's input when this is the first layer."""
+    f, w, b = _affine(layer, bn)
     if rule == "composite":
-        if first:
-            return box_rule(f, w, *_bounds(x))
-        dense = isinstance(step.src if step.kind == "norm" else step.module, nn.Linear)
-        rule = "epsilon" if dense else "gamma"
+        if first is not None:
+            return box_rule(f, w, *_bounds(x, first))
+        rule = "epsilon" if isinstance(layer, nn.Linear) else "gamma"
     if rule == "epsilon":
         return epsilon_rule(f, w, b, epsilon)
     if rule == "gamma":
@@ -350,37 +307,85 @@ def _rule(step: _Step, first: bool, x: Tensor, rule: str, epsilon: float, gamma:
     return alpha_beta_rule(f, w, b, 1.0 if rule == "zplus" else alpha)
 
 
+class _Chain:
+    """State of one LRP forward: the module calls so far, checked to form a chain."""
+
+    def __init__(self, model: nn.Module, x: Tensor, rule: str, epsilon: float, gamma: float,
+                 alpha: float) -> None:
+        self.names: dict[nn.Module, str] = {}
+        for name, m in model.named_modules():
+            self.names.setdefault(m, name or type(model).__name__)
+            if next(m.children(), None) is not None and next(m.parameters(recurse=False), None) is not None:
+                raise _unsupported(self.names[m], m, ": it has parameters besides its submodules")
+        self.params = (rule, epsilon, gamma, alpha)
+        self.input = x
+        self.node: object = x.grad_fn  # the autograd node of the last output in the chain
+        self.prev: tuple[str, nn.Module, str, Tensor, Tensor] | None = None  # name, module, kind, in, out
+        self.affine_calls = 0
+        self.folded: dict[int, Tensor] = {}  # id(a folded layer's output) -> its BatchNorm's output
+
+    def hook(self, m: nn.Module, inputs: tuple[object, ...], out: object) -> Tensor | None:
+        name = self.names[m]
+        if len(inputs) != 1 or not isinstance(inputs[0], Tensor) or not isinstance(out, Tensor):
+            raise _unsupported(name, m, ": it takes or returns something other than one tensor")
+        x = inputs[0]
+        kind = _kind(m)
+        if kind is None:
+            raise _unsupported(name, m)
+        found = _link(x.grad_fn, self.node)
+        if found is not None:
+            prev = repr(self.prev[0]) if self.prev else "the model's input"
+            raise LayerError(
+                f"lrp needs a plain chain of modules, but the input of {name!r} ({type(m).__name__}) "
+                f"is not the output of {prev}: it comes from {found} (a residual connection or "
+                f"another branch?); LRP rules for such architectures are not implemented")
+        new: Tensor | None = None
+        if kind == "affine":
+            self.affine_calls += 1
+            new = _Relevance.wrap(x, out, _layer_rule(m, None, self.first, x, *self.params))
+        elif kind == "norm":
+            p = self.prev
+            if p is None or p[2] != "affine":
+                raise _unsupported(name, m, ": a BatchNorm is folded into the convolution or Linear "
+                                   "whose output it receives, and there is none")
+            # canonization: conv + BN act as one layer, from the conv's input to the BN's output
+            new = _Relevance.wrap(p[3], out,
+                                   _layer_rule(p[1], m, self.first, p[3], *self.params))
+            self.folded[id(p[4])] = new
+        elif kind == "avg":
+            rule, epsilon = self.params[:2]
+            new = _Relevance.wrap(x, out, pool_rule(m, epsilon if rule == "epsilon" else _TINY))
+        elif kind == "act":
+            new = _Pass.apply(x, out.detach())
+        result = out if new is None else new
+        self.prev = (name, m, kind, x, result)
+        self.node = result.grad_fn
+        return new
+
+    @property
+    def first(self) -> Tensor | None:
+        """The model's input while the first convolution / Linear is being hooked, else None."""
+        return self.input if self.affine_calls == 1 else None
+
+    def check_output(self, out: object) -> Tensor:
+        if not isinstance(out, Tensor):
+            raise LayerError(f"lrp needs a model that returns a tensor, not {type(out).__name__}")
+        found = _link(out.grad_fn, self.node)
+        if found is not None:
+            after = repr(self.prev[0]) if self.prev else "its input"
+            raise LayerError(f"lrp needs a plain chain of modules, but the model's output is not "
+                             f"the output of {after}: it comes from {found}")
+        return out
+
+
 @contextmanager
-def lrp_hooks(model: nn.Module, steps: list[_Step], rule: str, epsilon: float, gamma: float,
-              alpha: float) -> Iterator[None]:
-    """Forward hooks that give each step of the chain its LRP backward; removed on exit."""
-    calls = {"i": 0}
-    pending: dict[nn.Module, Tensor] = {}
-    first = next((i for i, s in enumerate(steps) if s.kind in ("affine", "norm")), -1)
-
-    def hook(m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
-        i = calls["i"]
-        if i >= len(steps) or steps[i].module is not m:
-            raise LayerError("the model called its modules in another order than in the probe "
-                             "forward; lrp needs a forward pass that does not change between calls")
-        calls["i"] = i + 1
-        step, x = steps[i], inputs[0]
-        if step.kind == "fold_src":
-            pending[m] = x
-            return None
-        if step.kind == "act":
-            return _Pass.apply(x, out.detach())
-        if step.kind == "grad":
-            return None
-        if step.kind == "norm":
-            x = pending.pop(step.src)  # type: ignore[arg-type]
-        fn = _rule(step, i == first, x, rule, epsilon, gamma, alpha)
-        return _Relevance.apply(x, out.detach(), fn)
-
+def lrp_hooks(model: nn.Module, chain: _Chain) -> Iterator[_Chain]:
+    """A forward hook on every leaf module that checks the chain and gives each layer its LRP
+    backward; all removed on exit, also when the forward raises."""
     with ExitStack() as stack:
-        for m in dict.fromkeys(s.module for s in steps):
-            stack.callback(m.register_forward_hook(hook).remove)
-        yield
+        for m in dict.fromkeys(m for m in model.modules() if next(m.children(), None) is None):
+            stack.callback(m.register_forward_hook(chain.hook).remove)
+        yield chain
 
 
 # -- the technique ---------------------------------------------------------------------------
@@ -403,27 +408,25 @@ def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsi
         raise ValueError(f"lrp: epsilon and gamma must be >= 0 and alpha >= 1 (beta = alpha - 1), "
                          f"got epsilon={epsilon}, gamma={gamma}, alpha={alpha}")
     model = ctx.model
-    steps = plan(model, ctx.x[:1])
-    at = None
-    if layer is not None:
-        modules = dict(model.named_modules())
-        target = modules[layer]
-        # a convolution folded with its BatchNorm has no output of its own: use the BatchNorm's
-        folded = {s.src: s.name for s in steps if s.kind == "norm"}
-        at = folded.get(target, layer)
-    x = ctx.x.detach().requires_grad_(True)
     with ExitStack() as stack, torch.enable_grad():
-        stack.enter_context(lrp_hooks(model, steps, rule, epsilon, gamma, alpha))
-        acts = stack.enter_context(capture(model, [at] if at else []))
-        logits = model(x)
+        x = ctx.x.detach().requires_grad_(True)
+        x0 = x.view_as(x)  # a node of its own, so the first module's input can be checked
+        chain = stack.enter_context(lrp_hooks(model, _Chain(model, x0, rule, epsilon, gamma, alpha)))
+        acts = stack.enter_context(capture(model, [layer] if layer else []))
+        logits = chain.check_output(model(x0))
+        if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+            raise ValueError("the model must return logits of shape (N, classes); "
+                             f"it returned {tuple(logits.shape)}")
         idx = ctx.target[:, None]
         r0 = torch.zeros_like(logits).scatter_(1, idx, logits.detach().gather(1, idx))
-        wrt = [acts[at]] if at else [x]
-        if at and at not in acts:
+        if layer is None:
+            (rel,) = torch.autograd.grad(logits, x, r0)
+            return rel.detach()
+        if layer not in acts:
             raise LayerError(f"layer {layer!r} is not called in the model's forward")
-        (rel,) = torch.autograd.grad(logits, wrt, r0, allow_unused=True)
-    if at is None:
-        return rel.detach()
+        # a layer folded with its BatchNorm has no relevance of its own: the pair's output has it
+        at = chain.folded.get(id(acts[layer]), acts[layer])
+        (rel,) = torch.autograd.grad(logits, at, r0, allow_unused=True)
     if rel is None:
         raise LayerError(f"layer {layer!r} carries no relevance to the output")
     if rel.dim() != 4:

@@ -1,0 +1,224 @@
+"""``python -m bench``: speed and memory of galleryvis against a seed-style loop and the peers.
+
+Run from the repository root. ``python -m bench --quick`` checks that everything runs (about
+two minutes on two cores); ``python -m bench --markdown`` prints the tables for the README.
+See bench/README.md for what each column means.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .cases import ORDER
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("attribution", "metrics", "synthesis", "rebuild")
+
+FULL = {"size": 224, "repeats": 5, "budget": 6.0, "images": 1,
+        "settings": {"ig_steps": 100, "sg_samples": 50, "sg_sigma": 0.15, "syn_steps": 10},
+        "cases": list(ORDER)}
+QUICK = {"size": 112, "repeats": 2, "budget": 1.0, "images": 1,
+         "settings": {"ig_steps": 16, "sg_samples": 8, "sg_sigma": 0.15, "syn_steps": 3},
+         "cases": [c for c in ORDER if c != "scorecam"]}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small settings (112 px, IG-16, SmoothGrad-8, no Score-CAM, "
+                   "fewer repeats, 1-image rebuild): checks that everything runs")
+    p.add_argument("--models", default="vgg16,resnet50", help="torchvision model names (default: %(default)s); "
+                   "alexnet also works")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto = cpu and cuda when available")
+    p.add_argument("--cases", help=f"comma list of rows (default: all; quick: all but scorecam): {', '.join(ORDER)}")
+    p.add_argument("--sections", default=",".join(SECTIONS), help="comma list of %(default)s")
+    p.add_argument("--rebuild", action="store_true", help="only the incremental rebuild section")
+    p.add_argument("--rebuild-manifest", help="'default' (the embedded default gallery, issue 5's measure) or a "
+                   "manifest path (its site/ is rewritten); default: a small generated gallery")
+    p.add_argument("--markdown", action="store_true", help="GitHub Markdown tables (for the README)")
+    p.add_argument("--json", type=Path, help="also write every raw record to this file")
+    p.add_argument("--size", type=int, help="input size in pixels (default 224; quick 112)")
+    p.add_argument("--images", type=int, help="images per call (default 1, as the seed's batch 1)")
+    p.add_argument("--batch-size", type=int, default=16, help="galleryvis batch_size and the peers' internal "
+                   "batch (default %(default)s)")
+    p.add_argument("--repeats", type=int, help="timed calls after the warm-up, at most (default 5; quick 2)")
+    p.add_argument("--budget", type=float, help="seconds one measurement may spend on repeats (default 6; quick 1); "
+                   "a call slower than this runs once")
+    p.add_argument("--ig-steps", type=int, help="integrated gradients steps (default 100; quick 16)")
+    p.add_argument("--sg-samples", type=int, help="SmoothGrad samples (default 50; quick 8)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
+    p.add_argument("--seed", type=int, default=0, help="weights and noise seed (default %(default)s)")
+    p.add_argument("--isolate", action="store_true", help="a fresh process per measurement (slower; the "
+                   "default is one process per model and device)")
+    p.add_argument("--seed-scorecam", action="store_true", help="also time the seed-style Score-CAM "
+                   "(one unbatched forward per channel; minutes)")
+    return p.parse_args(argv)
+
+
+def devices(arg: str) -> list[str]:
+    import torch
+
+    if arg == "auto":
+        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    out = [d.strip() for d in arg.split(",") if d.strip()]
+    if "cuda" in out and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but torch.cuda.is_available() is False")
+    return out
+
+
+def run_worker(spec: dict[str, Any], log: list[str]) -> list[dict[str, Any]]:
+    """Start ``python -m bench.worker`` and collect its JSON lines (progress goes to stderr)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.worker", json.dumps(spec)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = []
+    assert proc.stdout is not None
+    tag = f"{spec['model']}/{spec['device']}"
+    for line in proc.stdout:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        records.append(r)
+        if r["type"] == "result":
+            what = f"{r['per_image']:.3f} s/image" if "per_image" in r else (r.get("skipped") or r.get("error"))
+            print(f"  [{tag}] {r['case']} / {r['label']}: {what}", file=sys.stderr, flush=True)
+        elif r["type"] == "extra":
+            print(f"  [{tag}] {r['name']}: done", file=sys.stderr, flush=True)
+    err = proc.stderr.read() if proc.stderr else ""
+    proc.wait()
+    if proc.returncode or any(r["type"] == "fatal" for r in records):
+        log.append(f"{tag}: worker exited {proc.returncode}:\n{err[-2000:]}")
+    elif err.strip():
+        log.append(f"{tag} (stderr):\n{err[-1500:]}")
+    return records
+
+
+def header(args: argparse.Namespace) -> str:
+    import torch
+
+    from . import peers
+    from .common import memory_label
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    vers = ", ".join(f"{n} {peers.version(n) or 'not installed'}" for n in ("galleryvis", "captum", "grad-cam"))
+    lines = [
+        f"galleryvis bench{' (quick)' if args.quick else ''} · {time.strftime('%Y-%m-%d %H:%M')} · "
+        f"torch {torch.__version__} · {vers}",
+        f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {args.threads or torch.get_num_threads()}"
+        + (f" · CUDA: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        "s/image: median seconds of the timed calls (after one warm-up call) divided by the images per call; "
+        "runs: timed calls (* = a single call, slower than the budget, warm-up only)",
+        f"peak MB: {memory_label(torch.device('cpu'))}"
+        + ("; on CUDA: " + memory_label(torch.device("cuda")) if torch.cuda.is_available() else ""),
+        "speedup: that implementation's time / galleryvis's time (> 1: galleryvis is faster)",
+    ]
+    load = _load()
+    if load is not None and load > (os.cpu_count() or 1) * 0.5:
+        lines.append(f"WARNING: load average {load:.1f} on {os.cpu_count()} cores before the run: "
+                     "other processes share the CPU, timings are noisy")
+    return "\n".join(lines)
+
+
+def _load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    cfg = json.loads(json.dumps(QUICK if args.quick else FULL))
+    for key in ("size", "repeats", "budget", "images"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    if args.ig_steps:
+        cfg["settings"]["ig_steps"] = args.ig_steps
+    if args.sg_samples:
+        cfg["settings"]["sg_samples"] = args.sg_samples
+    if args.cases:
+        cfg["cases"] = [c.strip() for c in args.cases.split(",") if c.strip()]
+        unknown = set(cfg["cases"]) - set(ORDER)
+        if unknown:
+            sys.exit(f"error: unknown cases {sorted(unknown)}; known: {', '.join(ORDER)}")
+    sections = {"rebuild"} if args.rebuild else {s.strip() for s in args.sections.split(",")}
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+
+    from .report import Report, checks_block, extras_table, model_table, rebuild_table
+
+    rep = Report(markdown=args.markdown)
+    t_start = time.perf_counter()
+    log: list[str] = []
+    dump: dict[str, Any] = {"config": cfg, "args": {k: str(v) for k, v in vars(args).items()}, "runs": []}
+    print(header(args), flush=True)
+
+    settings = {**cfg["settings"], "size": cfg["size"], "images": cfg["images"], "batch_size": args.batch_size,
+                "seed": args.seed}
+    if sections & {"attribution", "metrics", "synthesis"}:
+        for device in devices(args.device):
+            for i, model in enumerate(models):
+                extras = [s for s in ("metrics", "synthesis") if s in sections] if i == 0 else []
+                spec = {"model": model, "device": device, "size": cfg["size"], "images": cfg["images"],
+                        "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
+                        "repeats": cfg["repeats"], "budget": cfg["budget"], "settings": cfg["settings"],
+                        "cases": cfg["cases"] if "attribution" in sections else [], "extras": extras,
+                        "seed_scorecam": args.seed_scorecam}
+                print(f"running {model} on {device} ...", file=sys.stderr, flush=True)
+                records = _run_model(spec, args.isolate, log)
+                dump["runs"].append({"spec": spec, "records": records})
+                if "attribution" in sections:
+                    print(model_table(rep, records, settings), flush=True)
+                refs = {r["impl"]: r for r in records if r["type"] == "result" and r["case"] == "reference"}
+                extra = extras_table(rep, records, refs, model, device)
+                if extra:
+                    print(extra, flush=True)
+    if "rebuild" in sections:
+        from . import rebuild
+
+        print("running the rebuild section ...", file=sys.stderr, flush=True)
+        dev = devices(args.device)[0]
+        r = rebuild.run("quick" if args.quick else "full", args.rebuild_manifest, dev, args.threads)
+        dump["rebuild"] = r
+        print(rebuild_table(rep, r, judge=not args.quick), flush=True)
+    block = checks_block(rep)
+    if block:
+        print(block)
+    load = _load()
+    print(f"\n(bench took {time.perf_counter() - t_start:.0f} s"
+          + (f"; load average {load:.1f} at the end)" if load is not None else ")"))
+    for entry in log:
+        print(f"\n{entry}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(dump, indent=1))
+
+
+def _run_model(spec: dict[str, Any], isolate: bool, log: list[str]) -> list[dict[str, Any]]:
+    if not isolate:
+        return run_worker(spec, log)
+    from .cases import CASES
+
+    records = run_worker({**spec, "cases": [], "extras": spec["extras"]}, log)
+    for case in spec["cases"]:
+        for impl in CASES[case].impls:
+            one = run_worker({**spec, "cases": [case], "impls": [impl.key], "extras": [], "references": False}, log)
+            records += [r for r in one if r["type"] != "info" or not any(x["type"] == "info" for x in records)]
+    return records
+
+
+if __name__ == "__main__":
+    main()

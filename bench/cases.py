@@ -1,0 +1,188 @@
+"""The rows of the benchmark: one case per technique (or combination), each with its implementations.
+
+An implementation is ``(key, label, kind, make)``; ``make(bench)`` returns the zero-argument
+call that is timed, or raises :class:`~bench.common.Skip`. ``kind`` is ``galleryvis``,
+``seed`` (the seed-style loop), ``peer`` (captum / pytorch-grad-cam) or ``reference``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from . import peers, seed_style
+from .common import Skip, is_sequential
+
+COMBINATION = ("vanilla", "grad_x_image", "gradcam", "layercam")
+
+
+@dataclass
+class Bench:
+    """What a case needs: the model, inputs, per-image targets, the CAM layer and settings."""
+
+    model: nn.Module
+    x: Tensor
+    targets: list[int]
+    layer: str
+    batch_size: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sequential(self) -> bool:
+        return is_sequential(self.model)
+
+
+@dataclass(frozen=True)
+class Impl:
+    key: str
+    label: str
+    kind: str
+    make: Callable[[Bench], Callable[[], object]]
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    label: Callable[[dict[str, Any]], str]
+    impls: tuple[Impl, ...]
+    applies: Callable[[Bench], str | None] = lambda b: None  # why it does not apply, or None
+    gradient: bool = True  # targets: >= 2.5x the seed-style loop
+    peer_target: float = 1.0  # galleryvis must be this many times faster than the fastest peer
+
+
+def _ours_setting(technique: str, **mapping: str) -> Callable[[Bench], Callable[[], object]]:
+    """galleryvis with parameters taken from ``Bench.settings`` (``param=setting_name``)."""
+    def make(b: Bench) -> Callable[[], object]:
+        import galleryvis
+        from galleryvis import registry
+
+        if technique not in registry.names():
+            raise Skip(f"technique {technique!r} is not registered yet")
+        params = {k: b.settings[v] if v in b.settings else v for k, v in mapping.items()}
+        return lambda: galleryvis.attribute(b.model, b.x, technique, b.targets, batch_size=b.batch_size, **params)
+    return make
+
+
+def _ours_many(b: Bench) -> Callable[[], object]:
+    import galleryvis
+
+    layers = {"gradcam": b.layer, "layercam": b.layer}
+    return lambda: galleryvis.attribute_many(b.model, b.x, list(COMBINATION), b.targets, layers,
+                                             batch_size=b.batch_size)
+
+
+def _ours_layer(technique: str) -> Callable[[Bench], Callable[[], object]]:
+    def make(b: Bench) -> Callable[[], object]:
+        import galleryvis
+        from galleryvis import registry
+
+        if technique not in registry.names():
+            raise Skip(f"technique {technique!r} is not registered yet")
+        return lambda: galleryvis.attribute(b.model, b.x, technique, b.targets, b.layer, batch_size=b.batch_size)
+    return make
+
+
+def _call(fn: Callable[..., object], *, layer: bool = False, batch: bool = False,
+          **mapping: str) -> Callable[[Bench], Callable[[], object]]:
+    """A seed-style or peer runner ``fn(model, x, targets, [layer], **settings)``."""
+    def make(b: Bench) -> Callable[[], object]:
+        kwargs: dict[str, Any] = {k: b.settings[v] for k, v in mapping.items()}
+        if layer:
+            kwargs["layer"] = b.layer
+        if batch:
+            kwargs["batch_size"] = b.batch_size
+        return lambda: fn(b.model, b.x, b.targets, **kwargs)
+    return make
+
+
+def _probe_peer(fn: Callable[..., object], make: Callable[[Bench], Callable[[], object]]
+                ) -> Callable[[Bench], Callable[[], object]]:
+    """Fail early (Skip) when the peer's package is missing."""
+    def wrapped(b: Bench) -> Callable[[], object]:
+        module = {"captum": "captum", "gradcam": "pytorch_grad_cam"}[fn.__name__.split("_")[0]]
+        peers._need(module)  # noqa: SLF001
+        return make(b)
+    return wrapped
+
+
+def _peer(fn: Callable[..., object], label: str, **kw: Any) -> Impl:
+    return Impl(fn.__name__, label, "peer", _probe_peer(fn, _call(fn, **kw)))
+
+
+def _seed(fn: Callable[..., object], label: str = "seed-style loop", **kw: Any) -> Impl:
+    return Impl("seed", label, "seed", _call(fn, **kw))
+
+
+def _sequential_only(b: Bench) -> str | None:
+    return None if b.sequential else "sequential conv nets (VGG, AlexNet) only"
+
+
+def _peers_combination(b: Bench) -> Callable[[], object]:
+    peers._need("captum")  # noqa: SLF001
+    peers._need("pytorch_grad_cam")  # noqa: SLF001
+    return lambda: peers.combination(b.model, b.x, b.targets, b.layer)
+
+
+CASES: dict[str, Case] = {c.key: c for c in [
+    Case("vanilla", lambda s: "vanilla gradient", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_setting("vanilla")),
+        _seed(seed_style.vanilla),
+        _peer(peers.captum_saliency, "captum Saliency(abs=False)"),
+    )),
+    Case("gradcam", lambda s: "Grad-CAM", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_layer("gradcam")),
+        _seed(seed_style.gradcam, layer=True),
+        _peer(peers.captum_gradcam, "captum LayerGradCam + interpolate", layer=True),
+        _peer(peers.gradcam_gradcam, "pytorch-grad-cam GradCAM", layer=True),
+    )),
+    Case("combination", lambda s: "vanilla + grad×image + Grad-CAM + LayerCAM", (
+        Impl("galleryvis", "galleryvis.attribute_many (one backward)", "galleryvis", _ours_many),
+        _seed(seed_style.combination, "seed-style loop (4 backward passes)", layer=True),
+        Impl("peers", "captum Saliency, InputXGradient + grad-cam GradCAM, LayerCAM (4 calls)", "peer",
+             _peers_combination),
+    ), peer_target=5.0),
+    Case("integrated_gradients", lambda s: f"integrated gradients, {s['ig_steps']} steps", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
+             _ours_setting("integrated_gradients", steps="ig_steps", method="gausslegendre", baseline="zero")),
+        _seed(seed_style.integrated_gradients, "seed-style loop (one pass per step)", steps="ig_steps"),
+        _peer(peers.captum_integrated_gradients, "captum IntegratedGradients", batch=True, steps="ig_steps"),
+    )),
+    Case("smoothgrad", lambda s: f"SmoothGrad, {s['sg_samples']} samples, σ={s['sg_sigma']}", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
+             _ours_setting("smoothgrad", samples="sg_samples", sigma="sg_sigma")),
+        _seed(seed_style.smoothgrad, "seed-style loop (one pass per sample)", samples="sg_samples", sigma="sg_sigma"),
+        _peer(peers.captum_smoothgrad, "captum NoiseTunnel(Saliency)", batch=True,
+              samples="sg_samples", sigma="sg_sigma"),
+    )),
+    Case("lrp", lambda s: "LRP, epsilon rule", (
+        Impl("galleryvis", "galleryvis.attribute(rule='epsilon')", "galleryvis", _ours_setting("lrp", rule="epsilon")),
+        _seed(seed_style.lrp_epsilon, "seed-style loop (deep copy per layer)"),
+        _peer(peers.captum_lrp, "captum LRP (default epsilon rules)"),
+    ), applies=_sequential_only),
+    Case("scorecam", lambda s: "Score-CAM", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_layer("scorecam")),
+        _seed(seed_style.scorecam, "seed-style loop (batch 1, autograd on)", layer=True),
+        _peer(peers.gradcam_scorecam, "pytorch-grad-cam ScoreCAM", layer=True, batch=True),
+    ), applies=_sequential_only, gradient=False),
+]}
+
+#: The order rows are printed in.
+ORDER = ("vanilla", "gradcam", "combination", "integrated_gradients", "smoothgrad", "lrp", "scorecam")
+
+
+def input_gradient(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
+    """One forward + backward w.r.t. the input only, parameters frozen: the cost floor."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = model(xg)
+            (g,) = torch.autograd.grad(out.gather(1, torch.tensor(targets, device=x.device)[:, None]).sum(), xg)
+        return g
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)

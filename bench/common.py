@@ -1,0 +1,174 @@
+"""What every measurement shares: models, inputs, timing and peak-memory probes."""
+from __future__ import annotations
+
+import ctypes
+import gc
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+#: Bundled photos (the repository's input_images/), used as benchmark inputs.
+IMAGES_DIR = Path(__file__).resolve().parent.parent / "input_images"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class Skip(Exception):
+    """An implementation that cannot run here (package missing, technique not registered...)."""
+
+
+def build_model(name: str, seed: int, device: torch.device) -> nn.Module:
+    """A torchvision classifier with ``weights=None``, initialized from ``seed``, in eval mode."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(name, weights=None)
+    return model.eval().to(device)
+
+
+def load_inputs(n: int, size: int, device: torch.device) -> torch.Tensor:
+    """``n`` bundled photos (cycled), centre-cropped to ``size``, ImageNet-normalized: (n,3,size,size)."""
+    from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
+    from galleryvis.images import fit, load_image, to_tensor
+
+    paths = sorted(p for p in IMAGES_DIR.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no images in {IMAGES_DIR}")
+    imgs = [to_tensor(fit(load_image(paths[i % len(paths)]), size), IMAGENET_MEAN, IMAGENET_STD)
+            for i in range(n)]
+    return torch.stack([t[0] if t.dim() == 4 else t for t in imgs]).to(device)
+
+
+def is_sequential(model: nn.Module) -> bool:
+    """VGG / AlexNet style: ``features`` -> ``avgpool`` -> ``classifier``, no residual adds."""
+    return all(isinstance(getattr(model, a, None), nn.Module) for a in ("features", "avgpool", "classifier"))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- peak memory ------------------------------------------------------------------------------
+
+_LIBC: Any = None
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap memory back to the OS, so the resident baseline is the live memory."""
+    global _LIBC
+    try:
+        if _LIBC is None:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        _LIBC.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def can_reset_peak_rss() -> bool:
+    """Linux lets a process reset its own resident high-water mark (VmHWM) via clear_refs."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_kb("VmHWM") is not None
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory growth of a block, in MB.
+
+    CPU: resident set (VmHWM after - VmRSS before); the high-water mark is reset before the
+    block and freed heap memory is trimmed first, so the baseline is what is live (model,
+    inputs). CUDA: ``torch.cuda.max_memory_allocated`` - ``memory_allocated`` before.
+    Returns None where neither is available.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.base: int | None = None
+
+    def start(self) -> None:
+        cleanup(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        elif can_reset_peak_rss():
+            self.base = _status_kb("VmRSS")
+
+    def stop(self) -> float | None:
+        if self.base is None:
+            return None
+        if self.device.type == "cuda":
+            return (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        peak = _status_kb("VmHWM")
+        return None if peak is None else max(0, peak - self.base) / 1024
+
+
+def memory_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "peak CUDA memory allocated during the call, above what was allocated before (torch.cuda.max_memory_allocated)"
+    if can_reset_peak_rss():
+        return "peak resident-set growth during the call (VmHWM after - VmRSS before; model and inputs excluded)"
+    return "not measured (needs Linux /proc/self/clear_refs or CUDA)"
+
+
+def cleanup(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    _malloc_trim()
+
+
+# -- timing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """Seconds of each timed call (the warm-up call excluded unless it was the only one)."""
+
+    times: list[float] = field(default_factory=list)
+    peak_mb: float | None = None
+    cold_only: bool = False
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    dt = time.perf_counter() - t0
+    del out
+    return dt
+
+
+def measure(fn: Callable[[], Any], device: torch.device, repeats: int, budget: float) -> Measurement:
+    """One warm-up call, then up to ``repeats`` timed calls while they fit in ``budget`` seconds.
+
+    A call slower than the whole budget is run once and reported as is (``cold_only``);
+    the peak memory covers every call, the warm-up included.
+    """
+    mem = PeakMemory(device)
+    mem.start()
+    first = timed(fn, device)
+    n = repeats if first <= 0 else min(repeats, int(budget // first))
+    times = [timed(fn, device) for _ in range(n)]
+    peak = mem.stop()
+    return Measurement(times or [first], peak, cold_only=not times)

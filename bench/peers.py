@@ -1,0 +1,146 @@
+"""captum and pytorch-grad-cam at the same settings as galleryvis, when they are installed.
+
+Each runner takes ``(model, x, targets, **settings)`` and returns the maps; the model is used
+as torchvision builds it (parameters trainable, in-place ReLUs), as a user would pass it.
+A runner raises :class:`~bench.common.Skip` when its package is missing.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .common import Skip
+
+
+def version(package: str) -> str | None:
+    """Installed distribution version, or None."""
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    try:
+        return _version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _need(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise Skip(f"{module} is not installed")
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    return dict(model.named_modules())[name]
+
+
+# -- captum -----------------------------------------------------------------------------------
+
+
+def captum_saliency(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
+    _need("captum")
+    from captum.attr import Saliency
+
+    return Saliency(model).attribute(x, target=targets, abs=False)
+
+
+def captum_input_x_gradient(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
+    _need("captum")
+    from captum.attr import InputXGradient
+
+    return InputXGradient(model).attribute(x, target=targets)
+
+
+def captum_integrated_gradients(model: nn.Module, x: Tensor, targets: list[int], steps: int,
+                                batch_size: int) -> Tensor:
+    _need("captum")
+    from captum.attr import IntegratedGradients
+
+    return IntegratedGradients(model).attribute(x, baselines=0.0, target=targets, n_steps=steps,
+                                                method="gausslegendre", internal_batch_size=batch_size)
+
+
+def captum_smoothgrad(model: nn.Module, x: Tensor, targets: list[int], samples: int, sigma: float,
+                      batch_size: int) -> Tensor:
+    """NoiseTunnel(Saliency), noise std = sigma * (max - min) of each image (one call per image)."""
+    _need("captum")
+    from captum.attr import NoiseTunnel, Saliency
+
+    nt = NoiseTunnel(Saliency(model))
+    return torch.cat([
+        nt.attribute(xi[None], nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=batch_size,
+                     stdevs=sigma * float(xi.max() - xi.min()), target=t, abs=False)
+        for xi, t in zip(x, targets)
+    ])
+
+
+def captum_gradcam(model: nn.Module, x: Tensor, targets: list[int], layer: str) -> Tensor:
+    _need("captum")
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    cam = LayerGradCam(model, _module(model, layer)).attribute(x, target=targets, relu_attributions=True)
+    return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+
+
+def captum_lrp(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
+    """captum's LRP with its default rules (epsilon for conv, linear and pooling layers)."""
+    _need("captum")
+    from captum.attr import LRP
+
+    return LRP(model).attribute(x, target=targets)
+
+
+# -- pytorch-grad-cam ------------------------------------------------------------------------
+
+
+def _gradcam_run(cls_name: str, model: nn.Module, x: Tensor, targets: list[int], layer: str,
+                 batch_size: int | None = None) -> Tensor:
+    _need("pytorch_grad_cam")
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cls = getattr(pytorch_grad_cam, cls_name)
+    with cls(model=model, target_layers=[_module(model, layer)]) as cam:
+        if batch_size is not None:
+            cam.batch_size = batch_size  # the documented way (cam.py) to set ScoreCAM's batch
+        with contextlib.redirect_stderr(io.StringIO()):  # ScoreCAM's tqdm bars
+            out = cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
+    return torch.from_numpy(out)
+
+
+def gradcam_gradcam(model: nn.Module, x: Tensor, targets: list[int], layer: str) -> Tensor:
+    return _gradcam_run("GradCAM", model, x, targets, layer)
+
+
+def gradcam_layercam(model: nn.Module, x: Tensor, targets: list[int], layer: str) -> Tensor:
+    return _gradcam_run("LayerCAM", model, x, targets, layer)
+
+
+def gradcam_scorecam(model: nn.Module, x: Tensor, targets: list[int], layer: str, batch_size: int) -> Tensor:
+    return _gradcam_run("ScoreCAM", model, x, targets, layer, batch_size)
+
+
+def combination(model: nn.Module, x: Tensor, targets: list[int], layer: str) -> dict[str, Any]:
+    """The four maps from the peers, one technique at a time: captum Saliency and
+    InputXGradient, pytorch-grad-cam GradCAM and LayerCAM."""
+    return {"vanilla": captum_saliency(model, x, targets),
+            "grad_x_image": captum_input_x_gradient(model, x, targets),
+            "gradcam": gradcam_gradcam(model, x, targets, layer),
+            "layercam": gradcam_layercam(model, x, targets, layer)}
+
+
+#: display name -> runner, by package.
+RUNNERS: dict[str, Callable[..., object]] = {
+    "captum_saliency": captum_saliency,
+    "captum_input_x_gradient": captum_input_x_gradient,
+    "captum_integrated_gradients": captum_integrated_gradients,
+    "captum_smoothgrad": captum_smoothgrad,
+    "captum_gradcam": captum_gradcam,
+    "captum_lrp": captum_lrp,
+    "gradcam_gradcam": gradcam_gradcam,
+    "gradcam_layercam": gradcam_layercam,
+    "gradcam_scorecam": gradcam_scorecam,
+    "combination": combination,
+}

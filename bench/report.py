@@ -1,0 +1,205 @@
+"""Turning worker results into tables (aligned text or GitHub Markdown) and target checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cases import CASES, ORDER
+
+
+@dataclass
+class Check:
+    what: str
+    ok: bool
+
+
+@dataclass
+class Report:
+    """Rendering settings plus every target check collected while printing."""
+
+    markdown: bool = False
+    checks: list[Check] = field(default_factory=list)
+
+    def table(self, headers: list[str], rows: list[list[str]]) -> str:
+        if self.markdown:
+            out = ["| " + " | ".join(headers) + " |",
+                   "|" + "|".join("---:" if _numeric(h) else "---" for h in headers) + "|"]
+            out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+            return "\n".join(out)
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+        fmt = lambda r: "  ".join(c.rjust(w) if _numeric(h) else c.ljust(w)  # noqa: E731
+                                   for c, w, h in zip(r, widths, headers)).rstrip()
+        return "\n".join([fmt(headers), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+    def heading(self, text: str, level: int = 3) -> str:
+        return f"{'#' * level} {text}" if self.markdown else f"\n== {text} =="
+
+    def check(self, what: str, ok: bool) -> str:
+        self.checks.append(Check(what, ok))
+        return "✓" if ok else "✗"
+
+
+_NUMERIC = {"s/image", "peak MB", "speedup", "runs", "seconds", "seconds (wall)", "seconds (in build.json)", "ratio"}
+
+
+def _numeric(header: str) -> bool:
+    return header in _NUMERIC
+
+
+def secs(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+
+
+def mb(v: float | None) -> str:
+    return "—" if v is None else f"{v:,.0f}"
+
+
+def times(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}×"
+
+
+def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    """One model on one device: every case's rows, references, and the targets of issue 3."""
+    info = next((r for r in records if r["type"] == "info"), {})
+    refs = {r["impl"]: r for r in records if r["type"] == "result" and r["case"] == "reference"}
+    results: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["type"] == "result" and r["case"] != "reference":
+            results.setdefault(r["case"], []).append(r)
+    case_info = {r["case"]: r for r in records if r["type"] == "case_info"}
+    skipped = {r["case"]: r["reason"] for r in records if r["type"] == "skip_case"}
+    model, device = info.get("model", "?"), info.get("device", "?")
+
+    lines = [rep.heading(
+        f"{model} · {device} · {info.get('threads', '?')} threads · {settings['size']}×{settings['size']} · "
+        f"{settings['images']} image(s) · batch_size {settings['batch_size']}")]
+    if info:
+        lines.append(f"{info['params_m']:.1f} M parameters (weights=None, seed {settings['seed']}), "
+                     f"CAM layer `{info['layer']}`, targets {info['targets']} (top-1)")
+    if refs:
+        lines.append("reference: forward " + ", ".join(
+            f"{secs(refs[k]['per_image'])} s/image ({refs[k]['label'].split(', ')[1]})"
+            for k in ("forward_b1", "forward_bs") if k in refs)
+            + (f"; forward + input-gradient backward {secs(refs['fwdbwd_b1']['per_image'])} s (batch 1, "
+               f"frozen parameters)" if "fwdbwd_b1" in refs else ""))
+    lines.append("")
+
+    headers = ["technique", "implementation", "s/image", "peak MB", "speedup", "runs", "target"]
+    rows: list[list[str]] = []
+    for key in ORDER:
+        if key in skipped:
+            continue
+        rs = results.get(key)
+        if not rs:
+            continue
+        case = CASES[key]
+        label = case.label(settings)
+        ours = next((r for r in rs if r["kind"] == "galleryvis" and "per_image" in r), None)
+        peer_rows = [r for r in rs if r["kind"] == "peer" and "per_image" in r]
+        fastest_peer = min(peer_rows, key=lambda r: r["per_image"], default=None)
+        first = True
+        for r in rs:
+            tech = label if first else ""
+            first = False
+            if "per_image" not in r:
+                why = r.get("skipped") or r.get("error", "")
+                rows.append([tech, r["label"], "—", "—", "—", "—", ("skipped: " if "skipped" in r else "error: ") + why])
+                continue
+            speed = r["per_image"] / ours["per_image"] if ours and r is not ours else None
+            target = ""
+            if speed is not None and r["kind"] == "seed" and case.gradient:
+                target = f"≥ 2.5× {rep.check(f'{model}/{device} {key}: ≥ 2.5× the seed-style loop ({speed:.2f}×)', speed >= 2.5)}"
+            elif speed is not None and r is fastest_peer:
+                t = case.peer_target
+                target = f"≥ {t:g}× {rep.check(f'{model}/{device} {key}: ≥ {t:g}× the fastest peer ({speed:.2f}×)', speed >= t)}"
+            runs = f"{len(r['times'])}" + ("*" if r.get("cold_only") else "")
+            rows.append([tech, r["label"], secs(r["per_image"]), mb(r.get("peak_mb")),
+                         "—" if r is ours else times(speed), runs, target])
+        if key == "scorecam" and "forward_bs" in refs and key in case_info:
+            c = case_info[key]["channels"]
+            live = case_info[key]["live_channels"]
+            ref_t = c * refs["forward_bs"]["per_image"]
+            row = [f"", f"reference: C × forward at batch {settings['batch_size']} (C = {c}, live {'/'.join(map(str, live))})",
+                   secs(ref_t), "—", "—", "", ""]
+            if ours:
+                ratio = ours["per_image"] / ref_t
+                row[4] = times(ref_t / ours["per_image"])
+                row[6] = f"≤ 1.1× {rep.check(f'{model}/{device} scorecam: {ratio:.2f}× of C × batched forward (≤ 1.1×)', ratio <= 1.1)}"
+            rows.append(row)
+    lines.append(rep.table(headers, rows))
+    for key, why in skipped.items():
+        lines.append(f"{CASES[key].label(settings)}: not run on {model} ({why})")
+    return "\n".join(lines)
+
+
+def extras_table(rep: Report, records: list[dict[str, Any]], refs: dict[str, dict[str, Any]], model: str,
+                 device: str) -> str:
+    """Metrics and synthesis costs relative to forward / forward+backward passes."""
+    rows = []
+    for r in records:
+        if r["type"] != "extra":
+            continue
+        name = r["name"]
+        if "skipped" in r or "error" in r:
+            rows.append([name, "—", "—", ("skipped: " + r["skipped"]) if "skipped" in r else "error: " + r["error"]])
+            continue
+        if name == "metrics":
+            fwd = refs.get("forward_b1", {}).get("per_image")
+            ratio = r["seconds"] / fwd if fwd else None
+            steps = ", ".join(f"{k} {r[k]}" for k in ("steps", "substrate", "score") if r.get(k) is not None) or "defaults"
+            fwd_bs = refs.get("forward_bs", {}).get("per_image")
+            equiv = f"; = {r['seconds'] / fwd_bs:.0f} batched forwards" if fwd_bs else ""
+            rows.append([f"deletion + insertion, one map ({steps})", secs(r["seconds"]),
+                         times(ratio), f"× one forward (batch 1){equiv}; no target"])
+        elif name == "synthesis":
+            per_step = r["per_step"] if r["per_step"] is not None else r["per_step_upper"]
+            how = "" if r["per_step"] is not None else " (upper bound: setup included; the two-length difference was lost in noise)"
+            ratio = per_step / r["fwdbwd"] if r["fwdbwd"] else None
+            mark = rep.check(f"{model}/{device} synthesis: per step {times(ratio)} of forward+backward (≤ 1.3×)",
+                             ratio is not None and ratio <= 1.3)
+            rows.append([f"filter_visualization, per step (batch {r['shape'][0]}, {r['shape'][2]}×{r['shape'][3]}){how}",
+                         secs(per_step), times(ratio),
+                         f"× one forward+backward of that batch ({secs(r['fwdbwd'])} s); ≤ 1.3× {mark}"])
+    if not rows:
+        return ""
+    return "\n".join([rep.heading(f"metrics and synthesis · {model} · {device}"), "",
+                      rep.table(["what", "seconds", "ratio", "relative to / target"], rows)])
+
+
+def rebuild_table(rep: Report, r: dict[str, Any], judge: bool = True) -> str:
+    """Cold vs unchanged rebuild; ``judge=False`` (quick mode) prints the ratio without a check."""
+    cold, warm = r["cold"], r["warm"]
+    rows = [["cold build (empty cache)", secs(cold["wall"]), secs(cold.get("build_seconds")), _summary(cold)],
+            ["unchanged rebuild", secs(warm["wall"]), secs(warm.get("build_seconds")), _summary(warm)],
+            ["python start-up + import galleryvis", secs(r["startup"]), "—", "the floor of any build"]]
+    lines = [rep.heading("incremental rebuild"), "", f"gallery: {r['what']}", "",
+             rep.table(["build", "seconds (wall)", "seconds (in build.json)", "cells"], rows)]
+    if cold["rc"] or warm["rc"]:
+        lines.append(f"build failed (exit {cold['rc']}/{warm['rc']}): {cold['stderr'] or warm['stderr']}")
+    elif cold["wall"] > 0:
+        ratio = warm["wall"] / cold["wall"]
+        mark = rep.check(f"rebuild: {ratio:.1%} of the cold build, wall (≤ 5%)", ratio <= 0.05) if judge \
+            else "(quick: a gallery this small is all fixed cost; not judged)"
+        inner = ""
+        if cold.get("build_seconds") and warm.get("build_seconds") is not None:
+            inner = f"; {warm['build_seconds'] / cold['build_seconds']:.1%} counting the build itself (build.json)"
+        lines.append(f"\nrebuild / cold = {ratio:.1%} wall clock {mark} (target ≤ 5%){inner}")
+    return "\n".join(lines)
+
+
+def _summary(b: dict[str, Any]) -> str:
+    s = b.get("summary")
+    if not s:
+        return "—"
+    return f"{s.get('computed', '?')} computed, {s.get('cached', '?')} cached, {s.get('failed', '?')} failed"
+
+
+def checks_block(rep: Report) -> str:
+    if not rep.checks:
+        return ""
+    ok = sum(c.ok for c in rep.checks)
+    lines = [rep.heading("targets (issues 3, 5, 6)"), "", f"{ok} of {len(rep.checks)} met:"]
+    lines += [f"- {'✓' if c.ok else '✗'} {c.what}" for c in rep.checks]
+    return "\n".join(lines)

@@ -1,0 +1,234 @@
+"""One benchmark process: one model on one device, the requested cases, results as JSON lines.
+
+``python -m bench.worker SPEC_JSON``; run by ``python -m bench`` (a fresh process per model, or
+per measurement with ``--isolate``), so that measurements never share a process with another
+model and resident memory starts clean.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import sys
+import traceback
+import warnings
+from typing import Any, Callable
+
+import torch
+
+from .cases import CASES, Bench, input_gradient
+from .common import Skip, build_model, load_inputs, measure, timed
+
+
+def emit(record: dict[str, Any]) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def _result(case: str, impl: str, label: str, kind: str, fn: Callable[[], object], spec: dict[str, Any],
+            n_images: int, device: torch.device, **extra: Any) -> dict[str, Any]:
+    m = measure(fn, device, spec["repeats"], spec["budget"])
+    return {"type": "result", "case": case, "impl": impl, "label": label, "kind": kind,
+            "seconds": m.median, "per_image": m.median / n_images, "times": m.times,
+            "peak_mb": m.peak_mb, "cold_only": m.cold_only, **extra}
+
+
+def run(spec: dict[str, Any]) -> None:
+    device = torch.device(spec["device"])
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    import galleryvis
+    from galleryvis.layers import default_layer
+
+    _preload()
+    model = build_model(spec["model"], spec["seed"], device)
+    x = load_inputs(spec["images"], spec["size"], device)
+    with torch.no_grad():
+        targets = model(x).argmax(1).tolist()
+    layer = spec.get("layer") or default_layer(model, x[:1])
+    bs = spec["batch_size"]
+    bench = Bench(model, x, targets, layer, bs, dict(spec["settings"]))
+    n = x.shape[0]
+
+    # warm-up: allocator and kernels at batch 1 and at the chunk size
+    xb = x[:1].expand(bs, -1, -1, -1).contiguous()
+    timed(lambda: input_gradient(model, xb, targets[:1] * bs), device)
+    for _ in range(2):
+        timed(lambda: input_gradient(model, x[:1], targets[:1]), device)
+        with torch.inference_mode():
+            timed(lambda: model(xb), device)
+
+    if spec.get("references", True):
+        refs = {}
+        with torch.inference_mode():
+            refs["forward_b1"] = _result("reference", "forward_b1", "forward, batch 1", "reference",
+                                         lambda: model(x[:1]), spec, 1, device)
+            refs["forward_bs"] = _result("reference", "forward_bs", f"forward, batch {bs}", "reference",
+                                         lambda: model(xb), spec, bs, device)
+        refs["fwdbwd_b1"] = _result("reference", "fwdbwd_b1", "forward + input-gradient backward, batch 1",
+                                    "reference", lambda: input_gradient(model, x[:1], targets[:1]), spec, 1, device)
+        for r in refs.values():
+            emit(r)
+    emit({"type": "info", "model": spec["model"], "device": str(device), "layer": layer, "targets": targets,
+          "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "threads": torch.get_num_threads(),
+          "galleryvis": getattr(galleryvis, "__version__", "?")})
+
+    for case_key in spec["cases"]:
+        case = CASES[case_key]
+        why = case.applies(bench)
+        if why:
+            emit({"type": "skip_case", "case": case_key, "reason": why})
+            continue
+        extra: dict[str, Any] = {}
+        if case_key == "scorecam":
+            extra = _channels(model, x, layer)
+            emit({"type": "case_info", "case": case_key, **extra})
+        for impl in case.impls:
+            if spec.get("impls") and impl.key not in spec["impls"]:
+                continue
+            if case_key == "scorecam" and impl.kind == "seed" and not spec.get("seed_scorecam"):
+                emit({"type": "result", "case": case_key, "impl": impl.key, "label": impl.label, "kind": impl.kind,
+                      "skipped": "one unbatched forward per channel: add --seed-scorecam to measure it"})
+                continue
+            base = {"type": "result", "case": case_key, "impl": impl.key, "label": impl.label, "kind": impl.kind}
+            try:
+                fn = impl.make(bench)
+                emit(_result(case_key, impl.key, impl.label, impl.kind, fn, spec, n, device))
+            except Skip as exc:
+                emit({**base, "skipped": str(exc)})
+            except Exception as exc:  # noqa: BLE001  (a failing implementation is a row, not a crash)
+                traceback.print_exc(file=sys.stderr)
+                emit({**base, "error": _error(exc)})
+            finally:
+                model.zero_grad(set_to_none=True)  # seed-style and grad-cam leave weight gradients
+
+    for name in spec.get("extras", []):
+        try:
+            {"metrics": _metrics, "synthesis": _synthesis}[name](bench, spec, device)
+        except Skip as exc:
+            emit({"type": "extra", "name": name, "skipped": str(exc)})
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc(file=sys.stderr)
+            emit({"type": "extra", "name": name, "error": _error(exc)})
+
+
+def _preload() -> None:
+    """Import every package a measurement may use now, so no import lands in a peak-memory window."""
+    for name in ("captum.attr", "pytorch_grad_cam", "galleryvis.metrics", "galleryvis.synthesis"):
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
+
+
+def _channels(model: torch.nn.Module, x: torch.Tensor, layer: str) -> dict[str, Any]:
+    """Channel count of the Score-CAM layer and how many are not constant (per image)."""
+    saved: dict[str, torch.Tensor] = {}
+    h = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, o: saved.__setitem__("a", o.clone()))
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        h.remove()
+    a = saved["a"]
+    live = (a.amax((2, 3)) > a.amin((2, 3))).sum(1).tolist()
+    return {"channels": int(a.shape[1]), "live_channels": [int(v) for v in live]}
+
+
+def _metrics(b: Bench, spec: dict[str, Any], device: torch.device) -> None:
+    """Cost of scoring one map with deletion + insertion, relative to one forward pass."""
+    if importlib.util.find_spec("galleryvis.metrics") is None:
+        raise Skip("galleryvis.metrics does not exist yet")
+    import galleryvis
+    from galleryvis import metrics
+
+    fn = getattr(metrics, "deletion_insertion", None)
+    if fn is None:
+        raise Skip("galleryvis.metrics has no deletion_insertion")
+    x, t = b.x[:1], b.targets[:1]
+    maps = galleryvis.attribute(b.model, x, "gradcam", t, b.layer)
+    params = inspect.signature(fn).parameters
+    r = _result("metrics", "deletion_insertion", "deletion + insertion of one Grad-CAM map", "galleryvis",
+                lambda: fn(b.model, x, maps, t), spec, 1, device)
+    emit({**r, "type": "extra", "name": "metrics",
+          **{k: _default(params, k) for k in ("steps", "substrate", "score")}})
+
+
+def _default(params: Any, name: str) -> Any:
+    p = params.get(name)
+    return None if p is None or p.default is inspect.Parameter.empty else p.default
+
+
+def _synthesis(b: Bench, spec: dict[str, Any], device: torch.device) -> None:
+    """Per-step cost of filter visualization, from two step counts (setup cost cancels)."""
+    import galleryvis
+
+    synthesize = getattr(galleryvis, "synthesize", None)
+    if synthesize is None:
+        from galleryvis import synthesis
+
+        synthesize = getattr(synthesis, "synthesize", None)
+    if synthesize is None:
+        raise Skip("galleryvis.synthesize does not exist yet")
+    steps = spec["settings"]["syn_steps"]
+    holder: dict[str, Any] = {}
+
+    def go(k: int) -> Callable[[], object]:
+        def call() -> object:
+            holder["r"] = synthesize(b.model, "filter_visualization", layer=b.layer, channel=0, steps=k, seed=0)
+            return None
+        return call
+
+    few = _result("synthesis", "steps_k", f"filter_visualization, {steps} steps", "galleryvis", go(steps), spec, 1, device)
+    many = _result("synthesis", "steps_2k", f"filter_visualization, {2 * steps} steps", "galleryvis",
+                   go(2 * steps), spec, 1, device)
+    result = holder["r"]
+    image = result.image if hasattr(result, "image") else result[0]
+    shape = tuple(image.shape)
+    layer_module = dict(b.model.named_modules())[b.layer]
+    xr = torch.randn(shape, device=device)
+
+    def fwd_bwd() -> object:
+        saved: dict[str, torch.Tensor] = {}
+        h = layer_module.register_forward_hook(lambda _m, _i, o: saved.__setitem__("a", o))
+        flags = [p.requires_grad for p in b.model.parameters()]
+        try:
+            for p in b.model.parameters():
+                p.requires_grad_(False)
+            xg = xr.detach().requires_grad_(True)
+            with torch.enable_grad():
+                b.model(xg)
+                (g,) = torch.autograd.grad(saved["a"][:, 0].mean(), xg)
+            return g
+        finally:
+            h.remove()
+            for p, f in zip(b.model.parameters(), flags):
+                p.requires_grad_(f)
+
+    ref = _result("synthesis", "fwdbwd", f"forward + backward of the same batch {shape}", "reference",
+                  fwd_bwd, spec, 1, device)
+    diff = (many["seconds"] - few["seconds"]) / steps
+    emit({"type": "extra", "name": "synthesis", "steps": steps, "shape": list(shape),
+          "seconds_k": few["seconds"], "seconds_2k": many["seconds"],
+          "per_step": diff if diff > 0 else None,  # None: too noisy to separate from the setup
+          "per_step_upper": many["seconds"] / (2 * steps),  # setup included
+          "fwdbwd": ref["seconds"], "peak_mb": many["peak_mb"]})
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
+    spec = json.loads(sys.argv[1])
+    try:
+        run(spec)
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc(file=sys.stderr)
+        emit({"type": "fatal", "error": _error(exc)})
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,553 @@
+"""Faithfulness and sanity scores for attribution maps.
+
+* :func:`deletion_insertion`: the causal deletion / insertion metrics of Petsiuk et al. 2018
+  (RISE, https://arxiv.org/abs/1806.07421). Pixels are ranked by the map; the deletion curve
+  follows the target's softmax probability while the top-ranked pixels are replaced by a
+  substrate, the insertion curve while they are copied onto a blurred version of the image.
+  Lower deletion AUC and higher insertion AUC mean a more faithful map.
+* :func:`sanity`: the cascading model-parameter randomization test of Adebayo et al. 2018
+  (https://arxiv.org/abs/1810.03292). Layers of a copy of the model are re-initialized from the
+  logits towards the input and the map is recomputed after each step; a map that stays similar
+  (high Spearman correlation) to the original does not depend on what the model learned.
+* :func:`rank_techniques`: a model's techniques ordered by insertion - deletion.
+* :func:`random_map`, :func:`center_gaussian_map`: the baselines every ranking should include.
+
+Every function here leaves the caller's model as it found it (training flags, ``requires_grad``,
+in-place flags, parameters, no hooks); :func:`sanity` never touches it at all (it works on a
+deep copy). See docs/metrics.md for the protocols and measured costs.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, _logits, attribute,
+                     model_device, resolve_targets)
+from .hooks import prepared
+
+Substrate = Literal["zero", "black", "blur"]
+Score = Literal["probability", "logit"]
+RankBy = Literal["signed", "abs"]
+
+#: What :func:`deletion_insertion` can replace deleted pixels with.
+SUBSTRATES: tuple[str, ...] = ("zero", "black", "blur")
+
+_SUBSTRATE_TEXT = {
+    "zero": "zeros of the normalized tensor (the dataset mean colour, as RISE's reference code)",
+    "black": "black pixels (0 before normalization)",
+    "blur": "the blurred image",
+}
+
+Target = int | Sequence[int] | Tensor | None
+
+
+# --- deletion / insertion ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class DeletionInsertion:
+    """Deletion and insertion scores of N maps (see :func:`deletion_insertion`).
+
+    Attributes:
+        deletion_auc: (N,) area under the deletion curve; lower is more faithful.
+        insertion_auc: (N,) area under the insertion curve; higher is more faithful.
+        deletion_curve: (N, steps + 1) target score with ``fractions[k]`` of the pixels deleted.
+        insertion_curve: (N, steps + 1) target score with ``fractions[k]`` of the pixels inserted.
+        fractions: (steps + 1,) fraction of pixels replaced at each point (0 ... 1).
+        targets: (N,) the class index scored for each image.
+        protocol: one line describing how the scores were made; show it with every score.
+    """
+
+    deletion_auc: np.ndarray
+    insertion_auc: np.ndarray
+    deletion_curve: np.ndarray
+    insertion_curve: np.ndarray
+    fractions: np.ndarray
+    targets: np.ndarray
+    protocol: str
+
+    @property
+    def score(self) -> np.ndarray:
+        """(N,) insertion AUC - deletion AUC, the quantity :func:`rank_techniques` sorts by."""
+        return self.insertion_auc - self.deletion_auc
+
+    def describe(self, i: int) -> str:
+        """Image ``i``'s scores with the protocol, e.g. for a gallery caption."""
+        return (f"deletion AUC {self.deletion_auc[i]:.3f}, insertion AUC {self.insertion_auc[i]:.3f} "
+                f"[{self.protocol}]")
+
+    def __str__(self) -> str:
+        return "\n".join(self.describe(i) for i in range(len(self.deletion_auc)))
+
+
+def deletion_insertion(
+    model: nn.Module,
+    inputs: Tensor,
+    maps: Tensor,
+    target: Target,
+    steps: int = 20,
+    substrate: Substrate = "zero",
+    *,
+    score: Score = "probability",
+    rank_by: RankBy = "signed",
+    blur_kernel: int = 11,
+    blur_sigma: float = 5.0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> DeletionInsertion:
+    """Deletion and insertion curves and AUCs (Petsiuk et al. 2018) for one map per image.
+
+    Pixels are ranked by the map summed over channels (``rank_by="signed"``: the value itself,
+    as RISE does, so negative evidence comes last; ``"abs"``: its magnitude, which matches the
+    gallery's "saliency" view of gradient maps). Ties keep raster order (a stable sort), NaN
+    ranks last. Point ``k`` of a curve (k = 0 ... steps) replaces the top ``round(k/steps *
+    H*W)`` pixels, all channels at once:
+
+    * deletion: those pixels take the ``substrate`` value (``"zero"``: zeros of the normalized
+      tensor, i.e. the mean colour, as in RISE's reference code; ``"black"``: pixel value 0,
+      ``(0 - mean) / std``; ``"blur"``: the blurred image);
+    * insertion: those pixels of the image are copied onto its blurred version (Gaussian,
+      ``blur_kernel`` x ``blur_kernel``, ``blur_sigma``, reflect padding; RISE uses 11 and 5).
+
+    Each curve point is the target's softmax probability (``score="logit"``: the raw logit).
+    AUC: trapezoid rule over the pixel fraction on the nominal grid k/steps (RISE's
+    ``(sum - (first + last) / 2) / steps``), so probability AUCs lie in [0, 1]; logit AUCs are
+    in logit units and unbounded.
+
+    Cost: ``2 * steps + 1`` forward passes per image (the unperturbed image is shared by both
+    curves; with ``substrate="blur"`` the fully deleted and the empty insertion image are one
+    forward too, ``2 * steps``). They run under ``torch.inference_mode`` in batches of
+    ``batch_size``, with the model in eval mode (restored afterwards). The result is a
+    deterministic function of the inputs, the maps and ``batch_size``.
+
+    Args:
+        model: classifier returning logits (N, classes).
+        inputs: (N, C, H, W) normalized images.
+        maps: (N, 1 or C, h, w) or (N, h, w) maps, one per image; resized bilinearly to H x W
+            when their size differs.
+        target: one class for all images, one per image, or None for each image's top-1.
+        steps: number of intervals of each curve (>= 1).
+        substrate: what deleted pixels become: ``"zero"``, ``"black"`` or ``"blur"``.
+        score: ``"probability"`` (softmax) or ``"logit"``.
+        rank_by: ``"signed"`` or ``"abs"`` (see above).
+        blur_kernel: odd kernel size of the insertion (and ``"blur"`` substrate) blur.
+        blur_sigma: its standard deviation in pixels.
+        mean, std: the normalization of ``inputs`` (for ``substrate="black"`` only).
+        batch_size: perturbed images per forward pass.
+
+    Returns:
+        :class:`DeletionInsertion` with (N,) AUCs and (N, steps + 1) curves.
+    """
+    if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
+        desc = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise ValueError(f"inputs must be a float tensor of shape (N, C, H, W), got {desc}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if substrate not in SUBSTRATES:
+        raise ValueError(f"unknown substrate {substrate!r}; choose one of {list(SUBSTRATES)}")
+    if score not in ("probability", "logit"):
+        raise ValueError(f"unknown score {score!r}; choose 'probability' or 'logit'")
+    if rank_by not in ("signed", "abs"):
+        raise ValueError(f"unknown rank_by {rank_by!r}; choose 'signed' or 'abs'")
+    if blur_kernel < 1 or blur_kernel % 2 == 0 or not blur_sigma > 0:
+        raise ValueError("blur_kernel must be a positive odd int and blur_sigma > 0")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+
+    device = model_device(model)
+    x = inputs.detach().to(device)
+    n, c, h, w = x.shape
+    ranks = _pixel_ranks(_check_maps(maps, x), rank_by).to(device)  # (N, H, W)
+    pixels = h * w
+    counts = [(k * pixels + steps // 2) // steps for k in range(steps + 1)]
+
+    with prepared(model), torch.inference_mode():
+        targets = resolve_targets(model, x, target, batch_size)
+        blurred = gaussian_blur(x, blur_kernel, blur_sigma)
+        if substrate == "blur":
+            sub = blurred
+        elif substrate == "zero":
+            sub = torch.zeros_like(x)
+        else:
+            if len(mean) != c or len(std) != c:
+                raise ValueError(f"mean and std need {c} values for substrate='black'")
+            m = torch.tensor(mean, dtype=x.dtype, device=device).view(1, c, 1, 1)
+            s = torch.tensor(std, dtype=x.dtype, device=device).view(1, c, 1, 1)
+            sub = ((0 - m) / s).expand_as(x)
+
+        # One job per distinct image to score; the curves' shared endpoints are scored once.
+        def key(curve: str, i: int, k: int) -> tuple[Any, ...]:
+            if curve == "del":
+                if counts[k] == 0:
+                    return ("orig", i)
+                if counts[k] == pixels:
+                    return ("blur", i) if substrate == "blur" else ("sub", i)
+            else:
+                if counts[k] == 0:
+                    return ("blur", i)
+                if counts[k] == pixels:
+                    return ("orig", i)
+            return (curve, i, k)
+
+        slots = {(curve, i, k): key(curve, i, k) for curve in ("del", "ins") for i in range(n)
+                 for k in range(steps + 1)}
+        jobs = list(dict.fromkeys(slots.values()))
+
+        def make(job: tuple[Any, ...]) -> Tensor:
+            kind, i = job[0], job[1]
+            if kind == "orig":
+                return x[i]
+            if kind == "blur":
+                return blurred[i]
+            if kind == "sub":
+                return sub[i]
+            mask = ranks[i] < counts[job[2]]  # (H, W): the top-ranked pixels
+            return torch.where(mask, sub[i], x[i]) if kind == "del" else torch.where(mask, x[i], blurred[i])
+
+        values: dict[tuple[Any, ...], float] = {}
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            logits = _logits(model, torch.stack([make(j) for j in chunk])).float()
+            t = targets[[j[1] for j in chunk]]
+            out = logits.softmax(1) if score == "probability" else logits
+            for j, v in zip(chunk, out.gather(1, t[:, None])[:, 0].tolist()):
+                values[j] = v
+
+    curves = {curve: np.array([[values[slots[(curve, i, k)]] for k in range(steps + 1)] for i in range(n)],
+                              dtype=np.float64).reshape(n, steps + 1)
+              for curve in ("del", "ins")}
+    protocol = _protocol(steps, substrate, score, rank_by, blur_kernel, blur_sigma)
+    return DeletionInsertion(
+        deletion_auc=auc(curves["del"]), insertion_auc=auc(curves["ins"]),
+        deletion_curve=curves["del"], insertion_curve=curves["ins"],
+        fractions=np.array(counts, dtype=np.float64) / pixels,
+        targets=targets.cpu().numpy(), protocol=protocol,
+    )
+
+
+def auc(curves: np.ndarray) -> np.ndarray:
+    """Trapezoid area under curves sampled at k/steps, k = 0 ... steps: (..., steps + 1) -> (...)."""
+    curves = np.asarray(curves, dtype=np.float64)
+    steps = curves.shape[-1] - 1
+    if steps < 1:
+        raise ValueError("a curve needs at least 2 points")
+    return (curves.sum(-1) - (curves[..., 0] + curves[..., -1]) / 2) / steps
+
+
+def _protocol(steps: int, substrate: str, score: str, rank_by: str, kernel: int, sigma: float) -> str:
+    what = "softmax probability" if score == "probability" else "logit"
+    rank = "signed value" if rank_by == "signed" else "|value|"
+    return (f"deletion/insertion (Petsiuk et al. 2018): {steps} steps of {100 / steps:.3g}% of the pixels, "
+            f"ranked by the map's channel-summed {rank}; deleted pixels become {_SUBSTRATE_TEXT[substrate]}; "
+            f"insertion onto a Gaussian blur (kernel {kernel}, sigma {sigma:g}); "
+            f"score: the target's {what}; AUC: trapezoid over the pixel fraction")
+
+
+def _check_maps(maps: Tensor, x: Tensor) -> Tensor:
+    if not isinstance(maps, Tensor):
+        maps = torch.as_tensor(np.asarray(maps))
+    if maps.dim() == 3:
+        maps = maps[:, None]
+    if maps.dim() != 4 or maps.shape[0] != x.shape[0]:
+        raise ValueError(f"maps must have shape (N, C, H, W) or (N, H, W) with N = {x.shape[0]}, "
+                         f"got {tuple(maps.shape)}")
+    maps = maps.detach().float().cpu()
+    if maps.shape[-2:] != x.shape[-2:]:
+        maps = F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return maps
+
+
+def _pixel_ranks(maps: Tensor, rank_by: str) -> Tensor:
+    """(N, C, H, W) maps -> (N, H, W) long: 0 for the most important pixel, H*W - 1 for the least."""
+    n, _, h, w = maps.shape
+    v = maps.sum(1).reshape(n, h * w).double()
+    if rank_by == "abs":
+        v = v.abs()
+    v = torch.nan_to_num(v, nan=-math.inf)
+    order = torch.sort(v, dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(h * w).expand(n, -1).contiguous())
+    return ranks.reshape(n, h, w)
+
+
+def gaussian_blur(x: Tensor, kernel: int = 11, sigma: float = 5.0) -> Tensor:
+    """Separable Gaussian blur of (N, C, H, W) images, reflect padding (replicate if too small)."""
+    r = kernel // 2
+    t = torch.arange(kernel, dtype=torch.float64) - r
+    g = torch.exp(-(t ** 2) / (2 * sigma ** 2))
+    g = (g / g.sum()).to(dtype=x.dtype, device=x.device)
+    c = x.shape[1]
+    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    y = F.pad(x, (r, r, r, r), mode=mode)
+    y = F.conv2d(y, g.view(1, 1, 1, kernel).expand(c, 1, 1, kernel), groups=c)
+    return F.conv2d(y, g.view(1, 1, kernel, 1).expand(c, 1, kernel, 1), groups=c)
+
+
+# --- baselines ----------------------------------------------------------------------------------
+
+
+def random_map(shape: Sequence[int], seed: int = 0, *, cells: int | None = None) -> Tensor:
+    """The random baseline: uniform noise in [0, 1), float32 CPU, from a generator seeded by ``seed``.
+
+    ``shape`` is the map's shape, e.g. (N, 1, H, W). With ``cells``, the noise is drawn on a
+    ``cells`` x ``cells`` grid and upsampled bilinearly to H x W: a random map with the blob
+    structure of a CAM instead of independent pixels (see docs/metrics.md for why it matters).
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"shape needs at least (H, W), all positive, got {shape}")
+    g = torch.Generator().manual_seed(int(seed))
+    if cells is None:
+        return torch.rand(shape, generator=g)
+    lead, (h, w) = shape[:-2], shape[-2:]
+    m = math.prod(lead)
+    coarse = torch.rand((m, 1, cells, cells), generator=g)
+    return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False).reshape(shape)
+
+
+def center_gaussian_map(shape: Sequence[int], sigma: float = 0.25) -> Tensor:
+    """The centre baseline: a Gaussian bump at the image centre, float32 CPU, broadcast to ``shape``.
+
+    ``sigma`` is a fraction of the height (rows) and width (columns). Photographers centre
+    their subject, so this baseline is hard to beat on ImageNet-like photos.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or min(shape) < 1 or not sigma > 0:
+        raise ValueError(f"shape needs at least (H, W), all positive, and sigma > 0; got {shape}, {sigma}")
+    h, w = shape[-2:]
+    y = (torch.arange(h, dtype=torch.float64) + 0.5 - h / 2) / (sigma * h)
+    x = (torch.arange(w, dtype=torch.float64) + 0.5 - w / 2) / (sigma * w)
+    bump = torch.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / 2).float()
+    return bump.expand(shape).clone()
+
+
+# --- ranking ------------------------------------------------------------------------------------
+
+
+def rank_techniques(scores: Mapping[str, tuple[float, float]]) -> list[dict[str, Any]]:
+    """Rows of a ranking table, best first, by ``insertion - deletion``.
+
+    Args:
+        scores: technique (or baseline) name -> (mean deletion AUC, mean insertion AUC).
+
+    Returns:
+        One dict per entry: ``technique``, ``deletion``, ``insertion``, ``score`` (insertion -
+        deletion) and ``rank`` (1 = best). Scores equal to 9 decimals share a rank (1, 2, 2, 4)
+        and are listed by name; entries with a NaN score come last with rank None.
+    """
+    rows = []
+    for name, (deletion, insertion) in scores.items():
+        d, i = float(deletion), float(insertion)
+        rows.append({"technique": name, "deletion": d, "insertion": i, "score": i - d, "rank": None})
+
+    def tied(score: float) -> float:  # 0.6 - 0.2 and 0.5 - 0.1 are the same score
+        return 0.0 if math.isnan(score) else round(score, 9)
+
+    rows.sort(key=lambda r: (math.isnan(r["score"]), -tied(r["score"]), r["technique"]))
+    for pos, row in enumerate(rows):
+        if math.isnan(row["score"]):
+            break
+        prev = rows[pos - 1] if pos else None
+        same = prev is not None and tied(prev["score"]) == tied(row["score"])
+        row["rank"] = prev["rank"] if same else pos + 1
+    return rows
+
+
+# --- sanity: cascading randomization ------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Sanity:
+    """Result of :func:`sanity` for N images.
+
+    Attributes:
+        similarity: (N,) Spearman correlation of |map| with the original map once every step of
+            the cascade is randomized (the last row of ``curve``). Near 1: the map ignores the
+            learned parameters.
+        curve: (steps, N) the same after each cascade step.
+        control: (N,) the same for the map recomputed on the unchanged copy (1.0 for
+            deterministic techniques): the reference ``similarity`` should fall well below.
+        cascade: for each step, the names of the modules re-initialized at that step.
+        protocol: one line describing the test.
+    """
+
+    similarity: np.ndarray
+    curve: np.ndarray
+    control: np.ndarray
+    cascade: tuple[tuple[str, ...], ...]
+    protocol: str
+
+
+def sanity(
+    model: nn.Module,
+    inputs: Tensor,
+    technique: str,
+    target: Target,
+    layer: str | Sequence[str] | None = None,
+    *,
+    max_steps: int | None = 10,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    technique_params: Mapping[str, Any] | None = None,
+    **params: Any,
+) -> Sanity:
+    """Cascading model-parameter randomization (Adebayo et al. 2018) for ``technique``.
+
+    Works on ``copy.deepcopy(model)``; the caller's model is never modified. The modules that
+    own parameters are ordered by their first call in a probe forward; the cascade walks them
+    from the last (the logits layer) to the first. With ``max_steps=None`` each step
+    re-initializes one module; otherwise the modules are split into at most ``max_steps``
+    evenly sized consecutive groups (Lite0 has 99 parametrized modules). After each step the
+    map is recomputed with :func:`galleryvis.attribute` for the same targets (resolved once on
+    the unchanged model) and compared with the original by the per-image Spearman rank
+    correlation of |map| summed over channels (average ranks for ties; NaN when a map is
+    constant).
+
+    Re-initialization is PyTorch's default: convolution / linear weights and biases
+    ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn on the CPU from ``torch.Generator``s seeded by
+    ``seed`` and the module's position (so a module gets the same values whatever the grouping);
+    normalization layers get weight 1, bias 0 and fresh running statistics (mean 0, var 1);
+    any other parametrized module gets Gaussian noise with its parameters' mean and std.
+
+    Args:
+        model, inputs, technique, target, layer: as for :func:`galleryvis.attribute`.
+        max_steps: at most this many cascade steps (None: one per parametrized module).
+        seed: seed of the re-initialization.
+        batch_size: passed to :func:`galleryvis.attribute`.
+        technique_params: technique parameters whose names clash with the options above
+            (e.g. SmoothGrad's ``seed``); merged with ``**params``.
+        **params: the technique's parameters.
+
+    Returns:
+        :class:`Sanity`. Cost: ``steps + 2`` calls of :func:`galleryvis.attribute` (original,
+        control, one per step), plus a deep copy of the model.
+    """
+    tparams = dict(technique_params or {})
+    clash = set(tparams) & set(params)
+    if clash:
+        raise ValueError(f"technique parameters given twice: {sorted(clash)}")
+    tparams.update(params)
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps must be an int >= 1 or None, got {max_steps!r}")
+    if not isinstance(inputs, Tensor) or inputs.dim() != 4:
+        raise ValueError("inputs must be a float tensor of shape (N, C, H, W)")
+
+    net = copy.deepcopy(model)
+    x = inputs.detach().to(model_device(net))
+    with prepared(net), torch.no_grad():
+        targets = resolve_targets(net, x, target, batch_size).tolist()
+        order = _call_order(net, x[:1])
+    if not order:
+        raise ValueError("the model has no parameters to randomize")
+
+    def explain() -> np.ndarray:
+        kwargs = dict(tparams)
+        if layer is not None:
+            kwargs["layer"] = layer
+        m = attribute(net, x, technique, targets, batch_size=batch_size, **kwargs)
+        return m.abs().sum(1).flatten(1).double().numpy()
+
+    original = explain()
+    control = spearman(original, explain())
+    cascade = list(reversed(order))  # logits first
+    groups = _groups(len(cascade), max_steps)
+    curve = []
+    names: list[tuple[str, ...]] = []
+    for lo, hi in groups:
+        step = cascade[lo:hi]
+        for name, module, index in step:
+            _reinit(module, seed, index)
+        names.append(tuple(name for name, _, _ in step))
+        curve.append(spearman(original, explain()))
+    curve_arr = np.stack(curve)
+    protocol = (f"cascading randomization (Adebayo et al. 2018) of {technique}: {len(cascade)} parametrized "
+                f"modules re-initialized from the logits towards the input in {len(groups)} steps "
+                f"(seed {seed}); Spearman rank correlation of |map| (channel sum) with the original")
+    return Sanity(similarity=curve_arr[-1], curve=curve_arr, control=control,
+                  cascade=tuple(names), protocol=protocol)
+
+
+def _call_order(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, int]]:
+    """(name, module, index) of every module owning parameters, by first call in a forward."""
+    owners = {id(m): (name, m) for name, m in model.named_modules()
+              if next(m.parameters(recurse=False), None) is not None}
+    seen: dict[int, tuple[str, nn.Module]] = {}
+    with ExitStack() as stack:
+        for _, m in owners.values():
+            def pre(mod: nn.Module, _inp: object) -> None:
+                seen.setdefault(id(mod), owners[id(mod)])
+            stack.callback(m.register_forward_pre_hook(pre).remove)
+        _logits(model, x)
+    index = {id(m): i for i, (_, m) in enumerate(model.named_modules())}
+    return [(name, m, index[key]) for key, (name, m) in seen.items()]
+
+
+def _groups(count: int, max_steps: int | None) -> list[tuple[int, int]]:
+    steps = count if max_steps is None else min(count, max_steps)
+    cuts = [round(j * count / steps) for j in range(steps + 1)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+@torch.no_grad()
+def _reinit(module: nn.Module, seed: int, index: int) -> None:
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + index)
+    if isinstance(module, _NORMS):
+        module.reset_parameters()
+        return
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, Tensor) and weight.dim() >= 2:
+        fan_in = weight[0].numel()
+        bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
+        for p in module.parameters(recurse=False):
+            p.copy_((torch.rand(p.shape, generator=g, dtype=torch.float64) * 2 - 1).mul_(bound))
+        return
+    for p in module.parameters(recurse=False):
+        mu, sd = float(p.double().mean()), float(p.double().std()) if p.numel() > 1 else 1.0
+        p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).mul_(sd).add_(mu))
+
+
+def spearman(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> np.ndarray:
+    """Per-row Spearman rank correlation of (N, ...) arrays, flattened per row: (N,).
+
+    Ties get their average rank; a row where either side is constant gives NaN.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    out = np.empty(len(a))
+    for i in range(len(a)):
+        ra, rb = _average_ranks(a[i]), _average_ranks(b[i])
+        ra -= ra.mean()
+        rb -= rb.mean()
+        den = math.sqrt(float(ra @ ra) * float(rb @ rb))
+        out[i] = float(ra @ rb) / den if den > 0 else math.nan
+    return out
+
+
+def _average_ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks 0 ... n-1 of a 1-D array, tied values sharing their average rank."""
+    order = np.argsort(v, kind="stable")
+    s = v[order]
+    new = np.empty(len(s), dtype=bool)
+    new[:1] = True
+    new[1:] = s[1:] != s[:-1]
+    group = np.cumsum(new) - 1
+    starts = np.flatnonzero(new)
+    counts = np.diff(np.append(starts, len(s)))
+    avg = starts + (counts - 1) / 2
+    ranks = np.empty(len(s))
+    ranks[order] = avg[group]
+    return ranks

@@ -1,0 +1,152 @@
+"""The rendered site in headless Chromium: every page loads with no broken image, no console
+error and no failed request (a missing favicon counts), and the per-model view is screenshotted.
+
+Needs Debian's ``chromium`` at /usr/bin/chromium (``.ci/run`` installs it) and the
+``playwright`` Python package; Playwright's own browser download is not used.
+
+Environment:
+    GALLERYVIS_SCREENSHOT: also save the top of the per-model view to this path (for the README).
+    GALLERYVIS_BROWSER_SITE: check this already built site instead of the hand-built one.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from galleryvis.render import render_site
+
+from gallery_fixture import make_gallery
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium; .ci/run installs it)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is missing")
+
+# Makes every lazy image load, waits for all of them, and returns the broken ones.
+BROKEN_IMAGES = """async () => {
+  const imgs = Array.from(document.images);
+  const waits = imgs.map((img) => {
+    img.loading = "eager";
+    if (img.complete) return null;
+    return new Promise((done) => {
+      img.addEventListener("load", done, { once: true });
+      img.addEventListener("error", done, { once: true });
+      setTimeout(done, 10000);
+    });
+  });
+  await Promise.all(waits);
+  return imgs.filter((img) => !(img.complete && img.naturalWidth > 0))
+             .map((img) => img.getAttribute("src"));
+}"""
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        pass
+
+
+@pytest.fixture(scope="module")
+def site_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    given = os.environ.get("GALLERYVIS_BROWSER_SITE")
+    if given:
+        return Path(given).resolve()
+    root = tmp_path_factory.mktemp("browser-site")
+    render_site(make_gallery(root), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def base_url(site_root: Path) -> Iterator[str]:
+    handler = functools.partial(_QuietHandler, directory=str(site_root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="site-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _pages(root: Path) -> list[str]:
+    return sorted(p.name for p in root.glob("*.html"))
+
+
+def _open(browser: Any, url: str) -> tuple[Any, Any, list[str]]:
+    """A new page at ``url`` with every console error, failed request and HTTP error recorded."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
+    page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    page.goto(url, wait_until="load")
+    return context, page, problems
+
+
+def test_site_has_pages(site_root: Path):
+    names = _pages(site_root)
+    assert "index.html" in names and any(n.startswith("model-") for n in names)
+
+
+def test_every_page_loads_cleanly(browser: Any, base_url: str, site_root: Path):
+    failures: dict[str, list[str]] = {}
+    for name in _pages(site_root):
+        context, page, problems = _open(browser, base_url + name)
+        try:
+            broken = page.evaluate(BROKEN_IMAGES)
+            problems += [f"broken image: {src}" for src in broken]
+            status = page.evaluate(
+                "async () => (await fetch(document.querySelector('link[rel=icon]').href)).status")
+            if status != 200:
+                problems.append(f"favicon: HTTP {status}")
+            page.wait_for_load_state("networkidle")
+            if page.evaluate("document.images.length") == 0 and name != "index.html":
+                problems.append("no images on the page")
+        finally:
+            context.close()
+        if problems:
+            failures[name] = problems
+    assert not failures
+
+
+def test_screenshot_of_the_model_view(browser: Any, base_url: str, site_root: Path, tmp_path: Path):
+    name = next(n for n in _pages(site_root) if n.startswith("model-"))
+    context, page, problems = _open(browser, base_url + name)
+    try:
+        page.evaluate(BROKEN_IMAGES)
+        shot = tmp_path / "screenshot-model.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 1000
+        target = os.environ.get("GALLERYVIS_SCREENSHOT")
+        if target:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            # The top of the page, small enough for a README.
+            page.screenshot(path=target, full_page=True, clip={"x": 0, "y": 0, "width": 1280, "height": 1400})
+    finally:
+        context.close()
+    assert not problems

@@ -1,0 +1,292 @@
+"""Specs for ``lrp``: layer-wise relevance propagation through the public API.
+
+Small inputs (3x64x64) and ``weights=None`` models seeded here; the whole file takes
+about 30 s of CPU time (a minute of wall time on two busy cores).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import Tensor, nn
+
+import galleryvis
+from galleryvis.hooks import LayerError, hook_count
+from galleryvis.registry import TechniqueError
+
+#: |sum of relevance - target logit| / |target logit| for bias-free nets (float32 maps).
+CONSERVATION_RTOL = 1e-4
+
+
+def chain(bias: bool = False, bn: bool = False) -> nn.Sequential:
+    """A sequential conv net: conv, (BN), in-place ReLU, max pool, conv, ReLU6, adaptive avg
+    pool, flatten, Linear, ReLU, dropout, Linear. 3x16x16 inputs, 10 classes."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, 8, 3, padding=1, bias=bias)]
+    if bn:
+        layers.append(nn.BatchNorm2d(8))
+    layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1, bias=bias),
+               nn.ReLU6(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(256, 32, bias=bias),
+               nn.ReLU(), nn.Dropout(), nn.Linear(32, 10, bias=bias)]
+    net = nn.Sequential(*layers)
+    if bn:
+        with torch.no_grad():
+            norm = net[1]
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def images(n: int = 2, size: int = 16) -> Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def pearson(a: Tensor, b: Tensor) -> float:
+    return torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1].item()
+
+
+@pytest.fixture(scope="module")
+def vgg16() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.vgg16(weights=None).eval()
+
+
+# -- agreement -----------------------------------------------------------------------------------
+def captum_epsilon_lrp(model: nn.Module, x: Tensor, target: list[int], epsilon: float) -> Tensor:
+    """captum's LRP with the epsilon rule on every layer that takes a rule. captum forgets
+    custom rules after its first ``attribute`` call, so they are attached before every call."""
+    from captum.attr import LRP
+    from captum.attr._utils.lrp_rules import EpsilonRule
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d)):
+            m.rule = EpsilonRule(epsilon=epsilon)
+    return LRP(model).attribute(x.clone().requires_grad_(True), target=target).detach()
+
+
+def test_epsilon_rule_agrees_with_captum_on_vgg16(vgg16: nn.Module) -> None:
+    pytest.importorskip("captum")
+    x, targets = images(2, 64), [1, 7]
+    ours = galleryvis.attribute(vgg16, x, "lrp", targets, rule="epsilon", epsilon=1e-9)
+    theirs_model = copy.deepcopy(vgg16)  # captum writes `rule` attributes onto the modules
+    for m in theirs_model.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    theirs = captum_epsilon_lrp(theirs_model, x, targets, 1e-9)
+    for i in range(len(targets)):
+        assert pearson(ours[i], theirs[i]) >= 0.95
+
+
+def _oracle(rule: str, x: Tensor, w: Tensor, b: Tensor, t: int) -> Tensor:
+    """The rule's textbook formula for one Linear layer, input relevance of logit t:
+    R_i = c_it / (sum_i c_it + bias term) * z_t, with c the rule's contributions."""
+    x, wt, bt = x.flatten(1).double(), w[t].double(), b[t].double()
+    z = x @ wt + bt
+    xw = x * wt
+    if rule == "epsilon":
+        return xw / (z + 0.25 * torch.sign(z))[:, None] * z[:, None]
+    if rule == "gamma":  # generalized to negative inputs; here z decides the branch
+        g = 0.25
+        pos = x.clamp(min=0) * (wt + g * wt.clamp(min=0)) + x.clamp(max=0) * (wt + g * wt.clamp(max=0))
+        neg = x.clamp(min=0) * (wt + g * wt.clamp(max=0)) + x.clamp(max=0) * (wt + g * wt.clamp(min=0))
+        c = torch.where((z >= 0)[:, None], pos, neg)
+        return c / (c.sum(1) + bt)[:, None] * z[:, None]
+    if rule in ("alpha_beta", "zplus"):
+        alpha = 2.0 if rule == "alpha_beta" else 1.0
+        p, n = xw.clamp(min=0), xw.clamp(max=0)
+        return (alpha * p / (p.sum(1) + bt.clamp(min=0))[:, None]
+                - (alpha - 1) * n / (n.sum(1) + bt.clamp(max=0))[:, None]) * z[:, None]
+    mean = torch.tensor(galleryvis.IMAGENET_MEAN, dtype=torch.float64).repeat_interleave(16)
+    std = torch.tensor(galleryvis.IMAGENET_STD, dtype=torch.float64).repeat_interleave(16)
+    low, high = torch.minimum(-mean / std, x), torch.maximum((1 - mean) / std, x)
+    c = xw - low * wt.clamp(min=0) - high * wt.clamp(max=0)  # z^B, the box rule
+    return c / c.sum(1)[:, None] * z[:, None]
+
+
+@pytest.mark.parametrize("rule", ["epsilon", "gamma", "alpha_beta", "zplus", "composite"])
+def test_one_linear_layer_follows_the_rule_formula(rule: str) -> None:
+    """A Linear classifier on signed 3x4x4 inputs: composite means z^B, its first layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).eval()
+    x = images(2, 4) * 2
+    rel = galleryvis.attribute(model, x, "lrp", 2, rule=rule, alpha=2.0 if rule == "alpha_beta" else 1.0)
+    expected = _oracle(rule, x, model[1].weight.detach(), model[1].bias.detach(), 2)
+    torch.testing.assert_close(rel.double(), expected.view(2, 3, 4, 4), rtol=1e-4, atol=1e-6)
+
+
+def test_lrp0_on_a_bias_free_linear_layer_is_input_times_weight() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5, bias=False)).eval()
+    x = images(2, 4)
+    rel = galleryvis.attribute(model, x, "lrp", 2, rule="epsilon", epsilon=0.0)
+    torch.testing.assert_close(rel, x * model[1].weight[2].detach().view(1, 3, 4, 4), rtol=1e-5, atol=1e-6)
+
+
+# -- conservation --------------------------------------------------------------------------------
+CONSERVATIVE = [("epsilon", {"epsilon": 1e-9}), ("gamma", {}), ("alpha_beta", {"alpha": 2.0}),
+                ("zplus", {}), ("composite", {"epsilon": 1e-9})]
+
+
+@pytest.mark.parametrize(("rule", "params"), CONSERVATIVE, ids=[r for r, _ in CONSERVATIVE])
+def test_input_relevance_sums_to_the_target_logit_without_biases(rule: str, params: dict) -> None:
+    net, x = chain(bias=False), images()
+    logit = net(x)[:, 3].detach()
+    rel = galleryvis.attribute(net, x, "lrp", 3, rule=rule, **params)
+    assert rel.shape == x.shape
+    torch.testing.assert_close(rel.sum((1, 2, 3)), logit, rtol=CONSERVATION_RTOL, atol=0)
+
+
+@pytest.mark.parametrize(("rule", "params"), CONSERVATIVE, ids=[r for r, _ in CONSERVATIVE])
+def test_relevance_at_a_layer_is_conserved_too(rule: str, params: dict) -> None:
+    """Module '1' is the ReLU after the first conv: same resolution as the input, so the map
+    the engine returns is the layer's relevance itself, summed over channels."""
+    net, x = chain(bias=False), images()
+    logit = net(x)[:, 3].detach()
+    rel = galleryvis.attribute(net, x, "lrp", 3, layer="1", rule=rule, **params)
+    assert rel.shape == (2, 1, 16, 16)
+    torch.testing.assert_close(rel.sum((1, 2, 3)), logit, rtol=CONSERVATION_RTOL, atol=0)
+
+
+def test_epsilon_absorbs_relevance() -> None:
+    net, x = chain(bias=False), images()
+    logit = net(x)[:, 3].detach().abs()
+    total = galleryvis.attribute(net, x, "lrp", 3, rule="epsilon", epsilon=1.0).sum((1, 2, 3)).abs()
+    assert (total < 0.9 * logit).all()
+
+
+# -- layers --------------------------------------------------------------------------------------
+def test_layer_relevance_is_one_channel_upsampled_to_the_input() -> None:
+    net, x = chain(bias=True), images()
+    rel = galleryvis.attribute(net, x, "lrp", [3, 5], layer="5")  # 8x8 after the max pool
+    assert rel.shape == (2, 1, 16, 16) and rel.dtype == torch.float32
+    assert torch.isfinite(rel).all() and rel.abs().sum() > 0
+
+
+def test_layer_needs_a_spatial_output() -> None:
+    with pytest.raises(LayerError, match=r"'8'.*4-D"):
+        galleryvis.attribute(chain(), images(), "lrp", 3, layer="8")
+
+
+def test_batchnorm_is_folded_into_the_convolution_before_it() -> None:
+    """A conv + BatchNorm pair gives the relevance of the single equivalent conv, at the input
+    and at the pair's output (asked for by the conv's or the BatchNorm's name)."""
+    with_bn, x = chain(bias=True, bn=True), images()
+    folded = chain(bias=True)
+    conv, norm = with_bn[0], with_bn[1]
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    with torch.no_grad():
+        folded[0].weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        folded[0].bias.copy_((conv.bias - norm.running_mean) * scale + norm.bias)
+        for a, b in zip(list(with_bn)[2:], list(folded)[1:]):
+            for pa, pb in zip(a.parameters(), b.parameters()):
+                pb.copy_(pa)
+    for rule in ("epsilon", "gamma", "composite"):
+        expected = galleryvis.attribute(folded, x, "lrp", 3, rule=rule)
+        torch.testing.assert_close(galleryvis.attribute(with_bn, x, "lrp", 3, rule=rule), expected,
+                                   rtol=1e-4, atol=1e-6)
+        at_pair = galleryvis.attribute(folded, x, "lrp", 3, layer="0", rule=rule)
+        for name in ("0", "1"):
+            torch.testing.assert_close(galleryvis.attribute(with_bn, x, "lrp", 3, layer=name, rule=rule),
+                                       at_pair, rtol=1e-4, atol=1e-6)
+
+
+# -- architectures -------------------------------------------------------------------------------
+def test_resnet18_raises_naming_the_residual_module() -> None:
+    model = torchvision.models.resnet18(weights=None)
+    with pytest.raises(LayerError, match=r"'layer1\.0\.relu'.*residual connection"):
+        galleryvis.attribute(model, images(1, 64), "lrp", 1)
+    assert hook_count(model) == 0
+
+
+def test_unsupported_module_type_is_named() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
+    with pytest.raises(LayerError, match=r"'1' \(GELU\)"):
+        galleryvis.attribute(model, images(), "lrp", 1)
+
+
+def test_functional_op_on_the_output_is_refused() -> None:
+    class Doubled(nn.Sequential):
+        def forward(self, x: Tensor) -> Tensor:
+            return super().forward(x) * 2
+
+    with pytest.raises(LayerError, match=r"output.*'1'.*Mul"):
+        galleryvis.attribute(Doubled(nn.Flatten(), nn.Linear(3 * 16 * 16, 4)), images(), "lrp", 1)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16", "vgg11_bn"])
+def test_composite_gives_finite_maps_on_torchvision_chains(name: str, vgg16: nn.Module) -> None:
+    torch.manual_seed(0)
+    model = vgg16 if name == "vgg16" else getattr(torchvision.models, name)(weights=None)
+    rel = galleryvis.attribute(model, images(2, 64), "lrp", [1, 2])
+    assert rel.shape == (2, 3, 64, 64)
+    assert torch.isfinite(rel).all() and rel.abs().sum() > 0
+
+
+# -- batching and hygiene ------------------------------------------------------------------------
+@pytest.mark.parametrize("rule", ["composite", "alpha_beta"])
+def test_a_batch_equals_single_calls(rule: str) -> None:
+    net, x = chain(bias=True), images()
+    batch = galleryvis.attribute(net, x, "lrp", [3, 5], rule=rule, alpha=2.0)
+    for i, t in enumerate([3, 5]):
+        single = galleryvis.attribute(net, x[i:i + 1], "lrp", t, rule=rule, alpha=2.0)
+        torch.testing.assert_close(batch[i:i + 1], single, rtol=1e-5, atol=1e-7)
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "hooks": hook_count(model),
+        "training": [m.training for m in model.modules()],
+        "inplace": [getattr(m, "inplace", None) for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "attributes": [sorted(vars(m)) for m in model.modules()],
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+    }
+
+
+def assert_same(before: dict, after: dict) -> None:
+    assert {k: v for k, v in before.items() if k != "state"} == {k: v for k, v in after.items() if k != "state"}
+    for k, v in before["state"].items():
+        assert torch.equal(v, after["state"][k]), k
+
+
+def test_model_is_untouched_after_a_call() -> None:
+    net = chain(bias=True, bn=True).train()
+    seen: list[int] = []
+    net[0].register_forward_hook(lambda *_: seen.append(1))  # the user's own hook stays
+    before = snapshot(net)
+    galleryvis.attribute(net, images(), "lrp", 3, layer="4")
+    assert_same(before, snapshot(net))
+    net(images())
+    assert seen
+
+
+def test_model_is_untouched_after_an_exception() -> None:
+    class Exploding(nn.Sequential):
+        def forward(self, x: Tensor) -> Tensor:
+            super().forward(x)  # every LRP hook has run
+            raise RuntimeError("boom")
+
+    net = Exploding(*chain(bias=True, bn=True)).train()
+    before = snapshot(net)
+    with pytest.raises(RuntimeError, match="boom"):
+        galleryvis.attribute(net, images(), "lrp", 3)
+    assert_same(before, snapshot(net))
+
+
+def test_parameters_are_validated() -> None:
+    net, x = chain(), images()
+    with pytest.raises(ValueError, match="alpha"):
+        galleryvis.attribute(net, x, "lrp", 3, rule="alpha_beta", alpha=0.5)
+    with pytest.raises(TechniqueError, match="rule"):
+        galleryvis.attribute(net, x, "lrp", 3, rule="lrp0")
+
+
+def test_registry_entry() -> None:
+    entry = next(t for t in galleryvis.techniques() if t["name"] == "lrp")
+    assert entry["output"] == "input" and entry["layer"] == "optional" and entry["signed"]
+    assert entry["params"] == {"rule": "composite", "epsilon": 0.25, "gamma": 0.25, "alpha": 1.0}
+    assert entry["choices"]["rule"] == ["epsilon", "gamma", "alpha_beta", "zplus", "composite"]

@@ -1,0 +1,282 @@
+"""Faithfulness (deletion / insertion) and sanity (cascading randomization) scores.
+
+The acceptance tests run the real EfficientNet-Lite0 on the default gallery's photos
+(input_images/, preprocessed as the gallery does). This CPU is slow (about 0.4 s per Lite0
+forward when shared), so they use fewer curve steps and cascade steps than the defaults; the
+numbers at the default settings are in docs/metrics.md.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from galleryvis import IMAGENET_MEAN, IMAGENET_STD, attribute
+from galleryvis.hooks import hook_count
+from galleryvis.images import fit, load_image, to_tensor
+from galleryvis.metrics import (auc, center_gaussian_map, deletion_insertion, gaussian_blur, random_map,
+                                rank_techniques, sanity, spearman)
+
+IMAGES = Path(__file__).resolve().parent.parent / "input_images"
+STEPS = 5  # curve intervals in the Lite0 tests (default 20: 41 forwards per map and image)
+
+
+def snapshot(model: nn.Module) -> tuple[dict[str, Tensor], list[bool], list[bool], list[bool]]:
+    """Everything a metric could leave changed on a model."""
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            [m.training for m in model.modules()],
+            [p.requires_grad for p in model.parameters()],
+            [getattr(m, "inplace", None) for m in model.modules()])
+
+
+def assert_untouched(model: nn.Module, before: tuple) -> None:
+    state, training, grads, inplace = snapshot(model)
+    assert state.keys() == before[0].keys()
+    assert all(torch.equal(state[k], before[0][k]) for k in state)
+    assert training == before[1] and grads == before[2] and inplace == before[3]
+    assert hook_count(model) == 0
+
+
+# --- the default gallery on the real Lite0 -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_photos() -> Tensor:
+    """Every photo of the default gallery, as the gallery feeds them to Lite0: (4, 3, 224, 224)."""
+    paths = sorted(p for p in IMAGES.iterdir() if p.suffix in (".png", ".jpg"))
+    assert len(paths) == 4
+    return torch.stack([to_tensor(fit(load_image(p), 224), IMAGENET_MEAN, IMAGENET_STD) for p in paths])
+
+
+@pytest.fixture(scope="module")
+def lite0_scores(lite0: nn.Module, default_photos: Tensor) -> dict:
+    """Deletion / insertion of Grad-CAM and both baselines on every default photo, in one call,
+    then the random map once more in a call of its own (same inputs, same batch size)."""
+    n = len(default_photos)
+    with torch.inference_mode():
+        top1 = lite0(default_photos).argmax(1).tolist()
+    maps = {
+        "gradcam": attribute(lite0, default_photos, "gradcam", top1),
+        "random": random_map((n, 1, 224, 224), seed=0),
+        "center": center_gaussian_map((n, 1, 224, 224)),
+    }
+    before = snapshot(lite0)
+    together = deletion_insertion(lite0, default_photos.repeat(3, 1, 1, 1), torch.cat(list(maps.values())),
+                                  top1 * 3, steps=STEPS)
+    again = deletion_insertion(lite0, default_photos, maps["random"].clone(), top1, steps=STEPS)
+    assert_untouched(lite0, before)
+    per = {name: (together.deletion_auc[i * n:(i + 1) * n], together.insertion_auc[i * n:(i + 1) * n])
+           for i, name in enumerate(maps)}
+    return {"per": per, "together": together, "random_again": again, "n": n, "top1": top1}
+
+
+def test_gradcam_beats_the_random_map_on_both_curves(lite0_scores: dict) -> None:
+    (gc_del, gc_ins), (rnd_del, rnd_ins) = lite0_scores["per"]["gradcam"], lite0_scores["per"]["random"]
+    assert gc_ins.mean() > rnd_ins.mean()
+    assert gc_del.mean() < rnd_del.mean()
+
+
+def test_aucs_are_probabilities_and_curves_start_and_end_where_they_must(lite0_scores: dict) -> None:
+    r = lite0_scores["together"]
+    for a in (r.deletion_auc, r.insertion_auc, r.deletion_curve, r.insertion_curve):
+        assert np.isfinite(a).all() and (a >= 0).all() and (a <= 1).all()
+    assert r.deletion_curve.shape == r.insertion_curve.shape == (3 * lite0_scores["n"], STEPS + 1)
+    # round(k / steps * H * W) pixels at point k
+    np.testing.assert_allclose(r.fractions, np.linspace(0, 1, STEPS + 1), atol=1 / 224**2)
+    # The unperturbed image opens the deletion curve and closes the insertion curve.
+    np.testing.assert_array_equal(r.deletion_curve[:, 0], r.insertion_curve[:, -1])
+    np.testing.assert_allclose(r.deletion_auc, auc(r.deletion_curve))
+    assert r.targets.tolist() == lite0_scores["top1"] * 3
+    for word in (f"{STEPS} steps", "zeros of the normalized tensor", "sigma 5", "softmax probability"):
+        assert word in r.protocol
+    assert r.protocol in r.describe(0) and str(r).count(r.protocol) == 3 * lite0_scores["n"]
+
+
+def test_identical_inputs_give_identical_aucs(lite0_scores: dict) -> None:
+    rnd_del, rnd_ins = lite0_scores["per"]["random"]
+    again = lite0_scores["random_again"]
+    # Same images and map, but scored in another call and other batch positions: equal up to
+    # float rounding of the batched convolutions ...
+    np.testing.assert_allclose(again.deletion_auc, rnd_del, atol=1e-5)
+    np.testing.assert_allclose(again.insertion_auc, rnd_ins, atol=1e-5)
+
+
+def test_identical_calls_are_bit_identical(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    # ... and bit-identical when the call is repeated as is.
+    maps = random_map(tiny_x.shape, seed=3)
+    a = deletion_insertion(tiny_seq, tiny_x, maps, None, steps=8, batch_size=5)
+    b = deletion_insertion(tiny_seq, tiny_x.clone(), maps.clone(), None, steps=8, batch_size=5)
+    for field in ("deletion_auc", "insertion_auc", "deletion_curve", "insertion_curve"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_a_map_equal_to_the_random_baseline_ranks_last(lite0_scores: dict) -> None:
+    per = lite0_scores["per"]
+    again = lite0_scores["random_again"]
+    means = {name: (float(d.mean()), float(i.mean())) for name, (d, i) in per.items()}
+    means["imposter"] = (float(again.deletion_auc.mean()), float(again.insertion_auc.mean()))
+    rows = rank_techniques(means)
+    assert [r["technique"] for r in rows][:2] in (["center", "gradcam"], ["gradcam", "center"])
+    bottom = {r["technique"] for r in rows[2:]}
+    assert bottom == {"random", "imposter"}
+    rank = {r["technique"]: r["rank"] for r in rows}
+    assert rank["imposter"] >= 3 and abs(rows[2]["score"] - rows[3]["score"]) < 1e-5
+
+
+# --- sanity on the real Lite0 ------------------------------------------------------------------
+
+
+def test_vanilla_gradients_fail_to_survive_cascading_randomization(lite0: nn.Module, photos224: Tensor) -> None:
+    before = snapshot(lite0)
+    rng = torch.get_rng_state()
+    s = sanity(lite0, photos224, "vanilla", None, max_steps=2, seed=0)
+    assert_untouched(lite0, before)
+    assert torch.equal(torch.get_rng_state(), rng)
+    np.testing.assert_allclose(s.control, 1.0)  # the unchanged model reproduces its map
+    assert s.curve.shape == (2, 2) and np.array_equal(s.similarity, s.curve[-1])
+    assert (s.similarity < 0.5).all(), s.similarity
+    assert (s.control - s.similarity > 0.5).all()
+    assert s.cascade[0][0] == "_fc" and s.cascade[-1][-1] == "_conv_stem"
+    assert sum(len(step) for step in s.cascade) == 99
+    assert "Adebayo" in s.protocol and "99 parametrized modules" in s.protocol
+
+
+# --- small models: mechanics -------------------------------------------------------------------
+
+
+class Patch(nn.Module):
+    """Logits = (mean of the image's top-left quarter, 0): the evidence is known exactly."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        s = x[:, :, : h // 2, : w // 2].mean((1, 2, 3))
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+
+def test_the_right_map_deletes_fastest_and_inserts_fastest() -> None:
+    x = torch.zeros(1, 3, 16, 16)
+    x[..., :8, :8] = 1  # the evidence, in the top-left quarter
+    right = torch.zeros(1, 1, 16, 16)
+    right[..., :8, :8] = 1
+    wrong = right.flip(-1)
+    r = deletion_insertion(Patch(), x.repeat(2, 1, 1, 1), torch.cat([right, wrong]), 0, steps=4,
+                           score="logit", blur_kernel=3, blur_sigma=1.0)
+    # Deleting the top-left quarter first zeroes the logit after 1/4 of the pixels; the wrong map
+    # deletes the (already black) top-right quarter first, then the rest in raster order.
+    np.testing.assert_allclose(r.deletion_curve[0], [1, 0, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(r.deletion_curve[1], [1, 1, 0.0, 0, 0], atol=1e-6)
+    assert r.deletion_auc[0] < r.deletion_auc[1] and r.insertion_auc[0] > r.insertion_auc[1]
+    assert "logit" in r.protocol
+
+
+def test_rank_by_abs_and_signed_and_ties_in_raster_order() -> None:
+    x = torch.ones(1, 1, 2, 2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 2.0, 4.0, 8.0], [0, 0, 0, 0]]))
+    m = torch.tensor([[[[-5.0, 1.0], [1.0, 0.0]]]])
+    signed = deletion_insertion(model, x, m, 0, steps=4, score="logit")
+    absval = deletion_insertion(model, x, m, 0, steps=4, score="logit", rank_by="abs")
+    # signed: pixels 1, 2 (tie, raster order), 3, then 0; abs: 0 first.
+    np.testing.assert_allclose(signed.deletion_curve[0], [15, 13, 9, 1, 0])
+    np.testing.assert_allclose(absval.deletion_curve[0], [15, 14, 12, 8, 0])
+
+
+@pytest.mark.parametrize("substrate", ["zero", "black", "blur"])
+def test_substrates_what_fully_deleted_images_become(substrate: str) -> None:
+    seen: list[Tensor] = []
+
+    class Spy(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            seen.extend(x.clone())
+            return torch.zeros(len(x), 2)
+
+    x = torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    deletion_insertion(Spy(), x, torch.rand(1, 1, 12, 12), 0, steps=2, substrate=substrate)
+    blurred = gaussian_blur(x)[0]
+    expected = {"zero": torch.zeros(3, 12, 12), "blur": blurred,
+                "black": ((0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).view(3, 1, 1).expand(3, 12, 12)}
+    assert any(torch.allclose(s, expected[substrate]) for s in seen)
+    assert any(torch.equal(s, x[0]) for s in seen) and any(torch.allclose(s, blurred) for s in seen)
+    # 2 * steps + 1 distinct images (2 * steps with the blur substrate), each scored once.
+    assert len(seen) == (4 if substrate == "blur" else 5)
+
+
+def test_batches_respect_batch_size_and_model_mode_is_restored(tiny_shared: tuple) -> None:
+    net = tiny_shared[0]
+    net.train()
+    sizes: list[int] = []
+    handle = net.register_forward_pre_hook(lambda _m, inp: sizes.append(len(inp[0])))
+    try:
+        x = torch.randn(3, 3, 16, 16)
+        r = deletion_insertion(net, x, torch.rand(3, 16, 16), [1, 2, 3], steps=3, batch_size=4)
+    finally:
+        handle.remove()
+        net.eval()
+    assert max(sizes) <= 4 and sum(sizes) == 3 * 7 + 0  # targets given: no extra forward
+    assert r.targets.tolist() == [1, 2, 3]
+    assert net.relu.inplace is True
+
+
+def test_maps_of_another_size_are_resized_and_bad_arguments_raise(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    r = deletion_insertion(tiny_seq, tiny_x, torch.rand(4, 3, 8, 8), None, steps=2)
+    assert r.deletion_curve.shape == (4, 3)
+    with pytest.raises(ValueError, match="maps must have shape"):
+        deletion_insertion(tiny_seq, tiny_x, torch.rand(3, 1, 32, 32), None)
+    with pytest.raises(ValueError, match="substrate"):
+        deletion_insertion(tiny_seq, tiny_x, torch.rand(4, 1, 32, 32), None, substrate="grey")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="steps"):
+        deletion_insertion(tiny_seq, tiny_x, torch.rand(4, 1, 32, 32), None, steps=0)
+
+
+def test_baselines_are_seeded_and_shaped() -> None:
+    assert torch.equal(random_map((2, 1, 9, 7), 5), random_map((2, 1, 9, 7), 5))
+    assert not torch.equal(random_map((2, 1, 9, 7), 5), random_map((2, 1, 9, 7), 6))
+    smooth = random_map((2, 1, 64, 64), 0, cells=4)
+    assert smooth.shape == (2, 1, 64, 64) and (smooth[..., 1:, :] - smooth[..., :-1, :]).abs().max() < 0.2
+    c = center_gaussian_map((1, 1, 5, 5))
+    assert c.shape == (1, 1, 5, 5) and c[0, 0, 2, 2] == c.max() == 1
+    assert torch.equal(c, c.flip(-1)) and torch.equal(c, c.flip(-2))
+
+
+def test_rank_techniques_orders_by_insertion_minus_deletion_and_shares_ties() -> None:
+    rows = rank_techniques({"b": (0.1, 0.5), "a": (0.2, 0.6), "c": (0.3, 0.2), "d": (0.0, 0.1),
+                            "nan": (math.nan, 0.5)})
+    assert [r["technique"] for r in rows] == ["a", "b", "d", "c", "nan"]
+    assert [r["rank"] for r in rows] == [1, 1, 3, 4, None]
+    assert rows[0] == {"technique": "a", "deletion": 0.2, "insertion": 0.6, "score": pytest.approx(0.4), "rank": 1}
+
+
+# --- sanity on small models --------------------------------------------------------------------
+
+
+def test_spearman_matches_the_definition() -> None:
+    a = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 2.0, 3.0]])
+    np.testing.assert_allclose(spearman(a, a), [1, 1])
+    np.testing.assert_allclose(spearman(a, -a), [-1, -1])
+    # ties share their average rank: ranks (0.5, 0.5, 2, 3) vs (0, 1, 2, 3)
+    r = np.array([0.5, 0.5, 2, 3]) - 1.5
+    q = np.array([0, 1, 2, 3]) - 1.5
+    np.testing.assert_allclose(spearman(a[1:], a[:1]), [r @ q / math.sqrt((r @ r) * (q @ q))])
+    assert math.isnan(spearman(np.ones((1, 4)), a[:1])[0])
+
+
+def test_sanity_is_deterministic_leaves_the_model_alone_and_takes_params(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    before = snapshot(tiny_seq)
+    a = sanity(tiny_seq, tiny_x, "smoothgrad", 0, max_steps=None, seed=1,
+               technique_params={"seed": 2}, samples=2)
+    b = sanity(tiny_seq, tiny_x, "smoothgrad", 0, max_steps=None, seed=1,
+               technique_params={"seed": 2}, samples=2)
+    assert_untouched(tiny_seq, before)
+    np.testing.assert_array_equal(a.curve, b.curve)
+    assert a.curve.shape == (4, 4)  # 3 convolutions and the linear layer, one step each
+    assert [step for step in a.cascade] == [("11",), ("6",), ("3",), ("0",)]
+    np.testing.assert_allclose(a.control, 1.0)
+    c = sanity(tiny_seq, tiny_x, "gradcam", 0, layer="6", max_steps=2, seed=1)
+    assert c.cascade == (("11", "6"), ("3", "0"))
+    with pytest.raises(ValueError, match="given twice"):
+        sanity(tiny_seq, tiny_x, "smoothgrad", 0, technique_params={"samples": 2}, samples=3)
