@@ -21,17 +21,17 @@ from .cases import ORDER
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("attribution", "metrics", "synthesis", "rebuild")
 
-FULL = {"size": 224, "repeats": 5, "budget": 6.0, "images": 1,
+FULL = {"size": 224, "repeats": 5, "budget": 3.0, "images": 1,
         "settings": {"ig_steps": 100, "sg_samples": 50, "sg_sigma": 0.15, "syn_steps": 10},
         "cases": list(ORDER)}
 QUICK = {"size": 112, "repeats": 2, "budget": 1.0, "images": 1,
-         "settings": {"ig_steps": 16, "sg_samples": 8, "sg_sigma": 0.15, "syn_steps": 3},
+         "settings": {"ig_steps": 8, "sg_samples": 4, "sg_sigma": 0.15, "syn_steps": 3},
          "cases": [c for c in ORDER if c != "scorecam"]}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small settings (112 px, IG-16, SmoothGrad-8, no Score-CAM, "
+    p.add_argument("--quick", action="store_true", help="small settings (112 px, IG-8, SmoothGrad-4, no Score-CAM, "
                    "fewer repeats, 1-image rebuild): checks that everything runs")
     p.add_argument("--models", default="vgg16,resnet50", help="torchvision model names (default: %(default)s); "
                    "alexnet also works")
@@ -48,10 +48,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="galleryvis batch_size and the peers' internal "
                    "batch (default %(default)s)")
     p.add_argument("--repeats", type=int, help="timed calls after the warm-up, at most (default 5; quick 2)")
-    p.add_argument("--budget", type=float, help="seconds one measurement may spend on repeats (default 6; quick 1); "
+    p.add_argument("--budget", type=float, help="seconds one measurement may spend on repeats (default 3; quick 1); "
                    "a call slower than this runs once")
-    p.add_argument("--ig-steps", type=int, help="integrated gradients steps (default 100; quick 16)")
-    p.add_argument("--sg-samples", type=int, help="SmoothGrad samples (default 50; quick 8)")
+    p.add_argument("--ig-steps", type=int, help="integrated gradients steps (default 100; quick 8)")
+    p.add_argument("--sg-samples", type=int, help="SmoothGrad samples (default 50; quick 4)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
     p.add_argument("--seed", type=int, default=0, help="weights and noise seed (default %(default)s)")
     p.add_argument("--isolate", action="store_true", help="a fresh process per measurement (slower; the "

@@ -106,6 +106,7 @@ class TechniqueSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
     id: str = ""
     field: str = ""
+    layer: str | tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -134,6 +135,8 @@ class MetricsSpec:
     sanity: bool = True
     steps: int = 20
     substrate: Substrate = "zero"
+    sanity_steps: int = 3
+    sanity_techniques: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,14 @@ def check_against_models(manifest: Manifest, adapters: Mapping[str, Any]) -> lis
                 if layer not in adapter.module_names:
                     errors.append(
                         f"{label}: {model.field}.layers.{tech}: model {model.id!r} has no layer "
+                        f"{layer!r}{registry.suggest(layer, modules)} "
+                        f"(`galleryvis layers {model.name}` lists them)"
+                    )
+        for tech in manifest.techniques:
+            for layer in (tech.layer,) if isinstance(tech.layer, str) else tech.layer or ():
+                if layer not in adapter.module_names:
+                    errors.append(
+                        f"{label}: {tech.field}.layer: model {model.id!r} has no layer "
                         f"{layer!r}{registry.suggest(layer, modules)} "
                         f"(`galleryvis layers {model.name}` lists them)"
                     )
@@ -614,7 +625,7 @@ class _Parser:
         specs: list[TechniqueSpec] = []
         for i, entry in enumerate(self.array_of_tables(value, "techniques", "[[techniques]]")):
             where = f"techniques[{i}]"
-            table = self.table(entry, where, ("name", "id", "params"))
+            table = self.table(entry, where, ("name", "id", "params", "layer"))
             name = self.string(table, "name", where)
             if "name" not in table and isinstance(entry, Mapping):
                 self.error(where, "missing required key 'name' (`galleryvis techniques` lists them)")
@@ -629,7 +640,10 @@ class _Parser:
             params = self.params(tech, table.get("params", {}), f"{where}.params")
             if params is None:
                 continue
-            spec = TechniqueSpec(name, params, tech_id or name, where)
+            layer = None
+            if "layer" in table:
+                layer = self.layers({name: table["layer"]}, where).get(name)
+            spec = TechniqueSpec(name, params, tech_id or name, where, layer)
             if any(s.id == spec.id for s in specs):
                 self.error(where, f"duplicate technique id {spec.id!r}: give one of them a distinct "
                                   '`id = "..."` to list a technique twice')
@@ -652,14 +666,28 @@ class _Parser:
 
     def metrics(self, value: Any) -> MetricsSpec:
         where = "metrics"
-        table = self.table(value, where, ("enabled", "deletion_insertion", "sanity", "steps", "substrate"))
+        table = self.table(value, where, ("enabled", "deletion_insertion", "sanity", "steps", "substrate",
+                                          "sanity_steps", "sanity_techniques"))
         base = MetricsSpec()
+        chosen = table.get("sanity_techniques")
+        if chosen is not None:
+            if not isinstance(chosen, list) or not all(isinstance(n, str) for n in chosen):
+                self.error(f"{where}.sanity_techniques", f"expected an array of technique names, got {_toml_type(chosen)}")
+                chosen = None
+            else:
+                for n in chosen:
+                    if n not in registry.names("attribution"):
+                        self.error(f"{where}.sanity_techniques",
+                                   f"unknown technique {n!r}{registry.suggest(n, registry.names('attribution'))}")
+                chosen = tuple(chosen)
         return MetricsSpec(
             enabled=self.boolean(table, "enabled", where, base.enabled),
             deletion_insertion=self.boolean(table, "deletion_insertion", where, base.deletion_insertion),
             sanity=self.boolean(table, "sanity", where, base.sanity),
             steps=self.integer(table, "steps", where, low=2, high=1000, default=base.steps),  # type: ignore[arg-type]
             substrate=self.choice(table, "substrate", where, SUBSTRATES, base.substrate),  # type: ignore[arg-type]
+            sanity_steps=self.integer(table, "sanity_steps", where, low=1, high=100, default=base.sanity_steps),  # type: ignore[arg-type]
+            sanity_techniques=chosen,
         )
 
 
@@ -768,4 +796,6 @@ deletion_insertion = true                # deletion/insertion curves (Petsiuk et
 sanity = true                            # cascading model-randomization check (Adebayo et al. 2018)
 steps = 20                               # points per deletion/insertion curve
 substrate = "zero"                       # what deleted pixels become: "zero" (mean colour), "black" or "blur"
+sanity_steps = 3                         # randomization steps of the cascade (each recomputes the map)
+# sanity_techniques = ["vanilla", "gradcam"]   # default: every technique in the gallery
 '''

@@ -126,8 +126,9 @@ def deletion_insertion(
     Cost: ``2 * steps + 1`` forward passes per image (the unperturbed image is shared by both
     curves; with ``substrate="blur"`` the fully deleted and the empty insertion image are one
     forward too, ``2 * steps``). They run under ``torch.inference_mode`` in batches of
-    ``batch_size``, with the model in eval mode (restored afterwards). The result is a
-    deterministic function of the inputs, the maps and ``batch_size``.
+    ``batch_size`` that never mix images, with the model in eval mode (restored afterwards).
+    Each image's result is a deterministic function of that image, its map, the target, the
+    protocol and ``batch_size``: bit-identical whatever other images share the call.
 
     Args:
         model: classifier returning logits (N, classes).
@@ -198,9 +199,9 @@ def deletion_insertion(
                     return ("orig", i)
             return (curve, i, k)
 
-        slots = {(curve, i, k): key(curve, i, k) for curve in ("del", "ins") for i in range(n)
+        slots = {(curve, i, k): key(curve, i, k) for i in range(n) for curve in ("del", "ins")
                  for k in range(steps + 1)}
-        jobs = list(dict.fromkeys(slots.values()))
+        jobs = list(dict.fromkeys(slots.values()))  # grouped by image
 
         def make(job: tuple[Any, ...]) -> Tensor:
             kind, i = job[0], job[1]
@@ -213,9 +214,12 @@ def deletion_insertion(
             mask = ranks[i] < counts[job[2]]  # (H, W): the top-ranked pixels
             return torch.where(mask, sub[i], x[i]) if kind == "del" else torch.where(mask, x[i], blurred[i])
 
+        # Batches never mix images, so an image's scores do not depend on the other images
+        # of the call (bit-identical whatever it is scored with).
+        chunks = [chunk for i in range(n) for per in [[j for j in jobs if j[1] == i]]
+                  for chunk in (per[lo:lo + batch_size] for lo in range(0, len(per), batch_size))]
         values: dict[tuple[Any, ...], float] = {}
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start:start + batch_size]
+        for chunk in chunks:
             logits = _logits(model, torch.stack([make(j) for j in chunk])).float()
             t = targets[[j[1] for j in chunk]]
             out = logits.softmax(1) if score == "probability" else logits

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import postprocess, registry
+from . import postprocess, registry, scoring
 from .cache import Cache, CacheWarning, atomic_write, cache_key
 from .engine import attribute_many
 from .images import file_sha256, fit, load_image
 from .manifest import Manifest, ManifestError, TechniqueSpec, check_against_models
 from .models import ModelAdapter, ModelError, choose_device, load_model
 from .naming import unique_slugs
-from .records import Cell, Gallery, ImageRecord, ModelRecord, Prediction, TechniqueRecord, Variant
+from .records import Cell, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, TechniqueRecord, Variant
 from .sitefiles import build_lock, staged
 
 #: Techniques shown with a diverging colormap centred at zero.
@@ -83,6 +83,8 @@ class _Job:
     result: np.ndarray | None = None
     error: str = ""
     cached: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Progress:
@@ -173,8 +175,11 @@ def _predictions(adapter: ModelAdapter, images: list[_Img], cache: Cache) -> dic
     return out
 
 
-def _layer(adapter: ModelAdapter, tech: registry.Technique) -> Any:
-    chosen = adapter.layer_for(tech.name)
+def _layer(adapter: ModelAdapter, tspec: TechniqueSpec) -> Any:
+    """The technique entry's own layer, else the model's layer for that technique, else the
+    model's default CAM layer for techniques that need one."""
+    tech = registry.get(tspec.name)
+    chosen = tspec.layer if tspec.layer is not None else adapter.layer_for(tech.name)
     if chosen is None and tech.layer in ("one", "many"):
         chosen = adapter.default_layer()
     if tech.layer == "many" and isinstance(chosen, str):
@@ -195,7 +200,7 @@ def plan(manifest: Manifest, adapters: dict[str, ModelAdapter], images: list[_Im
         for tspec in manifest.techniques:
             tech = registry.get(tspec.name)
             params = registry.resolve_params(tech, tspec.params)
-            layer = _layer(adapter, tech)
+            layer = _layer(adapter, tspec)
             for img in images:
                 target = _target_index(adapter, img.target, int(preds[spec.id][img.id].argmax()))
                 key = cache_key(kind="map", image=img.sha, model=adapter.name, fingerprint=adapter.fingerprint,
@@ -317,10 +322,11 @@ def _cell_record(job: _Job, out: Path, manifest: Manifest, image_pil: Image.Imag
     for key, vlabel, pic in pics:
         rel = f"img/{job.model.id}/{job.image.id}/{job.tech.id}-{key}.png"
         src, thumb = _save(pic, out, rel)
-        alt = f"{tech.summary.split('.')[0]}: {job.tech.id} {vlabel.lower()}, model {job.model.id}, " \
+        alt = f"{_title(job.tech.id, tech.name)} {vlabel.lower()}, model {job.model.id}, " \
               f"image {job.image.name}, class {label} ({job.target})"
         variants.append(Variant(key, vlabel, src, thumb, alt))
-    return Cell(job.model.id, job.image.id, job.tech.id, job.target, label, "ok", variants=variants)
+    return Cell(job.model.id, job.image.id, job.tech.id, job.target, label, "ok", variants=variants,
+                metrics=dict(job.metrics), curves=dict(job.curves))
 
 
 def _technique_records(manifest: Manifest) -> list[TechniqueRecord]:
@@ -380,6 +386,10 @@ def build(manifest: Manifest, opts: Options) -> Summary:
         progress = Progress(len(todo), opts.quiet)
         try:
             _compute(todo, opts.batch_size, cache, progress, opts.fail_fast, summary.seconds)
+            t_scores = time.perf_counter()
+            rankings = scoring.score(jobs, manifest.metrics, cache, opts.batch_size, progress)
+            if manifest.metrics.enabled:
+                summary.seconds["metrics"] = time.perf_counter() - t_scores
         finally:
             progress.close()
         summary.computed = sum(1 for j in todo if not j.error)
@@ -387,7 +397,7 @@ def build(manifest: Manifest, opts: Options) -> Summary:
         summary.failed = sum(1 for j in jobs if j.error)
         summary.failures = [f"{j.model.id} / {j.image.name} / {j.tech.id}: {j.error}" for j in jobs if j.error]
         summary.total_seconds = time.perf_counter() - t_start
-        _write_site(manifest, adapters, images, jobs, preds, summary, out)
+        _write_site(manifest, adapters, images, jobs, preds, rankings, summary, out)
     return summary
 
 
@@ -408,7 +418,8 @@ def _plan_lines(jobs: list[_Job]) -> list[str]:
 
 
 def _write_site(manifest: Manifest, adapters: dict[str, ModelAdapter], images: list[_Img], jobs: list[_Job],
-                preds: dict[str, dict[str, np.ndarray]], summary: Summary, out: Path) -> None:
+                preds: dict[str, dict[str, np.ndarray]], rankings: list[Ranking], summary: Summary,
+                out: Path) -> None:
     from .render import render_site
 
     with staged(out) as tmp:
@@ -424,7 +435,7 @@ def _write_site(manifest: Manifest, adapters: dict[str, ModelAdapter], images: l
                     for i, p in preds[spec.id].items()}
             layers = {}
             for t in manifest.techniques:
-                lay = _layer(a, registry.get(t.name))
+                lay = _layer(a, t)
                 if lay is not None:
                     layers[t.id] = lay if isinstance(lay, str) else ", ".join(lay)
             model_records.append(ModelRecord(a.id, a.name, a.description, top5, layers))
@@ -436,7 +447,7 @@ def _write_site(manifest: Manifest, adapters: dict[str, ModelAdapter], images: l
                 fitted[(job.image.id, size)] = fit(job.image.pil, size)
             cells.append(_cell_record(job, tmp, manifest, fitted[(job.image.id, size)]))
         gallery = Gallery(manifest.gallery.title, manifest.gallery.description, image_records, model_records,
-                          _technique_records(manifest), cells, [],
+                          _technique_records(manifest), cells, rankings,
                           {"computed": summary.computed, "cached": summary.cached, "failed": summary.failed})
         render_site(gallery, tmp)
         timings = {"summary": {"computed": summary.computed, "cached": summary.cached, "failed": summary.failed,

@@ -75,6 +75,7 @@ class Cell:
     metrics: dict[str, float] = field(default_factory=dict)
     trace: list[float] = field(default_factory=list)
     plot: str = ""  # relative path of a small SVG/PNG plot (objective or metric curves)
+    curves: dict[str, list[float]] = field(default_factory=dict)  # e.g. deletion / insertion
 
 
 @dataclass(frozen=True)

@@ -287,6 +287,7 @@ class Slot:
     spark_label: str = ""
     plot: str = ""
     error: str = ""
+    curves: list[tuple[str, Sparkline]] = field(default_factory=list)
 
 
 @dataclass
@@ -441,6 +442,9 @@ class _Site:
                 f"Objective per step of {tech.title}, model {col.model.name}, image {col.image.name}"
             )
             slot.plot = cell.plot if plots else ""
+            if plots:
+                slot.curves = [(name, sp) for name, values in sorted(cell.curves.items())
+                               if (sp := sparkline(values)) is not None]
         return slot
 
     def model_tables(self, model: ModelRecord) -> list[tuple[str, Table]]:

@@ -82,12 +82,11 @@ def tiny_seq() -> nn.Sequential:
 def tiny_shared() -> tuple[TinyNet, TinyNet]:
     """(net with one in-place ReLU called three times, the same net with separate ReLUs)."""
     shared = _seeded(lambda: TinyNet(shared=True))
+    with torch.no_grad():  # non-trivial BN statistics
+        shared.bn1.running_mean.uniform_(-0.2, 0.2)
+        shared.bn1.running_var.uniform_(0.5, 1.5)
     separate = TinyNet(shared=False).eval()
     separate.load_state_dict(shared.state_dict())
-    with torch.no_grad():  # non-trivial BN statistics
-        for net in (shared, separate):
-            net.bn1.running_mean.uniform_(-0.2, 0.2)
-            net.bn1.running_var.uniform_(0.5, 1.5)
     return shared, separate
 
 

@@ -29,7 +29,7 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa:
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 R_MIN = 0.99
-IG_STEPS = 8
+IG_STEPS = 4
 #: Techniques computed in one attribute_many call per model (sharing their passes).
 SHARED = ["vanilla", "grad_x_image", "guided_backprop", "deconvnet", "integrated_gradients",
           "gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam", "guided_gradcam"]
@@ -144,13 +144,13 @@ def test_integrated_gradients(case: Case) -> None:
 
 
 @pytest.mark.parametrize("method", ["riemann_trapezoid", "riemann_middle"])
-def test_integrated_gradients_methods_and_baseline(resnet18: nn.Module, photos112: Tensor, method: str) -> None:
+def test_integrated_gradients_methods_and_baseline(resnet18: nn.Module, photos64: Tensor, method: str) -> None:
     black = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, galleryvis.IMAGENET_STD)])[None, :, None, None]
-    ours = galleryvis.attribute(resnet18, photos112, "integrated_gradients", [1, 2], steps=6,
+    ours = galleryvis.attribute(resnet18, photos64, "integrated_gradients", [1, 2], steps=4,
                                 method=method, baseline="black")
     with frozen(resnet18):
         ref = captum_attr.IntegratedGradients(resnet18).attribute(
-            photos112, baselines=black.expand_as(photos112), target=[1, 2], n_steps=6, method=method)
+            photos64, baselines=black.expand_as(photos64), target=[1, 2], n_steps=4, method=method)
     check(f"integrated_gradients {method} black/resnet18", pearson(ours, ref))
 
 
@@ -203,12 +203,12 @@ def test_guided_and_deconv(case: Case, name: str, cls: str) -> None:
         check(f"{name}/{case.name}", pearson(case.ours[name], case.captum(cls)))
 
 
-def test_guided_reference_matches_captum_on_relu_nets(resnet18: nn.Module, photos112: Tensor) -> None:
+def test_guided_reference_matches_captum_on_relu_nets(resnet18: nn.Module, photos64: Tensor) -> None:
     """The hand-written reference used for Lite0 is captum's rule where captum applies."""
     with frozen(resnet18):
         for deconv, cls in ((False, "GuidedBackprop"), (True, "Deconvolution")):
-            ref = guided_reference(resnet18, photos112, [3, 4], deconv)
-            cap = getattr(captum_attr, cls)(resnet18).attribute(photos112.clone(), target=[3, 4])
+            ref = guided_reference(resnet18, photos64, [3, 4], deconv)
+            cap = getattr(captum_attr, cls)(resnet18).attribute(photos64.clone(), target=[3, 4])
             torch.testing.assert_close(ref, cap, rtol=1e-4, atol=1e-6)
 
 
@@ -294,11 +294,11 @@ def test_scorecam_paper_on_lite0(lite0: nn.Module, photos224: Tensor) -> None:
     check("scorecam paper/lite0 _blocks.4", pearson(ours, scorecam_reference(lite0, x, target, layer)))
 
 
-def test_scorecam_gradcam_weighting(resnet18: nn.Module, photos112: Tensor) -> None:
+def test_scorecam_gradcam_weighting(resnet18: nn.Module, photos64: Tensor) -> None:
     """``weighting="gradcam"`` reproduces pytorch-grad-cam's ScoreCAM (random net)."""
-    ours = galleryvis.attribute(resnet18, photos112, "scorecam", [7, 8], layer="layer1", weighting="gradcam")
+    ours = galleryvis.attribute(resnet18, photos64, "scorecam", [7, 8], layer="layer1", weighting="gradcam")
     with frozen(resnet18), pgc.ScoreCAM(model=resnet18, target_layers=[resnet18.layer1]) as cam:
-        ref = cam(input_tensor=photos112.clone(), targets=[ClassifierOutputTarget(t) for t in (7, 8)])
+        ref = cam(input_tensor=photos64.clone(), targets=[ClassifierOutputTarget(t) for t in (7, 8)])
     check("scorecam weighting=gradcam/resnet18 layer1", pearson(ours, ref))
 
 
@@ -309,11 +309,11 @@ def test_scorecam_gradcam_weighting(resnet18: nn.Module, photos112: Tensor) -> N
     ("vargrad", "vargrad", "vanilla", "Saliency"),
     ("mean", "smoothgrad", "guided_backprop", "GuidedBackprop"),
 ])
-def test_smoothgrad_matches_noise_tunnel(resnet18: nn.Module, photos112: Tensor,
+def test_smoothgrad_matches_noise_tunnel(resnet18: nn.Module, photos64: Tensor,
                                          variant: str, nt_type: str, base: str, cls: str) -> None:
     """Identical noise: one image, all samples in one draw from a generator seeded like captum's
     global RNG; sigma is a fraction of the image's range, captum's stdev absolute."""
-    x, samples, sigma, seed = photos112[:1], 8, 0.15, 3
+    x, samples, sigma, seed = photos64[:1], 8, 0.15, 3
     ours = galleryvis.attribute(resnet18, x, "smoothgrad", 9, samples=samples, sigma=sigma,
                                 variant=variant, base=base, seed=seed, batch_size=samples)
     kw = {"abs": False} if cls == "Saliency" else {}

@@ -54,19 +54,19 @@ def default_photos() -> Tensor:
 
 @pytest.fixture(scope="module")
 def lite0_scores(lite0: nn.Module, default_photos: Tensor) -> dict:
-    """Deletion / insertion of Grad-CAM and both baselines on every default photo, in one call,
-    then the random map once more in a call of its own (same inputs, same batch size)."""
+    """Deletion / insertion of Grad-CAM and the random map on every default photo, in one call,
+    then the random map once more in a call of its own (same inputs, same batch size). (The
+    centre-Gaussian baseline is left out to save forwards; docs/metrics.md has its numbers.)"""
     n = len(default_photos)
     with torch.inference_mode():
         top1 = lite0(default_photos).argmax(1).tolist()
     maps = {
         "gradcam": attribute(lite0, default_photos, "gradcam", top1),
         "random": random_map((n, 1, 224, 224), seed=0),
-        "center": center_gaussian_map((n, 1, 224, 224)),
     }
     before = snapshot(lite0)
-    together = deletion_insertion(lite0, default_photos.repeat(3, 1, 1, 1), torch.cat(list(maps.values())),
-                                  top1 * 3, steps=STEPS)
+    together = deletion_insertion(lite0, default_photos.repeat(2, 1, 1, 1), torch.cat(list(maps.values())),
+                                  top1 * 2, steps=STEPS)
     again = deletion_insertion(lite0, default_photos, maps["random"].clone(), top1, steps=STEPS)
     assert_untouched(lite0, before)
     per = {name: (together.deletion_auc[i * n:(i + 1) * n], together.insertion_auc[i * n:(i + 1) * n])
@@ -84,29 +84,30 @@ def test_aucs_are_probabilities_and_curves_start_and_end_where_they_must(lite0_s
     r = lite0_scores["together"]
     for a in (r.deletion_auc, r.insertion_auc, r.deletion_curve, r.insertion_curve):
         assert np.isfinite(a).all() and (a >= 0).all() and (a <= 1).all()
-    assert r.deletion_curve.shape == r.insertion_curve.shape == (3 * lite0_scores["n"], STEPS + 1)
+    assert r.deletion_curve.shape == r.insertion_curve.shape == (2 * lite0_scores["n"], STEPS + 1)
     # round(k / steps * H * W) pixels at point k
     np.testing.assert_allclose(r.fractions, np.linspace(0, 1, STEPS + 1), atol=1 / 224**2)
     # The unperturbed image opens the deletion curve and closes the insertion curve.
     np.testing.assert_array_equal(r.deletion_curve[:, 0], r.insertion_curve[:, -1])
     np.testing.assert_allclose(r.deletion_auc, auc(r.deletion_curve))
-    assert r.targets.tolist() == lite0_scores["top1"] * 3
+    assert r.targets.tolist() == lite0_scores["top1"] * 2
     for word in (f"{STEPS} steps", "zeros of the normalized tensor", "sigma 5", "softmax probability"):
         assert word in r.protocol
-    assert r.protocol in r.describe(0) and str(r).count(r.protocol) == 3 * lite0_scores["n"]
+    assert r.protocol in r.describe(0) and str(r).count(r.protocol) == 2 * lite0_scores["n"]
 
 
 def test_identical_inputs_give_identical_aucs(lite0_scores: dict) -> None:
     rnd_del, rnd_ins = lite0_scores["per"]["random"]
     again = lite0_scores["random_again"]
-    # Same images and map, but scored in another call and other batch positions: equal up to
-    # float rounding of the batched convolutions ...
-    np.testing.assert_allclose(again.deletion_auc, rnd_del, atol=1e-5)
-    np.testing.assert_allclose(again.insertion_auc, rnd_ins, atol=1e-5)
+    # Same images and map, scored in another call next to other images: bit-identical.
+    np.testing.assert_array_equal(again.deletion_auc, rnd_del)
+    np.testing.assert_array_equal(again.insertion_auc, rnd_ins)
+    n = lite0_scores["n"]
+    np.testing.assert_array_equal(again.deletion_curve, lite0_scores["together"].deletion_curve[n:])
 
 
 def test_identical_calls_are_bit_identical(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
-    # ... and bit-identical when the call is repeated as is.
+    # A repeated call is bit-identical too.
     maps = random_map(tiny_x.shape, seed=3)
     a = deletion_insertion(tiny_seq, tiny_x, maps, None, steps=8, batch_size=5)
     b = deletion_insertion(tiny_seq, tiny_x.clone(), maps.clone(), None, steps=8, batch_size=5)
@@ -120,11 +121,7 @@ def test_a_map_equal_to_the_random_baseline_ranks_last(lite0_scores: dict) -> No
     means = {name: (float(d.mean()), float(i.mean())) for name, (d, i) in per.items()}
     means["imposter"] = (float(again.deletion_auc.mean()), float(again.insertion_auc.mean()))
     rows = rank_techniques(means)
-    assert [r["technique"] for r in rows][:2] in (["center", "gradcam"], ["gradcam", "center"])
-    bottom = {r["technique"] for r in rows[2:]}
-    assert bottom == {"random", "imposter"}
-    rank = {r["technique"]: r["rank"] for r in rows}
-    assert rank["imposter"] >= 3 and abs(rows[2]["score"] - rows[3]["score"]) < 1e-5
+    assert [(r["technique"], r["rank"]) for r in rows] == [("gradcam", 1), ("imposter", 2), ("random", 2)]
 
 
 # --- sanity on the real Lite0 ------------------------------------------------------------------
@@ -217,7 +214,9 @@ def test_batches_respect_batch_size_and_model_mode_is_restored(tiny_shared: tupl
     finally:
         handle.remove()
         net.eval()
-    assert max(sizes) <= 4 and sum(sizes) == 3 * 7 + 0  # targets given: no extra forward
+    # 2 * 3 + 1 images per map, in batches of at most 4 that never mix images; targets given,
+    # so no extra forward for them.
+    assert sizes == [4, 3] * 3
     assert r.targets.tolist() == [1, 2, 3]
     assert net.relu.inplace is True
 

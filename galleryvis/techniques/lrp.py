@@ -1,36 +1,53 @@
 """Layer-wise relevance propagation (Bach et al. 2015; rules after Montavon et al. 2019).
 
 Implemented the zennit way: relevance travels backwards as the "gradient" of one autograd
-pass, starting from the target logit (one-hot times the logit). During the forward, a hook
-on every leaf module hands the output of each linear layer (convolution, ``Linear``, a
-convolution with its BatchNorm folded in, average pooling) to an autograd function whose
-backward applies the layer's rule, e.g. for epsilon::
+pass, starting from the target logit (one-hot times the logit). What flows backwards is the
+relevance itself, so every operation whose ordinary gradient is not already its LRP rule gets
+an autograd function whose backward applies the rule, e.g. for epsilon::
 
     R_in = x * W^T (R_out / (z + eps sign z))
 
 computed functionally from the layer's own frozen parameters (modified copies of a weight
-exist only inside that layer's backward): no module is copied, changed or given attributes,
-and every hook is removed in a ``finally``, also when the call raises. ReLU, max pooling,
-dropout, flatten and identity keep their ordinary gradient, which is already their LRP rule
-(identity on relevance, winner-take-all, a reshape); ``ReLU6`` passes relevance unchanged.
+exist only inside that backward): no module is copied, changed or given attributes.
 
-Which models: a *chain* of supported modules, each receiving exactly the previous module's
-output (functional reshapes such as ``torch.flatten`` and functional ReLU / max pooling
-between modules are fine): torchvision's AlexNet and every VGG, with or without BatchNorm.
-The same hooks check this as the forward runs, following each module's input through the
-autograd graph back to the previous module's output; a residual add (ResNet), a
-concatenation (Inception, DenseNet), an unsupported module type or a container with
-parameters of its own raises a :class:`~galleryvis.hooks.LayerError` naming the module.
-(captum returns relevance on ResNet-50 without complaint, but it is not LRP relevance there.)
+Which operations get which rule is decided per *operation*, not per module: during the one
+forward, a :class:`~torch.overrides.TorchFunctionMode` sees every torch function the model
+calls, in module code and in ``forward`` code alike, and
+
+- convolutions (any ``groups``, so depthwise too; ``F.pad`` before them, as in TF-style
+  "SAME" convolutions, is a routing op below) and ``linear`` get the layer's rule, with the
+  arguments of that very call: a ``Conv2d`` subclass that pads first is handled without
+  knowing its class;
+- ``batch_norm`` right after one of them is folded into it (canonization);
+- average pooling, ``mean``, ``sum`` and interpolation (parameter-free linear maps) get the
+  epsilon rule through the op itself;
+- additions (``h + x``, ``out += identity``: residual connections) split the relevance of
+  the sum z = a + b in proportion to the contributions, R_a = a R_z / (z + eps sign z): the
+  plain gradient of an add would hand all of R_z to *both* terms and double it;
+- ``hardtanh`` / ``relu6`` and scaling by a constant pass relevance unchanged;
+- ReLU, max pooling, reshapes, indexing, padding, concatenation and dropout keep their
+  ordinary gradient, which routes relevance (a mask, winner-take-all, a crop or a split);
+- anything else that depends on the input (a product of two activations as in
+  squeeze-excitation, GELU, sigmoid, softmax, LayerNorm, ...) raises a
+  :class:`~galleryvis.hooks.LayerError` naming the module whose forward does it.
+
+In-place operations are computed out of place (``out += identity`` rebinds ``out``); a
+tensor used again after an in-place change raises. A check of the finished autograd graph
+makes sure that every node on the way from the logits to the input came from an operation
+seen here (a custom autograd Function or a scripted module would not be). Module forward
+hooks only track which module is running, for error messages; they and the mode are removed
+on exit, also when the forward raises.
 """
 from __future__ import annotations
 
+import sys
 from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from ..engine import IMAGENET_MEAN, IMAGENET_STD, Context
 from ..hooks import LayerError, capture
@@ -38,35 +55,47 @@ from ..registry import technique
 
 RULES = ("epsilon", "gamma", "alpha_beta", "zplus", "composite")
 
-#: Linear layers with an LRP rule (exact types: a subclass may compute something else).
-_CONV = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
-_DENSE = (nn.Linear,)
-#: Folded into the convolution / Linear that feeds them (canonization, Montavon et al. 2019 §10.3).
-_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-#: Parameter-free linear layers: the epsilon rule on the module's own forward.
-_AVG = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-        nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-#: Element-wise activations: relevance passes unchanged (identity backward).
-_ACT = (nn.ReLU6,)
-#: Their ordinary gradient is the LRP rule: winner-take-all for max pooling, identity or a
-#: reshape for the others (dropout is the identity in eval mode, which the engine sets).
-#: ReLU's gradient is the identity on relevance too: relevance is zero wherever an
-#: activation is zero (every rule multiplies by the layer input), which is where it masks.
-_GRAD = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-         nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-         nn.FeatureAlphaDropout, nn.Flatten, nn.Unflatten, nn.Identity)
+# -- operations, by the name of the torch function (in-place variants are mapped to these) ---
+#: Convolutions and linear layers: the layer's rule.
+_AFFINE = frozenset({"conv1d", "conv2d", "conv3d", "linear"})
+#: Folded into the convolution / Linear whose output it receives (Montavon et al. 2019 §10.3).
+_NORM = frozenset({"batch_norm"})
+#: Parameter-free linear maps: the epsilon rule through the op itself.
+_LINEAR_OPS = frozenset({"avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+                         "adaptive_avg_pool2d", "adaptive_avg_pool3d", "mean", "sum", "interpolate",
+                         "upsample", "upsample_bilinear", "upsample_nearest"})
+#: Sums: the proportional split (residual connections).
+_SUM = frozenset({"add", "sub", "rsub"})
+#: Relevance passes unchanged: bounded ReLUs, and scaling by a constant (one activation).
+_PASS = frozenset({"hardtanh", "relu6", "mul", "div", "neg"})
+#: The ordinary gradient is the LRP rule: ReLU masks where relevance is zero anyway (every
+#: rule multiplies by the layer input), max pooling is winner-take-all.
+_GRAD = frozenset({"relu", "threshold", "max_pool1d", "max_pool2d", "max_pool3d",
+                   "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
+                   "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d"})
+#: Routing: values moved, copied or dropped unchanged (dropout is the identity in eval mode,
+#: which the engine sets). The gradient routes relevance, and the pixel bounds of the box rule
+#: follow the image through these.
+_ROUTE = frozenset({"view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute",
+                    "transpose", "swapaxes", "t", "T", "mT", "movedim", "squeeze", "unsqueeze",
+                    "contiguous", "clone", "to", "float", "double", "half", "bfloat16", "type_as",
+                    "__getitem__", "narrow", "select", "expand", "expand_as", "repeat", "pad",
+                    "cat", "concat", "concatenate", "stack", "split", "chunk", "unbind", "flip",
+                    "roll", "channel_shuffle", "pixel_shuffle", "pixel_unshuffle", "dropout",
+                    "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"})
+#: Dunder methods -> op names (``__iadd__`` is ``add`` in place).
+_DUNDER = {"add": "add", "radd": "add", "sub": "sub", "rsub": "rsub", "mul": "mul", "rmul": "mul",
+           "truediv": "div", "div": "div", "neg": "neg", "getitem": "__getitem__",
+           "rtruediv": "rdiv", "matmul": "matmul", "rmatmul": "matmul"}
+#: Position of the ``inplace`` flag of functional activations (``F.relu(x, True)``).
+_INPLACE_ARG = {"relu": 1, "relu6": 1, "hardtanh": 3, "threshold": 3, "dropout": 3,
+                "dropout1d": 3, "dropout2d": 3, "dropout3d": 3, "alpha_dropout": 3,
+                "feature_alpha_dropout": 3}
 
-#: autograd nodes allowed between two modules of the chain: reshapes, and element-wise or
-#: pooling ops whose gradient is their LRP rule (functional ReLU, max pooling).
-_LINK_OPS = {"ViewBackward", "ReshapeAliasBackward", "UnsafeViewBackward", "CloneBackward",
-             "SqueezeBackward", "UnsqueezeBackward", "PermuteBackward", "TransposeBackward",
-             "AliasBackward", "ReluBackward", "ThresholdBackward",
-             "MaxPool1DWithIndicesBackward", "MaxPool2DWithIndicesBackward",
-             "MaxPool3DWithIndicesBackward", "AdaptiveMaxPool2DBackward", "AdaptiveMaxPool3DBackward"}
-
-_SUPPORTED = ("Conv1d/2d/3d, Linear, BatchNorm right after a conv/Linear (folded), ReLU, ReLU6, "
-              "max and average pooling (also adaptive), dropout, Flatten, Unflatten, Identity")
+_SUPPORTED = ("convolutions (grouped and depthwise too, after F.pad or not), Linear, BatchNorm "
+              "after a convolution/Linear (folded), additions (residual connections), ReLU, "
+              "ReLU6/Hardtanh, max and average pooling (also adaptive), mean, interpolation, "
+              "scaling by constants, dropout, reshapes, indexing, padding and concatenation")
 
 #: Stabilizer of the denominators of the non-epsilon rules (a guard against 0/0 only).
 _TINY = 1e-9
@@ -170,23 +199,26 @@ def box_rule(f: Affine, w: Tensor, low: Tensor, high: Tensor) -> Rule:
     return rule
 
 
-def pool_rule(module: nn.Module, eps: float) -> Rule:
-    """Epsilon rule on a parameter-free linear layer (average pooling), through its forward
-    (``.forward``, not ``__call__``: our own hooks must not fire here)."""
-    f = Affine(lambda x, _w, _b: module.forward(x))
+def linear_op_rule(fn: Callable[[Tensor], Tensor], eps: float) -> Rule:
+    """Epsilon rule on a parameter-free linear map ``fn`` (average pooling, mean, interpolation)."""
+    f = Affine(lambda x, _w, _b: fn(x))
 
     def rule(x: Tensor, z: Tensor, r: Tensor) -> Tensor:
         return x * f.t(r / _stab(z, eps), x, x)
     return rule
 
 
+def pass_rule(x: Tensor, z: Tensor, r: Tensor) -> Tensor:  # noqa: ARG001
+    """Relevance passed unchanged (summed where ``x`` was broadcast)."""
+    return r.sum_to_size(x.shape)
+
+
 class _Relevance(torch.autograd.Function):
-    """Forward: the layer's output, already computed, returned as itself. Backward: the
-    layer's LRP rule.
+    """Forward: the op's output, already computed, returned as itself. Backward: its LRP rule.
 
     ``mark_dirty`` on a detached alias gives the output this function as its history without
-    a copy, and without keeping the layer's own graph alive (it is never used). Views and
-    outputs that are the input itself are copied first: their version counter is shared."""
+    a copy, and without keeping the op's own graph alive. Views and outputs that are the
+    input itself are copied first: their version counter is shared."""
 
     @staticmethod
     def forward(ctx, x: Tensor, z: Tensor, rule: Rule) -> Tensor:  # type: ignore[override]
@@ -208,184 +240,384 @@ class _Relevance(torch.autograd.Function):
         return ctx.rule(x, z, r), None, None
 
 
-class _Pass(torch.autograd.Function):
-    """Forward: the activation's output. Backward: relevance passed through unchanged."""
+class _Sum(torch.autograd.Function):
+    """Forward: z = const + sum_i c_i t_i. Backward: R_i = c_i t_i R_z / (z + eps sign z),
+    the epsilon rule of a layer with unit weights; ``const`` (a bias) keeps its share."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, out: Tensor) -> Tensor:  # type: ignore[override]  # noqa: ARG004
-        return out.clone()
+    def forward(ctx, const: Tensor | float, coefs: tuple[float, ...], eps: float,  # type: ignore[override]
+                *terms: Tensor) -> Tensor:
+        z = const
+        for c, t in zip(coefs, terms):
+            z = z + (t if c == 1 else c * t)
+        ctx.coefs, ctx.eps = coefs, eps
+        ctx.save_for_backward(z, *terms)
+        return z
 
     @staticmethod
-    def backward(ctx, r: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return r, None
+    def backward(ctx, r: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        z, *terms = ctx.saved_tensors
+        s = r / _stab(z, ctx.eps)
+        return (None, None, None,
+                *[((t if c == 1 else c * t) * s).sum_to_size(t.shape) for c, t in zip(ctx.coefs, terms)])
 
 
-# -- the chain ----------------------------------------------------------------------------------
-def _kind(m: nn.Module) -> str | None:
-    t = type(m)
-    if t in _CONV:
-        return "affine" if m.padding_mode == "zeros" else None
-    if t in _DENSE:
-        return "affine"
-    if t in _NORM:
-        return "norm" if m.running_mean is not None else None
-    return "avg" if t in _AVG else "act" if t in _ACT else "grad" if t in _GRAD else None
+# -- the forward, watched -----------------------------------------------------------------------
+def _tensors(tree: Any) -> list[Tensor]:
+    """The tensors in an op's arguments or result (one level of lists / tuples / dicts)."""
+    items = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, (list, tuple)) else (tree,)
+    out = []
+    for a in items:
+        if isinstance(a, Tensor):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out += [t for t in a if isinstance(t, Tensor)]
+    return out
 
 
-def _unsupported(name: str, m: nn.Module, why: str = "") -> LayerError:
-    return LayerError(f"lrp cannot propagate relevance through {name!r} ({type(m).__name__}){why}; "
-                      f"it supports chains of {_SUPPORTED}")
+def _op_name(func: Callable[..., Any]) -> tuple[str, bool]:
+    """The op's name with in-place variants mapped to their op (``add_``, ``__iadd__`` -> add),
+    and whether the call is an in-place variant."""
+    name = getattr(func, "__name__", "")
+    if name == "__get__":  # a property such as x.T
+        return str(getattr(getattr(func, "__self__", None), "__name__", name)), False
+    if name.startswith("__") and name.endswith("__"):
+        core = name[2:-2]
+        if core[:1] == "i" and core[1:] in _DUNDER:
+            return _DUNDER[core[1:]], True
+        return _DUNDER.get(core, name), False
+    if name.endswith("_") and not name.startswith("_"):
+        return name[:-1], True
+    return name, False
 
 
-def _link(node: object, target: object) -> str | None:
-    """Follow ``node`` back through reshape-like autograd nodes to ``target``.
-    Returns None when it gets there, else the name of the first other node met."""
-    while node is not target:
-        if node is None:
-            return "a tensor that does not depend on the previous module"
-        op = type(node).__name__.rstrip("0123456789")
-        nxt = [n for n, _ in node.next_functions if n is not None]  # type: ignore[attr-defined]
-        if op not in _LINK_OPS or len(nxt) != 1:
-            return op
-        node = nxt[0]
-    return None
+def _bind(names: Sequence[str], args: Sequence[Any], kwargs: dict[str, Any],
+          defaults: dict[str, Any]) -> dict[str, Any]:
+    return {**defaults, **dict(zip(names, args)), **kwargs}
 
 
-def _affine(layer: nn.Module, bn: nn.Module | None = None) -> tuple[Affine, Tensor, Tensor | None]:
-    """The layer's affine map and parameters, with ``bn`` folded in (nothing is modified)."""
-    w, b = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
-    if isinstance(layer, nn.Linear):
-        f = Affine(F.linear, lambda s, w, _x: s @ w)
-    else:
-        conv, c = _CONV[type(layer)], layer
-        grad_input = getattr(torch.nn.grad, f"conv{w.dim() - 2}d_input")
-
-        def transpose(s: Tensor, w: Tensor, x: Tensor) -> Tensor:
-            return grad_input(x.shape, w, s, c.stride, c.padding, c.dilation, c.groups)
-        f = Affine(lambda x, w, b: conv(x, w, b, c.stride, c.padding, c.dilation, c.groups),
-                   None if isinstance(c.padding, str) else transpose)
-    if bn is not None:
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.detach()
-        shift = -bn.running_mean * scale + (0 if bn.bias is None else bn.bias.detach())
-        w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
-        b = shift if b is None else b * scale + shift
-    return f, w, b
+def _substitute(args: tuple[Any, ...], kwargs: dict[str, Any], old: Tensor, new: Tensor
+                ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def sub(a: Any) -> Any:
+        if a is old:
+            return new
+        if isinstance(a, (list, tuple)):
+            return type(a)(new if t is old else t for t in a)
+        return a
+    return tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}
 
 
-def _bounds(x: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
-    """Lowest and highest possible values of the first layer's input ``x``, element-wise.
-
-    For 3-channel images: the ImageNet-normalized [0, 1] pixel range, reshaped like ``x``
-    when only reshapes lie between the image and the layer (``Flatten`` before a Linear);
-    otherwise each sample's own min and max. Widened where needed to contain ``x``."""
-    x, image = x.detach(), image.detach()
-    if image.dim() == 4 and image.shape[1] == 3 and x.numel() == image.numel():
+def _image_bounds(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Lowest and highest possible values of the model's input, element-wise: for 3-channel
+    images the ImageNet-normalized [0, 1] pixel range, otherwise each sample's own min and max.
+    Widened where needed to contain ``x``."""
+    x = x.detach()
+    if x.dim() == 4 and x.shape[1] == 3:
         mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        low = ((0 - mean) / std).expand_as(image).reshape(x.shape)
-        high = ((1 - mean) / std).expand_as(image).reshape(x.shape)
+        low, high = ((0 - mean) / std).expand_as(x), ((1 - mean) / std).expand_as(x)
     else:
-        dims = tuple(range(1, x.dim()))
-        low, high = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+        low, high = _own_bounds(x)
     return torch.minimum(low, x), torch.maximum(high, x)
 
 
-def _layer_rule(layer: nn.Module, bn: nn.Module | None, first: Tensor | None, x: Tensor,
-                rule: str, epsilon: float, gamma: float, alpha: float) -> Rule:
-    """The rule of one layer; ``first`` is the model's input when this is the first layer."""
-    f, w, b = _affine(layer, bn)
-    if rule == "composite":
-        if first is not None:
-            return box_rule(f, w, *_bounds(x, first))
-        rule = "epsilon" if isinstance(layer, nn.Linear) else "gamma"
-    if rule == "epsilon":
-        return epsilon_rule(f, w, b, epsilon)
-    if rule == "gamma":
-        return gamma_rule(f, w, b, gamma)
-    return alpha_beta_rule(f, w, b, 1.0 if rule == "zplus" else alpha)
+def _own_bounds(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Each sample's min and max, broadcast like ``x``."""
+    x = x.detach()
+    dims = tuple(range(1, x.dim()))
+    return x.amin(dims, keepdim=True).expand_as(x), x.amax(dims, keepdim=True).expand_as(x)
 
 
-class _Chain:
-    """State of one LRP forward: the module calls so far, checked to form a chain."""
+class _Layer:
+    """One convolution / linear call: its input, affine map, parameters and pixel bounds."""
 
-    def __init__(self, model: nn.Module, x: Tensor, rule: str, epsilon: float, gamma: float,
+    def __init__(self, x: Tensor, f: Affine, w: Tensor, b: Tensor | None, dense: bool,
+                 bounds: tuple[Tensor, Tensor] | None) -> None:
+        self.x, self.f, self.w, self.b, self.dense, self.bounds = x, f, w, b, dense, bounds
+
+    def rule(self, rule: str, epsilon: float, gamma: float, alpha: float,
+             w: Tensor | None = None, b: Tensor | None = None, folded: bool = False) -> Rule:
+        """The layer's rule, with its own parameters or the folded ones ``w``, ``b``."""
+        w, b = (w, b) if folded else (self.w, self.b)
+        if rule == "composite":
+            if self.bounds is not None:
+                return box_rule(self.f, w, *self.bounds)
+            rule = "epsilon" if self.dense else "gamma"
+        if rule == "epsilon":
+            return epsilon_rule(self.f, w, b, epsilon)
+        if rule == "gamma":
+            return gamma_rule(self.f, w, b, gamma)
+        return alpha_beta_rule(self.f, w, b, 1.0 if rule == "zplus" else alpha)
+
+
+def _affine_map(name: str, p: dict[str, Any]) -> Affine:
+    if name == "linear":
+        return Affine(F.linear, lambda s, w, _x: s @ w)
+    conv = getattr(torch, name)
+    stride, padding, dilation, groups = p["stride"], p["padding"], p["dilation"], p["groups"]
+    grad_input = getattr(torch.nn.grad, f"{name}_input")
+
+    def transpose(s: Tensor, w: Tensor, x: Tensor) -> Tensor:
+        return grad_input(x.shape, w, s, stride, padding, dilation, groups)
+    return Affine(lambda x, w, b: conv(x, w, b, stride, padding, dilation, groups),
+                  None if isinstance(padding, str) else transpose)
+
+
+class _Tracer(TorchFunctionMode):
+    """One LRP forward: every torch function the model calls on tensors that depend on the
+    input gets its relevance rule, or raises naming the module that called it."""
+
+    def __init__(self, model: nn.Module, x0: Tensor, rule: str, epsilon: float, gamma: float,
                  alpha: float) -> None:
-        self.names: dict[nn.Module, str] = {}
-        for name, m in model.named_modules():
-            self.names.setdefault(m, name or type(model).__name__)
-            if next(m.children(), None) is not None and next(m.parameters(recurse=False), None) is not None:
-                raise _unsupported(self.names[m], m, ": it has parameters besides its submodules")
+        super().__init__()
+        self.model = model
         self.params = (rule, epsilon, gamma, alpha)
-        self.input = x
-        self.node: object = x.grad_fn  # the autograd node of the last output in the chain
-        self.prev: tuple[str, nn.Module, str, Tensor, Tensor] | None = None  # name, module, kind, in, out
+        self.names = {m: name for name, m in reversed(list(model.named_modules()))}
+        self.running: list[nn.Module] = []  # modules whose forward is running, innermost last
+        self.input_node = x0.grad_fn
+        self.seen: set[object] = {x0.grad_fn}  # autograd nodes made by the ops handled here
+        self.bounds: dict[object, tuple[Tensor, Tensor]] = {x0.grad_fn: _image_bounds(x0)}
+        self.layers: dict[object, _Layer] = {}  # node of a conv / linear output -> the call
+        self.folded: dict[object, Tensor] = {}  # node of a conv / linear output -> its BN's output
+        self.stale: dict[int, tuple[Tensor, str, str]] = {}  # changed in place: id -> tensor, op, where
         self.affine_calls = 0
-        self.folded: dict[int, Tensor] = {}  # id(a folded layer's output) -> its BatchNorm's output
 
-    def hook(self, m: nn.Module, inputs: tuple[object, ...], out: object) -> Tensor | None:
-        name = self.names[m]
-        if len(inputs) != 1 or not isinstance(inputs[0], Tensor) or not isinstance(out, Tensor):
-            raise _unsupported(name, m, ": it takes or returns something other than one tensor")
-        x = inputs[0]
-        kind = _kind(m)
-        if kind is None:
-            raise _unsupported(name, m)
-        found = _link(x.grad_fn, self.node)
-        if found is not None:
-            prev = repr(self.prev[0]) if self.prev else "the model's input"
-            raise LayerError(
-                f"lrp needs a plain chain of modules, but the input of {name!r} ({type(m).__name__}) "
-                f"is not the output of {prev}: it comes from {found} (a residual connection or "
-                f"another branch?); LRP rules for such architectures are not implemented")
-        new: Tensor | None = None
-        if kind == "affine":
-            self.affine_calls += 1
-            new = _Relevance.wrap(x, out, _layer_rule(m, None, self.first, x, *self.params))
-        elif kind == "norm":
-            p = self.prev
-            if p is None or p[2] != "affine":
-                raise _unsupported(name, m, ": a BatchNorm is folded into the convolution or Linear "
-                                   "whose output it receives, and there is none")
-            # canonization: conv + BN act as one layer, from the conv's input to the BN's output
-            new = _Relevance.wrap(p[3], out,
-                                   _layer_rule(p[1], m, self.first, p[3], *self.params))
-            self.folded[id(p[4])] = new
-        elif kind == "avg":
-            rule, epsilon = self.params[:2]
-            new = _Relevance.wrap(x, out, pool_rule(m, epsilon if rule == "epsilon" else _TINY))
-        elif kind == "act":
-            new = _Pass.apply(x, out.detach())
-        result = out if new is None else new
-        self.prev = (name, m, kind, x, result)
-        self.node = result.grad_fn
-        return new
+    # -- where we are -------------------------------------------------------------------------
+    @contextmanager
+    def tracking(self) -> Iterator[None]:
+        """Forward pre-hooks and hooks on every module that keep :attr:`running` up to date."""
+        def enter(m: nn.Module, _inp: object) -> None:
+            self.running.append(m)
 
-    @property
-    def first(self) -> Tensor | None:
-        """The model's input while the first convolution / Linear is being hooked, else None."""
-        return self.input if self.affine_calls == 1 else None
+        def leave(m: nn.Module, _inp: object, _out: object) -> None:
+            if self.running and self.running[-1] is m:
+                self.running.pop()
 
-    def check_output(self, out: object) -> Tensor:
-        if not isinstance(out, Tensor):
-            raise LayerError(f"lrp needs a model that returns a tensor, not {type(out).__name__}")
-        found = _link(out.grad_fn, self.node)
-        if found is not None:
-            after = repr(self.prev[0]) if self.prev else "its input"
-            raise LayerError(f"lrp needs a plain chain of modules, but the model's output is not "
-                             f"the output of {after}: it comes from {found}")
+        with ExitStack() as stack:
+            for m in self.model.modules():
+                stack.callback(m.register_forward_pre_hook(enter).remove)
+                stack.callback(m.register_forward_hook(leave).remove)
+            yield
+
+    def where(self) -> str:
+        m = self.running[-1] if self.running else self.model
+        if m is self.model:
+            return f"the forward of the model ({type(m).__name__})"
+        return f"{self.names.get(m, '?')!r} ({type(m).__name__})"
+
+    def refuse(self, what: str) -> LayerError:
+        return LayerError(f"lrp cannot propagate relevance through {self.where()}: it {what}; "
+                          f"lrp supports {_SUPPORTED}")
+
+    # -- the mode -----------------------------------------------------------------------------
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if not torch.is_grad_enabled():  # no graph: nothing to propagate (e.g. inside a Function)
+            return func(*args, **kwargs)
+        tensors = _tensors(args) + _tensors(kwargs)
+        name, inplace = _op_name(func)
+        if self.stale and name not in ("shape", "dtype", "device", "requires_grad", "grad_fn"):
+            self._check_stale(tensors)
+        deps = [t for t in tensors if t.requires_grad]
+        if not deps:
+            return func(*args, **kwargs)
+        handler = self._handler(name)
+        if handler is None:
+            out = func(*args, **kwargs)
+            if any(t.requires_grad for t in _tensors(out)):
+                raise self.refuse(f"computes {name or func!r}, which has no LRP rule here")
+            return out  # a shape, a comparison, an argmax: no relevance flows through it
+        pos = _INPLACE_ARG.get(name)
+        if kwargs.get("inplace") or (pos is not None and len(args) > pos and args[pos] is True):
+            inplace = True
+        if inplace:
+            func, args, kwargs = self._out_of_place(func, args, kwargs, pos)
+        out = handler(func, name, args, kwargs, deps)
+        self._mark(out, deps)
+        if inplace and isinstance(args[0], Tensor):
+            self.stale[id(args[0])] = (args[0], getattr(func, "__name__", name), self.where())
         return out
 
+    def _handler(self, name: str) -> Callable[..., Any] | None:
+        for group, handler in ((_AFFINE, self._affine), (_NORM, self._norm), (_SUM, self._sum),
+                               (_LINEAR_OPS, self._linear_op), (_PASS, self._pass),
+                               (_GRAD, self._plain), (_ROUTE, self._route)):
+            if name in group:
+                return handler
+        return None
 
-@contextmanager
-def lrp_hooks(model: nn.Module, chain: _Chain) -> Iterator[_Chain]:
-    """A forward hook on every leaf module that checks the chain and gives each layer its LRP
-    backward; all removed on exit, also when the forward raises."""
-    with ExitStack() as stack:
-        for m in dict.fromkeys(m for m in model.modules() if next(m.children(), None) is None):
-            stack.callback(m.register_forward_hook(chain.hook).remove)
-        yield chain
+    @staticmethod
+    def _out_of_place(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                      pos: int | None) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """The out-of-place form of an in-place call: computed so, ``out += x`` rebinds ``out``."""
+        if kwargs.get("inplace"):
+            return func, args, {**kwargs, "inplace": False}
+        if pos is not None and len(args) > pos and args[pos] is True:
+            return func, (*args[:pos], False, *args[pos + 1:]), kwargs
+        raw = func.__name__
+        base = "__" + raw[3:] if raw.startswith("__i") else raw[:-1]
+        owner = torch.Tensor if "Tensor" in getattr(func, "__qualname__", "") else \
+            sys.modules.get(getattr(func, "__module__", None) or "torch", torch)
+        return getattr(owner, base, None) or getattr(torch, base), args, kwargs
+
+    def _check_stale(self, tensors: list[Tensor]) -> None:
+        for t in tensors:
+            if id(t) in self.stale and self.stale[id(t)][0] is t:
+                _, op, where = self.stale[id(t)]
+                raise LayerError(
+                    f"lrp computes in-place operations out of place, but a tensor changed in place "
+                    f"by {op} in {where} is used again in {self.where()}; write `x = x.{op}(...)` "
+                    "or `x += y`, keeping the result")
+
+    def _mark(self, out: Any, deps: list[Tensor]) -> None:
+        """Record every autograd node the op made, from its outputs back to its inputs."""
+        stop = {t.grad_fn for t in deps}
+        todo = [t.grad_fn for t in _tensors(out) if t.grad_fn is not None]
+        while todo:
+            node = todo.pop()
+            if node is None or node in stop or node in self.seen:
+                continue
+            self.seen.add(node)
+            todo += [n for n, _ in node.next_functions]
+
+    def _only(self, deps: list[Tensor], x: Any, what: str) -> Tensor:
+        if len(deps) != 1 or deps[0] is not x:
+            raise self.refuse(what)
+        return x
+
+    # -- handlers: (func, name, args, kwargs, deps) -> output --------------------------------------
+    def _affine(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+                kwargs: dict[str, Any], deps: list[Tensor]) -> Tensor:
+        if name == "linear":
+            p = _bind(("input", "weight", "bias"), args, kwargs, {"bias": None})
+        else:
+            p = _bind(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args,
+                      kwargs, {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
+        x = self._only(deps, p["input"], f"computes a {name} whose weights depend on the input")
+        w, b = p["weight"].detach(), None if p["bias"] is None else p["bias"].detach()
+        bounds = self.bounds.get(x.grad_fn)
+        if bounds is None and self.affine_calls == 0:
+            bounds = _own_bounds(x)  # the first layer, after ops the pixel bounds cannot follow
+        self.affine_calls += 1
+        layer = _Layer(x, _affine_map(name, p), w, b, name == "linear", bounds)
+        with torch.no_grad():
+            out = func(*args, **kwargs)
+        new = _Relevance.wrap(x, out, layer.rule(*self.params))
+        self.layers[new.grad_fn] = layer
+        return new
+
+    def _norm(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],  # noqa: ARG002
+              kwargs: dict[str, Any], deps: list[Tensor]) -> Tensor:
+        p = _bind(("input", "running_mean", "running_var", "weight", "bias", "training", "momentum",
+                   "eps"), args, kwargs, {"weight": None, "bias": None, "training": False, "eps": 1e-5})
+        x = self._only(deps, p["input"], "normalizes with statistics that depend on the input")
+        if p["training"] or p["running_mean"] is None:
+            raise self.refuse("is a BatchNorm in training mode or without running statistics")
+        node = x.grad_fn
+        while node is not None and node not in self.layers and type(node).__name__.startswith("CloneBackward"):
+            node = node.next_functions[0][0]  # a clone made by a hook that records the layer
+        layer = self.layers.get(node)
+        mean, var = p["running_mean"].detach(), p["running_var"].detach()
+        if layer is None or layer.w.shape[0] != mean.numel() or (layer.dense and layer.x.dim() != 2):
+            raise self.refuse("is a BatchNorm that does not directly follow a convolution or Linear "
+                              "(it is folded into the layer whose output it normalizes)")
+        scale = torch.rsqrt(var + p["eps"])
+        if p["weight"] is not None:
+            scale = scale * p["weight"].detach()
+        shift = -mean * scale + (0 if p["bias"] is None else p["bias"].detach())
+        w = layer.w * scale.reshape(-1, *([1] * (layer.w.dim() - 1)))
+        b = shift if layer.b is None else layer.b * scale + shift
+        with torch.no_grad():
+            out = func(*args, **kwargs)
+        # canonization: layer + BN act as one layer, from the layer's input to the BN's output
+        new = _Relevance.wrap(layer.x, out, layer.rule(*self.params, w=w, b=b, folded=True))
+        self.folded[node] = new
+        return new
+
+    def _sum(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],  # noqa: ARG002
+             kwargs: dict[str, Any], deps: list[Tensor]) -> Tensor:  # noqa: ARG002
+        if "out" in kwargs or len(args) > 2:
+            raise self.refuse(f"calls {name} with arguments lrp does not handle")
+        a, b = args[0], args[1] if len(args) > 1 else kwargs["other"]
+        alpha = kwargs.get("alpha", 1)
+        parts = {"add": ((1, a), (alpha, b)), "sub": ((1, a), (-alpha, b)),
+                 "rsub": ((-alpha, a), (1, b))}[name]
+        const: Tensor | float = 0.0
+        coefs, terms = [], []
+        for c, t in parts:
+            if isinstance(t, Tensor) and t.requires_grad:
+                coefs.append(c)
+                terms.append(t)
+            else:  # a constant, like a bias: it keeps its share of the relevance
+                const = const + (t if c == 1 else c * t)
+        rule, epsilon = self.params[:2]
+        return _Sum.apply(const, tuple(coefs), epsilon if rule == "epsilon" else _TINY, *terms)
+
+    def _linear_op(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any], deps: list[Tensor]) -> Tensor:
+        x = self._only(deps, args[0] if args else None, f"computes {name} of several activations")
+        rest = args[1:]
+
+        def fn(t: Tensor) -> Tensor:
+            return func(t, *rest, **kwargs)
+        with torch.no_grad():
+            out = fn(x)
+        rule, epsilon = self.params[:2]
+        return _Relevance.wrap(x, out, linear_op_rule(fn, epsilon if rule == "epsilon" else _TINY))
+
+    def _pass(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+              kwargs: dict[str, Any], deps: list[Tensor]) -> Tensor:
+        if name in ("mul", "div") and len(deps) > 1:
+            raise self.refuse(f"multiplies two activations ({name}, e.g. a squeeze-excitation or "
+                              "attention gate), which no LRP rule here splits")
+        if name == "div" and deps[0] is not args[0]:
+            raise self.refuse("divides by an activation, which no LRP rule here handles")
+        with torch.no_grad():
+            out = func(*args, **kwargs)
+        return _Relevance.wrap(deps[0], out, pass_rule)
+
+    def _plain(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],  # noqa: ARG002
+               kwargs: dict[str, Any], deps: list[Tensor]) -> Any:  # noqa: ARG002
+        return func(*args, **kwargs)
+
+    def _route(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+               kwargs: dict[str, Any], deps: list[Tensor]) -> Any:
+        out = func(*args, **kwargs)
+        bounds = self.bounds.get(deps[0].grad_fn) if len(deps) == 1 else None
+        if bounds is not None and isinstance(out, Tensor) and out.grad_fn not in self.bounds:
+            with torch.no_grad():
+                low, high = (func(*_substitute(args, kwargs, deps[0], bd)[0],
+                                  **_substitute(args, kwargs, deps[0], bd)[1]) for bd in bounds)
+            self.bounds[out.grad_fn] = (low, high)
+        return out
+
+    # -- after the forward ------------------------------------------------------------------------
+    def check_output(self, out: object) -> Tensor:
+        """The logits, once every node between them and the input is known to be handled."""
+        if not isinstance(out, Tensor):
+            raise LayerError(f"lrp needs a model that returns a tensor, not {type(out).__name__}")
+        if out.grad_fn is None:
+            raise LayerError("lrp: the model's output does not depend on its input")
+        self.running.clear()
+        self._check_stale([out])
+        todo, visited = [out.grad_fn], set()
+        while todo:
+            node = todo.pop()
+            if node is None or node in visited:
+                continue
+            visited.add(node)
+            if node is self.input_node:
+                continue
+            if node not in self.seen:
+                if type(node).__name__ == "AccumulateGrad":
+                    continue
+                raise LayerError(
+                    f"lrp cannot propagate relevance through {type(node).__name__}: it was computed "
+                    "outside the torch functions lrp sees (a custom autograd Function, a scripted "
+                    "module?)")
+            todo += [n for n, _ in node.next_functions]
+        return out
 
 
 # -- the technique ---------------------------------------------------------------------------
@@ -402,7 +634,8 @@ def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsi
     ``rule``: ``epsilon`` / ``gamma`` / ``alpha_beta`` / ``zplus`` for every convolution and
     Linear, or ``composite`` (z^B box rule at the first layer with the ImageNet pixel bounds,
     gamma for the other convolutions, epsilon for Linear layers). ``epsilon`` is absolute, in
-    the units of the layer's pre-activations; ``alpha`` >= 1, beta = alpha - 1.
+    the units of the layer's pre-activations, and also stabilizes additions and average
+    pooling under ``rule="epsilon"``; ``alpha`` >= 1, beta = alpha - 1.
     """
     if epsilon < 0 or gamma < 0 or alpha < 1:
         raise ValueError(f"lrp: epsilon and gamma must be >= 0 and alpha >= 1 (beta = alpha - 1), "
@@ -410,10 +643,13 @@ def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsi
     model = ctx.model
     with ExitStack() as stack, torch.enable_grad():
         x = ctx.x.detach().requires_grad_(True)
-        x0 = x.view_as(x)  # a node of its own, so the first module's input can be checked
-        chain = stack.enter_context(lrp_hooks(model, _Chain(model, x0, rule, epsilon, gamma, alpha)))
+        x0 = x.view_as(x)  # a node of its own: where the graph check stops
+        tracer = _Tracer(model, x0, rule, epsilon, gamma, alpha)
+        stack.enter_context(tracer.tracking())
         acts = stack.enter_context(capture(model, [layer] if layer else []))
-        logits = chain.check_output(model(x0))
+        with tracer:
+            out = model(x0)
+        logits = tracer.check_output(out)
         if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             raise ValueError("the model must return logits of shape (N, classes); "
                              f"it returned {tuple(logits.shape)}")
@@ -425,7 +661,7 @@ def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsi
         if layer not in acts:
             raise LayerError(f"layer {layer!r} is not called in the model's forward")
         # a layer folded with its BatchNorm has no relevance of its own: the pair's output has it
-        at = chain.folded.get(id(acts[layer]), acts[layer])
+        at = tracer.folded.get(acts[layer].grad_fn, acts[layer])
         (rel,) = torch.autograd.grad(logits, at, r0, allow_unused=True)
     if rel is None:
         raise LayerError(f"layer {layer!r} carries no relevance to the output")

@@ -1,0 +1,157 @@
+"""Faithfulness scores of gallery cells, through the cache: deletion/insertion, baselines,
+sanity, and the per-model ranking."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from . import metrics, registry
+from .cache import Cache, cache_key
+from .manifest import MetricsSpec
+from .records import Ranking
+
+if TYPE_CHECKING:
+    from .pipeline import _Job
+
+BASELINES = {"random map": lambda shape: metrics.random_map(shape, seed=0),
+             "centre Gaussian": metrics.center_gaussian_map}
+_SIGNED = {"integrated_gradients", "lrp"}
+
+
+def _rank_by(name: str) -> str:
+    """Signed maps and CAMs rank by value; gradient maps by magnitude (their saliency view)."""
+    tech = registry.get(name)
+    return "signed" if name in _SIGNED or tech.output == "cam" else "abs"
+
+
+def _protocol(spec: MetricsSpec) -> dict[str, Any]:
+    return {"steps": spec.steps, "substrate": spec.substrate}
+
+
+def _inputs(jobs: list[_Job]) -> torch.Tensor:
+    adapter = jobs[0].model
+    return torch.stack([adapter.preprocess(j.image.pil) for j in jobs])
+
+
+def _di(jobs: list[_Job], maps: torch.Tensor, spec: MetricsSpec, rank_by: str, batch_size: int) -> metrics.DeletionInsertion:
+    adapter = jobs[0].model
+    return metrics.deletion_insertion(
+        adapter.model, _inputs(jobs).to(adapter.device), maps.to(adapter.device), [j.target for j in jobs],
+        steps=spec.steps, substrate=spec.substrate, rank_by=rank_by,  # type: ignore[arg-type]
+        mean=adapter.mean, std=adapter.std, batch_size=batch_size)
+
+
+def score(jobs: list[_Job], spec: MetricsSpec, cache: Cache, batch_size: int, progress: Any) -> list[Ranking]:
+    """Attach ``metrics`` (AUCs, sanity) and ``curves`` to every successful attribution job and
+    return one ranking per model (techniques and the two baselines by insertion - deletion)."""
+    if not spec.enabled:
+        return []
+    ok = [j for j in jobs if j.result is not None and not j.error
+          and registry.get(j.tech.name).family == "attribution"]
+    groups: dict[tuple[str, str], list[_Job]] = defaultdict(list)
+    for j in ok:
+        groups[(j.model.id, j.tech.id)].append(j)
+    baselines: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    if spec.deletion_insertion:
+        for (model_id, tech_id), group in groups.items():
+            _deletion_insertion(group, spec, cache, batch_size)
+            progress.step(0, f"{model_id}: deletion/insertion of {tech_id}")
+        seen: set[tuple[str, str]] = set()
+        for j in ok:
+            if (j.model.id, j.image.id) not in seen:
+                seen.add((j.model.id, j.image.id))
+                for name, (d, i) in _baseline_scores(j, spec, cache, batch_size).items():
+                    baselines[j.model.id][name].append((d, i))
+    if spec.sanity:
+        for (model_id, tech_id), group in groups.items():
+            if spec.sanity_techniques is None or group[0].tech.name in spec.sanity_techniques:
+                _sanity(group, spec, cache, batch_size)
+                progress.step(0, f"{model_id}: sanity of {tech_id}")
+    return _rankings(groups, baselines, spec) if spec.deletion_insertion else []
+
+
+def _deletion_insertion(group: list[_Job], spec: MetricsSpec, cache: Cache, batch_size: int) -> None:
+    keys = [cache_key(kind="deletion_insertion", map=j.key, **_protocol(spec)) for j in group]
+    todo = []
+    for j, key in zip(group, keys):
+        entry = cache.get(key)
+        if entry is None:
+            todo.append((j, key))
+        else:
+            _attach(j, entry.array)
+    if todo:
+        todo_jobs = [j for j, _ in todo]
+        maps = torch.from_numpy(np.stack([j.result for j in todo_jobs]).astype(np.float32))
+        res = _di(todo_jobs, maps, spec, _rank_by(todo_jobs[0].tech.name), batch_size)
+        for n, (j, key) in enumerate(todo):
+            curves = np.stack([res.deletion_curve[n], res.insertion_curve[n]]).astype(np.float32)
+            cache.put(key, curves, {"protocol": res.protocol})
+            _attach(j, curves)
+
+
+def _attach(job: _Job, curves: np.ndarray) -> None:
+    auc = metrics.auc(curves)
+    job.metrics["deletion_auc"] = round(float(auc[0]), 4)
+    job.metrics["insertion_auc"] = round(float(auc[1]), 4)
+    job.curves = {"deletion": [round(float(v), 4) for v in curves[0]],
+                  "insertion": [round(float(v), 4) for v in curves[1]]}
+
+
+def _baseline_scores(job: _Job, spec: MetricsSpec, cache: Cache, batch_size: int) -> dict[str, tuple[float, float]]:
+    out = {}
+    size = job.model.size
+    for name, make in BASELINES.items():
+        key = cache_key(kind="baseline", name=name, image=job.image.sha, model=job.model.name,
+                        fingerprint=job.model.fingerprint, size=size, target=job.target, **_protocol(spec))
+        entry = cache.get(key)
+        if entry is None:
+            res = _di([job], make((1, 1, size, size)), spec, "signed", batch_size)
+            curves = np.stack([res.deletion_curve[0], res.insertion_curve[0]]).astype(np.float32)
+            cache.put(key, curves, {"protocol": res.protocol})
+        else:
+            curves = entry.array
+        auc = metrics.auc(curves)
+        out[name] = (float(auc[0]), float(auc[1]))
+    return out
+
+
+def _sanity(group: list[_Job], spec: MetricsSpec, cache: Cache, batch_size: int) -> None:
+    keys = [cache_key(kind="sanity", map=j.key, steps=spec.sanity_steps) for j in group]
+    entries = [cache.get(k) for k in keys]
+    if any(e is None for e in entries):
+        first = group[0]
+        res = metrics.sanity(first.model.model, _inputs(group).to(first.model.device), first.tech.name,
+                             [j.target for j in group], first.layer, max_steps=spec.sanity_steps,
+                             batch_size=batch_size, technique_params=dict(first.params))
+        for j, key, value in zip(group, keys, res.similarity):
+            cache.put(key, np.array([value], dtype=np.float32), {"protocol": res.protocol})
+        values = [float(v) for v in res.similarity]
+    else:
+        values = [float(e.array[0]) for e in entries]  # type: ignore[union-attr]
+    for j, v in zip(group, values):
+        if np.isfinite(v):
+            j.metrics["sanity"] = round(v, 4)
+
+
+def _rankings(groups: dict[tuple[str, str], list[_Job]], baselines: dict[str, dict[str, list[tuple[float, float]]]],
+              spec: MetricsSpec) -> list[Ranking]:
+    per_model: dict[str, dict[str, tuple[float, float]]] = defaultdict(dict)
+    for (model_id, tech_id), group in groups.items():
+        scored = [j.metrics for j in group if "deletion_auc" in j.metrics]
+        if scored:
+            per_model[model_id][tech_id] = (float(np.mean([m["deletion_auc"] for m in scored])),
+                                            float(np.mean([m["insertion_auc"] for m in scored])))
+    protocol = (f"Petsiuk et al. 2018: {spec.steps} steps, deleted pixels -> {spec.substrate}, "
+                "inserted onto a blurred copy, target softmax probability; mean over images")
+    out = []
+    for model_id, scores in per_model.items():
+        for name, values in baselines[model_id].items():
+            scores[name] = (float(np.mean([d for d, _ in values])), float(np.mean([i for _, i in values])))
+        rows = [{"technique": r["technique"], "deletion_auc": round(r["deletion"], 4),
+                 "insertion_auc": round(r["insertion"], 4), "score": round(r["score"], 4),
+                 "baseline": r["technique"] in BASELINES} for r in metrics.rank_techniques(scores)]
+        out.append(Ranking(model_id, rows, protocol))
+    return out

@@ -1,0 +1,300 @@
+"""Engine spec: the model comes back exactly as it came, targets, shapes, errors, shared passes,
+default layers. Tiny seeded models (see conftest.py) keep this file fast."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import galleryvis
+from galleryvis import registry
+from galleryvis.hooks import LayerError, hook_count
+from galleryvis.layers import default_layer
+from galleryvis.registry import TechniqueError
+
+from conftest import tiny_sequential
+
+ATTRIBUTION = registry.names("attribution")
+#: The techniques of gradients.py / cam.py (lrp.py is tested by its own file).
+MINE = [n for n in ATTRIBUTION if registry.get(n).fn.__module__.rsplit(".", 1)[-1] in ("gradients", "cam")]
+LAYER_TECHS = [n for n in MINE if registry.get(n).layer in ("one", "many")]
+FAST = {"smoothgrad": {"samples": 4}, "integrated_gradients": {"steps": 4}}
+SEQ_LAYER = "7"  # tiny_sequential's last ReLU, 8x8 at 32x32
+
+
+def kwargs(name: str, layer: str | None = SEQ_LAYER) -> dict[str, Any]:
+    """``layer`` for layer techniques, small sample counts for the sampling techniques."""
+    tech = registry.get(name)
+    out: dict[str, Any] = {k: v for k, v in FAST.get(name, {}).items() if k in tech.params}
+    if tech.layer in ("one", "many"):
+        out["layer"] = layer
+    return out
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    return {
+        "hooks": hook_count(model),
+        "training": [m.training for m in model.modules()],
+        "inplace": [getattr(m, "inplace", None) for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict[str, Any]) -> None:
+    after = snapshot(model)
+    for key in ("hooks", "training", "inplace", "requires_grad"):
+        assert after[key] == before[key], key
+    for k, v in before["state"].items():
+        assert torch.equal(after["state"][k], v), k
+    assert all(p.grad is None for p in model.parameters()), "parameter gradients were computed"
+
+
+@pytest.fixture(scope="module")
+def train_model() -> nn.Sequential:
+    """tiny_sequential in *training* mode with its first conv frozen: both must survive calls."""
+    torch.manual_seed(2)
+    model = tiny_sequential().train()
+    model[0].requires_grad_(False)
+    return model
+
+
+# -- the model comes back as it came ---------------------------------------------------------------
+@pytest.mark.parametrize("name", ATTRIBUTION)
+def test_model_unchanged_and_output_contract(train_model: nn.Module, tiny_x: Tensor, name: str) -> None:
+    before = snapshot(train_model)
+    out = galleryvis.attribute(train_model, tiny_x[:2], name, [1, 2], **kwargs(name))
+    assert_unchanged(train_model, before)
+    channels = 3 if registry.get(name).output == "input" else 1
+    assert out.shape == (2, channels, 32, 32) and out.dtype == torch.float32 and out.device.type == "cpu"
+    assert torch.isfinite(out).all() and not out.requires_grad
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def _raise_forward(_m: nn.Module, _i: object, _o: Tensor) -> None:
+    raise Boom("forward")
+
+
+def _raise_backward(_m: nn.Module, _i: object, out: Tensor) -> None:
+    if out.requires_grad:
+        out.register_hook(lambda g: (_ for _ in ()).throw(Boom("backward")))
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+@pytest.mark.parametrize("name", ATTRIBUTION)
+def test_model_unchanged_after_exception(train_model: nn.Module, tiny_x: Tensor, name: str, where: str) -> None:
+    """A module after the CAM layer raises in the forward (or in the backward) of every pass."""
+    before = snapshot(train_model)
+    handle = train_model[9].register_forward_hook(_raise_forward if where == "forward" else _raise_backward)
+    try:
+        with contextlib.suppress(Boom) if where == "backward" else pytest.raises(Boom):
+            galleryvis.attribute(train_model, tiny_x[:2], name, 1, **kwargs(name))
+    finally:
+        handle.remove()
+    assert_unchanged(train_model, before)
+
+
+def test_model_unchanged_after_exception_in_probe(train_model: nn.Module, tiny_x: Tensor) -> None:
+    before = snapshot(train_model)
+    handle = train_model[9].register_forward_hook(_raise_forward)
+    try:
+        with pytest.raises(Boom):
+            galleryvis.attribute(train_model, tiny_x[:1], "gradcam", 1)  # default layer: probe
+        with pytest.raises(Boom):
+            galleryvis.attribute(train_model, tiny_x[:1], "vanilla", None)  # top-1 target
+    finally:
+        handle.remove()
+    assert_unchanged(train_model, before)
+
+
+# -- in-place and reused activations -----------------------------------------------------------------
+@pytest.mark.parametrize("name, layers", [(n, ("conv2", "conv2")) for n in MINE]
+                         + [(n, ("relu", "relus.2")) for n in LAYER_TECHS])
+def test_inplace_and_reused_relu(tiny_shared: tuple[nn.Module, nn.Module], tiny_x: Tensor,
+                                 name: str, layers: tuple[str, str]) -> None:
+    """One in-place ReLU called three times gives the maps of three separate ReLUs (the layer
+    'relu' means its last call); the model keeps its in-place flag and gains no hooks."""
+    shared, separate = tiny_shared
+    before = snapshot(shared)
+    a = galleryvis.attribute(shared, tiny_x, name, [0, 1, 2, 3], **kwargs(name, layers[0]))
+    b = galleryvis.attribute(separate, tiny_x, name, [0, 1, 2, 3], **kwargs(name, layers[1]))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
+    assert a.abs().max() > 0
+    assert_unchanged(shared, before)
+    assert shared.relu.inplace
+
+
+def test_reused_relu_gradients_match_autograd_and_captum(tiny_shared: tuple[nn.Module, nn.Module],
+                                                          tiny_x: Tensor) -> None:
+    captum_attr = pytest.importorskip("captum.attr")
+    shared, separate = tiny_shared
+    x = tiny_x.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(shared(x)[:, 4].sum(), x)
+    torch.testing.assert_close(galleryvis.attribute(shared, tiny_x, "vanilla", 4), ref)
+    guided = captum_attr.GuidedBackprop(separate).attribute(tiny_x.clone(), target=4)
+    torch.testing.assert_close(galleryvis.attribute(shared, tiny_x, "guided_backprop", 4), guided)
+    for m in (shared, separate):
+        m.zero_grad(set_to_none=True)
+
+
+# -- targets and batching ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ATTRIBUTION)
+def test_batch_equals_single_calls(tiny_seq: nn.Module, tiny_x: Tensor, name: str) -> None:
+    targets = [0, 3, 5, 7]
+    kw = kwargs(name)
+    batch = galleryvis.attribute(tiny_seq, tiny_x, name, targets, batch_size=3, **kw)  # 2 chunks
+    singles = torch.cat([galleryvis.attribute(tiny_seq, tiny_x[i:i + 1], name, t, **kw)
+                         for i, t in enumerate(targets)])
+    torch.testing.assert_close(batch, singles, rtol=1e-4, atol=1e-5 * float(singles.abs().max()))
+
+
+@pytest.mark.parametrize("target", [[1, 2, 3], [1, 2, 3, 4, 5], torch.tensor([1, 2, 3]), []])
+def test_target_of_wrong_length_raises(tiny_seq: nn.Module, tiny_x: Tensor, target: Any) -> None:
+    with pytest.raises(ValueError, match="4 images"):
+        galleryvis.attribute(tiny_seq, tiny_x, "vanilla", target)
+    with pytest.raises(ValueError, match="4 images"):
+        galleryvis.attribute_many(tiny_seq, tiny_x, ["vanilla", "gradcam"], target, SEQ_LAYER)
+
+
+def test_target_forms(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    ref = galleryvis.attribute(tiny_seq, tiny_x, "vanilla", [3, 3, 3, 3])
+    for target in (3, torch.tensor(3), torch.tensor([3, 3, 3, 3]), (3, 3, 3, 3)):
+        torch.testing.assert_close(galleryvis.attribute(tiny_seq, tiny_x, "vanilla", target), ref)
+    top1 = tiny_seq(tiny_x).argmax(1).tolist()
+    torch.testing.assert_close(galleryvis.attribute(tiny_seq, tiny_x, "vanilla", None),
+                               galleryvis.attribute(tiny_seq, tiny_x, "vanilla", top1))
+    with pytest.raises(ValueError, match="out of range"):
+        galleryvis.attribute(tiny_seq, tiny_x, "vanilla", 10)
+    with pytest.raises(TypeError):
+        galleryvis.attribute(tiny_seq, tiny_x, "vanilla", [1.5, 2, 3, 4])
+    with pytest.raises(TypeError):
+        galleryvis.attribute(tiny_seq, tiny_x, "vanilla", "3")
+
+
+# -- errors ------------------------------------------------------------------------------------------
+def test_unknown_layer_suggests(vgg16: nn.Module) -> None:
+    x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(LayerError, match=r"did you mean: features\.29"):
+        galleryvis.attribute(vgg16, x, "gradcam", 0, layer="feature.29")
+    with pytest.raises(LayerError, match="unknown layer"):
+        galleryvis.attribute_many(vgg16, x, ["vanilla", "layercam"], 0, {"layercam": ["features.29", "nope"]})
+    assert hook_count(vgg16) == 0
+
+
+def test_unknown_technique_and_parameters(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    x = tiny_x[:1]
+    with pytest.raises(TechniqueError, match="did you mean: gradcam"):
+        galleryvis.attribute(tiny_seq, x, "gradcamm", 0)
+    with pytest.raises(TechniqueError, match="samples"):
+        galleryvis.attribute(tiny_seq, x, "smoothgrad", 0, sample=3)
+    with pytest.raises(TechniqueError, match="must be int"):
+        galleryvis.attribute(tiny_seq, x, "smoothgrad", 0, samples="3")
+    with pytest.raises(TechniqueError, match="must be one of"):
+        galleryvis.attribute(tiny_seq, x, "smoothgrad", 0, variant="median")
+    with pytest.raises(TechniqueError, match="not requested"):
+        galleryvis.attribute_many(tiny_seq, x, ["vanilla"], 0, params={"gradcam": {}})
+    with pytest.raises(LayerError, match="one layer"):
+        galleryvis.attribute(tiny_seq, x, "gradcam", 0, layer=["4", "7"])
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        galleryvis.attribute(tiny_seq, x[0], "vanilla", 0)
+
+
+@pytest.mark.parametrize("name", LAYER_TECHS)
+@pytest.mark.parametrize("layer", ["9", "11"])  # Flatten (N, 64), Linear (N, 10)
+def test_cam_on_non_4d_layer_raises_layer_error(tiny_seq: nn.Module, tiny_x: Tensor, name: str, layer: str) -> None:
+    with pytest.raises(LayerError, match="4-D"):
+        galleryvis.attribute(tiny_seq, tiny_x[:1], name, 0, **kwargs(name, layer))
+    assert hook_count(tiny_seq) == 0
+
+
+# -- shared passes and where the backward stops ----------------------------------------------------------
+class Counting(nn.Module):
+    """Counts forward calls; records batch sizes, inference mode and parameter grad flags."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls: list[tuple[int, bool, bool]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls.append((x.shape[0], torch.is_inference_mode_enabled(),
+                           any(p.requires_grad for p in self.parameters())))
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("techs, per_chunk", [
+    (["vanilla", "grad_x_image", "gradcam", "layercam"], 1),
+    (["vanilla", "grad_x_image", "gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam"], 1),
+    (["guided_backprop", "guided_gradcam"], 2),  # the guided pass + the plain one for Grad-CAM
+])
+def test_attribute_many_shares_passes(tiny_seq: nn.Module, tiny_x: Tensor, techs: list[str], per_chunk: int) -> None:
+    model = Counting(tiny_seq)
+    x = torch.cat([tiny_x, tiny_x[:1]])  # 5 images, batch_size 2: 3 chunks
+    maps = galleryvis.attribute_many(model, x, techs, 6, "inner." + SEQ_LAYER, batch_size=2)
+    assert len(model.calls) == 3 * per_chunk
+    assert not any(grad_flag for _, _, grad_flag in model.calls)
+    for name in techs:
+        single = galleryvis.attribute(tiny_seq, x, name, 6, **kwargs(name))
+        torch.testing.assert_close(maps[name], single)
+
+
+def test_backward_stops_at_the_cam_layer(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    reached: list[str] = []
+
+    def spy(_m: nn.Module, _i: object, out: Tensor) -> None:
+        if out.requires_grad:
+            out.register_hook(lambda g: reached.append("conv0"))
+
+    handle = tiny_seq[0].register_forward_hook(spy)
+    try:
+        galleryvis.attribute_many(tiny_seq, tiny_x, ["gradcam", "layercam", "hirescam"], 1, SEQ_LAYER)
+        assert reached == []
+        galleryvis.attribute_many(tiny_seq, tiny_x, ["gradcam", "vanilla"], 1, SEQ_LAYER)
+        assert reached == ["conv0"]
+    finally:
+        handle.remove()
+
+
+def test_scorecam_chunks_masks_under_inference_mode(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    model = Counting(tiny_seq)
+    galleryvis.attribute(model, tiny_x[:2], "scorecam", 1, layer="inner.4", batch_size=5)  # 16 channels
+    masked = model.calls[1:]
+    with torch.no_grad():
+        acts = tiny_seq[:5](tiny_x[:2])
+    live = int((acts.amax((2, 3)) > acts.amin((2, 3))).sum())
+    assert sum(n for n, _, _ in masked) == live
+    assert all(n <= 5 and inference and not grads for n, inference, grads in masked)
+
+
+# -- default layer -------------------------------------------------------------------------------------
+def test_default_layer_by_probe(vgg16: nn.Module, resnet18: nn.Module, lite0: nn.Module,
+                                tiny_seq: nn.Module, tiny_shared: tuple[nn.Module, nn.Module]) -> None:
+    x = torch.zeros(1, 3, 64, 64)
+    assert default_layer(vgg16, x) == "features.29"
+    assert default_layer(resnet18, x) == "layer4"
+    assert default_layer(lite0, x) == "_head_relu"
+    assert default_layer(tiny_seq, x) == SEQ_LAYER
+    assert default_layer(tiny_shared[0], x) == "relu"
+    assert default_layer(tiny_shared[1], x) == "relus.2"
+    for m in (vgg16, resnet18, lite0):
+        assert hook_count(m) == 0 and not m.training
+
+
+def test_default_layer_used_when_none(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    torch.testing.assert_close(galleryvis.attribute(tiny_seq, tiny_x, "gradcam", 2),
+                               galleryvis.attribute(tiny_seq, tiny_x, "gradcam", 2, layer=SEQ_LAYER))
+
+
+def test_techniques_listing() -> None:
+    listed = {t["name"]: t for t in galleryvis.techniques()}
+    for name in MINE:
+        entry = listed[name]
+        assert entry["output"] in ("input", "cam") and entry["paper"].split()[0] and "http" in entry["paper"]
+        assert entry["params"] == dict(registry.get(name).params)
+    assert listed["smoothgrad"]["params"]["sigma"] == 0.15
