@@ -101,7 +101,7 @@ def run_worker(spec: dict[str, Any], log: list[str]) -> list[dict[str, Any]]:
     return records
 
 
-def header(args: argparse.Namespace) -> str:
+def header(args: argparse.Namespace, rep: Any) -> str:
     import torch
 
     from . import peers
@@ -131,7 +131,7 @@ def header(args: argparse.Namespace) -> str:
     if load is not None and load > (os.cpu_count() or 1) * 0.5:
         lines.append(f"WARNING: load average {load:.1f} on {os.cpu_count()} cores before the run: "
                      "other processes share the CPU, timings are noisy")
-    return "\n".join(lines)
+    return rep.join(lines)
 
 
 def _load() -> float | None:
@@ -158,14 +158,20 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"error: unknown cases {sorted(unknown)}; known: {', '.join(ORDER)}")
     sections = {"rebuild"} if args.rebuild else {s.strip() for s in args.sections.split(",")}
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    import torchvision
+
+    unknown_models = set(models) - set(torchvision.models.list_models(torchvision.models))
+    if unknown_models:
+        sys.exit(f"error: unknown torchvision classification models {sorted(unknown_models)}")
 
     from .report import Report, checks_block, extras_table, model_table, rebuild_table
 
     rep = Report(markdown=args.markdown)
+
     t_start = time.perf_counter()
     log: list[str] = []
     dump: dict[str, Any] = {"config": cfg, "args": {k: str(v) for k, v in vars(args).items()}, "runs": []}
-    print(header(args), flush=True)
+    print(header(args, rep), flush=True)
 
     settings = {**cfg["settings"], "size": cfg["size"], "images": cfg["images"], "batch_size": args.batch_size,
                 "seed": args.seed}

@@ -34,6 +34,20 @@ class Report:
     def heading(self, text: str, level: int = 3) -> str:
         return f"{'#' * level} {text}" if self.markdown else f"\n== {text} =="
 
+    def join(self, lines: list[str]) -> str:
+        """Lines as text; in Markdown each plain line is its own paragraph (tables and lists stay whole)."""
+        if not self.markdown:
+            return "\n".join(lines)
+        out: list[str] = []
+        for line in "\n".join(lines).split("\n"):
+            grouped = line.startswith(("|", "- "))
+            if not line.strip():
+                continue
+            if out and not (grouped and out[-1].startswith(("|", "- ")) and out[-1][:1] == line[:1]):
+                out.append("")
+            out.append(line)
+        return "\n".join(out) + "\n"
+
     def check(self, what: str, ok: bool) -> str:
         self.checks.append(Check(what, ok))
         return "✓" if ok else "✗"
@@ -131,7 +145,7 @@ def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, 
     lines.append(rep.table(headers, rows))
     for key, why in skipped.items():
         lines.append(f"{CASES[key].label(settings)}: not run on {model} ({why})")
-    return "\n".join(lines)
+    return rep.join(lines)
 
 
 def extras_table(rep: Report, records: list[dict[str, Any]], refs: dict[str, dict[str, Any]], model: str,
@@ -164,8 +178,8 @@ def extras_table(rep: Report, records: list[dict[str, Any]], refs: dict[str, dic
                          f"× one forward+backward of that batch ({secs(r['fwdbwd'])} s); ≤ 1.3× {mark}"])
     if not rows:
         return ""
-    return "\n".join([rep.heading(f"metrics and synthesis · {model} · {device}"), "",
-                      rep.table(["what", "seconds", "ratio", "relative to / target"], rows)])
+    return rep.join([rep.heading(f"metrics and synthesis · {model} · {device}"), "",
+                     rep.table(["what", "seconds", "ratio", "relative to / target"], rows)])
 
 
 def rebuild_table(rep: Report, r: dict[str, Any], judge: bool = True) -> str:
@@ -187,7 +201,7 @@ def rebuild_table(rep: Report, r: dict[str, Any], judge: bool = True) -> str:
             inner = f"; {warm['build_seconds'] / cold['build_seconds']:.1%} counting the build itself (build.json)"
         verdict = f"{mark} (target ≤ 5%)" if mark else "(not judged in quick mode: a gallery this small is all fixed cost)"
         lines.append(f"\nrebuild / cold = {ratio:.1%} wall clock {verdict}{inner}")
-    return "\n".join(lines)
+    return rep.join(lines)
 
 
 def _summary(b: dict[str, Any]) -> str:
@@ -203,4 +217,4 @@ def checks_block(rep: Report) -> str:
     ok = sum(c.ok for c in rep.checks)
     lines = [rep.heading("targets (issues 3, 5, 6)"), "", f"{ok} of {len(rep.checks)} met:"]
     lines += [f"- {'✓' if c.ok else '✗'} {c.what}" for c in rep.checks]
-    return "\n".join(lines)
+    return rep.join(lines)

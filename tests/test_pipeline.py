@@ -172,3 +172,25 @@ def test_second_concurrent_build_is_refused_clearly(project):
     with build_lock(project / ".galleryvis-cache"):
         result = CliRunner().invoke(main, ["build", str(project / "galleryvis.toml"), "-q"])
     assert result.exit_code == 2 and "another galleryvis build" in result.output
+
+
+def test_scores_are_shown_ranked_and_cached(project, monkeypatch):
+    toml = MANIFEST + "\n[metrics]\nenabled = true\nsteps = 4\nsanity_steps = 1\nsanity_techniques = [\"vanilla\"]\n"
+    (project / "galleryvis.toml").write_text(toml)
+    _build(project)
+    md = (project / "site" / "gallery.md").read_text()
+    assert "Deletion AUC" in md and "Insertion AUC" in md and "Sanity" in md
+    assert "random map" in md and "centre Gaussian" in md
+    entries = sorted((project / ".galleryvis-cache").glob("??/*.json"))
+
+    from galleryvis import metrics
+
+    def no_recompute(*_a, **_k):
+        raise AssertionError("scores must come from the cache")
+
+    monkeypatch.setattr(metrics, "deletion_insertion", no_recompute)
+    monkeypatch.setattr(metrics, "sanity", no_recompute)
+    summary = _build(project)
+    assert summary.computed == 0 and summary.failed == 0
+    assert sorted((project / ".galleryvis-cache").glob("??/*.json")) == entries
+    assert (project / "site" / "gallery.md").read_text() == md

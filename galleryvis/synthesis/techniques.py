@@ -7,8 +7,6 @@ generator, so items in one batch never influence each other. Gradients are taken
 """
 from __future__ import annotations
 
-import math
-
 from contextlib import nullcontext
 
 import torch
@@ -18,7 +16,8 @@ from torch import Tensor
 from ..hooks import guided
 from . import param as P
 from .api import Job, synthesis_technique
-from .objectives import alpha_norm, redirected_relus, relative_distance, total_variation, unit_mean, unit_square_mean
+from .objectives import (alpha_norm, redirected_relus, relative_distance, total_variation, unit_mean,
+                         unit_square_mean)
 from .transforms import gaussian_blur, random_affine, roll
 
 
@@ -69,25 +68,29 @@ def filter_visualization(job: Job, *, steps: int = 128, size: int = 128, lr: flo
 # -- layer activation with guided backprop ----------------------------------------------------------
 @synthesis_technique(
     "layer_activation", layer="one", unit="channel", image="required",
-    choices={"scaling": ("minmax", "symmetric")},
+    choices={"scaling": ("symmetric", "minmax")},
     paper="Springenberg et al. 2014, https://arxiv.org/abs/1412.6806",
     summary="Guided backpropagation from one channel (or the whole layer) of a chosen layer.")
-def layer_activation(job: Job, *, scaling: str = "minmax") -> tuple[Tensor, Tensor]:
-    """Guided-backprop gradient of the channel's mean activation (the whole layer's when no
-    channel is given) w.r.t. the input, shown per image: ``minmax`` maps [min, max] to [0, 1]
-    (the seed's display); ``symmetric`` maps 0 to grey, 0.5 + g / (2 max|g|). Trace (1, N): the
-    objective."""
-    assert job.image is not None
+def layer_activation(job: Job, *, scaling: str = "symmetric", clip: float = 0.99) -> tuple[Tensor, Tensor]:
+    """Guided-backprop gradient g of the channel's mean activation (the whole layer's when no
+    channel is given) w.r.t. the input image, mapped per image to [0, 1] for display:
+    ``symmetric`` (default) maps 0 to grey, 0.5 + g / (2 q), q the ``clip`` quantile of |g|,
+    clipped; ``minmax`` maps [min, max] to [0, 1] (the seed's display, washed out by a few large
+    values). Trace (1, N): the objective."""
+    if not 0 < clip <= 1:
+        raise ValueError(f"layer_activation: clip must be in (0, 1], got {clip}")
+    assert job.image is not None and job.tap is not None
     x = job.image.detach().clone().requires_grad_(True)
     with torch.enable_grad(), guided(job.model, "guided"):
-        obj = unit_mean(job.tap(x), job.units)  # type: ignore[misc]
+        obj = unit_mean(job.tap(x), job.units)
         (g,) = torch.autograd.grad(obj.sum(), x)
     flat = g.flatten(1)
     if scaling == "minmax":
         lo, hi = flat.min(1).values, flat.max(1).values
         out = (g - lo.view(-1, 1, 1, 1)) / (hi - lo).clamp(min=1e-12).view(-1, 1, 1, 1)
     else:
-        out = 0.5 + g / (2 * flat.abs().max(1).values.clamp(min=1e-12).view(-1, 1, 1, 1))
+        q = torch.quantile(flat.abs(), clip, dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+        out = (0.5 + g / (2 * q)).clamp(0, 1)
     return out, obj.detach()[None]
 
 
@@ -207,7 +210,7 @@ def _above_quantile(v: Tensor, q: float) -> Tensor:
     "inverted_representation", layer="one", unit=None, image="required",
     paper="Mahendran & Vedaldi 2015, https://arxiv.org/abs/1412.0035",
     summary="An image reconstructed from a layer's representation of a photo, with natural-image priors.")
-def inverted_representation(job: Job, *, steps: int = 200, lr: float = 0.05, alpha: float = 6.0,
+def inverted_representation(job: Job, *, steps: int = 200, lr: float = 0.2, alpha: float = 6.0,
                             alpha_weight: float = 1.0, beta: float = 2.0, tv_weight: float = -1.0
                             ) -> tuple[Tensor, Tensor]:
     """Minimize ||phi(x) - phi(x0)||^2 / ||phi(x0)||^2 + alpha_weight * R_alpha + tv_weight * R_TV
