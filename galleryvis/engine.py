@@ -82,13 +82,11 @@ class Context:
 
     def forward(self) -> Pass:
         """Logits and activations of every requested layer, without building a graph."""
-        for p in self._passes.values():
-            return p  # a backward pass's forward half serves as well
-        if "forward" not in self._passes:
+        if not self._passes:  # otherwise a backward pass's forward half serves as well
             with torch.inference_mode(), capture(self.model, self.layers) as acts:
                 logits = _logits(self.model, self.x)
             self._passes["forward"] = Pass(logits.clone(), None, {k: v.clone() for k, v in acts.items()}, {})
-        return self._passes["forward"]
+        return next(iter(self._passes.values()))
 
     def input_grad(self, x: Tensor, target: Tensor, mode: str = "plain") -> Tensor:
         """d logit[target] / d x for an arbitrary batch (noisy samples, IG path points), chunked."""
@@ -234,7 +232,7 @@ def attribute_many(
         need_input = any(t.name not in _LAYER_ONLY for t in techs)
         for xs, ts in zip(x.split(batch_size), targets.split(batch_size)):
             ctx = Context(model, xs, ts, all_layers, batch_size, need_input)
-            for t in techs:
+            for t in sorted(techs, key=lambda t: t.name in _FORWARD_ONLY):  # reuse a backward's forward
                 m = ctx.run(t.name, layer_of[t.name], **resolved[t.name])
                 out[t.name].append(_finish(m, xs))
     return {name: torch.cat(maps) for name, maps in out.items()}
@@ -242,6 +240,8 @@ def attribute_many(
 
 #: Techniques that need gradients at layers only, so their backward can stop at the layer.
 _LAYER_ONLY = {"gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam"}
+#: Techniques that need only a forward pass (run last in a chunk, so they reuse another's).
+_FORWARD_ONLY = {"eigencam", "scorecam"}
 
 
 def _finish(m: Tensor, x: Tensor) -> Tensor:

@@ -11,7 +11,8 @@ from .registry import suggest
 
 #: Activation modules that guided backprop and deconvnet guide. Functional activations
 #: (``F.relu`` called inside ``forward``) are invisible to module hooks and cannot be guided.
-RELU_FAMILY: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.Hardtanh, nn.RReLU)
+RELU_FAMILY: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.Hardtanh, nn.RReLU)
 
 
 class LayerError(ValueError):
@@ -55,8 +56,8 @@ def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor
 
     The module's output is replaced by a clone, so in-place operations that follow it in the
     forward pass (``out += identity``) cannot change the recorded tensor. Under grad mode, an
-    output that does not require grad (input and parameters frozen) becomes a leaf that does,
-    so the backward starts there: gradients reach the captured layers and stop at the first.
+    output that does not require grad (input and parameters frozen) becomes a leaf that does:
+    the backward then reaches every captured layer and stops at the first of them.
     """
     store: dict[str, Tensor] = {}
     with ExitStack() as stack:

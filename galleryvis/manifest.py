@@ -796,6 +796,6 @@ deletion_insertion = true                # deletion/insertion curves (Petsiuk et
 sanity = true                            # cascading model-randomization check (Adebayo et al. 2018)
 steps = 20                               # points per deletion/insertion curve
 substrate = "zero"                       # what deleted pixels become: "zero" (mean colour), "black" or "blur"
-sanity_steps = 3                         # randomization steps of the cascade (each recomputes the map)
-# sanity_techniques = ["vanilla", "gradcam"]   # default: every technique in the gallery
+sanity_steps = 3                         # randomization steps of the cascade (each recomputes the map);
+                                         # sanity_techniques = [...] limits the check to some techniques
 '''

@@ -114,7 +114,8 @@ class Case:
     def gradcam(self, cls: str, layers: list[str] | None = None) -> np.ndarray:
         mods = [self.model.get_submodule(n) for n in layers or [self.layer]]
         with frozen(self.model), getattr(pgc, cls)(model=self.model, target_layers=mods) as cam:
-            return cam(input_tensor=self.x.clone().requires_grad_(True), targets=[ClassifierOutputTarget(t) for t in self.target])
+            targets = [ClassifierOutputTarget(t) for t in self.target]
+            return cam(input_tensor=self.x.clone().requires_grad_(True), targets=targets)
 
 
 @pytest.fixture(scope="module", params=list(MODELS))

@@ -3,6 +3,7 @@ default layers. Tiny seeded models (see conftest.py) keep this file fast."""
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -231,6 +232,7 @@ class Counting(nn.Module):
 @pytest.mark.parametrize("techs, per_chunk", [
     (["vanilla", "grad_x_image", "gradcam", "layercam"], 1),
     (["vanilla", "grad_x_image", "gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam"], 1),
+    (["eigencam", "gradcam"], 1),  # forward-only techniques reuse the backward's forward
     (["guided_backprop", "guided_gradcam"], 2),  # the guided pass + the plain one for Grad-CAM
 ])
 def test_attribute_many_shares_passes(tiny_seq: nn.Module, tiny_x: Tensor, techs: list[str], per_chunk: int) -> None:
@@ -298,3 +300,21 @@ def test_techniques_listing() -> None:
         assert entry["output"] in ("input", "cam") and entry["paper"].split()[0] and "http" in entry["paper"]
         assert entry["params"] == dict(registry.get(name).params)
     assert listed["smoothgrad"]["params"]["sigma"] == 0.15
+
+
+def test_grad_x_image_bases(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    x = tiny_x[:2]
+    vanilla = galleryvis.attribute(tiny_seq, x, "vanilla", 2)
+    torch.testing.assert_close(galleryvis.attribute(tiny_seq, x, "grad_x_image", 2), vanilla * x)
+    # integrated gradients already multiplies by the input: not a second time
+    torch.testing.assert_close(galleryvis.attribute(tiny_seq, x, "grad_x_image", 2, base="integrated_gradients"),
+                               galleryvis.attribute(tiny_seq, x, "integrated_gradients", 2))
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_technique_docs(name: str) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "templates" / "techniques" / f"{name}.md").read_text()
+    for section in ("# Parameters", "# Departures from the seed", "http"):
+        assert section in doc, section
+    for param in registry.get(name).params:
+        assert f"`{param}`" in doc, param

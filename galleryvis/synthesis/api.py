@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import numbers
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Sequence
@@ -98,9 +99,11 @@ class Job:
 
 @dataclass(frozen=True)
 class SynthesisResult:
-    """``image``: float32 CPU (N,3,H,W) in [0, 1]. ``trace``: float32 CPU (steps, N), item ``i``'s
-    objective before each step (what the technique maximizes; the reconstruction loss, which it
-    minimizes, for ``inverted_representation``). Unpacks as ``image, trace = result``."""
+    """``image``: float32 CPU (N,3,H,W) in [0, 1]. ``trace``: float32 CPU tensor (steps, N), item
+    ``i``'s objective before each step: the mean activation (or logit) being maximized, as the
+    model saw it (after that step's random transform); for ``inverted_representation`` the
+    normalized reconstruction error ||phi(x) - phi(x0)||^2 / ||phi(x0)||^2 being minimized;
+    (1, N) for ``layer_activation``. Unpacks as ``image, trace = result``."""
 
     image: Tensor
     trace: Tensor
@@ -121,16 +124,16 @@ def _units(value: Units, what: str) -> tuple[list[int | None], bool]:
         return [None], False
     if isinstance(value, Tensor):
         value = value.flatten().tolist() if value.dim() else int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         if value < 0:
             raise ValueError(f"{what} must be >= 0, got {value}")
-        return [value], False
+        return [int(value)], False
     if isinstance(value, Sequence) and not isinstance(value, str):
         out: list[int | None] = []
         for v in value:
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{what} must be non-negative ints, got {v!r} in {list(value)!r}")
-            out.append(v)
+            out.append(int(v))
         if not out:
             raise ValueError(f"{what} is an empty list")
         return out, True

@@ -94,14 +94,17 @@ class _Redirect(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
         upper = ctx.upper
-        active = (x > 0) if upper is None else (x > 0) & (x < upper)
-        normal = g * active
-        dead = normal.flatten(1).abs().sum(1) == 0
+        if upper is None:  # the activations' own backward kernels: g where 0 < x (< upper)
+            normal = torch.ops.aten.threshold_backward(g, x, 0.0)
+        else:
+            normal = torch.ops.aten.hardtanh_backward(g, x, 0.0, upper)
+        dead = ~normal.flatten(1).any(1)
         if bool(dead.any()):
-            towards = (x <= 0) & (g < 0)
+            active = (x > 0) if upper is None else (x > 0) & (x < upper)
+            move = active | ((x <= 0) & (g < 0))
             if upper is not None:
-                towards |= (x >= upper) & (g > 0)
-            redirected = g * (active | towards)
+                move |= (x >= upper) & (g > 0)
+            redirected = g * move
             normal = torch.where(dead.view(-1, *([1] * (g.dim() - 1))), redirected, normal)
         return normal, None, None
 

@@ -148,8 +148,9 @@ def class_visualization(job: Job, *, steps: int = 100, size: int = 160, lr: floa
                         noise: float = 0.2
                         ) -> tuple[Tensor, Tensor]:
     """Adam ascent on the target logit, in [0, 1] image space centred on the normalization mean
-    (``z = x - mean``, so "zero" is the mean colour). From uniform noise in [0, 1] unless an
-    image is given.
+    (``z = x - mean``, so "zero" is the mean colour; z is projected so that x stays in [0, 1]).
+    Starts from the given image, else from the mean colour plus uniform noise of width ``noise``
+    (the seed's full-range noise is ``noise=1``).
 
     ``regularization``: ``none``; ``l1``/``l2``: ``weight`` times mean |z| or mean z^2 added to
     the loss; ``yosinski`` (Yosinski et al. 2015): after each step, decay ``z *= 1 - decay``,
@@ -176,9 +177,9 @@ def class_visualization(job: Job, *, steps: int = 100, size: int = 160, lr: floa
             logit = job.logits(x).gather(1, idx[:, None])[:, 0]
             loss = -logit.sum()
             if regularization == "l1":
-                loss = loss + weight * z.abs().flatten(1).mean(1).sum()
+                loss = loss + weight * z.abs().sum()
             elif regularization == "l2":
-                loss = loss + weight * z.square().flatten(1).mean(1).sum()
+                loss = loss + weight * z.square().sum() / 2
             (g,) = torch.autograd.grad(loss, z)
         z.grad = g
         opt.step()
@@ -214,15 +215,16 @@ def inverted_representation(job: Job, *, steps: int = 200, lr: float = 0.2, alph
                             alpha_weight: float = 1.0, beta: float = 2.0, tv_weight: float = -1.0
                             ) -> tuple[Tensor, Tensor]:
     """Minimize ||phi(x) - phi(x0)||^2 / ||phi(x0)||^2 + alpha_weight * R_alpha + tv_weight * R_TV
-    with Adam from faint noise, x in [0, 1] (projected each step).
+    with Adam from faint noise, x in [0, 1] (projected each step), the learning rate decaying
+    exponentially from ``lr`` to ``lr / 10`` over the steps.
 
     R_alpha = mean |(x - mean) / 0.5|^alpha (the paper's N_alpha, normalized by pixel count and
     range); R_TV = mean over pixels of the squared spatial differences ^(beta/2), over (H, W)
     as in the paper. ``tv_weight < 0`` chooses it from the layer's stride s (input width /
     layer width): see :func:`default_tv_weight`. Trace (steps, N): the reconstruction term."""
-    assert job.image is not None
+    assert job.image is not None and job.tap is not None
     with torch.no_grad():
-        phi0 = job.tap(job.image).detach()  # type: ignore[misc]
+        phi0 = job.tap(job.image).detach()
     if tv_weight < 0:
         tv_weight = default_tv_weight(job.image.shape[-1], phi0.shape[-1] if phi0.dim() == 4 else 1)
     x = torch.cat([0.5 + 0.05 * torch.randn(1, *job.image.shape[1:], generator=g) for g in job.gens])

@@ -105,8 +105,8 @@ def eigencam(ctx: Context, *, layer: str) -> Tensor:
     centred = flat - flat.mean(1, keepdim=True)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     proj = (centred @ vh[:, 0, :, None]).reshape(n, 1, h, w)
-    ref = a.sum(1, keepdim=True)
-    sign = torch.sign(((proj - proj.mean((2, 3), keepdim=True)) * (ref - ref.mean((2, 3), keepdim=True))).sum((1, 2, 3)))
+    ref = a.sum(1, keepdim=True)  # proj has zero mean already (centred data)
+    sign = torch.sign((proj * (ref - ref.mean((2, 3), keepdim=True))).sum((1, 2, 3)))
     return F.relu(proj * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None, None, None])
 
 
@@ -128,7 +128,9 @@ def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
     weights = torch.zeros(acts.shape[:2], device=acts.device)
     with torch.inference_mode():
         for i, (xi, ti) in enumerate(zip(ctx.x, ctx.target)):
-            live = (acts[i].amax((1, 2)) > acts[i].amin((1, 2))) if paper else torch.ones_like(weights[i], dtype=torch.bool)
+            live = acts[i].amax((1, 2)) > acts[i].amin((1, 2))
+            if not paper:
+                live = torch.ones_like(live)
             for chunk in live.nonzero().flatten().split(ctx.batch_size):
                 up = F.interpolate(acts[i, chunk, None], size=size, mode="bilinear", align_corners=not paper)
                 lo = up.amin((2, 3), keepdim=True)

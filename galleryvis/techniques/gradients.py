@@ -41,8 +41,10 @@ _GRADIENT_BASES = ("vanilla", "guided_backprop", "deconvnet", "smoothgrad", "int
            paper="Shrikumar et al. 2016, https://arxiv.org/abs/1605.01713",
            summary="A gradient map multiplied element-wise by the input image.")
 def grad_x_image(ctx: Context, *, base: str = "vanilla") -> Tensor:
-    """``base`` technique's map (with its default parameters) times the input."""
-    return ctx.run(base) * ctx.x
+    """``base`` technique's map (default parameters) times the input; for integrated gradients
+    the path-averaged gradient times the input (IG itself for the zero baseline)."""
+    params = {"multiply_by_inputs": False} if base == "integrated_gradients" else {}
+    return ctx.run(base, **params) * ctx.x
 
 
 @technique("smoothgrad", output="input", signed=True,

@@ -426,17 +426,18 @@ class _Tracer(TorchFunctionMode):
         if handler is None:
             out = func(*args, **kwargs)
             if any(t.requires_grad for t in _tensors(out)):
-                raise self.refuse(f"computes {name or func!r}, which has no LRP rule here")
+                raise self.refuse(f"computes {name or repr(func)}, which has no LRP rule here")
             return out  # a shape, a comparison, an argmax: no relevance flows through it
         pos = _INPLACE_ARG.get(name)
         if kwargs.get("inplace") or (pos is not None and len(args) > pos and args[pos] is True):
             inplace = True
+        raw = getattr(func, "__name__", name)
         if inplace:
             func, args, kwargs = self._out_of_place(func, args, kwargs, pos)
         out = handler(func, name, args, kwargs, deps)
         self._mark(out, deps)
-        if inplace and isinstance(args[0], Tensor):
-            self.stale[id(args[0])] = (args[0], getattr(func, "__name__", name), self.where())
+        if inplace and isinstance(args[0], Tensor) and out is not args[0]:
+            self.stale[id(args[0])] = (args[0], raw, self.where())
         return out
 
     def _handler(self, name: str) -> Callable[..., Any] | None:
@@ -587,8 +588,8 @@ class _Tracer(TorchFunctionMode):
         bounds = self.bounds.get(deps[0].grad_fn) if len(deps) == 1 else None
         if bounds is not None and isinstance(out, Tensor) and out.grad_fn not in self.bounds:
             with torch.no_grad():
-                low, high = (func(*_substitute(args, kwargs, deps[0], bd)[0],
-                                  **_substitute(args, kwargs, deps[0], bd)[1]) for bd in bounds)
+                low, high = (func(*a, **k) for a, k in
+                             (_substitute(args, kwargs, deps[0], bd) for bd in bounds))
             self.bounds[out.grad_fn] = (low, high)
         return out
 
