@@ -217,6 +217,10 @@ def attribute_many(
     if unknown:
         raise registry.TechniqueError(f"params given for techniques not requested: {sorted(unknown)}")
     techs = [registry.get(t) for t in techniques]
+    for t in techs:
+        if t.family != "attribution":
+            raise registry.TechniqueError(
+                f"{t.name!r} is a {t.family} technique: use galleryvis.synthesize(model, {t.name!r}, ...)")
     resolved = {t.name: registry.resolve_params(t, params.get(t.name)) for t in techs}
     device = model_device(model)
     x = inputs.detach().to(device)

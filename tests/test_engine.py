@@ -318,3 +318,10 @@ def test_technique_docs(name: str) -> None:
         assert section in doc, section
     for param in registry.get(name).params:
         assert f"`{param}`" in doc, param
+
+
+def test_synthesis_techniques_are_refused_by_attribute(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    synthesis = registry.names("synthesis")
+    assert synthesis, "the synthesis techniques are registered"
+    with pytest.raises(registry.TechniqueError, match="galleryvis.synthesize"):
+        galleryvis.attribute(tiny_seq, tiny_x, synthesis[0], 2)

@@ -515,9 +515,9 @@ class _Tracer(TorchFunctionMode):
         x = self._only(deps, p["input"], "normalizes with statistics that depend on the input")
         if p["training"] or p["running_mean"] is None:
             raise self.refuse("is a BatchNorm in training mode or without running statistics")
-        node = x.grad_fn
-        while node is not None and node not in self.layers and type(node).__name__.startswith("CloneBackward"):
-            node = node.next_functions[0][0]  # a clone made by a hook that records the layer
+        node = x.grad_fn  # skipping clones made by hooks that record the layer (``capture``)
+        while node not in self.layers and type(node).__name__.startswith("CloneBackward"):
+            node = node.next_functions[0][0]
         layer = self.layers.get(node)
         mean, var = p["running_mean"].detach(), p["running_var"].detach()
         if layer is None or layer.w.shape[0] != mean.numel() or (layer.dense and layer.x.dim() != 2):
