@@ -336,9 +336,9 @@ class _Layer:
         self.x, self.f, self.w, self.b, self.dense, self.bounds = x, f, w, b, dense, bounds
 
     def rule(self, rule: str, epsilon: float, gamma: float, alpha: float,
-             w: Tensor | None = None, b: Tensor | None = None, folded: bool = False) -> Rule:
-        """The layer's rule, with its own parameters or the folded ones ``w``, ``b``."""
-        w, b = (w, b) if folded else (self.w, self.b)
+             folded: tuple[Tensor, Tensor] | None = None) -> Rule:
+        """The layer's rule, with its own parameters or the ``folded`` ones (w, b)."""
+        w, b = folded or (self.w, self.b)
         if rule == "composite":
             if self.bounds is not None:
                 return box_rule(self.f, w, *self.bounds)
@@ -532,7 +532,7 @@ class _Tracer(TorchFunctionMode):
         with torch.no_grad():
             out = func(*args, **kwargs)
         # canonization: layer + BN act as one layer, from the layer's input to the BN's output
-        new = _Relevance.wrap(layer.x, out, layer.rule(*self.params, w=w, b=b, folded=True))
+        new = _Relevance.wrap(layer.x, out, layer.rule(*self.params, folded=(w, b)))
         self.folded[node] = new
         return new
 
