@@ -20,7 +20,7 @@ from .engine import attribute_many
 from .images import file_sha256, fit, load_image
 from .manifest import Manifest, ManifestError, TechniqueSpec, check_against_models
 from .models import ModelAdapter, ModelError, choose_device, load_model
-from .naming import unique_slugs
+from .naming import slug, unique_slugs
 from .records import Cell, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, TechniqueRecord, Variant
 from .sitefiles import build_lock, staged
 
@@ -320,7 +320,7 @@ def _cell_record(job: _Job, out: Path, manifest: Manifest, image_pil: Image.Imag
                                 colormap=manifest.gallery.colormap, alpha=manifest.gallery.alpha,
                                 guided=job.tech.name == "guided_backprop")
     for key, vlabel, pic in pics:
-        rel = f"img/{job.model.id}/{job.image.id}/{job.tech.id}-{key}.png"
+        rel = f"img/{slug(job.model.id)}/{job.image.id}/{slug(job.tech.id)}-{key}.png"
         src, thumb = _save(pic, out, rel)
         alt = f"{_title(job.tech.id, tech.name)} {vlabel.lower()}, model {job.model.id}, " \
               f"image {job.image.name}, class {label} ({job.target})"

@@ -87,6 +87,10 @@ _ROUTE = frozenset({"view", "view_as", "reshape", "reshape_as", "flatten", "unfl
 _DUNDER = {"add": "add", "radd": "add", "sub": "sub", "rsub": "rsub", "mul": "mul", "rmul": "mul",
            "truediv": "div", "div": "div", "neg": "neg", "getitem": "__getitem__",
            "rtruediv": "rdiv", "matmul": "matmul", "rmatmul": "matmul"}
+#: Queries that read no values (allowed on a tensor that was changed in place).
+_METADATA = frozenset({"shape", "size", "dim", "ndim", "numel", "nelement", "dtype", "device",
+                       "layout", "stride", "storage_offset", "element_size", "is_contiguous",
+                       "is_floating_point", "is_cuda", "requires_grad", "grad_fn", "data_ptr"})
 #: Position of the ``inplace`` flag of functional activations (``F.relu(x, True)``).
 _INPLACE_ARG = {"relu": 1, "relu6": 1, "hardtanh": 3, "threshold": 3, "dropout": 3,
                 "dropout1d": 3, "dropout2d": 3, "dropout3d": 3, "alpha_dropout": 3,
@@ -417,7 +421,7 @@ class _Tracer(TorchFunctionMode):
             return func(*args, **kwargs)
         tensors = _tensors(args) + _tensors(kwargs)
         name, inplace = _op_name(func)
-        if self.stale and name not in ("shape", "dtype", "device", "requires_grad", "grad_fn"):
+        if self.stale and name not in _METADATA:
             self._check_stale(tensors)
         deps = [t for t in tensors if t.requires_grad]
         if not deps:
