@@ -6,6 +6,7 @@ and the :mod:`galleryvis.metrics` module.
 from . import techniques as _techniques  # noqa: F401  (fills the registry)
 from .engine import IMAGENET_MEAN, IMAGENET_STD, attribute, attribute_many, techniques
 from .synthesis import synthesize
+from . import metrics  # noqa: E402  (galleryvis.metrics.deletion_insertion, .sanity)
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "attribute", "attribute_many", "synthesize", "techniques"]
 __version__ = "0.1.0"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from numbers import Integral
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -202,12 +202,14 @@ def attribute_many(
     params: Mapping[str, Mapping[str, Any]] | None = None,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, Tensor]:
     """Maps for several techniques, sharing the forward/backward passes they have in common.
 
     ``layer`` is one dotted module name, a list (multi-layer techniques) or a mapping
     technique -> layer; ``params`` maps technique -> parameters. Returns ``{technique: maps}``
     with raw float32 CPU maps, (N,3,H,W) or (N,1,H,W) upsampled bilinearly to the input size.
+    ``progress(technique, n_images)`` is called each time a technique finishes a chunk.
     """
     _check_inputs(inputs)
     if batch_size < 1:
@@ -239,6 +241,8 @@ def attribute_many(
             for t in sorted(techs, key=lambda t: t.name in _FORWARD_ONLY):  # reuse a backward's forward
                 m = ctx.run(t.name, layer_of[t.name], **resolved[t.name])
                 out[t.name].append(_finish(m, xs))
+                if progress is not None:
+                    progress(t.name, xs.shape[0])
     return {name: torch.cat(maps) for name, maps in out.items()}
 
 

@@ -17,6 +17,9 @@ from PIL import Image
 from . import postprocess, registry, scoring
 from .cache import Cache, CacheWarning, atomic_write, cache_key
 from .engine import attribute_many
+from .hooks import capture, prepared
+from .synthesis import synthesize
+from .synthesis.api import spec_of
 from .images import file_sha256, fit, load_image
 from .manifest import Manifest, ManifestError, TechniqueSpec, check_against_models
 from .models import ModelAdapter, ModelError, choose_device, load_model
@@ -85,6 +88,12 @@ class _Job:
     cached: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[float]] = field(default_factory=dict)
+    trace: list[float] = field(default_factory=list)
+    unit: int | None = None  # the channel a synthesis cell optimized
+
+    @property
+    def family(self) -> str:
+        return registry.get(self.tech.name).family
 
 
 class Progress:
@@ -92,12 +101,20 @@ class Progress:
 
     def __init__(self, total: int, quiet: bool) -> None:
         self.quiet, self.total, self.done = quiet, total, 0
+        self._seen: set[int] = set()
         self.start = time.monotonic()
         self.bar = None
         if not quiet and total and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="cell", file=sys.stderr)
+
+    def mark(self, jobs: Any, what: str) -> None:
+        """Count ``jobs`` as done (each once, however often it is marked)."""
+        fresh = [j for j in jobs if id(j) not in self._seen]
+        self._seen.update(id(j) for j in fresh)
+        if fresh:
+            self.step(len(fresh), what)
 
     def step(self, n: int, what: str) -> None:
         self.done += n
@@ -203,9 +220,10 @@ def plan(manifest: Manifest, adapters: dict[str, ModelAdapter], images: list[_Im
             layer = _layer(adapter, tspec)
             for img in images:
                 target = _target_index(adapter, img.target, int(preds[spec.id][img.id].argmax()))
-                key = cache_key(kind="map", image=img.sha, model=adapter.name, fingerprint=adapter.fingerprint,
-                                size=adapter.size, mean=adapter.mean, std=adapter.std, technique=tech.name,
-                                params=params, layer=layer, target=target, device=device_class)
+                key = cache_key(kind="map" if tech.family == "attribution" else "synthesis", image=img.sha,
+                                model=adapter.name, fingerprint=adapter.fingerprint, size=adapter.size,
+                                mean=adapter.mean, std=adapter.std, technique=tech.name, params=params,
+                                layer=layer, target=target, device=device_class)
                 job = _Job(adapter, img, tspec, params, layer, target, key)
                 if not force and cache.has(key):
                     job.cached = True
@@ -215,27 +233,71 @@ def plan(manifest: Manifest, adapters: dict[str, ModelAdapter], images: list[_Im
 
 def _compute(jobs: list[_Job], batch_size: int, cache: Cache, progress: Progress,
              fail_fast: bool, seconds: dict[str, float]) -> None:
-    """Compute every job, grouped per model and per technique set, images batched."""
-    groups: dict[tuple[str, tuple[str, ...]], list[_Job]] = defaultdict(list)
+    """Compute every job: attribution cells grouped per model and technique set with images
+    batched, then synthesis cells one by one; each result goes to the cache as it is done."""
     by_cell: dict[tuple[str, str], list[_Job]] = defaultdict(list)
     for job in jobs:
-        by_cell[(job.model.id, job.image.id)].append(job)
+        if job.family == "attribution":
+            by_cell[(job.model.id, job.image.id)].append(job)
+    groups: dict[tuple[str, tuple[str, ...]], list[list[_Job]]] = defaultdict(list)
     for (model_id, _), cell_jobs in by_cell.items():
-        groups[(model_id, tuple(j.tech.id for j in cell_jobs))].append(cell_jobs)  # type: ignore[arg-type]
-    for (_, tech_ids), cells in groups.items():
+        groups[(model_id, tuple(j.tech.id for j in cell_jobs))].append(cell_jobs)
+    for cells in groups.values():
         for start in range(0, len(cells), batch_size):
-            chunk: list[list[_Job]] = cells[start:start + batch_size]  # type: ignore[assignment]
-            _compute_chunk(chunk, batch_size, fail_fast, seconds)
-            for cell_jobs in chunk:
-                for job in cell_jobs:
-                    if job.result is not None:
-                        cache.put(job.key, job.result, {"technique": job.tech.name, "params": job.params,
-                                                        "image": job.image.name, "model": job.model.id})
-            n = sum(len(c) for c in chunk)
-            progress.step(n, f"{chunk[0][0].model.id}: {len(chunk)} image(s) x {len(tech_ids)} technique(s)")
+            chunk = cells[start:start + batch_size]
+            _compute_chunk(chunk, batch_size, fail_fast, seconds, progress)
+            for job in (j for cell_jobs in chunk for j in cell_jobs):
+                if job.result is not None:
+                    cache.put(job.key, job.result, {"technique": job.tech.name, "params": job.params,
+                                                    "image": job.image.name, "model": job.model.id})
+            progress.mark([j for c in chunk for j in c], f"{chunk[0][0].model.id}: {len(chunk)} image(s)")
+    for job in (j for j in jobs if j.family == "synthesis"):
+        t0 = time.perf_counter()
+        try:
+            _synthesize(job)
+        except Exception as exc:  # noqa: BLE001  (recorded in the cell; the build goes on)
+            if fail_fast:
+                raise
+            job.error = _one_line(exc)
+        else:
+            cache.put(job.key, job.result, {"technique": job.tech.name, "params": job.params, "trace": job.trace,
+                                            "unit": job.unit, "image": job.image.name, "model": job.model.id})
+        seconds[job.tech.id] = seconds.get(job.tech.id, 0.0) + time.perf_counter() - t0
+        progress.mark([job], f"{job.model.id}: {job.tech.id} for {job.image.name}")
 
 
-def _compute_chunk(chunk: list[list[_Job]], batch_size: int, fail_fast: bool, seconds: dict[str, float]) -> None:
+def _top_channel(adapter: ModelAdapter, x: torch.Tensor, layer: str) -> int:
+    """The channel of ``layer`` with the highest mean activation on ``x`` (one image)."""
+    with prepared(adapter.model), torch.no_grad(), capture(adapter.model, [layer]) as acts:
+        adapter.model(x)
+    a = acts[layer]
+    return int(a.flatten(2).mean(2)[0].argmax()) if a.dim() == 4 else int(a[0].argmax())
+
+
+def _synthesize(job: _Job) -> None:
+    """One synthesis cell: the image's own class (target) or its most active channel (unit)."""
+    adapter = job.model
+    spec = spec_of(job.tech.name)
+    x = adapter.preprocess(job.image.pil)[None].to(adapter.device)
+    kwargs: dict[str, Any] = {"mean": adapter.mean, "std": adapter.std}
+    if job.layer is not None:
+        kwargs["layer"] = job.layer
+    if spec.image == "required":
+        kwargs["image"] = x
+    if spec.unit == "target":
+        kwargs["target"] = job.target
+    elif spec.unit == "channel":
+        job.unit = kwargs["channel"] = _top_channel(adapter, x, job.layer)
+    result = synthesize(adapter.model, job.tech.name, **kwargs, **job.params)
+    image = result.image[0].numpy()
+    if not np.isfinite(image).all():
+        raise FloatingPointError(f"{job.tech.name} produced NaN or Inf values")
+    job.result = image
+    job.trace = [round(float(v), 5) for v in result.trace[:, 0]]
+
+
+def _compute_chunk(chunk: list[list[_Job]], batch_size: int, fail_fast: bool, seconds: dict[str, float],
+                   progress: Progress) -> None:
     """One attribute_many call per technique-id group; on failure, retry each technique alone
     (so one failing technique does not take the others down), halving the batch on OOM."""
     adapter = chunk[0][0].model
@@ -249,27 +311,29 @@ def _compute_chunk(chunk: list[list[_Job]], batch_size: int, fail_fast: bool, se
     rest = [col for cols in by_name.values() for col in cols[1:]]
     for group in ([shared] + [[c] for c in rest]):
         try:
-            _run(adapter, x, targets, group, batch_size, seconds)
+            _run(adapter, x, targets, group, batch_size, seconds, progress)
         except Exception:  # noqa: BLE001  (isolate: retry one technique and one image at a time)
             if fail_fast:
                 raise
             for col in group:
                 for i, job in enumerate(col):
                     try:
-                        _run(adapter, x[i:i + 1], targets[i:i + 1], [(job,)], batch_size, seconds)
+                        _run(adapter, x[i:i + 1], targets[i:i + 1], [(job,)], batch_size, seconds, progress)
                     except Exception as exc:  # noqa: BLE001
                         job.error = _one_line(exc)
 
 
 def _run(adapter: ModelAdapter, x: torch.Tensor, targets: list[int], cols: list[tuple[_Job, ...]],
-         batch_size: int, seconds: dict[str, float]) -> None:
+         batch_size: int, seconds: dict[str, float], progress: Progress) -> None:
     names = [c[0].tech.name for c in cols]
+    col_of = {c[0].tech.name: c for c in cols}
     layers = {c[0].tech.name: c[0].layer for c in cols}
     params = {c[0].tech.name: c[0].params for c in cols}
     while True:
         try:
             t0 = time.perf_counter()
-            maps = attribute_many(adapter.model, x, names, targets, layers, params, batch_size=batch_size)
+            maps = attribute_many(adapter.model, x, names, targets, layers, params, batch_size=batch_size,
+                                  progress=lambda name, _n: progress.mark(col_of[name], f"{adapter.id}: {name}"))
             break
         except torch.OutOfMemoryError:
             if batch_size == 1:
@@ -311,6 +375,8 @@ def _save(img: Image.Image, out: Path, rel: str, thumb_size: int = 160) -> tuple
 def _cell_record(job: _Job, out: Path, manifest: Manifest, image_pil: Image.Image) -> Cell:
     tech = registry.get(job.tech.name)
     label = job.model.label(job.target)
+    if tech.family == "synthesis" and spec_of(tech.name).unit != "target":
+        label = f"channel {job.unit}" if job.unit is not None else ""
     if job.error:
         return Cell(job.model.id, job.image.id, job.tech.id, job.target, label, "failed", error=job.error)
     assert job.result is not None
@@ -325,8 +391,9 @@ def _cell_record(job: _Job, out: Path, manifest: Manifest, image_pil: Image.Imag
         alt = f"{_title(job.tech.id, tech.name)} {vlabel.lower()}, model {job.model.id}, " \
               f"image {job.image.name}, class {label} ({job.target})"
         variants.append(Variant(key, vlabel, src, thumb, alt))
-    return Cell(job.model.id, job.image.id, job.tech.id, job.target, label, "ok", variants=variants,
-                metrics=dict(job.metrics), curves=dict(job.curves))
+    target = job.target if label == job.model.label(job.target) else None
+    return Cell(job.model.id, job.image.id, job.tech.id, target, label, "ok", variants=variants,
+                metrics=dict(job.metrics), curves=dict(job.curves), trace=list(job.trace))
 
 
 def _technique_records(manifest: Manifest) -> list[TechniqueRecord]:
@@ -380,6 +447,8 @@ def build(manifest: Manifest, opts: Options) -> Summary:
                     todo.append(j)
                 else:
                     j.result = entry.array
+                    j.trace = list(entry.meta.get("trace", []))
+                    j.unit = entry.meta.get("unit")
         summary.plan = _plan_lines(jobs)
         if opts.dry_run:
             return summary

@@ -39,6 +39,12 @@ class Spec:
 _SPECS: dict[str, Spec] = {}
 
 
+def spec_of(name: str) -> Spec:
+    """What synthesis technique ``name`` takes: a channel or a target, an image or not."""
+    registry.get(name)
+    return _SPECS[name]
+
+
 def synthesis_technique(name: str, *, paper: str, summary: str, layer: registry.LayerUse,
                         unit: UnitKind | None, unit_required: bool = False, image: ImageUse = "none",
                         choices: dict[str, tuple[Any, ...]] | None = None
@@ -190,7 +196,7 @@ def synthesize(
     tech = registry.get(technique)
     if tech.family != "synthesis":
         raise TechniqueError(
-            f"{technique!r} is an attribution technique; use galleryvis.attribute() for it "
+            f"{technique!r} is an {tech.family} technique; use galleryvis.attribute() for it "
             f"(synthesis techniques: {', '.join(registry.names('synthesis'))})")
     spec = _SPECS[technique]
     if steps is not None:
@@ -200,8 +206,11 @@ def synthesize(
     resolved = registry.resolve_params(tech, params)
     if "steps" in resolved and resolved["steps"] < 0:
         raise ValueError(f"{technique}: steps must be >= 0, got {resolved['steps']}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, not {type(seed).__name__}")
+    seed = int(seed)
+    if tech.layer == "none" and layer is not None:
+        raise LayerError(f"{technique} takes no layer")
 
     for name, value in (("channel", channel), ("target", target)):
         if value is not None and spec.unit != name:
@@ -239,8 +248,6 @@ def synthesize(
             probe_x = (torch.full((1, 3, size, size), 0.5, device=device) - mean_t) / std_t
         layer_tap = None
         if tech.layer == "none":
-            if layer is not None:
-                raise LayerError(f"{technique} takes no layer")
             with torch.no_grad():
                 out = model(probe_x)
             if not isinstance(out, Tensor) or out.dim() != 2:
