@@ -36,7 +36,7 @@ TECHNIQUES = {
                 [("map", "Map"), ("heatmap", "Heatmap"), ("overlay", "Heatmap on image")]),
     "integrated_gradients": ("integrated_gradients", "Integrated Gradients", "attribution",
                              [("diverging", "Signed map"), ("saliency", "Saliency")]),
-    "filter_visualization": ("filter_visualization", "Filter Visualization", "synthesis",
+    "filter_visualization": ("user_feature_vis", "Filter Visualization", "synthesis",  # no docs page: the record's text shows
                              [("image", "Image")]),
 }
 TARGETS = {("alexnet", "cat"): (285, "Egyptian cat"), ("alexnet", "evil"): (56, "king snake"),
