@@ -123,3 +123,18 @@ def hook_count(model: nn.Module) -> int:
     attrs = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
              "_forward_hooks_with_kwargs", "_state_dict_hooks", "_load_state_dict_pre_hooks")
     return sum(len(getattr(m, a, {}) or {}) for m in model.modules() for a in attrs)
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Deterministic kernels (cuDNN, and torch's own where it has them) for the duration, so a
+    fixed seed gives the same result on CUDA too; the previous settings come back on exit."""
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])

@@ -472,3 +472,12 @@ def test_transforms_and_params():
     assert img.shape == (1, 3, 20, 30) and (img - 0.5).abs().max() < 0.05
     q = P.pixel([torch.Generator().manual_seed(0)], (8, 8), torch.device("cpu"))
     assert q.image().min() >= 150 / 255 and q.image().max() <= 180 / 255
+
+
+def test_deterministic_settings_are_restored_after_synthesis() -> None:
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    before = (torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    galleryvis.synthesize(net, "class_visualization", target=1, steps=2, size=32)
+    assert (torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled()) == before

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .. import registry
 from ..engine import IMAGENET_MEAN, IMAGENET_STD, model_device
-from ..hooks import LayerError, prepared
+from ..hooks import LayerError, deterministic, prepared
 from ..layers import default_layer
 from ..registry import TechniqueError
 from .objectives import LayerTap, tap
@@ -240,7 +240,7 @@ def synthesize(
         elif not listed:
             units = units * x.shape[0]
 
-    with prepared(model), ExitStack() as stack:
+    with prepared(model), deterministic(), ExitStack() as stack:
         if x is not None:
             probe_x = x[:1]
         else:
