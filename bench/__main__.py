@@ -45,7 +45,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write every raw record to this file")
     p.add_argument("--size", type=int, help="input size in pixels (default 224; quick 112)")
     p.add_argument("--images", type=int, help="images per call (default 1, as the seed's batch 1)")
-    p.add_argument("--batch-size", type=int, default=16, help="galleryvis batch_size and the peers' internal "
+    p.add_argument("--batch-size", type=int, default=8, help="galleryvis batch_size and the peers' internal "
                    "batch (default %(default)s)")
     p.add_argument("--repeats", type=int, help="timed calls after the warm-up, at most (default 5; quick 2)")
     p.add_argument("--budget", type=float, help="seconds one measurement may spend on repeats (default 3; quick 1); "

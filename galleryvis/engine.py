@@ -19,7 +19,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: How many images (or noisy samples, IG steps, Score-CAM masks) go through the model at once.
-DEFAULT_BATCH_SIZE = 16
+#: Measured on 2 CPU cores (bench/), 8 is as fast as larger chunks at half the memory.
+DEFAULT_BATCH_SIZE = 8
 
 LayerArg = str | Sequence[str] | Mapping[str, str | Sequence[str]] | None
 
@@ -225,7 +226,8 @@ def attribute_many(
                 f"{t.name!r} is a {t.family} technique: use galleryvis.synthesize(model, {t.name!r}, ...)")
     resolved = {t.name: registry.resolve_params(t, params.get(t.name)) for t in techs}
     device = model_device(model)
-    x = inputs.detach().to(device)
+    # channels_last inputs make CPU convolutions 20-30 % faster (bench/); values are unchanged
+    x = inputs.detach().to(device).contiguous(memory_format=torch.channels_last)
     out: dict[str, list[Tensor]] = {t.name: [] for t in techs}
     with prepared(model):
         default_cache: dict[str, str] = {}
@@ -255,7 +257,7 @@ _FORWARD_ONLY = {"eigencam", "scorecam"}
 def _finish(m: Tensor, x: Tensor) -> Tensor:
     if m.shape[-2:] != x.shape[-2:]:
         m = F.interpolate(m.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return m.detach().float().cpu()
+    return m.detach().float().cpu().contiguous()
 
 
 def attribute(
