@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import quote, urlsplit
 
 import jinja2
@@ -446,27 +446,29 @@ class _Site:
                                if (sp := sparkline(values)) is not None]
         return slot
 
-    def model_tables(self, model: ModelRecord) -> list[tuple[str, Table]]:
+    def _family_tables(self, subject: str, columns: Callable[[], list[Column]], noun: str,
+                       per_model: bool) -> list[tuple[str, Table]]:
+        """One grid per technique family (fresh columns each: a grid sets their targets); a
+        model's page also shows the original images and each technique's layer."""
         out = []
         for family, techs in self.families():
             title = FAMILY_TITLES.get(family, _titlecase(family.replace("_", " ")))
-            cols = [Column(model, img, img.name, self.compare_page[img.id]) for img in self.g.images]
-            table = self.grid(f"{model.name}: {title.lower()}; rows are techniques and their variants, "
-                              "columns are images", "Technique", cols, techs, original=True, sub_layer=True)
+            table = self.grid(f"{subject}: {title.lower()}; rows are techniques and their variants, "
+                              f"columns are {noun}", "Technique", columns(), techs,
+                              original=per_model, sub_layer=per_model)
             if table:
                 out.append((title, table))
         return out
 
+    def model_tables(self, model: ModelRecord) -> list[tuple[str, Table]]:
+        return self._family_tables(
+            model.name, lambda: [Column(model, img, img.name, self.compare_page[img.id]) for img in self.g.images],
+            "images", True)
+
     def compare_tables(self, image: ImageRecord) -> list[tuple[str, Table]]:
-        out = []
-        for family, techs in self.families():
-            title = FAMILY_TITLES.get(family, _titlecase(family.replace("_", " ")))
-            cols = [Column(m, image, m.name, self.model_page[m.id]) for m in self.g.models]
-            table = self.grid(f"{image.name}: {title.lower()}; rows are techniques and their variants, "
-                              "columns are models", "Technique", cols, techs, original=False, sub_layer=False)
-            if table:
-                out.append((title, table))
-        return out
+        return self._family_tables(
+            image.name, lambda: [Column(m, image, m.name, self.model_page[m.id]) for m in self.g.models],
+            "models", False)
 
     def technique_tables(self, tech: TechniqueRecord) -> list[tuple[ModelRecord, Table]]:
         out = []
