@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from click.testing import CliRunner
 
@@ -194,3 +195,66 @@ def test_scores_are_shown_ranked_and_cached(project, monkeypatch):
     assert summary.computed == 0 and summary.failed == 0
     assert sorted((project / ".galleryvis-cache").glob("??/*.json")) == entries
     assert (project / "site" / "gallery.md").read_text() == md
+
+
+def test_out_of_memory_retries_with_smaller_chunks(project, monkeypatch):
+    from galleryvis import pipeline
+
+    real = pipeline.attribute_many
+    sizes = []
+
+    def tight(model, x, *args, batch_size, **kw):
+        sizes.append(batch_size)
+        if batch_size > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, x, *args, batch_size=batch_size, **kw)
+
+    monkeypatch.setattr(pipeline, "attribute_many", tight)
+    summary = _build(project, batch_size=8)
+    assert summary.failed == 0 and summary.computed == 16
+    assert sizes[:3] == [8, 4, 2]
+
+
+def test_nan_maps_fail_their_cell_with_a_message(project, monkeypatch):
+    real = registry.get("gradcam")
+
+    def poisoned(ctx, **kw):
+        return real.fn(ctx, **kw) * float("nan")
+
+    monkeypatch.setitem(registry._REGISTRY, "gradcam", registry.Technique(**{**real.__dict__, "fn": poisoned}))
+    summary = _build(project)
+    assert summary.failed == 4 and all("NaN" in f for f in summary.failures)
+    assert "NaN" in (project / "site" / "gallery.md").read_text()
+
+
+def test_cache_commands_and_flags(project, monkeypatch):
+    monkeypatch.chdir(project)
+    runner = CliRunner()
+    assert runner.invoke(main, ["build", "-q", "--no-cache"]).exit_code == 0
+    assert not (project / ".galleryvis-cache").exists() or not list((project / ".galleryvis-cache").glob("??/*.npy"))
+    assert runner.invoke(main, ["build", "-q"]).exit_code == 0
+    info = runner.invoke(main, ["cache", "info"])
+    assert info.exit_code == 0 and "entries" in info.output
+    forced = runner.invoke(main, ["build", "--force"])
+    assert forced.exit_code == 0 and "16 computed, 0 cached" in forced.output
+    (project / "galleryvis.toml").write_text(MANIFEST.replace('[[techniques]]\nname = "vanilla"\n', ""))
+    cleaned = runner.invoke(main, ["cache", "clean", "--unreferenced"])
+    assert cleaned.exit_code == 0 and "removed 4 entries" in cleaned.output, cleaned.output
+    assert runner.invoke(main, ["cache", "clean"]).exit_code == 0
+    assert not (project / ".galleryvis-cache").exists()
+
+
+def test_explain_writes_one_picture_through_the_cache(project, monkeypatch):
+    monkeypatch.chdir(project)
+    args = ["explain", "cat.png", "--model", "resnet18", "--weights", "none", "--technique", "gradcam",
+            "--variant", "overlay", "-o", "out/cat-gradcam.png"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    from PIL import Image
+
+    assert Image.open(project / "out" / "cat-gradcam.png").size == (224, 224)
+    entries = list((project / ".galleryvis-cache").glob("??/*.npy"))
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and list((project / ".galleryvis-cache").glob("??/*.npy")) == entries
+    bad = CliRunner().invoke(main, args[:-4] + ["--variant", "nope", "-o", "x.png"])
+    assert bad.exit_code == 2 and "overlay" in bad.output
