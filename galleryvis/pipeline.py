@@ -419,8 +419,13 @@ _TITLES = {
 
 
 def _title(tid: str, name: str) -> str:
+    """The row title: the technique's display name, plus what sets this entry apart
+    (``"layercam (block 4)"`` -> ``"LayerCAM (block 4)"``)."""
     base = _TITLES.get(name, name.replace("_", " ").title())
-    return base if tid == name else f"{base} ({tid})"
+    if tid == name:
+        return base
+    rest = tid[len(name):].strip() if tid.startswith(name) else tid
+    return f"{base} {rest}" if rest.startswith("(") else f"{base} ({rest})"
 
 
 def build(manifest: Manifest, opts: Options) -> Summary:
