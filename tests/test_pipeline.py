@@ -258,3 +258,33 @@ def test_explain_writes_one_picture_through_the_cache(project, monkeypatch):
     assert again.exit_code == 0 and list((project / ".galleryvis-cache").glob("??/*.npy")) == entries
     bad = CliRunner().invoke(main, args[:-4] + ["--variant", "nope", "-o", "x.png"])
     assert bad.exit_code == 2 and "overlay" in bad.output
+
+
+def test_built_site_views_links_and_tables(project):
+    """The 2-image x 2-model x 4-technique build: every view, valid HTML, every picture and
+    link resolves, the model page's grid has one row per variant and one column per image."""
+    import html5lib
+    from test_render import _LINK, expand, grids, header_texts, local, parse, row_labels
+
+    _build(project)
+    root = project / "site"
+    pages = sorted(p.name for p in root.glob("*.html"))
+    assert pages == ["compare-cat.html", "compare-coffee.html", "index.html", "model-mobilenet-v3-small.html",
+                     "model-resnet18.html", "technique-gradcam.html", "technique-guided-backprop.html",
+                     "technique-integrated-gradients.html", "technique-vanilla.html"]
+    for page in pages:
+        html5lib.HTMLParser(strict=True).parse((root / page).read_bytes())
+        tree = parse(root / page)
+        for el in tree.iter():
+            for attr in ("src", "href"):
+                if (url := el.get(attr)) and (target := local(url)):
+                    assert (root / target).is_file(), f"{page}: {url}"
+    (table,) = grids(parse(root / "model-resnet18.html"))
+    assert len(header_texts(table)) == 3  # the technique column and two images
+    assert "Target class: espresso (967)" in header_texts(table)[2]
+    # original + vanilla 2 + gradcam 3 + guided backprop 4 + integrated gradients 2 variants
+    assert len(row_labels(table)) == 12 and all(len(r) == 3 for r in expand(table))
+    md = (root / "gallery.md").read_text()
+    for url in _LINK.findall(md):
+        if (target := local(url)):
+            assert (root / target).is_file(), url
