@@ -135,7 +135,7 @@ def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, 
             c = case_info[key]["channels"]
             live = case_info[key]["live_channels"]
             ref_t = c * refs["forward_bs"]["per_image"]
-            row = [f"", f"reference: C × forward at batch {settings['batch_size']} (C = {c}, live {'/'.join(map(str, live))})",
+            row = ["", f"reference: C × forward at batch {settings['batch_size']} (C = {c}, live {'/'.join(map(str, live))})",
                    secs(ref_t), "—", "—", "", ""]
             if ours:
                 ratio = ours["per_image"] / ref_t

@@ -5,8 +5,8 @@ and the :mod:`galleryvis.metrics` module.
 """
 from . import techniques as _techniques  # noqa: F401  (fills the registry)
 from .engine import IMAGENET_MEAN, IMAGENET_STD, attribute, attribute_many, techniques
+from . import metrics
 from .synthesis import synthesize
-from . import metrics  # noqa: E402  (galleryvis.metrics.deletion_insertion, .sanity)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "attribute", "attribute_many", "synthesize", "techniques"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "attribute", "attribute_many", "metrics", "synthesize", "techniques"]
 __version__ = "0.1.0"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ast
 import re
-import shutil
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
