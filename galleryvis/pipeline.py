@@ -457,7 +457,7 @@ def build(manifest: Manifest, opts: Options) -> Summary:
         summary.plan = _plan_lines(jobs)
         if opts.dry_run:
             return summary
-        progress = Progress(len(todo), opts.quiet)
+        progress = Progress(len(todo) + scoring.task_count(jobs, manifest.metrics), opts.quiet)
         try:
             _compute(todo, opts.batch_size, cache, progress, opts.fail_fast, summary.seconds)
             t_scores = time.perf_counter()

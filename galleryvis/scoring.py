@@ -44,32 +44,48 @@ def _di(jobs: list[_Job], maps: torch.Tensor, spec: MetricsSpec, rank_by: str, b
         mean=adapter.mean, std=adapter.std, batch_size=batch_size)
 
 
+def _groups(jobs: list[_Job]) -> dict[tuple[str, str], list[_Job]]:
+    """Successful attribution jobs by (model id, technique id)."""
+    groups: dict[tuple[str, str], list[_Job]] = defaultdict(list)
+    for j in jobs:
+        if j.result is not None and not j.error and registry.get(j.tech.name).family == "attribution":
+            groups[(j.model.id, j.tech.id)].append(j)
+    return groups
+
+
+def _sanity_wanted(spec: MetricsSpec, name: str) -> bool:
+    return spec.sanity and (spec.sanity_techniques is None or name in spec.sanity_techniques)
+
+
+def task_count(jobs: list[_Job], spec: MetricsSpec) -> int:
+    """How many progress steps :func:`score` takes at most for these jobs (fewer when cells fail)."""
+    if not spec.enabled:
+        return 0
+    names = {(j.model.id, j.tech.id): j.tech.name for j in jobs if registry.get(j.tech.name).family == "attribution"}
+    return sum(int(spec.deletion_insertion) + int(_sanity_wanted(spec, name)) for name in names.values())
+
+
 def score(jobs: list[_Job], spec: MetricsSpec, cache: Cache, batch_size: int, progress: Any) -> list[Ranking]:
     """Attach ``metrics`` (AUCs, sanity) and ``curves`` to every successful attribution job and
     return one ranking per model (techniques and the two baselines by insertion - deletion)."""
     if not spec.enabled:
         return []
-    ok = [j for j in jobs if j.result is not None and not j.error
-          and registry.get(j.tech.name).family == "attribution"]
-    groups: dict[tuple[str, str], list[_Job]] = defaultdict(list)
-    for j in ok:
-        groups[(j.model.id, j.tech.id)].append(j)
+    groups = _groups(jobs)
     baselines: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     if spec.deletion_insertion:
+        seen: set[tuple[str, str]] = set()
         for (model_id, tech_id), group in groups.items():
             _deletion_insertion(group, spec, cache, batch_size)
-            progress.step(0, f"{model_id}: deletion/insertion of {tech_id}")
-        seen: set[tuple[str, str]] = set()
-        for j in ok:
-            if (j.model.id, j.image.id) not in seen:
-                seen.add((j.model.id, j.image.id))
-                for name, (d, i) in _baseline_scores(j, spec, cache, batch_size).items():
-                    baselines[j.model.id][name].append((d, i))
-    if spec.sanity:
-        for (model_id, tech_id), group in groups.items():
-            if spec.sanity_techniques is None or group[0].tech.name in spec.sanity_techniques:
-                _sanity(group, spec, cache, batch_size)
-                progress.step(0, f"{model_id}: sanity of {tech_id}")
+            for j in group:
+                if (j.model.id, j.image.id) not in seen:
+                    seen.add((j.model.id, j.image.id))
+                    for name, (d, i) in _baseline_scores(j, spec, cache, batch_size).items():
+                        baselines[j.model.id][name].append((d, i))
+            progress.step(1, f"{model_id}: deletion/insertion of {tech_id}")
+    for (model_id, tech_id), group in groups.items():
+        if _sanity_wanted(spec, group[0].tech.name):
+            _sanity(group, spec, cache, batch_size)
+            progress.step(1, f"{model_id}: sanity of {tech_id}")
     return _rankings(groups, baselines, spec) if spec.deletion_insertion else []
 
 
