@@ -64,12 +64,13 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Print what would be computed and what comes from the cache.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failing cell (default: keep going).")
 @click.option("--keep-going", "fail_fast", flag_value=False, help="Finish every other cell when one fails (default).")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Images per engine call.")
+@click.option("--batch-size", default=None, type=click.IntRange(1),
+              help="Images (and samples, steps, masks) per model call; default 8 on the CPU, 32 on a GPU.")
 @click.option("--wait", default=0.0, type=float, help="Seconds to wait for another build's lock.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @_errors_as_exit
 def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: bool, dry_run: bool,
-          fail_fast: bool, batch_size: int, wait: float, quiet: bool) -> None:
+          fail_fast: bool, batch_size: int | None, wait: float, quiet: bool) -> None:
     """Build the gallery of MANIFEST (default: ./galleryvis.toml, else the embedded default)."""
     from .pipeline import Options, build as run_build
 

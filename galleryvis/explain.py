@@ -8,7 +8,8 @@ from typing import Any
 from . import postprocess, registry
 from .images import fit
 from .manifest import ManifestError, parse_manifest
-from .pipeline import Options, Progress, _compute, _display_kind, _images, load_models, plan
+from .engine import default_batch_size
+from .pipeline import Progress, _compute, _display_kind, _images, load_models, plan
 from .cache import Cache
 
 
@@ -45,7 +46,7 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
     (job,), _ = plan(manifest, adapters, images, cache, force=False)
     entry = cache.get(job.key) if job.cached else None
     if entry is None:
-        _compute([job], Options().batch_size, cache, Progress(0, True), True, {})
+        _compute([job], default_batch_size(job.model.device), cache, Progress(0, True), True, {})
         result = job.result
     else:
         result = entry.array

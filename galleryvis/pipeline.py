@@ -16,7 +16,7 @@ from PIL import Image
 
 from . import postprocess, registry, scoring
 from .cache import Cache, CacheWarning, atomic_write, cache_key
-from .engine import attribute_many
+from .engine import attribute_many, default_batch_size
 from .hooks import capture, prepared
 from .synthesis import synthesize
 from .synthesis.api import spec_of
@@ -41,7 +41,7 @@ class Options:
     dry_run: bool = False
     quiet: bool = False
     fail_fast: bool = False
-    batch_size: int = 8
+    batch_size: int | None = None  # None: 8 on the CPU, 32 on a GPU
     wait: float = 0.0
 
 
@@ -458,10 +458,12 @@ def build(manifest: Manifest, opts: Options) -> Summary:
         if opts.dry_run:
             return summary
         progress = Progress(len(todo) + scoring.task_count(jobs, manifest.metrics), opts.quiet)
+        device = next(iter(adapters.values())).device if adapters else torch.device("cpu")
+        batch_size = opts.batch_size or default_batch_size(device)
         try:
-            _compute(todo, opts.batch_size, cache, progress, opts.fail_fast, summary.seconds)
+            _compute(todo, batch_size, cache, progress, opts.fail_fast, summary.seconds)
             t_scores = time.perf_counter()
-            rankings = scoring.score(jobs, manifest.metrics, cache, opts.batch_size, progress)
+            rankings = scoring.score(jobs, manifest.metrics, cache, batch_size, progress)
             if manifest.metrics.enabled:
                 summary.seconds["metrics"] = time.perf_counter() - t_scores
         finally:
