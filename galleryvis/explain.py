@@ -9,7 +9,7 @@ from . import postprocess, registry
 from .images import fit
 from .manifest import ManifestError, parse_manifest
 from .engine import default_batch_size
-from .pipeline import Progress, _compute, _display_kind, _images, load_models, plan
+from .pipeline import Progress, _compute, _display_kind, _images, load_cached, load_models, plan
 from .cache import Cache
 
 
@@ -44,12 +44,9 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
     images = _images(manifest)
     cache = Cache(cache_dir)
     (job,), _ = plan(manifest, adapters, images, cache, force=False)
-    entry = cache.get(job.key) if job.cached else None
-    if entry is None:
+    if load_cached([job], cache):
         _compute([job], default_batch_size(job.model.device), cache, Progress(0, True), True, {})
-        result = job.result
-    else:
-        result = entry.array
+    result = job.result
     tech = registry.get(technique)
     pics = postprocess.variants(_display_kind(tech, result), result, fit(images[0].pil, job.model.size),
                                 guided=technique == "guided_backprop")

@@ -70,6 +70,13 @@ class _Img:
     sha: str
     pil: Image.Image
     target: int | str | None
+    _inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def input_for(self, adapter: ModelAdapter) -> torch.Tensor:
+        """The model's normalized (3, size, size) input for this image, made once per model."""
+        if adapter.id not in self._inputs:
+            self._inputs[adapter.id] = adapter.preprocess(self.pil)
+        return self._inputs[adapter.id]
 
 
 @dataclass
@@ -184,7 +191,7 @@ def _predictions(adapter: ModelAdapter, images: list[_Img], cache: Cache) -> dic
         key = _prediction_key(adapter, img)
         entry = cache.get(key)
         if entry is None:
-            probs = adapter.logits(adapter.preprocess(img.pil)[None]).softmax(1)[0].numpy()
+            probs = adapter.logits(img.input_for(adapter)[None]).softmax(1)[0].numpy()
             cache.put(key, probs.astype(np.float32), {"image": img.name, "model": adapter.id})
         else:
             probs = entry.array
@@ -278,7 +285,7 @@ def _synthesize(job: _Job) -> None:
     """One synthesis cell: the image's own class (target) or its most active channel (unit)."""
     adapter = job.model
     spec = spec_of(job.tech.name)
-    x = adapter.preprocess(job.image.pil)[None].to(adapter.device)
+    x = job.image.input_for(adapter)[None].to(adapter.device)
     kwargs: dict[str, Any] = {"mean": adapter.mean, "std": adapter.std}
     if job.layer is not None:
         kwargs["layer"] = job.layer
@@ -301,7 +308,7 @@ def _compute_chunk(chunk: list[list[_Job]], batch_size: int, fail_fast: bool, se
     """One attribute_many call per technique-id group; on failure, retry each technique alone
     (so one failing technique does not take the others down), halving the batch on OOM."""
     adapter = chunk[0][0].model
-    x = torch.stack([adapter.preprocess(cell[0].image.pil) for cell in chunk])
+    x = torch.stack([cell[0].image.input_for(adapter) for cell in chunk])
     targets = [cell[0].target for cell in chunk]
     columns = list(zip(*chunk))  # one tuple of jobs (one per image) per technique
     by_name: dict[str, list[tuple[_Job, ...]]] = defaultdict(list)
@@ -439,21 +446,7 @@ def build(manifest: Manifest, opts: Options) -> Summary:
     summary = Summary()
     with build_lock(cache.root if opts.use_cache else out.parent, opts.wait):
         jobs, preds = plan(manifest, adapters, images, cache, opts.force)
-        todo = [j for j in jobs if not j.cached]
-        for j in jobs:
-            if j.cached:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", CacheWarning)
-                    entry = cache.get(j.key)
-                for w in caught:
-                    print(f"warning: {w.message}", file=sys.stderr)
-                if entry is None:
-                    j.cached = False
-                    todo.append(j)
-                else:
-                    j.result = entry.array
-                    j.trace = list(entry.meta.get("trace", []))
-                    j.unit = entry.meta.get("unit")
+        todo = load_cached(jobs, cache)
         summary.plan = _plan_lines(jobs)
         if opts.dry_run:
             return summary
@@ -486,6 +479,28 @@ def referenced_keys(manifest: Manifest, opts: Options) -> set[str]:
     return {j.key for j in jobs} | {_prediction_key(a, i) for a in adapters.values() for i in images}
 
 
+def load_cached(jobs: list[_Job], cache: Cache) -> list[_Job]:
+    """Fill cached jobs from the cache; return the jobs still to compute (a corrupt entry is
+    reported on stderr and its job recomputed)."""
+    todo = [j for j in jobs if not j.cached]
+    for j in jobs:
+        if not j.cached:
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CacheWarning)
+            entry = cache.get(j.key)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        if entry is None:
+            j.cached = False
+            todo.append(j)
+        else:
+            j.result = entry.array
+            j.trace = list(entry.meta.get("trace", []))
+            j.unit = entry.meta.get("unit")
+    return todo
+
+
 def _plan_lines(jobs: list[_Job]) -> list[str]:
     counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for j in jobs:
@@ -499,10 +514,16 @@ def _write_site(manifest: Manifest, adapters: dict[str, ModelAdapter], images: l
     from .render import render_site
 
     with staged(out) as tmp:
-        image_records, crops = [], {}
+        fitted: dict[tuple[str, int], Image.Image] = {}
+
+        def crop(img: _Img, size: int) -> Image.Image:
+            if (img.id, size) not in fitted:
+                fitted[(img.id, size)] = fit(img.pil, size)
+            return fitted[(img.id, size)]
+
+        image_records = []
         for img in images:
-            crops[img.id] = fit(img.pil, 224)
-            src, thumb = _save(crops[img.id], tmp, f"img/input/{img.id}.png")
+            src, thumb = _save(crop(img, 224), tmp, f"img/input/{img.id}.png")
             image_records.append(ImageRecord(img.id, img.name, src, thumb))
         model_records = []
         for spec in manifest.models:
@@ -515,13 +536,7 @@ def _write_site(manifest: Manifest, adapters: dict[str, ModelAdapter], images: l
                 if lay is not None:
                     layers[t.id] = lay if isinstance(lay, str) else ", ".join(lay)
             model_records.append(ModelRecord(a.id, a.name, a.description, top5, layers))
-        cells = []
-        fitted: dict[tuple[str, int], Image.Image] = {}
-        for job in jobs:
-            size = job.model.size
-            if (job.image.id, size) not in fitted:
-                fitted[(job.image.id, size)] = fit(job.image.pil, size)
-            cells.append(_cell_record(job, tmp, manifest, fitted[(job.image.id, size)]))
+        cells = [_cell_record(job, tmp, manifest, crop(job.image, job.model.size)) for job in jobs]
         gallery = Gallery(manifest.gallery.title, manifest.gallery.description, image_records, model_records,
                           _technique_records(manifest), cells, rankings,
                           {"computed": summary.computed, "cached": summary.cached, "failed": summary.failed})

@@ -33,7 +33,7 @@ def _protocol(spec: MetricsSpec) -> dict[str, Any]:
 
 def _inputs(jobs: list[_Job]) -> torch.Tensor:
     adapter = jobs[0].model
-    return torch.stack([adapter.preprocess(j.image.pil) for j in jobs])
+    return torch.stack([j.image.input_for(adapter) for j in jobs])
 
 
 def _di(jobs: list[_Job], maps: torch.Tensor, spec: MetricsSpec, rank_by: str, batch_size: int) -> metrics.DeletionInsertion:
