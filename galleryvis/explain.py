@@ -9,7 +9,7 @@ from . import postprocess, registry
 from .images import fit
 from .manifest import ManifestError, parse_manifest
 from .engine import default_batch_size
-from .pipeline import Progress, _compute, _display_kind, _images, load_cached, load_models, plan
+from .pipeline import Progress, _compute, _images, load_cached, load_models, pictures, plan
 from .cache import Cache
 
 
@@ -48,8 +48,7 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
         _compute([job], default_batch_size(job.model.device), cache, Progress(0, True), True, {})
     result = job.result
     tech = registry.get(technique)
-    pics = postprocess.variants(_display_kind(tech, result), result, fit(images[0].pil, job.model.size),
-                                guided=technique == "guided_backprop")
+    pics = pictures(tech, result, fit(images[0].pil, job.model.size))
     chosen = [p for p in pics if variant in (None, p[0])]
     if not chosen:
         raise ManifestError([f"--variant: {technique} has no variant {variant!r}; "

@@ -27,9 +27,6 @@ from .naming import slug, unique_slugs
 from .records import Cell, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, TechniqueRecord, Variant
 from .sitefiles import build_lock, staged
 
-#: Techniques shown with a diverging colormap centred at zero.
-_DIVERGING = {"integrated_gradients", "lrp"}
-
 
 @dataclass
 class Options:
@@ -362,14 +359,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _display_kind(tech: registry.Technique, raw: np.ndarray) -> str:
+def pictures(tech: registry.Technique, raw: np.ndarray, image: Image.Image, colormap: str | None = None,
+             alpha: float = 0.5) -> list[tuple[str, str, Image.Image]]:
+    """The display variants of one cell's raw map, chosen by what kind of map the technique makes."""
     if tech.family == "synthesis":
-        return "image"
-    if tech.name in _DIVERGING:
-        return "signed"
-    if tech.output == "cam" or raw.shape[0] == 1:
-        return "cam"
-    return "gradient"
+        kind = "image"
+    elif tech.name in postprocess.SIGNED_TECHNIQUES:
+        kind = "signed"
+    elif tech.output == "cam" or raw.shape[0] == 1:
+        kind = "cam"
+    else:
+        kind = "gradient"
+    return postprocess.variants(kind, raw.astype(np.float32), image, colormap=colormap, alpha=alpha,
+                                guided=tech.name == "guided_backprop")
 
 
 def _save(img: Image.Image, out: Path, rel: str, thumb_size: int = 160) -> tuple[str, str]:
@@ -388,10 +390,7 @@ def _cell_record(job: _Job, out: Path, manifest: Manifest, image_pil: Image.Imag
         return Cell(job.model.id, job.image.id, job.tech.id, job.target, label, "failed", error=job.error)
     assert job.result is not None
     variants = []
-    kind = _display_kind(tech, job.result)
-    pics = postprocess.variants(kind, job.result.astype(np.float32), image_pil,
-                                colormap=manifest.gallery.colormap, alpha=manifest.gallery.alpha,
-                                guided=job.tech.name == "guided_backprop")
+    pics = pictures(tech, job.result, image_pil, manifest.gallery.colormap, manifest.gallery.alpha)
     for key, vlabel, pic in pics:
         rel = f"img/{slug(job.model.id)}/{job.image.id}/{slug(job.tech.id)}-{key}.png"
         src, thumb = _save(pic, out, rel)

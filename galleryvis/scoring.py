@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import metrics, registry
+from . import metrics, postprocess, registry
 from .cache import Cache, cache_key
 from .manifest import MetricsSpec
 from .records import Ranking
@@ -18,13 +18,12 @@ if TYPE_CHECKING:
 
 BASELINES = {"random map": lambda shape: metrics.random_map(shape, seed=0),
              "centre Gaussian": metrics.center_gaussian_map}
-_SIGNED = {"integrated_gradients", "lrp"}
 
 
 def _rank_by(name: str) -> str:
     """Signed maps and CAMs rank by value; gradient maps by magnitude (their saliency view)."""
     tech = registry.get(name)
-    return "signed" if name in _SIGNED or tech.output == "cam" else "abs"
+    return "signed" if name in postprocess.SIGNED_TECHNIQUES or tech.output == "cam" else "abs"
 
 
 def _protocol(spec: MetricsSpec) -> dict[str, Any]:
