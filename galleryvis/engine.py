@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import registry
+from .fold import Runner
 from .hooks import LayerError, capture, guided, prepared, resolve_layer
 from .layers import default_layer
 
@@ -53,6 +54,7 @@ class Context:
     layers: tuple[str, ...] = ()
     batch_size: int = DEFAULT_BATCH_SIZE
     need_input_grad: bool = True
+    runner: Callable[[Tensor], object] | None = None  # runs the model (default: the model itself)
     _passes: dict[str, Pass] = field(default_factory=dict)
     _results: dict[Any, Tensor] = field(default_factory=dict)
 
@@ -63,7 +65,7 @@ class Context:
         if mode not in self._passes:
             x = self.x.detach().requires_grad_(self.need_input_grad or mode != "plain")
             with torch.enable_grad(), guided(self.model, mode), capture(self.model, self.layers) as acts:
-                logits = _logits(self.model, x)
+                logits = self.logits(x)
                 score = _score(logits, self.target)
                 missing = [n for n in self.layers if n not in acts]
                 if missing:
@@ -87,7 +89,7 @@ class Context:
         """Logits and activations of every requested layer, without building a graph."""
         if not self._passes:  # otherwise a backward pass's forward half serves as well
             with torch.inference_mode(), capture(self.model, self.layers) as acts:
-                logits = _logits(self.model, self.x)
+                logits = self.logits(self.x)
             self._passes["forward"] = Pass(logits.clone(), None, {k: v.clone() for k, v in acts.items()}, {})
         return next(iter(self._passes.values()))
 
@@ -97,10 +99,14 @@ class Context:
         for xs, ts in zip(x.split(self.batch_size), target.split(self.batch_size)):
             xs = xs.detach().requires_grad_(True)
             with torch.enable_grad(), guided(self.model, mode):
-                score = _score(_logits(self.model, xs), ts)
+                score = _score(self.logits(xs), ts)
                 (g,) = torch.autograd.grad(score, xs)
             out.append(g.detach())
         return torch.cat(out)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The model's logits for ``x`` (N, classes), through :attr:`runner` when given."""
+        return _logits(self.runner or self.model, x)
 
     def run(self, name: str, layer: Any = None, **params: Any) -> Tensor:
         """Another technique's map on this chunk (memoized), at the layer's own resolution."""
@@ -125,7 +131,7 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _logits(model: nn.Module, x: Tensor) -> Tensor:
+def _logits(model: Callable[[Tensor], object], x: Tensor) -> Tensor:
     out = model(x)
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -145,6 +151,12 @@ def default_batch_size(device: torch.device) -> int:
     return DEFAULT_BATCH_SIZE if device.type == "cpu" else GPU_BATCH_SIZE
 
 
+def fast_layout(x: Tensor) -> Tensor:
+    """``x`` in channels_last on the CPU (convolutions 20-30 % faster there, bench/; same values);
+    as it is elsewhere (on a GPU channels_last halved the speed of small batches)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" and x.dim() == 4 else x
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for parameter-free models)."""
     for t in list(model.parameters()) + list(model.buffers()):
@@ -152,7 +164,7 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_targets(model: nn.Module, x: Tensor, target: int | Sequence[int] | Tensor | None,
+def resolve_targets(model: Callable[[Tensor], object], x: Tensor, target: int | Sequence[int] | Tensor | None,
                     batch_size: int = DEFAULT_BATCH_SIZE) -> Tensor:
     """One class index per image: an int for all, a sequence of exactly N, or None for top-1."""
     n = x.shape[0]
@@ -235,9 +247,7 @@ def attribute_many(
             raise registry.TechniqueError(
                 f"{t.name!r} is a {t.family} technique: use galleryvis.synthesize(model, {t.name!r}, ...)")
     resolved = {t.name: registry.resolve_params(t, params.get(t.name)) for t in techs}
-    x = inputs.detach().to(device)
-    if device.type == "cpu":  # channels_last: CPU convolutions 20-30 % faster (bench/), same values
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = fast_layout(inputs.detach().to(device))
     out: dict[str, list[Tensor]] = {t.name: [] for t in techs}
     with prepared(model):
         default_cache: dict[str, str] = {}
@@ -246,10 +256,11 @@ def attribute_many(
             n for lay in layer_of.values() for n in ((lay,) if isinstance(lay, str) else lay or ())))
         for n in all_layers:
             resolve_layer(model, n)
-        targets = resolve_targets(model, x, target, batch_size)
+        runner = Runner(model, keep=all_layers)  # batch norm folded from the second pass on
+        targets = resolve_targets(runner, x, target, batch_size)
         need_input = any(t.name not in _LAYER_ONLY for t in techs)
         for xs, ts in zip(x.split(batch_size), targets.split(batch_size)):
-            ctx = Context(model, xs, ts, all_layers, batch_size, need_input)
+            ctx = Context(model, xs, ts, all_layers, batch_size, need_input, runner)
             for t in sorted(techs, key=lambda t: t.name in _FORWARD_ONLY):  # reuse a backward's forward
                 m = ctx.run(t.name, layer_of[t.name], **resolved[t.name])
                 out[t.name].append(_finish(m, xs))

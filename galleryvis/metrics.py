@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, _logits, attribute,
+from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, _logits, attribute, fast_layout,
                      model_device, resolve_targets)
+from .fold import Runner
 from .hooks import prepared
 
 Substrate = Literal["zero", "black", "blur"]
@@ -172,7 +173,8 @@ def deletion_insertion(
     counts = [(k * pixels + steps // 2) // steps for k in range(steps + 1)]
 
     with prepared(model), torch.inference_mode():
-        targets = resolve_targets(model, x, target, batch_size)
+        runner = Runner(model, eager=True)  # batch norm folded in every forward
+        targets = resolve_targets(runner, x, target, batch_size)
         blurred = gaussian_blur(x, blur_kernel, blur_sigma)
         if substrate == "blur":
             sub = blurred
@@ -220,7 +222,7 @@ def deletion_insertion(
                   for chunk in (per[lo:lo + batch_size] for lo in range(0, len(per), batch_size))]
         values: dict[tuple[Any, ...], float] = {}
         for chunk in chunks:
-            logits = _logits(model, torch.stack([make(j) for j in chunk])).float()
+            logits = _logits(runner, fast_layout(torch.stack([make(j) for j in chunk]))).float()
             t = targets[[j[1] for j in chunk]]
             out = logits.softmax(1) if score == "probability" else logits
             for j, v in zip(chunk, out.gather(1, t[:, None])[:, 0].tolist()):

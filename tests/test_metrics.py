@@ -215,8 +215,8 @@ def test_batches_respect_batch_size_and_model_mode_is_restored(tiny_shared: tupl
         handle.remove()
         net.eval()
     # 2 * 3 + 1 images per map, in batches of at most 4 that never mix images; targets given,
-    # so no extra forward for them.
-    assert sizes == [4, 3] * 3
+    # so no extra forward for them. First, batch-norm folding's probe and check (one image each).
+    assert sizes == [1, 1] + [4, 3] * 3
     assert r.targets.tolist() == [1, 2, 3]
     assert net.relu.inplace is True
 

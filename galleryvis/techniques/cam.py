@@ -135,7 +135,7 @@ def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
                 up = F.interpolate(acts[i, chunk, None], size=size, mode="bilinear", align_corners=not paper)
                 lo = up.amin((2, 3), keepdim=True)
                 mask = (up - lo) / (up.amax((2, 3), keepdim=True) - lo).clamp_min(1e-8)
-                logits = ctx.model(xi[None] * mask)
+                logits = ctx.logits(xi[None] * mask)
                 weights[i, chunk] = (logits.softmax(1)[:, ti] if paper else logits[:, ti]).float()
             if not paper:
                 weights[i] = weights[i].softmax(0)

@@ -1,0 +1,144 @@
+"""Batch-norm folding: same logits and maps, model returned as it came, unsafe folds refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+import galleryvis
+from galleryvis.fold import Folding, Runner, usable, watch
+from galleryvis.hooks import hook_count
+
+
+def _with_stats(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine terms, so a wrong fold shows."""
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return _with_stats(torchvision.models.resnet18(weights=None))
+
+
+def _two_passes(model: nn.Module, x: Tensor, keep: tuple[str, ...] = ()) -> tuple[Tensor, Tensor, Runner]:
+    runner = Runner(model, keep)
+    with torch.no_grad():
+        return runner(x), runner(x), runner
+
+
+def test_every_conv_batchnorm_pair_of_a_resnet_is_found_and_folded(resnet: nn.Module) -> None:
+    x = torch.randn(2, 3, 64, 64)
+    first, second, runner = _two_passes(resnet, x)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in resnet.modules())
+    assert runner.folded == n_bn == 20
+    torch.testing.assert_close(second, first, rtol=1e-4, atol=1e-4)
+
+
+def test_the_model_comes_back_unchanged(resnet: nn.Module) -> None:
+    params = {n: (p, p.clone()) for n, p in resnet.named_parameters()}
+    _two_passes(resnet, torch.randn(1, 3, 64, 64))
+    folding = Folding.build(resnet, [("conv1", "bn1")])
+    with pytest.raises(RuntimeError, match="inside"), folding.active():
+        assert resnet.conv1.weight is not params["conv1.weight"][0]
+        raise RuntimeError("raised inside")
+    for name, p in resnet.named_parameters():
+        assert p is params[name][0] and torch.equal(p, params[name][1]), name
+    assert "forward" not in resnet.bn1.__dict__ and hook_count(resnet) == 0
+
+
+def test_a_single_pass_builds_no_folding(resnet: nn.Module) -> None:
+    runner = Runner(resnet)
+    with torch.no_grad():
+        runner(torch.randn(1, 3, 64, 64))
+    assert runner.passes == 1 and runner.folded == 0
+
+
+def test_an_eager_runner_folds_from_the_first_pass_so_inputs_score_alike_in_any_pass(resnet: nn.Module) -> None:
+    x, other = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    runner = Runner(resnet, eager=True)
+    with torch.no_grad():
+        runner(other)
+        assert runner.folded == 20
+        second = runner(x)
+        first = Runner(resnet, eager=True)(x)
+    assert torch.equal(first, second)
+
+
+class _SharedConvOutput(nn.Module):
+    """The convolution's output feeds the BatchNorm and also a skip path: folding would change it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.conv(x)
+        return self.fc((self.bn(c) + c).mean((2, 3)))
+
+
+class _PaddedConv(nn.Conv2d):
+    """A convolution that pads in its own forward (as EfficientNet's 'same' padding)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.weight, self.bias)
+
+
+def test_a_fold_that_would_change_the_logits_is_refused() -> None:
+    model = _with_stats(_SharedConvOutput())
+    x = torch.randn(2, 3, 16, 16)
+    first, second, runner = _two_passes(model, x)
+    assert runner._pairs == [("conv", "bn")] and runner.folded == 0  # noqa: SLF001
+    torch.testing.assert_close(second, first)
+
+
+def test_conv_subclasses_with_their_own_forward_fold_correctly() -> None:
+    model = _with_stats(nn.Sequential(_PaddedConv(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
+                                      nn.LazyLinear(4)))
+    x = torch.randn(2, 3, 8, 8)
+    model(x)
+    first, second, runner = _two_passes(model, x)
+    assert runner.folded == 1
+    torch.testing.assert_close(second, first, rtol=1e-5, atol=1e-5)
+
+
+def test_captured_convolutions_and_training_batchnorms_are_not_folded(resnet: nn.Module) -> None:
+    with watch(resnet) as pairs, torch.no_grad():
+        resnet(torch.randn(1, 3, 64, 64))
+    assert ("conv1", "bn1") in pairs
+    kept = usable(pairs, keep=("conv1", "layer4.1.conv2", "layer3"))
+    assert ("conv1", "bn1") not in kept and ("layer4.1.conv2", "layer4.1.bn2") not in kept
+    assert ("layer3.0.conv1", "layer3.0.bn1") in kept  # both inside the captured block
+    resnet.bn1.train()
+    try:
+        with watch(resnet) as pairs, torch.no_grad():
+            resnet(torch.randn(2, 3, 64, 64))
+    finally:
+        resnet.eval()
+    assert ("conv1", "bn1") not in pairs
+
+
+@pytest.mark.parametrize("technique", ["integrated_gradients", "smoothgrad", "scorecam"])
+def test_multi_pass_techniques_give_the_unfolded_maps(resnet: nn.Module, technique: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(2, 3, 64, 64)
+    params = {"scorecam": {"layer": "layer3"}}.get(technique, {"batch_size": 4})
+    built: list[int] = []
+    build = Folding.build
+    monkeypatch.setattr(Folding, "build", classmethod(lambda cls, m, pairs: built.append(len(pairs)) or build(m, pairs)))
+    folded = galleryvis.attribute(resnet, x, technique, [1, 2], **params)
+    assert built and built[0] > 0
+    monkeypatch.setattr(Folding, "build", classmethod(lambda cls, _model, _pairs: cls()))
+    plain = galleryvis.attribute(resnet, x, technique, [1, 2], **params)
+    for f, p in zip(folded, plain):
+        assert torch.corrcoef(torch.stack([f.flatten(), p.flatten()]))[0, 1] > 0.9999
+    assert hook_count(resnet) == 0
