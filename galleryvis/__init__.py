@@ -3,7 +3,7 @@
 Public API: :func:`attribute`, :func:`attribute_many`, :func:`techniques`, :func:`synthesize`
 and the :mod:`galleryvis.metrics` module.
 """
-from . import techniques as _techniques  # noqa: F401  (fills the registry)
+from . import attribution as _attribution  # noqa: F401  (fills the registry)
 from .engine import IMAGENET_MEAN, IMAGENET_STD, attribute, attribute_many, techniques
 from . import metrics
 from .synthesis import synthesize

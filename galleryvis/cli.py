@@ -136,7 +136,7 @@ def layers(model: str, weights: str, size: int) -> None:
 @main.command("techniques")
 def list_techniques() -> None:
     """List every technique with its parameters and defaults."""
-    from . import techniques
+    from .engine import techniques
 
     for t in techniques():
         params = ", ".join(f"{k}={v!r}" for k, v in t["params"].items())

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from . import registry
-from . import techniques as _techniques  # noqa: F401  (fills the registry)
+from . import attribution as _attribution  # noqa: F401  (fills the registry)
 from .images import ImageError, load_image
 from .postprocess import COLORMAPS
 
