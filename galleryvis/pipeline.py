@@ -23,7 +23,7 @@ from .synthesis.api import spec_of
 from .images import file_sha256, fit, load_image
 from .manifest import Manifest, ManifestError, TechniqueSpec, check_against_models
 from .models import ModelAdapter, ModelError, choose_device, load_model
-from .naming import slug, unique_slugs
+from .naming import unique_slugs
 from .records import Cell, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, TechniqueRecord, Variant
 from .sitefiles import build_lock, staged
 
@@ -159,6 +159,10 @@ def load_models(manifest: Manifest) -> dict[str, ModelAdapter]:
     if errors:
         raise ManifestError(errors)
     return adapters
+
+
+def _name_parts(ids: list[str]) -> dict[str, str]:
+    return dict(zip(ids, unique_slugs(ids)))
 
 
 def _images(manifest: Manifest) -> list[_Img]:
@@ -381,7 +385,9 @@ def _save(img: Image.Image, out: Path, rel: str, thumb_size: int = 160) -> tuple
     return rel, thumb_rel
 
 
-def _cell_record(job: _Job, out: Path, manifest: Manifest, image_pil: Image.Image) -> Cell:
+def _cell_record(job: _Job, out: Path, manifest: Manifest, image_pil: Image.Image,
+                 parts: tuple[dict[str, str], dict[str, str]]) -> Cell:
+    """The cell's record; its pictures go under the model's and the technique's name ``parts``."""
     tech = registry.get(job.tech.name)
     label = job.model.label(job.target)
     if tech.family == "synthesis" and spec_of(tech.name).unit != "target":
@@ -392,7 +398,7 @@ def _cell_record(job: _Job, out: Path, manifest: Manifest, image_pil: Image.Imag
     variants = []
     pics = pictures(tech, job.result, image_pil, manifest.gallery.colormap, manifest.gallery.alpha)
     for key, vlabel, pic in pics:
-        rel = f"img/{slug(job.model.id)}/{job.image.id}/{slug(job.tech.id)}-{key}.png"
+        rel = f"img/{parts[0][job.model.id]}/{job.image.id}/{parts[1][job.tech.id]}-{key}.png"
         src, thumb = _save(pic, out, rel)
         alt = f"{_title(job.tech.id, tech.name)} {vlabel.lower()}, model {job.model.id}, " \
               f"image {job.image.name}, class {label} ({job.target})"
@@ -535,7 +541,9 @@ def _write_site(manifest: Manifest, adapters: dict[str, ModelAdapter], images: l
                 if lay is not None:
                     layers[t.id] = lay if isinstance(lay, str) else ", ".join(lay)
             model_records.append(ModelRecord(a.id, a.name, a.description, top5, layers))
-        cells = [_cell_record(job, tmp, manifest, crop(job.image, job.model.size)) for job in jobs]
+        # File-name parts, distinct even for ids that differ only in case or punctuation.
+        parts = _name_parts([m.id for m in manifest.models]), _name_parts([t.id for t in manifest.techniques])
+        cells = [_cell_record(job, tmp, manifest, crop(job.image, job.model.size), parts) for job in jobs]
         gallery = Gallery(manifest.gallery.title, manifest.gallery.description, image_records, model_records,
                           _technique_records(manifest), cells, rankings,
                           {"computed": summary.computed, "cached": summary.cached, "failed": summary.failed})

@@ -288,3 +288,26 @@ def test_built_site_views_links_and_tables(project):
     for url in _LINK.findall(md):
         if (target := local(url)):
             assert (root / target).is_file(), url
+
+
+def test_ids_that_differ_only_in_punctuation_get_their_own_files(project):
+    (project / "galleryvis.toml").write_text(MANIFEST + """
+[[techniques]]
+name = "smoothgrad"
+id = "sg_a"
+params = { samples = 2, sigma = 0.1 }
+
+[[techniques]]
+name = "smoothgrad"
+id = "sg-a"
+params = { samples = 2, sigma = 0.9 }
+""")
+    _build(project)
+    pngs = [p.name for p in (project / "site" / "img").rglob("*.png")]
+    a = sorted(n for n in pngs if n.startswith("sg-a-") and not n.startswith("sg-a-2-"))
+    b = sorted(n for n in pngs if n.startswith("sg-a-2-"))
+    assert a and len(a) == len(b)
+    resnet_cat = project / "site" / "img" / "resnet18" / "cat"
+    first = sorted(resnet_cat.glob("sg-a-[!2]*.png"))
+    second = sorted(resnet_cat.glob("sg-a-2-*.png"))
+    assert first and [p.read_bytes() for p in first] != [p.read_bytes() for p in second]
