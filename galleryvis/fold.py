@@ -3,10 +3,9 @@
 In eval mode ``bn(conv(x))`` is ``conv'(x)`` with the weights scaled per output channel and a
 bias added, so the BatchNorm's forward and backward (memory-bound, 10-20 % of a ResNet's
 forward + input-gradient time on a CPU, bench/) can be skipped. Values agree to float rounding.
-The engine folds lazily (:class:`Runner`): the first forward pass of a call runs the model as it
-is and records which convolution feeds which BatchNorm; a second pass builds the folded weights,
-checks one image's logits against the first pass, and only then runs folded. Calls with a single
-pass pay nothing. The model is returned as it came: while a pass runs, each folded convolution's
+The engine folds through :class:`Runner`, once a call has run enough images for folding to pay;
+a probe forward finds which convolution feeds which BatchNorm, and the folded model must give
+the probe's logits before it is used. The model is returned as it came: while a pass runs, each folded convolution's
 weight and bias entries point at the folded tensors and each BatchNorm's ``forward`` is shadowed
 by the identity; the original parameters and methods come back when the pass ends, also when it
 raises.
@@ -82,9 +81,12 @@ class Folding:
     bns: list[nn.Module] = field(default_factory=list)
 
     @classmethod
-    def build(cls, model: nn.Module, pairs: Sequence[tuple[str, str]]) -> Folding:
-        """Scale each convolution's weight by gamma / sqrt(var + eps) per output channel and add
-        beta - mean * scale (plus the scaled conv bias) as its bias."""
+    def build(cls, model: nn.Module, pairs: Sequence[tuple[str, str]] = (),
+              layout: torch.memory_format = torch.preserve_format) -> Folding:
+        """For each ``(conv, bn)`` pair, the conv's weight scaled by gamma / sqrt(var + eps) per
+        output channel and beta - mean * scale (plus the scaled conv bias) as its bias. With
+        ``layout=torch.channels_last``, every 2-D convolution's weight is also stored that way,
+        so channels_last inputs do not convert the weights in every forward and backward."""
         modules = dict(model.named_modules())
         out = cls()
         with torch.no_grad():
@@ -99,8 +101,13 @@ class Folding:
                 if conv.bias is not None:
                     shift = shift + conv.bias.float() * scale
                 w = conv.weight.float() * scale.reshape(-1, *[1] * (conv.weight.dim() - 1))
-                out.convs.append((conv, w.to(conv.weight.dtype), shift.to(conv.weight.dtype)))
+                out.convs.append((conv, _laid_out(w.to(conv.weight.dtype), layout), shift.to(conv.weight.dtype)))
                 out.bns.append(bn)
+            if layout == torch.channels_last:
+                folded = {id(c) for c, _, _ in out.convs}
+                out.convs += [(m, m.weight.contiguous(memory_format=layout), m.bias) for m in model.modules()
+                              if isinstance(m, nn.Conv2d) and id(m) not in folded and isinstance(m.weight, Tensor)
+                              and not m.weight.is_contiguous(memory_format=layout)]
         return out
 
     @contextmanager
@@ -131,55 +138,63 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-class Runner:
-    """Runs ``model`` for the engine's forward passes, folded from the second pass on.
+def _laid_out(w: Tensor, layout: torch.memory_format) -> Tensor:
+    return w.contiguous(memory_format=layout) if w.dim() == 4 and layout == torch.channels_last else w
 
-    ``keep`` are the layers the call captures (their outputs must not change). The first pass
-    records the conv -> BatchNorm pairs and one image's logits; at the second, the folding is
-    built and used only if that image's folded logits agree with the recorded ones. ``eager``
-    records on an extra forward of the first pass's first image instead, so every pass runs the
-    same (folded) model: results then do not depend on which pass an input came in.
+
+def _layout(x: Tensor) -> torch.memory_format:
+    """channels_last for a 4-D input stored that way (and not also contiguous), else unchanged."""
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.preserve_format
+
+
+class Runner:
+    """Runs ``model`` for a call's forward passes: convolution weights in the inputs' memory
+    layout from the first pass, batch norm folded into them once that pays.
+
+    Folding costs two forwards of one image (a probe that finds the conv -> BatchNorm pairs and
+    records the logits, and the same image folded, which must agree) plus scaling the weights;
+    it saves the BatchNorms' time on every later image. So a call folds once ``after`` images have
+    gone through unfolded (8 by default: a call that will run one chunk of images never pays, a
+    call with many chunks -- integrated gradients, SmoothGrad, Score-CAM -- folds from its second
+    chunk); ``after=0`` folds before the first pass, so every input runs through the same model.
+    ``keep`` are the layers the call captures (their outputs must not change).
     """
 
-    def __init__(self, model: nn.Module, keep: Sequence[str] = (), *, eager: bool = False) -> None:
-        self.model, self.keep, self.eager = model, tuple(keep), eager
-        self.passes = 0
-        self._pairs: list[tuple[str, str]] = []
-        self._probe: tuple[Tensor, Tensor] | None = None
-        # Nothing to fold without BatchNorms: the model runs as it is, without the probe.
-        self._folding: Folding | None = None if any(isinstance(m, _BNS) for m in model.modules()) else Folding()
+    def __init__(self, model: nn.Module, keep: Sequence[str] = (), *, after: int = 8) -> None:
+        self.model, self.keep, self.after = model, tuple(keep), after
+        self.seen = 0
+        self._foldable = any(isinstance(m, _BNS) for m in model.modules())
+        self._layout: torch.memory_format | None = None
+        self._relaid: Folding | None = None  # the weights in the inputs' layout, until folded
+        self._folding: Folding | None = None  # folded (or, if refused, relaid) weights
 
     def __call__(self, x: Tensor) -> object:
-        self.passes += 1
-        if self._folding is None and self.eager:
-            with torch.inference_mode():
-                self._record(x[:1])
-        if self._folding is None and (self.eager or self.passes > 1):
-            self._folding = self._checked()
-        if self._folding is None:
-            return self._record(x)
-        with self._folding.active():
+        if self._layout is None:
+            self._layout = _layout(x)
+            self._relaid = Folding.build(self.model, (), self._layout)
+        if self._folding is None and self._foldable and self.seen >= self.after:
+            self._folding = self._prepare(x[:1].detach())
+        self.seen += x.shape[0]
+        swap = self._folding if self._folding is not None else self._relaid
+        assert swap is not None
+        with swap.active():
             return self.model(x)
 
-    def _record(self, x: Tensor) -> object:
-        with watch(self.model) as pairs:
-            out = self.model(x)
-        self._pairs = usable(pairs, self.keep)
-        if self._pairs and isinstance(out, Tensor):
-            self._probe = (x[:1].detach().clone(), out[:1].detach().clone())
-        return out
-
-    def _checked(self) -> Folding:
-        if self._probe is None:
-            return Folding()
-        folding = Folding.build(self.model, self._pairs)
-        x1, ref = self._probe
-        self._probe = None
-        with torch.inference_mode(), folding.active():
-            got = self.model(x1)
+    def _prepare(self, x1: Tensor) -> Folding:
+        assert self._layout is not None and self._relaid is not None
+        with torch.no_grad():  # not inference mode: the folded weights take part in backward passes
+            with watch(self.model) as pairs:
+                ref = self.model(x1)
+            pairs[:] = usable(pairs, self.keep)
+            if not pairs or not isinstance(ref, Tensor):
+                return self._relaid
+            folding = Folding.build(self.model, pairs, self._layout)
+            with folding.active():
+                got = self.model(x1)
         tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
         agree = isinstance(got, Tensor) and got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-3, atol=tol)
-        return folding if agree else Folding()
+        return folding if agree else self._relaid
 
     @property
     def folded(self) -> int:

@@ -173,7 +173,7 @@ def deletion_insertion(
     counts = [(k * pixels + steps // 2) // steps for k in range(steps + 1)]
 
     with prepared(model), torch.inference_mode():
-        runner = Runner(model, eager=True)  # batch norm folded in every forward
+        runner = Runner(model, after=0)  # batch norm folded in every forward
         targets = resolve_targets(runner, x, target, batch_size)
         blurred = gaussian_blur(x, blur_kernel, blur_sigma)
         if substrate == "blur":

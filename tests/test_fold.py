@@ -31,7 +31,8 @@ def resnet() -> nn.Module:
 
 
 def _two_passes(model: nn.Module, x: Tensor, keep: tuple[str, ...] = ()) -> tuple[Tensor, Tensor, Runner]:
-    runner = Runner(model, keep)
+    """The same batch through a runner twice: unfolded, then folded."""
+    runner = Runner(model, keep, after=len(x))
     with torch.no_grad():
         return runner(x), runner(x), runner
 
@@ -56,22 +57,39 @@ def test_the_model_comes_back_unchanged(resnet: nn.Module) -> None:
     assert "forward" not in resnet.bn1.__dict__ and hook_count(resnet) == 0
 
 
-def test_a_single_pass_builds_no_folding(resnet: nn.Module) -> None:
-    runner = Runner(resnet)
+def test_folding_starts_once_eight_images_went_through_unfolded(resnet: nn.Module) -> None:
+    runner, x = Runner(resnet), torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        runner(torch.randn(1, 3, 64, 64))
-    assert runner.passes == 1 and runner.folded == 0
+        for _ in range(8):
+            runner(x)
+        assert runner.folded == 0
+        runner(x)
+    assert runner.folded == 20
 
 
 def test_an_eager_runner_folds_from_the_first_pass_so_inputs_score_alike_in_any_pass(resnet: nn.Module) -> None:
     x, other = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
-    runner = Runner(resnet, eager=True)
+    runner = Runner(resnet, after=0)
     with torch.no_grad():
         runner(other)
         assert runner.folded == 20
         second = runner(x)
-        first = Runner(resnet, eager=True)(x)
+        first = Runner(resnet, after=0)(x)
     assert torch.equal(first, second)
+
+
+def test_convolution_weights_follow_a_channels_last_input_during_the_pass(resnet: nn.Module) -> None:
+    seen: list[bool] = []
+    handle = resnet.layer1[0].conv2.register_forward_pre_hook(
+        lambda m, _inp: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
+    try:
+        with torch.no_grad():
+            Runner(resnet)(torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))
+            Runner(resnet)(torch.randn(2, 3, 64, 64))
+    finally:
+        handle.remove()
+    assert seen == [True, False]
+    assert isinstance(resnet.layer1[0].conv2.weight, nn.Parameter) and resnet.layer1[0].conv2.weight.is_contiguous()
 
 
 class _SharedConvOutput(nn.Module):
@@ -96,8 +114,11 @@ class _PaddedConv(nn.Conv2d):
 def test_a_fold_that_would_change_the_logits_is_refused() -> None:
     model = _with_stats(_SharedConvOutput())
     x = torch.randn(2, 3, 16, 16)
+    with watch(model) as pairs, torch.no_grad():
+        model(x)
+    assert pairs == [("conv", "bn")]
     first, second, runner = _two_passes(model, x)
-    assert runner._pairs == [("conv", "bn")] and runner.folded == 0  # noqa: SLF001
+    assert runner.folded == 0
     torch.testing.assert_close(second, first)
 
 
@@ -134,10 +155,10 @@ def test_multi_pass_techniques_give_the_unfolded_maps(resnet: nn.Module, techniq
     params = {"scorecam": {"layer": "layer3"}}.get(technique, {"batch_size": 4})
     built: list[int] = []
     build = Folding.build
-    monkeypatch.setattr(Folding, "build", classmethod(lambda cls, m, pairs: built.append(len(pairs)) or build(m, pairs)))
+    monkeypatch.setattr(Folding, "build", classmethod(lambda cls, m, pairs=(), *a: built.append(len(pairs)) or build(m, pairs, *a)))
     folded = galleryvis.attribute(resnet, x, technique, [1, 2], **params)
-    assert built and built[0] > 0
-    monkeypatch.setattr(Folding, "build", classmethod(lambda cls, _model, _pairs: cls()))
+    assert max(built) > 0  # the first build only lays the weights out; the fold follows
+    monkeypatch.setattr(Folding, "build", classmethod(lambda cls, *_args: cls()))
     plain = galleryvis.attribute(resnet, x, technique, [1, 2], **params)
     for f, p in zip(folded, plain):
         assert torch.corrcoef(torch.stack([f.flatten(), p.flatten()]))[0, 1] > 0.9999
