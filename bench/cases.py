@@ -50,6 +50,9 @@ class Case:
     applies: Callable[[Bench], str | None] = lambda b: None  # why it does not apply, or None
     gradient: bool = True  # targets: >= 2.5x the seed-style loop
     peer_target: float = 1.0  # galleryvis must be this many times faster than the fastest peer
+    # Forward + input-gradient passes per image that any implementation needs, and the reference
+    # (frozen-parameter pass at batch 1 or at the chunk size) they are priced at: the floor row.
+    floor: Callable[[dict[str, Any]], tuple[int, str]] | None = None
 
 
 def _ours_setting(technique: str, **mapping: str) -> Callable[[Bench], Callable[[], object]]:
@@ -115,8 +118,11 @@ def _seed(fn: Callable[..., object], label: str = "seed-style loop", **kw: Any) 
     return Impl("seed", label, "seed", _call(fn, **kw))
 
 
-def _sequential_only(b: Bench) -> str | None:
-    return None if b.sequential else "sequential conv nets (VGG, AlexNet) only"
+def _scorecam_applies(b: Bench) -> str | None:
+    if b.sequential or b.settings.get("scorecam_everywhere"):
+        return None
+    return (f"one masked forward per channel of `{b.layer}`, minutes per implementation on this "
+            "architecture: add --cases scorecam to run it")
 
 
 def _peers_combination(b: Bench) -> Callable[[], object]:
@@ -130,7 +136,7 @@ CASES: dict[str, Case] = {c.key: c for c in [
         Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_setting("vanilla")),
         _seed(seed_style.vanilla),
         _peer(peers.captum_saliency, "captum Saliency(abs=False)"),
-    )),
+    ), floor=lambda s: (1, "fwdbwd_b1")),
     Case("gradcam", lambda s: "Grad-CAM", (
         Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_layer("gradcam")),
         _seed(seed_style.gradcam, layer=True),
@@ -142,30 +148,30 @@ CASES: dict[str, Case] = {c.key: c for c in [
         _seed(seed_style.combination, "seed-style loop (4 backward passes)", layer=True),
         Impl("peers", "captum Saliency, InputXGradient + grad-cam GradCAM, LayerCAM (4 calls)", "peer",
              _peers_combination),
-    ), peer_target=5.0),
+    ), peer_target=5.0, floor=lambda s: (1, "fwdbwd_b1")),
     Case("integrated_gradients", lambda s: f"integrated gradients, {s['ig_steps']} steps", (
         Impl("galleryvis", "galleryvis.attribute", "galleryvis",
              _ours_setting("integrated_gradients", steps="ig_steps", method="gausslegendre", baseline="zero")),
         _seed(seed_style.integrated_gradients, "seed-style loop (one pass per step)", steps="ig_steps"),
         _peer(peers.captum_integrated_gradients, "captum IntegratedGradients", batch=True, steps="ig_steps"),
-    )),
+    ), floor=lambda s: (s["ig_steps"], "fwdbwd_bs")),
     Case("smoothgrad", lambda s: f"SmoothGrad, {s['sg_samples']} samples, σ={s['sg_sigma']}", (
         Impl("galleryvis", "galleryvis.attribute", "galleryvis",
              _ours_setting("smoothgrad", samples="sg_samples", sigma="sg_sigma")),
         _seed(seed_style.smoothgrad, "seed-style loop (one pass per sample)", samples="sg_samples", sigma="sg_sigma"),
         _peer(peers.captum_smoothgrad, "captum NoiseTunnel(Saliency)", batch=True,
               samples="sg_samples", sigma="sg_sigma"),
-    )),
+    ), floor=lambda s: (s["sg_samples"], "fwdbwd_bs")),
     Case("lrp", lambda s: "LRP, epsilon rule", (
         Impl("galleryvis", "galleryvis.attribute(rule='epsilon')", "galleryvis", _ours_setting("lrp", rule="epsilon")),
         _seed(seed_style.lrp_epsilon, "seed-style loop (deep copy per layer)"),
         _peer(peers.captum_lrp, "captum LRP (default epsilon rules)"),
-    ), applies=_sequential_only),
+    )),
     Case("scorecam", lambda s: "Score-CAM", (
         Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_layer("scorecam")),
         _seed(seed_style.scorecam, "seed-style loop (batch 1, autograd on)", layer=True),
         _peer(peers.gradcam_scorecam, "pytorch-grad-cam ScoreCAM", layer=True, batch=True),
-    ), applies=_sequential_only, gradient=False),
+    ), applies=_scorecam_applies, gradient=False),
 ]}
 
 #: The order rows are printed in.

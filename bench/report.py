@@ -96,8 +96,9 @@ def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, 
         lines.append("reference: forward " + ", ".join(
             f"{secs(refs[k]['per_image'])} s/image ({refs[k]['label'].split(', ')[1]})"
             for k in ("forward_b1", "forward_bs") if k in refs)
-            + (f"; forward + input-gradient backward {secs(refs['fwdbwd_b1']['per_image'])} s (batch 1, "
-               f"frozen parameters)" if "fwdbwd_b1" in refs else ""))
+            + ("; forward + input-gradient backward (frozen parameters) " + ", ".join(
+                f"{secs(refs[k]['per_image'])} s/image ({refs[k]['label'].split(', ')[1]})"
+                for k in ("fwdbwd_b1", "fwdbwd_bs") if k in refs) if "fwdbwd_b1" in refs else ""))
     lines.append("")
 
     headers = ["technique", "implementation", "s/image", "peak MB", "speedup", "runs", "target"]
@@ -131,6 +132,9 @@ def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, 
             runs = f"{len(r['times'])}" + ("*" if r.get("cold_only") else "")
             rows.append([tech, r["label"], secs(r["per_image"]), mb(r.get("peak_mb")),
                          "—" if r is ours else times(speed), runs, target])
+        floor = case.floor(settings) if case.floor else None
+        if floor and floor[1] in refs and ours:
+            rows.append(_floor_row(floor, refs, ours, rs, settings))
         if key == "scorecam" and "forward_bs" in refs and key in case_info:
             c = case_info[key]["channels"]
             live = case_info[key]["live_channels"]
@@ -146,6 +150,24 @@ def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, 
     for key, why in skipped.items():
         lines.append(f"{CASES[key].label(settings)}: not run on {model} ({why})")
     return rep.join(lines)
+
+
+def _floor_row(floor: tuple[int, str], refs: dict[str, Any], ours: dict[str, Any], rs: list[dict[str, Any]],
+               settings: dict[str, Any]) -> list[str]:
+    """The cost of the passes themselves in plain PyTorch (frozen parameters, same batch): what
+    any implementation computing these gradients pays; the seed-style loop's and the fastest
+    peer's time over it are the largest speedups such an implementation gets (galleryvis's own
+    gains beyond it: channels_last weights and inputs, batch-norm folding)."""
+    passes, ref_key = floor
+    t = passes * refs[ref_key]["per_image"]
+    batch = 1 if ref_key == "fwdbwd_b1" else settings["batch_size"]
+    what = "forward + input-gradient backward" if passes == 1 else f"{passes} × (forward + input-gradient backward)"
+    seed = next((r for r in rs if r["kind"] == "seed" and "per_image" in r), None)
+    peer = min((r["per_image"] for r in rs if r["kind"] == "peer" and "per_image" in r), default=None)
+    note = "; ".join(([f"seed-style ÷ this = {times(seed['per_image'] / t)}"] if seed else [])
+                     + ([f"fastest peer ÷ this = {times(peer / t)}"] if peer else []))
+    return ["", f"reference: {what} at batch {batch}, plain PyTorch, frozen parameters", secs(t), "—",
+            times(t / ours["per_image"]), "", note]
 
 
 def extras_table(rep: Report, records: list[dict[str, Any]], refs: dict[str, dict[str, Any]], model: str,

@@ -70,6 +70,8 @@ def run(spec: dict[str, Any]) -> None:
                                          lambda: model(xb), spec, bs, device)
         refs["fwdbwd_b1"] = _result("reference", "fwdbwd_b1", "forward + input-gradient backward, batch 1",
                                     "reference", lambda: input_gradient(model, x[:1], targets[:1]), spec, 1, device)
+        refs["fwdbwd_bs"] = _result("reference", "fwdbwd_bs", f"forward + input-gradient backward, batch {bs}",
+                                    "reference", lambda: input_gradient(model, xb, targets[:1] * bs), spec, bs, device)
         for r in refs.values():
             emit(r)
     emit({"type": "info", "model": spec["model"], "device": str(device), "layer": layer, "targets": targets,

@@ -1,14 +1,15 @@
-"""Batch-norm folding: an eval-mode BatchNorm merged into the convolution that feeds it.
+"""Faster forward passes: batch norm folded into convolutions, weights in the inputs' layout.
 
 In eval mode ``bn(conv(x))`` is ``conv'(x)`` with the weights scaled per output channel and a
 bias added, so the BatchNorm's forward and backward (memory-bound, 10-20 % of a ResNet's
-forward + input-gradient time on a CPU, bench/) can be skipped. Values agree to float rounding.
-The engine folds through :class:`Runner`, once a call has run enough images for folding to pay;
-a probe forward finds which convolution feeds which BatchNorm, and the folded model must give
-the probe's logits before it is used. The model is returned as it came: while a pass runs, each folded convolution's
-weight and bias entries point at the folded tensors and each BatchNorm's ``forward`` is shadowed
-by the identity; the original parameters and methods come back when the pass ends, also when it
-raises.
+forward + input-gradient time on a CPU, bench/) can be skipped; values agree to float rounding.
+And a channels_last input makes every convolution convert an NCHW weight in every forward and
+backward, unless the weight is stored channels_last once. The engine uses both through
+:class:`Runner`, once a call has run enough images for them to pay; a probe forward finds which
+convolution feeds which BatchNorm, and the folded model must give the probe's logits before it
+is used. The model is returned as it came: while a pass runs, each convolution's weight and bias
+entries point at the prepared tensors and each folded BatchNorm's ``forward`` is shadowed by the
+identity; the original parameters and methods come back when the pass ends, also when it raises.
 """
 from __future__ import annotations
 
@@ -149,52 +150,51 @@ def _layout(x: Tensor) -> torch.memory_format:
 
 
 class Runner:
-    """Runs ``model`` for a call's forward passes: convolution weights in the inputs' memory
-    layout from the first pass, batch norm folded into them once that pays.
+    """Runs ``model`` for a call's forward passes; once they are many enough to pay for it, with
+    each eval-mode BatchNorm folded into its convolution and the convolution weights stored in
+    the inputs' memory layout (channels_last on the CPU: otherwise every forward and backward
+    converts them again).
 
-    Folding costs two forwards of one image (a probe that finds the conv -> BatchNorm pairs and
-    records the logits, and the same image folded, which must agree) plus scaling the weights;
-    it saves the BatchNorms' time on every later image. So a call folds once ``after`` images have
-    gone through unfolded (8 by default: a call that will run one chunk of images never pays, a
-    call with many chunks -- integrated gradients, SmoothGrad, Score-CAM -- folds from its second
-    chunk); ``after=0`` folds before the first pass, so every input runs through the same model.
+    Preparing costs a weight copy, and with BatchNorms two forwards of one image (a probe that
+    finds the conv -> BatchNorm pairs and records the logits, and the same image folded, which
+    must agree); it saves time on every later image. So a call prepares once ``after`` images
+    have gone through as they are (8 by default: a call that runs one chunk of images never
+    pays, one with many chunks -- integrated gradients, SmoothGrad, Score-CAM -- prepares at its
+    second); ``after=0`` prepares before the first pass, so every input runs the same model.
     ``keep`` are the layers the call captures (their outputs must not change).
     """
 
     def __init__(self, model: nn.Module, keep: Sequence[str] = (), *, after: int = 8) -> None:
         self.model, self.keep, self.after = model, tuple(keep), after
         self.seen = 0
-        self._foldable = any(isinstance(m, _BNS) for m in model.modules())
-        self._layout: torch.memory_format | None = None
-        self._relaid: Folding | None = None  # the weights in the inputs' layout, until folded
-        self._folding: Folding | None = None  # folded (or, if refused, relaid) weights
+        self._folding: Folding | None = None
 
     def __call__(self, x: Tensor) -> object:
-        if self._layout is None:
-            self._layout = _layout(x)
-            self._relaid = Folding.build(self.model, (), self._layout)
-        if self._folding is None and self._foldable and self.seen >= self.after:
+        if self._folding is None and self.seen >= self.after:
             self._folding = self._prepare(x[:1].detach())
         self.seen += x.shape[0]
-        swap = self._folding if self._folding is not None else self._relaid
-        assert swap is not None
-        with swap.active():
+        if self._folding is None:
+            return self.model(x)
+        with self._folding.active():
             return self.model(x)
 
     def _prepare(self, x1: Tensor) -> Folding:
-        assert self._layout is not None and self._relaid is not None
+        layout = _layout(x1)
+        relaid = Folding.build(self.model, (), layout)
+        if not any(isinstance(m, _BNS) for m in self.model.modules()):
+            return relaid
         with torch.no_grad():  # not inference mode: the folded weights take part in backward passes
             with watch(self.model) as pairs:
                 ref = self.model(x1)
             pairs[:] = usable(pairs, self.keep)
             if not pairs or not isinstance(ref, Tensor):
-                return self._relaid
-            folding = Folding.build(self.model, pairs, self._layout)
+                return relaid
+            folding = Folding.build(self.model, pairs, layout)
             with folding.active():
                 got = self.model(x1)
         tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
         agree = isinstance(got, Tensor) and got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-3, atol=tol)
-        return folding if agree else self._relaid
+        return folding if agree else relaid
 
     @property
     def folded(self) -> int:

@@ -31,21 +31,26 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
 @contextmanager
 def prepared(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode, frozen parameters and no in-place activations; all restored on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    modules = list(model.modules())
+    training = [m for m in modules if m.training]  # only what changes is restored
+    grads = [p for p in model.parameters() if p.requires_grad]
+    inplace = [m for m in modules if getattr(m, "inplace", False) is True]
     try:
-        model.eval()
-        for p, _ in grads:
+        if training:
+            model.eval()
+        for p in grads:
             p.requires_grad_(False)
         for m in inplace:
             m.inplace = False
         yield model
     finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in grads:
-            p.requires_grad_(flag)
+        for m in modules:  # every flag exactly as it was, writing only the ones that differ
+            if m.training:
+                m.training = False
+        for m in training:
+            m.training = True
+        for p in grads:
+            p.requires_grad_(True)
         for m in inplace:
             m.inplace = True
 
