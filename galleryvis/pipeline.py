@@ -378,16 +378,21 @@ def pictures(tech: registry.Technique, raw: np.ndarray, image: Image.Image, colo
                                 guided=tech.name == "guided_backprop")
 
 
-def _save(img: Image.Image, out: Path, rel: str, thumb_size: int = 160) -> tuple[str, str]:
-    postprocess.save_png(img, out / rel)
+def _save(img: Image.Image, out: Path, rel: str, previous: Path | None = None,
+          thumb_size: int = 160) -> tuple[str, str]:
+    """Save a picture and its thumbnail under ``out``, reusing ``previous`` (the last site)'s
+    files where their pixels are the same (an unchanged rebuild then encodes nothing)."""
     thumb_rel = "thumbs/" + rel
-    postprocess.save_png(postprocess.thumbnail(img, thumb_size), out / thumb_rel)
+    for path, pic in ((rel, img), (thumb_rel, postprocess.thumbnail(img, thumb_size))):
+        reuse = previous / path if previous is not None else None
+        postprocess.save_png(pic, out / path, reuse if reuse is not None and reuse.is_file() else None)
     return rel, thumb_rel
 
 
 def _cell_record(job: _Job, out: Path, manifest: Manifest, image_pil: Image.Image,
-                 parts: tuple[dict[str, str], dict[str, str]]) -> Cell:
-    """The cell's record; its pictures go under the model's and the technique's name ``parts``."""
+                 parts: tuple[dict[str, str], dict[str, str]], previous: Path | None = None) -> Cell:
+    """The cell's record; its pictures go under the model's and the technique's name ``parts``
+    (reusing ``previous``'s files where they are the same pictures)."""
     tech = registry.get(job.tech.name)
     label = job.model.label(job.target)
     if tech.family == "synthesis" and spec_of(tech.name).unit != "target":
@@ -399,7 +404,7 @@ def _cell_record(job: _Job, out: Path, manifest: Manifest, image_pil: Image.Imag
     pics = pictures(tech, job.result, image_pil, manifest.gallery.colormap, manifest.gallery.alpha)
     for key, vlabel, pic in pics:
         rel = f"img/{parts[0][job.model.id]}/{job.image.id}/{parts[1][job.tech.id]}-{key}.png"
-        src, thumb = _save(pic, out, rel)
+        src, thumb = _save(pic, out, rel, previous)
         alt = f"{_title(job.tech.id, tech.name)} {vlabel.lower()}, model {job.model.id}, " \
               f"image {job.image.name}, class {label} ({job.target})"
         variants.append(Variant(key, vlabel, src, thumb, alt))
@@ -528,7 +533,7 @@ def _write_site(manifest: Manifest, adapters: dict[str, ModelAdapter], images: l
 
         image_records = []
         for img in images:
-            src, thumb = _save(crop(img, 224), tmp, f"img/input/{img.id}.png")
+            src, thumb = _save(crop(img, 224), tmp, f"img/input/{img.id}.png", out)
             image_records.append(ImageRecord(img.id, img.name, src, thumb))
         model_records = []
         for spec in manifest.models:
@@ -543,7 +548,7 @@ def _write_site(manifest: Manifest, adapters: dict[str, ModelAdapter], images: l
             model_records.append(ModelRecord(a.id, a.name, a.description, top5, layers))
         # File-name parts, distinct even for ids that differ only in case or punctuation.
         parts = _name_parts([m.id for m in manifest.models]), _name_parts([t.id for t in manifest.techniques])
-        cells = [_cell_record(job, tmp, manifest, crop(job.image, job.model.size), parts) for job in jobs]
+        cells = [_cell_record(job, tmp, manifest, crop(job.image, job.model.size), parts, out) for job in jobs]
         gallery = Gallery(manifest.gallery.title, manifest.gallery.description, image_records, model_records,
                           _technique_records(manifest), cells, rankings,
                           {"computed": summary.computed, "cached": summary.cached, "failed": summary.failed})

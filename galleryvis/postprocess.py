@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import io
 import os
 import secrets
 from pathlib import Path
@@ -254,6 +255,17 @@ def variants(
 
 
 # -- output -------------------------------------------------------------------------------------
+def _png_bytes_if_same(path: Path, mode: str, size: tuple[int, int], pixels: bytes) -> bytes | None:
+    """The bytes of the PNG at ``path`` if it decodes to exactly these pixels, else None."""
+    try:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as old:
+            same = old.mode == mode and old.size == size and old.tobytes() == pixels
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return data if same else None
+
+
 def thumbnail(img: Image.Image, size: int = 160) -> Image.Image:
     """A copy that fits in ``size`` x ``size`` (aspect kept, never enlarged), bicubic."""
     if size < 1:
@@ -263,22 +275,28 @@ def thumbnail(img: Image.Image, size: int = 160) -> Image.Image:
     return small
 
 
-def save_png(img: Image.Image, path: str | os.PathLike[str]) -> None:
+def save_png(img: Image.Image, path: str | os.PathLike[str], reuse: Path | None = None) -> None:
     """Write ``img`` as a PNG whose bytes depend only on its pixels, atomically.
 
     No metadata (no time, text, dpi, ICC or EXIF chunks), fixed zlib level, ``optimize=False``.
     The bytes go to a temporary file in the same folder (created if missing), which then
     replaces ``path`` with ``os.replace``: readers see the old file or the new one, never half.
+    When ``reuse`` is a PNG of exactly these pixels (say, the previous build's), its bytes are
+    copied instead of encoding again (decoding and comparing is several times faster).
     """
     target = Path(path)
     mode = img.mode if img.mode in ("RGB", "RGBA", "L") else "RGB"
     src = img if img.mode == mode else img.convert(mode)
-    clean = Image.frombytes(mode, src.size, src.tobytes())  # drops img.info (icc, exif, ...)
+    pixels = src.tobytes()
+    old = _png_bytes_if_same(reuse, mode, src.size, pixels) if reuse is not None else None
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as f:
-            clean.save(f, format="PNG", optimize=False, compress_level=6)
+            if old is not None:
+                f.write(old)
+            else:  # frombytes drops img.info (icc, exif, ...)
+                Image.frombytes(mode, src.size, pixels).save(f, format="PNG", optimize=False, compress_level=6)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -219,6 +219,23 @@ def test_save_png_replaces_atomically_and_leaves_no_temp_files(tmp_path: Path) -
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
 
 
+def test_save_png_reuses_a_previous_file_only_when_its_pixels_are_the_same(tmp_path: Path) -> None:
+    img = pp.variants("cam", CAM, IMAGE)[2][2]
+    other_encoding = tmp_path / "level0.png"  # same pixels, bytes a fresh save would not write
+    img.save(other_encoding, format="PNG", compress_level=0)
+    pp.save_png(img, tmp_path / "reused.png", reuse=other_encoding)
+    assert (tmp_path / "reused.png").read_bytes() == other_encoding.read_bytes()
+
+    pp.save_png(img, tmp_path / "fresh.png")
+    changed = img.copy()
+    changed.putpixel((0, 0), (1, 2, 3))
+    changed.save(tmp_path / "changed.png", format="PNG", compress_level=0)
+    (tmp_path / "broken.png").write_bytes(other_encoding.read_bytes()[:100])
+    for stale in ("changed.png", "broken.png", "missing.png"):
+        pp.save_png(img, tmp_path / f"from-{stale}", reuse=tmp_path / stale)
+        assert (tmp_path / f"from-{stale}").read_bytes() == (tmp_path / "fresh.png").read_bytes()
+
+
 def test_postprocess_does_not_import_torch() -> None:
     tree = ast.parse(Path(pp.__file__).read_text(encoding="utf-8"))
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
