@@ -9,7 +9,7 @@ from . import postprocess, registry
 from .images import fit
 from .manifest import ManifestError, parse_manifest
 from .engine import default_batch_size
-from .pipeline import Progress, _compute, _images, load_cached, load_models, pictures, plan
+from .pipeline import Progress, compute, load_cached, load_models, pictures, plan, read_images
 from .cache import Cache
 
 
@@ -41,11 +41,11 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
     data = {"images": [img], "models": [mdl], "techniques": [{"name": technique, "params": _parse_params(params)}]}
     manifest = parse_manifest(data, path=None, root=Path.cwd())
     adapters = load_models(manifest)
-    images = _images(manifest)
+    images = read_images(manifest)
     cache = Cache(cache_dir)
     (job,), _ = plan(manifest, adapters, images, cache, force=False)
     if load_cached([job], cache):
-        _compute([job], default_batch_size(job.model.device), cache, Progress(0, True), True, {})
+        compute([job], default_batch_size(job.model.device), cache, Progress(0, True), True, {})
     result = job.result
     tech = registry.get(technique)
     pics = pictures(tech, result, fit(images[0].pil, job.model.size))

@@ -165,7 +165,8 @@ def _name_parts(ids: list[str]) -> dict[str, str]:
     return dict(zip(ids, unique_slugs(ids)))
 
 
-def _images(manifest: Manifest) -> list[_Img]:
+def read_images(manifest: Manifest) -> list[_Img]:
+    """The manifest's images, decoded, hashed and given unique slug ids (used by build and explain)."""
     ids = unique_slugs([s.path.stem for s in manifest.images])
     return [_Img(i, s.path.name, s.path, file_sha256(s.path), load_image(s.path), s.target)
             for i, s in zip(ids, manifest.images)]
@@ -239,10 +240,11 @@ def plan(manifest: Manifest, adapters: dict[str, ModelAdapter], images: list[_Im
     return jobs, preds
 
 
-def _compute(jobs: list[_Job], batch_size: int, cache: Cache, progress: Progress,
+def compute(jobs: list[_Job], batch_size: int, cache: Cache, progress: Progress,
              fail_fast: bool, seconds: dict[str, float]) -> None:
     """Compute every job: attribution cells grouped per model and technique set with images
-    batched, then synthesis cells one by one; each result goes to the cache as it is done."""
+    batched, then synthesis cells one by one; each result goes to the cache as it is done
+    (used by build and explain)."""
     by_cell: dict[tuple[str, str], list[_Job]] = defaultdict(list)
     for job in jobs:
         if job.family == "attribution":
@@ -450,7 +452,7 @@ def build(manifest: Manifest, opts: Options) -> Summary:
     into a temporary folder that replaces the output folder only when complete."""
     t_start = time.perf_counter()
     adapters = load_models(manifest)
-    images = _images(manifest)
+    images = read_images(manifest)
     cache = Cache(_cache_dir(manifest, opts), enabled=opts.use_cache)
     out = manifest.gallery.output
     summary = Summary()
@@ -464,7 +466,7 @@ def build(manifest: Manifest, opts: Options) -> Summary:
         device = next(iter(adapters.values())).device if adapters else torch.device("cpu")
         batch_size = opts.batch_size or default_batch_size(device)
         try:
-            _compute(todo, batch_size, cache, progress, opts.fail_fast, summary.seconds)
+            compute(todo, batch_size, cache, progress, opts.fail_fast, summary.seconds)
             t_scores = time.perf_counter()
             rankings = scoring.score(jobs, manifest.metrics, cache, batch_size, progress)
             if manifest.metrics.enabled:
@@ -483,7 +485,7 @@ def build(manifest: Manifest, opts: Options) -> Summary:
 def referenced_keys(manifest: Manifest, opts: Options) -> set[str]:
     """Every cache key the manifest uses (predictions and maps)."""
     adapters = load_models(manifest)
-    images = _images(manifest)
+    images = read_images(manifest)
     cache = Cache(_cache_dir(manifest, opts), enabled=opts.use_cache)
     jobs, _ = plan(manifest, adapters, images, cache, force=False)
     return {j.key for j in jobs} | {_prediction_key(a, i) for a in adapters.values() for i in images}
