@@ -68,10 +68,18 @@ def _inside(name: str, scope: str) -> bool:
     return name == scope or name.startswith(scope + ".")
 
 
-def usable(pairs: Sequence[tuple[str, str]], keep: Sequence[str]) -> list[tuple[str, str]]:
-    """The pairs whose folding leaves every module in ``keep`` (captured layers) outputting what
-    it did: a convolution inside a kept module whose BatchNorm is outside it is not folded."""
-    return [(c, b) for c, b in pairs if not any(_inside(c, k) and not _inside(b, k) for k in keep)]
+def usable(model: nn.Module, pairs: Sequence[tuple[str, str]], keep: Sequence[str]) -> list[tuple[str, str]]:
+    """The pairs whose folding nobody can observe: every module in ``keep`` (captured layers)
+    outputs what it did (a convolution inside a kept module whose BatchNorm is outside it is not
+    folded), and neither module has hooks of its own (a hook on the convolution would see the
+    BatchNorm's output, one on the BatchNorm its output as input)."""
+    modules = dict(model.named_modules())
+    return [(c, b) for c, b in pairs if not any(_inside(c, k) and not _inside(b, k) for k in keep)
+            and not _hooked(modules[c]) and not _hooked(modules[b])]
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
 
 
 @dataclass
@@ -186,7 +194,7 @@ class Runner:
         with torch.no_grad():  # not inference mode: the folded weights take part in backward passes
             with watch(self.model) as pairs:
                 ref = self.model(x1)
-            pairs[:] = usable(pairs, self.keep)
+            pairs[:] = usable(self.model, pairs, self.keep)
             if not pairs or not isinstance(ref, Tensor):
                 return relaid
             folding = Folding.build(self.model, pairs, layout)

@@ -95,6 +95,18 @@ def test_prepared_convolution_weights_follow_a_channels_last_input(resnet: nn.Mo
     assert isinstance(resnet.layer1[0].conv2.weight, nn.Parameter) and resnet.layer1[0].conv2.weight.is_contiguous()
 
 
+def test_a_convolution_with_a_hook_of_its_own_is_not_folded(resnet: nn.Module) -> None:
+    seen: list[Tensor] = []
+    handle = resnet.layer2[0].conv1.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        first, second, runner = _two_passes(resnet, torch.randn(1, 3, 64, 64))
+    finally:
+        handle.remove()
+    assert runner.folded == 19  # 20 BatchNorms but the hooked conv's
+    torch.testing.assert_close(seen[-1], seen[0])  # the hook saw the convolution's own output
+    torch.testing.assert_close(second, first, rtol=1e-4, atol=1e-4)
+
+
 class _SharedConvOutput(nn.Module):
     """The convolution's output feeds the BatchNorm and also a skip path: folding would change it."""
 
@@ -139,7 +151,7 @@ def test_captured_convolutions_and_training_batchnorms_are_not_folded(resnet: nn
     with watch(resnet) as pairs, torch.no_grad():
         resnet(torch.randn(1, 3, 64, 64))
     assert ("conv1", "bn1") in pairs
-    kept = usable(pairs, keep=("conv1", "layer4.1.conv2", "layer3"))
+    kept = usable(resnet, pairs, keep=("conv1", "layer4.1.conv2", "layer3"))
     assert ("conv1", "bn1") not in kept and ("layer4.1.conv2", "layer4.1.bn2") not in kept
     assert ("layer3.0.conv1", "layer3.0.bn1") in kept  # both inside the captured block
     resnet.bn1.train()
