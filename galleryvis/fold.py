@@ -187,19 +187,24 @@ class Runner:
             return self.model(x)
 
     def _prepare(self, x1: Tensor) -> Folding:
+        # Never inference tensors (a pass may prepare under torch.inference_mode, as Score-CAM's
+        # masks do): the prepared weights take part in later gradient passes.
+        with torch.inference_mode(False), torch.no_grad():
+            return self._prepare_weights(x1.clone())
+
+    def _prepare_weights(self, x1: Tensor) -> Folding:
         layout = _layout(x1)
         relaid = Folding.build(self.model, (), layout)
         if not any(isinstance(m, _BNS) for m in self.model.modules()):
             return relaid
-        with torch.no_grad():  # not inference mode: the folded weights take part in backward passes
-            with watch(self.model) as pairs:
-                ref = self.model(x1)
-            pairs[:] = usable(self.model, pairs, self.keep)
-            if not pairs or not isinstance(ref, Tensor):
-                return relaid
-            folding = Folding.build(self.model, pairs, layout)
-            with folding.active():
-                got = self.model(x1)
+        with watch(self.model) as pairs:
+            ref = self.model(x1)
+        pairs[:] = usable(self.model, pairs, self.keep)
+        if not pairs or not isinstance(ref, Tensor):
+            return relaid
+        folding = Folding.build(self.model, pairs, layout)
+        with folding.active():
+            got = self.model(x1)
         tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
         agree = isinstance(got, Tensor) and got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-3, atol=tol)
         return folding if agree else relaid

@@ -107,6 +107,16 @@ def test_a_convolution_with_a_hook_of_its_own_is_not_folded(resnet: nn.Module) -
     torch.testing.assert_close(second, first, rtol=1e-4, atol=1e-4)
 
 
+def test_weights_prepared_under_inference_mode_serve_later_gradient_passes(resnet: nn.Module) -> None:
+    # Score-CAM (masks under inference mode) reaches the 8th image first; vanilla's backward in
+    # the second chunk then runs on the prepared weights.
+    x = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    maps = galleryvis.attribute_many(resnet, x, ["scorecam", "vanilla"], 1, "layer3", batch_size=8)
+    alone = galleryvis.attribute(resnet, x[8:], "vanilla", 1, batch_size=8)  # one chunk: unfolded
+    for f, p in zip(maps["vanilla"][8:], alone):
+        assert torch.corrcoef(torch.stack([f.flatten(), p.flatten()]))[0, 1] > 0.9999
+
+
 class _SharedConvOutput(nn.Module):
     """The convolution's output feeds the BatchNorm and also a skip path: folding would change it."""
 
