@@ -59,9 +59,14 @@ def watch(model: nn.Module) -> Iterator[list[tuple[str, str]]]:
         yield pairs
     modules = dict(model.named_modules())
     for bn, conv in fed.items():
-        if calls.get(bn) == 1 and calls.get(conv) == 1 and \
+        if calls.get(bn) == 1 and calls.get(conv) == 1 and _plain_weight(modules[conv]) and \
                 modules[conv].out_channels == modules[bn].num_features:
             pairs.append((conv, bn))
+
+
+def _plain_weight(conv: nn.Module) -> bool:
+    """A weight that is a registered tensor (not computed by a parametrization, such as weight norm)."""
+    return isinstance(conv._parameters.get("weight"), Tensor)
 
 
 def _inside(name: str, scope: str) -> bool:
@@ -115,7 +120,7 @@ class Folding:
             if layout == torch.channels_last:
                 folded = {id(c) for c, _, _ in out.convs}
                 out.convs += [(m, m.weight.contiguous(memory_format=layout), m.bias) for m in model.modules()
-                              if isinstance(m, nn.Conv2d) and id(m) not in folded and isinstance(m.weight, Tensor)
+                              if isinstance(m, nn.Conv2d) and id(m) not in folded and _plain_weight(m)
                               and not m.weight.is_contiguous(memory_format=layout)]
         return out
 

@@ -117,6 +117,19 @@ def test_weights_prepared_under_inference_mode_serve_later_gradient_passes(resne
         assert torch.corrcoef(torch.stack([f.flatten(), p.flatten()]))[0, 1] > 0.9999
 
 
+def test_a_parametrized_convolution_weight_is_left_alone() -> None:
+    from torch.nn.utils.parametrizations import weight_norm
+
+    net = _with_stats(nn.Sequential(weight_norm(nn.Conv2d(3, 8, 3)), nn.BatchNorm2d(8), nn.ReLU(),
+                                    nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1),
+                                    nn.Flatten(), nn.Linear(8, 4)))
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    first, second, runner = _two_passes(net, x)
+    assert runner.folded == 1  # the plain convolution's BatchNorm only
+    torch.testing.assert_close(second, first, rtol=1e-4, atol=1e-5)
+    assert "weight" not in net[0]._parameters and isinstance(net[0].weight, Tensor)
+
+
 class _SharedConvOutput(nn.Module):
     """The convolution's output feeds the BatchNorm and also a skip path: folding would change it."""
 
