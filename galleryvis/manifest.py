@@ -545,7 +545,8 @@ class _Parser:
         if name is None and "name" not in table and factory is None and "factory" not in table:
             self.error(where, "missing required key 'name' (a torchvision model such as 'resnet50', "
                               "'efficientnet_lite0', or a `factory`)")
-        elif name is not None and factory is None and "factory" not in table and name not in known_models():
+        elif name is not None and factory is None and "factory" not in table and name not in BUNDLED_MODELS \
+                and name not in known_models():
             self.error(f"{where}.name", f"unknown model {name!r}{registry.suggest(name, known_models())} "
                                         "(any torchvision classification model, or efficientnet_lite0)")
         weights = self.weights(table, where, None if "factory" in table else name or "")

@@ -1,6 +1,7 @@
 """Model loading: torchvision names and weights, the bundled EfficientNet-Lite0, user factories."""
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import pickle
@@ -9,7 +10,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torchvision
 from PIL import Image
 from torch import Tensor, nn
 
@@ -25,15 +25,21 @@ class ModelError(ValueError):
     """A model that cannot be built or loaded; the message says which and how to fix it."""
 
 
-def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet class names as torchvision ships them (no download needed)."""
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
+@functools.cache
+def _labels() -> tuple[str, ...]:
+    return tuple(json.loads((Path(__file__).parent / "data" / "imagenet_classes.json").read_text("utf-8"))["labels"])
 
-    return list(_IMAGENET_CATEGORIES)
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet class names as torchvision ships them, read from a copy in the package:
+    torchvision is imported only for torchvision models (its import takes over a second)."""
+    return list(_labels())
 
 
 def torchvision_names() -> list[str]:
     """Every torchvision image-classification model name."""
+    import torchvision
+
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -139,6 +145,8 @@ def _is_path(weights: str) -> bool:
 
 
 def _torchvision(name: str, weights: str | None, base: Path, what: str) -> tuple[nn.Module, dict[str, Any]]:
+    import torchvision
+
     if name not in torchvision_names():
         raise ModelError(f"{what}: unknown model {name!r}{suggest(name, torchvision_names() + sorted(BUNDLED))}")
     info: dict[str, Any] = {"size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "labels": imagenet_labels()}

@@ -135,3 +135,22 @@ def test_functional_model_error_is_clear():
 
     with pytest.raises(ValueError, match=r"logits of shape \(N, classes\)"):
         attribute(Bad(), torch.zeros(1, 3, 8, 8), "vanilla", 0)
+
+
+def test_bundled_class_names_are_torchvision_s() -> None:
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    assert imagenet_labels() == list(_IMAGENET_CATEGORIES)
+
+
+def test_a_bundled_model_gallery_does_not_import_torchvision() -> None:
+    # torchvision's import takes over a second (it pulls in torch._dynamo): a build of the
+    # default gallery, EfficientNet-Lite0 only, must not pay it.
+    import subprocess
+    import sys
+
+    code = ("import sys; from galleryvis.manifest import default_manifest; "
+            "from galleryvis.pipeline import load_models; load_models(default_manifest()); "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
