@@ -64,6 +64,22 @@ def watch(model: nn.Module) -> Iterator[list[tuple[str, str]]]:
             pairs.append((conv, bn))
 
 
+def fold_batchnorm(w: Tensor, b: Tensor | None, mean: Tensor, var: Tensor, eps: float,
+                   gamma: Tensor | None, beta: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Weight and bias of an affine layer (``w``, ``b``; output channels first) followed by an
+    eval-mode BatchNorm: ``w * s`` per output channel and ``(b - mean) * s + beta``, with
+    ``s = gamma / sqrt(var + eps)`` (a missing ``b``, ``gamma`` or ``beta``: 0, 1, 0)."""
+    scale = torch.rsqrt(var + eps)
+    if gamma is not None:
+        scale = scale * gamma
+    shift = -mean * scale
+    if beta is not None:
+        shift = shift + beta
+    if b is not None:
+        shift = shift + b * scale
+    return w * scale.reshape(-1, *[1] * (w.dim() - 1)), shift
+
+
 def _plain_weight(conv: nn.Module) -> bool:
     """A weight that is a registered tensor (not computed by a parametrization, such as weight norm)."""
     return isinstance(conv._parameters.get("weight"), Tensor)
@@ -106,15 +122,8 @@ class Folding:
         with torch.no_grad():
             for conv_name, bn_name in pairs:
                 conv, bn = modules[conv_name], modules[bn_name]
-                scale = torch.rsqrt(bn.running_var.float() + bn.eps)
-                if bn.weight is not None:
-                    scale = scale * bn.weight.float()
-                shift = -bn.running_mean.float() * scale
-                if bn.bias is not None:
-                    shift = shift + bn.bias.float()
-                if conv.bias is not None:
-                    shift = shift + conv.bias.float() * scale
-                w = conv.weight.float() * scale.reshape(-1, *[1] * (conv.weight.dim() - 1))
+                w, shift = fold_batchnorm(_f32(conv.weight), _f32(conv.bias), _f32(bn.running_mean),
+                                          _f32(bn.running_var), bn.eps, _f32(bn.weight), _f32(bn.bias))
                 out.convs.append((conv, _laid_out(w.to(conv.weight.dtype), layout), shift.to(conv.weight.dtype)))
                 out.bns.append(bn)
             if layout == torch.channels_last:
@@ -146,6 +155,10 @@ class Folding:
                     del bn.forward
                 else:
                     bn.forward = previous
+
+
+def _f32(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.float()
 
 
 def _identity(x: Tensor) -> Tensor:

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..engine import IMAGENET_MEAN, IMAGENET_STD, Context
+from ..fold import fold_batchnorm
 from ..hooks import LayerError, capture
 from ..registry import technique
 
@@ -527,12 +528,8 @@ class _Tracer(TorchFunctionMode):
         if layer is None or layer.w.shape[0] != mean.numel() or (layer.dense and layer.x.dim() != 2):
             raise self.refuse("is a BatchNorm that does not directly follow a convolution or Linear "
                               "(it is folded into the layer whose output it normalizes)")
-        scale = torch.rsqrt(var + p["eps"])
-        if p["weight"] is not None:
-            scale = scale * p["weight"].detach()
-        shift = -mean * scale + (0 if p["bias"] is None else p["bias"].detach())
-        w = layer.w * scale.reshape(-1, *([1] * (layer.w.dim() - 1)))
-        b = shift if layer.b is None else layer.b * scale + shift
+        gamma, beta = (None if p[k] is None else p[k].detach() for k in ("weight", "bias"))
+        w, b = fold_batchnorm(layer.w, layer.b, mean, var, p["eps"], gamma, beta)
         with torch.no_grad():
             out = func(*args, **kwargs)
         # canonization: layer + BN act as one layer, from the layer's input to the BN's output
