@@ -212,20 +212,22 @@ class Runner:
 
     def _prepare_weights(self, x1: Tensor) -> Folding:
         layout = _layout(x1)
-        relaid = Folding.build(self.model, (), layout)
-        if not any(isinstance(m, _BNS) for m in self.model.modules()):
-            return relaid
+        folding = self._folded(x1, layout) if any(isinstance(m, _BNS) for m in self.model.modules()) else None
+        return folding if folding is not None else Folding.build(self.model, (), layout)  # laid out only
+
+    def _folded(self, x1: Tensor, layout: torch.memory_format) -> Folding | None:
+        """The folded weights, if the probe finds pairs and the folded model gives its logits."""
         with watch(self.model) as pairs:
             ref = self.model(x1)
         pairs[:] = usable(self.model, pairs, self.keep)
         if not pairs or not isinstance(ref, Tensor):
-            return relaid
+            return None
         folding = Folding.build(self.model, pairs, layout)
         with folding.active():
             got = self.model(x1)
         tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
         agree = isinstance(got, Tensor) and got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-3, atol=tol)
-        return folding if agree else relaid
+        return folding if agree else None
 
     @property
     def folded(self) -> int:
