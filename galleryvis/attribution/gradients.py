@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine import IMAGENET_MEAN, IMAGENET_STD, Context
+from ..metrics import gaussian_blur
 from ..registry import technique
 
 
@@ -105,18 +105,8 @@ def _baseline(x: Tensor, baseline: object) -> Tensor:
         mean = torch.tensor(IMAGENET_MEAN, device=x.device)[:, None, None]
         std = torch.tensor(IMAGENET_STD, device=x.device)[:, None, None]
         return ((0 - mean) / std).expand_as(x).clone()
-    blur = _gaussian_kernel(x.shape[-1] / 20).to(x.device, x.dtype)
-    k = blur.shape[-1]
-    padded = F.pad(x, (k // 2,) * 4, mode="reflect")
-    return F.conv2d(F.conv2d(padded, blur[None, None, :, None].expand(x.shape[1], 1, k, 1), groups=x.shape[1]),
-                    blur[None, None, None, :].expand(x.shape[1], 1, 1, k), groups=x.shape[1])
-
-
-def _gaussian_kernel(sigma: float) -> Tensor:
-    radius = max(1, int(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-t * t / (2 * sigma * sigma))
-    return k / k.sum()
+    sigma = x.shape[-1] / 20  # a Gaussian blur of sigma = width / 20, cut at 3 sigma
+    return gaussian_blur(x, 2 * max(1, int(3 * sigma)) + 1, sigma)
 
 
 @technique("integrated_gradients", output="input", signed=True,
