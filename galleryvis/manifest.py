@@ -25,13 +25,12 @@ from typing import Any, Literal, Mapping
 from . import registry
 from . import attribution as _attribution  # noqa: F401  (fills the registry)
 from .images import ImageError, load_image
+from .metrics import SUBSTRATES, Substrate
 from .postprocess import COLORMAPS
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
-Substrate = Literal["black", "zero", "blur"]
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-SUBSTRATES: tuple[str, ...] = ("zero", "black", "blur")
 #: Models galleryvis ships itself, beside torchvision's classification models.
 BUNDLED_MODELS: tuple[str, ...] = ("efficientnet_lite0",)
 #: What a glob keeps; files with other suffixes (README.md, .DS_Store) are skipped.
