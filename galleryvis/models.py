@@ -16,9 +16,8 @@ from torch import Tensor, nn
 from .engine import IMAGENET_MEAN, IMAGENET_STD
 from .images import file_sha256, fit, to_tensor
 from .layers import default_layer
+from .manifest import BUNDLED_MODELS, known_models
 from .registry import suggest
-
-BUNDLED = {"efficientnet_lite0"}
 
 
 class ModelError(ValueError):
@@ -34,13 +33,6 @@ def imagenet_labels() -> list[str]:
     """The 1000 ImageNet class names as torchvision ships them, read from a copy in the package:
     torchvision is imported only for torchvision models (its import takes over a second)."""
     return list(_labels())
-
-
-def torchvision_names() -> list[str]:
-    """Every torchvision image-classification model name."""
-    import torchvision
-
-    return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 def choose_device(preference: str = "auto") -> torch.device:
@@ -147,8 +139,8 @@ def _is_path(weights: str) -> bool:
 def _torchvision(name: str, weights: str | None, base: Path, what: str) -> tuple[nn.Module, dict[str, Any]]:
     import torchvision
 
-    if name not in torchvision_names():
-        raise ModelError(f"{what}: unknown model {name!r}{suggest(name, torchvision_names() + sorted(BUNDLED))}")
+    if name not in known_models():  # bundled names never come here
+        raise ModelError(f"{what}: unknown model {name!r}{suggest(name, list(known_models()))}")
     info: dict[str, Any] = {"size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "labels": imagenet_labels()}
     if weights is None or weights.lower() == "none":
         return torchvision.models.get_model(name, weights=None), {**info, "fingerprint": "random-init", "desc": "random weights"}
@@ -221,7 +213,7 @@ def load_model(spec: Any, base: Path, device: torch.device, what: str = "model")
             fingerprint += ":" + file_sha256(path)
             desc += f" with weights from {path.name}"
         info.update(fingerprint=fingerprint, desc=desc)
-    elif spec.name in BUNDLED:
+    elif spec.name in BUNDLED_MODELS:
         from .lite0 import efficientnet_lite0, weights_path
 
         pretrained = weights is None or weights.upper() == "DEFAULT"
