@@ -31,12 +31,11 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
 @contextmanager
 def prepared(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode, frozen parameters and no in-place activations; all restored on exit."""
-    modules = list(model.modules())
-    training = [m for m in modules if m.training]  # only what changes is restored
-    grads = [p for p in model.parameters() if p.requires_grad]
-    inplace = [m for m in modules if getattr(m, "inplace", False) is True]
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [p for p in model.parameters() if p.requires_grad]  # only what changes is restored
+    inplace = [m for m, _ in modes if getattr(m, "inplace", False) is True]
     try:
-        if training:
+        if any(training for _, training in modes):
             model.eval()
         for p in grads:
             p.requires_grad_(False)
@@ -44,11 +43,9 @@ def prepared(model: nn.Module) -> Iterator[nn.Module]:
             m.inplace = False
         yield model
     finally:
-        for m in modules:  # every flag exactly as it was, writing only the ones that differ
-            if m.training:
-                m.training = False
-        for m in training:
-            m.training = True
+        for m, training in modes:
+            if m.training != training:
+                m.training = training
         for p in grads:
             p.requires_grad_(True)
         for m in inplace:
