@@ -47,7 +47,7 @@ def _groups(jobs: list[_Job]) -> dict[tuple[str, str], list[_Job]]:
     """Successful attribution jobs by (model id, technique id)."""
     groups: dict[tuple[str, str], list[_Job]] = defaultdict(list)
     for j in jobs:
-        if j.result is not None and not j.error and registry.get(j.tech.name).family == "attribution":
+        if j.result is not None and not j.error and j.family == "attribution":
             groups[(j.model.id, j.tech.id)].append(j)
     return groups
 
@@ -60,7 +60,7 @@ def task_count(jobs: list[_Job], spec: MetricsSpec) -> int:
     """How many progress steps :func:`score` takes at most for these jobs (fewer when cells fail)."""
     if not spec.enabled:
         return 0
-    names = {(j.model.id, j.tech.id): j.tech.name for j in jobs if registry.get(j.tech.name).family == "attribution"}
+    names = {(j.model.id, j.tech.id): j.tech.name for j in jobs if j.family == "attribution"}
     return sum(int(spec.deletion_insertion) + int(_sanity_wanted(spec, name)) for name in names.values())
 
 
@@ -102,9 +102,14 @@ def _deletion_insertion(group: list[_Job], spec: MetricsSpec, cache: Cache, batc
         maps = torch.from_numpy(np.stack([j.result for j in todo_jobs]).astype(np.float32))
         res = _di(todo_jobs, maps, spec, _rank_by(todo_jobs[0].tech.name), batch_size)
         for n, (j, key) in enumerate(todo):
-            curves = np.stack([res.deletion_curve[n], res.insertion_curve[n]]).astype(np.float32)
+            curves = _curves(res, n)
             cache.put(key, curves, {"protocol": res.protocol})
             _attach(j, curves)
+
+
+def _curves(res: metrics.DeletionInsertion, n: int) -> np.ndarray:
+    """Image ``n``'s (deletion, insertion) curves as one (2, steps + 1) array, as cached."""
+    return np.stack([res.deletion_curve[n], res.insertion_curve[n]]).astype(np.float32)
 
 
 def _attach(job: _Job, curves: np.ndarray) -> None:
@@ -124,7 +129,7 @@ def _baseline_scores(job: _Job, spec: MetricsSpec, cache: Cache, batch_size: int
         entry = cache.get(key)
         if entry is None:
             res = _di([job], make((1, 1, size, size)), spec, "signed", batch_size)
-            curves = np.stack([res.deletion_curve[0], res.insertion_curve[0]]).astype(np.float32)
+            curves = _curves(res, 0)
             cache.put(key, curves, {"protocol": res.protocol})
         else:
             curves = entry.array
