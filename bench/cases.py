@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import peers, seed_style
-from .common import Skip, is_sequential
+from .common import Skip, frozen, is_sequential
 
 COMBINATION = ("vanilla", "grad_x_image", "gradcam", "layercam")
 
@@ -180,15 +180,8 @@ ORDER = ("vanilla", "gradcam", "combination", "integrated_gradients", "smoothgra
 
 def input_gradient(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
     """One forward + backward w.r.t. the input only, parameters frozen: the cost floor."""
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = model(xg)
-            (g,) = torch.autograd.grad(out.gather(1, torch.tensor(targets, device=x.device)[:, None]).sum(), xg)
-        return g
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
+    xg = x.detach().requires_grad_(True)
+    with frozen(model), torch.enable_grad():
+        out = model(xg)
+        (g,) = torch.autograd.grad(out.gather(1, torch.tensor(targets, device=x.device)[:, None]).sum(), xg)
+    return g

@@ -6,9 +6,10 @@ import gc
 import re
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -47,6 +48,20 @@ def load_inputs(n: int, size: int, device: torch.device) -> torch.Tensor:
 def is_sequential(model: nn.Module) -> bool:
     """VGG / AlexNet style: ``features`` -> ``avgpool`` -> ``classifier``, no residual adds."""
     return all(isinstance(getattr(model, a, None), nn.Module) for a in ("features", "avgpool", "classifier"))
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Parameters with ``requires_grad=False`` while inside (only input gradients are computed);
+    their flags come back on exit."""
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
 
 
 def sync(device: torch.device) -> None:

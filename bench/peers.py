@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from galleryvis.hooks import resolve_layer
 
 from .common import Skip
 
@@ -30,10 +32,6 @@ def version(package: str) -> str | None:
 def _need(module: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise Skip(f"{module} is not installed")
-
-
-def _module(model: nn.Module, name: str) -> nn.Module:
-    return dict(model.named_modules())[name]
 
 
 # -- captum -----------------------------------------------------------------------------------
@@ -80,7 +78,7 @@ def captum_gradcam(model: nn.Module, x: Tensor, targets: list[int], layer: str) 
     _need("captum")
     from captum.attr import LayerAttribution, LayerGradCam
 
-    cam = LayerGradCam(model, _module(model, layer)).attribute(x, target=targets, relu_attributions=True)
+    cam = LayerGradCam(model, resolve_layer(model, layer)).attribute(x, target=targets, relu_attributions=True)
     return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
 
 
@@ -102,7 +100,7 @@ def _gradcam_run(cls_name: str, model: nn.Module, x: Tensor, targets: list[int],
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cls = getattr(pytorch_grad_cam, cls_name)
-    with cls(model=model, target_layers=[_module(model, layer)]) as cam:
+    with cls(model=model, target_layers=[resolve_layer(model, layer)]) as cam:
         if batch_size is not None:
             cam.batch_size = batch_size  # the documented way (cam.py) to set ScoreCAM's batch
         with contextlib.redirect_stderr(io.StringIO()):  # ScoreCAM's tqdm bars
@@ -130,17 +128,3 @@ def combination(model: nn.Module, x: Tensor, targets: list[int], layer: str) -> 
             "gradcam": gradcam_gradcam(model, x, targets, layer),
             "layercam": gradcam_layercam(model, x, targets, layer)}
 
-
-#: display name -> runner, by package.
-RUNNERS: dict[str, Callable[..., object]] = {
-    "captum_saliency": captum_saliency,
-    "captum_input_x_gradient": captum_input_x_gradient,
-    "captum_integrated_gradients": captum_integrated_gradients,
-    "captum_smoothgrad": captum_smoothgrad,
-    "captum_gradcam": captum_gradcam,
-    "captum_lrp": captum_lrp,
-    "gradcam_gradcam": gradcam_gradcam,
-    "gradcam_layercam": gradcam_layercam,
-    "gradcam_scorecam": gradcam_scorecam,
-    "combination": combination,
-}

@@ -11,18 +11,15 @@ input for IG, sums from zero for CAMs), because only the cost is compared here.
 from __future__ import annotations
 
 import copy
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from galleryvis.hooks import resolve_layer
+
 from .common import Skip, is_sequential
-
-
-def _modules(model: nn.Module) -> dict[str, nn.Module]:
-    return dict(model.named_modules())
 
 
 def _one_pass(model: nn.Module, x1: Tensor, target: int, layer: str | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -35,7 +32,7 @@ def _one_pass(model: nn.Module, x1: Tensor, target: int, layer: str | None = Non
         def hook(_m: nn.Module, _i: object, out: Tensor) -> None:
             saved["a"] = out
             out.register_hook(lambda g: saved.__setitem__("g", g))
-        handle = _modules(model)[layer].register_forward_hook(hook)
+        handle = resolve_layer(model, layer).register_forward_hook(hook)
     try:
         model.zero_grad()
         x = x1.detach().clone().requires_grad_(True)
@@ -113,7 +110,7 @@ def scorecam(model: nn.Module, x: Tensor, targets: list[int], layer: str) -> Ten
     out = []
     for xi, t in zip(x, targets):
         saved: dict[str, Tensor] = {}
-        h = _modules(model)[layer].register_forward_hook(lambda _m, _i, o: saved.__setitem__("a", o))
+        h = resolve_layer(model, layer).register_forward_hook(lambda _m, _i, o: saved.__setitem__("a", o))
         try:
             model(xi[None])
         finally:
@@ -166,10 +163,3 @@ def lrp_epsilon(model: nn.Module, x: Tensor, targets: list[int], eps: float = 1e
         out.append(rel)
     return torch.cat(out)
 
-
-#: name -> callable(model, x, targets, **settings) for the bench's cases.
-RUNNERS: dict[str, Callable[..., object]] = {
-    "vanilla": vanilla, "grad_x_image": grad_x_image, "gradcam": gradcam, "layercam": layercam,
-    "combination": combination, "integrated_gradients": integrated_gradients,
-    "smoothgrad": smoothgrad, "scorecam": scorecam, "lrp": lrp_epsilon,
-}

@@ -16,8 +16,10 @@ from typing import Any, Callable
 
 import torch
 
+from galleryvis.hooks import capture, resolve_layer
+
 from .cases import CASES, Bench, input_gradient
-from .common import Skip, build_model, load_inputs, measure, timed
+from .common import Skip, build_model, frozen, load_inputs, measure, timed
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -129,14 +131,9 @@ def _preload() -> None:
 
 def _channels(model: torch.nn.Module, x: torch.Tensor, layer: str) -> dict[str, Any]:
     """Channel count of the Score-CAM layer and how many are not constant (per image)."""
-    saved: dict[str, torch.Tensor] = {}
-    h = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, o: saved.__setitem__("a", o.clone()))
-    try:
-        with torch.inference_mode():
-            model(x)
-    finally:
-        h.remove()
-    a = saved["a"]
+    with torch.inference_mode(), capture(model, [layer]) as acts:
+        model(x)
+    a = acts[layer]
     live = (a.amax((2, 3)) > a.amin((2, 3))).sum(1).tolist()
     return {"channels": int(a.shape[1]), "live_channels": [int(v) for v in live]}
 
@@ -191,25 +188,20 @@ def _synthesis(b: Bench, spec: dict[str, Any], device: torch.device) -> None:
     result = holder["r"]
     image = result.image if hasattr(result, "image") else result[0]
     shape = tuple(image.shape)
-    layer_module = dict(b.model.named_modules())[b.layer]
+    layer_module = resolve_layer(b.model, b.layer)
     xr = torch.randn(shape, device=device)
 
     def fwd_bwd() -> object:
         saved: dict[str, torch.Tensor] = {}
         h = layer_module.register_forward_hook(lambda _m, _i, o: saved.__setitem__("a", o))
-        flags = [p.requires_grad for p in b.model.parameters()]
         try:
-            for p in b.model.parameters():
-                p.requires_grad_(False)
             xg = xr.detach().requires_grad_(True)
-            with torch.enable_grad():
+            with frozen(b.model), torch.enable_grad():
                 b.model(xg)
                 (g,) = torch.autograd.grad(saved["a"][:, 0].mean(), xg)
             return g
         finally:
             h.remove()
-            for p, f in zip(b.model.parameters(), flags):
-                p.requires_grad_(f)
 
     ref = _result("synthesis", "fwdbwd", f"forward + backward of the same batch {shape}", "reference",
                   fwd_bwd, spec, 1, device)
