@@ -258,8 +258,7 @@ def compute(jobs: list[_Job], batch_size: int, cache: Cache, progress: Progress,
             _compute_chunk(chunk, batch_size, fail_fast, seconds, progress)
             for job in (j for cell_jobs in chunk for j in cell_jobs):
                 if job.result is not None:
-                    cache.put(job.key, job.result, {"technique": job.tech.name, "params": job.params,
-                                                    "image": job.image.name, "model": job.model.id})
+                    _store(cache, job)
             progress.mark([j for c in chunk for j in c], f"{chunk[0][0].model.id}: {len(chunk)} image(s)")
     for job in (j for j in jobs if j.family == "synthesis"):
         t0 = time.perf_counter()
@@ -270,10 +269,18 @@ def compute(jobs: list[_Job], batch_size: int, cache: Cache, progress: Progress,
                 raise
             job.error = _one_line(exc)
         else:
-            cache.put(job.key, job.result, {"technique": job.tech.name, "params": job.params, "trace": job.trace,
-                                            "unit": job.unit, "image": job.image.name, "model": job.model.id})
+            _store(cache, job)
         seconds[job.tech.id] = seconds.get(job.tech.id, 0.0) + time.perf_counter() - t0
         progress.mark([job], f"{job.model.id}: {job.tech.id} for {job.image.name}")
+
+
+def _store(cache: Cache, job: _Job) -> None:
+    """Put a computed cell in the cache; a synthesis cell keeps its trace and unit beside it."""
+    meta: dict[str, Any] = {"technique": job.tech.name, "params": job.params, "image": job.image.name,
+                            "model": job.model.id}
+    if job.family == "synthesis":
+        meta.update(trace=job.trace, unit=job.unit)
+    cache.put(job.key, job.result, meta)
 
 
 def _top_channel(adapter: ModelAdapter, x: torch.Tensor, layer: str) -> int:
