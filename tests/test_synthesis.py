@@ -149,8 +149,8 @@ def test_filter_visualization_batch_equals_single_calls_lite0(lite0):
     for i, c in enumerate(channels):
         one = galleryvis.synthesize(lite0, "filter_visualization", layer="_blocks.4", channel=c,
                                     steps=4, size=64)
-        torch.testing.assert_close(batched.image[i:i + 1], one.image, rtol=0, atol=1e-5)
-        torch.testing.assert_close(batched.trace[:, i:i + 1], one.trace, rtol=1e-5, atol=1e-5)
+        # bit for bit, on any CPU: each item runs in passes of its own
+        assert torch.equal(batched.image[i:i + 1], one.image) and torch.equal(batched.trace[:, i:i + 1], one.trace)
 
 
 def test_inverted_representation_early_layer(lite0):
@@ -214,11 +214,29 @@ def test_filter_visualization_small_net_gain_and_batching():
     assert live.sum() >= 2 and (a1[live] >= 2 * a0[live]).all(), (a0, a1)
     for i, c in enumerate(channels):
         one = galleryvis.synthesize(net, "filter_visualization", layer="body.3", channel=c, size=32)
-        torch.testing.assert_close(res.image[i:i + 1], one.image, rtol=0, atol=1e-5)
+        # 128 Adam steps amplify any rounding difference (issue 18: 0.11 on a Xeon when the
+        # batch shared its convolutions), so equality holds only by construction: bit for bit
+        assert torch.equal(res.image[i:i + 1], one.image) and torch.equal(res.trace[:, i:i + 1], one.trace)
     # and the order of the list does not matter either
     rev = galleryvis.synthesize(net, "filter_visualization", layer="body.3", channel=channels[::-1],
                                 size=32)
-    torch.testing.assert_close(rev.image.flip(0), res.image, rtol=0, atol=1e-5)
+    assert torch.equal(rev.image.flip(0), res.image)
+
+
+class BatchRoundingNet(SmallNet):
+    """SmallNet whose output moves by 1e-6 (relative) per extra image in the batch: a CPU whose
+    kernels round differently for a batch than for one image, made deterministic."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * (1 + 1e-6 * (x.shape[0] - 1))
+
+
+def test_a_channel_list_equals_separate_calls_even_where_batched_kernels_round_differently():
+    net = small_net(BatchRoundingNet)
+    listed = galleryvis.synthesize(net, "class_visualization", target=[1, 2, 3], size=24, steps=30)
+    for i, t in enumerate([1, 2, 3]):
+        one = galleryvis.synthesize(net, "class_visualization", target=t, size=24, steps=30)
+        assert torch.equal(listed.image[i:i + 1], one.image)
 
 
 @pytest.mark.parametrize("param", ["fft", "pixel"])
@@ -294,7 +312,7 @@ def test_one_image_many_channels_and_one_channel_many_images():
     many, _ = galleryvis.synthesize(net, "deep_dream", layer="body.1", channel=[0, 1], image=x[:1], steps=3)
     assert many.shape == (2, 3, 24, 24)
     one, _ = galleryvis.synthesize(net, "deep_dream", layer="body.1", channel=1, image=x[:1], steps=3)
-    torch.testing.assert_close(many[1:], one, rtol=0, atol=1e-6)
+    assert torch.equal(many[1:], one)
     per_image, trace = galleryvis.synthesize(net, "deep_dream", layer="body.1", channel=4, image=x, steps=3)
     assert per_image.shape == (3, 3, 24, 24) and trace.shape == (9, 3)
     with pytest.raises(ValueError, match="one per image"):

@@ -17,10 +17,6 @@ from ..layers import default_layer
 from ..registry import TechniqueError
 from .objectives import LayerTap, tap
 
-#: Items optimized together in one batch; longer channel/target lists are split into chunks of
-#: this size (the result is the same: items never influence each other).
-MAX_BATCH = 16
-
 UnitKind = Literal["channel", "target"]
 ImageUse = Literal["required", "optional", "none"]
 Units = int | Sequence[int] | Tensor | None
@@ -178,7 +174,11 @@ def synthesize(
         layer: dotted module name (``model.named_modules()``); default: the last convolutional
             block, as for ``attribute``. ``class_visualization`` takes none.
         channel: unit of ``layer`` (a channel of a 4-D output, a neuron of a 2-D one); a list
-            gives one image per channel, optimized as one batch.
+            gives one image per channel. Each item is optimized in passes of its own, so a list
+            gives bit for bit the images of separate calls on any CPU or GPU: kernels for a
+            batch round differently from those for one image, and Adam's per-element step
+            sizes amplify that rounding over the steps (a 1e-6 relative change of every
+            convolution's output moves filter-visualization pixels by up to 0.9).
         target: class index (``class_visualization``), or a list of them.
         image: normalized input (N,3,H,W), as for ``attribute`` (deep dream, layer activation,
             inversion; optional start for class visualization). With a list of units and one
@@ -265,11 +265,10 @@ def synthesize(
                 raise ValueError(f"{technique}: {spec.unit} {u} is out of range for {what}")
 
         images, traces = [], []
-        for start in range(0, len(units), MAX_BATCH):
-            chunk = units[start:start + MAX_BATCH]
-            job = Job(model=model, layer=layer, units=chunk,
-                      image=None if x is None else x[start:start + MAX_BATCH],
-                      gens=[torch.Generator().manual_seed(_item_seed(seed, u)) for u in chunk],
+        for i, unit in enumerate(units):  # one item per pass: see the docstring's ``channel``
+            job = Job(model=model, layer=layer, units=[unit],
+                      image=None if x is None else x[i:i + 1],
+                      gens=[torch.Generator().manual_seed(_item_seed(seed, unit))],
                       mean=mean_t, std=std_t, device=device, tap=layer_tap)
             img, trace = tech.fn(job, **resolved)
             images.append(img.detach().float().clamp(0, 1).cpu())

@@ -1,7 +1,8 @@
 """The five synthesis techniques. Each is ``fn(job, **params) -> (image01 (N,3,H,W), trace (steps, N))``.
 
 Every objective is a sum of per-item terms, and every random draw comes from the item's own
-generator, so items in one batch never influence each other. Gradients are taken with
+generator, so items in one batch never influence each other (``synthesize`` passes one item at
+a time, so that not even kernel rounding depends on the batch). Gradients are taken with
 ``torch.autograd.grad`` w.r.t. the image parameters only (the model's parameters are frozen by
 ``prepared``).
 """
