@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import registry
-from .fold import Runner
+from .fold import folded
 from .hooks import LayerError, capture, guided, prepared, resolve_layer
 from .layers import default_layer
 
@@ -55,6 +55,8 @@ class Context:
     batch_size: int = DEFAULT_BATCH_SIZE
     need_input_grad: bool = True
     runner: Callable[[Tensor], object] | None = None  # runs the model (default: the model itself)
+    mean: Sequence[float] = IMAGENET_MEAN  # the model's input normalization
+    std: Sequence[float] = IMAGENET_STD
     _passes: dict[str, Pass] = field(default_factory=dict)
     _results: dict[Any, Tensor] = field(default_factory=dict)
 
@@ -103,6 +105,14 @@ class Context:
                 (g,) = torch.autograd.grad(score, xs)
             out.append(g.detach())
         return torch.cat(out)
+
+    def pixel_value(self, value: float) -> Tensor:
+        """Pixel ``value`` in [0, 1] (0: black, 1: white) in the model's input space, shaped
+        (1, C, 1, 1) like :attr:`x`, by the model's own :attr:`mean` and :attr:`std`."""
+        shape = (1, -1) + (1,) * (self.x.dim() - 2)
+        mean = torch.as_tensor(self.mean, dtype=self.x.dtype, device=self.x.device).view(shape)
+        std = torch.as_tensor(self.std, dtype=self.x.dtype, device=self.x.device).view(shape)
+        return (value - mean) / std
 
     def logits(self, x: Tensor) -> Tensor:
         """The model's logits for ``x`` (N, classes), through :attr:`runner` when given."""
@@ -223,11 +233,14 @@ def attribute_many(
     *,
     batch_size: int | None = None,
     progress: Callable[[str, int], None] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> dict[str, Tensor]:
     """Maps for several techniques, sharing the forward/backward passes they have in common.
 
     ``layer`` is one dotted module name, a list (multi-layer techniques) or a mapping
-    technique -> layer; ``params`` maps technique -> parameters. Returns ``{technique: maps}``
+    technique -> layer; ``params`` maps technique -> parameters; ``mean`` and ``std`` are the
+    model's input normalization (a black baseline, LRP's pixel bounds). Returns ``{technique: maps}``
     with raw float32 CPU maps, (N,3,H,W) or (N,1,H,W) upsampled bilinearly to the input size.
     ``progress(technique, n_images)`` is called each time a technique finishes a chunk.
     """
@@ -256,23 +269,37 @@ def attribute_many(
             n for lay in layer_of.values() for n in ((lay,) if isinstance(lay, str) else lay or ())))
         for n in all_layers:
             resolve_layer(model, n)
-        runner = Runner(model, keep=all_layers)  # batch norm folded from the second pass on
-        targets = resolve_targets(runner, x, target, batch_size)
-        need_input = any(t.name not in _LAYER_ONLY for t in techs)
-        for xs, ts in zip(x.split(batch_size), targets.split(batch_size)):
-            ctx = Context(model, xs, ts, all_layers, batch_size, need_input, runner)
-            for t in sorted(techs, key=lambda t: t.name in _FORWARD_ONLY):  # reuse a backward's forward
-                m = ctx.run(t.name, layer_of[t.name], **resolved[t.name])
-                out[t.name].append(_finish(m, xs))
-                if progress is not None:
-                    progress(t.name, xs.shape[0])
+        need_input = any("input_grad" in t.needs for t in techs)
+        with folded(model, x[:1], all_layers, enabled=_folds(techs, x.shape[0])) as runner:
+            targets = resolve_targets(runner, x, target, batch_size)
+            for xs, ts in zip(x.split(batch_size), targets.split(batch_size)):
+                ctx = Context(model, xs, ts, all_layers, batch_size, need_input, runner, mean, std)
+                for t in sorted(techs, key=_forward_only):  # reuse a backward's forward
+                    m = ctx.run(t.name, layer_of[t.name], **resolved[t.name])
+                    out[t.name].append(_finish(m, xs))
+                    if progress is not None:
+                        progress(t.name, xs.shape[0])
     return {name: torch.cat(maps) for name, maps in out.items()}
 
 
-#: Techniques that need gradients at layers only, so their backward can stop at the layer.
-_LAYER_ONLY = {"gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam"}
-#: Techniques that need only a forward pass (run last in a chunk, so they reuse another's).
-_FORWARD_ONLY = {"eigencam", "scorecam"}
+#: A call folds batch norm (:func:`galleryvis.fold.folded`) when it runs at least this many
+#: images, or any technique runs passes of its own (SmoothGrad, IG, Score-CAM): preparing costs
+#: a weight copy and two forwards of one image, which a single shared pass does not repay.
+FOLD_MIN_IMAGES = 8
+
+
+def _folds(techs: Sequence[registry.Technique], n_images: int) -> bool:
+    """Whether a call folds, decided once before its first pass (every pass then runs the same
+    weights); never when a technique opts out (``fold=False``)."""
+    if not all(t.fold for t in techs):
+        return False
+    return n_images >= FOLD_MIN_IMAGES or any("passes" in t.needs for t in techs)
+
+
+def _forward_only(tech: registry.Technique) -> bool:
+    """Reads the shared forward and no shared gradient: run last in a chunk, so a backward's
+    forward half serves it."""
+    return "forward" in tech.needs and not tech.needs & {"layer_grad", "input_grad"}
 
 
 def _finish(m: Tensor, x: Tensor) -> Tensor:
@@ -289,6 +316,8 @@ def attribute(
     layer: str | Sequence[str] | None = None,
     *,
     batch_size: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     **params: Any,
 ) -> Tensor:
     """Raw attribution maps of one technique for a batch of normalized images.
@@ -302,13 +331,15 @@ def attribute(
             last convolutional block, found by a probe forward.
         batch_size: images, samples, steps or masks per forward pass (default: 8 on the CPU,
             32 on a GPU).
+        mean, std: the model's input normalization (integrated gradients' black baseline and
+            LRP's pixel bounds are black and white in the model's own input space).
         **params: the technique's parameters.
 
     Returns:
         float32 CPU tensor (N,3,H,W) for input-space techniques, (N,1,H,W) for CAM-style maps.
     """
     return attribute_many(model, inputs, [technique], target, layer, {technique: params},
-                          batch_size=batch_size)[technique]
+                          batch_size=batch_size, mean=mean, std=std)[technique]
 
 
 def techniques() -> list[dict[str, Any]]:

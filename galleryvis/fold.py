@@ -5,7 +5,7 @@ bias added, so the BatchNorm's forward and backward (memory-bound, 10-20 % of a 
 forward + input-gradient time on a CPU, bench/) can be skipped; values agree to float rounding.
 And a channels_last input makes every convolution convert an NCHW weight in every forward and
 backward, unless the weight is stored channels_last once. The engine uses both through
-:class:`Runner`, once a call has run enough images for them to pay; a probe forward finds which
+:func:`folded`, decided once per call before its first pass; a probe forward finds which
 convolution feeds which BatchNorm, and the folded model must give the probe's logits before it
 is used. The model is returned as it came: while a pass runs, each convolution's weight and bias
 entries point at the prepared tensors and each folded BatchNorm's ``forward`` is shadowed by the
@@ -175,61 +175,59 @@ def _layout(x: Tensor) -> torch.memory_format:
     return torch.channels_last if cl else torch.preserve_format
 
 
-class Runner:
-    """Runs ``model`` for a call's forward passes; once they are many enough to pay for it, with
-    each eval-mode BatchNorm folded into its convolution and the convolution weights stored in
-    the inputs' memory layout (channels_last on the CPU: otherwise every forward and backward
-    converts them again).
+def prepare(model: nn.Module, x1: Tensor, keep: Sequence[str] = ()) -> Folding:
+    """The prepared weights for a call whose inputs look like ``x1`` (one image): every
+    eval-mode BatchNorm folded into its convolution where a probe forward finds the pair and
+    the folded model reproduces the probe's logits, and convolution weights stored in
+    ``x1``'s memory layout (channels_last on the CPU). ``keep``: layers the call captures
+    (their outputs must not change). Costs a weight copy and, with BatchNorms, two forwards of
+    ``x1``."""
+    # Never inference tensors (a call may start under torch.inference_mode, as deletion /
+    # insertion does): the prepared weights take part in later gradient passes.
+    with torch.inference_mode(False), torch.no_grad():
+        x1 = x1[:1].detach().clone()
+        layout = _layout(x1)
+        folding = _folded(model, x1, layout, keep) if any(isinstance(m, _BNS) for m in model.modules()) else None
+        return folding if folding is not None else Folding.build(model, (), layout)  # laid out only
 
-    Preparing costs a weight copy, and with BatchNorms two forwards of one image (a probe that
-    finds the conv -> BatchNorm pairs and records the logits, and the same image folded, which
-    must agree); it saves time on every later image. So a call prepares once ``after`` images
-    have gone through as they are (8 by default: a call that runs one chunk of images never
-    pays, one with many chunks -- integrated gradients, SmoothGrad, Score-CAM -- prepares at its
-    second); ``after=0`` prepares before the first pass, so every input runs the same model.
-    ``keep`` are the layers the call captures (their outputs must not change).
-    """
 
-    def __init__(self, model: nn.Module, keep: Sequence[str] = (), *, after: int = 8) -> None:
-        self.model, self.keep, self.after = model, tuple(keep), after
-        self.seen = 0
-        self._folding: Folding | None = None
+def _folded(model: nn.Module, x1: Tensor, layout: torch.memory_format, keep: Sequence[str]) -> Folding | None:
+    """The folded weights, if the probe finds pairs and the folded model gives its logits."""
+    with watch(model) as pairs:
+        ref = model(x1)
+    pairs[:] = usable(model, pairs, keep)
+    if not pairs or not isinstance(ref, Tensor):
+        return None
+    folding = Folding.build(model, pairs, layout)
+    with folding.active():
+        got = model(x1)
+    tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
+    agree = isinstance(got, Tensor) and got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-3, atol=tol)
+    return folding if agree else None
+
+
+@dataclass
+class Prepared:
+    """Runs ``model`` with ``folding`` active for each pass (the model itself when None)."""
+
+    model: nn.Module
+    folding: Folding | None = None
 
     def __call__(self, x: Tensor) -> object:
-        if self._folding is None and self.seen >= self.after:
-            self._folding = self._prepare(x[:1].detach())
-        self.seen += x.shape[0]
-        if self._folding is None:
+        if self.folding is None:
             return self.model(x)
-        with self._folding.active():
+        with self.folding.active():
             return self.model(x)
-
-    def _prepare(self, x1: Tensor) -> Folding:
-        # Never inference tensors (a pass may prepare under torch.inference_mode, as Score-CAM's
-        # masks do): the prepared weights take part in later gradient passes.
-        with torch.inference_mode(False), torch.no_grad():
-            return self._prepare_weights(x1.clone())
-
-    def _prepare_weights(self, x1: Tensor) -> Folding:
-        layout = _layout(x1)
-        folding = self._folded(x1, layout) if any(isinstance(m, _BNS) for m in self.model.modules()) else None
-        return folding if folding is not None else Folding.build(self.model, (), layout)  # laid out only
-
-    def _folded(self, x1: Tensor, layout: torch.memory_format) -> Folding | None:
-        """The folded weights, if the probe finds pairs and the folded model gives its logits."""
-        with watch(self.model) as pairs:
-            ref = self.model(x1)
-        pairs[:] = usable(self.model, pairs, self.keep)
-        if not pairs or not isinstance(ref, Tensor):
-            return None
-        folding = Folding.build(self.model, pairs, layout)
-        with folding.active():
-            got = self.model(x1)
-        tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
-        agree = isinstance(got, Tensor) and got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-3, atol=tol)
-        return folding if agree else None
 
     @property
     def folded(self) -> int:
-        """How many BatchNorms the folded passes skip (0 until the folding is built, or if refused)."""
-        return len(self._folding.bns) if self._folding is not None else 0
+        """How many BatchNorms the passes skip (0 when not folded, or the fold was refused)."""
+        return len(self.folding.bns) if self.folding is not None else 0
+
+
+@contextmanager
+def folded(model: nn.Module, x1: Tensor, keep: Sequence[str] = (), *, enabled: bool = True) -> Iterator[Prepared]:
+    """What runs ``model`` for every pass of one call, all with the same weights: those of
+    :func:`prepare` when ``enabled`` (the caller decides once, before the first pass), the
+    model's own otherwise. The model is untouched between passes and after the block."""
+    yield Prepared(model, prepare(model, x1, keep) if enabled else None)

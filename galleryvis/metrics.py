@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, _logits, attribute, fast_layout,
                      model_device, resolve_targets)
-from .fold import Runner
+from .fold import folded
 from .hooks import prepared
 
 Substrate = Literal["zero", "black", "blur"]
@@ -172,8 +172,7 @@ def deletion_insertion(
     pixels = h * w
     counts = [(k * pixels + steps // 2) // steps for k in range(steps + 1)]
 
-    with prepared(model), torch.inference_mode():
-        runner = Runner(model, after=0)  # batch norm folded in every forward
+    with prepared(model), torch.inference_mode(), folded(model, x[:1]) as runner:  # every forward folded
         targets = resolve_targets(runner, x, target, batch_size)
         blurred = gaussian_blur(x, blur_kernel, blur_sigma)
         if substrate == "blur":

@@ -231,8 +231,8 @@ def plan(manifest: Manifest, adapters: dict[str, ModelAdapter], images: list[_Im
                 target = _target_index(adapter, img.target, int(preds[spec.id][img.id].argmax()))
                 key = cache_key(kind="map" if tech.family == "attribution" else "synthesis", image=img.sha,
                                 model=adapter.name, fingerprint=adapter.fingerprint, size=adapter.size,
-                                mean=adapter.mean, std=adapter.std, technique=tech.name, params=params,
-                                layer=layer, target=target, device=device_class)
+                                mean=adapter.mean, std=adapter.std, technique=tech.name, version=tech.version,
+                                params=params, layer=layer, target=target, device=device_class)
                 job = _Job(adapter, img, tspec, params, layer, target, key)
                 if not force and cache.has(key):
                     job.cached = True
@@ -350,7 +350,8 @@ def _run(adapter: ModelAdapter, x: torch.Tensor, targets: list[int], cols: list[
         try:
             t0 = time.perf_counter()
             maps = attribute_many(adapter.model, x, names, targets, layers, params, batch_size=batch_size,
-                                  progress=lambda name, _n: progress.mark(col_of[name], f"{adapter.id}: {name}"))
+                                  progress=lambda name, _n: progress.mark(col_of[name], f"{adapter.id}: {name}"),
+                                  mean=adapter.mean, std=adapter.std)
             break
         except torch.OutOfMemoryError:
             if batch_size == 1:
@@ -375,16 +376,9 @@ def _one_line(exc: BaseException) -> str:
 def pictures(tech: registry.Technique, raw: np.ndarray, image: Image.Image, colormap: str | None = None,
              alpha: float = 0.5) -> list[tuple[str, str, Image.Image]]:
     """The display variants of one cell's raw map, chosen by what kind of map the technique makes."""
-    if tech.family == "synthesis":
-        kind = "image"
-    elif tech.name in postprocess.SIGNED_TECHNIQUES:
-        kind = "signed"
-    elif tech.output == "cam" or raw.shape[0] == 1:
-        kind = "cam"
-    else:
-        kind = "gradient"
+    kind = "cam" if tech.kind == "gradient" and raw.shape[0] == 1 else tech.kind  # one channel: a heatmap
     return postprocess.variants(kind, raw.astype(np.float32), image, colormap=colormap, alpha=alpha,
-                                guided=tech.name == "guided_backprop")
+                                guided=tech.split_sign)
 
 
 def _save(img: Image.Image, out: Path, rel: str, previous: Path | None = None,
@@ -428,26 +422,14 @@ def _technique_records(manifest: Manifest) -> list[TechniqueRecord]:
         tech = registry.get(tspec.name)
         params = registry.resolve_params(tech, tspec.params)
         out.append(TechniqueRecord(tspec.id, tech.name, _title(tspec.id, tech.name), tech.family,
-                                   {k: v for k, v in params.items()}, tech.summary, tech.paper))
+                                   {k: v for k, v in params.items()}, tech.doc or tech.summary, tech.paper))
     return out
-
-
-_TITLES = {
-    "vanilla": "Vanilla Backpropagation", "guided_backprop": "Guided Backpropagation",
-    "deconvnet": "Deconvnet", "grad_x_image": "Gradient x Image", "smoothgrad": "SmoothGrad",
-    "integrated_gradients": "Integrated Gradients", "gradcam": "Grad-CAM", "gradcam_pp": "Grad-CAM++",
-    "xgradcam": "XGrad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM", "eigencam": "Eigen-CAM",
-    "scorecam": "Score-CAM", "guided_gradcam": "Guided Grad-CAM", "lrp": "Layer-wise Relevance Propagation",
-    "filter_visualization": "Filter Visualization", "layer_activation": "Layer Activation (Guided Backprop)",
-    "deep_dream": "Deep Dream", "class_visualization": "Class-specific Image Generation",
-    "inverted_representation": "Inverted Representation",
-}
 
 
 def _title(tid: str, name: str) -> str:
     """The row title: the technique's display name, plus what sets this entry apart
     (``"layercam (block 4)"`` -> ``"LayerCAM (block 4)"``)."""
-    base = _TITLES.get(name, name.replace("_", " ").title())
+    base = registry.get(name).title
     if tid == name:
         return base
     rest = tid[len(name):].strip() if tid.startswith(name) else tid

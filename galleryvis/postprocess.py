@@ -65,9 +65,6 @@ _CMAP_IDS: dict[str, str] = {
 
 DEFAULT_COLORMAP = "inferno"
 DEFAULT_DIVERGING = "vik"
-#: Techniques whose sign carries meaning: shown with the diverging colormap centred at zero
-#: (and ranked by value, not magnitude, when scored).
-SIGNED_TECHNIQUES = frozenset({"integrated_gradients", "lrp"})
 KINDS = ("gradient", "cam", "signed", "image")
 
 Variant = tuple[str, str, Image.Image]

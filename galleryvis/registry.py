@@ -8,6 +8,14 @@ from typing import Any, Callable, Literal, Mapping
 
 OutputKind = Literal["input", "cam"]
 LayerUse = Literal["none", "one", "many", "optional"]
+#: How the gallery shows a technique's raw map (see :mod:`galleryvis.postprocess`).
+DisplayKind = Literal["cam", "gradient", "signed", "image"]
+#: What a technique takes from the engine: the shared forward (``Context.forward``), the
+#: shared backward's layer gradients or input gradient (``Context.backward``), or passes of
+#: its own (``Context.logits`` / ``Context.input_grad`` / the model itself).
+Need = Literal["forward", "layer_grad", "input_grad", "passes"]
+NEEDS: tuple[str, ...] = ("forward", "layer_grad", "input_grad", "passes")
+DISPLAY_KINDS: tuple[str, ...] = ("cam", "gradient", "signed", "image")
 
 
 class TechniqueError(ValueError):
@@ -16,7 +24,18 @@ class TechniqueError(ValueError):
 
 @dataclass(frozen=True)
 class Technique:
-    """A registered technique: a function plus what the engine needs to know about it."""
+    """A registered technique: a function plus every fact the engine, the cache and the
+    gallery need about it (nothing about a technique is kept anywhere else).
+
+    ``title``: the gallery's row title. ``kind``: how its map is shown. ``needs``: what it
+    takes from the engine (:data:`NEEDS`). ``stochastic``: its result depends on a ``seed``
+    parameter. ``version``: enters the cache key; raise it when the technique's output
+    changes, and only its cells are recomputed. ``fold``: may run with batch norm folded
+    into the convolutions (off for techniques that change a layer's output themselves).
+    ``split_sign``: the gallery also shows positive and negative saliency. ``doc``: the
+    technique's page in Markdown (built-in techniques have ``templates/techniques/<name>.md``;
+    without either, the page shows ``summary``).
+    """
 
     name: str
     fn: Callable[..., Any]
@@ -24,6 +43,14 @@ class Technique:
     layer: LayerUse
     paper: str
     summary: str
+    title: str = ""
+    kind: DisplayKind = "gradient"
+    needs: frozenset[str] = frozenset(NEEDS)
+    stochastic: bool = False
+    version: int = 1
+    fold: bool = True
+    split_sign: bool = False
+    doc: str = ""
     signed: bool = False
     family: str = "attribution"
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -37,6 +64,11 @@ class Technique:
             "output": self.output,
             "layer": self.layer,
             "signed": self.signed,
+            "title": self.title,
+            "kind": self.kind,
+            "needs": sorted(self.needs),
+            "stochastic": self.stochastic,
+            "version": self.version,
             "params": dict(self.params),
             "choices": {k: list(v) for k, v in self.choices.items()},
             "paper": self.paper,
@@ -54,11 +86,32 @@ def technique(
     paper: str,
     summary: str,
     layer: LayerUse = "none",
+    title: str | None = None,
+    kind: DisplayKind | None = None,
+    needs: tuple[Need, ...] = ("forward", "layer_grad", "input_grad", "passes"),
+    stochastic: bool = False,
+    version: int = 1,
+    fold: bool = True,
+    split_sign: bool = False,
+    doc: str = "",
     signed: bool = False,
     family: str = "attribution",
     choices: Mapping[str, tuple[Any, ...]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register ``fn(ctx, **params)`` under ``name``; keyword-only defaults become its parameters."""
+    """Register ``fn(ctx, **params)`` under ``name``; keyword-only defaults become its parameters.
+
+    ``title`` defaults to the name in title case; ``kind`` to ``"cam"`` for CAM outputs,
+    ``"image"`` for synthesis and ``"gradient"`` otherwise; ``needs`` to everything the engine
+    offers (declare less, and the shared passes skip what nobody needs)."""
+    if kind is None:
+        kind = "cam" if output == "cam" else "image" if family == "synthesis" else "gradient"
+    if kind not in DISPLAY_KINDS:
+        raise TechniqueError(f"technique {name!r}: kind must be one of {', '.join(DISPLAY_KINDS)}, got {kind!r}")
+    unknown = set(needs) - set(NEEDS)
+    if unknown or not needs:
+        raise TechniqueError(f"technique {name!r}: needs must be some of {', '.join(NEEDS)}, got {list(needs)}")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise TechniqueError(f"technique {name!r}: version must be a positive int, got {version!r}")
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
@@ -71,6 +124,8 @@ def technique(
         }
         _REGISTRY[name] = Technique(
             name=name, fn=fn, output=output, layer=layer, paper=paper, summary=summary,
+            title=title or name.replace("_", " ").title(), kind=kind, needs=frozenset(needs),
+            stochastic=stochastic, version=version, fold=fold, split_sign=split_sign, doc=doc,
             signed=signed, family=family, params=params, choices=dict(choices or {}),
         )
         return fn

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import metrics, postprocess, registry
+from . import metrics, registry
 from .cache import Cache, cache_key
 from .manifest import MetricsSpec
 from .records import Ranking
@@ -22,8 +22,7 @@ BASELINES = {"random map": lambda shape: metrics.random_map(shape, seed=0),
 
 def _rank_by(name: str) -> str:
     """Signed maps and CAMs rank by value; gradient maps by magnitude (their saliency view)."""
-    tech = registry.get(name)
-    return "signed" if name in postprocess.SIGNED_TECHNIQUES or tech.output == "cam" else "abs"
+    return "signed" if registry.get(name).kind in ("signed", "cam") else "abs"
 
 
 def _protocol(spec: MetricsSpec) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 import galleryvis
 from galleryvis import registry
+from galleryvis.engine import Context
 from galleryvis.hooks import LayerError, hook_count
 from galleryvis.layers import default_layer
 from galleryvis.registry import TechniqueError
@@ -153,6 +154,56 @@ def test_batch_equals_single_calls(tiny_seq: nn.Module, tiny_x: Tensor, name: st
     singles = torch.cat([galleryvis.attribute(tiny_seq, tiny_x[i:i + 1], name, t, **kw)
                          for i, t in enumerate(targets)])
     torch.testing.assert_close(batch, singles, rtol=1e-4, atol=1e-5 * float(singles.abs().max()))
+
+
+def _bn_net() -> nn.Sequential:
+    """tiny_sequential with an eval-mode BatchNorm after every convolution (non-trivial stats),
+    so a call of 8 or more images folds them; cam layer ``"10"``."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("name", ATTRIBUTION)
+def test_a_batch_of_ten_equals_ten_single_calls_for_every_technique(name: str) -> None:
+    """The model state of a call (batch norm folded or not) is decided before its first pass,
+    so a result does not depend on how many images came with it: 10 images (folded, 3 chunks)
+    give the maps of 10 one-image calls (unfolded for the single-pass techniques)."""
+    net = _bn_net()
+    x = torch.randn(10, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    targets = list(range(10))
+    kw = kwargs(name, "10")
+    batch = galleryvis.attribute(net, x, name, targets, batch_size=4, **kw)
+    singles = torch.cat([galleryvis.attribute(net, x[i:i + 1], name, t, batch_size=4, **kw)
+                         for i, t in enumerate(targets)])
+    torch.testing.assert_close(batch, singles, rtol=1e-4, atol=1e-5 * float(singles.abs().max()))
+
+
+def test_black_baselines_and_pixel_bounds_follow_the_models_own_normalization(tiny_seq: nn.Module,
+                                                                            tiny_x: Tensor) -> None:
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # not ImageNet's
+    black = torch.full((1, 3, 1, 1), (0 - 0.5) / 0.25)
+    ig = galleryvis.attribute(tiny_seq, tiny_x, "integrated_gradients", 3, steps=4, baseline="black",
+                              mean=mean, std=std)
+    given = galleryvis.attribute(tiny_seq, tiny_x, "integrated_gradients", 3, steps=4, baseline=black)
+    torch.testing.assert_close(ig, given)
+    imagenet = galleryvis.attribute(tiny_seq, tiny_x, "integrated_gradients", 3, steps=4, baseline="black")
+    assert not torch.allclose(imagenet, given)
+    # LRP's z^B box rule at the first layer: bounds black .. white in the model's normalization
+    ours = galleryvis.attribute(tiny_seq, tiny_x, "lrp", 3, mean=mean, std=std)
+    assert not torch.allclose(ours, galleryvis.attribute(tiny_seq, tiny_x, "lrp", 3))
+    ctx = Context(tiny_seq, tiny_x, torch.zeros(4, dtype=torch.long), mean=mean, std=std)
+    torch.testing.assert_close(ctx.pixel_value(1.0), torch.full((1, 3, 1, 1), 2.0))
 
 
 @pytest.mark.parametrize("target", [[1, 2, 3], [1, 2, 3, 4, 5], torch.tensor([1, 2, 3]), []])

@@ -8,7 +8,7 @@ import torchvision
 from torch import Tensor, nn
 
 import galleryvis
-from galleryvis.fold import Folding, Runner, usable, watch
+from galleryvis.fold import Folding, Prepared, folded, prepare, usable, watch
 from galleryvis.hooks import hook_count
 
 
@@ -30,11 +30,10 @@ def resnet() -> nn.Module:
     return _with_stats(torchvision.models.resnet18(weights=None))
 
 
-def _two_passes(model: nn.Module, x: Tensor, keep: tuple[str, ...] = ()) -> tuple[Tensor, Tensor, Runner]:
-    """The same batch through a runner twice: unfolded, then folded."""
-    runner = Runner(model, keep, after=len(x))
-    with torch.no_grad():
-        return runner(x), runner(x), runner
+def _two_passes(model: nn.Module, x: Tensor, keep: tuple[str, ...] = ()) -> tuple[Tensor, Tensor, Prepared]:
+    """The same batch twice: through the model as it is, then through its prepared weights."""
+    with torch.no_grad(), folded(model, x[:1], keep) as runner:
+        return model(x), runner(x), runner
 
 
 def test_every_conv_batchnorm_pair_of_a_resnet_is_found_and_folded(resnet: nn.Module) -> None:
@@ -57,24 +56,34 @@ def test_the_model_comes_back_unchanged(resnet: nn.Module) -> None:
     assert "forward" not in resnet.bn1.__dict__ and hook_count(resnet) == 0
 
 
-def test_folding_starts_once_eight_images_went_through_unfolded(resnet: nn.Module) -> None:
-    runner, x = Runner(resnet), torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        for _ in range(8):
-            runner(x)
-        assert runner.folded == 0
-        runner(x)
-    assert runner.folded == 20
+def test_a_call_decides_folding_before_its_first_pass(resnet: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[int] = []
+    build = Folding.build
+    monkeypatch.setattr(Folding, "build", classmethod(lambda cls, m, pairs=(), *a: built.append(len(pairs)) or build(m, pairs, *a)))
+    seen: list[int] = []  # per forward: how many convolutions ran with their own weights
+    handle = resnet.register_forward_pre_hook(
+        lambda m, _i: seen.append(sum(isinstance(c._parameters.get("weight"), nn.Parameter) for c in m.modules()
+                                      if isinstance(c, nn.Conv2d))))
+    try:
+        x = torch.randn(9, 3, 32, 32)
+        galleryvis.attribute(resnet, x[:1], "vanilla", 1)  # one image, one shared pass: never folds
+        assert built == [] and set(seen) == {20}
+        seen.clear()
+        galleryvis.attribute(resnet, x, "vanilla", 1, batch_size=3)  # 9 images: folds from the first pass
+    finally:
+        handle.remove()
+    assert built == [20]
+    assert seen[:2] == [20, 0]  # the probe, then the folded check; every later pass folded
+    assert set(seen[2:]) == {0} and len(seen) == 2 + 3  # target given: the 3 chunks' passes
 
 
 def test_an_eager_runner_folds_from_the_first_pass_so_inputs_score_alike_in_any_pass(resnet: nn.Module) -> None:
     x, other = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
-    runner = Runner(resnet, after=0)
-    with torch.no_grad():
+    with torch.no_grad(), folded(resnet, other[:1]) as runner:
         runner(other)
         assert runner.folded == 20
         second = runner(x)
-        first = Runner(resnet, after=0)(x)
+        first = Prepared(resnet, prepare(resnet, x[:1]))(x)
     assert torch.equal(first, second)
 
 
@@ -84,13 +93,16 @@ def test_prepared_convolution_weights_follow_a_channels_last_input(resnet: nn.Mo
         lambda m, _inp: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
     try:
         with torch.no_grad():
-            Runner(resnet, after=0)(torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))
-            Runner(resnet, after=0)(torch.randn(2, 3, 64, 64))
-            Runner(resnet)(torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))
+            for x in (torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last), torch.randn(2, 3, 64, 64)):
+                with folded(resnet, x[:1]) as runner:
+                    runner(x)
+            x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+            with folded(resnet, x[:1], enabled=False) as runner:
+                runner(x)
     finally:
         handle.remove()
-    # per runner: the probe (weights as they are), its folded check, the pass; a call that has
-    # not run 8 images yet keeps the weights as they are
+    # per call: the probe (weights as they are), its folded check, the pass; a call that does
+    # not fold keeps the weights as they are
     assert seen == [False, True, True] + [False, False, False] + [False]
     assert isinstance(resnet.layer1[0].conv2.weight, nn.Parameter) and resnet.layer1[0].conv2.weight.is_contiguous()
 
@@ -108,9 +120,15 @@ def test_a_convolution_with_a_hook_of_its_own_is_not_folded(resnet: nn.Module) -
 
 
 def test_weights_prepared_under_inference_mode_serve_later_gradient_passes(resnet: nn.Module) -> None:
-    # Score-CAM (masks under inference mode) reaches the 8th image first; vanilla's backward in
-    # the second chunk then runs on the prepared weights.
+    # Weights prepared while inference mode is on (deletion / insertion prepares inside it)
+    # serve a gradient pass; and a folded call's maps are the unfolded ones.
     x = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        folding = prepare(resnet, x[:1])
+    xg = x[:2].clone().requires_grad_(True)
+    with folding.active():
+        resnet(xg)[:, 1].sum().backward()
+    assert xg.grad is not None and len(folding.bns) == 20
     maps = galleryvis.attribute_many(resnet, x, ["scorecam", "vanilla"], 1, "layer3", batch_size=8)
     alone = galleryvis.attribute(resnet, x[8:], "vanilla", 1, batch_size=8)  # one chunk: unfolded
     for f, p in zip(maps["vanilla"][8:], alone):

@@ -27,7 +27,7 @@ def _weighted(acts: Tensor, weights: Tensor) -> Tensor:
     return F.relu((weights * acts).sum(1, keepdim=True))
 
 
-@technique("gradcam", output="cam", layer="one",
+@technique("gradcam", output="cam", layer="one", title="Grad-CAM", needs=("layer_grad",),
            paper="Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391",
            summary="Activations weighted by their spatially averaged gradients.")
 def gradcam(ctx: Context, *, layer: str) -> Tensor:
@@ -36,7 +36,7 @@ def gradcam(ctx: Context, *, layer: str) -> Tensor:
     return _weighted(a, g.mean((2, 3), keepdim=True))
 
 
-@technique("gradcam_pp", output="cam", layer="one",
+@technique("gradcam_pp", output="cam", layer="one", title="Grad-CAM++", needs=("layer_grad",),
            paper="Chattopadhyay et al. 2018, https://arxiv.org/abs/1710.11063",
            summary="Grad-CAM with pixel-wise weights from higher-order gradient terms (exponential score).")
 def gradcam_pp(ctx: Context, *, layer: str) -> Tensor:
@@ -49,7 +49,7 @@ def gradcam_pp(ctx: Context, *, layer: str) -> Tensor:
     return _weighted(a, (alpha * F.relu(g)).sum((2, 3), keepdim=True))
 
 
-@technique("xgradcam", output="cam", layer="one",
+@technique("xgradcam", output="cam", layer="one", title="XGrad-CAM", needs=("layer_grad",),
            paper="Fu et al. 2020, https://arxiv.org/abs/2008.02312",
            summary="Grad-CAM with gradients weighted by normalized activations (axiom-based).")
 def xgradcam(ctx: Context, *, layer: str) -> Tensor:
@@ -59,7 +59,7 @@ def xgradcam(ctx: Context, *, layer: str) -> Tensor:
     return _weighted(a, w)
 
 
-@technique("hirescam", output="cam", layer="one",
+@technique("hirescam", output="cam", layer="one", title="HiResCAM", needs=("layer_grad",),
            paper="Draelos & Carin 2020, https://arxiv.org/abs/2011.08891",
            summary="Element-wise gradient times activation, summed over channels (no averaging).")
 def hirescam(ctx: Context, *, layer: str) -> Tensor:
@@ -68,7 +68,7 @@ def hirescam(ctx: Context, *, layer: str) -> Tensor:
     return F.relu((g * a).sum(1, keepdim=True))
 
 
-@technique("layercam", output="cam", layer="many",
+@technique("layercam", output="cam", layer="many", title="LayerCAM", needs=("layer_grad",),
            paper="Jiang et al. 2021, http://mmcheng.net/mftp/Papers/21TIP_LayerCAM.pdf",
            summary="Activations weighted by their positive gradients, element-wise; several layers fused.")
 def layercam(ctx: Context, *, layer: tuple[str, ...]) -> Tensor:
@@ -91,7 +91,7 @@ def _minmax(m: Tensor) -> Tensor:
     return (m - lo) / (m.amax((1, 2, 3), keepdim=True) - lo).clamp_min(1e-12)
 
 
-@technique("eigencam", output="cam", layer="one",
+@technique("eigencam", output="cam", layer="one", title="Eigen-CAM", needs=("forward",),
            paper="Muhammad & Yeasin 2020, https://arxiv.org/abs/2008.00299",
            summary="Projection of the activations on their first principal component (no gradients, class-agnostic).")
 def eigencam(ctx: Context, *, layer: str) -> Tensor:
@@ -111,6 +111,7 @@ def eigencam(ctx: Context, *, layer: str) -> Tensor:
 
 
 @technique("scorecam", output="cam", layer="one", choices={"weighting": ("paper", "gradcam")},
+           title="Score-CAM", needs=("forward", "passes"),
            paper="Wang et al. 2020, https://arxiv.org/abs/1910.01279",
            summary="Activations weighted by the target's softmax probability when each activation map masks the input.")
 def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
@@ -145,7 +146,8 @@ def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
     return F.relu(cam)
 
 
-@technique("guided_gradcam", output="input", layer="one", signed=True,
+@technique("guided_gradcam", output="input", layer="one", signed=True, title="Guided Grad-CAM",
+           needs=("input_grad", "layer_grad"),
            paper="Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391",
            summary="Guided backprop multiplied element-wise by the upsampled Grad-CAM.")
 def guided_gradcam(ctx: Context, *, layer: str) -> Tensor:

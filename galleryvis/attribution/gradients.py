@@ -5,12 +5,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..engine import IMAGENET_MEAN, IMAGENET_STD, Context
+from ..engine import Context
 from ..metrics import gaussian_blur
 from ..registry import technique
 
 
-@technique("vanilla", output="input", signed=True,
+@technique("vanilla", output="input", signed=True, title="Vanilla Backpropagation", needs=("input_grad",),
            paper="Simonyan et al. 2013, https://arxiv.org/abs/1312.6034",
            summary="Gradient of the target logit with respect to the input pixels.")
 def vanilla(ctx: Context) -> Tensor:
@@ -18,7 +18,8 @@ def vanilla(ctx: Context) -> Tensor:
     return ctx.backward("plain").input_grad
 
 
-@technique("guided_backprop", output="input", signed=True,
+@technique("guided_backprop", output="input", signed=True, title="Guided Backpropagation",
+           needs=("input_grad",), split_sign=True,
            paper="Springenberg et al. 2014, https://arxiv.org/abs/1412.6806",
            summary="Gradient where every ReLU-family unit passes only positive gradients of positive inputs.")
 def guided_backprop(ctx: Context) -> Tensor:
@@ -26,7 +27,7 @@ def guided_backprop(ctx: Context) -> Tensor:
     return ctx.backward("guided").input_grad
 
 
-@technique("deconvnet", output="input", signed=True,
+@technique("deconvnet", output="input", signed=True, title="Deconvnet", needs=("input_grad",),
            paper="Zeiler & Fergus 2014, https://arxiv.org/abs/1311.2901",
            summary="Backward pass where ReLUs pass the positive part of the gradient, ignoring the forward mask.")
 def deconvnet(ctx: Context) -> Tensor:
@@ -38,6 +39,7 @@ _GRADIENT_BASES = ("vanilla", "guided_backprop", "deconvnet", "smoothgrad", "int
 
 
 @technique("grad_x_image", output="input", signed=True, choices={"base": _GRADIENT_BASES},
+           title="Gradient x Image", needs=("input_grad", "passes"),
            paper="Shrikumar et al. 2016, https://arxiv.org/abs/1605.01713",
            summary="A gradient map multiplied element-wise by the input image.")
 def grad_x_image(ctx: Context, *, base: str = "vanilla") -> Tensor:
@@ -47,7 +49,7 @@ def grad_x_image(ctx: Context, *, base: str = "vanilla") -> Tensor:
     return ctx.run(base, **params) * ctx.x
 
 
-@technique("smoothgrad", output="input", signed=True,
+@technique("smoothgrad", output="input", signed=True, title="SmoothGrad", needs=("passes",), stochastic=True,
            choices={"base": ("vanilla", "guided_backprop"), "variant": ("mean", "squared", "vargrad")},
            paper="Smilkov et al. 2017, https://arxiv.org/abs/1706.03825",
            summary="Gradients averaged over noisy copies of the input.")
@@ -96,20 +98,19 @@ def _alphas(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
     return (np.arange(steps) + offset) / steps, np.full(steps, 1 / steps)
 
 
-def _baseline(x: Tensor, baseline: object) -> Tensor:
+def _baseline(ctx: Context, x: Tensor, baseline: object) -> Tensor:
     if isinstance(baseline, Tensor):
         return baseline.to(x.device, x.dtype).expand_as(x)
     if baseline == "zero":
         return torch.zeros_like(x)
-    if baseline == "black":  # a black image, normalized with the ImageNet statistics
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device)[:, None, None]
-        std = torch.tensor(IMAGENET_STD, device=x.device)[:, None, None]
-        return ((0 - mean) / std).expand_as(x).clone()
+    if baseline == "black":  # a black image in the model's own input normalization
+        return ctx.pixel_value(0.0).expand_as(x).clone()
     sigma = x.shape[-1] / 20  # a Gaussian blur of sigma = width / 20, cut at 3 sigma
     return gaussian_blur(x, 2 * max(1, int(3 * sigma)) + 1, sigma)
 
 
-@technique("integrated_gradients", output="input", signed=True,
+@technique("integrated_gradients", output="input", signed=True, title="Integrated Gradients",
+           kind="signed", needs=("passes",),
            choices={"method": ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"),
                     "baseline": ("zero", "black", "blur")},
            paper="Sundararajan et al. 2017, https://arxiv.org/abs/1703.01365",
@@ -123,7 +124,7 @@ def integrated_gradients(ctx: Context, *, steps: int = 50, baseline: str = "zero
     alphas, weights = _alphas(steps, method)
     out = []
     for xi, ti in zip(ctx.x, ctx.target):
-        base = _baseline(xi[None], baseline)[0]
+        base = _baseline(ctx, xi[None], baseline)[0]
         avg = torch.zeros_like(xi)
         start = 0
         for n in _chunks(steps, ctx.batch_size):

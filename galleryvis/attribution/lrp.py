@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..engine import IMAGENET_MEAN, IMAGENET_STD, Context
+from ..engine import Context
 from ..fold import fold_batchnorm
 from ..hooks import LayerError, capture
 from ..registry import technique
@@ -312,15 +312,13 @@ def _substitute(args: tuple[Any, ...], kwargs: dict[str, Any], old: Tensor, new:
     return tuple(sub(a) for a in args), {k: sub(v) for k, v in kwargs.items()}
 
 
-def _image_bounds(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Lowest and highest possible values of the model's input, element-wise: for 3-channel
-    images the ImageNet-normalized [0, 1] pixel range, otherwise each sample's own min and max.
-    Widened where needed to contain ``x``."""
+def _image_bounds(x: Tensor, pixel_range: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """Lowest and highest possible values of the model's input, element-wise: for images whose
+    channels match ``pixel_range`` (black and white in the model's input space, (1, C, 1, 1)),
+    that range, otherwise each sample's own min and max. Widened where needed to contain ``x``."""
     x = x.detach()
-    if x.dim() == 4 and x.shape[1] == 3:
-        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        low, high = ((0 - mean) / std).expand_as(x), ((1 - mean) / std).expand_as(x)
+    if x.dim() == 4 and pixel_range is not None and pixel_range[0].shape[1] == x.shape[1]:
+        low, high = pixel_range[0].expand_as(x), pixel_range[1].expand_as(x)
     else:
         low, high = _own_bounds(x)
     return torch.minimum(low, x), torch.maximum(high, x)
@@ -373,7 +371,7 @@ class _Tracer(TorchFunctionMode):
     input gets its relevance rule, or raises naming the module that called it."""
 
     def __init__(self, model: nn.Module, x0: Tensor, rule: str, epsilon: float, gamma: float,
-                 alpha: float) -> None:
+                 alpha: float, pixel_range: tuple[Tensor, Tensor] | None = None) -> None:
         super().__init__()
         self.model = model
         self.params = (rule, epsilon, gamma, alpha)
@@ -381,7 +379,7 @@ class _Tracer(TorchFunctionMode):
         self.running: list[nn.Module] = []  # modules whose forward is running, innermost last
         self.input_node = x0.grad_fn
         self.seen: set[object] = {x0.grad_fn}  # autograd nodes made by the ops handled here
-        self.bounds: dict[object, tuple[Tensor, Tensor]] = {x0.grad_fn: _image_bounds(x0)}
+        self.bounds: dict[object, tuple[Tensor, Tensor]] = {x0.grad_fn: _image_bounds(x0, pixel_range)}
         self.layers: dict[object, _Layer] = {}  # node of a conv / linear output -> the call
         self.folded: dict[object, Tensor] = {}  # node of a conv / linear output -> its BN's output
         self.stale: dict[int, tuple[Tensor, str, str]] = {}  # changed in place: id -> tensor, op, where
@@ -624,6 +622,7 @@ class _Tracer(TorchFunctionMode):
 
 # -- the technique ---------------------------------------------------------------------------
 @technique("lrp", output="input", layer="optional", signed=True, choices={"rule": RULES},
+           title="Layer-wise Relevance Propagation", kind="signed", needs=("passes",),
            paper="Bach et al. 2015, https://doi.org/10.1371/journal.pone.0130140; "
                  "Montavon et al. 2019, https://doi.org/10.1007/978-3-030-28954-6_10",
            summary="Layer-wise relevance propagation: the target logit redistributed layer by "
@@ -634,7 +633,8 @@ def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsi
     ``layer`` the relevance at that module's output summed over channels, (N, 1, h, w).
 
     ``rule``: ``epsilon`` / ``gamma`` / ``alpha_beta`` / ``zplus`` for every convolution and
-    Linear, or ``composite`` (z^B box rule at the first layer with the ImageNet pixel bounds,
+    Linear, or ``composite`` (z^B box rule at the first layer with the pixel bounds black and
+    white in the model's normalization, ``ctx.mean`` / ``ctx.std``,
     gamma for the other convolutions, epsilon for Linear layers). ``epsilon`` is absolute, in
     the units of the layer's pre-activations, and also stabilizes additions and average
     pooling under ``rule="epsilon"``; ``alpha`` >= 1, beta = alpha - 1.
@@ -646,7 +646,8 @@ def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsi
     with ExitStack() as stack, torch.enable_grad():
         x = ctx.x.detach().requires_grad_(True)
         x0 = x.view_as(x)  # a node of its own: where the graph check stops
-        tracer = _Tracer(model, x0, rule, epsilon, gamma, alpha)
+        pixel_range = (ctx.pixel_value(0.0), ctx.pixel_value(1.0)) if len(ctx.mean) == x.shape[1] else None
+        tracer = _Tracer(model, x0, rule, epsilon, gamma, alpha, pixel_range)
         stack.enter_context(tracer.tracking())
         acts = stack.enter_context(capture(model, [layer] if layer else []))
         with tracer:

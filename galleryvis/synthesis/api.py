@@ -41,14 +41,14 @@ def spec_of(name: str) -> Spec:
     return _SPECS[name]
 
 
-def synthesis_technique(name: str, *, paper: str, summary: str, layer: registry.LayerUse,
+def synthesis_technique(name: str, *, title: str, paper: str, summary: str, layer: registry.LayerUse,
                         unit: UnitKind | None, unit_required: bool = False, image: ImageUse = "none",
                         choices: dict[str, tuple[Any, ...]] | None = None
                         ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn(job, **params) -> (image01, trace)`` in the technique registry under
     ``family="synthesis"``, together with its :class:`Spec`."""
     reg = registry.technique(name, output="input", family="synthesis", layer=layer, paper=paper,
-                             summary=summary, choices=choices)
+                             summary=summary, choices=choices, title=title, kind="image", needs=("passes",))
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn = reg(fn)

@@ -35,7 +35,7 @@ def _trace(values: list[Tensor], n: int, device: torch.device) -> Tensor:
 
 # -- filter visualization --------------------------------------------------------------------------
 @synthesis_technique(
-    "filter_visualization", layer="one", unit="channel", unit_required=True, image="none",
+    "filter_visualization", title="Filter Visualization", layer="one", unit="channel", unit_required=True, image="none",
     choices={"param": ("fft", "pixel")},
     paper="Erhan et al. 2009; Olah et al. 2017, https://distill.pub/2017/feature-visualization/",
     summary="An image, optimized from noise, that maximizes the mean activation of one channel.")
@@ -68,7 +68,7 @@ def filter_visualization(job: Job, *, steps: int = 128, size: int = 128, lr: flo
 
 # -- layer activation with guided backprop ----------------------------------------------------------
 @synthesis_technique(
-    "layer_activation", layer="one", unit="channel", image="required",
+    "layer_activation", title="Layer Activation (Guided Backprop)", layer="one", unit="channel", image="required",
     choices={"scaling": ("symmetric", "minmax")},
     paper="Springenberg et al. 2014, https://arxiv.org/abs/1412.6806",
     summary="Guided backpropagation from one channel (or the whole layer) of a chosen layer.")
@@ -97,7 +97,7 @@ def layer_activation(job: Job, *, scaling: str = "symmetric", clip: float = 0.99
 
 # -- deep dream -------------------------------------------------------------------------------------
 @synthesis_technique(
-    "deep_dream", layer="one", unit="channel", image="required",
+    "deep_dream", title="Deep Dream", layer="one", unit="channel", image="required",
     paper="Mordvintsev et al. 2015, https://research.google/blog/inceptionism-going-deeper-into-neural-networks/",
     summary="Gradient ascent on a photo, over several scales (octaves), amplifying what a layer sees.")
 def deep_dream(job: Job, *, steps: int = 10, octaves: int = 3, octave_scale: float = 1.4,
@@ -137,7 +137,7 @@ def deep_dream(job: Job, *, steps: int = 10, octaves: int = 3, octave_scale: flo
 
 # -- class visualization ----------------------------------------------------------------------------
 @synthesis_technique(
-    "class_visualization", layer="none", unit="target", unit_required=True, image="optional",
+    "class_visualization", title="Class-specific Image Generation", layer="none", unit="target", unit_required=True, image="optional",
     choices={"regularization": ("yosinski", "none", "l1", "l2")},
     paper="Simonyan et al. 2013, https://arxiv.org/abs/1312.6034; Yosinski et al. 2015, "
           "https://arxiv.org/abs/1506.06579",
@@ -214,7 +214,7 @@ def _above_quantile(v: Tensor, q: float) -> Tensor:
 
 # -- inverted representation ------------------------------------------------------------------------
 @synthesis_technique(
-    "inverted_representation", layer="one", unit=None, image="required",
+    "inverted_representation", title="Inverted Representation", layer="one", unit=None, image="required",
     paper="Mahendran & Vedaldi 2015, https://arxiv.org/abs/1412.0035",
     summary="An image reconstructed from a layer's representation of a photo, with natural-image priors.")
 def inverted_representation(job: Job, *, steps: int = 200, lr: float = 0.2, alpha: float = 6.0,
