@@ -122,6 +122,7 @@ class GallerySpec:
     device: Device = "auto"
     colormap: str | None = None
     alpha: float = 0.5
+    plugins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -411,7 +412,8 @@ class _Parser:
 
     def gallery(self, value: Any) -> GallerySpec:
         where = "gallery"
-        table = self.table(value, where, ("title", "description", "output", "device", "colormap", "alpha"))
+        table = self.table(value, where, ("title", "description", "output", "device", "colormap", "alpha",
+                                          "plugins"))
         base = GallerySpec()
         title = self.string(table, "title", where)
         description = self.string(table, "description", where, empty_ok=True)
@@ -434,7 +436,28 @@ class _Parser:
         return GallerySpec(
             title=title or base.title, description=description or "", output=output,
             device=device, colormap=colormap, alpha=alpha,  # type: ignore[arg-type]
+            plugins=self.plugins(table, where),
         )
+
+    def plugins(self, table: Mapping[str, Any], where: str) -> tuple[str, ...]:
+        """Import the entry-point plug-ins and ``plugins`` (module names or .py files), so the
+        techniques they register are known when the technique list is checked."""
+        from . import plugins
+
+        value = table.get("plugins", [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.error(f"{where}.plugins", f"expected a list of module names or .py files, got {_toml_type(value)}")
+            return ()
+        try:
+            plugins.load_entry_points()
+        except plugins.PluginError as exc:
+            self.error(f"{where}.plugins", str(exc))
+        for spec in value:
+            try:
+                plugins.load(spec, self.root)
+            except plugins.PluginError as exc:
+                self.error(f"{where}.plugins", str(exc))
+        return tuple(value)
 
     def check_output(self, output: Path, where: str, text: str) -> None:
         """Refuse output folders that a rebuild or ``clean`` could not safely replace."""
