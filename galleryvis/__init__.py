@@ -1,12 +1,30 @@
 """galleryvis: a manifest of images x models x techniques in, a static gallery of CNN visualizations out.
 
 Public API: :func:`attribute`, :func:`attribute_many`, :func:`techniques`, :func:`synthesize`
-and the :mod:`galleryvis.metrics` module.
+and the :mod:`galleryvis.metrics` module. They are imported on first use, so that the command
+line can answer an unchanged rebuild without importing torch.
 """
-from . import attribution as _attribution  # noqa: F401  (fills the registry)
-from .engine import IMAGENET_MEAN, IMAGENET_STD, attribute, attribute_many, techniques
-from . import metrics
-from .synthesis import synthesize
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "attribute", "attribute_many", "metrics", "synthesize", "techniques"]
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it (``metrics`` is the module itself)
+_HOMES = {"IMAGENET_MEAN": "engine", "IMAGENET_STD": "engine", "attribute": "engine", "attribute_many": "engine",
+          "techniques": "engine", "synthesize": "synthesis", "metrics": "metrics"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'galleryvis' has no attribute {name!r}")
+    module = import_module(f".{_HOMES[name]}", __name__)
+    value = module if name == _HOMES[name] else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -9,18 +9,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from .atomic import atomic_write
+
 import numpy as np
 
 #: Bump when a change to the package changes what any cached entry would contain.
 CACHE_VERSION = 1
+#: The cache's folder name, beside the manifest (or in the current folder) unless given.
+CACHE_DIRNAME = ".galleryvis-cache"
 
 
 class CacheWarning(UserWarning):
@@ -43,21 +45,6 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot put {type(value).__name__} in a cache key")
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class Entry:
     """A cached array with its metadata."""
@@ -72,21 +59,24 @@ class Cache:
     def __init__(self, root: Path, enabled: bool = True) -> None:
         self.root = Path(root)
         self.enabled = enabled
+        self.used: set[str] = set()  # every key asked for or stored: what a build depends on
 
-    def _paths(self, key: str) -> tuple[Path, Path]:
+    def paths(self, key: str) -> tuple[Path, Path]:
+        """The entry's array and metadata files."""
+        self.used.add(key)
         folder = self.root / key[:2]
         return folder / f"{key}.npy", folder / f"{key}.json"
 
     def has(self, key: str) -> bool:
         """Whether a complete entry exists (cheap: no checksum)."""
-        npy, meta = self._paths(key)
+        npy, meta = self.paths(key)
         return self.enabled and npy.is_file() and meta.is_file()
 
     def get(self, key: str) -> Entry | None:
         """The entry, or None when absent or corrupt (corrupt: a CacheWarning, then recomputed)."""
         if not self.enabled:
             return None
-        npy, meta_path = self._paths(key)
+        npy, meta_path = self.paths(key)
         if not (npy.is_file() and meta_path.is_file()):
             return None
         try:
@@ -104,13 +94,13 @@ class Cache:
         """Store ``array`` (losslessly) and its metadata, atomically, metadata last."""
         if not self.enabled:
             return
-        npy, meta_path = self._paths(key)
+        npy, meta_path = self.paths(key)
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
         blob = buf.getvalue()
-        atomic_write(npy, blob)
+        atomic_write(npy, blob, durable=True)
         record = {"sha256": hashlib.sha256(blob).hexdigest(), "meta": meta or {}}
-        atomic_write(meta_path, json.dumps(record, sort_keys=True, default=_jsonable).encode())
+        atomic_write(meta_path, json.dumps(record, sort_keys=True, default=_jsonable).encode(), durable=True)
 
     def keys(self) -> list[str]:
         """Every complete entry's key."""
@@ -134,7 +124,7 @@ class Cache:
         removed = 0
         for key in self.keys():
             if key not in keep:
-                for p in self._paths(key):
+                for p in self.paths(key):
                     p.unlink(missing_ok=True)
                 removed += 1
         return removed

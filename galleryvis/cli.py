@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from .manifest import Manifest, ManifestError, default_manifest, load_manifest, starter_manifest
+from .cache import CACHE_DIRNAME
+from .errors import ManifestError
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
 
 MANIFEST_NAME = "galleryvis.toml"
 
@@ -23,9 +27,7 @@ def _errors_as_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .hooks import LayerError
-        from .images import ImageError
-        from .models import ModelError
+        from .errors import ImageError, LayerError, ModelError
         from .registry import TechniqueError
         from .sitefiles import LockError
 
@@ -41,13 +43,23 @@ def _errors_as_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _manifest(path: Path | None) -> Manifest:
+def _manifest_path(path: Path | None) -> Path | None:
+    """The manifest a command reads: ``path``, else ./galleryvis.toml, else None (the default)."""
     if path is not None:
-        if not path.is_file():
-            raise ManifestError([f"{path}: no such manifest file"])
-        return load_manifest(path)
+        return path
     local = Path.cwd() / MANIFEST_NAME
-    return load_manifest(local) if local.is_file() else default_manifest()
+    return local if local.is_file() else None
+
+
+def _manifest(path: Path | None) -> Manifest:
+    from .manifest import default_manifest, load_manifest
+
+    chosen = _manifest_path(path)
+    if chosen is None:
+        return default_manifest()
+    if not chosen.is_file():
+        raise ManifestError([f"{chosen}: no such manifest file"])
+    return load_manifest(chosen)
 
 
 @click.group()
@@ -72,6 +84,16 @@ def main() -> None:
 def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: bool, dry_run: bool,
           fail_fast: bool, batch_size: int | None, wait: float, quiet: bool) -> None:
     """Build the gallery of MANIFEST (default: ./galleryvis.toml, else the embedded default)."""
+    if not (force or dry_run or no_cache):  # an unchanged rebuild: the stamp says so, no torch
+        from . import stamp
+
+        path = _manifest_path(manifest)
+        root = cache_dir or (path.parent if path is not None else Path.cwd()) / CACHE_DIRNAME
+        record = stamp.fresh(stamp.path_for(root, path), manifest=path, options=stamp.options(root, batch_size))
+        if record is not None:
+            if not quiet:
+                click.echo(f"{record['output']}: {record['summary']} (unchanged since the last build)")
+            return
     from .pipeline import Options, build as run_build
 
     m = _manifest(manifest)
@@ -95,7 +117,9 @@ def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: 
 @_errors_as_exit
 def init(github_pages: bool, force: bool) -> None:
     """Write a commented starter manifest (galleryvis.toml) in the current folder."""
-    from .cache import atomic_write
+    from .atomic import atomic_write
+
+    from .manifest import starter_manifest
 
     targets = {Path(MANIFEST_NAME): starter_manifest(github_pages)}
     if github_pages:
@@ -153,7 +177,7 @@ def list_techniques() -> None:
 @click.option("--param", "params", multiple=True, help="Technique parameter as key=value (TOML value).")
 @click.option("--variant", default=None, help="Which picture to write (default: the technique's first).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True)
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=Path(".galleryvis-cache"))
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=Path(CACHE_DIRNAME))
 @_errors_as_exit
 def explain(image: Path, model_name: str, weights: str | None, technique: str, target: str | None,
             layer: str | None, params: tuple[str, ...], variant: str | None, output: Path, cache_dir: Path) -> None:
@@ -170,7 +194,7 @@ def cache() -> None:
 
 
 @cache.command("info")
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=Path(".galleryvis-cache"))
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=Path(CACHE_DIRNAME))
 def cache_info(cache_dir: Path) -> None:
     """Entries and size of the cache."""
     from .cache import Cache
@@ -190,7 +214,7 @@ def cache_clean(manifest: Path | None, cache_dir: Path | None, unreferenced: boo
     from .pipeline import Options, referenced_keys
 
     m = _manifest(manifest) if unreferenced else None
-    root = cache_dir or ((m.path.parent if m and m.path else Path.cwd()) / ".galleryvis-cache")
+    root = cache_dir or ((m.path.parent if m and m.path else Path.cwd()) / CACHE_DIRNAME)
     c = Cache(root)
     removed = c.clean(referenced_keys(m, Options(cache_dir=root)) if m is not None else None)
     click.echo(f"removed {removed} entries from {root}")

@@ -9,8 +9,12 @@ from . import postprocess, registry
 from .images import fit
 from .manifest import ManifestError, parse_manifest
 from .engine import default_batch_size
-from .pipeline import Progress, compute, load_cached, load_models, pictures, plan, read_images
 from .cache import Cache
+from .executor import LocalExecutor
+from .jobs import plan, workspace
+from .pipeline import load_cached
+from .progress import Progress
+from .sitewriter import pictures
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -40,15 +44,15 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
         mdl["layers"] = {technique: layer}
     data = {"images": [img], "models": [mdl], "techniques": [{"name": technique, "params": _parse_params(params)}]}
     manifest = parse_manifest(data, path=None, root=Path.cwd())
-    adapters = load_models(manifest)
-    images = read_images(manifest)
+    ws = workspace(manifest)
     cache = Cache(cache_dir)
-    (job,), _ = plan(manifest, adapters, images, cache, force=False)
+    (job,), _ = plan(manifest, ws, cache, force=False)
+    adapter = ws.adapter(job)
     if load_cached([job], cache):
-        compute([job], default_batch_size(job.model.device), cache, Progress(0, True), True, {})
+        LocalExecutor(ws, default_batch_size(adapter.device), fail_fast=True).run([job], cache, Progress(0, True), {})
     result = job.result
     tech = registry.get(technique)
-    pics = pictures(tech, result, fit(images[0].pil, job.model.size))
+    pics = pictures(tech, result, fit(ws.image(job).pil, adapter.size))
     chosen = [p for p in pics if variant in (None, p[0])]
     if not chosen:
         raise ManifestError([f"--variant: {technique} has no variant {variant!r}; "

@@ -7,16 +7,13 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from .errors import LayerError
 from .registry import suggest
 
 #: Activation modules that guided backprop and deconvnet guide. Functional activations
 #: (``F.relu`` called inside ``forward``) are invisible to module hooks and cannot be guided.
 RELU_FAMILY: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.Hardtanh, nn.RReLU)
-
-
-class LayerError(ValueError):
-    """A layer name that the model does not have, or a layer unusable for a technique."""
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:

@@ -15,13 +15,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ImageError
+
 StrPath = str | os.PathLike[str]
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
-
-
-class ImageError(ValueError):
-    """An image file that cannot be used; the message names the file and the problem."""
 
 
 def _fail(path: StrPath, problem: str) -> ImageError:

@@ -18,12 +18,11 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, NamedTuple
 
-from . import registry
-from . import attribution as _attribution  # noqa: F401  (fills the registry)
+from . import registry, sources
+from .errors import ManifestError
 from .images import ImageError, load_image
 from .metrics import SUBSTRATES, Substrate
 from .postprocess import COLORMAPS
@@ -31,8 +30,6 @@ from .postprocess import COLORMAPS
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-#: Models galleryvis ships itself, beside torchvision's classification models.
-BUNDLED_MODELS: tuple[str, ...] = ("efficientnet_lite0",)
 #: What a glob keeps; files with other suffixes (README.md, .DS_Store) are skipped.
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -42,15 +39,18 @@ _FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w
 _DEFAULT_LABEL = "default manifest"
 
 
-class ManifestError(Exception):
-    """One or more problems in a manifest; ``errors`` holds one message per problem."""
+class _NameOnly(NamedTuple):
+    """Just what a model source reads of an entry while the entry is being parsed."""
 
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = list(errors)
-        super().__init__("\n".join(self.errors))
+    name: str
+    weights: str | None
+    factory: str | None
 
-    def __str__(self) -> str:
-        return "\n".join(self.errors)
+
+def _known(name: str) -> bool:
+    """Whether the source that would build a model called ``name`` knows it (asking only that
+    source: a bundled name never imports torchvision)."""
+    return name in sources.source_for(_NameOnly(name, None, None)).names()
 
 
 @dataclass(frozen=True)
@@ -273,23 +273,6 @@ def check_against_models(manifest: Manifest, adapters: Mapping[str, Any]) -> lis
 
 
 # --- validation ------------------------------------------------------------------------------
-
-
-@cache
-def known_models() -> tuple[str, ...]:
-    """Every accepted model ``name``: torchvision's classification models plus the bundled ones."""
-    import torchvision
-
-    return tuple(sorted(torchvision.models.list_models(module=torchvision.models))) + BUNDLED_MODELS
-
-
-@cache
-def _weights_enum(name: str) -> tuple[str, tuple[str, ...]]:
-    """(enum class name, member names) of a torchvision model's weights."""
-    import torchvision
-
-    enum = torchvision.models.get_model_weights(name)
-    return enum.__name__, tuple(enum.__members__)
 
 
 def _toml_type(value: Any) -> str:
@@ -567,9 +550,8 @@ class _Parser:
         if name is None and "name" not in table and factory is None and "factory" not in table:
             self.error(where, "missing required key 'name' (a torchvision model such as 'resnet50', "
                               "'efficientnet_lite0', or a `factory`)")
-        elif name is not None and factory is None and "factory" not in table and name not in BUNDLED_MODELS \
-                and name not in known_models():
-            self.error(f"{where}.name", f"unknown model {name!r}{registry.suggest(name, known_models())} "
+        elif name is not None and factory is None and "factory" not in table and not _known(name):
+            self.error(f"{where}.name", f"unknown model {name!r}{registry.suggest(name, sources.known_names())} "
                                         "(any torchvision classification model, or efficientnet_lite0)")
         weights = self.weights(table, where, None if "factory" in table else name or "")
         labels = self.existing(table, "labels", where, "labels file")
@@ -603,21 +585,14 @@ class _Parser:
             if problem:
                 self.error(key, f"weights file {text!r}: {problem}")
             return str(path)
-        if name is None or name in BUNDLED_MODELS:
-            what = "a factory model" if name is None else name
-            self.error(key, f'{what} takes "DEFAULT", "none" or a weights file path '
-                            f"(.pth, .pt, .safetensors), got {text!r}")
-            return None
-        if name not in known_models():
+        if name is not None and not _known(name):
             return None  # the missing or unknown name is reported already
-        enum, members = _weights_enum(name)
-        prefix, _, member = text.rpartition(".")
-        if prefix and prefix != enum:
-            self.error(key, f"{text!r} are not weights for {name} (they are {enum}.*)")
-        elif member not in members:
-            self.error(key, f"unknown weights {text!r} for {name}{registry.suggest(member, members)}; "
-                            f'known: {", ".join(members)}, "none" or a .pth path')
-        return member
+        try:
+            spec = _NameOnly(name or "", None, None if name is not None else "factory")
+            return sources.source_for(spec).check_weights(name or "", text)
+        except sources.ModelError as exc:
+            self.error(key, str(exc))
+            return None
 
     def layers(self, value: Any, where: str) -> dict[str, str | tuple[str, ...]]:
         """``layers``: technique name -> dotted module name, or an array of them."""

@@ -403,6 +403,8 @@ def sanity(
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     technique_params: Mapping[str, Any] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     **params: Any,
 ) -> Sanity:
     """Cascading model-parameter randomization (Adebayo et al. 2018) for ``technique``.
@@ -430,6 +432,7 @@ def sanity(
         batch_size: passed to :func:`galleryvis.attribute`.
         technique_params: technique parameters whose names clash with the options above
             (e.g. SmoothGrad's ``seed``); merged with ``**params``.
+        mean, std: the model's input normalization, as for :func:`galleryvis.attribute`.
         **params: the technique's parameters.
 
     Returns:
@@ -458,7 +461,7 @@ def sanity(
         kwargs = dict(tparams)
         if layer is not None:
             kwargs["layer"] = layer
-        m = attribute(net, x, technique, targets, batch_size=batch_size, **kwargs)
+        m = attribute(net, x, technique, targets, batch_size=batch_size, mean=mean, std=std, **kwargs)
         return m.abs().sum(1).flatten(1).double().numpy()
 
     original = explain()

@@ -22,12 +22,13 @@ import difflib
 import functools
 import io
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 from cmap import Colormap
 from PIL import Image
+
+from .atomic import atomic_write
 
 #: Every colormap name offered, with what it is for (see docs/colormaps.md).
 COLORMAPS: dict[str, str] = {
@@ -286,15 +287,8 @@ def save_png(img: Image.Image, path: str | os.PathLike[str], reuse: Path | None 
     src = img if img.mode == mode else img.convert(mode)
     pixels = src.tobytes()
     old = _png_bytes_if_same(reuse, mode, src.size, pixels) if reuse is not None else None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            if old is not None:
-                f.write(old)
-            else:  # frombytes drops img.info (icc, exif, ...)
-                Image.frombytes(mode, src.size, pixels).save(f, format="PNG", optimize=False, compress_level=6)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    if old is None:  # frombytes drops img.info (icc, exif, ...)
+        buf = io.BytesIO()
+        Image.frombytes(mode, src.size, pixels).save(buf, format="PNG", optimize=False, compress_level=6)
+        old = buf.getvalue()
+    atomic_write(target, old)

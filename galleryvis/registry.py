@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
@@ -139,8 +141,19 @@ def suggest(name: str, options: list[str] | tuple[str, ...]) -> str:
     return f" (did you mean: {', '.join(close)}?)" if close else ""
 
 
+#: The modules that register galleryvis's own techniques, imported on the registry's first use.
+BUILTIN_MODULES = ("galleryvis.attribution", "galleryvis.synthesis")
+
+
+@functools.cache
+def _load_builtins() -> None:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
 def get(name: str) -> Technique:
     """The technique called ``name``; a TechniqueError with suggestions otherwise."""
+    _load_builtins()
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
@@ -151,6 +164,7 @@ def get(name: str) -> Technique:
 
 def names(family: str | None = None) -> list[str]:
     """Registered technique names in registration order, optionally of one family."""
+    _load_builtins()
     return [n for n, t in _REGISTRY.items() if family is None or t.family == family]
 
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from markdown.extensions import Extension
 from markdown.treeprocessors import Treeprocessor
 from markupsafe import Markup
 
+from galleryvis.atomic import atomic_write
 from galleryvis.naming import unique_slugs
 from galleryvis.records import (
     Cell,
@@ -560,19 +559,8 @@ def technique_description(tech: TechniqueRecord) -> str:
 
 
 def _write(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a page (text as UTF-8) atomically."""
+    return atomic_write(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def _md_cell(site: _Site, table: Table, slot: Slot) -> MdSafe:

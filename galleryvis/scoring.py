@@ -3,18 +3,16 @@ sanity, and the per-model ranking."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import metrics, registry
 from .cache import Cache, cache_key
+from .jobs import Job, Workspace
 from .manifest import MetricsSpec
 from .records import Ranking
-
-if TYPE_CHECKING:
-    from .pipeline import _Job
 
 BASELINES = {"random map": lambda shape: metrics.random_map(shape, seed=0),
              "centre Gaussian": metrics.center_gaussian_map}
@@ -29,22 +27,18 @@ def _protocol(spec: MetricsSpec) -> dict[str, Any]:
     return {"steps": spec.steps, "substrate": spec.substrate}
 
 
-def _inputs(jobs: list[_Job]) -> torch.Tensor:
-    adapter = jobs[0].model
-    return torch.stack([j.image.input_for(adapter) for j in jobs])
-
-
-def _di(jobs: list[_Job], maps: torch.Tensor, spec: MetricsSpec, rank_by: str, batch_size: int) -> metrics.DeletionInsertion:
-    adapter = jobs[0].model
+def _di(ws: Workspace, jobs: list[Job], maps: torch.Tensor, spec: MetricsSpec, rank_by: str,
+        batch_size: int) -> metrics.DeletionInsertion:
+    adapter = ws.adapter(jobs[0])
     return metrics.deletion_insertion(
-        adapter.model, _inputs(jobs).to(adapter.device), maps.to(adapter.device), [j.target for j in jobs],
+        adapter.model, ws.inputs(jobs).to(adapter.device), maps.to(adapter.device), [j.target for j in jobs],
         steps=spec.steps, substrate=spec.substrate, rank_by=rank_by,  # type: ignore[arg-type]
         mean=adapter.mean, std=adapter.std, batch_size=batch_size)
 
 
-def _groups(jobs: list[_Job]) -> dict[tuple[str, str], list[_Job]]:
+def _groups(jobs: list[Job]) -> dict[tuple[str, str], list[Job]]:
     """Successful attribution jobs by (model id, technique id)."""
-    groups: dict[tuple[str, str], list[_Job]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[Job]] = defaultdict(list)
     for j in jobs:
         if j.result is not None and not j.error and j.family == "attribution":
             groups[(j.model.id, j.tech.id)].append(j)
@@ -55,7 +49,7 @@ def _sanity_wanted(spec: MetricsSpec, name: str) -> bool:
     return spec.sanity and (spec.sanity_techniques is None or name in spec.sanity_techniques)
 
 
-def task_count(jobs: list[_Job], spec: MetricsSpec) -> int:
+def task_count(jobs: list[Job], spec: MetricsSpec) -> int:
     """How many progress steps :func:`score` takes at most for these jobs (fewer when cells fail)."""
     if not spec.enabled:
         return 0
@@ -63,7 +57,8 @@ def task_count(jobs: list[_Job], spec: MetricsSpec) -> int:
     return sum(int(spec.deletion_insertion) + int(_sanity_wanted(spec, name)) for name in names.values())
 
 
-def score(jobs: list[_Job], spec: MetricsSpec, cache: Cache, batch_size: int, progress: Any) -> list[Ranking]:
+def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch_size: int,
+          progress: Any) -> list[Ranking]:
     """Attach ``metrics`` (AUCs, sanity) and ``curves`` to every successful attribution job and
     return one ranking per model (techniques and the two baselines by insertion - deletion)."""
     if not spec.enabled:
@@ -73,21 +68,21 @@ def score(jobs: list[_Job], spec: MetricsSpec, cache: Cache, batch_size: int, pr
     if spec.deletion_insertion:
         seen: set[tuple[str, str]] = set()
         for (model_id, tech_id), group in groups.items():
-            _deletion_insertion(group, spec, cache, batch_size)
+            _deletion_insertion(ws, group, spec, cache, batch_size)
             for j in group:
                 if (j.model.id, j.image.id) not in seen:
                     seen.add((j.model.id, j.image.id))
-                    for name, (d, i) in _baseline_scores(j, spec, cache, batch_size).items():
+                    for name, (d, i) in _baseline_scores(ws, j, spec, cache, batch_size).items():
                         baselines[j.model.id][name].append((d, i))
             progress.step(1, f"{model_id}: deletion/insertion of {tech_id}")
     for (model_id, tech_id), group in groups.items():
         if _sanity_wanted(spec, group[0].tech.name):
-            _sanity(group, spec, cache, batch_size)
+            _sanity(ws, group, spec, cache, batch_size)
             progress.step(1, f"{model_id}: sanity of {tech_id}")
     return _rankings(groups, baselines, spec) if spec.deletion_insertion else []
 
 
-def _deletion_insertion(group: list[_Job], spec: MetricsSpec, cache: Cache, batch_size: int) -> None:
+def _deletion_insertion(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, batch_size: int) -> None:
     keys = [cache_key(kind="deletion_insertion", map=j.key, **_protocol(spec)) for j in group]
     todo = []
     for j, key in zip(group, keys):
@@ -99,7 +94,7 @@ def _deletion_insertion(group: list[_Job], spec: MetricsSpec, cache: Cache, batc
     if todo:
         todo_jobs = [j for j, _ in todo]
         maps = torch.from_numpy(np.stack([j.result for j in todo_jobs]).astype(np.float32))
-        res = _di(todo_jobs, maps, spec, _rank_by(todo_jobs[0].tech.name), batch_size)
+        res = _di(ws, todo_jobs, maps, spec, _rank_by(todo_jobs[0].tech.name), batch_size)
         for n, (j, key) in enumerate(todo):
             curves = _curves(res, n)
             cache.put(key, curves, {"protocol": res.protocol})
@@ -111,7 +106,7 @@ def _curves(res: metrics.DeletionInsertion, n: int) -> np.ndarray:
     return np.stack([res.deletion_curve[n], res.insertion_curve[n]]).astype(np.float32)
 
 
-def _attach(job: _Job, curves: np.ndarray) -> None:
+def _attach(job: Job, curves: np.ndarray) -> None:
     auc = metrics.auc(curves)
     job.metrics["deletion_auc"] = round(float(auc[0]), 4)
     job.metrics["insertion_auc"] = round(float(auc[1]), 4)
@@ -119,15 +114,17 @@ def _attach(job: _Job, curves: np.ndarray) -> None:
                   "insertion": [round(float(v), 4) for v in curves[1]]}
 
 
-def _baseline_scores(job: _Job, spec: MetricsSpec, cache: Cache, batch_size: int) -> dict[str, tuple[float, float]]:
+def _baseline_scores(ws: Workspace, job: Job, spec: MetricsSpec, cache: Cache,
+                     batch_size: int) -> dict[str, tuple[float, float]]:
     out = {}
-    size = job.model.size
+    adapter = ws.adapter(job)
+    size = adapter.size
     for name, make in BASELINES.items():
-        key = cache_key(kind="baseline", name=name, image=job.image.sha, model=job.model.name,
-                        fingerprint=job.model.fingerprint, size=size, target=job.target, **_protocol(spec))
+        key = cache_key(kind="baseline", name=name, image=job.image.sha, model=adapter.name,
+                        fingerprint=adapter.fingerprint, size=size, target=job.target, **_protocol(spec))
         entry = cache.get(key)
         if entry is None:
-            res = _di([job], make((1, 1, size, size)), spec, "signed", batch_size)
+            res = _di(ws, [job], make((1, 1, size, size)), spec, "signed", batch_size)
             curves = _curves(res, 0)
             cache.put(key, curves, {"protocol": res.protocol})
         else:
@@ -137,14 +134,16 @@ def _baseline_scores(job: _Job, spec: MetricsSpec, cache: Cache, batch_size: int
     return out
 
 
-def _sanity(group: list[_Job], spec: MetricsSpec, cache: Cache, batch_size: int) -> None:
+def _sanity(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, batch_size: int) -> None:
     keys = [cache_key(kind="sanity", map=j.key, steps=spec.sanity_steps) for j in group]
     entries = [cache.get(k) for k in keys]
     if any(e is None for e in entries):
         first = group[0]
-        res = metrics.sanity(first.model.model, _inputs(group).to(first.model.device), first.tech.name,
+        adapter = ws.adapter(first)
+        res = metrics.sanity(adapter.model, ws.inputs(group).to(adapter.device), first.tech.name,
                              [j.target for j in group], first.layer, max_steps=spec.sanity_steps,
-                             batch_size=batch_size, technique_params=dict(first.params))
+                             batch_size=batch_size, technique_params=dict(first.params),
+                             mean=adapter.mean, std=adapter.std)
         for j, key, value in zip(group, keys, res.similarity):
             cache.put(key, np.array([value], dtype=np.float32), {"protocol": res.protocol})
         values = [float(v) for v in res.similarity]
@@ -155,7 +154,7 @@ def _sanity(group: list[_Job], spec: MetricsSpec, cache: Cache, batch_size: int)
             j.metrics["sanity"] = round(v, 4)
 
 
-def _rankings(groups: dict[tuple[str, str], list[_Job]], baselines: dict[str, dict[str, list[tuple[float, float]]]],
+def _rankings(groups: dict[tuple[str, str], list[Job]], baselines: dict[str, dict[str, list[tuple[float, float]]]],
               spec: MetricsSpec) -> list[Ranking]:
     per_model: dict[str, dict[str, tuple[float, float]]] = defaultdict(dict)
     for (model_id, tech_id), group in groups.items():

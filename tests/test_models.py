@@ -150,7 +150,26 @@ def test_a_bundled_model_gallery_does_not_import_torchvision() -> None:
     import sys
 
     code = ("import sys; from galleryvis.manifest import default_manifest; "
-            "from galleryvis.pipeline import load_models; load_models(default_manifest()); "
+            "from galleryvis.jobs import load_models; load_models(default_manifest()); "
             "print('torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_model_sources_own_what_they_know_and_the_manifest_only_asks_them() -> None:
+    import inspect
+
+    from galleryvis import manifest, sources
+    from galleryvis.sources import LoadedModel, ModelError, source_for
+
+    assert [s.name for s in sources.SOURCES] == ["factory", "bundled", "torchvision"]
+    assert source_for(ModelSpec(name="x", factory="pkg.mod:fn")).name == "factory"
+    assert source_for(ModelSpec(name="efficientnet_lite0")).name == "bundled"
+    tv = source_for(ModelSpec(name="resnet18"))
+    assert tv.name == "torchvision" and "resnet18" in tv.names()
+    assert tv.check_weights("resnet18", "ResNet18_Weights.IMAGENET1K_V1") == "IMAGENET1K_V1"
+    with pytest.raises(ModelError, match="unknown weights 'IMAGENET1K_V9' for resnet18"):
+        tv.check_weights("resnet18", "IMAGENET1K_V9")
+    loaded = tv.load(ModelSpec(name="resnet18", weights="none"), Path.cwd(), "m")
+    assert isinstance(loaded, LoadedModel) and loaded.fingerprint == "random-init" and len(loaded.labels) == 1000
+    assert "import torchvision" not in inspect.getsource(manifest)

@@ -198,9 +198,9 @@ def test_scores_are_shown_ranked_and_cached(project, monkeypatch):
 
 
 def test_out_of_memory_retries_with_smaller_chunks(project, monkeypatch):
-    from galleryvis import pipeline
+    from galleryvis import executor
 
-    real = pipeline.attribute_many
+    real = executor.attribute_many
     sizes = []
 
     def tight(model, x, *args, batch_size, **kw):
@@ -209,7 +209,7 @@ def test_out_of_memory_retries_with_smaller_chunks(project, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(model, x, *args, batch_size=batch_size, **kw)
 
-    monkeypatch.setattr(pipeline, "attribute_many", tight)
+    monkeypatch.setattr(executor, "attribute_many", tight)
     summary = _build(project, batch_size=8)
     assert summary.failed == 0 and summary.computed == 16
     assert sizes[:3] == [8, 4, 2]
@@ -311,3 +311,60 @@ params = { samples = 2, sigma = 0.9 }
     first = sorted(resnet_cat.glob("sg-a-[!2]*.png"))
     second = sorted(resnet_cat.glob("sg-a-2-*.png"))
     assert first and [p.read_bytes() for p in first] != [p.read_bytes() for p in second]
+
+
+# -- stages: a plain Job, an Executor protocol ------------------------------------------------
+def _plain(value: object) -> bool:
+    """No model, tensor or decoded image anywhere inside ``value``."""
+    from dataclasses import fields, is_dataclass
+
+    from PIL import Image
+
+    if isinstance(value, (torch.nn.Module, torch.Tensor, Image.Image)):
+        return False
+    if is_dataclass(value):
+        return all(_plain(getattr(value, f.name)) for f in fields(value))
+    if isinstance(value, dict):
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return True
+
+
+def test_planned_jobs_are_plain_picklable_data(project):
+    import pickle
+
+    from galleryvis.cache import Cache
+    from galleryvis.jobs import plan, workspace
+
+    manifest = load_manifest(project / "galleryvis.toml")
+    jobs, _ = plan(manifest, workspace(manifest), Cache(project / "cache"), force=False)
+    assert len(jobs) == 16 and all(_plain(j) for j in jobs)
+    again = pickle.loads(pickle.dumps(jobs))
+    assert [(j.key, j.model, j.image, j.tech, j.params, j.layer, j.target) for j in again] == \
+        [(j.key, j.model, j.image, j.tech, j.params, j.layer, j.target) for j in jobs]
+
+
+def test_a_build_runs_its_cells_through_the_executor_it_is_given(project):
+    from galleryvis.executor import LocalExecutor
+    from galleryvis.jobs import workspace
+
+    manifest = load_manifest(project / "galleryvis.toml")
+    seen: list[str] = []
+
+    class Recording:
+        """An executor that ships each job through pickle (as a cluster would) to a local one."""
+
+        def run(self, jobs, cache, progress, seconds):
+            import pickle
+
+            shipped = pickle.loads(pickle.dumps(list(jobs)))
+            LocalExecutor(workspace(manifest), batch_size=4).run(shipped, cache, progress, seconds)
+            for job, done in zip(jobs, shipped):
+                job.result, job.error, job.trace, job.unit = done.result, done.error, done.trace, done.unit
+            seen.extend(j.key for j in jobs)
+
+    summary = build(manifest, Options(quiet=True), executor=Recording())
+    assert (summary.computed, summary.failed) == (16, 0) and len(seen) == 16
+    again = _build(project)  # everything the executor computed is in the cache
+    assert (again.computed, again.cached) == (0, 16)

@@ -1,0 +1,27 @@
+"""Errors the command line turns into one line and exit code 2. This module imports nothing, so
+the command line can name them before it knows whether it needs torch; each is re-exported by
+the module that raises it (``manifest``, ``hooks``, ``images``, ``models``)."""
+from __future__ import annotations
+
+
+class ManifestError(Exception):
+    """One or more problems in a manifest; ``errors`` holds one message per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+class LayerError(ValueError):
+    """A layer name that the model does not have, or a layer unusable for a technique."""
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file and the problem."""
+
+
+class ModelError(ValueError):
+    """A model that cannot be built or loaded; the message says which and how to fix it."""

@@ -1,0 +1,164 @@
+"""The compute stage: an :class:`Executor` turns planned jobs into results in the cache.
+
+:class:`LocalExecutor` runs in this process: attribution cells grouped by model and technique
+set, images chunked, one failing technique or image isolated from the others, the chunk halved
+on out-of-memory; then synthesis cells one by one. Another executor (a cluster) implements the
+same protocol on the same plain :class:`~galleryvis.jobs.Job`.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from .cache import Cache
+from .engine import attribute_many
+from .hooks import capture, prepared
+from .jobs import Job, Workspace
+from .models import ModelAdapter
+from .progress import Progress
+from .synthesis import synthesize
+from .synthesis.api import spec_of
+
+
+class Executor(Protocol):
+    """Computes jobs: fills each job's ``result`` (or ``error``) and puts results in ``cache``;
+    marks every job in ``progress`` once; adds seconds per technique id to ``seconds``."""
+
+    def run(self, jobs: Sequence[Job], cache: Cache, progress: Progress, seconds: dict[str, float]) -> None: ...
+
+
+def one_line(exc: BaseException) -> str:
+    """``"Type: first line of the message"``, as a failed cell shows it."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def store(cache: Cache, job: Job) -> None:
+    """Put a computed cell in the cache; a synthesis cell keeps its trace and unit beside it."""
+    meta: dict[str, Any] = {"technique": job.tech.name, "params": job.params, "image": job.image.name,
+                            "model": job.model.id}
+    if job.family == "synthesis":
+        meta.update(trace=job.trace, unit=job.unit)
+    cache.put(job.key, job.result, meta)
+
+
+class LocalExecutor:
+    """Runs jobs in this process on the workspace's models (see the module docstring)."""
+
+    def __init__(self, ws: Workspace, batch_size: int, fail_fast: bool = False) -> None:
+        self.ws, self.batch_size, self.fail_fast = ws, batch_size, fail_fast
+
+    def run(self, jobs: Sequence[Job], cache: Cache, progress: Progress, seconds: dict[str, float]) -> None:
+        by_cell: dict[tuple[str, str], list[Job]] = defaultdict(list)
+        for job in jobs:
+            if job.family == "attribution":
+                by_cell[(job.model.id, job.image.id)].append(job)
+        groups: dict[tuple[str, tuple[str, ...]], list[list[Job]]] = defaultdict(list)
+        for (model_id, _), cell_jobs in by_cell.items():
+            groups[(model_id, tuple(j.tech.id for j in cell_jobs))].append(cell_jobs)
+        for cells in groups.values():
+            for start in range(0, len(cells), self.batch_size):
+                chunk = cells[start:start + self.batch_size]
+                self._chunk(chunk, seconds, progress)
+                for job in (j for cell_jobs in chunk for j in cell_jobs):
+                    if job.result is not None:
+                        store(cache, job)
+                progress.mark([j for c in chunk for j in c], f"{chunk[0][0].model.id}: {len(chunk)} image(s)")
+        for job in (j for j in jobs if j.family == "synthesis"):
+            t0 = time.perf_counter()
+            try:
+                self._synthesize(job)
+            except Exception as exc:  # noqa: BLE001  (recorded in the cell; the build goes on)
+                if self.fail_fast:
+                    raise
+                job.error = one_line(exc)
+            else:
+                store(cache, job)
+            seconds[job.tech.id] = seconds.get(job.tech.id, 0.0) + time.perf_counter() - t0
+            progress.mark([job], f"{job.model.id}: {job.tech.id} for {job.image.name}")
+
+    def _chunk(self, chunk: list[list[Job]], seconds: dict[str, float], progress: Progress) -> None:
+        """One attribute_many call per technique-id group; on failure, retry each technique
+        alone (so one failing technique does not take the others down), halving the batch on OOM."""
+        adapter = self.ws.adapter(chunk[0][0])
+        x = self.ws.inputs([cell[0] for cell in chunk])
+        targets = [cell[0].target for cell in chunk]
+        columns = list(zip(*chunk))  # one tuple of jobs (one per image) per technique
+        by_name: dict[str, list[tuple[Job, ...]]] = defaultdict(list)
+        for col in columns:
+            by_name[col[0].tech.name].append(col)
+        shared = [cols[0] for cols in by_name.values()]
+        rest = [col for cols in by_name.values() for col in cols[1:]]
+        for group in ([shared] + [[c] for c in rest]):
+            try:
+                self._attribute(adapter, x, targets, group, seconds, progress)
+            except Exception:  # noqa: BLE001  (isolate: retry one technique and one image at a time)
+                if self.fail_fast:
+                    raise
+                for col in group:
+                    for i, job in enumerate(col):
+                        try:
+                            self._attribute(adapter, x[i:i + 1], targets[i:i + 1], [(job,)], seconds, progress)
+                        except Exception as exc:  # noqa: BLE001
+                            job.error = one_line(exc)
+
+    def _attribute(self, adapter: ModelAdapter, x: torch.Tensor, targets: list[int], cols: list[tuple[Job, ...]],
+                   seconds: dict[str, float], progress: Progress) -> None:
+        names = [c[0].tech.name for c in cols]
+        col_of = {c[0].tech.name: c for c in cols}
+        layers = {c[0].tech.name: c[0].layer for c in cols}
+        params = {c[0].tech.name: c[0].params for c in cols}
+        batch_size = self.batch_size
+        while True:
+            try:
+                t0 = time.perf_counter()
+                maps = attribute_many(adapter.model, x, names, targets, layers, params, batch_size=batch_size,
+                                      progress=lambda name, _n: progress.mark(col_of[name], f"{adapter.id}: {name}"),
+                                      mean=adapter.mean, std=adapter.std)
+                break
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                batch_size //= 2
+        spent = (time.perf_counter() - t0) / len(cols)
+        for col in cols:
+            name = col[0].tech.name
+            seconds[col[0].tech.id] = seconds.get(col[0].tech.id, 0.0) + spent
+            arr = maps[name].numpy()
+            if not np.isfinite(arr).all():
+                raise FloatingPointError(f"{name} produced NaN or Inf values")
+            for i, job in enumerate(col):
+                job.result = arr[i]
+
+    def _synthesize(self, job: Job) -> None:
+        """One synthesis cell: the image's own class (target) or its most active channel (unit)."""
+        adapter = self.ws.adapter(job)
+        spec = spec_of(job.tech.name)
+        x = self.ws.image(job).input_for(adapter)[None].to(adapter.device)
+        kwargs: dict[str, Any] = {"mean": adapter.mean, "std": adapter.std}
+        if job.layer is not None:
+            kwargs["layer"] = job.layer
+        if spec.image == "required":
+            kwargs["image"] = x
+        if spec.unit == "target":
+            kwargs["target"] = job.target
+        elif spec.unit == "channel":
+            job.unit = kwargs["channel"] = _top_channel(adapter, x, job.layer)
+        result = synthesize(adapter.model, job.tech.name, **kwargs, **job.params)
+        image = result.image[0].numpy()
+        if not np.isfinite(image).all():
+            raise FloatingPointError(f"{job.tech.name} produced NaN or Inf values")
+        job.result = image
+        job.trace = [round(float(v), 5) for v in result.trace[:, 0]]
+
+
+def _top_channel(adapter: ModelAdapter, x: torch.Tensor, layer: str) -> int:
+    """The channel of ``layer`` with the highest mean activation on ``x`` (one image)."""
+    with prepared(adapter.model), torch.no_grad(), capture(adapter.model, [layer]) as acts:
+        adapter.model(x)
+    a = acts[layer]
+    return int(a.flatten(2).mean(2)[0].argmax()) if a.dim() == 4 else int(a[0].argmax())

@@ -1,0 +1,209 @@
+"""The plan stage: every cell of a gallery as a plain, picklable :class:`Job`.
+
+A job names what to compute (model spec, image file and hash, technique spec, resolved
+parameters, layer, target, cache key) and carries its outcome (map, error, scores), never a
+loaded model or a decoded image: those live in a :class:`Workspace`, which an
+:class:`~galleryvis.executor.Executor` builds or rebuilds wherever it runs.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import registry
+from .cache import Cache, cache_key
+from .images import file_sha256, load_image
+from .manifest import Manifest, ManifestError, ModelSpec, TechniqueSpec, check_against_models
+from .models import ModelAdapter, ModelError, choose_device, load_model
+from .naming import unique_slugs
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An input image: its slug ``id``, file ``name``, ``path``, content ``sha`` and ``target``."""
+
+    id: str
+    name: str
+    path: Path
+    sha: str
+    target: int | str | None = None
+
+
+@dataclass
+class Job:
+    """One cell to produce, and what came of it. Plain data: it pickles, and holds no model.
+
+    ``model`` is the manifest's model spec, ``image`` the input, ``tech`` the technique entry
+    with its ``params`` resolved, ``layer`` and ``target`` as resolved for this model, ``key``
+    the cache key. ``result`` (the raw map, or a synthesis image), ``error``, ``cached``,
+    ``metrics``, ``curves``, ``trace`` and ``unit`` (the channel a synthesis cell optimized)
+    are filled by the compute and scoring stages.
+    """
+
+    model: ModelSpec
+    image: ImageRef
+    tech: TechniqueSpec
+    params: dict[str, Any]
+    layer: Any
+    target: int
+    key: str
+    result: np.ndarray | None = None
+    error: str = ""
+    cached: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    trace: list[float] = field(default_factory=list)
+    unit: int | None = None
+
+    @property
+    def family(self) -> str:
+        return registry.get(self.tech.name).family
+
+
+@dataclass
+class LoadedImage:
+    """An input image decoded, with each model's input made once."""
+
+    ref: ImageRef
+    pil: Image.Image
+    _inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def input_for(self, adapter: ModelAdapter) -> torch.Tensor:
+        """The model's normalized (3, size, size) input for this image, made once per model."""
+        if adapter.id not in self._inputs:
+            self._inputs[adapter.id] = adapter.preprocess(self.pil)
+        return self._inputs[adapter.id]
+
+
+@dataclass
+class Workspace:
+    """The loaded side of a build: models by id and decoded images by id."""
+
+    models: dict[str, ModelAdapter]
+    images: dict[str, LoadedImage]
+
+    def adapter(self, job: Job) -> ModelAdapter:
+        return self.models[job.model.id]
+
+    def image(self, job: Job) -> LoadedImage:
+        return self.images[job.image.id]
+
+    def inputs(self, jobs: list[Job]) -> torch.Tensor:
+        """The jobs' model inputs stacked (N, 3, size, size); all jobs of one model."""
+        adapter = self.adapter(jobs[0])
+        return torch.stack([self.image(j).input_for(adapter) for j in jobs])
+
+
+def load_models(manifest: Manifest) -> dict[str, ModelAdapter]:
+    """Every model of the manifest, loaded; all problems (also layer/target checks) at once."""
+    errors: list[str] = []
+    try:
+        device = choose_device(manifest.gallery.device)
+    except ModelError as exc:
+        raise ManifestError([f"{manifest.label}: gallery.device: {exc}"]) from None
+    adapters: dict[str, ModelAdapter] = {}
+    for spec in manifest.models:
+        try:
+            adapters[spec.id] = load_model(spec, manifest.root, device, f"{manifest.label}: {spec.field}")
+        except ModelError as exc:
+            errors.append(str(exc))
+    errors += check_against_models(manifest, adapters)
+    if errors:
+        raise ManifestError(errors)
+    return adapters
+
+
+def read_images(manifest: Manifest) -> list[LoadedImage]:
+    """The manifest's images, decoded, hashed and given unique slug ids (used by build and explain)."""
+    ids = unique_slugs([s.path.stem for s in manifest.images])
+    return [LoadedImage(ImageRef(i, s.path.name, s.path, file_sha256(s.path), s.target), load_image(s.path))
+            for i, s in zip(ids, manifest.images)]
+
+
+def workspace(manifest: Manifest) -> Workspace:
+    """The manifest's models loaded and images decoded."""
+    return Workspace(load_models(manifest), {img.ref.id: img for img in read_images(manifest)})
+
+
+def _target_index(adapter: ModelAdapter, target: int | str | None, top1: int) -> int:
+    if target is None:
+        return top1
+    if isinstance(target, int):
+        return target
+    lowered = [name.lower() for name in adapter.labels]
+    return lowered.index(target.lower())
+
+
+def prediction_key(adapter: ModelAdapter, img: ImageRef) -> str:
+    """The cache key of a model's softmax probabilities for an image."""
+    return cache_key(kind="predict", image=img.sha, model=adapter.name, fingerprint=adapter.fingerprint,
+                     size=adapter.size, mean=adapter.mean, std=adapter.std)
+
+
+def _predictions(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache) -> dict[str, np.ndarray]:
+    """Softmax probabilities per image id, from the cache when possible."""
+    out: dict[str, np.ndarray] = {}
+    for img in images:
+        key = prediction_key(adapter, img.ref)
+        entry = cache.get(key)
+        if entry is None:
+            probs = adapter.logits(img.input_for(adapter)[None]).softmax(1)[0].numpy()
+            cache.put(key, probs.astype(np.float32), {"image": img.ref.name, "model": adapter.id})
+        else:
+            probs = entry.array
+        out[img.ref.id] = probs
+    return out
+
+
+def layer_for(adapter: ModelAdapter, tspec: TechniqueSpec) -> Any:
+    """The technique entry's own layer, else the model's layer for that technique, else the
+    model's default CAM layer for techniques that need one."""
+    tech = registry.get(tspec.name)
+    chosen = tspec.layer if tspec.layer is not None else adapter.layer_for(tech.name)
+    if chosen is None and tech.layer in ("one", "many"):
+        chosen = adapter.default_layer()
+    if tech.layer == "many" and isinstance(chosen, str):
+        chosen = (chosen,)
+    return chosen if chosen is None or isinstance(chosen, str) else tuple(chosen)
+
+
+def plan(manifest: Manifest, ws: Workspace, cache: Cache, force: bool
+         ) -> tuple[list[Job], dict[str, dict[str, np.ndarray]]]:
+    """Every cell with its cache key, and each model's predictions; cached cells are marked."""
+    jobs: list[Job] = []
+    preds: dict[str, dict[str, np.ndarray]] = {}
+    images = list(ws.images.values())
+    device_class = "cpu"
+    for spec in manifest.models:
+        adapter = ws.models[spec.id]
+        device_class = adapter.device.type
+        preds[spec.id] = _predictions(adapter, images, cache)
+        for tspec in manifest.techniques:
+            tech = registry.get(tspec.name)
+            params = registry.resolve_params(tech, tspec.params)
+            layer = layer_for(adapter, tspec)
+            for img in images:
+                target = _target_index(adapter, img.ref.target, int(preds[spec.id][img.ref.id].argmax()))
+                key = cache_key(kind="map" if tech.family == "attribution" else "synthesis", image=img.ref.sha,
+                                model=adapter.name, fingerprint=adapter.fingerprint, size=adapter.size,
+                                mean=adapter.mean, std=adapter.std, technique=tech.name, version=tech.version,
+                                params=params, layer=layer, target=target, device=device_class)
+                job = Job(spec, img.ref, tspec, params, layer, target, key)
+                if not force and cache.has(key):
+                    job.cached = True
+                jobs.append(job)
+    return jobs, preds
+
+
+def plan_lines(jobs: list[Job]) -> list[str]:
+    """One line per (model, technique): how many cells are to compute and how many cached."""
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for j in jobs:
+        counts[(j.model.id, j.tech.id)][0 if not j.cached else 1] += 1
+    return [f"{m} / {t}: {c[0]} to compute, {c[1]} cached" for (m, t), c in counts.items()]

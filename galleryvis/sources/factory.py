@@ -1,0 +1,51 @@
+"""Models built by the user's own code: ``factory = "package.module:function"``."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from ..images import file_sha256
+from . import LoadedModel, ModelError, Spec
+from .weights import load_into, no_named_weights
+
+
+def _factory(spec: str, what: str) -> Callable[[], nn.Module]:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"{what}: factory must look like 'package.module:function', got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"{what}: cannot import factory {spec!r}: {exc}") from None
+    return fn
+
+
+class FactorySource:
+    """A function returning an ``nn.Module``; weights ``none`` (as returned) or a local file."""
+
+    name = "factory"
+
+    def handles(self, spec: Spec) -> bool:
+        return bool(spec.factory)
+
+    def names(self) -> tuple[str, ...]:
+        return ()
+
+    def check_weights(self, name: str, weights: str) -> str:
+        return no_named_weights("a factory model", weights)
+
+    def load(self, spec: Spec, base: Path, what: str) -> LoadedModel:
+        assert spec.factory
+        model = _factory(spec.factory, what)()
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"{what}: factory {spec.factory!r} returned {type(model).__name__}, not an nn.Module")
+        fingerprint, desc = f"factory:{spec.factory}", f"{spec.factory}"
+        if spec.weights and spec.weights.lower() != "none":
+            path = (base / spec.weights).expanduser()
+            load_into(model, path, what)
+            fingerprint += ":" + file_sha256(path)
+            desc += f" with weights from {path.name}"
+        return LoadedModel(model, fingerprint, desc)

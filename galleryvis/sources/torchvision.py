@@ -1,0 +1,89 @@
+"""torchvision's classification models: names, weights enums, hub-cache downloads."""
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from ..engine import IMAGENET_MEAN, IMAGENET_STD
+from ..images import file_sha256
+from ..labels import imagenet_labels
+from ..registry import suggest
+from . import LoadedModel, ModelError, Spec
+from .weights import is_path, load_into
+
+
+@cache
+def _names() -> tuple[str, ...]:
+    import torchvision
+
+    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
+
+
+@cache
+def _weights_enum(name: str) -> tuple[str, tuple[str, ...]]:
+    """(enum class name, member names) of a model's weights."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name)
+    return enum.__name__, tuple(enum.__members__)
+
+
+class TorchvisionSource:
+    """Any torchvision classification model by name; weights ``DEFAULT``, an enum member
+    (``IMAGENET1K_V2``), ``none`` or a local file."""
+
+    name = "torchvision"
+
+    def handles(self, spec: Spec) -> bool:
+        return not spec.factory
+
+    def names(self) -> tuple[str, ...]:
+        return _names()
+
+    def check_weights(self, name: str, weights: str) -> str:
+        enum, members = _weights_enum(name)
+        prefix, _, member = weights.rpartition(".")
+        if prefix and prefix != enum:
+            raise ModelError(f"{weights!r} are not weights for {name} (they are {enum}.*)")
+        if member not in members:
+            raise ModelError(f"unknown weights {weights!r} for {name}{suggest(member, members)}; "
+                             f'known: {", ".join(members)}, "none" or a .pth path')
+        return member
+
+    def load(self, spec: Spec, base: Path, what: str) -> LoadedModel:
+        import torchvision
+
+        name, weights = spec.name, spec.weights
+        if name not in _names():
+            raise ModelError(f"{what}: unknown model {name!r}{suggest(name, list(_names()))}")
+        labels = imagenet_labels()
+        if weights is None or weights.lower() == "none":
+            return LoadedModel(torchvision.models.get_model(name, weights=None), "random-init", "random weights",
+                               labels=labels)
+        if is_path(weights):
+            path = (base / weights).expanduser()
+            model = torchvision.models.get_model(name, weights=None)
+            load_into(model, path, what)
+            return LoadedModel(model, file_sha256(path), f"weights from {path.name}", labels=labels)
+        enum = torchvision.models.get_model_weights(name)
+        options = ["DEFAULT"] + [w.name for w in enum]
+        key = weights.split(".")[-1]
+        if key not in options:
+            raise ModelError(f"{what}: unknown weights {weights!r} for {name}{suggest(key, options)}; "
+                             f"use one of {', '.join(options)}, a local .pth path, or \"none\"")
+        w = enum.DEFAULT if key == "DEFAULT" else enum[key]
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+        try:
+            model = torchvision.models.get_model(name, weights=w)
+        except Exception as exc:  # noqa: BLE001  (urllib, socket and hash errors alike)
+            raise ModelError(
+                f"{what}: cannot fetch weights {w} ({type(exc).__name__}): torch looked for {str(cached)!r}; "
+                f"offline, copy {Path(w.url).name} there (or set TORCH_HOME), or set weights to a local .pth path"
+            ) from None
+        t = w.transforms()
+        crop = t.crop_size[0] if hasattr(t, "crop_size") else 224
+        return LoadedModel(model, str(w), f"torchvision {w}", size=int(crop),
+                           mean=tuple(getattr(t, "mean", IMAGENET_MEAN)), std=tuple(getattr(t, "std", IMAGENET_STD)),
+                           labels=list(w.meta.get("categories") or imagenet_labels()))

@@ -1,0 +1,47 @@
+"""Weights files shared by the sources: plain state dicts only, never pickled code."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from . import ModelError
+
+
+def load_state_dict(path: Path, what: str) -> dict[str, Tensor]:
+    """A state dict from a local file, with ``weights_only=True``: pickled code is refused."""
+    if not path.is_file():
+        raise ModelError(f"{what}: weights file {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{what}: refusing to load {str(path)!r}: not a plain tensor state dict "
+                         f"(torch.load weights_only=True said: {first})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"{what}: {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_into(model: nn.Module, path: Path, what: str) -> None:
+    """Load the weights file at ``path`` into ``model``; a mismatch is a one-line ModelError."""
+    try:
+        model.load_state_dict(load_state_dict(path, what))
+    except RuntimeError as exc:
+        raise ModelError(f"{what}: {str(path)!r} does not fit the architecture: "
+                         f"{str(exc).strip().splitlines()[0]}") from None
+
+
+def is_path(weights: str) -> bool:
+    """Whether a weights spec names a file rather than a registry entry."""
+    return weights.endswith((".pth", ".pt", ".bin")) or "/" in weights or "\\" in weights
+
+
+def no_named_weights(what: str, weights: str) -> str:
+    """The check of a source that has no named weights: always a ModelError."""
+    raise ModelError(f'{what} takes "DEFAULT", "none" or a weights file path (.pth, .pt, .safetensors), '
+                     f"got {weights!r}")
