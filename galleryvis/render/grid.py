@@ -1,59 +1,25 @@
-"""Plain records in, a static site out: HTML pages, ``gallery.md``, ``style.css``, a favicon.
-
-Rendering never computes: it reads :class:`~galleryvis.records.Gallery` (paths, labels,
-scores) and writes text. The pictures are already in the output folder at the paths the
-records give, relative to the site root; every page sits in that root, so those paths are
-the links.
-
-Pages (all relative links, no external scripts, fonts or stylesheets):
-
-* ``index.html``: title, description, images, top-5 predictions, links to every view;
-* ``model-<model>.html``: rows = techniques and their variants, columns = images;
-* ``compare-<image>.html``: one image, rows = technique variants, columns = models;
-* ``technique-<technique>.html``: its description and the grid across models and images;
-* ``gallery.md``: the per-model tables in GitHub-flavoured Markdown.
-
-Everything from the records is escaped (jinja2 autoescape for HTML, :func:`md_escape` for
-Markdown), and the same records always give byte-identical files.
-"""
+"""The grid view model: the tables (rows = technique variants, columns = images or models) that
+both the HTML pages and ``gallery.md`` draw, built from plain records; labels, numbers, sparklines."""
 from __future__ import annotations
 
-import json
 import math
 import re
-import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
-from pathlib import Path
 from typing import Any, Callable, Iterable
-from urllib.parse import quote, urlsplit
 
-import jinja2
-import markdown
-from markdown.extensions import Extension
-from markdown.treeprocessors import Treeprocessor
-from markupsafe import Markup
-
-from galleryvis.atomic import atomic_write
 from galleryvis.naming import unique_slugs
-from galleryvis.records import (
-    Cell,
-    Gallery,
-    ImageRecord,
-    ModelRecord,
-    Ranking,
-    TechniqueRecord,
-    Variant,
-)
+from galleryvis.records import Cell, Gallery, ImageRecord, ModelRecord, Ranking, TechniqueRecord, Variant
+
 
 #: A cell whose map keeps at least this rank correlation after the model's weights are
 #: randomized is flagged (Adebayo et al. 2018); ``gallery.summary["sanity_threshold"]`` overrides.
 SANITY_THRESHOLD = 0.5
 
+
 #: Section titles of the technique families, in page order; others follow, title-cased.
 FAMILY_TITLES = {"attribution": "Attribution maps", "synthesis": "Feature visualization"}
+
 
 #: Display names of the metrics a cell may carry, in display order; ``hint`` is the tooltip.
 METRICS = {
@@ -62,41 +28,15 @@ METRICS = {
     "sanity": ("Sanity ρ", "rank correlation with the map of a randomized model: high means the map ignores the weights"),
 }
 
+
 #: How a variant key turns into the seed's row labels; others give ``"<title> <Label>"``.
 ROW_LABELS = {"color": "Colored {title}", "image": "{title}"}
 
+
 _SMALL_WORDS = frozenset({"a", "an", "and", "as", "at", "by", "for", "in", "of", "on", "or", "the", "to", "with"})
+
+
 _URL = re.compile(r"https?://[^\s<>\"'|)\]]+")
-_TECHNIQUE_NAME = re.compile(r"[A-Za-z0-9_-]+")
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~&$])")
-
-
-# -- small pure helpers (tested directly) -----------------------------------------------------
-def site_url(path: str) -> str:
-    """A site-relative record path as a percent-encoded relative URL.
-
-    ``"img/input/Café au lait.png"`` -> ``"img/input/Caf%C3%A9%20au%20lait.png"``. Every
-    character but letters, digits, ``_.-~`` and ``/`` is encoded, so the result is safe in
-    an HTML attribute and as a Markdown link target, and never reads as a scheme.
-
-    Raises:
-        ValueError: an empty or absolute path, NUL, or an empty, ``.`` or ``..`` component.
-    """
-    if not path or "\0" in path or path.startswith("/"):
-        raise ValueError(f"not a site-relative path: {path!r}")
-    if any(part in ("", ".", "..") for part in path.split("/")):
-        raise ValueError(f"path {path!r} has an empty, '.' or '..' component")
-    return quote(path, safe="/")
-
-
-def md_escape(text: Any) -> str:
-    """``text`` on one line with Markdown's special characters backslash-escaped.
-
-    Escapes ``\\ ` * _ [ ] < > # | ~ & $`` so names show literally on GitHub, also inside
-    table cells and link text (``|`` no longer splits a cell, ``<script>`` is text). With
-    ``[`` and ``]`` escaped, ``(``, ``)`` and ``!`` cannot start a link and stay as they are.
-    """
-    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
 def target_text(label: str, index: int | None) -> str:
@@ -106,7 +46,8 @@ def target_text(label: str, index: int | None) -> str:
     return f"Target class: {label} ({index})" if label else f"Target class: {index}"
 
 
-def _titlecase(text: str) -> str:
+def titlecase(text: str) -> str:
+    """Each word capitalized, except short ones (a, of, the, ...) after the first; capitals are kept."""
     words = text.split()
     return " ".join(
         w if (i and w.lower() in _SMALL_WORDS) or w[:1].isupper() else w[:1].upper() + w[1:]
@@ -126,7 +67,7 @@ def row_label(title: str, variant: Variant | None) -> str:
     pattern = variant.label if "{title}" in variant.label else ROW_LABELS.get(variant.key)
     if pattern is not None:
         return pattern.replace("{title}", title)
-    return f"{title} {_titlecase(variant.label)}".strip()
+    return f"{title} {titlecase(variant.label)}".strip()
 
 
 def fmt_number(value: Any, digits: int = 3) -> str:
@@ -176,87 +117,6 @@ def sparkline(trace: Iterable[float], width: int = 120, height: int = 30) -> Spa
     return Sparkline(pts, width, height, f"{finite[0][1]:.4g}", f"{finite[-1][1]:.4g}", n)
 
 
-_FENCE = re.compile(r"^\s{0,3}(`{3,}|~{3,})")
-_CODE_SPAN = re.compile(r"(`+)(?:.*?[^`])?\1(?!`)")
-_RAW_TAG = re.compile(r"<(?=[A-Za-z/!?])(?!(?:https?|mailto):)")
-_ATX = re.compile(r"^( {0,3})(#{1,6})(?=\s|$)")
-
-
-def embed_markdown(text: str, shift: int = 1) -> str:
-    """Authored Markdown made safe to embed in ``gallery.md``: raw HTML tags shown as text
-    (``<script>`` -> ``&lt;script>``, autolinks kept), ATX headings moved ``shift`` levels
-    down; fenced code blocks and code spans are left as they are."""
-    out, fence = [], ""
-    for line in (text or "").strip().splitlines():
-        m = _FENCE.match(line)
-        if fence:
-            if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
-                fence = ""
-            out.append(line)
-            continue
-        if m:
-            fence = m.group(1)
-            out.append(line)
-            continue
-        pieces, last = [], 0
-        for span in _CODE_SPAN.finditer(line):
-            pieces.append(_RAW_TAG.sub("&lt;", line[last:span.start()]))
-            pieces.append(span.group(0))
-            last = span.end()
-        pieces.append(_RAW_TAG.sub("&lt;", line[last:]))
-        line = "".join(pieces)
-        line = _ATX.sub(lambda h: h.group(1) + "#" * min(6, len(h.group(2)) + shift), line)
-        out.append(line)
-    return "\n".join(out)
-
-
-# -- Markdown -> HTML (raw HTML off, unsafe links dropped, headings shifted) ------------------
-class _SafeTree(Treeprocessor):
-    def __init__(self, md: markdown.Markdown, shift: int) -> None:
-        super().__init__(md)
-        self.shift = shift
-
-    def run(self, root: ET.Element) -> None:
-        for parent in list(root.iter()):
-            for i, el in enumerate(list(parent)):
-                if el.tag == "img":
-                    src = el.get("src", "")
-                    if urlsplit(src).scheme or src.startswith("/"):
-                        # No external images: a link to it instead.
-                        link = ET.Element("a", {"href": src} if _safe_href(src) else {})
-                        link.text = el.get("alt") or src
-                        link.tail = el.tail
-                        parent[i] = link
-                elif el.tag == "a" and not _safe_href(el.get("href", "")):
-                    el.tag = "span"  # a javascript: or data: link keeps only its text
-                    el.attrib.clear()
-                elif re.fullmatch(r"h[1-6]", el.tag):
-                    el.tag = f"h{min(6, int(el.tag[1]) + self.shift)}"
-
-
-def _safe_href(href: str) -> bool:
-    return urlsplit(href.strip()).scheme.lower() in ("", "http", "https", "mailto")
-
-
-class _SafeMarkdown(Extension):
-    def __init__(self, shift: int) -> None:
-        super().__init__()
-        self.shift = shift
-
-    def extendMarkdown(self, md: markdown.Markdown) -> None:  # noqa: N802 (markdown's API)
-        md.preprocessors.deregister("html_block")
-        md.inlinePatterns.deregister("html")
-        md.treeprocessors.register(_SafeTree(md, self.shift), "galleryvis_safe", 1)
-
-
-def render_markdown(text: str, shift: int = 1) -> Markup:
-    """Markdown as HTML: tables and fenced code on, raw HTML shown as text, ``javascript:``
-    links and external images dropped, headings moved ``shift`` levels down."""
-    md = markdown.Markdown(extensions=["tables", "fenced_code", "sane_lists", _SafeMarkdown(shift)])
-    return Markup(md.convert(text or ""))
-
-
-# -- the grid: one model of the tables that both HTML and Markdown draw -----------------------
 @dataclass
 class Column:
     """One grid column: a (model, image) pair with its header."""
@@ -311,7 +171,7 @@ class Table:
     rows: list[Row]
 
 
-class _Site:
+class SiteModel:
     """Page names and lookups for one gallery."""
 
     def __init__(self, gallery: Gallery) -> None:
@@ -359,7 +219,7 @@ class _Site:
         keys = [k for k in METRICS if k in cell.metrics] + sorted(k for k in cell.metrics if k not in METRICS)
         out = []
         for k in keys:
-            name, hint = METRICS.get(k, (_titlecase(k.replace("_", " ")), ""))
+            name, hint = METRICS.get(k, (titlecase(k.replace("_", " ")), ""))
             value = cell.metrics[k]
             flagged = (
                 k.startswith("sanity")
@@ -451,7 +311,7 @@ class _Site:
         model's page also shows the original images and each technique's layer."""
         out = []
         for family, techs in self.families():
-            title = FAMILY_TITLES.get(family, _titlecase(family.replace("_", " ")))
+            title = FAMILY_TITLES.get(family, titlecase(family.replace("_", " ")))
             table = self.grid(f"{subject}: {title.lower()}; rows are techniques and their variants, "
                               f"columns are {noun}", "Technique", columns(), techs,
                               original=per_model, sub_layer=per_model)
@@ -492,7 +352,7 @@ class _Site:
         keys: list[str] = []
         for row in r.rows:
             keys.extend(k for k in row if k not in keys)
-        headers = [METRICS[k][0] if k in METRICS else _titlecase(k.replace("_", " ")) for k in keys]
+        headers = [METRICS[k][0] if k in METRICS else titlecase(k.replace("_", " ")) for k in keys]
         rows = []
         for row in r.rows:
             cells = []
@@ -502,141 +362,3 @@ class _Site:
                 cells.append((fmt_number(v) if not isinstance(v, str) else v, href))
             rows.append((bool(row.get("baseline")), cells))
         return headers, keys, rows
-
-
-# -- templates and files -----------------------------------------------------------------------
-def _resources() -> Any:
-    return resources.files("galleryvis.templates")
-
-
-@lru_cache(maxsize=1)
-def _environments() -> tuple[jinja2.Environment, jinja2.Environment]:
-    """The HTML environment (autoescape) and the Markdown one (every value md-escaped)."""
-    root = _resources()
-
-    def load(name: str) -> str:
-        return root.joinpath(name).read_text(encoding="utf-8")
-
-    common: dict[str, Any] = dict(
-        loader=jinja2.FunctionLoader(load),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    html = jinja2.Environment(autoescape=True, **common)
-    html.filters["url"] = site_url
-    html.filters["num"] = fmt_number
-    html.filters["first_line"] = _first_line
-    html.globals["target_text"] = target_text
-    # In the Markdown environment every {{ value }} is escaped unless it is built as MdSafe.
-    mdenv = jinja2.Environment(autoescape=False, finalize=_md_finalize, **common)
-    mdenv.filters["url"] = lambda p: MdSafe(site_url(p))
-    mdenv.filters["num"] = fmt_number
-    return html, mdenv
-
-
-class MdSafe(str):
-    """Markdown that is already escaped (the Markdown environment's ``Markup``)."""
-
-
-def _md_finalize(value: Any) -> str:
-    return value if isinstance(value, MdSafe) else md_escape(value)
-
-
-def _first_line(text: str, limit: int = 160) -> str:
-    line = next((s for s in str(text).splitlines() if s.strip()), "")
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def technique_description(tech: TechniqueRecord) -> str:
-    """``templates/techniques/<name>.md`` when it exists, else the record's ``description_md``."""
-    if _TECHNIQUE_NAME.fullmatch(tech.name):
-        res = _resources().joinpath("techniques", f"{tech.name}.md")
-        if res.is_file():
-            return res.read_text(encoding="utf-8")
-    return tech.description_md
-
-
-def _write(path: Path, data: bytes | str) -> Path:
-    """Write a page (text as UTF-8) atomically."""
-    return atomic_write(path, data.encode("utf-8") if isinstance(data, str) else data)
-
-
-def _md_cell(site: _Site, table: Table, slot: Slot) -> MdSafe:
-    """One Markdown table cell (already escaped)."""
-    parts: list[str] = []
-    if slot.kind in ("image", "original"):
-        parts.append(f"[![{md_escape(slot.alt)}]({site_url(slot.thumb)})]({site_url(slot.src)})")
-    elif slot.kind == "failed":
-        parts.append(f"**Failed:** {md_escape(_first_line(slot.error, 200))}")
-    elif slot.kind == "missing":
-        parts.append("*not computed*")
-    elif slot.kind == "absent":
-        parts.append("—")
-    if slot.note:
-        parts.append(md_escape(slot.note))
-    if slot.metrics:
-        parts.append(" · ".join(
-            f"{md_escape(name)} {md_escape(value)}" + (" ⚠" if flagged else "")
-            for name, value, _, flagged in slot.metrics
-        ))
-    return MdSafe("<br>".join(parts))
-
-
-def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
-    """Write the pages of ``gallery`` into ``out_dir`` and return the files written, in order.
-
-    The pictures must already be there (records hold their site-relative paths). Writes
-    ``index.html``, ``model-*.html``, ``compare-*.html``, ``technique-*.html``, ``gallery.md``,
-    ``style.css``, ``favicon.svg`` and ``.nojekyll``, each atomically; the same records give
-    byte-identical files.
-
-    Raises:
-        ValueError: a record path that is absolute or contains ``..`` (it could leave the site).
-    """
-    out_dir = Path(out_dir)
-    site = _Site(gallery)
-    html, mdenv = _environments()
-    families = [(f, FAMILY_TITLES.get(f, _titlecase(f.replace("_", " "))), ts) for f, ts in site.families()]
-    common = dict(
-        gallery=gallery, site=site, families=families,
-        nav_models=[(m, site.model_page[m.id]) for m in gallery.models],
-        papers={t.id: split_paper(t.paper) for t in gallery.techniques},
-    )
-    written: list[Path] = []
-
-    def page(template: str, name: str, **ctx: Any) -> None:
-        written.append(_write(out_dir / name, html.get_template(template).render(**common, **ctx)))
-
-    page("index.html.j2", "index.html", page_title="Overview", current="index.html",
-         description=render_markdown(gallery.description_md, shift=1))
-    for m in gallery.models:
-        page("model.html.j2", site.model_page[m.id], page_title=m.name, current=site.model_page[m.id],
-             model=m, tables=site.model_tables(m),
-             rankings=[site.ranking(r) + (r.protocol,) for r in gallery.rankings if r.model_id == m.id])
-    for img in gallery.images:
-        page("compare.html.j2", site.compare_page[img.id], page_title=f"Compare models on {img.name}",
-             current=site.compare_page[img.id], image=img, tables=site.compare_tables(img))
-    for t in gallery.techniques:
-        paper_text, paper_url = split_paper(t.paper)
-        page("technique.html.j2", site.technique_page[t.id], page_title=t.title,
-             current=site.technique_page[t.id], tech=t, paper_text=paper_text, paper_url=paper_url,
-             params=sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in t.params.items()),
-             description=render_markdown(technique_description(t), shift=1),
-             tables=site.technique_tables(t))
-    model_md = [
-        (m, site.model_tables(m), [site.ranking(r) + (r.protocol,) for r in gallery.rankings if r.model_id == m.id])
-        for m in gallery.models
-    ]
-    md_text = mdenv.get_template("gallery.md.j2").render(
-        **common, models_md=model_md, cell=lambda t, s: _md_cell(site, t, s),
-        description=MdSafe(embed_markdown(gallery.description_md, shift=1)),
-        MdSafe=MdSafe,
-    )
-    written.append(_write(out_dir / "gallery.md", md_text))
-    root = _resources()
-    written.append(_write(out_dir / "style.css", root.joinpath("style.css").read_bytes()))
-    written.append(_write(out_dir / "favicon.svg", root.joinpath("favicon.svg.j2").read_bytes()))
-    written.append(_write(out_dir / ".nojekyll", b""))
-    return written

@@ -1,0 +1,165 @@
+"""Plain records in, a static site out: HTML pages, ``gallery.md``, ``style.css``, a favicon.
+
+Rendering never computes: it reads :class:`~galleryvis.records.Gallery` (paths, labels,
+scores) and writes text. The pictures are already in the output folder at the paths the
+records give, relative to the site root; every page sits in that root, so those paths are
+the links.
+
+Pages (all relative links, no external scripts, fonts or stylesheets):
+
+* ``index.html``: title, description, images, top-5 predictions, links to every view;
+* ``model-<model>.html``: rows = techniques and their variants, columns = images;
+* ``compare-<image>.html``: one image, rows = technique variants, columns = models;
+* ``technique-<technique>.html``: its description and the grid across models and images;
+* ``gallery.md``: the per-model tables in GitHub-flavoured Markdown.
+
+Everything from the records is escaped (jinja2 autoescape for HTML, :func:`md_escape` for
+Markdown), and the same records always give byte-identical files.
+"""
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from galleryvis.atomic import atomic_write
+from galleryvis.records import Gallery, TechniqueRecord
+from .grid import FAMILY_TITLES, Slot, Table, SiteModel, titlecase, fmt_number, split_paper, target_text
+from .safe import MdSafe, md_finalize, embed_markdown, md_escape, render_markdown, site_url
+
+
+_TECHNIQUE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _resources() -> Any:
+    return resources.files("galleryvis.templates")
+
+
+@lru_cache(maxsize=1)
+def _environments() -> tuple[jinja2.Environment, jinja2.Environment]:
+    """The HTML environment (autoescape) and the Markdown one (every value md-escaped)."""
+    root = _resources()
+
+    def load(name: str) -> str:
+        return root.joinpath(name).read_text(encoding="utf-8")
+
+    common: dict[str, Any] = dict(
+        loader=jinja2.FunctionLoader(load),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    html = jinja2.Environment(autoescape=True, **common)
+    html.filters["url"] = site_url
+    html.filters["num"] = fmt_number
+    html.filters["first_line"] = _first_line
+    html.globals["target_text"] = target_text
+    # In the Markdown environment every {{ value }} is escaped unless it is built as MdSafe.
+    mdenv = jinja2.Environment(autoescape=False, finalize=md_finalize, **common)
+    mdenv.filters["url"] = lambda p: MdSafe(site_url(p))
+    mdenv.filters["num"] = fmt_number
+    return html, mdenv
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    line = next((s for s in str(text).splitlines() if s.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def technique_description(tech: TechniqueRecord) -> str:
+    """``templates/techniques/<name>.md`` when it exists, else the record's ``description_md``."""
+    if _TECHNIQUE_NAME.fullmatch(tech.name):
+        res = _resources().joinpath("techniques", f"{tech.name}.md")
+        if res.is_file():
+            return res.read_text(encoding="utf-8")
+    return tech.description_md
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    """Write a page (text as UTF-8) atomically."""
+    return atomic_write(path, data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def _md_cell(site: SiteModel, table: Table, slot: Slot) -> MdSafe:
+    """One Markdown table cell (already escaped)."""
+    parts: list[str] = []
+    if slot.kind in ("image", "original"):
+        parts.append(f"[![{md_escape(slot.alt)}]({site_url(slot.thumb)})]({site_url(slot.src)})")
+    elif slot.kind == "failed":
+        parts.append(f"**Failed:** {md_escape(_first_line(slot.error, 200))}")
+    elif slot.kind == "missing":
+        parts.append("*not computed*")
+    elif slot.kind == "absent":
+        parts.append("—")
+    if slot.note:
+        parts.append(md_escape(slot.note))
+    if slot.metrics:
+        parts.append(" · ".join(
+            f"{md_escape(name)} {md_escape(value)}" + (" ⚠" if flagged else "")
+            for name, value, _, flagged in slot.metrics
+        ))
+    return MdSafe("<br>".join(parts))
+
+
+def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
+    """Write the pages of ``gallery`` into ``out_dir`` and return the files written, in order.
+
+    The pictures must already be there (records hold their site-relative paths). Writes
+    ``index.html``, ``model-*.html``, ``compare-*.html``, ``technique-*.html``, ``gallery.md``,
+    ``style.css``, ``favicon.svg`` and ``.nojekyll``, each atomically; the same records give
+    byte-identical files.
+
+    Raises:
+        ValueError: a record path that is absolute or contains ``..`` (it could leave the site).
+    """
+    out_dir = Path(out_dir)
+    site = SiteModel(gallery)
+    html, mdenv = _environments()
+    families = [(f, FAMILY_TITLES.get(f, titlecase(f.replace("_", " "))), ts) for f, ts in site.families()]
+    common = dict(
+        gallery=gallery, site=site, families=families,
+        nav_models=[(m, site.model_page[m.id]) for m in gallery.models],
+        papers={t.id: split_paper(t.paper) for t in gallery.techniques},
+    )
+    written: list[Path] = []
+
+    def page(template: str, name: str, **ctx: Any) -> None:
+        written.append(_write(out_dir / name, html.get_template(template).render(**common, **ctx)))
+
+    page("index.html.j2", "index.html", page_title="Overview", current="index.html",
+         description=render_markdown(gallery.description_md, shift=1))
+    for m in gallery.models:
+        page("model.html.j2", site.model_page[m.id], page_title=m.name, current=site.model_page[m.id],
+             model=m, tables=site.model_tables(m),
+             rankings=[site.ranking(r) + (r.protocol,) for r in gallery.rankings if r.model_id == m.id])
+    for img in gallery.images:
+        page("compare.html.j2", site.compare_page[img.id], page_title=f"Compare models on {img.name}",
+             current=site.compare_page[img.id], image=img, tables=site.compare_tables(img))
+    for t in gallery.techniques:
+        paper_text, paper_url = split_paper(t.paper)
+        page("technique.html.j2", site.technique_page[t.id], page_title=t.title,
+             current=site.technique_page[t.id], tech=t, paper_text=paper_text, paper_url=paper_url,
+             params=sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in t.params.items()),
+             description=render_markdown(technique_description(t), shift=1),
+             tables=site.technique_tables(t))
+    model_md = [
+        (m, site.model_tables(m), [site.ranking(r) + (r.protocol,) for r in gallery.rankings if r.model_id == m.id])
+        for m in gallery.models
+    ]
+    md_text = mdenv.get_template("gallery.md.j2").render(
+        **common, models_md=model_md, cell=lambda t, s: _md_cell(site, t, s),
+        description=MdSafe(embed_markdown(gallery.description_md, shift=1)),
+        MdSafe=MdSafe,
+    )
+    written.append(_write(out_dir / "gallery.md", md_text))
+    root = _resources()
+    written.append(_write(out_dir / "style.css", root.joinpath("style.css").read_bytes()))
+    written.append(_write(out_dir / "favicon.svg", root.joinpath("favicon.svg.j2").read_bytes()))
+    written.append(_write(out_dir / ".nojekyll", b""))
+    return written
