@@ -18,7 +18,7 @@ from PIL import Image
 
 from . import registry
 from .cache import Cache, cache_key
-from .images import file_sha256, load_image
+from .images import ImageError, file_sha256, load_image
 from .manifest import Manifest, ManifestError, ModelSpec, TechniqueSpec, check_against_models
 from .models import ModelAdapter, ModelError, choose_device, load_model
 from .naming import unique_slugs
@@ -120,10 +120,18 @@ def load_models(manifest: Manifest) -> dict[str, ModelAdapter]:
 
 
 def read_images(manifest: Manifest) -> list[LoadedImage]:
-    """The manifest's images, decoded, hashed and given unique slug ids (used by build and explain)."""
+    """The manifest's images, decoded, hashed and given unique slug ids (used by build and explain);
+    every file that does not decode is reported at once, naming its manifest entry."""
     ids = unique_slugs([s.path.stem for s in manifest.images])
-    return [LoadedImage(ImageRef(i, s.path.name, s.path, file_sha256(s.path), s.target), load_image(s.path))
-            for i, s in zip(ids, manifest.images)]
+    out, errors = [], []
+    for i, s in zip(ids, manifest.images):
+        try:
+            out.append(LoadedImage(ImageRef(i, s.path.name, s.path, file_sha256(s.path), s.target), load_image(s.path)))
+        except ImageError as exc:
+            errors.append(f"{manifest.label}: {s.field}.path: {exc}")
+    if errors:
+        raise ManifestError(list(dict.fromkeys(errors)))
+    return out
 
 
 def workspace(manifest: Manifest) -> Workspace:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import difflib
 import glob
 import importlib.resources
 import math
@@ -21,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, NamedTuple
 
-from . import registry, sources
+from . import registry, schema, sources
 from .errors import ManifestError
-from .images import ImageError, load_image
 from .metrics import SUBSTRATES, Substrate
 from .postprocess import COLORMAPS
 
@@ -266,8 +264,7 @@ def check_against_models(manifest: Manifest, adapters: Mapping[str, Any]) -> lis
                     "cannot be looked up (give the model a `labels` file, or use a class index)"
                 )
             elif isinstance(image.target, str) and image.target.lower() not in lowered:
-                close = difflib.get_close_matches(image.target.lower(), list(lowered), n=3, cutoff=0.5)
-                hint = f" (did you mean: {', '.join(lowered[c] for c in close)}?)" if close else ""
+                hint = registry.suggest(image.target, adapter.labels, fold_case=True)
                 errors.append(f"{where}: model {model.id!r} has no class {image.target!r}{hint}")
     return errors
 
@@ -395,8 +392,7 @@ class _Parser:
 
     def gallery(self, value: Any) -> GallerySpec:
         where = "gallery"
-        table = self.table(value, where, ("title", "description", "output", "device", "colormap", "alpha",
-                                          "plugins"))
+        table = self.table(value, where, schema.keys("gallery"))
         base = GallerySpec()
         title = self.string(table, "title", where)
         description = self.string(table, "description", where, empty_ok=True)
@@ -459,24 +455,16 @@ class _Parser:
             self.error("images", "missing: add at least one [[images]] section with a `path`")
             return ()
         specs: dict[tuple[Path, int | str | None], ImageSpec] = {}  # one spec per (file, target)
-        decoded: set[Path] = set()
         for i, entry in enumerate(self.array_of_tables(value, "images", "[[images]]")):
             where = f"images[{i}]"
-            table = self.table(entry, where, ("path", "target"))
+            table = self.table(entry, where, schema.keys("images"))
             target = self.target(table.get("target"), f"{where}.target")
             if "path" not in table and isinstance(entry, Mapping):
                 self.error(where, "missing required key 'path' (an image file or a glob such as 'photos/*.jpg')")
             text = self.string(table, "path", where)
             if text is None:
                 continue
-            for path in self.expand(text, f"{where}.path"):
-                try:
-                    if path not in decoded:
-                        load_image(path)
-                        decoded.add(path)
-                except ImageError as exc:
-                    self.error(f"{where}.path", str(exc))
-                    continue
+            for path in self.expand(text, f"{where}.path"):  # decoded by the pipeline (jobs.read_images)
                 specs.setdefault((path, target), ImageSpec(path, target, where))
         if isinstance(value, list) and not value:
             self.error("images", "empty: add at least one [[images]] section with a `path`")
@@ -540,8 +528,7 @@ class _Parser:
         return tuple(specs)
 
     def model(self, entry: Any, where: str) -> ModelSpec | None:
-        table = self.table(entry, where, ("name", "id", "weights", "factory", "labels", "size", "mean",
-                                          "std", "layers"))
+        table = self.table(entry, where, schema.keys("models"))
         ok = len(self.errors)
         factory = self.string(table, "factory", where)
         if factory is not None and not _FACTORY.fullmatch(factory):
@@ -623,7 +610,7 @@ class _Parser:
         specs: list[TechniqueSpec] = []
         for i, entry in enumerate(self.array_of_tables(value, "techniques", "[[techniques]]")):
             where = f"techniques[{i}]"
-            table = self.table(entry, where, ("name", "id", "params", "layer"))
+            table = self.table(entry, where, schema.keys("techniques"))
             name = self.string(table, "name", where)
             if "name" not in table and isinstance(entry, Mapping):
                 self.error(where, "missing required key 'name' (`galleryvis techniques` lists them)")
@@ -664,8 +651,7 @@ class _Parser:
 
     def metrics(self, value: Any) -> MetricsSpec:
         where = "metrics"
-        table = self.table(value, where, ("enabled", "deletion_insertion", "sanity", "steps", "substrate",
-                                          "sanity_steps", "sanity_techniques"))
+        table = self.table(value, where, schema.keys("metrics"))
         base = MetricsSpec()
         chosen = table.get("sanity_techniques")
         if chosen is not None:
@@ -730,70 +716,7 @@ def starter_manifest(github_pages: bool = False) -> str:
         if github_pages else ""
     ) + 'output = "site"'
 
-    return _STARTER.replace("@OUTPUT@", output)
+    text = (Path(__file__).parent / "data" / "starter.toml.in").read_text(encoding="utf-8")
+    return text.replace("@OUTPUT@", output)
 
 
-_STARTER = '''\
-# galleryvis manifest: images x models x techniques -> a static gallery.
-# Every field is documented in galleryvis's docs/manifest.md. Relative paths are relative to this file.
-# Build with `galleryvis build` (it reads galleryvis.toml in the current folder).
-
-[gallery]
-title = "My CNN visualizations"          # page title
-description = """
-Attribution maps for my photos. This text is **Markdown**.
-"""
-# Folder the gallery is written to (default "site" beside this file).
-@OUTPUT@
-device = "auto"                          # "auto" (CUDA, else MPS, else CPU), "cpu", "cuda" or "mps"
-# colormap = "viridis"                   # CAM heatmap colormap (default "inferno"); signed maps use "vik"
-alpha = 0.5                              # heatmap opacity in overlays, 0 to 1
-
-# One [[images]] section per file or glob. A glob keeps image files (.png, .jpg, ...) only.
-[[images]]
-path = "input_images/*"
-# target: which class to explain. "top1" (default) = the model's prediction,
-# an index such as 281, or a class name from the model's labels such as "tabby".
-# target = "top1"
-
-# One [[models]] section per model column.
-[[models]]
-name = "efficientnet_lite0"              # bundled, offline; or any torchvision model: "resnet50", "vgg16", ...
-# weights = "DEFAULT"                    # "DEFAULT", "none" (random), an enum name ("IMAGENET1K_V2") or "my.pth"
-# id = "lite0"                           # display name; needed to list the same model twice
-# Layer per CAM technique (dotted module names, see `galleryvis layers MODEL`);
-# without one, the last convolutional block is used.
-# layers = { gradcam = "_blocks.15" }
-
-# Your own nn.Module (this runs your code):
-# [[models]]
-# factory = "mypackage.models:build"     # function returning an nn.Module
-# weights = "checkpoints/model.pth"      # optional state dict
-# labels = "labels.txt"                  # optional, one class name per line
-# size = 224                             # input size in pixels
-# mean = [0.485, 0.456, 0.406]
-# std = [0.229, 0.224, 0.225]
-
-# Techniques: without any [[techniques]] section every attribution technique runs with its
-# defaults (`galleryvis techniques` lists names and parameters). To choose:
-# [[techniques]]
-# name = "gradcam"
-#
-# [[techniques]]
-# name = "smoothgrad"
-# params = { samples = 25, sigma = 0.15 }
-#
-# [[techniques]]
-# name = "smoothgrad"
-# id = "smoothgrad_wide"                 # the same technique twice needs distinct ids
-# params = { sigma = 0.3 }
-
-[metrics]
-enabled = false                          # faithfulness metrics (slower)
-deletion_insertion = true                # deletion/insertion curves (Petsiuk et al. 2018)
-sanity = true                            # cascading model-randomization check (Adebayo et al. 2018)
-steps = 20                               # points per deletion/insertion curve
-substrate = "zero"                       # what deleted pixels become: "zero" (mean colour), "black" or "blur"
-sanity_steps = 3                         # randomization steps of the cascade (each recomputes the map);
-                                         # sanity_techniques = [...] limits the check to some techniques
-'''

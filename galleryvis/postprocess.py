@@ -18,7 +18,6 @@ constant) renders black, except the diverging view, which renders the centre col
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import io
 import os
@@ -29,6 +28,7 @@ from cmap import Colormap
 from PIL import Image
 
 from .atomic import atomic_write
+from .registry import suggest
 
 #: Every colormap name offered, with what it is for (see docs/colormaps.md).
 COLORMAPS: dict[str, str] = {
@@ -78,9 +78,8 @@ _BY_LOWER = {k.lower(): k for k in COLORMAPS}
 def _canonical(name: str) -> str:
     if name.lower() in _BY_LOWER:
         return _BY_LOWER[name.lower()]
-    close = difflib.get_close_matches(name.lower(), list(_BY_LOWER), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(_BY_LOWER[c]) for c in close)}?" if close else ""
-    raise ValueError(f"unknown colormap {name!r}{hint} (known: {', '.join(COLORMAPS)})")
+    raise ValueError(f"unknown colormap {name!r}{suggest(name, COLORMAPS, fold_case=True)}; "
+                     f"known: {', '.join(COLORMAPS)}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -247,9 +246,7 @@ def variants(
     if kind == "image":
         _check_shape(kind, a, (1, 3))
         return [("image", "Image", _rgb(np.clip(_finite(a), 0.0, 1.0)))]
-    close = difflib.get_close_matches(kind, KINDS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown map kind {kind!r}{hint} (known: {', '.join(KINDS)})")
+    raise ValueError(f"unknown map kind {kind!r}{suggest(kind, KINDS)}; known: {', '.join(KINDS)}")
 
 
 # -- output -------------------------------------------------------------------------------------

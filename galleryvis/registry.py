@@ -6,7 +6,7 @@ import functools
 import importlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 OutputKind = Literal["input", "cam"]
 LayerUse = Literal["none", "one", "many", "optional"]
@@ -135,9 +135,12 @@ def technique(
     return deco
 
 
-def suggest(name: str, options: list[str] | tuple[str, ...]) -> str:
-    """' (did you mean: a, b?)' for close matches of ``name``, else ''."""
-    close = difflib.get_close_matches(str(name), list(options), n=3, cutoff=0.5)
+def suggest(name: str, options: Iterable[str], *, fold_case: bool = False) -> str:
+    """' (did you mean: a, b?)' for close matches of ``name``, else '' (the one did-you-mean of
+    galleryvis). ``fold_case``: match ignoring case, suggest the options as they are written."""
+    written = {(o.lower() if fold_case else o): o for o in options}
+    wanted = str(name).lower() if fold_case else str(name)
+    close = [written[c] for c in difflib.get_close_matches(wanted, list(written), n=3, cutoff=0.5)]
     return f" (did you mean: {', '.join(close)}?)" if close else ""
 
 

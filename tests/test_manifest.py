@@ -1,6 +1,7 @@
 """Manifest parsing and validation: every error names file, field and problem; nothing crashes."""
 from __future__ import annotations
 
+import re
 import string
 import tomllib
 from pathlib import Path
@@ -256,8 +257,13 @@ def test_glob_matching_nothing(folder: Path) -> None:
 
 
 def test_undecodable_image(folder: Path) -> None:
+    from galleryvis.jobs import read_images
+
     (folder / "photos" / "fake.jpg").write_text("this is text")
-    msg = only(errors(folder, ""))
+    manifest = load(folder, "")  # parsing never decodes: the pipeline does, naming the entry
+    with pytest.raises(ManifestError) as info:
+        read_images(manifest)
+    msg = only(info.value.errors)
     assert msg.startswith("gallery.toml: images[0].path: ") and "fake.jpg" in msg
 
 
@@ -538,3 +544,65 @@ def test_specs_default_their_ids() -> None:
     assert TechniqueSpec("gradcam").id == "gradcam"
     assert ImageSpec(Path("a.png")).target is None
     assert tomllib.loads(starter_manifest())["models"][0]["name"] == "efficientnet_lite0"
+
+
+# --- the schema is declared once ----------------------------------------------------------
+def _doc_tables() -> dict[str, dict[str, tuple[str, str]]]:
+    """docs/manifest.md: section -> key -> (type, default), from each section's key table."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "manifest.md").read_text(encoding="utf-8")
+    out: dict[str, dict[str, tuple[str, str]]] = {}
+    for part in re.split(r"^## ", text, flags=re.M)[1:]:
+        section = re.match(r"`\[+(\w+)\]+`", part)
+        if section is None:
+            continue
+        rows = out.setdefault(section.group(1), {})
+        for line in part.splitlines():
+            cols = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cols) >= 4 and re.fullmatch(r"`\w+`", cols[0]):
+                rows[cols[0].strip("`")] = (cols[1], cols[2])
+    return out
+
+
+def test_the_docs_tables_are_the_schema() -> None:
+    from galleryvis import schema
+
+    tables = _doc_tables()
+    assert set(tables) == set(schema.SECTIONS)
+    for section, fields in schema.SECTIONS.items():
+        assert tables[section] == {f.key: (f.type, f.default) for f in fields}, section
+
+
+def test_the_parsed_specs_defaults_and_keys_are_the_schema() -> None:
+    import dataclasses
+
+    from galleryvis import schema
+    from galleryvis.manifest import GallerySpec, ImageSpec, MetricsSpec, ModelSpec, TechniqueSpec
+
+    specs = {"gallery": GallerySpec, "images": ImageSpec, "models": ModelSpec, "techniques": TechniqueSpec,
+             "metrics": MetricsSpec}
+    for section, spec in specs.items():
+        fields = {f.name: f for f in dataclasses.fields(spec) if f.name != "field"}
+        declared = {f.key: f for f in schema.SECTIONS[section]}
+        assert set(fields) == set(declared), section
+        for key, f in declared.items():
+            if f.value is not schema.NO_VALUE:
+                assert fields[key].default == f.value, f"{section}.{key}"
+
+
+def test_the_starter_uses_only_declared_keys() -> None:
+    from galleryvis import schema
+    from galleryvis.manifest import starter_manifest
+
+    section, seen = None, {}
+    for line in starter_manifest().splitlines():
+        text = line.lstrip("# ").rstrip()
+        head = re.fullmatch(r"\[+(\w+)\]+", text)
+        if head:
+            section = head.group(1)
+            continue
+        key = re.match(r"(\w+) = ", text)
+        if key and section is not None:
+            seen.setdefault(section, set()).add(key.group(1))
+    for name, keys in seen.items():
+        assert keys <= set(schema.keys(name)), (name, keys - set(schema.keys(name)))
+    assert set(seen) == set(schema.SECTIONS)

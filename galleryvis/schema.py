@@ -1,0 +1,75 @@
+"""The manifest's schema, declared once: every section's keys with their type, default and a
+one-line doc. The parser takes its allowed keys (in this order) from here, the parsed specs'
+defaults and docs/manifest.md's tables are tested equal to it, and ``galleryvis init``'s
+starter (``data/starter.toml``) may only use keys it declares.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: a field with no default in the parsed spec (required, or derived from another field)
+NO_VALUE: Any = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    """One manifest key: ``type`` and ``default`` as docs/manifest.md writes them ("" = none),
+    ``value`` the parsed spec's default (:data:`NO_VALUE` where there is none), ``doc``."""
+
+    key: str
+    type: str
+    default: str
+    doc: str
+    value: Any = NO_VALUE
+
+
+SECTIONS: dict[str, tuple[Field, ...]] = {
+    "gallery": (
+        Field("title", "string", '`"galleryvis"`', "page title", "galleryvis"),
+        Field("description", "string (Markdown)", '`""`', "text shown under the title", ""),
+        Field("output", "path", '`"site"`', "folder the gallery is written to"),
+        Field("device", '`"auto"`, `"cpu"`, `"cuda"`, `"mps"`', '`"auto"`', "where models run", "auto"),
+        Field("colormap", "string", "technique default", "colormap of CAM heatmaps", None),
+        Field("alpha", "number 0 to 1", "`0.5`", "opacity of the heatmap in overlay views", 0.5),
+        Field("plugins", "list of strings", "`[]`", "technique plugins to import (modules or .py files)", ()),
+    ),
+    "images": (
+        Field("path", "string, **required**", "", "an image file, or a glob"),
+        Field("target", "integer, string", '`"top1"`', "the class to explain", None),
+    ),
+    "models": (
+        Field("name", "string", "", "a torchvision classification model or a bundled one"),
+        Field("id", "string", "`name`", "the name the gallery shows; unique"),
+        Field("weights", "string", '`"DEFAULT"`', '"DEFAULT", "none", an enum member or a weights file', None),
+        Field("factory", 'string `"package.module:function"`', "", "your own model: a function returning an nn.Module",
+              None),
+        Field("labels", "path", "from the weights", "class names: a text file, one per line, or .json", None),
+        Field("size", "integer 8 to 4096", "from the weights, else 224", "input size in pixels", None),
+        Field("mean", "array of 3 numbers", "from the weights, else ImageNet", "per-channel normalization mean", None),
+        Field("std", "array of 3 numbers > 0", "from the weights, else ImageNet", "per-channel normalization std", None),
+        Field("layers", "table", "probe", "technique name -> layer"),
+    ),
+    "techniques": (
+        Field("name", "string, **required**", "", "a technique name (`galleryvis techniques`)"),
+        Field("id", "string", "`name`", "the name the gallery shows; unique"),
+        Field("params", "table", "`{}`", "parameters; each one left out keeps its default"),
+        Field("layer", "string or array", "the model's `layers` entry, else its last conv block",
+              "this entry's layer, for every model", None),
+    ),
+    "metrics": (
+        Field("enabled", "boolean", "`false`", "compute metrics at all", False),
+        Field("deletion_insertion", "boolean", "`true`", "deletion and insertion curves", True),
+        Field("sanity", "boolean", "`true`", "cascading model-randomization check", True),
+        Field("steps", "integer 2 to 1000", "`20`", "points per deletion/insertion curve", 20),
+        Field("substrate", '`"zero"`, `"black"`, `"blur"`', '`"zero"`', "what deleted pixels become", "zero"),
+        Field("sanity_steps", "integer 1 to 100", "`3`", "randomization steps of the cascade", 3),
+        Field("sanity_techniques", "array of technique names", "every technique", "techniques the sanity check runs",
+              None),
+    ),
+}
+
+
+def keys(section: str) -> tuple[str, ...]:
+    """The keys a section allows, in the order messages list them."""
+    return tuple(f.key for f in SECTIONS[section])
