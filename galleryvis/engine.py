@@ -116,7 +116,7 @@ class Context:
 
     def logits(self, x: Tensor) -> Tensor:
         """The model's logits for ``x`` (N, classes), through :attr:`runner` when given."""
-        return _logits(self.runner or self.model, x)
+        return logits_of(self.runner or self.model, x)
 
     def run(self, name: str, layer: Any = None, **params: Any) -> Tensor:
         """Another technique's map on this chunk (memoized), at the layer's own resolution."""
@@ -141,7 +141,8 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _logits(model: Callable[[Tensor], object], x: Tensor) -> Tensor:
+def logits_of(model: Callable[[Tensor], object], x: Tensor) -> Tensor:
+    """``model(x)``, checked to be logits of shape (N, classes) (a clear ValueError otherwise)."""
     out = model(x)
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -180,7 +181,7 @@ def resolve_targets(model: Callable[[Tensor], object], x: Tensor, target: int | 
     n = x.shape[0]
     if target is None:
         with torch.no_grad():
-            return torch.cat([_logits(model, xs).argmax(1) for xs in x.split(batch_size)])
+            return torch.cat([logits_of(model, xs).argmax(1) for xs in x.split(batch_size)])
     if isinstance(target, (Tensor, np.ndarray)):
         target = torch.as_tensor(target)
         target = target.flatten().tolist() if target.dim() else target.item()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +73,24 @@ def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor
 
             stack.callback(module.register_forward_hook(hook).remove)
         yield store
+
+
+@contextmanager
+def replaced_output(model: nn.Module, name: str, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """While inside, layer ``name`` outputs ``fn(its output)`` (Ablation-CAM zeroes a channel,
+    a perturbation test adds noise); the hook is removed on exit, also after an exception."""
+    module = resolve_layer(model, name)
+
+    def hook(_m: nn.Module, _inp: object, out: object) -> Tensor:
+        if not isinstance(out, Tensor):
+            raise LayerError(f"layer {name!r} returns {type(out).__name__}, not a tensor")
+        return fn(out)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class _Deconv(torch.autograd.Function):

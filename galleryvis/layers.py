@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .hooks import LayerError
+from .hooks import LayerError, prepared
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity)
 
@@ -27,14 +27,8 @@ def probe(model: nn.Module, x: Tensor) -> list[tuple[str, tuple[int, ...] | None
                 seen[name] = (tuple(t.shape) if t is not None else None, t)
 
             handles.append(m.register_forward_hook(hook))
-        was_training = [(m, m.training) for m in model.modules()]
-        try:
-            model.eval()
-            with torch.no_grad():
-                model(x)
-        finally:
-            for m, t in was_training:
-                m.training = t
+        with prepared(model), torch.no_grad():
+            model(x)
     finally:
         for h in handles:
             h.remove()

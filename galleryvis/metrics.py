@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, _logits, attribute, fast_layout,
+from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, attribute, fast_layout, logits_of,
                      model_device, resolve_targets)
 from .fold import folded
 from .hooks import prepared
@@ -221,7 +221,7 @@ def deletion_insertion(
                   for chunk in (per[lo:lo + batch_size] for lo in range(0, len(per), batch_size))]
         values: dict[tuple[Any, ...], float] = {}
         for chunk in chunks:
-            logits = _logits(runner, fast_layout(torch.stack([make(j) for j in chunk]))).float()
+            logits = logits_of(runner, fast_layout(torch.stack([make(j) for j in chunk]))).float()
             t = targets[[j[1] for j in chunk]]
             out = logits.softmax(1) if score == "probability" else logits
             for j, v in zip(chunk, out.gather(1, t[:, None])[:, 0].tolist()):
@@ -494,7 +494,7 @@ def _call_order(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, int]]
             def pre(mod: nn.Module, _inp: object) -> None:
                 seen.setdefault(id(mod), owners[id(mod)])
             stack.callback(m.register_forward_pre_hook(pre).remove)
-        _logits(model, x)
+        logits_of(model, x)
     index = {id(m): i for i, (_, m) in enumerate(model.named_modules())}
     return [(name, m, index[key]) for key, (name, m) in seen.items()]
 

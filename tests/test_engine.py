@@ -394,3 +394,17 @@ def test_integrated_gradients_is_complete_for_each_baseline(tiny_seq: nn.Module,
     # the gaps are a few 1e-3 here and differ between baselines by as much; 64 Gauss-Legendre
     # steps integrate the piecewise-linear net to within about 2e-4
     torch.testing.assert_close(maps.sum((1, 2, 3)), gap, rtol=0.05, atol=5e-4)
+
+
+def test_replaced_output_changes_a_layer_while_inside_and_never_after(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    from galleryvis.hooks import replaced_output
+
+    before = tiny_seq(tiny_x)
+    with replaced_output(tiny_seq, "7", torch.zeros_like):
+        zeroed = tiny_seq(tiny_x)
+    bias = tiny_seq[-1].bias
+    torch.testing.assert_close(zeroed, bias.expand_as(zeroed))  # nothing but the last layer's bias is left
+    with pytest.raises(RuntimeError, match="inside"), replaced_output(tiny_seq, "7", torch.zeros_like):
+        raise RuntimeError("raised inside")
+    torch.testing.assert_close(tiny_seq(tiny_x), before)
+    assert hook_count(tiny_seq) == 0
