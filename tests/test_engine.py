@@ -408,3 +408,21 @@ def test_replaced_output_changes_a_layer_while_inside_and_never_after(tiny_seq: 
         raise RuntimeError("raised inside")
     torch.testing.assert_close(tiny_seq(tiny_x), before)
     assert hook_count(tiny_seq) == 0
+
+
+def test_a_technique_that_opts_out_of_folding_keeps_the_whole_call_unfolded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from galleryvis.fold import Folding
+
+    built: list[int] = []
+    build = Folding.build
+    monkeypatch.setattr(Folding, "build", classmethod(lambda cls, m, pairs=(), *a: built.append(len(pairs)) or build(m, pairs, *a)))
+    net, x = _bn_net(), torch.randn(10, 3, 32, 32)
+    galleryvis.attribute_many(net, x, ["vanilla", "gradcam"], 1, "10")  # 10 images: folded
+    assert built and max(built) == 3
+    built.clear()
+    gradcam = registry.get("gradcam")
+    monkeypatch.setitem(registry._REGISTRY, "gradcam", dataclasses.replace(gradcam, fold=False))
+    galleryvis.attribute_many(net, x, ["vanilla", "gradcam"], 1, "10")
+    assert built == []

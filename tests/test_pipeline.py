@@ -93,6 +93,17 @@ def test_param_change_recomputes_only_that_technique(project):
     assert set(summary.seconds) == {"integrated_gradients"}
 
 
+def test_a_new_technique_version_recomputes_only_that_techniques_cells(project, monkeypatch):
+    import dataclasses
+
+    _build(project)
+    gradcam = registry.get("gradcam")
+    monkeypatch.setitem(registry._REGISTRY, "gradcam", dataclasses.replace(gradcam, version=gradcam.version + 1))
+    summary = _build(project)
+    assert (summary.computed, summary.cached) == (4, 12)
+    assert set(summary.seconds) == {"gradcam"}
+
+
 def test_new_image_computes_only_its_cells(project):
     _build(project)
     shutil.copy(PHOTOS / "rocket.jpg", project / "rocket.jpg")
