@@ -285,16 +285,25 @@ def _pixel_ranks(maps: Tensor, rank_by: str) -> Tensor:
 
 
 def gaussian_blur(x: Tensor, kernel: int = 11, sigma: float = 5.0) -> Tensor:
-    """Separable Gaussian blur of (N, C, H, W) images, reflect padding (replicate if too small)."""
-    r = kernel // 2
-    t = torch.arange(kernel, dtype=torch.float64) - r
-    g = torch.exp(-(t ** 2) / (2 * sigma ** 2))
-    g = (g / g.sum()).to(dtype=x.dtype, device=x.device)
+    """Separable Gaussian blur of (N, C, H, W) images, the one of galleryvis (deletion/insertion,
+    integrated gradients' blur baseline, class visualization): ``kernel`` taps (odd) of standard
+    deviation ``sigma`` pixels, reflect padding; along a side not longer than the radius the
+    kernel is cut to fit and renormalized. ``sigma <= 0`` or one tap returns ``x``."""
+    radius = kernel // 2
+    if sigma <= 0 or radius < 1:
+        return x
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t ** 2) / (2 * sigma ** 2))
+    k = k / k.sum()
     c = x.shape[1]
-    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
-    y = F.pad(x, (r, r, r, r), mode=mode)
-    y = F.conv2d(y, g.view(1, 1, 1, kernel).expand(c, 1, 1, kernel), groups=c)
-    return F.conv2d(y, g.view(1, 1, kernel, 1).expand(c, 1, kernel, 1), groups=c)
+    radius_h, radius_w = min(radius, x.shape[2] - 1), min(radius, x.shape[3] - 1)
+    kh = k[radius - radius_h: radius + radius_h + 1]
+    kw = k[radius - radius_w: radius + radius_w + 1]
+    kh, kw = kh / kh.sum(), kw / kw.sum()
+    x = F.pad(x, (radius_w, radius_w, 0, 0), mode="reflect")
+    x = F.conv2d(x, kw.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.pad(x, (0, 0, radius_h, radius_h), mode="reflect")
+    return F.conv2d(x, kh.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 # --- baselines ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ a time, so that not even kernel rounding depends on the batch). Gradients are ta
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 
 import torch
@@ -15,11 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..hooks import guided
+from ..metrics import gaussian_blur
 from . import param as P
 from .api import Job, synthesis_technique
 from .objectives import (alpha_norm, redirected_relus, relative_distance, total_variation, unit_mean,
                          unit_square_mean)
-from .transforms import gaussian_blur, random_affine, roll
+from .transforms import random_affine, roll
 
 
 def _ascent_step(opt: torch.optim.Optimizer, tensor: Tensor, loss: Tensor) -> None:
@@ -194,7 +196,7 @@ def class_visualization(job: Job, *, steps: int = 100, size: int = 160, lr: floa
             if yos:
                 z.mul_(1 - decay)
                 if blur_every > 0 and (t + 1) % blur_every == 0 and t < steps - 1:
-                    z.copy_(gaussian_blur(z, blur_sigma))
+                    z.copy_(gaussian_blur(z, 2 * max(1, math.ceil(3 * blur_sigma)) + 1, blur_sigma))
                 keep = torch.ones_like(z[:, :1], dtype=torch.bool)
                 if norm_pct > 0:
                     keep &= _above_quantile(z.norm(dim=1, keepdim=True), norm_pct)

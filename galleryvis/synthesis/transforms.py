@@ -65,23 +65,3 @@ def random_affine(x: Tensor, gens: Sequence[torch.Generator], *, pad: int = 12, 
     theta = torch.tensor(thetas, dtype=x.dtype, device=x.device)
     grid = F.affine_grid(theta, [n, x.shape[1], h, w], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of each channel (reflect padding); ``sigma`` in pixels."""
-    if sigma <= 0:
-        return x
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t ** 2) / (2 * sigma ** 2))
-    k = k / k.sum()
-    c = x.shape[1]
-    radius_h = min(radius, x.shape[2] - 1)
-    radius_w = min(radius, x.shape[3] - 1)
-    kh = k[radius - radius_h: radius + radius_h + 1]
-    kw = k[radius - radius_w: radius + radius_w + 1]
-    kh, kw = kh / kh.sum(), kw / kw.sum()
-    x = F.pad(x, (radius_w, radius_w, 0, 0), mode="reflect")
-    x = F.conv2d(x, kw.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    x = F.pad(x, (0, 0, radius_h, radius_h), mode="reflect")
-    return F.conv2d(x, kh.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
