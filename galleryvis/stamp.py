@@ -83,7 +83,10 @@ def _own_folders() -> list[Path]:
     import importlib.resources
 
     folders = [Path(__file__).resolve().parent]
-    templates = Path(str(importlib.resources.files("galleryvis.templates")))
+    try:
+        templates = Path(str(importlib.resources.files("galleryvis.templates")))
+    except ModuleNotFoundError:  # an uninstalled source checkout
+        templates = folders[0].parent / "templates"
     if not templates.is_relative_to(folders[0]):
         folders.append(templates)
     return folders
