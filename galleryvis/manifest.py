@@ -409,8 +409,9 @@ class _Parser:
         elif colormap is not None:
             colormap = known[colormap.lower()]
         alpha = _finite(table.get("alpha", base.alpha))
-        if alpha is None or not 0 <= alpha <= 1:
-            self.error(f"{where}.alpha", f"expected a number from 0 to 1, got {_toml_type(table['alpha'])}")
+        low, high = schema.field("gallery", "alpha").range or (0, 1)
+        if alpha is None or not low <= alpha <= high:
+            self.error(f"{where}.alpha", f"expected a number from {low:g} to {high:g}, got {_toml_type(table['alpha'])}")
             alpha = base.alpha
         return GallerySpec(
             title=title or base.title, description=description or "", output=output,
@@ -542,7 +543,7 @@ class _Parser:
                                         "(any torchvision classification model, or efficientnet_lite0)")
         weights = self.weights(table, where, None if "factory" in table else name or "")
         labels = self.existing(table, "labels", where, "labels file")
-        size = self.integer(table, "size", where, low=8, high=4096, default=None)
+        size = self.integer(table, "size", where, **schema.bounds("models", "size"), default=None)
         mean = self.triple(table, "mean", where, positive=False)
         std = self.triple(table, "std", where, positive=True)
         layers = self.layers(table.get("layers", {}), f"{where}.layers")
@@ -668,9 +669,10 @@ class _Parser:
             enabled=self.boolean(table, "enabled", where, base.enabled),
             deletion_insertion=self.boolean(table, "deletion_insertion", where, base.deletion_insertion),
             sanity=self.boolean(table, "sanity", where, base.sanity),
-            steps=self.integer(table, "steps", where, low=2, high=1000, default=base.steps),  # type: ignore[arg-type]
+            steps=self.integer(table, "steps", where, **schema.bounds("metrics", "steps"), default=base.steps),  # type: ignore[arg-type]
             substrate=self.choice(table, "substrate", where, SUBSTRATES, base.substrate),  # type: ignore[arg-type]
-            sanity_steps=self.integer(table, "sanity_steps", where, low=1, high=100, default=base.sanity_steps),  # type: ignore[arg-type]
+            sanity_steps=self.integer(table, "sanity_steps", where, **schema.bounds("metrics", "sanity_steps"),
+                                      default=base.sanity_steps),  # type: ignore[arg-type]
             sanity_techniques=chosen,
         )
 

@@ -1,7 +1,8 @@
-"""The manifest's schema, declared once: every section's keys with their type, default and a
-one-line doc. The parser takes its allowed keys (in this order) from here, the parsed specs'
-defaults and docs/manifest.md's tables are tested equal to it, and ``galleryvis init``'s
-starter (``data/starter.toml``) may only use keys it declares.
+"""The manifest's schema, declared once: every section's keys with their type, default, range
+and a one-line doc. The parser takes its allowed keys (in this order) and its number ranges
+from here; the tests check that it refuses a wrong-typed value for every key, that the parsed
+specs' defaults and docs/manifest.md's tables equal these, and that ``galleryvis init``'s
+starter (``data/starter.toml.in``) uses no other keys.
 """
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ NO_VALUE: Any = object()
 @dataclass(frozen=True)
 class Field:
     """One manifest key: ``type`` and ``default`` as docs/manifest.md writes them ("" = none),
-    ``value`` the parsed spec's default (:data:`NO_VALUE` where there is none), ``doc``."""
+    ``value`` the parsed spec's default (:data:`NO_VALUE` where there is none), ``doc``, and
+    ``range``: the inclusive bounds of a number, which the parser takes from here."""
 
     key: str
     type: str
     default: str
     doc: str
     value: Any = NO_VALUE
+    range: tuple[float, float] | None = None  # inclusive bounds the parser enforces
 
 
 SECTIONS: dict[str, tuple[Field, ...]] = {
@@ -31,7 +34,7 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("output", "path", '`"site"`', "folder the gallery is written to"),
         Field("device", '`"auto"`, `"cpu"`, `"cuda"`, `"mps"`', '`"auto"`', "where models run", "auto"),
         Field("colormap", "string", "technique default", "colormap of CAM heatmaps", None),
-        Field("alpha", "number 0 to 1", "`0.5`", "opacity of the heatmap in overlay views", 0.5),
+        Field("alpha", "number 0 to 1", "`0.5`", "opacity of the heatmap in overlay views", 0.5, (0, 1)),
         Field("plugins", "list of strings", "`[]`", "technique plugins to import (modules or .py files)", ()),
     ),
     "images": (
@@ -45,7 +48,7 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("factory", 'string `"package.module:function"`', "", "your own model: a function returning an nn.Module",
               None),
         Field("labels", "path", "from the weights", "class names: a text file, one per line, or .json", None),
-        Field("size", "integer 8 to 4096", "from the weights, else 224", "input size in pixels", None),
+        Field("size", "integer 8 to 4096", "from the weights, else 224", "input size in pixels", None, (8, 4096)),
         Field("mean", "array of 3 numbers", "from the weights, else ImageNet", "per-channel normalization mean", None),
         Field("std", "array of 3 numbers > 0", "from the weights, else ImageNet", "per-channel normalization std", None),
         Field("layers", "table", "probe", "technique name -> layer"),
@@ -61,9 +64,9 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("enabled", "boolean", "`false`", "compute metrics at all", False),
         Field("deletion_insertion", "boolean", "`true`", "deletion and insertion curves", True),
         Field("sanity", "boolean", "`true`", "cascading model-randomization check", True),
-        Field("steps", "integer 2 to 1000", "`20`", "points per deletion/insertion curve", 20),
+        Field("steps", "integer 2 to 1000", "`20`", "points per deletion/insertion curve", 20, (2, 1000)),
         Field("substrate", '`"zero"`, `"black"`, `"blur"`', '`"zero"`', "what deleted pixels become", "zero"),
-        Field("sanity_steps", "integer 1 to 100", "`3`", "randomization steps of the cascade", 3),
+        Field("sanity_steps", "integer 1 to 100", "`3`", "randomization steps of the cascade", 3, (1, 100)),
         Field("sanity_techniques", "array of technique names", "every technique", "techniques the sanity check runs",
               None),
     ),
@@ -73,3 +76,15 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
 def keys(section: str) -> tuple[str, ...]:
     """The keys a section allows, in the order messages list them."""
     return tuple(f.key for f in SECTIONS[section])
+
+
+def field(section: str, key: str) -> Field:
+    """The declaration of ``key`` in ``section``."""
+    return next(f for f in SECTIONS[section] if f.key == key)
+
+
+def bounds(section: str, key: str) -> dict[str, int]:
+    """``low`` / ``high`` of an integer field, as the parser's ``integer`` takes them."""
+    low, high = field(section, key).range or (None, None)
+    assert low is not None and high is not None, f"{section}.{key} declares no range"
+    return {"low": int(low), "high": int(high)}

@@ -606,3 +606,55 @@ def test_the_starter_uses_only_declared_keys() -> None:
     for name, keys in seen.items():
         assert keys <= set(schema.keys(name)), (name, keys - set(schema.keys(name)))
     assert set(seen) == set(schema.SECTIONS)
+
+
+def test_every_declared_range_is_the_one_the_parser_enforces(folder: Path) -> None:
+    from galleryvis import schema
+
+    where = {"gallery": lambda k, v: (f"[gallery]\n{k} = {v}\n", {}),
+             "models": lambda k, v: ("", {"models": f'{MODEL}{k} = {v}\n'}),
+             "metrics": lambda k, v: (f"[metrics]\n{k} = {v}\n", {})}
+    ranged = [(s, f) for s, fields in schema.SECTIONS.items() for f in fields if f.range is not None]
+    assert {(s, f.key) for s, f in ranged} == {("gallery", "alpha"), ("models", "size"), ("metrics", "steps"),
+                                               ("metrics", "sanity_steps")}
+    for section, f in ranged:
+        low, high = f.range
+        step = 1 if f.type.startswith("integer") else 0.01
+        assert f"{low:g} to {high:g}" in f.type  # the docs say the same range
+        for value in (low, high):
+            body, parts = where[section](f.key, int(value) if step == 1 else value)
+            load(folder, body, **parts)
+        for value in (low - step, high + step):
+            body, parts = where[section](f.key, int(value) if step == 1 else value)
+            assert any(f".{f.key}:" in e for e in errors(folder, body, **parts)), (section, f.key, value)
+
+
+def _wrong_value(type_text: str) -> str:
+    """A TOML value of the wrong type for a field of ``type_text`` (docs/manifest.md's words)."""
+    if type_text.startswith("integer, string"):  # a class index or name: neither is a boolean
+        return "true"
+    if type_text.startswith(("integer", "number", "boolean")):
+        return '"x"'
+    if type_text.startswith("`"):  # one of a few strings
+        return '"not-a-choice"'
+    return "[[1]]" if type_text.startswith("array") else "1"
+
+
+def test_every_declared_type_is_checked_by_the_parser(folder: Path) -> None:
+    from galleryvis import schema
+
+    def manifest(section: str, key: str, value: str) -> tuple[str, dict[str, str]]:
+        line = f"{key} = {value}\n"
+        if section in ("gallery", "metrics"):
+            return f"[{section}]\n{line}", {}
+        if section == "images":
+            return "", {"images": "[[images]]\n" + (line if key == "path" else 'path = "photos/*"\n' + line)}
+        if section == "models":
+            return "", {"models": "[[models]]\n" + (line if key == "name" else 'name = "resnet18"\n' + line)}
+        return "[[techniques]]\n" + (line if key == "name" else 'name = "gradcam"\n' + line), {}
+
+    for section, fields in schema.SECTIONS.items():
+        for f in fields:
+            body, parts = manifest(section, f.key, _wrong_value(f.type))
+            errs = errors(folder, body, **parts)
+            assert any(f".{f.key}" in e or f"{section}[0]" in e for e in errs), (section, f.key, errs)
