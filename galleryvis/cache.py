@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .atomic import atomic_write
+from .fileio import atomic_write
 
 import numpy as np
 

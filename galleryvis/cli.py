@@ -117,8 +117,7 @@ def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: 
 @_errors_as_exit
 def init(github_pages: bool, force: bool) -> None:
     """Write a commented starter manifest (galleryvis.toml) in the current folder."""
-    from .atomic import atomic_write
-
+    from .fileio import atomic_write
     from .manifest import starter_manifest
 
     targets = {Path(MANIFEST_NAME): starter_manifest(github_pages)}

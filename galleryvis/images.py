@@ -5,7 +5,6 @@ the file and says what is wrong; :func:`load_image` never lets a Pillow or OS tr
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .fileio import sha256_of
 
 StrPath = str | os.PathLike[str]
 
@@ -122,11 +122,8 @@ def file_sha256(path: StrPath) -> str:
     Raises:
         ImageError: the file cannot be read.
     """
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
+        return sha256_of(path)
     except IsADirectoryError as e:
         raise _fail(path, "is a folder, not an image file") from e
     except FileNotFoundError as e:
@@ -135,4 +132,3 @@ def file_sha256(path: StrPath) -> str:
         raise _fail(path, "permission denied") from e
     except OSError as e:
         raise _fail(path, f"cannot read file ({e.strerror or e})") from e
-    return digest.hexdigest()

@@ -409,7 +409,7 @@ class _Parser:
         elif colormap is not None:
             colormap = known[colormap.lower()]
         alpha = _finite(table.get("alpha", base.alpha))
-        low, high = schema.field("gallery", "alpha").range or (0, 1)
+        low, high = schema.bounds("gallery", "alpha").values()
         if alpha is None or not low <= alpha <= high:
             self.error(f"{where}.alpha", f"expected a number from {low:g} to {high:g}, got {_toml_type(table['alpha'])}")
             alpha = base.alpha

@@ -27,7 +27,7 @@ import numpy as np
 from cmap import Colormap
 from PIL import Image
 
-from .atomic import atomic_write
+from .fileio import atomic_write
 from .registry import suggest
 
 #: Every colormap name offered, with what it is for (see docs/colormaps.md).

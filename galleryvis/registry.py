@@ -6,7 +6,7 @@ import functools
 import importlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping, get_args
 
 OutputKind = Literal["input", "cam"]
 LayerUse = Literal["none", "one", "many", "optional"]
@@ -16,8 +16,8 @@ DisplayKind = Literal["cam", "gradient", "signed", "image"]
 #: shared backward's layer gradients or input gradient (``Context.backward``), or passes of
 #: its own (``Context.logits`` / ``Context.input_grad`` / the model itself).
 Need = Literal["forward", "layer_grad", "input_grad", "passes"]
-NEEDS: tuple[str, ...] = ("forward", "layer_grad", "input_grad", "passes")
-DISPLAY_KINDS: tuple[str, ...] = ("cam", "gradient", "signed", "image")
+NEEDS: tuple[str, ...] = get_args(Need)
+DISPLAY_KINDS: tuple[str, ...] = get_args(DisplayKind)
 
 
 class TechniqueError(ValueError):
@@ -90,7 +90,7 @@ def technique(
     layer: LayerUse = "none",
     title: str | None = None,
     kind: DisplayKind | None = None,
-    needs: tuple[Need, ...] = ("forward", "layer_grad", "input_grad", "passes"),
+    needs: tuple[Need, ...] = NEEDS,  # type: ignore[assignment]
     stochastic: bool = False,
     version: int = 1,
     fold: bool = True,

@@ -83,8 +83,8 @@ def field(section: str, key: str) -> Field:
     return next(f for f in SECTIONS[section] if f.key == key)
 
 
-def bounds(section: str, key: str) -> dict[str, int]:
-    """``low`` / ``high`` of an integer field, as the parser's ``integer`` takes them."""
-    low, high = field(section, key).range or (None, None)
-    assert low is not None and high is not None, f"{section}.{key} declares no range"
-    return {"low": int(low), "high": int(high)}
+def bounds(section: str, key: str) -> dict[str, Any]:
+    """``low`` / ``high`` of a field that declares a range, as the parser's ``integer`` takes them."""
+    declared = field(section, key).range
+    assert declared is not None, f"{section}.{key} declares no range"
+    return {"low": declared[0], "high": declared[1]}

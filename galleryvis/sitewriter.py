@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from . import postprocess, registry
-from .atomic import atomic_write
+from .fileio import atomic_write
 from .images import fit
 from .jobs import Job, LoadedImage, Workspace, layer_for
 from .manifest import Manifest

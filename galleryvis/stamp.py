@@ -21,34 +21,26 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from .atomic import atomic_write
+from .fileio import atomic_write, sha256_of
 
 #: Packages whose version is part of the stamp: they shape the maps, pictures or pages.
 PACKAGES = ("galleryvis", "torch", "torchvision", "numpy", "pillow", "jinja2", "markdown", "cmap")
 _FORMAT = 1
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _file(path: Path) -> dict[str, Any]:
     st = path.stat()
-    return {"path": str(path), "size": st.st_size, "mtime": st.st_mtime_ns, "sha": _sha(path)}
+    return {"path": str(path), "size": st.st_size, "mtime": st.st_mtime_ns, "sha": sha256_of(path)}
 
 
 def _same_file(rec: dict[str, Any]) -> bool:
     try:
         st = os.stat(rec["path"])
+        if st.st_size != rec["size"]:
+            return False
+        return st.st_mtime_ns == rec["mtime"] or sha256_of(rec["path"]) == rec["sha"]
     except OSError:
         return False
-    if st.st_size != rec["size"]:
-        return False
-    return st.st_mtime_ns == rec["mtime"] or _sha(Path(rec["path"])) == rec["sha"]
 
 
 def _dir(path: Path) -> dict[str, Any]:

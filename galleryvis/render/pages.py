@@ -27,7 +27,7 @@ from typing import Any
 
 import jinja2
 
-from galleryvis.atomic import atomic_write
+from galleryvis.fileio import atomic_write
 from galleryvis.records import Gallery, TechniqueRecord
 from .grid import FAMILY_TITLES, Slot, Table, SiteModel, titlecase, fmt_number, split_paper, target_text
 from .safe import MdSafe, md_finalize, embed_markdown, md_escape, render_markdown, site_url

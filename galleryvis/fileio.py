@@ -1,6 +1,8 @@
-"""The one way galleryvis writes a file: readers see the old file or the new one, never half."""
+"""Files: the one way galleryvis writes one (readers see the old file or the new one, never
+half) and the one way it hashes one. Imports nothing heavy, so the build stamp can use it."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -24,3 +26,12 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of the file's bytes, read in 1 MiB blocks (OSError if it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
