@@ -20,7 +20,7 @@ from .fileio import atomic_write
 import numpy as np
 
 #: Bump when a change to the package changes what any cached entry would contain.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: The cache's folder name, beside the manifest (or in the current folder) unless given.
 CACHE_DIRNAME = ".galleryvis-cache"
 

@@ -9,6 +9,7 @@ import click
 
 from .cache import CACHE_DIRNAME
 from .errors import ManifestError
+from .fileio import url_problem
 
 if TYPE_CHECKING:
     from .manifest import Manifest
@@ -19,6 +20,21 @@ MANIFEST_NAME = "galleryvis.toml"
 def _fail(message: str, code: int = 2) -> None:
     click.echo(message, err=True)
     sys.exit(code)
+
+
+class _LocalPath(click.Path):
+    """A ``click.Path`` that refuses a URL in one line, exit 2, before anything is created
+    (a ``Path`` would make ``s3://bucket/x`` a folder named ``s3:``)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        problem = url_problem(str(value))
+        if problem:
+            _fail(f"error: {param.opts[0] if param is not None else 'path'}: {problem}")
+        return super().convert(value, param, ctx)
+
+
+#: ``--cache-dir``'s type in every command.
+_CACHE_FOLDER = _LocalPath(path_type=Path, file_okay=False)
 
 
 def _errors_as_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,7 +86,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help="Cache folder (default: .galleryvis-cache beside the manifest).")
+@click.option("--cache-dir", type=_CACHE_FOLDER, help="Cache folder (default: .galleryvis-cache beside the manifest).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")
 @click.option("--force", is_flag=True, help="Recompute every cell (and refresh the cache).")
 @click.option("--dry-run", is_flag=True, help="Print what would be computed and what comes from the cache.")
@@ -175,8 +191,8 @@ def list_techniques() -> None:
 @click.option("--layer", default=None, help="Dotted module name (default: last conv block).")
 @click.option("--param", "params", multiple=True, help="Technique parameter as key=value (TOML value).")
 @click.option("--variant", default=None, help="Which picture to write (default: the technique's first).")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True)
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=Path(CACHE_DIRNAME))
+@click.option("-o", "--output", type=_LocalPath(path_type=Path, dir_okay=False), required=True)
+@click.option("--cache-dir", type=_CACHE_FOLDER, default=Path(CACHE_DIRNAME))
 @_errors_as_exit
 def explain(image: Path, model_name: str, weights: str | None, technique: str, target: str | None,
             layer: str | None, params: tuple[str, ...], variant: str | None, output: Path, cache_dir: Path) -> None:
@@ -193,7 +209,7 @@ def cache() -> None:
 
 
 @cache.command("info")
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=Path(CACHE_DIRNAME))
+@click.option("--cache-dir", type=_CACHE_FOLDER, default=Path(CACHE_DIRNAME))
 def cache_info(cache_dir: Path) -> None:
     """Entries and size of the cache."""
     from .cache import Cache
@@ -204,7 +220,7 @@ def cache_info(cache_dir: Path) -> None:
 
 @cache.command("clean")
 @click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.option("--cache-dir", type=_CACHE_FOLDER, default=None)
 @click.option("--unreferenced", is_flag=True, help="Only remove entries the manifest no longer uses.")
 @_errors_as_exit
 def cache_clean(manifest: Path | None, cache_dir: Path | None, unreferenced: bool) -> None:

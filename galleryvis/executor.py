@@ -38,9 +38,10 @@ def one_line(exc: BaseException) -> str:
 
 
 def store(cache: Cache, job: Job) -> None:
-    """Put a computed cell in the cache; a synthesis cell keeps its trace and unit beside it."""
-    meta: dict[str, Any] = {"technique": job.tech.name, "params": job.params, "image": job.image.name,
-                            "model": job.model.id}
+    """Put a computed cell in the cache with what its key covers (technique and version,
+    parameters, layer, target, image hash, weights, preprocessing); a synthesis cell keeps its
+    trace and unit beside it."""
+    meta: dict[str, Any] = {"image": job.image.name, "model": job.model.id, "covers": job.covers}
     if job.family == "synthesis":
         meta.update(trace=job.trace, unit=job.unit)
     cache.put(job.key, job.result, meta)

@@ -1,11 +1,15 @@
 """Files: the one way galleryvis writes one (readers see the old file or the new one, never
-half) and the one way it hashes one. Imports nothing heavy, so the build stamp can use it."""
+half), the one way it hashes one, and the refusal of URLs where a local path is meant.
+Imports nothing heavy, so the build stamp and the command line can use it."""
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
+
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
 
 
 def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> Path:
@@ -35,3 +39,13 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def url_problem(text: str) -> str:
+    """Why ``text`` cannot be a local path ('' when it can): a URL (``s3://bucket/x``), which
+    a path would turn into a folder named ``s3:``. Remote caches and outputs do not exist yet."""
+    found = _URL.match(text)
+    if found is None:
+        return ""
+    return (f"{text!r} is a URL ({found.group(1)}://); galleryvis reads and writes local folders only, "
+            "for now")

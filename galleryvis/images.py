@@ -20,6 +20,8 @@ from .fileio import sha256_of
 StrPath = str | os.PathLike[str]
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+#: How :func:`fit` resamples an image to a model's input (part of every cache key).
+INTERPOLATION = Image.Resampling.BICUBIC
 
 
 def _fail(path: StrPath, problem: str) -> ImageError:
@@ -100,7 +102,7 @@ def fit(img: Image.Image, size: int) -> Image.Image:
     side = min(w, h)
     left, top = (w - side) / 2, (h - side) / 2
     return img.resize(
-        (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
+        (size, size), INTERPOLATION, box=(left, top, left + side, top + side)
     )
 
 

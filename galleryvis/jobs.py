@@ -41,7 +41,7 @@ class Job:
 
     ``model`` is the manifest's model spec, ``image`` the input, ``tech`` the technique entry
     with its ``params`` resolved, ``layer`` and ``target`` as resolved for this model, ``key``
-    the cache key. ``result`` (the raw map, or a synthesis image), ``error``, ``cached``,
+    the cache key and ``covers`` what it is the hash of (recorded in the cache entry). ``result`` (the raw map, or a synthesis image), ``error``, ``cached``,
     ``metrics``, ``curves``, ``trace`` and ``unit`` (the channel a synthesis cell optimized)
     are filled by the compute and scoring stages.
     """
@@ -53,6 +53,7 @@ class Job:
     layer: Any
     target: int
     key: str
+    covers: dict[str, Any] = field(default_factory=dict)
     result: np.ndarray | None = None
     error: str = ""
     cached: bool = False
@@ -148,10 +149,15 @@ def _target_index(adapter: ModelAdapter, target: int | str | None, top1: int) ->
     return lowered.index(target.lower())
 
 
+def model_input(adapter: ModelAdapter, img: ImageRef) -> dict[str, Any]:
+    """What decides a model's output for an image: the image's hash, the model's weights
+    (its fingerprint) and its preprocessing; part of every cache key of a cell."""
+    return {"image": img.sha, "model": adapter.name, "fingerprint": adapter.fingerprint, **adapter.preprocessing}
+
+
 def prediction_key(adapter: ModelAdapter, img: ImageRef) -> str:
     """The cache key of a model's softmax probabilities for an image."""
-    return cache_key(kind="predict", image=img.sha, model=adapter.name, fingerprint=adapter.fingerprint,
-                     size=adapter.size, mean=adapter.mean, std=adapter.std)
+    return cache_key(kind="predict", **model_input(adapter, img))
 
 
 def _predictions(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache) -> dict[str, np.ndarray]:
@@ -162,7 +168,8 @@ def _predictions(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache)
         entry = cache.get(key)
         if entry is None:
             probs = adapter.logits(img.input_for(adapter)[None]).softmax(1)[0].numpy()
-            cache.put(key, probs.astype(np.float32), {"image": img.ref.name, "model": adapter.id})
+            cache.put(key, probs.astype(np.float32),
+                      {"image": img.ref.name, "model": adapter.id, "covers": model_input(adapter, img.ref)})
         else:
             probs = entry.array
         out[img.ref.id] = probs
@@ -198,11 +205,10 @@ def plan(manifest: Manifest, ws: Workspace, cache: Cache, force: bool
             layer = layer_for(adapter, tspec)
             for img in images:
                 target = _target_index(adapter, img.ref.target, int(preds[spec.id][img.ref.id].argmax()))
-                key = cache_key(kind="map" if tech.family == "attribution" else "synthesis", image=img.ref.sha,
-                                model=adapter.name, fingerprint=adapter.fingerprint, size=adapter.size,
-                                mean=adapter.mean, std=adapter.std, technique=tech.name, version=tech.version,
-                                params=params, layer=layer, target=target, device=device_class)
-                job = Job(spec, img.ref, tspec, params, layer, target, key)
+                covers = {"kind": "map" if tech.family == "attribution" else "synthesis",
+                          **model_input(adapter, img.ref), "technique": tech.name, "version": tech.version,
+                          "params": params, "layer": layer, "target": target, "device": device_class}
+                job = Job(spec, img.ref, tspec, params, layer, target, cache_key(**covers), covers)
                 if not force and cache.has(key):
                     job.cached = True
                 jobs.append(job)

@@ -22,6 +22,7 @@ from typing import Any, Literal, Mapping, NamedTuple
 
 from . import registry, schema, sources
 from .errors import ManifestError
+from .fileio import url_problem
 from .metrics import SUBSTRATES, Substrate
 from .postprocess import COLORMAPS
 
@@ -43,6 +44,7 @@ class _NameOnly(NamedTuple):
     name: str
     weights: str | None
     factory: str | None
+    seed: int = 0
 
 
 def _known(name: str) -> bool:
@@ -70,7 +72,8 @@ class ModelSpec:
 
     ``weights``: None (not given: ``DEFAULT`` for named models, whatever the factory returns
     for factory models), ``"DEFAULT"``, ``"none"`` (random init), a torchvision weights enum
-    member name (``"IMAGENET1K_V2"``) or an absolute path to a local weights file.
+    member name (``"IMAGENET1K_V2"``) or an absolute path to a local weights file. ``seed``
+    seeds torch's generator while the model is built (its random initialization).
     ``layers`` maps technique name -> dotted module name (or names, for multi-layer
     techniques). ``id`` is unique within a manifest and defaults to ``name``.
     """
@@ -78,6 +81,7 @@ class ModelSpec:
     name: str
     weights: str | None = None
     factory: str | None = None
+    seed: int = 0
     labels: Path | None = None
     size: int | None = None
     mean: tuple[float, float, float] | None = None
@@ -398,7 +402,10 @@ class _Parser:
         description = self.string(table, "description", where, empty_ok=True)
         text = self.string(table, "output", where)
         output = self.path(text) if text is not None else self.root / "site"
-        self.check_output(output, f"{where}.output", text or "site")
+        if text is not None and url_problem(text):
+            self.error(f"{where}.output", url_problem(text))
+        else:
+            self.check_output(output, f"{where}.output", text or "site")
         device = self.choice(table, "device", where, DEVICES, base.device)
         colormap = self.string(table, "colormap", where)
         known = {name.lower(): name for name in COLORMAPS}
@@ -542,6 +549,7 @@ class _Parser:
             self.error(f"{where}.name", f"unknown model {name!r}{registry.suggest(name, sources.known_names())} "
                                         "(any torchvision classification model, or efficientnet_lite0)")
         weights = self.weights(table, where, None if "factory" in table else name or "")
+        seed = self.integer(table, "seed", where, **schema.bounds("models", "seed"), default=0)
         labels = self.existing(table, "labels", where, "labels file")
         size = self.integer(table, "size", where, **schema.bounds("models", "size"), default=None)
         mean = self.triple(table, "mean", where, positive=False)
@@ -551,8 +559,8 @@ class _Parser:
         if len(self.errors) > ok:
             return None
         name = name or factory.rsplit(":", 1)[1].rsplit(".", 1)[-1]  # type: ignore[union-attr]
-        return ModelSpec(name=name, weights=weights, factory=factory, labels=labels, size=size, mean=mean,
-                         std=std, layers=layers, id=model_id or name, field=where)
+        return ModelSpec(name=name, weights=weights, factory=factory, seed=seed, labels=labels,  # type: ignore[arg-type]
+                         size=size, mean=mean, std=std, layers=layers, id=model_id or name, field=where)
 
     def weights(self, table: Mapping[str, Any], where: str, name: str | None) -> str | None:
         """Normalized ``weights``: DEFAULT, none, an enum member name or an absolute path.

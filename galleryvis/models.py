@@ -3,21 +3,22 @@ manifest model entry through its source (:mod:`galleryvis.sources`)."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from PIL import Image
 from torch import Tensor
 
 from .engine import model_device
-from .images import fit, to_tensor
+from .images import INTERPOLATION, fit, to_tensor
 from .labels import imagenet_labels
 from .layers import default_layer
 from .sources import LoadedModel, ModelError, source_for
 
-__all__ = ["ModelAdapter", "ModelError", "choose_device", "imagenet_labels", "load_model"]
+__all__ = ["ModelAdapter", "ModelError", "choose_device", "imagenet_labels", "load_model", "seeded"]
 
 
 def choose_device(preference: str = "auto") -> torch.device:
@@ -60,6 +61,11 @@ class ModelAdapter(LoadedModel):
             self._num_classes = int(self.logits(torch.zeros(1, 3, self.size, self.size)).shape[1])
         return self._num_classes
 
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What makes an image this model's input (part of every cache key of the model)."""
+        return {"size": self.size, "mean": self.mean, "std": self.std, "interpolation": INTERPOLATION.name.lower()}
+
     def label(self, index: int) -> str:
         """The class name of ``index`` ("class 7" when the model has no labels)."""
         return self.labels[index] if 0 <= index < len(self.labels) else f"class {index}"
@@ -96,16 +102,27 @@ def _read_labels(path: Path, what: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def load_model(spec: Any, base: Path, device: torch.device, what: str = "model") -> ModelAdapter:
-    """Build the model a manifest ``ModelSpec`` describes (through the source that handles it)
-    and move it to ``device``.
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Inside, torch's CPU random generator starts from ``seed``; after, it is as it was, so a
+    model built inside initializes the same every time and no caller's random stream moves."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
 
-    ``spec`` has ``name``, ``weights``, ``factory``, ``labels``, ``size``, ``mean``, ``std``,
-    ``layers`` and ``id``; relative paths resolve against ``base``; the entry's ``labels``,
-    ``size``, ``mean`` and ``std`` override what the source says.
+
+def load_model(spec: Any, base: Path, device: torch.device, what: str = "model") -> ModelAdapter:
+    """Build the model a manifest ``ModelSpec`` describes (through the source that handles it,
+    under :func:`seeded` ``spec.seed``) and move it to ``device``.
+
+    ``spec`` has ``name``, ``weights``, ``factory``, ``seed``, ``labels``, ``size``, ``mean``,
+    ``std``, ``layers`` and ``id``; relative paths resolve against ``base``; the entry's
+    ``labels``, ``size``, ``mean`` and ``std`` override what the source says.
     """
-    loaded = source_for(spec).load(spec, base, what)
+    with seeded(spec.seed):
+        loaded = source_for(spec).load(spec, base, what)
     labels = _read_labels(base / spec.labels, what) if spec.labels else list(loaded.labels)
     size, mean, std = spec.size or loaded.size, spec.mean or loaded.mean, spec.std or loaded.std
     return ModelAdapter(loaded.model.to(device).eval(), loaded.fingerprint, loaded.description, int(size),
-                        tuple(mean), tuple(std), labels, id=spec.id, name=spec.name, layers=dict(spec.layers or {}))
+                        tuple(mean), tuple(std), labels, loaded.pinned, id=spec.id, name=spec.name,
+                        layers=dict(spec.layers or {}))

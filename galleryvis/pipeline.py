@@ -102,7 +102,13 @@ def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -
 
 
 def _stamp(manifest: Manifest, ws: Workspace, cache: Cache, opts: Options, out: Path, summary: Summary) -> None:
-    """Record what this build read, so that an unchanged rebuild can skip everything (:mod:`.stamp`)."""
+    """Record what this build read, so that an unchanged rebuild can skip everything (:mod:`.stamp`);
+    none (and no earlier one) when a model's weights are not pinned (a factory without a weights
+    file): only building it again tells whether they changed."""
+    path = stamp.path_for(cache.root, manifest.path)
+    if not all(adapter.pinned for adapter in ws.models.values()):
+        path.unlink(missing_ok=True)
+        return
     files = [img.ref.path for img in ws.images.values()]
     for spec in manifest.models:
         files += [Path(spec.weights)] if spec.weights and Path(spec.weights).is_absolute() else []
@@ -116,7 +122,7 @@ def _stamp(manifest: Manifest, ws: Workspace, cache: Cache, opts: Options, out: 
     files += [Path(f) for f in (getattr(sys.modules.get(m), "__file__", None) for m in modules) if f]
     entries = [p for key in sorted(cache.used) for p in cache.paths(key) if p.is_file()]
     line = f"0 computed, {summary.computed + summary.cached} cached, 0 failed"
-    stamp.write(stamp.path_for(cache.root, manifest.path), manifest=manifest.path,
+    stamp.write(path, manifest=manifest.path,
                 options=stamp.options(cache.root, opts.batch_size), files=files,
                 dirs=[p.parent for p in files] + [manifest.root], entries=entries, output=out, summary=line)
 

@@ -47,6 +47,8 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("weights", "string", '`"DEFAULT"`', '"DEFAULT", "none", an enum member or a weights file', None),
         Field("factory", 'string `"package.module:function"`', "", "your own model: a function returning an nn.Module",
               None),
+        Field("seed", "integer 0 to 4294967295", "`0`", "seed of the random initialization (`weights = \"none\"`)",
+              0, (0, 2**32 - 1)),
         Field("labels", "path", "from the weights", "class names: a text file, one per line, or .json", None),
         Field("size", "integer 8 to 4096", "from the weights, else 224", "input size in pixels", None, (8, 4096)),
         Field("mean", "array of 3 numbers", "from the weights, else ImageNet", "per-channel normalization mean", None),

@@ -10,7 +10,7 @@ import torch
 
 from . import metrics, registry
 from .cache import Cache, cache_key
-from .jobs import Job, Workspace
+from .jobs import Job, Workspace, model_input
 from .manifest import MetricsSpec
 from .records import Ranking
 
@@ -120,8 +120,8 @@ def _baseline_scores(ws: Workspace, job: Job, spec: MetricsSpec, cache: Cache,
     adapter = ws.adapter(job)
     size = adapter.size
     for name, make in BASELINES.items():
-        key = cache_key(kind="baseline", name=name, image=job.image.sha, model=adapter.name,
-                        fingerprint=adapter.fingerprint, size=size, target=job.target, **_protocol(spec))
+        key = cache_key(kind="baseline", name=name, **model_input(adapter, job.image), target=job.target,
+                        **_protocol(spec))
         entry = cache.get(key)
         if entry is None:
             res = _di(ws, [job], make((1, 1, size, size)), spec, "signed", batch_size)

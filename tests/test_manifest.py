@@ -466,7 +466,7 @@ def _section(keys: list[str]) -> st.SearchStrategy:
 
 _gallery = _section(["title", "description", "output", "device", "colormap", "alpha"])
 _image = _section(["path", "target"])
-_model = _section(["name", "id", "weights", "factory", "labels", "size", "mean", "std", "layers"])
+_model = _section(["name", "id", "weights", "factory", "seed", "labels", "size", "mean", "std", "layers"])
 _technique = st.one_of(_section(["name", "id", "params"]), st.fixed_dictionaries(
     {"name": st.sampled_from(registry.names())},
     optional={"params": st.dictionaries(st.sampled_from(["steps", "samples", "sigma", "base", "seed", "x"]),
@@ -615,12 +615,13 @@ def test_every_declared_range_is_the_one_the_parser_enforces(folder: Path) -> No
              "models": lambda k, v: ("", {"models": f'{MODEL}{k} = {v}\n'}),
              "metrics": lambda k, v: (f"[metrics]\n{k} = {v}\n", {})}
     ranged = [(s, f) for s, fields in schema.SECTIONS.items() for f in fields if f.range is not None]
-    assert {(s, f.key) for s, f in ranged} == {("gallery", "alpha"), ("models", "size"), ("metrics", "steps"),
-                                               ("metrics", "sanity_steps")}
+    assert {(s, f.key) for s, f in ranged} == {("gallery", "alpha"), ("models", "size"), ("models", "seed"),
+                                               ("metrics", "steps"), ("metrics", "sanity_steps")}
     for section, f in ranged:
         low, high = f.range
         step = 1 if f.type.startswith("integer") else 0.01
-        assert f"{low:g} to {high:g}" in f.type  # the docs say the same range
+        shown = f"{int(low)} to {int(high)}" if step == 1 else f"{low:g} to {high:g}"
+        assert shown in f.type  # the docs say the same range
         for value in (low, high):
             body, parts = where[section](f.key, int(value) if step == 1 else value)
             load(folder, body, **parts)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from galleryvis.fileio import sha256_of
 from galleryvis.manifest import ModelSpec
 from galleryvis.models import ModelError, choose_device, imagenet_labels, load_model
 
@@ -52,7 +53,7 @@ def test_local_pth_weights_load(tmp_path):
     adapter = load_model(ModelSpec(name="resnet18", weights="r18.pth"), tmp_path, CPU)
     x = torch.randn(1, 3, 64, 64)
     assert torch.allclose(adapter.logits(x), reference.eval()(x), atol=1e-5)
-    assert adapter.fingerprint != "random-init"
+    assert adapter.fingerprint == sha256_of(tmp_path / "r18.pth") and adapter.pinned
 
 
 def test_factory_model_with_labels_and_preprocessing(tmp_path, monkeypatch):
@@ -68,6 +69,63 @@ def test_factory_model_with_labels_and_preprocessing(tmp_path, monkeypatch):
     adapter = load_model(spec, tmp_path, CPU)
     assert adapter.labels == ["cat", "dog"] and adapter.num_classes == 2 and adapter.size == 32
     assert adapter.default_layer() == "1"
+
+
+def _tiny_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str) -> ModelSpec:
+    """A factory model whose layers initialize from torch's generator (no weights file)."""
+    (tmp_path / f"{module}.py").write_text(
+        "from torch import nn\n"
+        "def net():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return ModelSpec(name="net", factory=f"{module}:net")
+
+
+def test_random_init_is_seeded_by_the_entry_and_leaves_the_global_generator_alone(tmp_path, monkeypatch):
+    import dataclasses
+
+    spec = ModelSpec(name="resnet18", weights="none")
+    state = torch.get_rng_state()
+    a, b = load_model(spec, tmp_path, CPU), load_model(spec, tmp_path, CPU)
+    other = load_model(dataclasses.replace(spec, seed=1), tmp_path, CPU)
+    assert torch.equal(torch.get_rng_state(), state)  # nobody's random stream moved
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert a.fingerprint == b.fingerprint and a.fingerprint.startswith("random-init:seed=0:state=")
+    assert other.fingerprint.startswith("random-init:seed=1:") and other.fingerprint != a.fingerprint
+    assert not torch.equal(other.model.conv1.weight, a.model.conv1.weight)
+    factory = _tiny_factory(tmp_path, monkeypatch, "seeded_nets")  # a factory's own init is seeded too
+    first, again = load_model(factory, tmp_path, CPU), load_model(factory, tmp_path, CPU)
+    assert first.fingerprint == again.fingerprint and torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_factory_without_weights_file_is_fingerprinted_by_its_state(tmp_path, monkeypatch):
+    from galleryvis.sources.weights import state_sha256
+
+    spec = _tiny_factory(tmp_path, monkeypatch, "stated_nets")
+    adapter = load_model(spec, tmp_path, CPU)
+    assert adapter.fingerprint == f"factory:stated_nets:net:state={state_sha256(adapter.model)}"
+    assert not adapter.pinned  # so the build stamp is never trusted for it
+    with torch.no_grad():
+        adapter.model[0].bias.add_(1e-3)
+    assert state_sha256(adapter.model) not in adapter.fingerprint
+    torch.save(adapter.model.state_dict(), tmp_path / "w.pth")
+    from_file = load_model(ModelSpec(name="net", factory="stated_nets:net", weights=str(tmp_path / "w.pth")),
+                           tmp_path, CPU)
+    assert from_file.fingerprint == f"factory:stated_nets:net:{sha256_of(tmp_path / 'w.pth')}" and from_file.pinned
+
+
+def test_the_state_hash_covers_buffers_names_and_dtypes() -> None:
+    from galleryvis.sources.weights import state_sha256
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    base = state_sha256(net)
+    net[1].running_mean += 1
+    assert state_sha256(net) != base
+    net[1].running_mean -= 1
+    assert state_sha256(net) == base
+    assert state_sha256(nn.Sequential(nn.Identity(), *net)) != base  # same tensors, other names
+    assert state_sha256(net.double()) != base
 
 
 class _Exploit:
@@ -171,5 +229,6 @@ def test_model_sources_own_what_they_know_and_the_manifest_only_asks_them() -> N
     with pytest.raises(ModelError, match="unknown weights 'IMAGENET1K_V9' for resnet18"):
         tv.check_weights("resnet18", "IMAGENET1K_V9")
     loaded = tv.load(ModelSpec(name="resnet18", weights="none"), Path.cwd(), "m")
-    assert isinstance(loaded, LoadedModel) and loaded.fingerprint == "random-init" and len(loaded.labels) == 1000
+    assert isinstance(loaded, LoadedModel) and loaded.fingerprint.startswith("random-init:seed=0:")
+    assert len(loaded.labels) == 1000
     assert "import torchvision" not in inspect.getsource(manifest)

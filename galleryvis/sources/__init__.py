@@ -24,12 +24,16 @@ class Spec(Protocol):
     name: str
     weights: str | None
     factory: str | None
+    seed: int
 
 
 @dataclass
 class LoadedModel:
     """A model as its source built it: the module, what identifies its weights (part of every
-    cache key), a description for the gallery, its preprocessing and class names."""
+    cache key: a weights file's hash, a weights name, or the hash of the state dict where
+    neither pins them), a description for the gallery, its preprocessing and class names.
+    ``pinned``: whether the manifest alone determines the weights (a name, a file, a seed);
+    False for a factory without a weights file, whose weights only its result shows."""
 
     model: nn.Module
     fingerprint: str
@@ -38,6 +42,7 @@ class LoadedModel:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     labels: list[str] = field(default_factory=list)
+    pinned: bool = True
 
 
 class ModelSource(Protocol):
@@ -58,7 +63,8 @@ class ModelSource(Protocol):
 
     def load(self, spec: Spec, base: Path, what: str) -> LoadedModel:
         """Build the model of ``spec``; relative paths resolve against ``base``; ``what``
-        prefixes messages (``"m.toml: models[0]"``)."""
+        prefixes messages (``"m.toml: models[0]"``). ``models.load_model`` calls it with torch's
+        random generator seeded from ``spec.seed``, so a random initialization is reproducible."""
 
 
 def _sources() -> Sequence[ModelSource]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from ..images import file_sha256
 from ..labels import imagenet_labels
 from . import LoadedModel, Spec
-from .weights import load_into, no_named_weights
+from .weights import load_into, no_named_weights, random_init
 
 #: Models galleryvis ships itself, beside torchvision's classification models.
 BUNDLED_MODELS: tuple[str, ...] = ("efficientnet_lite0",)
@@ -38,7 +38,8 @@ class BundledSource:
                                labels=labels)
         assert weights is not None
         if weights.lower() == "none":
-            return LoadedModel(model, "random-init", "EfficientNet-Lite0, random weights", labels=labels)
+            return LoadedModel(model, random_init(model, spec.seed),
+                               f"EfficientNet-Lite0, random weights (seed {spec.seed})", labels=labels)
         path = (base / weights).expanduser()
         load_into(model, path, what)
         return LoadedModel(model, file_sha256(path), f"EfficientNet-Lite0, weights from {path.name}", labels=labels)

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..images import file_sha256
 from . import LoadedModel, ModelError, Spec
-from .weights import load_into, no_named_weights
+from .weights import load_into, no_named_weights, state_sha256
 
 
 def _factory(spec: str, what: str) -> Callable[[], nn.Module]:
@@ -42,10 +42,10 @@ class FactorySource:
         model = _factory(spec.factory, what)()
         if not isinstance(model, nn.Module):
             raise ModelError(f"{what}: factory {spec.factory!r} returned {type(model).__name__}, not an nn.Module")
-        fingerprint, desc = f"factory:{spec.factory}", f"{spec.factory}"
         if spec.weights and spec.weights.lower() != "none":
             path = (base / spec.weights).expanduser()
             load_into(model, path, what)
-            fingerprint += ":" + file_sha256(path)
-            desc += f" with weights from {path.name}"
-        return LoadedModel(model, fingerprint, desc)
+            return LoadedModel(model, f"factory:{spec.factory}:{file_sha256(path)}",
+                               f"{spec.factory} with weights from {path.name}")
+        # the weights are whatever the factory made (its code, files it read): only they tell
+        return LoadedModel(model, f"factory:{spec.factory}:state={state_sha256(model)}", spec.factory, pinned=False)

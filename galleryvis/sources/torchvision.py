@@ -11,7 +11,7 @@ from ..images import file_sha256
 from ..labels import imagenet_labels
 from ..registry import suggest
 from . import LoadedModel, ModelError, Spec
-from .weights import is_path, load_into
+from .weights import is_path, load_into, random_init
 
 
 @cache
@@ -60,7 +60,8 @@ class TorchvisionSource:
             raise ModelError(f"{what}: unknown model {name!r}{suggest(name, list(_names()))}")
         labels = imagenet_labels()
         if weights is None or weights.lower() == "none":
-            return LoadedModel(torchvision.models.get_model(name, weights=None), "random-init", "random weights",
+            model = torchvision.models.get_model(name, weights=None)
+            return LoadedModel(model, random_init(model, spec.seed), f"random weights (seed {spec.seed})",
                                labels=labels)
         if is_path(weights):
             path = (base / weights).expanduser()
@@ -84,6 +85,6 @@ class TorchvisionSource:
             ) from None
         t = w.transforms()
         crop = t.crop_size[0] if hasattr(t, "crop_size") else 224
-        return LoadedModel(model, str(w), f"torchvision {w}", size=int(crop),
+        return LoadedModel(model, f"{w}:{Path(w.url).name}", f"torchvision {w}", size=int(crop),
                            mean=tuple(getattr(t, "mean", IMAGENET_MEAN)), std=tuple(getattr(t, "std", IMAGENET_STD)),
                            labels=list(w.meta.get("categories") or imagenet_labels()))
