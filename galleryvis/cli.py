@@ -29,7 +29,7 @@ class _LocalPath(click.Path):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         problem = url_problem(str(value))
         if problem:
-            _fail(f"error: {param.opts[0] if param is not None else 'path'}: {problem}")
+            _fail(f"error: {max(param.opts, key=len) if param is not None else 'path'}: {problem}")
         return super().convert(value, param, ctx)
 
 

@@ -47,5 +47,5 @@ def url_problem(text: str) -> str:
     found = _URL.match(text)
     if found is None:
         return ""
-    return (f"{text!r} is a URL ({found.group(1)}://); galleryvis reads and writes local folders only, "
+    return (f"{text!r} is a URL ({found.group(1)}://); galleryvis reads and writes local paths only, "
             "for now")

@@ -209,7 +209,7 @@ def plan(manifest: Manifest, ws: Workspace, cache: Cache, force: bool
                           **model_input(adapter, img.ref), "technique": tech.name, "version": tech.version,
                           "params": params, "layer": layer, "target": target, "device": device_class}
                 job = Job(spec, img.ref, tspec, params, layer, target, cache_key(**covers), covers)
-                if not force and cache.has(key):
+                if not force and cache.has(job.key):
                     job.cached = True
                 jobs.append(job)
     return jobs, preds

@@ -88,6 +88,24 @@ def test_weights_that_cannot_be_fetched(folder, monkeypatch):
     assert "models[0]" in result.output and "resnet18-f37072fd.pth" in result.output and "offline" in result.output
 
 
+@pytest.mark.parametrize("args, gallery, field", [
+    (["build", "gallery.toml", "--cache-dir", "s3://bucket/x"], "", "--cache-dir"),
+    (["build", "gallery.toml"], '[gallery]\noutput = "s3://bucket/site"\n', "gallery.output"),
+    (["build", "gallery.toml", "--dry-run", "--cache-dir", "gs://bucket/x"], "", "--cache-dir"),
+    (["cache", "info", "--cache-dir", "s3://bucket/x"], "", "--cache-dir"),
+    (["explain", "cat.png", "-o", "s3://bucket/cat.png"], "", "--output"),
+])
+def test_a_url_for_a_local_folder_is_one_line_exit_2_and_creates_nothing(folder, monkeypatch, args, gallery, field):
+    monkeypatch.chdir(folder)
+    (folder / "gallery.toml").write_text(IMAGE + MODEL + TECH + gallery)
+    before = sorted(folder.rglob("*"))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0] and "is a URL" in lines[0], lines
+    assert sorted(folder.rglob("*")) == before  # no folder named "s3:" (or anything else)
+
+
 def test_dry_run_lists_the_plan(folder):
     result = run(folder, IMAGE + MODEL + TECH)
     assert result.exit_code == 0, result.output

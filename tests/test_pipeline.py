@@ -379,3 +379,85 @@ def test_a_build_runs_its_cells_through_the_executor_it_is_given(project):
     assert (summary.computed, summary.failed) == (16, 0) and len(seen) == 16
     again = _build(project)  # everything the executor computed is in the cache
     assert (again.computed, again.cached) == (0, 16)
+
+
+# -- the cache knows which weights it holds ---------------------------------------------------
+RANDOM_INIT = """
+[[images]]
+path = "cat.png"
+
+[[models]]
+name = "resnet18"
+weights = "none"
+size = 64
+"""
+
+
+def _random_init_gallery(folder: Path, techniques: list[str], model: str = "") -> Path:
+    """``folder`` holding cat.png and a manifest of random-init ResNet-18 with ``techniques``."""
+    folder.mkdir(exist_ok=True)
+    shutil.copy(PHOTOS / "cat.png", folder / "cat.png")
+    (folder / "galleryvis.toml").write_text(
+        RANDOM_INIT + model + "".join(f'\n[[techniques]]\nname = "{t}"\n' for t in techniques))
+    return folder
+
+
+def _pages(project: Path) -> dict[str, bytes]:
+    """The built site's files, but for build.json (its timings differ from build to build)."""
+    return {k: v for k, v in _snapshot(project / "site").items() if not k.endswith("build.json")}
+
+
+def test_a_technique_added_to_a_random_init_gallery_explains_the_same_network(tmp_path):
+    grown = _random_init_gallery(tmp_path / "grown", ["gradcam"])
+    _build(grown)
+    _random_init_gallery(grown, ["gradcam", "vanilla"])
+    summary = _build(grown)
+    assert (summary.computed, summary.cached) == (1, 1)
+    whole = _random_init_gallery(tmp_path / "whole", ["gradcam", "vanilla"])
+    assert _build(whole).computed == 2  # both maps, and the target, from one network in one build
+    assert _pages(grown) == _pages(whole)
+
+
+def test_two_fresh_builds_of_a_random_init_gallery_are_byte_identical_and_the_seed_chooses_the_network(tmp_path):
+    first = _random_init_gallery(tmp_path / "first", ["gradcam", "vanilla"])
+    second = _random_init_gallery(tmp_path / "second", ["gradcam", "vanilla"])
+    _build(first)
+    _build(second)
+    pages = _pages(first)
+    assert any(k.endswith(".png") for k in pages) and pages == _pages(second)
+    (first / "galleryvis.toml").write_text((first / "galleryvis.toml").read_text().replace("size = 64", "size = 64\nseed = 1"))
+    summary = _build(first)
+    assert (summary.computed, summary.cached) == (2, 0) and _pages(first) != pages
+
+
+def test_a_factory_whose_weights_change_between_builds_recomputes(tmp_path, monkeypatch):
+    (tmp_path / "changing_net.py").write_text(
+        "from pathlib import Path\n"
+        "import torch\n"
+        "from torch import nn\n"
+        "def net():\n"
+        "    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "                          nn.Flatten(), nn.Linear(8, 5))\n"
+        "    with torch.no_grad():  # weights from a file the manifest does not name\n"
+        "        model[0].weight.mul_(float((Path(__file__).parent / 'scale.txt').read_text()))\n"
+        "    return model\n")
+    (tmp_path / "scale.txt").write_text("1.0")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _random_init_gallery(tmp_path, ["vanilla"])
+    (tmp_path / "galleryvis.toml").write_text((tmp_path / "galleryvis.toml").read_text().replace(
+        'name = "resnet18"\nweights = "none"\nsize = 64', 'factory = "changing_net:net"\nsize = 32'))
+    runner = CliRunner()
+
+    def built() -> str:
+        result = runner.invoke(main, ["build", str(tmp_path / "galleryvis.toml")])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "1 computed, 0 cached" in built()
+    maps = {k: v for k, v in _pages(tmp_path).items() if k.startswith("img/net/")}
+    assert maps
+    again = built()  # built and hashed again (no stamp can vouch for it), found in the cache
+    assert "0 computed, 1 cached" in again and "unchanged" not in again
+    (tmp_path / "scale.txt").write_text("-3.0")
+    assert "1 computed, 0 cached" in built()
+    assert {k: v for k, v in _pages(tmp_path).items() if k.startswith("img/net/")} != maps
