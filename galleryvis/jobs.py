@@ -41,9 +41,10 @@ class Job:
 
     ``model`` is the manifest's model spec, ``image`` the input, ``tech`` the technique entry
     with its ``params`` resolved, ``layer`` and ``target`` as resolved for this model, ``key``
-    the cache key and ``covers`` what it is the hash of (recorded in the cache entry). ``result`` (the raw map, or a synthesis image), ``error``, ``cached``,
-    ``metrics``, ``curves``, ``trace`` and ``unit`` (the channel a synthesis cell optimized)
-    are filled by the compute and scoring stages.
+    the cache key and ``covers`` what it is the hash of (recorded in the cache entry).
+    ``result`` (the raw map, or a synthesis image), ``error``, ``cached``, ``metrics``,
+    ``curves``, ``trace`` and ``unit`` (the channel a synthesis cell optimized) are filled by
+    the compute and scoring stages.
     """
 
     model: ModelSpec

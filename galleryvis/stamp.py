@@ -8,7 +8,9 @@ site's own ``build.json``, galleryvis's files and the versions of the packages t
 output. :func:`fresh` checks all of that with ``os.stat`` and hashes only; it imports neither
 torch nor the manifest parser, so it is what ``galleryvis build`` asks first.
 
-A stamp is never used with ``--force``, ``--no-cache`` or ``--dry-run``.
+A stamp is never used with ``--force``, ``--no-cache`` or ``--dry-run``, and never written for
+a manifest with a factory model that has no weights file: its weights can change with files
+the manifest does not name, so only building it (and hashing its state) tells.
 """
 from __future__ import annotations
 
