@@ -461,3 +461,10 @@ def test_a_factory_whose_weights_change_between_builds_recomputes(tmp_path, monk
     (tmp_path / "scale.txt").write_text("-3.0")
     assert "1 computed, 0 cached" in built()
     assert {k: v for k, v in _pages(tmp_path).items() if k.startswith("img/net/")} != maps
+    import changing_net  # a weights file pins the weights: the stamp answers again, without the factory
+
+    torch.save(changing_net.net().state_dict(), tmp_path / "w.pth")
+    manifest = tmp_path / "galleryvis.toml"
+    manifest.write_text(manifest.read_text().replace('factory = "changing_net:net"', 'factory = "changing_net:net"\nweights = "w.pth"'))
+    assert "1 computed, 0 cached" in built()  # the key names the file's hash now
+    assert "unchanged" in built()
