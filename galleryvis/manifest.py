@@ -549,7 +549,7 @@ class _Parser:
             self.error(f"{where}.name", f"unknown model {name!r}{registry.suggest(name, sources.known_names())} "
                                         "(any torchvision classification model, or efficientnet_lite0)")
         weights = self.weights(table, where, None if "factory" in table else name or "")
-        seed = self.integer(table, "seed", where, **schema.bounds("models", "seed"), default=0)
+        seed: int = self.integer(table, "seed", where, **schema.bounds("models", "seed"), default=0)  # type: ignore[assignment]
         labels = self.existing(table, "labels", where, "labels file")
         size = self.integer(table, "size", where, **schema.bounds("models", "size"), default=None)
         mean = self.triple(table, "mean", where, positive=False)
@@ -559,8 +559,8 @@ class _Parser:
         if len(self.errors) > ok:
             return None
         name = name or factory.rsplit(":", 1)[1].rsplit(".", 1)[-1]  # type: ignore[union-attr]
-        return ModelSpec(name=name, weights=weights, factory=factory, seed=seed, labels=labels,  # type: ignore[arg-type]
-                         size=size, mean=mean, std=std, layers=layers, id=model_id or name, field=where)
+        return ModelSpec(name=name, weights=weights, factory=factory, seed=seed, labels=labels, size=size,
+                         mean=mean, std=std, layers=layers, id=model_id or name, field=where)
 
     def weights(self, table: Mapping[str, Any], where: str, name: str | None) -> str | None:
         """Normalized ``weights``: DEFAULT, none, an enum member name or an absolute path.

@@ -425,7 +425,8 @@ def test_two_fresh_builds_of_a_random_init_gallery_are_byte_identical_and_the_se
     _build(second)
     pages = _pages(first)
     assert any(k.endswith(".png") for k in pages) and pages == _pages(second)
-    (first / "galleryvis.toml").write_text((first / "galleryvis.toml").read_text().replace("size = 64", "size = 64\nseed = 1"))
+    manifest = first / "galleryvis.toml"
+    manifest.write_text(manifest.read_text().replace("size = 64", "size = 64\nseed = 1"))
     summary = _build(first)
     assert (summary.computed, summary.cached) == (2, 0) and _pages(first) != pages
 
@@ -465,6 +466,7 @@ def test_a_factory_whose_weights_change_between_builds_recomputes(tmp_path, monk
 
     torch.save(changing_net.net().state_dict(), tmp_path / "w.pth")
     manifest = tmp_path / "galleryvis.toml"
-    manifest.write_text(manifest.read_text().replace('factory = "changing_net:net"', 'factory = "changing_net:net"\nweights = "w.pth"'))
+    manifest.write_text(manifest.read_text().replace('factory = "changing_net:net"',
+                                                     'factory = "changing_net:net"\nweights = "w.pth"'))
     assert "1 computed, 0 cached" in built()  # the key names the file's hash now
     assert "unchanged" in built()
