@@ -16,6 +16,14 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class Size:
+    """A picture's width and height in pixels."""
+
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
 class ImageRecord:
     """An input image: ``src`` is the model-input crop, relative to the site root."""
 
@@ -23,6 +31,8 @@ class ImageRecord:
     name: str
     src: str
     thumb: str
+    size: Size = Size(0, 0)
+    thumb_size: Size = Size(0, 0)
 
 
 @dataclass(frozen=True)
@@ -47,17 +57,38 @@ class TechniqueRecord:
     params: dict[str, Any]
     description_md: str
     paper: str
+    kind: str = ""  # the registry's display kind: gradient, cam, signed or image
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One rendered picture of a cell (e.g. ``heatmap``), paths relative to the site root."""
+    """One rendered picture of a cell (e.g. ``heatmap``), paths relative to the site root;
+    ``scale`` names its :class:`ColourScale`, ``range`` is the value range its colours span
+    when the map shares a scale with others (``""`` when it has its own)."""
 
     key: str
     label: str
     src: str
     thumb: str
     alt: str
+    size: Size = Size(0, 0)
+    thumb_size: Size = Size(0, 0)
+    scale: str = ""
+    range: str = ""
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """A colour bar: ``stops`` are CSS colours from low to high; ``low`` / ``middle`` / ``high``
+    say what each end means (``middle`` only for signed scales)."""
+
+    key: str
+    colormap: str
+    stops: list[str]
+    quantity: str
+    low: str
+    high: str
+    middle: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +107,8 @@ class Cell:
     trace: list[float] = field(default_factory=list)
     plot: str = ""  # relative path of a small SVG/PNG plot (objective or metric curves)
     curves: dict[str, list[float]] = field(default_factory=dict)  # e.g. deletion / insertion
+    values: str = ""  # relative path of the map's values for the viewer (a script, see viewer.js)
+    skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it was not computed
 
 
 @dataclass(frozen=True)
@@ -99,6 +132,11 @@ class Gallery:
     cells: list[Cell]
     rankings: list[Ranking] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    scales: dict[str, ColourScale] = field(default_factory=dict)
+    scaling: str = ""  # how the maps are scaled, in a sentence
+    base_url: str = ""  # the published site's address; gallery.md links pages there
+    build: dict[str, Any] = field(default_factory=dict)  # provenance: versions, device, seeds, hashes
+    downloads: dict[str, str] = field(default_factory=dict)  # model id -> zip of its raw maps
 
     @cached_property
     def _index(self) -> dict[tuple[str, str, str], Cell]:

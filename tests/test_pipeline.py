@@ -280,9 +280,10 @@ def test_built_site_views_links_and_tables(project):
     _build(project)
     root = project / "site"
     pages = sorted(p.name for p in root.glob("*.html"))
-    assert pages == ["compare-cat.html", "compare-coffee.html", "index.html", "model-mobilenet-v3-small.html",
-                     "model-resnet18.html", "technique-gradcam.html", "technique-guided-backprop.html",
-                     "technique-integrated-gradients.html", "technique-vanilla.html"]
+    assert pages == ["build.html", "compare-cat.html", "compare-coffee.html", "compare.html", "index.html",
+                     "model-mobilenet-v3-small.html", "model-resnet18.html", "technique-gradcam.html",
+                     "technique-guided-backprop.html", "technique-integrated-gradients.html",
+                     "technique-vanilla.html", "techniques.html"]
     for page in pages:
         html5lib.HTMLParser(strict=True).parse((root / page).read_bytes())
         tree = parse(root / page)
@@ -290,13 +291,16 @@ def test_built_site_views_links_and_tables(project):
             for attr in ("src", "href"):
                 if (url := el.get(attr)) and (target := local(url)):
                     assert (root / target).is_file(), f"{page}: {url}"
-    (table,) = grids(parse(root / "model-resnet18.html"))
-    assert len(header_texts(table)) == 3  # the technique column and two images
-    assert "Target class: espresso (967)" in header_texts(table)[2]
-    # original + vanilla 2 + gradcam 3 + guided backprop 4 + integrated gradients 2 variants
-    assert len(row_labels(table)) == 12 and all(len(r) == 3 for r in expand(table))
+    tables = grids(parse(root / "model-resnet18.html"))  # gradients, CAMs, signed maps
+    assert len(tables) == 3
+    for table in tables:
+        assert len(header_texts(table)) == 3  # the technique column and two images
+        assert "Target class: espresso (967)" in header_texts(table)[2]
+        assert all(len(r) == 3 for r in expand(table))
+    # each group's original row + vanilla 2 + guided backprop 4 / gradcam 3 / integrated gradients 2 variants
+    assert [len(row_labels(t)) for t in tables] == [7, 4, 3]
     md = (root / "gallery.md").read_text()
-    for url in _LINK.findall(md):
+    for url in (a or b for a, b in _LINK.findall(md)):
         if (target := local(url)):
             assert (root / target).is_file(), url
 
@@ -314,13 +318,13 @@ id = "sg-a"
 params = { samples = 2, sigma = 0.9 }
 """)
     _build(project)
-    pngs = [p.name for p in (project / "site" / "img").rglob("*.png")]
+    pngs = [p.name for p in (project / "site" / "img").rglob("*.webp")]
     a = sorted(n for n in pngs if n.startswith("sg-a-") and not n.startswith("sg-a-2-"))
     b = sorted(n for n in pngs if n.startswith("sg-a-2-"))
     assert a and len(a) == len(b)
     resnet_cat = project / "site" / "img" / "resnet18" / "cat"
-    first = sorted(resnet_cat.glob("sg-a-[!2]*.png"))
-    second = sorted(resnet_cat.glob("sg-a-2-*.png"))
+    first = sorted(resnet_cat.glob("sg-a-[!2]*.webp"))
+    second = sorted(resnet_cat.glob("sg-a-2-*.webp"))
     assert first and [p.read_bytes() for p in first] != [p.read_bytes() for p in second]
 
 
