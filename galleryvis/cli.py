@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
+from . import __version__
 from .cache import CACHE_DIRNAME
 from .errors import ManifestError
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 MANIFEST_NAME = "galleryvis.toml"
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(code)
 
@@ -63,7 +64,7 @@ def _manifest(path: Path | None) -> Manifest:
 
 
 @click.group()
-@click.version_option(package_name="galleryvis")
+@click.version_option(__version__, prog_name="galleryvis")
 def main() -> None:
     """Turn a manifest of images x models x techniques into a static gallery of CNN visualizations."""
 
@@ -113,21 +114,31 @@ def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: 
 
 @main.command()
 @click.option("--github-pages", is_flag=True, help="Also write a GitHub Actions workflow that deploys the gallery to Pages.")
+@click.option("--from-git", metavar="URL[@REF]",
+              help=f"The workflow installs galleryvis from this git repository (tag, branch or commit) "
+                   f"instead of galleryvis=={__version__} from PyPI.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @_errors_as_exit
-def init(github_pages: bool, force: bool) -> None:
+def init(github_pages: bool, from_git: str | None, force: bool) -> None:
     """Write a commented starter manifest (galleryvis.toml) in the current folder."""
     from .fileio import atomic_write
     from .manifest import starter_manifest
 
+    if from_git is not None and not github_pages:
+        _fail("error: --from-git chooses what the Pages workflow installs: add --github-pages")
     targets = {Path(MANIFEST_NAME): starter_manifest(github_pages)}
     if github_pages:
-        from .publish import pages_workflow
+        from .publish import WORKFLOW_PATH, git_requirement, pages_workflow
 
-        targets[Path(".github/workflows/galleryvis-pages.yml")] = pages_workflow()
-    for path, text in targets.items():
+        try:
+            requirement = git_requirement(from_git) if from_git is not None else None
+        except ValueError as exc:
+            _fail(f"error: --from-git: {exc}")
+        targets[Path(WORKFLOW_PATH)] = pages_workflow(requirement)
+    for path in targets:
         if path.exists() and not force:
             _fail(f"error: {path} exists; pass --force to overwrite it")
+    for path, text in targets.items():
         atomic_write(path, text.encode())
         click.echo(f"wrote {path}")
 
