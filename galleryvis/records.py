@@ -1,9 +1,13 @@
 """Plain records that rendering reads: paths, labels, scores, timings; never tensors."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
+
+#: The site file that holds a gallery's records (``galleryvis embed`` reads it back).
+RECORDS_FILE = "gallery.json"
 
 
 @dataclass(frozen=True)
@@ -111,3 +115,20 @@ class Gallery:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (for build.json and tests)."""
         return asdict(self)
+
+    def to_json(self) -> bytes:
+        """The records as :data:`RECORDS_FILE` holds them: without ``summary`` (this build's
+        counts, which build.json has), so an unchanged rebuild writes the same bytes."""
+        return json.dumps(replace(self, summary={}).to_dict(), indent=1, ensure_ascii=False, default=str).encode()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Gallery:
+        """The inverse of :meth:`to_dict` (tuples come back as lists)."""
+        return cls(
+            d["title"], d["description_md"], [ImageRecord(**i) for i in d["images"]],
+            [ModelRecord(**{**m, "predictions": {k: [Prediction(**p) for p in ps] for k, ps in m["predictions"].items()}})
+             for m in d["models"]],
+            [TechniqueRecord(**t) for t in d["techniques"]],
+            [Cell(**{**c, "variants": [Variant(**v) for v in c["variants"]]}) for c in d["cells"]],
+            [Ranking(**r) for r in d["rankings"]], d["summary"],
+        )

@@ -14,7 +14,7 @@ from .images import fit
 from .jobs import Job, LoadedImage, Workspace, layer_for
 from .manifest import Manifest
 from .naming import unique_slugs
-from .records import Cell, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, TechniqueRecord, Variant
+from .records import RECORDS_FILE, Cell, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, TechniqueRecord, Variant
 from .sitefiles import staged
 from .synthesis.api import spec_of
 
@@ -120,4 +120,5 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         gallery = Gallery(manifest.gallery.title, manifest.gallery.description, image_records, model_records,
                           _technique_records(manifest), cells, rankings, counts)
         render_site(gallery, tmp)
+        atomic_write(tmp / RECORDS_FILE, gallery.to_json())
         atomic_write(tmp / "build.json", json.dumps(timings, indent=2, sort_keys=True).encode())

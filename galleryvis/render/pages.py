@@ -18,22 +18,27 @@ Markdown), and the same records always give byte-identical files.
 """
 from __future__ import annotations
 
+import html as _html
 import json
 import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jinja2
 
 from galleryvis.fileio import atomic_write
 from galleryvis.records import Gallery, TechniqueRecord
-from .grid import FAMILY_TITLES, Slot, Table, SiteModel, titlecase, fmt_number, split_paper, target_text
+from .grid import FAMILY_TITLES, Slot, SiteModel, titlecase, fmt_number, split_paper, target_text
 from .safe import MdSafe, md_finalize, embed_markdown, md_escape, render_markdown, site_url
 
 
 _TECHNIQUE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+#: Width in pixels of a picture in a Markdown table: the thumbnails' width.
+THUMB_WIDTH = 160
 
 
 def _resources() -> Any:
@@ -62,7 +67,7 @@ def _environments() -> tuple[jinja2.Environment, jinja2.Environment]:
     html.globals["target_text"] = target_text
     # In the Markdown environment every {{ value }} is escaped unless it is built as MdSafe.
     mdenv = jinja2.Environment(autoescape=False, finalize=md_finalize, **common)
-    mdenv.filters["url"] = lambda p: MdSafe(site_url(p))
+    mdenv.filters["url"] = _md_url
     mdenv.filters["num"] = fmt_number
     return html, mdenv
 
@@ -86,11 +91,17 @@ def _write(path: Path, data: bytes | str) -> Path:
     return atomic_write(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
-def _md_cell(site: SiteModel, table: Table, slot: Slot) -> MdSafe:
-    """One Markdown table cell (already escaped)."""
+def _md_url(path: str) -> MdSafe:
+    return MdSafe(site_url(path))
+
+
+def _md_cell(slot: Slot, url: Callable[[str], str], width: int) -> MdSafe:
+    """One Markdown table cell (already escaped): the thumbnail ``width`` px wide, linked to the
+    picture; ``url`` turns a site path into the link."""
     parts: list[str] = []
     if slot.kind in ("image", "original"):
-        parts.append(f"[![{md_escape(slot.alt)}]({site_url(slot.thumb)})]({site_url(slot.src)})")
+        alt = _html.escape(" ".join(slot.alt.split())).replace("|", "&#124;")
+        parts.append(f'[<img src="{url(slot.thumb)}" width="{width}" alt="{alt}">]({url(slot.src)})')
     elif slot.kind == "failed":
         parts.append(f"**Failed:** {md_escape(_first_line(slot.error, 200))}")
     elif slot.kind == "missing":
@@ -105,6 +116,18 @@ def _md_cell(site: SiteModel, table: Table, slot: Slot) -> MdSafe:
             for name, value, _, flagged in slot.metrics
         ))
     return MdSafe("<br>".join(parts))
+
+
+def markdown_tables(gallery: Gallery, prefix: str = "", width: int | None = None) -> str:
+    """The gallery as Markdown tables for a README (``galleryvis embed``): one per technique
+    family, rows = technique variants, columns = each image with the models side by side.
+    Pictures link to ``prefix`` + their site path, ``width`` px wide (default: the thumbnails');
+    no links to HTML pages. The same records give the same text."""
+    site = SiteModel(gallery)
+    return _environments()[1].get_template("embed.md.j2").render(
+        tables=site.gallery_tables(), page=lambda href: "", MdSafe=MdSafe,
+        cell=lambda t, s: _md_cell(s, lambda path: prefix + site_url(path), width or THUMB_WIDTH),
+    )
 
 
 def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
@@ -153,7 +176,7 @@ def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
         for m in gallery.models
     ]
     md_text = mdenv.get_template("gallery.md.j2").render(
-        **common, models_md=model_md, cell=lambda t, s: _md_cell(site, t, s),
+        **common, models_md=model_md, cell=lambda t, s: _md_cell(s, site_url, THUMB_WIDTH), page=_md_url,
         description=MdSafe(embed_markdown(gallery.description_md, shift=1)),
         MdSafe=MdSafe,
     )
