@@ -151,15 +151,19 @@ def embed(file: Path, manifest: Path | None, section: str, width: int | None, ca
 
     embedding.section(embedding.read(file), section, file)  # bad markers fail before the build
     site, failed = _unchanged(manifest, cache_dir, None, quiet), 0
-    if site is None or not (site / RECORDS_FILE).is_file():
+    if site is not None and (site / RECORDS_FILE).is_file():
+        prefix = embedding.site_prefix(file, site)
+    else:
         from .pipeline import Options, build as run_build
 
         m = _manifest(manifest)
+        site = m.gallery.output
+        prefix = embedding.site_prefix(file, site)  # before the build replaces that folder
         summary = run_build(m, Options(cache_dir=cache_dir, quiet=quiet))
-        _report(m.gallery.output, summary, quiet)
-        site, failed = m.gallery.output, summary.failed
+        _report(site, summary, quiet)
+        failed = summary.failed
     gallery = Gallery.from_dict(json.loads((site / RECORDS_FILE).read_text(encoding="utf-8")))
-    changed = embedding.embed(file, section, markdown_tables(gallery, embedding.site_prefix(file, site), width))
+    changed = embedding.embed(file, section, markdown_tables(gallery, prefix, width))
     if not quiet:
         click.echo(f"{file}: section '{section}' {'updated' if changed else 'unchanged'}")
     if failed:

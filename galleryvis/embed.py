@@ -4,7 +4,8 @@ A section is the text between the lines ``<!-- galleryvis:NAME -->`` and
 ``<!-- /galleryvis:NAME -->``. Markers stand on lines of their own; inside fenced code blocks
 they are text. :func:`sections` validates every section of a file (balanced, not nested, one
 of each name) and :func:`replace` swaps one section's content, leaving every other byte as it
-was (line endings included). Pure text functions: no torch, no file access but :func:`embed`.
+was (line endings included). Text functions, no torch; only :func:`read` and :func:`embed`
+touch the file.
 """
 from __future__ import annotations
 
@@ -123,10 +124,17 @@ def read(file: Path) -> str:
 
 
 def site_prefix(file: Path, site: Path) -> str:
-    """The URL prefix from ``file``'s folder to the ``site`` folder: ``"site/"``, ``"../site/"``,
-    ``""`` when they are the same folder; posix separators, percent-encoded."""
-    rel = Path(os.path.relpath(site.resolve(), file.resolve().parent)).as_posix()
-    return "" if rel == "." else quote(rel, safe="/") + "/"
+    """The URL prefix from ``file``'s folder to the ``site`` folder (``"site/"``,
+    ``"../site/"``), posix separators, percent-encoded.
+
+    Raises:
+        EmbedError: ``file`` is inside ``site``, which every build replaces whole.
+    """
+    target, folder = file.resolve(), site.resolve()
+    if target.is_relative_to(folder):
+        raise EmbedError(f"{file}: inside the site folder {site}, which every build replaces; "
+                         "embed into a file outside it")
+    return quote(Path(os.path.relpath(folder, target.parent)).as_posix(), safe="/") + "/"
 
 
 def embed(file: Path, name: str, table: str) -> bool:
