@@ -103,6 +103,7 @@ class Gallery:
     cells: list[Cell]
     rankings: list[Ranking] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    base_url: str = ""  # the published site's address; gallery.md links pages there
 
     @cached_property
     def _index(self) -> dict[tuple[str, str, str], Cell]:
@@ -130,5 +131,5 @@ class Gallery:
              for m in d["models"]],
             [TechniqueRecord(**t) for t in d["techniques"]],
             [Cell(**{**c, "variants": [Variant(**v) for v in c["variants"]]}) for c in d["cells"]],
-            [Ranking(**r) for r in d["rankings"]], d["summary"],
+            [Ranking(**r) for r in d["rankings"]], d["summary"], d["base_url"],
         )

@@ -118,7 +118,7 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         cells = [_cell_record(job, ws, tmp, manifest, crop(ws.image(job), ws.adapter(job).size), parts, out)
                  for job in jobs]
         gallery = Gallery(manifest.gallery.title, manifest.gallery.description, image_records, model_records,
-                          _technique_records(manifest), cells, rankings, counts)
+                          _technique_records(manifest), cells, rankings, counts, manifest.gallery.base_url)
         render_site(gallery, tmp)
         atomic_write(tmp / RECORDS_FILE, gallery.to_json())
         atomic_write(tmp / "build.json", json.dumps(timings, indent=2, sort_keys=True).encode())

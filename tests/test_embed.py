@@ -2,6 +2,7 @@
 (replace, idempotent, refuse: exit code 2, one line, the file untouched byte for byte)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from galleryvis.cli import main
 from galleryvis.embed import EmbedError, embed, read, replace, section, sections, site_prefix
 from galleryvis.records import Gallery
-from galleryvis.render import THUMB_WIDTH, markdown_tables
+from galleryvis.render import MD_WIDTH, markdown_tables
 
 from gallery_fixture import make_gallery
 
@@ -25,8 +26,7 @@ PHOTOS = Path(__file__).resolve().parent.parent / "input_images"
 OPEN, CLOSE = "<!-- galleryvis:gallery -->", "<!-- /galleryvis:gallery -->"
 DOC = f"# Title\n\nIntro text.\n{OPEN}\nold table\n{CLOSE}\nAfter, no newline at the end"
 
-_IMG = re.compile(r'<img src="([^"]+)" width="(\d+)" alt="[^"]*">')
-_LINK = re.compile(r"\]\(([^)\s]*)\)")
+_PICTURE = re.compile(r'<a href="([^"]+)"><img src="([^"]+)" width="(\d+)" alt="[^"]*"></a>')
 
 
 # -- the parser ------------------------------------------------------------------------------
@@ -133,25 +133,31 @@ def test_tables_link_every_picture_relative_to_the_file_with_a_width(tmp_path):
     gallery = make_gallery(tmp_path / "site")
     (tmp_path / "docs").mkdir()
     text = markdown_tables(gallery, site_prefix(tmp_path / "docs" / "card.md", tmp_path / "site"), 120)
-    images = _IMG.findall(text)
-    pictures = sum(len(c.variants) for c in gallery.cells) + len(gallery.images) * len(gallery.models) * 2
-    assert len(images) == pictures
-    assert {width for _, width in images} == {"120"}
-    for url in [src for src, _ in images] + _LINK.findall(text):
+    pictures = _PICTURE.findall(text)
+    assert len(pictures) == sum(len(c.variants) for c in gallery.cells) + len(gallery.images) * len(gallery.models) * 2
+    assert {width for _, _, width in pictures} == {"120"} and text.count("<img ") == len(pictures)
+    for url in [u for href, src, _ in pictures for u in (href, src)]:
         assert url.startswith("../site/") and _resolves(tmp_path / "docs", url), url
-    assert ".html" not in text and not re.search(r"(?<!\\)<(script|/script|em)", text)
+    assert ".html" not in text and "](" not in text and not re.search(r"(?<!\\)<(script|/script|em)", text)
     assert "Chelsea the cat.png · AlexNet" in text  # models side by side under each image
     assert text == markdown_tables(gallery, "../site/", 120)
 
 
 def test_tables_are_the_gallery_md_grid_drawn_the_same_way(tmp_path):
     text = markdown_tables(make_gallery(tmp_path), "")
-    assert {w for _, w in _IMG.findall(text)} == {str(THUMB_WIDTH)}
+    assert {w for _, _, w in _PICTURE.findall(text)} == {str(MD_WIDTH)}
     tables = [block.splitlines() for block in text.split("\n\n") if block.startswith("|")]
     assert [t[0].split(" |")[0] for t in tables] == ["| Technique", "| Technique"]
     for table in tables:
         assert len({len(re.findall(r"(?<!\\)\|", line)) for line in table}) == 1
     assert "**Failed:** RuntimeError" in text and "Sanity ρ 0.900 ⚠" in text
+
+
+def test_pages_are_linked_at_the_base_url_only(tmp_path):
+    gallery = dataclasses.replace(make_gallery(tmp_path), base_url="https://example.org/gallery/")
+    links = re.findall(r"\]\(([^)\s]*)\)", markdown_tables(gallery, "site/"))
+    assert links and all(u.startswith("https://example.org/gallery/") and u.endswith(".html") for u in links)
+    assert "https://example.org/gallery/technique-vanilla.html" in links
 
 
 def test_records_survive_gallery_json(tmp_path):
@@ -199,7 +205,7 @@ def test_embed_replaces_the_section_then_changes_nothing(project):
     after = readme.read_bytes().decode()
     assert after.startswith("# Project\r\n\r\n" + OPEN + "\r\n\r\n") and after.endswith(CLOSE + "\r\n\r\nMore.\r\n")
     assert after.count("\n") == after.count("\r\n")
-    urls = [src for src, _ in _IMG.findall(after)] + _LINK.findall(after)
+    urls = [u for href, src, _ in _PICTURE.findall(after) for u in (href, src)]
     assert len(urls) == 2 * 3 and all(u.startswith("site/") and _resolves(project, u) for u in urls)
 
     # A second run: the build stamp answers (no torch imported) and the file keeps its bytes.

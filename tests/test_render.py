@@ -305,7 +305,7 @@ def test_metrics_flags_and_ranking(site):
 
 # -- gallery.md ------------------------------------------------------------------------------
 _PIPE = re.compile(r"(?<!\\)\|")
-_LINK = re.compile(r"\]\(([^)\s]*)\)")
+_LINK = re.compile(r"\]\(([^)\s]*)\)|(?:href|src)=\"([^\"]*)\"")
 
 
 def md_tables(md: str) -> list[list[str]]:
@@ -322,7 +322,7 @@ def md_tables(md: str) -> list[list[str]]:
 def test_gallery_md_links_resolve(site):
     root, _, _ = site
     md = (root / "gallery.md").read_text()
-    targets = _LINK.findall(md)
+    targets = [a or b for a, b in _LINK.findall(md)]
     assert len(targets) > 50
     for url in targets:
         assert url and " " not in url

@@ -18,9 +18,9 @@ Markdown), and the same records always give byte-identical files.
 """
 from __future__ import annotations
 
-import html as _html
 import json
 import re
+from html import escape as html_escape
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -35,10 +35,6 @@ from .safe import MdSafe, md_finalize, embed_markdown, md_escape, render_markdow
 
 
 _TECHNIQUE_NAME = re.compile(r"[A-Za-z0-9_-]+")
-
-
-#: Width in pixels of a picture in a Markdown table: the thumbnails' width.
-THUMB_WIDTH = 160
 
 
 def _resources() -> Any:
@@ -67,7 +63,7 @@ def _environments() -> tuple[jinja2.Environment, jinja2.Environment]:
     html.globals["target_text"] = target_text
     # In the Markdown environment every {{ value }} is escaped unless it is built as MdSafe.
     mdenv = jinja2.Environment(autoescape=False, finalize=md_finalize, **common)
-    mdenv.filters["url"] = _md_url
+    mdenv.filters["url"] = lambda p: MdSafe(site_url(p))
     mdenv.filters["num"] = fmt_number
     return html, mdenv
 
@@ -91,17 +87,22 @@ def _write(path: Path, data: bytes | str) -> Path:
     return atomic_write(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
-def _md_url(path: str) -> MdSafe:
-    return MdSafe(site_url(path))
+#: Width of a picture in gallery.md when its record gives none (GitHub honours ``width``).
+MD_WIDTH = 160
 
 
-def _md_cell(slot: Slot, url: Callable[[str], str], width: int) -> MdSafe:
-    """One Markdown table cell (already escaped): the thumbnail ``width`` px wide, linked to the
-    picture; ``url`` turns a site path into the link."""
+def md_picture(src: str, thumb: str, alt: str, width: int, prefix: str = "") -> str:
+    """A linked thumbnail as HTML on one line, which GitHub's Markdown renders with its ``width``;
+    paths relative to the site root, joined to ``prefix`` (e.g. the site folder seen from a README)."""
+    return (f'<a href="{html_escape(prefix + site_url(src))}"><img src="{html_escape(prefix + site_url(thumb))}" '
+            f'width="{int(width)}" alt="{html_escape(" ".join(alt.split())).replace("|", "&#124;")}"></a>')
+
+
+def _md_cell(slot: Slot, prefix: str = "", width: int | None = None) -> MdSafe:
+    """One Markdown table cell (already escaped); pictures as :func:`md_picture`."""
     parts: list[str] = []
     if slot.kind in ("image", "original"):
-        alt = _html.escape(" ".join(slot.alt.split())).replace("|", "&#124;")
-        parts.append(f'[<img src="{url(slot.thumb)}" width="{width}" alt="{alt}">]({url(slot.src)})')
+        parts.append(md_picture(slot.src, slot.thumb, slot.alt, width or MD_WIDTH, prefix))
     elif slot.kind == "failed":
         parts.append(f"**Failed:** {md_escape(_first_line(slot.error, 200))}")
     elif slot.kind == "missing":
@@ -118,15 +119,21 @@ def _md_cell(slot: Slot, url: Callable[[str], str], width: int) -> MdSafe:
     return MdSafe("<br>".join(parts))
 
 
+def _md_pages(base_url: str) -> Callable[[str], MdSafe]:
+    """``page(href)`` of the Markdown tables: the HTML page at ``base_url`` (the published site)."""
+    return lambda href: MdSafe(base_url + site_url(href))
+
+
 def markdown_tables(gallery: Gallery, prefix: str = "", width: int | None = None) -> str:
     """The gallery as Markdown tables for a README (``galleryvis embed``): one per technique
     family, rows = technique variants, columns = each image with the models side by side.
-    Pictures link to ``prefix`` + their site path, ``width`` px wide (default: the thumbnails');
-    no links to HTML pages. The same records give the same text."""
+    Pictures link to ``prefix`` + their site path, ``width`` px wide (default :data:`MD_WIDTH`);
+    HTML pages are linked only at the gallery's ``base_url`` (GitHub shows a relative ``.html``
+    as source). The same records give the same text."""
     site = SiteModel(gallery)
     return _environments()[1].get_template("embed.md.j2").render(
-        tables=site.gallery_tables(), page=lambda href: "", MdSafe=MdSafe,
-        cell=lambda t, s: _md_cell(s, lambda path: prefix + site_url(path), width or THUMB_WIDTH),
+        tables=site.gallery_tables(), MdSafe=MdSafe, cell=lambda t, s: _md_cell(s, prefix, width),
+        page=_md_pages(gallery.base_url) if gallery.base_url else lambda href: "",
     )
 
 
@@ -176,7 +183,7 @@ def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
         for m in gallery.models
     ]
     md_text = mdenv.get_template("gallery.md.j2").render(
-        **common, models_md=model_md, cell=lambda t, s: _md_cell(s, site_url, THUMB_WIDTH), page=_md_url,
+        **common, models_md=model_md, cell=lambda t, s: _md_cell(s), page=_md_pages(gallery.base_url),
         description=MdSafe(embed_markdown(gallery.description_md, shift=1)),
         MdSafe=MdSafe,
     )
