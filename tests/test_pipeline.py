@@ -296,7 +296,7 @@ def test_built_site_views_links_and_tables(project):
     # original + vanilla 2 + gradcam 3 + guided backprop 4 + integrated gradients 2 variants
     assert len(row_labels(table)) == 12 and all(len(r) == 3 for r in expand(table))
     md = (root / "gallery.md").read_text()
-    for url in _LINK.findall(md):
+    for url in (a or b for a, b in _LINK.findall(md)):
         if (target := local(url)):
             assert (root / target).is_file(), url
 
