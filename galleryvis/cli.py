@@ -129,9 +129,9 @@ def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: 
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False),
               help="The gallery's manifest (default: ./galleryvis.toml, else the embedded default).")
-@click.option("--section", default=DEFAULT_SECTION, show_default=True,
+@click.option("--section", default=DEFAULT_SECTION, show_default=True, metavar="NAME",
               help="Fill the lines between <!-- galleryvis:NAME --> and <!-- /galleryvis:NAME -->.")
-@click.option("--width", default=None, type=click.IntRange(1), help="Picture width in pixels (default: the thumbnails', 160).")
+@click.option("--width", default=None, type=click.IntRange(1), help="Picture width in pixels (default: as in gallery.md).")
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help="Cache folder, as for build.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @_errors_as_exit

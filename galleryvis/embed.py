@@ -20,7 +20,8 @@ from .fileio import atomic_write
 
 DEFAULT_SECTION = "gallery"
 
-_MARKER = re.compile(r"<!--\s*(/?)galleryvis:([\w.-]+)\s*-->")
+_NAME = r"[\w.-]+"
+_MARKER = re.compile(rf"<!--\s*(/?)galleryvis:({_NAME})\s*-->")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 
 
@@ -93,8 +94,11 @@ def section(text: str, name: str, file: str | os.PathLike[str]) -> Section:
     """Section ``name`` of ``text``, once every section is checked.
 
     Raises:
-        EmbedError: any problem :func:`sections` finds, or no section ``name``.
+        EmbedError: a name a marker cannot hold, any problem :func:`sections` finds, or no
+            section ``name``.
     """
+    if not re.fullmatch(_NAME, name):
+        raise EmbedError(f"section name {name!r}: use letters, digits, '_', '.' and '-'")
     found = sections(text, file)
     if name not in found:
         raise EmbedError(f"{file}: no section '{name}': mark it with the lines "

@@ -60,6 +60,11 @@ def test_a_missing_section_is_one_line_naming_the_file_and_the_markers():
     assert "\n" not in str(err.value)
 
 
+def test_a_section_name_no_marker_can_hold_is_refused():
+    with pytest.raises(EmbedError, match="section name 'my table'"):
+        section(DOC, "my table", "F.md")
+
+
 def test_markers_in_code_or_inside_a_line_are_text():
     text = (f"Write `{OPEN}` on a line of its own:\n\n```markdown\n{OPEN}\n```\n\n~~~~\n{CLOSE}\n```\n~~~~\n"
             f"  {OPEN}  \nx\n{CLOSE}\n")
