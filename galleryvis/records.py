@@ -1,7 +1,9 @@
 """Plain records that rendering reads: paths, labels, scores, timings; never tensors."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -124,12 +126,20 @@ class Gallery:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Gallery:
-        """The inverse of :meth:`to_dict` (tuples come back as lists)."""
-        return cls(
-            d["title"], d["description_md"], [ImageRecord(**i) for i in d["images"]],
-            [ModelRecord(**{**m, "predictions": {k: [Prediction(**p) for p in ps] for k, ps in m["predictions"].items()}})
-             for m in d["models"]],
-            [TechniqueRecord(**t) for t in d["techniques"]],
-            [Cell(**{**c, "variants": [Variant(**v) for v in c["variants"]]}) for c in d["cells"]],
-            [Ranking(**r) for r in d["rankings"]], d["summary"], d["base_url"],
-        )
+        """The inverse of :meth:`to_dict` (tuples come back as lists, missing keys as defaults)."""
+        return _load(cls, d)
+
+
+def _load(hint: Any, value: Any) -> Any:
+    """``value`` (plain JSON data) as type ``hint``: records, and lists and dicts of them, rebuilt
+    from their field types."""
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return hint(**{f.name: _load(hints[f.name], value[f.name])
+                       for f in dataclasses.fields(hint) if f.name in value})
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        return [_load(args[0], v) for v in value]
+    if typing.get_origin(hint) is dict:
+        return {k: _load(args[1], v) for k, v in value.items()}
+    return value

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from galleryvis.cli import main
 from galleryvis.embed import EmbedError, embed, read, replace, section, sections, site_prefix
-from galleryvis.records import Gallery
+from galleryvis.records import Gallery, Prediction, Variant
 from galleryvis.render import MD_WIDTH, markdown_tables
 
 from gallery_fixture import make_gallery
@@ -168,8 +168,12 @@ def test_pages_are_linked_at_the_base_url_only(tmp_path):
 def test_records_survive_gallery_json(tmp_path):
     gallery = make_gallery(tmp_path)
     data = gallery.to_json()
-    assert Gallery.from_dict(json.loads(data)).to_json() == data
+    back = Gallery.from_dict(json.loads(data))
+    assert back.to_json() == data
     assert json.loads(data)["summary"] == {}  # this build's counts are in build.json
+    assert isinstance(back.cells[0].variants[0], Variant) and isinstance(back.models[0].predictions["cat"][0], Prediction)
+    older = {k: v for k, v in json.loads(data).items() if k != "base_url"}
+    assert Gallery.from_dict(older).base_url == ""  # a key the file lacks takes its default
 
 
 # -- the command -----------------------------------------------------------------------------
