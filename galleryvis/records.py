@@ -122,7 +122,8 @@ class Gallery:
     def to_json(self) -> bytes:
         """The records as :data:`RECORDS_FILE` holds them: without ``summary`` (this build's
         counts, which build.json has), so an unchanged rebuild writes the same bytes."""
-        return json.dumps(replace(self, summary={}).to_dict(), indent=1, ensure_ascii=False, default=str).encode()
+        return json.dumps(replace(self, summary={}).to_dict(), ensure_ascii=False, separators=(",", ":"),
+                          default=str).encode()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Gallery:

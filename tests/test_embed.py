@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote
 
+import markdown
 import pytest
 from click.testing import CliRunner
 
@@ -216,6 +217,8 @@ def test_embed_replaces_the_section_then_changes_nothing(project):
     assert after.count("\n") == after.count("\r\n")
     urls = [u for href, src, _ in _PICTURE.findall(after) for u in (href, src)]
     assert len(urls) == 2 * 3 and all(u.startswith("site/") and _resolves(project, u) for u in urls)
+    rendered = markdown.markdown(after, extensions=["tables"])  # the blank lines make it a table
+    assert rendered.count("<table>") == 1 and rendered.count("<img ") == 3
 
     # A second run: the build stamp answers (no torch imported) and the file keeps its bytes.
     again = subprocess.run([sys.executable, "-X", "importtime", "-m", "galleryvis", "embed", "README.md"],
