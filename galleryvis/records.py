@@ -1,9 +1,15 @@
 """Plain records that rendering reads: paths, labels, scores, timings; never tensors."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import dataclasses
+import json
+import typing
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
+
+#: The site file that holds a gallery's records (``galleryvis embed`` reads it back).
+RECORDS_FILE = "gallery.json"
 
 
 @dataclass(frozen=True)
@@ -149,3 +155,29 @@ class Gallery:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (for build.json and tests)."""
         return asdict(self)
+
+    def to_json(self) -> bytes:
+        """The records as :data:`RECORDS_FILE` holds them: without ``summary`` (this build's
+        counts, which build.json has), so an unchanged rebuild writes the same bytes."""
+        return json.dumps(replace(self, summary={}).to_dict(), ensure_ascii=False, separators=(",", ":"),
+                          default=str).encode()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Gallery:
+        """The inverse of :meth:`to_dict` (tuples come back as lists, missing keys as defaults)."""
+        return _load(cls, d)
+
+
+def _load(hint: Any, value: Any) -> Any:
+    """``value`` (plain JSON data) as type ``hint``: records, and lists and dicts of them, rebuilt
+    from their field types."""
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return hint(**{f.name: _load(hints[f.name], value[f.name])
+                       for f in dataclasses.fields(hint) if f.name in value})
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        return [_load(args[0], v) for v in value]
+    if typing.get_origin(hint) is dict:
+        return {k: _load(args[1], v) for k, v in value.items()}
+    return value

@@ -19,7 +19,7 @@ from .images import fit
 from .jobs import Job, LoadedImage, Workspace, layer_for
 from .manifest import Manifest
 from .naming import unique_slugs
-from .records import (Cell, ColourScale, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, Size,
+from .records import (RECORDS_FILE, Cell, ColourScale, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, Size,
                       TechniqueRecord, Variant)
 from .sitefiles import staged
 from .synthesis.api import spec_of
@@ -264,5 +264,6 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
                           scaling=scaling, base_url=manifest.gallery.base_url, build=provenance or {},
                           downloads=downloads)
         render_site(gallery, tmp)
+        atomic_write(tmp / RECORDS_FILE, gallery.to_json())
         atomic_write(tmp / "build.json", json.dumps({**timings, "provenance": provenance or {}}, indent=2,
                                                    sort_keys=True).encode())

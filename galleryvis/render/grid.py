@@ -365,6 +365,14 @@ class SiteModel:
             model.name, lambda: [Column(model, img, img.name, self.compare_page[img.id]) for img in self.g.images],
             "images", True)
 
+    def gallery_tables(self) -> list[tuple[str, Table]]:
+        """Every image with the models side by side (a column per pair), one grid per family."""
+        many = len(self.g.models) > 1
+        return self._family_tables(
+            self.g.title, lambda: [Column(m, img, f"{img.name} · {m.name}" if many else img.name, self.compare_page[img.id])
+                                   for img in self.g.images for m in self.g.models],
+            "images and models", True)
+
     def compare_tables(self, image: ImageRecord) -> list[tuple[str, Table]]:
         return self._family_tables(
             image.name, lambda: [Column(m, image, m.name, self.model_page[m.id]) for m in self.g.models],

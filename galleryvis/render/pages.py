@@ -28,13 +28,13 @@ from html import escape as html_escape
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jinja2
 
 from galleryvis.fileio import atomic_write
 from galleryvis.records import Gallery, TechniqueRecord
-from .grid import FAMILY_TITLES, METRICS, Slot, Table, SiteModel, titlecase, fmt_number, split_paper, target_text
+from .grid import FAMILY_TITLES, METRICS, Slot, SiteModel, titlecase, fmt_number, split_paper, target_text
 from .safe import MdSafe, md_finalize, embed_markdown, md_escape, render_markdown, site_url
 
 
@@ -96,17 +96,17 @@ MD_WIDTH = 160
 
 
 def md_picture(src: str, thumb: str, alt: str, width: int, prefix: str = "") -> str:
-    """A linked thumbnail as HTML, which GitHub's Markdown renders with its ``width``; paths
-    relative to the site root, joined to ``prefix`` (e.g. the site folder seen from a README)."""
+    """A linked thumbnail as HTML on one line, which GitHub's Markdown renders with its ``width``;
+    paths relative to the site root, joined to ``prefix`` (e.g. the site folder seen from a README)."""
     return (f'<a href="{html_escape(prefix + site_url(src))}"><img src="{html_escape(prefix + site_url(thumb))}" '
-            f'width="{int(width)}" alt="{html_escape(alt).replace("|", "&#124;")}"></a>')
+            f'width="{int(width)}" alt="{html_escape(" ".join(alt.split())).replace("|", "&#124;")}"></a>')
 
 
-def _md_cell(site: SiteModel, table: Table, slot: Slot) -> MdSafe:
-    """One Markdown table cell (already escaped)."""
+def _md_cell(slot: Slot, prefix: str = "", width: int | None = None) -> MdSafe:
+    """One Markdown table cell (already escaped); pictures as :func:`md_picture`."""
     parts: list[str] = []
     if slot.kind in ("image", "original"):
-        parts.append(md_picture(slot.src, slot.thumb, slot.alt, slot.thumb_size.width or MD_WIDTH))
+        parts.append(md_picture(slot.src, slot.thumb, slot.alt, width or slot.thumb_size.width or MD_WIDTH, prefix))
     elif slot.kind == "failed":
         parts.append(f"**Failed:** {md_escape(_first_line(slot.error, 200))}")
     elif slot.kind == "missing":
@@ -121,6 +121,24 @@ def _md_cell(site: SiteModel, table: Table, slot: Slot) -> MdSafe:
             for name, value, _, flagged in slot.metrics
         ))
     return MdSafe("<br>".join(parts))
+
+
+def _md_pages(base_url: str) -> Callable[[str], MdSafe]:
+    """``page(href)`` of the Markdown tables: the HTML page at ``base_url`` (the published site)."""
+    return lambda href: MdSafe(base_url + site_url(href))
+
+
+def markdown_tables(gallery: Gallery, prefix: str = "", width: int | None = None) -> str:
+    """The gallery as Markdown tables for a README (``galleryvis embed``): one per technique
+    family, rows = technique variants, columns = each image with the models side by side.
+    Pictures link to ``prefix`` + their site path, ``width`` px wide (default :data:`MD_WIDTH`);
+    HTML pages are linked only at the gallery's ``base_url`` (GitHub shows a relative ``.html``
+    as source). The same records give the same text."""
+    site = SiteModel(gallery)
+    return _environments()[1].get_template("embed.md.j2").render(
+        tables=site.gallery_tables(), MdSafe=MdSafe, cell=lambda t, s: _md_cell(s, prefix, width),
+        page=_md_pages(gallery.base_url) if gallery.base_url else lambda href: "",
+    )
 
 
 def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
@@ -187,9 +205,8 @@ def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
         for m in gallery.models
     ]
     md_text = mdenv.get_template("gallery.md.j2").render(
-        **common, models_md=model_md, cell=lambda t, s: _md_cell(site, t, s), picture=md_picture,
-        page=lambda href: MdSafe(gallery.base_url + site_url(href)),
-        metrics_shown=any(c.metrics for c in gallery.cells),
+        **common, models_md=model_md, cell=lambda t, s: _md_cell(s), page=_md_pages(gallery.base_url),
+        picture=md_picture, metrics_shown=any(c.metrics for c in gallery.cells),
         description=MdSafe(embed_markdown(gallery.description_md, shift=1)),
         MdSafe=MdSafe,
     )
