@@ -156,7 +156,7 @@ def test_tables_are_the_gallery_md_grid_drawn_the_same_way(tmp_path):
     assert [t[0].split(" |")[0] for t in tables] == ["| Technique", "| Technique"]
     for table in tables:
         assert len({len(re.findall(r"(?<!\\)\|", line)) for line in table}) == 1
-    assert "**Failed:** RuntimeError" in text and "Sanity ρ 0.900 ⚠" in text
+    assert "**Failed:** RuntimeError" in text and "ρ 0.900 ⚠" in text
 
 
 def test_pages_are_linked_at_the_base_url_only(tmp_path):
