@@ -77,7 +77,7 @@ def _save(img: Image.Image, out: Path, rel: str) -> tuple[str, str, Size, Size]:
     return rel, thumb_rel, Size(*img.size), Size(*thumb.size)
 
 
-def _values_script(rel: str, kind: str, raw: np.ndarray) -> bytes:
+def values_script(rel: str, kind: str, raw: np.ndarray) -> bytes:
     """The map's display values for the viewer, as a script that works from ``file://`` too:
     ``galleryvisMap({...})`` with the values box-averaged to at most :data:`VALUES_SIZE` on the
     long side and quantized to 16 bits between ``lo`` and ``hi`` (little-endian, base64)."""
@@ -128,7 +128,7 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     values = ""
     if kind != "image":
         values = f"{stem}.js"
-        atomic_write(out / values, _values_script(values, kind, raw))
+        atomic_write(out / values, values_script(values, kind, raw))
     target = job.target if label == adapter.label(job.target) else None
     return Cell(job.model.id, job.image.id, job.tech.id, target, label, "ok", variants=variants,
                 metrics=dict(job.metrics), curves=dict(job.curves), trace=list(job.trace), values=values,
@@ -174,12 +174,11 @@ def _stops(colormap: str, n: int = 9) -> list[str]:
     return [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in rgb.tolist()]
 
 
-def colour_scales(manifest: Manifest) -> dict[str, ColourScale]:
-    """The colour bar of every variant key, with what its ends mean (per :data:`SCALING`)."""
-    g = manifest.gallery
-    heat = g.colormap or postprocess.DEFAULT_COLORMAP
+def colour_scales(colormap: str | None = None, outlier_perc: float = postprocess.OUTLIER_PERC) -> dict[str, ColourScale]:
+    """The colour bar of every variant key, with what its ends mean."""
+    heat = colormap or postprocess.DEFAULT_COLORMAP
     div = postprocess.DEFAULT_DIVERGING
-    clip = f"the top {g.outlier_perc:g} % of magnitudes clipped" if g.outlier_perc else "no clipping"
+    clip = f"the top {outlier_perc:g} % of magnitudes clipped" if outlier_perc else "no clipping"
     lo_h, hi_h = postprocess.ENDS[heat]
     lo_d, hi_d = postprocess.ENDS[div]
     q = postprocess.QUANTITY
@@ -247,7 +246,7 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         ids = [m.id for m in manifest.models], [t.id for t in manifest.techniques]
         parts = dict(zip(ids[0], unique_slugs(ids[0]))), dict(zip(ids[1], unique_slugs(ids[1])))
         shared = shared_limits(manifest, jobs)
-        scales = colour_scales(manifest)
+        scales = colour_scales(manifest.gallery.colormap, manifest.gallery.outlier_perc)
         cells = [_cell_record(job, ws, tmp, manifest, crop(ws.image(job), ws.adapter(job).size), parts,
                               shared.get(id(job)), set(scales)) for job in jobs]
         downloads = {}

@@ -52,6 +52,8 @@
     var links = Array.prototype.slice.call(document.querySelectorAll("a.pic[data-title]"));
     if (!dialog || !links.length || typeof dialog.showModal !== "function") return;
     var $ = function (sel) { return dialog.querySelector(sel); };
+    // The viewer's pictures join the page only when it first opens (an <img> without a source
+    // would read as a broken image).
     var stage = $(".viewer-stage");
     var base = document.createElement("img"), map = document.createElement("img");
     var clip = document.createElement("div");
@@ -59,13 +61,12 @@
     map.className = "viewer-map";
     clip.className = "viewer-clip";
     clip.appendChild(map);
-    stage.appendChild(base);
-    stage.appendChild(clip);
     var opacity = $(".viewer-opacity"), swipe = $(".viewer-swipe"), readout = $(".viewer-value");
     var png = $(".viewer-png"), npy = $(".viewer-npy"), pos = $(".viewer-pos");
     var current = -1, opener = null, blobUrl = null, shown = null;
 
     function show(i) {
+      if (!base.parentNode) { stage.appendChild(base); stage.appendChild(clip); }
       current = (i + links.length) % links.length;
       var a = links[current];
       $(".viewer-title").textContent = a.getAttribute("data-title");
