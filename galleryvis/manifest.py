@@ -560,7 +560,7 @@ class _Parser:
                               "'efficientnet_lite0', or a `factory`)")
         elif name is not None and factory is None and "factory" not in table and not _known(name):
             self.error(f"{where}.name", f"unknown model {name!r}{registry.suggest(name, sources.known_names())} "
-                                        "(any torchvision classification model, or efficientnet_lite0)")
+                                        "(any torchvision classification model, or efficientnet_lite0 / 1 / 2)")
         weights = self.weights(table, where, None if "factory" in table else name or "")
         labels = self.existing(table, "labels", where, "labels file")
         size = self.integer(table, "size", where, **schema.bounds("models", "size"), default=None)
