@@ -383,3 +383,48 @@ def test_a_build_runs_its_cells_through_the_executor_it_is_given(project):
     assert (summary.computed, summary.failed) == (16, 0) and len(seen) == 16
     again = _build(project)  # everything the executor computed is in the cache
     assert (again.computed, again.cached) == (0, 16)
+
+
+# -- pictures people can read ------------------------------------------------------------------
+def _records(project: Path) -> dict:
+    import json
+
+    return json.loads((project / "site" / "gallery.json").read_text())
+
+
+def test_every_map_picture_is_readable_and_the_site_is_light(project):
+    """Every map (not the photos, not synthesized images) spans at least 48 grey levels between
+    its 2nd and 98th luminance percentiles, and a cell weighs at most 60 KB in all."""
+    import numpy as np
+    from PIL import Image
+
+    _build(project)
+    site = project / "site"
+    cells = [c for c in _records(project)["cells"] if c["status"] == "ok"]
+    checked = 0
+    for cell in cells:
+        for v in cell["variants"]:
+            if v["key"] == "image":
+                continue
+            lum = np.asarray(Image.open(site / v["src"]).convert("L"), float)
+            if lum.max() - lum.min() < 2:  # a genuinely constant map
+                continue
+            spread = np.percentile(lum, 98) - np.percentile(lum, 2)
+            assert spread >= 48, (cell["technique_id"], cell["model_id"], cell["image_id"], v["key"], spread)
+            checked += 1
+    assert checked >= 30
+    weight = sum(p.stat().st_size for d in ("img", "thumbs", "downloads") for p in (site / d).rglob("*") if p.is_file())
+    assert weight / len(cells) <= 60_000
+
+
+def test_a_per_row_scale_gives_the_whole_row_one_range(project):
+    (project / "galleryvis.toml").write_text(MANIFEST.replace('title = "test gallery"',
+                                                              'title = "test gallery"\nscale = "per-row"'))
+    _build(project)
+    ranges: dict[tuple[str, str], set[str]] = {}
+    for cell in _records(project)["cells"]:
+        for v in cell["variants"]:
+            ranges.setdefault((cell["technique_id"], v["key"]), set()).add(v["range"])
+    assert ranges and all(len(r) == 1 and "" not in r for r in ranges.values())
+    html = (project / "site" / "model-resnet18.html").read_text()
+    assert "one scale per technique row" in html and 'class="range">scale ' in html
