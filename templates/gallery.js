@@ -134,6 +134,28 @@
         dialog.showModal();
       });
     });
+    // The picture as PNG where the browser lets a page read its own pictures (any web server);
+    // from file:// it cannot, and the link downloads the WebP file itself.
+    png.addEventListener("click", function (event) {
+      var canvas = document.createElement("canvas");
+      canvas.width = map.naturalWidth;
+      canvas.height = map.naturalHeight;
+      try {
+        canvas.getContext("2d").drawImage(map, 0, 0);
+        canvas.toDataURL();  // throws on a tainted canvas
+      } catch (err) {
+        return;
+      }
+      event.preventDefault();
+      canvas.toBlob(function (blob) {
+        var a = document.createElement("a");
+        a.href = URL.createObjectURL(blob);
+        a.download = png.getAttribute("download").replace(/\.\w+$/, "") + ".png";
+        document.body.appendChild(a);
+        a.click();
+        a.remove();
+      }, "image/png");
+    });
     opacity.addEventListener("input", apply);
     swipe.addEventListener("input", apply);
     stage.addEventListener("pointermove", valueAt);

@@ -97,7 +97,7 @@ def _pages(root: Path) -> list[str]:
 
 def _open(browser: Any, url: str) -> tuple[Any, Any, list[str]]:
     """A new page at ``url`` with every console error, failed request and HTTP error recorded."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
     problems: list[str] = []
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
@@ -176,6 +176,13 @@ def test_the_viewer_opens_reads_values_moves_and_closes(browser: Any, base_url: 
         high = page.locator(".viewer-value").inner_text()
         assert low.startswith("map value 0.000") and high.startswith("map value 1.000"), (low, high)
         assert page.locator(".viewer-npy").get_attribute("href").startswith("blob:")
+        with page.expect_download() as png:
+            page.locator(".viewer-png").click()
+        assert png.value.suggested_filename.endswith(".png")
+        with page.expect_download() as npy:
+            page.locator(".viewer-npy").click()
+        data = Path(npy.value.path()).read_bytes()
+        assert data.startswith(b"\x93NUMPY") and len(data) == 128 + 16 * 16 * 4  # float32, 16 x 16
         # Arrow keys move between cells; Escape closes and gives focus back.
         page.locator(".viewer-close").focus()
         page.keyboard.press("ArrowRight")

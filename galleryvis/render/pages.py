@@ -123,9 +123,10 @@ def _md_cell(slot: Slot, prefix: str = "", width: int | None = None) -> MdSafe:
     return MdSafe("<br>".join(parts))
 
 
-def _md_pages(base_url: str) -> Callable[[str], MdSafe]:
-    """``page(href)`` of the Markdown tables: the HTML page at ``base_url`` (the published site)."""
-    return lambda href: MdSafe(base_url + site_url(href))
+def _md_pages(base_url: str) -> Callable[[str], MdSafe | str]:
+    """``page(href)`` of the Markdown tables: the HTML page at ``base_url`` (the published site);
+    ``""`` (no link) without one, since GitHub shows a relative ``.html`` link as source."""
+    return (lambda href: MdSafe(base_url + site_url(href))) if base_url else (lambda href: "")
 
 
 def markdown_tables(gallery: Gallery, prefix: str = "", width: int | None = None) -> str:
@@ -137,7 +138,7 @@ def markdown_tables(gallery: Gallery, prefix: str = "", width: int | None = None
     site = SiteModel(gallery)
     return _environments()[1].get_template("embed.md.j2").render(
         tables=site.gallery_tables(), MdSafe=MdSafe, cell=lambda t, s: _md_cell(s, prefix, width),
-        page=_md_pages(gallery.base_url) if gallery.base_url else lambda href: "",
+        page=_md_pages(gallery.base_url),
     )
 
 
