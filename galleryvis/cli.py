@@ -3,21 +3,24 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
+from . import __version__
 from .cache import CACHE_DIRNAME
+from .embed import DEFAULT_SECTION
 from .errors import ManifestError
 from .fileio import url_problem
 
 if TYPE_CHECKING:
     from .manifest import Manifest
+    from .pipeline import Summary
 
 MANIFEST_NAME = "galleryvis.toml"
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(code)
 
@@ -43,7 +46,7 @@ def _errors_as_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .errors import ImageError, LayerError, ModelError
+        from .errors import EmbedError, ImageError, LayerError, ModelError
         from .registry import TechniqueError
         from .sitefiles import LockError
 
@@ -51,7 +54,7 @@ def _errors_as_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except ManifestError as exc:
             _fail("\n".join(f"error: {e}" for e in exc.errors))
-        except (ModelError, ImageError, LayerError, TechniqueError, LockError) as exc:
+        except (ModelError, ImageError, LayerError, TechniqueError, LockError, EmbedError) as exc:
             _fail(f"error: {exc}")
         except KeyboardInterrupt:
             _fail("interrupted; the previous site is untouched and the cache keeps what was computed", 130)
@@ -78,8 +81,31 @@ def _manifest(path: Path | None) -> Manifest:
     return load_manifest(chosen)
 
 
+def _unchanged(manifest: Path | None, cache_dir: Path | None, batch_size: int | None, quiet: bool) -> Path | None:
+    """The site folder when the last build's stamp says nothing it read has changed (then no torch
+    is imported, and its summary line is repeated unless ``quiet``), else None."""
+    from . import stamp
+
+    path = _manifest_path(manifest)
+    root = cache_dir or (path.parent if path is not None else Path.cwd()) / CACHE_DIRNAME
+    record = stamp.fresh(stamp.path_for(root, path), manifest=path, options=stamp.options(root, batch_size))
+    if record is None:
+        return None
+    if not quiet:
+        click.echo(f"{record['output']}: {record['summary']} (unchanged since the last build)")
+    return Path(record["output"])
+
+
+def _report(output: Path, summary: Summary, quiet: bool) -> None:
+    """A build's summary line (unless ``quiet``) and its failures (on stderr)."""
+    if not quiet:
+        click.echo(f"{output}: {summary.line()}")
+    for line in summary.failures:
+        click.echo(f"failed: {line}", err=True)
+
+
 @click.group()
-@click.version_option(package_name="galleryvis")
+@click.version_option(__version__, prog_name="galleryvis")
 def main() -> None:
     """Turn a manifest of images x models x techniques into a static gallery of CNN visualizations."""
 
@@ -100,16 +126,8 @@ def main() -> None:
 def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: bool, dry_run: bool,
           fail_fast: bool, batch_size: int | None, wait: float, quiet: bool) -> None:
     """Build the gallery of MANIFEST (default: ./galleryvis.toml, else the embedded default)."""
-    if not (force or dry_run or no_cache):  # an unchanged rebuild: the stamp says so, no torch
-        from . import stamp
-
-        path = _manifest_path(manifest)
-        root = cache_dir or (path.parent if path is not None else Path.cwd()) / CACHE_DIRNAME
-        record = stamp.fresh(stamp.path_for(root, path), manifest=path, options=stamp.options(root, batch_size))
-        if record is not None:
-            if not quiet:
-                click.echo(f"{record['output']}: {record['summary']} (unchanged since the last build)")
-            return
+    if not (force or dry_run or no_cache) and _unchanged(manifest, cache_dir, batch_size, quiet) is not None:
+        return
     from .pipeline import Options, build as run_build
 
     m = _manifest(manifest)
@@ -119,31 +137,83 @@ def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: 
     if dry_run:
         click.echo("\n".join(summary.plan))
         return
-    if not quiet:
-        click.echo(f"{m.gallery.output}: {summary.line()}")
-    for line in summary.failures:
-        click.echo(f"failed: {line}", err=True)
+    _report(m.gallery.output, summary, quiet)
     if summary.failed:
         sys.exit(1)
 
 
 @main.command()
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--manifest", type=click.Path(path_type=Path, dir_okay=False),
+              help="The gallery's manifest (default: ./galleryvis.toml, else the embedded default).")
+@click.option("--section", default=DEFAULT_SECTION, show_default=True, metavar="NAME",
+              help="Fill the lines between <!-- galleryvis:NAME --> and <!-- /galleryvis:NAME -->.")
+@click.option("--width", default=None, type=click.IntRange(1), help="Picture width in pixels (default: as in gallery.md).")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help="Cache folder, as for build.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@_errors_as_exit
+def embed(file: Path, manifest: Path | None, section: str, width: int | None, cache_dir: Path | None,
+          quiet: bool) -> None:
+    """Write the gallery of MANIFEST as Markdown tables into a section of FILE (a README, a model card).
+
+    Builds the gallery first (an unchanged one through its stamp, as build does); the pictures are
+    linked relative to FILE. Every other byte of FILE stays as it was, and a second run changes
+    nothing. Unbalanced, nested or repeated markers: exit code 2, FILE untouched.
+    """
+    import json
+
+    from . import embed as embedding
+    from .records import RECORDS_FILE, Gallery
+    from .render import markdown_tables
+
+    embedding.section(embedding.read(file), section, file)  # bad markers fail before the build
+    site, failed = _unchanged(manifest, cache_dir, None, quiet), 0
+    if site is not None and (site / RECORDS_FILE).is_file():
+        prefix = embedding.site_prefix(file, site)
+    else:
+        from .pipeline import Options, build as run_build
+
+        m = _manifest(manifest)
+        site = m.gallery.output
+        prefix = embedding.site_prefix(file, site)  # before the build replaces that folder
+        summary = run_build(m, Options(cache_dir=cache_dir, quiet=quiet))
+        _report(site, summary, quiet)
+        failed = summary.failed
+    gallery = Gallery.from_dict(json.loads((site / RECORDS_FILE).read_text(encoding="utf-8")))
+    changed = embedding.embed(file, section, markdown_tables(gallery, prefix, width))
+    if not quiet:
+        click.echo(f"{file}: section '{section}' {'updated' if changed else 'unchanged'}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--github-pages", is_flag=True, help="Also write a GitHub Actions workflow that deploys the gallery to Pages.")
+@click.option("--from-git", metavar="URL[@REF]",
+              help=f"The workflow installs galleryvis from this git repository (tag, branch or commit) "
+                   f"instead of galleryvis=={__version__} from PyPI.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @_errors_as_exit
-def init(github_pages: bool, force: bool) -> None:
+def init(github_pages: bool, from_git: str | None, force: bool) -> None:
     """Write a commented starter manifest (galleryvis.toml) in the current folder."""
     from .fileio import atomic_write
     from .manifest import starter_manifest
 
+    if from_git is not None and not github_pages:
+        _fail("error: --from-git chooses what the Pages workflow installs: add --github-pages")
     targets = {Path(MANIFEST_NAME): starter_manifest(github_pages)}
     if github_pages:
-        from .publish import pages_workflow
+        from .publish import WORKFLOW_PATH, git_requirement, pages_workflow
 
-        targets[Path(".github/workflows/galleryvis-pages.yml")] = pages_workflow()
-    for path, text in targets.items():
+        try:
+            requirement = git_requirement(from_git) if from_git is not None else None
+        except ValueError as exc:
+            _fail(f"error: --from-git: {exc}")
+        targets[Path(WORKFLOW_PATH)] = pages_workflow(requirement)
+    for path in targets:
         if path.exists() and not force:
             _fail(f"error: {path} exists; pass --force to overwrite it")
+    for path, text in targets.items():
         atomic_write(path, text.encode())
         click.echo(f"wrote {path}")
 

@@ -25,3 +25,8 @@ class ImageError(ValueError):
 
 class ModelError(ValueError):
     """A model that cannot be built or loaded; the message says which and how to fix it."""
+
+
+class EmbedError(ValueError):
+    """A file ``galleryvis embed`` cannot fill: bad section markers (the message names the file
+    and line), a missing section, or text that is not UTF-8."""

@@ -61,6 +61,7 @@ class Job:
     metrics: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[float]] = field(default_factory=dict)
     trace: list[float] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it was not computed
     unit: int | None = None
 
     @property

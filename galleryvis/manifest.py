@@ -16,6 +16,7 @@ import math
 import os
 import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, NamedTuple
@@ -29,6 +30,8 @@ from .postprocess import COLORMAPS
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+Scale = Literal["per-map", "per-image", "per-row"]
+SCALES: tuple[str, ...] = typing.get_args(Scale)
 #: What a glob keeps; files with other suffixes (README.md, .DS_Store) are skipped.
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -108,6 +111,7 @@ class TechniqueSpec:
     id: str = ""
     field: str = ""
     layer: str | tuple[str, ...] | None = None
+    scale: Scale | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -124,6 +128,9 @@ class GallerySpec:
     device: Device = "auto"
     colormap: str | None = None
     alpha: float = 0.5
+    scale: Scale = "per-map"
+    outlier_perc: float = 0.5
+    base_url: str = ""
     plugins: tuple[str, ...] = ()
 
 
@@ -415,16 +422,29 @@ class _Parser:
             colormap = None
         elif colormap is not None:
             colormap = known[colormap.lower()]
-        alpha = _finite(table.get("alpha", base.alpha))
-        low, high = schema.bounds("gallery", "alpha").values()
-        if alpha is None or not low <= alpha <= high:
-            self.error(f"{where}.alpha", f"expected a number from {low:g} to {high:g}, got {_toml_type(table['alpha'])}")
-            alpha = base.alpha
+        base_url = self.string(table, "base_url", where, empty_ok=True) or ""
+        if base_url and not re.fullmatch(r"https?://[^\s\"'<>]+", base_url):
+            self.error(f"{where}.base_url", f"expected an http(s) address, got {base_url!r}")
+            base_url = ""
         return GallerySpec(
             title=title or base.title, description=description or "", output=output,
-            device=device, colormap=colormap, alpha=alpha,  # type: ignore[arg-type]
+            device=device, colormap=colormap, alpha=self.number(table, "alpha", where, base.alpha),
+            scale=self.choice(table, "scale", where, SCALES, base.scale),  # type: ignore[arg-type]
+            outlier_perc=self.number(table, "outlier_perc", where, base.outlier_perc),
+            base_url=base_url.rstrip("/") + "/" if base_url else "",
             plugins=self.plugins(table, where),
         )
+
+    def number(self, table: Mapping[str, Any], key: str, where: str, default: float) -> float:
+        """A finite number within the schema's range for ``where.key``."""
+        if key not in table:
+            return default
+        value = _finite(table[key])
+        low, high = schema.bounds(where, key).values()
+        if value is None or not low <= value <= high:
+            self.error(f"{where}.{key}", f"expected a number from {low:g} to {high:g}, got {_toml_type(table[key])}")
+            return default
+        return value
 
     def plugins(self, table: Mapping[str, Any], where: str) -> tuple[str, ...]:
         """Import the entry-point plug-ins and ``plugins`` (module names or .py files), so the
@@ -547,7 +567,7 @@ class _Parser:
                               "'efficientnet_lite0', or a `factory`)")
         elif name is not None and factory is None and "factory" not in table and not _known(name):
             self.error(f"{where}.name", f"unknown model {name!r}{registry.suggest(name, sources.known_names())} "
-                                        "(any torchvision classification model, or efficientnet_lite0)")
+                                        "(any torchvision classification model, or efficientnet_lite0 / 1 / 2)")
         weights = self.weights(table, where, None if "factory" in table else name or "")
         seed: int = self.integer(table, "seed", where, **schema.bounds("models", "seed"), default=0)  # type: ignore[assignment]
         labels = self.existing(table, "labels", where, "labels file")
@@ -637,7 +657,8 @@ class _Parser:
             layer = None
             if "layer" in table:
                 layer = self.layers({name: table["layer"]}, where).get(name)
-            spec = TechniqueSpec(name, params, tech_id or name, where, layer)
+            scale = self.choice(table, "scale", where, SCALES, "") or None
+            spec = TechniqueSpec(name, params, tech_id or name, where, layer, scale)  # type: ignore[arg-type]
             if any(s.id == spec.id for s in specs):
                 self.error(where, f"duplicate technique id {spec.id!r}: give one of them a distinct "
                                   '`id = "..."` to list a technique twice')

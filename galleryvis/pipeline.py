@@ -2,11 +2,16 @@
 cache) -> scores (:mod:`.scoring`) -> site (:mod:`.sitewriter`), with one :mod:`.progress` bar."""
 from __future__ import annotations
 
+import datetime
+import hashlib
+import os
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -95,10 +100,36 @@ def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -
         timings = {"summary": {**counts, "total_seconds": round(summary.total_seconds, 3)},
                    "seconds_per_technique": {k: round(v, 3) for k, v in sorted(summary.seconds.items())},
                    "failures": summary.failures}
-        write_site(manifest, ws, jobs, preds, rankings, counts, timings, out)
+        write_site(manifest, ws, jobs, preds, rankings, counts, timings, out, provenance(manifest, ws, device))
         if opts.use_cache and not summary.failed:
             _stamp(manifest, ws, cache, opts, out, summary)
     return summary
+
+
+def provenance(manifest: Manifest, ws: Workspace, device: torch.device) -> dict[str, Any]:
+    """What decides this build's output, for the build page: versions, device, seeds, each
+    model's weights fingerprint, the manifest's hash and the date (``SOURCE_DATE_EPOCH`` when
+    set, as reproducible builds expect; else today, UTC)."""
+    import platform
+
+    import torchvision
+
+    from . import __version__
+
+    text = (manifest.path.read_bytes() if manifest.path is not None
+            else resources.files("galleryvis").joinpath("data/default.toml").read_bytes())
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    when = (datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch.isdigit()
+            else datetime.datetime.now(datetime.timezone.utc))
+    return {
+        "galleryvis": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "python": platform.python_version(), "device": str(device),
+        "seeds": {t.id: t.params["seed"] for t in manifest.techniques if "seed" in t.params},
+        "models": {a.id: {"name": a.name, "fingerprint": a.fingerprint, "size": a.size,
+                          "mean": list(a.mean), "std": list(a.std)} for a in ws.models.values()},
+        "manifest": {"name": manifest.label, "sha256": hashlib.sha256(text).hexdigest()},
+        "date": when.date().isoformat(),
+    }
 
 
 def _stamp(manifest: Manifest, ws: Workspace, cache: Cache, opts: Options, out: Path, summary: Summary) -> None:

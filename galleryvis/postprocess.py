@@ -107,6 +107,32 @@ def apply_colormap(x01: np.ndarray, name: str) -> np.ndarray:
 
 
 # -- normalization ------------------------------------------------------------------------------
+#: Percent of a map's largest magnitudes clipped by default (captum's ``outlier_perc``).
+OUTLIER_PERC = 0.5
+
+#: What each display variant encodes, and so the value range its colour scale spans.
+QUANTITY: dict[str, str] = {
+    "color": "gradient per colour channel",
+    "saliency": "|map| summed over channels",
+    "positive": "positive part of the gradient",
+    "negative": "negative part of the gradient",
+    "map": "map value",
+    "heatmap": "map value",
+    "overlay": "map value",
+    "diverging": "map summed over channels",
+}
+
+#: The colours at the low and high end of every offered colormap, as a reader names them.
+ENDS: dict[str, tuple[str, str]] = {
+    "inferno": ("black", "yellow"), "viridis": ("purple", "yellow"), "magma": ("black", "cream"),
+    "cividis": ("blue", "yellow"), "gray": ("black", "white"), "turbo": ("blue", "red"),
+    "jet": ("blue", "red"), "hsv": ("red", "red"), "vik": ("blue", "red"), "RdBu_r": ("blue", "red"),
+    "coolwarm": ("blue", "red"), "bwr": ("blue", "red"), "seismic": ("blue", "red"),
+}
+
+Limits = dict[str, tuple[float, float]]
+
+
 def _finite(raw: np.ndarray) -> np.ndarray:
     """float64 copy with NaN -> 0 and +/-Inf -> the finite range (0 included)."""
     a = np.asarray(raw, dtype=np.float64)
@@ -118,39 +144,91 @@ def _finite(raw: np.ndarray) -> np.ndarray:
     return np.nan_to_num(a, nan=0.0, posinf=hi, neginf=lo)
 
 
-def _minmax(a: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1] by min and max; no spread -> zeros."""
-    lo, hi = float(a.min()), float(a.max())
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+def _check_outlier_perc(outlier_perc: float) -> float:
+    if not 0.0 <= outlier_perc < 100.0:
+        raise ValueError(f"outlier_perc must be in [0, 100), got {outlier_perc}")
+    return 100.0 - outlier_perc
 
 
-def normalize_abs(map: np.ndarray, pct: float = 99.0) -> np.ndarray:
+def _upper(values: np.ndarray, pct: float) -> float:
+    """The ``pct`` percentile of non-negative ``values``; their maximum when that is 0 (a sparse map)."""
+    hi = float(np.percentile(values, pct))
+    return hi if hi > 0.0 else float(values.max(initial=0.0))
+
+
+def _saliency(a: np.ndarray) -> np.ndarray:
+    return np.abs(a).sum(axis=0) if a.ndim == 3 else np.abs(a)
+
+
+def display_values(kind: str, raw: np.ndarray) -> np.ndarray:
+    """The (H, W) quantity a map's main view encodes: the CAM itself, the channel sum of a
+    signed map, the saliency of a gradient; what the viewer shows under the pointer."""
+    a = _finite(raw)
+    if kind == "cam":
+        return a[0]
+    if kind == "signed":
+        return a.sum(axis=0)
+    if kind == "gradient":
+        return _saliency(a)
+    raise ValueError(f"a {kind!r} map has no display values")
+
+
+def limits(kind: str, raws: list[np.ndarray], outlier_perc: float = OUTLIER_PERC) -> Limits:
+    """The value range each variant's colours span, shared by every map in ``raws`` (one map for
+    a per-map scale, a row's or an image's maps for a shared one): ``variant key -> (low, high)``.
+
+    Gradient-family views clip the largest ``outlier_perc`` percent of magnitudes (captum's
+    ``outlier_perc``; Smilkov et al.'s saliency): the colored gradient and signed maps
+    symmetrically around 0, saliency and the guided positive / negative parts from 0. CAMs
+    span their minimum to maximum, as the CAM papers and pytorch-grad-cam scale them.
+    """
+    pct = _check_outlier_perc(outlier_perc)
+    maps = [_finite(r) for r in raws]
+    if kind == "image" or not maps:
+        return {"image": (0.0, 1.0)}
+    if kind == "cam":
+        lo = min(float(m.min()) for m in maps)
+        hi = max(float(m.max()) for m in maps)
+        return {k: (lo, hi) for k in ("map", "heatmap", "overlay")}
+    out: Limits = {"saliency": _saliency_span(np.concatenate([_saliency(m).ravel() for m in maps]), pct)}
+    if kind == "signed":
+        lim = _upper(np.abs(np.concatenate([m.sum(axis=0).ravel() for m in maps])), pct)
+        return {"diverging": (-lim, lim), **out}
+    if kind != "gradient":
+        raise ValueError(f"unknown map kind {kind!r}{suggest(kind, KINDS)}; known: {', '.join(KINDS)}")
+    flat = np.concatenate([m.ravel() for m in maps])
+    lim = _upper(np.abs(flat), pct)
+    return {"color": (-lim, lim), **out,
+            "positive": (0.0, _upper(np.maximum(flat, 0.0), pct)),
+            "negative": (0.0, _upper(np.maximum(-flat, 0.0), pct))}
+
+
+def _saliency_span(sal: np.ndarray, pct: float) -> tuple[float, float]:
+    lo = float(sal.min())
+    return lo, lo + _upper(sal - lo, pct)
+
+
+def _scaled(a: np.ndarray, span: tuple[float, float]) -> np.ndarray:
+    """``a`` mapped linearly so ``span`` becomes [0, 1], clipped; no spread -> zeros, or 0.5 for
+    a symmetric span (the centre colour of a signed map)."""
+    lo, hi = span
+    if hi <= lo:
+        return np.full_like(a, 0.5 if lo == -hi else 0.0)
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+
+
+def normalize_abs(map: np.ndarray, pct: float = 100.0 - OUTLIER_PERC) -> np.ndarray:
     """Saliency in [0, 1], shape (H, W), from a (C, H, W) or (H, W) map.
 
-    ``|map|`` summed over channels, then ``(s - min) / (percentile(s, pct) - min)`` clipped to
+    ``|map|`` summed over channels, then ``(s - min) / (percentile(s - min, pct))`` clipped to
     [0, 1]: Smilkov et al.'s ``VisualizeImageGrayscale`` and the seed's
-    ``convert_to_grayscale``. If that percentile equals the minimum (a sparse map), the maximum
-    is used instead. Non-finite values are handled as described in the module doc.
+    ``convert_to_grayscale``. If that percentile is 0 (a sparse map), the maximum is used
+    instead. Non-finite values are handled as described in the module doc.
     """
     if not 0.0 < pct <= 100.0:
         raise ValueError(f"percentile must be in (0, 100], got {pct}")
-    a = _finite(map)
-    s = np.abs(a).sum(axis=0) if a.ndim == 3 else np.abs(a)
-    lo, hi = float(s.min()), float(np.percentile(s, pct))
-    if hi <= lo:
-        hi = float(s.max())
-    return np.clip((s - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(s)
-
-
-def _signed01(s: np.ndarray) -> np.ndarray:
-    """(H, W) signed -> [0, 1] with 0 at exactly 0.5; limit = 99th percentile of |s|."""
-    mag = np.abs(s)
-    lim = float(np.percentile(mag, 99.0))
-    if lim <= 0.0:
-        lim = float(mag.max())
-    if lim <= 0.0:
-        return np.full_like(s, 0.5)
-    return np.clip(0.5 + s / (2.0 * lim), 0.0, 1.0)
+    s = _saliency(_finite(map))
+    return _scaled(s, _saliency_span(s.ravel(), pct))
 
 
 # -- to images ----------------------------------------------------------------------------------
@@ -189,6 +267,8 @@ def variants(
     diverging: str | None = None,
     alpha: float = 0.5,
     guided: bool = False,
+    scale: Limits | None = None,
+    outlier_perc: float = OUTLIER_PERC,
 ) -> list[Variant]:
     """Display variants of one raw map as ``(key, human label, RGB image)`` in a fixed order.
 
@@ -201,52 +281,50 @@ def variants(
         diverging: colormap of signed maps, centred at 0 (default :data:`DEFAULT_DIVERGING`).
         alpha: heatmap weight of the overlay, ``alpha * heatmap + (1 - alpha) * image``.
         guided: add the positive and negative saliency of a guided-backprop gradient.
+        scale: the value range of each variant (:func:`limits` of a group of maps that share
+            one scale); default: this map's own, clipping ``outlier_perc`` percent.
+        outlier_perc: percent of the largest magnitudes clipped when ``scale`` is None.
 
     Raises:
-        ValueError: unknown kind or colormap, wrong shape, alpha outside [0, 1], or an
-            overlay image whose size differs from the map.
+        ValueError: unknown kind or colormap, wrong shape, alpha or outlier_perc out of range,
+            or an overlay image whose size differs from the map.
     """
     cmap_name = _canonical(colormap or DEFAULT_COLORMAP)
     div_name = _canonical(diverging or DEFAULT_DIVERGING)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown map kind {kind!r}{suggest(kind, KINDS)}; known: {', '.join(KINDS)}")
     a = np.asarray(raw)
+    _check_shape(kind, a, {"gradient": (1, 3), "cam": (1,), "signed": None, "image": (1, 3)}[kind])
+    m = _finite(a)
+    if kind == "image":
+        return [("image", "Image", _rgb(np.clip(m, 0.0, 1.0)))]
+    span = scale if scale is not None else limits(kind, [a], outlier_perc)
     if kind == "gradient":
-        _check_shape(kind, a, (1, 3))
-        g = _finite(a)
         out = [
-            ("color", "Colored gradient", _rgb(_minmax(g))),
-            ("saliency", "Saliency", _grey(normalize_abs(g))),
+            ("color", "Colored gradient", _rgb(_scaled(m, span["color"]))),
+            ("saliency", "Saliency", _grey(_scaled(_saliency(m), span["saliency"]))),
         ]
         if guided:
-            pos, neg = np.maximum(g, 0.0), np.maximum(-g, 0.0)
-            out.append(("positive", "Positive saliency", _rgb(pos / pos.max() if pos.max() > 0 else pos)))
-            out.append(("negative", "Negative saliency", _rgb(neg / neg.max() if neg.max() > 0 else neg)))
+            out.append(("positive", "Positive saliency", _rgb(_scaled(np.maximum(m, 0.0), span["positive"]))))
+            out.append(("negative", "Negative saliency", _rgb(_scaled(np.maximum(-m, 0.0), span["negative"]))))
         return out
     if kind == "cam":
-        _check_shape(kind, a, (1,))
-        m = _minmax(_finite(a)[0])
-        out = [("map", "Map", _grey(m)), ("heatmap", "Heatmap", _colored(m, cmap_name))]
+        c = _scaled(m[0], span["map"])
+        out = [("map", "Map", _grey(c)), ("heatmap", "Heatmap", _colored(c, cmap_name))]
         if image is not None:
-            if image.size != (m.shape[1], m.shape[0]):
+            if image.size != (c.shape[1], c.shape[0]):
                 raise ValueError(
                     f"overlay image is {image.size[0]}x{image.size[1]} but the map is "
-                    f"{m.shape[1]}x{m.shape[0]}"
+                    f"{c.shape[1]}x{c.shape[0]}"
                 )
-            overlay = Image.blend(image.convert("RGB"), out[1][2], alpha)
-            out.append(("overlay", "Heatmap on image", overlay))
+            out.append(("overlay", "Heatmap on image", Image.blend(image.convert("RGB"), out[1][2], alpha)))
         return out
-    if kind == "signed":
-        _check_shape(kind, a, None)
-        s = _finite(a)
-        return [
-            ("diverging", "Signed map", _colored(_signed01(s.sum(axis=0)), div_name)),
-            ("saliency", "Saliency", _grey(normalize_abs(s))),
-        ]
-    if kind == "image":
-        _check_shape(kind, a, (1, 3))
-        return [("image", "Image", _rgb(np.clip(_finite(a), 0.0, 1.0)))]
-    raise ValueError(f"unknown map kind {kind!r}{suggest(kind, KINDS)}; known: {', '.join(KINDS)}")
+    return [
+        ("diverging", "Signed map", _colored(_scaled(m.sum(axis=0), span["diverging"]), div_name)),
+        ("saliency", "Saliency", _grey(_scaled(_saliency(m), span["saliency"]))),
+    ]
 
 
 # -- output -------------------------------------------------------------------------------------

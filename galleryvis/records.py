@@ -1,9 +1,15 @@
 """Plain records that rendering reads: paths, labels, scores, timings; never tensors."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import dataclasses
+import json
+import typing
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
+
+#: The site file that holds a gallery's records (``galleryvis embed`` reads it back).
+RECORDS_FILE = "gallery.json"
 
 
 @dataclass(frozen=True)
@@ -16,6 +22,14 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class Size:
+    """A picture's width and height in pixels."""
+
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
 class ImageRecord:
     """An input image: ``src`` is the model-input crop, relative to the site root."""
 
@@ -23,6 +37,8 @@ class ImageRecord:
     name: str
     src: str
     thumb: str
+    size: Size = Size(0, 0)
+    thumb_size: Size = Size(0, 0)
 
 
 @dataclass(frozen=True)
@@ -47,17 +63,38 @@ class TechniqueRecord:
     params: dict[str, Any]
     description_md: str
     paper: str
+    kind: str = ""  # the registry's display kind: gradient, cam, signed or image
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One rendered picture of a cell (e.g. ``heatmap``), paths relative to the site root."""
+    """One rendered picture of a cell (e.g. ``heatmap``), paths relative to the site root;
+    ``scale`` names its :class:`ColourScale`, ``range`` is the value range its colours span
+    when the map shares a scale with others (``""`` when it has its own)."""
 
     key: str
     label: str
     src: str
     thumb: str
     alt: str
+    size: Size = Size(0, 0)
+    thumb_size: Size = Size(0, 0)
+    scale: str = ""
+    range: str = ""
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """A colour bar: ``stops`` are CSS colours from low to high; ``low`` / ``middle`` / ``high``
+    say what each end means (``middle`` only for signed scales)."""
+
+    key: str
+    colormap: str
+    stops: list[str]
+    quantity: str
+    low: str
+    high: str
+    middle: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +113,8 @@ class Cell:
     trace: list[float] = field(default_factory=list)
     plot: str = ""  # relative path of a small SVG/PNG plot (objective or metric curves)
     curves: dict[str, list[float]] = field(default_factory=dict)  # e.g. deletion / insertion
+    values: str = ""  # relative path of the map's values for the viewer (a script, see viewer.js)
+    skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it was not computed
 
 
 @dataclass(frozen=True)
@@ -99,6 +138,11 @@ class Gallery:
     cells: list[Cell]
     rankings: list[Ranking] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    scales: dict[str, ColourScale] = field(default_factory=dict)
+    scaling: str = ""  # how the maps are scaled, in a sentence
+    base_url: str = ""  # the published site's address; gallery.md links pages there
+    build: dict[str, Any] = field(default_factory=dict)  # provenance: versions, device, seeds, hashes
+    downloads: dict[str, str] = field(default_factory=dict)  # model id -> zip of its raw maps
 
     @cached_property
     def _index(self) -> dict[tuple[str, str, str], Cell]:
@@ -111,3 +155,29 @@ class Gallery:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (for build.json and tests)."""
         return asdict(self)
+
+    def to_json(self) -> bytes:
+        """The records as :data:`RECORDS_FILE` holds them: without ``summary`` (this build's
+        counts, which build.json has), so an unchanged rebuild writes the same bytes."""
+        return json.dumps(replace(self, summary={}).to_dict(), ensure_ascii=False, separators=(",", ":"),
+                          default=str).encode()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Gallery:
+        """The inverse of :meth:`to_dict` (tuples come back as lists, missing keys as defaults)."""
+        return _load(cls, d)
+
+
+def _load(hint: Any, value: Any) -> Any:
+    """``value`` (plain JSON data) as type ``hint``: records, and lists and dicts of them, rebuilt
+    from their field types."""
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return hint(**{f.name: _load(hints[f.name], value[f.name])
+                       for f in dataclasses.fields(hint) if f.name in value})
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        return [_load(args[0], v) for v in value]
+    if typing.get_origin(hint) is dict:
+        return {k: _load(args[1], v) for k, v in value.items()}
+    return value

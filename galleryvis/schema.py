@@ -35,6 +35,14 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("device", '`"auto"`, `"cpu"`, `"cuda"`, `"mps"`', '`"auto"`', "where models run", "auto"),
         Field("colormap", "string", "technique default", "colormap of CAM heatmaps", None),
         Field("alpha", "number 0 to 1", "`0.5`", "opacity of the heatmap in overlay views", 0.5, (0, 1)),
+        Field("scale", '`"per-map"`, `"per-image"`, `"per-row"`', '`"per-map"`',
+              "which maps share one colour scale: each its own, a technique's maps of one image, or its whole row",
+              "per-map"),
+        Field("outlier_perc", "number 0 to 50", "`0.5`",
+              "percent of the largest magnitudes clipped in gradient-family views (captum's `outlier_perc`)",
+              0.5, (0, 50)),
+        Field("base_url", "string (URL)", '`""`',
+              "the published site's address (GitHub Pages); gallery.md links its HTML pages there", ""),
         Field("plugins", "list of strings", "`[]`", "technique plugins to import (modules or .py files)", ()),
     ),
     "images": (
@@ -61,6 +69,8 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("params", "table", "`{}`", "parameters; each one left out keeps its default"),
         Field("layer", "string or array", "the model's `layers` entry, else its last conv block",
               "this entry's layer, for every model", None),
+        Field("scale", '`"per-map"`, `"per-image"`, `"per-row"`', "the gallery's `scale`",
+              "this entry's colour-scale sharing", None),
     ),
     "metrics": (
         Field("enabled", "boolean", "`false`", "compute metrics at all", False),

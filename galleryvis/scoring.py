@@ -79,6 +79,10 @@ def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch
         if _sanity_wanted(spec, group[0].tech.name):
             _sanity(ws, group, spec, cache, batch_size)
             progress.step(1, f"{model_id}: sanity of {tech_id}")
+        else:
+            for j in group:
+                j.skipped["sanity"] = ("not run: [metrics] sanity is off" if not spec.sanity else
+                                       "not run: not listed in [metrics] sanity_techniques")
     return _rankings(groups, baselines, spec) if spec.deletion_insertion else []
 
 
@@ -152,6 +156,8 @@ def _sanity(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, ba
     for j, v in zip(group, values):
         if np.isfinite(v):
             j.metrics["sanity"] = round(v, 4)
+        else:
+            j.skipped["sanity"] = "undefined: a map without spread has no rank correlation"
 
 
 def _rankings(groups: dict[tuple[str, str], list[Job]], baselines: dict[str, dict[str, list[tuple[float, float]]]],

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from galleryvis import IMAGENET_MEAN, IMAGENET_STD
-from galleryvis.lite0 import efficientnet_lite0
+from galleryvis.lite import efficientnet_lite0
 
 IMAGES = Path(__file__).resolve().parent.parent / "input_images"
 

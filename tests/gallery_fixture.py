@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
+
+from galleryvis.sitewriter import colour_scales, values_script
 
 from galleryvis.records import (
     Cell,
@@ -92,7 +95,8 @@ def make_gallery(root: Path) -> Gallery:
                     color += 23
                     rel = f"img/{mid}/{iid}/{tid}-{key}.png"
                     vs.append(Variant(key, vlabel, _png(root, rel, (color % 256, 120, 60)),
-                                      _png(root, "thumbs/" + rel, (color % 256, 120, 60), 4), ""))
+                                      _png(root, "thumbs/" + rel, (color % 256, 120, 60), 4), "",
+                                      scale="" if key == "image" else key))
                 metrics: dict[str, float] = {}
                 trace: list[float] = []
                 plot = ""
@@ -104,8 +108,13 @@ def make_gallery(root: Path) -> Gallery:
                 else:
                     trace = [0.1, 0.5, float("nan"), 1.5, 2.0]
                     plot = _png(root, f"img/{mid}/{iid}/{tid}-plot.png", (10, 10, 10), 12)
+                values = ""
+                if tid == "gradcam":  # the viewer's values: a ramp from left to right
+                    values = f"img/{mid}/{iid}/{tid}.js"
+                    ramp = np.tile(np.linspace(0.0, 1.0, 16, dtype=np.float32), (1, 16, 1))
+                    (root / values).write_bytes(values_script(values, "cam", ramp))
                 cells.append(Cell(mid, iid, tid, None if synth else index, "" if synth else label, "ok",
-                                  vs, metrics=metrics, trace=trace, plot=plot))
+                                  vs, metrics=metrics, trace=trace, plot=plot, values=values))
     rankings = [Ranking("alexnet", [
         {"technique": "gradcam", "insertion_auc": 0.5, "deletion_auc": 0.125, "score": 0.375, "baseline": False},
         {"technique": "random", "insertion_auc": 0.2, "deletion_auc": 0.3, "score": -0.1, "baseline": True},
@@ -114,5 +123,5 @@ def make_gallery(root: Path) -> Gallery:
         title="Test <Gallery> | one",
         description_md="A gallery for **tests**.\n\n# Heading\n\n<script>alert(2)</script>\n",
         images=images, models=models, techniques=techniques, cells=cells, rankings=rankings,
-        summary={"computed": 1},
+        summary={"computed": 1}, scales=colour_scales(), scaling="each map on its own scale",
     )

@@ -97,7 +97,7 @@ def _pages(root: Path) -> list[str]:
 
 def _open(browser: Any, url: str) -> tuple[Any, Any, list[str]]:
     """A new page at ``url`` with every console error, failed request and HTTP error recorded."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
     problems: list[str] = []
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
@@ -125,7 +125,7 @@ def test_every_page_loads_cleanly(browser: Any, base_url: str, site_root: Path):
             if status != 200:
                 problems.append(f"favicon: HTTP {status}")
             page.wait_for_load_state("networkidle")
-            if page.evaluate("document.images.length") == 0 and name != "index.html":
+            if page.evaluate("document.images.length") == 0 and name not in ("techniques.html", "build.html"):
                 problems.append("no images on the page")
         finally:
             context.close()
@@ -150,3 +150,105 @@ def test_screenshot_of_the_model_view(browser: Any, base_url: str, site_root: Pa
     finally:
         context.close()
     assert not problems
+
+
+# -- the viewer, phones, accessibility -------------------------------------------------------
+def test_the_viewer_opens_reads_values_moves_and_closes(browser: Any, base_url: str, site_root: Path):
+    context, page, problems = _open(browser, base_url + "model-alexnet.html")
+    try:
+        link = page.locator("a.pic[data-values]").first
+        link.click()
+        dialog = page.locator("dialog.viewer")
+        assert dialog.evaluate("d => d.open")
+        title = page.locator(".viewer-title").inner_text()
+        assert "Grad-CAM" in title
+        # Opacity and swipe change the map layer.
+        page.locator(".viewer-opacity").fill("25")
+        assert page.locator(".viewer-map").evaluate("m => m.style.opacity") == "0.25"
+        page.locator(".viewer-swipe").fill("40")
+        assert "60%" in page.locator(".viewer-clip").evaluate("c => c.style.clipPath")
+        # The value under the pointer: the fixture's map is a left-to-right ramp from 0 to 1.
+        page.wait_for_function("() => !document.querySelector('.viewer-npy').hidden")
+        box = page.locator(".viewer-stage").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.02, box["y"] + box["height"] / 2)
+        low = page.locator(".viewer-value").inner_text()
+        page.mouse.move(box["x"] + box["width"] * 0.98, box["y"] + box["height"] / 2)
+        high = page.locator(".viewer-value").inner_text()
+        assert low.startswith("map value 0.000") and high.startswith("map value 1.000"), (low, high)
+        assert page.locator(".viewer-npy").get_attribute("href").startswith("blob:")
+        with page.expect_download() as png:
+            page.locator(".viewer-png").click()
+        assert png.value.suggested_filename.endswith(".png")
+        with page.expect_download() as npy:
+            page.locator(".viewer-npy").click()
+        data = Path(npy.value.path()).read_bytes()
+        assert data.startswith(b"\x93NUMPY") and len(data) == 128 + 16 * 16 * 4  # float32, 16 x 16
+        # Arrow keys move between cells; Escape closes and gives focus back.
+        page.locator(".viewer-close").focus()
+        page.keyboard.press("ArrowRight")
+        assert page.locator(".viewer-title").inner_text() != title
+        page.keyboard.press("ArrowLeft")
+        assert page.locator(".viewer-title").inner_text() == title
+        page.keyboard.press("Escape")
+        assert not dialog.evaluate("d => d.open")
+        assert page.evaluate("document.activeElement.matches('a.pic')")
+    finally:
+        context.close()
+    assert not [p for p in problems if "ERR_ABORTED" not in p]  # moving on cancels a picture's load
+
+
+def test_the_viewer_works_by_keyboard_alone(browser: Any, base_url: str):
+    context, page, problems = _open(browser, base_url + "model-alexnet.html")
+    try:
+        page.locator("a.pic[data-title]").first.focus()
+        page.keyboard.press("Enter")
+        assert page.locator("dialog.viewer").evaluate("d => d.open")
+        page.keyboard.press("Escape")
+        assert not page.locator("dialog.viewer").evaluate("d => d.open")
+    finally:
+        context.close()
+    assert not problems
+
+
+def test_the_row_filter_hides_other_rows(browser: Any, base_url: str):
+    context, page, problems = _open(browser, base_url + "model-alexnet.html")
+    try:
+        page.locator("input.row-filter").fill("grad-cam")
+        shown = page.evaluate("Array.from(document.querySelectorAll('table.grid tbody tr'))"
+                              ".filter(r => !r.hidden).map(r => r.querySelector('th').textContent)")
+        assert shown and all("Grad-CAM" in s for s in shown)
+    finally:
+        context.close()
+    assert not problems
+
+
+def test_no_page_scrolls_sideways_on_a_phone(browser: Any, base_url: str, site_root: Path):
+    wide = {}
+    for name in _pages(site_root):
+        context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+        page = context.new_page()
+        page.goto(base_url + name, wait_until="load")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        if width > 390:
+            wide[name] = width
+        context.close()
+    assert not wide
+
+
+def test_axe_finds_no_serious_violation_on_any_kind_of_page(browser: Any, base_url: str, site_root: Path):
+    axe_module = pytest.importorskip("axe_playwright_python.sync_playwright")
+    kinds: dict[str, str] = {}
+    for name in _pages(site_root):
+        kinds.setdefault(name.split("-")[0].removesuffix(".html"), name)
+    found = {}
+    for name in kinds.values():
+        context, page, _ = _open(browser, base_url + name)
+        try:
+            results = axe_module.Axe().run(page)
+            bad = [f"{v['id']}: {v['help']}" for v in results.response["violations"]
+                   if v.get("impact") in ("serious", "critical")]
+            if bad:
+                found[name] = bad
+        finally:
+            context.close()
+    assert not found

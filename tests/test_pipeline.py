@@ -280,9 +280,10 @@ def test_built_site_views_links_and_tables(project):
     _build(project)
     root = project / "site"
     pages = sorted(p.name for p in root.glob("*.html"))
-    assert pages == ["compare-cat.html", "compare-coffee.html", "index.html", "model-mobilenet-v3-small.html",
-                     "model-resnet18.html", "technique-gradcam.html", "technique-guided-backprop.html",
-                     "technique-integrated-gradients.html", "technique-vanilla.html"]
+    assert pages == ["build.html", "compare-cat.html", "compare-coffee.html", "compare.html", "index.html",
+                     "model-mobilenet-v3-small.html", "model-resnet18.html", "technique-gradcam.html",
+                     "technique-guided-backprop.html", "technique-integrated-gradients.html",
+                     "technique-vanilla.html", "techniques.html"]
     for page in pages:
         html5lib.HTMLParser(strict=True).parse((root / page).read_bytes())
         tree = parse(root / page)
@@ -290,13 +291,16 @@ def test_built_site_views_links_and_tables(project):
             for attr in ("src", "href"):
                 if (url := el.get(attr)) and (target := local(url)):
                     assert (root / target).is_file(), f"{page}: {url}"
-    (table,) = grids(parse(root / "model-resnet18.html"))
-    assert len(header_texts(table)) == 3  # the technique column and two images
-    assert "Target class: espresso (967)" in header_texts(table)[2]
-    # original + vanilla 2 + gradcam 3 + guided backprop 4 + integrated gradients 2 variants
-    assert len(row_labels(table)) == 12 and all(len(r) == 3 for r in expand(table))
+    tables = grids(parse(root / "model-resnet18.html"))  # gradients, CAMs, signed maps
+    assert len(tables) == 3
+    for table in tables:
+        assert len(header_texts(table)) == 3  # the technique column and two images
+        assert "Target class: espresso (967)" in header_texts(table)[2]
+        assert all(len(r) == 3 for r in expand(table))
+    # each group's original row + vanilla 2 + guided backprop 4 / gradcam 3 / integrated gradients 2 variants
+    assert [len(row_labels(t)) for t in tables] == [7, 4, 3]
     md = (root / "gallery.md").read_text()
-    for url in _LINK.findall(md):
+    for url in (a or b for a, b in _LINK.findall(md)):
         if (target := local(url)):
             assert (root / target).is_file(), url
 
@@ -314,13 +318,13 @@ id = "sg-a"
 params = { samples = 2, sigma = 0.9 }
 """)
     _build(project)
-    pngs = [p.name for p in (project / "site" / "img").rglob("*.png")]
+    pngs = [p.name for p in (project / "site" / "img").rglob("*.webp")]
     a = sorted(n for n in pngs if n.startswith("sg-a-") and not n.startswith("sg-a-2-"))
     b = sorted(n for n in pngs if n.startswith("sg-a-2-"))
     assert a and len(a) == len(b)
     resnet_cat = project / "site" / "img" / "resnet18" / "cat"
-    first = sorted(resnet_cat.glob("sg-a-[!2]*.png"))
-    second = sorted(resnet_cat.glob("sg-a-2-*.png"))
+    first = sorted(resnet_cat.glob("sg-a-[!2]*.webp"))
+    second = sorted(resnet_cat.glob("sg-a-2-*.webp"))
     assert first and [p.read_bytes() for p in first] != [p.read_bytes() for p in second]
 
 
@@ -424,7 +428,7 @@ def test_two_fresh_builds_of_a_random_init_gallery_are_byte_identical_and_the_se
     _build(first)
     _build(second)
     pages = _pages(first)
-    assert any(k.endswith(".png") for k in pages) and pages == _pages(second)
+    assert any(k.endswith(".webp") for k in pages) and pages == _pages(second)
     manifest = first / "galleryvis.toml"
     manifest.write_text(manifest.read_text().replace("size = 64", "size = 64\nseed = 1"))
     summary = _build(first)
@@ -470,3 +474,48 @@ def test_a_factory_whose_weights_change_between_builds_recomputes(tmp_path, monk
                                                      'factory = "changing_net:net"\nweights = "w.pth"'))
     assert "1 computed, 0 cached" in built()  # the key names the file's hash now
     assert "unchanged" in built()
+
+
+# -- pictures people can read ------------------------------------------------------------------
+def _records(project: Path) -> dict:
+    import json
+
+    return json.loads((project / "site" / "gallery.json").read_text())
+
+
+def test_every_map_picture_is_readable_and_the_site_is_light(project):
+    """Every map (not the photos, not synthesized images) spans at least 48 grey levels between
+    its 2nd and 98th luminance percentiles, and a cell weighs at most 60 KB in all."""
+    import numpy as np
+    from PIL import Image
+
+    _build(project)
+    site = project / "site"
+    cells = [c for c in _records(project)["cells"] if c["status"] == "ok"]
+    checked = 0
+    for cell in cells:
+        for v in cell["variants"]:
+            if v["key"] == "image":
+                continue
+            lum = np.asarray(Image.open(site / v["src"]).convert("L"), float)
+            if lum.max() - lum.min() < 2:  # a genuinely constant map
+                continue
+            spread = np.percentile(lum, 98) - np.percentile(lum, 2)
+            assert spread >= 48, (cell["technique_id"], cell["model_id"], cell["image_id"], v["key"], spread)
+            checked += 1
+    assert checked >= 30
+    weight = sum(p.stat().st_size for d in ("img", "thumbs", "downloads") for p in (site / d).rglob("*") if p.is_file())
+    assert weight / len(cells) <= 60_000
+
+
+def test_a_per_row_scale_gives_the_whole_row_one_range(project):
+    (project / "galleryvis.toml").write_text(MANIFEST.replace('title = "test gallery"',
+                                                              'title = "test gallery"\nscale = "per-row"'))
+    _build(project)
+    ranges: dict[tuple[str, str], set[str]] = {}
+    for cell in _records(project)["cells"]:
+        for v in cell["variants"]:
+            ranges.setdefault((cell["technique_id"], v["key"]), set()).add(v["range"])
+    assert ranges and all(len(r) == 1 and "" not in r for r in ranges.values())
+    html = (project / "site" / "model-resnet18.html").read_text()
+    assert "one scale per technique row" in html and 'class="range">scale ' in html

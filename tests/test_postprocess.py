@@ -36,10 +36,41 @@ def test_gradient_variants_in_fixed_order() -> None:
     _assert_rgb(guided)
 
 
-def test_colored_gradient_is_min_max_of_the_whole_map() -> None:
+def test_colored_gradient_clips_outliers_symmetrically_around_zero() -> None:
     color = np.asarray(dict((k, i) for k, _, i in pp.variants("gradient", GRAD, None))["color"], int)
-    expected = np.rint((GRAD - GRAD.min()) / (GRAD.max() - GRAD.min()) * 255).transpose(1, 2, 0)
+    lim = np.percentile(np.abs(GRAD), 100 - pp.OUTLIER_PERC)
+    expected = np.rint(np.clip(0.5 + GRAD / (2 * lim), 0, 1) * 255).transpose(1, 2, 0)
     assert np.array_equal(color, expected)
+
+
+def _spread(img: Image.Image) -> float:
+    """The 2nd-98th percentile spread of an image's luminance, in grey levels."""
+    lum = np.asarray(img.convert("L"), float)
+    return float(np.percentile(lum, 98) - np.percentile(lum, 2))
+
+
+@pytest.mark.parametrize("kind,guided", [("gradient", True), ("signed", False)])
+def test_one_outlier_does_not_wash_out_a_gradient_view(kind: str, guided: bool) -> None:
+    g = np.random.default_rng(1).standard_t(2, size=(3, 64, 64)) * 1e-3  # heavy tails, as gradients
+    g[0, 5, 5] = 1.0  # one pixel 1000x the rest: min-max scaling would leave the others grey
+    for key, _, img in pp.variants(kind, g, None, guided=guided):
+        assert _spread(img) >= 48, key
+
+
+def test_outlier_perc_sets_the_clipped_share() -> None:
+    g = np.linspace(-1, 1, 3 * 10 * 10).reshape(3, 10, 10)
+    lim = dict(pp.limits("gradient", [g], outlier_perc=10))["color"][1]
+    assert lim == pytest.approx(np.percentile(np.abs(g), 90))
+    with pytest.raises(ValueError, match="outlier_perc"):
+        pp.limits("gradient", [g], outlier_perc=100)
+
+
+def test_a_shared_scale_keeps_a_weak_map_dark() -> None:
+    strong, weak = CAM * 10, CAM
+    shared = pp.limits("cam", [strong, weak])
+    own = np.asarray(pp.variants("cam", weak, None)[0][2], int)
+    on_shared = np.asarray(pp.variants("cam", weak, None, scale=shared)[0][2], int)
+    assert own.max() == 255 and on_shared.max() <= 26
 
 
 def test_positive_and_negative_saliency_split_the_sign() -> None:
@@ -53,7 +84,7 @@ def test_positive_and_negative_saliency_split_the_sign() -> None:
 
 def test_normalize_abs_follows_smilkov() -> None:
     s = np.abs(GRAD).sum(axis=0)
-    expected = np.clip((s - s.min()) / (np.percentile(s, 99) - s.min()), 0, 1)
+    expected = np.clip((s - s.min()) / (np.percentile(s, 100 - pp.OUTLIER_PERC) - s.min()), 0, 1)
     got = pp.normalize_abs(GRAD)
     assert got.shape == (H, W) and got.min() >= 0 and got.max() == 1
     assert np.allclose(got, expected)

@@ -28,11 +28,11 @@ from gallery_fixture import (
 )
 
 PAGES = [
-    "index.html", "model-alexnet.html", "model-resnet18.html", "compare-cat.html", "compare-evil.html",
-    "technique-vanilla.html", "technique-gradcam.html", "technique-integrated-gradients.html",
-    "technique-filter-visualization.html",
+    "index.html", "model-alexnet.html", "model-resnet18.html", "compare.html", "compare-cat.html",
+    "compare-evil.html", "techniques.html", "technique-vanilla.html", "technique-gradcam.html",
+    "technique-integrated-gradients.html", "technique-filter-visualization.html", "build.html",
 ]
-OTHER_FILES = ["gallery.md", "style.css", "favicon.svg", ".nojekyll"]
+OTHER_FILES = ["gallery.md", "style.css", "gallery.js", "favicon.svg", ".nojekyll"]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def row_labels(table: Element) -> list[str]:
     out = []
     for tr in table.find("tbody").findall("tr"):
         th = tr.find("th")
-        a = th.find("a")
+        a = next((a for a in th.iter("a") if not has_class(a, "permalink")), None)
         out.append(text(a) if a is not None else (th.text or "").strip())
     return out
 
@@ -126,7 +126,7 @@ def test_every_image_and_local_link_resolves(site, page):
     root, _, _ = site
     tree = parse(root / page)
     imgs = list(tree.iter("img"))
-    assert imgs or page == "index.html"
+    assert imgs or page in ("index.html", "techniques.html", "build.html")
     for img in imgs:
         target = local(img.get("src", ""))
         assert target is not None, img.get("src")
@@ -143,7 +143,7 @@ def test_every_image_and_local_link_resolves(site, page):
 def test_no_external_resources(site, page):
     root, _, _ = site
     tree = parse(root / page)
-    assert not list(tree.iter("script"))
+    assert [s.get("src") for s in tree.iter("script")] == ["gallery.js"]  # shipped with the site
     for el in tree.iter():
         for attr in ("src", "srcset"):
             if el.get(attr) is not None:
@@ -246,7 +246,9 @@ def test_index_links_every_view_and_lists_predictions(site):
     root, _, _ = site
     tree = parse(root / "index.html")
     hrefs = {a.get("href") for a in tree.iter("a")}
-    assert set(PAGES[1:]) | {"gallery.md"} <= hrefs
+    assert {"model-alexnet.html", "model-resnet18.html", "compare.html", "techniques.html", "build.html",
+            "compare-cat.html", "compare-evil.html"} <= hrefs
+    assert "gallery.md" not in hrefs  # raw Markdown is linked only where it renders (base_url)
     table = next(t for t in tree.iter("table") if has_class(t, "predictions"))
     assert header_texts(table) == ["Image", "AlexNet", "ResNet-18 | [tiny]"]
     rows = table.find("tbody").findall("tr")
@@ -263,9 +265,9 @@ def test_hostile_strings_are_escaped(site):
     escaped = "&lt;script&gt;alert(1)&lt;/script&gt;.png"
     for page in PAGES:
         raw = (root / page).read_text()
-        assert "<script" not in raw, page
+        assert "<script>" not in raw and "alert(1)</script>" not in raw, page
         assert "<em>small" not in raw, page
-        assert escaped in raw or page == "compare-cat.html", page
+        assert escaped in raw or page in ("compare-cat.html", "techniques.html", "build.html"), page
         assert "Test &lt;Gallery&gt; | one" in raw, page
     md = (root / "gallery.md").read_text()
     assert not re.search(r"(?<!\\)<(script|/script|em)", md)
@@ -288,7 +290,7 @@ def test_metrics_flags_and_ranking(site):
     tree = parse(root / "model-alexnet.html")
     metric_lists = [ul for ul in tree.iter("ul") if has_class(ul, "metrics")]
     assert len(metric_lists) == len(IMAGES) * 3  # vanilla, gradcam, integrated gradients
-    assert text(metric_lists[0]).startswith("Deletion AUC 0.125 Insertion AUC 0.500 Sanity ρ 0.900")
+    assert text(metric_lists[0]).startswith("Del 0.125 Ins 0.500 ρ 0.900")
     flagged = [li for li in tree.iter("li") if has_class(li, "flagged")]
     assert len(flagged) == len(IMAGES)  # alexnet's vanilla sanity 0.9 >= 0.5
     assert not [li for li in parse(root / "model-resnet18.html").iter("li") if has_class(li, "flagged")]
@@ -305,7 +307,7 @@ def test_metrics_flags_and_ranking(site):
 
 # -- gallery.md ------------------------------------------------------------------------------
 _PIPE = re.compile(r"(?<!\\)\|")
-_LINK = re.compile(r"\]\(([^)\s]*)\)")
+_LINK = re.compile(r"\]\(([^)\s]*)\)|(?:href|src)=\"([^\"]*)\"")
 
 
 def md_tables(md: str) -> list[list[str]]:
@@ -322,7 +324,7 @@ def md_tables(md: str) -> list[list[str]]:
 def test_gallery_md_links_resolve(site):
     root, _, _ = site
     md = (root / "gallery.md").read_text()
-    targets = _LINK.findall(md)
+    targets = [a or b for a, b in _LINK.findall(md)]
     assert len(targets) > 50
     for url in targets:
         assert url and " " not in url
@@ -341,7 +343,7 @@ def test_gallery_md_tables_mirror_the_model_pages(site):
         widths = {len(_PIPE.findall(line)) for line in table}
         assert len(widths) == 1, table[0]
         assert re.fullmatch(r"\|( --- \|)+", table[1])
-    grid_tables = [t for t in tables if t[0].startswith("| Technique | [")]
+    grid_tables = [t for t in tables if t[0].startswith("| Technique |") and "Registry name" not in t[0]]
     assert len(grid_tables) == 2 * len(MODELS)
 
     def labels(table: list[str]) -> list[str]:
@@ -352,7 +354,17 @@ def test_gallery_md_tables_mirror_the_model_pages(site):
     assert "Target class: Egyptian cat (285)" in grid_tables[0][0]
     failed = next(line for line in grid_tables[2] if "**Failed:**" in line)
     assert r"RuntimeError: layer \<b\>features\|3\</b\> has no 4-D output" in failed
-    assert "Sanity ρ 0.900 ⚠" in grid_tables[0][3]
+    assert "ρ 0.900 ⚠" in grid_tables[0][3]
+    assert all(re.search(r'<img [^>]*width="\d+"', line) for line in grid_tables[0][2:])  # GitHub sizes them
+
+
+def test_gallery_md_links_html_pages_only_at_base_url(site, tmp_path):
+    root, gallery, _ = site
+    html_link = re.compile(r"\]\(([^)\s]*\.html[^)\s]*)\)")
+    assert not html_link.findall((root / "gallery.md").read_text())  # GitHub would show them as source
+    render_site(replace(gallery, base_url="https://me.github.io/repo/"), tmp_path)
+    links = html_link.findall((tmp_path / "gallery.md").read_text())
+    assert len(links) > 10 and all(u.startswith("https://me.github.io/repo/") for u in links)
 
 
 # -- determinism and safety ------------------------------------------------------------------

