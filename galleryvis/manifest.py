@@ -130,6 +130,7 @@ class GallerySpec:
     alpha: float = 0.5
     scale: Scale = "per-map"
     outlier_perc: float = 0.5
+    raw_maps: bool = False
     base_url: str = ""
     plugins: tuple[str, ...] = ()
 
@@ -431,6 +432,7 @@ class _Parser:
             device=device, colormap=colormap, alpha=self.number(table, "alpha", where, base.alpha),
             scale=self.choice(table, "scale", where, SCALES, base.scale),  # type: ignore[arg-type]
             outlier_perc=self.number(table, "outlier_perc", where, base.outlier_perc),
+            raw_maps=self.boolean(table, "raw_maps", where, base.raw_maps),
             base_url=base_url.rstrip("/") + "/" if base_url else "",
             plugins=self.plugins(table, where),
         )

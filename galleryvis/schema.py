@@ -41,6 +41,8 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("outlier_perc", "number 0 to 50", "`0.5`",
               "percent of the largest magnitudes clipped in gradient-family views (captum's `outlier_perc`)",
               0.5, (0, 50)),
+        Field("raw_maps", "boolean", "`false`",
+              "a zip per model of every raw map (float16 .npy) on the build page; large: about 160 KB per cell", False),
         Field("base_url", "string (URL)", '`""`',
               "the published site's address (GitHub Pages); gallery.md links its HTML pages there", ""),
         Field("plugins", "list of strings", "`[]`", "technique plugins to import (modules or .py files)", ()),

@@ -27,9 +27,9 @@ from .synthesis.api import spec_of
 #: Thumbnail box in CSS pixels; the full-resolution view serves 2x screens (``srcset``).
 THUMB = 160
 #: WebP settings of every picture: lossy, deterministic for the same pixels.
-WEBP = {"quality": 82, "method": 4}
+WEBP = {"quality": 75, "method": 6}
 #: The viewer's map values: at most this many samples on the long side (box-averaged).
-VALUES_SIZE = 56
+VALUES_SIZE = 40
 
 #: The sentence each ``[gallery] scale`` puts on the pages.
 SCALING = {
@@ -250,7 +250,7 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         cells = [_cell_record(job, ws, tmp, manifest, crop(ws.image(job), ws.adapter(job).size), parts,
                               shared.get(id(job)), set(scales)) for job in jobs]
         downloads = {}
-        for spec in manifest.models:
+        for spec in manifest.models if manifest.gallery.raw_maps else ():
             done = [j for j in jobs if j.model.id == spec.id and j.result is not None and not j.error]
             if done:
                 rel = f"downloads/{parts[0][spec.id]}-maps.zip"

@@ -200,7 +200,7 @@ def test_the_viewer_opens_reads_values_moves_and_closes(browser: Any, base_url: 
 def test_the_viewer_works_by_keyboard_alone(browser: Any, base_url: str):
     context, page, problems = _open(browser, base_url + "model-alexnet.html")
     try:
-        page.locator("a.pic[data-title]").first.focus()
+        page.locator("a.pic[data-image]").first.focus()
         page.keyboard.press("Enter")
         assert page.locator("dialog.viewer").evaluate("d => d.open")
         page.keyboard.press("Escape")

@@ -403,7 +403,8 @@ def test_default_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert m.gallery.output == tmp_path / "site"
     assert m.gallery.title == "galleryvis — CNN visualizations" and m.gallery.description
     assert m.metrics.enabled
-    assert [s.name for s in m.models] == ["efficientnet_lite0"]
+    assert [s.name for s in m.models] == ["efficientnet_lite0", "efficientnet_lite1"]  # a real comparison
+    assert m.gallery.scale == "per-image"  # the compare pages show the models on one scale
     names = {i.path.name for i in m.images}
     assert 3 <= len(names) <= 5 and "cat.png" in names
     assert all(i.path.is_file() and i.path.parent == m.root for i in m.images)

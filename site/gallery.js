@@ -1,0 +1,188 @@
+/* galleryvis: the map viewer and the row filter. Vanilla JS, no external assets; works from
+   file:// and from any static host (map values arrive as scripts, which file:// allows). */
+(function () {
+  "use strict";
+
+  // -- map values: <script> files that call galleryvisMap({...}) ------------------------------
+  var values = {};
+  var waiting = {};
+  window.galleryvisMap = function (payload) {
+    var script = document.currentScript;
+    var key = script ? script.getAttribute("data-key") : payload.src;
+    values[key] = decode(payload);
+    (waiting[key] || []).forEach(function (done) { done(values[key]); });
+    delete waiting[key];
+  };
+
+  function decode(p) {
+    var bytes = atob(p.q);
+    var n = p.w * p.h;
+    var out = new Float32Array(n);
+    for (var i = 0; i < n; i++) {
+      var q = bytes.charCodeAt(2 * i) | (bytes.charCodeAt(2 * i + 1) << 8);
+      out[i] = p.lo + (q / 65535) * (p.hi - p.lo);
+    }
+    return { w: p.w, h: p.h, quantity: p.quantity, data: out };
+  }
+
+  function loadValues(src, done) {
+    if (values[src]) { done(values[src]); return; }
+    if (waiting[src]) { waiting[src].push(done); return; }
+    waiting[src] = [done];
+    var s = document.createElement("script");
+    s.src = src;
+    s.setAttribute("data-key", src);
+    s.onerror = function () { delete waiting[src]; done(null); };
+    document.head.appendChild(s);
+  }
+
+  function npyBlob(v) {
+    var header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + v.h + ", " + v.w + "), }";
+    var total = 10 + header.length + 1;
+    header += " ".repeat((64 - (total % 64)) % 64) + "\n";
+    var head = new Uint8Array(10 + header.length);
+    head.set([0x93, 78, 85, 77, 80, 89, 1, 0, header.length & 255, header.length >> 8]);
+    for (var i = 0; i < header.length; i++) head[10 + i] = header.charCodeAt(i);
+    return new Blob([head, v.data.buffer], { type: "application/octet-stream" });
+  }
+
+  // -- the viewer -----------------------------------------------------------------------------
+  function setup() {
+    var dialog = document.querySelector("dialog.viewer");
+    var links = Array.prototype.slice.call(document.querySelectorAll("a.pic[data-title]"));
+    if (!dialog || !links.length || typeof dialog.showModal !== "function") return;
+    var $ = function (sel) { return dialog.querySelector(sel); };
+    // The viewer's pictures join the page only when it first opens (an <img> without a source
+    // would read as a broken image).
+    var stage = $(".viewer-stage");
+    var base = document.createElement("img"), map = document.createElement("img");
+    var clip = document.createElement("div");
+    base.className = "viewer-base";
+    map.className = "viewer-map";
+    clip.className = "viewer-clip";
+    clip.appendChild(map);
+    var opacity = $(".viewer-opacity"), swipe = $(".viewer-swipe"), readout = $(".viewer-value");
+    var png = $(".viewer-png"), npy = $(".viewer-npy"), pos = $(".viewer-pos");
+    var current = -1, opener = null, blobUrl = null, shown = null;
+
+    function show(i) {
+      if (!base.parentNode) { stage.appendChild(base); stage.appendChild(clip); }
+      current = (i + links.length) % links.length;
+      var a = links[current];
+      $(".viewer-title").textContent = a.getAttribute("data-title");
+      base.src = a.getAttribute("data-image") || "";
+      base.alt = "";
+      map.src = a.getAttribute("href");
+      map.alt = a.getAttribute("data-title");
+      png.href = a.getAttribute("href");
+      png.setAttribute("download", a.getAttribute("href").split("/").pop());
+      pos.textContent = "cell " + (current + 1) + " of " + links.length + " (arrow keys move)";
+      readout.textContent = "Move the pointer over the map to read its value";
+      shown = null;
+      npy.hidden = true;
+      var src = a.getAttribute("data-values");
+      if (src) {
+        loadValues(src, function (v) {
+          if (links[current] !== a) return;
+          shown = v;
+          if (!v) { readout.textContent = "values not available"; return; }
+          if (blobUrl) URL.revokeObjectURL(blobUrl);
+          blobUrl = URL.createObjectURL(npyBlob(v));
+          npy.href = blobUrl;
+          npy.setAttribute("download", a.getAttribute("href").split("/").pop().replace(/\.\w+$/, "") + ".npy");
+          npy.hidden = false;
+        });
+      }
+    }
+
+    function apply() {
+      map.style.opacity = String(opacity.value / 100);
+      clip.style.clipPath = "inset(0 " + (100 - swipe.value) + "% 0 0)";
+    }
+
+    function valueAt(event) {
+      if (!shown) return;
+      var r = map.getBoundingClientRect();
+      var x = (event.clientX - r.left) / r.width, y = (event.clientY - r.top) / r.height;
+      if (x < 0 || y < 0 || x >= 1 || y >= 1) return;
+      var col = Math.floor(x * shown.w), row = Math.floor(y * shown.h);
+      var v = shown.data[row * shown.w + col];
+      readout.textContent = shown.quantity + " " + v.toPrecision(4) + " at (" +
+        Math.floor(x * map.naturalWidth) + ", " + Math.floor(y * map.naturalHeight) + ")";
+    }
+
+    function neighbour(step) {
+      var td = links[current].closest("td"), tr = td && td.parentElement;
+      if (!tr) return current + step;
+      var row = step > 0 ? tr.nextElementSibling : tr.previousElementSibling;
+      while (row) {
+        var cell = row.children[td.cellIndex];
+        var a = cell && cell.querySelector("a.pic[data-title]");
+        if (a) return links.indexOf(a);
+        row = step > 0 ? row.nextElementSibling : row.previousElementSibling;
+      }
+      return current;
+    }
+
+    links.forEach(function (a, i) {
+      a.addEventListener("click", function (event) {
+        if (event.ctrlKey || event.metaKey || event.shiftKey || event.button !== 0) return;
+        event.preventDefault();
+        opener = a;
+        show(i);
+        apply();
+        dialog.showModal();
+      });
+    });
+    // The picture as PNG where the browser lets a page read its own pictures (any web server);
+    // from file:// it cannot, and the link downloads the WebP file itself.
+    png.addEventListener("click", function (event) {
+      var canvas = document.createElement("canvas");
+      canvas.width = map.naturalWidth;
+      canvas.height = map.naturalHeight;
+      try {
+        canvas.getContext("2d").drawImage(map, 0, 0);
+        canvas.toDataURL();  // throws on a tainted canvas
+      } catch (err) {
+        return;
+      }
+      event.preventDefault();
+      canvas.toBlob(function (blob) {
+        var a = document.createElement("a");
+        a.href = URL.createObjectURL(blob);
+        a.download = png.getAttribute("download").replace(/\.\w+$/, "") + ".png";
+        document.body.appendChild(a);
+        a.click();
+        a.remove();
+      }, "image/png");
+    });
+    opacity.addEventListener("input", apply);
+    swipe.addEventListener("input", apply);
+    stage.addEventListener("pointermove", valueAt);
+    $(".viewer-close").addEventListener("click", function () { dialog.close(); });
+    dialog.addEventListener("close", function () { if (opener) opener.focus(); });
+    dialog.addEventListener("keydown", function (event) {
+      if (event.target.tagName === "INPUT") return;
+      var moves = { ArrowRight: current + 1, ArrowLeft: current - 1 };
+      if (event.key in moves) { show(moves[event.key]); event.preventDefault(); }
+      else if (event.key === "ArrowDown") { show(neighbour(1)); event.preventDefault(); }
+      else if (event.key === "ArrowUp") { show(neighbour(-1)); event.preventDefault(); }
+    });
+  }
+
+  // -- the row filter -------------------------------------------------------------------------
+  function filter(input) {
+    input.addEventListener("input", function () {
+      var q = input.value.trim().toLowerCase();
+      document.querySelectorAll("table.grid tbody tr").forEach(function (tr) {
+        var th = tr.querySelector("th");
+        tr.hidden = !!q && !(th && th.textContent.toLowerCase().indexOf(q) >= 0);
+      });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    setup();
+    document.querySelectorAll("input.row-filter").forEach(filter);
+  });
+})();
