@@ -519,3 +519,24 @@ def test_a_per_row_scale_gives_the_whole_row_one_range(project):
     assert ranges and all(len(r) == 1 and "" not in r for r in ranges.values())
     html = (project / "site" / "model-resnet18.html").read_text()
     assert "one scale per technique row" in html and 'class="range">scale ' in html
+
+
+def test_raw_maps_are_a_zip_per_model_when_asked(project):
+    import io
+    import zipfile
+
+    import numpy as np
+
+    _build(project)
+    assert not (project / "site" / "downloads").exists()  # opt-in: about 160 KB per cell
+    (project / "galleryvis.toml").write_text(MANIFEST.replace('title = "test gallery"',
+                                                              'title = "test gallery"\nraw_maps = true'))
+    _build(project)
+    site = project / "site"
+    with zipfile.ZipFile(site / "downloads" / "resnet18-maps.zip") as zf:
+        names = sorted(zf.namelist())
+        assert names == sorted(f"{i}/{t}.npy" for i in ("cat", "coffee")
+                               for t in ("gradcam", "guided-backprop", "integrated-gradients", "vanilla"))
+        cam = np.load(io.BytesIO(zf.read("cat/gradcam.npy")))
+    assert cam.dtype == np.float16 and cam.shape == (1, 64, 64)
+    assert 'href="downloads/resnet18-maps.zip"' in (site / "build.html").read_text()
