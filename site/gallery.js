@@ -49,7 +49,7 @@
   // -- the viewer -----------------------------------------------------------------------------
   function setup() {
     var dialog = document.querySelector("dialog.viewer");
-    var links = Array.prototype.slice.call(document.querySelectorAll("a.pic[data-title]"));
+    var links = Array.prototype.slice.call(document.querySelectorAll("a.pic[data-image]"));
     if (!dialog || !links.length || typeof dialog.showModal !== "function") return;
     var $ = function (sel) { return dialog.querySelector(sel); };
     // The viewer's pictures join the page only when it first opens (an <img> without a source
@@ -69,11 +69,12 @@
       if (!base.parentNode) { stage.appendChild(base); stage.appendChild(clip); }
       current = (i + links.length) % links.length;
       var a = links[current];
-      $(".viewer-title").textContent = a.getAttribute("data-title");
+      var title = a.querySelector("img").alt;
+      $(".viewer-title").textContent = title;
       base.src = a.getAttribute("data-image") || "";
       base.alt = "";
       map.src = a.getAttribute("href");
-      map.alt = a.getAttribute("data-title");
+      map.alt = title;
       png.href = a.getAttribute("href");
       png.setAttribute("download", a.getAttribute("href").split("/").pop());
       pos.textContent = "cell " + (current + 1) + " of " + links.length + " (arrow keys move)";
@@ -117,7 +118,7 @@
       var row = step > 0 ? tr.nextElementSibling : tr.previousElementSibling;
       while (row) {
         var cell = row.children[td.cellIndex];
-        var a = cell && cell.querySelector("a.pic[data-title]");
+        var a = cell && cell.querySelector("a.pic[data-image]");
         if (a) return links.indexOf(a);
         row = step > 0 ? row.nextElementSibling : row.previousElementSibling;
       }
