@@ -10,7 +10,7 @@ import copy
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -20,9 +20,11 @@ from torch import Tensor, nn
 
 import galleryvis
 from galleryvis.engine import IMAGENET_MEAN
+from galleryvis.layers import default_layer
 
 captum_attr = pytest.importorskip("captum.attr")
 pgc = pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa: E402
 
@@ -352,3 +354,129 @@ def test_smoothgrad_seed_and_variants(tiny_seq: nn.Module, tiny_x: Tensor) -> No
     vanilla = galleryvis.attribute(tiny_seq, x, "vanilla", 3)
     torch.testing.assert_close(sg(sigma=0.0), vanilla)
     torch.testing.assert_close(sg(sigma=0.0, variant="squared"), vanilla * vanilla)
+
+
+# -- transformers: token and channels-last layers ------------------------------------------------
+#: (model in conftest.tiny_transformers, layer, grid (h, w), layout: the number of prefix tokens,
+#: "last" for channels last or "first"): each model's default layer, plus token layers without a
+#: prefix (timm Swin's norm2) and channels-last leaves (torchvision Swin's norm1, the issue's).
+TOKEN_CASES = [
+    ("vit", "encoder.layers.encoder_layer_1.ln_1", (8, 8), 1),
+    ("timm_vit", "blocks.1.norm1", (6, 8), 5),  # non-square, class + 4 register tokens
+    ("deit", "blocks.1.norm1", (8, 8), 2),  # class + distillation token
+    ("swin", "features.3.1", (8, 8), "last"),
+    ("swin", "features.3.1.norm1", (8, 8), "last"),
+    ("timm_swin", "layers.1.blocks.1", (8, 8), "last"),
+    ("timm_swin", "layers.1.blocks.1.norm2", (8, 8), 0),
+    ("convnext", "features.3", (8, 8), "first"),
+]
+TOKEN_IDS = [f"{m}:{layer}" for m, layer, _, _ in TOKEN_CASES]
+TOKEN_CAMS = {**CAM_CLASSES, "scorecam": "ScoreCAM", "eigencam": "EigenCAM"}
+
+
+def reshape_transform(h: int, w: int, layout: int | str) -> Callable[[Tensor], Tensor] | None:
+    """pytorch-grad-cam's documented reshape transforms (its vision-transformer and Swin
+    tutorials): tokens without the leading ones -> (N, h, w, C); then channels to dim 1.
+    None for channels-first layers."""
+    if layout == "first":
+        return None
+
+    def fn(t: Tensor) -> Tensor:
+        if isinstance(layout, int):
+            t = t[:, layout:, :]
+        return t.reshape(t.size(0), h, w, t.size(-1)).transpose(2, 3).transpose(1, 2)
+    return fn
+
+
+@dataclass
+class TokenCase:
+    name: str
+    model: nn.Module
+    x: Tensor
+    target: list[int]
+    layer: str
+    reshape: Callable[[Tensor], Tensor] | None
+    ours: dict[str, Tensor]
+
+    def gradcam(self, cls: str) -> np.ndarray:
+        module = self.model.get_submodule(self.layer)
+        with frozen(self.model), getattr(pgc, cls)(model=self.model, target_layers=[module],
+                                                   reshape_transform=self.reshape) as cam:
+            cam.batch_size = 64
+            targets = [ClassifierOutputTarget(t) for t in self.target]
+            return cam(input_tensor=self.x.clone().requires_grad_(True), targets=targets)
+
+
+@pytest.fixture(scope="module", params=TOKEN_CASES, ids=TOKEN_IDS)
+def token_case(request: pytest.FixtureRequest, transformers: dict[str, nn.Module], photos64: Tensor) -> TokenCase:
+    name, layer, (h, w), layout = request.param
+    if name not in transformers:
+        pytest.skip("timm is not installed")
+    model = transformers[name]
+    x = photos64[..., 8:56, :] if name == "timm_vit" else photos64
+    with torch.no_grad():
+        target = model(x).argmax(1).tolist()
+    ours = galleryvis.attribute_many(model, x, [*CAM_CLASSES, "eigencam", "scorecam"], target, layer,
+                                     {"scorecam": {"weighting": "gradcam"}})
+    return TokenCase(name, model, x, target, layer, reshape_transform(h, w, layout), ours)
+
+
+@pytest.mark.parametrize("name", [n for n in (*CAM_CLASSES, "scorecam") if n != "gradcam_pp"])
+def test_cams_on_transformers(token_case: TokenCase, name: str) -> None:
+    """The same maps as pytorch-grad-cam with its reshape transform at the same layer
+    (Score-CAM: ``weighting="gradcam"``, grad-cam's variant)."""
+    check(f"{name}/{token_case.name} {token_case.layer}",
+          pearson(token_case.ours[name], token_case.gradcam(TOKEN_CAMS[name])))
+
+
+def gradcam_pp_formula(a: Tensor, g: Tensor, eps: float) -> Tensor:
+    """grad-cam's Grad-CAM++ (``grad_cam_plusplus.py``) in float64 with its epsilon a parameter:
+    alpha = g^2 / (2 g^2 + sum(A) g^3 + eps) where g != 0, weights sum(alpha ReLU(g))."""
+    a, g = a.double(), g.double()
+    alpha = g.pow(2) / (2 * g.pow(2) + a.sum((2, 3), keepdim=True) * g.pow(3) + eps)
+    weights = (torch.where(g != 0, alpha, 0.0) * F.relu(g)).sum((2, 3), keepdim=True)
+    return F.relu((weights * a).sum(1, keepdim=True))
+
+
+def test_gradcam_pp_on_transformers(token_case: TokenCase) -> None:
+    """grad-cam adds 1e-6 to Grad-CAM++'s denominator 2 g^2 + sum(A) g^3; at token layers of
+    these nets 2 g^2 is about that size (median 6e-7 at torchvision Swin's norm1, where grad-cam's
+    map moves to r = 0.73-0.77 from the formula without it); galleryvis has the paper's closed
+    form. Checked: grad-cam's formula on grad-cam's own reshaped activations and gradients gives
+    its map with the epsilon and ours without it; at each model's default layer ours also agrees
+    with grad-cam's map directly."""
+    case = token_case
+    module = case.model.get_submodule(case.layer)
+    with frozen(case.model):
+        aag = ActivationsAndGradients(case.model, [module], case.reshape)
+        try:
+            logits = aag(case.x.clone().requires_grad_(True))
+            logits.gather(1, torch.tensor(case.target)[:, None]).sum().backward()
+            a, g = aag.activations[0], aag.gradients[0]
+        finally:
+            aag.release()
+    size = case.x.shape[-2:]
+    theirs = case.gradcam("GradCAMPlusPlus")
+    check(f"gradcam_pp grad-cam vs its formula/{case.name} {case.layer}",
+          pearson(up(gradcam_pp_formula(a, g, 1e-6).float(), size), theirs))
+    check(f"gradcam_pp vs the formula without epsilon/{case.name} {case.layer}",
+          pearson(case.ours["gradcam_pp"], up(gradcam_pp_formula(a, g, 0.0).float(), size)))
+    if default_layer(case.model, case.x[:1]) == case.layer:
+        check(f"gradcam_pp/{case.name} {case.layer}", pearson(case.ours["gradcam_pp"], theirs))
+    else:
+        print(f"\n  r gradcam_pp vs grad-cam/{case.name} {case.layer}: "
+              + ", ".join(f"{r:.5f}" for r in pearson(case.ours["gradcam_pp"], theirs)))
+
+
+def test_eigencam_on_transformers(token_case: TokenCase) -> None:
+    """grad-cam's first principal component of the reshaped activations, with galleryvis's sign
+    (positive correlation with the channel sum), as test_eigencam checks on CNNs."""
+    a = layer_output(token_case.model, token_case.layer, token_case.x)
+    a = token_case.reshape(a) if token_case.reshape else a
+    proj = torch.from_numpy(get_2d_projection(a.numpy().copy()))[:, None]
+    sign = torch.where(torch.tensor(pearson(proj, a.sum(1, keepdim=True))) < 0, -1.0, 1.0)[:, None, None, None]
+    size = token_case.x.shape[-2:]
+    check(f"eigencam/{token_case.name} {token_case.layer}",
+          pearson(token_case.ours["eigencam"], up(F.relu(sign * proj), size)))
+    print(f"\n  |r| eigencam vs grad-cam EigenCAM/{token_case.name}: "
+          + ", ".join(f"{abs(r):.5f}" for r in pearson(token_case.ours["eigencam"], token_case.gradcam("EigenCAM"))))

@@ -14,7 +14,7 @@ import galleryvis
 from galleryvis import registry
 from galleryvis.engine import Context
 from galleryvis.hooks import LayerError, hook_count
-from galleryvis.layers import default_layer
+from galleryvis.layers import default_layer, grids_of, probe
 from galleryvis.registry import TechniqueError
 
 from conftest import tiny_sequential
@@ -426,3 +426,90 @@ def test_a_technique_that_opts_out_of_folding_keeps_the_whole_call_unfolded(monk
     monkeypatch.setitem(registry._REGISTRY, "gradcam", dataclasses.replace(gradcam, fold=False))
     galleryvis.attribute_many(net, x, ["vanilla", "gradcam"], 1, "10")
     assert built == []
+
+
+# -- transformers: token and channels-last layers -------------------------------------------------
+@pytest.mark.parametrize("name, layer", [
+    ("vit", "encoder.layers.encoder_layer_1.ln_1"),  # the last block's first LayerNorm
+    ("timm_vit", "blocks.1.norm1"),
+    ("deit", "blocks.1.norm1"),
+    ("swin", "features.3.1"),  # the last stage's last block
+    ("timm_swin", "layers.1.blocks.1"),
+    ("convnext", "features.3"),  # the last stage
+])
+def test_default_layer_on_transformers(transformers: dict[str, nn.Module], name: str, layer: str) -> None:
+    if name not in transformers:
+        pytest.skip("timm is not installed")
+    x = torch.zeros(1, 3, 48, 64) if name == "timm_vit" else torch.zeros(1, 3, 64, 64)
+    assert default_layer(transformers[name], x) == layer
+
+
+def _grids(model: nn.Module, x: Tensor) -> dict[str, str]:
+    return {n: str(g) for n, g in grids_of(model, probe(model, x), x.shape[0]).items()}
+
+
+def test_grids_of_transformer_layers(transformers: dict[str, nn.Module]) -> None:
+    vit = _grids(transformers["vit"], torch.zeros(1, 3, 64, 64))
+    assert vit["conv_proj"] == "8x8"
+    assert vit["encoder.layers.encoder_layer_1.ln_1"] == "8x8 (tokens, 1 dropped)"
+    assert "does not lie on the image" in vit["heads.head"]
+    swin = _grids(transformers["swin"], torch.zeros(1, 3, 64, 64))
+    assert swin["features.0.0"] == "16x16" and swin["features.0.2"] == "16x16 (channels last)"
+    assert swin["features.3.1.norm1"] == "8x8 (channels last)" and swin["permute"] == "8x8"
+    assert swin["features.2.norm"] == "8x8 (channels last)"  # patch merging: 4x the channels
+    if "timm_vit" in transformers:
+        timm_vit = _grids(transformers["timm_vit"], torch.zeros(1, 3, 48, 64))
+        assert timm_vit["blocks.1.norm1"] == "6x8 (tokens, 5 dropped)"  # class + 4 register tokens
+        assert timm_vit["patch_embed"] == "6x8 (tokens)"  # before the prefix is prepended
+        timm_swin = _grids(transformers["timm_swin"], torch.zeros(2, 3, 64, 64))
+        assert timm_swin["layers.1.blocks.1.norm2"] == "8x8 (tokens)"
+        assert "not the batch" in timm_swin["layers.1.blocks.1.attn"]  # (2 x 4 windows, 16, 48)
+
+
+def test_channels_last_is_read_as_channels_last(transformers: dict[str, nn.Module]) -> None:
+    """Swin's final LayerNorm (N, H, W, C) and the permute after it (N, C, H, W) hold the same
+    values: every CAM is the same at both (the issue's silent misreading gave r = -0.06)."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    techs = ["gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam"]
+    at = {layer: galleryvis.attribute_many(transformers["swin"], x, techs, 3, layer) for layer in ("norm", "permute")}
+    for t in techs:
+        torch.testing.assert_close(at["norm"][t], at["permute"][t], msg=t)
+
+
+class Ambiguous(nn.Module):
+    """A patch embedding to an 8x8 grid with 8 channels, then channels last: the LayerNorm and
+    the ReLU after it output (N, 8, 8, 8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 8, stride=8)
+        self.norm = nn.LayerNorm(8)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.act(self.norm(self.embed(x).permute(0, 2, 3, 1))).mean((1, 2)))
+
+
+@pytest.mark.parametrize("name, layer, message", [
+    ("vit", "heads.head", r"'heads.head' outputs shape \(1, 10\), which does not lie on the image"),
+    ("vit", "encoder.layers.encoder_layer_1.self_attention", "returns tuple, not a tensor"),
+    ("timm_swin", "layers.1.blocks.1.attn", r"outputs shape \(4, 16, 48\) for 1 images"),
+])
+def test_unmappable_layers_raise_one_line(transformers: dict[str, nn.Module], name: str, layer: str,
+                                          message: str) -> None:
+    if name not in transformers:
+        pytest.skip("timm is not installed")
+    with pytest.raises(LayerError, match=message) as info:
+        galleryvis.attribute(transformers[name], torch.zeros(1, 3, 64, 64), "gradcam", 0, layer)
+    assert "\n" not in str(info.value)
+    assert hook_count(transformers[name]) == 0
+
+
+def test_ambiguous_layout_raises_unless_the_module_fixes_it() -> None:
+    torch.manual_seed(0)
+    model, x = Ambiguous().eval(), torch.randn(1, 3, 64, 64)
+    with pytest.raises(LayerError, match=r"'act' outputs shape \(1, 8, 8, 8\): both"):
+        galleryvis.attribute(model, x, "gradcam", 0, "act")
+    grids = _grids(model, x)
+    assert grids["embed"] == "8x8" and grids["norm"] == "8x8 (channels last)"  # a convolution; a LayerNorm
