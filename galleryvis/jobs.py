@@ -151,7 +151,7 @@ def _target_index(adapter: ModelAdapter, target: int | str | None, top1: int) ->
 def prediction_key(adapter: ModelAdapter, img: ImageRef) -> str:
     """The cache key of a model's softmax probabilities for an image."""
     return cache_key(kind="predict", image=img.sha, model=adapter.name, fingerprint=adapter.fingerprint,
-                     size=adapter.size, mean=adapter.mean, std=adapter.std)
+                     **adapter.input_key)
 
 
 def _predictions(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache) -> dict[str, np.ndarray]:
@@ -199,8 +199,8 @@ def plan(manifest: Manifest, ws: Workspace, cache: Cache, force: bool
             for img in images:
                 target = _target_index(adapter, img.ref.target, int(preds[spec.id][img.ref.id].argmax()))
                 key = cache_key(kind="map" if tech.family == "attribution" else "synthesis", image=img.ref.sha,
-                                model=adapter.name, fingerprint=adapter.fingerprint, size=adapter.size,
-                                mean=adapter.mean, std=adapter.std, technique=tech.name, version=tech.version,
+                                model=adapter.name, fingerprint=adapter.fingerprint, **adapter.input_key,
+                                technique=tech.name, version=tech.version,
                                 params=params, layer=layer, target=target, device=device_class)
                 job = Job(spec, img.ref, tspec, params, layer, target, key)
                 if not force and cache.has(key):

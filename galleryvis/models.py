@@ -64,9 +64,22 @@ class ModelAdapter(LoadedModel):
         """The class name of ``index`` ("class 7" when the model has no labels)."""
         return self.labels[index] if 0 <= index < len(self.labels) else f"class {index}"
 
+    def fit(self, img: Image.Image) -> Image.Image:
+        """The crop of ``img`` the model sees (its size, crop percentage and interpolation)."""
+        return fit(img, self.size, self.crop_pct, self.interpolation)
+
     def preprocess(self, img: Image.Image) -> Tensor:
         """The model-input crop of ``img``, normalized, as a (3, size, size) tensor."""
-        return to_tensor(fit(img, self.size), self.mean, self.std)
+        return to_tensor(self.fit(img), self.mean, self.std)
+
+    @property
+    def input_key(self) -> dict[str, Any]:
+        """What makes the model's input, for cache keys: size, mean, std, and the crop and
+        interpolation where they are not the default (so the keys of earlier builds stay)."""
+        extra = {"crop_pct": self.crop_pct} if self.crop_pct != 1.0 else {}
+        if self.interpolation != "bicubic":
+            extra["interpolation"] = self.interpolation
+        return {"size": self.size, "mean": self.mean, "std": self.std, **extra}
 
     def logits(self, x: Tensor) -> Tensor:
         """Logits for a normalized batch, in eval mode, without autograd."""
@@ -108,4 +121,5 @@ def load_model(spec: Any, base: Path, device: torch.device, what: str = "model")
     labels = _read_labels(base / spec.labels, what) if spec.labels else list(loaded.labels)
     size, mean, std = spec.size or loaded.size, spec.mean or loaded.mean, spec.std or loaded.std
     return ModelAdapter(loaded.model.to(device).eval(), loaded.fingerprint, loaded.description, int(size),
-                        tuple(mean), tuple(std), labels, id=spec.id, name=spec.name, layers=dict(spec.layers or {}))
+                        tuple(mean), tuple(std), labels, loaded.crop_pct, loaded.interpolation, loaded.files,
+                        id=spec.id, name=spec.name, layers=dict(spec.layers or {}))

@@ -13,6 +13,7 @@ from .fileio import atomic_write
 from .images import fit
 from .jobs import Job, LoadedImage, Workspace, layer_for
 from .manifest import Manifest
+from .models import ModelAdapter
 from .naming import unique_slugs
 from .records import Cell, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, TechniqueRecord, Variant
 from .sitefiles import staged
@@ -90,16 +91,18 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
     from .render import render_site
 
     with staged(out) as tmp:
-        fitted: dict[tuple[str, int], Image.Image] = {}
+        fitted: dict[tuple[str, Any], Image.Image] = {}
 
-        def crop(img: LoadedImage, size: int) -> Image.Image:
-            if (img.ref.id, size) not in fitted:
-                fitted[(img.ref.id, size)] = fit(img.pil, size)
-            return fitted[(img.ref.id, size)]
+        def crop(img: LoadedImage, adapter: ModelAdapter | None) -> Image.Image:
+            """The model's crop of the image (its size, crop and interpolation); 224 px for the listing."""
+            key = (img.ref.id, tuple(adapter.input_key.items()) if adapter else None)
+            if key not in fitted:
+                fitted[key] = adapter.fit(img.pil) if adapter else fit(img.pil, 224)
+            return fitted[key]
 
         image_records = []
         for img in ws.images.values():
-            src, thumb = _save(crop(img, 224), tmp, f"img/input/{img.ref.id}.png", out)
+            src, thumb = _save(crop(img, None), tmp, f"img/input/{img.ref.id}.png", out)
             image_records.append(ImageRecord(img.ref.id, img.ref.name, src, thumb))
         model_records = []
         for spec in manifest.models:
@@ -115,7 +118,7 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         # File-name parts, distinct even for ids that differ only in case or punctuation.
         ids = [m.id for m in manifest.models], [t.id for t in manifest.techniques]
         parts = dict(zip(ids[0], unique_slugs(ids[0]))), dict(zip(ids[1], unique_slugs(ids[1])))
-        cells = [_cell_record(job, ws, tmp, manifest, crop(ws.image(job), ws.adapter(job).size), parts, out)
+        cells = [_cell_record(job, ws, tmp, manifest, crop(ws.image(job), ws.adapter(job)), parts, out)
                  for job in jobs]
         gallery = Gallery(manifest.gallery.title, manifest.gallery.description, image_records, model_records,
                           _technique_records(manifest), cells, rankings, counts)

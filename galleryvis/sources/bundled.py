@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..images import file_sha256
 from ..labels import imagenet_labels
-from . import LoadedModel, Spec
+from . import LoadedModel, Spec, source_of
 from .weights import load_into, no_named_weights
 
 #: Models galleryvis ships itself, beside torchvision's classification models.
@@ -18,10 +18,13 @@ class BundledSource:
     name = "bundled"
 
     def handles(self, spec: Spec) -> bool:
-        return not spec.factory and spec.name in BUNDLED_MODELS
+        return not spec.factory and source_of(spec) == "torchvision" and spec.name in BUNDLED_MODELS
 
     def names(self) -> tuple[str, ...]:
         return BUNDLED_MODELS
+
+    def knows(self, name: str) -> bool:
+        return name in BUNDLED_MODELS
 
     def check_weights(self, name: str, weights: str) -> str:
         return no_named_weights(name, weights)
@@ -41,4 +44,5 @@ class BundledSource:
             return LoadedModel(model, "random-init", "EfficientNet-Lite0, random weights", labels=labels)
         path = (base / weights).expanduser()
         load_into(model, path, what)
-        return LoadedModel(model, file_sha256(path), f"EfficientNet-Lite0, weights from {path.name}", labels=labels)
+        return LoadedModel(model, file_sha256(path), f"EfficientNet-Lite0, weights from {path.name}", labels=labels,
+                           files=(path,))

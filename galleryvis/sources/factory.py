@@ -34,6 +34,9 @@ class FactorySource:
     def names(self) -> tuple[str, ...]:
         return ()
 
+    def knows(self, name: str) -> bool:
+        return True
+
     def check_weights(self, name: str, weights: str) -> str:
         return no_named_weights("a factory model", weights)
 
@@ -42,10 +45,11 @@ class FactorySource:
         model = _factory(spec.factory, what)()
         if not isinstance(model, nn.Module):
             raise ModelError(f"{what}: factory {spec.factory!r} returned {type(model).__name__}, not an nn.Module")
-        fingerprint, desc = f"factory:{spec.factory}", f"{spec.factory}"
+        fingerprint, desc, files = f"factory:{spec.factory}", f"{spec.factory}", ()
         if spec.weights and spec.weights.lower() != "none":
             path = (base / spec.weights).expanduser()
             load_into(model, path, what)
             fingerprint += ":" + file_sha256(path)
             desc += f" with weights from {path.name}"
-        return LoadedModel(model, fingerprint, desc)
+            files = (path,)
+        return LoadedModel(model, fingerprint, desc, files=files)
