@@ -626,7 +626,7 @@ class _Parser:
     def techniques(self, value: Any) -> tuple[TechniqueSpec, ...]:
         if value is None:
             return tuple(TechniqueSpec(n, registry.resolve_params(registry.get(n), {}), n, "techniques")
-                         for n in registry.names("attribution"))
+                         for n in registry.names("attribution") if not registry.get(n).attention)
         specs: list[TechniqueSpec] = []
         for i, entry in enumerate(self.array_of_tables(value, "techniques", "[[techniques]]")):
             where = f"techniques[{i}]"

@@ -480,3 +480,131 @@ def test_eigencam_on_transformers(token_case: TokenCase) -> None:
           pearson(token_case.ours["eigencam"], up(F.relu(sign * proj), size)))
     print(f"\n  |r| eigencam vs grad-cam EigenCAM/{token_case.name}: "
           + ", ".join(f"{abs(r):.5f}" for r in pearson(token_case.ours["eigencam"], token_case.gradcam("EigenCAM"))))
+
+
+# -- attention rollout and attention x gradient ----------------------------------------------------
+class ExplicitAttention(nn.Module):
+    """A reference self-attention: torchvision's ``nn.MultiheadAttention`` (``kind="mha"``) or
+    timm's ``Attention`` (``"timm"``) computed as softmax(q k^T / sqrt(d)) v from the module's own
+    weights, keeping the probabilities (with their gradient) in ``self.probs``."""
+
+    def __init__(self, inner: nn.Module, kind: str, heads: int) -> None:
+        super().__init__()
+        self.inner, self.kind, self.heads, self.probs = inner, kind, heads, None
+
+    def forward(self, x: Tensor, *_: object, **__: object) -> object:
+        n, t, d = x.shape
+        w, b = ((self.inner.in_proj_weight, self.inner.in_proj_bias) if self.kind == "mha"
+                else (self.inner.qkv.weight, self.inner.qkv.bias))
+        q, k, v = (x @ w.T + b).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        self.probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads), dim=-1)
+        self.probs.retain_grad()
+        out = (self.probs @ v).transpose(1, 2).reshape(n, t, d)
+        proj = self.inner.out_proj if self.kind == "mha" else self.inner.proj
+        return (proj(out), None) if self.kind == "mha" else proj(out)
+
+
+def reference_attentions(name: str, model: nn.Module, x: Tensor, target: list[int]
+                         ) -> tuple[list[Tensor], list[Tensor]]:
+    """Each layer's attention probabilities (N, heads, T, T) and their gradients of the target
+    logits, from a copy with :class:`ExplicitAttention` (Hugging Face: its own eager attention
+    with ``output_attentions``)."""
+    if name == "hf_vit":
+        from transformers import ViTForImageClassification
+
+        config = copy.deepcopy(model.model.config)
+        ref = ViTForImageClassification._from_config(config, attn_implementation="eager").eval()
+        ref.load_state_dict(model.model.state_dict())
+        xg = x.clone().requires_grad_(True)
+        out = ref(pixel_values=xg, output_attentions=True)
+        probs = list(out.attentions)
+        grads = torch.autograd.grad(out.logits.gather(1, torch.tensor(target)[:, None]).sum(), probs)
+        return [p.detach() for p in probs], list(grads)
+    ref = copy.deepcopy(model)
+    kind, parent = ("mha", "self_attention") if name == "vit" else ("timm", "attn")
+    blocks = [m for m in ref.modules() if isinstance(getattr(m, parent, None), nn.Module)]
+    for blk in blocks:
+        inner = getattr(blk, parent)
+        setattr(blk, parent, ExplicitAttention(inner, kind, inner.num_heads))
+    xg = x.clone().requires_grad_(True)
+    ref(xg).gather(1, torch.tensor(target)[:, None]).sum().backward()
+    explicit = [getattr(blk, parent) for blk in blocks]
+    return [e.probs.detach() for e in explicit], [e.probs.grad for e in explicit]
+
+
+def rollout_reference(probs: list[Tensor], prefix: int, grid: tuple[int, int], fusion: str = "mean",
+                      discard: float = 0.0) -> Tensor:
+    """Abnar & Zuidema's rollout, image by image: fuse heads, zero the lowest ``discard`` of the
+    entries (not the class token's own), add the identity, halve, renormalize the rows, multiply
+    the layers (last leftmost); the class token's row over the patches. (N, 1, h, w)."""
+    out = []
+    for i in range(probs[0].shape[0]):
+        t = probs[0].shape[-1]
+        result = torch.eye(t)
+        for p in probs:
+            fused = getattr(p[i], fusion)(0) if fusion == "mean" else getattr(p[i], fusion)(0).values
+            flat = fused.flatten().clone()
+            low = flat.topk(int(flat.numel() * discard), largest=False).indices
+            flat[low[low != 0]] = 0
+            a = (flat.view(t, t) + torch.eye(t)) / 2
+            result = (a / a.sum(-1, keepdim=True)) @ result
+        out.append(result[0, prefix:].reshape(1, *grid))
+    return torch.stack(out)
+
+
+def gradient_reference(probs: list[Tensor], grads: list[Tensor], prefix: int, grid: tuple[int, int]) -> Tensor:
+    """Chefer et al. 2021: R = I, R <- R + E_h[(grad A * A)^+] R per layer; class row, patches."""
+    t = probs[0].shape[-1]
+    r = torch.eye(t).repeat(probs[0].shape[0], 1, 1)
+    for a, g in zip(probs, grads):
+        r = r + torch.bmm((g * a).clamp(min=0).mean(1), r)
+    return r[:, 0, prefix:].reshape(-1, 1, *grid)
+
+
+@pytest.fixture(scope="module")
+def attention_models(transformers: dict[str, nn.Module]) -> dict[str, tuple[nn.Module, tuple[int, int], int]]:
+    """(model, grid, prefix tokens) of the ViTs: torchvision, timm with registers (48x64), DeiT,
+    and a tiny random Hugging Face ViT (64 px, patch 8) returning its logits."""
+    out = {"vit": (transformers["vit"], (8, 8), 1)}
+    if "timm_vit" in transformers:
+        out |= {"timm_vit": (transformers["timm_vit"], (6, 8), 5), "deit": (transformers["deit"], (8, 8), 2)}
+    try:
+        from transformers import ViTConfig, ViTForImageClassification
+    except ImportError:
+        return out
+    from galleryvis.sources.huggingface import Logits
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=10)
+    out["hf_vit"] = (Logits(ViTForImageClassification(config)).eval(), (8, 8), 1)
+    return out
+
+
+ATTENTION_MODELS = ["vit", "timm_vit", "deit", "hf_vit"]
+
+
+@pytest.mark.parametrize("name", ATTENTION_MODELS)
+@pytest.mark.parametrize("fusion, discard", [("mean", 0.0), ("max", 0.9), ("min", 0.0)])
+def test_attention_rollout(attention_models: dict, photos64: Tensor, name: str, fusion: str, discard: float) -> None:
+    if name not in attention_models:
+        pytest.skip("timm / transformers not installed")
+    model, grid, prefix = attention_models[name]
+    x = photos64[..., 8:56, :] if name == "timm_vit" else photos64
+    probs, _ = reference_attentions(name, model, x, [0, 0])
+    ours = galleryvis.attribute(model, x, "attention_rollout", 0, head_fusion=fusion, discard_ratio=discard)
+    ref = up(rollout_reference(probs, prefix, grid, fusion, discard), x.shape[-2:])
+    check(f"attention_rollout {fusion} discard {discard}/{name}", pearson(ours, ref))
+
+
+@pytest.mark.parametrize("name", ATTENTION_MODELS)
+def test_attention_gradient(attention_models: dict, photos64: Tensor, name: str) -> None:
+    if name not in attention_models:
+        pytest.skip("timm / transformers not installed")
+    model, grid, prefix = attention_models[name]
+    x = photos64[..., 8:56, :] if name == "timm_vit" else photos64
+    with torch.no_grad():
+        target = model(x).argmax(1).tolist()
+    probs, grads = reference_attentions(name, model, x, target)
+    ours = galleryvis.attribute(model, x, "attention_gradient", target)
+    check(f"attention_gradient/{name}", pearson(ours, up(gradient_reference(probs, grads, prefix, grid), x.shape[-2:])))

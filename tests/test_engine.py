@@ -513,3 +513,46 @@ def test_ambiguous_layout_raises_unless_the_module_fixes_it() -> None:
         galleryvis.attribute(model, x, "gradcam", 0, "act")
     grids = _grids(model, x)
     assert grids["embed"] == "8x8" and grids["norm"] == "8x8 (channels last)"  # a convolution; a LayerNorm
+
+
+# -- transformers: attention capture, and the techniques that cannot apply ------------------------------
+@pytest.mark.parametrize("name", ["vit", "timm_vit", "deit"])
+def test_attention_capture_leaves_the_model_as_it_was(transformers: dict[str, nn.Module], name: str) -> None:
+    """Inside: the same logits, one (N, heads, T, T) probability tensor per block, rows summing
+    to 1; timm's fused attention (switched on here) is back on after, also after a raise."""
+    from galleryvis.attention import attentions
+
+    if name not in transformers:
+        pytest.skip("timm is not installed")
+    model = transformers[name]
+    x = torch.randn(2, 3, 48, 64) if name == "timm_vit" else torch.randn(2, 3, 64, 64)
+    fused = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    for m in fused:
+        m.fused_attn = True
+    with torch.no_grad():
+        plain = model(x)
+        with attentions(model) as probs:
+            torch.testing.assert_close(model(x), plain)
+        assert len(probs) == 2 and all(p.shape[:2] == (2, 2) and p.shape[2] == p.shape[3] for p in probs)
+        torch.testing.assert_close(probs[0].sum(-1), torch.ones(probs[0].shape[:3]))
+        with pytest.raises(RuntimeError), attentions(model):
+            raise RuntimeError("inside")
+    assert hook_count(model) == 0 and all(m.fused_attn for m in fused)
+
+
+@pytest.mark.parametrize("name, technique, message", [
+    ("convnext", "attention_rollout", "no self-attention galleryvis can read"),
+    ("timm_swin", "attention_gradient", "not global self-attention over one token sequence"),
+    ("vit", "guided_backprop", "guides ReLU-family activations .* and this model has none"),
+    ("vit", "deconvnet", "deconvnet guides ReLU-family"),
+    ("timm_swin", "guided_gradcam", "this model has none"),
+    ("vit", "lrp", "no LRP rule"),
+])
+def test_techniques_that_cannot_apply_say_why(transformers: dict[str, nn.Module], name: str, technique: str,
+                                              message: str) -> None:
+    if name not in transformers:
+        pytest.skip("timm is not installed")
+    model = transformers[name]
+    with pytest.raises(LayerError, match=message) as info:
+        galleryvis.attribute(model, torch.randn(1, 3, 64, 64), technique, 0)
+    assert "\n" not in str(info.value) and hook_count(model) == 0
