@@ -3,6 +3,7 @@ default layers. Tiny seeded models (see conftest.py) keep this file fast."""
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from galleryvis.registry import TechniqueError
 from conftest import tiny_sequential
 
 ATTRIBUTION = registry.names("attribution")
+#: The techniques that read self-attention (transformers only) and the ones CNNs take.
+ATTENTION = [n for n in ATTRIBUTION if registry.get(n).attention]
+CNN_TECHS = [n for n in ATTRIBUTION if n not in ATTENTION]
 #: The techniques of gradients.py / cam.py (lrp.py is tested by its own file).
 MINE = [n for n in ATTRIBUTION if registry.get(n).fn.__module__.rsplit(".", 1)[-1] in ("gradients", "cam")]
 LAYER_TECHS = [n for n in MINE if registry.get(n).layer in ("one", "many")]
@@ -65,7 +69,7 @@ def train_model() -> nn.Sequential:
 
 
 # -- the model comes back as it came ---------------------------------------------------------------
-@pytest.mark.parametrize("name", ATTRIBUTION)
+@pytest.mark.parametrize("name", CNN_TECHS)
 def test_model_unchanged_and_output_contract(train_model: nn.Module, tiny_x: Tensor, name: str) -> None:
     before = snapshot(train_model)
     out = galleryvis.attribute(train_model, tiny_x[:2], name, [1, 2], **kwargs(name))
@@ -89,7 +93,7 @@ def _raise_backward(_m: nn.Module, _i: object, out: Tensor) -> None:
 
 
 @pytest.mark.parametrize("where", ["forward", "backward"])
-@pytest.mark.parametrize("name", ATTRIBUTION)
+@pytest.mark.parametrize("name", CNN_TECHS)
 def test_model_unchanged_after_exception(train_model: nn.Module, tiny_x: Tensor, name: str, where: str) -> None:
     """A module after the CAM layer raises in the forward (or in the backward) of every pass."""
     before = snapshot(train_model)
@@ -146,7 +150,7 @@ def test_reused_relu_gradients_match_autograd_and_captum(tiny_shared: tuple[nn.M
 
 
 # -- targets and batching ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ATTRIBUTION)
+@pytest.mark.parametrize("name", CNN_TECHS)
 def test_batch_equals_single_calls(tiny_seq: nn.Module, tiny_x: Tensor, name: str) -> None:
     targets = [0, 3, 5, 7]
     kw = kwargs(name)
@@ -174,7 +178,7 @@ def _bn_net() -> nn.Sequential:
     return net.eval()
 
 
-@pytest.mark.parametrize("name", ATTRIBUTION)
+@pytest.mark.parametrize("name", CNN_TECHS)
 def test_a_batch_of_ten_equals_ten_single_calls_for_every_technique(name: str) -> None:
     """The model state of a call (batch norm folded or not) is decided before its first pass,
     so a result does not depend on how many images came with it: 10 images (folded, 3 chunks)
@@ -556,3 +560,37 @@ def test_techniques_that_cannot_apply_say_why(transformers: dict[str, nn.Module]
     with pytest.raises(LayerError, match=message) as info:
         galleryvis.attribute(model, torch.randn(1, 3, 64, 64), technique, 0)
     assert "\n" not in str(info.value) and hook_count(model) == 0
+
+
+@pytest.mark.parametrize("model_name", ["vit", "timm_vit"])
+@pytest.mark.parametrize("name", ATTENTION)
+def test_attention_techniques_keep_the_contracts(transformers: dict[str, nn.Module], model_name: str,
+                                                 name: str) -> None:
+    """The registry-wide contracts on a ViT in training mode (timm's: fused attention on): the
+    model comes back unchanged, also after a raise in the forward or the backward; (N, 1, H, W)
+    float32 CPU maps; a batch in chunks gives the single calls' maps."""
+    if model_name not in transformers:
+        pytest.skip("timm is not installed")
+    model = copy.deepcopy(transformers[model_name]).train()
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = True
+    x = torch.randn(3, 3, *((48, 64) if model_name == "timm_vit" else (64, 64)),
+                    generator=torch.Generator().manual_seed(0))
+    before = snapshot(model)
+    fused = [getattr(m, "fused_attn", None) for m in model.modules()]
+    out = galleryvis.attribute(model, x, name, [1, 2, 3], batch_size=2)
+    assert_unchanged(model, before)
+    assert fused == [getattr(m, "fused_attn", None) for m in model.modules()]
+    assert out.shape == (3, 1, *x.shape[-2:]) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    singles = torch.cat([galleryvis.attribute(model, x[i:i + 1], name, t) for i, t in enumerate([1, 2, 3])])
+    torch.testing.assert_close(out, singles, rtol=1e-4, atol=1e-5 * float(singles.abs().max()))
+    head = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 10][0]
+    for hook in (_raise_forward, _raise_backward):
+        handle = head.register_forward_hook(hook)
+        try:
+            with contextlib.suppress(Boom):
+                galleryvis.attribute(model, x[:1], name, 1)
+        finally:
+            handle.remove()
+        assert_unchanged(model, before)
