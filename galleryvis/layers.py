@@ -201,7 +201,8 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
     leaf whose output lies on a grid of more than one position); with class tokens (ViT, DeiT)
     that block's first LayerNorm, whose patch tokens still reach the class token; a block with a
     channels-first output (ConvNeXt) gives way to its stage (the outermost enclosing module in a
-    container returning that very tensor); otherwise (Swin) the block itself.
+    container returning that very tensor); otherwise (Swin) the block itself, or, when blocks
+    return tuples (Hugging Face Swin), the last leaf on the grid (the final LayerNorm).
     """
     records = probe(model, x)
     modules = dict(model.named_modules())
@@ -226,8 +227,8 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
         if norms:
             return min(norms, key=[n for n, _, _ in records].index)
     g = on_grid(block)
-    if g is None:  # a block returning a tuple (Hugging Face Swin): its last leaf on the grid
-        return [n for n in leaves if n.startswith(block + ".")][-1]
+    if g is None:  # a block returning a tuple (Hugging Face Swin) cannot be captured: the last
+        return leaves[-1]  # leaf on the grid, the final LayerNorm of that block's output
     if g.layout == "channels_first":
         stages = [a for a in _ancestors(block) if outputs.get(a) is outputs[block]
                   and isinstance(modules[a.rpartition(".")[0]], _CONTAINERS)]

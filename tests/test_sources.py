@@ -200,3 +200,29 @@ params = {{ steps = 2, baseline = "black" }}
     html = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "site").rglob("*.html"))
     pages._environments.cache_clear()
     assert "&lt;b&gt;cat&lt;/b&gt;" in html and "<b>cat</b>" not in html
+
+
+def test_default_cam_layers_of_hugging_face_models() -> None:
+    """As the references recommend: DeiT the last block's first LayerNorm (class + distillation
+    token), ConvNeXt the last stage; Swin's blocks return tuples, so its final LayerNorm."""
+    from transformers import (ConvNextConfig, ConvNextForImageClassification, DeiTConfig,
+                              DeiTForImageClassificationWithTeacher, SwinConfig, SwinForImageClassification)
+
+    from galleryvis.layers import default_layer
+    from galleryvis.sources.huggingface import Logits
+
+    torch.manual_seed(0)
+    models = {
+        "model.deit.layers.1.layernorm_before": DeiTForImageClassificationWithTeacher(DeiTConfig(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, num_labels=3)),
+        "model.convnext.encoder.stages.1": ConvNextForImageClassification(ConvNextConfig(
+            hidden_sizes=[16, 32], depths=[1, 2], num_stages=2, num_labels=3)),
+        "model.swin.layernorm": SwinForImageClassification(SwinConfig(
+            image_size=32, patch_size=4, embed_dim=24, depths=[2, 2], num_heads=[2, 2], window_size=4, num_labels=3)),
+    }
+    x = torch.randn(1, 3, 32, 32)
+    for layer, model in models.items():
+        wrapped = Logits(model).eval()
+        assert default_layer(wrapped, x) == layer
+        assert galleryvis.attribute(wrapped, x, "gradcam", 0).abs().sum() > 0
