@@ -135,9 +135,9 @@ def init(github_pages: bool, force: bool) -> None:
 @main.command()
 @click.argument("model")
 @click.option("--weights", default="none", show_default=True, help="DEFAULT, a weights enum name, a .pth path, or none.")
-@click.option("--size", default=224, show_default=True, type=click.IntRange(8))
+@click.option("--size", default=None, type=click.IntRange(8), help="Input size (default: the model's own, else 224).")
 @_errors_as_exit
-def layers(model: str, weights: str, size: int) -> None:
+def layers(model: str, weights: str, size: int | None) -> None:
     """Print MODEL's named modules with output shapes and the grid CAMs map each to (h x w,
     channels last, or tokens with the class/register tokens dropped); '*' marks the default
     CAM layer."""
@@ -148,7 +148,7 @@ def layers(model: str, weights: str, size: int) -> None:
     from .models import load_model
 
     adapter = load_model(ModelSpec(name=model, weights=weights), Path.cwd(), torch.device("cpu"), model)
-    x = torch.zeros(1, 3, size, size)
+    x = torch.zeros(1, 3, size or adapter.size, size or adapter.size)
     default = default_layer(adapter.model, x)
     records = probe(adapter.model, x)
     shapes = {name: shape for name, shape, _ in records}
