@@ -221,25 +221,31 @@ def init(github_pages: bool, from_git: str | None, force: bool) -> None:
 @main.command()
 @click.argument("model")
 @click.option("--weights", default="none", show_default=True, help="DEFAULT, a weights enum name, a .pth path, or none.")
-@click.option("--size", default=224, show_default=True, type=click.IntRange(8))
+@click.option("--size", default=None, type=click.IntRange(8), help="Input size (default: the model's own, else 224).")
 @_errors_as_exit
-def layers(model: str, weights: str, size: int) -> None:
-    """Print MODEL's named modules with output shapes; '*' marks the default CAM layer."""
+def layers(model: str, weights: str, size: int | None) -> None:
+    """Print MODEL's named modules with output shapes and the grid CAMs map each to (h x w,
+    channels last, or tokens with the class/register tokens dropped); '*' marks the default
+    CAM layer."""
     import torch
 
-    from .layers import default_layer, probe
+    from .layers import Grid, default_layer, grids_of, probe
     from .manifest import ModelSpec
     from .models import load_model
 
     adapter = load_model(ModelSpec(name=model, weights=weights), Path.cwd(), torch.device("cpu"), model)
-    x = torch.zeros(1, 3, size, size)
+    x = torch.zeros(1, 3, size or adapter.size, size or adapter.size)
     default = default_layer(adapter.model, x)
-    shapes = {name: shape for name, shape, _ in probe(adapter.model, x)}
+    records = probe(adapter.model, x)
+    shapes = {name: shape for name, shape, _ in records}
+    grids = grids_of(adapter.model, records, 1)
     for name, module in adapter.model.named_modules():
         if name:
             shape = "x".join(map(str, shapes[name])) if shapes.get(name) else "-"
+            grid = grids.get(name)
             mark = "*" if name == default else " "
-            click.echo(f"{mark} {name:40s} {type(module).__name__:24s} {shape}")
+            click.echo(f"{mark} {name:40s} {type(module).__name__:24s} {shape:18s} "
+                       f"{grid if isinstance(grid, Grid) else '-'}".rstrip())
 
 
 @main.command("techniques")

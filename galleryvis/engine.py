@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from . import registry
 from .fold import folded
 from .hooks import LayerError, capture, guided, prepared, resolve_layer
-from .layers import default_layer
+from .layers import Grid, Patches, conv_sizes, default_layer
 
 #: ImageNet normalization, the default for every torchvision classifier.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,12 +30,14 @@ LayerArg = str | Sequence[str] | Mapping[str, str | Sequence[str]] | None
 
 @dataclass
 class Pass:
-    """One forward + backward: logits, gradient w.r.t. the input, activations and their gradients."""
+    """One forward + backward: logits, gradient w.r.t. the input, activations and their gradients,
+    and the sizes of the convolution outputs the forward produced (its patch grids)."""
 
     logits: Tensor
     input_grad: Tensor | None
     acts: dict[str, Tensor]
     grads: dict[str, Tensor]
+    conv_sizes: frozenset[tuple[int, int]] = frozenset()
 
 
 @dataclass
@@ -66,7 +68,8 @@ class Context:
         target logits w.r.t. the input (when some technique needs it) and those layers."""
         if mode not in self._passes:
             x = self.x.detach().requires_grad_(self.need_input_grad or mode != "plain")
-            with torch.enable_grad(), guided(self.model, mode), capture(self.model, self.layers) as acts:
+            with torch.enable_grad(), guided(self.model, mode), conv_sizes(self.model) as sizes, \
+                    capture(self.model, self.layers) as acts:
                 logits = self.logits(x)
                 score = _score(logits, self.target)
                 missing = [n for n in self.layers if n not in acts]
@@ -84,16 +87,26 @@ class Context:
             self._passes[mode] = Pass(
                 logits.detach(), None if input_grad is None else input_grad.detach(),
                 {k: v.detach() for k, v in acts.items()}, {k: v.detach() for k, v in layer_grads.items()},
+                frozenset(sizes),
             )
         return self._passes[mode]
 
     def forward(self) -> Pass:
         """Logits and activations of every requested layer, without building a graph."""
         if not self._passes:  # otherwise a backward pass's forward half serves as well
-            with torch.inference_mode(), capture(self.model, self.layers) as acts:
+            with torch.inference_mode(), conv_sizes(self.model) as sizes, capture(self.model, self.layers) as acts:
                 logits = self.logits(self.x)
-            self._passes["forward"] = Pass(logits.clone(), None, {k: v.clone() for k, v in acts.items()}, {})
+            self._passes["forward"] = Pass(logits.clone(), None, {k: v.clone() for k, v in acts.items()}, {},
+                                           frozenset(sizes))
         return next(iter(self._passes.values()))
+
+    def grid(self, layer: str) -> Grid:
+        """How ``layer``'s output lies on the image (:meth:`galleryvis.layers.Patches.grid`),
+        decided from its shape in the shared forward and the convolution outputs of that forward;
+        :meth:`Grid.nchw` maps it and its gradient to (N, C, h, w)."""
+        p = self.forward()
+        return Patches.of(self.model, p.conv_sizes).grid(layer, tuple(p.acts[layer].shape), self.x.shape[0],
+                                                         resolve_layer(self.model, layer))
 
     def input_grad(self, x: Tensor, target: Tensor, mode: str = "plain") -> Tensor:
         """d logit[target] / d x for an arbitrary batch (noisy samples, IG path points), chunked."""

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from . import postprocess, registry
-from .images import fit
 from .manifest import ManifestError, parse_manifest
 from .engine import default_batch_size
 from .cache import Cache
@@ -52,7 +51,7 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
         LocalExecutor(ws, default_batch_size(adapter.device), fail_fast=True).run([job], cache, Progress(0, True), {})
     result = job.result
     tech = registry.get(technique)
-    pics = pictures(tech, result, fit(ws.image(job).pil, adapter.size))
+    pics = pictures(tech, result, adapter.fit(ws.image(job).pil))
     chosen = [p for p in pics if variant in (None, p[0])]
     if not chosen:
         raise ManifestError([f"--variant: {technique} has no variant {variant!r}; "

@@ -112,12 +112,18 @@ def guided(model: nn.Module, mode: str) -> Iterator[None]:
 
     ``"guided"``: the activation's own derivative times the positive part of the incoming
     gradient (Springenberg et al.). ``"deconv"``: the positive part only. ``"plain"``: nothing.
+    A model without any ReLU-family module (GELU or SiLU transformers, ConvNeXt, EfficientNet)
+    raises: there would be nothing to guide, and the result would be the plain gradient.
     """
     if mode == "plain":
         yield
         return
     if mode not in ("guided", "deconv"):
         raise ValueError(f"unknown backward mode {mode!r}")
+    if not any(isinstance(m, RELU_FAMILY) for m in model.modules()):
+        raise LayerError(f"{'guided backprop' if mode == 'guided' else 'deconvnet'} guides ReLU-family activations "
+                         f"(ReLU, ReLU6, LeakyReLU, ...) and this model has none (GELU / SiLU?): the result would be "
+                         f"the plain gradient; use vanilla instead")
 
     def hook(_m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
         if not out.requires_grad:

@@ -21,7 +21,6 @@ StrPath = str | os.PathLike[str]
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 #: How :func:`fit` resamples an image to a model's input (part of every cache key).
-INTERPOLATION = Image.Resampling.BICUBIC
 
 
 def _fail(path: StrPath, problem: str) -> ImageError:
@@ -88,22 +87,27 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def fit(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` and centre-crop to ``size`` x ``size``.
+def fit(img: Image.Image, size: int, crop_pct: float = 1.0, interpolation: str = "bicubic") -> Image.Image:
+    """Resize the shorter side to ``size / crop_pct`` and centre-crop to ``size`` x ``size``.
 
-    Bicubic with antialiasing (Pillow widens the filter when shrinking). The central square of
-    the source is resampled directly (``resize(box=...)``), which equals resize-then-crop
+    Bicubic (or ``interpolation``: a ``PIL.Image.Resampling`` name) with antialiasing (Pillow
+    widens the filter when shrinking). The central square of the source, ``crop_pct`` of its
+    shorter side, is resampled directly (``resize(box=...)``), which equals resize-then-crop
     without rounding the intermediate size. This crop is what the model sees and what the
     gallery shows as "Original image".
     """
     if size < 1:
         raise ValueError(f"fit size must be a positive number of pixels, got {size}")
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    try:
+        resample = Image.Resampling[interpolation.upper()]
+    except KeyError:
+        raise ValueError(f"unknown interpolation {interpolation!r}") from None
     w, h = img.size
-    side = min(w, h)
+    side = min(w, h) * crop_pct
     left, top = (w - side) / 2, (h - side) / 2
-    return img.resize(
-        (size, size), INTERPOLATION, box=(left, top, left + side, top + side)
-    )
+    return img.resize((size, size), resample, box=(left, top, left + side, top + side))
 
 
 def to_tensor(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -48,12 +48,13 @@ class _NameOnly(NamedTuple):
     weights: str | None
     factory: str | None
     seed: int = 0
+    source: str | None = None
 
 
-def _known(name: str) -> bool:
+def _known(name: str, source: str | None = None) -> bool:
     """Whether the source that would build a model called ``name`` knows it (asking only that
     source: a bundled name never imports torchvision)."""
-    return name in sources.source_for(_NameOnly(name, None, None)).names()
+    return sources.source_for(_NameOnly(name, None, None, source=source)).knows(sources.bare_name(name))
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class ModelSpec:
     weights: str | None = None
     factory: str | None = None
     seed: int = 0
+    source: str | None = None
     labels: Path | None = None
     size: int | None = None
     mean: tuple[float, float, float] | None = None
@@ -567,10 +569,13 @@ class _Parser:
         if name is None and "name" not in table and factory is None and "factory" not in table:
             self.error(where, "missing required key 'name' (a torchvision model such as 'resnet50', "
                               "'efficientnet_lite0', or a `factory`)")
-        elif name is not None and factory is None and "factory" not in table and not _known(name):
-            self.error(f"{where}.name", f"unknown model {name!r}{registry.suggest(name, sources.known_names())} "
-                                        "(any torchvision classification model, or efficientnet_lite0 / 1 / 2)")
-        weights = self.weights(table, where, None if "factory" in table else name or "")
+        source = self.source(table, where, name)
+        if name is not None and factory is None and "factory" not in table and not _known(name, source):
+            options = sources.source_for(_NameOnly(name, None, None, source=source)).names()
+            self.error(f"{where}.name", f"unknown model {name!r}{registry.suggest(name, options)} "
+                                        "(any torchvision classification model, efficientnet_lite0 / 1 / 2, or "
+                                        "a timm: / hf: model)")
+        weights = self.weights(table, where, None if "factory" in table else name or "", source)
         seed: int = self.integer(table, "seed", where, **schema.bounds("models", "seed"), default=0)  # type: ignore[assignment]
         labels = self.existing(table, "labels", where, "labels file")
         size = self.integer(table, "size", where, **schema.bounds("models", "size"), default=None)
@@ -581,11 +586,25 @@ class _Parser:
         if len(self.errors) > ok:
             return None
         name = name or factory.rsplit(":", 1)[1].rsplit(".", 1)[-1]  # type: ignore[union-attr]
-        return ModelSpec(name=name, weights=weights, factory=factory, seed=seed, labels=labels, size=size,
-                         mean=mean, std=std, layers=layers, id=model_id or name, field=where)
+        return ModelSpec(name=name, weights=weights, factory=factory, seed=seed, source=source, labels=labels,
+                         size=size, mean=mean, std=std, layers=layers, id=model_id or name, field=where)
 
-    def weights(self, table: Mapping[str, Any], where: str, name: str | None) -> str | None:
-        """Normalized ``weights``: DEFAULT, none, an enum member name or an absolute path.
+    def source(self, table: Mapping[str, Any], where: str, name: str | None) -> str | None:
+        """``source``, or the one the name's ``timm:`` / ``hf:`` prefix chooses; both must agree."""
+        given = self.string(table, "source", where)
+        prefixed = sources.prefixed_source(name or "")
+        if given is not None and given not in sources.SOURCE_NAMES:
+            self.error(f"{where}.source", f"unknown source {given!r}{registry.suggest(given, sources.SOURCE_NAMES)}; "
+                                          f"use one of {', '.join(sources.SOURCE_NAMES)}")
+            return None
+        if given is not None and prefixed is not None and given != prefixed:
+            self.error(f"{where}.source", f"source {given!r} contradicts the name {name!r}, a {prefixed} model")
+            return None
+        return given or prefixed
+
+    def weights(self, table: Mapping[str, Any], where: str, name: str | None, source: str | None = None) -> str | None:
+        """Normalized ``weights``: DEFAULT, none, an enum member name or an absolute path (a
+        model folder too, for timm).
 
         ``name`` is the model name, or None for a factory model.
         """
@@ -599,14 +618,14 @@ class _Parser:
             return "DEFAULT" if text.upper() == "DEFAULT" else "none"
         if text.lower().endswith(_WEIGHT_SUFFIXES) or any(c in text for c in "/\\~"):
             path = self.path(text)
-            problem = _file_problem(path)
+            problem = "" if source == "timm" and path.is_dir() else _file_problem(path)
             if problem:
                 self.error(key, f"weights file {text!r}: {problem}")
             return str(path)
-        if name is not None and not _known(name):
+        if name is not None and not _known(name, source):
             return None  # the missing or unknown name is reported already
         try:
-            spec = _NameOnly(name or "", None, None if name is not None else "factory")
+            spec = _NameOnly(name or "", None, None if name is not None else "factory", source=source)
             return sources.source_for(spec).check_weights(name or "", text)
         except sources.ModelError as exc:
             self.error(key, str(exc))
@@ -637,7 +656,7 @@ class _Parser:
     def techniques(self, value: Any) -> tuple[TechniqueSpec, ...]:
         if value is None:
             return tuple(TechniqueSpec(n, registry.resolve_params(registry.get(n), {}), n, "techniques")
-                         for n in registry.names("attribution"))
+                         for n in registry.names("attribution") if not registry.get(n).attention)
         specs: list[TechniqueSpec] = []
         for i, entry in enumerate(self.array_of_tables(value, "techniques", "[[techniques]]")):
             where = f"techniques[{i}]"

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from .engine import model_device
-from .images import INTERPOLATION, fit, to_tensor
+from .images import fit, to_tensor
 from .labels import imagenet_labels
 from .layers import default_layer
 from .sources import LoadedModel, ModelError, source_for
@@ -63,16 +63,22 @@ class ModelAdapter(LoadedModel):
 
     @property
     def preprocessing(self) -> dict[str, Any]:
-        """What makes an image this model's input (part of every cache key of the model)."""
-        return {"size": self.size, "mean": self.mean, "std": self.std, "interpolation": INTERPOLATION.name.lower()}
+        """What makes an image this model's input (part of every cache key of the model): size,
+        mean, std, interpolation and crop percentage."""
+        return {"size": self.size, "mean": self.mean, "std": self.std, "interpolation": self.interpolation,
+                "crop_pct": self.crop_pct}
 
     def label(self, index: int) -> str:
         """The class name of ``index`` ("class 7" when the model has no labels)."""
         return self.labels[index] if 0 <= index < len(self.labels) else f"class {index}"
 
+    def fit(self, img: Image.Image) -> Image.Image:
+        """The crop of ``img`` the model sees (its size, crop percentage and interpolation)."""
+        return fit(img, self.size, self.crop_pct, self.interpolation)
+
     def preprocess(self, img: Image.Image) -> Tensor:
         """The model-input crop of ``img``, normalized, as a (3, size, size) tensor."""
-        return to_tensor(fit(img, self.size), self.mean, self.std)
+        return to_tensor(self.fit(img), self.mean, self.std)
 
     def logits(self, x: Tensor) -> Tensor:
         """Logits for a normalized batch, in eval mode, without autograd."""
@@ -124,5 +130,5 @@ def load_model(spec: Any, base: Path, device: torch.device, what: str = "model")
     labels = _read_labels(base / spec.labels, what) if spec.labels else list(loaded.labels)
     size, mean, std = spec.size or loaded.size, spec.mean or loaded.mean, spec.std or loaded.std
     return ModelAdapter(loaded.model.to(device).eval(), loaded.fingerprint, loaded.description, int(size),
-                        tuple(mean), tuple(std), labels, loaded.pinned, id=spec.id, name=spec.name,
-                        layers=dict(spec.layers or {}))
+                        tuple(mean), tuple(std), labels, loaded.pinned, loaded.crop_pct, loaded.interpolation,
+                        loaded.files, id=spec.id, name=spec.name, layers=dict(spec.layers or {}))

@@ -142,7 +142,7 @@ def _stamp(manifest: Manifest, ws: Workspace, cache: Cache, opts: Options, out: 
         return
     files = [img.ref.path for img in ws.images.values()]
     for spec in manifest.models:
-        files += [Path(spec.weights)] if spec.weights and Path(spec.weights).is_absolute() else []
+        files += [Path(p).absolute() for p in ws.models[spec.id].files]
         files += [spec.labels] if spec.labels else []
     modules = [spec.factory.partition(":")[0] for spec in manifest.models if spec.factory]
     for plugin in manifest.gallery.plugins:

@@ -36,7 +36,9 @@ class Technique:
     into the convolutions (off for techniques that change a layer's output themselves).
     ``split_sign``: the gallery also shows positive and negative saliency. ``doc``: the
     technique's page in Markdown (built-in techniques have ``templates/techniques/<name>.md``;
-    without either, the page shows ``summary``).
+    without either, the page shows ``summary``). ``attention``: it reads the model's
+    self-attention (transformers only), so a manifest's implicit every-technique list leaves
+    it out.
     """
 
     name: str
@@ -55,6 +57,7 @@ class Technique:
     doc: str = ""
     signed: bool = False
     family: str = "attribution"
+    attention: bool = False
     params: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
@@ -70,6 +73,7 @@ class Technique:
             "kind": self.kind,
             "needs": sorted(self.needs),
             "stochastic": self.stochastic,
+            "attention": self.attention,
             "version": self.version,
             "params": dict(self.params),
             "choices": {k: list(v) for k, v in self.choices.items()},
@@ -99,6 +103,7 @@ def technique(
     signed: bool = False,
     family: str = "attribution",
     choices: Mapping[str, tuple[Any, ...]] | None = None,
+    attention: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn(ctx, **params)`` under ``name``; keyword-only defaults become its parameters.
 
@@ -128,7 +133,7 @@ def technique(
             name=name, fn=fn, output=output, layer=layer, paper=paper, summary=summary,
             title=title or name.replace("_", " ").title(), kind=kind, needs=frozenset(needs),
             stochastic=stochastic, version=version, fold=fold, split_sign=split_sign, doc=doc,
-            signed=signed, family=family, params=params, choices=dict(choices or {}),
+            signed=signed, family=family, attention=attention, params=params, choices=dict(choices or {}),
         )
         return fn
 

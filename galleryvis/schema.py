@@ -52,7 +52,10 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("target", "integer, string", '`"top1"`', "the class to explain", None),
     ),
     "models": (
-        Field("name", "string", "", "a torchvision classification model or a bundled one"),
+        Field("name", "string", "", "a torchvision classification model or a bundled one; `timm:` / `hf:` choose "
+                                    "the source"),
+        Field("source", '`"torchvision"`, `"timm"`, `"huggingface"`', "the name's prefix, else `\"torchvision\"`",
+              "where the model comes from", None),
         Field("id", "string", "`name`", "the name the gallery shows; unique"),
         Field("weights", "string", '`"DEFAULT"`', '"DEFAULT", "none", an enum member or a weights file', None),
         Field("factory", 'string `"package.module:function"`', "", "your own model: a function returning an nn.Module",

@@ -18,6 +18,7 @@ from .fileio import atomic_write
 from .images import fit
 from .jobs import Job, LoadedImage, Workspace, layer_for
 from .manifest import Manifest
+from .models import ModelAdapter
 from .naming import unique_slugs
 from .records import (RECORDS_FILE, Cell, ColourScale, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, Size,
                       TechniqueRecord, Variant)
@@ -220,16 +221,18 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
     from .render import render_site
 
     with staged(out) as tmp:
-        fitted: dict[tuple[str, int], Image.Image] = {}
+        fitted: dict[tuple[str, Any], Image.Image] = {}
 
-        def crop(img: LoadedImage, size: int) -> Image.Image:
-            if (img.ref.id, size) not in fitted:
-                fitted[(img.ref.id, size)] = fit(img.pil, size)
-            return fitted[(img.ref.id, size)]
+        def crop(img: LoadedImage, adapter: ModelAdapter | None) -> Image.Image:
+            """The model's crop of the image (its size, crop and interpolation); 224 px for the listing."""
+            key = (img.ref.id, tuple(adapter.input_key.items()) if adapter else None)
+            if key not in fitted:
+                fitted[key] = adapter.fit(img.pil) if adapter else fit(img.pil, 224)
+            return fitted[key]
 
         image_records = []
         for img in ws.images.values():
-            src, thumb, size, tsize = _save(crop(img, 224), tmp, f"img/input/{img.ref.id}.webp")
+            src, thumb, size, tsize = _save(crop(img, None), tmp, f"img/input/{img.ref.id}.webp")
             image_records.append(ImageRecord(img.ref.id, img.ref.name, src, thumb, size, tsize))
         model_records = []
         for spec in manifest.models:
@@ -247,7 +250,7 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         parts = dict(zip(ids[0], unique_slugs(ids[0]))), dict(zip(ids[1], unique_slugs(ids[1])))
         shared = shared_limits(manifest, jobs)
         scales = colour_scales(manifest.gallery.colormap, manifest.gallery.outlier_perc)
-        cells = [_cell_record(job, ws, tmp, manifest, crop(ws.image(job), ws.adapter(job).size), parts,
+        cells = [_cell_record(job, ws, tmp, manifest, crop(ws.image(job), ws.adapter(job)), parts,
                               shared.get(id(job)), set(scales)) for job in jobs]
         downloads = {}
         for spec in manifest.models if manifest.gallery.raw_maps else ():

@@ -128,3 +128,58 @@ def photos112() -> Tensor:
 def photos64() -> Tensor:
     """cat.png and rocket.jpg at 64x64 (VGG16 at this size: features.29 is 4x4)."""
     return torch.cat([load_photo("cat.png", 64), load_photo("rocket.jpg", 64)])
+
+
+def tiny_transformers() -> dict[str, nn.Module]:
+    """Seeded tiny transformers and a ConvNeXt (random weights), for 64x64 inputs (``timm_vit``:
+    48x64): torchvision ViT (patch 8, class token), timm ViT (4 register tokens), timm DeiT
+    (distillation token), torchvision and timm Swin (patch 4, window 4, two stages), torchvision
+    ConvNeXt (two stages). timm models are left out when timm is not installed."""
+    from torchvision.models import ConvNeXt, SwinTransformer, VisionTransformer
+    from torchvision.models.convnext import CNBlockConfig
+
+    builds = {
+        "vit": lambda: VisionTransformer(image_size=64, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                         mlp_dim=64, num_classes=10),
+        "swin": lambda: SwinTransformer(patch_size=[4, 4], embed_dim=24, depths=[2, 2], num_heads=[2, 2],
+                                        window_size=[4, 4], num_classes=10),
+        "convnext": lambda: ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 2)], num_classes=10),
+    }
+    try:
+        from timm.models.deit import VisionTransformerDistilled
+        from timm.models.swin_transformer import SwinTransformer as TimmSwin
+        from timm.models.vision_transformer import VisionTransformer as TimmViT
+    except ImportError:
+        pass
+    else:
+        vit_kw = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 10}
+        builds |= {
+            "timm_vit": lambda: TimmViT(img_size=(48, 64), reg_tokens=4, **vit_kw),
+            "deit": lambda: VisionTransformerDistilled(img_size=64, **vit_kw),
+            "timm_swin": lambda: TimmSwin(img_size=64, patch_size=4, window_size=4, embed_dim=24, depths=(2, 2),
+                                          num_heads=(2, 2), num_classes=10),
+        }
+    # seed 1: no top-1 CAM of tests/test_agreement.py is zero everywhere (with seed 0 timm Swin's
+    # LayerCAM of rocket.jpg is, and a correlation with a constant map is undefined)
+    return {name: _seeded(lambda build=build: _trained_like(build()), 1) for name, build in builds.items()}
+
+
+def _trained_like(model: nn.Module, classes: int = 10) -> nn.Module:
+    """Statistics of a trained net where initialization is degenerate: LayerNorm weights and
+    biases spread around 1 and 0 (at 1 and 0 a token's channels sum to zero exactly), class
+    heads of weight std 0.5 (gradients of a trained net's size; torchvision zero-initializes
+    the ViT head, timm uses std 0.02)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+            elif isinstance(m, nn.Linear) and m.out_features == classes:
+                m.weight.normal_(std=0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def transformers() -> dict[str, nn.Module]:
+    """:func:`tiny_transformers`, built once."""
+    return tiny_transformers()

@@ -10,7 +10,7 @@ import copy
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -20,9 +20,11 @@ from torch import Tensor, nn
 
 import galleryvis
 from galleryvis.engine import IMAGENET_MEAN
+from galleryvis.layers import default_layer
 
 captum_attr = pytest.importorskip("captum.attr")
 pgc = pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa: E402
 
@@ -352,3 +354,257 @@ def test_smoothgrad_seed_and_variants(tiny_seq: nn.Module, tiny_x: Tensor) -> No
     vanilla = galleryvis.attribute(tiny_seq, x, "vanilla", 3)
     torch.testing.assert_close(sg(sigma=0.0), vanilla)
     torch.testing.assert_close(sg(sigma=0.0, variant="squared"), vanilla * vanilla)
+
+
+# -- transformers: token and channels-last layers ------------------------------------------------
+#: (model in conftest.tiny_transformers, layer, grid (h, w), layout: the number of prefix tokens,
+#: "last" for channels last or "first"): each model's default layer, plus token layers without a
+#: prefix (timm Swin's norm2) and channels-last leaves (torchvision Swin's norm1, the issue's).
+TOKEN_CASES = [
+    ("vit", "encoder.layers.encoder_layer_1.ln_1", (8, 8), 1),
+    ("timm_vit", "blocks.1.norm1", (6, 8), 5),  # non-square, class + 4 register tokens
+    ("deit", "blocks.1.norm1", (8, 8), 2),  # class + distillation token
+    ("swin", "features.3.1", (8, 8), "last"),
+    ("swin", "features.3.1.norm1", (8, 8), "last"),
+    ("timm_swin", "layers.1.blocks.1", (8, 8), "last"),
+    ("timm_swin", "layers.1.blocks.1.norm2", (8, 8), 0),
+    ("convnext", "features.3", (8, 8), "first"),
+]
+TOKEN_IDS = [f"{m}:{layer}" for m, layer, _, _ in TOKEN_CASES]
+TOKEN_CAMS = {**CAM_CLASSES, "scorecam": "ScoreCAM", "eigencam": "EigenCAM"}
+
+
+def reshape_transform(h: int, w: int, layout: int | str) -> Callable[[Tensor], Tensor] | None:
+    """pytorch-grad-cam's documented reshape transforms (its vision-transformer and Swin
+    tutorials): tokens without the leading ones -> (N, h, w, C); then channels to dim 1.
+    None for channels-first layers."""
+    if layout == "first":
+        return None
+
+    def fn(t: Tensor) -> Tensor:
+        if isinstance(layout, int):
+            t = t[:, layout:, :]
+        return t.reshape(t.size(0), h, w, t.size(-1)).transpose(2, 3).transpose(1, 2)
+    return fn
+
+
+@dataclass
+class TokenCase:
+    name: str
+    model: nn.Module
+    x: Tensor
+    target: list[int]
+    layer: str
+    reshape: Callable[[Tensor], Tensor] | None
+    ours: dict[str, Tensor]
+
+    def gradcam(self, cls: str) -> np.ndarray:
+        module = self.model.get_submodule(self.layer)
+        with frozen(self.model), getattr(pgc, cls)(model=self.model, target_layers=[module],
+                                                   reshape_transform=self.reshape) as cam:
+            cam.batch_size = 64
+            targets = [ClassifierOutputTarget(t) for t in self.target]
+            return cam(input_tensor=self.x.clone().requires_grad_(True), targets=targets)
+
+
+@pytest.fixture(scope="module", params=TOKEN_CASES, ids=TOKEN_IDS)
+def token_case(request: pytest.FixtureRequest, transformers: dict[str, nn.Module], photos64: Tensor) -> TokenCase:
+    name, layer, (h, w), layout = request.param
+    if name not in transformers:
+        pytest.skip("timm is not installed")
+    model = transformers[name]
+    x = photos64[..., 8:56, :] if name == "timm_vit" else photos64
+    with torch.no_grad():
+        target = model(x).argmax(1).tolist()
+    ours = galleryvis.attribute_many(model, x, [*CAM_CLASSES, "eigencam", "scorecam"], target, layer,
+                                     {"scorecam": {"weighting": "gradcam"}})
+    return TokenCase(name, model, x, target, layer, reshape_transform(h, w, layout), ours)
+
+
+@pytest.mark.parametrize("name", [n for n in (*CAM_CLASSES, "scorecam") if n != "gradcam_pp"])
+def test_cams_on_transformers(token_case: TokenCase, name: str) -> None:
+    """The same maps as pytorch-grad-cam with its reshape transform at the same layer
+    (Score-CAM: ``weighting="gradcam"``, grad-cam's variant)."""
+    check(f"{name}/{token_case.name} {token_case.layer}",
+          pearson(token_case.ours[name], token_case.gradcam(TOKEN_CAMS[name])))
+
+
+def gradcam_pp_formula(a: Tensor, g: Tensor, eps: float) -> Tensor:
+    """grad-cam's Grad-CAM++ (``grad_cam_plusplus.py``) in float64 with its epsilon a parameter:
+    alpha = g^2 / (2 g^2 + sum(A) g^3 + eps) where g != 0, weights sum(alpha ReLU(g))."""
+    a, g = a.double(), g.double()
+    alpha = g.pow(2) / (2 * g.pow(2) + a.sum((2, 3), keepdim=True) * g.pow(3) + eps)
+    weights = (torch.where(g != 0, alpha, 0.0) * F.relu(g)).sum((2, 3), keepdim=True)
+    return F.relu((weights * a).sum(1, keepdim=True))
+
+
+def test_gradcam_pp_on_transformers(token_case: TokenCase) -> None:
+    """grad-cam adds 1e-6 to Grad-CAM++'s denominator 2 g^2 + sum(A) g^3; at token layers of
+    these nets 2 g^2 is about that size (median 6e-7 at torchvision Swin's norm1, where grad-cam's
+    map moves to r = 0.73-0.77 from the formula without it); galleryvis has the paper's closed
+    form. Checked: grad-cam's formula on grad-cam's own reshaped activations and gradients gives
+    its map with the epsilon and ours without it; at each model's default layer ours also agrees
+    with grad-cam's map directly."""
+    case = token_case
+    module = case.model.get_submodule(case.layer)
+    with frozen(case.model):
+        aag = ActivationsAndGradients(case.model, [module], case.reshape)
+        try:
+            logits = aag(case.x.clone().requires_grad_(True))
+            logits.gather(1, torch.tensor(case.target)[:, None]).sum().backward()
+            a, g = aag.activations[0], aag.gradients[0]
+        finally:
+            aag.release()
+    size = case.x.shape[-2:]
+    theirs = case.gradcam("GradCAMPlusPlus")
+    check(f"gradcam_pp grad-cam vs its formula/{case.name} {case.layer}",
+          pearson(up(gradcam_pp_formula(a, g, 1e-6).float(), size), theirs))
+    check(f"gradcam_pp vs the formula without epsilon/{case.name} {case.layer}",
+          pearson(case.ours["gradcam_pp"], up(gradcam_pp_formula(a, g, 0.0).float(), size)))
+    if default_layer(case.model, case.x[:1]) == case.layer:
+        check(f"gradcam_pp/{case.name} {case.layer}", pearson(case.ours["gradcam_pp"], theirs))
+    else:
+        print(f"\n  r gradcam_pp vs grad-cam/{case.name} {case.layer}: "
+              + ", ".join(f"{r:.5f}" for r in pearson(case.ours["gradcam_pp"], theirs)))
+
+
+def test_eigencam_on_transformers(token_case: TokenCase) -> None:
+    """grad-cam's first principal component of the reshaped activations, with galleryvis's sign
+    (positive correlation with the channel sum), as test_eigencam checks on CNNs."""
+    a = layer_output(token_case.model, token_case.layer, token_case.x)
+    a = token_case.reshape(a) if token_case.reshape else a
+    proj = torch.from_numpy(get_2d_projection(a.numpy().copy()))[:, None]
+    sign = torch.where(torch.tensor(pearson(proj, a.sum(1, keepdim=True))) < 0, -1.0, 1.0)[:, None, None, None]
+    size = token_case.x.shape[-2:]
+    check(f"eigencam/{token_case.name} {token_case.layer}",
+          pearson(token_case.ours["eigencam"], up(F.relu(sign * proj), size)))
+    print(f"\n  |r| eigencam vs grad-cam EigenCAM/{token_case.name}: "
+          + ", ".join(f"{abs(r):.5f}" for r in pearson(token_case.ours["eigencam"], token_case.gradcam("EigenCAM"))))
+
+
+# -- attention rollout and attention x gradient ----------------------------------------------------
+class ExplicitAttention(nn.Module):
+    """A reference self-attention: torchvision's ``nn.MultiheadAttention`` (``kind="mha"``) or
+    timm's ``Attention`` (``"timm"``) computed as softmax(q k^T / sqrt(d)) v from the module's own
+    weights, keeping the probabilities (with their gradient) in ``self.probs``."""
+
+    def __init__(self, inner: nn.Module, kind: str, heads: int) -> None:
+        super().__init__()
+        self.inner, self.kind, self.heads, self.probs = inner, kind, heads, None
+
+    def forward(self, x: Tensor, *_: object, **__: object) -> object:
+        n, t, d = x.shape
+        w, b = ((self.inner.in_proj_weight, self.inner.in_proj_bias) if self.kind == "mha"
+                else (self.inner.qkv.weight, self.inner.qkv.bias))
+        q, k, v = (x @ w.T + b).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        self.probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads), dim=-1)
+        self.probs.retain_grad()
+        out = (self.probs @ v).transpose(1, 2).reshape(n, t, d)
+        proj = self.inner.out_proj if self.kind == "mha" else self.inner.proj
+        return (proj(out), None) if self.kind == "mha" else proj(out)
+
+
+def reference_attentions(name: str, model: nn.Module, x: Tensor, target: list[int]
+                         ) -> tuple[list[Tensor], list[Tensor]]:
+    """Each layer's attention probabilities (N, heads, T, T) and their gradients of the target
+    logits, from a copy with :class:`ExplicitAttention` (Hugging Face: its own eager attention
+    with ``output_attentions``)."""
+    if name == "hf_vit":
+        from transformers import ViTForImageClassification
+
+        config = copy.deepcopy(model.model.config)
+        ref = ViTForImageClassification._from_config(config, attn_implementation="eager").eval()
+        ref.load_state_dict(model.model.state_dict())
+        xg = x.clone().requires_grad_(True)
+        out = ref(pixel_values=xg, output_attentions=True)
+        probs = list(out.attentions)
+        grads = torch.autograd.grad(out.logits.gather(1, torch.tensor(target)[:, None]).sum(), probs)
+        return [p.detach() for p in probs], list(grads)
+    ref = copy.deepcopy(model)
+    kind, parent = ("mha", "self_attention") if name == "vit" else ("timm", "attn")
+    blocks = [m for m in ref.modules() if isinstance(getattr(m, parent, None), nn.Module)]
+    for blk in blocks:
+        inner = getattr(blk, parent)
+        setattr(blk, parent, ExplicitAttention(inner, kind, inner.num_heads))
+    xg = x.clone().requires_grad_(True)
+    ref(xg).gather(1, torch.tensor(target)[:, None]).sum().backward()
+    explicit = [getattr(blk, parent) for blk in blocks]
+    return [e.probs.detach() for e in explicit], [e.probs.grad for e in explicit]
+
+
+def rollout_reference(probs: list[Tensor], prefix: int, grid: tuple[int, int], fusion: str = "mean",
+                      discard: float = 0.0) -> Tensor:
+    """Abnar & Zuidema's rollout, image by image: fuse heads, zero the lowest ``discard`` of the
+    entries (not the class token's own), add the identity, halve, renormalize the rows, multiply
+    the layers (last leftmost); the class token's row over the patches. (N, 1, h, w)."""
+    out = []
+    for i in range(probs[0].shape[0]):
+        t = probs[0].shape[-1]
+        result = torch.eye(t)
+        for p in probs:
+            fused = getattr(p[i], fusion)(0) if fusion == "mean" else getattr(p[i], fusion)(0).values
+            flat = fused.flatten().clone()
+            low = flat.topk(int(flat.numel() * discard), largest=False).indices
+            flat[low[low != 0]] = 0
+            a = (flat.view(t, t) + torch.eye(t)) / 2
+            result = (a / a.sum(-1, keepdim=True)) @ result
+        out.append(result[0, prefix:].reshape(1, *grid))
+    return torch.stack(out)
+
+
+def gradient_reference(probs: list[Tensor], grads: list[Tensor], prefix: int, grid: tuple[int, int]) -> Tensor:
+    """Chefer et al. 2021: R = I, R <- R + E_h[(grad A * A)^+] R per layer; class row, patches."""
+    t = probs[0].shape[-1]
+    r = torch.eye(t).repeat(probs[0].shape[0], 1, 1)
+    for a, g in zip(probs, grads):
+        r = r + torch.bmm((g * a).clamp(min=0).mean(1), r)
+    return r[:, 0, prefix:].reshape(-1, 1, *grid)
+
+
+@pytest.fixture(scope="module")
+def attention_models(transformers: dict[str, nn.Module]) -> dict[str, tuple[nn.Module, tuple[int, int], int]]:
+    """(model, grid, prefix tokens) of the ViTs: torchvision, timm with registers (48x64), DeiT,
+    and a tiny random Hugging Face ViT (64 px, patch 8) returning its logits."""
+    out = {"vit": (transformers["vit"], (8, 8), 1)}
+    if "timm_vit" in transformers:
+        out |= {"timm_vit": (transformers["timm_vit"], (6, 8), 5), "deit": (transformers["deit"], (8, 8), 2)}
+    try:
+        from transformers import ViTConfig, ViTForImageClassification
+    except ImportError:
+        return out
+    from galleryvis.sources.huggingface import Logits
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=10)
+    out["hf_vit"] = (Logits(ViTForImageClassification(config)).eval(), (8, 8), 1)
+    return out
+
+
+ATTENTION_MODELS = ["vit", "timm_vit", "deit", "hf_vit"]
+
+
+@pytest.mark.parametrize("name", ATTENTION_MODELS)
+@pytest.mark.parametrize("fusion, discard", [("mean", 0.0), ("max", 0.9), ("min", 0.0)])
+def test_attention_rollout(attention_models: dict, photos64: Tensor, name: str, fusion: str, discard: float) -> None:
+    if name not in attention_models:
+        pytest.skip("timm / transformers not installed")
+    model, grid, prefix = attention_models[name]
+    x = photos64[..., 8:56, :] if name == "timm_vit" else photos64
+    probs, _ = reference_attentions(name, model, x, [0, 0])
+    ours = galleryvis.attribute(model, x, "attention_rollout", 0, head_fusion=fusion, discard_ratio=discard)
+    ref = up(rollout_reference(probs, prefix, grid, fusion, discard), x.shape[-2:])
+    check(f"attention_rollout {fusion} discard {discard}/{name}", pearson(ours, ref))
+
+
+@pytest.mark.parametrize("name", ATTENTION_MODELS)
+def test_attention_gradient(attention_models: dict, photos64: Tensor, name: str) -> None:
+    if name not in attention_models:
+        pytest.skip("timm / transformers not installed")
+    model, grid, prefix = attention_models[name]
+    x = photos64[..., 8:56, :] if name == "timm_vit" else photos64
+    with torch.no_grad():
+        target = model(x).argmax(1).tolist()
+    probs, grads = reference_attentions(name, model, x, target)
+    ours = galleryvis.attribute(model, x, "attention_gradient", target)
+    check(f"attention_gradient/{name}", pearson(ours, up(gradient_reference(probs, grads, prefix, grid), x.shape[-2:])))

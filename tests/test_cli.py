@@ -134,3 +134,14 @@ def test_layers_marks_the_default_cam_layer():
 def test_techniques_lists_parameters():
     result = CliRunner().invoke(main, ["techniques"])
     assert "smoothgrad" in result.output and "samples=50" in result.output
+
+
+def test_layers_shows_each_layers_grid():
+    """Swin-T at 64x64: patch grid 16x16, last stage 2x2; its blocks output channels last."""
+    result = CliRunner().invoke(main, ["layers", "swin_t", "--size", "64"])
+    assert result.exit_code == 0, result.output
+    rows = {line[2:].split()[0]: line for line in result.output.splitlines()}
+    assert rows["features.0.0"].endswith(" 16x16")  # the patch embedding's convolution
+    assert rows["features.7.1.norm1"].endswith("1x2x2x768          2x2 (channels last)")
+    assert rows["features.7.1"].startswith("* ")
+    assert rows["head"].split()[-2:] == ["1x1000", "-"]  # no grid

@@ -3,6 +3,7 @@ default layers. Tiny seeded models (see conftest.py) keep this file fast."""
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,15 @@ import galleryvis
 from galleryvis import registry
 from galleryvis.engine import Context
 from galleryvis.hooks import LayerError, hook_count
-from galleryvis.layers import default_layer
+from galleryvis.layers import default_layer, grids_of, probe
 from galleryvis.registry import TechniqueError
 
 from conftest import tiny_sequential
 
 ATTRIBUTION = registry.names("attribution")
+#: The techniques that read self-attention (transformers only) and the ones CNNs take.
+ATTENTION = [n for n in ATTRIBUTION if registry.get(n).attention]
+CNN_TECHS = [n for n in ATTRIBUTION if n not in ATTENTION]
 #: The techniques of gradients.py / cam.py (lrp.py is tested by its own file).
 MINE = [n for n in ATTRIBUTION if registry.get(n).fn.__module__.rsplit(".", 1)[-1] in ("gradients", "cam")]
 LAYER_TECHS = [n for n in MINE if registry.get(n).layer in ("one", "many")]
@@ -65,7 +69,7 @@ def train_model() -> nn.Sequential:
 
 
 # -- the model comes back as it came ---------------------------------------------------------------
-@pytest.mark.parametrize("name", ATTRIBUTION)
+@pytest.mark.parametrize("name", CNN_TECHS)
 def test_model_unchanged_and_output_contract(train_model: nn.Module, tiny_x: Tensor, name: str) -> None:
     before = snapshot(train_model)
     out = galleryvis.attribute(train_model, tiny_x[:2], name, [1, 2], **kwargs(name))
@@ -89,7 +93,7 @@ def _raise_backward(_m: nn.Module, _i: object, out: Tensor) -> None:
 
 
 @pytest.mark.parametrize("where", ["forward", "backward"])
-@pytest.mark.parametrize("name", ATTRIBUTION)
+@pytest.mark.parametrize("name", CNN_TECHS)
 def test_model_unchanged_after_exception(train_model: nn.Module, tiny_x: Tensor, name: str, where: str) -> None:
     """A module after the CAM layer raises in the forward (or in the backward) of every pass."""
     before = snapshot(train_model)
@@ -146,7 +150,7 @@ def test_reused_relu_gradients_match_autograd_and_captum(tiny_shared: tuple[nn.M
 
 
 # -- targets and batching ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ATTRIBUTION)
+@pytest.mark.parametrize("name", CNN_TECHS)
 def test_batch_equals_single_calls(tiny_seq: nn.Module, tiny_x: Tensor, name: str) -> None:
     targets = [0, 3, 5, 7]
     kw = kwargs(name)
@@ -174,7 +178,7 @@ def _bn_net() -> nn.Sequential:
     return net.eval()
 
 
-@pytest.mark.parametrize("name", ATTRIBUTION)
+@pytest.mark.parametrize("name", CNN_TECHS)
 def test_a_batch_of_ten_equals_ten_single_calls_for_every_technique(name: str) -> None:
     """The model state of a call (batch norm folded or not) is decided before its first pass,
     so a result does not depend on how many images came with it: 10 images (folded, 3 chunks)
@@ -426,3 +430,167 @@ def test_a_technique_that_opts_out_of_folding_keeps_the_whole_call_unfolded(monk
     monkeypatch.setitem(registry._REGISTRY, "gradcam", dataclasses.replace(gradcam, fold=False))
     galleryvis.attribute_many(net, x, ["vanilla", "gradcam"], 1, "10")
     assert built == []
+
+
+# -- transformers: token and channels-last layers -------------------------------------------------
+@pytest.mark.parametrize("name, layer", [
+    ("vit", "encoder.layers.encoder_layer_1.ln_1"),  # the last block's first LayerNorm
+    ("timm_vit", "blocks.1.norm1"),
+    ("deit", "blocks.1.norm1"),
+    ("swin", "features.3.1"),  # the last stage's last block
+    ("timm_swin", "layers.1.blocks.1"),
+    ("convnext", "features.3"),  # the last stage
+])
+def test_default_layer_on_transformers(transformers: dict[str, nn.Module], name: str, layer: str) -> None:
+    if name not in transformers:
+        pytest.skip("timm is not installed")
+    x = torch.zeros(1, 3, 48, 64) if name == "timm_vit" else torch.zeros(1, 3, 64, 64)
+    assert default_layer(transformers[name], x) == layer
+
+
+def _grids(model: nn.Module, x: Tensor) -> dict[str, str]:
+    return {n: str(g) for n, g in grids_of(model, probe(model, x), x.shape[0]).items()}
+
+
+def test_grids_of_transformer_layers(transformers: dict[str, nn.Module]) -> None:
+    vit = _grids(transformers["vit"], torch.zeros(1, 3, 64, 64))
+    assert vit["conv_proj"] == "8x8"
+    assert vit["encoder.layers.encoder_layer_1.ln_1"] == "8x8 (tokens, 1 dropped)"
+    assert "does not lie on the image" in vit["heads.head"]
+    swin = _grids(transformers["swin"], torch.zeros(1, 3, 64, 64))
+    assert swin["features.0.0"] == "16x16" and swin["features.0.2"] == "16x16 (channels last)"
+    assert swin["features.3.1.norm1"] == "8x8 (channels last)" and swin["permute"] == "8x8"
+    assert swin["features.2.norm"] == "8x8 (channels last)"  # patch merging: 4x the channels
+    if "timm_vit" in transformers:
+        timm_vit = _grids(transformers["timm_vit"], torch.zeros(1, 3, 48, 64))
+        assert timm_vit["blocks.1.norm1"] == "6x8 (tokens, 5 dropped)"  # class + 4 register tokens
+        assert timm_vit["patch_embed"] == "6x8 (tokens)"  # before the prefix is prepended
+        timm_swin = _grids(transformers["timm_swin"], torch.zeros(2, 3, 64, 64))
+        assert timm_swin["layers.1.blocks.1.norm2"] == "8x8 (tokens)"
+        assert "not the batch" in timm_swin["layers.1.blocks.1.attn"]  # (2 x 4 windows, 16, 48)
+
+
+def test_channels_last_is_read_as_channels_last(transformers: dict[str, nn.Module]) -> None:
+    """Swin's final LayerNorm (N, H, W, C) and the permute after it (N, C, H, W) hold the same
+    values: every CAM is the same at both (the issue's silent misreading gave r = -0.06)."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    techs = ["gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam"]
+    at = {layer: galleryvis.attribute_many(transformers["swin"], x, techs, 3, layer) for layer in ("norm", "permute")}
+    for t in techs:
+        torch.testing.assert_close(at["norm"][t], at["permute"][t], msg=t)
+
+
+class Ambiguous(nn.Module):
+    """A patch embedding to an 8x8 grid with 8 channels, then channels last: the LayerNorm and
+    the ReLU after it output (N, 8, 8, 8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 8, stride=8)
+        self.norm = nn.LayerNorm(8)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.act(self.norm(self.embed(x).permute(0, 2, 3, 1))).mean((1, 2)))
+
+
+@pytest.mark.parametrize("name, layer, message", [
+    ("vit", "heads.head", r"'heads.head' outputs shape \(1, 10\), which does not lie on the image"),
+    ("vit", "encoder.layers.encoder_layer_1.self_attention", "returns tuple, not a tensor"),
+    ("timm_swin", "layers.1.blocks.1.attn", r"outputs shape \(4, 16, 48\) for 1 images"),
+])
+def test_unmappable_layers_raise_one_line(transformers: dict[str, nn.Module], name: str, layer: str,
+                                          message: str) -> None:
+    if name not in transformers:
+        pytest.skip("timm is not installed")
+    with pytest.raises(LayerError, match=message) as info:
+        galleryvis.attribute(transformers[name], torch.zeros(1, 3, 64, 64), "gradcam", 0, layer)
+    assert "\n" not in str(info.value)
+    assert hook_count(transformers[name]) == 0
+
+
+def test_ambiguous_layout_raises_unless_the_module_fixes_it() -> None:
+    torch.manual_seed(0)
+    model, x = Ambiguous().eval(), torch.randn(1, 3, 64, 64)
+    with pytest.raises(LayerError, match=r"'act' outputs shape \(1, 8, 8, 8\): both"):
+        galleryvis.attribute(model, x, "gradcam", 0, "act")
+    grids = _grids(model, x)
+    assert grids["embed"] == "8x8" and grids["norm"] == "8x8 (channels last)"  # a convolution; a LayerNorm
+
+
+# -- transformers: attention capture, and the techniques that cannot apply ------------------------------
+@pytest.mark.parametrize("name", ["vit", "timm_vit", "deit"])
+def test_attention_capture_leaves_the_model_as_it_was(transformers: dict[str, nn.Module], name: str) -> None:
+    """Inside: the same logits, one (N, heads, T, T) probability tensor per block, rows summing
+    to 1; timm's fused attention (switched on here) is back on after, also after a raise."""
+    from galleryvis.attention import attentions
+
+    if name not in transformers:
+        pytest.skip("timm is not installed")
+    model = transformers[name]
+    x = torch.randn(2, 3, 48, 64) if name == "timm_vit" else torch.randn(2, 3, 64, 64)
+    fused = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    for m in fused:
+        m.fused_attn = True
+    with torch.no_grad():
+        plain = model(x)
+        with attentions(model) as probs:
+            torch.testing.assert_close(model(x), plain)
+        assert len(probs) == 2 and all(p.shape[:2] == (2, 2) and p.shape[2] == p.shape[3] for p in probs)
+        torch.testing.assert_close(probs[0].sum(-1), torch.ones(probs[0].shape[:3]))
+        with pytest.raises(RuntimeError), attentions(model):
+            raise RuntimeError("inside")
+    assert hook_count(model) == 0 and all(m.fused_attn for m in fused)
+
+
+@pytest.mark.parametrize("name, technique, message", [
+    ("convnext", "attention_rollout", "no self-attention galleryvis can read"),
+    ("timm_swin", "attention_gradient", "not global self-attention over one token sequence"),
+    ("vit", "guided_backprop", "guides ReLU-family activations .* and this model has none"),
+    ("vit", "deconvnet", "deconvnet guides ReLU-family"),
+    ("timm_swin", "guided_gradcam", "this model has none"),
+    ("vit", "lrp", "no LRP rule"),
+])
+def test_techniques_that_cannot_apply_say_why(transformers: dict[str, nn.Module], name: str, technique: str,
+                                              message: str) -> None:
+    if name not in transformers:
+        pytest.skip("timm is not installed")
+    model = transformers[name]
+    with pytest.raises(LayerError, match=message) as info:
+        galleryvis.attribute(model, torch.randn(1, 3, 64, 64), technique, 0)
+    assert "\n" not in str(info.value) and hook_count(model) == 0
+
+
+@pytest.mark.parametrize("model_name", ["vit", "timm_vit"])
+@pytest.mark.parametrize("name", ATTENTION)
+def test_attention_techniques_keep_the_contracts(transformers: dict[str, nn.Module], model_name: str,
+                                                 name: str) -> None:
+    """The registry-wide contracts on a ViT in training mode (timm's: fused attention on): the
+    model comes back unchanged, also after a raise in the forward or the backward; (N, 1, H, W)
+    float32 CPU maps; a batch in chunks gives the single calls' maps."""
+    if model_name not in transformers:
+        pytest.skip("timm is not installed")
+    model = copy.deepcopy(transformers[model_name]).train()
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = True
+    x = torch.randn(3, 3, *((48, 64) if model_name == "timm_vit" else (64, 64)),
+                    generator=torch.Generator().manual_seed(0))
+    before = snapshot(model)
+    fused = [getattr(m, "fused_attn", None) for m in model.modules()]
+    out = galleryvis.attribute(model, x, name, [1, 2, 3], batch_size=2)
+    assert_unchanged(model, before)
+    assert fused == [getattr(m, "fused_attn", None) for m in model.modules()]
+    assert out.shape == (3, 1, *x.shape[-2:]) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    singles = torch.cat([galleryvis.attribute(model, x[i:i + 1], name, t) for i, t in enumerate([1, 2, 3])])
+    torch.testing.assert_close(out, singles, rtol=1e-4, atol=1e-5 * float(singles.abs().max()))
+    head = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == 10][0]
+    for hook in (_raise_forward, _raise_backward):
+        handle = head.register_forward_hook(hook)
+        try:
+            with contextlib.suppress(Boom):
+                galleryvis.attribute(model, x[:1], name, 1)
+        finally:
+            handle.remove()
+        assert_unchanged(model, before)

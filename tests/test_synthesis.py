@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
+from torch import Tensor, nn
 
 import galleryvis
 from galleryvis import registry
@@ -501,3 +501,33 @@ def test_deterministic_settings_are_restored_after_synthesis() -> None:
     before = (torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
     galleryvis.synthesize(net, "class_visualization", target=1, steps=2, size=32)
     assert (torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled()) == before
+
+
+# -- transformers: a unit is a channel on token and channels-last layers ----------------------------
+@pytest.mark.parametrize("name, layer, tokens", [
+    ("vit", "encoder.layers.encoder_layer_1.ln_1", True),  # (N, 65, 32): a class token and 8x8 patches
+    ("swin", "features.3.1.norm1", False),  # (N, 8, 8, 48), channels last
+])
+def test_the_tap_reads_transformer_layers_as_channels(transformers: dict[str, nn.Module], name: str, layer: str,
+                                                      tokens: bool) -> None:
+    from galleryvis.synthesis.objectives import tap
+
+    model, x = transformers[name], torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        (raw,) = _outputs(model, layer, x)
+    expected = raw[:, 1:].reshape(1, 8, 8, -1).permute(0, 3, 1, 2) if tokens else raw.permute(0, 3, 1, 2)
+    with tap(model, layer) as t:
+        assert t.probe(x) == tuple(expected.shape)
+        torch.testing.assert_close(t(x), expected)
+    if tokens:
+        return  # torchvision's ViT takes only its 64 px input; synthesis jitters and rescales it
+    result = galleryvis.synthesize(model, "filter_visualization", layer=layer, channel=expected.shape[1] - 1, steps=2)
+    assert result.image.shape[0] == 1 and torch.isfinite(result.trace).all() and hook_count(model) == 0
+    with pytest.raises(ValueError, match="out of range"):
+        galleryvis.synthesize(model, "filter_visualization", layer=layer, channel=expected.shape[1], steps=2)
+
+
+def _outputs(model: nn.Module, layer: str, x: Tensor) -> list[Tensor]:
+    with capture(model, [layer]) as acts:
+        model(x)
+    return [acts[layer]]

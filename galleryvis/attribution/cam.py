@@ -1,7 +1,9 @@
 """Class activation maps: Grad-CAM and its variants, Score-CAM, Eigen-CAM, guided Grad-CAM.
 
 Each returns (N, 1, h, w) at the layer's resolution (the engine upsamples bilinearly), except
-paper Score-CAM, which returns the input size because its ReLU follows the upsampling.
+paper Score-CAM, which returns the input size because its ReLU follows the upsampling. A layer
+may output (N, C, H, W), channels last (N, H, W, C, Swin) or tokens (N, T, D, ViT): the
+:class:`~galleryvis.layers.Grid` of :meth:`Context.grid` maps it to (N, C, h, w) first.
 """
 from __future__ import annotations
 
@@ -10,16 +12,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine import Context
-from ..hooks import LayerError
 from ..registry import technique
 
 
 def _layer(ctx: Context, layer: str, mode: str = "plain") -> tuple[Tensor, Tensor]:
+    """The layer's activations and gradients on the image's grid, (N, C, h, w) each."""
     p = ctx.backward(mode)
-    a, g = p.acts[layer], p.grads[layer]
-    if a.dim() != 4:
-        raise LayerError(f"layer {layer!r} outputs shape {tuple(a.shape)}; CAMs need a 4-D (N,C,H,W) output")
-    return a, g
+    grid = ctx.grid(layer)
+    return grid.nchw(p.acts[layer]), grid.nchw(p.grads[layer])
+
+
+def _acts(ctx: Context, layer: str) -> Tensor:
+    """The layer's activations on the image's grid, (N, C, h, w), from the shared forward."""
+    return ctx.grid(layer).nchw(ctx.forward().acts[layer])
 
 
 def _weighted(acts: Tensor, weights: Tensor) -> Tensor:
@@ -97,9 +102,7 @@ def _minmax(m: Tensor) -> Tensor:
 def eigencam(ctx: Context, *, layer: str) -> Tensor:
     """First right-singular vector of the centred (HW x C) activation matrix, sign chosen so the
     map correlates positively with the channel-summed activations, then ReLU."""
-    a = ctx.forward().acts[layer]
-    if a.dim() != 4:
-        raise LayerError(f"layer {layer!r} outputs shape {tuple(a.shape)}; CAMs need a 4-D (N,C,H,W) output")
+    a = _acts(ctx, layer)
     n, c, h, w = a.shape
     flat = a.permute(0, 2, 3, 1).reshape(n, h * w, c).float()
     centred = flat - flat.mean(1, keepdim=True)
@@ -121,9 +124,7 @@ def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
     as the official code does. ``weighting="gradcam"`` reproduces pytorch-grad-cam: corner-aligned
     upsampling of the masks, every channel, a softmax of the raw target logits across channels,
     and the ReLU at the layer's resolution. Masks are built ``batch_size`` at a time, never all."""
-    acts = ctx.forward().acts[layer]
-    if acts.dim() != 4:
-        raise LayerError(f"layer {layer!r} outputs shape {tuple(acts.shape)}; CAMs need a 4-D (N,C,H,W) output")
+    acts = _acts(ctx, layer)
     paper = weighting == "paper"
     size = ctx.x.shape[-2:]
     weights = torch.zeros(acts.shape[:2], device=acts.device)

@@ -34,7 +34,7 @@ import jinja2
 
 from galleryvis.fileio import atomic_write
 from galleryvis.records import Gallery, TechniqueRecord
-from .grid import FAMILY_TITLES, METRICS, Slot, SiteModel, titlecase, fmt_number, split_paper, target_text
+from .grid import FAMILY_TITLES, METRICS, Slot, SiteModel, Table, titlecase, fmt_number, split_paper, target_text
 from .safe import MdSafe, md_finalize, embed_markdown, md_escape, render_markdown, site_url
 
 

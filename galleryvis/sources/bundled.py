@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import ModelError
 from ..images import file_sha256
 from ..labels import imagenet_labels
-from . import LoadedModel, Spec
+from . import LoadedModel, Spec, source_of
 from .weights import load_into, no_named_weights, random_init
 
 #: Models galleryvis ships itself, beside torchvision's classification models.
@@ -24,10 +24,13 @@ class BundledSource:
     name = "bundled"
 
     def handles(self, spec: Spec) -> bool:
-        return not spec.factory and spec.name in BUNDLED_MODELS
+        return not spec.factory and source_of(spec) == "torchvision" and spec.name in BUNDLED_MODELS
 
     def names(self) -> tuple[str, ...]:
         return BUNDLED_MODELS
+
+    def knows(self, name: str) -> bool:
+        return name in BUNDLED_MODELS
 
     def check_weights(self, name: str, weights: str) -> str:
         return no_named_weights(name, weights)
@@ -54,4 +57,5 @@ class BundledSource:
                                size=size, labels=labels)
         path = (base / weights).expanduser()
         load_into(model, path, what)
-        return LoadedModel(model, file_sha256(path), f"{title}, weights from {path.name}", size=size, labels=labels)
+        return LoadedModel(model, file_sha256(path), f"{title}, weights from {path.name}", size=size, labels=labels,
+                           files=(path,))

@@ -34,6 +34,9 @@ class FactorySource:
     def names(self) -> tuple[str, ...]:
         return ()
 
+    def knows(self, name: str) -> bool:
+        return True
+
     def check_weights(self, name: str, weights: str) -> str:
         return no_named_weights("a factory model", weights)
 
@@ -46,6 +49,6 @@ class FactorySource:
             path = (base / spec.weights).expanduser()
             load_into(model, path, what)
             return LoadedModel(model, f"factory:{spec.factory}:{file_sha256(path)}",
-                               f"{spec.factory} with weights from {path.name}")
+                               f"{spec.factory} with weights from {path.name}", files=(path,))
         # the weights are whatever the factory made (its code, files it read): only they tell
         return LoadedModel(model, f"factory:{spec.factory}:state={state_sha256(model)}", spec.factory, pinned=False)

@@ -10,7 +10,7 @@ from ..engine import IMAGENET_MEAN, IMAGENET_STD
 from ..images import file_sha256
 from ..labels import imagenet_labels
 from ..registry import suggest
-from . import LoadedModel, ModelError, Spec
+from . import LoadedModel, ModelError, Spec, source_of
 from .weights import is_path, load_into, random_init
 
 
@@ -37,10 +37,13 @@ class TorchvisionSource:
     name = "torchvision"
 
     def handles(self, spec: Spec) -> bool:
-        return not spec.factory
+        return not spec.factory and source_of(spec) == "torchvision"
 
     def names(self) -> tuple[str, ...]:
         return _names()
+
+    def knows(self, name: str) -> bool:
+        return name in _names()
 
     def check_weights(self, name: str, weights: str) -> str:
         enum, members = _weights_enum(name)
@@ -67,7 +70,7 @@ class TorchvisionSource:
             path = (base / weights).expanduser()
             model = torchvision.models.get_model(name, weights=None)
             load_into(model, path, what)
-            return LoadedModel(model, file_sha256(path), f"weights from {path.name}", labels=labels)
+            return LoadedModel(model, file_sha256(path), f"weights from {path.name}", labels=labels, files=(path,))
         enum = torchvision.models.get_model_weights(name)
         options = ["DEFAULT"] + [w.name for w in enum]
         key = weights.split(".")[-1]

@@ -12,9 +12,19 @@ from . import ModelError
 
 
 def load_state_dict(path: Path, what: str) -> dict[str, Tensor]:
-    """A state dict from a local file, with ``weights_only=True``: pickled code is refused."""
+    """A state dict from a local file: ``.safetensors`` (tensors only by design), anything
+    else with ``torch.load(weights_only=True)``, which refuses pickled code."""
     if not path.is_file():
         raise ModelError(f"{what}: weights file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ModelError(f"{what}: {str(path)!r} is a .safetensors file: pip install safetensors") from None
+        try:
+            return load_file(path)
+        except Exception as exc:  # noqa: BLE001  (safetensors raises its own SafetensorError)
+            raise ModelError(f"{what}: cannot read {str(path)!r} as safetensors: {exc}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
@@ -55,10 +65,24 @@ def random_init(model: nn.Module, seed: int) -> str:
 
 def is_path(weights: str) -> bool:
     """Whether a weights spec names a file rather than a registry entry."""
-    return weights.endswith((".pth", ".pt", ".bin")) or "/" in weights or "\\" in weights
+    return weights.endswith((".pth", ".pt", ".bin", ".safetensors")) or "/" in weights or "\\" in weights
 
 
 def no_named_weights(what: str, weights: str) -> str:
     """The check of a source that has no named weights: always a ModelError."""
     raise ModelError(f'{what} takes "DEFAULT", "none" or a weights file path (.pth, .pt, .safetensors), '
                      f"got {weights!r}")
+
+
+def folder_weights(folder: Path, what: str) -> Path:
+    """The weights file of a model folder (a hub snapshot, ``save_pretrained``, timm's
+    ``save_for_hf``): ``model.safetensors`` preferred, else the one ``.safetensors`` file, else
+    ``pytorch_model.bin`` (loaded with ``weights_only``)."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pth"))
+    if len(found) != 1:
+        raise ModelError(f"{what}: {str(folder)!r} holds {len(found) or 'no'} weights files; expected one "
+                         f"(model.safetensors preferred)")
+    return found[0]

@@ -173,7 +173,8 @@ def synthesize(
         technique: a registry name of family ``"synthesis"`` (see ``galleryvis.techniques()``).
         layer: dotted module name (``model.named_modules()``); default: the last convolutional
             block, as for ``attribute``. ``class_visualization`` takes none.
-        channel: unit of ``layer`` (a channel of a 4-D output, a neuron of a 2-D one); a list
+        channel: unit of ``layer`` (a channel of a 4-D output, also channels last, or of a token
+            output on the patch grid; a neuron of a 2-D one); a list
             gives one image per channel. Each item is optimized in passes of its own, so a list
             gives bit for bit the images of separate calls on any CPU or GPU: kernels for a
             batch round differently from those for one image, and Adam's per-element step

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..hooks import LayerError, resolve_layer
+from ..layers import Patches, conv_sizes
 
 #: Activations whose gradient vanishes outside (0, upper): the ones :func:`redirected_relus` treats.
 _REDIRECTED: dict[type[nn.Module], float | None] = {nn.ReLU: None, nn.ReLU6: 6.0}
@@ -27,7 +28,10 @@ class LayerTap:
     module may be reused, like EfficientNet's ``_blocks.N._relu``); the output of its last call
     is the layer's output, as in :func:`galleryvis.hooks.capture`. Later calls stop the forward
     right after that call, so nothing past the layer is computed (the per-step cost of an early
-    layer is a fraction of a full forward+backward). Use it through :func:`tap`.
+    layer is a fraction of a full forward+backward). A token (N, T, D) or channels-last
+    (N, H, W, C) output is returned as (N, C, h, w) (its :class:`~galleryvis.layers.Grid`,
+    decided in each forward, whose input size the transforms change), so a unit is always a
+    channel. Use it through :func:`tap`.
     """
 
     def __init__(self, model: nn.Module, name: str) -> None:
@@ -49,7 +53,8 @@ class LayerTap:
 
     @torch.no_grad()
     def probe(self, x: Tensor) -> tuple[int, ...]:
-        """One full forward without gradients; the layer's output shape."""
+        """One full forward without gradients; the layer's output shape, (N, C, h, w) for
+        outputs on the image's grid."""
         self.calls = None
         out = self(x)
         self.calls = self._seen
@@ -57,13 +62,16 @@ class LayerTap:
 
     def __call__(self, x: Tensor) -> Tensor:
         self._seen, self._out = 0, None
-        try:
-            self.model(x)
-        except _Reached:
-            pass
+        with conv_sizes(self.model) as sizes:
+            try:
+                self.model(x)
+            except _Reached:
+                pass
         out, self._out = self._out, None
         if out is None:
             raise LayerError(f"layer {self.name!r} is not called in the model's forward pass")
+        if out.dim() in (3, 4):
+            out = Patches.of(self.model, sizes).grid(self.name, tuple(out.shape), out.shape[0], self.module).nchw(out)
         return out
 
 

@@ -1,0 +1,98 @@
+"""Attention probabilities of a vision transformer, captured in a context manager that leaves the
+model as it was: torchvision's ``nn.MultiheadAttention``, timm's ``Attention`` (fused or not)
+and Hugging Face ViT attention (``q_proj``/``k_proj``/``v_proj``/``o_proj``, any implementation).
+
+Each captured tensor (N, heads, T, T) is the one the attention multiplies the values with, so the
+gradient of a score with respect to it is that of the attention (Chefer et al.).
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterator
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import LayerError
+
+
+def _is_timm(m: nn.Module) -> bool:
+    return hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module) \
+        and hasattr(m, "qkv")
+
+
+def _is_hf(m: nn.Module) -> bool:
+    return all(isinstance(getattr(m, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj", "o_proj")) \
+        and hasattr(m, "scaling") and hasattr(m, "num_attention_heads")
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The self-attention modules galleryvis can read, by name, in ``named_modules`` order."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.MultiheadAttention) or _is_timm(m) or _is_hf(m)]
+
+
+def _mha(m: nn.MultiheadAttention, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Batch-first self-attention of ``x`` (N, T, D) with ``m``'s weights: (output, attention)."""
+    n, t, d = x.shape
+    heads = m.num_heads
+    q, k, v = F.linear(x, m.in_proj_weight, m.in_proj_bias).view(n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    attn = (q @ k.transpose(-2, -1) * (d // heads) ** -0.5).softmax(-1)
+    out = (attn @ v).transpose(1, 2).reshape(n, t, d)
+    return F.linear(out, m.out_proj.weight, m.out_proj.bias), attn
+
+
+def _hf(m: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Hugging Face ViT attention of ``x`` (N, T, D) recomputed eagerly: (output, attention)."""
+    n, t, _ = x.shape
+    q, k, v = (getattr(m, p)(x).view(n, t, m.num_attention_heads, -1).transpose(1, 2)
+               for p in ("q_proj", "k_proj", "v_proj"))
+    attn = (q @ k.transpose(-2, -1) * m.scaling).softmax(-1)
+    return m.o_proj((attn @ v).transpose(1, 2).reshape(n, t, -1)), attn
+
+
+@contextmanager
+def attentions(model: nn.Module) -> Iterator[list[Tensor]]:
+    """While inside, every forward appends each attention module's probabilities (N, heads, T, T)
+    to the yielded list, in call order. timm's fused attention is switched to its explicit path;
+    torchvision's and Hugging Face's attention outputs are recomputed from the module's weights
+    and replace its own (the same values, with the probabilities in the graph). Masks are
+    refused. Everything is restored on exit, also after an exception."""
+    found = attention_modules(model)
+    if not found:
+        raise LayerError("the model has no self-attention galleryvis can read (torchvision nn.MultiheadAttention, "
+                         "timm Attention, Hugging Face ViT attention)")
+    store: list[Tensor] = []
+
+    def mha_hook(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
+        q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")][len(args):])[:3]
+        if not (q is k is v) or kwargs.get("attn_mask") is not None or kwargs.get("key_padding_mask") is not None \
+                or not m.batch_first:
+            raise LayerError("attention: only unmasked, batch-first self-attention (torchvision ViT) is read")
+        y, attn = _mha(m, q)
+        store.append(attn)
+        return y, (attn if kwargs.get("need_weights", True) else None)
+
+    def hf_hook(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
+        if kwargs.get("attention_mask") is not None or len(args) > 1 and args[1] is not None:
+            raise LayerError("attention: masked Hugging Face attention is not read")
+        y, attn = _hf(m, args[0] if args else kwargs["hidden_states"])
+        store.append(attn)
+        return (y, attn) + tuple(out[2:]) if isinstance(out, tuple) else y
+
+    def drop_hook(_m: nn.Module, _i: Any, out: Tensor) -> Tensor:
+        store.append(out)
+        return out
+
+    with ExitStack() as stack:
+        for _, m in found:
+            if isinstance(m, nn.MultiheadAttention):
+                stack.callback(m.register_forward_hook(mha_hook, with_kwargs=True).remove)
+            elif _is_hf(m):
+                stack.callback(m.register_forward_hook(hf_hook, with_kwargs=True).remove)
+            else:
+                fused = m.fused_attn
+                m.fused_attn = False
+                stack.callback(setattr, m, "fused_attn", fused)
+                stack.callback(m.attn_drop.register_forward_hook(drop_hook).remove)
+        yield store

@@ -1,0 +1,113 @@
+"""Hugging Face ``transformers`` image classifiers (optional extra ``galleryvis[huggingface]``):
+``hf:<hub id or folder>`` or ``source = "huggingface"``, loaded from a local folder
+(``save_pretrained``) or the local hub cache, never downloaded; preprocessing from the image
+processor config, labels from ``id2label``, and ``.logits`` unwrapped."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..engine import IMAGENET_MEAN, IMAGENET_STD
+from ..images import file_sha256
+from . import LoadedModel, ModelError, Spec, bare_name, source_of
+from .weights import folder_weights, no_named_weights
+
+#: PIL's resampling codes, as image processor configs write them.
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+class Logits(nn.Module):
+    """A Hugging Face classifier that returns its ``.logits`` tensor (its layer names gain the
+    prefix ``model.``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(pixel_values=x).logits
+
+
+class HuggingFaceSource:
+    """``AutoModelForImageClassification`` from a local folder or the local hub cache; weights
+    ``DEFAULT`` (the folder's, safetensors preferred, ``.bin`` with ``weights_only``) or ``none``
+    (random init from its config)."""
+
+    name = "huggingface"
+
+    def handles(self, spec: Spec) -> bool:
+        return not spec.factory and source_of(spec) == "huggingface"
+
+    def names(self) -> tuple[str, ...]:
+        return ()
+
+    def knows(self, name: str) -> bool:
+        return bool(name.strip())
+
+    def check_weights(self, name: str, weights: str) -> str:
+        return no_named_weights(f"Hugging Face model {name}", weights)
+
+    def load(self, spec: Spec, base: Path, what: str) -> LoadedModel:
+        try:
+            from transformers import AutoConfig, AutoModelForImageClassification
+        except ImportError:
+            raise ModelError(f"{what}: Hugging Face models need transformers: "
+                             "pip install 'galleryvis[huggingface]'") from None
+        ref, weights = bare_name(spec.name), (spec.weights or "DEFAULT")
+        if weights.upper() not in ("DEFAULT", "NONE"):
+            raise ModelError(f"{what}: a Hugging Face model takes its weights from its folder or the hub cache "
+                             f'(weights "DEFAULT") or none ("none"), not {weights!r}')
+        folder = _folder(base, ref, what)
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        files = tuple(p for p in (folder / "config.json", folder / "preprocessor_config.json") if p.is_file())
+        if weights.upper() == "NONE":
+            model, fingerprint, desc = AutoModelForImageClassification.from_config(config), "random-init", "random weights"
+        else:
+            path = folder_weights(folder, what)
+            model = AutoModelForImageClassification.from_pretrained(folder, local_files_only=True,
+                                                                    use_safetensors=path.suffix == ".safetensors")
+            fingerprint, desc, files = f"hf:{file_sha256(path)}", f"weights from {path.name}", files + (path,)
+        id2label = getattr(config, "id2label", None) or {}
+        labels = [str(id2label.get(i, id2label.get(str(i), f"class {i}"))) for i in range(len(id2label))]
+        return LoadedModel(Logits(model).eval(), fingerprint, f"Hugging Face {ref}, {desc}",
+                           labels=labels, files=files, **_preprocessing(folder, config))
+
+
+def _folder(base: Path, ref: str, what: str) -> Path:
+    """``ref`` as a local model folder (relative to ``base``), else its local hub-cache snapshot."""
+    local = (base / ref).expanduser()
+    if local.is_dir():
+        return local
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(ref, "config.json")
+    except ValueError:  # not a valid repo id
+        config = None
+    if not isinstance(config, str):
+        raise ModelError(f"{what}: {ref!r} is neither a model folder ({str(local)!r}) nor in the local Hugging Face "
+                         f"cache; download it where the hub is reachable, or save_pretrained() it to a folder")
+    return Path(config).parent
+
+
+def _preprocessing(folder: Path, config: Any) -> dict[str, Any]:
+    """Size, mean, std, crop and interpolation from ``preprocessor_config.json`` (ImageNet
+    statistics and the config's ``image_size`` without one)."""
+    path = folder / "preprocessor_config.json"
+    proc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def side(value: Any) -> int | None:
+        if isinstance(value, dict):
+            value = value.get("height", value.get("shortest_edge"))
+        return int(value) if isinstance(value, (int, float)) else None
+
+    resize = side(proc.get("size")) or int(getattr(config, "image_size", 224))
+    crop = side(proc.get("crop_size")) if proc.get("do_center_crop") else None
+    size = crop or resize
+    crop_pct = float(proc.get("crop_pct") or (crop / resize if crop and crop < resize else 1.0))
+    return {"size": size, "mean": tuple(proc.get("image_mean", IMAGENET_MEAN)),
+            "std": tuple(proc.get("image_std", IMAGENET_STD)), "crop_pct": min(crop_pct, 1.0),
+            "interpolation": _RESAMPLE.get(proc.get("resample", 2), "bilinear")}
