@@ -225,7 +225,7 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
 
         def crop(img: LoadedImage, adapter: ModelAdapter | None) -> Image.Image:
             """The model's crop of the image (its size, crop and interpolation); 224 px for the listing."""
-            key = (img.ref.id, tuple(adapter.input_key.items()) if adapter else None)
+            key = (img.ref.id, repr(adapter.preprocessing) if adapter else None)
             if key not in fitted:
                 fitted[key] = adapter.fit(img.pil) if adapter else fit(img.pil, 224)
             return fitted[key]

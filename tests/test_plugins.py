@@ -60,7 +60,7 @@ def test_the_documented_plugin_file_adds_a_row_with_its_own_title_and_page(tmp_p
     site = tmp_path / "site"
     pages = "".join(p.read_text(encoding="utf-8") for p in site.rglob("*.html"))
     assert "Absolute Saliency" in pages and "largest absolute gradient of the target logit" in pages
-    assert (site / "img" / "resnet18" / "cat" / "abs-saliency-heatmap.png").is_file()
+    assert (site / "img" / "resnet18" / "cat" / "abs-saliency-heatmap.webp").is_file()
     assert "largest absolute gradient" in (site / "technique-abs-saliency.html").read_text(encoding="utf-8")
     # parsing the manifest again imports the file once: nothing is registered twice
     load_manifest(path)
