@@ -5,7 +5,7 @@ Needs Debian's ``chromium`` at /usr/bin/chromium (``.ci/run`` installs it) and t
 ``playwright`` Python package; Playwright's own browser download is not used.
 
 Environment:
-    GALLERYVIS_SCREENSHOT: also save the top of the per-model view to this path (for the README).
+    GALLERYVIS_SCREENSHOT: also save the top of the landing page to this path (for the README).
     GALLERYVIS_BROWSER_SITE: check this already built site instead of the hand-built one.
 """
 from __future__ import annotations
@@ -134,9 +134,8 @@ def test_every_page_loads_cleanly(browser: Any, base_url: str, site_root: Path):
     assert not failures
 
 
-def test_screenshot_of_the_model_view(browser: Any, base_url: str, site_root: Path, tmp_path: Path):
-    name = next(n for n in _pages(site_root) if n.startswith("model-"))
-    context, page, problems = _open(browser, base_url + name)
+def test_screenshot_of_the_landing_page(browser: Any, base_url: str, site_root: Path, tmp_path: Path):
+    context, page, problems = _open(browser, base_url + "index.html")  # the results at a glance
     try:
         page.evaluate(BROKEN_IMAGES)
         shot = tmp_path / "screenshot-model.png"
@@ -145,7 +144,7 @@ def test_screenshot_of_the_model_view(browser: Any, base_url: str, site_root: Pa
         target = os.environ.get("GALLERYVIS_SCREENSHOT")
         if target:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
-            # The top of the page, small enough for a README.
+            # The top of the page (the headline results), small enough for a README.
             page.screenshot(path=target, full_page=True, clip={"x": 0, "y": 0, "width": 1280, "height": 1400})
     finally:
         context.close()
