@@ -90,8 +90,7 @@ def values_script(rel: str, kind: str, raw: np.ndarray) -> bytes:
     q = np.rint((small - lo) / (hi - lo) * 65535) if hi > lo else np.zeros_like(small)
     data = base64.b64encode(q.astype("<u2").tobytes()).decode("ascii")
     payload = {"src": rel, "w": small.shape[1], "h": small.shape[0], "lo": lo, "hi": hi,
-               "quantity": postprocess.QUANTITY["saliency" if kind == "gradient" else
-                                                 "diverging" if kind == "signed" else "map"],
+               "quantity": postprocess.QUANTITY[postprocess.MAIN_VARIANT[kind]],
                "q": data}
     return f"galleryvisMap({json.dumps(payload, sort_keys=True)});\n".encode()
 
@@ -107,9 +106,8 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     ``scale`` is the shared value range of its group (None: the map's own)."""
     tech = registry.get(job.tech.name)
     adapter = ws.adapter(job)
-    label = adapter.label(job.target)
-    if tech.family == "synthesis" and spec_of(tech.name).unit != "target":
-        label = f"channel {job.unit}" if job.unit is not None else ""
+    explains_class = tech.family != "synthesis" or spec_of(tech.name).unit == "target"
+    label = adapter.label(job.target) if explains_class else f"channel {job.unit}" if job.unit is not None else ""
     if job.error:
         return Cell(job.model.id, job.image.id, job.tech.id, job.target, label, "failed", error=job.error)
     assert job.result is not None
@@ -122,8 +120,7 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     for key, vlabel, pic in pics:
         src, thumb, size, tsize = _save(pic, out, f"{stem}-{key}.webp")
         alt = f"{title(job.tech.id, tech.name)} {vlabel.lower()}, model {job.model.id}, " \
-              f"image {job.image.name}, " + (f"class {label} ({job.target})" if tech.family != "synthesis"
-                                              or spec_of(tech.name).unit == "target" else label)
+              f"image {job.image.name}, " + (f"class {label} ({job.target})" if explains_class else label)
         variants.append(Variant(key, vlabel, src, thumb, alt.rstrip(", "), size, tsize, key if key in scale_keys else "",
                                 _range_text(scale[key]) if scale is not None and key in scale else ""))
     values = ""
