@@ -160,9 +160,13 @@ def _saliency(a: np.ndarray) -> np.ndarray:
     return np.abs(a).sum(axis=0) if a.ndim == 3 else np.abs(a)
 
 
+#: The variant whose quantity (:data:`QUANTITY`) :func:`display_values` returns, per map kind.
+MAIN_VARIANT = {"cam": "map", "signed": "diverging", "gradient": "saliency"}
+
+
 def display_values(kind: str, raw: np.ndarray) -> np.ndarray:
-    """The (H, W) quantity a map's main view encodes: the CAM itself, the channel sum of a
-    signed map, the saliency of a gradient; what the viewer shows under the pointer."""
+    """The (H, W) quantity of a map kind's :data:`MAIN_VARIANT`: the CAM itself, the channel sum
+    of a signed map, the saliency of a gradient; what the viewer shows under the pointer."""
     a = _finite(raw)
     if kind == "cam":
         return a[0]
@@ -215,20 +219,6 @@ def _scaled(a: np.ndarray, span: tuple[float, float]) -> np.ndarray:
     if hi <= lo:
         return np.full_like(a, 0.5 if lo == -hi else 0.0)
     return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
-
-
-def normalize_abs(map: np.ndarray, pct: float = 100.0 - OUTLIER_PERC) -> np.ndarray:
-    """Saliency in [0, 1], shape (H, W), from a (C, H, W) or (H, W) map.
-
-    ``|map|`` summed over channels, then ``(s - min) / (percentile(s - min, pct))`` clipped to
-    [0, 1]: Smilkov et al.'s ``VisualizeImageGrayscale`` and the seed's
-    ``convert_to_grayscale``. If that percentile is 0 (a sparse map), the maximum is used
-    instead. Non-finite values are handled as described in the module doc.
-    """
-    if not 0.0 < pct <= 100.0:
-        raise ValueError(f"percentile must be in (0, 100], got {pct}")
-    s = _saliency(_finite(map))
-    return _scaled(s, _saliency_span(s.ravel(), pct))
 
 
 # -- to images ----------------------------------------------------------------------------------
@@ -300,7 +290,7 @@ def variants(
     m = _finite(a)
     if kind == "image":
         return [("image", "Image", _rgb(np.clip(m, 0.0, 1.0)))]
-    span = scale if scale is not None else limits(kind, [a], outlier_perc)
+    span = scale if scale is not None else limits(kind, [m], outlier_perc)
     if kind == "gradient":
         out = [
             ("color", "Colored gradient", _rgb(_scaled(m, span["color"]))),
@@ -328,17 +318,6 @@ def variants(
 
 
 # -- output -------------------------------------------------------------------------------------
-def _png_bytes_if_same(path: Path, mode: str, size: tuple[int, int], pixels: bytes) -> bytes | None:
-    """The bytes of the PNG at ``path`` if it decodes to exactly these pixels, else None."""
-    try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as old:
-            same = old.mode == mode and old.size == size and old.tobytes() == pixels
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
-    return data if same else None
-
-
 def thumbnail(img: Image.Image, size: int = 160) -> Image.Image:
     """A copy that fits in ``size`` x ``size`` (aspect kept, never enlarged), bicubic."""
     if size < 1:
@@ -348,22 +327,15 @@ def thumbnail(img: Image.Image, size: int = 160) -> Image.Image:
     return small
 
 
-def save_png(img: Image.Image, path: str | os.PathLike[str], reuse: Path | None = None) -> None:
+def save_png(img: Image.Image, path: str | os.PathLike[str]) -> None:
     """Write ``img`` as a PNG whose bytes depend only on its pixels, atomically.
 
     No metadata (no time, text, dpi, ICC or EXIF chunks), fixed zlib level, ``optimize=False``.
     The bytes go to a temporary file in the same folder (created if missing), which then
     replaces ``path`` with ``os.replace``: readers see the old file or the new one, never half.
-    When ``reuse`` is a PNG of exactly these pixels (say, the previous build's), its bytes are
-    copied instead of encoding again (decoding and comparing is several times faster).
     """
-    target = Path(path)
     mode = img.mode if img.mode in ("RGB", "RGBA", "L") else "RGB"
     src = img if img.mode == mode else img.convert(mode)
-    pixels = src.tobytes()
-    old = _png_bytes_if_same(reuse, mode, src.size, pixels) if reuse is not None else None
-    if old is None:  # frombytes drops img.info (icc, exif, ...)
-        buf = io.BytesIO()
-        Image.frombytes(mode, src.size, pixels).save(buf, format="PNG", optimize=False, compress_level=6)
-        old = buf.getvalue()
-    atomic_write(target, old)
+    buf = io.BytesIO()  # frombytes drops img.info (icc, exif, ...)
+    Image.frombytes(mode, src.size, src.tobytes()).save(buf, format="PNG", optimize=False, compress_level=6)
+    atomic_write(Path(path), buf.getvalue())
