@@ -122,11 +122,12 @@ def main() -> None:
               help="Images (and samples, steps, masks) per model call; default 8 on the CPU, 32 on a GPU.")
 @click.option("--wait", default=0.0, type=float, help="Seconds to wait for another build's lock.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--profile", is_flag=True, help="Print seconds per stage, model passes and the costliest cells.")
 @_errors_as_exit
 def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: bool, dry_run: bool,
-          fail_fast: bool, batch_size: int | None, wait: float, quiet: bool) -> None:
+          fail_fast: bool, batch_size: int | None, wait: float, quiet: bool, profile: bool) -> None:
     """Build the gallery of MANIFEST (default: ./galleryvis.toml, else the embedded default)."""
-    if not (force or dry_run or no_cache) and _unchanged(manifest, cache_dir, batch_size, quiet) is not None:
+    if not (force or dry_run or no_cache or profile) and _unchanged(manifest, cache_dir, batch_size, quiet) is not None:
         return
     from .pipeline import Options, build as run_build
 
@@ -138,6 +139,8 @@ def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: 
         click.echo("\n".join(summary.plan))
         return
     _report(m.gallery.output, summary, quiet)
+    if profile:
+        click.echo(summary.profile())
     if summary.failed:
         sys.exit(1)
 
