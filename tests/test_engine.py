@@ -27,6 +27,7 @@ CNN_TECHS = [n for n in ATTRIBUTION if n not in ATTENTION]
 #: The techniques of gradients.py / cam.py (lrp.py is tested by its own file).
 MINE = [n for n in ATTRIBUTION if registry.get(n).fn.__module__.rsplit(".", 1)[-1] in ("gradients", "cam")]
 LAYER_TECHS = [n for n in MINE if registry.get(n).layer in ("one", "many")]
+PERTURBATION = [n for n in ATTRIBUTION if registry.get(n).fn.__module__.endswith(".perturbation")]
 FAST = {"smoothgrad": {"samples": 4}, "integrated_gradients": {"steps": 4}, "rise": {"masks": 16},
         "occlusion": {"window": 16, "stride": 8},
         "gradient_shap": {"samples": 4}}
@@ -368,7 +369,7 @@ def test_grad_x_image_bases(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
                                galleryvis.attribute(tiny_seq, x, "integrated_gradients", 2))
 
 
-@pytest.mark.parametrize("name", MINE)
+@pytest.mark.parametrize("name", MINE + PERTURBATION)
 def test_technique_docs(name: str) -> None:
     doc = (Path(__file__).resolve().parent.parent / "templates" / "techniques" / f"{name}.md").read_text()
     for section in ("# Parameters", "# Departures from the seed", "http"):

@@ -73,7 +73,7 @@ def _rise_masks(grids: Tensor, shifts: Tensor, size: tuple[int, int], cell: tupl
 @technique("rise", output="cam", title="RISE", needs=("passes",), stochastic=True,
            paper="Petsiuk et al. 2018, https://arxiv.org/abs/1806.07421",
            summary="Random low-resolution masks, upsampled with random shifts, weighted by the target's probability on the masked image.")
-def rise(ctx: Context, *, masks: int = 2000, cells: int = 7, p: float = 0.5, seed: int = 0) -> Tensor:
+def rise(ctx: Context, *, masks: int = 1000, cells: int = 7, p: float = 0.5, seed: int = 0) -> Tensor:
     """sum_i P(target | x * M_i) M_i / (masks * p): ``masks`` binary ``cells`` x ``cells`` grids
     (each cell kept with probability ``p``), upsampled bilinearly to (cells + 1) cells of
     ceil(H / cells) pixels, shifted by a random offset within one cell and cropped; the
