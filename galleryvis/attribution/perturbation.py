@@ -29,8 +29,8 @@ def _windows(size: int, window: int, stride: int) -> list[int]:
     return list(range(0, size - window + 1, stride))
 
 
-@technique("occlusion", output="cam", kind="signed", signed=True, title="Occlusion", needs=("forward", "passes"),
-           choices={"baseline": ("zero", "black", "blur")},
+@technique("occlusion", output="cam", kind="signed", signed=True, title="Occlusion", group="perturbation",
+           needs=("forward", "passes"), choices={"baseline": ("zero", "black", "blur")},
            paper="Zeiler & Fergus 2014, https://arxiv.org/abs/1311.2901",
            summary="Drop of the target logit when a window of the image is replaced, averaged over the windows covering each pixel.")
 def occlusion(ctx: Context, *, window: int = 32, stride: int = 16, baseline: str = "zero") -> Tensor:
@@ -70,7 +70,7 @@ def _rise_masks(grids: Tensor, shifts: Tensor, size: tuple[int, int], cell: tupl
     return torch.stack([m[:, r:r + size[0], c:c + size[1]] for m, (r, c) in zip(up, shifts.tolist())])
 
 
-@technique("rise", output="cam", title="RISE", needs=("passes",), stochastic=True,
+@technique("rise", output="cam", title="RISE", group="perturbation", needs=("passes",), stochastic=True,
            paper="Petsiuk et al. 2018, https://arxiv.org/abs/1806.07421",
            summary="Random low-resolution masks, upsampled with random shifts, weighted by the target's probability on the masked image.")
 def rise(ctx: Context, *, masks: int = 1000, cells: int = 7, p: float = 0.5, seed: int = 0) -> Tensor:
@@ -99,7 +99,8 @@ def rise(ctx: Context, *, masks: int = 1000, cells: int = 7, p: float = 0.5, see
     return total / (masks * p)
 
 
-@technique("ablationcam", output="cam", layer="one", title="Ablation-CAM", needs=("forward", "passes"), fold=False,
+@technique("ablationcam", output="cam", layer="one", title="Ablation-CAM", group="perturbation",
+           needs=("forward", "passes"), fold=False,
            paper="Desai & Ramaswamy 2020, https://openaccess.thecvf.com/content_WACV_2020/papers/"
                  "Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_WACV_2020_paper.pdf",
            summary="Activations weighted by the relative drop of the target logit when each channel is zeroed.")
@@ -142,8 +143,9 @@ def _shap_samples(ctx: Context, xi: Tensor, base: Tensor | None, refs: Tensor | 
     return torch.stack(inputs), torch.stack(bases)
 
 
-@technique("gradient_shap", output="input", signed=True, title="GradientSHAP", kind="signed", needs=("passes",),
-           stochastic=True, choices={"baselines": ("uniform", "zero", "black", "blur")},
+@technique("gradient_shap", output="input", signed=True, title="GradientSHAP", kind="signed",
+           group="perturbation", needs=("passes",), stochastic=True,
+           choices={"baselines": ("uniform", "zero", "black", "blur")},
            paper="Lundberg & Lee 2017, https://arxiv.org/abs/1705.07874",
            summary="Expected gradients: gradients at random points between random baselines and the noisy input, times their difference.")
 def gradient_shap(ctx: Context, *, samples: int = 50, stdev: float = 0.1, baselines: str = "uniform",
