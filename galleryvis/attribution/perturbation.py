@@ -1,8 +1,8 @@
 """Perturbation and Shapley techniques: occlusion, RISE, Ablation-CAM, GradientSHAP.
 
-The perturbed copies of an image go through the model ``ctx.batch_size`` at a time under
-``torch.inference_mode`` (GradientSHAP's through ``ctx.input_grad``), never one forward each,
-and are built one chunk at a time, never all at once.
+The perturbed copies of an image go through the model ``ctx.forward_batch_size`` at a time
+under ``torch.inference_mode`` (GradientSHAP's ``ctx.batch_size`` at a time through
+``ctx.input_grad``), never one forward each, and are built one chunk at a time, never all at once.
 """
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ def occlusion(ctx: Context, *, window: int = 32, stride: int = 16, baseline: str
             base = baseline_image(ctx, xi[None], baseline)
             total = torch.zeros((1, 1, h, w), device=xi.device)
             count = torch.zeros((1, 1, h, w), device=xi.device)
-            for i in range(0, len(starts), ctx.batch_size):
-                chunk = starts[i:i + ctx.batch_size]
+            for i in range(0, len(starts), ctx.forward_batch_size):
+                chunk = starts[i:i + ctx.forward_batch_size]
                 mask = torch.zeros((len(chunk), 1, h, w), dtype=torch.bool, device=xi.device)
                 for k, (r, c) in enumerate(chunk):
                     mask[k, :, r:r + window, c:c + window] = True
@@ -90,8 +90,9 @@ def rise(ctx: Context, *, masks: int = 1000, cells: int = 7, p: float = 0.5, see
                           torch.randint(0, cell[1], (masks,), generator=gen)], 1)
     total = torch.zeros((n, 1, h, w), device=ctx.x.device)
     with torch.inference_mode():
-        for i in range(0, masks, ctx.batch_size):
-            m = _rise_masks(grids[i:i + ctx.batch_size], shifts[i:i + ctx.batch_size], (h, w), cell)
+        for i in range(0, masks, ctx.forward_batch_size):
+            chunk = slice(i, i + ctx.forward_batch_size)
+            m = _rise_masks(grids[chunk], shifts[chunk], (h, w), cell)
             m = m.to(ctx.x.device, ctx.x.dtype)
             for k, (xk, tk) in enumerate(zip(ctx.x, ctx.target)):
                 prob = ctx.logits(xk[None] * m).float().softmax(1)[:, tk]
@@ -114,7 +115,7 @@ def ablationcam(ctx: Context, *, layer: str) -> Tensor:
     ablated = torch.zeros((n, c), device=acts.device)
     with torch.inference_mode():
         for i, (xi, ti) in enumerate(zip(ctx.x, ctx.target)):
-            for chunk in torch.arange(c, device=acts.device).split(ctx.batch_size):
+            for chunk in torch.arange(c, device=acts.device).split(ctx.forward_batch_size):
                 keep = torch.ones((len(chunk), c), dtype=acts.dtype, device=acts.device)
                 keep[torch.arange(len(chunk)), chunk] = 0
                 with replaced_output(ctx.model, layer, lambda out, keep=keep: out * grid.per_channel(keep)):
