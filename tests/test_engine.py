@@ -15,7 +15,7 @@ import galleryvis
 from galleryvis import registry
 from galleryvis.engine import Context
 from galleryvis.hooks import LayerError, hook_count
-from galleryvis.layers import default_layer, grids_of, probe
+from galleryvis.layers import Grid, default_layer, grids_of, probe
 from galleryvis.registry import TechniqueError
 
 from conftest import tiny_sequential
@@ -471,6 +471,30 @@ def test_grids_of_transformer_layers(transformers: dict[str, nn.Module]) -> None
         timm_swin = _grids(transformers["timm_swin"], torch.zeros(2, 3, 64, 64))
         assert timm_swin["layers.1.blocks.1.norm2"] == "8x8 (tokens)"
         assert "not the batch" in timm_swin["layers.1.blocks.1.attn"]  # (2 x 4 windows, 16, 48)
+
+
+@pytest.mark.parametrize("grid", [Grid("channels_first", (2, 2), (3, 2, 2)), Grid("channels_last", (2, 2), (2, 2, 3)),
+                                  Grid("tokens", (2, 2), (5, 3), 1)], ids=lambda g: g.layout)
+def test_per_channel_values_scale_each_channel_in_the_layers_own_layout(grid: Grid) -> None:
+    """What Ablation-CAM zeroes a channel with: (N, C) values broadcast over the raw output,
+    every position and token (the prefix tokens too)."""
+    keep = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]])
+    out = torch.randn(2, *grid.shape, generator=torch.Generator().manual_seed(0))
+    scaled = out * grid.per_channel(keep)
+    torch.testing.assert_close(grid.nchw(scaled), grid.nchw(out) * keep[:, :, None, None])
+    if grid.layout == "tokens":
+        torch.testing.assert_close(scaled[:, :1], out[:, :1] * keep[:, None, :])
+
+
+@pytest.mark.parametrize("name, layer", [("vit", "encoder.layers.encoder_layer_1.ln_1"), ("swin", "features.3.1")])
+def test_ablationcam_on_token_and_channels_last_layers(transformers: dict[str, nn.Module], name: str,
+                                                       layer: str) -> None:
+    model = transformers[name]
+    before = snapshot(model)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    out = galleryvis.attribute(model, x, "ablationcam", [1, 2], layer=layer)
+    assert_unchanged(model, before)
+    assert out.shape == (2, 1, 64, 64) and torch.isfinite(out).all() and out.amax((1, 2, 3)).gt(0).all()
 
 
 def test_channels_last_is_read_as_channels_last(transformers: dict[str, nn.Module]) -> None:
