@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
 from galleryvis.hooks import resolve_layer
 
 from .common import Skip
@@ -102,8 +103,8 @@ def captum_gradient_shap(model: nn.Module, x: Tensor, targets: list[int], sample
     from captum.attr import GradientShap
 
     g = torch.Generator().manual_seed(seed)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     refs = ((torch.rand((samples, *x.shape[1:]), generator=g) - mean) / std).to(x.device)
     return GradientShap(model).attribute(x, baselines=refs, n_samples=samples, stdevs=stdev, target=targets)
 
