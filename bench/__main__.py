@@ -16,17 +16,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cases import ORDER
+from .cases import ORDER, PER_CHANNEL
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("attribution", "metrics", "synthesis", "rebuild")
 
 FULL = {"size": 224, "repeats": 5, "budget": 3.0, "images": 1,
-        "settings": {"ig_steps": 100, "sg_samples": 50, "sg_sigma": 0.15, "syn_steps": 10},
+        "settings": {"ig_steps": 100, "sg_samples": 50, "sg_sigma": 0.15, "syn_steps": 10,
+                     "occ_window": 32, "occ_stride": 16, "rise_masks": 1000, "gs_samples": 50, "gs_stdev": 0.1},
         "cases": list(ORDER)}
 QUICK = {"size": 112, "repeats": 2, "budget": 1.0, "images": 1,
-         "settings": {"ig_steps": 8, "sg_samples": 4, "sg_sigma": 0.15, "syn_steps": 3},
-         "cases": [c for c in ORDER if c != "scorecam"]}
+         "settings": {"ig_steps": 8, "sg_samples": 4, "sg_sigma": 0.15, "syn_steps": 3,
+                      "occ_window": 32, "occ_stride": 16, "rise_masks": 32, "gs_samples": 4, "gs_stdev": 0.1},
+         "cases": [c for c in ORDER if c not in PER_CHANNEL]}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -36,7 +38,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", default="vgg16,resnet50,alexnet", help="torchvision model names (default: "
                    "%(default)s; the issue's seed numbers for IG and SmoothGrad were taken on AlexNet)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto = cpu and cuda when available")
-    p.add_argument("--cases", help=f"comma list of rows (default: all; quick: all but scorecam): {', '.join(ORDER)}")
+    p.add_argument("--cases", help=f"comma list of rows (default: all; quick: all but scorecam and ablationcam): {', '.join(ORDER)}")
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma list of %(default)s")
     p.add_argument("--rebuild", action="store_true", help="only the incremental rebuild section")
     p.add_argument("--rebuild-manifest", help="'default' (the embedded default gallery, issue 5's measure) or a "
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
         unknown = set(cfg["cases"]) - set(ORDER)
         if unknown:
             sys.exit(f"error: unknown cases {sorted(unknown)}; known: {', '.join(ORDER)}")
-        cfg["settings"]["scorecam_everywhere"] = "scorecam" in cfg["cases"]  # asked for by name
+        for case in PER_CHANNEL:
+            cfg["settings"][f"{case}_everywhere"] = case in cfg["cases"]  # asked for by name
     sections = {"rebuild"} if args.rebuild else {s.strip() for s in args.sections.split(",")}
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     import torchvision

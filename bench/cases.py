@@ -87,15 +87,16 @@ def _ours_layer(technique: str) -> Callable[[Bench], Callable[[], object]]:
     return make
 
 
-def _call(fn: Callable[..., object], *, layer: bool = False, batch: bool = False,
+def _call(fn: Callable[..., object], *, layer: bool = False, batch: int = 0,
           **mapping: str) -> Callable[[Bench], Callable[[], object]]:
-    """A seed-style or peer runner ``fn(model, x, targets, [layer], **settings)``."""
+    """A seed-style or peer runner ``fn(model, x, targets, [layer], **settings)``, given
+    ``batch_size = batch`` × ``--batch-size`` unless ``batch`` is 0."""
     def make(b: Bench) -> Callable[[], object]:
         kwargs: dict[str, Any] = {k: b.settings[v] for k, v in mapping.items()}
         if layer:
             kwargs["layer"] = b.layer
         if batch:
-            kwargs["batch_size"] = b.batch_size
+            kwargs["batch_size"] = batch * b.batch_size
         return lambda: fn(b.model, b.x, b.targets, **kwargs)
     return make
 
@@ -114,15 +115,35 @@ def _peer(fn: Callable[..., object], label: str, **kw: Any) -> Impl:
     return Impl(fn.__name__, label, "peer", _probe_peer(fn, _call(fn, **kw)))
 
 
+def _peer_sweep(fn: Callable[..., object], label: str, multiples: tuple[int, ...] = (1, 4), **kw: Any
+                ) -> tuple[Impl, ...]:
+    """The peer at several batch settings (``multiples`` of ``--batch-size``), one row each, so
+    that its target is judged against the best of them."""
+    return tuple(Impl(f"{fn.__name__}_x{m}", f"{label}, batch {m}× --batch-size", "peer",
+                      _probe_peer(fn, _call(fn, batch=m, **kw))) for m in multiples)
+
+
 def _seed(fn: Callable[..., object], label: str = "seed-style loop", **kw: Any) -> Impl:
     return Impl("seed", label, "seed", _call(fn, **kw))
 
 
-def _scorecam_applies(b: Bench) -> str | None:
-    if b.sequential or b.settings.get("scorecam_everywhere"):
-        return None
-    return (f"one masked forward per channel of `{b.layer}`, minutes per implementation on this "
-            "architecture: add --cases scorecam to run it")
+#: Rows that run one masked forward per channel of the CAM layer: a reference row prices them
+#: at C x one batched forward (the channel count comes from the worker).
+PER_CHANNEL = ("scorecam", "ablationcam")
+
+
+def _per_channel_applies(case: str) -> Callable[[Bench], str | None]:
+    def applies(b: Bench) -> str | None:
+        if b.sequential or b.settings.get(f"{case}_everywhere"):
+            return None
+        return (f"one masked forward per channel of `{b.layer}`, minutes per implementation on this "
+                f"architecture: add --cases {case} to run it")
+    return applies
+
+
+def _windows(s: dict[str, Any]) -> int:
+    """Occlusion windows per image at the bench's size, window and stride."""
+    return len(range(0, s["size"] - s["occ_window"] + 1, s["occ_stride"])) ** 2
 
 
 def _peers_combination(b: Bench) -> Callable[[], object]:
@@ -153,13 +174,13 @@ CASES: dict[str, Case] = {c.key: c for c in [
         Impl("galleryvis", "galleryvis.attribute", "galleryvis",
              _ours_setting("integrated_gradients", steps="ig_steps", method="gausslegendre", baseline="zero")),
         _seed(seed_style.integrated_gradients, "seed-style loop (one pass per step)", steps="ig_steps"),
-        _peer(peers.captum_integrated_gradients, "captum IntegratedGradients", batch=True, steps="ig_steps"),
+        _peer(peers.captum_integrated_gradients, "captum IntegratedGradients", batch=1, steps="ig_steps"),
     ), floor=lambda s: (s["ig_steps"], "fwdbwd_bs")),
     Case("smoothgrad", lambda s: f"SmoothGrad, {s['sg_samples']} samples, σ={s['sg_sigma']}", (
         Impl("galleryvis", "galleryvis.attribute", "galleryvis",
              _ours_setting("smoothgrad", samples="sg_samples", sigma="sg_sigma")),
         _seed(seed_style.smoothgrad, "seed-style loop (one pass per sample)", samples="sg_samples", sigma="sg_sigma"),
-        _peer(peers.captum_smoothgrad, "captum NoiseTunnel(Saliency)", batch=True,
+        _peer(peers.captum_smoothgrad, "captum NoiseTunnel(Saliency)", batch=1,
               samples="sg_samples", sigma="sg_sigma"),
     ), floor=lambda s: (s["sg_samples"], "fwdbwd_bs")),
     Case("lrp", lambda s: "LRP, epsilon rule", (
@@ -170,12 +191,32 @@ CASES: dict[str, Case] = {c.key: c for c in [
     Case("scorecam", lambda s: "Score-CAM", (
         Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_layer("scorecam")),
         _seed(seed_style.scorecam, "seed-style loop (batch 1, autograd on)", layer=True),
-        _peer(peers.gradcam_scorecam, "pytorch-grad-cam ScoreCAM", layer=True, batch=True),
-    ), applies=_scorecam_applies, gradient=False),
+        _peer(peers.gradcam_scorecam, "pytorch-grad-cam ScoreCAM", layer=True, batch=1),
+    ), applies=_per_channel_applies("scorecam"), gradient=False),
+    Case("occlusion", lambda s: f"occlusion, window {s['occ_window']}, stride {s['occ_stride']}", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
+             _ours_setting("occlusion", window="occ_window", stride="occ_stride")),
+        *_peer_sweep(peers.captum_occlusion, "captum Occlusion, perturbations_per_eval", window="occ_window",
+                     stride="occ_stride"),
+    ), gradient=False, floor=lambda s: (_windows(s), "forward_bs")),
+    Case("rise", lambda s: f"RISE, {s['rise_masks']} masks", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_setting("rise", masks="rise_masks")),
+    ), gradient=False, floor=lambda s: (s["rise_masks"], "forward_bs")),
+    Case("ablationcam", lambda s: "Ablation-CAM", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_layer("ablationcam")),
+        *_peer_sweep(peers.gradcam_ablationcam, "pytorch-grad-cam AblationCAM, batch_size", layer=True),
+    ), applies=_per_channel_applies("ablationcam"), gradient=False),
+    Case("gradient_shap", lambda s: f"GradientSHAP, {s['gs_samples']} samples, stdev {s['gs_stdev']}", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
+             _ours_setting("gradient_shap", samples="gs_samples", stdev="gs_stdev")),
+        _peer(peers.captum_gradient_shap, "captum GradientShap (no batch setting)", samples="gs_samples",
+              stdev="gs_stdev"),
+    ), gradient=False, floor=lambda s: (s["gs_samples"], "fwdbwd_bs")),
 ]}
 
 #: The order rows are printed in.
-ORDER = ("vanilla", "gradcam", "combination", "integrated_gradients", "smoothgrad", "lrp", "scorecam")
+ORDER = ("vanilla", "gradcam", "combination", "integrated_gradients", "smoothgrad", "lrp", "scorecam",
+         "occlusion", "rise", "ablationcam", "gradient_shap")
 
 
 def input_gradient(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
 from galleryvis.hooks import resolve_layer
 
 from .common import Skip
@@ -82,6 +83,32 @@ def captum_gradcam(model: nn.Module, x: Tensor, targets: list[int], layer: str) 
     return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
 
 
+def captum_occlusion(model: nn.Module, x: Tensor, targets: list[int], window: int, stride: int,
+                     batch_size: int) -> Tensor:
+    """captum's Occlusion over all channels, zero baseline, ``perturbations_per_eval=batch_size``."""
+    _need("captum")
+    from captum.attr import Occlusion
+
+    with torch.no_grad():
+        return Occlusion(model).attribute(x, sliding_window_shapes=(x.shape[1], window, window),
+                                          strides=(x.shape[1], stride, stride), baselines=0.0, target=targets,
+                                          perturbations_per_eval=batch_size)
+
+
+def captum_gradient_shap(model: nn.Module, x: Tensor, targets: list[int], samples: int, stdev: float,
+                         seed: int = 0) -> Tensor:
+    """captum's GradientShap with ``samples`` uniform-noise baselines (galleryvis's default
+    distribution); it has no batch setting: all samples of an image go through at once."""
+    _need("captum")
+    from captum.attr import GradientShap
+
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    refs = ((torch.rand((samples, *x.shape[1:]), generator=g) - mean) / std).to(x.device)
+    return GradientShap(model).attribute(x, baselines=refs, n_samples=samples, stdevs=stdev, target=targets)
+
+
 def captum_lrp(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
     """captum's LRP with its default rules (epsilon for conv, linear and pooling layers)."""
     _need("captum")
@@ -118,6 +145,16 @@ def gradcam_layercam(model: nn.Module, x: Tensor, targets: list[int], layer: str
 
 def gradcam_scorecam(model: nn.Module, x: Tensor, targets: list[int], layer: str, batch_size: int) -> Tensor:
     return _gradcam_run("ScoreCAM", model, x, targets, layer, batch_size)
+
+
+def gradcam_ablationcam(model: nn.Module, x: Tensor, targets: list[int], layer: str, batch_size: int) -> Tensor:
+    _need("pytorch_grad_cam")
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    with pytorch_grad_cam.AblationCAM(model=model, target_layers=[resolve_layer(model, layer)],
+                                      batch_size=batch_size) as cam, contextlib.redirect_stderr(io.StringIO()):
+        return torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets]))
 
 
 def combination(model: nn.Module, x: Tensor, targets: list[int], layer: str) -> dict[str, Any]:

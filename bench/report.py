@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cases import CASES, ORDER
+from .cases import CASES, ORDER, PER_CHANNEL
 
 
 @dataclass
@@ -135,16 +135,16 @@ def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, 
         floor = case.floor(settings) if case.floor else None
         if floor and floor[1] in refs and ours:
             rows.append(_floor_row(floor, refs, ours, rs, settings))
-        if key == "scorecam" and "forward_bs" in refs and key in case_info:
+        if key in PER_CHANNEL and "forward_bs" in refs and key in case_info:
             c = case_info[key]["channels"]
-            live = case_info[key]["live_channels"]
+            live = f", live {'/'.join(map(str, case_info[key]['live_channels']))}" if key == "scorecam" else ""
             ref_t = c * refs["forward_bs"]["per_image"]
-            row = ["", f"reference: C × forward at batch {settings['batch_size']} (C = {c}, live {'/'.join(map(str, live))})",
+            row = ["", f"reference: C × forward at batch {settings['batch_size']} (C = {c}{live})",
                    secs(ref_t), "—", "—", "", ""]
             if ours:
                 ratio = ours["per_image"] / ref_t
                 row[4] = times(ref_t / ours["per_image"])
-                row[6] = f"≤ 1.1× {rep.check(f'{model}/{device} scorecam: {ratio:.2f}× of C × batched forward (≤ 1.1×)', ratio <= 1.1)}"
+                row[6] = f"≤ 1.1× {rep.check(f'{model}/{device} {key}: {ratio:.2f}× of C × batched forward (≤ 1.1×)', ratio <= 1.1)}"
             rows.append(row)
     lines.append(rep.table(headers, rows))
     for key, why in skipped.items():
@@ -160,8 +160,9 @@ def _floor_row(floor: tuple[int, str], refs: dict[str, Any], ours: dict[str, Any
     gains beyond it: channels_last weights and inputs, batch-norm folding)."""
     passes, ref_key = floor
     t = passes * refs[ref_key]["per_image"]
-    batch = 1 if ref_key == "fwdbwd_b1" else settings["batch_size"]
-    what = "forward + input-gradient backward" if passes == 1 else f"{passes} × (forward + input-gradient backward)"
+    batch = 1 if ref_key.endswith("_b1") else settings["batch_size"]
+    pass_ = "forward" if ref_key.startswith("forward_") else "forward + input-gradient backward"
+    what = pass_ if passes == 1 else f"{passes} × ({pass_})"
     seed = next((r for r in rs if r["kind"] == "seed" and "per_image" in r), None)
     peer = min((r["per_image"] for r in rs if r["kind"] == "peer" and "per_image" in r), default=None)
     note = "; ".join(([f"seed-style ÷ this = {times(seed['per_image'] / t)}"] if seed else [])

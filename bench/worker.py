@@ -18,7 +18,7 @@ import torch
 
 from galleryvis.hooks import capture, resolve_layer
 
-from .cases import CASES, Bench, input_gradient
+from .cases import CASES, PER_CHANNEL, Bench, input_gradient
 from .common import Skip, build_model, frozen, load_inputs, measure, timed
 
 
@@ -87,7 +87,7 @@ def run(spec: dict[str, Any]) -> None:
             emit({"type": "skip_case", "case": case_key, "reason": why})
             continue
         extra: dict[str, Any] = {}
-        if case_key == "scorecam":
+        if case_key in PER_CHANNEL:
             extra = _channels(model, x, layer)
             emit({"type": "case_info", "case": case_key, **extra})
         for impl in case.impls:
@@ -130,7 +130,7 @@ def _preload() -> None:
 
 
 def _channels(model: torch.nn.Module, x: torch.Tensor, layer: str) -> dict[str, Any]:
-    """Channel count of the Score-CAM layer and how many are not constant (per image)."""
+    """Channel count of the CAM layer and how many are not constant (per image)."""
     with torch.inference_mode(), capture(model, [layer]) as acts:
         model(x)
     a = acts[layer]

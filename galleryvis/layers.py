@@ -44,6 +44,12 @@ class Grid:
             return t.permute(0, 3, 1, 2)
         return t[:, self.prefix:].transpose(1, 2).reshape(t.shape[0], t.shape[2], *self.size)
 
+    def per_channel(self, v: Tensor) -> Tensor:
+        """(N, C) values shaped to broadcast over this layer's own output (every token alike)."""
+        if self.layout == "channels_first":
+            return v[:, :, None, None]
+        return v[:, None, None, :] if self.layout == "channels_last" else v[:, None, :]
+
     def __str__(self) -> str:
         size = "x".join(map(str, self.size))
         if self.layout == "channels_first":

@@ -64,6 +64,7 @@ class TechniqueRecord:
     description_md: str
     paper: str
     kind: str = ""  # the registry's display kind: gradient, cam, signed or image
+    group: str = ""  # the registry's table group ("" = the one of its kind)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ class Technique:
     into the convolutions (off for techniques that change a layer's output themselves).
     ``split_sign``: the gallery also shows positive and negative saliency. ``doc``: the
     technique's page in Markdown (built-in techniques have ``templates/techniques/<name>.md``;
-    without either, the page shows ``summary``). ``attention``: it reads the model's
+    without either, the page shows ``summary``). ``group``: the gallery table it is drawn in
+    (default: the one of its ``kind``). ``attention``: it reads the model's
     self-attention (transformers only), so a manifest's implicit every-technique list leaves
     it out.
     """
@@ -58,6 +59,7 @@ class Technique:
     signed: bool = False
     family: str = "attribution"
     attention: bool = False
+    group: str = ""
     params: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
@@ -74,6 +76,7 @@ class Technique:
             "needs": sorted(self.needs),
             "stochastic": self.stochastic,
             "attention": self.attention,
+            "group": self.group,
             "version": self.version,
             "params": dict(self.params),
             "choices": {k: list(v) for k, v in self.choices.items()},
@@ -104,6 +107,7 @@ def technique(
     family: str = "attribution",
     choices: Mapping[str, tuple[Any, ...]] | None = None,
     attention: bool = False,
+    group: str = "",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn(ctx, **params)`` under ``name``; keyword-only defaults become its parameters.
 
@@ -133,7 +137,8 @@ def technique(
             name=name, fn=fn, output=output, layer=layer, paper=paper, summary=summary,
             title=title or name.replace("_", " ").title(), kind=kind, needs=frozenset(needs),
             stochastic=stochastic, version=version, fold=fold, split_sign=split_sign, doc=doc,
-            signed=signed, family=family, attention=attention, params=params, choices=dict(choices or {}),
+            signed=signed, family=family, attention=attention, group=group, params=params,
+            choices=dict(choices or {}),
         )
         return fn
 

@@ -142,7 +142,7 @@ def _technique_records(manifest: Manifest) -> list[TechniqueRecord]:
         params = registry.resolve_params(tech, tspec.params)
         out.append(TechniqueRecord(tspec.id, tech.name, title(tspec.id, tech.name), tech.family,
                                    {k: v for k, v in params.items()}, tech.doc or tech.summary, tech.paper,
-                                   tech.kind))
+                                   tech.kind, tech.group))
     return out
 
 

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import galleryvis
-from galleryvis.engine import IMAGENET_MEAN
+from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
 from galleryvis.layers import default_layer
+from galleryvis.metrics import deletion_insertion, gaussian_blur, random_map
 
 captum_attr = pytest.importorskip("captum.attr")
 pgc = pytest.importorskip("pytorch_grad_cam")
@@ -355,6 +356,94 @@ def test_smoothgrad_seed_and_variants(tiny_seq: nn.Module, tiny_x: Tensor) -> No
     torch.testing.assert_close(sg(sigma=0.0), vanilla)
     torch.testing.assert_close(sg(sigma=0.0, variant="squared"), vanilla * vanilla)
 
+
+
+# -- perturbation and Shapley --------------------------------------------------------------------
+@pytest.mark.parametrize("baseline", ["zero", "black", "blur"])
+def test_occlusion_matches_captum(resnet18: nn.Module, photos64: Tensor, baseline: str) -> None:
+    """captum repeats the map over the three channels; its baselines given as the same images."""
+    x, window, stride, target = photos64[:1], 32, 8, [3]  # 5 x 5 overlapping windows
+    ours = galleryvis.attribute(resnet18, x, "occlusion", target, window=window, stride=stride, baseline=baseline)
+    black = ((0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).view(1, 3, 1, 1)
+    sigma = x.shape[-1] / 20
+    reference = {"zero": 0.0, "black": black.expand_as(x).contiguous(),
+                 "blur": gaussian_blur(x, 2 * int(3 * sigma) + 1, sigma)}[baseline]
+    with frozen(resnet18), torch.no_grad():
+        ref = captum_attr.Occlusion(resnet18).attribute(
+            x.clone(), sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
+            baselines=reference, target=target, perturbations_per_eval=16)
+    check(f"occlusion baseline={baseline}/resnet18", pearson(ours, ref[:, :1]))
+    torch.testing.assert_close(ours, ref[:, :1], rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("model_name, layer", [("resnet18", "layer1"), ("tiny_seq", "7")])  # 64, 16 channels
+def test_ablationcam_matches_gradcam(request: pytest.FixtureRequest, model_name: str, layer: str) -> None:
+    """Layers after a ReLU, where grad-cam's AblationLayer zeroes the channel as the paper does."""
+    model = request.getfixturevalue(model_name)
+    x = request.getfixturevalue("photos64")[:1] if model_name == "resnet18" else request.getfixturevalue("tiny_x")[:2]
+    target = [1, 2][:len(x)]
+    ours = galleryvis.attribute(model, x, "ablationcam", target, layer=layer)
+    with frozen(model), pgc.AblationCAM(model=model, target_layers=[model.get_submodule(layer)]) as cam:
+        ref = cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(t) for t in target])
+    check(f"ablationcam {layer}/{model_name}", pearson(ours, ref))
+
+
+class PatchNet(nn.Module):
+    """Two classes; class 0's logit is 6 x (the mean of the first channel inside ``box`` (rows,
+    columns)) - 3: the evidence a faithful map has to find."""
+
+    def __init__(self, box: tuple[slice, slice]) -> None:
+        super().__init__()
+        self.box = box
+        self.conv = nn.Conv2d(3, 1, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        evidence = 6 * self.conv(x)[:, 0][:, self.box[0], self.box[1]].mean((1, 2)) - 3
+        return torch.stack([evidence, torch.zeros_like(evidence)], 1)
+
+
+def test_rise_is_more_faithful_than_a_random_map() -> None:
+    """Insertion - deletion AUC of RISE beats the blob-shaped random map on every image."""
+    box = (slice(8, 20), slice(12, 28))
+    net = PatchNet(box).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x[:, :, box[0], box[1]] += 0.5  # the target's probability is about 0.9
+    maps = galleryvis.attribute(net, x, "rise", 0, masks=256)
+    rise = deletion_insertion(net, x, maps, 0, steps=16).score
+    rand = deletion_insertion(net, x, random_map(maps.shape, cells=7), 0, steps=16).score
+    print(f"\n  insertion - deletion: rise {rise}, random {rand}")
+    assert (rise > rand + 0.1).all(), (rise, rand)
+
+
+def _expected_difference(model: nn.Module, x: Tensor, refs: Tensor, target: int) -> Tensor:
+    with torch.no_grad():
+        return model(x)[:, target] - model(refs)[:, target].mean()
+
+
+def test_gradient_shap_is_exact_on_a_linear_model() -> None:
+    """stdev = 0 and one baseline: every sample's attributions sum to f(x) - f(baseline)."""
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours = galleryvis.attribute(linear, x, "gradient_shap", 2, samples=5, stdev=0.0, baselines="zero")
+    torch.testing.assert_close(ours.sum((1, 2, 3)), _expected_difference(linear, x, torch.zeros(1, 3, 8, 8), 2))
+    torch.testing.assert_close(ours, linear[1].weight[2].view(1, 3, 8, 8) * x)
+
+
+def test_gradient_shap_is_complete_in_expectation() -> None:
+    """With random reference images (expected gradients) and stdev = 0, the attributions sum to
+    f(x) - E f(b) up to the Monte Carlo error (a small tanh MLP, so thousands of samples are cheap)."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.Tanh(), nn.Linear(16, 3)).eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    refs = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+    ours = galleryvis.attribute(mlp, x, "gradient_shap", 1, samples=2048, stdev=0.0, baselines=refs,
+                                batch_size=512)
+    want = _expected_difference(mlp, x, refs, 1)
+    print(f"\n  gradient_shap sums {ours.sum((1, 2, 3)).tolist()} vs f(x) - E f(b) {want.tolist()}")
+    torch.testing.assert_close(ours.sum((1, 2, 3)), want, rtol=0.03, atol=0.01)
 
 # -- transformers: token and channels-last layers ------------------------------------------------
 #: (model in conftest.tiny_transformers, layer, grid (h, w), layout: the number of prefix tokens,

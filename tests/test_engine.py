@@ -15,7 +15,7 @@ import galleryvis
 from galleryvis import registry
 from galleryvis.engine import Context
 from galleryvis.hooks import LayerError, hook_count
-from galleryvis.layers import default_layer, grids_of, probe
+from galleryvis.layers import Grid, default_layer, grids_of, probe
 from galleryvis.registry import TechniqueError
 
 from conftest import tiny_sequential
@@ -27,7 +27,10 @@ CNN_TECHS = [n for n in ATTRIBUTION if n not in ATTENTION]
 #: The techniques of gradients.py / cam.py (lrp.py is tested by its own file).
 MINE = [n for n in ATTRIBUTION if registry.get(n).fn.__module__.rsplit(".", 1)[-1] in ("gradients", "cam")]
 LAYER_TECHS = [n for n in MINE if registry.get(n).layer in ("one", "many")]
-FAST = {"smoothgrad": {"samples": 4}, "integrated_gradients": {"steps": 4}}
+PERTURBATION = [n for n in ATTRIBUTION if registry.get(n).fn.__module__.endswith(".perturbation")]
+FAST = {"smoothgrad": {"samples": 4}, "integrated_gradients": {"steps": 4}, "rise": {"masks": 16},
+        "occlusion": {"window": 16, "stride": 8},
+        "gradient_shap": {"samples": 4}}
 SEQ_LAYER = "7"  # tiny_sequential's last ReLU, 8x8 at 32x32
 
 
@@ -366,7 +369,7 @@ def test_grad_x_image_bases(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
                                galleryvis.attribute(tiny_seq, x, "integrated_gradients", 2))
 
 
-@pytest.mark.parametrize("name", MINE)
+@pytest.mark.parametrize("name", MINE + PERTURBATION)
 def test_technique_docs(name: str) -> None:
     doc = (Path(__file__).resolve().parent.parent / "templates" / "techniques" / f"{name}.md").read_text()
     for section in ("# Parameters", "# Departures from the seed", "http"):
@@ -468,6 +471,30 @@ def test_grids_of_transformer_layers(transformers: dict[str, nn.Module]) -> None
         timm_swin = _grids(transformers["timm_swin"], torch.zeros(2, 3, 64, 64))
         assert timm_swin["layers.1.blocks.1.norm2"] == "8x8 (tokens)"
         assert "not the batch" in timm_swin["layers.1.blocks.1.attn"]  # (2 x 4 windows, 16, 48)
+
+
+@pytest.mark.parametrize("grid", [Grid("channels_first", (2, 2), (3, 2, 2)), Grid("channels_last", (2, 2), (2, 2, 3)),
+                                  Grid("tokens", (2, 2), (5, 3), 1)], ids=lambda g: g.layout)
+def test_per_channel_values_scale_each_channel_in_the_layers_own_layout(grid: Grid) -> None:
+    """What Ablation-CAM zeroes a channel with: (N, C) values broadcast over the raw output,
+    every position and token (the prefix tokens too)."""
+    keep = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]])
+    out = torch.randn(2, *grid.shape, generator=torch.Generator().manual_seed(0))
+    scaled = out * grid.per_channel(keep)
+    torch.testing.assert_close(grid.nchw(scaled), grid.nchw(out) * keep[:, :, None, None])
+    if grid.layout == "tokens":
+        torch.testing.assert_close(scaled[:, :1], out[:, :1] * keep[:, None, :])
+
+
+@pytest.mark.parametrize("name, layer", [("vit", "encoder.layers.encoder_layer_1.ln_1"), ("swin", "features.3.1")])
+def test_ablationcam_on_token_and_channels_last_layers(transformers: dict[str, nn.Module], name: str,
+                                                       layer: str) -> None:
+    model = transformers[name]
+    before = snapshot(model)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    out = galleryvis.attribute(model, x, "ablationcam", [1, 2], layer=layer)
+    assert_unchanged(model, before)
+    assert out.shape == (2, 1, 64, 64) and torch.isfinite(out).all() and out.amax((1, 2, 3)).gt(0).all()
 
 
 def test_channels_last_is_read_as_channels_last(transformers: dict[str, nn.Module]) -> None:

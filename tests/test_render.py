@@ -437,6 +437,15 @@ def test_sparkline_ignores_non_finite_values():
     assert line is not None and line.points == "1.0,9.0 5.0,9.0 9.0,9.0" and line.steps == 3
 
 
+def test_a_registry_group_gets_its_own_table(tmp_path):
+    gallery = make_gallery(tmp_path)
+    first = replace(gallery.techniques[0], group="perturbation")
+    site = render.SiteModel(replace(gallery, techniques=[first, *gallery.techniques[1:]]))
+    assert ("perturbation", [first]) in site.families()
+    assert all(first not in techs for group, techs in site.families() if group != "perturbation")
+    assert render.FAMILY_TITLES["perturbation"] == "Perturbation and Shapley"
+
+
 def test_technique_description_prefers_the_markdown_file():
     folder = resources.files("galleryvis.templates").joinpath("techniques")
     for name in ["vanilla", "gradcam", "no_such_technique", "../base.html"]:

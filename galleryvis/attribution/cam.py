@@ -22,12 +22,12 @@ def _layer(ctx: Context, layer: str, mode: str = "plain") -> tuple[Tensor, Tenso
     return grid.nchw(p.acts[layer]), grid.nchw(p.grads[layer])
 
 
-def _acts(ctx: Context, layer: str) -> Tensor:
+def layer_acts(ctx: Context, layer: str) -> Tensor:
     """The layer's activations on the image's grid, (N, C, h, w), from the shared forward."""
     return ctx.grid(layer).nchw(ctx.forward().acts[layer])
 
 
-def _weighted(acts: Tensor, weights: Tensor) -> Tensor:
+def weighted_cam(acts: Tensor, weights: Tensor) -> Tensor:
     """ReLU of the channel sum of weights * activations, the sum starting from zeros (paper)."""
     return F.relu((weights * acts).sum(1, keepdim=True))
 
@@ -38,7 +38,7 @@ def _weighted(acts: Tensor, weights: Tensor) -> Tensor:
 def gradcam(ctx: Context, *, layer: str) -> Tensor:
     """ReLU(sum_k mean(dy/dA_k) A_k)."""
     a, g = _layer(ctx, layer)
-    return _weighted(a, g.mean((2, 3), keepdim=True))
+    return weighted_cam(a, g.mean((2, 3), keepdim=True))
 
 
 @technique("gradcam_pp", output="cam", layer="one", title="Grad-CAM++", needs=("layer_grad",),
@@ -51,7 +51,7 @@ def gradcam_pp(ctx: Context, *, layer: str) -> Tensor:
     denom = 2 * g2 + a.sum((2, 3), keepdim=True) * g3
     alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
     alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
-    return _weighted(a, (alpha * F.relu(g)).sum((2, 3), keepdim=True))
+    return weighted_cam(a, (alpha * F.relu(g)).sum((2, 3), keepdim=True))
 
 
 @technique("xgradcam", output="cam", layer="one", title="XGrad-CAM", needs=("layer_grad",),
@@ -61,7 +61,7 @@ def xgradcam(ctx: Context, *, layer: str) -> Tensor:
     """Weights sum_ij g_ij A_ij / (sum_ij A_ij + eps)."""
     a, g = _layer(ctx, layer)
     w = (g * a).sum((2, 3), keepdim=True) / (a.sum((2, 3), keepdim=True) + 1e-7)
-    return _weighted(a, w)
+    return weighted_cam(a, w)
 
 
 @technique("hirescam", output="cam", layer="one", title="HiResCAM", needs=("layer_grad",),
@@ -102,7 +102,7 @@ def _minmax(m: Tensor) -> Tensor:
 def eigencam(ctx: Context, *, layer: str) -> Tensor:
     """First right-singular vector of the centred (HW x C) activation matrix, sign chosen so the
     map correlates positively with the channel-summed activations, then ReLU."""
-    a = _acts(ctx, layer)
+    a = layer_acts(ctx, layer)
     n, c, h, w = a.shape
     flat = a.permute(0, 2, 3, 1).reshape(n, h * w, c).float()
     centred = flat - flat.mean(1, keepdim=True)
@@ -124,7 +124,7 @@ def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
     as the official code does. ``weighting="gradcam"`` reproduces pytorch-grad-cam: corner-aligned
     upsampling of the masks, every channel, a softmax of the raw target logits across channels,
     and the ReLU at the layer's resolution. Masks are built ``batch_size`` at a time, never all."""
-    acts = _acts(ctx, layer)
+    acts = layer_acts(ctx, layer)
     paper = weighting == "paper"
     size = ctx.x.shape[-2:]
     weights = torch.zeros(acts.shape[:2], device=acts.device)

@@ -68,7 +68,7 @@ def smoothgrad(ctx: Context, *, samples: int = 50, sigma: float = 0.15, base: st
         std = sigma * float(xi.max() - xi.min())
         total = torch.zeros_like(xi)
         total_sq = torch.zeros_like(xi)
-        for n in _chunks(samples, ctx.batch_size):
+        for n in chunk_sizes(samples, ctx.batch_size):
             noise = torch.randn((n, *xi.shape), generator=gen).to(xi.device, xi.dtype) * std
             g = ctx.input_grad(xi[None] + noise, ti.repeat(n), mode)
             total += g.sum(0)
@@ -78,7 +78,7 @@ def smoothgrad(ctx: Context, *, samples: int = 50, sigma: float = 0.15, base: st
     return torch.stack(out)
 
 
-def _chunks(total: int, size: int) -> list[int]:
+def chunk_sizes(total: int, size: int) -> list[int]:
     """Chunk sizes covering ``total`` items, ``size`` at most each."""
     return [min(size, total - i) for i in range(0, total, size)]
 
@@ -98,7 +98,9 @@ def _alphas(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
     return (np.arange(steps) + offset) / steps, np.full(steps, 1 / steps)
 
 
-def _baseline(ctx: Context, x: Tensor, baseline: object) -> Tensor:
+def baseline_image(ctx: Context, x: Tensor, baseline: object) -> Tensor:
+    """The reference image for ``x`` (N, C, H, W): a tensor as given (normalized, broadcast),
+    ``"zero"`` (zeros of the normalized input), ``"black"`` (pixel value 0) or ``"blur"``."""
     if isinstance(baseline, Tensor):
         return baseline.to(x.device, x.dtype).expand_as(x)
     if baseline == "zero":
@@ -133,10 +135,10 @@ def _path_average(ctx: Context, steps: int, baseline: object, method: str) -> Te
     alphas, weights = _alphas(steps, method)
     out = []
     for xi, ti in zip(ctx.x, ctx.target):
-        base = _baseline(ctx, xi[None], baseline)[0]
+        base = baseline_image(ctx, xi[None], baseline)[0]
         avg = torch.zeros_like(xi)
         start = 0
-        for n in _chunks(steps, ctx.batch_size):
+        for n in chunk_sizes(steps, ctx.batch_size):
             a = torch.tensor(alphas[start:start + n], dtype=xi.dtype, device=xi.device)[:, None, None, None]
             w = torch.tensor(weights[start:start + n], dtype=xi.dtype, device=xi.device)[:, None, None, None]
             avg += (ctx.input_grad(base + a * (xi - base), ti.repeat(n)) * w).sum(0)

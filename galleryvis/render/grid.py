@@ -20,7 +20,8 @@ SANITY_THRESHOLD = 0.5
 #: Section titles of the technique groups, in page order; others follow, title-cased. Attribution
 #: techniques are grouped by how they are drawn (their registry kind), so no table grows too tall.
 FAMILY_TITLES = {"gradient": "Gradients", "cam": "Class activation maps",
-                 "signed": "Signed attributions", "attribution": "Attribution maps",
+                 "signed": "Signed attributions", "perturbation": "Perturbation and Shapley",
+                 "attribution": "Attribution maps",
                  "synthesis": "Feature visualization"}
 
 
@@ -213,11 +214,11 @@ class SiteModel:
         self.sanity_threshold = float(threshold) if isinstance(threshold, (int, float)) else SANITY_THRESHOLD
 
     def families(self) -> list[tuple[str, list[TechniqueRecord]]]:
-        """Techniques grouped by family (attribution split by kind): known groups first, then the
-        rest by first appearance."""
+        """Techniques grouped by their registry group, else by family (attribution split by kind):
+        known groups first, then the rest by first appearance."""
         groups: dict[str, list[TechniqueRecord]] = {}
         for t in self.g.techniques:
-            group = t.kind if t.family == "attribution" and t.kind in FAMILY_TITLES else t.family
+            group = t.group or (t.kind if t.family == "attribution" and t.kind in FAMILY_TITLES else t.family)
             groups.setdefault(group, []).append(t)
         order = [f for f in FAMILY_TITLES if f in groups] + [f for f in groups if f not in FAMILY_TITLES]
         return [(f, groups[f]) for f in order]
