@@ -98,7 +98,9 @@ def _alphas(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
     return (np.arange(steps) + offset) / steps, np.full(steps, 1 / steps)
 
 
-def _baseline(ctx: Context, x: Tensor, baseline: object) -> Tensor:
+def baseline_like(ctx: Context, x: Tensor, baseline: object) -> Tensor:
+    """The ``baseline`` image for ``x`` (N, C, H, W): a given tensor (normalized), ``"zero"``
+    (zeros of the normalized input), ``"black"`` (in the model's own normalization) or ``"blur"``."""
     if isinstance(baseline, Tensor):
         return baseline.to(x.device, x.dtype).expand_as(x)
     if baseline == "zero":
@@ -124,7 +126,7 @@ def integrated_gradients(ctx: Context, *, steps: int = 50, baseline: str = "zero
     alphas, weights = _alphas(steps, method)
     out = []
     for xi, ti in zip(ctx.x, ctx.target):
-        base = _baseline(ctx, xi[None], baseline)[0]
+        base = baseline_like(ctx, xi[None], baseline)[0]
         avg = torch.zeros_like(xi)
         start = 0
         for n in _chunks(steps, ctx.batch_size):

@@ -1,0 +1,212 @@
+"""The Shapley family: KernelSHAP and LIME over image segments, and DeepLIFT (rescale rule).
+
+KernelSHAP and LIME switch segments (a regular grid of cells, or SLIC superpixels) between the
+image and a baseline, run the coalitions under ``torch.inference_mode`` in chunks of
+``ctx.batch_size`` (one image's coalitions per chunk, each image with its own seeded generator,
+so a map never depends on the other images of the call), and fit the target logit. Their maps
+are (N, 1, H, W), constant within a segment. DeepLIFT runs each image and its baseline in one
+forward and backpropagates difference quotients through every nonlinearity.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..engine import Context, fast_layout
+from ..hooks import RELU_FAMILY, output_rule
+from ..registry import technique
+from .gradients import baseline_like
+
+FEATURES = ("grid", "slic")
+#: ``fit(f, m, samples, f_image, f_baseline, generator)`` -> (m,) one value per segment, ``f``
+#: the target logit of a batch of (S, m) bool coalitions.
+Fit = Callable[[Callable[[Tensor], Tensor], int, int, Tensor, Tensor, torch.Generator], Tensor]
+BASELINES = ("zero", "black", "blur")
+
+
+def grid_segments(height: int, width: int, segments: int, device: torch.device | None = None) -> Tensor:
+    """(H, W) labels of a regular k x k grid of equal cells, k = sqrt(``segments``), row-major."""
+    k = math.isqrt(segments) if segments > 0 else 0
+    if k * k != segments or not 1 <= k <= min(height, width):
+        raise ValueError(f"features='grid' needs a square number of segments (4, 9, ..., at most one cell per "
+                         f"pixel), got segments={segments}")
+    rows = torch.arange(height, device=device) * k // height
+    cols = torch.arange(width, device=device) * k // width
+    return rows[:, None] * k + cols[None, :]
+
+
+def slic_segments(ctx: Context, xi: Tensor, segments: int) -> Tensor:
+    """(H, W) labels 0 ... M-1 of scikit-image's SLIC superpixels (about ``segments`` of them)
+    of image ``xi`` (C, H, W), read back in [0, 1] through the model's own normalization."""
+    try:
+        from skimage.segmentation import slic
+    except ImportError:
+        raise ImportError("features='slic' needs scikit-image: pip install 'galleryvis[slic]'") from None
+    rgb = (xi - ctx.pixel_value(0.0)[0]) / (ctx.pixel_value(1.0) - ctx.pixel_value(0.0))[0]
+    rgb = rgb.clamp(0, 1).permute(1, 2, 0).double().cpu().numpy()
+    labels = slic(rgb, n_segments=segments, compactness=10, start_label=0, channel_axis=-1)
+    _, dense = np.unique(labels, return_inverse=True)
+    return torch.from_numpy(dense.reshape(labels.shape)).to(xi.device)
+
+
+def _segments(ctx: Context, xi: Tensor, features: str, segments: int) -> Tensor:
+    if features == "slic":
+        return slic_segments(ctx, xi, segments)
+    return grid_segments(xi.shape[-2], xi.shape[-1], segments, xi.device)
+
+
+def _coalition_logits(ctx: Context, xi: Tensor, ti: Tensor, base: Tensor, labels: Tensor, z: Tensor) -> Tensor:
+    """Target logit (S,) of image ``xi`` with the segments where ``z`` (S, M) is False taken
+    from ``base``: ``ctx.batch_size`` coalitions per forward, under inference mode."""
+    out = []
+    with torch.inference_mode():
+        for zs in z.split(ctx.batch_size):
+            keep = zs.to(labels.device)[:, labels][:, None]  # (s, 1, H, W)
+            out.append(ctx.logits(fast_layout(torch.where(keep, xi, base)))[:, ti].double().cpu())
+    return torch.cat(out)
+
+
+def _explain_segments(ctx: Context, features: str, segments: int, samples: int, baseline: object, seed: int,
+                      fit: Fit) -> Tensor:
+    """For each image: its segments, ``fit``'s value per segment painted onto them; (N, 1, H, W)."""
+    if samples < 1 or segments < 1:
+        raise ValueError("samples and segments must be >= 1")
+    full = ctx.forward().logits.gather(1, ctx.target[:, None])[:, 0].double().cpu()
+    out = []
+    for xi, ti, fx in zip(ctx.x, ctx.target, full):
+        labels = _segments(ctx, xi, features, segments)
+        base = baseline_like(ctx, xi[None], baseline)[0]
+        m = int(labels.max()) + 1
+        gen = torch.Generator().manual_seed(seed)
+        f_base = _coalition_logits(ctx, xi, ti, base, labels, torch.zeros(1, m, dtype=torch.bool))[0]
+        values = fit(lambda z: _coalition_logits(ctx, xi, ti, base, labels, z), m, samples, fx, f_base, gen)
+        out.append(values.to(xi.device, xi.dtype)[labels][None])
+    return torch.stack(out)
+
+
+def shapley_coalitions(m: int, samples: int, generator: torch.Generator) -> Tensor:
+    """(samples, m) bool coalitions of 1 ... m-1 players, their size drawn with the Shapley
+    kernel's mass (m-1) / (s (m-s)) and each followed by its complement (paired sampling), so
+    the kernel-weighted regression is an unweighted one over the sample."""
+    sizes = torch.arange(1, m, dtype=torch.double)
+    mass = (m - 1) / (sizes * (m - sizes))
+    half = (samples + 1) // 2
+    s = 1 + torch.multinomial(mass / mass.sum(), half, replacement=True, generator=generator)
+    z = torch.rand(half, m, generator=generator).argsort(1) < s[:, None]  # s random players per row
+    return torch.cat([z, ~z])[:samples]
+
+
+def _kernel_shap_fit(f: Callable[[Tensor], Tensor], m: int, samples: int, fx: Tensor, f_base: Tensor, gen: torch.Generator) -> Tensor:
+    """Shapley-kernel least squares of f(z) - f(base) on z, constrained to sum to f(x) - f(base)
+    (efficiency) by eliminating the last player."""
+    delta = fx - f_base
+    if m == 1:
+        return delta[None]
+    z = shapley_coalitions(m, samples, gen)
+    y = f(z) - f_base
+    zd = z.double()
+    a = zd[:, :-1] - zd[:, -1:]
+    rest = torch.linalg.lstsq(a, (y - zd[:, -1] * delta)[:, None]).solution[:, 0]
+    return torch.cat([rest, (delta - rest.sum())[None]])
+
+
+@technique("kernel_shap", output="cam", kind="signed", title="KernelSHAP", needs=("forward", "passes"),
+           stochastic=True, choices={"features": FEATURES, "baseline": BASELINES},
+           paper="Lundberg & Lee 2017, https://arxiv.org/abs/1705.07874",
+           summary="Shapley values of image segments for the target logit, estimated by kernel-weighted regression.")
+def kernel_shap(ctx: Context, *, features: str = "grid", segments: int = 49, samples: int = 256,
+                baseline: str = "zero", seed: int = 0) -> Tensor:
+    """Each segment's Shapley value: ``samples`` coalitions (plus the baseline image) per image,
+    segments outside a coalition replaced by ``baseline``; the values sum to logit(x) - logit(baseline)."""
+    return _explain_segments(ctx, features, segments, samples, baseline, seed, _kernel_shap_fit)
+
+
+def _lime_fit(kernel_width: float) -> Fit:
+    def fit(f: Callable[[Tensor], Tensor], m: int, samples: int, fx: Tensor, f_base: Tensor, gen: torch.Generator) -> Tensor:
+        """Weighted least squares of f(z) on [1, z]; weights sqrt(exp(-d^2 / width^2)), d the
+        cosine distance of z to the whole image (which is row 0, as in the lime package)."""
+        z = torch.rand(samples, m, generator=gen) < 0.5
+        y = torch.cat([fx[None], f(z)])
+        zd = torch.cat([torch.ones(1, m, dtype=torch.double), z.double()])
+        on = zd.sum(1)
+        dist = 1 - on / torch.sqrt(on * m).clamp_min(1e-12)
+        root_w = torch.exp(-dist ** 2 / kernel_width ** 2).sqrt().sqrt()  # square root of each row's weight
+        design = torch.cat([torch.ones(len(zd), 1, dtype=torch.double), zd], 1)
+        return torch.linalg.lstsq(design * root_w[:, None], (y * root_w)[:, None]).solution[1:, 0]
+    return fit
+
+
+@technique("lime", output="cam", kind="signed", title="LIME", needs=("forward", "passes"), stochastic=True,
+           choices={"features": FEATURES, "baseline": BASELINES},
+           paper="Ribeiro et al. 2016, https://arxiv.org/abs/1602.04938",
+           summary="Coefficients of a locally weighted linear surrogate of the target logit over image segments.")
+def lime(ctx: Context, *, features: str = "grid", segments: int = 49, samples: int = 256, baseline: str = "zero",
+         kernel_width: float = 0.25, seed: int = 0) -> Tensor:
+    """Each segment's coefficient in a linear fit of the target logit over ``samples`` random
+    coalitions (each segment kept with probability 1/2, the rest replaced by ``baseline``),
+    weighted by an exponential kernel of ``kernel_width`` on the cosine distance."""
+    if not kernel_width > 0:
+        raise ValueError("lime: kernel_width must be > 0")
+    return _explain_segments(ctx, features, segments, samples, baseline, seed, _lime_fit(kernel_width))
+
+
+# -- DeepLIFT ------------------------------------------------------------------------------------
+#: Elementwise nonlinearities whose gradient DeepLIFT replaces by the difference quotient.
+ELEMENTWISE: tuple[type[nn.Module], ...] = RELU_FAMILY + (
+    nn.Sigmoid, nn.Tanh, nn.Softplus, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Mish)
+EPS = 1e-10
+
+
+def _gather(t: Tensor, index: Tensor) -> Tensor:
+    """``t`` (N, C, H, W) read at the flat spatial ``index`` (N, C, h, w) of a max pool."""
+    return t.flatten(2).gather(2, index.flatten(2)).view(index.shape)
+
+
+def rescale_rule(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    """``out`` of a batch [images; baselines], the images' half rewired so that its gradient is
+    DeepLIFT's multiplier (out - out_ref) / (in - in_ref), elementwise; a max pool hands each
+    window's output difference to the winning input of whichever half has the larger maximum
+    (captum's rule). Where the input difference is below :data:`EPS`, the plain gradient."""
+    n = inp.shape[0] // 2
+    if inp.shape[0] != 2 * n or out.shape[0] != inp.shape[0]:
+        raise ValueError(f"deeplift: {type(module).__name__} saw a batch of {inp.shape[0]}, not images + baselines")
+    x, ref, y, y_ref = inp[:n], inp[n:], out[:n], out[n:].detach()
+    dx = (x - ref).detach()
+    small = dx.abs() < EPS
+    probe = x - x.detach()  # zero, carries the gradient to x
+    scaled = torch.where(small, torch.zeros_like(probe), probe / torch.where(small, torch.ones_like(dx), dx))
+    if isinstance(module, nn.MaxPool2d):
+        pool = dict(kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
+                    dilation=module.dilation, ceil_mode=module.ceil_mode, return_indices=True)
+        _, win = F.max_pool2d(x.detach(), **pool)
+        _, win_ref = F.max_pool2d(ref.detach(), **pool)
+        top = torch.maximum(y, y_ref).detach()
+        plain = torch.where(small, probe, torch.zeros_like(probe))
+        first = (y.detach() + (top - y_ref) * _gather(scaled, win) + (y.detach() - top) * _gather(scaled, win_ref)
+                 + _gather(plain, win))
+    else:
+        first = torch.where(small, y, y.detach() + (y - y_ref).detach() * scaled)
+    return torch.cat([first, y_ref])
+
+
+@technique("deeplift", output="input", signed=True, kind="signed", title="DeepLIFT", needs=("passes",),
+           choices={"baseline": BASELINES},
+           paper="Shrikumar et al. 2017, https://arxiv.org/abs/1704.02685",
+           summary="Contributions of each input to the target logit's difference from a baseline (rescale rule).")
+def deeplift(ctx: Context, *, baseline: str = "zero") -> Tensor:
+    """(x - x') times the DeepLIFT multipliers of the rescale rule: one forward of the images and
+    their baselines together (``ctx.batch_size`` of both at most), one backward."""
+    out = []
+    for xs, ts in zip(ctx.x.split(max(1, ctx.batch_size // 2)), ctx.target.split(max(1, ctx.batch_size // 2))):
+        base = baseline_like(ctx, xs, baseline)
+        xs = xs.detach().requires_grad_(True)
+        with torch.enable_grad(), output_rule(ctx.model, ELEMENTWISE + (nn.MaxPool2d,), rescale_rule):
+            logits = ctx.logits(torch.cat([xs, base]))
+            (g,) = torch.autograd.grad(logits[:len(xs)].gather(1, ts[:, None]).sum(), xs)
+        out.append((xs.detach() - base) * g)
+    return torch.cat(out)
