@@ -172,10 +172,26 @@ CASES: dict[str, Case] = {c.key: c for c in [
         _seed(seed_style.scorecam, "seed-style loop (batch 1, autograd on)", layer=True),
         _peer(peers.gradcam_scorecam, "pytorch-grad-cam ScoreCAM", layer=True, batch=True),
     ), applies=_scorecam_applies, gradient=False),
+    Case("kernel_shap", lambda s: f"KernelSHAP, {s['shap_samples']} samples, {s['shap_segments']} grid cells", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
+             _ours_setting("kernel_shap", samples="shap_samples", segments="shap_segments")),
+        _peer(peers.captum_kernel_shap, "captum KernelShap", batch=True, samples="shap_samples",
+              segments="shap_segments"),
+    ), gradient=False, floor=lambda s: (s["shap_samples"] + 1, "forward_bs")),
+    Case("lime", lambda s: f"LIME, {s['shap_samples']} samples, {s['shap_segments']} grid cells", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
+             _ours_setting("lime", samples="shap_samples", segments="shap_segments")),
+        _peer(peers.captum_lime, "captum Lime", batch=True, samples="shap_samples", segments="shap_segments"),
+    ), gradient=False, floor=lambda s: (s["shap_samples"] + 1, "forward_bs")),
+    Case("deeplift", lambda s: "DeepLIFT, rescale rule, zero baseline", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_setting("deeplift")),
+        _peer(peers.captum_deeplift, "captum DeepLift"),
+    ), gradient=False, floor=lambda s: (2, "fwdbwd_b1")),
 ]}
 
 #: The order rows are printed in.
-ORDER = ("vanilla", "gradcam", "combination", "integrated_gradients", "smoothgrad", "lrp", "scorecam")
+ORDER = ("vanilla", "gradcam", "combination", "integrated_gradients", "smoothgrad", "lrp", "scorecam",
+         "kernel_shap", "lime", "deeplift")
 
 
 def input_gradient(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:

@@ -160,8 +160,9 @@ def _floor_row(floor: tuple[int, str], refs: dict[str, Any], ours: dict[str, Any
     gains beyond it: channels_last weights and inputs, batch-norm folding)."""
     passes, ref_key = floor
     t = passes * refs[ref_key]["per_image"]
-    batch = 1 if ref_key == "fwdbwd_b1" else settings["batch_size"]
-    what = "forward + input-gradient backward" if passes == 1 else f"{passes} × (forward + input-gradient backward)"
+    batch = 1 if ref_key.endswith("_b1") else settings["batch_size"]
+    kind = "forward" if ref_key.startswith("forward") else "forward + input-gradient backward"
+    what = kind if passes == 1 else f"{passes} × ({kind})"
     seed = next((r for r in rs if r["kind"] == "seed" and "per_image" in r), None)
     peer = min((r["per_image"] for r in rs if r["kind"] == "peer" and "per_image" in r), default=None)
     note = "; ".join(([f"seed-style ÷ this = {times(seed['per_image'] / t)}"] if seed else [])

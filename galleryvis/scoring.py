@@ -54,7 +54,8 @@ def task_count(jobs: list[Job], spec: MetricsSpec) -> int:
     if not spec.enabled:
         return 0
     names = {(j.model.id, j.tech.id): j.tech.name for j in jobs if j.family == "attribution"}
-    return sum(int(spec.deletion_insertion) + int(_sanity_wanted(spec, name)) for name in names.values())
+    return sum(int(spec.deletion_insertion) + int(spec.road) + int(_sanity_wanted(spec, name))
+               for name in names.values())
 
 
 def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch_size: int,
@@ -75,6 +76,10 @@ def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch
                     for name, (d, i) in _baseline_scores(ws, j, spec, cache, batch_size).items():
                         baselines[j.model.id][name].append((d, i))
             progress.step(1, f"{model_id}: deletion/insertion of {tech_id}")
+    if spec.road:
+        for (model_id, tech_id), group in groups.items():
+            _road(ws, group, spec, cache, batch_size)
+            progress.step(1, f"{model_id}: ROAD of {tech_id}")
     for (model_id, tech_id), group in groups.items():
         if _sanity_wanted(spec, group[0].tech.name):
             _sanity(ws, group, spec, cache, batch_size)
@@ -103,6 +108,28 @@ def _deletion_insertion(ws: Workspace, group: list[Job], spec: MetricsSpec, cach
             curves = _curves(res, n)
             cache.put(key, curves, {"protocol": res.protocol})
             _attach(j, curves)
+
+
+def _road(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, batch_size: int) -> None:
+    """``road_morf`` and ``road_lerf`` of every job of one (model, technique), through the cache."""
+    adapter = ws.adapter(group[0])
+    for order in ("morf", "lerf"):
+        keys = [cache_key(kind="road", map=j.key, percentile=spec.road_percentile, order=order) for j in group]
+        entries = [cache.get(k) for k in keys]
+        values = [None if e is None else float(e.array[0]) for e in entries]
+        todo = [i for i, v in enumerate(values) if v is None]
+        if todo:
+            jobs = [group[i] for i in todo]
+            maps = torch.from_numpy(np.stack([j.result for j in jobs]).astype(np.float32))
+            fresh = metrics.road(adapter.model, ws.inputs(jobs).to(adapter.device), maps.to(adapter.device),
+                                 [j.target for j in jobs], percentile=spec.road_percentile, order=order,  # type: ignore[arg-type]
+                                 rank_by=_rank_by(jobs[0].tech.name), batch_size=batch_size)  # type: ignore[arg-type]
+            for i, v in zip(todo, fresh):
+                cache.put(keys[i], np.array([v], dtype=np.float32),
+                          {"protocol": f"ROAD {order}, {spec.road_percentile:g}% of the pixels removed"})
+                values[i] = float(np.float32(v))
+        for j, v in zip(group, values):
+            j.metrics[f"road_{order}"] = round(v, 4)  # type: ignore[arg-type]
 
 
 def _curves(res: metrics.DeletionInsertion, n: int) -> np.ndarray:

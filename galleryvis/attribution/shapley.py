@@ -23,10 +23,11 @@ from ..registry import technique
 from .gradients import baseline_like
 
 FEATURES = ("grid", "slic")
-#: ``fit(f, m, samples, f_image, f_baseline, generator)`` -> (m,) one value per segment, ``f``
-#: the target logit of a batch of (S, m) bool coalitions.
-Fit = Callable[[Callable[[Tensor], Tensor], int, int, Tensor, Tensor, torch.Generator], Tensor]
 BASELINES = ("zero", "black", "blur")
+#: ``sample(m, samples, generator)`` -> (S, m) bool coalitions of m segments.
+Sample = Callable[[int, int, torch.Generator], Tensor]
+#: ``solve(z, f_z, f_image, f_baseline)`` -> (m,) one value per segment, from the target logits.
+Solve = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 def grid_segments(height: int, width: int, segments: int, device: torch.device | None = None) -> Tensor:
@@ -72,20 +73,21 @@ def _coalition_logits(ctx: Context, xi: Tensor, ti: Tensor, base: Tensor, labels
 
 
 def _explain_segments(ctx: Context, features: str, segments: int, samples: int, baseline: object, seed: int,
-                      fit: Fit) -> Tensor:
-    """For each image: its segments, ``fit``'s value per segment painted onto them; (N, 1, H, W)."""
+                      sample: Sample, solve: Solve) -> Tensor:
+    """For each image: its segments, ``sample``'s coalitions evaluated together with the
+    baseline (no segment) and the image (every segment), ``solve``'s value per segment
+    painted onto them; (N, 1, H, W)."""
     if samples < 1 or segments < 1:
         raise ValueError("samples and segments must be >= 1")
-    full = ctx.forward().logits.gather(1, ctx.target[:, None])[:, 0].double().cpu()
     out = []
-    for xi, ti, fx in zip(ctx.x, ctx.target, full):
+    for xi, ti in zip(ctx.x, ctx.target):
         labels = _segments(ctx, xi, features, segments)
         base = baseline_like(ctx, xi[None], baseline)[0]
         m = int(labels.max()) + 1
-        gen = torch.Generator().manual_seed(seed)
-        f_base = _coalition_logits(ctx, xi, ti, base, labels, torch.zeros(1, m, dtype=torch.bool))[0]
-        values = fit(lambda z: _coalition_logits(ctx, xi, ti, base, labels, z), m, samples, fx, f_base, gen)
-        out.append(values.to(xi.device, xi.dtype)[labels][None])
+        z = sample(m, samples, torch.Generator().manual_seed(seed))
+        ends = torch.stack([torch.zeros(m, dtype=torch.bool), torch.ones(m, dtype=torch.bool)])
+        f = _coalition_logits(ctx, xi, ti, base, labels, torch.cat([ends, z]))
+        out.append(solve(z, f[2:], f[1], f[0]).to(xi.device, xi.dtype)[labels][None])
     return torch.stack(out)
 
 
@@ -95,53 +97,59 @@ def shapley_coalitions(m: int, samples: int, generator: torch.Generator) -> Tens
     the kernel-weighted regression is an unweighted one over the sample."""
     sizes = torch.arange(1, m, dtype=torch.double)
     mass = (m - 1) / (sizes * (m - sizes))
+    if m == 1:
+        return torch.zeros(0, 1, dtype=torch.bool)  # one player: its value is the whole change
     half = (samples + 1) // 2
     s = 1 + torch.multinomial(mass / mass.sum(), half, replacement=True, generator=generator)
     z = torch.rand(half, m, generator=generator).argsort(1) < s[:, None]  # s random players per row
     return torch.cat([z, ~z])[:samples]
 
 
-def _kernel_shap_fit(f: Callable[[Tensor], Tensor], m: int, samples: int, fx: Tensor, f_base: Tensor, gen: torch.Generator) -> Tensor:
-    """Shapley-kernel least squares of f(z) - f(base) on z, constrained to sum to f(x) - f(base)
-    (efficiency) by eliminating the last player."""
+def _kernel_shap_solve(z: Tensor, f_z: Tensor, fx: Tensor, f_base: Tensor) -> Tensor:
+    """Least squares of f(z) - f(base) on z (the sample already follows the Shapley kernel),
+    constrained to sum to f(x) - f(base) (efficiency) by eliminating the last player."""
     delta = fx - f_base
-    if m == 1:
+    if z.shape[1] == 1:
         return delta[None]
-    z = shapley_coalitions(m, samples, gen)
-    y = f(z) - f_base
     zd = z.double()
     a = zd[:, :-1] - zd[:, -1:]
-    rest = torch.linalg.lstsq(a, (y - zd[:, -1] * delta)[:, None]).solution[:, 0]
+    rest = torch.linalg.lstsq(a, (f_z - f_base - zd[:, -1] * delta)[:, None]).solution[:, 0]
     return torch.cat([rest, (delta - rest.sum())[None]])
 
 
-@technique("kernel_shap", output="cam", kind="signed", title="KernelSHAP", needs=("forward", "passes"),
+@technique("kernel_shap", output="cam", kind="signed", title="KernelSHAP", needs=("passes",),
            stochastic=True, choices={"features": FEATURES, "baseline": BASELINES},
            paper="Lundberg & Lee 2017, https://arxiv.org/abs/1705.07874",
            summary="Shapley values of image segments for the target logit, estimated by kernel-weighted regression.")
 def kernel_shap(ctx: Context, *, features: str = "grid", segments: int = 49, samples: int = 256,
                 baseline: str = "zero", seed: int = 0) -> Tensor:
-    """Each segment's Shapley value: ``samples`` coalitions (plus the baseline image) per image,
+    """Each segment's Shapley value: ``samples`` coalitions (plus the image and its baseline),
     segments outside a coalition replaced by ``baseline``; the values sum to logit(x) - logit(baseline)."""
-    return _explain_segments(ctx, features, segments, samples, baseline, seed, _kernel_shap_fit)
+    return _explain_segments(ctx, features, segments, samples, baseline, seed, shapley_coalitions,
+                             _kernel_shap_solve)
 
 
-def _lime_fit(kernel_width: float) -> Fit:
-    def fit(f: Callable[[Tensor], Tensor], m: int, samples: int, fx: Tensor, f_base: Tensor, gen: torch.Generator) -> Tensor:
-        """Weighted least squares of f(z) on [1, z]; weights sqrt(exp(-d^2 / width^2)), d the
-        cosine distance of z to the whole image (which is row 0, as in the lime package)."""
-        z = torch.rand(samples, m, generator=gen) < 0.5
-        y = torch.cat([fx[None], f(z)])
+def lime_coalitions(m: int, samples: int, generator: torch.Generator) -> Tensor:
+    """(samples, m) bool coalitions, each segment kept with probability 1/2 (the lime package's)."""
+    return torch.rand(samples, m, generator=generator) < 0.5
+
+
+def _lime_solve(kernel_width: float) -> Solve:
+    def solve(z: Tensor, f_z: Tensor, fx: Tensor, f_base: Tensor) -> Tensor:  # noqa: ARG001
+        """Weighted least squares of f(z) on [1, z], the whole image as row 0 (as in the lime
+        package); weights sqrt(exp(-d^2 / width^2)), d the cosine distance of z to the image."""
+        m = z.shape[1]
+        y = torch.cat([fx[None], f_z])
         zd = torch.cat([torch.ones(1, m, dtype=torch.double), z.double()])
         on = zd.sum(1)
         dist = 1 - on / torch.sqrt(on * m).clamp_min(1e-12)
         root_w = torch.exp(-dist ** 2 / kernel_width ** 2).sqrt().sqrt()  # square root of each row's weight
         design = torch.cat([torch.ones(len(zd), 1, dtype=torch.double), zd], 1)
         return torch.linalg.lstsq(design * root_w[:, None], (y * root_w)[:, None]).solution[1:, 0]
-    return fit
+    return solve
 
 
-@technique("lime", output="cam", kind="signed", title="LIME", needs=("forward", "passes"), stochastic=True,
+@technique("lime", output="cam", kind="signed", title="LIME", needs=("passes",), stochastic=True,
            choices={"features": FEATURES, "baseline": BASELINES},
            paper="Ribeiro et al. 2016, https://arxiv.org/abs/1602.04938",
            summary="Coefficients of a locally weighted linear surrogate of the target logit over image segments.")
@@ -152,7 +160,8 @@ def lime(ctx: Context, *, features: str = "grid", segments: int = 49, samples: i
     weighted by an exponential kernel of ``kernel_width`` on the cosine distance."""
     if not kernel_width > 0:
         raise ValueError("lime: kernel_width must be > 0")
-    return _explain_segments(ctx, features, segments, samples, baseline, seed, _lime_fit(kernel_width))
+    return _explain_segments(ctx, features, segments, samples, baseline, seed, lime_coalitions,
+                             _lime_solve(kernel_width))
 
 
 # -- DeepLIFT ------------------------------------------------------------------------------------
