@@ -10,7 +10,7 @@ forward and backpropagates difference quotients through every nonlinearity.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -95,10 +95,10 @@ def shapley_coalitions(m: int, samples: int, generator: torch.Generator) -> Tens
     """(samples, m) bool coalitions of 1 ... m-1 players, their size drawn with the Shapley
     kernel's mass (m-1) / (s (m-s)) and each followed by its complement (paired sampling), so
     the kernel-weighted regression is an unweighted one over the sample."""
-    sizes = torch.arange(1, m, dtype=torch.double)
-    mass = (m - 1) / (sizes * (m - sizes))
     if m == 1:
         return torch.zeros(0, 1, dtype=torch.bool)  # one player: its value is the whole change
+    sizes = torch.arange(1, m, dtype=torch.double)
+    mass = (m - 1) / (sizes * (m - sizes))
     half = (samples + 1) // 2
     s = 1 + torch.multinomial(mass / mass.sum(), half, replacement=True, generator=generator)
     z = torch.rand(half, m, generator=generator).argsort(1) < s[:, None]  # s random players per row
@@ -171,36 +171,75 @@ ELEMENTWISE: tuple[type[nn.Module], ...] = RELU_FAMILY + (
 EPS = 1e-10
 
 
-def _gather(t: Tensor, index: Tensor) -> Tensor:
-    """``t`` (N, C, H, W) read at the flat spatial ``index`` (N, C, h, w) of a max pool."""
-    return t.flatten(2).gather(2, index.flatten(2)).view(index.shape)
+class _Multiplied(torch.autograd.Function):
+    """Forward: ``out`` unchanged. Backward: the incoming gradient goes to ``inp`` times ``m``
+    (the module's own derivative is skipped)."""
+
+    @staticmethod
+    def forward(ctx: Any, inp: Tensor, out: Tensor, m: Tensor) -> Tensor:  # noqa: ARG004
+        ctx.save_for_backward(m)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (m,) = ctx.saved_tensors
+        return grad * m, None, None
+
+
+class _Pooled(torch.autograd.Function):
+    """Forward: a max pool's ``out`` unchanged. Backward, for the images' half: each window's
+    gradient times its output difference ``d`` / ``d_ref`` goes to the winner ``win`` /
+    ``win_ref`` of the image's / the baseline's window, divided by the input difference ``dx``;
+    where ``small``, the plain max-pool gradient. The baselines' half gets none."""
+
+    @staticmethod
+    def forward(ctx: Any, inp: Tensor, out: Tensor, win: Tensor, win_ref: Tensor, d: Tensor, d_ref: Tensor,  # noqa: ARG004
+                dx: Tensor, small: Tensor) -> Tensor:
+        ctx.save_for_backward(win, win_ref, d, d_ref, dx, small)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        win, win_ref, d, d_ref, dx, small = ctx.saved_tensors
+        g = grad[:len(dx)]
+
+        def unpool(values: Tensor, index: Tensor) -> Tensor:
+            return torch.zeros_like(dx).flatten(2).scatter_add_(2, index.flatten(2), values.flatten(2)).view_as(dx)
+
+        moved = unpool(g * d, win) + unpool(g * d_ref, win_ref)
+        gx = torch.where(small, unpool(g, win), moved / torch.where(small, torch.ones_like(dx), dx))
+        return (torch.cat([gx, torch.zeros_like(gx)]),) + (None,) * 7
 
 
 def rescale_rule(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
-    """``out`` of a batch [images; baselines], the images' half rewired so that its gradient is
-    DeepLIFT's multiplier (out - out_ref) / (in - in_ref), elementwise; a max pool hands each
-    window's output difference to the winning input of whichever half has the larger maximum
-    (captum's rule). Where the input difference is below :data:`EPS`, the plain gradient."""
+    """``out`` of a batch [images; baselines] with the backward of DeepLIFT's rescale rule for the
+    images' half: the multiplier (out - out_ref) / (in - in_ref), elementwise; a max pool hands
+    each window's output difference to the winning input of whichever half has the larger
+    maximum (captum's rule). Where the input difference is below :data:`EPS`, the plain
+    derivative. The baselines' half gets no gradient (nothing upstream needs it)."""
     n = inp.shape[0] // 2
     if inp.shape[0] != 2 * n or out.shape[0] != inp.shape[0]:
         raise ValueError(f"deeplift: {type(module).__name__} saw a batch of {inp.shape[0]}, not images + baselines")
-    x, ref, y, y_ref = inp[:n], inp[n:], out[:n], out[n:].detach()
-    dx = (x - ref).detach()
-    small = dx.abs() < EPS
-    probe = x - x.detach()  # zero, carries the gradient to x
-    scaled = torch.where(small, torch.zeros_like(probe), probe / torch.where(small, torch.ones_like(dx), dx))
+    with torch.no_grad():
+        x, ref, y, y_ref = inp[:n], inp[n:], out[:n], out[n:]
+        dx = x - ref
+        small = dx.abs() < EPS
+        if isinstance(module, nn.MaxPool2d):
+            pool = dict(kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
+                        dilation=module.dilation, ceil_mode=module.ceil_mode, return_indices=True)
+            win, win_ref = F.max_pool2d(x, **pool)[1], F.max_pool2d(ref, **pool)[1]
+            top = torch.maximum(y, y_ref)
+            pooled = (win, win_ref, top - y_ref, y - top, dx, small)
+        else:
+            m = torch.zeros_like(out)  # the baselines' half: 0
+            any_small = bool(small.any())
+            torch.div(y - y_ref, dx.masked_fill_(small, 1.0) if any_small else dx, out=m[:n])
     if isinstance(module, nn.MaxPool2d):
-        pool = dict(kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
-                    dilation=module.dilation, ceil_mode=module.ceil_mode, return_indices=True)
-        _, win = F.max_pool2d(x.detach(), **pool)
-        _, win_ref = F.max_pool2d(ref.detach(), **pool)
-        top = torch.maximum(y, y_ref).detach()
-        plain = torch.where(small, probe, torch.zeros_like(probe))
-        first = (y.detach() + (top - y_ref) * _gather(scaled, win) + (y.detach() - top) * _gather(scaled, win_ref)
-                 + _gather(plain, win))
-    else:
-        first = torch.where(small, y, y.detach() + (y - y_ref).detach() * scaled)
-    return torch.cat([first, y_ref])
+        return _Pooled.apply(inp, out, *pooled)
+    if any_small:  # the derivative itself there (module.forward: no hooks again)
+        _, slope = torch.func.jvp(module.forward, (x.detach(),), (torch.ones_like(x),))
+        m[:n] = torch.where(small, slope.detach(), m[:n])
+    return _Multiplied.apply(inp, out, m)
 
 
 @technique("deeplift", output="input", signed=True, kind="signed", title="DeepLIFT", needs=("passes",),
