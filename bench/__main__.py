@@ -23,11 +23,13 @@ SECTIONS = ("attribution", "metrics", "synthesis", "rebuild")
 
 FULL = {"size": 224, "repeats": 5, "budget": 3.0, "images": 1,
         "settings": {"ig_steps": 100, "sg_samples": 50, "sg_sigma": 0.15, "syn_steps": 10,
-                     "occ_window": 32, "occ_stride": 16, "rise_masks": 1000, "gs_samples": 50, "gs_stdev": 0.1},
+                     "occ_window": 32, "occ_stride": 16, "rise_masks": 1000, "gs_samples": 50, "gs_stdev": 0.1,
+                     "shap_samples": 256, "shap_segments": 49},
         "cases": list(ORDER)}
 QUICK = {"size": 112, "repeats": 2, "budget": 1.0, "images": 1,
          "settings": {"ig_steps": 8, "sg_samples": 4, "sg_sigma": 0.15, "syn_steps": 3,
-                      "occ_window": 32, "occ_stride": 16, "rise_masks": 32, "gs_samples": 4, "gs_stdev": 0.1},
+                      "occ_window": 32, "occ_stride": 16, "rise_masks": 32, "gs_samples": 4, "gs_stdev": 0.1,
+                      "shap_samples": 16, "shap_segments": 16},
          "cases": [c for c in ORDER if c not in PER_CHANNEL]}
 
 

@@ -212,11 +212,27 @@ CASES: dict[str, Case] = {c.key: c for c in [
         _peer(peers.captum_gradient_shap, "captum GradientShap (no batch setting)", samples="gs_samples",
               stdev="gs_stdev"),
     ), gradient=False, floor=lambda s: (s["gs_samples"], "fwdbwd_bs")),
+    Case("kernel_shap", lambda s: f"KernelSHAP, {s['shap_samples']} samples, {s['shap_segments']} grid cells", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
+             _ours_setting("kernel_shap", samples="shap_samples", segments="shap_segments")),
+        *_peer_sweep(peers.captum_kernel_shap, "captum KernelShap, perturbations_per_eval", samples="shap_samples",
+                     segments="shap_segments"),
+    ), gradient=False, floor=lambda s: (s["shap_samples"] + 1, "forward_bs")),
+    Case("lime", lambda s: f"LIME, {s['shap_samples']} samples, {s['shap_segments']} grid cells", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
+             _ours_setting("lime", samples="shap_samples", segments="shap_segments")),
+        *_peer_sweep(peers.captum_lime, "captum Lime, perturbations_per_eval", samples="shap_samples",
+                     segments="shap_segments"),
+    ), gradient=False, floor=lambda s: (s["shap_samples"] + 1, "forward_bs")),
+    Case("deeplift", lambda s: "DeepLIFT, rescale rule, zero baseline", (
+        Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_setting("deeplift")),
+        _peer(peers.captum_deeplift, "captum DeepLift"),
+    ), gradient=False, floor=lambda s: (2, "fwdbwd_b1")),
 ]}
 
 #: The order rows are printed in.
 ORDER = ("vanilla", "gradcam", "combination", "integrated_gradients", "smoothgrad", "lrp", "scorecam",
-         "occlusion", "rise", "ablationcam", "gradient_shap")
+         "occlusion", "rise", "ablationcam", "gradient_shap", "kernel_shap", "lime", "deeplift")
 
 
 def input_gradient(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:

@@ -117,6 +117,53 @@ def captum_lrp(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
     return LRP(model).attribute(x, target=targets)
 
 
+def _grid_mask(x: Tensor, segments: int) -> Tensor:
+    """galleryvis's grid of ``segments`` cells as a captum feature mask, (1, 1, H, W)."""
+    from galleryvis.attribution.shapley import grid_segments
+
+    return grid_segments(x.shape[-2], x.shape[-1], segments, x.device)[None, None]
+
+
+def captum_kernel_shap(model: nn.Module, x: Tensor, targets: list[int], samples: int, segments: int,
+                       batch_size: int) -> Tensor:
+    """KernelShap over the same grid cells, ``perturbations_per_eval`` = the bench's batch."""
+    _need("captum")
+    from captum.attr import KernelShap
+
+    return KernelShap(model).attribute(x, baselines=0.0, target=targets, feature_mask=_grid_mask(x, segments),
+                                       n_samples=samples, perturbations_per_eval=batch_size)
+
+
+def captum_lime(model: nn.Module, x: Tensor, targets: list[int], samples: int, segments: int,
+                batch_size: int) -> Tensor:
+    """Lime (captum's default surrogate and kernel) over the same grid cells."""
+    _need("captum")
+    from captum.attr import Lime
+
+    return Lime(model).attribute(x, baselines=0.0, target=targets, feature_mask=_grid_mask(x, segments),
+                                 n_samples=samples, perturbations_per_eval=batch_size)
+
+
+def captum_deeplift(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
+    """DeepLift with the zero baseline; it refuses a module called twice (torchvision's ResNet
+    blocks reuse ``self.relu``), which is a Skip here."""
+    _need("captum")
+    from captum.attr import DeepLift
+
+    inplace = [m for m in model.modules() if getattr(m, "inplace", False)]
+    try:
+        for m in inplace:
+            m.inplace = False
+        return DeepLift(model).attribute(x, target=targets)
+    except RuntimeError as exc:
+        if "used more than once" in str(exc):
+            raise Skip("captum DeepLift refuses a module called twice (this model reuses its ReLUs)") from None
+        raise
+    finally:
+        for m in inplace:
+            m.inplace = True
+
+
 # -- pytorch-grad-cam ------------------------------------------------------------------------
 
 

@@ -93,6 +93,22 @@ def replaced_output(model: nn.Module, name: str, fn: Callable[[Tensor], Tensor])
         handle.remove()
 
 
+@contextmanager
+def output_rule(model: nn.Module, types: tuple[type[nn.Module], ...],
+                rule: Callable[[nn.Module, Tensor, Tensor], Tensor]) -> Iterator[None]:
+    """While inside, every module of one of ``types`` outputs ``rule(module, input, output)``
+    (DeepLIFT's multipliers, :mod:`galleryvis.attribution.shapley`); hooks removed on exit."""
+
+    def hook(m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        return rule(m, inputs[0], out)
+
+    with ExitStack() as stack:
+        for m in model.modules():
+            if isinstance(m, types):
+                stack.callback(m.register_forward_hook(hook).remove)
+        yield
+
+
 class _Deconv(torch.autograd.Function):
     """Forward: the activation's output. Backward: the incoming gradient clamped at 0,
     passed straight to the activation's input (the deconvnet rule, Zeiler & Fergus)."""

@@ -140,13 +140,16 @@ class GallerySpec:
 @dataclass(frozen=True)
 class MetricsSpec:
     """Faithfulness metrics: deletion/insertion curves (``steps`` points, pixels replaced by
-    ``substrate``) and the cascading-randomization sanity check."""
+    ``substrate``), ROAD at ``road_percentile`` % removed (both orders) and the
+    cascading-randomization sanity check."""
 
     enabled: bool = False
     deletion_insertion: bool = True
     sanity: bool = True
     steps: int = 20
     substrate: Substrate = "zero"
+    road: bool = False
+    road_percentile: float = 20.0
     sanity_steps: int = 3
     sanity_techniques: tuple[str, ...] | None = None
 
@@ -721,6 +724,8 @@ class _Parser:
             sanity=self.boolean(table, "sanity", where, base.sanity),
             steps=self.integer(table, "steps", where, **schema.bounds("metrics", "steps"), default=base.steps),  # type: ignore[arg-type]
             substrate=self.choice(table, "substrate", where, SUBSTRATES, base.substrate),  # type: ignore[arg-type]
+            road=self.boolean(table, "road", where, base.road),
+            road_percentile=self.number(table, "road_percentile", where, base.road_percentile),
             sanity_steps=self.integer(table, "sanity_steps", where, **schema.bounds("metrics", "sanity_steps"),
                                       default=base.sanity_steps),  # type: ignore[arg-type]
             sanity_techniques=chosen,

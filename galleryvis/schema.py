@@ -83,6 +83,9 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("sanity", "boolean", "`true`", "cascading model-randomization check", True),
         Field("steps", "integer 2 to 1000", "`20`", "points per deletion/insertion curve", 20, (2, 1000)),
         Field("substrate", '`"zero"`, `"black"`, `"blur"`', '`"zero"`', "what deleted pixels become", "zero"),
+        Field("road", "boolean", "`false`", "ROAD scores: most / least relevant pixels removed by noisy linear "
+                                            "imputation", False),
+        Field("road_percentile", "number 1 to 99", "`20`", "percent of the pixels ROAD removes", 20.0, (1, 99)),
         Field("sanity_steps", "integer 1 to 100", "`3`", "randomization steps of the cascade", 3, (1, 100)),
         Field("sanity_techniques", "array of technique names", "every technique", "techniques the sanity check runs",
               None),

@@ -44,11 +44,11 @@ def _sanity_wanted(spec: MetricsSpec, name: str) -> bool:
 
 def task_count(jobs: list[Job], spec: MetricsSpec) -> int:
     """How many progress steps :func:`score` takes at most for these jobs (fewer when cells fail):
-    one per attribution cell for deletion / insertion, one per cell the sanity check scores."""
+    one per attribution cell for deletion / insertion and for ROAD, one per cell the sanity check scores."""
     if not spec.enabled:
         return 0
     cells = [j for j in jobs if j.family == "attribution"]
-    return sum(int(spec.deletion_insertion) + int(_sanity_wanted(spec, j.tech.name)) for j in cells)
+    return sum(int(spec.deletion_insertion) + int(spec.road) + int(_sanity_wanted(spec, j.tech.name)) for j in cells)
 
 
 def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch_size: int,
@@ -72,6 +72,10 @@ def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch
             for name, aucs in _deletion_insertion(ws, cell, spec, cache, batch_size).items():
                 baselines[model_id][name].append(aucs)
             progress.step(len(cell), f"{model_id}: deletion/insertion on {cell[0].image.name}")
+    if spec.road:
+        for (model_id, tech_id), group in groups.items():
+            _road(ws, group, spec, cache, batch_size)
+            progress.step(len(group), f"{model_id}: ROAD of {tech_id}")
     sanity: dict[tuple[str, tuple[str, ...]], list[list[Job]]] = defaultdict(list)
     for (model_id, _), group in groups.items():
         if _sanity_wanted(spec, group[0].tech.name):
@@ -123,6 +127,28 @@ def _deletion_insertion(ws: Workspace, cell: list[Job], spec: MetricsSpec, cache
     for j, key in zip(cell, keys):
         _attach(j, curves[key])
     return {name: tuple(float(v) for v in metrics.auc(curves[key])) for name, key in base_keys.items()}  # type: ignore[misc]
+
+
+def _road(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, batch_size: int) -> None:
+    """``road_morf`` and ``road_lerf`` of every job of one (model, technique), through the cache."""
+    adapter = ws.adapter(group[0])
+    for order in ("morf", "lerf"):
+        keys = [cache_key(kind="road", map=j.key, percentile=spec.road_percentile, order=order) for j in group]
+        entries = [cache.get(k) for k in keys]
+        values = [None if e is None else float(e.array[0]) for e in entries]
+        todo = [i for i, v in enumerate(values) if v is None]
+        if todo:
+            jobs = [group[i] for i in todo]
+            maps = torch.from_numpy(np.stack([j.result for j in jobs]).astype(np.float32))
+            fresh = metrics.road(adapter.model, ws.inputs(jobs).to(adapter.device), maps.to(adapter.device),
+                                 [j.target for j in jobs], percentile=spec.road_percentile, order=order,  # type: ignore[arg-type]
+                                 rank_by=_rank_by(jobs[0].tech.name), batch_size=batch_size)  # type: ignore[arg-type]
+            for i, v in zip(todo, fresh):
+                cache.put(keys[i], np.array([v], dtype=np.float32),
+                          {"protocol": f"ROAD {order}, {spec.road_percentile:g}% of the pixels removed"})
+                values[i] = float(np.float32(v))
+        for j, v in zip(group, values):
+            j.metrics[f"road_{order}"] = round(v, 4)  # type: ignore[arg-type]
 
 
 def _attach(job: Job, curves: np.ndarray) -> None:

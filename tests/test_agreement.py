@@ -697,3 +697,119 @@ def test_attention_gradient(attention_models: dict, photos64: Tensor, name: str)
     probs, grads = reference_attentions(name, model, x, target)
     ours = galleryvis.attribute(model, x, "attention_gradient", target)
     check(f"attention_gradient/{name}", pearson(ours, up(gradient_reference(probs, grads, prefix, grid), x.shape[-2:])))
+
+
+# -- the Shapley family --------------------------------------------------------------------------
+def _unshared_resnet(model: nn.Module) -> nn.Module:
+    """A copy of a torchvision ResNet whose blocks call a second ReLU module for their output:
+    captum's DeepLift refuses a module called twice (torchvision's blocks reuse ``self.relu``)."""
+    from torchvision.models.resnet import BasicBlock
+
+    def forward(self: BasicBlock, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu_out(out + (x if self.downsample is None else self.downsample(x)))
+
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, BasicBlock):
+            m.relu_out = nn.ReLU()
+            m.forward = forward.__get__(m)
+    return model
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet18"])
+def test_deeplift_matches_captum(request: pytest.FixtureRequest, photos64: Tensor, name: str) -> None:
+    """Rescale rule on ReLUs and captum's max-pool rule; the zero baseline, captum's default."""
+    model = request.getfixturevalue(name)
+    with torch.no_grad():
+        target = model(photos64).argmax(1).tolist()
+    ours = galleryvis.attribute(model, photos64, "deeplift", target)
+    ref_model = _unshared_resnet(model) if name == "resnet18" else model
+    with frozen(ref_model), no_inplace(ref_model):
+        ref = captum_attr.DeepLift(ref_model).attribute(photos64.clone(), target=target).detach()
+    check(f"deeplift/{name}", pearson(ours, ref))
+    with torch.no_grad():  # and summation to delta: the contributions add up to the logit's change
+        delta = (model(photos64) - model(torch.zeros_like(photos64)))[[0, 1], target]
+    torch.testing.assert_close(ours.sum((1, 2, 3)), delta, rtol=1e-3, atol=1e-4)
+
+
+@contextmanager
+def no_inplace(model: nn.Module) -> Iterator[None]:
+    """In-place activations off (captum's DeepLift reads each activation's input after it ran)."""
+    mods = [m for m in model.modules() if getattr(m, "inplace", False)]
+    try:
+        for m in mods:
+            m.inplace = False
+        yield
+    finally:
+        for m in mods:
+            m.inplace = True
+
+
+def _linear_model(classes: int = 3, size: int = 24) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, classes)).eval()
+
+
+def _cell_values(maps: Tensor, labels: Tensor) -> Tensor:
+    """(N, M) value of each segment of (N, 1, H, W) maps (constant within the segment, asserted)."""
+    out = []
+    for m in maps[:, 0]:
+        values = [m[labels == k] for k in range(int(labels.max()) + 1)]
+        assert all(torch.equal(v.amin(), v.amax()) for v in values), "a map not constant within a segment"
+        out.append(torch.stack([v[0] for v in values]))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("name", ["kernel_shap", "lime"])
+@pytest.mark.parametrize("baseline", ["zero", "black"])
+def test_segment_methods_are_exact_on_a_linear_model(name: str, baseline: str) -> None:
+    """A linear model over grid cells: each cell's Shapley value (and each LIME coefficient) is
+    the cell's share of w . (x - baseline), known in closed form."""
+    from galleryvis.attribution.shapley import grid_segments
+    model = _linear_model()
+    x = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    labels = grid_segments(24, 24, 16)
+    ours = _cell_values(galleryvis.attribute(model, x, name, [0, 2], segments=16, samples=64, baseline=baseline),
+                        labels)
+    base = torch.zeros(1, 3, 1, 1) if baseline == "zero" else \
+        (0 - torch.tensor(IMAGENET_MEAN) / torch.tensor(galleryvis.IMAGENET_STD))[None, :, None, None]
+    share = (model[1].weight[[0, 2]].view(2, 3, 24, 24) * (x - base)).sum(1)  # (2, H, W)
+    exact = torch.stack([torch.zeros(16).index_add_(0, labels.flatten(), s.flatten()) for s in share])
+    check(f"{name} {baseline}/linear", pearson(ours, exact))
+    torch.testing.assert_close(ours, exact, rtol=1e-3, atol=1e-4)
+
+
+def test_kernel_shap_approaches_the_exact_shapley_values_of_a_nonlinear_net(tiny_seq: nn.Module,
+                                                                              tiny_x: Tensor) -> None:
+    """Four cells, so the exact Shapley values of the conv net come from all 16 coalitions; the
+    estimate sums to f(x) - f(baseline) exactly (efficiency)."""
+    from galleryvis.attribution.shapley import grid_segments
+    labels = grid_segments(32, 32, 4)
+    x, target = tiny_x[:2], [3, 5]
+    ours = _cell_values(galleryvis.attribute(tiny_seq, x, "kernel_shap", target, segments=4, samples=400), labels)
+    coalitions = torch.tensor([[(c >> k) & 1 for k in range(4)] for c in range(16)], dtype=torch.bool)
+    with torch.no_grad():
+        f = torch.stack([tiny_seq(torch.where(z[labels], x, 0.0))[[0, 1], target] for z in coalitions], 1)
+    exact = torch.zeros(2, 4, dtype=torch.double)
+    for c, z in enumerate(coalitions):
+        for k in range(4):
+            if not z[k]:
+                s = int(z.sum())
+                weight = math.factorial(s) * math.factorial(4 - s - 1) / math.factorial(4)
+                exact[:, k] += weight * (f[:, c | (1 << k)] - f[:, c]).double()
+    check("kernel_shap/exact Shapley, 4 cells", pearson(ours, exact))
+    torch.testing.assert_close(ours.double().sum(1), (f[:, 15] - f[:, 0]).double(), rtol=1e-4, atol=1e-5)
+
+
+def test_slic_segments_come_from_scikit_image(photos64: Tensor) -> None:
+    pytest.importorskip("skimage")
+    from skimage.segmentation import slic
+    model = _linear_model(size=64)
+    maps = galleryvis.attribute(model, photos64[:1], "lime", 0, features="slic", segments=16, samples=32)
+    rgb = (photos64[0] * torch.tensor(galleryvis.IMAGENET_STD)[:, None, None]
+           + torch.tensor(IMAGENET_MEAN)[:, None, None]).clamp(0, 1).permute(1, 2, 0).double().numpy()
+    labels = torch.from_numpy(np.unique(slic(rgb, n_segments=16, compactness=10, start_label=0, channel_axis=-1),
+                                        return_inverse=True)[1].reshape(64, 64))
+    _cell_values(maps, labels)  # constant within each superpixel
+    assert int(labels.max()) + 1 > 4 and len(maps.unique()) == int(labels.max()) + 1

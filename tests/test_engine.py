@@ -24,13 +24,15 @@ ATTRIBUTION = registry.names("attribution")
 #: The techniques that read self-attention (transformers only) and the ones CNNs take.
 ATTENTION = [n for n in ATTRIBUTION if registry.get(n).attention]
 CNN_TECHS = [n for n in ATTRIBUTION if n not in ATTENTION]
-#: The techniques of gradients.py / cam.py (lrp.py is tested by its own file).
-MINE = [n for n in ATTRIBUTION if registry.get(n).fn.__module__.rsplit(".", 1)[-1] in ("gradients", "cam")]
+#: The techniques of gradients.py / cam.py / shapley.py (lrp.py is tested by its own file).
+MINE = [n for n in ATTRIBUTION
+        if registry.get(n).fn.__module__.rsplit(".", 1)[-1] in ("gradients", "cam", "shapley")]
 LAYER_TECHS = [n for n in MINE if registry.get(n).layer in ("one", "many")]
 PERTURBATION = [n for n in ATTRIBUTION if registry.get(n).fn.__module__.endswith(".perturbation")]
 FAST = {"smoothgrad": {"samples": 4}, "integrated_gradients": {"steps": 4}, "rise": {"masks": 16},
         "occlusion": {"window": 16, "stride": 8},
-        "gradient_shap": {"samples": 4}}
+        "gradient_shap": {"samples": 4}, "kernel_shap": {"segments": 4, "samples": 8},
+        "lime": {"segments": 4, "samples": 8}}
 SEQ_LAYER = "7"  # tiny_sequential's last ReLU, 8x8 at 32x32
 
 

@@ -20,8 +20,8 @@ from galleryvis.hooks import hook_count
 from galleryvis.images import fit, load_image, to_tensor
 from galleryvis import metrics
 from galleryvis.engine import Call
-from galleryvis.metrics import (auc, center_gaussian_map, deletion_insertion, gaussian_blur, random_map,
-                                rank_techniques, sanity, sanity_many, spearman)
+from galleryvis.metrics import (auc, center_gaussian_map, deletion_insertion, gaussian_blur, linear_imputation,
+                                random_map, rank_techniques, road, sanity, sanity_many, spearman)
 
 IMAGES = Path(__file__).resolve().parent.parent / "input_images"
 STEPS = 5  # curve intervals in the Lite0 tests (default 20: 41 forwards per map and image)
@@ -336,3 +336,51 @@ def test_sanity_many_runs_every_technique_through_one_cascade_as_sanity_would(
         assert many[key].cascade == alone.cascade and many[key].protocol == alone.protocol
         assert many[key].control is None
         np.testing.assert_allclose(many[key].curve, alone.curve, rtol=0, atol=1e-6)
+
+
+# --- ROAD ----------------------------------------------------------------------------------------
+
+
+def test_road_matches_pytorch_grad_cam_on_lite0(lite0: nn.Module, photos224: Tensor) -> None:
+    """Same Grad-CAM map of the cat photo, both orders: within 0.05 of ROADMostRelevantFirst / ROADLeastRelevantFirst
+    (``return_diff=False``; their percentile is the share kept). Removing the most relevant 30 %
+    must cost more probability than removing the least relevant 30 %."""
+    road_ref = pytest.importorskip("pytorch_grad_cam.metrics.road")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+    photos224 = photos224[:1]
+    with torch.inference_mode():
+        top1 = lite0(photos224).argmax(1).tolist()
+    maps = attribute(lite0, photos224, "gradcam", top1)
+    before = snapshot(lite0)
+    ours = {order: road(lite0, photos224, maps, top1, percentile=30, order=order) for order in ("morf", "lerf")}
+    assert_untouched(lite0, before)
+    targets = [ClassifierOutputSoftmaxTarget(t) for t in top1]
+    torch.manual_seed(0)  # their imputation noise comes from the global generator
+    ref = {"morf": road_ref.ROADMostRelevantFirst(70)(photos224, maps[:, 0].numpy(), targets, lite0, return_diff=False),
+           "lerf": road_ref.ROADLeastRelevantFirst(70)(photos224, maps[:, 0].numpy(), targets, lite0,
+                                                      return_diff=False)}
+    print("\n  ROAD 30 %: ours", {k: v.round(4).tolist() for k, v in ours.items()},
+          "grad-cam", {k: v.round(4).tolist() for k, v in ref.items()})
+    for order in ours:
+        np.testing.assert_allclose(ours[order], ref[order], atol=0.05)
+    assert (ours["morf"] < ours["lerf"]).all()
+
+
+def test_road_imputes_the_neighbours_mean_and_is_seeded() -> None:
+    """A removed pixel of a linear ramp is the ramp itself (the weighted neighbour mean is exact
+    on a plane); kept pixels are untouched; noise is seeded per image, so batch == singles."""
+    ramp = torch.linspace(0, 1, 16).expand(1, 3, 16, 16).contiguous()
+    removed = torch.zeros(1, 1, 16, 16, dtype=torch.bool)
+    removed[..., 4:12, 3:9] = True
+    torch.testing.assert_close(linear_imputation(ramp, removed), ramp, rtol=0, atol=1e-6)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    maps = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    batch = road(model, x, maps, [0, 1, 2], percentile=40, order="lerf")
+    singles = np.concatenate([road(model, x[i:i + 1], maps[i:i + 1], i, percentile=40, order="lerf")
+                              for i in range(3)])
+    np.testing.assert_allclose(batch, singles, rtol=1e-6)
+    assert not np.allclose(batch, road(model, x, maps, [0, 1, 2], percentile=40, order="lerf", seed=1))
+    for bad in ({"percentile": 100, "order": "morf"}, {"percentile": 10, "order": "most"}):
+        with pytest.raises(ValueError):
+            road(model, x, maps, 0, **bad)

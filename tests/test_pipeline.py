@@ -258,6 +258,38 @@ def test_a_build_reports_its_stages_passes_and_costliest_cells(project):
     assert "scoring" in summary.line() and "model passes" in summary.line()
 
 
+def test_road_is_shown_beside_deletion_and_insertion_when_asked_for_and_cached(project, monkeypatch):
+    toml = MANIFEST.split("[[models]]")[0] + """
+[[models]]
+name = "resnet18"
+weights = "none"
+size = 64
+
+[[techniques]]
+name = "gradcam"
+
+[metrics]
+enabled = true
+steps = 2
+sanity = false
+road = true
+road_percentile = 30
+"""
+    (project / "galleryvis.toml").write_text(toml)
+    _build(project)
+    md = (project / "site" / "gallery.md").read_text()
+    assert "Deletion AUC" in md and "ROAD MoRF" in md and "ROAD LeRF" in md
+
+    from galleryvis import metrics
+
+    def no_recompute(*_a, **_k):
+        raise AssertionError("ROAD scores must come from the cache")
+
+    monkeypatch.setattr(metrics, "road", no_recompute)
+    assert _build(project).failed == 0
+    assert (project / "site" / "gallery.md").read_text() == md
+
+
 def test_out_of_memory_retries_with_smaller_chunks(project, monkeypatch):
     from galleryvis import executor
 

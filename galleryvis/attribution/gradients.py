@@ -127,7 +127,7 @@ def integrated_gradients(ctx: Context, *, steps: int = 50, baseline: str = "zero
                      lambda: _path_average(ctx, steps, baseline, method))
     if not multiply_by_inputs:
         return avg
-    return avg * (ctx.x - _baseline(ctx, ctx.x, baseline))
+    return avg * (ctx.x - baseline_image(ctx, ctx.x, baseline))
 
 
 def _path_average(ctx: Context, steps: int, baseline: object, method: str) -> Tensor:

@@ -31,6 +31,10 @@ METRICS = {
                      "a faithful map makes it fall fast", "lower"),
     "insertion_auc": ("Insertion AUC", "Ins", "the class probability as the most relevant pixels are inserted "
                       "first onto a blurred copy; a faithful map makes it rise fast", "higher"),
+    "road_morf": ("ROAD MoRF", "MoRF", "the class probability after the most relevant pixels are removed by noisy "
+                  "linear imputation (ROAD); a faithful map makes it low", "lower"),
+    "road_lerf": ("ROAD LeRF", "LeRF", "the class probability after the least relevant pixels are removed by noisy "
+                  "linear imputation (ROAD); a faithful map keeps it high", "higher"),
     "sanity": ("Sanity ρ", "ρ", "rank correlation with the map after the model's top layers are re-initialized "
                "(cascading randomization); a map that barely changes ignores what the model learned", "lower"),
 }
