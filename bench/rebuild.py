@@ -1,6 +1,8 @@
-"""Cold build vs unchanged rebuild of a gallery (issue 5: rebuild <= 5% of the cold build).
+"""Cold build vs unchanged rebuild of a gallery (issue 5: rebuild <= 5% of the cold build), and
+the cold build with its shared passes switched off (``--no-shared-passes``; issue 17: sharing
+at least halves the cost of the default gallery's cold build).
 
-Both builds run ``galleryvis build`` as a subprocess in a temporary folder with its own cache,
+The builds run ``galleryvis build`` as a subprocess in a temporary folder with its own cache,
 so the cold build really starts from an empty cache and both include interpreter start-up.
 """
 from __future__ import annotations
@@ -45,8 +47,9 @@ def _command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from galleryvis.cli import main; main()"]
 
 
-def _build(folder: Path, manifest: Path | None, env: dict[str, str]) -> dict[str, Any]:
-    cmd = _command() + ["build", "-q", "--cache-dir", str(folder / "cache")]
+def _build(folder: Path, manifest: Path | None, env: dict[str, str], cache: str = "cache",
+           extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    cmd = _command() + ["build", "-q", "--cache-dir", str(folder / cache), *extra]
     if manifest is not None:
         cmd.append(str(manifest))
     t0 = time.perf_counter()
@@ -58,13 +61,15 @@ def _build(folder: Path, manifest: Path | None, env: dict[str, str]) -> dict[str
         data = json.loads(site.read_text())
         out["build_seconds"] = data.get("summary", {}).get("total_seconds")
         out["summary"] = data.get("summary", {})
+        out["stages"] = data.get("stages", {})
     except (OSError, ValueError):
         pass
     return out
 
 
 def run(mode: str, manifest_arg: str | None, device: str, threads: int | None) -> dict[str, Any]:
-    """Cold build, unchanged rebuild and the interpreter + import floor, in seconds."""
+    """Cold build, unchanged rebuild, cold build without shared passes and the interpreter +
+    import floor, in seconds."""
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -84,4 +89,5 @@ def run(mode: str, manifest_arg: str | None, device: str, threads: int | None) -
         startup = time.perf_counter() - t0
         cold = _build(folder, manifest, env)
         warm = _build(folder, manifest, env)
-    return {"what": what, "startup": startup, "cold": cold, "warm": warm}
+        unshared = _build(folder, manifest, env, "cache-unshared", ("--no-shared-passes",))
+    return {"what": what, "startup": startup, "cold": cold, "warm": warm, "unshared": unshared}

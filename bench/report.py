@@ -206,10 +206,13 @@ def extras_table(rep: Report, records: list[dict[str, Any]], refs: dict[str, dic
 
 
 def rebuild_table(rep: Report, r: dict[str, Any], judge: bool = True) -> str:
-    """Cold vs unchanged rebuild; ``judge=False`` (quick mode) prints the ratio without a check."""
-    cold, warm = r["cold"], r["warm"]
+    """Cold vs unchanged rebuild, and cold with vs without shared passes; ``judge=False`` (quick
+    mode) prints the ratios without a check."""
+    cold, warm, unshared = r["cold"], r["warm"], r["unshared"]
     rows = [["cold build (empty cache)", secs(cold["wall"]), secs(cold.get("build_seconds")), _summary(cold)],
             ["unchanged rebuild", secs(warm["wall"]), secs(warm.get("build_seconds")), _summary(warm)],
+            ["cold build, --no-shared-passes", secs(unshared["wall"]), secs(unshared.get("build_seconds")),
+             _summary(unshared)],
             ["python start-up + import galleryvis", secs(r["startup"]), "—", "the floor of any build"]]
     lines = [rep.heading("incremental rebuild"), "", f"gallery: {r['what']}", "",
              rep.table(["build", "seconds (wall)", "seconds (in build.json)", "cells"], rows)]
@@ -224,6 +227,17 @@ def rebuild_table(rep: Report, r: dict[str, Any], judge: bool = True) -> str:
             inner = f"; {warm['build_seconds'] / cold['build_seconds']:.1%} counting the build itself (build.json)"
         verdict = f"{mark} (target ≤ 5%)" if mark else "(not judged in quick mode: a gallery this small is all fixed cost)"
         lines.append(f"\nrebuild / cold = {ratio:.1%} wall clock {verdict}{inner}")
+    if not unshared["rc"] and cold["wall"] > 0:
+        saving = unshared["wall"] / cold["wall"]
+        mark = rep.check(f"shared passes: the cold build {saving:.2f}× cheaper than without (≥ 2×)", saving >= 2) \
+            if judge else "(not judged in quick mode)"
+        lines.append(f"without shared passes / with = {saving:.2f}× wall clock {mark}")
+        from galleryvis.progress import STAGES
+
+        shared_s, unshared_s = (b.get("stages", {}).get("seconds", {}) for b in (cold, unshared))
+        stages = [[name, secs(shared_s.get(name)), secs(unshared_s.get(name))] for name in STAGES if name in shared_s]
+        if stages:
+            lines += ["", rep.table(["stage", "shared (s)", "not shared (s)"], stages)]
     return rep.join(lines)
 
 

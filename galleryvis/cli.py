@@ -123,9 +123,11 @@ def main() -> None:
 @click.option("--wait", default=0.0, type=float, help="Seconds to wait for another build's lock.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--profile", is_flag=True, help="Print seconds per stage, model passes and the costliest cells.")
+@click.option("--no-shared-passes", "share_passes", flag_value=False, default=True,
+              help="Compute and score every technique in calls of its own (same results; shows what sharing saves).")
 @_errors_as_exit
 def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: bool, dry_run: bool,
-          fail_fast: bool, batch_size: int | None, wait: float, quiet: bool, profile: bool) -> None:
+          fail_fast: bool, batch_size: int | None, wait: float, quiet: bool, profile: bool, share_passes: bool) -> None:
     """Build the gallery of MANIFEST (default: ./galleryvis.toml, else the embedded default)."""
     if not (force or dry_run or no_cache or profile) and _unchanged(manifest, cache_dir, batch_size, quiet) is not None:
         return
@@ -133,7 +135,7 @@ def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: 
 
     m = _manifest(manifest)
     opts = Options(cache_dir=cache_dir, use_cache=not no_cache, force=force, dry_run=dry_run, quiet=quiet,
-                   fail_fast=fail_fast, batch_size=batch_size, wait=wait)
+                   fail_fast=fail_fast, batch_size=batch_size, wait=wait, share_passes=share_passes)
     summary = run_build(m, opts)
     if dry_run:
         click.echo("\n".join(summary.plan))

@@ -51,8 +51,8 @@ def store(cache: Cache, job: Job) -> None:
 class LocalExecutor:
     """Runs jobs in this process on the workspace's models (see the module docstring)."""
 
-    def __init__(self, ws: Workspace, batch_size: int, fail_fast: bool = False) -> None:
-        self.ws, self.batch_size, self.fail_fast = ws, batch_size, fail_fast
+    def __init__(self, ws: Workspace, batch_size: int, fail_fast: bool = False, share: bool = True) -> None:
+        self.ws, self.batch_size, self.fail_fast, self.share = ws, batch_size, fail_fast, share
 
     def run(self, jobs: Sequence[Job], cache: Cache, progress: Progress, seconds: dict[str, float]) -> None:
         by_cell: dict[tuple[str, str], list[Job]] = defaultdict(list)
@@ -86,23 +86,25 @@ class LocalExecutor:
 
     def _chunk(self, chunk: list[list[Job]], seconds: dict[str, float], progress: Progress) -> None:
         """One attribute_calls call for every technique of the chunk (variants of one technique
-        included, so they share their passes); on failure, retry each technique and image alone
-        (so one failing technique does not take the others down), halving the batch on OOM."""
+        included, so they share their passes; one call per technique when ``share`` is off); on
+        failure, retry each technique and image alone (so one failing technique does not take
+        the others down), halving the batch on OOM."""
         adapter = self.ws.adapter(chunk[0][0])
         x = self.ws.inputs([cell[0] for cell in chunk])
         targets = [cell[0].target for cell in chunk]
         columns = list(zip(*chunk))  # one tuple of jobs (one per image) per technique
-        try:
-            self._attribute(adapter, x, targets, columns, seconds, progress)
-        except Exception:  # noqa: BLE001  (isolate: retry one technique and one image at a time)
-            if self.fail_fast:
-                raise
-            for col in columns:
-                for i, job in enumerate(col):
-                    try:
-                        self._attribute(adapter, x[i:i + 1], targets[i:i + 1], [(job,)], seconds, progress)
-                    except Exception as exc:  # noqa: BLE001
-                        job.error = one_line(exc)
+        for group in [columns] if self.share else [[col] for col in columns]:
+            try:
+                self._attribute(adapter, x, targets, group, seconds, progress)
+            except Exception:  # noqa: BLE001  (isolate: retry one technique and one image at a time)
+                if self.fail_fast:
+                    raise
+                for col in group:
+                    for i, job in enumerate(col):
+                        try:
+                            self._attribute(adapter, x[i:i + 1], targets[i:i + 1], [(job,)], seconds, progress)
+                        except Exception as exc:  # noqa: BLE001
+                            job.error = one_line(exc)
 
     def _attribute(self, adapter: ModelAdapter, x: torch.Tensor, targets: list[int], cols: list[tuple[Job, ...]],
                    seconds: dict[str, float], progress: Progress) -> None:

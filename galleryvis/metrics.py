@@ -395,7 +395,7 @@ def road(
     device = model_device(model)
     x = inputs.detach().to(device)
     n, c, h, w = x.shape
-    ranks = _pixel_ranks(_check_maps(maps, x), rank_by).to(device)
+    ranks = _pixel_ranks(_check_maps(maps, n, x), [rank_by] * n).to(device)
     count = round(percentile / 100 * h * w)
     removed = (ranks < count) if order == "morf" else (ranks >= h * w - count)
     noises = torch.stack([torch.randn((c, h, w), generator=torch.Generator().manual_seed(seed)) for _ in range(n)])

@@ -38,6 +38,7 @@ class Options:
     quiet: bool = False
     fail_fast: bool = False
     batch_size: int | None = None  # None: 8 on the CPU, 32 on a GPU
+    share_passes: bool = True  # off: every technique computed and scored in calls of its own
     wait: float = 0.0
 
 
@@ -106,13 +107,14 @@ def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -
         device = next(iter(ws.models.values())).device if ws.models else torch.device("cpu")
         batch_size = opts.batch_size or default_batch_size(device)
         try:
-            (executor or LocalExecutor(ws, batch_size, opts.fail_fast)).run(todo, cache, progress, summary.seconds)
+            (executor or LocalExecutor(ws, batch_size, opts.fail_fast, opts.share_passes)).run(
+                todo, cache, progress, summary.seconds)
             for family in ("attribution", "synthesis"):
                 ids = {j.tech.id for j in todo if j.family == family}
                 if ids:
                     stages.add(family, sum(summary.seconds.get(i, 0.0) for i in ids))
             with stages.stage("scoring"):
-                rankings = scoring.score(jobs, ws, manifest.metrics, cache, batch_size, progress)
+                rankings = scoring.score(jobs, ws, manifest.metrics, cache, batch_size, progress, opts.share_passes)
             if manifest.metrics.enabled:
                 summary.seconds["metrics"] = stages.seconds["scoring"]
         finally:

@@ -52,23 +52,25 @@ def task_count(jobs: list[Job], spec: MetricsSpec) -> int:
 
 
 def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch_size: int,
-          progress: Any) -> list[Ranking]:
+          progress: Any, share: bool = True) -> list[Ranking]:
     """Attach ``metrics`` (AUCs, sanity) and ``curves`` to every successful attribution job and
     return one ranking per model (techniques and the two baselines by insertion - deletion).
 
     Passes are shared: deletion / insertion scores every map of one (model, image), baselines
     included, in one call (their perturbed inputs batched together); the sanity check runs one
-    cascade per model and image set, every scored technique through each step at once."""
+    cascade per model and image set, every scored technique through each step at once. With
+    ``share`` off, every technique is scored in calls of its own (the same scores, for measuring
+    what sharing saves)."""
     if not spec.enabled:
         return []
     groups = _groups(jobs)
     baselines: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     if spec.deletion_insertion:
-        cells: dict[tuple[str, str], list[Job]] = defaultdict(list)
+        cells: dict[tuple[str, ...], list[Job]] = defaultdict(list)
         for group in groups.values():
             for j in group:
-                cells[(j.model.id, j.image.id)].append(j)
-        for (model_id, _), cell in cells.items():
+                cells[(j.model.id, j.image.id) + (() if share else (j.tech.id,))].append(j)
+        for (model_id, *_), cell in cells.items():
             for name, aucs in _deletion_insertion(ws, cell, spec, cache, batch_size).items():
                 baselines[model_id][name].append(aucs)
             progress.step(len(cell), f"{model_id}: deletion/insertion on {cell[0].image.name}")
@@ -76,15 +78,15 @@ def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch
         for (model_id, tech_id), group in groups.items():
             _road(ws, group, spec, cache, batch_size)
             progress.step(len(group), f"{model_id}: ROAD of {tech_id}")
-    sanity: dict[tuple[str, tuple[str, ...]], list[list[Job]]] = defaultdict(list)
-    for (model_id, _), group in groups.items():
+    sanity: dict[tuple[Any, ...], list[list[Job]]] = defaultdict(list)
+    for (model_id, tech_id), group in groups.items():
         if _sanity_wanted(spec, group[0].tech.name):
-            sanity[(model_id, tuple(j.image.id for j in group))].append(group)
+            sanity[(model_id, tuple(j.image.id for j in group)) + (() if share else (tech_id,))].append(group)
         else:
             for j in group:
                 j.skipped["sanity"] = ("not run: [metrics] sanity is off" if not spec.sanity else
                                        "not run: not listed in [metrics] sanity_techniques")
-    for (model_id, _), same_images in sanity.items():
+    for (model_id, *_), same_images in sanity.items():
         _sanity(ws, same_images, spec, cache, batch_size)
         progress.step(sum(map(len, same_images)), f"{model_id}: sanity of {len(same_images)} technique(s)")
     return _rankings(groups, baselines, spec) if spec.deletion_insertion else []
