@@ -30,7 +30,7 @@ from .sitewriter import write_site
 class Options:
     """How to build: cache location and use, failure policy, output verbosity."""
 
-    cache_dir: Path | None = None
+    cache_dir: Path | str | None = None  # a folder or an fsspec URL; None: the manifest's, else beside it
     use_cache: bool = True
     force: bool = False
     dry_run: bool = False
@@ -38,6 +38,10 @@ class Options:
     fail_fast: bool = False
     batch_size: int | None = None  # None: 8 on the CPU, 32 on a GPU
     wait: float = 0.0
+    executor: str | None = None  # "local" or "ray"; None: the manifest's
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
+    num_gpus: float | None = None  # None: the manifest's
+    ray_workers: int | None = None  # None: the manifest's
 
 
 @dataclass
@@ -57,34 +61,50 @@ class Summary:
                 f"in {self.total_seconds:.1f} s")
 
 
-def cache_dir(manifest: Manifest, opts: Options) -> Path:
-    """``--cache-dir`` if given, else ``.galleryvis-cache`` beside the manifest (or here)."""
+def cache_dir(manifest: Manifest, opts: Options) -> Path | str:
+    """``--cache-dir`` if given, else the manifest's ``[gallery] cache``, else
+    ``.galleryvis-cache`` beside the manifest (or here); a folder or an fsspec URL."""
     if opts.cache_dir is not None:
         return opts.cache_dir
+    if manifest.gallery.cache is not None:
+        return manifest.gallery.cache
     base = manifest.path.parent if manifest.path is not None else Path.cwd()
     return base / CACHE_DIRNAME
 
 
+def executor_for(manifest: Manifest, opts: Options, ws: Workspace, batch_size: int) -> Executor:
+    """The executor ``opts`` (else the manifest) asks for: local, or Ray (:mod:`.cluster`)."""
+    if (opts.executor or manifest.gallery.executor) == "local":
+        return LocalExecutor(ws, batch_size, opts.fail_fast)
+    from .cluster import RayExecutor
+
+    gpus = opts.num_gpus if opts.num_gpus is not None else manifest.gallery.num_gpus
+    return RayExecutor(manifest.root, manifest.gallery.plugins, batch_size, address=opts.ray_address,
+                       num_gpus=gpus, workers=opts.ray_workers or manifest.gallery.ray_workers,
+                       fail_fast=opts.fail_fast)
+
+
 def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -> Summary:
     """Build the site of ``manifest``: every cell from the cache or computed (by ``executor``;
-    default: a :class:`~galleryvis.executor.LocalExecutor`), then rendered into a temporary
+    default: :func:`executor_for`), then rendered into a temporary
     folder that replaces the output folder only when complete."""
     t_start = time.perf_counter()
     ws = workspace(manifest)
+    device = next(iter(ws.models.values())).device if ws.models else torch.device("cpu")
+    batch_size = opts.batch_size or default_batch_size(device)
+    executor = executor or executor_for(manifest, opts, ws, batch_size)  # a missing Ray fails here, early
     cache = Cache(cache_dir(manifest, opts), enabled=opts.use_cache)
     out = manifest.gallery.output
     summary = Summary()
-    with build_lock(cache.root if opts.use_cache else out.parent, opts.wait):
+    with build_lock(cache.root if opts.use_cache and cache.root is not None else out.parent, opts.wait):
         jobs, preds = plan(manifest, ws, cache, opts.force)
         todo = load_cached(jobs, cache)
         summary.plan = plan_lines(jobs)
         if opts.dry_run:
             return summary
         progress = Progress(len(todo) + scoring.task_count(jobs, manifest.metrics), opts.quiet)
-        device = next(iter(ws.models.values())).device if ws.models else torch.device("cpu")
-        batch_size = opts.batch_size or default_batch_size(device)
         try:
-            (executor or LocalExecutor(ws, batch_size, opts.fail_fast)).run(todo, cache, progress, summary.seconds)
+            executor.run(todo, cache, progress, summary.seconds)
             t_scores = time.perf_counter()
             rankings = scoring.score(jobs, ws, manifest.metrics, cache, batch_size, progress)
             if manifest.metrics.enabled:
@@ -101,7 +121,7 @@ def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -
                    "seconds_per_technique": {k: round(v, 3) for k, v in sorted(summary.seconds.items())},
                    "failures": summary.failures}
         write_site(manifest, ws, jobs, preds, rankings, counts, timings, out, provenance(manifest, ws, device))
-        if opts.use_cache and not summary.failed:
+        if opts.use_cache and cache.root is not None and not summary.failed:
             _stamp(manifest, ws, cache, opts, out, summary)
     return summary
 

@@ -46,6 +46,13 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("base_url", "string (URL)", '`""`',
               "the published site's address (GitHub Pages); gallery.md links its HTML pages there", ""),
         Field("plugins", "list of strings", "`[]`", "technique plugins to import (modules or .py files)", ()),
+        Field("cache", "path or URL", "`.galleryvis-cache` beside the manifest",
+              "the cache: a folder, or an fsspec URL (`s3://bucket/prefix`)", None),
+        Field("executor", '`"local"`, `"ray"`', '`"local"`', "what computes the cells: this process, or a Ray cluster",
+              "local"),
+        Field("num_gpus", "number 0 to 64", "1 on a GPU, else 0", "GPUs each Ray worker asks for (fractions allowed)",
+              None, (0, 64)),
+        Field("ray_workers", "integer 1 to 1024", "`1`", "Ray workers (actors) per model", 1, (1, 1024)),
     ),
     "images": (
         Field("path", "string, **required**", "", "an image file, or a glob"),
