@@ -134,12 +134,18 @@ class RayExecutor:
                                                     self.fail_fast) for _ in range(self.workers)]
         cache_ref = ray.put(cache)
         pending: dict[Any, list[Job]] = {}
+        left = {model_id: 0 for model_id in pools}  # tasks per model not yet finished
         for n, unit in enumerate(units(jobs, self.batch_size)):
             pool = pools[unit[0].model.id]
             pending[pool[n % len(pool)].compute.remote(unit, cache_ref)] = unit
+            left[unit[0].model.id] += 1
         while pending:
             (done,), _ = ray.wait(list(pending), num_returns=1)
             unit = pending.pop(done)
+            left[unit[0].model.id] -= 1
+            if not left[unit[0].model.id]:  # free its workers' CPUs and GPUs for the next model's
+                for worker in pools[unit[0].model.id]:
+                    ray.kill(worker)
             try:
                 outcomes, spent, node = ray.get(done)
             except ray.exceptions.RayError as exc:

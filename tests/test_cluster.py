@@ -1,0 +1,217 @@
+"""The Ray executor: on a two-node cluster started here, a build's site equals a local build's
+byte for byte (build.json timings aside), a SIGKILLed worker's task is retried, a failing cell
+names its node, and a build without Ray installed is one line, exit 2."""
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from galleryvis.cli import main
+
+PHOTOS = Path(__file__).resolve().parent.parent / "input_images"
+REPO = Path(__file__).resolve().parent.parent
+
+MANIFEST = """
+[gallery]
+title = "cluster test"
+ray_workers = 2
+
+[[images]]
+path = "cat.png"
+
+[[images]]
+path = "coffee.png"
+
+[[models]]
+name = "resnet18"
+weights = "none"
+size = 32
+
+[[techniques]]
+name = "vanilla"
+
+[[techniques]]
+name = "gradcam"
+"""
+
+PLUGIN = '''
+"""Test techniques: one whose first call SIGKILLs its worker process, one that always fails."""
+import os
+import signal
+from pathlib import Path
+
+from galleryvis.registry import technique
+
+
+@technique("killed_once", output="input", signed=True, title="Killed once", needs=("input_grad",), paper="",
+           summary="The input gradient; its first call kills the process running it.")
+def killed_once(ctx):
+    marker = Path(__file__).with_name("killed")
+    if not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return ctx.backward("plain").input_grad
+
+
+@technique("always_fails", output="input", signed=True, title="Always fails", needs=("input_grad",), paper="",
+           summary="Raises.")
+def always_fails(ctx):
+    raise RuntimeError("this technique always fails")
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a ``ray start --block`` we started and every process of its session (by its id)."""
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        break
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the raylets' children, if any outlived the parent
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head node and a second node on this machine, one CPU each, with a token of their own;
+    their address (this process holds the token while the module runs)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_AUTH_MODE", "token")  # before ray is imported: it reads them once
+    mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    mp.delenv("RAY_ADDRESS", raising=False)
+    ray = pytest.importorskip("ray")
+
+    temp = Path(f"/tmp/gv-ray-{os.getpid()}")  # short: Ray's unix sockets live under it
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    common = ["--num-cpus=1", "--num-gpus=0", "--block", "--disable-usage-stats"]
+    head = subprocess.Popen([ray_cli, "start", "--head", f"--port={port}", f"--temp-dir={temp}",
+                             "--include-dashboard=false", *common],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [head]
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # the head answers before the second node may join
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or head.poll() is not None:
+                    pytest.fail("the Ray head did not start")
+                time.sleep(0.5)
+        procs.append(subprocess.Popen([ray_cli, "start", f"--address={address}", *common], env=env,
+                                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        try:
+            while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+                if time.monotonic() > deadline:
+                    pytest.fail("the second Ray node did not join")
+                time.sleep(0.5)
+        finally:
+            ray.shutdown()
+        yield address
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        shutil.rmtree(temp, ignore_errors=True)
+        mp.undo()
+
+
+def _project(folder: Path, manifest: str) -> Path:
+    folder.mkdir()
+    for name in ("cat.png", "coffee.png"):
+        shutil.copy(PHOTOS / name, folder / name)
+    (folder / "galleryvis.toml").write_text(manifest)
+    (folder / "plugin.py").write_text(PLUGIN)
+    return folder / "galleryvis.toml"
+
+
+def _build(manifest: Path, *args: str):
+    result = CliRunner().invoke(main, ["build", str(manifest), "-q", *args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def _same_site(a: Path, b: Path) -> None:
+    """Every file equal, build.json equal but for its timings."""
+    def walk(cmp: filecmp.dircmp) -> list[str]:
+        out = [str(Path(cmp.left) / f) for f in cmp.diff_files + cmp.left_only + cmp.right_only + cmp.funny_files]
+        return out + [f for sub in cmp.subdirs.values() for f in walk(sub)]
+
+    differing = [f for f in walk(filecmp.dircmp(a, b, ignore=[])) if not f.endswith("build.json")]
+    filecmp.clear_cache()
+    assert not differing
+    timing_free = [{k: v for k, v in json.loads((site / "build.json").read_text()).items()
+                    if k not in ("seconds_per_technique", "summary")} for site in (a, b)]
+    assert timing_free[0] == timing_free[1]
+
+
+@pytest.mark.slow
+def test_a_two_node_ray_build_is_byte_identical_to_a_local_build(tmp_path, cluster):
+    manifest = _project(tmp_path / "p", MANIFEST)
+    local = _build(manifest, "--no-cache")
+    assert local.exit_code == 0, local.output
+    shutil.move(manifest.parent / "site", tmp_path / "local-site")
+    distributed = _build(manifest, "--executor", "ray", "--ray-address", cluster)
+    assert distributed.exit_code == 0, distributed.output
+    _same_site(tmp_path / "local-site", manifest.parent / "site")
+    planned = _build(manifest, "--dry-run")  # the workers filled the shared cache
+    assert "resnet18 / vanilla: 0 to compute, 2 cached" in planned.output, planned.output
+    assert "resnet18 / gradcam: 0 to compute, 2 cached" in planned.output
+
+
+@pytest.mark.slow
+def test_a_sigkilled_worker_is_retried_and_a_failing_cell_names_its_node(tmp_path, cluster, monkeypatch):
+    text = MANIFEST.replace('ray_workers = 2', 'ray_workers = 1\nplugins = ["plugin.py"]') + (
+        '[[techniques]]\nname = "killed_once"\n[[techniques]]\nname = "always_fails"\n')
+    manifest = _project(tmp_path / "p", text)
+    monkeypatch.setenv("RAY_ADDRESS", cluster)  # honoured without --ray-address
+    distributed = _build(manifest, "--executor", "ray")
+    assert (manifest.parent / "killed").exists(), distributed.output  # a worker was killed mid-build
+    assert distributed.exit_code == 1  # the failing technique's cells, and only those
+    failures = [line for line in distributed.output.splitlines() if line.startswith("failed:")]
+    assert len(failures) == 2 and all("always_fails" in f and "on node " in f for f in failures), failures
+    cached = _build(manifest, "--dry-run")
+    for tech in ("vanilla", "gradcam", "killed_once"):
+        assert f"resnet18 / {tech}: 0 to compute, 2 cached" in cached.output, cached.output
+    shutil.move(manifest.parent / "site", tmp_path / "ray-site")
+    assert _build(manifest, "--no-cache").exit_code == 1  # locally (nothing killed now), for comparison
+    for pictures in ("img", "thumbs"):
+        assert not filecmp.dircmp(tmp_path / "ray-site" / pictures, manifest.parent / "site" / pictures).diff_files
+
+
+def test_asking_for_ray_without_it_installed_is_one_line_exit_2(tmp_path, monkeypatch):
+    manifest = _project(tmp_path / "p", MANIFEST)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    result = _build(manifest, "--executor", "ray")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ['error: the ray executor needs Ray: pip install "galleryvis[ray]"']
+    assert not (manifest.parent / "site").exists()
