@@ -153,11 +153,13 @@ def main() -> None:
               help="GPUs per Ray worker, fractions allowed (default: [gallery] num_gpus, else 1 on a GPU).")
 @click.option("--ray-workers", type=click.IntRange(1, 1024), default=None,
               help="Ray workers per model (default: [gallery] ray_workers, else 1).")
+@click.option("--num-cpus", type=click.IntRange(1, 1024), default=None,
+              help="CPUs (torch threads) per Ray worker (default: [gallery] num_cpus, else 1).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @_errors_as_exit
 def build(manifest: Path | None, cache_dir: Path | str | None, no_cache: bool, force: bool, dry_run: bool,
           fail_fast: bool, batch_size: int | None, wait: float, executor: str | None, ray_address: str | None,
-          num_gpus: float | None, ray_workers: int | None, quiet: bool) -> None:
+          num_gpus: float | None, ray_workers: int | None, num_cpus: int | None, quiet: bool) -> None:
     """Build the gallery of MANIFEST (default: ./galleryvis.toml, else the embedded default)."""
     if not (force or dry_run or no_cache) and _unchanged(manifest, cache_dir, batch_size, quiet) is not None:
         return
@@ -166,7 +168,7 @@ def build(manifest: Path | None, cache_dir: Path | str | None, no_cache: bool, f
     m = _manifest(manifest)
     opts = Options(cache_dir=cache_dir, use_cache=not no_cache, force=force, dry_run=dry_run, quiet=quiet,
                    fail_fast=fail_fast, batch_size=batch_size, wait=wait, executor=executor,
-                   ray_address=ray_address, num_gpus=num_gpus, ray_workers=ray_workers)
+                   ray_address=ray_address, num_gpus=num_gpus, ray_workers=ray_workers, num_cpus=num_cpus)
     summary = run_build(m, opts)
     if dry_run:
         click.echo("\n".join(summary.plan))

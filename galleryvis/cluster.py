@@ -12,9 +12,11 @@ task retried. The driver counts finished tasks on one progress bar and renders.
 from __future__ import annotations
 
 import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .cache import Cache
 from .errors import ExecutorError
@@ -27,12 +29,15 @@ from .progress import Progress
 RETRIES = 3
 
 
+_MISSING = 'the ray executor needs Ray: pip install "galleryvis[ray]"'
+
+
 def _ray() -> Any:
     """The ``ray`` module, or an ExecutorError saying how to install it."""
     try:
         import ray
     except ImportError:
-        raise ExecutorError('the ray executor needs Ray: pip install "galleryvis[ray]"') from None
+        raise ExecutorError(_MISSING) from None
     return ray
 
 
@@ -44,6 +49,69 @@ class Outcome:
     error: str
     trace: list[float]
     unit: int | None
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A Ray cluster started on this machine: its ``address``, and the ``env`` (its own token)
+    that a driver needs, set before the driver imports ray."""
+
+    address: str
+    env: dict[str, str]
+
+
+@contextmanager
+def local_cluster(folder: Path, nodes: int = 2, cpus: int = 1, timeout: float = 120.0) -> Iterator[LocalCluster]:
+    """``ray start --head`` plus ``nodes - 1`` × ``ray start --address=...`` on this machine, each
+    node with ``cpus`` CPUs and no GPU, for tests and measurements; every node is stopped after
+    (its process group ended by id), even on error. ``folder`` holds Ray's files (keep it short:
+    Ray's sockets live under it)."""
+    import importlib.util
+    import secrets
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("ray") is None:  # not imported here: a driver sets the token first
+        raise ExecutorError(_MISSING)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **token}
+    env.pop("RAY_ADDRESS", None)
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    common = [f"--num-cpus={cpus}", "--num-gpus=0", "--disable-usage-stats"]
+    groups: list[int] = []
+    try:
+        for n in range(nodes):
+            role = ["--head", f"--port={port}", f"--temp-dir={folder}", "--include-dashboard=false"] if n == 0 \
+                else [f"--address={address}"]
+            proc = subprocess.Popen([ray_cli, "start", *role, *common], env=env, start_new_session=True,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            groups.append(proc.pid)
+            _, err = proc.communicate(timeout=timeout)  # returns once the node has joined
+            if proc.returncode:
+                raise ExecutorError(f"ray start failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
+        yield LocalCluster(address, token)
+    finally:
+        for group in reversed(groups):
+            _end_group(group, signal.SIGTERM, 10.0) or _end_group(group, signal.SIGKILL, 5.0)
+
+
+def _end_group(group: int, sig: int, wait: float) -> bool:
+    """Send ``sig`` to process group ``group``; whether it is gone within ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    try:
+        os.killpg(group, sig)
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 class _ModelWorker:
@@ -100,14 +168,16 @@ class RayExecutor:
 
     ``address``: the cluster (``ray://host:10001`` or ``host:6379``); None: ``RAY_ADDRESS``,
     else a local Ray instance started for this build. ``num_gpus``: GPUs per worker (None: 1
-    where the jobs were planned for CUDA, else 0); ``workers``: actors per model.
+    where the jobs were planned for CUDA, else 0); ``num_cpus``: CPUs per worker (Ray sets its
+    torch threads to it); ``workers``: actors per model.
     """
 
     def __init__(self, root: Path, plugins: tuple[str, ...], batch_size: int, *, address: str | None = None,
-                 num_gpus: float | None = None, workers: int = 1, fail_fast: bool = False) -> None:
+                 num_gpus: float | None = None, num_cpus: int = 1, workers: int = 1, fail_fast: bool = False) -> None:
         _ray()
         self.root, self.plugins, self.batch_size = root, plugins, batch_size
-        self.address, self.num_gpus, self.workers, self.fail_fast = address, num_gpus, workers, fail_fast
+        self.address, self.num_gpus, self.num_cpus = address, num_gpus, num_cpus
+        self.workers, self.fail_fast = workers, fail_fast
 
     def run(self, jobs: Sequence[Job], cache: Cache, progress: Progress, seconds: dict[str, float]) -> None:
         if not jobs:
@@ -126,7 +196,7 @@ class RayExecutor:
     def _run(self, ray: Any, jobs: Sequence[Job], cache: Cache, progress: Progress, seconds: dict[str, float]) -> None:
         device = jobs[0].covers["device"]
         gpus = self.num_gpus if self.num_gpus is not None else (1.0 if device == "cuda" else 0.0)
-        actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=RETRIES, max_task_retries=RETRIES)(_ModelWorker)
+        actor = ray.remote(num_cpus=self.num_cpus, num_gpus=gpus, max_restarts=RETRIES, max_task_retries=RETRIES)(_ModelWorker)
         pools: dict[str, list[Any]] = {}
         for job in jobs:
             if job.model.id not in pools:

@@ -142,6 +142,7 @@ class GallerySpec:
     executor: Executor = "local"
     num_gpus: float | None = None  # None: 1 per Ray worker on a GPU, else 0
     ray_workers: int = 1
+    num_cpus: int = 1  # CPUs per Ray worker (Ray sets its torch threads to this)
 
 
 @dataclass(frozen=True)
@@ -449,6 +450,8 @@ class _Parser:
             num_gpus=self.number(table, "num_gpus", where, None),  # type: ignore[arg-type]
             ray_workers=self.integer(table, "ray_workers", where, **schema.bounds("gallery", "ray_workers"),
                                      default=base.ray_workers),  # type: ignore[arg-type]
+            num_cpus=self.integer(table, "num_cpus", where, **schema.bounds("gallery", "num_cpus"),
+                                  default=base.num_cpus),  # type: ignore[arg-type]
         )
 
     def cache(self, table: Mapping[str, Any], where: str) -> Path | str | None:

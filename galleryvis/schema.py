@@ -53,6 +53,8 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("num_gpus", "number 0 to 64", "1 on a GPU, else 0", "GPUs each Ray worker asks for (fractions allowed)",
               None, (0, 64)),
         Field("ray_workers", "integer 1 to 1024", "`1`", "Ray workers (actors) per model", 1, (1, 1024)),
+        Field("num_cpus", "integer 1 to 1024", "`1`", "CPUs each Ray worker asks for (its torch threads)", 1,
+              (1, 1024)),
     ),
     "images": (
         Field("path", "string, **required**", "", "an image file, or a glob"),

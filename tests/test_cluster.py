@@ -4,15 +4,11 @@ names its node, and a build without Ray installed is one line, exit 2."""
 from __future__ import annotations
 
 import filecmp
+import importlib.util
 import json
 import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -72,76 +68,22 @@ def always_fails(ctx):
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """End a ``ray start --block`` we started and every process of its session (by its id)."""
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-        break
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the raylets' children, if any outlived the parent
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     """A head node and a second node on this machine, one CPU each, with a token of their own;
-    their address (this process holds the token while the module runs)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_AUTH_MODE", "token")  # before ray is imported: it reads them once
-    mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    mp.delenv("RAY_ADDRESS", raising=False)
-    ray = pytest.importorskip("ray")
+    their address (this process holds the token while the module runs). Stopped after."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed")
+    from galleryvis.cluster import local_cluster
 
-    temp = Path(f"/tmp/gv-ray-{os.getpid()}")  # short: Ray's unix sockets live under it
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    common = ["--num-cpus=1", "--num-gpus=0", "--block", "--disable-usage-stats"]
-    head = subprocess.Popen([ray_cli, "start", "--head", f"--port={port}", f"--temp-dir={temp}",
-                             "--include-dashboard=false", *common],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    procs = [head]
-    address = f"127.0.0.1:{port}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))  # for the workers
     try:
-        deadline = time.monotonic() + 90
-        while True:  # the head answers before the second node may join
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or head.poll() is not None:
-                    pytest.fail("the Ray head did not start")
-                time.sleep(0.5)
-        procs.append(subprocess.Popen([ray_cli, "start", f"--address={address}", *common], env=env,
-                                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-        try:
-            while len([n for n in ray.nodes() if n["Alive"]]) < 2:
-                if time.monotonic() > deadline:
-                    pytest.fail("the second Ray node did not join")
-                time.sleep(0.5)
-        finally:
-            ray.shutdown()
-        yield address
+        with local_cluster(Path(f"/tmp/gv-ray-{os.getpid()}"), nodes=2, cpus=1) as started:
+            for name, value in started.env.items():
+                mp.setenv(name, value)  # before this process imports ray: it reads them once
+            yield started.address
     finally:
-        for proc in reversed(procs):
-            _stop(proc)
-        shutil.rmtree(temp, ignore_errors=True)
         mp.undo()
 
 
