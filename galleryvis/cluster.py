@@ -98,7 +98,7 @@ def local_cluster(folder: Path, nodes: int = 2, cpus: int = 1, timeout: float = 
         yield LocalCluster(address, token)
     finally:
         for group in reversed(groups):
-            _end_group(group, signal.SIGTERM, 10.0) or _end_group(group, signal.SIGKILL, 5.0)
+            _end_group(group, signal.SIGTERM, 5.0) or _end_group(group, signal.SIGKILL, 5.0)
 
 
 def _end_group(group: int, sig: int, wait: float) -> bool:

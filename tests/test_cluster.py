@@ -8,7 +8,9 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,7 @@ PLUGIN = '''
 """Test techniques: one whose first call SIGKILLs its worker process, one that always fails."""
 import os
 import signal
+import time
 from pathlib import Path
 
 from galleryvis.registry import technique
@@ -58,6 +61,16 @@ def killed_once(ctx):
     if not marker.exists():
         marker.touch()
         os.kill(os.getpid(), signal.SIGKILL)
+    return ctx.backward("plain").input_grad
+
+
+@technique("slow_after_one", output="input", signed=True, title="Slow after one", needs=("input_grad",), paper="",
+           summary="The input gradient; every call after the first in a project takes a minute.")
+def slow_after_one(ctx):
+    marker = Path(__file__).with_name("first-done")
+    if marker.exists():
+        time.sleep(60)
+    marker.touch()
     return ctx.backward("plain").input_grad
 
 
@@ -152,6 +165,29 @@ def test_a_sigkilled_worker_is_retried_and_a_failing_cell_names_its_node(tmp_pat
     assert _build(manifest, "--no-cache").exit_code == 1  # locally (nothing killed now), for comparison
     for pictures in ("img", "thumbs"):  # every cell's pictures (the pages name the failing cells' nodes)
         assert _differing(tmp_path / "ray-site" / pictures, manifest.parent / "site" / pictures) == []
+
+
+@pytest.mark.slow
+def test_a_killed_driver_leaves_every_finished_chunk_in_the_cache(tmp_path, cluster):
+    text = MANIFEST.replace('ray_workers = 2', 'ray_workers = 1\nplugins = ["plugin.py"]').replace(
+        'name = "gradcam"', 'name = "slow_after_one"')
+    manifest = _project(tmp_path / "p", text)
+    cache = manifest.parent / ".galleryvis-cache"
+    driver = subprocess.Popen([sys.executable, "-m", "galleryvis", "build", str(manifest), "-q", "--batch-size", "1",
+                               "--executor", "ray", "--ray-address", cluster], cwd=manifest.parent,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(cache.glob("??/*.json"))) < 4:  # two predictions, then cat.png's two maps
+            assert time.monotonic() < deadline and driver.poll() is None, "no chunk reached the cache"
+            time.sleep(0.1)
+    finally:
+        driver.kill()  # SIGKILL, while coffee.png's chunk sleeps on its worker
+        driver.wait()
+    assert not (manifest.parent / "site").exists()
+    planned = _build(manifest, "--dry-run")
+    for tech in ("vanilla", "slow_after_one"):
+        assert f"resnet18 / {tech}: 1 to compute, 1 cached" in planned.output, planned.output
 
 
 def test_asking_for_ray_without_it_installed_is_one_line_exit_2(tmp_path, monkeypatch):
