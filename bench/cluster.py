@@ -43,7 +43,8 @@ def run(mode: str, manifest_arg: str | None, images: int | None) -> dict[str, An
             techs = TECHNIQUES[mode]
             manifest = small_manifest(folder, n_img, techs, "cpu")
             what = f"{n_img} image(s) x efficientnet_lite0 x {len(techs)} techniques ({', '.join(techs)})"
-        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)  # this checkout, for the builds and their workers
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
         out: dict[str, Any] = {"what": what, "cores": cores}
         out["local"] = build_once(folder, manifest, env, "local")
         t0 = time.perf_counter()

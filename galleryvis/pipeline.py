@@ -156,7 +156,8 @@ def provenance(manifest: Manifest, ws: Workspace, device: torch.device) -> dict[
 def _stamp(manifest: Manifest, ws: Workspace, cache: Cache, opts: Options, out: Path, summary: Summary) -> None:
     """Record what this build read, so that an unchanged rebuild can skip everything (:mod:`.stamp`);
     none (and no earlier one) when a model's weights are not pinned (a factory without a weights
-    file): only building it again tells whether they changed."""
+    file): only building it again tells whether they changed. A local cache only: a stamp lists
+    its entries' files."""
     path = stamp.path_for(cache.root, manifest.path)
     if not all(adapter.pinned for adapter in ws.models.values()):
         path.unlink(missing_ok=True)
