@@ -190,10 +190,12 @@ def test_a_killed_driver_leaves_every_finished_chunk_in_the_cache(tmp_path, clus
         assert f"resnet18 / {tech}: 1 to compute, 1 cached" in planned.output, planned.output
 
 
-def test_asking_for_ray_without_it_installed_is_one_line_exit_2(tmp_path, monkeypatch):
-    manifest = _project(tmp_path / "p", MANIFEST)
+@pytest.mark.parametrize("asked", ["--executor", "[gallery] executor"])
+def test_asking_for_ray_without_it_installed_is_one_line_exit_2(tmp_path, monkeypatch, asked):
+    text = MANIFEST.replace("ray_workers = 2", 'executor = "ray"') if asked.startswith("[") else MANIFEST
+    manifest = _project(tmp_path / "p", text)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    result = _build(manifest, "--executor", "ray")
+    result = _build(manifest, *(["--executor", "ray"] if asked == "--executor" else []))
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ['error: the ray executor needs Ray: pip install "galleryvis[ray]"']
     assert not (manifest.parent / "site").exists()
