@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
 
             print("running the local-vs-Ray section ...", file=sys.stderr, flush=True)
             chosen = args.cluster_manifest or (None if args.quick else "default")
-            r = cluster.run("quick" if args.quick else "full", chosen, args.images)
+            r = cluster.run("quick" if args.quick else "full", chosen, args.images, args.batch_size)
             dump["cluster"] = r
             print(cluster_table(rep, r), flush=True)
     block = checks_block(rep)

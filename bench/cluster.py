@@ -25,8 +25,9 @@ def _cells(result: dict[str, Any]) -> int:
     return int(summary.get("computed", 0)) + int(summary.get("cached", 0))
 
 
-def run(mode: str, manifest_arg: str | None, images: int | None) -> dict[str, Any]:
-    """Local build, Ray build with 1 and with 2 workers (seconds, cells, cells/s), Ray start-up."""
+def run(mode: str, manifest_arg: str | None, images: int | None, batch_size: int) -> dict[str, Any]:
+    """Local build, Ray build with 1 and with 2 workers (seconds, cells, cells/s), Ray start-up;
+    every build with ``batch_size`` (a Ray task is a chunk of that many images per model)."""
     import time
 
     from galleryvis.cluster import local_cluster
@@ -45,15 +46,15 @@ def run(mode: str, manifest_arg: str | None, images: int | None) -> dict[str, An
             what = f"{n_img} image(s) x efficientnet_lite0 x {len(techs)} techniques ({', '.join(techs)})"
         root = str(Path(__file__).resolve().parent.parent)  # this checkout, for the builds and their workers
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-        out: dict[str, Any] = {"what": what, "cores": cores}
-        out["local"] = build_once(folder, manifest, env, "local")
+        out: dict[str, Any] = {"what": what, "cores": cores, "batch_size": batch_size}
+        out["local"] = build_once(folder, manifest, env, "local", ["--batch-size", str(batch_size)])
         t0 = time.perf_counter()
         with local_cluster(folder / "ray", nodes=1, cpus=cores) as cluster:
             out["ray_start"] = time.perf_counter() - t0
             env.update(cluster.env)
             for workers in (1, 2):
-                args = ["--executor", "ray", "--ray-address", cluster.address, "--ray-workers", str(workers),
-                        "--num-cpus", str(max(1, cores // workers))]
+                args = ["--batch-size", str(batch_size), "--executor", "ray", "--ray-address", cluster.address,
+                        "--ray-workers", str(workers), "--num-cpus", str(max(1, cores // workers))]
                 out[f"ray{workers}"] = build_once(folder, manifest, env, f"ray{workers}", args)
     for name in ("local", "ray1", "ray2"):
         r = out[name]

@@ -231,7 +231,8 @@ def cluster_table(rep: Report, r: dict[str, Any]) -> str:
     names = {"local": "local executor", "ray1": "Ray, 1 worker (every core)", "ray2": "Ray, 2 workers (half each)"}
     rows = [[label, secs(r[k]["wall"]), secs(r[k].get("build_seconds")), _summary(r[k]), f"{r[k]['cells_per_s']:.2f}"]
             for k, label in names.items()]
-    lines = [rep.heading("local vs Ray"), "", f"gallery: {r['what']}; {r['cores']} cores; "
+    lines = [rep.heading("local vs Ray"), "", f"gallery: {r['what']}; {r['cores']} cores; --batch-size "
+             f"{r['batch_size']} (a Ray task: that many images of one model); "
              f"the local Ray cluster started once in {secs(r['ray_start'])} s (not in the builds)", "",
              rep.table(["build", "seconds (wall)", "seconds (in build.json)", "cells", "cells / s (wall)"], rows)]
     failed = [k for k in names if r[k]["rc"]]

@@ -4,7 +4,7 @@
 The driver groups attribution cells by model and technique set into chunks of images (as the
 local executor does); each chunk, and each synthesis cell, is one task. Every model gets
 ``workers`` actors (:class:`_ModelWorker`), each of which loads the model once, from the job's
-model spec, on its node, and runs its tasks through a :class:`~galleryvis.executor.LocalExecutor`
+model spec (a weights file's bytes shipped through Ray's object store), on its node, and runs its tasks through a :class:`~galleryvis.executor.LocalExecutor`
 (so a failing technique or image is isolated, and the batch halved on out-of-memory, exactly
 as locally), storing results in the shared cache. A killed worker is restarted and its
 task retried. The driver counts finished tasks on one progress bar and renders.
@@ -118,14 +118,24 @@ class _ModelWorker:
     """A Ray actor: one model, loaded once on its node, computing tasks of that model's jobs."""
 
     def __init__(self, spec: ModelSpec, root: Path, plugins: tuple[str, ...], device: str,
-                 batch_size: int, fail_fast: bool) -> None:
+                 batch_size: int, fail_fast: bool, weights: bytes | None = None) -> None:
+        """``weights``: the bytes of the spec's weights file, shipped by the driver (the file is
+        written to a temporary folder on this node, loaded and removed); None: none to ship."""
+        import dataclasses
+        import tempfile
+
         from . import plugins as plugin_modules
         from .models import choose_device, load_model
 
         plugin_modules.load_entry_points()
         for name in plugins:
             plugin_modules.load(name, root)
-        self.adapter = load_model(spec, root, choose_device(device), spec.field)
+        with tempfile.TemporaryDirectory(prefix="galleryvis-weights-") as folder:
+            if weights is not None:
+                local = Path(folder) / Path(str(spec.weights)).name
+                local.write_bytes(weights)
+                spec = dataclasses.replace(spec, weights=str(local))
+            self.adapter = load_model(spec, root, choose_device(device), spec.field)
         self.batch_size, self.fail_fast = batch_size, fail_fast
         self.images: dict[str, LoadedImage] = {}
         self.node = _ray().util.get_node_ip_address()
@@ -146,6 +156,14 @@ class _ModelWorker:
         seconds: dict[str, float] = {}
         LocalExecutor(ws, self.batch_size, self.fail_fast).run(jobs, cache, Progress(0, True), seconds)
         return [Outcome(j.result, j.error, j.trace, j.unit) for j in jobs], seconds, self.node
+
+
+def _weights_file(spec: ModelSpec) -> Path | None:
+    """The model's weights file (the driver ships its bytes through Ray's object store), or None
+    for named, random or factory-made weights."""
+    from .sources.weights import is_path
+
+    return Path(spec.weights) if spec.weights and is_path(spec.weights) and Path(spec.weights).is_file() else None
 
 
 def units(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
@@ -200,8 +218,10 @@ class RayExecutor:
         pools: dict[str, list[Any]] = {}
         for job in jobs:
             if job.model.id not in pools:
+                weights = _weights_file(job.model)
+                shipped = ray.put(weights.read_bytes()) if weights is not None else None  # once per build
                 pools[job.model.id] = [actor.remote(job.model, self.root, self.plugins, device, self.batch_size,
-                                                    self.fail_fast) for _ in range(self.workers)]
+                                                    self.fail_fast, shipped) for _ in range(self.workers)]
         cache_ref = ray.put(cache)
         pending: dict[Any, list[Job]] = {}
         left = {model_id: 0 for model_id in pools}  # tasks per model not yet finished

@@ -28,7 +28,8 @@ from .sitewriter import write_site
 
 @dataclass
 class Options:
-    """How to build: cache location and use, failure policy, output verbosity."""
+    """How to build: cache location and use, failure policy, output verbosity, and the executor
+    (local or Ray, with its workers, GPUs and CPUs)."""
 
     cache_dir: Path | str | None = None  # a folder or an fsspec URL; None: the manifest's, else beside it
     use_cache: bool = True

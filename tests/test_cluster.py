@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -188,6 +189,27 @@ def test_a_killed_driver_leaves_every_finished_chunk_in_the_cache(tmp_path, clus
     planned = _build(manifest, "--dry-run")
     for tech in ("vanilla", "slow_after_one"):
         assert f"resnet18 / {tech}: 1 to compute, 1 cached" in planned.output, planned.output
+
+
+def test_a_worker_loads_weights_shipped_by_the_driver_where_their_path_is_missing(tmp_path):
+    pytest.importorskip("ray")
+    import torch
+    import torchvision
+
+    from galleryvis.cluster import _ModelWorker, _weights_file
+    from galleryvis.jobs import load_models
+    from galleryvis.manifest import load_manifest
+
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "w.pth")
+    manifest_path = _project(tmp_path / "p", MANIFEST.replace('weights = "none"', 'weights = "../w.pth"'))
+    spec = load_manifest(manifest_path).models[0]
+    shipped = _weights_file(spec).read_bytes()
+    driver = load_models(load_manifest(manifest_path))["resnet18"]
+    (tmp_path / "w.pth").unlink()  # a node that cannot read the driver's path
+    worker = _ModelWorker(spec, manifest_path.parent, (), "cpu", 1, False, shipped)
+    assert worker.adapter.fingerprint == driver.fingerprint
+    assert not list(Path(tempfile.gettempdir()).glob("galleryvis-weights-*/w.pth"))  # removed once loaded
 
 
 @pytest.mark.parametrize("asked", ["--executor", "[gallery] executor"])
