@@ -106,8 +106,16 @@ def _project(folder: Path, manifest: str) -> Path:
     for name in ("cat.png", "coffee.png"):
         shutil.copy(PHOTOS / name, folder / name)
     (folder / "galleryvis.toml").write_text(manifest)
-    (folder / "plugin.py").write_text(PLUGIN)
     return folder / "galleryvis.toml"
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory) -> Path:
+    """PLUGIN's file, one for the module (a technique registers once per process); its markers
+    live beside it."""
+    path = tmp_path_factory.mktemp("plugin") / "plugin.py"
+    path.write_text(PLUGIN)
+    return path
 
 
 def _build(manifest: Path, *args: str):
@@ -149,13 +157,13 @@ def test_a_two_node_ray_build_is_byte_identical_to_a_local_build(tmp_path, clust
 
 
 @pytest.mark.slow
-def test_a_sigkilled_worker_is_retried_and_a_failing_cell_names_its_node(tmp_path, cluster, monkeypatch):
-    text = MANIFEST.replace('ray_workers = 2', 'ray_workers = 1\nplugins = ["plugin.py"]') + (
+def test_a_sigkilled_worker_is_retried_and_a_failing_cell_names_its_node(tmp_path, cluster, plugin, monkeypatch):
+    text = MANIFEST.replace('ray_workers = 2', f'ray_workers = 1\nplugins = ["{plugin}"]') + (
         '[[techniques]]\nname = "killed_once"\n[[techniques]]\nname = "always_fails"\n')
     manifest = _project(tmp_path / "p", text)
     monkeypatch.setenv("RAY_ADDRESS", cluster)  # honoured without --ray-address
     distributed = _build(manifest, "--executor", "ray")
-    assert (manifest.parent / "killed").exists(), distributed.output  # a worker was killed mid-build
+    assert plugin.with_name("killed").exists(), distributed.output  # a worker was killed mid-build
     assert distributed.exit_code == 1  # the failing technique's cells, and only those
     failures = [line for line in distributed.output.splitlines() if line.startswith("failed:")]
     assert len(failures) == 2 and all("always_fails" in f and "on node " in f for f in failures), failures
@@ -169,8 +177,8 @@ def test_a_sigkilled_worker_is_retried_and_a_failing_cell_names_its_node(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_killed_driver_leaves_every_finished_chunk_in_the_cache(tmp_path, cluster):
-    text = MANIFEST.replace('ray_workers = 2', 'ray_workers = 1\nplugins = ["plugin.py"]').replace(
+def test_a_killed_driver_leaves_every_finished_chunk_in_the_cache(tmp_path, cluster, plugin):
+    text = MANIFEST.replace('ray_workers = 2', f'ray_workers = 1\nplugins = ["{plugin}"]').replace(
         'name = "gradcam"', 'name = "slow_after_one"')
     manifest = _project(tmp_path / "p", text)
     cache = manifest.parent / ".galleryvis-cache"
