@@ -156,12 +156,13 @@ def main() -> None:
 @click.option("--num-cpus", type=click.IntRange(1, 1024), default=None,
               help="CPUs (torch threads) per Ray worker (default: [gallery] num_cpus, else 1).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--profile", is_flag=True, help="Print seconds per stage, model passes and the costliest cells.")
 @_errors_as_exit
 def build(manifest: Path | None, cache_dir: Path | str | None, no_cache: bool, force: bool, dry_run: bool,
           fail_fast: bool, batch_size: int | None, wait: float, executor: str | None, ray_address: str | None,
-          num_gpus: float | None, ray_workers: int | None, num_cpus: int | None, quiet: bool) -> None:
+          num_gpus: float | None, ray_workers: int | None, num_cpus: int | None, quiet: bool, profile: bool) -> None:
     """Build the gallery of MANIFEST (default: ./galleryvis.toml, else the embedded default)."""
-    if not (force or dry_run or no_cache) and _unchanged(manifest, cache_dir, batch_size, quiet) is not None:
+    if not (force or dry_run or no_cache or profile) and _unchanged(manifest, cache_dir, batch_size, quiet) is not None:
         return
     from .pipeline import Options, build as run_build
 
@@ -174,6 +175,8 @@ def build(manifest: Path | None, cache_dir: Path | str | None, no_cache: bool, f
         click.echo("\n".join(summary.plan))
         return
     _report(m.gallery.output, summary, quiet)
+    if profile:
+        click.echo(summary.profile())
     if summary.failed:
         sys.exit(1)
 

@@ -131,6 +131,15 @@ class Context:
         """The model's logits for ``x`` (N, classes), through :attr:`runner` when given."""
         return logits_of(self.runner or self.model, x)
 
+    def shared(self, key: Any, compute: Callable[[], Tensor]) -> Tensor:
+        """``compute()`` once per chunk for ``key`` (made hashable as :meth:`run`'s keys are): what
+        variants of a technique have in common, e.g. integrated gradients' path-averaged gradient
+        with and without the multiplication by the input."""
+        key = ("shared", _freeze(key))
+        if key not in self._results:
+            self._results[key] = compute()
+        return self._results[key]
+
     def run(self, name: str, layer: Any = None, **params: Any) -> Tensor:
         """Another technique's map on this chunk (memoized), at the layer's own resolution."""
         tech = registry.get(name)
@@ -217,10 +226,8 @@ def _check_inputs(inputs: Tensor) -> None:
         raise ValueError(f"inputs must be a float tensor of shape (N, C, H, W), got {desc}")
 
 
-def _layers_for(tech: registry.Technique, layer: LayerArg, model: nn.Module,
+def _layers_for(tech: registry.Technique, layer: str | Sequence[str] | None, model: nn.Module,
                 x: Tensor, cache: dict[str, str]) -> str | tuple[str, ...] | None:
-    if isinstance(layer, Mapping):
-        layer = layer.get(tech.name)
     if tech.layer == "none":
         return None
     if layer is None:
@@ -235,6 +242,16 @@ def _layers_for(tech: registry.Technique, layer: LayerArg, model: nn.Module,
     if tech.layer in ("one", "optional") and len(names) != 1:
         raise LayerError(f"{tech.name} takes one layer, got {list(names)}")
     return names if tech.layer == "many" else names[0]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One technique to run in :func:`attribute_calls`: its registry ``name``, ``layer`` (a dotted
+    name, a list for multi-layer techniques, None for the default) and ``params``."""
+
+    name: str
+    layer: str | Sequence[str] | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 def attribute_many(
@@ -258,42 +275,63 @@ def attribute_many(
     with raw float32 CPU maps, (N,3,H,W) or (N,1,H,W) upsampled bilinearly to the input size.
     ``progress(technique, n_images)`` is called each time a technique finishes a chunk.
     """
+    params = dict(params or {})
+    unknown = set(params) - set(techniques)
+    if unknown:
+        raise registry.TechniqueError(f"params given for techniques not requested: {sorted(unknown)}")
+    calls = {name: Call(name, layer.get(name) if isinstance(layer, Mapping) else layer, params.get(name) or {})
+             for name in techniques}
+    return attribute_calls(model, inputs, calls, target, batch_size=batch_size, progress=progress,
+                           mean=mean, std=std)
+
+
+def attribute_calls(
+    model: nn.Module,
+    inputs: Tensor,
+    calls: Mapping[str, Call],
+    target: int | Sequence[int] | Tensor | None,
+    *,
+    batch_size: int | None = None,
+    progress: Callable[[str, int], None] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> dict[str, Tensor]:
+    """:func:`attribute_many` for calls under ids of the caller's choosing, so one technique can
+    run at several layers or with several parameter sets in one call (a gallery's rows, a sanity
+    step): every pass they have in common is shared (the chunk's :class:`Context` memoizes by
+    technique, layer and parameters). Returns ``{id: maps}``; ``progress(id, n_images)``."""
     _check_inputs(inputs)
     device = model_device(model)
     if batch_size is None:
         batch_size = default_batch_size(device)
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    params = dict(params or {})
-    unknown = set(params) - set(techniques)
-    if unknown:
-        raise registry.TechniqueError(f"params given for techniques not requested: {sorted(unknown)}")
-    techs = [registry.get(t) for t in techniques]
-    for t in techs:
+    techs = {key: registry.get(c.name) for key, c in calls.items()}
+    for t in techs.values():
         if t.family != "attribution":
             raise registry.TechniqueError(
                 f"{t.name!r} is a {t.family} technique: use galleryvis.synthesize(model, {t.name!r}, ...)")
-    resolved = {t.name: registry.resolve_params(t, params.get(t.name)) for t in techs}
+    resolved = {key: registry.resolve_params(techs[key], c.params) for key, c in calls.items()}
     x = fast_layout(inputs.detach().to(device))
-    out: dict[str, list[Tensor]] = {t.name: [] for t in techs}
+    out: dict[str, list[Tensor]] = {key: [] for key in calls}
     with prepared(model):
         default_cache: dict[str, str] = {}
-        layer_of = {t.name: _layers_for(t, layer, model, x, default_cache) for t in techs}
+        layer_of = {key: _layers_for(techs[key], c.layer, model, x, default_cache) for key, c in calls.items()}
         all_layers = tuple(dict.fromkeys(
             n for lay in layer_of.values() for n in ((lay,) if isinstance(lay, str) else lay or ())))
         for n in all_layers:
             resolve_layer(model, n)
-        need_input = any("input_grad" in t.needs for t in techs)
-        with folded(model, x[:1], all_layers, enabled=_folds(techs, x.shape[0])) as runner:
+        need_input = any("input_grad" in t.needs for t in techs.values())
+        with folded(model, x[:1], all_layers, enabled=_folds(list(techs.values()), x.shape[0])) as runner:
             targets = resolve_targets(runner, x, target, batch_size)
             for xs, ts in zip(x.split(batch_size), targets.split(batch_size)):
                 ctx = Context(model, xs, ts, all_layers, batch_size, need_input, runner, mean, std)
-                for t in sorted(techs, key=_forward_only):  # reuse a backward's forward
-                    m = ctx.run(t.name, layer_of[t.name], **resolved[t.name])
-                    out[t.name].append(_finish(m, xs))
+                for key in sorted(calls, key=lambda k: _forward_only(techs[k])):  # reuse a backward's forward
+                    m = ctx.run(calls[key].name, layer_of[key], **resolved[key])
+                    out[key].append(_finish(m, xs))
                     if progress is not None:
-                        progress(t.name, xs.shape[0])
-    return {name: torch.cat(maps) for name, maps in out.items()}
+                        progress(key, xs.shape[0])
+    return {key: torch.cat(maps) for key, maps in out.items()}
 
 
 #: A call folds batch norm (:func:`galleryvis.fold.folded`) when it runs at least this many

@@ -1,8 +1,9 @@
 """The compute stage: an :class:`Executor` turns planned jobs into results in the cache.
 
 :class:`LocalExecutor` runs in this process: attribution cells grouped by model and technique
-set, images chunked, one failing technique or image isolated from the others, the chunk halved
-on out-of-memory; then synthesis cells one by one. Another executor (a cluster) implements the
+set, images chunked, every technique of a chunk in one call (sharing their passes), one failing
+technique or image isolated from the others, the chunk halved on out-of-memory; then synthesis
+cells one by one. Another executor (a cluster) implements the
 same protocol on the same plain :class:`~galleryvis.jobs.Job`.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from .cache import Cache
-from .engine import attribute_many
+from .engine import Call, attribute_calls
 from .hooks import capture, prepared
 from .jobs import Job, Workspace
 from .models import ModelAdapter
@@ -79,61 +80,55 @@ class LocalExecutor:
                 job.error = one_line(exc)
             else:
                 store(cache, job)
-            seconds[job.tech.id] = seconds.get(job.tech.id, 0.0) + time.perf_counter() - t0
+            job.seconds["compute"] = time.perf_counter() - t0
+            seconds[job.tech.id] = seconds.get(job.tech.id, 0.0) + job.seconds["compute"]
             progress.mark([job], f"{job.model.id}: {job.tech.id} for {job.image.name}")
 
     def _chunk(self, chunk: list[list[Job]], seconds: dict[str, float], progress: Progress) -> None:
-        """One attribute_many call per technique-id group; on failure, retry each technique
-        alone (so one failing technique does not take the others down), halving the batch on OOM."""
+        """One attribute_calls call for every technique of the chunk (variants of one technique
+        included, so they share their passes); on failure, retry each technique and image alone
+        (so one failing technique does not take the others down), halving the batch on OOM."""
         adapter = self.ws.adapter(chunk[0][0])
         x = self.ws.inputs([cell[0] for cell in chunk])
         targets = [cell[0].target for cell in chunk]
         columns = list(zip(*chunk))  # one tuple of jobs (one per image) per technique
-        by_name: dict[str, list[tuple[Job, ...]]] = defaultdict(list)
-        for col in columns:
-            by_name[col[0].tech.name].append(col)
-        shared = [cols[0] for cols in by_name.values()]
-        rest = [col for cols in by_name.values() for col in cols[1:]]
-        for group in ([shared] + [[c] for c in rest]):
-            try:
-                self._attribute(adapter, x, targets, group, seconds, progress)
-            except Exception:  # noqa: BLE001  (isolate: retry one technique and one image at a time)
-                if self.fail_fast:
-                    raise
-                for col in group:
-                    for i, job in enumerate(col):
-                        try:
-                            self._attribute(adapter, x[i:i + 1], targets[i:i + 1], [(job,)], seconds, progress)
-                        except Exception as exc:  # noqa: BLE001
-                            job.error = one_line(exc)
+        try:
+            self._attribute(adapter, x, targets, columns, seconds, progress)
+        except Exception:  # noqa: BLE001  (isolate: retry one technique and one image at a time)
+            if self.fail_fast:
+                raise
+            for col in columns:
+                for i, job in enumerate(col):
+                    try:
+                        self._attribute(adapter, x[i:i + 1], targets[i:i + 1], [(job,)], seconds, progress)
+                    except Exception as exc:  # noqa: BLE001
+                        job.error = one_line(exc)
 
     def _attribute(self, adapter: ModelAdapter, x: torch.Tensor, targets: list[int], cols: list[tuple[Job, ...]],
                    seconds: dict[str, float], progress: Progress) -> None:
-        names = [c[0].tech.name for c in cols]
-        col_of = {c[0].tech.name: c for c in cols}
-        layers = {c[0].tech.name: c[0].layer for c in cols}
-        params = {c[0].tech.name: c[0].params for c in cols}
+        col_of = {c[0].tech.id: c for c in cols}
+        calls = {c[0].tech.id: Call(c[0].tech.name, c[0].layer, c[0].params) for c in cols}
         batch_size = self.batch_size
         while True:
             try:
                 t0 = time.perf_counter()
-                maps = attribute_many(adapter.model, x, names, targets, layers, params, batch_size=batch_size,
-                                      progress=lambda name, _n: progress.mark(col_of[name], f"{adapter.id}: {name}"),
-                                      mean=adapter.mean, std=adapter.std)
+                maps = attribute_calls(adapter.model, x, calls, targets, batch_size=batch_size,
+                                       progress=lambda key, _n: progress.mark(col_of[key], f"{adapter.id}: {key}"),
+                                       mean=adapter.mean, std=adapter.std)
                 break
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
                 batch_size //= 2
         spent = (time.perf_counter() - t0) / len(cols)
-        for col in cols:
-            name = col[0].tech.name
-            seconds[col[0].tech.id] = seconds.get(col[0].tech.id, 0.0) + spent
-            arr = maps[name].numpy()
+        for key, col in col_of.items():
+            seconds[key] = seconds.get(key, 0.0) + spent
+            arr = maps[key].numpy()
             if not np.isfinite(arr).all():
-                raise FloatingPointError(f"{name} produced NaN or Inf values")
+                raise FloatingPointError(f"{col[0].tech.name} produced NaN or Inf values")
             for i, job in enumerate(col):
                 job.result = arr[i]
+                job.seconds["compute"] = spent / len(col)
 
     def _synthesize(self, job: Job) -> None:
         """One synthesis cell: the image's own class (target) or its most active channel (unit)."""

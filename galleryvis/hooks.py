@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -138,6 +138,20 @@ def guided(model: nn.Module, mode: str) -> Iterator[None]:
         for m in model.modules():
             if isinstance(m, RELU_FAMILY):
                 stack.callback(m.register_forward_hook(hook).remove)
+        yield
+
+
+@contextmanager
+def counting(models: Iterable[nn.Module], count: Callable[[int], None]) -> Iterator[None]:
+    """Call ``count(batch size)`` on every forward of each model while the block runs (copies
+    made inside it, such as the sanity check's, count too); the hooks go on exit."""
+    def pre(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        first = args[0] if args else None
+        count(int(first.shape[0]) if isinstance(first, Tensor) and first.dim() else 1)
+
+    with ExitStack() as stack:
+        for model in models:
+            stack.callback(model.register_forward_pre_hook(pre).remove)
         yield
 
 

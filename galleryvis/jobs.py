@@ -43,7 +43,8 @@ class Job:
     with its ``params`` resolved, ``layer`` and ``target`` as resolved for this model, ``key``
     the cache key and ``covers`` what it is the hash of (recorded in the cache entry).
     ``result`` (the raw map, or a synthesis image), ``error``, ``cached``, ``metrics``,
-    ``curves``, ``trace`` and ``unit`` (the channel a synthesis cell optimized) are filled by
+    ``curves``, ``trace``, ``unit`` (the channel a synthesis cell optimized) and ``seconds``
+    (its share of the compute and scoring time; shared passes are split evenly) are filled by
     the compute and scoring stages.
     """
 
@@ -63,6 +64,7 @@ class Job:
     trace: list[float] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it was not computed
     unit: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # "compute" / "scoring": its share of the time
 
     @property
     def family(self) -> str:

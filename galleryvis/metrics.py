@@ -5,7 +5,7 @@
   follows the target's softmax probability while the top-ranked pixels are replaced by a
   substrate, the insertion curve while they are copied onto a blurred version of the image.
   Lower deletion AUC and higher insertion AUC mean a more faithful map.
-* :func:`sanity`: the cascading model-parameter randomization test of Adebayo et al. 2018
+* :func:`sanity` / :func:`sanity_many`: the cascading model-parameter randomization test of Adebayo et al. 2018
   (https://arxiv.org/abs/1810.03292). Layers of a copy of the model are re-initialized from the
   logits towards the input and the map is recomputed after each step; a map that stays similar
   (high Spearman correlation) to the original does not depend on what the model learned.
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, attribute, fast_layout, logits_of,
-                     model_device, resolve_targets)
+from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, Call, attribute_calls, fast_layout,
+                     logits_of, model_device, resolve_targets)
 from .fold import folded
 from .hooks import prepared
 
@@ -98,7 +98,8 @@ def deletion_insertion(
     substrate: Substrate = "zero",
     *,
     score: Score = "probability",
-    rank_by: RankBy = "signed",
+    rank_by: RankBy | Sequence[RankBy] = "signed",
+    images: Sequence[int] | None = None,
     blur_kernel: int = 11,
     blur_sigma: float = 5.0,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -128,26 +129,33 @@ def deletion_insertion(
     curves; with ``substrate="blur"`` the fully deleted and the empty insertion image are one
     forward too, ``2 * steps``). They run under ``torch.inference_mode`` in batches of
     ``batch_size`` that never mix images, with the model in eval mode (restored afterwards).
-    Each image's result is a deterministic function of that image, its map, the target, the
+    Each image's result is a deterministic function of that image, its maps, the target, the
     protocol and ``batch_size``: bit-identical whatever other images share the call.
+
+    Several maps of one image (a gallery's techniques) are scored in one call with ``images``:
+    map ``m`` explains ``inputs[images[m]]``; the perturbed inputs of all maps of an image are
+    batched together and its unperturbed, blurred and fully deleted forwards are shared, so M
+    maps of an image cost ``M * (2 * steps - 2) + 3`` forwards (one fewer with the blur substrate).
 
     Args:
         model: classifier returning logits (N, classes).
         inputs: (N, C, H, W) normalized images.
-        maps: (N, 1 or C, h, w) or (N, h, w) maps, one per image; resized bilinearly to H x W
-            when their size differs.
+        maps: (M, 1 or C, h, w) or (M, h, w) maps, one per image (or per entry of ``images``);
+            resized bilinearly to H x W when their size differs.
         target: one class for all images, one per image, or None for each image's top-1.
         steps: number of intervals of each curve (>= 1).
         substrate: what deleted pixels become: ``"zero"``, ``"black"`` or ``"blur"``.
         score: ``"probability"`` (softmax) or ``"logit"``.
-        rank_by: ``"signed"`` or ``"abs"`` (see above).
+        rank_by: ``"signed"`` or ``"abs"`` (see above), or one of them per map.
+        images: for each map, the index of the image in ``inputs`` it explains (default: map
+            ``i`` explains image ``i``).
         blur_kernel: odd kernel size of the insertion (and ``"blur"`` substrate) blur.
         blur_sigma: its standard deviation in pixels.
         mean, std: the normalization of ``inputs`` (for ``substrate="black"`` only).
         batch_size: perturbed images per forward pass.
 
     Returns:
-        :class:`DeletionInsertion` with (N,) AUCs and (N, steps + 1) curves.
+        :class:`DeletionInsertion` with (M,) AUCs, (M, steps + 1) curves and (M,) targets.
     """
     if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
         desc = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
@@ -158,8 +166,6 @@ def deletion_insertion(
         raise ValueError(f"unknown substrate {substrate!r}; choose one of {list(SUBSTRATES)}")
     if score not in ("probability", "logit"):
         raise ValueError(f"unknown score {score!r}; choose 'probability' or 'logit'")
-    if rank_by not in ("signed", "abs"):
-        raise ValueError(f"unknown rank_by {rank_by!r}; choose 'signed' or 'abs'")
     if blur_kernel < 1 or blur_kernel % 2 == 0 or not blur_sigma > 0:
         raise ValueError("blur_kernel must be a positive odd int and blur_sigma > 0")
     if batch_size < 1:
@@ -167,8 +173,16 @@ def deletion_insertion(
 
     device = model_device(model)
     x = inputs.detach().to(device)
-    n, c, h, w = x.shape
-    ranks = _pixel_ranks(_check_maps(maps, x), rank_by).to(device)  # (N, H, W)
+    c, h, w = x.shape[1:]
+    image_of = list(range(x.shape[0])) if images is None else [int(i) for i in images]
+    if any(not 0 <= i < x.shape[0] for i in image_of):
+        raise ValueError(f"images must index the {x.shape[0]} inputs, got {image_of}")
+    n = len(image_of)
+    rank_of = [rank_by] * n if isinstance(rank_by, str) else list(rank_by)
+    if len(rank_of) != n or any(r not in ("signed", "abs") for r in rank_of):
+        raise ValueError(f"rank_by must be 'signed' or 'abs', or one of them for each of the {n} maps; "
+                         f"got {rank_by!r}")
+    ranks = _pixel_ranks(_check_maps(maps, n, x), rank_of).to(device)  # (M, H, W)
     pixels = h * w
     counts = [(k * pixels + steps // 2) // steps for k in range(steps + 1)]
 
@@ -186,8 +200,10 @@ def deletion_insertion(
             s = torch.tensor(std, dtype=x.dtype, device=device).view(1, c, 1, 1)
             sub = ((0 - m) / s).expand_as(x)
 
-        # One job per distinct image to score; the curves' shared endpoints are scored once.
-        def key(curve: str, i: int, k: int) -> tuple[Any, ...]:
+        # One job per distinct input to score, (kind, image, ...); the endpoints shared by the
+        # curves (and by the maps of one image) are scored once.
+        def key(curve: str, m: int, k: int) -> tuple[Any, ...]:
+            i = image_of[m]
             if curve == "del":
                 if counts[k] == 0:
                     return ("orig", i)
@@ -198,11 +214,11 @@ def deletion_insertion(
                     return ("blur", i)
                 if counts[k] == pixels:
                     return ("orig", i)
-            return (curve, i, k)
+            return (curve, i, m, k)
 
-        slots = {(curve, i, k): key(curve, i, k) for i in range(n) for curve in ("del", "ins")
+        slots = {(curve, m, k): key(curve, m, k) for m in range(n) for curve in ("del", "ins")
                  for k in range(steps + 1)}
-        jobs = list(dict.fromkeys(slots.values()))  # grouped by image
+        jobs = list(dict.fromkeys(slots.values()))
 
         def make(job: tuple[Any, ...]) -> Tensor:
             kind, i = job[0], job[1]
@@ -212,12 +228,12 @@ def deletion_insertion(
                 return blurred[i]
             if kind == "sub":
                 return sub[i]
-            mask = ranks[i] < counts[job[2]]  # (H, W): the top-ranked pixels
+            mask = ranks[job[2]] < counts[job[3]]  # (H, W): the top-ranked pixels
             return torch.where(mask, sub[i], x[i]) if kind == "del" else torch.where(mask, x[i], blurred[i])
 
         # Batches never mix images, so an image's scores do not depend on the other images
         # of the call (bit-identical whatever it is scored with).
-        chunks = [chunk for i in range(n) for per in [[j for j in jobs if j[1] == i]]
+        chunks = [chunk for i in dict.fromkeys(image_of) for per in [[j for j in jobs if j[1] == i]]
                   for chunk in (per[lo:lo + batch_size] for lo in range(0, len(per), batch_size))]
         values: dict[tuple[Any, ...], float] = {}
         for chunk in chunks:
@@ -230,12 +246,12 @@ def deletion_insertion(
     curves = {curve: np.array([[values[slots[(curve, i, k)]] for k in range(steps + 1)] for i in range(n)],
                               dtype=np.float64).reshape(n, steps + 1)
               for curve in ("del", "ins")}
-    protocol = _protocol(steps, substrate, score, rank_by, blur_kernel, blur_sigma)
+    protocol = _protocol(steps, substrate, score, rank_of, blur_kernel, blur_sigma)
     return DeletionInsertion(
         deletion_auc=auc(curves["del"]), insertion_auc=auc(curves["ins"]),
         deletion_curve=curves["del"], insertion_curve=curves["ins"],
         fractions=np.array(counts, dtype=np.float64) / pixels,
-        targets=targets.cpu().numpy(), protocol=protocol,
+        targets=targets[image_of].cpu().numpy(), protocol=protocol,
     )
 
 
@@ -248,22 +264,22 @@ def auc(curves: np.ndarray) -> np.ndarray:
     return (curves.sum(-1) - (curves[..., 0] + curves[..., -1]) / 2) / steps
 
 
-def _protocol(steps: int, substrate: str, score: str, rank_by: str, kernel: int, sigma: float) -> str:
+def _protocol(steps: int, substrate: str, score: str, rank_by: Sequence[str], kernel: int, sigma: float) -> str:
     what = "softmax probability" if score == "probability" else "logit"
-    rank = "signed value" if rank_by == "signed" else "|value|"
+    rank = " or ".join({"signed": "signed value", "abs": "|value|"}[r] for r in sorted(set(rank_by), reverse=True))
     return (f"deletion/insertion (Petsiuk et al. 2018): {steps} steps of {100 / steps:.3g}% of the pixels, "
             f"ranked by the map's channel-summed {rank}; deleted pixels become {_SUBSTRATE_TEXT[substrate]}; "
             f"insertion onto a Gaussian blur (kernel {kernel}, sigma {sigma:g}); "
             f"score: the target's {what}; AUC: trapezoid over the pixel fraction")
 
 
-def _check_maps(maps: Tensor, x: Tensor) -> Tensor:
+def _check_maps(maps: Tensor, count: int, x: Tensor) -> Tensor:
     if not isinstance(maps, Tensor):
         maps = torch.as_tensor(np.asarray(maps))
     if maps.dim() == 3:
         maps = maps[:, None]
-    if maps.dim() != 4 or maps.shape[0] != x.shape[0]:
-        raise ValueError(f"maps must have shape (N, C, H, W) or (N, H, W) with N = {x.shape[0]}, "
+    if maps.dim() != 4 or maps.shape[0] != count:
+        raise ValueError(f"maps must have shape (N, C, H, W) or (N, H, W) with N = {count}, "
                          f"got {tuple(maps.shape)}")
     maps = maps.detach().float().cpu()
     if maps.shape[-2:] != x.shape[-2:]:
@@ -271,12 +287,13 @@ def _check_maps(maps: Tensor, x: Tensor) -> Tensor:
     return maps
 
 
-def _pixel_ranks(maps: Tensor, rank_by: str) -> Tensor:
-    """(N, C, H, W) maps -> (N, H, W) long: 0 for the most important pixel, H*W - 1 for the least."""
+def _pixel_ranks(maps: Tensor, rank_by: Sequence[str]) -> Tensor:
+    """(N, C, H, W) maps -> (N, H, W) long: 0 for the most important pixel, H*W - 1 for the least;
+    map ``i`` ranked by its signed value or its magnitude as ``rank_by[i]`` says."""
     n, _, h, w = maps.shape
     v = maps.sum(1).reshape(n, h * w).double()
-    if rank_by == "abs":
-        v = v.abs()
+    by_abs = torch.tensor([r == "abs" for r in rank_by])
+    v[by_abs] = v[by_abs].abs()
     v = torch.nan_to_num(v, nan=-math.inf)
     order = torch.sort(v, dim=1, descending=True, stable=True).indices
     ranks = torch.empty_like(order)
@@ -389,14 +406,15 @@ class Sanity:
             learned parameters.
         curve: (steps, N) the same after each cascade step.
         control: (N,) the same for the map recomputed on the unchanged copy (1.0 for
-            deterministic techniques): the reference ``similarity`` should fall well below.
+            deterministic techniques): the reference ``similarity`` should fall well below;
+            None when :func:`sanity_many` was asked not to compute it.
         cascade: for each step, the names of the modules re-initialized at that step.
         protocol: one line describing the test.
     """
 
     similarity: np.ndarray
     curve: np.ndarray
-    control: np.ndarray
+    control: np.ndarray | None
     cascade: tuple[tuple[str, ...], ...]
     protocol: str
 
@@ -446,13 +464,39 @@ def sanity(
 
     Returns:
         :class:`Sanity`. Cost: ``steps + 2`` calls of :func:`galleryvis.attribute` (original,
-        control, one per step), plus a deep copy of the model.
+        control, one per step), plus a deep copy of the model. :func:`sanity_many` runs several
+        techniques through the same cascade.
     """
     tparams = dict(technique_params or {})
     clash = set(tparams) & set(params)
     if clash:
         raise ValueError(f"technique parameters given twice: {sorted(clash)}")
     tparams.update(params)
+    return sanity_many(model, inputs, {technique: Call(technique, layer, tparams)}, target, max_steps=max_steps,
+                       seed=seed, batch_size=batch_size, mean=mean, std=std)[technique]
+
+
+def sanity_many(
+    model: nn.Module,
+    inputs: Tensor,
+    calls: Mapping[str, Call],
+    target: Target,
+    *,
+    max_steps: int | None = 10,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    control: bool = True,
+) -> dict[str, Sanity]:
+    """:func:`sanity` for several techniques (``{id: Call}``, as for
+    :func:`galleryvis.engine.attribute_calls`) through one cascade: one copy of the model,
+    randomized once per step, and at each step one ``attribute_calls`` call for all of them, so
+    they share their passes. Each technique's result equals its own :func:`sanity` (the same
+    cascade and targets; the maps agree to float rounding, which shared passes and batch-norm
+    folding can move). ``control=False`` skips the control recomputation (``Sanity.control``
+    is then None): one call fewer, for callers that only read ``similarity``.
+    """
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise ValueError(f"max_steps must be an int >= 1 or None, got {max_steps!r}")
     if not isinstance(inputs, Tensor) or inputs.dim() != 4:
@@ -466,31 +510,33 @@ def sanity(
     if not order:
         raise ValueError("the model has no parameters to randomize")
 
-    def explain() -> np.ndarray:
-        kwargs = dict(tparams)
-        if layer is not None:
-            kwargs["layer"] = layer
-        m = attribute(net, x, technique, targets, batch_size=batch_size, mean=mean, std=std, **kwargs)
-        return m.abs().sum(1).flatten(1).double().numpy()
+    def explain() -> dict[str, np.ndarray]:
+        maps = attribute_calls(net, x, calls, targets, batch_size=batch_size, mean=mean, std=std)
+        return {key: m.abs().sum(1).flatten(1).double().numpy() for key, m in maps.items()}
 
     original = explain()
-    control = spearman(original, explain())
+    again = explain() if control else None
     cascade = list(reversed(order))  # logits first
     groups = _groups(len(cascade), max_steps)
-    curve = []
+    curves: dict[str, list[np.ndarray]] = {key: [] for key in calls}
     names: list[tuple[str, ...]] = []
     for lo, hi in groups:
         step = cascade[lo:hi]
         for name, module, index in step:
             _reinit(module, seed, index)
         names.append(tuple(name for name, _, _ in step))
-        curve.append(spearman(original, explain()))
-    curve_arr = np.stack(curve)
-    protocol = (f"cascading randomization (Adebayo et al. 2018) of {technique}: {len(cascade)} parametrized "
-                f"modules re-initialized from the logits towards the input in {len(groups)} steps "
-                f"(seed {seed}); Spearman rank correlation of |map| (channel sum) with the original")
-    return Sanity(similarity=curve_arr[-1], curve=curve_arr, control=control,
-                  cascade=tuple(names), protocol=protocol)
+        for key, m in explain().items():
+            curves[key].append(spearman(original[key], m))
+    out = {}
+    for key, call in calls.items():
+        curve = np.stack(curves[key])
+        protocol = (f"cascading randomization (Adebayo et al. 2018) of {call.name}: {len(cascade)} parametrized "
+                    f"modules re-initialized from the logits towards the input in {len(groups)} steps "
+                    f"(seed {seed}); Spearman rank correlation of |map| (channel sum) with the original")
+        out[key] = Sanity(similarity=curve[-1], curve=curve,
+                          control=None if again is None else spearman(original[key], again[key]),
+                          cascade=tuple(names), protocol=protocol)
+    return out
 
 
 def _call_order(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, int]]:

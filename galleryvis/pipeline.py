@@ -19,9 +19,10 @@ from . import scoring, stamp
 from .cache import CACHE_DIRNAME, Cache, CacheWarning
 from .engine import default_batch_size
 from .executor import Executor, LocalExecutor
+from .hooks import counting
 from .jobs import Job, Workspace, plan, plan_lines, prediction_key, workspace
 from .manifest import Manifest
-from .progress import Progress
+from .progress import Progress, Stages
 from .sitefiles import build_lock
 from .sitewriter import write_site
 
@@ -48,7 +49,8 @@ class Options:
 
 @dataclass
 class Summary:
-    """What a build did: cells computed / cached / failed, seconds per technique."""
+    """What a build did: cells computed / cached / failed, seconds per technique and per stage,
+    the jobs themselves (with their share of the time, for ``--profile``)."""
 
     computed: int = 0
     cached: int = 0
@@ -57,10 +59,24 @@ class Summary:
     failures: list[str] = field(default_factory=list)
     plan: list[str] = field(default_factory=list)
     total_seconds: float = 0.0
+    stages: Stages = field(default_factory=Stages)
+    jobs: list[Job] = field(default_factory=list)
 
     def line(self) -> str:
         return (f"{self.computed} computed, {self.cached} cached, {self.failed} failed "
-                f"in {self.total_seconds:.1f} s")
+                f"in {self.total_seconds:.1f} s ({self.stages.line()})")
+
+    def profile(self, top: int = 10) -> str:
+        """A table of the stages and of the ``top`` costliest cells (compute + scoring seconds)."""
+        total = sum(self.stages.seconds.values()) or 1.0
+        lines = ["stage         seconds  share"]
+        lines += [f"{name:<12} {sec:8.1f}  {100 * sec / total:4.0f} %" for name, sec in self.stages.seconds.items()]
+        lines.append(f"model passes: {self.stages.passes} ({self.stages.images} images)")
+        cells = sorted(self.jobs, key=lambda j: -sum(j.seconds.values()))[:top]
+        lines.append(f"top {len(cells)} cells     compute  scoring")
+        lines += [f"{j.model.id} / {j.image.name} / {j.tech.id}: {j.seconds.get('compute', 0.0):.2f} s"
+                  f"  {j.seconds.get('scoring', 0.0):.2f} s" for j in cells if j.seconds]
+        return "\n".join(lines)
 
 
 def cache_dir(manifest: Manifest, opts: Options) -> Path | str:
@@ -89,40 +105,54 @@ def executor_for(manifest: Manifest, opts: Options, ws: Workspace, batch_size: i
 def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -> Summary:
     """Build the site of ``manifest``: every cell from the cache or computed (by ``executor``;
     default: :func:`executor_for`), then rendered into a temporary
-    folder that replaces the output folder only when complete."""
+    folder that replaces the output folder only when complete. The summary says where the time
+    went (:class:`~galleryvis.progress.Stages`)."""
     t_start = time.perf_counter()
-    ws = workspace(manifest)
+    summary = Summary()
+    stages = summary.stages
+    with stages.stage("load"):
+        ws = workspace(manifest)
     device = next(iter(ws.models.values())).device if ws.models else torch.device("cpu")
     batch_size = opts.batch_size or default_batch_size(device)
     executor = executor or executor_for(manifest, opts, ws, batch_size)  # a missing Ray fails here, early
     cache = Cache(cache_dir(manifest, opts), enabled=opts.use_cache)
     out = manifest.gallery.output
-    summary = Summary()
-    with build_lock(cache.root if opts.use_cache and cache.root is not None else out.parent, opts.wait):
-        jobs, preds = plan(manifest, ws, cache, opts.force)
-        todo = load_cached(jobs, cache)
-        summary.plan = plan_lines(jobs)
+    with build_lock(cache.root if opts.use_cache and cache.root is not None else out.parent, opts.wait), \
+            counting([a.model for a in ws.models.values()], stages.count):
+        with stages.stage("predict"):
+            jobs, preds = plan(manifest, ws, cache, opts.force)
+        with stages.stage("load"):
+            todo = load_cached(jobs, cache)
+        summary.plan, summary.jobs = plan_lines(jobs), jobs
         if opts.dry_run:
             return summary
         progress = Progress(len(todo) + scoring.task_count(jobs, manifest.metrics), opts.quiet)
         try:
             executor.run(todo, cache, progress, summary.seconds)
-            t_scores = time.perf_counter()
-            rankings = scoring.score(jobs, ws, manifest.metrics, cache, batch_size, progress)
+            for family in ("attribution", "synthesis"):
+                ids = {j.tech.id for j in todo if j.family == family}
+                if ids:
+                    stages.add(family, sum(summary.seconds.get(i, 0.0) for i in ids))
+            with stages.stage("scoring"):
+                rankings = scoring.score(jobs, ws, manifest.metrics, cache, batch_size, progress)
             if manifest.metrics.enabled:
-                summary.seconds["metrics"] = time.perf_counter() - t_scores
+                summary.seconds["metrics"] = stages.seconds["scoring"]
         finally:
             progress.close()
         summary.computed = sum(1 for j in todo if not j.error)
         summary.cached = sum(1 for j in jobs if j.cached)
         summary.failed = sum(1 for j in jobs if j.error)
         summary.failures = [f"{j.model.id} / {j.image.name} / {j.tech.id}: {j.error}" for j in jobs if j.error]
-        summary.total_seconds = time.perf_counter() - t_start
         counts = {"computed": summary.computed, "cached": summary.cached, "failed": summary.failed}
-        timings = {"summary": {**counts, "total_seconds": round(summary.total_seconds, 3)},
-                   "seconds_per_technique": {k: round(v, 3) for k, v in sorted(summary.seconds.items())},
-                   "failures": summary.failures}
-        write_site(manifest, ws, jobs, preds, rankings, counts, timings, out, provenance(manifest, ws, device))
+
+        def timings() -> dict[str, Any]:
+            summary.total_seconds = time.perf_counter() - t_start
+            return {"summary": {**counts, "total_seconds": round(summary.total_seconds, 3)},
+                    "seconds_per_technique": {k: round(v, 3) for k, v in sorted(summary.seconds.items())},
+                    "stages": stages.to_json(), "failures": summary.failures}
+
+        write_site(manifest, ws, jobs, preds, rankings, counts, timings, out, provenance(manifest, ws, device),
+                   stages)
         if opts.use_cache and cache.root is not None and not summary.failed:
             _stamp(manifest, ws, cache, opts, out, summary)
     return summary

@@ -1,9 +1,55 @@
-"""The progress stage: one bar (or plain lines) over a build's computing and scoring steps."""
+"""The progress stage: one bar (or plain lines) over a build's computing and scoring steps, and
+:class:`Stages`, where a build's time goes."""
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+#: A build's stages, in order: models and images loaded, predictions (targets), the two compute
+#: families, scores, pictures (WebP files and the viewer's values) and pages.
+STAGES = ("load", "predict", "attribution", "synthesis", "scoring", "pictures", "pages")
+
+
+@dataclass
+class Stages:
+    """Seconds per stage of one build (:data:`STAGES`) and the model passes it made: forward
+    calls of the gallery's models (their copies in the sanity check included) and the images
+    that went through them."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    passes: int = 0
+    images: int = 0
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Add the block's wall time to stage ``name``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+    def add(self, name: str, seconds: float) -> None:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; stages are {list(STAGES)}")
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def count(self, images: int) -> None:
+        """One forward call of a gallery model on ``images`` images."""
+        self.passes += 1
+        self.images += images
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seconds": {k: round(self.seconds[k], 3) for k in STAGES if k in self.seconds},
+                "model_passes": self.passes, "images_through_models": self.images}
+
+    def line(self) -> str:
+        """``"load 2.1 s, predict 0.3 s, ...; 1234 model passes"``."""
+        parts = [f"{k} {self.seconds[k]:.1f} s" for k in STAGES if k in self.seconds]
+        return ", ".join(parts) + f"; {self.passes} model passes ({self.images} images)"
 
 
 class Progress:

@@ -2,6 +2,7 @@
 sanity, and the per-model ranking."""
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 
 from . import metrics, registry
 from .cache import Cache, cache_key
+from .engine import Call
 from .jobs import Job, Workspace, model_input
 from .manifest import MetricsSpec
 from .records import Ranking
@@ -27,15 +29,6 @@ def _protocol(spec: MetricsSpec) -> dict[str, Any]:
     return {"steps": spec.steps, "substrate": spec.substrate}
 
 
-def _di(ws: Workspace, jobs: list[Job], maps: torch.Tensor, spec: MetricsSpec, rank_by: str,
-        batch_size: int) -> metrics.DeletionInsertion:
-    adapter = ws.adapter(jobs[0])
-    return metrics.deletion_insertion(
-        adapter.model, ws.inputs(jobs).to(adapter.device), maps.to(adapter.device), [j.target for j in jobs],
-        steps=spec.steps, substrate=spec.substrate, rank_by=rank_by,  # type: ignore[arg-type]
-        mean=adapter.mean, std=adapter.std, batch_size=batch_size)
-
-
 def _groups(jobs: list[Job]) -> dict[tuple[str, str], list[Job]]:
     """Successful attribution jobs by (model id, technique id)."""
     groups: dict[tuple[str, str], list[Job]] = defaultdict(list)
@@ -50,64 +43,86 @@ def _sanity_wanted(spec: MetricsSpec, name: str) -> bool:
 
 
 def task_count(jobs: list[Job], spec: MetricsSpec) -> int:
-    """How many progress steps :func:`score` takes at most for these jobs (fewer when cells fail)."""
+    """How many progress steps :func:`score` takes at most for these jobs (fewer when cells fail):
+    one per attribution cell for deletion / insertion, one per cell the sanity check scores."""
     if not spec.enabled:
         return 0
-    names = {(j.model.id, j.tech.id): j.tech.name for j in jobs if j.family == "attribution"}
-    return sum(int(spec.deletion_insertion) + int(_sanity_wanted(spec, name)) for name in names.values())
+    cells = [j for j in jobs if j.family == "attribution"]
+    return sum(int(spec.deletion_insertion) + int(_sanity_wanted(spec, j.tech.name)) for j in cells)
 
 
 def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch_size: int,
           progress: Any) -> list[Ranking]:
     """Attach ``metrics`` (AUCs, sanity) and ``curves`` to every successful attribution job and
-    return one ranking per model (techniques and the two baselines by insertion - deletion)."""
+    return one ranking per model (techniques and the two baselines by insertion - deletion).
+
+    Passes are shared: deletion / insertion scores every map of one (model, image), baselines
+    included, in one call (their perturbed inputs batched together); the sanity check runs one
+    cascade per model and image set, every scored technique through each step at once."""
     if not spec.enabled:
         return []
     groups = _groups(jobs)
     baselines: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     if spec.deletion_insertion:
-        seen: set[tuple[str, str]] = set()
-        for (model_id, tech_id), group in groups.items():
-            _deletion_insertion(ws, group, spec, cache, batch_size)
+        cells: dict[tuple[str, str], list[Job]] = defaultdict(list)
+        for group in groups.values():
             for j in group:
-                if (j.model.id, j.image.id) not in seen:
-                    seen.add((j.model.id, j.image.id))
-                    for name, (d, i) in _baseline_scores(ws, j, spec, cache, batch_size).items():
-                        baselines[j.model.id][name].append((d, i))
-            progress.step(1, f"{model_id}: deletion/insertion of {tech_id}")
-    for (model_id, tech_id), group in groups.items():
+                cells[(j.model.id, j.image.id)].append(j)
+        for (model_id, _), cell in cells.items():
+            for name, aucs in _deletion_insertion(ws, cell, spec, cache, batch_size).items():
+                baselines[model_id][name].append(aucs)
+            progress.step(len(cell), f"{model_id}: deletion/insertion on {cell[0].image.name}")
+    sanity: dict[tuple[str, tuple[str, ...]], list[list[Job]]] = defaultdict(list)
+    for (model_id, _), group in groups.items():
         if _sanity_wanted(spec, group[0].tech.name):
-            _sanity(ws, group, spec, cache, batch_size)
-            progress.step(1, f"{model_id}: sanity of {tech_id}")
+            sanity[(model_id, tuple(j.image.id for j in group))].append(group)
         else:
             for j in group:
                 j.skipped["sanity"] = ("not run: [metrics] sanity is off" if not spec.sanity else
                                        "not run: not listed in [metrics] sanity_techniques")
+    for (model_id, _), same_images in sanity.items():
+        _sanity(ws, same_images, spec, cache, batch_size)
+        progress.step(sum(map(len, same_images)), f"{model_id}: sanity of {len(same_images)} technique(s)")
     return _rankings(groups, baselines, spec) if spec.deletion_insertion else []
 
 
-def _deletion_insertion(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, batch_size: int) -> None:
-    keys = [cache_key(kind="deletion_insertion", map=j.key, **_protocol(spec)) for j in group]
-    todo = []
-    for j, key in zip(group, keys):
+def _deletion_insertion(ws: Workspace, cell: list[Job], spec: MetricsSpec, cache: Cache,
+                        batch_size: int) -> dict[str, tuple[float, float]]:
+    """Deletion / insertion of every job of one (model, image) and of the baselines on that image,
+    what the cache lacks in one call; attaches the jobs' scores and returns the baselines' AUCs."""
+    first = cell[0]
+    adapter = ws.adapter(first)
+    x = ws.inputs([first])
+    keys = [cache_key(kind="deletion_insertion", map=j.key, **_protocol(spec)) for j in cell]
+    base_keys = {name: cache_key(kind="baseline", name=name, **model_input(adapter, first.image),
+                                 target=first.target, **_protocol(spec)) for name in BASELINES}
+    curves: dict[str, np.ndarray] = {}
+    for key in keys + list(base_keys.values()):
         entry = cache.get(key)
-        if entry is None:
-            todo.append((j, key))
-        else:
-            _attach(j, entry.array)
+        if entry is not None:
+            curves[key] = entry.array
+    todo = [(key, torch.from_numpy(j.result).float()[None], _rank_by(j.tech.name))
+            for j, key in zip(cell, keys) if key not in curves]
+    todo += [(key, BASELINES[name]((1, 1, *x.shape[-2:])), "signed") for name, key in base_keys.items()
+             if key not in curves]
     if todo:
-        todo_jobs = [j for j, _ in todo]
-        maps = torch.from_numpy(np.stack([j.result for j in todo_jobs]).astype(np.float32))
-        res = _di(ws, todo_jobs, maps, spec, _rank_by(todo_jobs[0].tech.name), batch_size)
-        for n, (j, key) in enumerate(todo):
-            curves = _curves(res, n)
-            cache.put(key, curves, {"protocol": res.protocol})
-            _attach(j, curves)
-
-
-def _curves(res: metrics.DeletionInsertion, n: int) -> np.ndarray:
-    """Image ``n``'s (deletion, insertion) curves as one (2, steps + 1) array, as cached."""
-    return np.stack([res.deletion_curve[n], res.insertion_curve[n]]).astype(np.float32)
+        t0 = time.perf_counter()
+        maps = torch.cat([m.sum(1, keepdim=True) for _, m, _ in todo])  # what the ranking sums anyway
+        res = metrics.deletion_insertion(
+            adapter.model, x.to(adapter.device), maps.to(adapter.device), [first.target],
+            steps=spec.steps, substrate=spec.substrate, rank_by=[r for _, _, r in todo],  # type: ignore[misc]
+            images=[0] * len(todo), mean=adapter.mean, std=adapter.std, batch_size=batch_size)
+        for n, (key, _, _) in enumerate(todo):
+            curves[key] = np.stack([res.deletion_curve[n], res.insertion_curve[n]]).astype(np.float32)
+            cache.put(key, curves[key], {"protocol": res.protocol})
+        share = (time.perf_counter() - t0) / len(todo)
+        done = {key for key, _, _ in todo}
+        for j, key in zip(cell, keys):
+            if key in done:
+                j.seconds["scoring"] = j.seconds.get("scoring", 0.0) + share
+    for j, key in zip(cell, keys):
+        _attach(j, curves[key])
+    return {name: tuple(float(v) for v in metrics.auc(curves[key])) for name, key in base_keys.items()}  # type: ignore[misc]
 
 
 def _attach(job: Job, curves: np.ndarray) -> None:
@@ -118,46 +133,37 @@ def _attach(job: Job, curves: np.ndarray) -> None:
                   "insertion": [round(float(v), 4) for v in curves[1]]}
 
 
-def _baseline_scores(ws: Workspace, job: Job, spec: MetricsSpec, cache: Cache,
-                     batch_size: int) -> dict[str, tuple[float, float]]:
-    out = {}
-    adapter = ws.adapter(job)
-    size = adapter.size
-    for name, make in BASELINES.items():
-        key = cache_key(kind="baseline", name=name, **model_input(adapter, job.image), target=job.target,
-                        **_protocol(spec))
-        entry = cache.get(key)
-        if entry is None:
-            res = _di(ws, [job], make((1, 1, size, size)), spec, "signed", batch_size)
-            curves = _curves(res, 0)
-            cache.put(key, curves, {"protocol": res.protocol})
-        else:
-            curves = entry.array
-        auc = metrics.auc(curves)
-        out[name] = (float(auc[0]), float(auc[1]))
-    return out
-
-
-def _sanity(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, batch_size: int) -> None:
-    keys = [cache_key(kind="sanity", map=j.key, steps=spec.sanity_steps) for j in group]
-    entries = [cache.get(k) for k in keys]
-    if any(e is None for e in entries):
-        first = group[0]
+def _sanity(ws: Workspace, groups: list[list[Job]], spec: MetricsSpec, cache: Cache, batch_size: int) -> None:
+    """The sanity check of several techniques of one model on the same images: what the cache
+    lacks through one cascade (:func:`galleryvis.metrics.sanity_many`)."""
+    keys = {g[0].tech.id: [cache_key(kind="sanity", map=j.key, steps=spec.sanity_steps) for j in g] for g in groups}
+    values: dict[str, list[float]] = {}
+    for tech_id, tech_keys in keys.items():
+        entries = [cache.get(k) for k in tech_keys]
+        if all(e is not None for e in entries):
+            values[tech_id] = [float(e.array[0]) for e in entries]  # type: ignore[union-attr]
+    todo = [g for g in groups if g[0].tech.id not in values]
+    if todo:
+        t0 = time.perf_counter()
+        first = todo[0][0]
         adapter = ws.adapter(first)
-        res = metrics.sanity(adapter.model, ws.inputs(group).to(adapter.device), first.tech.name,
-                             [j.target for j in group], first.layer, max_steps=spec.sanity_steps,
-                             batch_size=batch_size, technique_params=dict(first.params),
-                             mean=adapter.mean, std=adapter.std)
-        for j, key, value in zip(group, keys, res.similarity):
-            cache.put(key, np.array([value], dtype=np.float32), {"protocol": res.protocol})
-        values = [float(v) for v in res.similarity]
-    else:
-        values = [float(e.array[0]) for e in entries]  # type: ignore[union-attr]
-    for j, v in zip(group, values):
-        if np.isfinite(v):
-            j.metrics["sanity"] = round(v, 4)
-        else:
-            j.skipped["sanity"] = "undefined: a map without spread has no rank correlation"
+        calls = {g[0].tech.id: Call(g[0].tech.name, g[0].layer, g[0].params) for g in todo}
+        results = metrics.sanity_many(adapter.model, ws.inputs(todo[0]).to(adapter.device), calls,
+                                      [j.target for j in todo[0]], max_steps=spec.sanity_steps,
+                                      batch_size=batch_size, mean=adapter.mean, std=adapter.std, control=False)
+        for tech_id, res in results.items():
+            values[tech_id] = [float(v) for v in res.similarity]
+            for key, value in zip(keys[tech_id], res.similarity):
+                cache.put(key, np.array([value], dtype=np.float32), {"protocol": res.protocol})
+        share = (time.perf_counter() - t0) / sum(map(len, todo))
+        for j in (j for g in todo for j in g):
+            j.seconds["scoring"] = j.seconds.get("scoring", 0.0) + share
+    for g in groups:
+        for j, v in zip(g, values[g[0].tech.id]):
+            if np.isfinite(v):
+                j.metrics["sanity"] = round(v, 4)
+            else:
+                j.skipped["sanity"] = "undefined: a map without spread has no rank correlation"
 
 
 def _rankings(groups: dict[tuple[str, str], list[Job]], baselines: dict[str, dict[str, list[tuple[float, float]]]],

@@ -5,10 +5,11 @@ import base64
 import io
 import json
 import math
+import time
 import zipfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -20,6 +21,7 @@ from .jobs import Job, LoadedImage, Workspace, layer_for
 from .manifest import Manifest
 from .models import ModelAdapter
 from .naming import unique_slugs
+from .progress import Stages
 from .records import (RECORDS_FILE, Cell, ColourScale, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, Size,
                       TechniqueRecord, Variant)
 from .sitefiles import staged
@@ -210,14 +212,18 @@ def _raw_maps_zip(jobs: list[Job], parts: dict[str, str]) -> bytes:
 
 
 def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[str, dict[str, np.ndarray]],
-               rankings: list[Ranking], counts: dict[str, int], timings: dict[str, Any], out: Path,
-               provenance: dict[str, Any] | None = None) -> None:
+               rankings: list[Ranking], counts: dict[str, int], timings: Callable[[], dict[str, Any]], out: Path,
+               provenance: dict[str, Any] | None = None, stages: Stages | None = None) -> None:
     """Render every page and picture into a staged folder that replaces ``out`` when complete;
-    ``counts`` (computed / cached / failed) show on the pages, ``timings`` go to build.json and
-    ``provenance`` (versions, device, seeds, fingerprints, manifest hash, date) to the build page."""
+    ``counts`` (computed / cached / failed) show on the pages, ``timings()`` (asked for once the
+    pages are written, so it holds their time too: ``stages`` gets the pictures and pages
+    stages) goes to build.json and ``provenance`` (versions, device, seeds, fingerprints,
+    manifest hash, date) to the build page."""
     from .render import render_site
 
+    stages = stages or Stages()
     with staged(out) as tmp:
+        t_pictures = time.perf_counter()
         fitted: dict[tuple[str, Any], Image.Image] = {}
 
         def crop(img: LoadedImage, adapter: ModelAdapter | None) -> Image.Image:
@@ -262,7 +268,10 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
                           _technique_records(manifest), cells, rankings, counts, scales=scales,
                           scaling=scaling, base_url=manifest.gallery.base_url, build=provenance or {},
                           downloads=downloads)
+        t_pages = time.perf_counter()
+        stages.add("pictures", t_pages - t_pictures)
         render_site(gallery, tmp)
         atomic_write(tmp / RECORDS_FILE, gallery.to_json())
-        atomic_write(tmp / "build.json", json.dumps({**timings, "provenance": provenance or {}}, indent=2,
+        stages.add("pages", time.perf_counter() - t_pages)
+        atomic_write(tmp / "build.json", json.dumps({**timings(), "provenance": provenance or {}}, indent=2,
                                                    sort_keys=True).encode())

@@ -18,8 +18,10 @@ from torch import Tensor, nn
 from galleryvis import IMAGENET_MEAN, IMAGENET_STD, attribute
 from galleryvis.hooks import hook_count
 from galleryvis.images import fit, load_image, to_tensor
+from galleryvis import metrics
+from galleryvis.engine import Call
 from galleryvis.metrics import (auc, center_gaussian_map, deletion_insertion, gaussian_blur, random_map,
-                                rank_techniques, sanity, spearman)
+                                rank_techniques, sanity, sanity_many, spearman)
 
 IMAGES = Path(__file__).resolve().parent.parent / "input_images"
 STEPS = 5  # curve intervals in the Lite0 tests (default 20: 41 forwards per map and image)
@@ -221,6 +223,34 @@ def test_batches_respect_batch_size_and_model_mode_is_restored(tiny_shared: tupl
     assert net.relu.inplace is True
 
 
+def test_maps_of_one_image_are_scored_together_as_each_would_be_alone(tiny_shared: tuple) -> None:
+    """A gallery scores every technique of an image in one call: their perturbed inputs share
+    batches and the image's unperturbed, blurred and deleted forwards are made once."""
+    net = tiny_shared[0]
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    maps = torch.randn(5, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    images, rank_by = [0, 0, 0, 1, 1], ["signed", "abs", "signed", "abs", "signed"]
+    rows: list[int] = []
+    handle = net.register_forward_pre_hook(lambda _m, inp: rows.append(len(inp[0])))
+    try:
+        together = deletion_insertion(net, x, maps, [1, 2], steps=4, rank_by=rank_by, images=images, batch_size=8)
+    finally:
+        handle.remove()
+    # per image: M maps x 2 curves x (steps - 1) inner points + the original, blurred and
+    # deleted image; first, batch-norm folding's probe and check (one image each)
+    assert sum(rows) == 2 + (3 * 6 + 3) + (2 * 6 + 3)
+    assert max(rows) == 8
+    assert together.targets.tolist() == [1, 1, 1, 2, 2]
+    for m, (i, r) in enumerate(zip(images, rank_by)):
+        alone = deletion_insertion(net, x[i:i + 1], maps[m:m + 1], [1, 2][i], steps=4, rank_by=r, batch_size=8)
+        np.testing.assert_allclose(together.deletion_curve[m], alone.deletion_curve[0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(together.insertion_curve[m], alone.insertion_curve[0], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="images must index"):
+        deletion_insertion(net, x, maps, None, images=[0, 0, 0, 1, 2])
+    with pytest.raises(ValueError, match="rank_by"):
+        deletion_insertion(net, x, maps, None, images=images, rank_by=["abs"])
+
+
 def test_maps_of_another_size_are_resized_and_bad_arguments_raise(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
     r = deletion_insertion(tiny_seq, tiny_x, torch.rand(4, 3, 8, 8), None, steps=2)
     assert r.deletion_curve.shape == (4, 3)
@@ -279,3 +309,30 @@ def test_sanity_is_deterministic_leaves_the_model_alone_and_takes_params(tiny_se
     assert c.cascade == (("11", "6"), ("3", "0"))
     with pytest.raises(ValueError, match="given twice"):
         sanity(tiny_seq, tiny_x, "smoothgrad", 0, technique_params={"samples": 2}, samples=3)
+
+
+def test_sanity_many_runs_every_technique_through_one_cascade_as_sanity_would(
+        tiny_seq: nn.Module, tiny_x: Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One copy of the model, randomized once per step, and one shared call per step for all the
+    techniques (a technique may come twice, at other layers or parameters): the same curves as
+    each technique's own sanity check."""
+    calls = {"vanilla": Call("vanilla"), "gradcam at 6": Call("gradcam", "6"), "gradcam at 3": Call("gradcam", "3"),
+             "ig": Call("integrated_gradients", params={"steps": 4}),
+             "ig, no x input": Call("integrated_gradients", params={"steps": 4, "multiply_by_inputs": False})}
+    real, seen = metrics.attribute_calls, []
+
+    def counted(model, x, calls, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        seen.append(sorted(calls))
+        return real(model, x, calls, *args, **kwargs)
+
+    monkeypatch.setattr(metrics, "attribute_calls", counted)
+    before = snapshot(tiny_seq)
+    many = sanity_many(tiny_seq, tiny_x, calls, 0, max_steps=2, seed=1, control=False)
+    assert_untouched(tiny_seq, before)
+    assert seen == [sorted(calls)] * 3  # the original maps, then one call per cascade step
+    monkeypatch.setattr(metrics, "attribute_calls", real)
+    for key, call in calls.items():
+        alone = sanity(tiny_seq, tiny_x, call.name, 0, call.layer, max_steps=2, seed=1, technique_params=call.params)
+        assert many[key].cascade == alone.cascade and many[key].protocol == alone.protocol
+        assert many[key].control is None
+        np.testing.assert_allclose(many[key].curve, alone.curve, rtol=0, atol=1e-6)

@@ -1,7 +1,9 @@
 """Builds: incremental through the cache, never half-written, failures isolated."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -201,17 +203,65 @@ def test_scores_are_shown_ranked_and_cached(project, monkeypatch):
         raise AssertionError("scores must come from the cache")
 
     monkeypatch.setattr(metrics, "deletion_insertion", no_recompute)
-    monkeypatch.setattr(metrics, "sanity", no_recompute)
+    monkeypatch.setattr(metrics, "sanity_many", no_recompute)
     summary = _build(project)
     assert summary.computed == 0 and summary.failed == 0
     assert sorted((project / ".galleryvis-cache").glob("??/*.json")) == entries
     assert (project / "site" / "gallery.md").read_text() == md
 
 
+def test_shared_scoring_gives_each_technique_the_scores_it_gets_alone(project):
+    """Deletion / insertion scores every map of an image in one call and the sanity check runs
+    one cascade per model for all its techniques; each cell's scores are those of a call of its
+    own (as galleryvis scored before it shared these passes), to the 4 decimals the gallery shows
+    (shared passes and batch-norm folding move the last float bits of a map)."""
+    from galleryvis import metrics, scoring
+    from galleryvis.jobs import workspace
+
+    toml = MANIFEST + "\n[metrics]\nenabled = true\nsteps = 4\nsanity_steps = 2\n"
+    (project / "galleryvis.toml").write_text(toml)
+    summary = _build(project)
+    ws = workspace(load_manifest(project / "galleryvis.toml"))
+    groups = scoring._groups(summary.jobs)
+    assert len(groups) == 8
+    for (_, _), group in groups.items():
+        adapter = ws.adapter(group[0])
+        x, targets = ws.inputs(group), [j.target for j in group]
+        alone = metrics.deletion_insertion(adapter.model, x, torch.from_numpy(np.stack([j.result for j in group])),
+                                           targets, steps=4, rank_by=scoring._rank_by(group[0].tech.name))
+        sanity = metrics.sanity(adapter.model, x, group[0].tech.name, targets, group[0].layer, max_steps=2,
+                                technique_params=group[0].params)
+        for n, j in enumerate(group):
+            assert abs(j.metrics["deletion_auc"] - alone.deletion_auc[n]) <= 1e-4
+            assert abs(j.metrics["insertion_auc"] - alone.insertion_auc[n]) <= 1e-4
+            if np.isnan(sanity.similarity[n]):  # a constant map has no rank correlation
+                assert "sanity" not in j.metrics and "undefined" in j.skipped["sanity"]
+            else:
+                assert abs(j.metrics["sanity"] - sanity.similarity[n]) <= 1e-4
+
+
+def test_a_build_reports_its_stages_passes_and_costliest_cells(project):
+    from galleryvis.progress import STAGES
+
+    (project / "galleryvis.toml").write_text(MANIFEST + "\n[metrics]\nenabled = true\nsteps = 2\nsanity = false\n")
+    result = CliRunner().invoke(main, ["build", str(project / "galleryvis.toml"), "--profile", "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((project / "site" / "build.json").read_text())["stages"]
+    assert set(report["seconds"]) == set(STAGES) - {"synthesis"}  # no synthesis row here
+    assert all(v >= 0 for v in report["seconds"].values())
+    # predictions (4) + the cells' shared passes + deletion / insertion: well over a dozen forwards
+    assert report["model_passes"] > 12 and report["images_through_models"] >= report["model_passes"]
+    assert "attribution" in result.output and "model passes" in result.output
+    cells = re.findall(r"^(?:mobilenet_v3_small|resnet18) / (?:cat|coffee)\.png / [a-z_]+: (\d+\.\d\d) s", result.output, re.M)
+    assert len(cells) == 10 and [float(c) for c in cells] != [0.0] * 10
+    summary = _build(project, force=True)
+    assert "scoring" in summary.line() and "model passes" in summary.line()
+
+
 def test_out_of_memory_retries_with_smaller_chunks(project, monkeypatch):
     from galleryvis import executor
 
-    real = executor.attribute_many
+    real = executor.attribute_calls
     sizes = []
 
     def tight(model, x, *args, batch_size, **kw):
@@ -220,7 +270,7 @@ def test_out_of_memory_retries_with_smaller_chunks(project, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(model, x, *args, batch_size=batch_size, **kw)
 
-    monkeypatch.setattr(executor, "attribute_many", tight)
+    monkeypatch.setattr(executor, "attribute_calls", tight)
     summary = _build(project, batch_size=8)
     assert summary.failed == 0 and summary.computed == 16
     assert sizes[:3] == [8, 4, 2]

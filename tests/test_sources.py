@@ -168,13 +168,13 @@ def test_a_build_uses_each_sources_preprocessing_and_escapes_its_labels(
     from galleryvis.render import pages
 
     seen: list[tuple[tuple[float, ...], tuple[float, ...]]] = []
-    real = galleryvis.executor.attribute_many
+    real = galleryvis.executor.attribute_calls
 
     def spy(*args, **kwargs):  # noqa: ANN002, ANN003
         seen.append((tuple(kwargs["mean"]), tuple(kwargs["std"])))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(galleryvis.executor, "attribute_many", spy)
+    monkeypatch.setattr(galleryvis.executor, "attribute_calls", spy)
     # this checkout's templates, whichever checkout the installed package points at
     monkeypatch.setattr(pages, "_resources", lambda: Path(__file__).resolve().parent.parent / "templates")
     pages._environments.cache_clear()

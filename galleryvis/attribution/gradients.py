@@ -121,6 +121,15 @@ def integrated_gradients(ctx: Context, *, steps: int = 50, baseline: str = "zero
     the path-averaged gradient the seed shows. ``baseline`` may also be a tensor (normalized)."""
     if steps < 1:
         raise ValueError("integrated_gradients: steps must be >= 1")
+    avg = ctx.shared(("integrated_gradients", steps, baseline, method),
+                     lambda: _path_average(ctx, steps, baseline, method))
+    if not multiply_by_inputs:
+        return avg
+    return avg * (ctx.x - _baseline(ctx, ctx.x, baseline))
+
+
+def _path_average(ctx: Context, steps: int, baseline: object, method: str) -> Tensor:
+    """sum_k w_k grad(x' + a_k (x - x')) per image of the chunk (the path-averaged gradient)."""
     alphas, weights = _alphas(steps, method)
     out = []
     for xi, ti in zip(ctx.x, ctx.target):
@@ -132,5 +141,5 @@ def integrated_gradients(ctx: Context, *, steps: int = 50, baseline: str = "zero
             w = torch.tensor(weights[start:start + n], dtype=xi.dtype, device=xi.device)[:, None, None, None]
             avg += (ctx.input_grad(base + a * (xi - base), ti.repeat(n)) * w).sum(0)
             start += n
-        out.append(avg * (xi - base) if multiply_by_inputs else avg)
+        out.append(avg)
     return torch.stack(out)
