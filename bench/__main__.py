@@ -19,7 +19,7 @@ from typing import Any
 from .cases import ORDER, PER_CHANNEL
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("attribution", "metrics", "synthesis", "rebuild")
+SECTIONS = ("attribution", "metrics", "synthesis", "rebuild", "cluster")
 
 FULL = {"size": 224, "repeats": 5, "budget": 3.0, "images": 1,
         "settings": {"ig_steps": 100, "sg_samples": 50, "sg_sigma": 0.15, "syn_steps": 10,
@@ -45,6 +45,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rebuild", action="store_true", help="only the incremental rebuild section")
     p.add_argument("--rebuild-manifest", help="'default' (the embedded default gallery, issue 5's measure) or a "
                    "manifest path (its site/ is rewritten); default: a small generated gallery")
+    p.add_argument("--cluster", action="store_true", help="only the local-vs-Ray section")
+    p.add_argument("--cluster-manifest", help="the local-vs-Ray section's gallery: 'default' (the embedded default "
+                   "gallery, issue 16's measure; the full run's choice) or a manifest path; quick: a small generated one")
     p.add_argument("--markdown", action="store_true", help="GitHub Markdown tables (for the README)")
     p.add_argument("--json", type=Path, help="also write every raw record to this file")
     p.add_argument("--size", type=int, help="input size in pixels (default 224; quick 112)")
@@ -162,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"error: unknown cases {sorted(unknown)}; known: {', '.join(ORDER)}")
         for case in PER_CHANNEL:
             cfg["settings"][f"{case}_everywhere"] = case in cfg["cases"]  # asked for by name
-    sections = {"rebuild"} if args.rebuild else {s.strip() for s in args.sections.split(",")}
+    sections = {"rebuild"} if args.rebuild else {"cluster"} if args.cluster else {
+        s.strip() for s in args.sections.split(",")}
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     import torchvision
 
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown_models:
         sys.exit(f"error: unknown torchvision classification models {sorted(unknown_models)}")
 
-    from .report import Report, checks_block, extras_table, model_table, rebuild_table
+    from .report import Report, checks_block, cluster_table, extras_table, model_table, rebuild_table
 
     rep = Report(markdown=args.markdown)
 
@@ -207,6 +211,19 @@ def main(argv: list[str] | None = None) -> None:
         r = rebuild.run("quick" if args.quick else "full", args.rebuild_manifest, dev, args.threads)
         dump["rebuild"] = r
         print(rebuild_table(rep, r, judge=not args.quick), flush=True)
+    if "cluster" in sections:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            print('local vs Ray: skipped (pip install "galleryvis[ray]")', flush=True)
+        else:
+            from . import cluster
+
+            print("running the local-vs-Ray section ...", file=sys.stderr, flush=True)
+            chosen = args.cluster_manifest or (None if args.quick else "default")
+            r = cluster.run("quick" if args.quick else "full", chosen, args.images, args.batch_size)
+            dump["cluster"] = r
+            print(cluster_table(rep, r), flush=True)
     block = checks_block(rep)
     if block:
         print(block)

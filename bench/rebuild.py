@@ -47,9 +47,11 @@ def _command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from galleryvis.cli import main; main()"]
 
 
-def _build(folder: Path, manifest: Path | None, env: dict[str, str], cache: str = "cache",
-           extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    cmd = _command() + ["build", "-q", "--cache-dir", str(folder / cache), *extra]
+def build_once(folder: Path, manifest: Path | None, env: dict[str, str], cache: str = "cache",
+               args: list[str] | None = None) -> dict[str, Any]:
+    """``galleryvis build`` in a subprocess with the cache ``folder / cache`` and ``args``: its wall
+    seconds, exit code, stderr's tail and build.json's summary."""
+    cmd = _command() + ["build", "-q", "--cache-dir", str(folder / cache), *(args or [])]
     if manifest is not None:
         cmd.append(str(manifest))
     t0 = time.perf_counter()
@@ -87,7 +89,7 @@ def run(mode: str, manifest_arg: str | None, device: str, threads: int | None) -
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import galleryvis.cli, galleryvis.pipeline"], env=env, check=True)
         startup = time.perf_counter() - t0
-        cold = _build(folder, manifest, env)
-        warm = _build(folder, manifest, env)
-        unshared = _build(folder, manifest, env, "cache-unshared", ("--no-shared-passes",))
+        cold = build_once(folder, manifest, env)
+        warm = build_once(folder, manifest, env)
+        unshared = build_once(folder, manifest, env, "cache-unshared", ["--no-shared-passes"])
     return {"what": what, "startup": startup, "cold": cold, "warm": warm, "unshared": unshared}

@@ -241,6 +241,24 @@ def rebuild_table(rep: Report, r: dict[str, Any], judge: bool = True) -> str:
     return rep.join(lines)
 
 
+def cluster_table(rep: Report, r: dict[str, Any]) -> str:
+    """Local vs Ray builds (issue 16): seconds, throughput, and the 1-worker overhead (<= 15 %)."""
+    names = {"local": "local executor", "ray1": "Ray, 1 worker (every core)", "ray2": "Ray, 2 workers (half each)"}
+    rows = [[label, secs(r[k]["wall"]), secs(r[k].get("build_seconds")), _summary(r[k]), f"{r[k]['cells_per_s']:.2f}"]
+            for k, label in names.items()]
+    lines = [rep.heading("local vs Ray"), "", f"gallery: {r['what']}; {r['cores']} cores; --batch-size "
+             f"{r['batch_size']} (a Ray task: that many images of one model); "
+             f"the local Ray cluster started once in {secs(r['ray_start'])} s (not in the builds)", "",
+             rep.table(["build", "seconds (wall)", "seconds (in build.json)", "cells", "cells / s (wall)"], rows)]
+    failed = [k for k in names if r[k]["rc"]]
+    if failed:
+        lines.append(f"build failed ({', '.join(failed)}): {r[failed[0]]['stderr']}")
+    elif r["overhead"] is not None:
+        mark = rep.check(f"Ray on one machine: {r['overhead']:+.1%} against local, wall (≤ +15%)", r["overhead"] <= 0.15)
+        lines.append(f"\nRay (1 worker) / local - 1 = {r['overhead']:+.1%} {mark}")
+    return rep.join(lines)
+
+
 def _summary(b: dict[str, Any]) -> str:
     s = b.get("summary")
     if not s:
@@ -252,6 +270,6 @@ def checks_block(rep: Report) -> str:
     if not rep.checks:
         return ""
     ok = sum(c.ok for c in rep.checks)
-    lines = [rep.heading("targets (issues 3, 5, 6)"), "", f"{ok} of {len(rep.checks)} met:"]
+    lines = [rep.heading("targets (issues 3, 5, 6, 16)"), "", f"{ok} of {len(rep.checks)} met:"]
     lines += [f"- {'✓' if c.ok else '✗'} {c.what}" for c in rep.checks]
     return rep.join(lines)

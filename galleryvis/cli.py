@@ -36,8 +36,26 @@ class _LocalPath(click.Path):
         return super().convert(value, param, ctx)
 
 
+class _CacheLocation(click.Path):
+    """A cache folder, or an fsspec URL kept as text (``s3://bucket/prefix``); a URL whose
+    filesystem is unknown or not installed is one line, exit 2, before anything is created."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .fileio import url_scheme
+
+        text = str(value)
+        if not url_scheme(text) or url_scheme(text) == "file":
+            return super().convert(text.removeprefix("file://"), param, ctx)
+        from .cache import location_problem
+
+        problem = location_problem(text)
+        if problem:
+            _fail(f"error: {max(param.opts, key=len) if param is not None else 'cache'}: {problem}")
+        return text
+
+
 #: ``--cache-dir``'s type in every command.
-_CACHE_FOLDER = _LocalPath(path_type=Path, file_okay=False)
+_CACHE_FOLDER = _CacheLocation(path_type=Path, file_okay=False)
 
 
 def _errors_as_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -46,7 +64,7 @@ def _errors_as_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .errors import EmbedError, ImageError, LayerError, ModelError
+        from .errors import EmbedError, ExecutorError, ImageError, LayerError, ModelError
         from .registry import TechniqueError
         from .sitefiles import LockError
 
@@ -54,7 +72,7 @@ def _errors_as_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except ManifestError as exc:
             _fail("\n".join(f"error: {e}" for e in exc.errors))
-        except (ModelError, ImageError, LayerError, TechniqueError, LockError, EmbedError) as exc:
+        except (ModelError, ImageError, LayerError, TechniqueError, LockError, EmbedError, ExecutorError) as exc:
             _fail(f"error: {exc}")
         except KeyboardInterrupt:
             _fail("interrupted; the previous site is untouched and the cache keeps what was computed", 130)
@@ -81,11 +99,15 @@ def _manifest(path: Path | None) -> Manifest:
     return load_manifest(chosen)
 
 
-def _unchanged(manifest: Path | None, cache_dir: Path | None, batch_size: int | None, quiet: bool) -> Path | None:
+def _unchanged(manifest: Path | None, cache_dir: Path | str | None, batch_size: int | None,
+               quiet: bool) -> Path | None:
     """The site folder when the last build's stamp says nothing it read has changed (then no torch
-    is imported, and its summary line is repeated unless ``quiet``), else None."""
+    is imported, and its summary line is repeated unless ``quiet``), else None (always for a
+    cache at a URL, which keeps no stamp)."""
     from . import stamp
 
+    if isinstance(cache_dir, str):
+        return None
     path = _manifest_path(manifest)
     root = cache_dir or (path.parent if path is not None else Path.cwd()) / CACHE_DIRNAME
     record = stamp.fresh(stamp.path_for(root, path), manifest=path, options=stamp.options(root, batch_size))
@@ -112,7 +134,9 @@ def main() -> None:
 
 @main.command()
 @click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--cache-dir", type=_CACHE_FOLDER, help="Cache folder (default: .galleryvis-cache beside the manifest).")
+@click.option("--cache-dir", type=_CACHE_FOLDER,
+              help="Cache folder or fsspec URL (s3://bucket/prefix); default: [gallery] cache, else "
+                   ".galleryvis-cache beside the manifest.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")
 @click.option("--force", is_flag=True, help="Recompute every cell (and refresh the cache).")
 @click.option("--dry-run", is_flag=True, help="Print what would be computed and what comes from the cache.")
@@ -121,13 +145,25 @@ def main() -> None:
 @click.option("--batch-size", default=None, type=click.IntRange(1),
               help="Images (and samples, steps, masks) per model call; default 8 on the CPU, 32 on a GPU.")
 @click.option("--wait", default=0.0, type=float, help="Seconds to wait for another build's lock.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Compute in this process (local) or on a Ray cluster; default: [gallery] executor, else local.")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="The Ray cluster (default: RAY_ADDRESS, else a local Ray instance).")
+@click.option("--num-gpus", type=click.FloatRange(0, 64), default=None,
+              help="GPUs per Ray worker, fractions allowed (default: [gallery] num_gpus, else 1 on a GPU).")
+@click.option("--ray-workers", type=click.IntRange(1, 1024), default=None,
+              help="Ray workers per model (default: [gallery] ray_workers, else 1).")
+@click.option("--num-cpus", type=click.IntRange(1, 1024), default=None,
+              help="CPUs (torch threads) per Ray worker (default: [gallery] num_cpus, else 1).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--profile", is_flag=True, help="Print seconds per stage, model passes and the costliest cells.")
 @click.option("--no-shared-passes", "share_passes", flag_value=False, default=True,
               help="Compute and score every technique in calls of its own (same results; shows what sharing saves).")
 @_errors_as_exit
-def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: bool, dry_run: bool,
-          fail_fast: bool, batch_size: int | None, wait: float, quiet: bool, profile: bool, share_passes: bool) -> None:
+def build(manifest: Path | None, cache_dir: Path | str | None, no_cache: bool, force: bool, dry_run: bool,
+          fail_fast: bool, batch_size: int | None, wait: float, executor: str | None, ray_address: str | None,
+          num_gpus: float | None, ray_workers: int | None, num_cpus: int | None, quiet: bool, profile: bool,
+          share_passes: bool) -> None:
     """Build the gallery of MANIFEST (default: ./galleryvis.toml, else the embedded default)."""
     if not (force or dry_run or no_cache or profile) and _unchanged(manifest, cache_dir, batch_size, quiet) is not None:
         return
@@ -135,7 +171,9 @@ def build(manifest: Path | None, cache_dir: Path | None, no_cache: bool, force: 
 
     m = _manifest(manifest)
     opts = Options(cache_dir=cache_dir, use_cache=not no_cache, force=force, dry_run=dry_run, quiet=quiet,
-                   fail_fast=fail_fast, batch_size=batch_size, wait=wait, share_passes=share_passes)
+                   fail_fast=fail_fast, batch_size=batch_size, wait=wait, share_passes=share_passes,
+                   executor=executor, ray_address=ray_address, num_gpus=num_gpus, ray_workers=ray_workers,
+                   num_cpus=num_cpus)
     summary = run_build(m, opts)
     if dry_run:
         click.echo("\n".join(summary.plan))

@@ -30,3 +30,8 @@ class ModelError(ValueError):
 class EmbedError(ValueError):
     """A file ``galleryvis embed`` cannot fill: bad section markers (the message names the file
     and line), a missing section, or text that is not UTF-8."""
+
+
+class ExecutorError(RuntimeError):
+    """An executor that cannot run: its package missing (Ray), or a worker that does not see
+    the driver's model weights or images."""

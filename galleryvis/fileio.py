@@ -41,9 +41,15 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def url_scheme(text: str) -> str:
+    """The scheme of a URL (``"s3"`` for ``s3://bucket/x``), '' for a local path."""
+    found = _URL.match(text)
+    return found.group(1).lower() if found else ""
+
+
 def url_problem(text: str) -> str:
     """Why ``text`` cannot be a local path ('' when it can): a URL (``s3://bucket/x``), which
-    a path would turn into a folder named ``s3:``. Remote caches and outputs do not exist yet."""
+    a path would turn into a folder named ``s3:``. Only the cache may be remote (:mod:`.cache`)."""
     found = _URL.match(text)
     if found is None:
         return ""

@@ -23,13 +23,16 @@ from typing import Any, Literal, Mapping, NamedTuple
 
 from . import registry, schema, sources
 from .errors import ManifestError
-from .fileio import url_problem
+from .cache import location_problem
+from .fileio import url_problem, url_scheme
 from .metrics import SUBSTRATES, Substrate
 from .postprocess import COLORMAPS
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+Executor = Literal["local", "ray"]
+EXECUTORS: tuple[str, ...] = ("local", "ray")
 Scale = Literal["per-map", "per-image", "per-row"]
 SCALES: tuple[str, ...] = typing.get_args(Scale)
 #: What a glob keeps; files with other suffixes (README.md, .DS_Store) are skipped.
@@ -135,6 +138,11 @@ class GallerySpec:
     raw_maps: bool = False
     base_url: str = ""
     plugins: tuple[str, ...] = ()
+    cache: Path | str | None = None  # a folder or an fsspec URL; None: .galleryvis-cache beside the manifest
+    executor: Executor = "local"
+    num_gpus: float | None = None  # None: 1 per Ray worker on a GPU, else 0
+    ray_workers: int = 1
+    num_cpus: int = 1  # CPUs per Ray worker (Ray sets its torch threads to this)
 
 
 @dataclass(frozen=True)
@@ -440,7 +448,26 @@ class _Parser:
             raw_maps=self.boolean(table, "raw_maps", where, base.raw_maps),
             base_url=base_url.rstrip("/") + "/" if base_url else "",
             plugins=self.plugins(table, where),
+            cache=self.cache(table, where),
+            executor=self.choice(table, "executor", where, EXECUTORS, base.executor),  # type: ignore[arg-type]
+            num_gpus=self.number(table, "num_gpus", where, None),  # type: ignore[arg-type]
+            ray_workers=self.integer(table, "ray_workers", where, **schema.bounds("gallery", "ray_workers"),
+                                     default=base.ray_workers),  # type: ignore[arg-type]
+            num_cpus=self.integer(table, "num_cpus", where, **schema.bounds("gallery", "num_cpus"),
+                                  default=base.num_cpus),  # type: ignore[arg-type]
         )
+
+    def cache(self, table: Mapping[str, Any], where: str) -> Path | str | None:
+        """``gallery.cache``: an fsspec URL as written, else a folder relative to the manifest."""
+        text = self.string(table, "cache", where)
+        if text is None:
+            return None
+        if url_scheme(text) and url_scheme(text) != "file":
+            problem = location_problem(text)
+            if problem:
+                self.error(f"{where}.cache", problem)
+            return text
+        return self.path(text.removeprefix("file://"))
 
     def number(self, table: Mapping[str, Any], key: str, where: str, default: float) -> float:
         """A finite number within the schema's range for ``where.key``."""

@@ -29,9 +29,10 @@ from .sitewriter import write_site
 
 @dataclass
 class Options:
-    """How to build: cache location and use, failure policy, output verbosity."""
+    """How to build: cache location and use, failure policy, output verbosity, and the executor
+    (local or Ray, with its workers, GPUs and CPUs)."""
 
-    cache_dir: Path | None = None
+    cache_dir: Path | str | None = None  # a folder or an fsspec URL; None: the manifest's, else beside it
     use_cache: bool = True
     force: bool = False
     dry_run: bool = False
@@ -40,6 +41,11 @@ class Options:
     batch_size: int | None = None  # None: 8 on the CPU, 32 on a GPU
     share_passes: bool = True  # off: every technique computed and scored in calls of its own
     wait: float = 0.0
+    executor: str | None = None  # "local" or "ray"; None: the manifest's
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance
+    num_gpus: float | None = None  # None: the manifest's
+    ray_workers: int | None = None  # None: the manifest's
+    num_cpus: int | None = None  # None: the manifest's
 
 
 @dataclass
@@ -74,17 +80,32 @@ class Summary:
         return "\n".join(lines)
 
 
-def cache_dir(manifest: Manifest, opts: Options) -> Path:
-    """``--cache-dir`` if given, else ``.galleryvis-cache`` beside the manifest (or here)."""
+def cache_dir(manifest: Manifest, opts: Options) -> Path | str:
+    """``--cache-dir`` if given, else the manifest's ``[gallery] cache``, else
+    ``.galleryvis-cache`` beside the manifest (or here); a folder or an fsspec URL."""
     if opts.cache_dir is not None:
         return opts.cache_dir
+    if manifest.gallery.cache is not None:
+        return manifest.gallery.cache
     base = manifest.path.parent if manifest.path is not None else Path.cwd()
     return base / CACHE_DIRNAME
 
 
+def executor_for(manifest: Manifest, opts: Options, ws: Workspace, batch_size: int) -> Executor:
+    """The executor ``opts`` (else the manifest) asks for: local, or Ray (:mod:`.cluster`)."""
+    if (opts.executor or manifest.gallery.executor) == "local":
+        return LocalExecutor(ws, batch_size, opts.fail_fast, opts.share_passes)
+    from .cluster import RayExecutor
+
+    gpus = opts.num_gpus if opts.num_gpus is not None else manifest.gallery.num_gpus
+    return RayExecutor(manifest.root, manifest.gallery.plugins, batch_size, address=opts.ray_address,
+                       num_gpus=gpus, num_cpus=opts.num_cpus or manifest.gallery.num_cpus,
+                       workers=opts.ray_workers or manifest.gallery.ray_workers, fail_fast=opts.fail_fast)
+
+
 def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -> Summary:
     """Build the site of ``manifest``: every cell from the cache or computed (by ``executor``;
-    default: a :class:`~galleryvis.executor.LocalExecutor`), then rendered into a temporary
+    default: :func:`executor_for`), then rendered into a temporary
     folder that replaces the output folder only when complete. The summary says where the time
     went (:class:`~galleryvis.progress.Stages`)."""
     t_start = time.perf_counter()
@@ -92,9 +113,12 @@ def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -
     stages = summary.stages
     with stages.stage("load"):
         ws = workspace(manifest)
+    device = next(iter(ws.models.values())).device if ws.models else torch.device("cpu")
+    batch_size = opts.batch_size or default_batch_size(device)
+    executor = executor or executor_for(manifest, opts, ws, batch_size)  # a missing Ray fails here, early
     cache = Cache(cache_dir(manifest, opts), enabled=opts.use_cache)
     out = manifest.gallery.output
-    with build_lock(cache.root if opts.use_cache else out.parent, opts.wait), \
+    with build_lock(cache.root if opts.use_cache and cache.root is not None else out.parent, opts.wait), \
             counting([a.model for a in ws.models.values()], stages.count):
         with stages.stage("predict"):
             jobs, preds = plan(manifest, ws, cache, opts.force)
@@ -104,11 +128,8 @@ def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -
         if opts.dry_run:
             return summary
         progress = Progress(len(todo) + scoring.task_count(jobs, manifest.metrics), opts.quiet)
-        device = next(iter(ws.models.values())).device if ws.models else torch.device("cpu")
-        batch_size = opts.batch_size or default_batch_size(device)
         try:
-            (executor or LocalExecutor(ws, batch_size, opts.fail_fast, opts.share_passes)).run(
-                todo, cache, progress, summary.seconds)
+            executor.run(todo, cache, progress, summary.seconds)
             for family in ("attribution", "synthesis"):
                 ids = {j.tech.id for j in todo if j.family == family}
                 if ids:
@@ -133,7 +154,7 @@ def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -
 
         write_site(manifest, ws, jobs, preds, rankings, counts, timings, out, provenance(manifest, ws, device),
                    stages)
-        if opts.use_cache and not summary.failed:
+        if opts.use_cache and cache.root is not None and not summary.failed:
             _stamp(manifest, ws, cache, opts, out, summary)
     return summary
 
@@ -167,7 +188,8 @@ def provenance(manifest: Manifest, ws: Workspace, device: torch.device) -> dict[
 def _stamp(manifest: Manifest, ws: Workspace, cache: Cache, opts: Options, out: Path, summary: Summary) -> None:
     """Record what this build read, so that an unchanged rebuild can skip everything (:mod:`.stamp`);
     none (and no earlier one) when a model's weights are not pinned (a factory without a weights
-    file): only building it again tells whether they changed."""
+    file): only building it again tells whether they changed. A local cache only: a stamp lists
+    its entries' files."""
     path = stamp.path_for(cache.root, manifest.path)
     if not all(adapter.pinned for adapter in ws.models.values()):
         path.unlink(missing_ok=True)

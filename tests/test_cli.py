@@ -88,11 +88,8 @@ def test_weights_that_cannot_be_fetched(folder, monkeypatch):
     assert "models[0]" in result.output and "resnet18-f37072fd.pth" in result.output and "offline" in result.output
 
 
-@pytest.mark.parametrize("args, gallery, field", [
-    (["build", "gallery.toml", "--cache-dir", "s3://bucket/x"], "", "--cache-dir"),
+@pytest.mark.parametrize("args, gallery, field", [  # (a cache may be at a URL: test_remote_cache)
     (["build", "gallery.toml"], '[gallery]\noutput = "s3://bucket/site"\n', "gallery.output"),
-    (["build", "gallery.toml", "--dry-run", "--cache-dir", "gs://bucket/x"], "", "--cache-dir"),
-    (["cache", "info", "--cache-dir", "s3://bucket/x"], "", "--cache-dir"),
     (["explain", "cat.png", "-o", "s3://bucket/cat.png"], "", "--output"),
 ])
 def test_a_url_for_a_local_folder_is_one_line_exit_2_and_creates_nothing(folder, monkeypatch, args, gallery, field):

@@ -619,6 +619,8 @@ def test_every_declared_range_is_the_one_the_parser_enforces(folder: Path) -> No
              "metrics": lambda k, v: (f"[metrics]\n{k} = {v}\n", {})}
     ranged = [(s, f) for s, fields in schema.SECTIONS.items() for f in fields if f.range is not None]
     assert {(s, f.key) for s, f in ranged} == {("gallery", "alpha"), ("gallery", "outlier_perc"), ("models", "size"),
+                                               ("gallery", "num_gpus"), ("gallery", "ray_workers"),
+                                               ("gallery", "num_cpus"),
                                                ("models", "seed"), ("metrics", "steps"), ("metrics", "sanity_steps"),
                                                ("metrics", "road_percentile")}
     for section, f in ranged:
