@@ -199,7 +199,8 @@ def test_registered_as_synthesis_family():
         d = registry.get(name).describe()
         assert d["family"] == "synthesis" and d["output"] == "input" and d["paper"]
     assert registry.get("filter_visualization").params["param"] == "fft"
-    assert registry.get("class_visualization").params["regularization"] == "yosinski"
+    assert registry.get("class_visualization").params["param"] == "fft"
+    assert registry.get("class_visualization").params["regularization"] == "none"
     assert "synthesize" in galleryvis.__all__
 
 
@@ -321,29 +322,39 @@ def test_one_image_many_channels_and_one_channel_many_images():
         galleryvis.synthesize(net, "deep_dream", layer="body.1", channel=[0, 1], image=x, steps=3)
 
 
-@pytest.mark.parametrize("regularization", ["yosinski", "none", "l1", "l2"])
-def test_class_visualization_regularizations(regularization):
+@pytest.mark.parametrize("param,regularization", [("fft", "none"), ("pixel", "yosinski"), ("pixel", "none"),
+                                                   ("pixel", "l1"), ("pixel", "l2")])
+def test_class_visualization_regularizations(param, regularization):
     net = small_net()
     # the default weights (l1 0.1, l2 1.0) suit a trained net; this random net's logits move far
     # less per pixel, so the penalty would swamp them
+    setting = dict(param=param, regularization=regularization)
     res = galleryvis.synthesize(net, "class_visualization", target=[3, 7], steps=25, size=24,
-                                regularization=regularization, l1_weight=1e-4, l2_weight=1e-3)
+                                l1_weight=1e-4, l2_weight=1e-3, **setting)
     img, trace = res
     assert img.shape == (2, 3, 24, 24) and trace.shape == (25, 2)
     assert 0 <= img.min() and img.max() <= 1
     assert (trace[-5:].mean(0) > trace[:5].mean(0)).all()
-    start, _ = galleryvis.synthesize(net, "class_visualization", target=[3, 7], steps=0, size=24)
+    start, _ = galleryvis.synthesize(net, "class_visualization", target=[3, 7], steps=0, size=24, **setting)
     with torch.no_grad():
         gain = net.eval()((img - MEAN) / STD) - net((start - MEAN) / STD)
     # each target logit rose more than the other classes' on average
     assert (gain[[0, 1], [3, 7]] > gain.mean(1)).all()
 
 
-def test_class_visualization_from_an_image():
+@pytest.mark.parametrize("param,atol", [("pixel", 1e-5), ("fft", 1e-3 + 1e-6)])
+def test_class_visualization_from_an_image(param, atol):
+    # the Fourier parameterization's sigmoid never reaches 0 or 1: the start is within 1e-3
     net = small_net()
     x = torch.randn(1, 3, 20, 20, generator=torch.Generator().manual_seed(3))
-    img, _ = galleryvis.synthesize(net, "class_visualization", target=2, image=x, steps=0)
-    torch.testing.assert_close(img, (x * STD + MEAN).clamp(0, 1))
+    img, _ = galleryvis.synthesize(net, "class_visualization", target=2, image=x, steps=0, param=param)
+    torch.testing.assert_close(img, (x * STD + MEAN).clamp(0, 1), rtol=0, atol=atol)
+
+
+def test_class_visualization_regularizes_pixels_only():
+    with pytest.raises(ValueError, match="regularization 'yosinski' acts on pixels.*param='pixel'"):
+        galleryvis.synthesize(small_net(), "class_visualization", target=1, steps=1, size=16,
+                              regularization="yosinski")
 
 
 def test_inverted_representation_small_net():
@@ -490,6 +501,8 @@ def test_transforms_and_params():
     p = P.fft([torch.Generator().manual_seed(0)], (20, 30), torch.device("cpu"))
     img = p.image()
     assert img.shape == (1, 3, 20, 30) and (img - 0.5).abs().max() < 0.05
+    start = torch.rand(2, 3, 20, 31, generator=torch.Generator().manual_seed(1)) * 0.99 + 0.005
+    torch.testing.assert_close(P.fft(gens, (20, 31), torch.device("cpu"), start=start).image(), start)
     q = P.pixel([torch.Generator().manual_seed(0)], (8, 8), torch.device("cpu"))
     assert q.image().min() >= 150 / 255 and q.image().max() <= 180 / 255
 
