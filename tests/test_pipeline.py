@@ -360,6 +360,21 @@ def test_planned_jobs_are_plain_picklable_data(project):
         [(j.key, j.model, j.image, j.tech, j.params, j.layer, j.target) for j in jobs]
 
 
+def test_class_visualization_is_planned_at_each_models_input_size_unless_the_manifest_sets_one(project):
+    from galleryvis.cache import Cache
+    from galleryvis.jobs import plan, workspace
+
+    toml = MANIFEST.replace('name = "resnet18"\nweights = "none"\nsize = 64', 'name = "resnet18"\nweights = "none"\nsize = 48')
+    toml += '[[techniques]]\nname = "class_visualization"\n\n' \
+            '[[techniques]]\nname = "class_visualization"\nid = "small"\nparams = { size = 32 }\n'
+    (project / "galleryvis.toml").write_text(toml)
+    manifest = load_manifest(project / "galleryvis.toml")
+    jobs, _ = plan(manifest, workspace(manifest), Cache(project / "cache"), force=False)
+    sizes = {(j.model.name, j.tech.id): j.params["size"] for j in jobs if j.tech.name == "class_visualization"}
+    assert sizes == {("mobilenet_v3_small", "class_visualization"): 64, ("resnet18", "class_visualization"): 48,
+                     ("mobilenet_v3_small", "small"): 32, ("resnet18", "small"): 32}
+
+
 def test_a_build_runs_its_cells_through_the_executor_it_is_given(project):
     from galleryvis.executor import LocalExecutor
     from galleryvis.jobs import workspace

@@ -140,6 +140,7 @@ def deep_dream(job: Job, *, steps: int = 10, octaves: int = 3, octave_scale: flo
 # -- class visualization ----------------------------------------------------------------------------
 @synthesis_technique(
     "class_visualization", title="Class-specific Image Generation", layer="none", unit="target", unit_required=True, image="optional",
+    model_size=True,
     choices={"param": ("fft", "pixel"), "regularization": ("none", "l1", "l2", "yosinski")},
     paper="Simonyan et al. 2013, https://arxiv.org/abs/1312.6034; Yosinski et al. 2015, "
           "https://arxiv.org/abs/1506.06579; Olah et al. 2017, https://distill.pub/2017/feature-visualization/",
