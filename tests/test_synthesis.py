@@ -19,11 +19,13 @@ import galleryvis
 from galleryvis import registry
 from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
 from galleryvis.hooks import LayerError, capture, hook_count
+from galleryvis.lite import efficientnet_lite
 from galleryvis.metrics import gaussian_blur
 from galleryvis.registry import TechniqueError
 from galleryvis.synthesis import param as P
 from galleryvis.synthesis import transforms as T
 from galleryvis.synthesis.api import SynthesisResult
+from galleryvis.synthesis.transfer import class_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -132,6 +134,17 @@ def test_class_visualization_reaches_confidence(lite0):
         p = lite0((img - MEAN) / STD).softmax(1)[0, target]
     assert p >= 0.9
     assert trace[-10:].mean() > trace[:10].mean() + 5
+
+
+@pytest.mark.slow
+def test_class_visualizations_made_with_lite0_are_recognized_by_lite1(lite0):
+    # bench/transfer.py measures this over a dozen classes and both directions
+    lite1 = efficientnet_lite("efficientnet_lite1")
+    for target in (130, 872):  # flamingo, tripod
+        img, _ = galleryvis.synthesize(lite0, "class_visualization", target=target)
+        assert img.shape == (1, 3, 224, 224)
+        assert class_rank(lite0, img, target, size=224)[1] >= 0.9
+        assert class_rank(lite1, img, target, size=240)[0] <= 5
 
 
 def test_filter_visualization_raises_channel_activation(lite0):
@@ -355,6 +368,17 @@ def test_class_visualization_regularizes_pixels_only():
     with pytest.raises(ValueError, match="regularization 'yosinski' acts on pixels.*param='pixel'"):
         galleryvis.synthesize(small_net(), "class_visualization", target=1, steps=1, size=16,
                               regularization="yosinski")
+
+
+def test_class_rank_counts_the_classes_above_the_target():
+    net = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 6))
+    torch.nn.init.normal_(net[2].weight, generator=torch.Generator().manual_seed(0))
+    img = torch.full((1, 3, 12, 12), 0.3)
+    with torch.no_grad():
+        logits = net((img - MEAN) / STD)[0]
+    for rank, c in enumerate(logits.argsort(descending=True).tolist(), start=1):
+        got, prob = class_rank(net, img, c, size=9)
+        assert got == rank and prob == pytest.approx(float(logits.softmax(0)[c]), rel=1e-6)
 
 
 def test_inverted_representation_small_net():
