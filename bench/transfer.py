@@ -18,13 +18,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 import galleryvis
-from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
 from galleryvis.labels import imagenet_labels
 from galleryvis.lite import VARIANTS, efficientnet_lite
+from galleryvis.synthesis.transfer import class_rank
 
 #: A dozen ImageNet classes: the default gallery's four (Egyptian cat, espresso, missile, tripod),
 #: the seed README's flamingo and seven of varied kinds (animals, food, objects, scenes).
@@ -63,17 +61,6 @@ class Record:
     ranks: dict[str, int]
 
 
-def target_rank(model: nn.Module, size: int, image01: Tensor, target: int) -> tuple[int, float]:
-    """(rank of ``target`` among ``model``'s logits, 1 = top; its softmax probability) for one
-    image (1,3,H,W) in [0, 1], resized to ``size`` x ``size`` and ImageNet-normalized."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    x = F.interpolate(image01, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    with torch.no_grad():
-        logits = model(((x - mean) / std))[0]
-    return int((logits > logits[target]).sum()) + 1, float(logits.softmax(0)[target])
-
-
 def measure(classes: Sequence[int], settings: Sequence[str], pairs: dict[str, tuple[str, ...]] = PAIRS,
             seed: int = 0) -> list[Record]:
     """One :class:`Record` per (setting, maker, class), each also printed to stderr as it comes;
@@ -90,8 +77,8 @@ def measure(classes: Sequence[int], settings: Sequence[str], pairs: dict[str, tu
                 image, _ = galleryvis.synthesize(models[maker], "class_visualization", target=target,
                                                  seed=seed, **params)
                 seconds = time.perf_counter() - t0
-                _, prob = target_rank(models[maker], size, image, target)
-                ranks = {j: target_rank(models[j], VARIANTS[j].size, image, target)[0] for j in judges}
+                _, prob = class_rank(models[maker], image, target, size=size)
+                ranks = {j: class_rank(models[j], image, target, size=VARIANTS[j].size)[0] for j in judges}
                 records.append(Record(setting, maker, target, seconds, prob, ranks))
                 print(json.dumps(asdict(records[-1])), file=sys.stderr, flush=True)
     return records
