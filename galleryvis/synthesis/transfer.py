@@ -1,5 +1,5 @@
 """Does a synthesized class image transfer? How a model, possibly not the one it was made with,
-ranks the target class for it (issue 21's measure; ``bench/transfer.py`` runs it at scale)."""
+ranks the target class for it (the gallery shows it; ``bench/transfer.py`` runs it at scale)."""
 from __future__ import annotations
 
 from typing import Sequence
