@@ -223,7 +223,8 @@ def class_visualization(job: Job, *, steps: int = 96, size: int = 224, lr: float
 def _class_fft(job: Job, idx: Tensor, steps: int, size: int, lr: float) -> tuple[Tensor, Tensor]:
     """``class_visualization`` with ``param="fft"``: Adam on the spectrum, seen through random transforms."""
     start = None if job.image is None else job.to01(job.image).clamp(0, 1)
-    p = P.fft(job.gens, (size, size) if start is None else tuple(start.shape[-2:]), job.device, start=start)
+    hw = (size, size) if start is None else (start.shape[-2], start.shape[-1])
+    p = P.fft(job.gens, hw, job.device, start=start)
     opt = torch.optim.Adam([p.tensor], lr=lr)
     trace = []
     with torch.enable_grad():
