@@ -22,6 +22,7 @@ from .images import ImageError, file_sha256, load_image
 from .manifest import Manifest, ManifestError, ModelSpec, TechniqueSpec, check_against_models
 from .models import ModelAdapter, ModelError, choose_device, load_model
 from .naming import unique_slugs
+from .synthesis.api import spec_of
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,8 @@ def plan(manifest: Manifest, ws: Workspace, cache: Cache, force: bool
         for tspec in manifest.techniques:
             tech = registry.get(tspec.name)
             params = registry.resolve_params(tech, tspec.params)
+            if tech.family == "synthesis" and spec_of(tech.name).model_size and "size" not in tspec.given:
+                params["size"] = adapter.size
             layer = layer_for(adapter, tspec)
             for img in images:
                 target = _target_index(adapter, img.ref.target, int(preds[spec.id][img.ref.id].argmax()))

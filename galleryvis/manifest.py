@@ -108,7 +108,7 @@ class TechniqueSpec:
     """One technique row: a registered technique with its full (defaults-merged) parameters.
 
     ``id`` is unique within a manifest and defaults to ``name``, so one technique can be
-    listed twice with different parameters.
+    listed twice with different parameters. ``given``: the parameters the manifest wrote.
     """
 
     name: str
@@ -117,6 +117,7 @@ class TechniqueSpec:
     field: str = ""
     layer: str | tuple[str, ...] | None = None
     scale: Scale | None = None
+    given: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -709,7 +710,8 @@ class _Parser:
             if "layer" in table:
                 layer = self.layers({name: table["layer"]}, where).get(name)
             scale = self.choice(table, "scale", where, SCALES, "") or None
-            spec = TechniqueSpec(name, params, tech_id or name, where, layer, scale)  # type: ignore[arg-type]
+            spec = TechniqueSpec(name, params, tech_id or name, where, layer, scale,  # type: ignore[arg-type]
+                                 frozenset(table.get("params", {})))
             if any(s.id == spec.id for s in specs):
                 self.error(where, f"duplicate technique id {spec.id!r}: give one of them a distinct "
                                   '`id = "..."` to list a technique twice')

@@ -1,5 +1,5 @@
-"""Faithfulness scores of gallery cells, through the cache: deletion/insertion, baselines,
-sanity, and the per-model ranking."""
+"""Scores of gallery cells, through the cache: deletion/insertion, baselines, sanity, the
+per-model ranking, and how other models rank a class visualization's target."""
 from __future__ import annotations
 
 import time
@@ -15,6 +15,8 @@ from .engine import Call
 from .jobs import Job, Workspace, model_input
 from .manifest import MetricsSpec
 from .records import Ranking
+from .synthesis.api import spec_of
+from .synthesis.transfer import class_rank
 
 BASELINES = {"random map": lambda shape: metrics.random_map(shape, seed=0),
              "centre Gaussian": metrics.center_gaussian_map}
@@ -53,8 +55,9 @@ def task_count(jobs: list[Job], spec: MetricsSpec) -> int:
 
 def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch_size: int,
           progress: Any, share: bool = True) -> list[Ranking]:
-    """Attach ``metrics`` (AUCs, sanity) and ``curves`` to every successful attribution job and
-    return one ranking per model (techniques and the two baselines by insertion - deletion).
+    """Attach ``metrics`` (AUCs, sanity) and ``curves`` to every successful attribution job, the
+    transfer ranks (:func:`_transfer_ranks`) to every class visualization, and return one ranking
+    per model (techniques and the two baselines by insertion - deletion).
 
     Passes are shared: deletion / insertion scores every map of one (model, image), baselines
     included, in one call (their perturbed inputs batched together); the sanity check runs one
@@ -63,6 +66,7 @@ def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch
     what sharing saves)."""
     if not spec.enabled:
         return []
+    _transfer_ranks(jobs, ws, cache)
     groups = _groups(jobs)
     baselines: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     if spec.deletion_insertion:
@@ -90,6 +94,28 @@ def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch
         _sanity(ws, same_images, spec, cache, batch_size)
         progress.step(sum(map(len, same_images)), f"{model_id}: sanity of {len(same_images)} technique(s)")
     return _rankings(groups, baselines, spec) if spec.deletion_insertion else []
+
+
+def _transfer_ranks(jobs: list[Job], ws: Workspace, cache: Cache) -> None:
+    """``metrics["rank under M"]`` of each class visualization: the target's rank (1 = top) when
+    every other model M of the gallery with as many classes classifies the image (resized to M's
+    input size); a picture of the class ranks high for models it was not made with."""
+    for j in jobs:
+        if j.family != "synthesis" or j.result is None or j.error or spec_of(j.tech.name).unit != "target":
+            continue
+        assert j.target is not None
+        image = torch.from_numpy(j.result.astype(np.float32))[None]
+        for other_id, other in ws.models.items():
+            if other_id == j.model.id or other.num_classes != ws.adapter(j).num_classes:
+                continue
+            key = cache_key(kind="transfer", cell=j.key, **model_input(other, j.image))
+            entry = cache.get(key)
+            if entry is None:
+                rank = class_rank(other.model, image, j.target, size=other.size, mean=other.mean, std=other.std)[0]
+                cache.put(key, np.array([rank], dtype=np.float32), {"judge": other_id})
+            else:
+                rank = int(entry.array[0])
+            j.metrics[f"rank under {other_id}"] = rank
 
 
 def _deletion_insertion(ws: Workspace, cell: list[Job], spec: MetricsSpec, cache: Cache,

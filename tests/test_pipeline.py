@@ -459,6 +459,44 @@ def test_planned_jobs_are_plain_picklable_data(project):
         [(j.key, j.model, j.image, j.tech, j.params, j.layer, j.target) for j in jobs]
 
 
+def test_class_visualization_is_planned_at_each_models_input_size_unless_the_manifest_sets_one(project):
+    from galleryvis.cache import Cache
+    from galleryvis.jobs import plan, workspace
+
+    toml = MANIFEST.replace('name = "resnet18"\nweights = "none"\nsize = 64', 'name = "resnet18"\nweights = "none"\nsize = 48')
+    toml += '[[techniques]]\nname = "class_visualization"\n\n' \
+            '[[techniques]]\nname = "class_visualization"\nid = "small"\nparams = { size = 32 }\n'
+    (project / "galleryvis.toml").write_text(toml)
+    manifest = load_manifest(project / "galleryvis.toml")
+    jobs, _ = plan(manifest, workspace(manifest), Cache(project / "cache"), force=False)
+    sizes = {(j.model.name, j.tech.id): j.params["size"] for j in jobs if j.tech.name == "class_visualization"}
+    assert sizes == {("mobilenet_v3_small", "class_visualization"): 64, ("resnet18", "class_visualization"): 48,
+                     ("mobilenet_v3_small", "small"): 32, ("resnet18", "small"): 32}
+
+
+def test_each_class_visualization_shows_its_targets_rank_under_the_other_models(project, monkeypatch):
+    head = MANIFEST.split("[[techniques]]")[0]
+    toml = head + '[[techniques]]\nname = "class_visualization"\nparams = { steps = 2 }\n\n[metrics]\nenabled = true\n'
+    (project / "galleryvis.toml").write_text(toml)
+    assert _build(project).failed == 0
+    cells = _records(project)["cells"]
+    other = {"mobilenet_v3_small": "resnet18", "resnet18": "mobilenet_v3_small"}
+    assert len(cells) == 4
+    for cell in cells:
+        assert set(cell["metrics"]) == {f"rank under {other[cell['model_id']]}"}
+        assert all(1 <= r <= 1000 and r == int(r) for r in cell["metrics"].values())
+    md = (project / "site" / "gallery.md").read_text()
+
+    from galleryvis import scoring
+
+    def no_recompute(*_a, **_k):
+        raise AssertionError("ranks must come from the cache")
+
+    monkeypatch.setattr(scoring, "class_rank", no_recompute)
+    assert _build(project).computed == 0
+    assert _records(project)["cells"] == cells and (project / "site" / "gallery.md").read_text() == md
+
+
 def test_a_build_runs_its_cells_through_the_executor_it_is_given(project):
     from galleryvis.executor import LocalExecutor
     from galleryvis.jobs import workspace

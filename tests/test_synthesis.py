@@ -19,11 +19,13 @@ import galleryvis
 from galleryvis import registry
 from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
 from galleryvis.hooks import LayerError, capture, hook_count
+from galleryvis.lite import efficientnet_lite
 from galleryvis.metrics import gaussian_blur
 from galleryvis.registry import TechniqueError
 from galleryvis.synthesis import param as P
 from galleryvis.synthesis import transforms as T
 from galleryvis.synthesis.api import SynthesisResult
+from galleryvis.synthesis.transfer import class_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -134,6 +136,17 @@ def test_class_visualization_reaches_confidence(lite0):
     assert trace[-10:].mean() > trace[:10].mean() + 5
 
 
+@pytest.mark.slow
+def test_class_visualizations_made_with_lite0_are_recognized_by_lite1(lite0):
+    # bench/transfer.py measures this over a dozen classes and both directions
+    lite1 = efficientnet_lite("efficientnet_lite1")
+    for target in (130, 872):  # flamingo, tripod
+        img, _ = galleryvis.synthesize(lite0, "class_visualization", target=target)
+        assert img.shape == (1, 3, 224, 224)
+        assert class_rank(lite0, img, target, size=224)[1] >= 0.9
+        assert class_rank(lite1, img, target, size=240)[0] <= 5
+
+
 def test_filter_visualization_raises_channel_activation(lite0):
     layer, channels = "_blocks.10", [0, 2, 4]
     start, _ = galleryvis.synthesize(lite0, "filter_visualization", layer=layer, channel=channels, steps=0)
@@ -199,7 +212,8 @@ def test_registered_as_synthesis_family():
         d = registry.get(name).describe()
         assert d["family"] == "synthesis" and d["output"] == "input" and d["paper"]
     assert registry.get("filter_visualization").params["param"] == "fft"
-    assert registry.get("class_visualization").params["regularization"] == "yosinski"
+    assert registry.get("class_visualization").params["param"] == "fft"
+    assert registry.get("class_visualization").params["regularization"] == "none"
     assert "synthesize" in galleryvis.__all__
 
 
@@ -321,29 +335,50 @@ def test_one_image_many_channels_and_one_channel_many_images():
         galleryvis.synthesize(net, "deep_dream", layer="body.1", channel=[0, 1], image=x, steps=3)
 
 
-@pytest.mark.parametrize("regularization", ["yosinski", "none", "l1", "l2"])
-def test_class_visualization_regularizations(regularization):
+@pytest.mark.parametrize("param,regularization", [("fft", "none"), ("pixel", "yosinski"), ("pixel", "none"),
+                                                   ("pixel", "l1"), ("pixel", "l2")])
+def test_class_visualization_regularizations(param, regularization):
     net = small_net()
     # the default weights (l1 0.1, l2 1.0) suit a trained net; this random net's logits move far
     # less per pixel, so the penalty would swamp them
+    setting = dict(param=param, regularization=regularization)
     res = galleryvis.synthesize(net, "class_visualization", target=[3, 7], steps=25, size=24,
-                                regularization=regularization, l1_weight=1e-4, l2_weight=1e-3)
+                                l1_weight=1e-4, l2_weight=1e-3, **setting)
     img, trace = res
     assert img.shape == (2, 3, 24, 24) and trace.shape == (25, 2)
     assert 0 <= img.min() and img.max() <= 1
     assert (trace[-5:].mean(0) > trace[:5].mean(0)).all()
-    start, _ = galleryvis.synthesize(net, "class_visualization", target=[3, 7], steps=0, size=24)
+    start, _ = galleryvis.synthesize(net, "class_visualization", target=[3, 7], steps=0, size=24, **setting)
     with torch.no_grad():
         gain = net.eval()((img - MEAN) / STD) - net((start - MEAN) / STD)
     # each target logit rose more than the other classes' on average
     assert (gain[[0, 1], [3, 7]] > gain.mean(1)).all()
 
 
-def test_class_visualization_from_an_image():
+@pytest.mark.parametrize("param,atol", [("pixel", 1e-5), ("fft", 1e-3 + 1e-6)])
+def test_class_visualization_from_an_image(param, atol):
+    # the Fourier parameterization's sigmoid never reaches 0 or 1: the start is within 1e-3
     net = small_net()
     x = torch.randn(1, 3, 20, 20, generator=torch.Generator().manual_seed(3))
-    img, _ = galleryvis.synthesize(net, "class_visualization", target=2, image=x, steps=0)
-    torch.testing.assert_close(img, (x * STD + MEAN).clamp(0, 1))
+    img, _ = galleryvis.synthesize(net, "class_visualization", target=2, image=x, steps=0, param=param)
+    torch.testing.assert_close(img, (x * STD + MEAN).clamp(0, 1), rtol=0, atol=atol)
+
+
+def test_class_visualization_regularizes_pixels_only():
+    with pytest.raises(ValueError, match="regularization 'yosinski' acts on pixels.*param='pixel'"):
+        galleryvis.synthesize(small_net(), "class_visualization", target=1, steps=1, size=16,
+                              regularization="yosinski")
+
+
+def test_class_rank_counts_the_classes_above_the_target():
+    net = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 6))
+    torch.nn.init.normal_(net[2].weight, generator=torch.Generator().manual_seed(0))
+    img = torch.full((1, 3, 12, 12), 0.3)
+    with torch.no_grad():
+        logits = net((img - MEAN) / STD)[0]
+    for rank, c in enumerate(logits.argsort(descending=True).tolist(), start=1):
+        got, prob = class_rank(net, img, c, size=9)
+        assert got == rank and prob == pytest.approx(float(logits.softmax(0)[c]), rel=1e-6)
 
 
 def test_inverted_representation_small_net():
@@ -490,6 +525,8 @@ def test_transforms_and_params():
     p = P.fft([torch.Generator().manual_seed(0)], (20, 30), torch.device("cpu"))
     img = p.image()
     assert img.shape == (1, 3, 20, 30) and (img - 0.5).abs().max() < 0.05
+    start = torch.rand(2, 3, 20, 31, generator=torch.Generator().manual_seed(1)) * 0.99 + 0.005
+    torch.testing.assert_close(P.fft(gens, (20, 31), torch.device("cpu"), start=start).image(), start)
     q = P.pixel([torch.Generator().manual_seed(0)], (8, 8), torch.device("cpu"))
     assert q.image().min() >= 150 / 255 and q.image().max() <= 180 / 255
 

@@ -6,8 +6,9 @@
 
 Modules: ``api`` (``synthesize``, ``SynthesisResult``, the per-chunk ``Job``), ``param`` (pixel and
 decorrelated FFT image parameterizations), ``transforms`` (jitter/scale/rotate/blur with one
-``torch.Generator`` per item), ``objectives`` (the layer tap, unit objectives, regularizers) and
-``techniques`` (the five registered functions).
+``torch.Generator`` per item), ``objectives`` (the layer tap, unit objectives, regularizers),
+``techniques`` (the five registered functions) and ``transfer`` (``class_rank``: how a model
+ranks a class for a synthesized image).
 """
 from . import techniques as _techniques  # noqa: F401  (fills the registry)
 from .api import SynthesisResult, synthesize

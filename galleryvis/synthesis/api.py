@@ -25,11 +25,14 @@ Units = int | Sequence[int] | Tensor | None
 @dataclass(frozen=True)
 class Spec:
     """What a synthesis technique takes besides its parameters: ``channel`` or ``target`` (and
-    whether it must be given) and whether it needs, accepts or refuses an input image."""
+    whether it must be given), whether it needs, accepts or refuses an input image, and whether
+    a gallery makes it at the model's input size (its ``size`` parameter, unless the manifest
+    sets one)."""
 
     unit: UnitKind | None
     unit_required: bool
     image: ImageUse
+    model_size: bool = False
 
 
 _SPECS: dict[str, Spec] = {}
@@ -43,7 +46,7 @@ def spec_of(name: str) -> Spec:
 
 def synthesis_technique(name: str, *, title: str, paper: str, summary: str, layer: registry.LayerUse,
                         unit: UnitKind | None, unit_required: bool = False, image: ImageUse = "none",
-                        choices: dict[str, tuple[Any, ...]] | None = None
+                        choices: dict[str, tuple[Any, ...]] | None = None, model_size: bool = False
                         ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn(job, **params) -> (image01, trace)`` in the technique registry under
     ``family="synthesis"``, together with its :class:`Spec`."""
@@ -52,7 +55,7 @@ def synthesis_technique(name: str, *, title: str, paper: str, summary: str, laye
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn = reg(fn)
-        _SPECS[name] = Spec(unit, unit_required, image)
+        _SPECS[name] = Spec(unit, unit_required, image, model_size)
         return fn
 
     return deco

@@ -70,13 +70,20 @@ def rfft2d_freqs(h: int, w: int) -> Tensor:
 
 
 def fft(gens: Sequence[torch.Generator], size: tuple[int, int], device: torch.device,
-        sd: float = 0.01, decay_power: float = 1.0) -> Param:
-    """lucent's ``fft_image`` + ``to_valid_rgb(decorrelate=True)``: starts near uniform grey."""
+        sd: float = 0.01, decay_power: float = 1.0, start: Tensor | None = None) -> Param:
+    """lucent's ``fft_image`` + ``to_valid_rgb(decorrelate=True)``: starts near uniform grey, or
+    at the images ``start`` (N,3,H,W) in [0, 1] (the spectrum that gives them, with values
+    within 1e-3 of 0 or 1 moved there: the sigmoid reaches neither)."""
     h, w = size
     freqs = rfft2d_freqs(h, w)
     scale = (1.0 / freqs.clamp(min=1.0 / max(h, w)) ** decay_power).to(device)
-    spectrum = _stack(lambda g: torch.randn(1, 3, h, w // 2 + 1, 2, generator=g) * sd, gens, device)
     color = _COLOR.to(device)
+    if start is None:
+        spectrum = _stack(lambda g: torch.randn(1, 3, h, w // 2 + 1, 2, generator=g) * sd, gens, device)
+    else:
+        pre = torch.logit(start.detach().to(device).clamp(1e-3, 1 - 1e-3))
+        pre = torch.einsum("ndhw,cd->nchw", pre, torch.linalg.inv(color)) * 4.0
+        spectrum = torch.view_as_real(torch.fft.rfft2(pre, norm="ortho") / scale).contiguous()
 
     def to_image(t: Tensor) -> Tensor:
         img = torch.fft.irfft2(torch.view_as_complex(t) * scale, s=(h, w), norm="ortho") / 4.0

@@ -140,32 +140,45 @@ def deep_dream(job: Job, *, steps: int = 10, octaves: int = 3, octave_scale: flo
 # -- class visualization ----------------------------------------------------------------------------
 @synthesis_technique(
     "class_visualization", title="Class-specific Image Generation", layer="none", unit="target", unit_required=True, image="optional",
-    choices={"regularization": ("yosinski", "none", "l1", "l2")},
+    model_size=True,
+    choices={"param": ("fft", "pixel"), "regularization": ("none", "l1", "l2", "yosinski")},
     paper="Simonyan et al. 2013, https://arxiv.org/abs/1312.6034; Yosinski et al. 2015, "
-          "https://arxiv.org/abs/1506.06579",
-    summary="An image optimized to maximize one class logit, with optional regularization.")
-def class_visualization(job: Job, *, steps: int = 100, size: int = 160, lr: float = 0.05,
-                        regularization: str = "yosinski", l1_weight: float = 0.1,
+          "https://arxiv.org/abs/1506.06579; Olah et al. 2017, https://distill.pub/2017/feature-visualization/",
+    summary="An image optimized to maximize one class logit: decorrelated Fourier parameterization "
+            "with random transforms, or the seed's pixels with optional regularization.")
+def class_visualization(job: Job, *, steps: int = 96, size: int = 224, lr: float = 0.05,
+                        param: str = "fft", regularization: str = "none", l1_weight: float = 0.1,
                         l2_weight: float = 1.0, decay: float = 0.01, blur_every: int = 4,
                         blur_sigma: float = 1.0, norm_pct: float = 0.3, contrib_pct: float = 0.1,
                         jitter: int = 8, noise: float = 0.2) -> tuple[Tensor, Tensor]:
-    """Adam ascent on the target logit, in [0, 1] image space centred on the normalization mean
-    (``z = x - mean``, so "zero" is the mean colour; z is projected so that x stays in [0, 1]).
-    Starts from the given image, else from the mean colour plus uniform noise of width ``noise``
-    (the seed's full-range noise is ``noise=1``).
+    """Adam ascent on the target logit, from noise (``size`` x ``size``) or from the given image.
 
-    ``regularization``: ``none``; ``l1``: ``l1_weight * sum |z|`` added to the loss; ``l2``:
-    ``l2_weight * sum z^2 / 2`` (weight decay, as the seed's SGD ``weight_decay``); ``yosinski``
-    (Yosinski et al. 2015): after each step, decay ``z *= 1 - decay``, Gaussian blur
-    (``blur_sigma`` px) every ``blur_every`` steps (never on the last), and pixels whose norm, or
-    whose contribution |sum_c z*grad|, is in the lowest ``norm_pct`` / ``contrib_pct`` fraction
-    reset to the mean; plus a random roll by up to ``jitter`` pixels before every forward.
+    ``param="fft"`` (default): the decorrelated Fourier parameterization of filter
+    visualization, and before every forward its random pad, jitter, scale and rotation
+    (:func:`~.transforms.random_affine`); ``regularization`` must be ``none``.
+
+    ``param="pixel"``: the seed's setting, in [0, 1] image space centred on the normalization
+    mean (``z = x - mean``, so "zero" is the mean colour; z is projected so that x stays in
+    [0, 1]), from the mean colour plus uniform noise of width ``noise`` (the seed's full-range
+    noise is ``noise=1``). ``regularization``: ``none``; ``l1``: ``l1_weight * sum |z|`` added
+    to the loss; ``l2``: ``l2_weight * sum z^2 / 2`` (weight decay, as the seed's SGD
+    ``weight_decay``); ``yosinski`` (Yosinski et al. 2015): after each step, decay
+    ``z *= 1 - decay``, Gaussian blur (``blur_sigma`` px) every ``blur_every`` steps (never on
+    the last), and pixels whose norm, or whose contribution |sum_c z*grad|, is in the lowest
+    ``norm_pct`` / ``contrib_pct`` fraction reset to the mean; plus a random roll by up to
+    ``jitter`` pixels before every forward.
     Trace (steps, N): the target logit."""
     for name, value in (("norm_pct", norm_pct), ("contrib_pct", contrib_pct)):
         if not 0 <= value < 1:
             raise ValueError(f"class_visualization: {name} is a fraction in [0, 1), got {value}")
     if size < 8 or not 0 <= decay < 1:
         raise ValueError("class_visualization: size must be >= 8 and decay in [0, 1)")
+    idx = torch.tensor(job.units, device=job.device)
+    if param == "fft":
+        if regularization != "none":
+            raise ValueError(f"class_visualization: regularization {regularization!r} acts on pixels; "
+                             f"use it with param='pixel'")
+        return _class_fft(job, idx, steps, size, lr)
     if job.image is not None:
         z = (job.to01(job.image).clamp(0, 1) - job.mean).detach().clone()
     else:
@@ -174,7 +187,6 @@ def class_visualization(job: Job, *, steps: int = 100, size: int = 160, lr: floa
     z.requires_grad_(True)
     lo, hi = -job.mean, 1 - job.mean
     opt = torch.optim.Adam([z], lr=lr)
-    idx = torch.tensor(job.units, device=job.device)
     yos = regularization == "yosinski"
     trace = []
     for t in range(steps):
@@ -206,6 +218,21 @@ def class_visualization(job: Job, *, steps: int = 100, size: int = 160, lr: floa
             z.copy_(torch.maximum(torch.minimum(z, hi), lo))
         trace.append(logit.detach())
     return (z + job.mean).detach(), _trace(trace, job.n, job.device)
+
+
+def _class_fft(job: Job, idx: Tensor, steps: int, size: int, lr: float) -> tuple[Tensor, Tensor]:
+    """``class_visualization`` with ``param="fft"``: Adam on the spectrum, seen through random transforms."""
+    start = None if job.image is None else job.to01(job.image).clamp(0, 1)
+    hw = (size, size) if start is None else (start.shape[-2], start.shape[-1])
+    p = P.fft(job.gens, hw, job.device, start=start)
+    opt = torch.optim.Adam([p.tensor], lr=lr)
+    trace = []
+    with torch.enable_grad():
+        for _ in range(steps):
+            logit = job.logits(random_affine(p.image(), job.gens)).gather(1, idx[:, None])[:, 0]
+            _ascent_step(opt, p.tensor, -logit.sum())
+            trace.append(logit.detach())
+    return p.image().detach(), _trace(trace, job.n, job.device)
 
 
 def _above_quantile(v: Tensor, q: float) -> Tensor:
