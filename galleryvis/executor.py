@@ -112,25 +112,31 @@ class LocalExecutor:
         calls = {c[0].tech.id: Call(c[0].tech.name, c[0].layer, c[0].params) for c in cols}
         batch_size = self.batch_size
         while True:
+            spent: dict[str, float] = defaultdict(float)  # per technique; a shared pass goes to its first user
+            clock = [time.perf_counter()]
+
+            def done(key: str, _n: int) -> None:
+                now = time.perf_counter()
+                spent[key] += now - clock[0]
+                clock[0] = now
+                progress.mark(col_of[key], f"{adapter.id}: {key}")
+
             try:
-                t0 = time.perf_counter()
-                maps = attribute_calls(adapter.model, x, calls, targets, batch_size=batch_size,
-                                       progress=lambda key, _n: progress.mark(col_of[key], f"{adapter.id}: {key}"),
+                maps = attribute_calls(adapter.model, x, calls, targets, batch_size=batch_size, progress=done,
                                        mean=adapter.mean, std=adapter.std)
                 break
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
                 batch_size //= 2
-        spent = (time.perf_counter() - t0) / len(cols)
         for key, col in col_of.items():
-            seconds[key] = seconds.get(key, 0.0) + spent
+            seconds[key] = seconds.get(key, 0.0) + spent[key]
             arr = maps[key].numpy()
             if not np.isfinite(arr).all():
                 raise FloatingPointError(f"{col[0].tech.name} produced NaN or Inf values")
             for i, job in enumerate(col):
                 job.result = arr[i]
-                job.seconds["compute"] = spent / len(col)
+                job.seconds["compute"] = spent[key] / len(col)
 
     def _synthesize(self, job: Job) -> None:
         """One synthesis cell: the image's own class (target) or its most active channel (unit)."""

@@ -45,8 +45,9 @@ class Job:
     the cache key and ``covers`` what it is the hash of (recorded in the cache entry).
     ``result`` (the raw map, or a synthesis image), ``error``, ``cached``, ``metrics``,
     ``curves``, ``trace``, ``unit`` (the channel a synthesis cell optimized) and ``seconds``
-    (its share of the compute and scoring time; shared passes are split evenly) are filled by
-    the compute and scoring stages.
+    (its share of the compute and scoring time: a pass shared by techniques is charged to the
+    first that ran it, one shared by images is split evenly) are filled by the compute and
+    scoring stages.
     """
 
     model: ModelSpec
