@@ -82,6 +82,21 @@ def always_fails(ctx):
 '''
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _plugin_stays_in_this_module():
+    """A build that loads the plugin registers its techniques in this process; they go again
+    after this module, so the other test modules see the built-in registry only."""
+    from galleryvis import registry
+
+    techniques, modules = set(registry._REGISTRY), set(sys.modules)
+    yield
+    for name in set(registry._REGISTRY) - techniques:
+        del registry._REGISTRY[name]
+    for name in set(sys.modules) - modules:
+        if name.startswith("galleryvis_plugin_"):
+            del sys.modules[name]
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A head node and a second node on this machine, one CPU each, with a token of their own;
