@@ -2,7 +2,7 @@
 
 KernelSHAP and LIME switch segments (a regular grid of cells, or SLIC superpixels) between the
 image and a baseline, run the coalitions under ``torch.inference_mode`` in chunks of
-``ctx.batch_size`` (one image's coalitions per chunk, each image with its own seeded generator,
+``ctx.forward_batch_size`` (one image's coalitions per chunk, each image with its own seeded generator,
 so a map never depends on the other images of the call), and fit the target logit. Their maps
 are (N, 1, H, W), constant within a segment. DeepLIFT runs each image and its baseline in one
 forward and backpropagates difference quotients through every nonlinearity.
@@ -63,10 +63,11 @@ def _segments(ctx: Context, xi: Tensor, features: str, segments: int) -> Tensor:
 
 def _coalition_logits(ctx: Context, xi: Tensor, ti: Tensor, base: Tensor, labels: Tensor, z: Tensor) -> Tensor:
     """Target logit (S,) of image ``xi`` with the segments where ``z`` (S, M) is False taken
-    from ``base``: ``ctx.batch_size`` coalitions per forward, under inference mode."""
+    from ``base``: ``ctx.forward_batch_size`` coalitions per forward (forward-only, as the other
+    perturbation techniques' passes), under inference mode."""
     out = []
     with torch.inference_mode():
-        for zs in z.split(ctx.batch_size):
+        for zs in z.split(ctx.forward_batch_size):
             keep = zs.to(labels.device)[:, labels][:, None]  # (s, 1, H, W)
             out.append(ctx.logits(fast_layout(torch.where(keep, xi, base)))[:, ti].double().cpu())
     return torch.cat(out)
