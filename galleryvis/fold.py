@@ -5,7 +5,8 @@ bias added, so the BatchNorm's forward and backward (memory-bound, 10-20 % of a 
 forward + input-gradient time on a CPU, bench/) can be skipped; values agree to float rounding.
 And a channels_last input makes every convolution convert an NCHW weight in every forward and
 backward, unless the weight is stored channels_last once. The engine uses both through
-:func:`folded`, decided once per call before its first pass; a probe forward finds which
+:func:`folded`, decided once per call before its first pass, and ``synthesize`` for every
+optimization step of a call; a probe forward finds which
 convolution feeds which BatchNorm, and the folded model must give the probe's logits before it
 is used. The model is returned as it came: while a pass runs, each convolution's weight and bias
 entries point at the prepared tensors and each folded BatchNorm's ``forward`` is shadowed by the

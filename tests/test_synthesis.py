@@ -286,13 +286,14 @@ def _max_pre(net: nn.Module, img01: torch.Tensor) -> torch.Tensor:
 
 def test_forward_stops_at_the_layer():
     net = small_net()
-    calls = []
-    handle = net.fc.register_forward_hook(lambda *_: calls.append(1))
-    try:
-        galleryvis.synthesize(net, "filter_visualization", layer="stem.2", channel=0, steps=5, size=16)
-    finally:
-        handle.remove()
-    assert len(calls) == 1  # the probe only; the 5 steps stop after stem.2
+    calls = {}
+    for steps in (0, 5):
+        handle = net.fc.register_forward_hook(lambda *_, s=steps: calls.__setitem__(s, calls.get(s, 0) + 1))
+        try:
+            galleryvis.synthesize(net, "filter_visualization", layer="stem.2", channel=0, steps=steps, size=16)
+        finally:
+            handle.remove()
+    assert calls[5] == calls[0]  # the probes only (layer and batch-norm folding); the 5 steps stop after stem.2
 
 
 def test_reused_module_reads_its_last_call(lite0):

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import registry
-from ..engine import IMAGENET_MEAN, IMAGENET_STD, model_device
+from ..engine import IMAGENET_MEAN, IMAGENET_STD, model_device, fast_layout
+from ..fold import prepare
 from ..hooks import LayerError, deterministic, prepared
 from ..layers import default_layer
 from ..registry import TechniqueError
@@ -85,8 +86,8 @@ class Job:
         return len(self.units)
 
     def normalize(self, x01: Tensor) -> Tensor:
-        """Image space [0, 1] -> the model's input space."""
-        return (x01 - self.mean) / self.std
+        """Image space [0, 1] -> the model's input space (channels_last on the CPU)."""
+        return fast_layout((x01 - self.mean) / self.std)
 
     def to01(self, x: Tensor) -> Tensor:
         """The model's input space -> image space (not clamped)."""
@@ -251,6 +252,11 @@ def synthesize(
             size = resolved.get("size", 224)
             probe_x = (torch.full((1, 3, size, size), 0.5, device=device) - mean_t) / std_t
         layer_tap = None
+        if tech.layer != "none" and layer is None:
+            layer = default_layer(model, probe_x)
+        # Batch norm folded and weights in the inputs' layout for every step (the tapped
+        # layer's output unchanged); decided before the tap's hook exists.
+        stack.enter_context(prepare(model, fast_layout(probe_x), [layer] if layer else []).active())
         if tech.layer == "none":
             with torch.no_grad():
                 out = model(probe_x)
@@ -258,8 +264,6 @@ def synthesize(
                 raise ValueError("the model must return logits of shape (N, classes)")
             limit, what = out.shape[1], f"the model's {out.shape[1]} classes"
         else:
-            if layer is None:
-                layer = default_layer(model, probe_x)
             layer_tap = stack.enter_context(tap(model, layer))
             shape = layer_tap.probe(probe_x)
             limit = shape[1] if len(shape) >= 2 else 0
