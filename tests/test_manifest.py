@@ -407,10 +407,29 @@ def test_default_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert [s.name for s in m.models] == ["efficientnet_lite0", "efficientnet_lite1"]  # a real comparison
     assert m.gallery.scale == "per-image"  # the compare pages show the models on one scale
     names = {i.path.name for i in m.images}
-    assert 3 <= len(names) <= 5 and "cat.png" in names
+    assert 2 <= len(names) <= 5 and "cat.png" in names
     assert all(i.path.is_file() and i.path.parent == m.root for i in m.images)
-    # every technique at least once (the seed's rows list some at several layers), except the
-    # ones that read self-attention, which a CNN does not have
+    # the seed's rows, and every technique that shares their passes
+    assert SEED_ROWS <= {t.name for t in m.techniques}
+    assert len({t.id for t in m.techniques}) == len(m.techniques)
+
+
+#: The techniques of the pytorch-cnn-visualizations README: the floor of every shipped gallery.
+SEED_ROWS = {"vanilla", "guided_backprop", "gradcam", "scorecam", "guided_gradcam", "layercam", "grad_x_image",
+             "smoothgrad", "integrated_gradients", "lrp", "filter_visualization", "layer_activation",
+             "inverted_representation", "deep_dream", "class_visualization"}
+
+
+def test_complete_example_is_the_default_and_every_technique(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    default = default_manifest()
+    path = Path(__file__).resolve().parent.parent / "examples" / "complete" / "galleryvis.toml"
+    m = load_manifest(path)
+    assert m.gallery.output.resolve() == path.parent.parent.parent / "site"  # the committed site/
+    assert {i.path.name for i in default.images} < {i.path.name for i in m.images}
+    assert [s.name for s in m.models] == [s.name for s in default.models]
+    assert {t.id for t in default.techniques} <= {t.id for t in m.techniques}
+    # every technique at least once, except the ones that read self-attention (a CNN has none)
     assert {t.name for t in m.techniques} == {n for n in registry.names() if not registry.get(n).attention}
     assert len({t.id for t in m.techniques}) == len(m.techniques)
 
