@@ -1,6 +1,7 @@
 """The shared engine: target handling, chunking, and passes shared between techniques."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from numbers import Integral
 from typing import Any, Callable, Mapping, Sequence
@@ -63,6 +64,7 @@ class Context:
     runner: Callable[[Tensor], object] | None = None  # runs the model (default: the model itself)
     mean: Sequence[float] = IMAGENET_MEAN  # the model's input normalization
     std: Sequence[float] = IMAGENET_STD
+    report: Callable[[int, int], None] | None = None  # (done, total) within the running technique
     _passes: dict[str, Pass] = field(default_factory=dict)
     _results: dict[Any, Tensor] = field(default_factory=dict)
 
@@ -122,6 +124,12 @@ class Context:
                 (g,) = torch.autograd.grad(score, xs)
             out.append(g.detach())
         return torch.cat(out)
+
+    def advance(self, done: int, total: int) -> None:
+        """Tell the caller how far a long technique is: ``done`` of its ``total`` passes (or
+        images, masks, windows) on this chunk. Free when nobody listens."""
+        if self.report is not None:
+            self.report(done, total)
 
     @property
     def forward_batch_size(self) -> int:
@@ -302,13 +310,16 @@ def attribute_calls(
     *,
     batch_size: int | None = None,
     progress: Callable[[str, int], None] | None = None,
+    within: Callable[[str, int, int], None] | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> dict[str, Tensor]:
     """:func:`attribute_many` for calls under ids of the caller's choosing, so one technique can
     run at several layers or with several parameter sets in one call (a gallery's rows, a sanity
     step): every pass they have in common is shared (the chunk's :class:`Context` memoizes by
-    technique, layer and parameters). Returns ``{id: maps}``; ``progress(id, n_images)``."""
+    technique, layer and parameters). Returns ``{id: maps}``; ``progress(id, n_images)`` when
+    a technique finishes a chunk, ``within(id, done, total)`` while a long one (perturbations,
+    Score-CAM, Ablation-CAM, the Shapley family) runs (:meth:`Context.advance`)."""
     _check_inputs(inputs)
     device = model_device(model)
     if batch_size is None:
@@ -336,6 +347,7 @@ def attribute_calls(
             for xs, ts in zip(x.split(batch_size), targets.split(batch_size)):
                 ctx = Context(model, xs, ts, all_layers, batch_size, need_input, runner, mean, std)
                 for key in sorted(calls, key=lambda k: _forward_only(techs[k])):  # reuse a backward's forward
+                    ctx.report = None if within is None else functools.partial(within, key)
                     m = ctx.run(calls[key].name, layer_of[key], **resolved[key])
                     out[key].append(_finish(m, xs))
                     if progress is not None:

@@ -123,6 +123,7 @@ class LocalExecutor:
 
             try:
                 maps = attribute_calls(adapter.model, x, calls, targets, batch_size=batch_size, progress=done,
+                                       within=lambda key, i, n: progress.within(f"{adapter.id}: {key}", i, n),
                                        mean=adapter.mean, std=adapter.std)
                 break
             except torch.OutOfMemoryError:

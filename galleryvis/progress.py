@@ -52,13 +52,17 @@ class Stages:
         return ", ".join(parts) + f"; {self.passes} model passes ({self.images} images)"
 
 
+#: Seconds between the plain lines of :meth:`Progress.within` (no terminal: a log stays short).
+WITHIN_EVERY = 10.0
+
+
 class Progress:
     """A bar with ETA on a terminal (tqdm), one plain line per step otherwise, nothing if quiet."""
 
     def __init__(self, total: int, quiet: bool) -> None:
         self.quiet, self.total, self.done = quiet, total, 0
         self._seen: set[int] = set()
-        self.start = time.monotonic()
+        self.start = self._said = time.monotonic()
         self.bar = None
         if not quiet and total and sys.stderr.isatty():
             from tqdm import tqdm
@@ -82,6 +86,18 @@ class Progress:
             elapsed = time.monotonic() - self.start
             eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
             print(f"[{self.done}/{self.total}] {what} (eta {eta:.0f} s)", file=sys.stderr, flush=True)
+
+    def within(self, what: str, done: int, total: int) -> None:
+        """How far the running step is (``done`` of ``total``), for steps of many passes: on the
+        bar's label, or a plain line at most every :data:`WITHIN_EVERY` seconds."""
+        if self.quiet or not total:
+            return
+        label = f"{what} {100 * done // total}%"
+        if self.bar is not None:
+            self.bar.set_postfix_str(label[-40:])
+        elif time.monotonic() - self._said >= WITHIN_EVERY:
+            print(f"[{self.done}/{self.total}] {label}", file=sys.stderr, flush=True)
+            self._said = time.monotonic()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -30,7 +30,7 @@ from .synthesis.api import spec_of
 #: Thumbnail box in CSS pixels; the full-resolution view serves 2x screens (``srcset``).
 THUMB = 160
 #: WebP settings of every picture: lossy, deterministic for the same pixels (quality 55 keeps the
-#: default gallery, 38 rows x 3 photos x 2 models, under 8 MB; the maps are smooth enough).
+#: complete gallery, 38 rows x 3 photos x 2 models, under 8 MB; the maps are smooth enough).
 WEBP = {"quality": 55, "method": 6}
 #: The viewer's map values: at most this many samples on the long side (box-averaged).
 VALUES_SIZE = 40

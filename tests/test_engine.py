@@ -623,3 +623,36 @@ def test_attention_techniques_keep_the_contracts(transformers: dict[str, nn.Modu
         finally:
             handle.remove()
         assert_unchanged(model, before)
+
+
+# --- progress within a long technique ----------------------------------------------------------
+LONG = ["occlusion", "rise", "ablationcam", "scorecam", "kernel_shap", "lime", "gradient_shap"]
+
+
+@pytest.mark.parametrize("name", LONG)
+def test_a_long_technique_says_how_far_it_is(name: str, tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    from galleryvis.engine import Call, attribute_calls
+
+    said: list[tuple[str, int, int]] = []
+    params = kwargs(name)
+    layer = params.pop("layer", None)
+    attribute_calls(tiny_seq, tiny_x[:2], {"row": Call(name, layer, params)}, None, batch_size=2,
+                    within=lambda key, done, total: said.append((key, done, total)))
+    assert len(said) >= 2 and {k for k, _, _ in said} == {"row"}
+    totals = {t for _, _, t in said}
+    done = [d for _, d, _ in said]
+    assert len(totals) == 1 and done[0] == 0 and done == sorted(done) and done[-1] < totals.pop()
+
+
+def test_progress_within_a_step_is_rate_limited_without_a_terminal(capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from galleryvis import progress
+
+    bar = progress.Progress(3, quiet=False)
+    bar._said = 100.0  # the last line's time
+    clock = iter([101.0, 111.0, 111.5, 112.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    for done in (1, 2, 3):
+        bar.within("lite0: rise", done, 4)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["[0/3] lite0: rise 50%"]  # 1 s after the last line: quiet; 11 s: a line; 0.5 s: quiet

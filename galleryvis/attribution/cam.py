@@ -134,6 +134,7 @@ def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
             if not paper:
                 live = torch.ones_like(live)
             for chunk in live.nonzero().flatten().split(ctx.batch_size):
+                ctx.advance(i * acts.shape[1] + int(chunk[0]), acts.shape[0] * acts.shape[1])
                 up = F.interpolate(acts[i, chunk, None], size=size, mode="bilinear", align_corners=not paper)
                 lo = up.amin((2, 3), keepdim=True)
                 mask = (up - lo) / (up.amax((2, 3), keepdim=True) - lo).clamp_min(1e-8)

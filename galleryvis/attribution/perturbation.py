@@ -45,11 +45,12 @@ def occlusion(ctx: Context, *, window: int = 32, stride: int = 16, baseline: str
     base_scores = ctx.forward().logits.gather(1, ctx.target[:, None])[:, 0]
     out = []
     with torch.inference_mode():
-        for xi, ti, s0 in zip(ctx.x, ctx.target, base_scores):
+        for n, (xi, ti, s0) in enumerate(zip(ctx.x, ctx.target, base_scores)):
             base = baseline_image(ctx, xi[None], baseline)
             total = torch.zeros((1, 1, h, w), device=xi.device)
             count = torch.zeros((1, 1, h, w), device=xi.device)
             for i in range(0, len(starts), ctx.forward_batch_size):
+                ctx.advance(n * len(starts) + i, len(ctx.x) * len(starts))
                 chunk = starts[i:i + ctx.forward_batch_size]
                 mask = torch.zeros((len(chunk), 1, h, w), dtype=torch.bool, device=xi.device)
                 for k, (r, c) in enumerate(chunk):
@@ -91,6 +92,7 @@ def rise(ctx: Context, *, masks: int = 1000, cells: int = 7, p: float = 0.5, see
     total = torch.zeros((n, 1, h, w), device=ctx.x.device)
     with torch.inference_mode():
         for i in range(0, masks, ctx.forward_batch_size):
+            ctx.advance(i, masks)
             chunk = slice(i, i + ctx.forward_batch_size)
             m = _rise_masks(grids[chunk], shifts[chunk], (h, w), cell)
             m = m.to(ctx.x.device, ctx.x.dtype)
@@ -116,6 +118,7 @@ def ablationcam(ctx: Context, *, layer: str) -> Tensor:
     with torch.inference_mode():
         for i, (xi, ti) in enumerate(zip(ctx.x, ctx.target)):
             for chunk in torch.arange(c, device=acts.device).split(ctx.forward_batch_size):
+                ctx.advance(i * c + int(chunk[0]), n * c)
                 keep = torch.ones((len(chunk), c), dtype=acts.dtype, device=acts.device)
                 keep[torch.arange(len(chunk)), chunk] = 0
                 with replaced_output(ctx.model, layer, lambda out, keep=keep: out * grid.per_channel(keep)):
@@ -161,12 +164,15 @@ def gradient_shap(ctx: Context, *, samples: int = 50, stdev: float = 0.1, baseli
         raise ValueError("gradient_shap: samples must be >= 1 and stdev >= 0")
     refs = baselines.to(ctx.x.device, ctx.x.dtype) if isinstance(baselines, Tensor) else None
     out = []
-    for xi, ti in zip(ctx.x, ctx.target):
+    for k, (xi, ti) in enumerate(zip(ctx.x, ctx.target)):
         gen = torch.Generator().manual_seed(seed)
         base = None if refs is not None or baselines == "uniform" else baseline_image(ctx, xi[None], baselines)[0]
         total = torch.zeros_like(xi)
+        done = k * samples
         for n in chunk_sizes(samples, ctx.batch_size):
+            ctx.advance(done, len(ctx.x) * samples)
             points, delta = _shap_samples(ctx, xi, base, refs, n, stdev, gen)
             total += (ctx.input_grad(points, ti.repeat(n)) * delta).sum(0)
+            done += n
         out.append(total / samples)
     return torch.stack(out)

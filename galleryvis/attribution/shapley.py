@@ -61,13 +61,15 @@ def _segments(ctx: Context, xi: Tensor, features: str, segments: int) -> Tensor:
     return grid_segments(xi.shape[-2], xi.shape[-1], segments, xi.device)
 
 
-def _coalition_logits(ctx: Context, xi: Tensor, ti: Tensor, base: Tensor, labels: Tensor, z: Tensor) -> Tensor:
-    """Target logit (S,) of image ``xi`` with the segments where ``z`` (S, M) is False taken
-    from ``base``: ``ctx.forward_batch_size`` coalitions per forward (forward-only, as the other
-    perturbation techniques' passes), under inference mode."""
+def _coalition_logits(ctx: Context, xi: Tensor, ti: Tensor, base: Tensor, labels: Tensor, z: Tensor,
+                      image: int = 0) -> Tensor:
+    """Target logit (S,) of image ``xi`` (number ``image`` of the chunk) with the segments where
+    ``z`` (S, M) is False taken from ``base``: ``ctx.forward_batch_size`` coalitions per forward
+    (forward-only, as the other perturbation techniques' passes), under inference mode."""
     out = []
     with torch.inference_mode():
-        for zs in z.split(ctx.forward_batch_size):
+        for i, zs in enumerate(z.split(ctx.forward_batch_size)):
+            ctx.advance(image * len(z) + i * ctx.forward_batch_size, len(ctx.x) * len(z))
             keep = zs.to(labels.device)[:, labels][:, None]  # (s, 1, H, W)
             out.append(ctx.logits(fast_layout(torch.where(keep, xi, base)))[:, ti].double().cpu())
     return torch.cat(out)
@@ -81,13 +83,13 @@ def _explain_segments(ctx: Context, features: str, segments: int, samples: int, 
     if samples < 1 or segments < 1:
         raise ValueError("samples and segments must be >= 1")
     out = []
-    for xi, ti in zip(ctx.x, ctx.target):
+    for k, (xi, ti) in enumerate(zip(ctx.x, ctx.target)):
         labels = _segments(ctx, xi, features, segments)
         base = baseline_image(ctx, xi[None], baseline)[0]
         m = int(labels.max()) + 1
         z = sample(m, samples, torch.Generator().manual_seed(seed))
         ends = torch.stack([torch.zeros(m, dtype=torch.bool), torch.ones(m, dtype=torch.bool)])
-        f = _coalition_logits(ctx, xi, ti, base, labels, torch.cat([ends, z]))
+        f = _coalition_logits(ctx, xi, ti, base, labels, torch.cat([ends, z]), k)
         out.append(solve(z, f[2:], f[1], f[0]).to(xi.device, xi.dtype)[labels][None])
     return torch.stack(out)
 
