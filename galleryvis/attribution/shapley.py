@@ -10,6 +10,7 @@ forward and backpropagates difference quotients through every nonlinearity.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -240,7 +241,9 @@ def rescale_rule(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
     if isinstance(module, nn.MaxPool2d):
         return _Pooled.apply(inp, out, *pooled)
     if any_small:  # the derivative itself there (module.forward: no hooks again)
-        _, slope = torch.func.jvp(module.forward, (x.detach(),), (torch.ones_like(x),))
+        with warnings.catch_warnings():  # torch's first forward-mode call scripts decompositions, and warns
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+            _, slope = torch.func.jvp(module.forward, (x.detach(),), (torch.ones_like(x),))
         m[:n] = torch.where(small, slope.detach(), m[:n])
     return _Multiplied.apply(inp, out, m)
 
