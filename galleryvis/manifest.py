@@ -423,7 +423,7 @@ class _Parser:
         title = self.string(table, "title", where)
         description = self.string(table, "description", where, empty_ok=True)
         text = self.string(table, "output", where)
-        output = self.path(text) if text is not None else self.root / "site"
+        output = Path(os.path.normpath(self.path(text))) if text is not None else self.root / "site"
         if text is not None and url_problem(text):
             self.error(f"{where}.output", url_problem(text))
         else:
