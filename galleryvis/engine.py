@@ -144,9 +144,10 @@ class Context:
         std = torch.as_tensor(self.std, dtype=self.x.dtype, device=self.x.device).view(shape)
         return (value - mean) / std
 
-    def logits(self, x: Tensor) -> Tensor:
-        """The model's logits for ``x`` (N, classes), through :attr:`runner` when given."""
-        return logits_of(self.runner or self.model, x)
+    def logits(self, x: Tensor, rows: int | None = None) -> Tensor:
+        """The model's logits for ``x`` (N, classes), through :attr:`runner` when given;
+        ``rows`` as in :func:`logits_of`."""
+        return logits_of(self.runner or self.model, x, rows)
 
     def shared(self, key: Any, compute: Callable[[], Tensor]) -> Tensor:
         """``compute()`` once per chunk for ``key`` (made hashable as :meth:`run`'s keys are): what
@@ -180,10 +181,11 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def logits_of(model: Callable[[Tensor], object], x: Tensor) -> Tensor:
-    """``model(x)``, checked to be logits of shape (N, classes) (a clear ValueError otherwise)."""
+def logits_of(model: Callable[[Tensor], object], x: Tensor, rows: int | None = None) -> Tensor:
+    """``model(x)``, checked to be logits of shape (N, classes) (a clear ValueError otherwise);
+    ``rows``: N when a hook widens the batch inside the model (default: ``x``'s batch)."""
     out = model(x)
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != (x.shape[0] if rows is None else rows):
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"the model must return logits of shape (N, classes); it returned {shape}")
     return out

@@ -656,3 +656,45 @@ def test_progress_within_a_step_is_rate_limited_without_a_terminal(capsys: pytes
         bar.within("lite0: rise", done, 4)
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["[0/3] lite0: rise 50%"]  # 1 s after the last line: quiet; 11 s: a line; 0.5 s: quiet
+
+
+# --- Ablation-CAM runs the layers before its layer once per chunk ------------------------------
+class BatchBound(nn.Module):
+    """Reshapes by the batch size its input came with: a batch widened inside cannot pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.body(x).reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("model_name, layer", [("tiny_seq", "4"), ("resnet18", "layer3.0.bn1")])
+def test_ablationcam_widened_at_its_layer_equals_whole_model_copies(
+        request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, model_name: str, layer: str) -> None:
+    from galleryvis.attribution import perturbation
+
+    model = request.getfixturevalue(model_name)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    said, widens = [], perturbation._widens
+    monkeypatch.setattr(perturbation, "_widens", lambda *a: said.append(widens(*a)) or said[-1])
+    widened = galleryvis.attribute(model, x, "ablationcam", [1, 2], layer=layer)
+    assert said == [True]  # the residual branch from before the layer broadcasts over the chunk
+    monkeypatch.setattr(perturbation, "_widens", lambda *_: False)
+    copies = galleryvis.attribute(model, x, "ablationcam", [1, 2], layer=layer)
+    torch.testing.assert_close(widened, copies, rtol=1e-4, atol=1e-5 * float(copies.abs().max()))
+
+
+def test_ablationcam_runs_whole_copies_where_the_model_refuses_a_wider_batch() -> None:
+    from galleryvis.attribution import perturbation
+
+    model = BatchBound().eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    ctx = Context(model, x, torch.tensor([0, 1]), ("body.1",))
+    assert not perturbation._widens(ctx, "body.1", ctx.grid("body.1").per_channel)
+    before = snapshot(model)
+    out = galleryvis.attribute(model, x, "ablationcam", [0, 1], layer="body.1")
+    assert_unchanged(model, before)
+    assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()

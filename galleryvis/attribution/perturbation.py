@@ -7,6 +7,7 @@ under ``torch.inference_mode`` (GradientSHAP's ``ctx.batch_size`` at a time thro
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +20,9 @@ from .cam import layer_acts, weighted_cam
 from .gradients import baseline_image, chunk_sizes
 
 
-def _target_logits(ctx: Context, x: Tensor, target: int) -> Tensor:
-    """The target logit of every image of one batch, (n,)."""
-    return ctx.logits(x)[:, target]
+def _target_logits(ctx: Context, x: Tensor, target: int, rows: int | None = None) -> Tensor:
+    """The target logit of every image of one batch, (n,); ``rows`` as in :meth:`Context.logits`."""
+    return ctx.logits(x, rows)[:, target]
 
 
 def _windows(size: int, window: int, stride: int) -> list[int]:
@@ -103,17 +104,22 @@ def rise(ctx: Context, *, masks: int = 1000, cells: int = 7, p: float = 0.5, see
 
 
 @technique("ablationcam", output="cam", layer="one", title="Ablation-CAM", group="perturbation",
-           needs=("forward", "passes"), fold=False,
+           needs=("forward", "passes"),
            paper="Desai & Ramaswamy 2020, https://openaccess.thecvf.com/content_WACV_2020/papers/"
                  "Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_WACV_2020_paper.pdf",
            summary="Activations weighted by the relative drop of the target logit when each channel is zeroed.")
 def ablationcam(ctx: Context, *, layer: str) -> Tensor:
     """Weights (y - y_k) / y, y the target logit and y_k the logit with channel k of ``layer``
-    zeroed (in every position and token); ReLU(sum_k w_k A_k). One forward per channel and image."""
+    zeroed (in every position and token); ReLU(sum_k w_k A_k). One ablation per channel and
+    image; the layers before ``layer`` run once per chunk of ablations, not once per copy: the
+    image goes in alone and ``layer``'s output is widened to the chunk there (when the rest of
+    the model takes the wider batch and gives the unablated logits back, checked once per call;
+    otherwise every copy runs through the whole model)."""
     acts = layer_acts(ctx, layer)
     grid = ctx.grid(layer)
     n, c = acts.shape[:2]
     base = ctx.forward().logits.gather(1, ctx.target[:, None]).float()
+    widen = _widens(ctx, layer, grid.per_channel)
     ablated = torch.zeros((n, c), device=acts.device)
     with torch.inference_mode():
         for i, (xi, ti) in enumerate(zip(ctx.x, ctx.target)):
@@ -121,10 +127,25 @@ def ablationcam(ctx: Context, *, layer: str) -> Tensor:
                 ctx.advance(i * c + int(chunk[0]), n * c)
                 keep = torch.ones((len(chunk), c), dtype=acts.dtype, device=acts.device)
                 keep[torch.arange(len(chunk)), chunk] = 0
+                x = xi[None] if widen else xi[None].expand(len(chunk), *xi.shape)
                 with replaced_output(ctx.model, layer, lambda out, keep=keep: out * grid.per_channel(keep)):
-                    ablated[i, chunk] = _target_logits(ctx, xi[None].expand(len(chunk), *xi.shape), int(ti)).float()
+                    ablated[i, chunk] = _target_logits(ctx, x, int(ti), len(chunk)).float()
     weights = (base - ablated) / base
     return weighted_cam(acts, weights[:, :, None, None].to(acts.dtype))
+
+
+def _widens(ctx: Context, layer: str, per_channel: Callable[[Tensor], Tensor]) -> bool:
+    """Whether the model after ``layer`` computes a batch widened there row by row: one image in,
+    its layer output times two all-ones keeps, and the first image's logits out twice."""
+    ref = ctx.forward().logits[:1].float()
+    keep = torch.ones((2, ctx.forward().acts[layer].shape[1]), device=ctx.x.device, dtype=ctx.x.dtype)
+    try:
+        with torch.inference_mode(), replaced_output(ctx.model, layer, lambda out: out * per_channel(keep)):
+            got = ctx.logits(ctx.x[:1], rows=2).float()
+    except (RuntimeError, ValueError):  # a shape the rest of the model refuses
+        return False
+    tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
+    return got.shape == (2, ref.shape[1]) and torch.allclose(got, ref.expand(2, -1), rtol=1e-3, atol=tol)
 
 
 def _shap_samples(ctx: Context, xi: Tensor, base: Tensor | None, refs: Tensor | None, n: int,
