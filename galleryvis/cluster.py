@@ -118,7 +118,7 @@ class _ModelWorker:
     """A Ray actor: one model, loaded once on its node, computing tasks of that model's jobs."""
 
     def __init__(self, spec: ModelSpec, root: Path, plugins: tuple[str, ...], device: str,
-                 batch_size: int, fail_fast: bool, weights: bytes | None = None) -> None:
+                 batch_size: int, fail_fast: bool, weights: bytes | None = None, share: bool = True) -> None:
         """``weights``: the bytes of the spec's weights file, shipped by the driver (the file is
         written to a temporary folder on this node, loaded and removed); None: none to ship."""
         import dataclasses
@@ -136,7 +136,7 @@ class _ModelWorker:
                 local.write_bytes(weights)
                 spec = dataclasses.replace(spec, weights=str(local))
             self.adapter = load_model(spec, root, choose_device(device), spec.field)
-        self.batch_size, self.fail_fast = batch_size, fail_fast
+        self.batch_size, self.fail_fast, self.share = batch_size, fail_fast, share
         self.images: dict[str, LoadedImage] = {}
         self.node = _ray().util.get_node_ip_address()
 
@@ -154,7 +154,7 @@ class _ModelWorker:
                 self.images[ref.id] = LoadedImage(ref, load_image(ref.path))
         ws = Workspace({self.adapter.id: self.adapter}, self.images)
         seconds: dict[str, float] = {}
-        LocalExecutor(ws, self.batch_size, self.fail_fast).run(jobs, cache, Progress(0, True), seconds)
+        LocalExecutor(ws, self.batch_size, self.fail_fast, self.share).run(jobs, cache, Progress(0, True), seconds)
         return [Outcome(j.result, j.error, j.trace, j.unit) for j in jobs], seconds, self.node
 
 
@@ -191,11 +191,12 @@ class RayExecutor:
     """
 
     def __init__(self, root: Path, plugins: tuple[str, ...], batch_size: int, *, address: str | None = None,
-                 num_gpus: float | None = None, num_cpus: int = 1, workers: int = 1, fail_fast: bool = False) -> None:
+                 num_gpus: float | None = None, num_cpus: int = 1, workers: int = 1, fail_fast: bool = False,
+                 share: bool = True) -> None:
         _ray()
         self.root, self.plugins, self.batch_size = root, plugins, batch_size
         self.address, self.num_gpus, self.num_cpus = address, num_gpus, num_cpus
-        self.workers, self.fail_fast = workers, fail_fast
+        self.workers, self.fail_fast, self.share = workers, fail_fast, share
 
     def run(self, jobs: Sequence[Job], cache: Cache, progress: Progress, seconds: dict[str, float]) -> None:
         if not jobs:
@@ -221,7 +222,7 @@ class RayExecutor:
                 weights = _weights_file(job.model)
                 shipped = ray.put(weights.read_bytes()) if weights is not None else None  # once per build
                 pools[job.model.id] = [actor.remote(job.model, self.root, self.plugins, device, self.batch_size,
-                                                    self.fail_fast, shipped) for _ in range(self.workers)]
+                                                    self.fail_fast, shipped, self.share) for _ in range(self.workers)]
         cache_ref = ray.put(cache)
         pending: dict[Any, list[Job]] = {}
         left = {model_id: 0 for model_id in pools}  # tasks per model not yet finished

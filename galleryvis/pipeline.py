@@ -100,7 +100,8 @@ def executor_for(manifest: Manifest, opts: Options, ws: Workspace, batch_size: i
     gpus = opts.num_gpus if opts.num_gpus is not None else manifest.gallery.num_gpus
     return RayExecutor(manifest.root, manifest.gallery.plugins, batch_size, address=opts.ray_address,
                        num_gpus=gpus, num_cpus=opts.num_cpus or manifest.gallery.num_cpus,
-                       workers=opts.ray_workers or manifest.gallery.ray_workers, fail_fast=opts.fail_fast)
+                       workers=opts.ray_workers or manifest.gallery.ray_workers, fail_fast=opts.fail_fast,
+                       share=opts.share_passes)
 
 
 def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -> Summary:

@@ -236,6 +236,31 @@ def test_a_worker_loads_weights_shipped_by_the_driver_where_their_path_is_missin
     assert not list(Path(tempfile.gettempdir()).glob("galleryvis-weights-*/w.pth"))  # removed once loaded
 
 
+def test_no_shared_passes_reaches_the_ray_workers(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from galleryvis import cluster
+    from galleryvis.jobs import Workspace
+    from galleryvis.manifest import load_manifest
+    from galleryvis.pipeline import Options, executor_for
+
+    manifest = load_manifest(_project(tmp_path / "p", MANIFEST))
+    executor = executor_for(manifest, Options(executor="ray", share_passes=False), Workspace({}, {}), 8)
+    assert isinstance(executor, cluster.RayExecutor) and executor.share is False
+    made = []
+
+    class Recording:
+        def __init__(self, _ws, _batch_size, _fail_fast, share):
+            made.append(share)
+
+        def run(self, *_args):
+            pass
+
+    monkeypatch.setattr(cluster, "LocalExecutor", Recording)
+    worker = cluster._ModelWorker(manifest.models[0], manifest.root, (), "cpu", 8, False, None, False)
+    worker.compute([], None)
+    assert made == [False]
+
+
 @pytest.mark.parametrize("asked", ["--executor", "[gallery] executor"])
 def test_asking_for_ray_without_it_installed_is_one_line_exit_2(tmp_path, monkeypatch, asked):
     text = MANIFEST.replace("ray_workers = 2", 'executor = "ray"') if asked.startswith("[") else MANIFEST
