@@ -671,13 +671,20 @@ class BatchBound(nn.Module):
         return self.fc(self.body(x).reshape(x.shape[0], -1))
 
 
-@pytest.mark.parametrize("model_name, layer", [("tiny_seq", "4"), ("resnet18", "layer3.0.bn1")])
+@pytest.mark.parametrize("model_name, layer, size", [
+    ("tiny_seq", "4", 32), ("resnet18", "layer3.0.bn1", 32),
+    ("swin", "features.3.1", 64), ("vit", "encoder.layers.encoder_layer_1.ln_1", 64),  # channels last, tokens
+])
 def test_ablationcam_widened_at_its_layer_equals_whole_model_copies(
-        request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, model_name: str, layer: str) -> None:
+        request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, model_name: str, layer: str,
+        size: int) -> None:
     from galleryvis.attribution import perturbation
 
-    model = request.getfixturevalue(model_name)
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    if model_name in ("swin", "vit"):
+        model = request.getfixturevalue("transformers")[model_name]
+    else:
+        model = request.getfixturevalue(model_name)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
     said, widens = [], perturbation._widens
     monkeypatch.setattr(perturbation, "_widens", lambda *a: said.append(widens(*a)) or said[-1])
     widened = galleryvis.attribute(model, x, "ablationcam", [1, 2], layer=layer)
@@ -693,7 +700,7 @@ def test_ablationcam_runs_whole_copies_where_the_model_refuses_a_wider_batch() -
     model = BatchBound().eval()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     ctx = Context(model, x, torch.tensor([0, 1]), ("body.1",))
-    assert not perturbation._widens(ctx, "body.1", ctx.grid("body.1").per_channel)
+    assert not perturbation._widens(ctx, "body.1", ctx.grid("body.1").per_channel, 4)
     before = snapshot(model)
     out = galleryvis.attribute(model, x, "ablationcam", [0, 1], layer="body.1")
     assert_unchanged(model, before)

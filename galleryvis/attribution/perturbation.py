@@ -119,7 +119,7 @@ def ablationcam(ctx: Context, *, layer: str) -> Tensor:
     grid = ctx.grid(layer)
     n, c = acts.shape[:2]
     base = ctx.forward().logits.gather(1, ctx.target[:, None]).float()
-    widen = _widens(ctx, layer, grid.per_channel)
+    widen = _widens(ctx, layer, grid.per_channel, c)
     ablated = torch.zeros((n, c), device=acts.device)
     with torch.inference_mode():
         for i, (xi, ti) in enumerate(zip(ctx.x, ctx.target)):
@@ -134,11 +134,12 @@ def ablationcam(ctx: Context, *, layer: str) -> Tensor:
     return weighted_cam(acts, weights[:, :, None, None].to(acts.dtype))
 
 
-def _widens(ctx: Context, layer: str, per_channel: Callable[[Tensor], Tensor]) -> bool:
-    """Whether the model after ``layer`` computes a batch widened there row by row: one image in,
-    its layer output times two all-ones keeps, and the first image's logits out twice."""
+def _widens(ctx: Context, layer: str, per_channel: Callable[[Tensor], Tensor], channels: int) -> bool:
+    """Whether the model after ``layer`` (``channels`` channels on its grid) computes a batch
+    widened there row by row: one image in, its layer output times two all-ones keeps, and the
+    first image's logits out twice."""
     ref = ctx.forward().logits[:1].float()
-    keep = torch.ones((2, ctx.forward().acts[layer].shape[1]), device=ctx.x.device, dtype=ctx.x.dtype)
+    keep = torch.ones((2, channels), device=ctx.x.device, dtype=ctx.x.dtype)
     try:
         with torch.inference_mode(), replaced_output(ctx.model, layer, lambda out: out * per_channel(keep)):
             got = ctx.logits(ctx.x[:1], rows=2).float()

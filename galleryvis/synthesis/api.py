@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import registry
-from ..engine import IMAGENET_MEAN, IMAGENET_STD, model_device, fast_layout
+from ..engine import IMAGENET_MEAN, IMAGENET_STD, fast_layout, model_device
 from ..fold import prepare
 from ..hooks import LayerError, deterministic, prepared
 from ..layers import default_layer
