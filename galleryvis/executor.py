@@ -82,7 +82,7 @@ class LocalExecutor:
                 store(cache, job)
             job.seconds["compute"] = time.perf_counter() - t0
             seconds[job.tech.id] = seconds.get(job.tech.id, 0.0) + job.seconds["compute"]
-            progress.mark([job], f"{job.model.id}: {job.tech.id} for {job.image.name}")
+            progress.mark([job], f"{job.model.id}: {job.tech.id}" + (f" for {job.image.name}" if job.per_image else ""))
 
     def _chunk(self, chunk: list[list[Job]], seconds: dict[str, float], progress: Progress) -> None:
         """One attribute_calls call for every technique of the chunk (variants of one technique

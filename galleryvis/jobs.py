@@ -72,6 +72,19 @@ class Job:
     def family(self) -> str:
         return registry.get(self.tech.name).family
 
+    @property
+    def per_image(self) -> bool:
+        """Whether the cell depends on its image (see :func:`per_image`)."""
+        return per_image(self.tech)
+
+
+def per_image(tspec: TechniqueSpec) -> bool:
+    """Whether a row's cells depend on the image: not those of a synthesis technique that runs
+    without the image (class visualization) when the row names its own ``target``; such a row
+    has one cell per model, planned with the first image (which it does not read)."""
+    return tspec.target is None or registry.get(tspec.name).family != "synthesis" \
+        or spec_of(tspec.name).image == "required"
+
 
 @dataclass
 class LoadedImage:
@@ -155,10 +168,15 @@ def _target_index(adapter: ModelAdapter, target: int | str | None, top1: int) ->
     return lowered.index(target.lower())
 
 
+def model_covers(adapter: ModelAdapter) -> dict[str, Any]:
+    """What decides a model's outputs: its weights (their fingerprint) and its preprocessing."""
+    return {"model": adapter.name, "fingerprint": adapter.fingerprint, **adapter.preprocessing}
+
+
 def model_input(adapter: ModelAdapter, img: ImageRef) -> dict[str, Any]:
-    """What decides a model's output for an image: the image's hash, the model's weights
-    (its fingerprint) and its preprocessing; part of every cache key of a cell."""
-    return {"image": img.sha, "model": adapter.name, "fingerprint": adapter.fingerprint, **adapter.preprocessing}
+    """What decides a model's output for an image: the image's hash and :func:`model_covers`;
+    part of every cache key of a cell that reads its image."""
+    return {"image": img.sha, **model_covers(adapter)}
 
 
 def prediction_key(adapter: ModelAdapter, img: ImageRef) -> str:
@@ -211,10 +229,13 @@ def plan(manifest: Manifest, ws: Workspace, cache: Cache, force: bool
             if tech.family == "synthesis" and spec_of(tech.name).model_size and "size" not in tspec.given:
                 params["size"] = adapter.size
             layer = layer_for(adapter, tspec)
-            for img in images:
-                target = _target_index(adapter, img.ref.target, int(preds[spec.id][img.ref.id].argmax()))
+            reads_image = per_image(tspec)
+            for img in images if reads_image else images[:1]:
+                wanted = img.ref.target if tspec.target is None else tspec.target
+                target = _target_index(adapter, wanted, int(preds[spec.id][img.ref.id].argmax()))
                 covers = {"kind": "map" if tech.family == "attribution" else "synthesis",
-                          **model_input(adapter, img.ref), "technique": tech.name, "version": tech.version,
+                          **(model_input(adapter, img.ref) if reads_image else model_covers(adapter)),
+                          "technique": tech.name, "version": tech.version,
                           "params": params, "layer": layer, "target": target, "device": device_class}
                 job = Job(spec, img.ref, tspec, params, layer, target, cache_key(**covers), covers)
                 if not force and cache.has(job.key):

@@ -27,6 +27,7 @@ from .cache import location_problem
 from .fileio import url_problem, url_scheme
 from .metrics import SUBSTRATES, Substrate
 from .postprocess import COLORMAPS
+from .synthesis.api import spec_of
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
@@ -118,6 +119,7 @@ class TechniqueSpec:
     layer: str | tuple[str, ...] | None = None
     scale: Scale | None = None
     given: frozenset[str] = frozenset()
+    target: int | str | None = None  # the row's own class (None: each image's target)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -274,24 +276,24 @@ def check_against_models(manifest: Manifest, adapters: Mapping[str, Any]) -> lis
                     )
         lowered = {name.lower(): name for name in adapter.labels}
         reported: set[tuple[str, int | str]] = set()
-        for image in manifest.images:
-            if image.target is None or (image.field, image.target) in reported:
+        for entry in (*manifest.images, *manifest.techniques):
+            if entry.target is None or (entry.field, entry.target) in reported:
                 continue
-            reported.add((image.field, image.target))
-            where = f"{label}: {image.field}.target"
-            if isinstance(image.target, int) and image.target >= adapter.num_classes:
+            reported.add((entry.field, entry.target))
+            where = f"{label}: {entry.field}.target"
+            if isinstance(entry.target, int) and entry.target >= adapter.num_classes:
                 errors.append(
-                    f"{where}: class index {image.target} is out of range for model {model.id!r} "
+                    f"{where}: class index {entry.target} is out of range for model {model.id!r} "
                     f"({adapter.num_classes} classes: 0..{adapter.num_classes - 1})"
                 )
-            elif isinstance(image.target, str) and not adapter.labels:
+            elif isinstance(entry.target, str) and not adapter.labels:
                 errors.append(
-                    f"{where}: model {model.id!r} has no class names, so target {image.target!r} "
+                    f"{where}: model {model.id!r} has no class names, so target {entry.target!r} "
                     "cannot be looked up (give the model a `labels` file, or use a class index)"
                 )
-            elif isinstance(image.target, str) and image.target.lower() not in lowered:
-                hint = registry.suggest(image.target, adapter.labels, fold_case=True)
-                errors.append(f"{where}: model {model.id!r} has no class {image.target!r}{hint}")
+            elif isinstance(entry.target, str) and entry.target.lower() not in lowered:
+                hint = registry.suggest(entry.target, adapter.labels, fold_case=True)
+                errors.append(f"{where}: model {model.id!r} has no class {entry.target!r}{hint}")
     return errors
 
 
@@ -710,8 +712,12 @@ class _Parser:
             if "layer" in table:
                 layer = self.layers({name: table["layer"]}, where).get(name)
             scale = self.choice(table, "scale", where, SCALES, "") or None
+            target = self.target(table.get("target"), f"{where}.target")
+            if target is not None and tech.family == "synthesis" and spec_of(name).unit != "target":
+                self.error(f"{where}.target", f"technique {name!r} optimizes a {spec_of(name).unit}, not a class")
+                target = None
             spec = TechniqueSpec(name, params, tech_id or name, where, layer, scale,  # type: ignore[arg-type]
-                                 frozenset(table.get("params", {})))
+                                 frozenset(table.get("params", {})), target)
             if any(s.id == spec.id for s in specs):
                 self.error(where, f"duplicate technique id {spec.id!r}: give one of them a distinct "
                                   '`id = "..."` to list a technique twice')

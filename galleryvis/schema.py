@@ -85,6 +85,8 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
               "this entry's layer, for every model", None),
         Field("scale", '`"per-map"`, `"per-image"`, `"per-row"`', "the gallery's `scale`",
               "this entry's colour-scale sharing", None),
+        Field("target", "integer, string", "each image's `target`",
+              "the class every cell of this row explains or optimizes", None),
     ),
     "metrics": (
         Field("enabled", "boolean", "`false`", "compute metrics at all", False),

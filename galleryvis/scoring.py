@@ -12,7 +12,7 @@ import torch
 from . import metrics, registry
 from .cache import Cache, cache_key
 from .engine import Call
-from .jobs import Job, Workspace, model_input
+from .jobs import Job, Workspace, model_covers, model_input
 from .manifest import MetricsSpec
 from .records import Ranking
 from .synthesis.api import spec_of
@@ -108,7 +108,7 @@ def _transfer_ranks(jobs: list[Job], ws: Workspace, cache: Cache) -> None:
         for other_id, other in ws.models.items():
             if other_id == j.model.id or other.num_classes != ws.adapter(j).num_classes:
                 continue
-            key = cache_key(kind="transfer", cell=j.key, **model_input(other, j.image))
+            key = cache_key(kind="transfer", cell=j.key, **model_covers(other))  # the cell's key covers its image
             entry = cache.get(key)
             if entry is None:
                 rank = class_rank(other.model, image, j.target, size=other.size, mean=other.mean, std=other.std)[0]

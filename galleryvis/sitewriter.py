@@ -111,19 +111,21 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     adapter = ws.adapter(job)
     explains_class = tech.family != "synthesis" or spec_of(tech.name).unit == "target"
     label = adapter.label(job.target) if explains_class else f"channel {job.unit}" if job.unit is not None else ""
+    image_id = job.image.id if job.per_image else ""  # a row that does not read its image: one cell per model
     if job.error:
-        return Cell(job.model.id, job.image.id, job.tech.id, job.target, label, "failed", error=job.error)
+        return Cell(job.model.id, image_id, job.tech.id, job.target, label, "failed", error=job.error)
     assert job.result is not None
     raw = job.result.astype(np.float32)
     kind = display_kind(tech, raw)
     g = manifest.gallery
     pics = pictures(tech, raw, image_pil, g.colormap, g.alpha, scale, g.outlier_perc)
-    stem = f"img/{parts[0][job.model.id]}/{job.image.id}/{parts[1][job.tech.id]}"
+    stem = f"img/{parts[0][job.model.id]}/{image_id or '_'}/{parts[1][job.tech.id]}"
     variants = []
     for key, vlabel, pic in pics:
         src, thumb, size, tsize = _save(pic, out, f"{stem}-{key}.webp")
         alt = f"{title(job.tech.id, tech.name)} {vlabel.lower()}, model {job.model.id}, " \
-              f"image {job.image.name}, " + (f"class {label} ({job.target})" if explains_class else label)
+              + (f"image {job.image.name}, " if image_id else "") \
+              + (f"class {label} ({job.target})" if explains_class else label)
         variants.append(Variant(key, vlabel, src, thumb, alt.rstrip(", "), size, tsize, key if key in scale_keys else "",
                                 _range_text(scale[key]) if scale is not None and key in scale else ""))
     values = ""
@@ -131,7 +133,7 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
         values = f"{stem}.js"
         atomic_write(out / values, values_script(values, kind, raw))
     target = job.target if label == adapter.label(job.target) else None
-    return Cell(job.model.id, job.image.id, job.tech.id, target, label, "ok", variants=variants,
+    return Cell(job.model.id, image_id, job.tech.id, target, label, "ok", variants=variants,
                 metrics=dict(job.metrics), curves=dict(job.curves), trace=list(job.trace), values=values,
                 skipped=dict(job.skipped))
 
@@ -200,13 +202,14 @@ def colour_scales(colormap: str | None = None, outlier_perc: float = postprocess
 
 def _raw_maps_zip(jobs: list[Job], parts: dict[str, str]) -> bytes:
     """Every successful cell's raw map of one model as ``<image>/<technique>.npy`` (float16), in
-    a zip whose bytes depend only on the maps."""
+    a zip whose bytes depend only on the maps (a row that reads no image under ``_/``)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
         for j in sorted(jobs, key=lambda j: (j.image.id, j.tech.id)):
             npy = io.BytesIO()
             np.save(npy, j.result.astype(np.float16), allow_pickle=False)  # type: ignore[union-attr]
-            info = zipfile.ZipInfo(f"{j.image.id}/{parts[j.tech.id]}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            folder = j.image.id if j.per_image else "_"
+            info = zipfile.ZipInfo(f"{folder}/{parts[j.tech.id]}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, npy.getvalue())
     return buf.getvalue()

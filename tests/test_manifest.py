@@ -394,6 +394,20 @@ def test_check_against_models_accepts_a_good_manifest(folder: Path) -> None:
     assert check_against_models(m, {"resnet18": adapter(["tabby", "goldfish"])}) == []
 
 
+def test_a_technique_row_may_name_its_own_target_checked_like_an_images(folder: Path) -> None:
+    m = load(folder, '[[techniques]]\nname = "gradcam"\ntarget = "goldfish"\n'
+                     '[[techniques]]\nname = "class_visualization"\ntarget = 1\n'
+                     '[[techniques]]\nname = "vanilla"\ntarget = "top1"\n')
+    assert [t.target for t in m.techniques] == ["goldfish", 1, None]
+    assert check_against_models(m, {"resnet18": adapter(["tabby", "goldfish"])}) == []
+    assert check_against_models(m, {"resnet18": adapter(["tabby", "tiger"])}) == [
+        "gallery.toml: techniques[0].target: model 'resnet18' has no class 'goldfish'"]
+    assert only(errors(folder, '[[techniques]]\nname = "gradcam"\ntarget = -1\n')) == \
+        "gallery.toml: techniques[0].target: class index must be 0 or more, got -1"
+    assert only(errors(folder, '[[techniques]]\nname = "filter_visualization"\ntarget = 3\n')) == \
+        "gallery.toml: techniques[0].target: technique 'filter_visualization' optimizes a channel, not a class"
+
+
 # --- the embedded default and the starter manifest ----------------------------------------
 
 
@@ -412,6 +426,9 @@ def test_default_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     # the seed's rows, and every technique that shares their passes
     assert SEED_ROWS <= {t.name for t in m.techniques}
     assert len({t.id for t in m.techniques}) == len(m.techniques)
+    # the seed's regularization comparison: flamingo (130) from pixels with none / L1 / L2, beside the default
+    flamingo = [(t.params["param"], t.params["regularization"]) for t in m.techniques if t.target == 130]
+    assert flamingo == [("pixel", "none"), ("pixel", "l1"), ("pixel", "l2"), ("fft", "none")]
 
 
 #: The techniques of the pytorch-cnn-visualizations README: the floor of every shipped gallery.

@@ -497,6 +497,50 @@ def test_each_class_visualization_shows_its_targets_rank_under_the_other_models(
     assert _records(project)["cells"] == cells and (project / "site" / "gallery.md").read_text() == md
 
 
+def test_a_row_with_its_own_class_that_reads_no_image_is_made_once_per_model_and_shown_side_by_side(project):
+    from galleryvis.cache import Cache
+    from galleryvis.jobs import plan, workspace
+
+    head = MANIFEST.split("[[techniques]]")[0]
+    toml = head + ('[[techniques]]\nname = "gradcam"\ntarget = "goldfish"\n\n'
+                   '[[techniques]]\nname = "class_visualization"\nid = "No regularization"\ntarget = 130\n'
+                   'params = { param = "pixel", steps = 2 }\n\n'
+                   '[[techniques]]\nname = "class_visualization"\nid = "L2 regularization"\ntarget = 130\n'
+                   'params = { param = "pixel", regularization = "l2", steps = 2 }\n\n[metrics]\nenabled = true\n'
+                   'sanity = false\nsteps = 2\n')
+    (project / "galleryvis.toml").write_text(toml)
+    manifest = load_manifest(project / "galleryvis.toml")
+    jobs, _ = plan(manifest, workspace(manifest), Cache(project / "cache"), force=False)
+    # an attribution row explains its own class on every image; the class images are one per model
+    assert sorted((j.tech.id, j.target) for j in jobs if j.model.name == "resnet18") == [
+        ("L2 regularization", 130), ("No regularization", 130), ("gradcam", 1), ("gradcam", 1)]
+    keys = {j.key for j in jobs if not j.per_image}
+    assert len(keys) == 4
+    assert _build(project).failed == 0
+    cells = [c for c in _records(project)["cells"] if c["technique_id"] != "gradcam"]
+    assert len(cells) == 4 and {c["image_id"] for c in cells} == {""}
+    other = {"mobilenet_v3_small": "resnet18", "resnet18": "mobilenet_v3_small"}
+    assert all(set(c["metrics"]) == {f"rank under {other[c['model_id']]}"} for c in cells)
+
+    # the model page and gallery.md show them side by side: a column per row, the model's row of pictures
+    page = (project / "site" / "model-resnet18.html").read_text()
+    section = page.split('id="feature-visualization-side-by-side"', 1)[1].split("</section>", 1)[0]
+    heads = re.findall(r'<th scope="col"[^>]*>(?:<a [^>]*>)?([^<]+)', section)
+    assert heads == ["Model", "No regularization", "L2 regularization"]
+    assert section.count('<img class="thumb"') == 2 and "Target class: flamingo (130)" in section
+    assert "rank under mobilenet_v3_small" in section
+    md = (project / "site" / "gallery.md").read_text()
+    assert "| Model | No regularization | L2 regularization |" in md
+
+    # another image changes nothing of them: the class images read no image
+    shutil.copy(PHOTOS / "rocket.jpg", project / "rocket.jpg")
+    (project / "galleryvis.toml").write_text(toml.replace('[[images]]\npath = "cat.png"',
+                                                          '[[images]]\npath = "rocket.jpg"\n\n[[images]]\npath = "cat.png"'))
+    manifest = load_manifest(project / "galleryvis.toml")
+    jobs, _ = plan(manifest, workspace(manifest), Cache(project / ".galleryvis-cache"), force=False)
+    assert {j.key for j in jobs if not j.per_image} == keys and all(j.cached for j in jobs if not j.per_image)
+
+
 def test_a_build_runs_its_cells_through_the_executor_it_is_given(project):
     from galleryvis.executor import LocalExecutor
     from galleryvis.jobs import workspace

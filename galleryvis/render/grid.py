@@ -135,10 +135,11 @@ def sparkline(trace: Iterable[float], width: int = 120, height: int = 30) -> Spa
 
 @dataclass
 class Column:
-    """One grid column: a (model, image) pair with its header."""
+    """One grid column: a (model, image) pair with its header (in a :meth:`SiteModel.side_by_side`
+    table, a technique's header: no image, and the model of its first row)."""
 
     model: ModelRecord
-    image: ImageRecord
+    image: ImageRecord | None
     title: str
     href: str
     target: str = ""
@@ -237,13 +238,14 @@ class SiteModel:
         counts = classes or others
         return counts.most_common(1)[0][0] if counts else None
 
-    def alt(self, tech: TechniqueRecord, variant: Variant, model: ModelRecord, image: ImageRecord, cell: Cell) -> str:
+    def alt(self, tech: TechniqueRecord, variant: Variant, model: ModelRecord, image: ImageRecord | None,
+            cell: Cell) -> str:
         if variant.alt:
             return variant.alt
         target = target_text(cell.target_label, cell.target_index)
         return (
-            f"{tech.title}, {variant.label.replace('{title}', tech.title)}: model {model.name}, "
-            f"image {image.name}" + (f", {target[0].lower()}{target[1:]}" if target else "")
+            f"{tech.title}, {variant.label.replace('{title}', tech.title)}: model {model.name}"
+            + (f", image {image.name}" if image else "") + (f", {target[0].lower()}{target[1:]}" if target else "")
         )
 
     def metrics(self, cell: Cell) -> list[tuple[str, str, str, bool]]:
@@ -286,6 +288,7 @@ class SiteModel:
         key it gives each technique id),
         one slot per column; row ids start with ``prefix`` (unique on a page)."""
         for col in columns:
+            assert col.image is not None, "a grid's columns are (model, image) pairs"
             key = self.column_target(col.model, col.image, techs)
             col.target_key = key
             col.target = target_text(*key) if key else ""
@@ -297,7 +300,7 @@ class SiteModel:
                 for col in columns
             ], first=True, id=f"{prefix}original"))
         for tech in techs:
-            cells = [self.g.cell(col.model.id, col.image.id, tech.id) for col in columns]
+            cells = [self.g.cell(col.model.id, col.image.id, tech.id) for col in columns]  # type: ignore[union-attr]
             if all(c is None for c in cells):
                 continue
             keys: dict[str, Variant] = {}
@@ -317,14 +320,37 @@ class SiteModel:
             ]
             for col, cell in zip(columns, cells):
                 for j, (row, v) in enumerate(zip(group, variants)):
-                    row.slots.append(self.slot(col, tech, cell, v, j, len(variants), plots))
+                    row.slots.append(self.slot(col.model, col.image, col.target_key, tech, cell, v, j, len(variants),
+                                               plots))
             rows.extend(group)
         if len(rows) == int(original):
             return None
         return Table(caption, corner, columns, rows)
 
-    def slot(self, col: Column, tech: TechniqueRecord, cell: Cell | None, v: Variant | None,
-             j: int, span: int, plots: bool) -> Slot:
+    def side_by_side(self, caption: str, models: list[ModelRecord], techs: list[TechniqueRecord],
+                     prefix: str = "") -> Table | None:
+        """The rows that read no image (a class visualization with a ``target`` of its own) side
+        by side, as the seed shows its regularizations: columns are those techniques, rows are
+        ``models``, one picture each; None when there are none."""
+        techs = [t for t in techs if any(self.g.cell(m.id, "", t.id) for m in models)]
+        rows = []
+        for model in models:
+            cells = [self.g.cell(model.id, "", t.id) for t in techs]
+            if all(c is None for c in cells):
+                continue
+            slots = [self.slot(model, None, None, t, c, c.variants[0] if c and c.variants else None, 0, 1, False)
+                     for t, c in zip(techs, cells)]
+            rows.append(Row(model.name, slots, href=self.model_page[model.id], first=not rows,
+                            id=f"{prefix}{self.model_slug[model.id]}"))
+        if not rows:
+            return None
+        columns = [Column(models[0], None, t.id, self.technique_page[t.id]) for t in techs]
+        return Table(caption, "Model", columns, rows)
+
+    def slot(self, model: ModelRecord, image: ImageRecord | None, target_key: tuple[str, int | None] | None,
+             tech: TechniqueRecord, cell: Cell | None, v: Variant | None, j: int, span: int, plots: bool) -> Slot:
+        """One data cell: ``model`` on ``image`` (None: a cell that reads no image); its target
+        is noted when it is not the column's ``target_key``."""
         if cell is None or cell.status != "ok":
             if j:
                 return Slot("spanned", cell)
@@ -334,16 +360,16 @@ class SiteModel:
         found = next((x for x in cell.variants if v is not None and x.key == v.key), None)
         slot = Slot("absent", cell) if found is None else Slot(
             "image", cell, found, found.src, found.thumb or found.src,
-            self.alt(tech, found, col.model, col.image, cell), found.size, found.thumb_size, col.image.src,
+            self.alt(tech, found, model, image, cell), found.size, found.thumb_size, image.src if image else "",
         )
         if j == 0:
-            if (cell.target_label, cell.target_index) != col.target_key and (cell.target_label or cell.target_index is not None):
+            if (cell.target_label, cell.target_index) != target_key and (cell.target_label or cell.target_index is not None):
                 slot.note = target_text(cell.target_label, cell.target_index)
             slot.metrics = self.metrics(cell)
             slot.skipped = self.skipped(cell)
             slot.spark = sparkline(cell.trace)
             slot.spark_label = (
-                f"Objective per step of {tech.title}, model {col.model.name}, image {col.image.name}"
+                f"Objective per step of {tech.title}, model {model.name}" + (f", image {image.name}" if image else "")
             )
             slot.plot = cell.plot if plots else ""
             if plots:
@@ -352,9 +378,10 @@ class SiteModel:
         return slot
 
     def _family_tables(self, subject: str, columns: Callable[[], list[Column]], noun: str,
-                       per_model: bool) -> list[tuple[str, Table]]:
-        """One grid per technique family (fresh columns each: a grid sets their targets); a
-        model's page also shows the original images and each technique's layer."""
+                       per_model: bool, models: list[ModelRecord]) -> list[tuple[str, Table]]:
+        """One grid per technique family (fresh columns each: a grid sets their targets), then
+        the family's rows that read no image for ``models`` (:meth:`side_by_side`); a model's
+        page also shows the original images and each technique's layer."""
         out = []
         for family, techs in self.families():
             title = FAMILY_TITLES.get(family, titlecase(family.replace("_", " ")))
@@ -363,12 +390,17 @@ class SiteModel:
                               original=per_model, sub_layer=per_model, prefix=f"{slug(family)}-")
             if table:
                 out.append((title, table))
+            beside = self.side_by_side(f"{subject}: {title.lower()} of a class of their own, made from no image; "
+                                       "columns are techniques, rows are models", models, techs,
+                                       prefix=f"{slug(family)}-side-")
+            if beside:
+                out.append((f"{title} side by side", beside))
         return out
 
     def model_tables(self, model: ModelRecord) -> list[tuple[str, Table]]:
         return self._family_tables(
             model.name, lambda: [Column(model, img, img.name, self.compare_page[img.id]) for img in self.g.images],
-            "images", True)
+            "images", True, [model])
 
     def gallery_tables(self) -> list[tuple[str, Table]]:
         """Every image with the models side by side (a column per pair), one grid per family."""
@@ -376,12 +408,13 @@ class SiteModel:
         return self._family_tables(
             self.g.title, lambda: [Column(m, img, f"{img.name} · {m.name}" if many else img.name, self.compare_page[img.id])
                                    for img in self.g.images for m in self.g.models],
-            "images and models", True)
+            "images and models", True, self.g.models)
 
     def compare_tables(self, image: ImageRecord) -> list[tuple[str, Table]]:
+        """The models side by side on ``image`` (rows that read no image are on the model pages)."""
         return self._family_tables(
             image.name, lambda: [Column(m, image, m.name, self.model_page[m.id]) for m in self.g.models],
-            "models", False)
+            "models", False, [])
 
     def technique_tables(self, tech: TechniqueRecord) -> list[tuple[ModelRecord, Table]]:
         out = []
@@ -389,7 +422,9 @@ class SiteModel:
             cols = [Column(model, img, img.name, self.compare_page[img.id]) for img in self.g.images]
             table = self.grid(f"{tech.title} on {model.name}; rows are variants, columns are images",
                               "Variant", cols, [tech], original=True, sub_layer=True, plots=True,
-                              prefix=f"{self.model_slug[model.id]}-")
+                              prefix=f"{self.model_slug[model.id]}-") \
+                or self.side_by_side(f"{tech.title} on {model.name}, made from no image", [model], [tech],
+                                     prefix=f"{self.model_slug[model.id]}-")
             if table:
                 out.append((model, table))
         return out
