@@ -71,7 +71,9 @@
       var a = links[current];
       var title = a.querySelector("img").alt;
       $(".viewer-title").textContent = title;
-      base.src = a.getAttribute("data-image") || "";
+      var under = a.getAttribute("data-image");  // empty for a picture made from no image
+      base.hidden = !under;
+      if (under) base.src = under; else base.removeAttribute("src");
       base.alt = "";
       map.src = a.getAttribute("href");
       map.alt = title;
