@@ -55,17 +55,34 @@ class Case:
     floor: Callable[[dict[str, Any]], tuple[int, str]] | None = None
 
 
-def _ours_setting(technique: str, **mapping: str) -> Callable[[Bench], Callable[[], object]]:
-    """galleryvis with parameters taken from ``Bench.settings`` (``param=setting_name``)."""
+#: The multiples of ``--batch-size`` that galleryvis's and the peers' batch settings are swept
+#: over (for the techniques whose cost depends on them), so each side is judged at its best.
+SWEEP = (1, 4)
+
+
+def _ours_setting(technique: str, multiple: int = 1, **mapping: str) -> Callable[[Bench], Callable[[], object]]:
+    """galleryvis with parameters taken from ``Bench.settings`` (``param=setting_name``), at
+    ``batch_size = multiple`` × ``--batch-size``."""
     def make(b: Bench) -> Callable[[], object]:
         import galleryvis
         from galleryvis import registry
 
         if technique not in registry.names():
             raise Skip(f"technique {technique!r} is not registered yet")
-        params = {k: b.settings[v] if v in b.settings else v for k, v in mapping.items()}
-        return lambda: galleryvis.attribute(b.model, b.x, technique, b.targets, batch_size=b.batch_size, **params)
+        params = {k: b.layer if v == "@layer" else b.settings[v] if v in b.settings else v
+                  for k, v in mapping.items()}
+        return lambda: galleryvis.attribute(b.model, b.x, technique, b.targets, batch_size=multiple * b.batch_size,
+                                            **params)
     return make
+
+
+def _ours_sweep(technique: str, label: str = "galleryvis.attribute", *, layer: bool = False,
+                **mapping: str) -> tuple[Impl, ...]:
+    """galleryvis at each :data:`SWEEP` batch setting, one row each; the report judges its best."""
+    if layer:
+        mapping = {**mapping, "layer": "@layer"}
+    return tuple(Impl(f"galleryvis_x{m}", f"{label}, batch_size {m}× --batch-size", "galleryvis",
+                      _ours_setting(technique, m, **mapping)) for m in SWEEP)
 
 
 def _ours_many(b: Bench) -> Callable[[], object]:
@@ -115,12 +132,11 @@ def _peer(fn: Callable[..., object], label: str, **kw: Any) -> Impl:
     return Impl(fn.__name__, label, "peer", _probe_peer(fn, _call(fn, **kw)))
 
 
-def _peer_sweep(fn: Callable[..., object], label: str, multiples: tuple[int, ...] = (1, 4), **kw: Any
-                ) -> tuple[Impl, ...]:
-    """The peer at several batch settings (``multiples`` of ``--batch-size``), one row each, so
-    that its target is judged against the best of them."""
+def _peer_sweep(fn: Callable[..., object], label: str, **kw: Any) -> tuple[Impl, ...]:
+    """The peer at each :data:`SWEEP` batch setting (multiples of ``--batch-size``), one row
+    each, so that its target is judged against the best of them."""
     return tuple(Impl(f"{fn.__name__}_x{m}", f"{label}, batch {m}× --batch-size", "peer",
-                      _probe_peer(fn, _call(fn, batch=m, **kw))) for m in multiples)
+                      _probe_peer(fn, _call(fn, batch=m, **kw))) for m in SWEEP)
 
 
 def _seed(fn: Callable[..., object], label: str = "seed-style loop", **kw: Any) -> Impl:
@@ -171,17 +187,16 @@ CASES: dict[str, Case] = {c.key: c for c in [
              _peers_combination),
     ), peer_target=5.0, floor=lambda s: (1, "fwdbwd_b1")),
     Case("integrated_gradients", lambda s: f"integrated gradients, {s['ig_steps']} steps", (
-        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
-             _ours_setting("integrated_gradients", steps="ig_steps", method="gausslegendre", baseline="zero")),
+        *_ours_sweep("integrated_gradients", steps="ig_steps", method="gausslegendre", baseline="zero"),
         _seed(seed_style.integrated_gradients, "seed-style loop (one pass per step)", steps="ig_steps"),
-        _peer(peers.captum_integrated_gradients, "captum IntegratedGradients", batch=1, steps="ig_steps"),
+        *_peer_sweep(peers.captum_integrated_gradients, "captum IntegratedGradients, internal_batch_size",
+                     steps="ig_steps"),
     ), floor=lambda s: (s["ig_steps"], "fwdbwd_bs")),
     Case("smoothgrad", lambda s: f"SmoothGrad, {s['sg_samples']} samples, σ={s['sg_sigma']}", (
-        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
-             _ours_setting("smoothgrad", samples="sg_samples", sigma="sg_sigma")),
+        *_ours_sweep("smoothgrad", samples="sg_samples", sigma="sg_sigma"),
         _seed(seed_style.smoothgrad, "seed-style loop (one pass per sample)", samples="sg_samples", sigma="sg_sigma"),
-        _peer(peers.captum_smoothgrad, "captum NoiseTunnel(Saliency)", batch=1,
-              samples="sg_samples", sigma="sg_sigma"),
+        *_peer_sweep(peers.captum_smoothgrad, "captum NoiseTunnel(Saliency), nt_samples_batch_size",
+                     samples="sg_samples", sigma="sg_sigma"),
     ), floor=lambda s: (s["sg_samples"], "fwdbwd_bs")),
     Case("lrp", lambda s: "LRP, epsilon rule", (
         Impl("galleryvis", "galleryvis.attribute(rule='epsilon')", "galleryvis", _ours_setting("lrp", rule="epsilon")),
@@ -189,38 +204,34 @@ CASES: dict[str, Case] = {c.key: c for c in [
         _peer(peers.captum_lrp, "captum LRP (default epsilon rules)"),
     )),
     Case("scorecam", lambda s: "Score-CAM", (
-        Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_layer("scorecam")),
+        *_ours_sweep("scorecam", layer=True),
         _seed(seed_style.scorecam, "seed-style loop (batch 1, autograd on)", layer=True),
-        _peer(peers.gradcam_scorecam, "pytorch-grad-cam ScoreCAM", layer=True, batch=1),
+        *_peer_sweep(peers.gradcam_scorecam, "pytorch-grad-cam ScoreCAM, batch_size", layer=True),
     ), applies=_per_channel_applies("scorecam"), gradient=False),
     Case("occlusion", lambda s: f"occlusion, window {s['occ_window']}, stride {s['occ_stride']}", (
-        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
-             _ours_setting("occlusion", window="occ_window", stride="occ_stride")),
+        *_ours_sweep("occlusion", window="occ_window", stride="occ_stride"),
         *_peer_sweep(peers.captum_occlusion, "captum Occlusion, perturbations_per_eval", window="occ_window",
                      stride="occ_stride"),
     ), gradient=False, floor=lambda s: (_windows(s), "forward_bs")),
     Case("rise", lambda s: f"RISE, {s['rise_masks']} masks", (
-        Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_setting("rise", masks="rise_masks")),
+        *_ours_sweep("rise", masks="rise_masks"),
     ), gradient=False, floor=lambda s: (s["rise_masks"], "forward_bs")),
     Case("ablationcam", lambda s: "Ablation-CAM", (
-        Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_layer("ablationcam")),
+        *_ours_sweep("ablationcam", layer=True),
         *_peer_sweep(peers.gradcam_ablationcam, "pytorch-grad-cam AblationCAM, batch_size", layer=True),
     ), applies=_per_channel_applies("ablationcam"), gradient=False),
     Case("gradient_shap", lambda s: f"GradientSHAP, {s['gs_samples']} samples, stdev {s['gs_stdev']}", (
-        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
-             _ours_setting("gradient_shap", samples="gs_samples", stdev="gs_stdev")),
+        *_ours_sweep("gradient_shap", samples="gs_samples", stdev="gs_stdev"),
         _peer(peers.captum_gradient_shap, "captum GradientShap (no batch setting)", samples="gs_samples",
               stdev="gs_stdev"),
     ), gradient=False, floor=lambda s: (s["gs_samples"], "fwdbwd_bs")),
     Case("kernel_shap", lambda s: f"KernelSHAP, {s['shap_samples']} samples, {s['shap_segments']} grid cells", (
-        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
-             _ours_setting("kernel_shap", samples="shap_samples", segments="shap_segments")),
+        *_ours_sweep("kernel_shap", samples="shap_samples", segments="shap_segments"),
         *_peer_sweep(peers.captum_kernel_shap, "captum KernelShap, perturbations_per_eval", samples="shap_samples",
                      segments="shap_segments"),
     ), gradient=False, floor=lambda s: (s["shap_samples"] + 1, "forward_bs")),
     Case("lime", lambda s: f"LIME, {s['shap_samples']} samples, {s['shap_segments']} grid cells", (
-        Impl("galleryvis", "galleryvis.attribute", "galleryvis",
-             _ours_setting("lime", samples="shap_samples", segments="shap_segments")),
+        *_ours_sweep("lime", samples="shap_samples", segments="shap_segments"),
         *_peer_sweep(peers.captum_lime, "captum Lime, perturbations_per_eval", samples="shap_samples",
                      segments="shap_segments"),
     ), gradient=False, floor=lambda s: (s["shap_samples"] + 1, "forward_bs")),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import statistics
 import sys
 import traceback
 import warnings
@@ -19,7 +20,7 @@ import torch
 from galleryvis.hooks import capture, resolve_layer
 
 from .cases import CASES, PER_CHANNEL, Bench, input_gradient
-from .common import Skip, build_model, frozen, load_inputs, measure, timed
+from .common import PeakMemory, Skip, build_model, frozen, load_inputs, measure, timed
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -90,24 +91,20 @@ def run(spec: dict[str, Any]) -> None:
         if case_key in PER_CHANNEL:
             extra = _channels(model, x, layer)
             emit({"type": "case_info", "case": case_key, **extra})
+        ready: list[tuple[dict[str, Any], Callable[[], object]]] = []
         for impl in case.impls:
             if spec.get("impls") and impl.key not in spec["impls"]:
                 continue
-            if case_key == "scorecam" and impl.kind == "seed" and not spec.get("seed_scorecam"):
-                emit({"type": "result", "case": case_key, "impl": impl.key, "label": impl.label, "kind": impl.kind,
-                      "skipped": "one unbatched forward per channel: add --seed-scorecam to measure it"})
-                continue
             base = {"type": "result", "case": case_key, "impl": impl.key, "label": impl.label, "kind": impl.kind}
+            if case_key == "scorecam" and impl.kind == "seed" and not spec.get("seed_scorecam"):
+                emit({**base, "skipped": "one unbatched forward per channel: add --seed-scorecam to measure it"})
+                continue
             try:
-                fn = impl.make(bench)
-                emit(_result(case_key, impl.key, impl.label, impl.kind, fn, spec, n, device))
+                ready.append((base, impl.make(bench)))
             except Skip as exc:
                 emit({**base, "skipped": str(exc)})
-            except Exception as exc:  # noqa: BLE001  (a failing implementation is a row, not a crash)
-                traceback.print_exc(file=sys.stderr)
-                emit({**base, "error": _error(exc)})
-            finally:
-                model.zero_grad(set_to_none=True)  # seed-style and grad-cam leave weight gradients
+        for record in _interleaved(ready, spec, n, device, model):
+            emit(record)
 
     for name in spec.get("extras", []):
         try:
@@ -117,6 +114,56 @@ def run(spec: dict[str, Any]) -> None:
         except Exception as exc:  # noqa: BLE001
             traceback.print_exc(file=sys.stderr)
             emit({"type": "extra", "name": name, "error": _error(exc)})
+
+
+def _interleaved(ready: list[tuple[dict[str, Any], Callable[[], object]]], spec: dict[str, Any], n_images: int,
+                 device: torch.device, model: torch.nn.Module) -> list[dict[str, Any]]:
+    """One case's implementations timed in interleaved rounds: each one's warm-up call (its peak
+    memory), then ``repeats`` rounds in which every implementation runs once, starting one
+    further along each round, so that a slow phase of a shared machine falls on all of them. A
+    call slower than ``budget`` is not repeated; one slower than ``budget / k`` joins ``k``
+    rounds. A failing implementation is a row with its error, not a crash."""
+    records: dict[int, dict[str, Any]] = {}
+    times: dict[int, list[float]] = {}
+    rounds: dict[int, int] = {}
+    for i, (base, fn) in enumerate(ready):
+        mem = PeakMemory(device)
+        mem.start()
+        try:
+            first = timed(fn, device)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc(file=sys.stderr)
+            records[i] = {**base, "error": _error(exc)}
+            continue
+        finally:
+            model.zero_grad(set_to_none=True)  # seed-style and grad-cam leave weight gradients
+        records[i] = {**base, "peak_mb": mem.stop(), "first": first}
+        times[i] = []
+        rounds[i] = spec["repeats"] if first <= 0 else min(spec["repeats"], int(spec["budget"] // first))
+    live = list(times)
+    for r in range(spec["repeats"]):
+        start = r % len(live) if live else 0
+        for i in live[start:] + live[:start]:
+            if r >= rounds[i] or "error" in records[i]:
+                continue
+            try:
+                times[i].append(timed(ready[i][1], device))
+            except Exception as exc:  # noqa: BLE001
+                traceback.print_exc(file=sys.stderr)
+                records[i] = {**ready[i][0], "error": _error(exc)}
+            finally:
+                model.zero_grad(set_to_none=True)
+    out = []
+    for i in range(len(ready)):
+        rec = records[i]
+        if "error" not in rec:
+            ts = times[i] or [rec.pop("first")]
+            rec.pop("first", None)
+            median = statistics.median(ts)
+            rec.update(seconds=median, per_image=median / n_images, times=ts, cold_only=not times[i],
+                       spread=(max(ts) - min(ts)) / median if len(ts) > 1 and median > 0 else None)
+        out.append(rec)
+    return out
 
 
 def _preload() -> None:
