@@ -1,7 +1,7 @@
 """galleryvis: a manifest of images x models x techniques in, a static gallery of CNN visualizations out.
 
-Public API: :func:`attribute`, :func:`attribute_many`, :func:`techniques`, :func:`synthesize`
-and the :mod:`galleryvis.metrics` module. They are imported on first use, so that the command
+Public API: :func:`attribute`, :func:`attribute_many`, :func:`techniques`, :func:`synthesize`,
+:func:`measure_chunking` with its :class:`Chunking`, and the :mod:`galleryvis.metrics` module. They are imported on first use, so that the command
 line can answer an unchanged rebuild without importing torch.
 """
 from __future__ import annotations
@@ -9,12 +9,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "attribute", "attribute_many", "metrics", "synthesize", "techniques"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Chunking", "attribute", "attribute_many", "measure_chunking", "metrics",
+           "synthesize", "techniques"]
 __version__ = "0.1.0"
 
 #: public name -> the module that defines it (``metrics`` is the module itself)
 _HOMES = {"IMAGENET_MEAN": "engine", "IMAGENET_STD": "engine", "attribute": "engine", "attribute_many": "engine",
-          "techniques": "engine", "synthesize": "synthesis", "metrics": "metrics"}
+          "techniques": "engine", "synthesize": "synthesis", "metrics": "metrics", "Chunking": "chunking",
+          "measure_chunking": "engine"}
 
 
 def __getattr__(name: str) -> Any:

@@ -143,7 +143,8 @@ def main() -> None:
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failing cell (default: keep going).")
 @click.option("--keep-going", "fail_fast", flag_value=False, help="Finish every other cell when one fails (default).")
 @click.option("--batch-size", default=None, type=click.IntRange(1),
-              help="Images (and samples, steps, masks) per model call; default 8 on the CPU, 32 on a GPU.")
+              help="Images (and samples, steps; 4x as many masks) per model call; default: measured per model "
+                   "and machine (cached).")
 @click.option("--wait", default=0.0, type=float, help="Seconds to wait for another build's lock.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
               help="Compute in this process (local) or on a Ray cluster; default: [gallery] executor, else local.")

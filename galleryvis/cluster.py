@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import torch
+
 from .cache import Cache
+from .engine import default_batch_size
 from .errors import ExecutorError
 from .executor import LocalExecutor, one_line
 from .jobs import Job, LoadedImage, Workspace
@@ -118,9 +121,10 @@ class _ModelWorker:
     """A Ray actor: one model, loaded once on its node, computing tasks of that model's jobs."""
 
     def __init__(self, spec: ModelSpec, root: Path, plugins: tuple[str, ...], device: str,
-                 batch_size: int, fail_fast: bool, weights: bytes | None = None, share: bool = True) -> None:
+                 batch_size: int | None, fail_fast: bool, weights: bytes | None = None, share: bool = True) -> None:
         """``weights``: the bytes of the spec's weights file, shipped by the driver (the file is
-        written to a temporary folder on this node, loaded and removed); None: none to ship."""
+        written to a temporary folder on this node, loaded and removed); None: none to ship.
+        ``batch_size`` None: the chunk sizes measured on this node (``executor.chunking_for``)."""
         import dataclasses
         import tempfile
 
@@ -190,7 +194,7 @@ class RayExecutor:
     torch threads to it); ``workers``: actors per model.
     """
 
-    def __init__(self, root: Path, plugins: tuple[str, ...], batch_size: int, *, address: str | None = None,
+    def __init__(self, root: Path, plugins: tuple[str, ...], batch_size: int | None, *, address: str | None = None,
                  num_gpus: float | None = None, num_cpus: int = 1, workers: int = 1, fail_fast: bool = False,
                  share: bool = True) -> None:
         _ray()
@@ -226,7 +230,7 @@ class RayExecutor:
         cache_ref = ray.put(cache)
         pending: dict[Any, list[Job]] = {}
         left = {model_id: 0 for model_id in pools}  # tasks per model not yet finished
-        for n, unit in enumerate(units(jobs, self.batch_size)):
+        for n, unit in enumerate(units(jobs, self.batch_size or default_batch_size(torch.device(device)))):
             pool = pools[unit[0].model.id]
             pending[pool[n % len(pool)].compute.remote(unit, cache_ref)] = unit
             left[unit[0].model.id] += 1

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import registry
+from .chunking import FORWARD_BATCH_FACTOR, Chunking
+from .chunking import measure as measure_chunks
 from .fold import folded
 from .hooks import LayerError, capture, guided, prepared, resolve_layer
 from .layers import Grid, Patches, conv_sizes, default_layer
@@ -20,15 +22,12 @@ from .layers import Grid, Patches, conv_sizes, default_layer
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: How many images (or noisy samples, IG steps, Score-CAM masks) go through the model at once.
-#: Measured on 2 CPU cores (bench/), 8 is as fast as larger chunks at half the memory; GPUs
-#: want larger batches (``batch_size=None`` picks :data:`GPU_BATCH_SIZE` there).
+#: How many images (or noisy samples, IG steps) go through the model at once when nobody chose
+#: (``batch_size=None``; a gallery measures each model instead, :mod:`galleryvis.chunking`):
+#: on 2 CPU cores (bench/) 8 is near the best of most models at half the memory; GPUs want
+#: larger batches (:data:`GPU_BATCH_SIZE`).
 DEFAULT_BATCH_SIZE = 8
 GPU_BATCH_SIZE = 32
-#: Forward-only passes under ``torch.inference_mode`` (occlusion windows, RISE masks, ablated
-#: channels) keep no graph, so they run this many times ``batch_size`` copies at once in about
-#: the memory of one backward chunk (bench/: captum and grad-cam were fastest at 4x as well).
-FORWARD_BATCH_FACTOR = 4
 
 LayerArg = str | Sequence[str] | Mapping[str, str | Sequence[str]] | None
 
@@ -60,6 +59,7 @@ class Context:
     target: Tensor
     layers: tuple[str, ...] = ()
     batch_size: int = DEFAULT_BATCH_SIZE
+    forward_batch_size: int = FORWARD_BATCH_FACTOR * DEFAULT_BATCH_SIZE  # copies per forward-only pass
     need_input_grad: bool = True
     runner: Callable[[Tensor], object] | None = None  # runs the model (default: the model itself)
     mean: Sequence[float] = IMAGENET_MEAN  # the model's input normalization
@@ -131,11 +131,6 @@ class Context:
         if self.report is not None:
             self.report(done, total)
 
-    @property
-    def forward_batch_size(self) -> int:
-        """Perturbed copies per forward-only pass: :data:`FORWARD_BATCH_FACTOR` x :attr:`batch_size`."""
-        return FORWARD_BATCH_FACTOR * self.batch_size
-
     def pixel_value(self, value: float) -> Tensor:
         """Pixel ``value`` in [0, 1] (0: black, 1: white) in the model's input space, shaped
         (1, C, 1, 1) like :attr:`x`, by the model's own :attr:`mean` and :attr:`std`."""
@@ -201,6 +196,31 @@ def _score(logits: Tensor, target: Tensor) -> Tensor:
 def default_batch_size(device: torch.device) -> int:
     """Chunk size for ``device``: :data:`DEFAULT_BATCH_SIZE` on the CPU, :data:`GPU_BATCH_SIZE` else."""
     return DEFAULT_BATCH_SIZE if device.type == "cpu" else GPU_BATCH_SIZE
+
+
+def chunking_of(batch_size: int | Chunking | None, device: torch.device) -> Chunking:
+    """The chunk sizes of a call: a :class:`~galleryvis.chunking.Chunking` as given, an int as
+    :meth:`Chunking.of <galleryvis.chunking.Chunking.of>`, None as the device's default."""
+    if isinstance(batch_size, Chunking):
+        return batch_size
+    if batch_size is None:
+        batch_size = default_batch_size(device)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    return Chunking.of(batch_size)
+
+
+def measure_chunking(model: nn.Module, sample: Tensor) -> Chunking:
+    """The fastest chunk sizes of ``model`` on this machine, timed on copies of ``sample`` (one
+    normalized image, (1, 3, H, W)) through the model as :func:`attribute` runs it (parameters
+    frozen, batch norm folded, channels_last on the CPU), up to 4x :func:`default_batch_size`.
+    A few seconds; pass the result as ``batch_size=`` to every call on that model."""
+    _check_inputs(sample)
+    device = model_device(model)
+    x1 = fast_layout(sample[:1].detach().to(device))
+    with prepared(model), folded(model, x1) as runner:
+        return measure_chunks(lambda x: logits_of(runner, x), x1, FORWARD_BATCH_FACTOR * default_batch_size(device),
+                              fast_layout)
 
 
 def fast_layout(x: Tensor) -> Tensor:
@@ -281,7 +301,7 @@ def attribute_many(
     layer: LayerArg = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     *,
-    batch_size: int | None = None,
+    batch_size: int | Chunking | None = None,
     progress: Callable[[str, int], None] | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
@@ -310,7 +330,7 @@ def attribute_calls(
     calls: Mapping[str, Call],
     target: int | Sequence[int] | Tensor | None,
     *,
-    batch_size: int | None = None,
+    batch_size: int | Chunking | None = None,
     progress: Callable[[str, int], None] | None = None,
     within: Callable[[str, int, int], None] | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -324,10 +344,7 @@ def attribute_calls(
     Score-CAM, Ablation-CAM, the Shapley family) runs (:meth:`Context.advance`)."""
     _check_inputs(inputs)
     device = model_device(model)
-    if batch_size is None:
-        batch_size = default_batch_size(device)
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+    chunks = chunking_of(batch_size, device)
     techs = {key: registry.get(c.name) for key, c in calls.items()}
     for t in techs.values():
         if t.family != "attribution":
@@ -345,9 +362,10 @@ def attribute_calls(
             resolve_layer(model, n)
         need_input = any("input_grad" in t.needs for t in techs.values())
         with folded(model, x[:1], all_layers, enabled=_folds(list(techs.values()), x.shape[0])) as runner:
-            targets = resolve_targets(runner, x, target, batch_size)
-            for xs, ts in zip(x.split(batch_size), targets.split(batch_size)):
-                ctx = Context(model, xs, ts, all_layers, batch_size, need_input, runner, mean, std)
+            targets = resolve_targets(runner, x, target, chunks.forward)
+            for xs, ts in zip(x.split(chunks.backward), targets.split(chunks.backward)):
+                ctx = Context(model, xs, ts, all_layers, chunks.backward, chunks.forward, need_input, runner, mean,
+                              std)
                 for key in sorted(calls, key=lambda k: _forward_only(techs[k])):  # reuse a backward's forward
                     ctx.report = None if within is None else functools.partial(within, key)
                     m = ctx.run(calls[key].name, layer_of[key], **resolved[key])
@@ -390,7 +408,7 @@ def attribute(
     target: int | Sequence[int] | Tensor | None,
     layer: str | Sequence[str] | None = None,
     *,
-    batch_size: int | None = None,
+    batch_size: int | Chunking | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     **params: Any,
@@ -404,8 +422,10 @@ def attribute(
         target: a class index for all images, one per image, or None for each image's top-1.
         layer: dotted module name (a list for multi-layer techniques); default: the model's
             last convolutional block, found by a probe forward.
-        batch_size: images, samples, steps or masks per forward pass (default: 8 on the CPU,
-            32 on a GPU).
+        batch_size: images, samples or steps per pass with a gradient, and 4x as many
+            perturbed copies per forward-only pass (default: 8 on the CPU, 32 on a GPU); or a
+            :class:`~galleryvis.chunking.Chunking` with both, such as
+            :func:`measure_chunking` finds for the model. Maps do not depend on it.
         mean, std: the model's input normalization (integrated gradients' black baseline and
             LRP's pixel bounds are black and white in the model's own input space).
         **params: the technique's parameters.

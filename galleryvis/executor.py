@@ -1,7 +1,8 @@
 """The compute stage: an :class:`Executor` turns planned jobs into results in the cache.
 
 :class:`LocalExecutor` runs in this process: attribution cells grouped by model and technique
-set, images chunked, every technique of a chunk in one call (sharing their passes), one failing
+set, images chunked (the chunk sizes measured for each model unless the build gives a
+``batch_size``), every technique of a chunk in one call (sharing their passes), one failing
 technique or image isolated from the others, the chunk halved on out-of-memory; then synthesis
 cells one by one. Another executor (a cluster) implements the
 same protocol on the same plain :class:`~galleryvis.jobs.Job`.
@@ -15,10 +16,11 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 
-from .cache import Cache
-from .engine import Call, attribute_calls
+from .cache import Cache, cache_key
+from .chunking import Chunking, machine
+from .engine import Call, attribute_calls, measure_chunking
 from .hooks import capture, prepared
-from .jobs import Job, Workspace
+from .jobs import Job, Workspace, model_covers
 from .models import ModelAdapter
 from .progress import Progress
 from .synthesis import synthesize
@@ -48,10 +50,35 @@ def store(cache: Cache, job: Job) -> None:
     cache.put(job.key, job.result, meta)
 
 
-class LocalExecutor:
-    """Runs jobs in this process on the workspace's models (see the module docstring)."""
+def chunking_key(adapter: ModelAdapter) -> str:
+    """The cache key of the model's measured chunk sizes: the model, its input, and the machine
+    (CPU or GPU name, torch's threads and version) they were measured on."""
+    return cache_key(kind="chunking", **model_covers(adapter), machine=machine(adapter.device), torch=torch.__version__)
 
-    def __init__(self, ws: Workspace, batch_size: int, fail_fast: bool = False, share: bool = True) -> None:
+
+def chunking_for(adapter: ModelAdapter, cache: Cache) -> Chunking:
+    """The model's chunk sizes on this machine: measured once (:func:`~galleryvis.engine.measure_chunking`),
+    kept on the loaded model, and cached (:func:`chunking_key`), so a later build on the same
+    machine does not measure."""
+    if adapter.chunking is None:
+        key = chunking_key(adapter)
+        entry = cache.get(key)
+        if entry is None:
+            sample = torch.randn(1, 3, adapter.size, adapter.size, generator=torch.Generator().manual_seed(0))
+            chunks = measure_chunking(adapter.model, sample.to(adapter.device))
+            cache.put(key, np.array([chunks.backward, chunks.forward], dtype=np.int64),
+                      {"model": adapter.id, "machine": machine(adapter.device)})
+        else:
+            chunks = Chunking(*(int(v) for v in entry.array))
+        adapter.chunking = chunks
+    return adapter.chunking
+
+
+class LocalExecutor:
+    """Runs jobs in this process on the workspace's models (see the module docstring);
+    ``batch_size`` None: each model's measured :func:`chunking_for`."""
+
+    def __init__(self, ws: Workspace, batch_size: int | None, fail_fast: bool = False, share: bool = True) -> None:
         self.ws, self.batch_size, self.fail_fast, self.share = ws, batch_size, fail_fast, share
 
     def run(self, jobs: Sequence[Job], cache: Cache, progress: Progress, seconds: dict[str, float]) -> None:
@@ -62,10 +89,12 @@ class LocalExecutor:
         groups: dict[tuple[str, tuple[str, ...]], list[list[Job]]] = defaultdict(list)
         for (model_id, _), cell_jobs in by_cell.items():
             groups[(model_id, tuple(j.tech.id for j in cell_jobs))].append(cell_jobs)
-        for cells in groups.values():
-            for start in range(0, len(cells), self.batch_size):
-                chunk = cells[start:start + self.batch_size]
-                self._chunk(chunk, seconds, progress)
+        for (model_id, _), cells in groups.items():
+            adapter = self.ws.models[model_id]
+            chunks = Chunking.of(self.batch_size) if self.batch_size else chunking_for(adapter, cache)
+            for start in range(0, len(cells), chunks.backward):
+                chunk = cells[start:start + chunks.backward]
+                self._chunk(chunk, chunks, seconds, progress)
                 for job in (j for cell_jobs in chunk for j in cell_jobs):
                     if job.result is not None:
                         store(cache, job)
@@ -84,7 +113,8 @@ class LocalExecutor:
             seconds[job.tech.id] = seconds.get(job.tech.id, 0.0) + job.seconds["compute"]
             progress.mark([job], f"{job.model.id}: {job.tech.id}" + (f" for {job.image.name}" if job.per_image else ""))
 
-    def _chunk(self, chunk: list[list[Job]], seconds: dict[str, float], progress: Progress) -> None:
+    def _chunk(self, chunk: list[list[Job]], chunks: Chunking, seconds: dict[str, float], progress: Progress
+               ) -> None:
         """One attribute_calls call for every technique of the chunk (variants of one technique
         included, so they share their passes; one call per technique when ``share`` is off); on
         failure, retry each technique and image alone (so one failing technique does not take
@@ -95,22 +125,22 @@ class LocalExecutor:
         columns = list(zip(*chunk))  # one tuple of jobs (one per image) per technique
         for group in [columns] if self.share else [[col] for col in columns]:
             try:
-                self._attribute(adapter, x, targets, group, seconds, progress)
+                self._attribute(adapter, x, targets, group, chunks, seconds, progress)
             except Exception:  # noqa: BLE001  (isolate: retry one technique and one image at a time)
                 if self.fail_fast:
                     raise
                 for col in group:
                     for i, job in enumerate(col):
                         try:
-                            self._attribute(adapter, x[i:i + 1], targets[i:i + 1], [(job,)], seconds, progress)
+                            self._attribute(adapter, x[i:i + 1], targets[i:i + 1], [(job,)], chunks, seconds,
+                                            progress)
                         except Exception as exc:  # noqa: BLE001
                             job.error = one_line(exc)
 
     def _attribute(self, adapter: ModelAdapter, x: torch.Tensor, targets: list[int], cols: list[tuple[Job, ...]],
-                   seconds: dict[str, float], progress: Progress) -> None:
+                   chunks: Chunking, seconds: dict[str, float], progress: Progress) -> None:
         col_of = {c[0].tech.id: c for c in cols}
         calls = {c[0].tech.id: Call(c[0].tech.name, c[0].layer, c[0].params) for c in cols}
-        batch_size = self.batch_size
         while True:
             spent: dict[str, float] = defaultdict(float)  # per technique; a shared pass goes to its first user
             clock = [time.perf_counter()]
@@ -122,14 +152,14 @@ class LocalExecutor:
                 progress.mark(col_of[key], f"{adapter.id}: {key}")
 
             try:
-                maps = attribute_calls(adapter.model, x, calls, targets, batch_size=batch_size, progress=done,
+                maps = attribute_calls(adapter.model, x, calls, targets, batch_size=chunks, progress=done,
                                        within=lambda key, i, n: progress.within(f"{adapter.id}: {key}", i, n),
                                        mean=adapter.mean, std=adapter.std)
                 break
             except torch.OutOfMemoryError:
-                if batch_size == 1:
+                if chunks == chunks.halved():
                     raise
-                batch_size //= 2
+                chunks = chunks.halved()
         for key, col in col_of.items():
             seconds[key] = seconds.get(key, 0.0) + spent[key]
             arr = maps[key].numpy()

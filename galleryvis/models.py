@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .chunking import Chunking
 from .engine import model_device
 from .images import fit, to_tensor
 from .labels import imagenet_labels
@@ -44,6 +45,7 @@ class ModelAdapter(LoadedModel):
     id: str = ""
     name: str = ""
     layers: dict[str, Any] = field(default_factory=dict)
+    chunking: Chunking | None = None  # its chunk sizes once measured (executor.chunking_for)
     _num_classes: int | None = None
     _default_layer: str | None = None
 

@@ -18,7 +18,7 @@ import torch
 from . import scoring, stamp
 from .cache import CACHE_DIRNAME, Cache, CacheWarning
 from .engine import default_batch_size
-from .executor import Executor, LocalExecutor
+from .executor import Executor, LocalExecutor, chunking_key
 from .hooks import counting
 from .jobs import Job, Workspace, plan, plan_lines, prediction_key, workspace
 from .manifest import Manifest
@@ -38,7 +38,7 @@ class Options:
     dry_run: bool = False
     quiet: bool = False
     fail_fast: bool = False
-    batch_size: int | None = None  # None: 8 on the CPU, 32 on a GPU
+    batch_size: int | None = None  # None: measured per model for attribution; scoring: 8 on the CPU, 32 on a GPU
     share_passes: bool = True  # off: every technique computed and scored in calls of its own
     wait: float = 0.0
     executor: str | None = None  # "local" or "ray"; None: the manifest's
@@ -91,8 +91,10 @@ def cache_dir(manifest: Manifest, opts: Options) -> Path | str:
     return base / CACHE_DIRNAME
 
 
-def executor_for(manifest: Manifest, opts: Options, ws: Workspace, batch_size: int) -> Executor:
-    """The executor ``opts`` (else the manifest) asks for: local, or Ray (:mod:`.cluster`)."""
+def executor_for(manifest: Manifest, opts: Options, ws: Workspace) -> Executor:
+    """The executor ``opts`` (else the manifest) asks for: local, or Ray (:mod:`.cluster`); with
+    ``opts.batch_size`` None, each model runs at the chunk sizes measured for it."""
+    batch_size = opts.batch_size
     if (opts.executor or manifest.gallery.executor) == "local":
         return LocalExecutor(ws, batch_size, opts.fail_fast, opts.share_passes)
     from .cluster import RayExecutor
@@ -115,8 +117,8 @@ def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -
     with stages.stage("load"):
         ws = workspace(manifest)
     device = next(iter(ws.models.values())).device if ws.models else torch.device("cpu")
-    batch_size = opts.batch_size or default_batch_size(device)
-    executor = executor or executor_for(manifest, opts, ws, batch_size)  # a missing Ray fails here, early
+    batch_size = opts.batch_size or default_batch_size(device)  # scoring's
+    executor = executor or executor_for(manifest, opts, ws)  # a missing Ray fails here, early
     cache = Cache(cache_dir(manifest, opts), enabled=opts.use_cache)
     out = manifest.gallery.output
     with build_lock(cache.root if opts.use_cache and cache.root is not None else out.parent, opts.wait), \
@@ -214,11 +216,12 @@ def _stamp(manifest: Manifest, ws: Workspace, cache: Cache, opts: Options, out: 
 
 
 def referenced_keys(manifest: Manifest, opts: Options) -> set[str]:
-    """Every cache key the manifest uses (predictions and maps)."""
+    """Every cache key the manifest uses (predictions, maps, and its models' chunk sizes on this machine)."""
     ws = workspace(manifest)
     cache = Cache(cache_dir(manifest, opts), enabled=opts.use_cache)
     jobs, _ = plan(manifest, ws, cache, force=False)
-    return {j.key for j in jobs} | {prediction_key(a, i.ref) for a in ws.models.values() for i in ws.images.values()}
+    return {j.key for j in jobs} | {prediction_key(a, i.ref) for a in ws.models.values() for i in ws.images.values()} \
+        | {chunking_key(a) for a in ws.models.values()}
 
 
 def load_cached(jobs: list[Job], cache: Cache) -> list[Job]:

@@ -244,7 +244,7 @@ def test_no_shared_passes_reaches_the_ray_workers(tmp_path, monkeypatch):
     from galleryvis.pipeline import Options, executor_for
 
     manifest = load_manifest(_project(tmp_path / "p", MANIFEST))
-    executor = executor_for(manifest, Options(executor="ray", share_passes=False), Workspace({}, {}), 8)
+    executor = executor_for(manifest, Options(executor="ray", share_passes=False), Workspace({}, {}))
     assert isinstance(executor, cluster.RayExecutor) and executor.share is False
     made = []
 

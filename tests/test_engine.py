@@ -324,8 +324,11 @@ def test_backward_stops_at_the_cam_layer(tiny_seq: nn.Module, tiny_x: Tensor) ->
 
 
 def test_scorecam_chunks_masks_under_inference_mode(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    from galleryvis.chunking import Chunking
+
     model = Counting(tiny_seq)
-    galleryvis.attribute(model, tiny_x[:2], "scorecam", 1, layer="inner.4", batch_size=5)  # 16 channels
+    # 16 channels; the masked forwards run forward-only chunks of 5
+    galleryvis.attribute(model, tiny_x[:2], "scorecam", 1, layer="inner.4", batch_size=Chunking(8, 5))
     masked = model.calls[1:]
     with torch.no_grad():
         acts = tiny_seq[:5](tiny_x[:2])

@@ -314,15 +314,15 @@ def test_out_of_memory_retries_with_smaller_chunks(project, monkeypatch):
     sizes = []
 
     def tight(model, x, *args, batch_size, **kw):
-        sizes.append(batch_size)
-        if batch_size > 2:
+        sizes.append((batch_size.backward, batch_size.forward))
+        if batch_size.backward > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(model, x, *args, batch_size=batch_size, **kw)
 
     monkeypatch.setattr(executor, "attribute_calls", tight)
     summary = _build(project, batch_size=8)
     assert summary.failed == 0 and summary.computed == 16
-    assert sizes[:3] == [8, 4, 2]
+    assert sizes[:3] == [(8, 32), (4, 16), (2, 8)]
 
 
 def test_nan_maps_fail_their_cell_with_a_message(project, monkeypatch):

@@ -123,7 +123,7 @@ def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
     upsampled to the input size before the ReLU; constant channels are skipped (weight 0); both
     as the official code does. ``weighting="gradcam"`` reproduces pytorch-grad-cam: corner-aligned
     upsampling of the masks, every channel, a softmax of the raw target logits across channels,
-    and the ReLU at the layer's resolution. Masks are built ``batch_size`` at a time, never all."""
+    and the ReLU at the layer's resolution. Masks are built ``forward_batch_size`` at a time, never all."""
     acts = layer_acts(ctx, layer)
     paper = weighting == "paper"
     size = ctx.x.shape[-2:]
@@ -133,7 +133,7 @@ def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
             live = acts[i].amax((1, 2)) > acts[i].amin((1, 2))
             if not paper:
                 live = torch.ones_like(live)
-            for chunk in live.nonzero().flatten().split(ctx.batch_size):
+            for chunk in live.nonzero().flatten().split(ctx.forward_batch_size):
                 ctx.advance(i * acts.shape[1] + int(chunk[0]), acts.shape[0] * acts.shape[1])
                 up = F.interpolate(acts[i, chunk, None], size=size, mode="bilinear", align_corners=not paper)
                 lo = up.amin((2, 3), keepdim=True)
