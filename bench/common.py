@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from galleryvis.chunking import sync
+
 #: Bundled photos (the repository's input_images/), used as benchmark inputs.
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "input_images"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -62,11 +64,6 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # -- peak memory ------------------------------------------------------------------------------

@@ -157,8 +157,8 @@ def _interleaved(ready: list[tuple[dict[str, Any], Callable[[], object]]], spec:
     for i in range(len(ready)):
         rec = records[i]
         if "error" not in rec:
-            ts = times[i] or [rec.pop("first")]
-            rec.pop("first", None)
+            first = rec.pop("first")
+            ts = times[i] or [first]
             median = statistics.median(ts)
             rec.update(seconds=median, per_image=median / n_images, times=ts, cold_only=not times[i],
                        spread=(max(ts) - min(ts)) / median if len(ts) > 1 and median > 0 else None)

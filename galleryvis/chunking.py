@@ -68,9 +68,11 @@ def fastest(per_image: Callable[[int], float], sizes: tuple[int, ...]) -> int:
     best, best_t = sizes[0], float("inf")
     for size in sizes:
         try:
-            times = [per_image(size)]  # warms the size: a second call is its measure
-            while times[0] * size <= CALL_BUDGET and (len(times) < 2 or len(times) < CALLS and sum(times) * size < SETTLE):
-                times.append(per_image(size))
+            times = [per_image(size)]
+            if times[0] * size <= CALL_BUDGET:
+                times.append(per_image(size))  # the first call warmed the size: this one measures it
+                while len(times) < CALLS and sum(times) * size < SETTLE:
+                    times.append(per_image(size))
             t = min(times)
         except torch.OutOfMemoryError:
             break
@@ -110,11 +112,12 @@ def measure(run: Callable[[Tensor], Tensor], sample: Tensor, cap: int,
 def machine(device: torch.device) -> str:
     """What a measured chunking holds for: the device's name (GPU) or the CPU's, and torch's threads."""
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}"
+        return torch.cuda.get_device_name(device)
     return f"{_cpu_name()} / {torch.get_num_threads()} threads"
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so a timer reads finished work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

@@ -102,6 +102,11 @@ def _range_text(span: tuple[float, float]) -> str:
     return f"{span[0]:.3g} to {span[1]:.3g}"
 
 
+def _folder(job: Job) -> str:
+    """The folder of a cell's files, under its model's: its image's id, ``_`` for a row that reads no image."""
+    return job.image.id if job.per_image else "_"
+
+
 def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_pil: Image.Image,
                  parts: tuple[dict[str, str], dict[str, str]], scale: postprocess.Limits | None,
                  scale_keys: set[str]) -> Cell:
@@ -119,7 +124,7 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     kind = display_kind(tech, raw)
     g = manifest.gallery
     pics = pictures(tech, raw, image_pil, g.colormap, g.alpha, scale, g.outlier_perc)
-    stem = f"img/{parts[0][job.model.id]}/{image_id or '_'}/{parts[1][job.tech.id]}"
+    stem = f"img/{parts[0][job.model.id]}/{_folder(job)}/{parts[1][job.tech.id]}"
     variants = []
     for key, vlabel, pic in pics:
         src, thumb, size, tsize = _save(pic, out, f"{stem}-{key}.webp")
@@ -208,8 +213,7 @@ def _raw_maps_zip(jobs: list[Job], parts: dict[str, str]) -> bytes:
         for j in sorted(jobs, key=lambda j: (j.image.id, j.tech.id)):
             npy = io.BytesIO()
             np.save(npy, j.result.astype(np.float16), allow_pickle=False)  # type: ignore[union-attr]
-            folder = j.image.id if j.per_image else "_"
-            info = zipfile.ZipInfo(f"{folder}/{parts[j.tech.id]}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info = zipfile.ZipInfo(f"{_folder(j)}/{parts[j.tech.id]}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, npy.getvalue())
     return buf.getvalue()
