@@ -32,14 +32,20 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if isinstance(m, nn.MultiheadAttention) or _is_timm(m) or _is_hf(m)]
 
 
-def _mha(m: nn.MultiheadAttention, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Batch-first self-attention of ``x`` (N, T, D) with ``m``'s weights: (output, attention)."""
+def self_attention(x: Tensor, heads: int, in_weight: Tensor, in_bias: Tensor | None, out_weight: Tensor,
+                   out_bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Batch-first multi-head self-attention of ``x`` (N, T, D) with packed q, k, v projections,
+    computed op by op: (output, attention (N, heads, T, T))."""
     n, t, d = x.shape
-    heads = m.num_heads
-    q, k, v = F.linear(x, m.in_proj_weight, m.in_proj_bias).view(n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = F.linear(x, in_weight, in_bias).view(n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
     attn = (q @ k.transpose(-2, -1) * (d // heads) ** -0.5).softmax(-1)
     out = (attn @ v).transpose(1, 2).reshape(n, t, d)
-    return F.linear(out, m.out_proj.weight, m.out_proj.bias), attn
+    return F.linear(out, out_weight, out_bias), attn
+
+
+def _mha(m: nn.MultiheadAttention, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Batch-first self-attention of ``x`` (N, T, D) with ``m``'s weights: (output, attention)."""
+    return self_attention(x, m.num_heads, m.in_proj_weight, m.in_proj_bias, m.out_proj.weight, m.out_proj.bias)
 
 
 def _hf(m: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:

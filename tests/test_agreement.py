@@ -686,6 +686,28 @@ def test_attention_rollout(attention_models: dict, photos64: Tensor, name: str, 
     check(f"attention_rollout {fusion} discard {discard}/{name}", pearson(ours, ref))
 
 
+@pytest.mark.parametrize("name", ["timm_vit", "deit"])
+@pytest.mark.parametrize("fusion", ["mean", "max", "min"])
+def test_attention_rollout_agrees_with_fast_vit_rollout(attention_models: dict, photos64: Tensor, name: str,
+                                                       fusion: str) -> None:
+    """fast-vit-rollout (PyPI) hooks timm's explicit attention; without discarding it is the same
+    rollout (it adds the identity without halving, which the row normalization undoes). Its
+    discard ratio is another rule (a quantile of the normalized map, the class token not kept)."""
+    rollout = pytest.importorskip("fast_vit_rollout.vit_rollout")
+    if name not in attention_models:
+        pytest.skip("timm not installed")
+    model, grid, prefix = attention_models[name]
+    x = photos64[..., 8:56, :] if name == "timm_vit" else photos64
+    ours = galleryvis.attribute(model, x, "attention_rollout", 0, head_fusion=fusion)
+    theirs_model = copy.deepcopy(model)  # it leaves its hooks on the model
+    for m in theirs_model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False  # its hooks sit on attn_drop, which only the explicit path calls
+    matrix = rollout.ViTAttentionRollout(theirs_model, head_fusion=fusion, discard_ratio=0.0)(x)
+    theirs = matrix[:, 0, prefix:].reshape(-1, 1, *grid)
+    check(f"attention_rollout {fusion} vs fast-vit-rollout/{name}", pearson(ours, up(theirs, x.shape[-2:])))
+
+
 @pytest.mark.parametrize("name", ATTENTION_MODELS)
 def test_attention_gradient(attention_models: dict, photos64: Tensor, name: str) -> None:
     if name not in attention_models:

@@ -582,7 +582,6 @@ def test_attention_capture_leaves_the_model_as_it_was(transformers: dict[str, nn
     ("vit", "guided_backprop", "guides ReLU-family activations .* and this model has none"),
     ("vit", "deconvnet", "deconvnet guides ReLU-family"),
     ("timm_swin", "guided_gradcam", "this model has none"),
-    ("vit", "lrp", "no LRP rule"),
 ])
 def test_techniques_that_cannot_apply_say_why(transformers: dict[str, nn.Module], name: str, technique: str,
                                               message: str) -> None:

@@ -7,7 +7,11 @@ busy cores.
 from __future__ import annotations
 
 import copy
+import importlib
+import sys
+import types
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -18,6 +22,7 @@ from torch import Tensor, nn
 import galleryvis
 from galleryvis.hooks import LayerError, hook_count
 from galleryvis.images import fit, load_image, to_tensor
+from galleryvis.layers import default_layer
 from galleryvis.lite import SameConv2d, efficientnet_lite0
 from galleryvis.registry import TechniqueError
 
@@ -373,31 +378,45 @@ def test_lite0_relevance_of_a_real_photo_sits_on_the_cat_eyes(lite0: nn.Module) 
 
 # -- refusals ------------------------------------------------------------------------------------
 def test_unsupported_module_type_is_named() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
-    with pytest.raises(LayerError, match=r"'1' \(GELU\): it computes gelu"):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
+    with pytest.raises(LayerError, match=r"'1' \(GroupNorm\): it computes group_norm"):
         galleryvis.attribute(model, images(), "lrp", 1)
 
 
 class Gate(nn.Module):
-    """Squeeze-excitation without the sigmoid: the input times a function of itself."""
+    """Squeeze-excitation without the sigmoid (``divide``: the input divided by it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, divide: bool = False) -> None:
         super().__init__()
-        self.fc = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Conv2d(4, 4, 1, bias=False)
+        self.divide = divide
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.fc(F.adaptive_avg_pool2d(x, 1))
+        g = self.fc(F.adaptive_avg_pool2d(x, 1))
+        return x / g if self.divide else x * g
 
 
-@pytest.mark.parametrize(("gate", "error"), [
-    (Gate(), r"'2' \(Gate\): it multiplies two activations"),
-    (torchvision.ops.SqueezeExcitation(4, 2), r"'2\.scale_activation' \(Sigmoid\): it computes sigmoid"),
-], ids=["product", "squeeze_excitation"])
-def test_gates_are_refused_naming_the_module(gate: nn.Module, error: str) -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), gate, nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
-    with pytest.raises(LayerError, match=error):
+def test_a_division_by_an_activation_is_refused_naming_the_module() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), Gate(divide=True), nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
+    with pytest.raises(LayerError, match=r"'2' \(Gate\): it divides an activation by another"):
         galleryvis.attribute(model, images(), "lrp", 1)
     assert hook_count(model) == 0
+
+
+def test_a_gate_gives_each_factor_half_of_the_relevance_and_conserves_it() -> None:
+    """The uniform rule (AttnLRP) on x * g(x): half of R to x directly, half through the gate's
+    layers; without biases the input relevance still sums to the logit, sigmoid (squeeze-
+    excitation) passing relevance unchanged."""
+    torch.manual_seed(0)
+    for gate in (Gate(), torchvision.ops.SqueezeExcitation(4, 2)):
+        for m in gate.modules():
+            if isinstance(m, nn.Conv2d):
+                m.bias = None
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(), gate, nn.Flatten(),
+                              nn.Linear(4 * 14 * 14, 3, bias=False)).eval()
+        x = images()
+        rel = galleryvis.attribute(model, x, "lrp", 1, rule="epsilon", epsilon=1e-9)
+        torch.testing.assert_close(rel.sum((1, 2, 3)), model(x)[:, 1].detach(), rtol=CONSERVATION_RTOL, atol=0)
 
 
 def test_a_dropped_in_place_result_is_refused() -> None:
@@ -493,5 +512,213 @@ def test_parameters_are_validated() -> None:
 def test_registry_entry() -> None:
     entry = next(t for t in galleryvis.techniques() if t["name"] == "lrp")
     assert entry["output"] == "input" and entry["layer"] == "optional" and entry["signed"]
-    assert entry["params"] == {"rule": "composite", "epsilon": 0.25, "gamma": 0.25, "alpha": 1.0}
+    assert entry["params"] == {"rule": "composite", "epsilon": 0.25, "gamma": 0.25, "alpha": 1.0,
+                               "attention": "attnlrp"}
     assert entry["choices"]["rule"] == ["epsilon", "gamma", "alpha_beta", "zplus", "composite"]
+    assert entry["choices"]["attention"] == ["attnlrp", "cp"]
+
+
+# -- zennit on CNNs ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["vgg16", "resnet18"])
+def test_composite_equals_zennits_epsilon_gamma_box(name: str) -> None:
+    """zennit's EpsilonGammaBox (box rule at the first layer, gamma on convolutions, epsilon on
+    dense layers) with its canonizers, and its relevance scaled from 1 to the logit at the top."""
+    pytest.importorskip("zennit")
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonGammaBox
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    mean = torch.tensor(galleryvis.IMAGENET_MEAN)[None, :, None, None]
+    std = torch.tensor(galleryvis.IMAGENET_STD)[None, :, None, None]
+    low, high = (-mean / std).expand(2, 3, 64, 64), ((1 - mean) / std).expand(2, 3, 64, 64)
+    x = images(2, 64).clamp(low, high)
+    ours = galleryvis.attribute(model, x, "lrp", 3, rule="composite", epsilon=1e-6, gamma=0.25)
+    canonizer = VGGCanonizer() if name == "vgg16" else ResNetCanonizer()
+    composite = EpsilonGammaBox(low=low, high=high, epsilon=1e-6, gamma=0.25, canonizers=[canonizer])
+    with Gradient(model=model, composite=composite) as attributor:
+        _, theirs = attributor(x, torch.eye(1000)[[3, 3]])
+    theirs = theirs * model(x)[:, 3, None, None, None].detach()
+    for i in range(2):
+        assert pearson(ours[i], theirs[i]) >= 0.9999
+    torch.testing.assert_close(ours.sum((1, 2, 3)), theirs.sum((1, 2, 3)), rtol=1e-3, atol=1e-6)
+
+
+# -- transformers and ConvNeXt: AttnLRP ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def lxt_patches() -> Iterator[types.ModuleType]:
+    """``lxt.efficient.patches``, the AttnLRP authors' rules in their Gradient x Input form. lxt
+    2.1's ``lxt.efficient`` package imports every language model it patches, some from modules
+    transformers 5 removed, so its plain modules are imported without that ``__init__``."""
+    lxt = pytest.importorskip("lxt")
+    names = ("lxt.efficient", "lxt.efficient.rules", "lxt.efficient.patches")
+    saved = {n: sys.modules.get(n) for n in names}
+    package = types.ModuleType("lxt.efficient")
+    package.__path__ = [str(Path(lxt.__file__).parent / "efficient")]
+    sys.modules["lxt.efficient"] = package
+    try:
+        yield importlib.import_module("lxt.efficient.patches")
+    finally:
+        for n, module in saved.items():
+            if module is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = module
+
+
+def gradient_times_input(model: nn.Module, x: Tensor, target: int) -> Tensor:
+    """lxt's relevance: the input times the gradient of the target logit (through its patches)."""
+    model = copy.deepcopy(model).requires_grad_(False)
+    x = x.clone().requires_grad_(True)
+    model(x)[:, target].sum().backward()
+    return (x * x.grad).detach()
+
+
+def hf_vit() -> nn.Module:
+    """A tiny random Hugging Face ViT (64 px, patch 8) returning its logits, SDPA attention."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from galleryvis.sources.huggingface import Logits
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=10, attn_implementation="sdpa")
+    return Logits(ViTForImageClassification(config)).eval()
+
+
+def test_cp_lrp_equals_lxt_on_a_torchvision_vit(transformers: dict[str, nn.Module], lxt_patches: types.ModuleType,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """lxt's own map for torchvision's ViT (``lxt.efficient.models.vit_torch.cp_LRP``): identity
+    rule on GELU, LayerNorm with its std held, attention weights held (CP-LRP), LRP-0 elsewhere."""
+    model, x = transformers["vit"], images(2, 64)
+    ours = galleryvis.attribute(model, x, "lrp", 3, rule="epsilon", epsilon=1e-9, attention="cp")
+    monkeypatch.setattr(nn.GELU, "original_forward", nn.GELU.forward, raising=False)
+    monkeypatch.setattr(nn.GELU, "forward", lxt_patches.non_linear_forward)
+    monkeypatch.setattr(nn.LayerNorm, "forward", lxt_patches.layer_norm_forward)
+    monkeypatch.setattr(nn.MultiheadAttention, "original_forward", nn.MultiheadAttention.forward, raising=False)
+    monkeypatch.setattr(nn.MultiheadAttention, "forward", lxt_patches.cp_multi_head_attention_forward)
+    theirs = gradient_times_input(model, x, 3)
+    monkeypatch.undo()
+    for i in range(2):
+        assert pearson(ours[i], theirs[i]) >= 0.9999
+    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-4 * float(theirs.abs().max()))
+
+
+def test_attnlrp_equals_lxt_on_a_hugging_face_vit(lxt_patches: types.ModuleType,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """lxt's AttnLRP patches on Hugging Face's eager attention (q and k's relevance quartered, v's
+    halved: the uniform rule of both products; softmax's own gradient is its rule in the
+    Gradient x Input form); ours runs the SDPA attention, decomposed."""
+    pytest.importorskip("transformers")
+    from transformers.activations import GELUActivation
+    from transformers.models.vit import modeling_vit
+
+    model, x = hf_vit(), images(2, 64)
+    ours = galleryvis.attribute(model, x, "lrp", 3, rule="epsilon", epsilon=1e-9)
+    monkeypatch.setattr(GELUActivation, "original_forward", GELUActivation.forward, raising=False)
+    monkeypatch.setattr(GELUActivation, "forward", lxt_patches.non_linear_forward)
+    monkeypatch.setattr(nn.LayerNorm, "forward", lxt_patches.layer_norm_forward)
+    monkeypatch.setattr(modeling_vit, "eager_attention_forward",
+                        lxt_patches.wrap_attention_forward(modeling_vit.eager_attention_forward))
+    monkeypatch.setattr(model.model.config, "_attn_implementation", "eager")
+    theirs = gradient_times_input(model, x, 3)
+    monkeypatch.undo()
+    for i in range(2):
+        assert pearson(ours[i], theirs[i]) >= 0.9999
+    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-4 * float(theirs.abs().max()))
+
+
+def test_attnlrp_equals_lxts_rules_on_a_convnext(transformers: dict[str, nn.Module], lxt_patches: types.ModuleType,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """ConvNeXt: lxt's GELU and LayerNorm patches (LayerNorm2d's too, around its permutes), layer
+    scale and depthwise convolutions linear."""
+    from torchvision.models.convnext import LayerNorm2d
+
+    model, x = transformers["convnext"], images(2, 64)
+    ours = galleryvis.attribute(model, x, "lrp", 3, rule="epsilon", epsilon=1e-9)
+    monkeypatch.setattr(nn.GELU, "original_forward", nn.GELU.forward, raising=False)
+    monkeypatch.setattr(nn.GELU, "forward", lxt_patches.non_linear_forward)
+    monkeypatch.setattr(nn.LayerNorm, "forward", lxt_patches.layer_norm_forward)
+    monkeypatch.setattr(LayerNorm2d, "forward",
+                        lambda self, t: lxt_patches.layer_norm_forward(self, t.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    theirs = gradient_times_input(model, x, 3)
+    monkeypatch.undo()
+    for i in range(2):
+        assert pearson(ours[i], theirs[i]) >= 0.9999
+
+
+def test_cp_lrp_conserves_relevance_on_a_bias_free_vit(transformers: dict[str, nn.Module]) -> None:
+    """With no biases, no position embedding and a zero class token, every rule of CP-LRP is
+    conservative: the input relevance sums to the logit."""
+    model = copy.deepcopy(transformers["vit"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "pos_embedding" in name or name == "class_token":
+                p.zero_()
+    x = images(2, 64)
+    rel = galleryvis.attribute(model, x, "lrp", 3, rule="epsilon", epsilon=1e-9, attention="cp")
+    torch.testing.assert_close(rel.sum((1, 2, 3)), model(x)[:, 3].detach(), rtol=CONSERVATION_RTOL, atol=0)
+
+
+def test_a_layer_norm_is_the_epsilon_rule_of_its_linearization() -> None:
+    """One LayerNorm and a head: R_i = x_i sum_j J_ij R_j / z_j, J the norm's Jacobian with its
+    std held (centering, scaling by w / std); without biases the relevance is conserved."""
+    torch.manual_seed(0)
+    norm, head = nn.LayerNorm(6, bias=False), nn.Linear(6, 2, bias=False)
+    nn.init.uniform_(norm.weight, 0.5, 1.5)
+    x = torch.randn(3, 1, 1, 6)
+    rel = galleryvis.attribute(nn.Sequential(norm, nn.Flatten(), head).eval(), x, "lrp", 1, rule="epsilon",
+                               epsilon=1e-9).flatten(1)
+    x = x.flatten(1)
+    z = norm(x).detach()
+    r_z = z * head.weight[1].detach()  # LRP-0 at the head
+    inv = (x.var(1, unbiased=False, keepdim=True) + norm.eps).rsqrt()
+    s = r_z / z * inv * norm.weight.detach()
+    torch.testing.assert_close(rel, x * (s - s.mean(1, keepdim=True)))
+    torch.testing.assert_close(rel.sum(1), (z @ head.weight[1]).detach())
+
+
+def test_softmax_gets_attnlrps_rule() -> None:
+    """R_i = x_i (R_i - s_i sum_j R_j) for a softmax followed by a head (Achtibat et al. 2024)."""
+    torch.manual_seed(0)
+    head = nn.Linear(5, 2, bias=False)
+    model = nn.Sequential(nn.Softmax(-1), nn.Flatten(), head).eval()
+    x = torch.randn(3, 1, 1, 5)
+    rel = galleryvis.attribute(model, x, "lrp", 0, rule="epsilon", epsilon=1e-9).flatten(1)
+    x = x.flatten(1)
+    s = x.softmax(-1)
+    r_s = s * head.weight[0].detach()
+    torch.testing.assert_close(rel, x * (r_s - s * r_s.sum(1, keepdim=True)))
+
+
+TRANSFORMERS = ["vit", "swin", "convnext", "timm_vit", "deit", "timm_swin", "hf_vit"]
+
+
+@pytest.mark.parametrize("attention", ["attnlrp", "cp"])
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_lrp_keeps_the_contracts_on_transformers(transformers: dict[str, nn.Module], name: str,
+                                                 attention: str) -> None:
+    """On ViT, DeiT, Swin (torchvision, timm), Hugging Face ViT and ConvNeXt (timm's fused
+    attention switched on): finite (N, 3, H, W) maps, a batch equal to single calls, the
+    model unchanged; at a token or channels-last layer, one channel on the layer's grid."""
+    if name == "hf_vit":
+        model = pytest.importorskip("transformers") and hf_vit()
+    elif name not in transformers:
+        pytest.skip("timm is not installed")
+    else:
+        model = transformers[name]
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = True
+    x = images(3, 64)[..., :48, :] if name == "timm_vit" else images(3, 64)
+    before = snapshot(model)
+    out = galleryvis.attribute(model, x, "lrp", [1, 2, 3], attention=attention, batch_size=2)
+    assert_same(before, snapshot(model))
+    assert out.shape == x.shape and torch.isfinite(out).all() and out.abs().sum() > 0
+    singles = torch.cat([galleryvis.attribute(model, x[i:i + 1], "lrp", t, attention=attention)
+                         for i, t in enumerate([1, 2, 3])])
+    torch.testing.assert_close(out, singles, rtol=1e-4, atol=1e-5 * float(singles.abs().max()))
+    layer = default_layer(model, x[:1])
+    at_layer = galleryvis.attribute(model, x[:1], "lrp", 1, layer=layer, attention=attention)
+    assert at_layer.shape == (1, 1, *x.shape[-2:]) and torch.isfinite(at_layer).all()

@@ -27,9 +27,18 @@ calls, in module code and in ``forward`` code alike, and
 - ``hardtanh`` / ``relu6`` and scaling by a constant pass relevance unchanged;
 - ReLU, max pooling, reshapes, indexing, padding, concatenation and dropout keep their
   ordinary gradient, which routes relevance (a mask, winner-take-all, a crop or a split);
-- anything else that depends on the input (a product of two activations as in
-  squeeze-excitation, GELU, sigmoid, softmax, LayerNorm, ...) raises a
-  :class:`~galleryvis.hooks.LayerError` naming the module whose forward does it.
+- transformers' operations follow AttnLRP (Achtibat et al. 2024): element-wise nonlinearities
+  other than ReLU (GELU, SiLU, sigmoid, ...) pass relevance unchanged (the identity rule);
+  ``layer_norm`` / ``rms_norm`` are linear maps with their statistics held at the input's
+  values (epsilon rule); a product of two activations (``matmul``, ``bmm``, ``a * b``: attention
+  scores, attention times values, gates) gives each factor half of each term's share (the
+  uniform rule); ``softmax`` gets R_in = x (R - s sum R), and with ``attention="cp"`` (CP-LRP,
+  Ali et al. 2022) no relevance at all, the attention then counting as constant weights;
+  ``scaled_dot_product_attention`` and ``multi_head_attention_forward`` are decomposed into
+  those operations;
+- anything else that depends on the input (a division by an activation, a group norm, an
+  exponential, ...) raises a :class:`~galleryvis.hooks.LayerError` naming the module whose
+  forward does it.
 
 In-place operations are computed out of place (``out += identity`` rebinds ``out``); a
 tensor used again after an in-place change raises. A check of the finished autograd graph
@@ -49,12 +58,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from ..attention import self_attention
 from ..engine import Context
 from ..fold import fold_batchnorm
 from ..hooks import LayerError, capture
 from ..registry import technique
 
 RULES = ("epsilon", "gamma", "alpha_beta", "zplus", "composite")
+#: Inside attention: AttnLRP's softmax and uniform rules, or CP-LRP's constant attention.
+ATTENTION_RULES = ("attnlrp", "cp")
 
 # -- operations, by the name of the torch function (in-place variants are mapped to these) ---
 #: Convolutions and linear layers: the layer's rule.
@@ -67,8 +79,17 @@ _LINEAR_OPS = frozenset({"avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg
                          "upsample", "upsample_bilinear", "upsample_nearest"})
 #: Sums: the proportional split (residual connections).
 _SUM = frozenset({"add", "sub", "rsub"})
-#: Relevance passes unchanged: bounded ReLUs, and scaling by a constant (one activation).
-_PASS = frozenset({"hardtanh", "relu6", "mul", "div", "neg"})
+#: Relevance passes unchanged: bounded ReLUs, scaling by a constant (one activation), and the
+#: other element-wise nonlinearities (AttnLRP's identity rule). ``mul`` of two activations is a
+#: product (below).
+_PASS = frozenset({"hardtanh", "relu6", "mul", "div", "neg", "gelu", "silu", "hardswish", "mish", "elu",
+                   "celu", "selu", "softplus", "tanh", "sigmoid", "hardsigmoid"})
+#: Normalizations over the last dimensions: linear, with their statistics held constant.
+_LAYER_NORM = frozenset({"layer_norm", "rms_norm"})
+#: Matrix products: of two activations the uniform rule, of one the epsilon rule.
+_MATMUL = frozenset({"matmul", "bmm", "mm"})
+#: Composite attention functions, decomposed into the operations above.
+_ATTENTION = frozenset({"scaled_dot_product_attention", "multi_head_attention_forward"})
 #: The ordinary gradient is the LRP rule: ReLU masks where relevance is zero anyway (every
 #: rule multiplies by the layer input), max pooling is winner-take-all.
 _GRAD = frozenset({"relu", "threshold", "max_pool1d", "max_pool2d", "max_pool3d",
@@ -82,7 +103,7 @@ _ROUTE = frozenset({"view", "view_as", "reshape", "reshape_as", "flatten", "unfl
                     "contiguous", "clone", "to", "float", "double", "half", "bfloat16", "type_as",
                     "__getitem__", "narrow", "select", "expand", "expand_as", "repeat", "pad",
                     "cat", "concat", "concatenate", "stack", "split", "chunk", "unbind", "flip",
-                    "roll", "channel_shuffle", "pixel_shuffle", "pixel_unshuffle", "dropout",
+                    "roll", "channel_shuffle", "pixel_shuffle", "pixel_unshuffle", "dropout", "masked_fill",
                     "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"})
 #: Dunder methods -> op names (``__iadd__`` is ``add`` in place).
 _DUNDER = {"add": "add", "radd": "add", "sub": "sub", "rsub": "rsub", "mul": "mul", "rmul": "mul",
@@ -98,9 +119,21 @@ _INPLACE_ARG = {"relu": 1, "relu6": 1, "hardtanh": 3, "threshold": 3, "dropout":
                 "feature_alpha_dropout": 3}
 
 _SUPPORTED = ("convolutions (grouped and depthwise too, after F.pad or not), Linear, BatchNorm "
-              "after a convolution/Linear (folded), additions (residual connections), ReLU, "
-              "ReLU6/Hardtanh, max and average pooling (also adaptive), mean, interpolation, "
-              "scaling by constants, dropout, reshapes, indexing, padding and concatenation")
+              "after a convolution/Linear (folded), LayerNorm/RMSNorm, additions (residual connections), "
+              "ReLU, ReLU6/Hardtanh, GELU/SiLU/sigmoid/tanh and other element-wise activations, products "
+              "of activations (matmul, gates), softmax, attention, max and average pooling (also "
+              "adaptive), mean, interpolation, scaling by constants, dropout, reshapes, indexing, "
+              "padding and concatenation")
+
+#: ``F.multi_head_attention_forward``'s parameters, in order, and their defaults.
+_MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
+             "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
+             "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
+             "k_proj_weight", "v_proj_weight", "static_k", "static_v", "average_attn_weights", "is_causal")
+_MHA_DEFAULTS = {"training": True, "key_padding_mask": None, "need_weights": True, "attn_mask": None,
+                 "use_separate_proj_weight": False, "q_proj_weight": None, "k_proj_weight": None,
+                 "v_proj_weight": None, "static_k": None, "static_v": None, "average_attn_weights": True,
+                 "is_causal": False}
 
 #: Stabilizer of the denominators of the non-epsilon rules (a guard against 0/0 only).
 _TINY = 1e-9
@@ -216,6 +249,51 @@ def linear_op_rule(fn: Callable[[Tensor], Tensor], eps: float) -> Rule:
 def pass_rule(x: Tensor, z: Tensor, r: Tensor) -> Tensor:  # noqa: ARG001
     """Relevance passed unchanged (summed where ``x`` was broadcast)."""
     return r.sum_to_size(x.shape)
+
+
+def norm_rule(inv: Tensor, weight: Tensor | None, dims: tuple[int, ...], centered: bool, eps: float) -> Rule:
+    """Epsilon rule of a layer / RMS norm made linear by holding its ``inv`` = 1 / std at the
+    input's value (AttnLRP): z = (x - mean x) inv w + b, or x inv w without centering."""
+    def rule(x: Tensor, z: Tensor, r: Tensor) -> Tensor:
+        s = r / _stab(z, eps) * inv
+        if weight is not None:
+            s = s * weight
+        if centered:  # the centering is its own transpose
+            s = s - s.mean(dims, keepdim=True)
+        return (x * s).to(x.dtype)
+    return rule
+
+
+def softmax_rule(dim: int) -> Rule:
+    """AttnLRP's softmax rule (Achtibat et al. 2024): R_i = x_i (R_i - s_i sum_j R_j), the z-rule
+    of the softmax's linearization at x; masked logits (-inf) get none."""
+    def rule(x: Tensor, s: Tensor, r: Tensor) -> Tensor:
+        out = x * (r - s * r.sum(dim, keepdim=True))
+        return torch.where(torch.isfinite(x), out, 0.0).to(x.dtype)
+    return rule
+
+
+class _Product(torch.autograd.Function):
+    """Forward: z = fn(a, b), bilinear (a matrix or element-wise product of two activations).
+    Backward: the uniform rule (AttnLRP): each term a_i b_j of z_k gets its epsilon-rule share of
+    R_k, and each factor half of it, R_a = a d<z, s>/da / 2 with s = R / (z + eps sign z)."""
+
+    @staticmethod
+    def forward(ctx, fn: Callable[[Tensor, Tensor], Tensor], eps: float, a: Tensor,  # type: ignore[override]
+                b: Tensor) -> Tensor:
+        z = fn(a, b)
+        ctx.fn, ctx.eps = fn, eps
+        ctx.save_for_backward(a, b, z)
+        return z
+
+    @staticmethod
+    def backward(ctx, r: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        a, b, z = ctx.saved_tensors
+        s = r / _stab(z, ctx.eps)
+        la, lb = a.detach().requires_grad_(True), b.detach().requires_grad_(True)
+        with torch.enable_grad():
+            ga, gb = torch.autograd.grad(ctx.fn(la, lb), (la, lb), s)
+        return None, None, a * ga / 2, b * gb / 2
 
 
 class _Relevance(torch.autograd.Function):
@@ -371,10 +449,12 @@ class _Tracer(TorchFunctionMode):
     input gets its relevance rule, or raises naming the module that called it."""
 
     def __init__(self, model: nn.Module, x0: Tensor, rule: str, epsilon: float, gamma: float,
-                 alpha: float, pixel_range: tuple[Tensor, Tensor] | None = None) -> None:
+                 alpha: float, pixel_range: tuple[Tensor, Tensor] | None = None,
+                 attention: str = "attnlrp") -> None:
         super().__init__()
         self.model = model
         self.params = (rule, epsilon, gamma, alpha)
+        self.attention = attention
         self.names = {m: name for name, m in reversed(list(model.named_modules()))}
         self.running: list[nn.Module] = []  # modules whose forward is running, innermost last
         self.input_node = x0.grad_fn
@@ -446,10 +526,19 @@ class _Tracer(TorchFunctionMode):
     def _handler(self, name: str) -> Callable[..., Any] | None:
         for group, handler in ((_AFFINE, self._affine), (_NORM, self._norm), (_SUM, self._sum),
                                (_LINEAR_OPS, self._linear_op), (_PASS, self._pass),
-                               (_GRAD, self._plain), (_ROUTE, self._route)):
+                               (_GRAD, self._plain), (_ROUTE, self._route), (_LAYER_NORM, self._layer_norm),
+                               (_MATMUL, self._matmul), (_ATTENTION, self._attention),
+                               (("softmax",), self._softmax)):
             if name in group:
                 return handler
         return None
+
+    @property
+    def eps(self) -> float:
+        """The stabilizer of parameter-free and normalizing maps: ``epsilon`` under the epsilon
+        rule, a guard against 0/0 otherwise."""
+        rule, epsilon = self.params[:2]
+        return epsilon if rule == "epsilon" else _TINY
 
     @staticmethod
     def _out_of_place(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -551,31 +640,111 @@ class _Tracer(TorchFunctionMode):
                 terms.append(t)
             else:  # a constant, like a bias: it keeps its share of the relevance
                 const = const + (t if c == 1 else c * t)
-        rule, epsilon = self.params[:2]
-        return _Sum.apply(const, tuple(coefs), epsilon if rule == "epsilon" else _TINY, *terms)
+        return _Sum.apply(const, tuple(coefs), self.eps, *terms)
 
     def _linear_op(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any], deps: list[Tensor]) -> Tensor:
-        x = self._only(deps, args[0] if args else None, f"computes {name} of several activations")
-        rest = args[1:]
+        if len(deps) != 1:
+            raise self.refuse(f"computes {name} of several activations")
+        x = deps[0]
 
         def fn(t: Tensor) -> Tensor:
-            return func(t, *rest, **kwargs)
+            a, k = _substitute(args, kwargs, x, t)
+            return func(*a, **k)
         with torch.no_grad():
             out = fn(x)
-        rule, epsilon = self.params[:2]
-        return _Relevance.wrap(x, out, linear_op_rule(fn, epsilon if rule == "epsilon" else _TINY))
+        return _Relevance.wrap(x, out, linear_op_rule(fn, self.eps))
 
     def _pass(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
               kwargs: dict[str, Any], deps: list[Tensor]) -> Tensor:
-        if name in ("mul", "div") and len(deps) > 1:
-            raise self.refuse(f"multiplies two activations ({name}, e.g. a squeeze-excitation or "
-                              "attention gate), which no LRP rule here splits")
+        if name == "mul" and len(deps) > 1:
+            return self._product(func, name, args, kwargs, deps)
+        if name == "div" and len(deps) > 1:
+            raise self.refuse("divides an activation by another, which no LRP rule here handles")
         if name == "div" and deps[0] is not args[0]:
             raise self.refuse("divides by an activation, which no LRP rule here handles")
         with torch.no_grad():
             out = func(*args, **kwargs)
         return _Relevance.wrap(deps[0], out, pass_rule)
+
+    def _product(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any], deps: list[Tensor]) -> Tensor:
+        """A product of two activations: the uniform rule."""
+        if len(args) != 2 or kwargs or len(deps) != 2:
+            raise self.refuse(f"calls {name} with arguments lrp does not handle")
+        a, b = args
+        if a is b:  # x * x: both factors are the same tensor
+            b = a.view_as(a)
+        return _Product.apply(func, self.eps, a, b)
+
+    def _matmul(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+                kwargs: dict[str, Any], deps: list[Tensor]) -> Tensor:
+        if len(deps) == 1:  # one factor is a constant (or CP-LRP's attention): a linear map
+            return self._linear_op(func, name, args, kwargs, deps)
+        return self._product(func, name, args, kwargs, deps)
+
+    def _layer_norm(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+                    kwargs: dict[str, Any], deps: list[Tensor]) -> Tensor:
+        centered = name == "layer_norm"
+        names = ("input", "normalized_shape", "weight", "bias", "eps") if centered else \
+            ("input", "normalized_shape", "weight", "eps")
+        p = _bind(names, args, kwargs, {"weight": None, "bias": None, "eps": 1e-5 if centered else None})
+        x = self._only(deps, p["input"], f"computes a {name} whose parameters depend on the input")
+        shape = p["normalized_shape"]
+        dims = tuple(range(-(1 if isinstance(shape, int) else len(shape)), 0))
+        with torch.no_grad():
+            out = func(*args, **kwargs)
+            xd = x.detach()
+            eps = p["eps"] if p["eps"] is not None else torch.finfo(xd.dtype).eps
+            var = xd.var(dims, unbiased=False, keepdim=True) if centered else xd.pow(2).mean(dims, keepdim=True)
+            inv = (var + eps).rsqrt()
+        weight = None if p["weight"] is None else p["weight"].detach()
+        return _Relevance.wrap(x, out, norm_rule(inv, weight, dims, centered, self.eps))
+
+    def _softmax(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any], deps: list[Tensor]) -> Tensor:
+        p = _bind(("input", "dim"), args, kwargs, {"dim": None})
+        x = self._only(deps, p["input"], "computes a softmax of several activations")
+        if p["dim"] is None:
+            raise self.refuse("computes a softmax without a dim")
+        with torch.no_grad():
+            out = func(*args, **kwargs)
+        if self.attention == "cp":  # CP-LRP: the attention is a constant, no relevance reaches q, k
+            return out
+        return _Relevance.wrap(x, out, softmax_rule(p["dim"]))
+
+    def _attention(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any], deps: list[Tensor]) -> Any:  # noqa: ARG002
+        """Attention, decomposed into products, a softmax and projections, through this mode."""
+        if name == "multi_head_attention_forward":
+            p = _bind(_MHA_ARGS, args, kwargs, _MHA_DEFAULTS)
+            q = p["query"]
+            plain = q is p["key"] is p["value"] and q.dim() == 3 and not p["add_zero_attn"] and \
+                not p["use_separate_proj_weight"] and not p["is_causal"] and \
+                not (p["training"] and p["dropout_p"]) and \
+                all(p[k] is None for k in ("bias_k", "bias_v", "key_padding_mask", "attn_mask", "static_k", "static_v"))
+            if not plain:
+                raise self.refuse("computes a multi-head attention other than unmasked self-attention with "
+                                  "packed projections, which lrp does not decompose")
+            with self:
+                y, attn = self_attention(q.transpose(0, 1), p["num_heads"], p["in_proj_weight"],
+                                         p["in_proj_bias"], p["out_proj_weight"], p["out_proj_bias"])
+                y = y.transpose(0, 1)
+            weights = (attn.mean(1) if p["average_attn_weights"] else attn).detach() if p["need_weights"] else None
+            return y, weights
+        p = _bind(("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"),
+                  args, kwargs, {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None,
+                                 "enable_gqa": False})
+        if p["dropout_p"] or p["enable_gqa"]:
+            raise self.refuse("computes attention with dropout or grouped queries, which lrp does not decompose")
+        q, k, v, mask = p["query"], p["key"], p["value"], p["attn_mask"]
+        if p["is_causal"]:
+            mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        with self:
+            a = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5 if p["scale"] is None else p["scale"])
+            if mask is not None:
+                a = a.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else a + mask
+            return a.softmax(-1) @ v
 
     def _plain(self, func: Callable[..., Any], name: str, args: tuple[Any, ...],  # noqa: ARG002
                kwargs: dict[str, Any], deps: list[Tensor]) -> Any:  # noqa: ARG002
@@ -621,23 +790,28 @@ class _Tracer(TorchFunctionMode):
 
 
 # -- the technique ---------------------------------------------------------------------------
-@technique("lrp", output="input", layer="optional", signed=True, choices={"rule": RULES},
+@technique("lrp", output="input", layer="optional", signed=True,
+           choices={"rule": RULES, "attention": ATTENTION_RULES},
            title="Layer-wise Relevance Propagation", kind="signed", needs=("passes",),
            paper="Bach et al. 2015, https://doi.org/10.1371/journal.pone.0130140; "
-                 "Montavon et al. 2019, https://doi.org/10.1007/978-3-030-28954-6_10",
+                 "Montavon et al. 2019, https://doi.org/10.1007/978-3-030-28954-6_10; "
+                 "Achtibat et al. 2024 (AttnLRP), https://arxiv.org/abs/2402.05602",
            summary="Layer-wise relevance propagation: the target logit redistributed layer by "
                    "layer down to the pixels (or to a layer) by per-layer rules.")
 def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsilon: float = 0.25,
-        gamma: float = 0.25, alpha: float = 1.0) -> Tensor:
+        gamma: float = 0.25, alpha: float = 1.0, attention: str = "attnlrp") -> Tensor:
     """Relevance of the target logit, raw and signed: (N, C, H, W) at the input, or with
-    ``layer`` the relevance at that module's output summed over channels, (N, 1, h, w).
+    ``layer`` the relevance at that module's output summed over channels, (N, 1, h, w) on the
+    layer's grid (tokens and channels-last outputs as CAMs read them).
 
     ``rule``: ``epsilon`` / ``gamma`` / ``alpha_beta`` / ``zplus`` for every convolution and
     Linear, or ``composite`` (z^B box rule at the first layer with the pixel bounds black and
     white in the model's normalization, ``ctx.mean`` / ``ctx.std``,
     gamma for the other convolutions, epsilon for Linear layers). ``epsilon`` is absolute, in
-    the units of the layer's pre-activations, and also stabilizes additions and average
-    pooling under ``rule="epsilon"``; ``alpha`` >= 1, beta = alpha - 1.
+    the units of the layer's pre-activations, and also stabilizes additions, average pooling,
+    normalizations and products under ``rule="epsilon"``; ``alpha`` >= 1, beta = alpha - 1.
+    ``attention``: ``attnlrp`` (softmax and uniform rules inside attention, Achtibat et al.
+    2024) or ``cp`` (attention weights held constant, Ali et al. 2022).
     """
     if epsilon < 0 or gamma < 0 or alpha < 1:
         raise ValueError(f"lrp: epsilon and gamma must be >= 0 and alpha >= 1 (beta = alpha - 1), "
@@ -647,7 +821,7 @@ def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsi
         x = ctx.x.detach().requires_grad_(True)
         x0 = x.view_as(x)  # a node of its own: where the graph check stops
         pixel_range = (ctx.pixel_value(0.0), ctx.pixel_value(1.0)) if len(ctx.mean) == x.shape[1] else None
-        tracer = _Tracer(model, x0, rule, epsilon, gamma, alpha, pixel_range)
+        tracer = _Tracer(model, x0, rule, epsilon, gamma, alpha, pixel_range, attention)
         stack.enter_context(tracer.tracking())
         acts = stack.enter_context(capture(model, [layer] if layer else []))
         with tracer:
@@ -668,7 +842,4 @@ def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsi
         (rel,) = torch.autograd.grad(logits, at, r0, allow_unused=True)
     if rel is None:
         raise LayerError(f"layer {layer!r} carries no relevance to the output")
-    if rel.dim() != 4:
-        raise LayerError(f"layer {layer!r} outputs shape {tuple(rel.shape)}; lrp with layer= "
-                         "needs a 4-D (N,C,H,W) output")
-    return rel.detach().sum(1, keepdim=True)
+    return ctx.grid(layer).nchw(rel.detach()).sum(1, keepdim=True)
