@@ -8,6 +8,7 @@ from typing import Iterable, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
+from torchvision.models import VisionTransformer
 
 from .hooks import LayerError, prepared
 
@@ -63,6 +64,22 @@ def prefix_tokens(model: nn.Module) -> int:
     """How many tokens ``model`` puts before its patch tokens (:data:`PREFIX_TOKEN_PARAMS`)."""
     return sum(p.shape[-2] for n, p in model.named_parameters()
                if n.rpartition(".")[2] in PREFIX_TOKEN_PARAMS and p.dim() >= 2)
+
+
+def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The one input size (h, w) ``model`` accepts, where it has one: torchvision's
+    ``VisionTransformer`` (``image_size``), timm's patch embeddings with ``strict_img_size``
+    (ViT, DeiT, Swin) and Hugging Face's ``ViTPatchEmbeddings`` (``image_size``); None for
+    models that take any size."""
+    for m in model.modules():
+        if isinstance(m, VisionTransformer):
+            return (m.image_size, m.image_size)
+        size = getattr(m, "img_size", None) if getattr(m, "strict_img_size", False) else \
+            getattr(m, "image_size", None) if type(m).__name__ == "ViTPatchEmbeddings" else None
+        if size is not None:
+            h, w = (size, size) if isinstance(size, int) else size
+            return (int(h), int(w))
+    return None
 
 
 def has_layer_norm(model: nn.Module) -> bool:

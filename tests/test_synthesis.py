@@ -557,8 +557,6 @@ def test_the_tap_reads_transformer_layers_as_channels(transformers: dict[str, nn
     with tap(model, layer) as t:
         assert t.probe(x) == tuple(expected.shape)
         torch.testing.assert_close(t(x), expected)
-    if tokens:
-        return  # torchvision's ViT takes only its 64 px input; synthesis jitters and rescales it
     result = galleryvis.synthesize(model, "filter_visualization", layer=layer, channel=expected.shape[1] - 1, steps=2)
     assert result.image.shape[0] == 1 and torch.isfinite(result.trace).all() and hook_count(model) == 0
     with pytest.raises(ValueError, match="out of range"):
@@ -569,3 +567,57 @@ def _outputs(model: nn.Module, layer: str, x: Tensor) -> list[Tensor]:
     with capture(model, [layer]) as acts:
         model(x)
     return [acts[layer]]
+
+
+TRANSFORMERS = ["vit", "swin", "convnext", "timm_vit", "deit", "timm_swin"]
+#: (technique, params, whether the trace is the untransformed objective: it then must improve).
+SYNTHESIS_ON_TRANSFORMERS = [
+    ("filter_visualization", {"channel": 3, "size": 64}, False),
+    ("filter_visualization", {"channel": 3, "size": 48, "transforms": False}, True),
+    ("class_visualization", {"target": 3, "size": 64}, False),
+    ("class_visualization", {"target": 3, "size": 80, "param": "pixel"}, True),
+    ("class_visualization", {"target": 3, "size": 64, "param": "pixel", "regularization": "yosinski"}, False),
+    ("deep_dream", {"channel": 3}, False),
+    ("inverted_representation", {}, True),
+]
+
+
+@pytest.mark.parametrize("technique, params, exact", SYNTHESIS_ON_TRANSFORMERS,
+                         ids=[f"{t}-{'-'.join(map(str, p.values()))}" for t, p, _ in SYNTHESIS_ON_TRANSFORMERS])
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_synthesis_on_transformers(transformers: dict[str, nn.Module], name: str, technique: str,
+                                   params: dict, exact: bool) -> None:
+    """Filter and class visualization, deep dream and inversion on ViT, DeiT, Swin and ConvNeXt:
+    models that take one input size (torchvision's and timm's ViT, timm's Swin) see every
+    jittered, rescaled or octave image resized to it, and the picture keeps its own size. Where
+    the trace is the objective itself (no random transforms), it rises over the steps (falls,
+    for inversion); the model is left as it was."""
+    model = transformers[name]
+    h, w = (48, 64) if name == "timm_vit" else (64, 64)
+    image = None if technique.endswith("visualization") else \
+        torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    before = snapshot(model)
+    result = galleryvis.synthesize(model, technique, image=image, steps=16 if exact else 4, **params)
+    assert_untouched(model, before)
+    size = params.get("size")
+    assert result.image.shape == (1, 3, *((size, size) if size else (h, w)))
+    assert torch.isfinite(result.image).all() and torch.isfinite(result.trace).all()
+    if exact:
+        first, last = float(result.trace[0, 0]), float(result.trace[-1, 0])
+        assert last < first if technique == "inverted_representation" else last > first
+
+
+def test_fixed_input_sizes_are_read_from_the_model(transformers: dict[str, nn.Module]) -> None:
+    from galleryvis.layers import fixed_input_size
+
+    sizes = {name: fixed_input_size(model) for name, model in transformers.items()}
+    assert sizes["vit"] == (64, 64) and sizes["swin"] is None and sizes["convnext"] is None
+    if "timm_vit" in sizes:
+        assert sizes["timm_vit"] == (48, 64) and sizes["deit"] == (64, 64) and sizes["timm_swin"] == (64, 64)
+
+
+def test_layer_activation_refuses_models_without_relus(transformers: dict[str, nn.Module]) -> None:
+    """Guided backprop on a GELU model would be the plain gradient: refused in one line."""
+    with pytest.raises(LayerError, match="this model has none") as info:
+        galleryvis.synthesize(transformers["vit"], "layer_activation", channel=1, image=torch.rand(1, 3, 64, 64))
+    assert "\n" not in str(info.value)

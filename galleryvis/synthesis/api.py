@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import registry
 from ..engine import IMAGENET_MEAN, IMAGENET_STD, fast_layout, model_device
 from ..fold import prepare
 from ..hooks import LayerError, deterministic, prepared
-from ..layers import default_layer
+from ..layers import default_layer, fixed_input_size
 from ..registry import TechniqueError
 from .objectives import LayerTap, tap
 
@@ -80,14 +81,23 @@ class Job:
     std: Tensor
     device: torch.device
     tap: LayerTap | None = None
+    input_size: tuple[int, int] | None = None
 
     @property
     def n(self) -> int:
         return len(self.units)
 
+    def fit(self, x: Tensor) -> Tensor:
+        """``x`` resized (bilinear, differentiable) to :attr:`input_size`, the one size a model
+        such as a ViT accepts; unchanged for models that take any size."""
+        if self.input_size is None or tuple(x.shape[-2:]) == self.input_size:
+            return x
+        return F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
+
     def normalize(self, x01: Tensor) -> Tensor:
-        """Image space [0, 1] -> the model's input space (channels_last on the CPU)."""
-        return fast_layout((x01 - self.mean) / self.std)
+        """Image space [0, 1] -> the model's input space (channels_last on the CPU), at the
+        model's input size where it has a fixed one."""
+        return fast_layout(self.fit((x01 - self.mean) / self.std))
 
     def to01(self, x: Tensor) -> Tensor:
         """The model's input space -> image space (not clamped)."""
@@ -245,12 +255,15 @@ def synthesize(
         elif not listed:
             units = units * x.shape[0]
 
+    input_size = fixed_input_size(model)
     with prepared(model), deterministic(), ExitStack() as stack:
         if x is not None:
             probe_x = x[:1]
         else:
             size = resolved.get("size", 224)
             probe_x = (torch.full((1, 3, size, size), 0.5, device=device) - mean_t) / std_t
+        if input_size is not None and tuple(probe_x.shape[-2:]) != input_size:
+            probe_x = F.interpolate(probe_x, size=input_size, mode="bilinear", align_corners=False)
         layer_tap = None
         if tech.layer != "none" and layer is None:
             layer = default_layer(model, probe_x)
@@ -277,7 +290,7 @@ def synthesize(
             job = Job(model=model, layer=layer, units=[unit],
                       image=None if x is None else x[i:i + 1],
                       gens=[torch.Generator().manual_seed(_item_seed(seed, unit))],
-                      mean=mean_t, std=std_t, device=device, tap=layer_tap)
+                      mean=mean_t, std=std_t, device=device, tap=layer_tap, input_size=input_size)
             img, trace = tech.fn(job, **resolved)
             images.append(img.detach().float().clamp(0, 1).cpu())
             traces.append(trace.detach().float().cpu())

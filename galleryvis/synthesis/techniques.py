@@ -85,7 +85,7 @@ def layer_activation(job: Job, *, scaling: str = "symmetric", clip: float = 0.99
     assert job.image is not None and job.tap is not None
     x = job.image.detach().clone().requires_grad_(True)
     with torch.enable_grad(), guided(job.model, "guided"):
-        obj = unit_mean(job.tap(x), job.units)
+        obj = unit_mean(job.tap(job.fit(x)), job.units)
         (g,) = torch.autograd.grad(obj.sum(), x)
     flat = g.flatten(1)
     if scaling == "minmax":
@@ -259,7 +259,7 @@ def inverted_representation(job: Job, *, steps: int = 200, lr: float = 0.2, alph
     layer width): see :func:`default_tv_weight`. Trace (steps, N): the reconstruction term."""
     assert job.image is not None and job.tap is not None
     with torch.no_grad():
-        phi0 = job.tap(job.image).detach()
+        phi0 = job.tap(job.fit(job.image)).detach()
     if tv_weight < 0:
         tv_weight = default_tv_weight(job.image.shape[-1], phi0.shape[-1] if phi0.dim() == 4 else 1)
     x = torch.cat([0.5 + 0.05 * torch.randn(1, *job.image.shape[1:], generator=g) for g in job.gens])
