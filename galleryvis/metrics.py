@@ -564,7 +564,8 @@ def sanity(
     """Cascading model-parameter randomization (Adebayo et al. 2018) for ``technique``.
 
     Works on ``copy.deepcopy(model)``; the caller's model is never modified. The modules that
-    own parameters are ordered by their first call in a probe forward; the cascade walks them
+    own parameters are ordered by their first call in a probe forward (one whose weights its
+    parent reads without calling it, as in attention, right after that parent); the cascade walks them
     from the last (the logits layer) to the first. With ``max_steps=None`` each step
     re-initializes one module; otherwise the modules are split into at most ``max_steps``
     evenly sized consecutive groups (Lite0 has 99 parametrized modules). After each step the
@@ -667,18 +668,30 @@ def sanity_many(
 
 
 def _call_order(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, int]]:
-    """(name, module, index) of every module owning parameters, by first call in a forward."""
-    owners = {id(m): (name, m) for name, m in model.named_modules()
-              if next(m.parameters(recurse=False), None) is not None}
-    seen: dict[int, tuple[str, nn.Module]] = {}
+    """(name, module, index) of every module owning parameters, by first call in a forward. An
+    owner that is never called itself, whose weights its parent's functional code reads (the
+    ``out_proj`` of torchvision's ``nn.MultiheadAttention``, Swin's ``qkv`` and ``proj``), comes
+    right after its nearest called ancestor."""
+    named = list(model.named_modules())
+    first: dict[int, int] = {}  # id(module) -> rank of its first call
     with ExitStack() as stack:
-        for _, m in owners.values():
+        for _, m in named:
             def pre(mod: nn.Module, _inp: object) -> None:
-                seen.setdefault(id(mod), owners[id(mod)])
+                first.setdefault(id(mod), len(first))
             stack.callback(m.register_forward_pre_hook(pre).remove)
         logits_of(model, x)
-    index = {id(m): i for i, (_, m) in enumerate(model.named_modules())}
-    return [(name, m, index[key]) for key, (name, m) in seen.items()]
+    modules = dict(named)
+    order = []
+    for index, (name, m) in enumerate(named):
+        if next(m.parameters(recurse=False), None) is None:
+            continue
+        called = id(m) in first
+        ancestor = name
+        while id(modules[ancestor]) not in first and ancestor:
+            ancestor = ancestor.rpartition(".")[0]
+        if id(modules[ancestor]) in first:
+            order.append(((first[id(modules[ancestor])], not called, index), (name, m, index)))
+    return [entry for _, entry in sorted(order, key=lambda item: item[0])]
 
 
 def _groups(count: int, max_steps: int | None) -> list[tuple[int, int]]:

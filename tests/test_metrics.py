@@ -384,3 +384,35 @@ def test_road_imputes_the_neighbours_mean_and_is_seeded() -> None:
     for bad in ({"percentile": 100, "order": "morf"}, {"percentile": 10, "order": "most"}):
         with pytest.raises(ValueError):
             road(model, x, maps, 0, **bad)
+
+
+# --- transformers ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["vit", "swin", "convnext", "timm_vit", "deit", "timm_swin"])
+def test_scores_on_transformers(transformers: dict[str, nn.Module], name: str) -> None:
+    """Deletion / insertion and the sanity cascade on ViT, DeiT, Swin and ConvNeXt: curves that
+    start and end at the model's own probabilities, every parametrized module randomized (the
+    class and position embeddings' owners too), maps that no longer survive the full cascade,
+    and the caller's model left as it was."""
+    if name not in transformers:
+        pytest.skip("timm is not installed")
+    model = transformers[name]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x = x[..., :48, :] if name == "timm_vit" else x
+    before = snapshot(model)
+    with torch.no_grad():
+        probs = model(x).softmax(1)
+    target = probs.argmax(1).tolist()
+    maps = attribute(model, x, "gradcam", target)
+    scores = deletion_insertion(model, x, maps, target, steps=8)
+    own = probs[range(2), target].numpy()
+    np.testing.assert_allclose(scores.deletion_curve[:, 0], own, rtol=1e-4)
+    np.testing.assert_allclose(scores.insertion_curve[:, -1], own, rtol=1e-4)
+    calls = {"gradcam": Call("gradcam"), "lrp": Call("lrp"), "vanilla": Call("vanilla")}
+    checks = sanity_many(model, x, calls, target, max_steps=3)
+    assert_untouched(model, before)
+    owners = sum(1 for m in model.modules() if next(m.parameters(recurse=False), None) is not None)
+    for key, result in checks.items():
+        assert sum(len(step) for step in result.cascade) == owners and result.curve.shape == (3, 2)
+        assert np.isfinite(result.curve).all(), key
+        np.testing.assert_allclose(result.control, 1.0, atol=1e-6)
+        assert (result.similarity < 0.9).all(), (key, result.curve)
