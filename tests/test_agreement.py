@@ -518,6 +518,41 @@ def test_cams_on_transformers(token_case: TokenCase, name: str) -> None:
           pearson(token_case.ours[name], token_case.gradcam(TOKEN_CAMS[name])))
 
 
+TRANSFORMER_MODELS = ["vit", "swin", "convnext", "timm_vit", "deit", "timm_swin"]
+
+
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+def test_gradients_smoothgrad_ig_and_occlusion_on_transformers(transformers: dict[str, nn.Module], photos64: Tensor,
+                                                              name: str) -> None:
+    """The input-gradient and perturbation techniques on ViT, DeiT, Swin and ConvNeXt, one
+    shared call, against captum (SmoothGrad: one image, the same noise)."""
+    if name not in transformers:
+        pytest.skip("timm is not installed")
+    model = transformers[name]
+    x = photos64[..., 8:56, :] if name == "timm_vit" else photos64
+    with torch.no_grad():
+        target = model(x).argmax(1).tolist()
+    ours = galleryvis.attribute_many(model, x, ["vanilla", "grad_x_image", "integrated_gradients", "occlusion"],
+                                     target, params={"integrated_gradients": {"steps": IG_STEPS},
+                                                     "occlusion": {"window": 16, "stride": 8}})
+    case = Case(name, model, x, target, "", ours, {})
+    check(f"vanilla/{name}", pearson(ours["vanilla"], case.captum("Saliency", abs=False)))
+    check(f"grad_x_image/{name}", pearson(ours["grad_x_image"], case.captum("InputXGradient")))
+    ig = case.captum("IntegratedGradients", baselines=0.0, n_steps=IG_STEPS, method="gausslegendre")
+    check(f"integrated_gradients/{name}", pearson(ours["integrated_gradients"], ig))
+    occlusion = case.captum("Occlusion", sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8), baselines=0.0)
+    check(f"occlusion/{name}", pearson(ours["occlusion"], occlusion.sum(1, keepdim=True)))
+    sigma, samples, seed = 0.15, 8, 3
+    smooth = galleryvis.attribute(model, x[:1], "smoothgrad", target[0], samples=samples, sigma=sigma, seed=seed,
+                                  batch_size=samples)
+    with frozen(model):
+        torch.manual_seed(seed)
+        ref = captum_attr.NoiseTunnel(captum_attr.Saliency(model)).attribute(
+            x[:1].clone(), nt_type="smoothgrad", nt_samples=samples, stdevs=sigma * float(x[:1].max() - x[:1].min()),
+            target=target[0], abs=False)
+    check(f"smoothgrad/{name}", pearson(smooth, ref))
+
+
 def gradcam_pp_formula(a: Tensor, g: Tensor, eps: float) -> Tensor:
     """grad-cam's Grad-CAM++ (``grad_cam_plusplus.py``) in float64 with its epsilon a parameter:
     alpha = g^2 / (2 g^2 + sum(A) g^3 + eps) where g != 0, weights sum(alpha ReLU(g))."""
