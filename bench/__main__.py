@@ -170,9 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     import torchvision
 
-    unknown_models = set(models) - set(torchvision.models.list_models(torchvision.models))
+    unknown_models = {m for m in models if not m.startswith("timm:")} - set(
+        torchvision.models.list_models(torchvision.models))
     if unknown_models:
-        sys.exit(f"error: unknown torchvision classification models {sorted(unknown_models)}")
+        sys.exit(f"error: unknown torchvision classification models {sorted(unknown_models)} "
+                 "(timm models: timm:NAME)")
 
     from .report import Report, checks_block, cluster_table, extras_table, model_table, rebuild_table
 

@@ -110,6 +110,8 @@ def _call(fn: Callable[..., object], *, layer: bool = False, batch: int = 0,
     ``batch_size = batch`` × ``--batch-size`` unless ``batch`` is 0."""
     def make(b: Bench) -> Callable[[], object]:
         kwargs: dict[str, Any] = {k: b.settings[v] for k, v in mapping.items()}
+        if layer and b.settings["reshape"] is not None and "reshape_transform" not in mapping:
+            raise Skip(f"it reads the CAM layer as (N, C, H, W), and {b.layer!r} is not")
         if layer:
             kwargs["layer"] = b.layer
         if batch:
@@ -165,7 +167,7 @@ def _windows(s: dict[str, Any]) -> int:
 def _peers_combination(b: Bench) -> Callable[[], object]:
     peers._need("captum")  # noqa: SLF001
     peers._need("pytorch_grad_cam")  # noqa: SLF001
-    return lambda: peers.combination(b.model, b.x, b.targets, b.layer)
+    return lambda: peers.combination(b.model, b.x, b.targets, b.layer, b.settings.get("reshape"))
 
 
 CASES: dict[str, Case] = {c.key: c for c in [
@@ -178,7 +180,7 @@ CASES: dict[str, Case] = {c.key: c for c in [
         Impl("galleryvis", "galleryvis.attribute", "galleryvis", _ours_layer("gradcam")),
         _seed(seed_style.gradcam, layer=True),
         _peer(peers.captum_gradcam, "captum LayerGradCam + interpolate", layer=True),
-        _peer(peers.gradcam_gradcam, "pytorch-grad-cam GradCAM", layer=True),
+        _peer(peers.gradcam_gradcam, "pytorch-grad-cam GradCAM", layer=True, reshape_transform="reshape"),
     )),
     Case("combination", lambda s: "vanilla + grad×image + Grad-CAM + LayerCAM", (
         Impl("galleryvis", "galleryvis.attribute_many (one backward)", "galleryvis", _ours_many),
@@ -206,7 +208,8 @@ CASES: dict[str, Case] = {c.key: c for c in [
     Case("scorecam", lambda s: "Score-CAM", (
         *_ours_sweep("scorecam", layer=True),
         _seed(seed_style.scorecam, "seed-style loop (batch 1, autograd on)", layer=True),
-        *_peer_sweep(peers.gradcam_scorecam, "pytorch-grad-cam ScoreCAM, batch_size", layer=True),
+        *_peer_sweep(peers.gradcam_scorecam, "pytorch-grad-cam ScoreCAM, batch_size", layer=True,
+                     reshape_transform="reshape"),
     ), applies=_per_channel_applies("scorecam"), gradient=False),
     Case("occlusion", lambda s: f"occlusion, window {s['occ_window']}, stride {s['occ_stride']}", (
         *_ours_sweep("occlusion", window="occ_window", stride="occ_stride"),
@@ -218,7 +221,8 @@ CASES: dict[str, Case] = {c.key: c for c in [
     ), gradient=False, floor=lambda s: (s["rise_masks"], "forward_bs")),
     Case("ablationcam", lambda s: "Ablation-CAM", (
         *_ours_sweep("ablationcam", layer=True),
-        *_peer_sweep(peers.gradcam_ablationcam, "pytorch-grad-cam AblationCAM, batch_size", layer=True),
+        *_peer_sweep(peers.gradcam_ablationcam, "pytorch-grad-cam AblationCAM, batch_size", layer=True,
+                     reshape_transform="reshape"),
     ), applies=_per_channel_applies("ablationcam"), gradient=False),
     Case("gradient_shap", lambda s: f"GradientSHAP, {s['gs_samples']} samples, stdev {s['gs_stdev']}", (
         *_ours_sweep("gradient_shap", samples="gs_samples", stdev="gs_stdev"),

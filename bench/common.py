@@ -26,10 +26,15 @@ class Skip(Exception):
 
 
 def build_model(name: str, seed: int, device: torch.device) -> nn.Module:
-    """A torchvision classifier with ``weights=None``, initialized from ``seed``, in eval mode."""
+    """A torchvision classifier with ``weights=None`` (``timm:NAME``: a timm one without its
+    pretrained weights), initialized from ``seed``, in eval mode."""
     import torchvision
 
     torch.manual_seed(seed)
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(name.removeprefix("timm:"), pretrained=False).eval().to(device)
     model = torchvision.models.get_model(name, weights=None)
     return model.eval().to(device)
 

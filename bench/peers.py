@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -167,14 +167,18 @@ def captum_deeplift(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
 # -- pytorch-grad-cam ------------------------------------------------------------------------
 
 
+Reshape = Callable[[Tensor], Tensor] | None
+
+
 def _gradcam_run(cls_name: str, model: nn.Module, x: Tensor, targets: list[int], layer: str,
-                 batch_size: int | None = None) -> Tensor:
+                 batch_size: int | None = None, reshape_transform: Reshape = None) -> Tensor:
+    """``reshape_transform``: grad-cam's documented hook for token and channels-last layers."""
     _need("pytorch_grad_cam")
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cls = getattr(pytorch_grad_cam, cls_name)
-    with cls(model=model, target_layers=[resolve_layer(model, layer)]) as cam:
+    with cls(model=model, target_layers=[resolve_layer(model, layer)], reshape_transform=reshape_transform) as cam:
         if batch_size is not None:
             cam.batch_size = batch_size  # the documented way (cam.py) to set ScoreCAM's batch
         with contextlib.redirect_stderr(io.StringIO()):  # ScoreCAM's tqdm bars
@@ -182,19 +186,25 @@ def _gradcam_run(cls_name: str, model: nn.Module, x: Tensor, targets: list[int],
     return torch.from_numpy(out)
 
 
-def gradcam_gradcam(model: nn.Module, x: Tensor, targets: list[int], layer: str) -> Tensor:
-    return _gradcam_run("GradCAM", model, x, targets, layer)
+def gradcam_gradcam(model: nn.Module, x: Tensor, targets: list[int], layer: str,
+                    reshape_transform: Reshape = None) -> Tensor:
+    return _gradcam_run("GradCAM", model, x, targets, layer, reshape_transform=reshape_transform)
 
 
-def gradcam_layercam(model: nn.Module, x: Tensor, targets: list[int], layer: str) -> Tensor:
-    return _gradcam_run("LayerCAM", model, x, targets, layer)
+def gradcam_layercam(model: nn.Module, x: Tensor, targets: list[int], layer: str,
+                     reshape_transform: Reshape = None) -> Tensor:
+    return _gradcam_run("LayerCAM", model, x, targets, layer, reshape_transform=reshape_transform)
 
 
-def gradcam_scorecam(model: nn.Module, x: Tensor, targets: list[int], layer: str, batch_size: int) -> Tensor:
-    return _gradcam_run("ScoreCAM", model, x, targets, layer, batch_size)
+def gradcam_scorecam(model: nn.Module, x: Tensor, targets: list[int], layer: str, batch_size: int,
+                     reshape_transform: Reshape = None) -> Tensor:
+    return _gradcam_run("ScoreCAM", model, x, targets, layer, batch_size, reshape_transform)
 
 
-def gradcam_ablationcam(model: nn.Module, x: Tensor, targets: list[int], layer: str, batch_size: int) -> Tensor:
+def gradcam_ablationcam(model: nn.Module, x: Tensor, targets: list[int], layer: str, batch_size: int,
+                        reshape_transform: Reshape = None) -> Tensor:
+    if reshape_transform is not None:
+        raise Skip("pytorch-grad-cam's AblationCAM needs its AblationLayerVit on token layers")
     _need("pytorch_grad_cam")
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -204,11 +214,12 @@ def gradcam_ablationcam(model: nn.Module, x: Tensor, targets: list[int], layer: 
         return torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets]))
 
 
-def combination(model: nn.Module, x: Tensor, targets: list[int], layer: str) -> dict[str, Any]:
+def combination(model: nn.Module, x: Tensor, targets: list[int], layer: str,
+                reshape_transform: Reshape = None) -> dict[str, Any]:
     """The four maps from the peers, one technique at a time: captum Saliency and
     InputXGradient, pytorch-grad-cam GradCAM and LayerCAM."""
     return {"vanilla": captum_saliency(model, x, targets),
             "grad_x_image": captum_input_x_gradient(model, x, targets),
-            "gradcam": gradcam_gradcam(model, x, targets, layer),
-            "layercam": gradcam_layercam(model, x, targets, layer)}
+            "gradcam": gradcam_gradcam(model, x, targets, layer, reshape_transform),
+            "layercam": gradcam_layercam(model, x, targets, layer, reshape_transform)}
 

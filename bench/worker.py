@@ -44,7 +44,7 @@ def run(spec: dict[str, Any]) -> None:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     import galleryvis
-    from galleryvis.layers import default_layer
+    from galleryvis.layers import default_layer, grids_of, probe
 
     _preload()
     model = build_model(spec["model"], spec["seed"], device)
@@ -53,7 +53,12 @@ def run(spec: dict[str, Any]) -> None:
         targets = model(x).argmax(1).tolist()
     layer = spec.get("layer") or default_layer(model, x[:1])
     bs = spec["batch_size"]
-    bench = Bench(model, x, targets, layer, bs, dict(spec["settings"]))
+    grid = grids_of(model, probe(model, x[:1]), 1)[layer]
+    if isinstance(grid, Exception):
+        raise grid
+    # grad-cam's documented reshape transform where the layer is not (N, C, H, W): a ViT's tokens
+    reshape = None if grid.layout == "channels_first" else grid.nchw
+    bench = Bench(model, x, targets, layer, bs, {**spec["settings"], "reshape": reshape})
     n = x.shape[0]
 
     # warm-up: allocator and kernels at batch 1 and at the chunk size
@@ -89,7 +94,7 @@ def run(spec: dict[str, Any]) -> None:
             continue
         extra: dict[str, Any] = {}
         if case_key in PER_CHANNEL:
-            extra = _channels(model, x, layer)
+            extra = _channels(bench)
             emit({"type": "case_info", "case": case_key, **extra})
         ready: list[tuple[dict[str, Any], Callable[[], object]]] = []
         for impl in case.impls:
@@ -176,11 +181,11 @@ def _preload() -> None:
                 pass
 
 
-def _channels(model: torch.nn.Module, x: torch.Tensor, layer: str) -> dict[str, Any]:
-    """Channel count of the CAM layer and how many are not constant (per image)."""
-    with torch.inference_mode(), capture(model, [layer]) as acts:
-        model(x)
-    a = acts[layer]
+def _channels(b: Bench) -> dict[str, Any]:
+    """Channel count of the CAM layer and how many are not constant (per image), on its grid."""
+    with torch.inference_mode(), capture(b.model, [b.layer]) as acts:
+        b.model(b.x)
+    a = acts[b.layer] if b.settings["reshape"] is None else b.settings["reshape"](acts[b.layer])
     live = (a.amax((2, 3)) > a.amin((2, 3))).sum(1).tolist()
     return {"channels": int(a.shape[1]), "live_channels": [int(v) for v in live]}
 
