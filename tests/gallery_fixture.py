@@ -78,7 +78,8 @@ def make_gallery(root: Path) -> Gallery:
     techniques = [
         TechniqueRecord(tid, name, title, family, {"layer": None} if tid == "gradcam" else {"steps": 3},
                         f"*{title}*: a test description with <script>alert(3)</script> and "
-                        "[a bad link](javascript:alert(4)).", "Someone et al. 2020, https://arxiv.org/abs/0000.00000")
+                        "[a bad link](javascript:alert(4)).",
+                        "Someone et al. 2020, https://arxiv.org/abs/0000.00000; Other et al. 2021, https://doi.org/10.1/x")
         for tid, (name, title, family, _) in TECHNIQUES.items()
     ]
     cells = []

@@ -496,15 +496,21 @@ class TokenCase:
             return cam(input_tensor=self.x.clone().requires_grad_(True), targets=targets)
 
 
-@pytest.fixture(scope="module", params=TOKEN_CASES, ids=TOKEN_IDS)
-def token_case(request: pytest.FixtureRequest, transformers: dict[str, nn.Module], photos64: Tensor) -> TokenCase:
-    name, layer, (h, w), layout = request.param
+def transformer_inputs(transformers: dict[str, nn.Module], name: str, photos64: Tensor
+                       ) -> tuple[nn.Module, Tensor, list[int]]:
+    """A tiny transformer, its photos (timm's ViT takes 48x64) and their top-1 classes."""
     if name not in transformers:
         pytest.skip("timm is not installed")
     model = transformers[name]
     x = photos64[..., 8:56, :] if name == "timm_vit" else photos64
     with torch.no_grad():
-        target = model(x).argmax(1).tolist()
+        return model, x, model(x).argmax(1).tolist()
+
+
+@pytest.fixture(scope="module", params=TOKEN_CASES, ids=TOKEN_IDS)
+def token_case(request: pytest.FixtureRequest, transformers: dict[str, nn.Module], photos64: Tensor) -> TokenCase:
+    name, layer, (h, w), layout = request.param
+    model, x, target = transformer_inputs(transformers, name, photos64)
     ours = galleryvis.attribute_many(model, x, [*CAM_CLASSES, "eigencam", "scorecam"], target, layer,
                                      {"scorecam": {"weighting": "gradcam"}})
     return TokenCase(name, model, x, target, layer, reshape_transform(h, w, layout), ours)
@@ -526,12 +532,7 @@ def test_gradients_smoothgrad_ig_and_occlusion_on_transformers(transformers: dic
                                                               name: str) -> None:
     """The input-gradient and perturbation techniques on ViT, DeiT, Swin and ConvNeXt, one
     shared call, against captum (SmoothGrad: one image, the same noise)."""
-    if name not in transformers:
-        pytest.skip("timm is not installed")
-    model = transformers[name]
-    x = photos64[..., 8:56, :] if name == "timm_vit" else photos64
-    with torch.no_grad():
-        target = model(x).argmax(1).tolist()
+    model, x, target = transformer_inputs(transformers, name, photos64)
     ours = galleryvis.attribute_many(model, x, ["vanilla", "grad_x_image", "integrated_gradients", "occlusion"],
                                      target, params={"integrated_gradients": {"steps": IG_STEPS},
                                                      "occlusion": {"window": 16, "stride": 8}})

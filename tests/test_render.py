@@ -228,6 +228,10 @@ def test_technique_page_has_description_grid_and_curves(site):
     assert prose.find(".//em") is not None  # Markdown rendered
     assert "<script>alert(3)" not in raw and "&lt;script&gt;alert(3)&lt;/script&gt;" in raw
     assert "javascript:" not in raw
+    lead = next(p for p in tree.iter("p") if has_class(p, "lead"))
+    links = [a.get("href") for a in lead.iter("a")]
+    assert links == ["https://arxiv.org/abs/0000.00000", "https://doi.org/10.1/x"]  # each citation its link
+    assert "Someone et al. 2020" in "".join(lead.itertext()) and ", ;" not in "".join(lead.itertext())
     tables = grids(tree)
     assert len(tables) == len(MODELS)
     for table in tables:

@@ -4,11 +4,11 @@
 model both HTML and Markdown draw), :mod:`.pages` (templates and the files written).
 """
 from .grid import (FAMILY_TITLES, METRICS, ROW_LABELS, SANITY_THRESHOLD, Column, Row, SiteModel, Slot, Sparkline,
-                   Table, fmt_number, row_label, sparkline, split_paper, target_text, titlecase)
+                   Table, fmt_number, row_label, sparkline, split_papers, target_text, titlecase)
 from .pages import MD_WIDTH, markdown_tables, md_picture, render_site, technique_description
 from .safe import MdSafe, embed_markdown, md_escape, render_markdown, site_url
 
 __all__ = ["FAMILY_TITLES", "MD_WIDTH", "METRICS", "ROW_LABELS", "SANITY_THRESHOLD", "Column", "MdSafe", "Row",
            "SiteModel", "Slot", "Sparkline", "Table", "embed_markdown", "fmt_number", "markdown_tables", "md_escape",
-           "md_picture", "render_markdown", "render_site", "row_label", "site_url", "sparkline", "split_paper",
+           "md_picture", "render_markdown", "render_site", "row_label", "site_url", "sparkline", "split_papers",
            "target_text", "technique_description", "titlecase"]

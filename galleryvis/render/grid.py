@@ -95,13 +95,16 @@ def fmt_number(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def split_paper(paper: str) -> tuple[str, str]:
-    """``("Selvaraju et al. 2017", "https://arxiv.org/abs/1610.02391")`` from the record's text."""
-    m = _URL.search(paper or "")
-    if not m:
-        return (paper or "").strip(), ""
-    text = (paper[: m.start()] + paper[m.end():]).strip().strip(",;").strip()
-    return text, m.group(0)
+def split_papers(paper: str) -> list[tuple[str, str]]:
+    """The record's citations, ``;``-separated, each as (text, URL or ""): e.g.
+    ``[("Bach et al. 2015", "https://doi.org/..."), ("Montavon et al. 2019", "https://...")]``."""
+    out = []
+    for part in (paper or "").split(";"):
+        m = _URL.search(part)
+        text = (part if not m else part[: m.start()] + part[m.end():]).strip().strip(",").strip()
+        if text or m:
+            out.append((text, m.group(0) if m else ""))
+    return out
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import jinja2
 
 from galleryvis.fileio import atomic_write
 from galleryvis.records import Gallery, TechniqueRecord
-from .grid import FAMILY_TITLES, METRICS, Slot, SiteModel, Table, titlecase, fmt_number, split_paper, target_text
+from .grid import FAMILY_TITLES, METRICS, Slot, SiteModel, Table, titlecase, fmt_number, split_papers, target_text
 from .safe import MdSafe, md_finalize, embed_markdown, md_escape, render_markdown, site_url
 
 
@@ -160,7 +160,7 @@ def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
     common = dict(
         gallery=gallery, site=site, families=families,
         nav_models=[(m, site.model_page[m.id]) for m in gallery.models],
-        papers={t.id: split_paper(t.paper) for t in gallery.techniques},
+        papers={t.id: split_papers(t.paper) for t in gallery.techniques},
         metrics_info=METRICS,
     )
     written: list[Path] = []
@@ -193,10 +193,9 @@ def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
              has_scores=scored(tables))
     page("techniques.html.j2", "techniques.html", page_title="Techniques", current="techniques.html")
     for t in gallery.techniques:
-        paper_text, paper_url = split_paper(t.paper)
         tables = site.technique_tables(t)
         page("technique.html.j2", site.technique_page[t.id], page_title=t.title,
-             current=site.technique_page[t.id], tech=t, paper_text=paper_text, paper_url=paper_url,
+             current=site.technique_page[t.id], tech=t,
              params=sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in t.params.items()),
              description=render_markdown(technique_description(t), shift=1),
              tables=tables, scales=scales(tables), has_scores=scored(tables))
