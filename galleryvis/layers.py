@@ -2,13 +2,13 @@
 layer's output lies on the image (:class:`Grid`: channels first, channels last, or tokens)."""
 from __future__ import annotations
 
+import sys
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import VisionTransformer
 
 from .hooks import LayerError, prepared
 
@@ -71,8 +71,9 @@ def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
     ``VisionTransformer`` (``image_size``), timm's patch embeddings with ``strict_img_size``
     (ViT, DeiT, Swin) and Hugging Face's ``ViTPatchEmbeddings`` (``image_size``); None for
     models that take any size."""
+    vision_transformer = sys.modules.get("torchvision.models.vision_transformer")  # not imported: not one
     for m in model.modules():
-        if isinstance(m, VisionTransformer):
+        if vision_transformer is not None and isinstance(m, vision_transformer.VisionTransformer):
             return (m.image_size, m.image_size)
         size = getattr(m, "img_size", None) if getattr(m, "strict_img_size", False) else \
             getattr(m, "image_size", None) if type(m).__name__ == "ViTPatchEmbeddings" else None
