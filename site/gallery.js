@@ -62,6 +62,7 @@
     clip.className = "viewer-clip";
     clip.appendChild(map);
     var opacity = $(".viewer-opacity"), swipe = $(".viewer-swipe"), readout = $(".viewer-value");
+    var sliders = [opacity.parentNode, swipe.parentNode];  // their labels: nothing to blend without a base
     var png = $(".viewer-png"), npy = $(".viewer-npy"), pos = $(".viewer-pos");
     var current = -1, opener = null, blobUrl = null, shown = null;
 
@@ -73,17 +74,19 @@
       $(".viewer-title").textContent = title;
       var under = a.getAttribute("data-image");  // empty for a picture made from no image
       base.hidden = !under;
+      sliders.forEach(function (label) { label.hidden = !under; });
       if (under) base.src = under; else base.removeAttribute("src");
+      apply();
       base.alt = "";
       map.src = a.getAttribute("href");
       map.alt = title;
       png.href = a.getAttribute("href");
       png.setAttribute("download", a.getAttribute("href").split("/").pop());
       pos.textContent = "cell " + (current + 1) + " of " + links.length + " (arrow keys move)";
-      readout.textContent = "Move the pointer over the map to read its value";
-      shown = null;
-      npy.hidden = true;
       var src = a.getAttribute("data-values");
+      readout.textContent = src ? "Move the pointer over the map to read its value" : "A picture: no values to read";
+      shown = null;
+      npy.hidden = npy.parentNode.hidden = true;
       if (src) {
         loadValues(src, function (v) {
           if (links[current] !== a) return;
@@ -93,14 +96,14 @@
           blobUrl = URL.createObjectURL(npyBlob(v));
           npy.href = blobUrl;
           npy.setAttribute("download", a.getAttribute("href").split("/").pop().replace(/\.\w+$/, "") + ".npy");
-          npy.hidden = false;
+          npy.hidden = npy.parentNode.hidden = false;
         });
       }
     }
 
-    function apply() {
-      map.style.opacity = String(opacity.value / 100);
-      clip.style.clipPath = "inset(0 " + (100 - swipe.value) + "% 0 0)";
+    function apply() {  // a picture made from no image is shown whole, whatever the sliders say
+      map.style.opacity = base.hidden ? "1" : String(opacity.value / 100);
+      clip.style.clipPath = base.hidden ? "none" : "inset(0 " + (100 - swipe.value) + "% 0 0)";
     }
 
     function valueAt(event) {
