@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, Call, attribute_calls, fast_layout,
+from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, Call, attribute_calls, chunking_of, fast_layout,
                      logits_of, model_device, resolve_targets)
+from .chunking import Chunking
 from .fold import folded
 from .hooks import prepared
 
@@ -612,7 +613,7 @@ def sanity_many(
     *,
     max_steps: int | None = 10,
     seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | Chunking = DEFAULT_BATCH_SIZE,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     control: bool = True,
@@ -633,7 +634,7 @@ def sanity_many(
     net = copy.deepcopy(model)
     x = inputs.detach().to(model_device(net))
     with prepared(net), torch.no_grad():
-        targets = resolve_targets(net, x, target, batch_size).tolist()
+        targets = resolve_targets(net, x, target, chunking_of(batch_size, x.device).forward).tolist()
         order = _call_order(net, x[:1])
     if not order:
         raise ValueError("the model has no parameters to randomize")

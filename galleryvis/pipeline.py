@@ -17,7 +17,6 @@ import torch
 
 from . import scoring, stamp
 from .cache import CACHE_DIRNAME, Cache, CacheWarning
-from .engine import default_batch_size
 from .executor import Executor, LocalExecutor, chunking_key
 from .hooks import counting
 from .jobs import Job, Workspace, plan, plan_lines, prediction_key, workspace
@@ -38,7 +37,7 @@ class Options:
     dry_run: bool = False
     quiet: bool = False
     fail_fast: bool = False
-    batch_size: int | None = None  # None: measured per model for attribution; scoring: 8 on the CPU, 32 on a GPU
+    batch_size: int | None = None  # None: chunk sizes measured per model
     share_passes: bool = True  # off: every technique computed and scored in calls of its own
     wait: float = 0.0
     executor: str | None = None  # "local" or "ray"; None: the manifest's
@@ -117,7 +116,6 @@ def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -
     with stages.stage("load"):
         ws = workspace(manifest)
     device = next(iter(ws.models.values())).device if ws.models else torch.device("cpu")
-    batch_size = opts.batch_size or default_batch_size(device)  # scoring's
     executor = executor or executor_for(manifest, opts, ws)  # a missing Ray fails here, early
     cache = Cache(cache_dir(manifest, opts), enabled=opts.use_cache)
     out = manifest.gallery.output
@@ -138,7 +136,7 @@ def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -
                 if ids:
                     stages.add(family, sum(summary.seconds.get(i, 0.0) for i in ids))
             with stages.stage("scoring"):
-                rankings = scoring.score(jobs, ws, manifest.metrics, cache, batch_size, progress, opts.share_passes)
+                rankings = scoring.score(jobs, ws, manifest.metrics, cache, opts.batch_size, progress, opts.share_passes)
             if manifest.metrics.enabled:
                 summary.seconds["metrics"] = stages.seconds["scoring"]
         finally:

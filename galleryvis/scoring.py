@@ -11,9 +11,12 @@ import torch
 
 from . import metrics, registry
 from .cache import Cache, cache_key
-from .engine import Call
+from .chunking import Chunking
+from .engine import Call, chunking_of
+from .executor import chunking_for
 from .jobs import Job, Workspace, model_covers, model_input
 from .manifest import MetricsSpec
+from .models import ModelAdapter
 from .records import Ranking
 from .synthesis.api import spec_of
 from .synthesis.transfer import class_rank
@@ -53,11 +56,12 @@ def task_count(jobs: list[Job], spec: MetricsSpec) -> int:
     return sum(int(spec.deletion_insertion) + int(spec.road) + int(_sanity_wanted(spec, j.tech.name)) for j in cells)
 
 
-def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch_size: int,
+def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch_size: int | None,
           progress: Any, share: bool = True) -> list[Ranking]:
     """Attach ``metrics`` (AUCs, sanity) and ``curves`` to every successful attribution job, the
     transfer ranks (:func:`_transfer_ranks`) to every class visualization, and return one ranking
-    per model (techniques and the two baselines by insertion - deletion).
+    per model (techniques and the two baselines by insertion - deletion). ``batch_size``: as for
+    the attribution, an int (forward-only passes 4x) or None for each model's measured chunks.
 
     Passes are shared: deletion / insertion scores every map of one (model, image), baselines
     included, in one call (their perturbed inputs batched together); the sanity check runs one
@@ -118,8 +122,13 @@ def _transfer_ranks(jobs: list[Job], ws: Workspace, cache: Cache) -> None:
             j.metrics[f"rank under {other_id}"] = rank
 
 
+def _chunks(adapter: ModelAdapter, cache: Cache, batch_size: int | None) -> Chunking:
+    """The chunk sizes scoring runs ``adapter``'s passes at: ``batch_size``'s, or the model's measured ones."""
+    return chunking_for(adapter, cache) if batch_size is None else chunking_of(batch_size, adapter.device)
+
+
 def _deletion_insertion(ws: Workspace, cell: list[Job], spec: MetricsSpec, cache: Cache,
-                        batch_size: int) -> dict[str, tuple[float, float]]:
+                        batch_size: int | None) -> dict[str, tuple[float, float]]:
     """Deletion / insertion of every job of one (model, image) and of the baselines on that image,
     what the cache lacks in one call; attaches the jobs' scores and returns the baselines' AUCs."""
     first = cell[0]
@@ -143,7 +152,8 @@ def _deletion_insertion(ws: Workspace, cell: list[Job], spec: MetricsSpec, cache
         res = metrics.deletion_insertion(
             adapter.model, x.to(adapter.device), maps.to(adapter.device), [first.target],
             steps=spec.steps, substrate=spec.substrate, rank_by=[r for _, _, r in todo],  # type: ignore[misc]
-            images=[0] * len(todo), mean=adapter.mean, std=adapter.std, batch_size=batch_size)
+            images=[0] * len(todo), mean=adapter.mean, std=adapter.std,
+            batch_size=_chunks(adapter, cache, batch_size).forward)
         for n, (key, _, _) in enumerate(todo):
             curves[key] = np.stack([res.deletion_curve[n], res.insertion_curve[n]]).astype(np.float32)
             cache.put(key, curves[key], {"protocol": res.protocol})
@@ -157,7 +167,7 @@ def _deletion_insertion(ws: Workspace, cell: list[Job], spec: MetricsSpec, cache
     return {name: tuple(float(v) for v in metrics.auc(curves[key])) for name, key in base_keys.items()}  # type: ignore[misc]
 
 
-def _road(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, batch_size: int) -> None:
+def _road(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, batch_size: int | None) -> None:
     """``road_morf`` and ``road_lerf`` of every job of one (model, technique), through the cache."""
     adapter = ws.adapter(group[0])
     for order in ("morf", "lerf"):
@@ -170,7 +180,8 @@ def _road(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, batc
             maps = torch.from_numpy(np.stack([j.result for j in jobs]).astype(np.float32))
             fresh = metrics.road(adapter.model, ws.inputs(jobs).to(adapter.device), maps.to(adapter.device),
                                  [j.target for j in jobs], percentile=spec.road_percentile, order=order,  # type: ignore[arg-type]
-                                 rank_by=_rank_by(jobs[0].tech.name), batch_size=batch_size)  # type: ignore[arg-type]
+                                 rank_by=_rank_by(jobs[0].tech.name),  # type: ignore[arg-type]
+                                 batch_size=_chunks(adapter, cache, batch_size).forward)
             for i, v in zip(todo, fresh):
                 cache.put(keys[i], np.array([v], dtype=np.float32),
                           {"protocol": f"ROAD {order}, {spec.road_percentile:g}% of the pixels removed"})
@@ -187,7 +198,7 @@ def _attach(job: Job, curves: np.ndarray) -> None:
                   "insertion": [round(float(v), 4) for v in curves[1]]}
 
 
-def _sanity(ws: Workspace, groups: list[list[Job]], spec: MetricsSpec, cache: Cache, batch_size: int) -> None:
+def _sanity(ws: Workspace, groups: list[list[Job]], spec: MetricsSpec, cache: Cache, batch_size: int | None) -> None:
     """The sanity check of several techniques of one model on the same images: what the cache
     lacks through one cascade (:func:`galleryvis.metrics.sanity_many`)."""
     keys = {g[0].tech.id: [cache_key(kind="sanity", map=j.key, steps=spec.sanity_steps) for j in g] for g in groups}
@@ -204,7 +215,8 @@ def _sanity(ws: Workspace, groups: list[list[Job]], spec: MetricsSpec, cache: Ca
         calls = {g[0].tech.id: Call(g[0].tech.name, g[0].layer, g[0].params) for g in todo}
         results = metrics.sanity_many(adapter.model, ws.inputs(todo[0]).to(adapter.device), calls,
                                       [j.target for j in todo[0]], max_steps=spec.sanity_steps,
-                                      batch_size=batch_size, mean=adapter.mean, std=adapter.std, control=False)
+                                      batch_size=_chunks(adapter, cache, batch_size), mean=adapter.mean,
+                                      std=adapter.std, control=False)
         for tech_id, res in results.items():
             values[tech_id] = [float(v) for v in res.similarity]
             for key, value in zip(keys[tech_id], res.similarity):

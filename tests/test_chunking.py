@@ -114,3 +114,33 @@ def test_a_gallery_measures_each_model_once_per_machine_and_an_explicit_batch_si
     monkeypatch.setattr(executor, "machine", lambda device: "another machine")
     build(manifest, Options(quiet=True, force=True))
     assert len(measured) == 2  # measured again where it runs
+
+
+def test_scoring_runs_at_the_models_measured_chunks_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deletion / insertion gets the measured forward-only chunk and the sanity cascade the
+    measured chunks; an explicit batch size wins there as well (forward-only passes 4x)."""
+    from galleryvis import executor, metrics
+    from galleryvis.manifest import load_manifest
+    from galleryvis.pipeline import Options, build
+
+    shutil.copy(Path(__file__).resolve().parent.parent / "input_images" / "cat.png", tmp_path / "cat.png")
+    (tmp_path / "galleryvis.toml").write_text(GALLERY + "\n[metrics]\nenabled = true\nsanity_steps = 2\n")
+    monkeypatch.setattr(executor, "measure_chunking", lambda model, sample: Chunking(5, 7))
+    used: dict[str, list[object]] = {"deletion": [], "sanity": []}
+    real_deletion, real_sanity = metrics.deletion_insertion, metrics.sanity_many
+
+    def deletion(*args, batch_size, **kw):  # noqa: ANN002, ANN003
+        used["deletion"].append(batch_size)
+        return real_deletion(*args, batch_size=batch_size, **kw)
+
+    def sanity(*args, batch_size, **kw):  # noqa: ANN002, ANN003
+        used["sanity"].append(batch_size)
+        return real_sanity(*args, batch_size=batch_size, **kw)
+
+    monkeypatch.setattr(metrics, "deletion_insertion", deletion)
+    monkeypatch.setattr(metrics, "sanity_many", sanity)
+    manifest = load_manifest(tmp_path / "galleryvis.toml")
+    build(manifest, Options(quiet=True))
+    assert used == {"deletion": [7], "sanity": [Chunking(5, 7)]}
+    build(manifest, Options(quiet=True, use_cache=False, batch_size=3))  # scores are cached by map, not chunk
+    assert used == {"deletion": [7, 12], "sanity": [Chunking(5, 7), Chunking(3, 12)]}
