@@ -703,7 +703,8 @@ def test_lrp_keeps_the_contracts_on_transformers(transformers: dict[str, nn.Modu
     attention switched on): finite (N, 3, H, W) maps, a batch equal to single calls, the
     model unchanged; at a token or channels-last layer, one channel on the layer's grid."""
     if name == "hf_vit":
-        model = pytest.importorskip("transformers") and hf_vit()
+        pytest.importorskip("transformers")
+        model = hf_vit()
     elif name not in transformers:
         pytest.skip("timm is not installed")
     else:
