@@ -203,6 +203,33 @@ def test_the_viewer_opens_reads_values_moves_and_closes(browser: Any, base_url: 
     assert not [p for p in problems if "ERR_ABORTED" not in p]  # moving on cancels a picture's load
 
 
+def test_a_picture_made_from_no_image_is_shown_whole_without_sliders(browser: Any, base_url: str,
+                                                                    site_root: Path):
+    """A cell with ``data-image=""`` and no values (a class visualization with its own class):
+    no base image, no opacity or swipe slider, the picture at full opacity and unclipped, and no
+    map download; the next cell with an image gets its sliders back, at their values."""
+    context, page, problems = _open(browser, base_url + _model_page(site_root))
+    try:
+        first = page.locator("a.pic[data-image]").first
+        first.evaluate("a => { a.setAttribute('data-image', ''); a.removeAttribute('data-values'); }")
+        page.locator("a.pic[data-image]").nth(1).click()
+        page.locator(".viewer-opacity").fill("30")
+        page.locator(".viewer-close").focus()  # arrow keys on a slider move the slider
+        page.keyboard.press("ArrowLeft")  # onto the picture made from no image
+        assert not page.locator(".viewer-opacity").is_visible() and not page.locator(".viewer-swipe").is_visible()
+        assert page.locator(".viewer-base").evaluate("b => b.hidden")
+        assert page.locator(".viewer-map").evaluate("m => m.style.opacity") == "1"
+        assert page.locator(".viewer-clip").evaluate("c => c.style.clipPath") == "none"
+        assert not page.locator(".viewer-npy").is_visible()
+        assert page.locator(".viewer-value").inner_text() == "A picture: no values to read"
+        page.keyboard.press("ArrowRight")
+        assert page.locator(".viewer-opacity").is_visible()
+        assert page.locator(".viewer-map").evaluate("m => m.style.opacity") == "0.3"
+    finally:
+        context.close()
+    assert not [p for p in problems if "ERR_ABORTED" not in p]
+
+
 def test_the_viewer_works_by_keyboard_alone(browser: Any, base_url: str, site_root: Path):
     context, page, problems = _open(browser, base_url + _model_page(site_root))
     try:
