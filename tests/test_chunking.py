@@ -83,14 +83,19 @@ params = { steps = 4 }
 """
 
 
+def _write_gallery(folder: Path, extra: str = "") -> None:
+    """:data:`GALLERY` (plus ``extra`` TOML) and its photo in ``folder``."""
+    shutil.copy(Path(__file__).resolve().parent.parent / "input_images" / "cat.png", folder / "cat.png")
+    (folder / "galleryvis.toml").write_text(GALLERY + extra)
+
+
 def test_a_gallery_measures_each_model_once_per_machine_and_an_explicit_batch_size_wins(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from galleryvis import executor
     from galleryvis.manifest import load_manifest
     from galleryvis.pipeline import Options, build
 
-    shutil.copy(Path(__file__).resolve().parent.parent / "input_images" / "cat.png", tmp_path / "cat.png")
-    (tmp_path / "galleryvis.toml").write_text(GALLERY)
+    _write_gallery(tmp_path)
     measured, used = [], []
     real_measure, real_attribute = executor.measure_chunking, executor.attribute_calls
 
@@ -123,8 +128,7 @@ def test_scoring_runs_at_the_models_measured_chunks_too(tmp_path: Path, monkeypa
     from galleryvis.manifest import load_manifest
     from galleryvis.pipeline import Options, build
 
-    shutil.copy(Path(__file__).resolve().parent.parent / "input_images" / "cat.png", tmp_path / "cat.png")
-    (tmp_path / "galleryvis.toml").write_text(GALLERY + "\n[metrics]\nenabled = true\nsanity_steps = 2\n")
+    _write_gallery(tmp_path, "\n[metrics]\nenabled = true\nsanity_steps = 2\n")
     monkeypatch.setattr(executor, "measure_chunking", lambda model, sample: Chunking(5, 7))
     used: dict[str, list[object]] = {"deletion": [], "sanity": []}
     real_deletion, real_sanity = metrics.deletion_insertion, metrics.sanity_many

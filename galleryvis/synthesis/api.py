@@ -63,6 +63,14 @@ def synthesis_technique(name: str, *, title: str, paper: str, summary: str, laye
     return deco
 
 
+def fit(x: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """``x`` resized (bilinear, differentiable) to ``size``, the one input size a model such as a
+    ViT accepts; unchanged when ``size`` is None (a model that takes any size) or already met."""
+    if size is None or tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
 @dataclass
 class Job:
     """What a synthesis technique sees for one chunk of items.
@@ -88,11 +96,8 @@ class Job:
         return len(self.units)
 
     def fit(self, x: Tensor) -> Tensor:
-        """``x`` resized (bilinear, differentiable) to :attr:`input_size`, the one size a model
-        such as a ViT accepts; unchanged for models that take any size."""
-        if self.input_size is None or tuple(x.shape[-2:]) == self.input_size:
-            return x
-        return F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
+        """``x`` at :attr:`input_size` (:func:`fit`)."""
+        return fit(x, self.input_size)
 
     def normalize(self, x01: Tensor) -> Tensor:
         """Image space [0, 1] -> the model's input space (channels_last on the CPU), at the
@@ -262,8 +267,7 @@ def synthesize(
         else:
             size = resolved.get("size", 224)
             probe_x = (torch.full((1, 3, size, size), 0.5, device=device) - mean_t) / std_t
-        if input_size is not None and tuple(probe_x.shape[-2:]) != input_size:
-            probe_x = F.interpolate(probe_x, size=input_size, mode="bilinear", align_corners=False)
+        probe_x = fit(probe_x, input_size)
         layer_tap = None
         if tech.layer != "none" and layer is None:
             layer = default_layer(model, probe_x)
