@@ -13,7 +13,7 @@ import html5lib
 import pytest
 
 import galleryvis.render as render
-from galleryvis.records import TechniqueRecord, Variant
+from galleryvis.records import Ranking, TechniqueRecord, Variant
 from galleryvis.render import md_escape, render_site, row_label, site_url, sparkline
 
 from gallery_fixture import (
@@ -217,6 +217,40 @@ def test_compare_page_has_models_as_columns(site):
     evil = grids(parse(root / "compare-evil.html"))[0]
     gradcam_rows = [r for r in expand(evil) if text(r[0]).startswith("Grad-CAM")]
     assert len(gradcam_rows) == 3 and all(has_class(r[2], "failed") for r in gradcam_rows)
+
+
+def test_compare_index_names_each_models_top1_and_flags_disagreement(site):
+    root, _, _ = site
+    cards = [li for ul in parse(root / "compare.html").iter("ul") if has_class(ul, "images") for li in ul.findall("li")]
+    assert len(cards) == len(IMAGES)
+    cat, evil = cards
+    assert [text(d) for d in cat.iter("dt")] == ["AlexNet", "ResNet-18 | [tiny]"]
+    assert [text(d) for d in cat.iter("dd")] == ["Egyptian cat (285) 60.0%", "tabby <cat> | [x] (281) 60.0%"]
+    assert [text(p) for p in cat.iter("p") if has_class(p, "disagree")] == ["The models disagree on this image's class."]
+    assert [text(d) for d in evil.iter("dd")] == ["king snake (56) 60.0%"] * 2
+    assert not [p for p in evil.iter("p") if has_class(p, "disagree")]
+
+
+def test_compare_index_puts_the_rankings_side_by_side(tmp_path):
+    gallery = make_gallery(tmp_path)
+    resnet = Ranking("resnet18", [
+        {"technique": "gradcam", "insertion_auc": 0.6, "deletion_auc": 0.1, "score": 0.5, "baseline": False},
+        {"technique": "vanilla", "insertion_auc": 0.3, "deletion_auc": 0.1, "score": 0.2, "baseline": False},
+    ], "steps=16, substrate=zeros, softmax")
+    render_site(replace(gallery, rankings=gallery.rankings + [resnet]), tmp_path)
+    table = next(t for t in parse(tmp_path / "compare.html").iter("table") if has_class(t, "comparison"))
+    assert header_texts(table) == ["Technique", "AlexNet", "ResNet-18 | [tiny]"]
+    rows = table.find("tbody").findall("tr")
+    # the first model's order, then what only a later one ranks; "—" where a model has no score
+    assert [[text(c) for c in r] for r in rows] == [["Grad-CAM", "0.375 (#1)", "0.500 (#1)"],
+                                                    ["random (baseline)", "-0.100 (#2)", "—"],
+                                                    ["Vanilla Backpropagation", "—", "0.200 (#2)"]]
+    assert [[text(b) for b in r.iter("b")] for r in rows] == [["0.500 (#1)"], [], []]  # a row's higher score
+    assert [has_class(r, "baseline") for r in rows] == [False, True, False]
+    assert rows[0].find(".//a").get("href") == "technique-gradcam.html"
+
+    render_site(replace(gallery, rankings=[]), tmp_path)
+    assert 'id="faithfulness"' not in (tmp_path / "compare.html").read_text()
 
 
 def test_technique_page_has_description_grid_and_curves(site):

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from galleryvis.naming import slug, unique_slugs
-from galleryvis.records import Cell, Gallery, ImageRecord, ModelRecord, Ranking, Size, TechniqueRecord, Variant
+from galleryvis.records import (Cell, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, Size,
+                                TechniqueRecord, Variant)
 
 
 #: A cell whose map keeps at least this rank correlation after the model's weights are
@@ -464,6 +465,32 @@ class SiteModel:
                  fmt_number(row.get("score"))) for row in r.rows if not row.get("baseline")][:top]
         baselines = [(row["technique"], fmt_number(row.get("score"))) for row in r.rows if row.get("baseline")]
         return best, baselines
+
+    def ranking_comparison(self) -> tuple[list[ModelRecord], list[tuple[str, str, bool, list[tuple[str, bool]]]]]:
+        """The rankings side by side: the ranked models, and one row per technique or baseline
+        (the first ranking's order, then what only later ones rank) as ``(title, href,
+        is_baseline, [(text, best)])``, one cell per model: ``"score (#rank)"`` or ``"—"``, and
+        whether that score is the row's highest (only where at least two models have one)."""
+        ranked = [(self.models[r.model_id], r) for r in self.g.rankings if r.model_id in self.models]
+        by_model = [{row["technique"]: (n, row) for n, row in enumerate(r.rows, 1)} for _, r in ranked]
+        order = list(dict.fromkeys(t for ranks in by_model for t in ranks))
+        rows = []
+        for tech in order:
+            entries = [ranks.get(tech) for ranks in by_model]
+            scores = [float(e[1]["score"]) for e in entries if e is not None and isinstance(e[1].get("score"), (int, float))]
+            top = max(scores) if len(scores) > 1 else None
+            cells = [("—", False) if e is None else
+                     (f"{fmt_number(e[1].get('score'))} (#{e[0]})", top is not None and e[1].get("score") == top)
+                     for e in entries]
+            baseline = any(e is not None and e[1].get("baseline") for e in entries)
+            rows.append((self.name("technique", tech), self.technique_page.get(tech, ""), baseline, cells))
+        return [m for m, _ in ranked], rows
+
+    def top_predictions(self, image: ImageRecord) -> tuple[list[tuple[ModelRecord, Prediction | None]], bool]:
+        """Each model's top-1 prediction for ``image`` (None without predictions), and whether
+        the models that have one disagree."""
+        tops = [(m, (m.predictions.get(image.id) or [None])[0]) for m in self.g.models]
+        return tops, len({p.index for _, p in tops if p is not None}) > 1
 
     def failures(self) -> list[tuple[Cell, str]]:
         return [(c, self.model_page.get(c.model_id, "")) for c in self.g.cells if c.status != "ok"]
