@@ -137,8 +137,6 @@ def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -
                     stages.add(family, sum(summary.seconds.get(i, 0.0) for i in ids))
             with stages.stage("scoring"):
                 rankings = scoring.score(jobs, ws, manifest.metrics, cache, opts.batch_size, progress, opts.share_passes)
-            if manifest.metrics.enabled:
-                summary.seconds["metrics"] = stages.seconds["scoring"]
         finally:
             progress.close()
         summary.computed = sum(1 for j in todo if not j.error)
