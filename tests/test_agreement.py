@@ -318,6 +318,18 @@ def test_scorecam_gradcam_weighting(resnet18: nn.Module, photos64: Tensor) -> No
 
 
 # -- SmoothGrad ----------------------------------------------------------------------------------
+def noise_tunnel(model: nn.Module, cls: str, x: Tensor, target: int, nt_type: str, samples: int,
+                 sigma: float, seed: int) -> Tensor:
+    """captum's ``NoiseTunnel`` over ``captum.attr.<cls>`` (``Saliency`` signed) with galleryvis's
+    noise: captum's global RNG seeded with ``seed``, ``sigma`` a fraction of ``x``'s range."""
+    kw = {"abs": False} if cls == "Saliency" else {}
+    with frozen(model):
+        torch.manual_seed(seed)
+        return captum_attr.NoiseTunnel(getattr(captum_attr, cls)(model)).attribute(
+            x.clone(), nt_type=nt_type, nt_samples=samples, stdevs=sigma * float(x.max() - x.min()),
+            target=target, **kw)
+
+
 @pytest.mark.parametrize("variant, nt_type, base, cls", [
     ("mean", "smoothgrad", "vanilla", "Saliency"),
     ("squared", "smoothgrad_sq", "vanilla", "Saliency"),
@@ -331,12 +343,7 @@ def test_smoothgrad_matches_noise_tunnel(resnet18: nn.Module, photos64: Tensor,
     x, samples, sigma, seed = photos64[:1], 8, 0.15, 3
     ours = galleryvis.attribute(resnet18, x, "smoothgrad", 9, samples=samples, sigma=sigma,
                                 variant=variant, base=base, seed=seed, batch_size=samples)
-    kw = {"abs": False} if cls == "Saliency" else {}
-    with frozen(resnet18):
-        torch.manual_seed(seed)
-        ref = captum_attr.NoiseTunnel(getattr(captum_attr, cls)(resnet18)).attribute(
-            x.clone(), nt_type=nt_type, nt_samples=samples, stdevs=sigma * float(x.max() - x.min()),
-            target=9, **kw)
+    ref = noise_tunnel(resnet18, cls, x, 9, nt_type, samples, sigma, seed)
     check(f"smoothgrad {variant} base={base}/resnet18", pearson(ours, ref))
     torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-5 * float(ref.abs().max()))
 
@@ -546,12 +553,8 @@ def test_gradients_smoothgrad_ig_and_occlusion_on_transformers(transformers: dic
     sigma, samples, seed = 0.15, 8, 3
     smooth = galleryvis.attribute(model, x[:1], "smoothgrad", target[0], samples=samples, sigma=sigma, seed=seed,
                                   batch_size=samples)
-    with frozen(model):
-        torch.manual_seed(seed)
-        ref = captum_attr.NoiseTunnel(captum_attr.Saliency(model)).attribute(
-            x[:1].clone(), nt_type="smoothgrad", nt_samples=samples, stdevs=sigma * float(x[:1].max() - x[:1].min()),
-            target=target[0], abs=False)
-    check(f"smoothgrad/{name}", pearson(smooth, ref))
+    check(f"smoothgrad/{name}", pearson(smooth, noise_tunnel(model, "Saliency", x[:1], target[0], "smoothgrad",
+                                                            samples, sigma, seed)))
 
 
 def gradcam_pp_formula(a: Tensor, g: Tensor, eps: float) -> Tensor:
