@@ -85,6 +85,7 @@ def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, 
     case_info = {r["case"]: r for r in records if r["type"] == "case_info"}
     skipped = {r["case"]: r["reason"] for r in records if r["type"] == "skip_case"}
     model, device = info.get("model", "?"), info.get("device", "?")
+    settings = {**settings, "size": info.get("size", settings["size"])}  # the model's own where it takes one
 
     lines = [rep.heading(
         f"{model} · {device} · {info.get('threads', '?')} threads · {settings['size']}×{settings['size']} · "

@@ -44,11 +44,15 @@ def run(spec: dict[str, Any]) -> None:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     import galleryvis
-    from galleryvis.layers import default_layer, grids_of, probe
+    from galleryvis.layers import default_layer, fixed_input_size, grids_of, probe
 
     _preload()
     model = build_model(spec["model"], spec["seed"], device)
-    x = load_inputs(spec["images"], spec["size"], device)
+    fixed = fixed_input_size(model)  # a ViT takes one size: --quick's 112 px would not run
+    if fixed is not None and fixed[0] != fixed[1]:
+        raise ValueError(f"{spec['model']} takes only {fixed[0]}x{fixed[1]} inputs; the bench's photos are square")
+    size = spec["size"] if fixed is None else fixed[0]
+    x = load_inputs(spec["images"], size, device)
     with torch.no_grad():
         targets = model(x).argmax(1).tolist()
     layer = spec.get("layer") or default_layer(model, x[:1])
@@ -82,7 +86,7 @@ def run(spec: dict[str, Any]) -> None:
                                     "reference", lambda: input_gradient(model, xb, targets[:1] * bs), spec, bs, device)
         for r in refs.values():
             emit(r)
-    emit({"type": "info", "model": spec["model"], "device": str(device), "layer": layer, "targets": targets,
+    emit({"type": "info", "model": spec["model"], "device": str(device), "size": size, "layer": layer, "targets": targets,
           "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "threads": torch.get_num_threads(),
           "galleryvis": getattr(galleryvis, "__version__", "?")})
 
@@ -217,6 +221,8 @@ def _default(params: Any, name: str) -> Any:
 def _synthesis(b: Bench, spec: dict[str, Any], device: torch.device) -> None:
     """Per-step cost of filter visualization, from two step counts (setup cost cancels)."""
     import galleryvis
+    from galleryvis.layers import fixed_input_size
+    from galleryvis.synthesis.api import fit
 
     synthesize = getattr(galleryvis, "synthesize", None)
     if synthesize is None:
@@ -242,6 +248,7 @@ def _synthesis(b: Bench, spec: dict[str, Any], device: torch.device) -> None:
     shape = tuple(image.shape)
     layer_module = resolve_layer(b.model, b.layer)
     xr = torch.randn(shape, device=device)
+    size = fixed_input_size(b.model)  # resized to it before the model, as synthesize does
 
     def fwd_bwd() -> object:
         saved: dict[str, torch.Tensor] = {}
@@ -249,7 +256,7 @@ def _synthesis(b: Bench, spec: dict[str, Any], device: torch.device) -> None:
         try:
             xg = xr.detach().requires_grad_(True)
             with frozen(b.model), torch.enable_grad():
-                b.model(xg)
+                b.model(fit(xg, size))
                 (g,) = torch.autograd.grad(saved["a"][:, 0].mean(), xg)
             return g
         finally:
