@@ -252,14 +252,12 @@ def test_compare_index_puts_the_rankings_side_by_side(tmp_path):
     assert "| Grad-CAM | 0.375 (\\#1) | **0.500 (\\#1)** |" in md
     assert "| *random* | -0.100 (\\#2) | — |" in md
 
-    render_site(replace(gallery, rankings=[]), tmp_path)
-    assert 'id="faithfulness"' not in (tmp_path / "compare.html").read_text()
 
-
-def test_gallery_md_compares_rankings_only_when_two_models_have_one(site):
+def test_rankings_are_compared_only_when_two_models_have_one(site):
     root, gallery, _ = site
-    assert [r.model_id for r in gallery.rankings] == ["alexnet"]
-    assert "Faithfulness side by side" not in (root / "gallery.md").read_text()  # the model's own ranking says it
+    assert [r.model_id for r in gallery.rankings] == ["alexnet"]  # its own page's ranking says it all
+    assert 'id="faithfulness"' not in (root / "compare.html").read_text()
+    assert "Faithfulness side by side" not in (root / "gallery.md").read_text()
 
 
 def test_technique_page_has_description_grid_and_curves(site):
