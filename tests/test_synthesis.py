@@ -536,9 +536,15 @@ def test_deterministic_settings_are_restored_after_synthesis() -> None:
     from torch import nn
 
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-    before = (torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    settings = lambda: (torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),  # noqa: E731
+                        torch.utils.deterministic.fill_uninitialized_memory)
+    before = settings()
+    during = []
+    net[0].register_forward_hook(lambda *_: during.append(settings()))
     galleryvis.synthesize(net, "class_visualization", target=1, steps=2, size=32)
-    assert (torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled()) == before
+    assert settings() == before
+    # deterministic kernels, without torch's debugging fill of every new tensor (it costs, changes nothing)
+    assert set(during) == {(True, True, False)}
 
 
 # -- transformers: a unit is a channel on token and channels-last layers ----------------------------
