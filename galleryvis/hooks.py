@@ -183,10 +183,11 @@ def deterministic() -> Iterator[None]:
     """Deterministic kernels (cuDNN, and torch's own where it has them) for the duration, so a
     fixed seed gives the same result on CUDA too; the previous settings come back on exit.
 
-    Without torch's debugging fill of every new tensor (``fill_uninitialized_memory``, which
-    deterministic mode turns on): no kernel here reads memory it has not written, so the results
-    are the same bit for bit, and the fill cost synthesis 5-8 % of its time on the CPU (Lite1,
-    interleaved runs)."""
+    Without torch's debugging fill of every new tensor (``torch.utils.deterministic.
+    fill_uninitialized_memory``, torch >= 2.2; deterministic mode turns it on): it only matters
+    to code that reads memory it has not written, and synthesis gave the same images bit for bit
+    without it (the tests, and two default galleries compared picture by picture), 5-8 % faster
+    per step on the CPU (Lite1, interleaved runs)."""
     fill = getattr(torch.utils, "deterministic", None)
     saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
              torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
