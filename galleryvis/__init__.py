@@ -9,14 +9,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Chunking", "attribute", "attribute_many", "measure_chunking", "metrics",
-           "synthesize", "techniques"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Chunking", "Context", "attribute", "attribute_many", "measure_chunking",
+           "metrics", "synthesize", "technique", "techniques"]
 __version__ = "0.1.0"
 
 #: public name -> the module that defines it (``metrics`` is the module itself)
 _HOMES = {"IMAGENET_MEAN": "engine", "IMAGENET_STD": "engine", "attribute": "engine", "attribute_many": "engine",
           "techniques": "engine", "synthesize": "synthesis", "metrics": "metrics", "Chunking": "chunking",
-          "measure_chunking": "engine"}
+          "measure_chunking": "engine", "Context": "engine", "technique": "registry"}
 
 
 def __getattr__(name: str) -> Any:
