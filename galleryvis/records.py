@@ -43,13 +43,16 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class ModelRecord:
-    """A model with its top-5 predictions per image id and the layers its techniques used."""
+    """A model with its top-5 predictions per image id and the layers its techniques used;
+    ``random_weights``: built with random weights (``weights = "none"``), so its classes are no
+    predictions and every page that shows them says so."""
 
     id: str
     name: str
     description: str
     predictions: dict[str, list[Prediction]]
     layers: dict[str, str]
+    random_weights: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,13 @@ import functools
 import os
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from galleryvis.records import Gallery
 from galleryvis.render import render_site
 
 from gallery_fixture import make_gallery
@@ -63,8 +65,14 @@ def site_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if given:
         return Path(given).resolve()
     root = tmp_path_factory.mktemp("browser-site")
-    render_site(make_gallery(root), root)
+    render_site(_with_random_weights(make_gallery(root)), root)
     return root
+
+
+def _with_random_weights(gallery: Gallery) -> Gallery:
+    """``gallery`` with its last model built with random weights, so every page's checks cover
+    the "random weights" marks beside a trained model's columns."""
+    return replace(gallery, models=[replace(m, random_weights=m is gallery.models[-1]) for m in gallery.models])
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +274,32 @@ def test_no_page_scrolls_sideways_on_a_phone(browser: Any, base_url: str, site_r
             wide[name] = width
         context.close()
     assert not wide
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_random_weights_marks_are_visible_beside_the_random_models_classes(browser: Any, base_url: str,
+                                                                           site_root: Path, width: int):
+    """On a desktop and on a phone, each "random weights" mark is drawn (not hidden, not zero-sized)
+    as words inside its table's box, and the landing page says it above the fold."""
+    if os.environ.get("GALLERYVIS_BROWSER_SITE"):
+        pytest.skip("the hand-built site has a model with random weights; a given site may have none")
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    try:
+        page = context.new_page()
+        for name in ("index.html", "compare.html", "compare-cat.html"):
+            page.goto(base_url + name, wait_until="load")
+            marks = page.locator(".random-weights")
+            assert marks.count() > 0, name
+            for i in range(marks.count()):
+                mark = marks.nth(i)
+                assert mark.inner_text() == "random weights" and mark.is_visible(), (name, i)
+                box = mark.bounding_box()
+                assert box is not None and box["width"] > 40 and box["height"] > 8, (name, i, box)
+        page.goto(base_url + "index.html", wait_until="load")
+        note = page.locator(".random-note").bounding_box()
+        assert note is not None and note["y"] + note["height"] <= 900 and note["x"] + note["width"] <= width
+    finally:
+        context.close()
 
 
 def test_axe_finds_no_serious_violation_on_any_kind_of_page(browser: Any, base_url: str, site_root: Path):

@@ -15,6 +15,7 @@ import pytest
 import galleryvis.render as render
 from galleryvis.records import Ranking, TechniqueRecord, Variant
 from galleryvis.render import md_escape, render_site, row_label, site_url, sparkline
+from galleryvis.render.pages import random_weights_note
 
 from gallery_fixture import (
     EXPECTED_ROWS,
@@ -410,6 +411,128 @@ def test_gallery_md_links_html_pages_only_at_base_url(site, tmp_path):
     render_site(replace(gallery, base_url="https://me.github.io/repo/"), tmp_path)
     links = html_link.findall((tmp_path / "gallery.md").read_text())
     assert len(links) > 10 and all(u.startswith("https://me.github.io/repo/") for u in links)
+
+
+# -- random weights --------------------------------------------------------------------------
+RANDOM = "resnet18"  # the fixture's model built with random weights here; AlexNet stays trained
+
+
+@pytest.fixture(scope="module")
+def random_site(tmp_path_factory: pytest.TempPathFactory):
+    """The fixture gallery with ResNet-18 built with random weights, and its filter
+    visualization made once from no image (a row of the side-by-side table)."""
+    root = tmp_path_factory.mktemp("random-site")
+    gallery = make_gallery(root)
+    synth = "filter_visualization"
+    cells = [replace(c, image_id="") if (c.model_id, c.technique_id) == (RANDOM, synth) else c
+             for c in gallery.cells if (c.model_id, c.image_id, c.technique_id) != (RANDOM, "evil", synth)]
+    models = [replace(m, random_weights=m.id == RANDOM) for m in gallery.models]
+    gallery = replace(gallery, models=models, cells=cells)
+    render_site(gallery, root)
+    return root, gallery
+
+
+def marked(el: Element) -> bool:
+    """Whether ``el`` holds the visible "random weights" mark."""
+    return any(has_class(s, "random-weights") and text(s) == "random weights" for s in el.iter("span"))
+
+
+def random_notes(tree: Element) -> list[str]:
+    return [text(p) for p in tree.iter("p") if has_class(p, "random-note")]
+
+
+def target_headers(table: Element) -> list[Element]:
+    """The column headers that name the class their column's maps explain."""
+    return [th for th in table.find("thead").iter("th") if any(has_class(s, "target") for s in th.iter("span"))]
+
+
+def test_random_weights_note_names_the_untrained_models(random_site):
+    trained, untrained = random_site[1].models
+    assert random_weights_note([trained]) == ""
+    one = random_weights_note([trained, untrained])
+    assert one.startswith("ResNet-18 | [tiny] is untrained") and "AlexNet" not in one and "for it are not" in one
+    both = random_weights_note([replace(trained, random_weights=True), untrained])
+    assert both.startswith("AlexNet and ResNet-18 | [tiny] are untrained") and "for them are not" in both
+
+
+def test_the_landing_page_marks_a_random_models_predictions_and_classes(random_site):
+    root, _ = random_site
+    tree = parse(root / "index.html")
+    assert random_notes(tree) == ['Random weights: ResNet-18 | [tiny] is untrained (weights = "none"), so the '
+                                  "classes shown for it are not predictions and its maps explain no learned features."]
+    predictions = next(t for t in tree.iter("table") if has_class(t, "predictions"))
+    assert [marked(th) for th in predictions.find("thead").iter("th")] == [False, False, True]
+    for tr in predictions.find("tbody").findall("tr"):  # also in the cell: a phone may scroll the header away
+        assert [marked(td) for td in tr.findall("td")] == [False, True]
+    teasers = {text(d.find("h3")): grids(d)[0] for d in tree.iter("div") if has_class(d, "teaser")}
+    assert set(teasers) == {"AlexNet", "ResNet-18 | [tiny]"}
+    for name, table in teasers.items():
+        heads = target_headers(table)
+        assert len(heads) == len(IMAGES) and {marked(th) for th in heads} == {name != "AlexNet"}
+
+
+def test_compare_pages_mark_the_random_models_column_and_top1(random_site):
+    root, _ = random_site
+    index = parse(root / "compare.html")
+    assert len(random_notes(index)) == 1
+    for dl in (d for d in index.iter("dl") if has_class(d, "tops")):
+        pairs = list(zip(dl.findall("dt"), dl.findall("dd")))
+        assert [(text(dt), marked(dd)) for dt, dd in pairs] == [("AlexNet", False), ("ResNet-18 | [tiny]", True)]
+    for page in ("compare-cat.html", "compare-evil.html"):
+        tree = parse(root / page)
+        assert len(random_notes(tree)) == 1
+        heads = [th for table in grids(tree) for th in target_headers(table)]
+        assert [(text(th.find("a")), marked(th)) for th in heads] == [("AlexNet", False), ("ResNet-18 | [tiny]", True)]
+
+
+def test_the_model_page_of_a_random_model_says_so_and_a_trained_ones_does_not(random_site):
+    root, _ = random_site
+    tree = parse(root / "model-resnet18.html")
+    assert len(random_notes(tree)) == 1
+    tables = grids(tree)
+    heads = [th for t in tables for th in target_headers(t)]
+    assert heads and all(marked(th) for th in heads)
+    beside = [t for t in tables if "made from no image" in text(t.find("caption"))]
+    assert len(beside) == 1 and all(marked(tr.find("th")) for tr in beside[0].find("tbody").findall("tr"))
+    alexnet = parse(root / "model-alexnet.html")
+    assert not random_notes(alexnet) and not marked(alexnet)
+    technique = parse(root / "technique-gradcam.html")
+    assert [(text(h.find("a")), marked(h)) for h in technique.iter("h2") if h.find("a") is not None] == [
+        ("AlexNet", False), ("ResNet-18 | [tiny]", True)]
+
+
+def test_gallery_md_marks_the_random_model(random_site):
+    root, gallery = random_site
+    md = (root / "gallery.md").read_text()
+    intro, *sections = md.split("\n## ")
+    predictions = next(s for s in sections if s.startswith("Images and predictions"))
+    assert "**Random weights:** ResNet-18 \\| \\[tiny\\] is untrained" in predictions
+    assert r"| AlexNet top-5 | ResNet-18 \| \[tiny\] top-5 (**random weights**) |" in predictions
+    rows = [_PIPE.split(line)[2:4] for line in predictions.splitlines() if line.startswith("| <a ")]
+    assert len(rows) == len(IMAGES)
+    assert all(not a.startswith(" (**random") and b.startswith(" (**random weights**)<br>1. ") for a, b in rows)
+    alexnet = next(s for s in sections if s.startswith("AlexNet"))
+    resnet = next(s for s in sections if s.startswith(r"ResNet-18 \| \[tiny\]"))
+    assert "random weights" not in alexnet.lower()
+    assert "**Random weights:**" in resnet
+    heads = [cell for line in resnet.splitlines() if line.startswith("| Technique |")
+             for cell in _PIPE.split(line) if "Target class" in cell]
+    assert heads and all(cell.endswith("(**random weights**) ") for cell in heads)
+    assert r"| **ResNet-18 \| \[tiny\]** (**random weights**) |" in resnet  # the side-by-side row
+    embedded = render.markdown_tables(gallery)  # README sections: each image with both models
+    columns = [cell for line in embedded.splitlines() if line.startswith("| Technique |")
+               for cell in _PIPE.split(line) if "Target class" in cell]
+    assert len(columns) == len(IMAGES) * len(MODELS)  # the attribution grid; synthesis names no class
+    assert [("ResNet" in c, "(**random weights**)" in c) for c in columns] == [(False, False), (True, True)] * 2
+
+
+def test_trained_models_carry_no_random_weights_mark(site):
+    root, gallery, _ = site
+    assert not any(m.random_weights for m in gallery.models)
+    for page in PAGES:
+        tree = parse(root / page)
+        assert not marked(tree) and not random_notes(tree), page
+    assert "random weights" not in (root / "gallery.md").read_text().lower()
 
 
 # -- determinism and safety ------------------------------------------------------------------

@@ -176,7 +176,8 @@ class Slot:
 
 @dataclass
 class Row:
-    """One grid row: a technique variant (or the original images) across the columns."""
+    """One grid row: a technique variant (or the original images) across the columns; in a
+    :meth:`SiteModel.side_by_side` table, a ``model``."""
 
     label: str
     slots: list[Slot]
@@ -185,6 +186,7 @@ class Row:
     sub: str = ""
     first: bool = False
     id: str = ""
+    model: ModelRecord | None = None
 
 
 @dataclass
@@ -345,7 +347,7 @@ class SiteModel:
             slots = [self.slot(model, None, None, t, c, c.variants[0] if c and c.variants else None, 0, 1, False)
                      for t, c in zip(techs, cells)]
             rows.append(Row(model.name, slots, href=self.model_page[model.id], first=not rows,
-                            id=f"{prefix}{self.model_slug[model.id]}"))
+                            id=f"{prefix}{self.model_slug[model.id]}", model=model))
         if not rows:
             return None
         columns = [Column(models[0], None, t.id, self.technique_page[t.id]) for t in techs]

@@ -28,12 +28,12 @@ from html import escape as html_escape
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import jinja2
 
 from galleryvis.fileio import atomic_write
-from galleryvis.records import Gallery, TechniqueRecord
+from galleryvis.records import Gallery, ModelRecord, TechniqueRecord
 from .grid import FAMILY_TITLES, METRICS, Slot, SiteModel, Table, titlecase, fmt_number, split_papers, target_text
 from .safe import MdSafe, md_finalize, embed_markdown, md_escape, render_markdown, site_url
 
@@ -65,16 +65,32 @@ def _environments() -> tuple[jinja2.Environment, jinja2.Environment]:
     html.filters["num"] = fmt_number
     html.filters["first_line"] = _first_line
     html.globals["target_text"] = target_text
+    html.globals["random_weights_note"] = random_weights_note
     # In the Markdown environment every {{ value }} is escaped unless it is built as MdSafe.
     mdenv = jinja2.Environment(autoescape=False, finalize=md_finalize, **common)
     mdenv.filters["url"] = lambda p: MdSafe(site_url(p))
     mdenv.filters["num"] = fmt_number
+    mdenv.globals["random_weights_note"] = random_weights_note
     return html, mdenv
 
 
 def _first_line(text: str, limit: int = 160) -> str:
     line = next((s for s in str(text).splitlines() if s.strip()), "")
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def random_weights_note(models: Iterable[ModelRecord]) -> str:
+    """Which of ``models`` have random weights and what that means for the classes shown
+    (``"AlexNet is untrained (...), so the classes shown for it are not predictions ..."``);
+    ``""`` when none has."""
+    names = [m.name for m in models if m.random_weights]
+    if not names:
+        return ""
+    one = len(names) == 1
+    who = names[0] if one else ", ".join(names[:-1]) + " and " + names[-1]
+    return (f'{who} {"is" if one else "are"} untrained (weights = "none"), so the classes shown for '
+            f'{"it" if one else "them"} are not predictions and {"its" if one else "their"} maps explain '
+            "no learned features.")
 
 
 def technique_description(tech: TechniqueRecord) -> str:
