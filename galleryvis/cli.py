@@ -14,6 +14,8 @@ from .errors import ManifestError
 from .fileio import url_problem
 
 if TYPE_CHECKING:
+    import torch
+
     from .manifest import Manifest
     from .pipeline import Summary
 
@@ -81,9 +83,10 @@ def _errors_as_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _manifest_path(path: Path | None) -> Path | None:
-    """The manifest a command reads: ``path``, else ./galleryvis.toml, else None (the default)."""
+    """The manifest a command reads: ``path`` (a folder's galleryvis.toml), else ./galleryvis.toml,
+    else None (the default)."""
     if path is not None:
-        return path
+        return path / MANIFEST_NAME if path.is_dir() else path
     local = Path.cwd() / MANIFEST_NAME
     return local if local.is_file() else None
 
@@ -118,6 +121,39 @@ def _unchanged(manifest: Path | None, cache_dir: Path | str | None, batch_size: 
     return Path(record["output"])
 
 
+def _device(device: str) -> torch.device:
+    """``--device`` as a torch device; an unknown or absent one is one line naming the flag,
+    before anything loads."""
+    from .models import ModelError, choose_device
+
+    try:
+        return choose_device(device)
+    except ModelError as exc:
+        _fail(f"error: --device: {exc}")
+
+
+def _on_device(manifest: Manifest, device: str | None) -> Manifest:
+    """``manifest`` with its models on ``device`` (``--device``), or as it is when None."""
+    import dataclasses
+
+    if device is None:
+        return manifest
+    _device(device)
+    return dataclasses.replace(manifest, gallery=dataclasses.replace(manifest.gallery, device=device))
+
+
+def _open(site: Path) -> None:
+    """Open the site's landing page in the default browser (``--open``)."""
+    import webbrowser
+
+    webbrowser.open((site / "index.html").resolve().as_uri())
+
+
+#: ``--device`` of every command that loads models.
+_DEVICE = click.option("--device", default=None, metavar="auto|cpu|cuda|mps",
+                       help="Where the models run (overrides the manifest's [gallery] device).")
+
+
 def _report(output: Path, summary: Summary, quiet: bool) -> None:
     """A build's summary line (unless ``quiet``) and its failures (on stderr)."""
     if not quiet:
@@ -133,7 +169,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("manifest", required=False, type=click.Path(path_type=Path))
 @click.option("--cache-dir", type=_CACHE_FOLDER,
               help="Cache folder or fsspec URL (s3://bucket/prefix); default: [gallery] cache, else "
                    ".galleryvis-cache beside the manifest.")
@@ -160,17 +196,24 @@ def main() -> None:
 @click.option("--profile", is_flag=True, help="Print seconds per stage, model passes and the costliest cells.")
 @click.option("--no-shared-passes", "share_passes", flag_value=False, default=True,
               help="Compute and score every technique in calls of its own (same results; shows what sharing saves).")
+@_DEVICE
+@click.option("--open", "open_site", is_flag=True, help="Open the landing page in the default browser when done.")
 @_errors_as_exit
 def build(manifest: Path | None, cache_dir: Path | str | None, no_cache: bool, force: bool, dry_run: bool,
           fail_fast: bool, batch_size: int | None, wait: float, executor: str | None, ray_address: str | None,
           num_gpus: float | None, ray_workers: int | None, num_cpus: int | None, quiet: bool, profile: bool,
-          share_passes: bool) -> None:
-    """Build the gallery of MANIFEST (default: ./galleryvis.toml, else the embedded default)."""
-    if not (force or dry_run or no_cache or profile) and _unchanged(manifest, cache_dir, batch_size, quiet) is not None:
-        return
+          share_passes: bool, device: str | None, open_site: bool) -> None:
+    """Build the gallery of MANIFEST, a file or a folder with a galleryvis.toml (default:
+    ./galleryvis.toml, else the embedded default)."""
+    if not (force or dry_run or no_cache or profile):
+        site = _unchanged(manifest, cache_dir, batch_size, quiet)
+        if site is not None:
+            if open_site:
+                _open(site)
+            return
     from .pipeline import Options, build as run_build
 
-    m = _manifest(manifest)
+    m = _on_device(_manifest(manifest), device)
     opts = Options(cache_dir=cache_dir, use_cache=not no_cache, force=force, dry_run=dry_run, quiet=quiet,
                    fail_fast=fail_fast, batch_size=batch_size, wait=wait, share_passes=share_passes,
                    executor=executor, ray_address=ray_address, num_gpus=num_gpus, ray_workers=ray_workers,
@@ -182,6 +225,8 @@ def build(manifest: Path | None, cache_dir: Path | str | None, no_cache: bool, f
     _report(m.gallery.output, summary, quiet)
     if profile:
         click.echo(summary.profile())
+    if open_site:
+        _open(m.gallery.output)
     if summary.failed:
         sys.exit(1)
 
@@ -266,8 +311,9 @@ def init(github_pages: bool, from_git: str | None, force: bool) -> None:
 @click.argument("model")
 @click.option("--weights", default="none", show_default=True, help="DEFAULT, a weights enum name, a .pth path, or none.")
 @click.option("--size", default=None, type=click.IntRange(8), help="Input size (default: the model's own, else 224).")
+@click.option("--device", default="cpu", show_default=True, metavar="auto|cpu|cuda|mps", help="Where the model runs.")
 @_errors_as_exit
-def layers(model: str, weights: str, size: int | None) -> None:
+def layers(model: str, weights: str, size: int | None, device: str) -> None:
     """Print MODEL's named modules with output shapes and the grid CAMs map each to (h x w,
     channels last, or tokens with the class/register tokens dropped); '*' marks the default
     CAM layer."""
@@ -277,8 +323,9 @@ def layers(model: str, weights: str, size: int | None) -> None:
     from .manifest import ModelSpec
     from .models import load_model
 
-    adapter = load_model(ModelSpec(name=model, weights=weights), Path.cwd(), torch.device("cpu"), model)
-    x = torch.zeros(1, 3, size or adapter.size, size or adapter.size)
+    where = _device(device)
+    adapter = load_model(ModelSpec(name=model, weights=weights), Path.cwd(), where, model)
+    x = torch.zeros(1, 3, size or adapter.size, size or adapter.size, device=where)
     default = default_layer(adapter.model, x)
     records = probe(adapter.model, x)
     shapes = {name: shape for name, shape, _ in records}
@@ -293,13 +340,46 @@ def layers(model: str, weights: str, size: int | None) -> None:
 
 
 @main.command("techniques")
-def list_techniques() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON (name, family, parameters, paper, ...).")
+def list_techniques(as_json: bool) -> None:
     """List every technique with its parameters and defaults."""
     from .engine import techniques
 
+    if as_json:
+        import json
+
+        click.echo(json.dumps(techniques(), indent=2, default=repr))
+        return
     for t in techniques():
         params = ", ".join(f"{k}={v!r}" for k, v in t["params"].items())
         click.echo(f"{t['name']:24s} [{t['family']}, {t['output']}] {params}")
+
+
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON: per source, its models and how to use them.")
+def list_models(as_json: bool) -> None:
+    """List every model name by source, those that work offline marked (bundled first), with
+    how a manifest names each source's models and points at local weights."""
+    from . import sources
+
+    listing = []
+    for source in sources.listed():
+        missing = source.missing()
+        names = () if missing else source.names()
+        offline = frozenset() if missing else source.offline()
+        listing.append({"source": source.name, "usage": source.usage, "install": missing,
+                        "models": [{"name": n, "offline": n in offline} for n in names]})
+    if as_json:
+        import json
+
+        click.echo(json.dumps(listing, indent=2))
+        return
+    for entry in listing:
+        click.echo(f"{entry['source']}: {entry['usage']}")
+        if entry["install"]:
+            click.echo(f"  not installed: {entry['install']}")
+        for model in entry["models"]:
+            click.echo(f"  {model['name']:40s} works offline" if model["offline"] else f"  {model['name']}")
 
 
 @main.command()
@@ -310,17 +390,26 @@ def list_techniques() -> None:
 @click.option("--target", default=None, help="Class index or name (default: top-1).")
 @click.option("--layer", default=None, help="Dotted module name (default: last conv block).")
 @click.option("--param", "params", multiple=True, help="Technique parameter as key=value (TOML value).")
-@click.option("--variant", default=None, help="Which picture to write (default: the technique's first).")
-@click.option("-o", "--output", type=_LocalPath(path_type=Path, dir_okay=False), required=True)
+@click.option("--variant", default=None,
+              help="What to write: photo (default: the map over the whole photo, what the model saw outlined), "
+                   "a display variant of the gallery (map, heatmap, overlay, saliency, ...), or raw (the float map).")
+@click.option("-o", "--output", type=_LocalPath(path_type=Path, dir_okay=False), required=True,
+              help="The file to write; its suffix chooses the format: .png, .jpg, .webp, or .npy (the raw map).")
 @click.option("--cache-dir", type=_CACHE_FOLDER, default=Path(CACHE_DIRNAME))
+@_DEVICE
 @_errors_as_exit
 def explain(image: Path, model_name: str, weights: str | None, technique: str, target: str | None,
-            layer: str | None, params: tuple[str, ...], variant: str | None, output: Path, cache_dir: Path) -> None:
-    """Run one visualization of IMAGE through the same engine and cache, and write a PNG."""
+            layer: str | None, params: tuple[str, ...], variant: str | None, output: Path, cache_dir: Path | str,
+            device: str | None) -> None:
+    """Explain the model's class for IMAGE with one technique, through the same engine and cache as
+    a build, and print the model, the class explained with its probability, and the file written."""
     from .explain import explain_one
 
-    written = explain_one(image, model_name, weights, technique, target, layer, params, variant, output, cache_dir)
-    click.echo(f"wrote {written}")
+    if device is not None:
+        _device(device)
+    explained = explain_one(image, model_name, weights, technique, target, layer, params, variant, output,
+                            cache_dir, device)
+    click.echo(explained.line())
 
 
 @main.group()

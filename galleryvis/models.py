@@ -28,9 +28,9 @@ def choose_device(preference: str = "auto") -> torch.device:
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     if preference == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device 'cuda' requested but CUDA is not available; use device = \"auto\" or \"cpu\"")
+        raise ModelError("device 'cuda' requested but CUDA is not available; use \"auto\" or \"cpu\"")
     if preference == "mps" and not has_mps:
-        raise ModelError("device 'mps' requested but MPS is not available; use device = \"auto\" or \"cpu\"")
+        raise ModelError("device 'mps' requested but MPS is not available; use \"auto\" or \"cpu\"")
     if preference not in ("cpu", "cuda", "mps"):
         raise ModelError(f"unknown device {preference!r}; use auto, cpu, cuda or mps")
     return torch.device(preference)
@@ -133,4 +133,4 @@ def load_model(spec: Any, base: Path, device: torch.device, what: str = "model")
     size, mean, std = spec.size or loaded.size, spec.mean or loaded.mean, spec.std or loaded.std
     return ModelAdapter(loaded.model.to(device).eval(), loaded.fingerprint, loaded.description, int(size),
                         tuple(mean), tuple(std), labels, loaded.pinned, loaded.crop_pct, loaded.interpolation,
-                        loaded.files, id=spec.id, name=spec.name, layers=dict(spec.layers or {}))
+                        loaded.files, loaded.random, id=spec.id, name=spec.name, layers=dict(spec.layers or {}))

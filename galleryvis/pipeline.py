@@ -109,7 +109,16 @@ def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -
     """Build the site of ``manifest``: every cell from the cache or computed (by ``executor``;
     default: :func:`executor_for`), then rendered into a temporary
     folder that replaces the output folder only when complete. The summary says where the time
-    went (:class:`~galleryvis.progress.Stages`)."""
+    went (:class:`~galleryvis.progress.Stages`). The build lock is taken before anything is
+    loaded, so a second build fails at once."""
+    cache = Cache(cache_dir(manifest, opts), enabled=opts.use_cache)
+    lock_folder = cache.root if opts.use_cache and cache.root is not None else manifest.gallery.output.parent
+    with build_lock(lock_folder, opts.wait):
+        return _build(manifest, opts, executor, cache)
+
+
+def _build(manifest: Manifest, opts: Options, executor: Executor | None, cache: Cache) -> Summary:
+    """:func:`build`, under the build lock."""
     t_start = time.perf_counter()
     summary = Summary()
     stages = summary.stages
@@ -117,10 +126,8 @@ def build(manifest: Manifest, opts: Options, executor: Executor | None = None) -
         ws = workspace(manifest)
     device = next(iter(ws.models.values())).device if ws.models else torch.device("cpu")
     executor = executor or executor_for(manifest, opts, ws)  # a missing Ray fails here, early
-    cache = Cache(cache_dir(manifest, opts), enabled=opts.use_cache)
     out = manifest.gallery.output
-    with build_lock(cache.root if opts.use_cache and cache.root is not None else out.parent, opts.wait), \
-            counting([a.model for a in ws.models.values()], stages.count):
+    with counting([a.model for a in ws.models.values()], stages.count):
         with stages.stage("predict"):
             jobs, preds = plan(manifest, ws, cache, opts.force)
         with stages.stage("load"):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from cmap import Colormap
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .fileio import atomic_write
 from .registry import suggest
@@ -281,8 +281,7 @@ def variants(
     """
     cmap_name = _canonical(colormap or DEFAULT_COLORMAP)
     div_name = _canonical(diverging or DEFAULT_DIVERGING)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
+    _check_alpha(alpha)
     if kind not in KINDS:
         raise ValueError(f"unknown map kind {kind!r}{suggest(kind, KINDS)}; known: {', '.join(KINDS)}")
     a = np.asarray(raw)
@@ -317,7 +316,82 @@ def variants(
     ]
 
 
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
+
+
+# -- the whole photo ------------------------------------------------------------------------------
+#: A box in a photo's pixels: (left, top, right, bottom).
+Box = tuple[float, float, float, float]
+
+
+def central_square(width: int, height: int, crop_pct: float = 1.0) -> Box:
+    """The central square of a ``width`` x ``height`` photo, ``crop_pct`` of its shorter side:
+    what ``images.fit`` resamples into a model's input, so what the model sees."""
+    side = min(width, height) * crop_pct
+    left, top = (width - side) / 2, (height - side) / 2
+    return left, top, left + side, top + side
+
+
+def on_photo(kind: str, raw: np.ndarray, photo: Image.Image, box: Box, *, colormap: str | None = None,
+             diverging: str | None = None, alpha: float = 0.5, outlier_perc: float = OUTLIER_PERC) -> Image.Image:
+    """The map over the whole photo, at the photo's size: the map's main display values
+    (:func:`display_values`, on its own colour scale as :func:`limits` spans it) in the
+    sequential ``colormap`` (the ``diverging`` one for a signed map), resized into ``box`` (what
+    the model saw, to the nearest pixel) and blended there as ``alpha * colour + (1 - alpha) *
+    photo``; outside ``box`` the photo as it is, and the box outlined when the model saw less
+    than the whole photo.
+
+    Raises:
+        ValueError: an ``image`` kind (a picture, not a map), an unknown colormap, ``alpha`` out
+            of range, or a box that misses the photo.
+    """
+    _check_alpha(alpha)
+    name = _canonical((diverging or DEFAULT_DIVERGING) if kind == "signed" else (colormap or DEFAULT_COLORMAP))
+    a = _finite(np.asarray(raw))
+    x01 = _scaled(display_values(kind, a), limits(kind, [a], outlier_perc)[MAIN_VARIANT[kind]])
+    frame = photo.convert("RGB")
+    width, height = frame.size
+    left, top = max(0, round(box[0])), max(0, round(box[1]))
+    right, bottom = min(width, round(box[2])), min(height, round(box[3]))
+    if right <= left or bottom <= top:
+        raise ValueError(f"box {box} misses the {width}x{height} photo")
+    region = (left, top, right, bottom)
+    values = Image.fromarray(x01.astype(np.float32), "F").resize((right - left, bottom - top), Image.Resampling.BILINEAR)
+    colour = Image.fromarray(apply_colormap(np.asarray(values), name), "RGB")
+    out = frame.copy()
+    out.paste(Image.blend(frame.crop(region), colour, alpha), region[:2])
+    if region != (0, 0, width, height):
+        _outline(out, region)
+    return out
+
+
+def _outline(img: Image.Image, region: tuple[int, int, int, int]) -> None:
+    """A white line just inside ``region`` with a black one around it: visible on any photo."""
+    left, top, right, bottom = region
+    line = max(1, round(min(img.size) / 200))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((left - line, top - line, right - 1 + line, bottom - 1 + line), outline=(0, 0, 0), width=line)
+    draw.rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 255), width=line)
+
+
+def raw_picture(kind: str, raw: np.ndarray) -> Image.Image:
+    """The raw map as a grey picture: its main display values (:func:`display_values`) from
+    the low end of their colour scale (black) to the high end (white); a synthesis ``image`` as
+    it is."""
+    a = _finite(np.asarray(raw))
+    if kind == "image":
+        return _rgb(np.clip(a, 0.0, 1.0))
+    return _grey(_scaled(display_values(kind, a), limits(kind, [a])[MAIN_VARIANT[kind]]))
+
+
 # -- output -------------------------------------------------------------------------------------
+#: The picture formats :func:`save_picture` writes, by file suffix, with their encoder settings.
+PICTURE_FORMATS: dict[str, tuple[str, dict[str, int]]] = {
+    ".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 92}), ".jpeg": ("JPEG", {"quality": 92}),
+    ".webp": ("WEBP", {"quality": 90, "method": 6}),
+}
 def thumbnail(img: Image.Image, size: int = 160) -> Image.Image:
     """A copy that fits in ``size`` x ``size`` (aspect kept, never enlarged), bicubic."""
     if size < 1:
@@ -339,3 +413,22 @@ def save_png(img: Image.Image, path: str | os.PathLike[str]) -> None:
     buf = io.BytesIO()  # frombytes drops img.info (icc, exif, ...)
     Image.frombytes(mode, src.size, src.tobytes()).save(buf, format="PNG", optimize=False, compress_level=6)
     atomic_write(Path(path), buf.getvalue())
+
+
+def save_picture(img: Image.Image, path: str | os.PathLike[str]) -> None:
+    """Write ``img`` in the format its suffix names (:data:`PICTURE_FORMATS`; a PNG as
+    :func:`save_png` writes it), atomically and without metadata.
+
+    Raises:
+        ValueError: a suffix that names no picture format.
+    """
+    target = Path(path)
+    if target.suffix.lower() not in PICTURE_FORMATS:
+        raise ValueError(f"{target.name}: not a picture format; use {', '.join(PICTURE_FORMATS)}")
+    fmt, settings = PICTURE_FORMATS[target.suffix.lower()]
+    if fmt == "PNG":
+        save_png(img, target)
+        return
+    buf = io.BytesIO()
+    Image.frombytes("RGB", img.size, img.convert("RGB").tobytes()).save(buf, format=fmt, **settings)
+    atomic_write(target, buf.getvalue())

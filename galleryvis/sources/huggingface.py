@@ -4,6 +4,7 @@
 processor config, labels from ``id2label``, and ``.logits`` unwrapped."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ class HuggingFaceSource:
     (random init from its config)."""
 
     name = "huggingface"
+    usage = ('name = "hf:HUB_ID" from the local Hugging Face cache (never downloaded), or name = "hf:FOLDER", '
+             'a folder save_pretrained() wrote')
 
     def handles(self, spec: Spec) -> bool:
         return not spec.factory and source_of(spec) == "huggingface"
@@ -46,6 +49,12 @@ class HuggingFaceSource:
 
     def knows(self, name: str) -> bool:
         return bool(name.strip())
+
+    def offline(self) -> frozenset[str]:
+        return frozenset()  # it names no models: any hub id or folder
+
+    def missing(self) -> str:
+        return "" if importlib.util.find_spec("transformers") else "pip install 'galleryvis[huggingface]'"
 
     def check_weights(self, name: str, weights: str) -> str:
         return no_named_weights(f"Hugging Face model {name}", weights)
@@ -73,7 +82,8 @@ class HuggingFaceSource:
         id2label = getattr(config, "id2label", None) or {}
         labels = [str(id2label.get(i, id2label.get(str(i), f"class {i}"))) for i in range(len(id2label))]
         return LoadedModel(Logits(model).eval(), fingerprint, f"Hugging Face {ref}, {desc}",
-                           labels=labels, files=files, **_preprocessing(folder, config))
+                           labels=labels, files=files, random=weights.upper() == "NONE",
+                           **_preprocessing(folder, config))
 
 
 def _folder(base: Path, ref: str, what: str) -> Path:

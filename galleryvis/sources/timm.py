@@ -3,6 +3,7 @@
 preprocessing and labels from the model's pretrained config."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,7 @@ from torch import nn
 
 from ..images import file_sha256
 from ..labels import imagenet_labels
-from ..registry import suggest
-from . import LoadedModel, ModelError, Spec, bare_name, source_of
+from . import LoadedModel, ModelError, Spec, bare_name, close_names, source_of
 from .weights import folder_weights, load_into, no_named_weights
 
 
@@ -29,6 +29,8 @@ class TimmSource:
     (``config.json`` + ``model.safetensors``, as timm's ``save_for_hf`` and the hub write it)."""
 
     name = "timm"
+    usage = ('name = "timm:NAME": default weights from the local Hugging Face cache (never downloaded); '
+             'weights = a model folder (config.json + model.safetensors) or a .safetensors file for local ones')
 
     def handles(self, spec: Spec) -> bool:
         return not spec.factory and source_of(spec) == "timm"
@@ -43,6 +45,22 @@ class TimmSource:
         timm = _timm(name)
         return timm.is_model(timm.models.split_model_name_tag(name)[0])
 
+    def offline(self) -> frozenset[str]:
+        """The models whose default pretrained weights are in the local Hugging Face cache."""
+        if self.missing():
+            return frozenset()
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        cached = {p.name.removeprefix("models--").replace("--", "/") for p in Path(HF_HUB_CACHE).glob("models--*")}
+        if not cached:
+            return frozenset()
+        timm = _timm("timm")
+        return frozenset(n for n in self.names()
+                         if getattr(timm.models.get_pretrained_cfg(n), "hf_hub_id", None) in cached)
+
+    def missing(self) -> str:
+        return "" if importlib.util.find_spec("timm") else "pip install 'galleryvis[timm]'"
+
     def check_weights(self, name: str, weights: str) -> str:
         return no_named_weights(f"timm model {name}", weights)
 
@@ -50,12 +68,12 @@ class TimmSource:
         timm = _timm(what)
         name, weights = bare_name(spec.name), spec.weights
         if not self.knows(name):
-            raise ModelError(f"{what}: unknown timm model {name!r}{suggest(name, list(self.names()))}")
+            raise ModelError(f"{what}: unknown timm model {name!r}{close_names(name, 'timm')}")
         if weights is None or weights.upper() == "DEFAULT":
             folder, fingerprint = _cached(timm, name, what), None
         elif weights.lower() == "none":
             model = timm.create_model(name, pretrained=False)
-            return _loaded(timm, model, "random-init", f"timm {name}, random weights")
+            return _loaded(timm, model, "random-init", f"timm {name}, random weights", random=True)
         else:
             folder = (base / weights).expanduser()
             fingerprint = None if folder.is_dir() else file_sha256(folder)
@@ -91,8 +109,9 @@ def _cached(timm: Any, name: str, what: str) -> Path:
 
 
 def _loaded(timm: Any, model: nn.Module, fingerprint: str, description: str,
-            files: tuple[Path, ...] = ()) -> LoadedModel:
-    """``model`` with its pretrained config's preprocessing and labels, built from ``files``."""
+            files: tuple[Path, ...] = (), random: bool = False) -> LoadedModel:
+    """``model`` with its pretrained config's preprocessing and labels, built from ``files``
+    (``random``: randomly initialized)."""
     data = timm.data.resolve_model_data_config(model)
     cfg = dict(model.pretrained_cfg)
     _, height, width = data["input_size"]
@@ -101,4 +120,4 @@ def _loaded(timm: Any, model: nn.Module, fingerprint: str, description: str,
     labels = cfg.get("label_names") or (imagenet_labels() if getattr(model, "num_classes", 0) == 1000 else [])
     return LoadedModel(model.eval(), fingerprint, description, size=int(height), mean=tuple(data["mean"]),
                        std=tuple(data["std"]), labels=[str(v) for v in labels], crop_pct=float(data["crop_pct"]),
-                       interpolation=str(data["interpolation"]), files=files)
+                       interpolation=str(data["interpolation"]), files=files, random=random)

@@ -10,7 +10,7 @@ from ..engine import IMAGENET_MEAN, IMAGENET_STD
 from ..images import file_sha256
 from ..labels import imagenet_labels
 from ..registry import suggest
-from . import LoadedModel, ModelError, Spec, source_of
+from . import LoadedModel, ModelError, Spec, close_names, source_of
 from .weights import is_path, load_into, random_init
 
 
@@ -35,6 +35,8 @@ class TorchvisionSource:
     (``IMAGENET1K_V2``), ``none`` or a local file."""
 
     name = "torchvision"
+    usage = ('name = "resnet50": weights = "DEFAULT" (or an enum name) download once into the torch hub cache '
+             '(TORCH_HOME, default ~/.cache/torch/hub/checkpoints); weights = "file.pth" for local ones')
 
     def handles(self, spec: Spec) -> bool:
         return not spec.factory and source_of(spec) == "torchvision"
@@ -44,6 +46,17 @@ class TorchvisionSource:
 
     def knows(self, name: str) -> bool:
         return name in _names()
+
+    def offline(self) -> frozenset[str]:
+        """The models whose default weights are in the torch hub cache."""
+        import torchvision
+
+        cached = {p.name for p in (Path(torch.hub.get_dir()) / "checkpoints").glob("*")}
+        return frozenset(n for n in _names()
+                         if Path(torchvision.models.get_model_weights(n).DEFAULT.url).name in cached)
+
+    def missing(self) -> str:
+        return ""
 
     def check_weights(self, name: str, weights: str) -> str:
         enum, members = _weights_enum(name)
@@ -60,12 +73,12 @@ class TorchvisionSource:
 
         name, weights = spec.name, spec.weights
         if name not in _names():
-            raise ModelError(f"{what}: unknown model {name!r}{suggest(name, list(_names()))}")
+            raise ModelError(f"{what}: unknown model {name!r}{close_names(name)}")
         labels = imagenet_labels()
         if weights is None or weights.lower() == "none":
             model = torchvision.models.get_model(name, weights=None)
             return LoadedModel(model, random_init(model, spec.seed), f"random weights (seed {spec.seed})",
-                               labels=labels)
+                               labels=labels, random=True)
         if is_path(weights):
             path = (base / weights).expanduser()
             model = torchvision.models.get_model(name, weights=None)
