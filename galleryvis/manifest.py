@@ -16,26 +16,21 @@ import math
 import os
 import re
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, NamedTuple
+from typing import Any, Callable, Literal, Mapping, NamedTuple, TypeVar, get_args
 
-from . import registry, schema, sources
+from . import registry, schema
 from .errors import ManifestError
-from .cache import location_problem
 from .fileio import url_problem, url_scheme
-from .metrics import SUBSTRATES, Substrate
-from .postprocess import COLORMAPS
-from .synthesis.api import spec_of
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
-
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 Executor = Literal["local", "ray"]
-EXECUTORS: tuple[str, ...] = ("local", "ray")
 Scale = Literal["per-map", "per-image", "per-row"]
-SCALES: tuple[str, ...] = typing.get_args(Scale)
+DEVICES: tuple[str, ...] = schema.field("gallery", "device").choices
+EXECUTORS: tuple[str, ...] = schema.field("gallery", "executor").choices
+SCALES: tuple[str, ...] = schema.field("gallery", "scale").choices
+assert (get_args(Device), get_args(Executor), get_args(Scale)) == (DEVICES, EXECUTORS, SCALES)
 #: What a glob keeps; files with other suffixes (README.md, .DS_Store) are skipped.
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -58,10 +53,34 @@ class _NameOnly(NamedTuple):
 def _known(name: str, source: str | None = None) -> bool:
     """Whether the source that would build a model called ``name`` knows it (asking only that
     source: a bundled name never imports torchvision)."""
+    from . import sources
+
     return sources.source_for(_NameOnly(name, None, None, source=source)).knows(sources.bare_name(name))
 
 
-@dataclass(frozen=True)
+_Spec = TypeVar("_Spec")
+
+
+def _declared(section: str) -> Callable[[type[_Spec]], type[_Spec]]:
+    """A frozen dataclass of ``section``'s keys whose defaults are the schema's ``value``s: the
+    class writes each key's name and type only. Its other fields (where the entry was written)
+    need defaults of their own; a key missing from the class is an error at import."""
+
+    def make(cls: type[_Spec]) -> type[_Spec]:
+        missing = set(schema.keys(section)) - set(cls.__annotations__)
+        assert not missing, f"{cls.__name__} lacks the declared keys {sorted(missing)}"
+        for f in schema.SECTIONS[section]:
+            if f.value is schema.NO_VALUE:
+                continue
+            value = f.value
+            setattr(cls, f.key, field(default_factory=lambda v=value: type(v)(v)) if isinstance(value, dict)
+                    else value)
+        return dataclass(frozen=True)(cls)
+
+    return make
+
+
+@_declared("images")
 class ImageSpec:
     """One input image file (a glob in the manifest becomes one ImageSpec per file).
 
@@ -70,11 +89,11 @@ class ImageSpec:
     """
 
     path: Path
-    target: int | str | None = None
+    target: int | str | None
     field: str = ""
 
 
-@dataclass(frozen=True)
+@_declared("models")
 class ModelSpec:
     """One model column.
 
@@ -87,16 +106,16 @@ class ModelSpec:
     """
 
     name: str
-    weights: str | None = None
-    factory: str | None = None
-    seed: int = 0
-    source: str | None = None
-    labels: Path | None = None
-    size: int | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    layers: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
-    id: str = ""
+    weights: str | None
+    factory: str | None
+    seed: int
+    source: str | None
+    labels: Path | None
+    size: int | None
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
+    layers: Mapping[str, str | tuple[str, ...]]
+    id: str
     field: str = ""
 
     def __post_init__(self) -> None:
@@ -104,65 +123,69 @@ class ModelSpec:
             object.__setattr__(self, "id", self.name)
 
 
-@dataclass(frozen=True)
+@_declared("techniques")
 class TechniqueSpec:
     """One technique row: a registered technique with its full (defaults-merged) parameters.
 
     ``id`` is unique within a manifest and defaults to ``name``, so one technique can be
     listed twice with different parameters. ``given``: the parameters the manifest wrote.
+    ``target``: the row's own class (None: each image's target).
     """
 
     name: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-    id: str = ""
+    params: Mapping[str, Any]
+    id: str
     field: str = ""
-    layer: str | tuple[str, ...] | None = None
-    scale: Scale | None = None
+    layer: str | tuple[str, ...] | None
+    scale: Scale | None
     given: frozenset[str] = frozenset()
-    target: int | str | None = None  # the row's own class (None: each image's target)
+    target: int | str | None
 
     def __post_init__(self) -> None:
         if not self.id:
             object.__setattr__(self, "id", self.name)
 
 
-@dataclass(frozen=True)
+@_declared("gallery")
 class GallerySpec:
-    """Gallery-wide settings; ``description`` is Markdown, ``output`` an absolute folder."""
+    """Gallery-wide settings; ``description`` is Markdown, ``output`` an absolute folder,
+    ``cache`` a folder or an fsspec URL (None: ``.galleryvis-cache`` beside the manifest),
+    ``num_gpus`` None for 1 per Ray worker on a GPU, else 0; ``num_cpus``: CPUs per Ray worker
+    (Ray sets its torch threads to this)."""
 
-    title: str = "galleryvis"
-    description: str = ""
-    output: Path = Path("site")
-    device: Device = "auto"
-    colormap: str | None = None
-    alpha: float = 0.5
-    scale: Scale = "per-map"
-    outlier_perc: float = 0.5
-    raw_maps: bool = False
-    base_url: str = ""
-    plugins: tuple[str, ...] = ()
-    cache: Path | str | None = None  # a folder or an fsspec URL; None: .galleryvis-cache beside the manifest
-    executor: Executor = "local"
-    num_gpus: float | None = None  # None: 1 per Ray worker on a GPU, else 0
-    ray_workers: int = 1
-    num_cpus: int = 1  # CPUs per Ray worker (Ray sets its torch threads to this)
+    title: str
+    description: str
+    output: Path
+    device: Device
+    colormap: str | None
+    alpha: float
+    scale: Scale
+    outlier_perc: float
+    raw_maps: bool
+    base_url: str
+    plugins: tuple[str, ...]
+    cache: Path | str | None
+    executor: Executor
+    num_gpus: float | None
+    ray_workers: int
+    num_cpus: int
 
 
-@dataclass(frozen=True)
+@_declared("metrics")
 class MetricsSpec:
     """Faithfulness metrics: deletion/insertion curves (``steps`` points, pixels replaced by
     ``substrate``), ROAD at ``road_percentile`` % removed (both orders) and the
     cascading-randomization sanity check."""
 
-    enabled: bool = False
-    deletion_insertion: bool = True
-    sanity: bool = True
-    steps: int = 20
-    substrate: Substrate = "zero"
-    road: bool = False
-    road_percentile: float = 20.0
-    sanity_steps: int = 3
-    sanity_techniques: tuple[str, ...] | None = None
+    enabled: bool
+    deletion_insertion: bool
+    sanity: bool
+    steps: int
+    substrate: Literal["zero", "black", "blur"]
+    road: bool
+    road_percentile: float
+    sanity_steps: int
+    sanity_techniques: tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -229,18 +252,18 @@ def _default_images_dir() -> Path:
 def parse_manifest(data: Mapping[str, Any], *, path: Path | None, root: Path) -> Manifest:
     """Validate parsed TOML ``data``; relative paths resolve against ``root``.
 
-    Raises ManifestError listing every problem found, each as ``file: field: message``.
+    First every key is read as the schema declares it (:meth:`_Parser.read`: types, ranges,
+    choices, files; no torch, no model source, no plug-in); then the model sources check names
+    and weights, the plug-ins load, and only then are technique names, layers and parameters
+    checked, wherever the tables stand in the file. Raises ManifestError listing every problem
+    found, each as ``file: field: message``.
     """
     p = _Parser(path.name if path is not None else _DEFAULT_LABEL, Path(root).absolute())
-    top = p.table(data, "", ("gallery", "images", "models", "techniques", "metrics"))
-    gallery = p.gallery(top.get("gallery", {}))
-    images = p.images(top.get("images"))
-    models = p.models(top.get("models"))
-    techniques = p.techniques(top.get("techniques"))
-    metrics = p.metrics(top.get("metrics", {}))
+    draft = p.read(data)
+    models, techniques = p.resolve(draft)
     if p.errors:
         raise ManifestError(list(dict.fromkeys(p.errors)))
-    return Manifest(path, p.root, gallery, images, models, techniques, metrics)
+    return Manifest(path, p.root, draft.gallery, draft.images, models, techniques, draft.metrics)
 
 
 def check_against_models(manifest: Manifest, adapters: Mapping[str, Any]) -> list[str]:
@@ -313,6 +336,32 @@ def _has_magic(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
 
+#: a reader's answer for a value it reported as wrong: the key keeps its default
+_BAD: Any = object()
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One ``[[models]]`` or ``[[techniques]]`` table as read: every declared key's value (its
+    default where not written), the keys written, and whether reading it found no problem."""
+
+    where: str
+    values: Mapping[str, Any]
+    written: frozenset[str]
+    ok: bool
+
+
+class _Draft(NamedTuple):
+    """A manifest read against the schema, before the model sources, plug-ins and registry
+    check what only they know (``techniques`` None: no ``[[techniques]]`` section)."""
+
+    gallery: GallerySpec
+    images: tuple[ImageSpec, ...]
+    models: tuple[_Entry, ...]
+    techniques: tuple[_Entry, ...] | None
+    metrics: MetricsSpec
+
+
 class _Parser:
     """Walks the parsed TOML, collecting ``file: field: message`` errors."""
 
@@ -323,6 +372,35 @@ class _Parser:
 
     def error(self, where: str, message: str) -> None:
         self.errors.append(f"{self.label}: {where}: {message}" if where else f"{self.label}: {message}")
+
+    # the two steps
+
+    def read(self, data: Mapping[str, Any]) -> _Draft:
+        """Every section read against the schema; imports neither torch nor a plug-in."""
+        top = self.table(data, "", tuple(schema.SECTIONS))
+        return _Draft(self.gallery(top.get("gallery", {})), self.images(top.get("images")),
+                      self.models(top.get("models")), self.techniques(top.get("techniques")),
+                      self.metrics(top.get("metrics", {})))
+
+    def resolve(self, draft: _Draft) -> tuple[tuple[ModelSpec, ...], tuple[TechniqueSpec, ...]]:
+        """The model and technique specs of ``draft``: model names and weights asked of the model
+        sources, then the plug-ins loaded, then every technique name checked against the registry."""
+        sources = [self.model_source(entry) for entry in draft.models]
+        self.load_plugins(draft.gallery.plugins)
+        models: list[ModelSpec] = []
+        for entry, source in zip(draft.models, sources):
+            spec = self.model(entry, source)
+            if spec is not None and any(s.id == spec.id for s in models):
+                self.error(spec.field, f"duplicate model id {spec.id!r}: give one of them a distinct "
+                                       '`id = "..."` to show the same model twice')
+            elif spec is not None:
+                models.append(spec)
+        techniques = self.resolve_techniques(draft.techniques)
+        for name in draft.metrics.sanity_techniques or ():
+            if name not in registry.names("attribution"):
+                self.error("metrics.sanity_techniques",
+                           f"unknown technique {name!r}{registry.suggest(name, registry.names('attribution'))}")
+        return tuple(models), techniques
 
     # generic readers
 
@@ -343,165 +421,188 @@ class _Parser:
         self.error(where, f"expected an array of tables ({header} sections), got {_toml_type(value)}")
         return []
 
-    def string(self, table: Mapping[str, Any], key: str, where: str, *, empty_ok: bool = False) -> str | None:
-        value = table.get(key)
-        if value is None:
-            return None
+    def section(self, name: str, value: Any, where: str) -> tuple[dict[str, Any], frozenset[str], bool]:
+        """``value`` read as a table of section ``name``: each written key by its declared reader,
+        every other one at its declared default (:data:`schema.NO_VALUE` for a required key);
+        also the keys written, and whether all of it read without a problem."""
+        ok = len(self.errors)
+        table = {k: v for k, v in self.table(value, where, schema.keys(name)).items() if v is not None}
+        values = {}
+        for f in schema.SECTIONS[name]:
+            got = getattr(self, f"read_{f.read}")(table[f.key], f"{where}.{f.key}", f) if f.key in table else _BAD
+            values[f.key] = f.value if got is _BAD else got
+        return values, frozenset(table), len(self.errors) == ok
+
+    # readers: a written value (never None) -> the spec's value, or _BAD after reporting it
+
+    def read_string(self, value: Any, where: str, f: schema.Field) -> Any:
         if not isinstance(value, str):
-            self.error(f"{where}.{key}", f"expected a string, got {_toml_type(value)}")
-            return None
-        if not empty_ok and not value.strip():
-            self.error(f"{where}.{key}", "must not be empty")
-            return None
+            self.error(where, f"expected a string, got {_toml_type(value)}")
+            return _BAD
+        if not value.strip():
+            self.error(where, "must not be empty")
+            return _BAD
         return value
 
-    def choice(self, table: Mapping[str, Any], key: str, where: str, options: tuple[str, ...],
-               default: str) -> str:
-        value = self.string(table, key, where)
-        if value is None:
-            return default
-        if value not in options:
-            self.error(f"{where}.{key}", f"must be one of {', '.join(options)}, got {value!r}"
-                       f"{registry.suggest(value, options)}")
-            return default
+    def read_text(self, value: Any, where: str, f: schema.Field) -> Any:
+        if not isinstance(value, str):
+            self.error(where, f"expected a string, got {_toml_type(value)}")
+            return _BAD
         return value
 
-    def integer(self, table: Mapping[str, Any], key: str, where: str, *, low: int, high: int,
-                default: int | None) -> int | None:
-        value = table.get(key)
-        if value is None:
-            return default
+    def read_choice(self, value: Any, where: str, f: schema.Field) -> Any:
+        value = self.read_string(value, where, f)
+        if value is not _BAD and value not in f.choices:
+            self.error(where, f"must be one of {', '.join(f.choices)}, got {value!r}"
+                              f"{registry.suggest(value, f.choices)}")
+            return _BAD
+        return value
+
+    def read_integer(self, value: Any, where: str, f: schema.Field) -> Any:
+        low, high = f.range  # type: ignore[misc]
         if not isinstance(value, int) or isinstance(value, bool):
-            self.error(f"{where}.{key}", f"expected an integer, got {_toml_type(value)}")
-            return default
+            self.error(where, f"expected an integer, got {_toml_type(value)}")
+            return _BAD
         if not low <= value <= high:
-            self.error(f"{where}.{key}", f"must be from {low} to {high}, got {value}")
-            return default
+            self.error(where, f"must be from {low} to {high}, got {value}")
+            return _BAD
         return value
 
-    def boolean(self, table: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
-        value = table.get(key, default)
+    def read_number(self, value: Any, where: str, f: schema.Field) -> Any:
+        low, high = f.range  # type: ignore[misc]
+        number = _finite(value)
+        if number is None or not low <= number <= high:
+            self.error(where, f"expected a number from {low:g} to {high:g}, got {_toml_type(value)}")
+            return _BAD
+        return number
+
+    def read_boolean(self, value: Any, where: str, f: schema.Field) -> Any:
         if not isinstance(value, bool):
-            self.error(f"{where}.{key}", f"expected true or false, got {_toml_type(value)}")
-            return default
+            self.error(where, f"expected true or false, got {_toml_type(value)}")
+            return _BAD
         return value
 
-    def triple(self, table: Mapping[str, Any], key: str, where: str, *, positive: bool,
-               ) -> tuple[float, float, float] | None:
-        value = table.get(key)
-        if value is None:
-            return None
+    def read_modules(self, value: Any, where: str, f: schema.Field) -> Any:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.error(where, f"expected a list of module names or .py files, got {_toml_type(value)}")
+            return _BAD
+        return tuple(value)
+
+    def read_names(self, value: Any, where: str, f: schema.Field) -> Any:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.error(where, f"expected an array of technique names, got {_toml_type(value)}")
+            return _BAD
+        return tuple(value)
+
+    def read_triple(self, value: Any, where: str, f: schema.Field) -> Any:
         numbers = [_finite(v) for v in value] if isinstance(value, list) else []
         if len(numbers) != 3 or None in numbers:
-            self.error(f"{where}.{key}", f"expected an array of 3 numbers (R, G, B), got {_toml_type(value)}")
+            self.error(where, f"expected an array of 3 numbers (R, G, B), got {_toml_type(value)}")
+            return _BAD
+        return numbers[0], numbers[1], numbers[2]
+
+    def read_positive_triple(self, value: Any, where: str, f: schema.Field) -> Any:
+        numbers = self.read_triple(value, where, f)
+        if numbers is not _BAD and any(v <= 0 for v in numbers):
+            self.error(where, f"every value must be greater than 0, got {value}")
+            return _BAD
+        return numbers
+
+    def read_file(self, value: Any, where: str, f: schema.Field) -> Any:
+        """A path that must name an existing file."""
+        text = self.read_string(value, where, f)
+        if text is _BAD:
+            return _BAD
+        path = self.path(text)
+        problem = _file_problem(path)
+        if problem:
+            self.error(where, f"{f.key} file {text!r}: {problem}")
+            return _BAD
+        return path
+
+    def read_table(self, value: Any, where: str, f: schema.Field) -> Any:
+        if not isinstance(value, Mapping):
+            self.error(where, f"expected a table, got {_toml_type(value)}")
+            return _BAD
+        return dict(value)
+
+    def read_factory(self, value: Any, where: str, f: schema.Field) -> Any:
+        text = self.read_string(value, where, f)
+        if text is not _BAD and not _FACTORY.fullmatch(text):
+            self.error(where, f"expected 'package.module:function', got {text!r}")
+            return _BAD
+        return text
+
+    def read_layer(self, value: Any, where: str, f: schema.Field) -> Any:
+        """A module name, or an array of them (a tuple)."""
+        if isinstance(value, str) and value.strip():
+            return value
+        if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+            return tuple(value)
+        self.error(where, f"expected a module name such as 'layer4' or an array of them, got {_toml_type(value)}")
+        return _BAD
+
+    def read_target(self, value: Any, where: str, f: schema.Field) -> Any:
+        """A class index, a class name, or None for "top1"."""
+        if isinstance(value, str) and value.strip().lower() == "top1":
             return None
-        if positive and any(v <= 0 for v in numbers):  # type: ignore[operator]
-            self.error(f"{where}.{key}", f"every value must be greater than 0, got {value}")
-            return None
-        return numbers[0], numbers[1], numbers[2]  # type: ignore[return-value]
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            self.error(where, f'expected a class index, a class name or "top1", got {_toml_type(value)}')
+            return _BAD
+        if isinstance(value, int) and value < 0:
+            self.error(where, f"class index must be 0 or more, got {value}")
+            return _BAD
+        if isinstance(value, str) and not value.strip():
+            self.error(where, 'must not be empty (use "top1" for the predicted class)')
+            return _BAD
+        return value
 
     def path(self, text: str) -> Path:
         """``text`` as a path: ``~`` expanded, relative paths joined to the manifest's folder."""
         return self.root / os.path.expanduser(text)
 
-    def existing(self, table: Mapping[str, Any], key: str, where: str, what: str) -> Path | None:
-        """A path value that must name an existing file."""
-        text = self.string(table, key, where)
-        if text is None:
-            return None
-        path = self.path(text)
-        problem = _file_problem(path)
-        if problem:
-            self.error(f"{where}.{key}", f"{what} {text!r}: {problem}")
-            return None
-        return path
-
-    # sections
+    # sections, as read
 
     def gallery(self, value: Any) -> GallerySpec:
         where = "gallery"
-        table = self.table(value, where, schema.keys("gallery"))
-        base = GallerySpec()
-        title = self.string(table, "title", where)
-        description = self.string(table, "description", where, empty_ok=True)
-        text = self.string(table, "output", where)
-        output = Path(os.path.normpath(self.path(text))) if text is not None else self.root / "site"
-        if text is not None and url_problem(text):
+        v, _, _ = self.section("gallery", value, where)
+        text = str(v["output"])
+        v["output"] = Path(os.path.normpath(self.path(text)))
+        if url_problem(text):
             self.error(f"{where}.output", url_problem(text))
         else:
-            self.check_output(output, f"{where}.output", text or "site")
-        device = self.choice(table, "device", where, DEVICES, base.device)
-        colormap = self.string(table, "colormap", where)
-        known = {name.lower(): name for name in COLORMAPS}
-        if colormap is not None and colormap.lower() not in known:
-            self.error(f"{where}.colormap", f"unknown colormap {colormap!r}"
-                       f"{registry.suggest(colormap.lower(), list(known))}; known: {', '.join(COLORMAPS)}")
-            colormap = None
-        elif colormap is not None:
-            colormap = known[colormap.lower()]
-        base_url = self.string(table, "base_url", where, empty_ok=True) or ""
-        if base_url and not re.fullmatch(r"https?://[^\s\"'<>]+", base_url):
-            self.error(f"{where}.base_url", f"expected an http(s) address, got {base_url!r}")
-            base_url = ""
-        return GallerySpec(
-            title=title or base.title, description=description or "", output=output,
-            device=device, colormap=colormap, alpha=self.number(table, "alpha", where, base.alpha),
-            scale=self.choice(table, "scale", where, SCALES, base.scale),  # type: ignore[arg-type]
-            outlier_perc=self.number(table, "outlier_perc", where, base.outlier_perc),
-            raw_maps=self.boolean(table, "raw_maps", where, base.raw_maps),
-            base_url=base_url.rstrip("/") + "/" if base_url else "",
-            plugins=self.plugins(table, where),
-            cache=self.cache(table, where),
-            executor=self.choice(table, "executor", where, EXECUTORS, base.executor),  # type: ignore[arg-type]
-            num_gpus=self.number(table, "num_gpus", where, None),  # type: ignore[arg-type]
-            ray_workers=self.integer(table, "ray_workers", where, **schema.bounds("gallery", "ray_workers"),
-                                     default=base.ray_workers),  # type: ignore[arg-type]
-            num_cpus=self.integer(table, "num_cpus", where, **schema.bounds("gallery", "num_cpus"),
-                                  default=base.num_cpus),  # type: ignore[arg-type]
-        )
+            self.check_output(v["output"], f"{where}.output", text)
+        if v["colormap"] is not None:
+            v["colormap"] = self.colormap(v["colormap"], f"{where}.colormap")
+        if v["base_url"] and not re.fullmatch(r"https?://[^\s\"'<>]+", v["base_url"]):
+            self.error(f"{where}.base_url", f"expected an http(s) address, got {v['base_url']!r}")
+            v["base_url"] = ""
+        v["base_url"] = v["base_url"].rstrip("/") + "/" if v["base_url"] else ""
+        if v["cache"] is not None:
+            v["cache"] = self.cache(v["cache"], f"{where}.cache")
+        return GallerySpec(**v)
 
-    def cache(self, table: Mapping[str, Any], where: str) -> Path | str | None:
-        """``gallery.cache``: an fsspec URL as written, else a folder relative to the manifest."""
-        text = self.string(table, "cache", where)
-        if text is None:
+    def colormap(self, name: str, where: str) -> str | None:
+        """The colormap as galleryvis spells it (any case is accepted); None if unknown."""
+        from .postprocess import COLORMAPS  # numpy and cmap, only when a colormap is named
+
+        known = {c.lower(): c for c in COLORMAPS}
+        if name.lower() not in known:
+            self.error(where, f"unknown colormap {name!r}{registry.suggest(name.lower(), list(known))}; "
+                              f"known: {', '.join(COLORMAPS)}")
             return None
+        return known[name.lower()]
+
+    def cache(self, text: str, where: str) -> Path | str:
+        """``gallery.cache``: an fsspec URL as written, else a folder relative to the manifest."""
         if url_scheme(text) and url_scheme(text) != "file":
+            from .cache import location_problem
+
             problem = location_problem(text)
             if problem:
-                self.error(f"{where}.cache", problem)
+                self.error(where, problem)
             return text
         return self.path(text.removeprefix("file://"))
-
-    def number(self, table: Mapping[str, Any], key: str, where: str, default: float) -> float:
-        """A finite number within the schema's range for ``where.key``."""
-        if key not in table:
-            return default
-        value = _finite(table[key])
-        low, high = schema.bounds(where, key).values()
-        if value is None or not low <= value <= high:
-            self.error(f"{where}.{key}", f"expected a number from {low:g} to {high:g}, got {_toml_type(table[key])}")
-            return default
-        return value
-
-    def plugins(self, table: Mapping[str, Any], where: str) -> tuple[str, ...]:
-        """Import the entry-point plug-ins and ``plugins`` (module names or .py files), so the
-        techniques they register are known when the technique list is checked."""
-        from . import plugins
-
-        value = table.get("plugins", [])
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            self.error(f"{where}.plugins", f"expected a list of module names or .py files, got {_toml_type(value)}")
-            return ()
-        try:
-            plugins.load_entry_points()
-        except plugins.PluginError as exc:
-            self.error(f"{where}.plugins", str(exc))
-        for spec in value:
-            try:
-                plugins.load(spec, self.root)
-            except plugins.PluginError as exc:
-                self.error(f"{where}.plugins", str(exc))
-        return tuple(value)
 
     def check_output(self, output: Path, where: str, text: str) -> None:
         """Refuse output folders that a rebuild or ``clean`` could not safely replace."""
@@ -522,32 +623,16 @@ class _Parser:
         specs: dict[tuple[Path, int | str | None], ImageSpec] = {}  # one spec per (file, target)
         for i, entry in enumerate(self.array_of_tables(value, "images", "[[images]]")):
             where = f"images[{i}]"
-            table = self.table(entry, where, schema.keys("images"))
-            target = self.target(table.get("target"), f"{where}.target")
-            if "path" not in table and isinstance(entry, Mapping):
+            v, written, _ = self.section("images", entry, where)
+            if "path" not in written and isinstance(entry, Mapping):
                 self.error(where, "missing required key 'path' (an image file or a glob such as 'photos/*.jpg')")
-            text = self.string(table, "path", where)
-            if text is None:
+            if v["path"] is schema.NO_VALUE:
                 continue
-            for path in self.expand(text, f"{where}.path"):  # decoded by the pipeline (jobs.read_images)
-                specs.setdefault((path, target), ImageSpec(path, target, where))
+            for path in self.expand(v["path"], f"{where}.path"):  # decoded by the pipeline (jobs.read_images)
+                specs.setdefault((path, v["target"]), ImageSpec(path, v["target"], where))
         if isinstance(value, list) and not value:
             self.error("images", "empty: add at least one [[images]] section with a `path`")
         return tuple(specs.values())
-
-    def target(self, value: Any, where: str) -> int | str | None:
-        if value is None or (isinstance(value, str) and value.strip().lower() == "top1"):
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            self.error(where, f'expected a class index, a class name or "top1", got {_toml_type(value)}')
-            return None
-        if isinstance(value, int) and value < 0:
-            self.error(where, f"class index must be 0 or more, got {value}")
-            return None
-        if isinstance(value, str) and not value.strip():
-            self.error(where, 'must not be empty (use "top1" for the predicted class)')
-            return None
-        return value
 
     def expand(self, text: str, where: str) -> list[Path]:
         """The image files ``text`` names: one file, or a glob's files with image suffixes."""
@@ -573,58 +658,69 @@ class _Parser:
             self.error(where, f"no image file matches {text!r} (relative to {self.root}{other})")
         return images
 
-    def models(self, value: Any) -> tuple[ModelSpec, ...]:
+    def models(self, value: Any) -> tuple[_Entry, ...]:
         if value is None:
             self.error("models", 'missing: add at least one [[models]] section, e.g. name = "resnet50"')
             return ()
-        specs: list[ModelSpec] = []
-        entries = self.array_of_tables(value, "models", "[[models]]")
+        entries = []
         if isinstance(value, list) and not value:
             self.error("models", 'empty: add at least one [[models]] section, e.g. name = "resnet50"')
-        for i, entry in enumerate(entries):
-            spec = self.model(entry, f"models[{i}]")
-            if spec is None:
-                continue
-            if any(s.id == spec.id for s in specs):
-                self.error(spec.field, f"duplicate model id {spec.id!r}: give one of them a distinct "
-                                       '`id = "..."` to show the same model twice')
-            else:
-                specs.append(spec)
-        return tuple(specs)
+        for i, entry in enumerate(self.array_of_tables(value, "models", "[[models]]")):
+            where = f"models[{i}]"
+            v, written, ok = self.section("models", entry, where)
+            if not {"name", "factory"} & written and isinstance(entry, Mapping):
+                self.error(where, "missing required key 'name' (a torchvision model such as 'resnet50', "
+                                  "'efficientnet_lite0', or a `factory`)")
+            entries.append(_Entry(where, v, written, ok and bool({"name", "factory"} & written)))
+        return tuple(entries)
 
-    def model(self, entry: Any, where: str) -> ModelSpec | None:
-        table = self.table(entry, where, schema.keys("models"))
-        ok = len(self.errors)
-        factory = self.string(table, "factory", where)
-        if factory is not None and not _FACTORY.fullmatch(factory):
-            self.error(f"{where}.factory", f"expected 'package.module:function', got {factory!r}")
-        name = self.string(table, "name", where)
-        if name is None and "name" not in table and factory is None and "factory" not in table:
-            self.error(where, "missing required key 'name' (a torchvision model such as 'resnet50', "
-                              "'efficientnet_lite0', or a `factory`)")
-        source = self.source(table, where, name)
-        if name is not None and factory is None and "factory" not in table and not _known(name, source):
+    def techniques(self, value: Any) -> tuple[_Entry, ...] | None:
+        if value is None:
+            return None
+        entries = []
+        for i, entry in enumerate(self.array_of_tables(value, "techniques", "[[techniques]]")):
+            where = f"techniques[{i}]"
+            v, written, ok = self.section("techniques", entry, where)
+            if "name" not in written and isinstance(entry, Mapping):
+                self.error(where, "missing required key 'name' (`galleryvis techniques` lists them)")
+            entries.append(_Entry(where, v, written, ok))
+        return tuple(entries)
+
+    def metrics(self, value: Any) -> MetricsSpec:
+        v, _, _ = self.section("metrics", value, "metrics")
+        return MetricsSpec(**v)
+
+    # what the model sources, the plug-ins and the registry know
+
+    def model_source(self, entry: _Entry) -> tuple[str | None, str | None]:
+        """An entry's model source and normalized weights, asked of the model sources."""
+        v, where = entry.values, entry.where
+        name = v["name"] if v["name"] is not schema.NO_VALUE else None
+        source = self.source(v["source"], where, name)
+        if name is not None and "factory" not in entry.written and not _known(name, source):
+            from . import sources
+
             options = sources.source_for(_NameOnly(name, None, None, source=source)).names()
             self.error(f"{where}.name", f"unknown model {name!r}{registry.suggest(name, options)} "
                                         "(any torchvision classification model, efficientnet_lite0 / 1 / 2, or "
                                         "a timm: / hf: model)")
-        weights = self.weights(table, where, None if "factory" in table else name or "", source)
-        seed: int = self.integer(table, "seed", where, **schema.bounds("models", "seed"), default=0)  # type: ignore[assignment]
-        labels = self.existing(table, "labels", where, "labels file")
-        size = self.integer(table, "size", where, **schema.bounds("models", "size"), default=None)
-        mean = self.triple(table, "mean", where, positive=False)
-        std = self.triple(table, "std", where, positive=True)
-        layers = self.layers(table.get("layers", {}), f"{where}.layers")
-        model_id = self.string(table, "id", where)
-        if len(self.errors) > ok:
-            return None
-        name = name or factory.rsplit(":", 1)[1].rsplit(".", 1)[-1]  # type: ignore[union-attr]
-        return ModelSpec(name=name, weights=weights, factory=factory, seed=seed, source=source, labels=labels,
-                         size=size, mean=mean, std=std, layers=layers, id=model_id or name, field=where)
+        return source, self.weights(v["weights"], where, None if "factory" in entry.written else name or "", source)
 
-    def source(self, table: Mapping[str, Any], where: str, name: str | None) -> str | None:
+    def model(self, entry: _Entry, source: tuple[str | None, str | None]) -> ModelSpec | None:
+        """The spec of a model entry once the registry knows every technique its ``layers`` name."""
+        ok = len(self.errors)
+        v = dict(entry.values, source=source[0], weights=source[1])
+        v["layers"] = self.layers(v["layers"], f"{entry.where}.layers")
+        if not entry.ok or len(self.errors) > ok:
+            return None
+        if v["name"] is schema.NO_VALUE:
+            v["name"] = v["factory"].rsplit(":", 1)[1].rsplit(".", 1)[-1]
+        return ModelSpec(**v, field=entry.where)
+
+    def source(self, given: str | None, where: str, name: str | None) -> str | None:
         """``source``, or the one the name's ``timm:`` / ``hf:`` prefix chooses; both must agree."""
-        given = self.string(table, "source", where)
+        from . import sources
+
         prefixed = sources.prefixed_source(name or "")
         if given is not None and given not in sources.SOURCE_NAMES:
             self.error(f"{where}.source", f"unknown source {given!r}{registry.suggest(given, sources.SOURCE_NAMES)}; "
@@ -635,13 +731,14 @@ class _Parser:
             return None
         return given or prefixed
 
-    def weights(self, table: Mapping[str, Any], where: str, name: str | None, source: str | None = None) -> str | None:
+    def weights(self, text: str | None, where: str, name: str | None, source: str | None = None) -> str | None:
         """Normalized ``weights``: DEFAULT, none, an enum member name or an absolute path (a
         model folder too, for timm).
 
         ``name`` is the model name, or None for a factory model.
         """
-        text = self.string(table, "weights", where)
+        from . import sources
+
         if text is None:
             return None
         key = f"{where}.weights"
@@ -664,60 +761,72 @@ class _Parser:
             self.error(key, str(exc))
             return None
 
-    def layers(self, value: Any, where: str) -> dict[str, str | tuple[str, ...]]:
+    def load_plugins(self, specs: tuple[str, ...]) -> None:
+        """Import the entry-point plug-ins and ``gallery.plugins`` (module names or .py files), so
+        the techniques they register are known when the techniques are checked."""
+        from . import plugins
+
+        try:
+            plugins.load_entry_points()
+        except plugins.PluginError as exc:
+            self.error("gallery.plugins", str(exc))
+        for spec in specs:
+            try:
+                plugins.load(spec, self.root)
+            except plugins.PluginError as exc:
+                self.error("gallery.plugins", str(exc))
+
+    def layers(self, value: Mapping[str, Any], where: str) -> dict[str, str | tuple[str, ...]]:
         """``layers``: technique name -> dotted module name, or an array of them."""
-        names = registry.names()
-        table = self.table(value, where, tuple(names), "technique")
         out: dict[str, str | tuple[str, ...]] = {}
-        for tech_name, layer in table.items():
-            key = f"{where}.{tech_name}"
-            tech = registry.get(tech_name)
-            if isinstance(layer, str) and layer.strip():
+        for tech_name, written in self.table(value, where, tuple(registry.names()), "technique").items():
+            layer = self.read_layer(written, f"{where}.{tech_name}", schema.field("techniques", "layer"))
+            if layer is not _BAD:
+                layer = self.layer_for(registry.get(tech_name), layer, f"{where}.{tech_name}")
+            if layer is not None and layer is not _BAD:
                 out[tech_name] = layer
-            elif isinstance(layer, list) and layer and all(isinstance(v, str) and v.strip() for v in layer):
-                out[tech_name] = layer[0] if len(layer) == 1 and tech.layer != "many" else tuple(layer)
-            else:
-                self.error(key, f"expected a module name such as 'layer4' or an array of them, "
-                                f"got {_toml_type(layer)}")
-                continue
-            if tech.layer == "none":
-                self.error(key, f"technique {tech_name!r} works on the input and takes no layer")
-            elif tech.layer != "many" and not isinstance(out[tech_name], str):
-                self.error(key, f"technique {tech_name!r} takes one layer, got {len(layer)}")
         return out
 
-    def techniques(self, value: Any) -> tuple[TechniqueSpec, ...]:
-        if value is None:
+    def layer_for(self, tech: registry.Technique, layer: str | tuple[str, ...], where: str,
+                  ) -> str | tuple[str, ...] | None:
+        """``layer`` as ``tech`` takes it (one name, or a tuple for a multi-layer technique);
+        None after reporting a technique that takes no layer or fewer."""
+        if tech.layer == "none":
+            self.error(where, f"technique {tech.name!r} works on the input and takes no layer")
+            return None
+        if isinstance(layer, tuple) and len(layer) == 1 and tech.layer != "many":
+            return layer[0]
+        if tech.layer != "many" and not isinstance(layer, str):
+            self.error(where, f"technique {tech.name!r} takes one layer, got {len(layer)}")
+            return None
+        return layer
+
+    def resolve_techniques(self, entries: tuple[_Entry, ...] | None) -> tuple[TechniqueSpec, ...]:
+        """Each entry's technique, parameters and layer checked against the registry (without a
+        ``[[techniques]]`` section: every attribution technique but the attention ones)."""
+        if entries is None:
             return tuple(TechniqueSpec(n, registry.resolve_params(registry.get(n), {}), n, "techniques")
                          for n in registry.names("attribution") if not registry.get(n).attention)
         specs: list[TechniqueSpec] = []
-        for i, entry in enumerate(self.array_of_tables(value, "techniques", "[[techniques]]")):
-            where = f"techniques[{i}]"
-            table = self.table(entry, where, schema.keys("techniques"))
-            name = self.string(table, "name", where)
-            if "name" not in table and isinstance(entry, Mapping):
-                self.error(where, "missing required key 'name' (`galleryvis techniques` lists them)")
-            tech_id = self.string(table, "id", where)
-            if name is None:
+        for entry in entries:
+            where, v, name = entry.where, entry.values, entry.values["name"]
+            if name is schema.NO_VALUE:
                 continue
             try:
                 tech = registry.get(name)
             except registry.TechniqueError as exc:
                 self.error(f"{where}.name", f"{exc} (`galleryvis techniques` lists them)")
                 continue
-            params = self.params(tech, table.get("params", {}), f"{where}.params")
+            params = self.params(tech, v["params"], f"{where}.params")
             if params is None:
                 continue
-            layer = None
-            if "layer" in table:
-                layer = self.layers({name: table["layer"]}, where).get(name)
-            scale = self.choice(table, "scale", where, SCALES, "") or None
-            target = self.target(table.get("target"), f"{where}.target")
-            if target is not None and tech.family == "synthesis" and spec_of(name).unit != "target":
-                self.error(f"{where}.target", f"technique {name!r} optimizes a {spec_of(name).unit}, not a class")
+            layer = None if v["layer"] is None else self.layer_for(tech, v["layer"], f"{where}.layer")
+            target = v["target"]
+            if target is not None and tech.inputs.unit != "target":
+                self.error(f"{where}.target", f"technique {name!r} optimizes a {tech.inputs.unit}, not a class")
                 target = None
-            spec = TechniqueSpec(name, params, tech_id or name, where, layer, scale,  # type: ignore[arg-type]
-                                 frozenset(table.get("params", {})), target)
+            spec = TechniqueSpec(name, params, v["id"] or name, where, layer, v["scale"],
+                                 frozenset(v["params"]), target)
             if any(s.id == spec.id for s in specs):
                 self.error(where, f"duplicate technique id {spec.id!r}: give one of them a distinct "
                                   '`id = "..."` to list a technique twice')
@@ -725,11 +834,8 @@ class _Parser:
                 specs.append(spec)
         return tuple(specs)
 
-    def params(self, tech: registry.Technique, value: Any, where: str) -> dict[str, Any] | None:
+    def params(self, tech: registry.Technique, value: Mapping[str, Any], where: str) -> dict[str, Any] | None:
         """Defaults merged with ``value``; None after reporting every bad parameter."""
-        if not isinstance(value, Mapping):
-            self.error(where, f"expected a table of parameters, got {_toml_type(value)}")
-            return None
         ok = len(self.errors)
         for key, item in value.items():
             try:
@@ -737,34 +843,6 @@ class _Parser:
             except (registry.TechniqueError, OverflowError) as exc:
                 self.error(f"{where}.{key}", str(exc))
         return registry.resolve_params(tech, value) if len(self.errors) == ok else None
-
-    def metrics(self, value: Any) -> MetricsSpec:
-        where = "metrics"
-        table = self.table(value, where, schema.keys("metrics"))
-        base = MetricsSpec()
-        chosen = table.get("sanity_techniques")
-        if chosen is not None:
-            if not isinstance(chosen, list) or not all(isinstance(n, str) for n in chosen):
-                self.error(f"{where}.sanity_techniques", f"expected an array of technique names, got {_toml_type(chosen)}")
-                chosen = None
-            else:
-                for n in chosen:
-                    if n not in registry.names("attribution"):
-                        self.error(f"{where}.sanity_techniques",
-                                   f"unknown technique {n!r}{registry.suggest(n, registry.names('attribution'))}")
-                chosen = tuple(chosen)
-        return MetricsSpec(
-            enabled=self.boolean(table, "enabled", where, base.enabled),
-            deletion_insertion=self.boolean(table, "deletion_insertion", where, base.deletion_insertion),
-            sanity=self.boolean(table, "sanity", where, base.sanity),
-            steps=self.integer(table, "steps", where, **schema.bounds("metrics", "steps"), default=base.steps),  # type: ignore[arg-type]
-            substrate=self.choice(table, "substrate", where, SUBSTRATES, base.substrate),  # type: ignore[arg-type]
-            road=self.boolean(table, "road", where, base.road),
-            road_percentile=self.number(table, "road_percentile", where, base.road_percentile),
-            sanity_steps=self.integer(table, "sanity_steps", where, **schema.bounds("metrics", "sanity_steps"),
-                                      default=base.sanity_steps),  # type: ignore[arg-type]
-            sanity_techniques=chosen,
-        )
 
 
 def _finite(value: Any) -> float | None:

@@ -470,17 +470,19 @@ def test_starter_manifest_examples_are_valid(tmp_path: Path) -> None:
     Image.new("RGB", (16, 16)).save(tmp_path / "input_images" / "x.jpg")
     (tmp_path / "w.pth").write_bytes(b"")
     (tmp_path / "labels.txt").write_text("a\n")
-    text = starter_manifest().replace("# target =", "target =").replace("# weights =", "weights =", 1)
+    text = starter_manifest().replace("# target =", "target =", 1).replace("# weights =", "weights =", 1)
     text = text.replace("# id =", "id =", 1).replace("# layers", "layers").replace("# colormap", "colormap")
     m = load_manifest(write(tmp_path, text, "galleryvis.toml"))
     assert m.models[0].layers == {"gradcam": "_blocks.15"} and m.models[0].id == "lite0"
-    techniques = "\n".join(ln[2:] for ln in text.split("# [[techniques]]", 1)[1].splitlines()
+    techniques = "\n".join(ln[2:] for ln in text.split("# [[techniques]]", 1)[1].split("[metrics]")[0].splitlines()
                            if ln.startswith("# ") and not ln.startswith("# Techniques"))
     factory = text.split("# Your own nn.Module (this runs your code):\n", 1)[1].split("\n\n")[0]
     factory = "\n".join(ln[2:] for ln in factory.splitlines()).replace("checkpoints/model.pth", "w.pth")
     body = text.split("[metrics]")[0] + factory + "\n[[techniques]]\n" + techniques + "\n"
     m = load_manifest(write(tmp_path, body, "full.toml"))
-    assert [t.id for t in m.techniques] == ["gradcam", "smoothgrad", "smoothgrad_wide"]
+    assert [t.id for t in m.techniques] == ["gradcam", "smoothgrad", "smoothgrad_wide", "layercam"]
+    assert (m.techniques[3].layer, m.techniques[3].scale, m.techniques[3].target) == (
+        ("_blocks.10", "_blocks.15"), "per-row", "tabby")
     assert m.models[1].factory == "mypackage.models:build" and m.models[1].size == 224
 
 
@@ -586,53 +588,68 @@ def test_specs_default_their_ids() -> None:
 
 
 # --- the schema is declared once ----------------------------------------------------------
-def _doc_tables() -> dict[str, dict[str, tuple[str, str]]]:
-    """docs/manifest.md: section -> key -> (type, default), from each section's key table."""
-    text = (Path(__file__).resolve().parent.parent / "docs" / "manifest.md").read_text(encoding="utf-8")
-    out: dict[str, dict[str, tuple[str, str]]] = {}
-    for part in re.split(r"^## ", text, flags=re.M)[1:]:
-        section = re.match(r"`\[+(\w+)\]+`", part)
-        if section is None:
-            continue
-        rows = out.setdefault(section.group(1), {})
-        for line in part.splitlines():
-            cols = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cols) >= 4 and re.fullmatch(r"`\w+`", cols[0]):
-                rows[cols[0].strip("`")] = (cols[1], cols[2])
-    return out
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "manifest.md"
 
 
-def test_the_docs_tables_are_the_schema() -> None:
+def test_the_docs_tables_are_generated_from_the_schema() -> None:
     from galleryvis import schema
 
-    tables = _doc_tables()
-    assert set(tables) == set(schema.SECTIONS)
-    for section, fields in schema.SECTIONS.items():
-        assert tables[section] == {f.key: (f.type, f.default) for f in fields}, section
+    text = DOCS.read_text(encoding="utf-8")
+    assert schema.documented_sections(text) == list(schema.SECTIONS)
+    # a key added to the schema only, or to the docs only, fails here
+    assert schema.rewrite_tables(text) == text, "run: python -m galleryvis.schema docs/manifest.md"
+    assert "| `alpha` | number 0 to 1 | `0.5` | opacity of the heatmap in overlay views |" in text
 
 
 def test_the_parsed_specs_defaults_and_keys_are_the_schema() -> None:
     import dataclasses
 
     from galleryvis import schema
-    from galleryvis.manifest import GallerySpec, ImageSpec, MetricsSpec, ModelSpec, TechniqueSpec
 
     specs = {"gallery": GallerySpec, "images": ImageSpec, "models": ModelSpec, "techniques": TechniqueSpec,
              "metrics": MetricsSpec}
+    assert set(specs) == set(schema.SECTIONS)
     for section, spec in specs.items():
         # where an entry was written and which parameters it wrote are not keys of their own
         fields = {f.name: f for f in dataclasses.fields(spec) if f.name not in ("field", "given")}
         declared = {f.key: f for f in schema.SECTIONS[section]}
         assert set(fields) == set(declared), section
         for key, f in declared.items():
-            if f.value is not schema.NO_VALUE:
-                assert fields[key].default == f.value, f"{section}.{key}"
+            default = fields[key].default
+            if default is dataclasses.MISSING and fields[key].default_factory is not dataclasses.MISSING:
+                default = fields[key].default_factory()
+            assert default == (dataclasses.MISSING if f.value is schema.NO_VALUE else f.value), f"{section}.{key}"
 
 
-def test_the_starter_uses_only_declared_keys() -> None:
-    from galleryvis import schema
-    from galleryvis.manifest import starter_manifest
+def test_a_spec_without_a_declared_key_is_refused_at_import() -> None:
+    from galleryvis import manifest
 
+    with pytest.raises(AssertionError, match=r"lacks the declared keys \['enabled'\]"):
+        @manifest._declared("metrics")
+        class Metrics:  # one key short of the schema's [metrics]
+            deletion_insertion: bool
+            sanity: bool
+            steps: int
+            substrate: str
+            road: bool
+            road_percentile: float
+            sanity_steps: int
+            sanity_techniques: tuple[str, ...] | None
+
+
+def test_every_reader_and_choice_the_schema_names_exists() -> None:
+    from galleryvis import metrics, schema, sources
+    from galleryvis.manifest import _Parser
+
+    for fields in schema.SECTIONS.values():
+        for f in fields:
+            assert callable(getattr(_Parser, f"read_{f.read}", None)), f.key
+    assert schema.field("metrics", "substrate").choices == metrics.SUBSTRATES
+    assert schema.field("models", "source").type == ", ".join(f'`"{s}"`' for s in sources.SOURCE_NAMES)
+
+
+def _starter_keys() -> dict[str, set[str]]:
+    """The starter's keys per section, written or commented out."""
     section, seen = None, {}
     for line in starter_manifest().splitlines():
         text = line.lstrip("# ").rstrip()
@@ -643,9 +660,13 @@ def test_the_starter_uses_only_declared_keys() -> None:
         key = re.match(r"(\w+) = ", text)
         if key and section is not None:
             seen.setdefault(section, set()).add(key.group(1))
-    for name, keys in seen.items():
-        assert keys <= set(schema.keys(name)), (name, keys - set(schema.keys(name)))
-    assert set(seen) == set(schema.SECTIONS)
+    return seen
+
+
+def test_the_starter_shows_every_declared_key_and_no_other() -> None:
+    from galleryvis import schema
+
+    assert _starter_keys() == {name: set(schema.keys(name)) for name in schema.SECTIONS}
 
 
 def test_every_declared_range_is_the_one_the_parser_enforces(folder: Path) -> None:
@@ -702,3 +723,32 @@ def test_every_declared_type_is_checked_by_the_parser(folder: Path) -> None:
             body, parts = manifest(section, f.key, _wrong_value(f.type))
             errs = errors(folder, body, **parts)
             assert any(f".{f.key}" in e or f"{section}[0]" in e for e in errs), (section, f.key, errs)
+
+
+def test_reading_a_manifest_imports_no_torch_and_loads_no_plugin(folder: Path) -> None:
+    # the schema's step reads every key; model sources, plug-ins and the registry come after it
+    import json
+    import subprocess
+    import sys
+
+    path = write(folder, '[[techniques]]\nname = "gradcam"\n[gallery]\nplugins = ["never.py"]\ncolormap = "viridis"\n'
+                         '[[images]]\npath = "photos/*"\n' + MODEL)
+    code = f"""
+import json, sys, tomllib
+from pathlib import Path
+from galleryvis import manifest
+parser = manifest._Parser("gallery.toml", Path({str(folder)!r}))
+draft = parser.read(tomllib.loads(Path({str(path)!r}).read_text()))
+read = dict(errors=list(parser.errors), models=len(draft.models), techniques=len(draft.techniques),
+            modules=sorted(m for m in sys.modules if m.split(".")[0] == "torch" or m in ("galleryvis.plugins",
+                                                                                        "galleryvis.metrics")))
+parser.resolve(draft)
+print(json.dumps(dict(read, resolved=parser.errors)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=folder)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["modules"] == [] and result["errors"] == []
+    assert (result["models"], result["techniques"]) == (1, 1)
+    assert result["resolved"] == ["gallery.toml: gallery.plugins: plug-in file 'never.py' does not exist "
+                                  f"(looked for {str(folder / 'never.py')!r})"]
