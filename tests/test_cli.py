@@ -1,10 +1,12 @@
 """The command line: every manifest problem is one clear line, exit code 2, no traceback."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from galleryvis.cli import main
@@ -142,3 +144,94 @@ def test_layers_shows_each_layers_grid():
     assert rows["features.7.1.norm1"].endswith("1x2x2x768          2x2 (channels last)")
     assert rows["features.7.1"].startswith("* ")
     assert rows["head"].split()[-2:] == ["1x1000", "-"]  # no grid
+
+
+def test_models_lists_every_source_bundled_first_with_what_works_offline():
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("bundled: ") and lines[1].split() == ["efficientnet_lite0", "works", "offline"]
+    heads = [line.split(":")[0] for line in lines if not line.startswith("  ")]
+    assert heads == ["bundled", "torchvision", "timm", "huggingface", "factory"]
+    torchvision = next(i for i, line in enumerate(lines) if line.startswith("torchvision: "))
+    assert any(line.split()[:1] == ["resnet50"] for line in lines[torchvision:])
+    listing = {entry["source"]: entry for entry in json.loads(CliRunner().invoke(main, ["models", "--json"]).output)}
+    assert list(listing) == heads
+    assert {"name": "efficientnet_lite0", "offline": True} in listing["bundled"]["models"]
+    assert "resnet50" in [m["name"] for m in listing["torchvision"]["models"]]
+    assert "timm:NAME" in listing["timm"]["usage"] and "local Hugging Face cache" in listing["huggingface"]["usage"]
+
+
+def test_models_says_how_to_install_a_missing_source(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "timm" else find_spec(name, *a))
+    listing = {e["source"]: e for e in json.loads(CliRunner().invoke(main, ["models", "--json"]).output)}
+    assert listing["timm"]["install"] == "pip install 'galleryvis[timm]'" and listing["timm"]["models"] == []
+    text = CliRunner().invoke(main, ["models"]).output
+    assert "  not installed: pip install 'galleryvis[timm]'" in text.splitlines()
+
+
+def test_techniques_as_json():
+    result = CliRunner().invoke(main, ["techniques", "--json"])
+    assert result.exit_code == 0, result.output
+    techniques = {t["name"]: t for t in json.loads(result.output)}
+    assert techniques["smoothgrad"]["params"]["samples"] == 50 and "gradcam" in techniques
+
+
+def test_build_reads_a_folders_manifest(folder):
+    (folder / "galleryvis.toml").write_text(IMAGE + MODEL + TECH)
+    result = CliRunner().invoke(main, ["build", str(folder), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "efficientnet_lite0 / gradcam: 1 to compute, 0 cached" in result.output
+    (folder / "other").mkdir()
+    empty = CliRunner().invoke(main, ["build", str(folder / "other"), "--dry-run"])
+    assert empty.exit_code == 2 and "galleryvis.toml: no such manifest file" in empty.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of an absent CUDA")
+def test_device_overrides_the_manifest_and_is_checked_first(folder):
+    toml = IMAGE + MODEL + TECH + '[gallery]\ndevice = "cuda"\n'
+    assert run(folder, toml).exit_code == 2  # the manifest's device is absent here
+    assert run(folder, toml, "--device", "cpu").exit_code == 0
+    for args in (["build", str(folder / "gallery.toml"), "--dry-run"], ["layers", "resnet18"],
+                 ["explain", str(folder / "cat.png"), "-o", str(folder / "x.png")]):
+        for device, problem in (("tpu", "unknown device 'tpu'"), ("cuda", "CUDA is not available")):
+            result = CliRunner().invoke(main, [*args, "--device", device])
+            assert result.exit_code == 2 and result.output.startswith(f"error: --device: ") and problem in result.output
+            assert len(result.output.splitlines()) == 1, result.output
+    assert not (folder / "x.png").exists()
+
+
+def test_layers_runs_on_the_device_asked_for():
+    result = CliRunner().invoke(main, ["layers", "resnet18", "--size", "64", "--device", "cpu"])
+    assert result.exit_code == 0 and "layer4" in result.output
+
+
+def test_build_open_opens_the_landing_page(folder, monkeypatch):
+    import webbrowser
+
+    opened: list[str] = []
+    monkeypatch.setattr(webbrowser, "open", lambda url, *a, **k: opened.append(url) or True)
+    monkeypatch.chdir(folder)
+    (folder / "galleryvis.toml").write_text(IMAGE + '[[models]]\nname = "resnet18"\nweights = "none"\nsize = 64\n'
+                                            '[[techniques]]\nname = "vanilla"\n[metrics]\nenabled = false\n')
+    for _ in range(2):  # built, then unchanged (from the stamp): both open the page
+        result = CliRunner().invoke(main, ["build", "-q", "--open"])
+        assert result.exit_code == 0, result.output
+    assert opened == [(folder / "site" / "index.html").resolve().as_uri()] * 2
+    assert CliRunner().invoke(main, ["build", "--dry-run", "--open"]).exit_code == 0 and len(opened) == 2
+
+
+def test_a_second_build_fails_on_the_lock_before_loading_any_model(folder, monkeypatch):
+    from galleryvis import pipeline
+    from galleryvis.sitefiles import build_lock
+
+    loaded: list[object] = []
+    monkeypatch.setattr(pipeline, "workspace", lambda manifest: loaded.append(manifest))
+    (folder / "gallery.toml").write_text(IMAGE + MODEL + TECH)
+    with build_lock(folder / ".galleryvis-cache"):
+        result = CliRunner().invoke(main, ["build", str(folder / "gallery.toml")])
+    assert result.exit_code == 2 and "another galleryvis build" in result.output and "--wait" in result.output
+    assert loaded == []
