@@ -10,7 +10,9 @@ A plug-in is any module that calls :func:`galleryvis.registry.technique` (or
   every build.
 
 Each module is imported once per process (files under a name derived from their absolute
-path), so parsing a manifest twice never registers a technique twice.
+path), so parsing a manifest twice never registers a technique twice. galleryvis's own
+techniques are registered before any plug-in, so a plug-in that reuses one of their names is
+the one refused, in one line naming it.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from . import registry
+
 ENTRY_POINT_GROUP = "galleryvis.plugins"
 
 
@@ -31,6 +35,7 @@ class PluginError(ImportError):
 
 def load_entry_points() -> list[str]:
     """Import every module registered under :data:`ENTRY_POINT_GROUP`; their names."""
+    registry.names()  # the built-in techniques first: a plug-in that reuses a name is the one refused
     names = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
@@ -44,6 +49,7 @@ def load_entry_points() -> list[str]:
 
 def load(spec: str, root: Path) -> ModuleType:
     """Import plug-in ``spec``: a ``.py`` file (relative to ``root``) or a module name."""
+    registry.names()  # the built-in techniques first: a plug-in that reuses a name is the one refused
     if spec.endswith(".py"):
         path = (root / spec).resolve()
         if not path.is_file():

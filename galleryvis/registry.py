@@ -126,7 +126,8 @@ def technique(
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
-            raise TechniqueError(f"technique {name!r} is registered twice")
+            raise TechniqueError(f"technique {name!r} is registered twice ({_REGISTRY[name].fn.__module__} "
+                                 "registered it first)")
         sig = inspect.signature(fn)
         params = {
             p.name: p.default

@@ -94,3 +94,35 @@ def test_a_bad_plugin_is_a_one_line_manifest_error(tmp_path: Path, plugins: str,
     with pytest.raises(ManifestError, match=re.escape(message)) as err:
         load_manifest(manifest(tmp_path, plugins, "vanilla"))
     assert "gallery.plugins" in str(err.value)
+
+
+def test_the_documented_plugin_imports_only_public_names() -> None:
+    import ast
+
+    import galleryvis
+
+    imports = [node for node in ast.walk(ast.parse(plugin_example())) if isinstance(node, ast.ImportFrom)]
+    ours = [node for node in imports if (node.module or "").split(".")[0] == "galleryvis"]
+    assert ours and all(node.module == "galleryvis" for node in ours)
+    assert {alias.name for node in ours for alias in node.names} <= set(galleryvis.__all__)
+
+
+def test_a_plugin_table_after_the_techniques_table_still_comes_first(tmp_path: Path) -> None:
+    code = plugin_example().replace('"abs_saliency"', '"late_saliency"')
+    (tmp_path / "late.py").write_text(code, encoding="utf-8")
+    (tmp_path / "cat.png").write_bytes((PHOTOS / "cat.png").read_bytes())
+    path = tmp_path / "galleryvis.toml"
+    path.write_text('[[techniques]]\nname = "late_saliency"\n\n[[models]]\nname = "resnet18"\n\n'
+                    '[[images]]\npath = "cat.png"\n\n[gallery]\nplugins = ["late.py"]\n', encoding="utf-8")
+    assert path.read_text().index("[[techniques]]") < path.read_text().index("[gallery]")
+    assert [t.name for t in load_manifest(path).techniques] == ["late_saliency"]
+
+
+def test_a_plugin_that_reuses_a_built_in_name_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "clash.py").write_text(plugin_example().replace('"abs_saliency"', '"vanilla"'), encoding="utf-8")
+    with pytest.raises(ManifestError) as err:
+        load_manifest(manifest(tmp_path, '["clash.py"]', "gradcam"))
+    (line,) = err.value.errors
+    assert line.startswith("galleryvis.toml: gallery.plugins: plug-in 'clash.py' failed to import: ")
+    assert "technique 'vanilla' is registered twice (galleryvis.attribution." in line
+    assert registry.get("vanilla").fn.__module__.startswith("galleryvis.attribution.")  # the built-in stays
