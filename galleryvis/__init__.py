@@ -10,13 +10,13 @@ from importlib import import_module
 from typing import Any
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Chunking", "Context", "attribute", "attribute_many", "measure_chunking",
-           "metrics", "synthesize", "technique", "techniques"]
+           "metrics", "synthesize", "targets", "technique", "techniques"]
 __version__ = "0.1.0"
 
-#: public name -> the module that defines it (``metrics`` is the module itself)
+#: public name -> the module that defines it (``metrics`` and ``targets`` are the modules themselves)
 _HOMES = {"IMAGENET_MEAN": "engine", "IMAGENET_STD": "engine", "attribute": "engine", "attribute_many": "engine",
           "techniques": "engine", "synthesize": "synthesis", "metrics": "metrics", "Chunking": "chunking",
-          "measure_chunking": "engine", "Context": "engine", "technique": "registry"}
+          "measure_chunking": "engine", "Context": "engine", "technique": "registry", "targets": "targets"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,17 +1,16 @@
-"""The shared engine: target handling, chunking, and passes shared between techniques."""
+"""The shared engine: targets bound to the images (:mod:`galleryvis.targets`), chunking, and
+passes shared between techniques."""
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from numbers import Integral
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import registry
+from . import registry, targets
 from .chunking import FORWARD_BATCH_FACTOR, Chunking
 from .chunking import measure as measure_chunks
 from .fold import folded
@@ -34,10 +33,10 @@ LayerArg = str | Sequence[str] | Mapping[str, str | Sequence[str]] | None
 
 @dataclass
 class Pass:
-    """One forward + backward: logits, gradient w.r.t. the input, activations and their gradients,
-    and the sizes of the convolution outputs the forward produced (its patch grids)."""
+    """One forward + backward: the model's raw output, gradient w.r.t. the input, activations and
+    their gradients, and the sizes of the convolution outputs the forward produced (its patch grids)."""
 
-    logits: Tensor
+    output: Any
     input_grad: Tensor | None
     acts: dict[str, Tensor]
     grads: dict[str, Tensor]
@@ -46,17 +45,20 @@ class Pass:
 
 @dataclass
 class Context:
-    """What a technique sees for one chunk of images: the model, inputs, targets, shared passes.
+    """What a technique sees for one chunk of images: the model, inputs, the target (an
+    :class:`~galleryvis.targets.Objective` bound to the chunk's images; any form
+    :func:`galleryvis.targets.of` takes but None is turned into one), shared passes.
 
-    Techniques call :meth:`backward` (memoized per backward mode, so every technique in an
-    ``attribute_many`` call shares one forward/backward), :meth:`forward` (activations only,
+    Techniques read scores and confidences through :attr:`target` only (``ctx.target.image(i, n)``
+    for ``n`` copies of image ``i``), call :meth:`backward` (memoized per backward mode, so every
+    technique in an ``attribute_many`` call shares one forward/backward), :meth:`forward` (activations only,
     no graph), :meth:`input_grad` (gradients for arbitrary batches, chunked) and :meth:`run`
     (another technique's result on the same chunk, memoized).
     """
 
     model: nn.Module
     x: Tensor
-    target: Tensor
+    target: targets.Objective
     layers: tuple[str, ...] = ()
     batch_size: int = DEFAULT_BATCH_SIZE
     forward_batch_size: int = FORWARD_BATCH_FACTOR * DEFAULT_BATCH_SIZE  # copies per forward-only pass
@@ -68,16 +70,21 @@ class Context:
     _passes: dict[str, Pass] = field(default_factory=dict)
     _results: dict[Any, Tensor] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.target is None:
+            raise ValueError("Context needs the top-1 classes resolved first (galleryvis.targets.resolve)")
+        self.target = targets.of(self.target, self.x.shape[0])
+
     # -- shared passes ----------------------------------------------------------------------
     def backward(self, mode: str = "plain") -> Pass:
         """Forward with every requested layer captured, then one ``autograd.grad`` of the
-        target logits w.r.t. the input (when some technique needs it) and those layers."""
+        target's scores w.r.t. the input (when some technique needs it) and those layers."""
         if mode not in self._passes:
             x = self.x.detach().requires_grad_(self.need_input_grad or mode != "plain")
             with torch.enable_grad(), guided(self.model, mode), conv_sizes(self.model) as sizes, \
                     capture(self.model, self.layers) as acts:
-                logits = self.logits(x)
-                score = _score(logits, self.target)
+                output = self.output(x)
+                score = self.target.score(output).sum()
                 missing = [n for n in self.layers if n not in acts]
                 if missing:
                     raise LayerError(f"layers {missing} were not called in the forward pass")
@@ -91,18 +98,19 @@ class Context:
                 if g is None:
                     raise LayerError(f"layer {name!r} does not influence the model's output")
             self._passes[mode] = Pass(
-                logits.detach(), None if input_grad is None else input_grad.detach(),
+                _map_tensors(Tensor.detach, output), None if input_grad is None else input_grad.detach(),
                 {k: v.detach() for k, v in acts.items()}, {k: v.detach() for k, v in layer_grads.items()},
                 frozenset(sizes),
             )
         return self._passes[mode]
 
     def forward(self) -> Pass:
-        """Logits and activations of every requested layer, without building a graph."""
+        """The model's output and activations of every requested layer, without building a graph."""
         if not self._passes:  # otherwise a backward pass's forward half serves as well
             with torch.inference_mode(), conv_sizes(self.model) as sizes, capture(self.model, self.layers) as acts:
-                logits = self.logits(self.x)
-            self._passes["forward"] = Pass(logits.clone(), None, {k: v.clone() for k, v in acts.items()}, {},
+                output = self.output(self.x)
+            self._passes["forward"] = Pass(_map_tensors(Tensor.clone, output), None,
+                                           {k: v.clone() for k, v in acts.items()}, {},
                                            frozenset(sizes))
         return next(iter(self._passes.values()))
 
@@ -114,13 +122,14 @@ class Context:
         return Patches.of(self.model, p.conv_sizes).grid(layer, tuple(p.acts[layer].shape), self.x.shape[0],
                                                          resolve_layer(self.model, layer))
 
-    def input_grad(self, x: Tensor, target: Tensor, mode: str = "plain") -> Tensor:
-        """d logit[target] / d x for an arbitrary batch (noisy samples, IG path points), chunked."""
+    def input_grad(self, x: Tensor, target: targets.Objective, mode: str = "plain") -> Tensor:
+        """d score / d x for an arbitrary batch (noisy samples, IG path points) and its
+        objective (``ctx.target.image(i, len(x))``), chunked."""
         out = []
         for xs, ts in zip(x.split(self.batch_size), target.split(self.batch_size)):
             xs = xs.detach().requires_grad_(True)
             with torch.enable_grad(), guided(self.model, mode):
-                score = _score(self.logits(xs), ts)
+                score = ts.score(self.output(xs)).sum()
                 (g,) = torch.autograd.grad(score, xs)
             out.append(g.detach())
         return torch.cat(out)
@@ -139,10 +148,10 @@ class Context:
         std = torch.as_tensor(self.std, dtype=self.x.dtype, device=self.x.device).view(shape)
         return (value - mean) / std
 
-    def logits(self, x: Tensor, rows: int | None = None) -> Tensor:
-        """The model's logits for ``x`` (N, classes), through :attr:`runner` when given;
-        ``rows`` as in :func:`logits_of`."""
-        return logits_of(self.runner or self.model, x, rows)
+    def output(self, x: Tensor) -> Any:
+        """The model's raw output for ``x``, through :attr:`runner` when given; read it with
+        :attr:`target` (the objective checks its form, e.g. logits (N, classes) for a class)."""
+        return (self.runner or self.model)(x)
 
     def shared(self, key: Any, compute: Callable[[], Tensor]) -> Tensor:
         """``compute()`` once per chunk for ``key`` (made hashable as :meth:`run`'s keys are): what
@@ -162,8 +171,25 @@ class Context:
             kwargs = dict(resolved)
             if tech.layer != "none":
                 kwargs["layer"] = layer
-            self._results[key] = tech.fn(self, **kwargs)
+            try:
+                self._results[key] = tech.fn(self, **kwargs)
+            except targets.ScoreOnlyError as e:
+                if e.who is not None:
+                    raise
+                raise targets.ScoreOnlyError(targets.confidence_error(name), who=name) from None
         return self._results[key]
+
+
+def _map_tensors(fn: Callable[[Tensor], Tensor], output: Any) -> Any:
+    """``fn`` applied to every tensor of a model's output (a tensor, or tuples, lists and dicts of them)."""
+    if isinstance(output, Tensor):
+        return fn(output)
+    if isinstance(output, (tuple, list)):
+        values = [_map_tensors(fn, v) for v in output]
+        return type(output)(*values) if hasattr(output, "_fields") else type(output)(values)
+    if isinstance(output, dict):
+        return type(output)((k, _map_tensors(fn, v)) for k, v in output.items())
+    return output
 
 
 def _freeze(value: Any) -> Any:
@@ -174,23 +200,6 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, Tensor):
         return ("tensor", id(value))
     return value
-
-
-def logits_of(model: Callable[[Tensor], object], x: Tensor, rows: int | None = None) -> Tensor:
-    """``model(x)``, checked to be logits of shape (N, classes) (a clear ValueError otherwise);
-    ``rows``: N when a hook widens the batch inside the model (default: ``x``'s batch)."""
-    out = model(x)
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != (x.shape[0] if rows is None else rows):
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"the model must return logits of shape (N, classes); it returned {shape}")
-    return out
-
-
-def _score(logits: Tensor, target: Tensor) -> Tensor:
-    """Sum over the batch of each image's target logit; out-of-range targets raise ValueError."""
-    if int(target.min()) < 0 or int(target.max()) >= logits.shape[1]:
-        raise ValueError(f"target {target.tolist()} out of range for {logits.shape[1]} classes")
-    return logits.gather(1, target[:, None]).sum()
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -219,7 +228,7 @@ def measure_chunking(model: nn.Module, sample: Tensor) -> Chunking:
     device = model_device(model)
     x1 = fast_layout(sample[:1].detach().to(device))
     with prepared(model), folded(model, x1) as runner:
-        return measure_chunks(lambda x: logits_of(runner, x), x1, FORWARD_BATCH_FACTOR * default_batch_size(device),
+        return measure_chunks(runner, x1, FORWARD_BATCH_FACTOR * default_batch_size(device),
                               fast_layout)
 
 
@@ -234,29 +243,6 @@ def model_device(model: nn.Module) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return torch.device("cpu")
-
-
-def resolve_targets(model: Callable[[Tensor], object], x: Tensor, target: int | Sequence[int] | Tensor | None,
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> Tensor:
-    """One class index per image: an int for all, a sequence of exactly N, or None for top-1."""
-    n = x.shape[0]
-    if target is None:
-        with torch.no_grad():
-            return torch.cat([logits_of(model, xs).argmax(1) for xs in x.split(batch_size)])
-    if isinstance(target, (Tensor, np.ndarray)):
-        target = torch.as_tensor(target)
-        target = target.flatten().tolist() if target.dim() else target.item()
-    if isinstance(target, Integral) and not isinstance(target, bool):
-        t = [int(target)] * n
-    elif isinstance(target, Sequence) and not isinstance(target, str):
-        if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in target):
-            raise TypeError(f"target must hold class indices (ints), got {list(target)!r}")
-        t = [int(v) for v in target]
-        if len(t) != n:
-            raise ValueError(f"target has {len(t)} entries for {n} images; give one per image or a single int")
-    else:
-        raise TypeError(f"target must be an int, a sequence of ints or None, not {type(target).__name__}")
-    return torch.tensor(t, dtype=torch.long, device=x.device)
 
 
 def _check_inputs(inputs: Tensor) -> None:
@@ -297,7 +283,7 @@ def attribute_many(
     model: nn.Module,
     inputs: Tensor,
     techniques: Sequence[str],
-    target: int | Sequence[int] | Tensor | None,
+    target: targets.Target,
     layer: LayerArg = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     *,
@@ -328,7 +314,7 @@ def attribute_calls(
     model: nn.Module,
     inputs: Tensor,
     calls: Mapping[str, Call],
-    target: int | Sequence[int] | Tensor | None,
+    target: targets.Target,
     *,
     batch_size: int | Chunking | None = None,
     progress: Callable[[str, int], None] | None = None,
@@ -362,8 +348,8 @@ def attribute_calls(
             resolve_layer(model, n)
         need_input = any("input_grad" in t.needs for t in techs.values())
         with folded(model, x[:1], all_layers, enabled=_folds(list(techs.values()), x.shape[0])) as runner:
-            targets = resolve_targets(runner, x, target, chunks.forward)
-            for xs, ts in zip(x.split(chunks.backward), targets.split(chunks.backward)):
+            objective = targets.resolve(target, runner, x, chunks.forward)
+            for xs, ts in zip(x.split(chunks.backward), objective.split(chunks.backward)):
                 ctx = Context(model, xs, ts, all_layers, chunks.backward, chunks.forward, need_input, runner, mean,
                               std)
                 for key in sorted(calls, key=lambda k: _forward_only(techs[k])):  # reuse a backward's forward
@@ -405,7 +391,7 @@ def attribute(
     model: nn.Module,
     inputs: Tensor,
     technique: str,
-    target: int | Sequence[int] | Tensor | None,
+    target: targets.Target,
     layer: str | Sequence[str] | None = None,
     *,
     batch_size: int | Chunking | None = None,
@@ -416,10 +402,13 @@ def attribute(
     """Raw attribution maps of one technique for a batch of normalized images.
 
     Args:
-        model: any classifier returning logits (N, classes).
+        model: any model; with class targets, one returning logits (N, classes).
         inputs: float tensor (N, 3, H, W), already normalized.
         technique: a registry name (see :func:`techniques`).
-        target: a class index for all images, one per image, or None for each image's top-1.
+        target: what the maps explain: a class index for all images, one per image, None for
+            each image's top-1 class, a :mod:`galleryvis.targets` objective (one per image in a
+            list), or a callable ``f(output) -> Tensor[N]`` scoring the model's raw output
+            (gradient techniques only: those that read a confidence say so in one line).
         layer: dotted module name (a list for multi-layer techniques); default: the model's
             last convolutional block, found by a probe forward.
         batch_size: images, samples or steps per pass with a gradient, and 4x as many

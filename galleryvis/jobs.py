@@ -22,6 +22,7 @@ from .images import ImageError, file_sha256, load_image
 from .manifest import Manifest, ManifestError, ModelSpec, TechniqueSpec, check_against_models
 from .models import ModelAdapter, ModelError, choose_device, load_model
 from .naming import unique_slugs
+from .targets import Class
 from .synthesis.api import spec_of
 
 
@@ -191,7 +192,7 @@ def _predictions(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache)
         key = prediction_key(adapter, img.ref)
         entry = cache.get(key)
         if entry is None:
-            probs = adapter.logits(img.input_for(adapter)[None]).softmax(1)[0].numpy()
+            probs = Class.probabilities(adapter.logits(img.input_for(adapter)[None]))[0].numpy()
             cache.put(key, probs.astype(np.float32),
                       {"image": img.ref.name, "model": adapter.id, "covers": model_input(adapter, img.ref)})
         else:

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import targets
 from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, Call, attribute_calls, chunking_of, fast_layout,
-                     logits_of, model_device, resolve_targets)
+                     model_device)
 from .chunking import Chunking
 from .fold import folded
 from .hooks import prepared
@@ -50,7 +51,7 @@ _SUBSTRATE_TEXT = {
     "blur": "the blurred image",
 }
 
-Target = int | Sequence[int] | Tensor | None
+Target = targets.Target
 
 
 # --- deletion / insertion ----------------------------------------------------------------------
@@ -66,7 +67,8 @@ class DeletionInsertion:
         deletion_curve: (N, steps + 1) target score with ``fractions[k]`` of the pixels deleted.
         insertion_curve: (N, steps + 1) target score with ``fractions[k]`` of the pixels inserted.
         fractions: (steps + 1,) fraction of pixels replaced at each point (0 ... 1).
-        targets: (N,) the class index scored for each image.
+        targets: (M,) the class index scored for each map (int64) when the target is a class;
+            otherwise each map's :mod:`galleryvis.targets` objective (an object array).
         protocol: one line describing how the scores were made; show it with every score.
     """
 
@@ -123,7 +125,8 @@ def deletion_insertion(
     * insertion: those pixels of the image are copied onto its blurred version (Gaussian,
       ``blur_kernel`` x ``blur_kernel``, ``blur_sigma``, reflect padding; RISE uses 11 and 5).
 
-    Each curve point is the target's softmax probability (``score="logit"``: the raw logit).
+    Each curve point is the target's confidence, a class's softmax probability (``score="logit"``:
+    its score, the raw logit; the only choice for a callable target, which gives no confidence).
     AUC: trapezoid rule over the pixel fraction on the nominal grid k/steps (RISE's
     ``(sum - (first + last) / 2) / steps``), so probability AUCs lie in [0, 1]; logit AUCs are
     in logit units and unbounded.
@@ -145,7 +148,8 @@ def deletion_insertion(
         inputs: (N, C, H, W) normalized images.
         maps: (M, 1 or C, h, w) or (M, h, w) maps, one per image (or per entry of ``images``);
             resized bilinearly to H x W when their size differs.
-        target: one class for all images, one per image, or None for each image's top-1.
+        target: one class for all images, one per image, None for each image's top-1, or any
+            target :func:`galleryvis.attribute` takes.
         steps: number of intervals of each curve (>= 1).
         substrate: what deleted pixels become: ``"zero"``, ``"black"`` or ``"blur"``.
         score: ``"probability"`` (softmax) or ``"logit"``.
@@ -190,7 +194,9 @@ def deletion_insertion(
     counts = [(k * pixels + steps // 2) // steps for k in range(steps + 1)]
 
     with prepared(model), torch.inference_mode(), folded(model, x[:1]) as runner:  # every forward folded
-        targets = resolve_targets(runner, x, target, batch_size)
+        objective = targets.resolve(target, runner, x, batch_size)
+        if score == "probability":
+            targets.require_confidence(objective, "deletion_insertion (score='probability')")
         blurred = gaussian_blur(x, blur_kernel, blur_sigma)
         if substrate == "blur":
             sub = blurred
@@ -240,10 +246,10 @@ def deletion_insertion(
                   for chunk in (per[lo:lo + batch_size] for lo in range(0, len(per), batch_size))]
         values: dict[tuple[Any, ...], float] = {}
         for chunk in chunks:
-            logits = logits_of(runner, fast_layout(torch.stack([make(j) for j in chunk]))).float()
-            t = targets[[j[1] for j in chunk]]
-            out = logits.softmax(1) if score == "probability" else logits
-            for j, v in zip(chunk, out.gather(1, t[:, None])[:, 0].tolist()):
+            output = runner(fast_layout(torch.stack([make(j) for j in chunk])))
+            t = objective.rows([j[1] for j in chunk])
+            out = t.confidence(output) if score == "probability" else t.score(output).float()
+            for j, v in zip(chunk, out.tolist()):
                 values[j] = v
 
     curves = {curve: np.array([[values[slots[(curve, i, k)]] for k in range(steps + 1)] for i in range(n)],
@@ -254,8 +260,18 @@ def deletion_insertion(
         deletion_auc=auc(curves["del"]), insertion_auc=auc(curves["ins"]),
         deletion_curve=curves["del"], insertion_curve=curves["ins"],
         fractions=np.array(counts, dtype=np.float64) / pixels,
-        targets=targets[image_of].cpu().numpy(), protocol=protocol,
+        targets=_scored(objective.rows(image_of)), protocol=protocol,
     )
+
+
+def _scored(objective: targets.Objective) -> np.ndarray:
+    """What :attr:`DeletionInsertion.targets` shows of each row's objective."""
+    if isinstance(objective, targets.Class) and isinstance(objective.index, tuple):
+        return np.array(objective.index, dtype=np.int64)
+    out = np.empty(len(objective), dtype=object)
+    for i in range(len(out)):
+        out[i] = objective.at(i)
+    return out
 
 
 def auc(curves: np.ndarray) -> np.ndarray:
@@ -371,7 +387,8 @@ def road(
         model: classifier returning logits (N, classes).
         inputs: (N, C, H, W) normalized images.
         maps: (N, 1 or C, h, w) or (N, h, w) maps, resized bilinearly to H x W when needed.
-        target: one class for all images, one per image, or None for each image's top-1.
+        target: one class for all images, one per image, None for each image's top-1, or any
+            target of :func:`galleryvis.attribute` that has a confidence.
         percentile: share of the pixels removed, 0 <= percentile < 100.
         order: ``"morf"`` (most relevant first) or ``"lerf"`` (least relevant first).
         rank_by: ``"signed"`` or ``"abs"``, as in :func:`deletion_insertion`.
@@ -401,10 +418,11 @@ def road(
     removed = (ranks < count) if order == "morf" else (ranks >= h * w - count)
     noises = torch.stack([torch.randn((c, h, w), generator=torch.Generator().manual_seed(seed)) for _ in range(n)])
     with prepared(model), torch.inference_mode():  # one forward per image: folding would not pay
-        targets = resolve_targets(model, x, target, batch_size)
+        objective = targets.resolve(target, model, x, batch_size)
+        targets.require_confidence(objective, "road")
         imputed = linear_imputation(x, removed[:, None]) + noise * noises.to(device, x.dtype) * removed[:, None]
-        probs = [logits_of(model, fast_layout(xs)).float().softmax(1).gather(1, ts[:, None])[:, 0]
-                 for xs, ts in zip(imputed.split(batch_size), targets.split(batch_size))]
+        probs = [ts.confidence(model(fast_layout(xs)))
+                 for xs, ts in zip(imputed.split(batch_size), objective.split(batch_size))]
     return torch.cat(probs).double().cpu().numpy()
 
 
@@ -634,13 +652,13 @@ def sanity_many(
     net = copy.deepcopy(model)
     x = inputs.detach().to(model_device(net))
     with prepared(net), torch.no_grad():
-        targets = resolve_targets(net, x, target, chunking_of(batch_size, x.device).forward).tolist()
+        objective = targets.resolve(target, net, x, chunking_of(batch_size, x.device).forward)
         order = _call_order(net, x[:1])
     if not order:
         raise ValueError("the model has no parameters to randomize")
 
     def explain() -> dict[str, np.ndarray]:
-        maps = attribute_calls(net, x, calls, targets, batch_size=batch_size, mean=mean, std=std)
+        maps = attribute_calls(net, x, calls, objective, batch_size=batch_size, mean=mean, std=std)
         return {key: m.abs().sum(1).flatten(1).double().numpy() for key, m in maps.items()}
 
     original = explain()
@@ -680,7 +698,7 @@ def _call_order(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, int]]
             def pre(mod: nn.Module, _inp: object) -> None:
                 first.setdefault(id(mod), len(first))
             stack.callback(m.register_forward_pre_hook(pre).remove)
-        logits_of(model, x)
+        model(x)
     modules = dict(named)
     order = []
     for index, (name, m) in enumerate(named):

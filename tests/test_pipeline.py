@@ -135,7 +135,7 @@ def test_failing_cell_is_isolated_and_shown(project, monkeypatch):
     real = registry.get("vanilla")
 
     def explode(ctx):
-        if (ctx.target == 967).any():  # the coffee photo's target, espresso
+        if 967 in ctx.target.index:  # the coffee photo's target, espresso
             raise RuntimeError("injected failure")
         return real.fn(ctx)
 

@@ -485,7 +485,7 @@ def test_compare_pages_mark_the_random_models_column_and_top1(random_site):
         assert [(text(th.find("a")), marked(th)) for th in heads] == [("AlexNet", False), ("ResNet-18 | [tiny]", True)]
 
 
-def test_the_model_page_of_a_random_model_says_so_and_a_trained_ones_does_not(random_site):
+def test_model_and_technique_pages_mark_the_random_model_only(random_site):
     root, _ = random_site
     tree = parse(root / "model-resnet18.html")
     assert len(random_notes(tree)) == 1
@@ -504,7 +504,7 @@ def test_the_model_page_of_a_random_model_says_so_and_a_trained_ones_does_not(ra
 def test_gallery_md_marks_the_random_model(random_site):
     root, gallery = random_site
     md = (root / "gallery.md").read_text()
-    intro, *sections = md.split("\n## ")
+    sections = md.split("\n## ")[1:]
     predictions = next(s for s in sections if s.startswith("Images and predictions"))
     assert "**Random weights:** ResNet-18 \\| \\[tiny\\] is untrained" in predictions
     assert r"| AlexNet top-5 | ResNet-18 \| \[tiny\] top-5 (**random weights**) |" in predictions

@@ -15,10 +15,10 @@ from ..registry import technique
 
 def _attention(ctx: Context, name: str, grads: bool) -> tuple[list[Tensor], list[Tensor], Patches]:
     """One forward of the chunk with every attention captured (N, heads, T, T), their gradients
-    of the target logits when ``grads``, and the patches of that forward."""
+    of the target's scores when ``grads``, and the patches of that forward."""
     x = ctx.x.detach().requires_grad_(grads)
     with torch.set_grad_enabled(grads), conv_sizes(ctx.model) as sizes, attentions(ctx.model) as store:
-        score = ctx.logits(x).gather(1, ctx.target[:, None]).sum()
+        score = ctx.target.score(ctx.output(x)).sum()
         maps = list(store)
         g = list(torch.autograd.grad(score, maps)) if grads else []
     n = ctx.x.shape[0]

@@ -118,18 +118,19 @@ def eigencam(ctx: Context, *, layer: str) -> Tensor:
            paper="Wang et al. 2020, https://arxiv.org/abs/1910.01279",
            summary="Activations weighted by the target's softmax probability when each activation map masks the input.")
 def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
-    """For each channel: upsample, min-max normalize, mask the input, read the softmax
-    probability of the target; those probabilities weight the channels, and the weighted sum is
-    upsampled to the input size before the ReLU; constant channels are skipped (weight 0); both
-    as the official code does. ``weighting="gradcam"`` reproduces pytorch-grad-cam: corner-aligned
-    upsampling of the masks, every channel, a softmax of the raw target logits across channels,
-    and the ReLU at the layer's resolution. Masks are built ``forward_batch_size`` at a time, never all."""
+    """For each channel: upsample, min-max normalize, mask the input, read the target's
+    confidence (a class's softmax probability); those confidences weight the channels, and the
+    weighted sum is upsampled to the input size before the ReLU; constant channels are skipped
+    (weight 0); both as the official code does. ``weighting="gradcam"`` reproduces
+    pytorch-grad-cam: corner-aligned upsampling of the masks, every channel, a softmax of the
+    target's raw scores (logits) across channels, and the ReLU at the layer's resolution. Masks
+    are built ``forward_batch_size`` at a time, never all."""
     acts = layer_acts(ctx, layer)
     paper = weighting == "paper"
     size = ctx.x.shape[-2:]
     weights = torch.zeros(acts.shape[:2], device=acts.device)
     with torch.inference_mode():
-        for i, (xi, ti) in enumerate(zip(ctx.x, ctx.target)):
+        for i, xi in enumerate(ctx.x):
             live = acts[i].amax((1, 2)) > acts[i].amin((1, 2))
             if not paper:
                 live = torch.ones_like(live)
@@ -138,8 +139,8 @@ def scorecam(ctx: Context, *, layer: str, weighting: str = "paper") -> Tensor:
                 up = F.interpolate(acts[i, chunk, None], size=size, mode="bilinear", align_corners=not paper)
                 lo = up.amin((2, 3), keepdim=True)
                 mask = (up - lo) / (up.amax((2, 3), keepdim=True) - lo).clamp_min(1e-8)
-                logits = ctx.logits(xi[None] * mask)
-                weights[i, chunk] = (logits.softmax(1)[:, ti] if paper else logits[:, ti]).float()
+                target, output = ctx.target.image(i, len(chunk)), ctx.output(xi[None] * mask)
+                weights[i, chunk] = (target.confidence(output) if paper else target.score(output)).float()
             if not paper:
                 weights[i] = weights[i].softmax(0)
     cam = (weights[:, :, None, None].to(acts.dtype) * acts).sum(1, keepdim=True)

@@ -14,7 +14,7 @@ from ..registry import technique
            paper="Simonyan et al. 2013, https://arxiv.org/abs/1312.6034",
            summary="Gradient of the target logit with respect to the input pixels.")
 def vanilla(ctx: Context) -> Tensor:
-    """d logit / d input, from the shared plain backward."""
+    """d score / d input (a class's logit), from the shared plain backward."""
     return ctx.backward("plain").input_grad
 
 
@@ -63,14 +63,14 @@ def smoothgrad(ctx: Context, *, samples: int = 50, sigma: float = 0.15, base: st
         raise ValueError("smoothgrad: samples must be >= 1 and sigma >= 0")
     mode = "guided" if base == "guided_backprop" else "plain"
     out = []
-    for xi, ti in zip(ctx.x, ctx.target):
+    for i, xi in enumerate(ctx.x):
         gen = torch.Generator().manual_seed(seed)
         std = sigma * float(xi.max() - xi.min())
         total = torch.zeros_like(xi)
         total_sq = torch.zeros_like(xi)
         for n in chunk_sizes(samples, ctx.batch_size):
             noise = torch.randn((n, *xi.shape), generator=gen).to(xi.device, xi.dtype) * std
-            g = ctx.input_grad(xi[None] + noise, ti.repeat(n), mode)
+            g = ctx.input_grad(xi[None] + noise, ctx.target.image(i, n), mode)
             total += g.sum(0)
             total_sq += (g * g).sum(0)
         mean, mean_sq = total / samples, total_sq / samples
@@ -134,14 +134,14 @@ def _path_average(ctx: Context, steps: int, baseline: object, method: str) -> Te
     """sum_k w_k grad(x' + a_k (x - x')) per image of the chunk (the path-averaged gradient)."""
     alphas, weights = _alphas(steps, method)
     out = []
-    for xi, ti in zip(ctx.x, ctx.target):
+    for i, xi in enumerate(ctx.x):
         base = baseline_image(ctx, xi[None], baseline)[0]
         avg = torch.zeros_like(xi)
         start = 0
         for n in chunk_sizes(steps, ctx.batch_size):
             a = torch.tensor(alphas[start:start + n], dtype=xi.dtype, device=xi.device)[:, None, None, None]
             w = torch.tensor(weights[start:start + n], dtype=xi.dtype, device=xi.device)[:, None, None, None]
-            avg += (ctx.input_grad(base + a * (xi - base), ti.repeat(n)) * w).sum(0)
+            avg += (ctx.input_grad(base + a * (xi - base), ctx.target.image(i, n)) * w).sum(0)
             start += n
         out.append(avg)
     return torch.stack(out)

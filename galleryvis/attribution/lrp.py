@@ -1,7 +1,8 @@
 """Layer-wise relevance propagation (Bach et al. 2015; rules after Montavon et al. 2019).
 
 Implemented the zennit way: relevance travels backwards as the "gradient" of one autograd
-pass, starting from the target logit (one-hot times the logit). What flows backwards is the
+pass, starting from the target's relevance (``Objective.relevance``: for a class, one-hot
+times the logit). What flows backwards is the
 relevance itself, so every operation whose ordinary gradient is not already its LRP rule gets
 an autograd function whose backward applies the rule, e.g. for epsilon::
 
@@ -826,20 +827,16 @@ def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsi
         acts = stack.enter_context(capture(model, [layer] if layer else []))
         with tracer:
             out = model(x0)
-        logits = tracer.check_output(out)
-        if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-            raise ValueError("the model must return logits of shape (N, classes); "
-                             f"it returned {tuple(logits.shape)}")
-        idx = ctx.target[:, None]
-        r0 = torch.zeros_like(logits).scatter_(1, idx, logits.detach().gather(1, idx))
+        out = tracer.check_output(out)
+        r0 = ctx.target.relevance(out)  # the target logit alone for a class
         if layer is None:
-            (rel,) = torch.autograd.grad(logits, x, r0)
+            (rel,) = torch.autograd.grad(out, x, r0)
             return rel.detach()
         if layer not in acts:
             raise LayerError(f"layer {layer!r} is not called in the model's forward")
         # a layer folded with its BatchNorm has no relevance of its own: the pair's output has it
         at = tracer.folded.get(acts[layer].grad_fn, acts[layer])
-        (rel,) = torch.autograd.grad(logits, at, r0, allow_unused=True)
+        (rel,) = torch.autograd.grad(out, at, r0, allow_unused=True)
     if rel is None:
         raise LayerError(f"layer {layer!r} carries no relevance to the output")
     return ctx.grid(layer).nchw(rel.detach()).sum(1, keepdim=True)

@@ -20,11 +20,6 @@ from .cam import layer_acts, weighted_cam
 from .gradients import baseline_image, chunk_sizes
 
 
-def _target_logits(ctx: Context, x: Tensor, target: int, rows: int | None = None) -> Tensor:
-    """The target logit of every image of one batch, (n,); ``rows`` as in :meth:`Context.logits`."""
-    return ctx.logits(x, rows)[:, target]
-
-
 def _windows(size: int, window: int, stride: int) -> list[int]:
     """Start positions of the windows along one side (captum's: the last one may leave a margin)."""
     return list(range(0, size - window + 1, stride))
@@ -35,18 +30,19 @@ def _windows(size: int, window: int, stride: int) -> list[int]:
            paper="Zeiler & Fergus 2014, https://arxiv.org/abs/1311.2901",
            summary="Drop of the target logit when a window of the image is replaced, averaged over the windows covering each pixel.")
 def occlusion(ctx: Context, *, window: int = 32, stride: int = 16, baseline: str = "zero") -> Tensor:
-    """For each ``window`` x ``window`` square at ``stride`` (all channels), logit(x) minus the
-    logit with the square replaced by ``baseline`` (``zero``: zeros of the normalized input, as
-    captum's ``baselines=0``; ``black``; ``blur``; or a normalized tensor); each pixel gets the
-    mean drop of the windows covering it (0 where none does). (N, 1, H, W)."""
+    """For each ``window`` x ``window`` square at ``stride`` (all channels), the target's score
+    (a class's logit) on x minus its score with the square replaced by ``baseline`` (``zero``:
+    zeros of the normalized input, as captum's ``baselines=0``; ``black``; ``blur``; or a
+    normalized tensor); each pixel gets the mean drop of the windows covering it (0 where none
+    does). (N, 1, H, W)."""
     h, w = ctx.x.shape[-2:]
     if window < 1 or stride < 1 or window > min(h, w):
         raise ValueError(f"occlusion: window must be in 1..{min(h, w)} and stride >= 1, got {window}, {stride}")
     starts = [(r, c) for r in _windows(h, window, stride) for c in _windows(w, window, stride)]
-    base_scores = ctx.forward().logits.gather(1, ctx.target[:, None])[:, 0]
+    base_scores = ctx.target.score(ctx.forward().output)
     out = []
     with torch.inference_mode():
-        for n, (xi, ti, s0) in enumerate(zip(ctx.x, ctx.target, base_scores)):
+        for n, (xi, s0) in enumerate(zip(ctx.x, base_scores)):
             base = baseline_image(ctx, xi[None], baseline)
             total = torch.zeros((1, 1, h, w), device=xi.device)
             count = torch.zeros((1, 1, h, w), device=xi.device)
@@ -56,7 +52,7 @@ def occlusion(ctx: Context, *, window: int = 32, stride: int = 16, baseline: str
                 mask = torch.zeros((len(chunk), 1, h, w), dtype=torch.bool, device=xi.device)
                 for k, (r, c) in enumerate(chunk):
                     mask[k, :, r:r + window, c:c + window] = True
-                drop = s0 - _target_logits(ctx, torch.where(mask, base, xi[None]), int(ti))
+                drop = s0 - ctx.target.image(n, len(chunk)).score(ctx.output(torch.where(mask, base, xi[None])))
                 total += (drop.float()[:, None, None, None] * mask).sum(0, keepdim=True)
                 count += mask.sum(0, keepdim=True)
             out.append(total / count.clamp_min(1))
@@ -76,7 +72,8 @@ def _rise_masks(grids: Tensor, shifts: Tensor, size: tuple[int, int], cell: tupl
            paper="Petsiuk et al. 2018, https://arxiv.org/abs/1806.07421",
            summary="Random low-resolution masks, upsampled with random shifts, weighted by the target's probability on the masked image.")
 def rise(ctx: Context, *, masks: int = 1000, cells: int = 7, p: float = 0.5, seed: int = 0) -> Tensor:
-    """sum_i P(target | x * M_i) M_i / (masks * p): ``masks`` binary ``cells`` x ``cells`` grids
+    """sum_i P(target | x * M_i) M_i / (masks * p), P the target's confidence (a class's softmax
+    probability): ``masks`` binary ``cells`` x ``cells`` grids
     (each cell kept with probability ``p``), upsampled bilinearly to (cells + 1) cells of
     ceil(H / cells) pixels, shifted by a random offset within one cell and cropped; the
     normalized input is multiplied by them (masked pixels become the mean colour), as the
@@ -97,8 +94,8 @@ def rise(ctx: Context, *, masks: int = 1000, cells: int = 7, p: float = 0.5, see
             chunk = slice(i, i + ctx.forward_batch_size)
             m = _rise_masks(grids[chunk], shifts[chunk], (h, w), cell)
             m = m.to(ctx.x.device, ctx.x.dtype)
-            for k, (xk, tk) in enumerate(zip(ctx.x, ctx.target)):
-                prob = ctx.logits(xk[None] * m).float().softmax(1)[:, tk]
+            for k, xk in enumerate(ctx.x):
+                prob = ctx.target.image(k, len(m)).confidence(ctx.output(xk[None] * m))
                 total[k] += (prob[:, None, None, None] * m).sum(0)
     return total / (masks * p)
 
@@ -109,27 +106,27 @@ def rise(ctx: Context, *, masks: int = 1000, cells: int = 7, p: float = 0.5, see
                  "Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_WACV_2020_paper.pdf",
            summary="Activations weighted by the relative drop of the target logit when each channel is zeroed.")
 def ablationcam(ctx: Context, *, layer: str) -> Tensor:
-    """Weights (y - y_k) / y, y the target logit and y_k the logit with channel k of ``layer``
-    zeroed (in every position and token); ReLU(sum_k w_k A_k). One ablation per channel and
-    image; the layers before ``layer`` run once per chunk of ablations, not once per copy: the
-    image goes in alone and ``layer``'s output is widened to the chunk there (when the rest of
+    """Weights (y - y_k) / y, y the target's score (a class's logit) and y_k the score with
+    channel k of ``layer`` zeroed (in every position and token); ReLU(sum_k w_k A_k). One
+    ablation per channel and image; the layers before ``layer`` run once per chunk of ablations,
+    not once per copy: the image goes in alone and ``layer``'s output is widened to the chunk there (when the rest of
     the model takes the wider batch and gives the unablated logits back, checked once per call;
     otherwise every copy runs through the whole model)."""
     acts = layer_acts(ctx, layer)
     grid = ctx.grid(layer)
     n, c = acts.shape[:2]
-    base = ctx.forward().logits.gather(1, ctx.target[:, None]).float()
+    base = ctx.target.score(ctx.forward().output).float()[:, None]
     widen = _widens(ctx, layer, grid.per_channel, c)
     ablated = torch.zeros((n, c), device=acts.device)
     with torch.inference_mode():
-        for i, (xi, ti) in enumerate(zip(ctx.x, ctx.target)):
+        for i, xi in enumerate(ctx.x):
             for chunk in torch.arange(c, device=acts.device).split(ctx.forward_batch_size):
                 ctx.advance(i * c + int(chunk[0]), n * c)
                 keep = torch.ones((len(chunk), c), dtype=acts.dtype, device=acts.device)
                 keep[torch.arange(len(chunk)), chunk] = 0
                 x = xi[None] if widen else xi[None].expand(len(chunk), *xi.shape)
                 with replaced_output(ctx.model, layer, lambda out, keep=keep: out * grid.per_channel(keep)):
-                    ablated[i, chunk] = _target_logits(ctx, x, int(ti), len(chunk)).float()
+                    ablated[i, chunk] = ctx.target.image(i, len(chunk)).score(ctx.output(x)).float()
     weights = (base - ablated) / base
     return weighted_cam(acts, weights[:, :, None, None].to(acts.dtype))
 
@@ -137,16 +134,21 @@ def ablationcam(ctx: Context, *, layer: str) -> Tensor:
 def _widens(ctx: Context, layer: str, per_channel: Callable[[Tensor], Tensor], channels: int) -> bool:
     """Whether the model after ``layer`` (``channels`` channels on its grid) computes a batch
     widened there row by row: one image in, its layer output times two all-ones keeps, and the
-    first image's logits out twice."""
-    ref = ctx.forward().logits[:1].float()
+    first image's output out twice (a tensor output; any other is never widened)."""
+    full = ctx.forward().output
+    if not isinstance(full, Tensor):
+        return False
+    ref = full[:1].float()
     keep = torch.ones((2, channels), device=ctx.x.device, dtype=ctx.x.dtype)
     try:
         with torch.inference_mode(), replaced_output(ctx.model, layer, lambda out: out * per_channel(keep)):
-            got = ctx.logits(ctx.x[:1], rows=2).float()
+            got = ctx.output(ctx.x[:1])
     except (RuntimeError, ValueError):  # a shape the rest of the model refuses
         return False
+    if not isinstance(got, Tensor) or got.shape != (2, *ref.shape[1:]):
+        return False
     tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
-    return got.shape == (2, ref.shape[1]) and torch.allclose(got, ref.expand(2, -1), rtol=1e-3, atol=tol)
+    return torch.allclose(got.float(), ref.expand_as(got), rtol=1e-3, atol=tol)
 
 
 def _shap_samples(ctx: Context, xi: Tensor, base: Tensor | None, refs: Tensor | None, n: int,
@@ -186,7 +188,7 @@ def gradient_shap(ctx: Context, *, samples: int = 50, stdev: float = 0.1, baseli
         raise ValueError("gradient_shap: samples must be >= 1 and stdev >= 0")
     refs = baselines.to(ctx.x.device, ctx.x.dtype) if isinstance(baselines, Tensor) else None
     out = []
-    for k, (xi, ti) in enumerate(zip(ctx.x, ctx.target)):
+    for k, xi in enumerate(ctx.x):
         gen = torch.Generator().manual_seed(seed)
         base = None if refs is not None or baselines == "uniform" else baseline_image(ctx, xi[None], baselines)[0]
         total = torch.zeros_like(xi)
@@ -194,7 +196,7 @@ def gradient_shap(ctx: Context, *, samples: int = 50, stdev: float = 0.1, baseli
         for n in chunk_sizes(samples, ctx.batch_size):
             ctx.advance(done, len(ctx.x) * samples)
             points, delta = _shap_samples(ctx, xi, base, refs, n, stdev, gen)
-            total += (ctx.input_grad(points, ti.repeat(n)) * delta).sum(0)
+            total += (ctx.input_grad(points, ctx.target.image(k, n)) * delta).sum(0)
             done += n
         out.append(total / samples)
     return torch.stack(out)

@@ -62,17 +62,18 @@ def _segments(ctx: Context, xi: Tensor, features: str, segments: int) -> Tensor:
     return grid_segments(xi.shape[-2], xi.shape[-1], segments, xi.device)
 
 
-def _coalition_logits(ctx: Context, xi: Tensor, ti: Tensor, base: Tensor, labels: Tensor, z: Tensor,
-                      image: int = 0) -> Tensor:
-    """Target logit (S,) of image ``xi`` (number ``image`` of the chunk) with the segments where
-    ``z`` (S, M) is False taken from ``base``: ``ctx.forward_batch_size`` coalitions per forward
-    (forward-only, as the other perturbation techniques' passes), under inference mode."""
+def _coalition_scores(ctx: Context, xi: Tensor, base: Tensor, labels: Tensor, z: Tensor, image: int) -> Tensor:
+    """Target score (S,; a class's logit) of image ``xi`` (number ``image`` of the chunk) with
+    the segments where ``z`` (S, M) is False taken from ``base``: ``ctx.forward_batch_size``
+    coalitions per forward (forward-only, as the other perturbation techniques' passes), under
+    inference mode."""
     out = []
     with torch.inference_mode():
         for i, zs in enumerate(z.split(ctx.forward_batch_size)):
             ctx.advance(image * len(z) + i * ctx.forward_batch_size, len(ctx.x) * len(z))
             keep = zs.to(labels.device)[:, labels][:, None]  # (s, 1, H, W)
-            out.append(ctx.logits(fast_layout(torch.where(keep, xi, base)))[:, ti].double().cpu())
+            scores = ctx.target.image(image, len(zs)).score(ctx.output(fast_layout(torch.where(keep, xi, base))))
+            out.append(scores.double().cpu())
     return torch.cat(out)
 
 
@@ -84,13 +85,13 @@ def _explain_segments(ctx: Context, features: str, segments: int, samples: int, 
     if samples < 1 or segments < 1:
         raise ValueError("samples and segments must be >= 1")
     out = []
-    for k, (xi, ti) in enumerate(zip(ctx.x, ctx.target)):
+    for k, xi in enumerate(ctx.x):
         labels = _segments(ctx, xi, features, segments)
         base = baseline_image(ctx, xi[None], baseline)[0]
         m = int(labels.max()) + 1
         z = sample(m, samples, torch.Generator().manual_seed(seed))
         ends = torch.stack([torch.zeros(m, dtype=torch.bool), torch.ones(m, dtype=torch.bool)])
-        f = _coalition_logits(ctx, xi, ti, base, labels, torch.cat([ends, z]), k)
+        f = _coalition_scores(ctx, xi, base, labels, torch.cat([ends, z]), k)
         out.append(solve(z, f[2:], f[1], f[0]).to(xi.device, xi.dtype)[labels][None])
     return torch.stack(out)
 
@@ -259,8 +260,9 @@ def deeplift(ctx: Context, *, baseline: str = "zero") -> Tensor:
     for xs, ts in zip(ctx.x.split(max(1, ctx.batch_size // 2)), ctx.target.split(max(1, ctx.batch_size // 2))):
         base = baseline_image(ctx, xs, baseline)
         xs = xs.detach().requires_grad_(True)
+        both = ts.rows(list(range(len(xs))) * 2)  # the images, then their baselines
         with torch.enable_grad(), output_rule(ctx.model, ELEMENTWISE + (nn.MaxPool2d,), rescale_rule):
-            logits = ctx.logits(torch.cat([xs, base]))
-            (g,) = torch.autograd.grad(logits[:len(xs)].gather(1, ts[:, None]).sum(), xs)
+            scores = both.score(ctx.output(torch.cat([xs, base])))
+            (g,) = torch.autograd.grad(scores[:len(xs)].sum(), xs)
         out.append((xs.detach() - base) * g)
     return torch.cat(out)

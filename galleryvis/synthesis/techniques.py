@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..hooks import guided
 from ..metrics import gaussian_blur
+from ..targets import Class
 from . import param as P
 from .api import Job, synthesis_technique
 from .objectives import (alpha_norm, redirected_relus, relative_distance, total_variation, unit_mean,
@@ -173,12 +174,12 @@ def class_visualization(job: Job, *, steps: int = 96, size: int = 224, lr: float
             raise ValueError(f"class_visualization: {name} is a fraction in [0, 1), got {value}")
     if size < 8 or not 0 <= decay < 1:
         raise ValueError("class_visualization: size must be >= 8 and decay in [0, 1)")
-    idx = torch.tensor(job.units, device=job.device)
+    objective = Class(job.units)  # type: ignore[arg-type]  (class visualization's units are class indices)
     if param == "fft":
         if regularization != "none":
             raise ValueError(f"class_visualization: regularization {regularization!r} acts on pixels; "
                              f"use it with param='pixel'")
-        return _class_fft(job, idx, steps, size, lr)
+        return _class_fft(job, objective, steps, size, lr)
     if job.image is not None:
         z = (job.to01(job.image).clamp(0, 1) - job.mean).detach().clone()
     else:
@@ -194,7 +195,7 @@ def class_visualization(job: Job, *, steps: int = 96, size: int = 224, lr: float
             x = z + job.mean
             if yos:
                 x = roll(x, job.gens, jitter)
-            logit = job.logits(x).gather(1, idx[:, None])[:, 0]
+            logit = objective.score(job.logits(x))
             loss = -logit.sum()
             if regularization == "l1":
                 loss = loss + l1_weight * z.abs().sum()
@@ -220,7 +221,7 @@ def class_visualization(job: Job, *, steps: int = 96, size: int = 224, lr: float
     return (z + job.mean).detach(), _trace(trace, job.n, job.device)
 
 
-def _class_fft(job: Job, idx: Tensor, steps: int, size: int, lr: float) -> tuple[Tensor, Tensor]:
+def _class_fft(job: Job, objective: Class, steps: int, size: int, lr: float) -> tuple[Tensor, Tensor]:
     """``class_visualization`` with ``param="fft"``: Adam on the spectrum, seen through random transforms."""
     start = None if job.image is None else job.to01(job.image).clamp(0, 1)
     hw = (size, size) if start is None else (start.shape[-2], start.shape[-1])
@@ -229,7 +230,7 @@ def _class_fft(job: Job, idx: Tensor, steps: int, size: int, lr: float) -> tuple
     trace = []
     with torch.enable_grad():
         for _ in range(steps):
-            logit = job.logits(random_affine(p.image(), job.gens)).gather(1, idx[:, None])[:, 0]
+            logit = objective.score(job.logits(random_affine(p.image(), job.gens)))
             _ascent_step(opt, p.tensor, -logit.sum())
             trace.append(logit.detach())
     return p.image().detach(), _trace(trace, job.n, job.device)

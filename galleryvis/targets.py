@@ -1,0 +1,374 @@
+"""What a map explains: objectives that turn a model's raw output into one score per image.
+
+An objective answers two questions about a batch the model has just computed:
+
+* :meth:`Objective.score`: one differentiable value per row (image, noisy sample, masked
+  copy), what gradients, CAMs and the perturbations that read a difference (occlusion,
+  Ablation-CAM, the Shapley family) explain; LRP starts from :meth:`Objective.relevance`;
+* :meth:`Objective.confidence`: one value per row in [0, 1], what RISE, paper Score-CAM,
+  deletion / insertion (``score="probability"``) and ROAD read.
+
+``Class(index)`` is a classifier's objective: score the class logit, confidence its softmax
+probability. ``galleryvis.attribute(..., target=...)`` and the metrics take an objective, or
+what :func:`of` turns into one: an int (a class for every image), a sequence of ints (one per
+image), None (each image's top-1 class), a ``targets.*`` object, a sequence of them (one per
+image; ints and None mix in), or any callable ``f(output) -> Tensor[N]`` (a score only).
+
+An objective may apply to any number of rows (``Class(3)``, a callable: ``n`` is None) or be
+bound to ``n`` rows (``Class([3, 5])``). The engine binds the target of a call to its images
+(:func:`resolve`), then cuts it to every batch it runs with :meth:`Objective.rows`: its
+chunks (:meth:`Objective.split`), each image's samples, windows or masks
+(:meth:`Objective.image`). Nothing outside this module indexes or normalizes a model's
+output to read a target.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from numbers import Integral
+from typing import Any, Callable, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: Row selections :meth:`Objective.rows` takes: a slice, row numbers or a 1-D integer tensor.
+Rows = Union[slice, Sequence[int], Tensor]
+
+
+class ScoreOnlyError(ValueError):
+    """A confidence was asked of an objective that has only a score (a callable target);
+    ``who``: the technique or metric that asked, once known."""
+
+    def __init__(self, message: str, who: str | None = None) -> None:
+        super().__init__(message)
+        self.who = who
+
+
+class Objective(ABC):
+    """Base of every objective: :meth:`score` and :meth:`rows` to implement, :meth:`confidence`
+    where the objective has a bounded one, :meth:`at` for one image's objective, :meth:`resolve`
+    where part of it is decided by the model's output on the clean images (``Class()``'s top-1).
+
+    ``n``: the number of rows the objective is bound to, or None when it applies to any
+    number of rows (each the same way).
+    """
+
+    n: int | None = None
+    #: Whether :meth:`resolve` must see the model's output on the clean images first.
+    needs_output: bool = False
+    #: Whether :meth:`confidence` is defined.
+    has_confidence: bool = True
+
+    @abstractmethod
+    def score(self, output: Any) -> Tensor:
+        """One differentiable value per row of ``output`` (the model's raw output), (rows,)."""
+
+    def confidence(self, output: Any) -> Tensor:
+        """One value per row of ``output`` in [0, 1], (rows,)."""
+        raise ScoreOnlyError(f"{type(self).__name__} gives only a score, not a confidence in [0, 1]")
+
+    def relevance(self, output: Tensor) -> Tensor:
+        """LRP's starting relevance on ``output`` (a tensor): ``output * d score / d output``,
+        exactly zero where the score does not depend on it (the class logit alone for
+        :class:`Class`)."""
+        o = output.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.score(o).sum(), o)
+        return torch.where(g != 0, o.detach() * g, torch.zeros_like(g))
+
+    @abstractmethod
+    def rows(self, index: Rows) -> Objective:
+        """The objective of the rows ``index`` of this one's batch, bound to ``len(index)``
+        rows in that order (rows may repeat); an objective that applies to any number of rows
+        is bound to as many copies of itself."""
+
+    @abstractmethod
+    def at(self, i: int) -> Objective:
+        """Image ``i``'s objective, applying to any number of rows (copies of that image)."""
+
+    def resolve(self, output: Any) -> Objective:
+        """This objective with what depends on the model's ``output`` for the clean images of
+        its rows decided (each image's top-1 class for ``Class()``); itself when nothing does."""
+        return self
+
+    def image(self, i: int, copies: int = 1) -> Objective:
+        """Image ``i``'s objective for ``copies`` rows: its noisy samples, masked copies, windows."""
+        return self.rows([i] * copies)
+
+    def split(self, size: int) -> list[Objective]:
+        """Consecutive chunks of at most ``size`` rows, as ``Tensor.split`` cuts the images."""
+        return [self.rows(slice(i, i + size)) for i in range(0, len(self), size)]
+
+    def bind(self, n: int) -> Objective:
+        """This objective for a batch of ``n`` images; a ValueError when it is bound to another number."""
+        if self.n is None:
+            return self.rows(range(n))  # type: ignore[arg-type]
+        if self.n != n:
+            raise ValueError(f"target has {self.n} entries for {n} images; give one per image or a single int")
+        return self
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        if self.n is None:
+            raise TypeError(f"{self!r} applies to any number of images; bind it first")
+        return self.n
+
+
+def _row_numbers(index: Rows, n: int | None) -> list[int]:
+    """``index`` as a list of row numbers (a slice needs ``n``)."""
+    if isinstance(index, slice):
+        if n is None:
+            raise TypeError("a slice of rows needs an objective bound to a number of rows")
+        return list(range(n))[index]
+    if isinstance(index, Tensor):
+        return [int(i) for i in index.flatten().tolist()]
+    return [int(i) for i in index]
+
+
+def _logits(output: Any, rows: int | None = None) -> Tensor:
+    """``output`` checked to be logits (N, classes), N = ``rows`` when given (a clear ValueError otherwise)."""
+    if not isinstance(output, Tensor) or output.dim() != 2 or (rows is not None and output.shape[0] != rows):
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(f"the model must return logits of shape (N, classes); it returned {shape}")
+    return output
+
+
+class Class(Objective):
+    """A classifier's class: score its logit, confidence its softmax probability.
+
+    ``index``: an int (that class for every image, any number of rows), a sequence or 1-D
+    tensor of ints (one per image, bound to that many rows), or None (each image's top-1
+    class, decided by :meth:`resolve` on the clean images; the engine does it).
+    """
+
+    def __init__(self, index: int | Sequence[int] | Tensor | np.ndarray | None = None) -> None:
+        if isinstance(index, (Tensor, np.ndarray)):
+            t = torch.as_tensor(index)
+            index = t.flatten().tolist() if t.dim() else t.item()
+        if index is None or (isinstance(index, Integral) and not isinstance(index, bool)):
+            self.index: int | tuple[int, ...] | None = None if index is None else int(index)
+        elif isinstance(index, Sequence) and not isinstance(index, str):
+            if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in index):
+                raise TypeError(f"target must hold class indices (ints), got {list(index)!r}")
+            self.index = tuple(int(v) for v in index)
+            self.n = len(self.index)
+        else:
+            raise TypeError(f"a class index must be an int, a sequence of ints or None, not {type(index).__name__}")
+        self.needs_output = index is None
+
+    @classmethod
+    def _top1(cls, n: int) -> Class:
+        """``Class()`` bound to ``n`` rows, each to be resolved to its image's top-1 class."""
+        c = cls()
+        c.n = n
+        return c
+
+    def __repr__(self) -> str:
+        return f"Class({'top-1' if self.index is None else self.index}{'' if self.n is None else f', n={self.n}'})"
+
+    @staticmethod
+    def probabilities(output: Any) -> Tensor:
+        """The softmax over classes of ``output`` (N, classes): every class's confidence."""
+        return _logits(output).softmax(1)
+
+    def _indices(self, logits: Tensor) -> Tensor:
+        """One class index per row of ``logits``, checked against its number of classes."""
+        if self.index is None:
+            raise ValueError("Class() (top-1) must be resolved on the model's output first (targets.resolve)")
+        values = (self.index,) if isinstance(self.index, int) else self.index
+        if values and (min(values) < 0 or max(values) >= logits.shape[1]):
+            shown = list(self.index) if isinstance(self.index, tuple) else [self.index] * logits.shape[0]
+            raise ValueError(f"target {shown} out of range for {logits.shape[1]} classes")
+        if isinstance(self.index, int):
+            return torch.full((logits.shape[0],), self.index, dtype=torch.long, device=logits.device)
+        return torch.tensor(self.index, dtype=torch.long, device=logits.device)
+
+    def score(self, output: Any) -> Tensor:
+        """The class logit of each row."""
+        logits = _logits(output, self.n)
+        return logits.gather(1, self._indices(logits)[:, None])[:, 0]
+
+    def confidence(self, output: Any) -> Tensor:
+        """The class's softmax probability in each row (float32 at least)."""
+        logits = _logits(output, self.n)
+        return logits.float().softmax(1).gather(1, self._indices(logits)[:, None])[:, 0]
+
+    def rows(self, index: Rows) -> Class:
+        rows = _row_numbers(index, self.n)
+        if self.index is None:
+            return Class._top1(len(rows))
+        if isinstance(self.index, int):
+            return Class(tuple([self.index] * len(rows)))
+        return Class(tuple(self.index[i] for i in rows))
+
+    def at(self, i: int) -> Class:
+        if isinstance(self.index, tuple):
+            return Class(self.index[i])
+        return Class(self.index)
+
+    def resolve(self, output: Any) -> Class:
+        """Each row's top-1 class of ``output`` when no index was given."""
+        if self.index is not None:
+            return self
+        return Class(_logits(output, self.n).argmax(1).tolist())
+
+
+class Score(Objective):
+    """A callable ``fn(output) -> Tensor[rows]``: a score, no confidence. It is applied to every
+    batch the engine runs (chunks, samples, masked copies), so it must score each row on its own,
+    the same way for every image (one per image: a list of them)."""
+
+    has_confidence = False
+
+    def __init__(self, fn: Callable[[Any], Tensor], n: int | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"a score must be callable, not {type(fn).__name__}")
+        self.fn = fn
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"Score({getattr(self.fn, '__name__', self.fn)!r}{'' if self.n is None else f', n={self.n}'})"
+
+    def score(self, output: Any) -> Tensor:
+        s = self.fn(output)
+        if not isinstance(s, Tensor) or s.dim() != 1 or (self.n is not None and s.shape[0] != self.n):
+            shape = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+            rows = "N" if self.n is None else self.n
+            raise ValueError(f"a target callable must return one score per image, shape ({rows},); it returned {shape}")
+        return s
+
+    def confidence(self, output: Any) -> Tensor:
+        raise ScoreOnlyError("a callable target gives only a score, not a confidence in [0, 1]")
+
+    def rows(self, index: Rows) -> Score:
+        return Score(self.fn, len(_row_numbers(index, self.n)))
+
+    def at(self, i: int) -> Score:
+        return Score(self.fn)
+
+
+class PerImage(Objective):
+    """One objective per image (each applying to any number of rows): row ``r`` is scored by
+    ``items[r]``. Build it with :func:`per_image`, which keeps plain class indices one
+    :class:`Class`."""
+
+    def __init__(self, items: Sequence[Objective]) -> None:
+        bound = [o for o in items if o.n is not None]
+        if bound:
+            raise ValueError(f"a per-image target must apply to any number of rows, such as targets.Class(3); "
+                             f"got {bound[0]!r}")
+        self.items = tuple(items)
+        self.n = len(self.items)
+        self.needs_output = any(o.needs_output for o in self.items)
+        self.has_confidence = all(o.has_confidence for o in self.items)
+
+    def __repr__(self) -> str:
+        return f"PerImage({list(self.items)!r})"
+
+    def _each(self, output: Any, read: Callable[[Objective, Any], Tensor]) -> Tensor:
+        """``read`` of every distinct item on the whole ``output``, row ``r`` taken from items[r]'s."""
+        groups: dict[int, list[int]] = {}
+        for r, o in enumerate(self.items):
+            groups.setdefault(id(o), []).append(r)
+        parts = [(rows, read(self.items[rows[0]].bind(len(self)), output)[rows]) for rows in groups.values()]
+        if len(parts) == 1:
+            return parts[0][1]
+        order = torch.tensor([r for rows, _ in parts for r in rows])
+        values = torch.cat([v for _, v in parts])
+        return values[order.argsort().to(values.device)]
+
+    def score(self, output: Any) -> Tensor:
+        return self._each(output, lambda o, out: o.score(out))
+
+    def confidence(self, output: Any) -> Tensor:
+        return self._each(output, lambda o, out: o.confidence(out))
+
+    def rows(self, index: Rows) -> Objective:
+        return per_image([self.items[i] for i in _row_numbers(index, self.n)])
+
+    def at(self, i: int) -> Objective:
+        return self.items[i]
+
+    def resolve(self, output: Any) -> Objective:
+        done: dict[int, Objective] = {}
+        for o in self.items:
+            if o.needs_output and id(o) not in done:
+                done[id(o)] = o.bind(len(self)).resolve(output)
+        return per_image([done[id(o)].at(r) if id(o) in done else o for r, o in enumerate(self.items)])
+
+
+def per_image(items: Sequence[Objective]) -> Objective:
+    """The objective of images whose objectives are ``items`` (each for any number of rows):
+    one :class:`Class` when all are fixed classes, so the usual case runs as one gather."""
+    if all(isinstance(o, Class) and isinstance(o.index, int) for o in items):
+        return Class(tuple(o.index for o in items))  # type: ignore[misc]
+    return PerImage(items)
+
+
+#: What every ``target=`` argument accepts (see :func:`of`).
+Target = Union[int, Sequence[Any], Tensor, np.ndarray, None, Objective, Callable[[Any], Tensor]]
+
+
+def _item(value: Any, given: Any) -> Objective:
+    """One entry of a per-image target list as an objective for any number of rows."""
+    if isinstance(value, Objective):
+        return value
+    if value is None:
+        return Class()
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        return Class(int(value))
+    if callable(value):
+        return Score(value)
+    raise TypeError(f"target must hold class indices (ints), None, galleryvis.targets objectives or callables, "
+                    f"got {list(given)!r}")
+
+
+def of(target: Target, n: int) -> Objective:
+    """``target`` as an objective bound to ``n`` images (see the module's docstring for the
+    forms); ``Class()`` rows still to be resolved where None or ``Class()`` was given."""
+    if isinstance(target, Objective):
+        return target.bind(n)
+    if target is None:
+        return Class._top1(n)
+    if isinstance(target, (Tensor, np.ndarray)):
+        return Class(target).bind(n)
+    if isinstance(target, Integral) and not isinstance(target, bool):
+        return Class(int(target)).bind(n)
+    if isinstance(target, Sequence) and not isinstance(target, str):
+        if all(isinstance(v, Integral) and not isinstance(v, bool) for v in target):
+            return Class(target).bind(n)
+        if len(target) != n:
+            raise ValueError(f"target has {len(target)} entries for {n} images; give one per image or a single int")
+        return per_image([_item(v, target) for v in target])
+    if callable(target):
+        return Score(target).bind(n)
+    raise TypeError(f"target must be an int, a sequence of ints, None, a galleryvis.targets objective or a callable, "
+                    f"not {type(target).__name__}")
+
+
+def resolve(target: Target, run: Callable[[Tensor], Any], x: Tensor, batch_size: int) -> Objective:
+    """:func:`of` for the images ``x`` (N first), with what depends on the model's output
+    decided (top-1 classes): forwards of ``run`` on ``batch_size`` images at a time, without
+    gradients, only when something needs them."""
+    objective = of(target, x.shape[0])
+    if not objective.needs_output:
+        return objective
+    with torch.no_grad():
+        parts = [part.resolve(run(xs)) for xs, part in zip(x.split(batch_size), objective.split(batch_size))]
+    if all(isinstance(p, Class) for p in parts):
+        return Class(tuple(i for p in parts for i in p.index))  # type: ignore[union-attr]
+    return per_image([p.at(i) for p in parts for i in range(len(p))])
+
+
+def require_confidence(objective: Objective, who: str) -> None:
+    """A one-line :class:`ScoreOnlyError` naming ``who`` when ``objective`` has no confidence."""
+    if not objective.has_confidence:
+        raise ScoreOnlyError(confidence_error(who), who)
+
+
+def confidence_error(who: str) -> str:
+    """The one line that says ``who`` reads a confidence a callable target does not give."""
+    return (f"{who} reads the target's confidence in [0, 1], and a callable target gives only a score; "
+            f"pass a galleryvis.targets objective such as targets.Class")
