@@ -437,7 +437,7 @@ SEED_ROWS = {"vanilla", "guided_backprop", "gradcam", "scorecam", "guided_gradca
              "inverted_representation", "deep_dream", "class_visualization"}
 
 
-def test_complete_example_is_the_default_and_every_technique(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_complete_example_holds_the_default_and_the_seed_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     default = default_manifest()
     path = Path(__file__).resolve().parent.parent / "examples" / "complete" / "galleryvis.toml"
@@ -446,8 +446,9 @@ def test_complete_example_is_the_default_and_every_technique(tmp_path: Path, mon
     assert {i.path.name for i in default.images} < {i.path.name for i in m.images}
     assert [s.name for s in m.models] == [s.name for s in default.models]
     assert {t.id for t in default.techniques} <= {t.id for t in m.techniques}
-    # every technique at least once, except the ones that read self-attention (a CNN has none)
-    assert {t.name for t in m.techniques} == {n for n in registry.names() if not registry.get(n).attention}
+    # a technique added to galleryvis needs no row here (its module, page and test suffice)
+    assert SEED_ROWS <= {t.name for t in m.techniques}
+    assert not any(registry.get(t.name).attention for t in m.techniques)  # a CNN has no self-attention
     assert len({t.id for t in m.techniques}) == len(m.techniques)
 
 
