@@ -14,7 +14,7 @@ LayerUse = Literal["none", "one", "many", "optional"]
 DisplayKind = Literal["cam", "gradient", "signed", "image"]
 #: What a technique takes from the engine: the shared forward (``Context.forward``), the
 #: shared backward's layer gradients or input gradient (``Context.backward``), or passes of
-#: its own (``Context.logits`` / ``Context.input_grad`` / the model itself).
+#: its own (``Context.output`` / ``Context.input_grad`` / the model itself).
 Need = Literal["forward", "layer_grad", "input_grad", "passes"]
 NEEDS: tuple[str, ...] = get_args(Need)
 DISPLAY_KINDS: tuple[str, ...] = get_args(DisplayKind)
