@@ -17,6 +17,14 @@ STAND_INS = {"timm:resnet50": "timm:test_resnet", "timm:convnext_tiny": "timm:te
              "timm:vit_small_patch16_224": "timm:test_vit", "timm:swin_tiny_patch4_window7_224": "timm:test_vit"}
 
 
+@pytest.mark.parametrize("example", sorted(p.parent.name for p in EXAMPLES.glob("*/galleryvis.toml")))
+def test_every_example_manifest_is_valid(example: str) -> None:
+    # what an example lists is checked by parsing it, not against the registry's names: a
+    # technique added to galleryvis needs no edit here
+    manifest = load_manifest(EXAMPLES / example / "galleryvis.toml")
+    assert manifest.images and manifest.models and manifest.techniques
+
+
 def test_cnn_vs_transformer_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from galleryvis.pipeline import Options, build
     from galleryvis.render import pages
