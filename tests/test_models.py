@@ -253,3 +253,9 @@ def test_model_sources_own_what_they_know_and_the_manifest_only_asks_them() -> N
     assert isinstance(loaded, LoadedModel) and loaded.fingerprint.startswith("random-init:seed=0:")
     assert len(loaded.labels) == 1000
     assert "import torchvision" not in inspect.getsource(manifest)
+
+
+def test_random_weights_are_marked_and_trained_ones_are_not(lite0_adapter):
+    assert not lite0_adapter.random
+    for name in ("efficientnet_lite0", "resnet18"):
+        assert load_model(ModelSpec(name=name, weights="none"), Path.cwd(), CPU).random

