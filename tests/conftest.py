@@ -18,6 +18,18 @@ from galleryvis.lite import efficientnet_lite0
 IMAGES = Path(__file__).resolve().parent.parent / "input_images"
 
 
+@pytest.fixture(autouse=True)
+def _fixed_chunks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Galleries built in tests run at fixed chunk sizes (8 with a gradient, 32 forward-only)
+    instead of timing the chunk search (seconds per model and build); tests about the search
+    are marked ``chunk_search`` and measure for real."""
+    if request.node.get_closest_marker("chunk_search") is None:
+        from galleryvis import executor
+        from galleryvis.chunking import Chunking
+
+        monkeypatch.setattr(executor, "measure_chunking", lambda model, sample: Chunking.of(8))
+
+
 def load_photo(name: str, size: int = 224) -> Tensor:
     """A photo from input_images/: short side resized to ``size``, centre crop, ImageNet
     normalization; (1, 3, size, size) float32."""
