@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import glob
 import importlib.resources
 import math
@@ -18,19 +19,20 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, NamedTuple, TypeVar, get_args
+from typing import Any, Callable, Literal, Mapping, NamedTuple, TypeVar
 
 from . import registry, schema
 from .errors import ManifestError
 from .fileio import url_problem, url_scheme
 
+# the schema's choices as types (a test checks that they agree)
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Executor = Literal["local", "ray"]
 Scale = Literal["per-map", "per-image", "per-row"]
+Substrate = Literal["zero", "black", "blur"]
 DEVICES: tuple[str, ...] = schema.field("gallery", "device").choices
 EXECUTORS: tuple[str, ...] = schema.field("gallery", "executor").choices
 SCALES: tuple[str, ...] = schema.field("gallery", "scale").choices
-assert (get_args(Device), get_args(Executor), get_args(Scale)) == (DEVICES, EXECUTORS, SCALES)
 #: What a glob keeps; files with other suffixes (README.md, .DS_Store) are skipped.
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -68,13 +70,12 @@ def _declared(section: str) -> Callable[[type[_Spec]], type[_Spec]]:
 
     def make(cls: type[_Spec]) -> type[_Spec]:
         missing = set(schema.keys(section)) - set(cls.__annotations__)
-        assert not missing, f"{cls.__name__} lacks the declared keys {sorted(missing)}"
+        if missing:
+            raise TypeError(f"{cls.__name__} lacks the declared keys {sorted(missing)}")
         for f in schema.SECTIONS[section]:
-            if f.value is schema.NO_VALUE:
-                continue
-            value = f.value
-            setattr(cls, f.key, field(default_factory=lambda v=value: type(v)(v)) if isinstance(value, dict)
-                    else value)
+            if f.value is not schema.NO_VALUE:
+                setattr(cls, f.key, field(default_factory=functools.partial(dict, f.value))
+                        if isinstance(f.value, dict) else f.value)
         return dataclass(frozen=True)(cls)
 
     return make
@@ -181,7 +182,7 @@ class MetricsSpec:
     deletion_insertion: bool
     sanity: bool
     steps: int
-    substrate: Literal["zero", "black", "blur"]
+    substrate: Substrate
     road: bool
     road_percentile: float
     sanity_steps: int
@@ -385,10 +386,10 @@ class _Parser:
     def resolve(self, draft: _Draft) -> tuple[tuple[ModelSpec, ...], tuple[TechniqueSpec, ...]]:
         """The model and technique specs of ``draft``: model names and weights asked of the model
         sources, then the plug-ins loaded, then every technique name checked against the registry."""
-        sources = [self.model_source(entry) for entry in draft.models]
+        sourced = [self.model_source(entry) for entry in draft.models]
         self.load_plugins(draft.gallery.plugins)
         models: list[ModelSpec] = []
-        for entry, source in zip(draft.models, sources):
+        for entry, source in zip(draft.models, sourced):
             spec = self.model(entry, source)
             if spec is not None and any(s.id == spec.id for s in models):
                 self.error(spec.field, f"duplicate model id {spec.id!r}: give one of them a distinct "

@@ -625,7 +625,7 @@ def test_the_parsed_specs_defaults_and_keys_are_the_schema() -> None:
 def test_a_spec_without_a_declared_key_is_refused_at_import() -> None:
     from galleryvis import manifest
 
-    with pytest.raises(AssertionError, match=r"lacks the declared keys \['enabled'\]"):
+    with pytest.raises(TypeError, match=r"lacks the declared keys \['enabled'\]"):
         @manifest._declared("metrics")
         class Metrics:  # one key short of the schema's [metrics]
             deletion_insertion: bool
@@ -639,13 +639,18 @@ def test_a_spec_without_a_declared_key_is_refused_at_import() -> None:
 
 
 def test_every_reader_and_choice_the_schema_names_exists() -> None:
-    from galleryvis import metrics, schema, sources
+    import typing
+
+    from galleryvis import manifest, metrics, schema, sources
     from galleryvis.manifest import _Parser
 
     for fields in schema.SECTIONS.values():
         for f in fields:
             assert callable(getattr(_Parser, f"read_{f.read}", None)), f.key
-    assert schema.field("metrics", "substrate").choices == metrics.SUBSTRATES
+    assert schema.field("metrics", "substrate").choices == metrics.SUBSTRATES == typing.get_args(manifest.Substrate)
+    assert (manifest.DEVICES, manifest.EXECUTORS, manifest.SCALES) == (
+        typing.get_args(manifest.Device), typing.get_args(manifest.Executor), typing.get_args(manifest.Scale))
+    assert schema.field("techniques", "scale").choices == manifest.SCALES
     assert schema.field("models", "source").type == ", ".join(f'`"{s}"`' for s in sources.SOURCE_NAMES)
 
 
