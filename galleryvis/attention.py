@@ -7,12 +7,13 @@ gradient of a score with respect to it is that of the attention (Chefer et al.).
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .changes import attributes_set, forward_hooks
 from .errors import LayerError
 
 
@@ -90,15 +91,9 @@ def attentions(model: nn.Module) -> Iterator[list[Tensor]]:
         store.append(out)
         return out
 
-    with ExitStack() as stack:
-        for _, m in found:
-            if isinstance(m, nn.MultiheadAttention):
-                stack.callback(m.register_forward_hook(mha_hook, with_kwargs=True).remove)
-            elif _is_hf(m):
-                stack.callback(m.register_forward_hook(hf_hook, with_kwargs=True).remove)
-            else:
-                fused = m.fused_attn
-                m.fused_attn = False
-                stack.callback(setattr, m, "fused_attn", fused)
-                stack.callback(m.attn_drop.register_forward_hook(drop_hook).remove)
+    mha = [(m, mha_hook) for _, m in found if isinstance(m, nn.MultiheadAttention)]
+    hf = [(m, hf_hook) for _, m in found if not isinstance(m, nn.MultiheadAttention) and _is_hf(m)]
+    timm = [m for _, m in found if not isinstance(m, nn.MultiheadAttention) and not _is_hf(m)]
+    with forward_hooks(mha + hf, with_kwargs=True), attributes_set(timm, "fused_attn", False), \
+            forward_hooks([(m.attn_drop, drop_hook) for m in timm]):
         yield store

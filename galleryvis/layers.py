@@ -3,14 +3,14 @@ layer's output lies on the image (:class:`Grid`: channels first, channels last, 
 from __future__ import annotations
 
 import sys
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal
+from typing import Iterable, Literal
 
 import torch
 from torch import Tensor, nn
 
-from .hooks import LayerError, prepared
+from .changes import conv_sizes, prepared, recorded  # conv_sizes: what Patches.of takes, for engine and attribution
+from .errors import LayerError
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity)
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
@@ -89,22 +89,6 @@ def has_layer_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.LayerNorm) for m in model.modules())
 
 
-@contextmanager
-def conv_sizes(model: nn.Module) -> Iterator[set[tuple[int, int]]]:
-    """While inside, collect the spatial size of every ``nn.Conv2d`` output of each forward."""
-    sizes: set[tuple[int, int]] = set()
-
-    def hook(_m: nn.Module, _i: object, out: object) -> None:
-        if isinstance(out, Tensor) and out.dim() == 4:
-            sizes.add((int(out.shape[2]), int(out.shape[3])))
-
-    with ExitStack() as stack:
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                stack.callback(m.register_forward_hook(hook).remove)
-        yield sizes
-
-
 @dataclass(frozen=True)
 class Patches:
     """What decides how a model's layer outputs lie on the image: the ``grids`` they can lie on
@@ -175,25 +159,9 @@ def probe(model: nn.Module, x: Tensor) -> Records:
 
     A module called several times appears once, with its last call's output.
     """
-    seen: dict[str, tuple[tuple[int, ...] | None, Tensor | None]] = {}
-    handles = []
-    try:
-        for name, m in model.named_modules():
-            if not name:
-                continue
-
-            def hook(_m: nn.Module, _i: object, out: object, name: str = name) -> None:
-                t = out if isinstance(out, Tensor) else None
-                seen.pop(name, None)
-                seen[name] = (tuple(t.shape) if t is not None else None, t)
-
-            handles.append(m.register_forward_hook(hook))
-        with prepared(model), torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return [(name, shape, t) for name, (shape, t) in seen.items()]
+    with recorded(model) as seen, prepared(model), torch.no_grad():
+        model(x)
+    return [(name, tuple(t.shape) if t is not None else None, t) for name, t in seen.items()]
 
 
 def grids_of(model: nn.Module, records: Records, batch: int) -> dict[str, Grid | LayerError]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
@@ -34,9 +33,9 @@ from torch import Tensor, nn
 from . import targets
 from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, Call, attribute_calls, chunking_of, fast_layout,
                      model_device)
+from .changes import first_calls, prepared, reinitialize
 from .chunking import Chunking
 from .fold import folded
-from .hooks import prepared
 
 Substrate = Literal["zero", "black", "blur"]
 Score = Literal["probability", "logit"]
@@ -670,7 +669,7 @@ def sanity_many(
     for lo, hi in groups:
         step = cascade[lo:hi]
         for name, module, index in step:
-            _reinit(module, seed, index)
+            reinitialize(module, seed, index)
         names.append(tuple(name for name, _, _ in step))
         for key, m in explain().items():
             curves[key].append(spearman(original[key], m))
@@ -692,12 +691,7 @@ def _call_order(model: nn.Module, x: Tensor) -> list[tuple[str, nn.Module, int]]
     ``out_proj`` of torchvision's ``nn.MultiheadAttention``, Swin's ``qkv`` and ``proj``), comes
     right after its nearest called ancestor."""
     named = list(model.named_modules())
-    first: dict[int, int] = {}  # id(module) -> rank of its first call
-    with ExitStack() as stack:
-        for _, m in named:
-            def pre(mod: nn.Module, _inp: object) -> None:
-                first.setdefault(id(mod), len(first))
-            stack.callback(m.register_forward_pre_hook(pre).remove)
+    with first_calls(model) as first:  # id(module) -> rank of its first call
         model(x)
     modules = dict(named)
     order = []
@@ -717,27 +711,6 @@ def _groups(count: int, max_steps: int | None) -> list[tuple[int, int]]:
     steps = count if max_steps is None else min(count, max_steps)
     cuts = [round(j * count / steps) for j in range(steps + 1)]
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-
-
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-
-
-@torch.no_grad()
-def _reinit(module: nn.Module, seed: int, index: int) -> None:
-    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + index)
-    if isinstance(module, _NORMS):
-        module.reset_parameters()
-        return
-    weight = getattr(module, "weight", None)
-    if isinstance(weight, Tensor) and weight.dim() >= 2:
-        fan_in = weight[0].numel()
-        bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
-        for p in module.parameters(recurse=False):
-            p.copy_((torch.rand(p.shape, generator=g, dtype=torch.float64) * 2 - 1).mul_(bound))
-        return
-    for p in module.parameters(recurse=False):
-        mu, sd = float(p.double().mean()), float(p.double().std()) if p.numel() > 1 else 1.0
-        p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).mul_(sd).add_(mu))
 
 
 def spearman(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> np.ndarray:

@@ -8,7 +8,8 @@ import torchvision
 from torch import Tensor, nn
 
 import galleryvis
-from galleryvis.fold import Folding, Prepared, folded, prepare, usable, watch
+from galleryvis.changes.canonizers import Folding, watch
+from galleryvis.fold import Prepared, folded, prepare, usable
 from galleryvis.hooks import hook_count
 
 

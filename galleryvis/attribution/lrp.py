@@ -60,9 +60,10 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..attention import self_attention
+from ..changes import capture, running
+from ..changes.canonizers import fold_batchnorm
 from ..engine import Context
-from ..fold import fold_batchnorm
-from ..hooks import LayerError, capture
+from ..errors import LayerError
 from ..registry import technique
 
 RULES = ("epsilon", "gamma", "alpha_beta", "zplus", "composite")
@@ -469,18 +470,8 @@ class _Tracer(TorchFunctionMode):
     # -- where we are -------------------------------------------------------------------------
     @contextmanager
     def tracking(self) -> Iterator[None]:
-        """Forward pre-hooks and hooks on every module that keep :attr:`running` up to date."""
-        def enter(m: nn.Module, _inp: object) -> None:
-            self.running.append(m)
-
-        def leave(m: nn.Module, _inp: object, _out: object) -> None:
-            if self.running and self.running[-1] is m:
-                self.running.pop()
-
-        with ExitStack() as stack:
-            for m in self.model.modules():
-                stack.callback(m.register_forward_pre_hook(enter).remove)
-                stack.callback(m.register_forward_hook(leave).remove)
+        """Keep :attr:`running` up to date while inside (:func:`galleryvis.changes.running`)."""
+        with running(self.model) as self.running:
             yield
 
     def where(self) -> str:

@@ -5,16 +5,15 @@ techniques maximize (or minimize) their sum, so item ``i``'s gradient never depe
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..hooks import LayerError, resolve_layer
-from ..layers import Patches, conv_sizes
-
-#: Activations whose gradient vanishes outside (0, upper): the ones :func:`redirected_relus` treats.
-_REDIRECTED: dict[type[nn.Module], float | None] = {nn.ReLU: None, nn.ReLU6: 6.0}
+from ..changes import conv_sizes, forward_hooks, resolve_layer
+from ..changes.rules import redirected_relus  # noqa: F401  (synthesis.techniques imports it from here)
+from ..errors import LayerError
+from ..layers import Patches
 
 
 class _Reached(Exception):
@@ -79,66 +78,8 @@ class LayerTap:
 def tap(model: nn.Module, name: str) -> Iterator[LayerTap]:
     """A :class:`LayerTap` whose forward hook is removed on exit, also after an exception."""
     t = LayerTap(model, name)
-    handle = t.module.register_forward_hook(t.hook)
-    try:
+    with forward_hooks([(t.module, t.hook)]):
         yield t
-    finally:
-        handle.remove()
-
-
-class _Redirect(torch.autograd.Function):
-    """Forward: the activation's output. Backward: the ReLU's gradient for each item, unless that
-    is zero everywhere for the item; then also the gradient at inactive inputs that would move
-    them towards the active range (lucid's "redirected ReLU"). ``g`` is the gradient of the
-    loss being minimized, so at x <= 0 the helpful gradients are the negative ones."""
-
-    @staticmethod
-    def forward(ctx: Any, inp: Tensor, out: Tensor, upper: float | None) -> Tensor:
-        ctx.save_for_backward(inp)
-        ctx.upper = upper
-        return out.clone()
-
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
-        (x,) = ctx.saved_tensors
-        upper = ctx.upper
-        if upper is None:  # the activations' own backward kernels: g where 0 < x (< upper)
-            normal = torch.ops.aten.threshold_backward(g, x, 0.0)
-        else:
-            normal = torch.ops.aten.hardtanh_backward(g, x, 0.0, upper)
-        dead = ~normal.flatten(1).any(1)
-        if bool(dead.any()):
-            active = (x > 0) if upper is None else (x > 0) & (x < upper)
-            move = active | ((x <= 0) & (g < 0))
-            if upper is not None:
-                move |= (x >= upper) & (g > 0)
-            redirected = g * move
-            normal = torch.where(dead.view(-1, *([1] * (g.dim() - 1))), redirected, normal)
-        return normal, None, None
-
-
-@contextmanager
-def redirected_relus(model: nn.Module) -> Iterator[None]:
-    """Redirect the gradient of every ``nn.ReLU``/``nn.ReLU6`` (see :class:`_Redirect`), so that a
-    unit that is inactive on the whole start image can still be optimized. The hooks run before
-    any other forward hook of the module (a :class:`LayerTap` on it then reads the redirected
-    output) and are removed on exit. Functional ``F.relu`` calls are not affected."""
-    handles = []
-
-    def hook(m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
-        if not (isinstance(out, Tensor) and out.requires_grad and inputs and isinstance(inputs[0], Tensor)
-                and inputs[0].requires_grad and out.shape == inputs[0].shape):
-            return None
-        return _Redirect.apply(inputs[0], out, _REDIRECTED[type(m)])
-
-    try:
-        for m in model.modules():
-            if type(m) in _REDIRECTED:
-                handles.append(m.register_forward_hook(hook, prepend=True))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def unit_mean(acts: Tensor, units: Sequence[int | None]) -> Tensor:

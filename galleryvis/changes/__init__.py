@@ -1,0 +1,36 @@
+"""Every temporary change galleryvis makes to a model, each a context manager that undoes it on
+exit, also after an exception. Nothing else in galleryvis registers a hook, sets a mode or flag,
+or rewrites a module; it enters one of these.
+
+================  ==========================================================================
+module            changes
+================  ==========================================================================
+``hooks``         forward hooks: :func:`capture` (layer outputs), :func:`replaced_output`,
+                  :func:`recorded` (every output of a probe), :func:`conv_sizes`,
+                  :func:`first_calls`, :func:`running` (the module stack LRP names),
+                  :func:`counting`; all made by :func:`forward_hooks`
+``modes``         :func:`prepared` (eval mode, frozen parameters, no in-place activations),
+                  :func:`attributes_set` (timm's fused-attention flag), :func:`deterministic`
+``rules``         backward rules: :func:`guided` (guided backprop, deconvnet),
+                  :func:`output_rule` (DeepLIFT), :func:`redirected_relus` (lucid)
+``canonizers``    :class:`Folding` (batch norm folded into convolutions, weights laid out
+                  for the input), :func:`watch` (which convolution feeds which BatchNorm)
+``randomization`` :func:`reinitialize`, the sanity check's re-initialization (of a copy)
+================  ==========================================================================
+
+:func:`hook_count` counts what is left (0 after every galleryvis call). The compositions of
+these (:func:`galleryvis.attention.attentions`, LRP's tracer, synthesis's layer tap) live with
+the code that needs them and change the model only through them.
+"""
+from __future__ import annotations
+
+from .canonizers import Folding, watch
+from .hooks import (capture, conv_sizes, counting, first_calls, forward_hooks, hook_count, recorded, replaced_output,
+                    resolve_layer, running)
+from .modes import attributes_set, deterministic, prepared
+from .randomization import reinitialize
+from .rules import RELU_FAMILY, guided, output_rule, redirected_relus
+
+__all__ = ["RELU_FAMILY", "Folding", "attributes_set", "capture", "conv_sizes", "counting", "deterministic",
+           "first_calls", "forward_hooks", "guided", "hook_count", "output_rule", "prepared", "recorded",
+           "redirected_relus", "reinitialize", "replaced_output", "resolve_layer", "running", "watch"]
