@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from . import families
 from .cache import Cache
 from .engine import default_batch_size
 from .errors import ExecutorError
@@ -171,18 +172,10 @@ def _weights_file(spec: ModelSpec) -> Path | None:
 
 
 def units(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
-    """The tasks of a build: attribution cells of one model and technique set in chunks of
-    ``batch_size`` images (every technique of a cell in the same task), then each synthesis cell."""
-    by_cell: dict[tuple[str, str], list[Job]] = {}
-    for job in jobs:
-        if job.family == "attribution":
-            by_cell.setdefault((job.model.id, job.image.id), []).append(job)
-    groups: dict[tuple[str, tuple[str, ...]], list[list[Job]]] = {}
-    for (model_id, _), cell in by_cell.items():
-        groups.setdefault((model_id, tuple(j.tech.id for j in cell)), []).append(cell)
-    out = [[j for cell in cells[i:i + batch_size] for j in cell]
-           for cells in groups.values() for i in range(0, len(cells), batch_size)]
-    return out + [[j] for j in jobs if j.family == "synthesis"]
+    """The tasks of a build, family after family (:meth:`~galleryvis.families.Family.tasks`):
+    attribution cells of one model and technique set in chunks of ``batch_size`` images (every
+    technique of a cell in the same task), then each synthesis cell."""
+    return [task for family, family_jobs in families.partition(jobs) for task in family.tasks(family_jobs, batch_size)]
 
 
 class RayExecutor:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import registry, targets
+from . import families, registry, targets
 from .chunking import FORWARD_BATCH_FACTOR, Chunking
 from .chunking import measure as measure_chunks
 from .fold import folded
@@ -333,9 +333,10 @@ def attribute_calls(
     chunks = chunking_of(batch_size, device)
     techs = {key: registry.get(c.name) for key, c in calls.items()}
     for t in techs.values():
-        if t.family != "attribution":
+        api = families.get(t.family).api
+        if api != "attribute":
             raise registry.TechniqueError(
-                f"{t.name!r} is a {t.family} technique: use galleryvis.synthesize(model, {t.name!r}, ...)")
+                f"{t.name!r} is a {t.family} technique: use galleryvis.{api}(model, {t.name!r}, ...)")
     resolved = {key: registry.resolve_params(techs[key], c.params) for key, c in calls.items()}
     x = fast_layout(inputs.detach().to(device))
     out: dict[str, list[Tensor]] = {key: [] for key in calls}

@@ -1,30 +1,25 @@
 """The compute stage: an :class:`Executor` turns planned jobs into results in the cache.
 
-:class:`LocalExecutor` runs in this process: attribution cells grouped by model and technique
-set, images chunked (the chunk sizes measured for each model unless the build gives a
-``batch_size``), every technique of a chunk in one call (sharing their passes), one failing
-technique or image isolated from the others, the chunk halved on out-of-memory; then synthesis
-cells one by one. Another executor (a cluster) implements the
-same protocol on the same plain :class:`~galleryvis.jobs.Job`.
+:class:`LocalExecutor` runs in this process: each technique family's jobs, family after family,
+through the family's :meth:`~galleryvis.families.Family.compute` (attribution: cells chunked by
+the sizes :func:`chunking_for` measures unless the build gives a ``batch_size``, failures
+isolated, the chunk halved on out-of-memory; synthesis: cell by cell). Another executor (a
+cluster) implements the same protocol on the same plain :class:`~galleryvis.jobs.Job`.
 """
 from __future__ import annotations
 
-import time
-from collections import defaultdict
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 
+from . import families
 from .cache import Cache, cache_key
 from .chunking import Chunking, machine
-from .engine import Call, attribute_calls, measure_chunking
-from .hooks import capture, prepared
+from .engine import measure_chunking
 from .jobs import Job, Workspace, model_covers
 from .models import ModelAdapter
 from .progress import Progress
-from .synthesis import synthesize
-from .synthesis.api import spec_of
 
 
 class Executor(Protocol):
@@ -42,11 +37,10 @@ def one_line(exc: BaseException) -> str:
 
 def store(cache: Cache, job: Job) -> None:
     """Put a computed cell in the cache with what its key covers (technique and version,
-    parameters, layer, target, image hash, weights, preprocessing); a synthesis cell keeps its
-    trace and unit beside it."""
+    parameters, layer, target, image hash, weights, preprocessing) and the job fields its family
+    keeps (a synthesis cell's trace and unit)."""
     meta: dict[str, Any] = {"image": job.image.name, "model": job.model.id, "covers": job.covers}
-    if job.family == "synthesis":
-        meta.update(trace=job.trace, unit=job.unit)
+    meta.update({name: getattr(job, name) for name in job.family.keeps})
     cache.put(job.key, job.result, meta)
 
 
@@ -82,118 +76,5 @@ class LocalExecutor:
         self.ws, self.batch_size, self.fail_fast, self.share = ws, batch_size, fail_fast, share
 
     def run(self, jobs: Sequence[Job], cache: Cache, progress: Progress, seconds: dict[str, float]) -> None:
-        by_cell: dict[tuple[str, str], list[Job]] = defaultdict(list)
-        for job in jobs:
-            if job.family == "attribution":
-                by_cell[(job.model.id, job.image.id)].append(job)
-        groups: dict[tuple[str, tuple[str, ...]], list[list[Job]]] = defaultdict(list)
-        for (model_id, _), cell_jobs in by_cell.items():
-            groups[(model_id, tuple(j.tech.id for j in cell_jobs))].append(cell_jobs)
-        for (model_id, _), cells in groups.items():
-            adapter = self.ws.models[model_id]
-            chunks = Chunking.of(self.batch_size) if self.batch_size else chunking_for(adapter, cache)
-            for start in range(0, len(cells), chunks.backward):
-                chunk = cells[start:start + chunks.backward]
-                self._chunk(chunk, chunks, seconds, progress)
-                for job in (j for cell_jobs in chunk for j in cell_jobs):
-                    if job.result is not None:
-                        store(cache, job)
-                progress.mark([j for c in chunk for j in c], f"{chunk[0][0].model.id}: {len(chunk)} image(s)")
-        for job in (j for j in jobs if j.family == "synthesis"):
-            t0 = time.perf_counter()
-            try:
-                self._synthesize(job)
-            except Exception as exc:  # noqa: BLE001  (recorded in the cell; the build goes on)
-                if self.fail_fast:
-                    raise
-                job.error = one_line(exc)
-            else:
-                store(cache, job)
-            job.seconds["compute"] = time.perf_counter() - t0
-            seconds[job.tech.id] = seconds.get(job.tech.id, 0.0) + job.seconds["compute"]
-            progress.mark([job], f"{job.model.id}: {job.tech.id}" + (f" for {job.image.name}" if job.per_image else ""))
-
-    def _chunk(self, chunk: list[list[Job]], chunks: Chunking, seconds: dict[str, float], progress: Progress
-               ) -> None:
-        """One attribute_calls call for every technique of the chunk (variants of one technique
-        included, so they share their passes; one call per technique when ``share`` is off); on
-        failure, retry each technique and image alone (so one failing technique does not take
-        the others down), halving the batch on OOM."""
-        adapter = self.ws.adapter(chunk[0][0])
-        x = self.ws.inputs([cell[0] for cell in chunk])
-        targets = [cell[0].target for cell in chunk]
-        columns = list(zip(*chunk))  # one tuple of jobs (one per image) per technique
-        for group in [columns] if self.share else [[col] for col in columns]:
-            try:
-                self._attribute(adapter, x, targets, group, chunks, seconds, progress)
-            except Exception:  # noqa: BLE001  (isolate: retry one technique and one image at a time)
-                if self.fail_fast:
-                    raise
-                for col in group:
-                    for i, job in enumerate(col):
-                        try:
-                            self._attribute(adapter, x[i:i + 1], targets[i:i + 1], [(job,)], chunks, seconds,
-                                            progress)
-                        except Exception as exc:  # noqa: BLE001
-                            job.error = one_line(exc)
-
-    def _attribute(self, adapter: ModelAdapter, x: torch.Tensor, targets: list[int], cols: list[tuple[Job, ...]],
-                   chunks: Chunking, seconds: dict[str, float], progress: Progress) -> None:
-        col_of = {c[0].tech.id: c for c in cols}
-        calls = {c[0].tech.id: Call(c[0].tech.name, c[0].layer, c[0].params) for c in cols}
-        while True:
-            spent: dict[str, float] = defaultdict(float)  # per technique; a shared pass goes to its first user
-            clock = [time.perf_counter()]
-
-            def done(key: str, _n: int) -> None:
-                now = time.perf_counter()
-                spent[key] += now - clock[0]
-                clock[0] = now
-                progress.mark(col_of[key], f"{adapter.id}: {key}")
-
-            try:
-                maps = attribute_calls(adapter.model, x, calls, targets, batch_size=chunks, progress=done,
-                                       within=lambda key, i, n: progress.within(f"{adapter.id}: {key}", i, n),
-                                       mean=adapter.mean, std=adapter.std)
-                break
-            except torch.OutOfMemoryError:
-                if chunks == chunks.halved():
-                    raise
-                chunks = chunks.halved()
-        for key, col in col_of.items():
-            seconds[key] = seconds.get(key, 0.0) + spent[key]
-            arr = maps[key].numpy()
-            if not np.isfinite(arr).all():
-                raise FloatingPointError(f"{col[0].tech.name} produced NaN or Inf values")
-            for i, job in enumerate(col):
-                job.result = arr[i]
-                job.seconds["compute"] = spent[key] / len(col)
-
-    def _synthesize(self, job: Job) -> None:
-        """One synthesis cell: the image's own class (target) or its most active channel (unit)."""
-        adapter = self.ws.adapter(job)
-        spec = spec_of(job.tech.name)
-        x = self.ws.image(job).input_for(adapter)[None].to(adapter.device)
-        kwargs: dict[str, Any] = {"mean": adapter.mean, "std": adapter.std}
-        if job.layer is not None:
-            kwargs["layer"] = job.layer
-        if spec.image == "required":
-            kwargs["image"] = x
-        if spec.unit == "target":
-            kwargs["target"] = job.target
-        elif spec.unit == "channel":
-            job.unit = kwargs["channel"] = _top_channel(adapter, x, job.layer)
-        result = synthesize(adapter.model, job.tech.name, **kwargs, **job.params)
-        image = result.image[0].numpy()
-        if not np.isfinite(image).all():
-            raise FloatingPointError(f"{job.tech.name} produced NaN or Inf values")
-        job.result = image
-        job.trace = [round(float(v), 5) for v in result.trace[:, 0]]
-
-
-def _top_channel(adapter: ModelAdapter, x: torch.Tensor, layer: str) -> int:
-    """The channel of ``layer`` with the highest mean activation on ``x`` (one image)."""
-    with prepared(adapter.model), torch.no_grad(), capture(adapter.model, [layer]) as acts:
-        adapter.model(x)
-    a = acts[layer]
-    return int(a.flatten(2).mean(2)[0].argmax()) if a.dim() == 4 else int(a[0].argmax())
+        for family, family_jobs in families.partition(jobs):
+            family.compute(self, family_jobs, cache, progress, seconds)

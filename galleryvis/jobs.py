@@ -16,14 +16,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import registry
+from . import families, registry
 from .cache import Cache, cache_key
 from .images import ImageError, file_sha256, load_image
 from .manifest import Manifest, ManifestError, ModelSpec, TechniqueSpec, check_against_models
 from .models import ModelAdapter, ModelError, choose_device, load_model
 from .naming import unique_slugs
 from .targets import Class
-from .synthesis.api import spec_of
 
 
 @dataclass(frozen=True)
@@ -70,8 +69,9 @@ class Job:
     seconds: dict[str, float] = field(default_factory=dict)  # "compute" / "scoring": its share of the time
 
     @property
-    def family(self) -> str:
-        return registry.get(self.tech.name).family
+    def family(self) -> families.Family:
+        """The technique's family (how the cell is computed, stored and shown)."""
+        return families.get(registry.get(self.tech.name).family)
 
     @property
     def per_image(self) -> bool:
@@ -80,11 +80,10 @@ class Job:
 
 
 def per_image(tspec: TechniqueSpec) -> bool:
-    """Whether a row's cells depend on the image: not those of a synthesis technique that runs
-    without the image (class visualization) when the row names its own ``target``; such a row
-    has one cell per model, planned with the first image (which it does not read)."""
-    return tspec.target is None or registry.get(tspec.name).family != "synthesis" \
-        or spec_of(tspec.name).image == "required"
+    """Whether a row's cells depend on the image: not those of a technique that does not need
+    the image (class visualization) when the row names its own ``target``; such a row has one
+    cell per model, planned with the first image (which it does not read)."""
+    return tspec.target is None or registry.get(tspec.name).inputs.image == "required"
 
 
 @dataclass
@@ -227,14 +226,14 @@ def plan(manifest: Manifest, ws: Workspace, cache: Cache, force: bool
         for tspec in manifest.techniques:
             tech = registry.get(tspec.name)
             params = registry.resolve_params(tech, tspec.params)
-            if tech.family == "synthesis" and spec_of(tech.name).model_size and "size" not in tspec.given:
+            if tech.inputs.model_size and "size" not in tspec.given:
                 params["size"] = adapter.size
             layer = layer_for(adapter, tspec)
             reads_image = per_image(tspec)
             for img in images if reads_image else images[:1]:
                 wanted = img.ref.target if tspec.target is None else tspec.target
                 target = _target_index(adapter, wanted, int(preds[spec.id][img.ref.id].argmax()))
-                covers = {"kind": "map" if tech.family == "attribution" else "synthesis",
+                covers = {"kind": families.get(tech.family).stores,
                           **(model_input(adapter, img.ref) if reads_image else model_covers(adapter)),
                           "technique": tech.name, "version": tech.version,
                           "params": params, "layer": layer, "target": target, "device": device_class}

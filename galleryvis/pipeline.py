@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import scoring, stamp
+from . import families, scoring, stamp
 from .cache import CACHE_DIRNAME, Cache, CacheWarning
 from .executor import Executor, LocalExecutor, chunking_key
 from .hooks import counting
@@ -138,10 +138,9 @@ def _build(manifest: Manifest, opts: Options, executor: Executor | None, cache: 
         progress = Progress(len(todo) + scoring.task_count(jobs, manifest.metrics), opts.quiet)
         try:
             executor.run(todo, cache, progress, summary.seconds)
-            for family in ("attribution", "synthesis"):
-                ids = {j.tech.id for j in todo if j.family == family}
-                if ids:
-                    stages.add(family, sum(summary.seconds.get(i, 0.0) for i in ids))
+            for family, family_jobs in families.partition(todo):
+                ids = {j.tech.id for j in family_jobs}
+                stages.add(family.name, sum(summary.seconds.get(i, 0.0) for i in ids))
             with stages.stage("scoring"):
                 rankings = scoring.score(jobs, ws, manifest.metrics, cache, opts.batch_size, progress, opts.share_passes)
         finally:

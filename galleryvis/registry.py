@@ -8,6 +8,9 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Literal, Mapping, get_args
 
+from . import families
+from .families import Inputs
+
 OutputKind = Literal["input", "cam"]
 LayerUse = Literal["none", "one", "many", "optional"]
 #: How the gallery shows a technique's raw map (see :mod:`galleryvis.postprocess`).
@@ -39,7 +42,9 @@ class Technique:
     without either, the page shows ``summary``). ``group``: the gallery table it is drawn in
     (default: the one of its ``kind``). ``attention``: it reads the model's
     self-attention (transformers only), so a manifest's implicit every-technique list leaves
-    it out.
+    it out. ``family``: its :mod:`~galleryvis.families` entry's name; ``inputs``: what a cell of
+    it needs from the plan (a target class or a channel, the input image, the model's input
+    size; default: its family's).
     """
 
     name: str
@@ -60,6 +65,7 @@ class Technique:
     family: str = "attribution"
     attention: bool = False
     group: str = ""
+    inputs: Inputs = Inputs()
     params: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
@@ -108,14 +114,21 @@ def technique(
     choices: Mapping[str, tuple[Any, ...]] | None = None,
     attention: bool = False,
     group: str = "",
+    inputs: Inputs | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn(ctx, **params)`` under ``name``; keyword-only defaults become its parameters.
 
-    ``title`` defaults to the name in title case; ``kind`` to ``"cam"`` for CAM outputs,
-    ``"image"`` for synthesis and ``"gradient"`` otherwise; ``needs`` to everything the engine
-    offers (declare less, and the shared passes skip what nobody needs)."""
+    ``family`` names one of :data:`~galleryvis.families.FAMILIES`. ``title`` defaults to the
+    name in title case; ``kind`` to ``"cam"`` for CAM outputs, else the family's kind;
+    ``needs`` to everything the engine offers (declare less, and the shared passes skip what
+    nobody needs); ``inputs`` to the family's."""
+    try:
+        fam = families.get(family)
+    except KeyError:
+        raise TechniqueError(f"technique {name!r}: family must be one of {', '.join(families.FAMILIES)}, "
+                             f"got {family!r}") from None
     if kind is None:
-        kind = "cam" if output == "cam" else "image" if family == "synthesis" else "gradient"
+        kind = "cam" if output == "cam" else fam.kind  # type: ignore[assignment]
     if kind not in DISPLAY_KINDS:
         raise TechniqueError(f"technique {name!r}: kind must be one of {', '.join(DISPLAY_KINDS)}, got {kind!r}")
     unknown = set(needs) - set(NEEDS)
@@ -138,8 +151,8 @@ def technique(
             name=name, fn=fn, output=output, layer=layer, paper=paper, summary=summary,
             title=title or name.replace("_", " ").title(), kind=kind, needs=frozenset(needs),
             stochastic=stochastic, version=version, fold=fold, split_sign=split_sign, doc=doc,
-            signed=signed, family=family, attention=attention, group=group, params=params,
-            choices=dict(choices or {}),
+            signed=signed, family=family, attention=attention, group=group, inputs=inputs or fam.inputs,
+            params=params, choices=dict(choices or {}),
         )
         return fn
 
@@ -185,9 +198,11 @@ def get(name: str) -> Technique:
 
 
 def names(family: str | None = None) -> list[str]:
-    """Registered technique names in registration order, optionally of one family."""
+    """Registered technique names in registration order, optionally of one family (a name of
+    :data:`~galleryvis.families.FAMILIES`)."""
     _load_builtins()
-    return [n for n, t in _REGISTRY.items() if family is None or t.family == family]
+    wanted = None if family is None else families.get(family)
+    return [n for n, t in _REGISTRY.items() if wanted is None or families.get(t.family) is wanted]
 
 
 def _type_ok(default: Any, value: Any) -> bool:

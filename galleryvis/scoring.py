@@ -18,7 +18,6 @@ from .jobs import Job, Workspace, model_covers, model_input
 from .manifest import MetricsSpec
 from .models import ModelAdapter
 from .records import Ranking
-from .synthesis.api import spec_of
 from .synthesis.transfer import class_rank
 
 BASELINES = {"random map": lambda shape: metrics.random_map(shape, seed=0),
@@ -35,10 +34,10 @@ def _protocol(spec: MetricsSpec) -> dict[str, Any]:
 
 
 def _groups(jobs: list[Job]) -> dict[tuple[str, str], list[Job]]:
-    """Successful attribution jobs by (model id, technique id)."""
+    """Successful jobs of scored families (attribution) by (model id, technique id)."""
     groups: dict[tuple[str, str], list[Job]] = defaultdict(list)
     for j in jobs:
-        if j.result is not None and not j.error and j.family == "attribution":
+        if j.result is not None and not j.error and j.family.scored:
             groups[(j.model.id, j.tech.id)].append(j)
     return groups
 
@@ -49,10 +48,11 @@ def _sanity_wanted(spec: MetricsSpec, name: str) -> bool:
 
 def task_count(jobs: list[Job], spec: MetricsSpec) -> int:
     """How many progress steps :func:`score` takes at most for these jobs (fewer when cells fail):
-    one per attribution cell for deletion / insertion and for ROAD, one per cell the sanity check scores."""
+    one per cell of a scored family (attribution) for deletion / insertion and for ROAD, one per
+    cell the sanity check scores."""
     if not spec.enabled:
         return 0
-    cells = [j for j in jobs if j.family == "attribution"]
+    cells = [j for j in jobs if j.family.scored]
     return sum(int(spec.deletion_insertion) + int(spec.road) + int(_sanity_wanted(spec, j.tech.name)) for j in cells)
 
 
@@ -103,9 +103,11 @@ def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch
 def _transfer_ranks(jobs: list[Job], ws: Workspace, cache: Cache) -> None:
     """``metrics["rank under M"]`` of each class visualization: the target's rank (1 = top) when
     every other model M of the gallery with as many classes classifies the image (resized to M's
-    input size); a picture of the class ranks high for models it was not made with."""
+    input size); a picture of the class ranks high for models it was not made with. Class
+    visualizations: the cells of a transfer-ranked family (synthesis) whose unit is a class."""
     for j in jobs:
-        if j.family != "synthesis" or j.result is None or j.error or spec_of(j.tech.name).unit != "target":
+        if not j.family.transfer_ranked or j.result is None or j.error \
+                or registry.get(j.tech.name).inputs.unit != "target":
             continue
         assert j.target is not None
         image = torch.from_numpy(j.result.astype(np.float32))[None]

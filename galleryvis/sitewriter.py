@@ -25,7 +25,6 @@ from .progress import Stages
 from .records import (RECORDS_FILE, Cell, ColourScale, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, Size,
                       TechniqueRecord, Variant)
 from .sitefiles import staged
-from .synthesis.api import spec_of
 
 #: Thumbnail box in CSS pixels; the full-resolution view serves 2x screens (``srcset``).
 THUMB = 160
@@ -114,7 +113,7 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     ``scale`` is the shared value range of its group (None: the map's own)."""
     tech = registry.get(job.tech.name)
     adapter = ws.adapter(job)
-    explains_class = tech.family != "synthesis" or spec_of(tech.name).unit == "target"
+    explains_class = tech.inputs.unit == "target"
     label = adapter.label(job.target) if explains_class else f"channel {job.unit}" if job.unit is not None else ""
     image_id = job.image.id if job.per_image else ""  # a row that does not read its image: one cell per model
     if job.error:

@@ -308,9 +308,9 @@ road_percentile = 30
 
 
 def test_out_of_memory_retries_with_smaller_chunks(project, monkeypatch):
-    from galleryvis import executor
+    from galleryvis import engine
 
-    real = executor.attribute_calls
+    real = engine.attribute_calls
     sizes = []
 
     def tight(model, x, *args, batch_size, **kw):
@@ -319,7 +319,7 @@ def test_out_of_memory_retries_with_smaller_chunks(project, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(model, x, *args, batch_size=batch_size, **kw)
 
-    monkeypatch.setattr(executor, "attribute_calls", tight)
+    monkeypatch.setattr(engine, "attribute_calls", tight)  # what the attribution family calls
     summary = _build(project, batch_size=8)
     assert summary.failed == 0 and summary.computed == 16
     assert sizes[:3] == [(8, 32), (4, 16), (2, 8)]

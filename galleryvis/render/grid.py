@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from galleryvis.families import FAMILIES
 from galleryvis.naming import slug, unique_slugs
 from galleryvis.records import (Cell, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, Size,
                                 TechniqueRecord, Variant)
@@ -18,12 +19,12 @@ from galleryvis.records import (Cell, Gallery, ImageRecord, ModelRecord, Predict
 SANITY_THRESHOLD = 0.5
 
 
-#: Section titles of the technique groups, in page order; others follow, title-cased. Attribution
-#: techniques are grouped by how they are drawn (their registry kind), so no table grows too tall.
+#: Section titles of the technique groups, in page order: the display kinds, then the families'
+#: titles; others follow, title-cased. A family that splits by kind (attribution) is grouped by how
+#: its techniques are drawn (their registry kind), so no table grows too tall.
 FAMILY_TITLES = {"gradient": "Gradients", "cam": "Class activation maps",
                  "signed": "Signed attributions", "perturbation": "Perturbation and Shapley",
-                 "attribution": "Attribution maps",
-                 "synthesis": "Feature visualization"}
+                 **{f.name: f.title for f in FAMILIES.values()}}
 
 
 #: The metrics a cell may carry, in display order: ``(name, short name, meaning, better)``.
@@ -225,11 +226,11 @@ class SiteModel:
         self.sanity_threshold = float(threshold) if isinstance(threshold, (int, float)) else SANITY_THRESHOLD
 
     def families(self) -> list[tuple[str, list[TechniqueRecord]]]:
-        """Techniques grouped by their registry group, else by family (attribution split by kind):
-        known groups first, then the rest by first appearance."""
+        """Techniques grouped by their registry group, else by family (split by display kind for a
+        family that says so, attribution): known groups first, then the rest by first appearance."""
         groups: dict[str, list[TechniqueRecord]] = {}
         for t in self.g.techniques:
-            group = t.group or (t.kind if t.family == "attribution" and t.kind in FAMILY_TITLES else t.family)
+            group = t.group or (t.kind if FAMILIES[t.family].split_by_kind and t.kind in FAMILY_TITLES else t.family)
             groups.setdefault(group, []).append(t)
         order = [f for f in FAMILY_TITLES if f in groups] + [f for f in groups if f not in FAMILY_TITLES]
         return [(f, groups[f]) for f in order]
@@ -436,12 +437,13 @@ class SiteModel:
         return out
 
     def headline(self) -> dict[str, str]:
-        """The landing page's techniques: the first attribution technique drawn as a heatmap on
-        the image, as a saliency map and as a signed map (technique id -> variant key)."""
+        """The landing page's techniques: the first technique of a headline family (attribution)
+        drawn as a heatmap on the image, as a saliency map and as a signed map (technique id ->
+        variant key)."""
         chosen: dict[str, str] = {}
         for key in HEADLINE_VARIANTS:
             for tech in self.g.techniques:
-                if tech.family == "attribution" and tech.id not in chosen and any(
+                if FAMILIES[tech.family].headline and tech.id not in chosen and any(
                         v.key == key for c in self.g.cells if c.technique_id == tech.id for v in c.variants):
                     chosen[tech.id] = key
                     break

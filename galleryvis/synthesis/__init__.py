@@ -1,10 +1,12 @@
 """Feature visualization: images optimized or reconstructed through a model.
 
-:func:`synthesize` runs one of the techniques registered here with ``family="synthesis"``:
+:func:`synthesize` runs one of the techniques registered here with ``family="synthesis"``
+(:class:`galleryvis.families.Synthesis`: how a gallery plans, computes, stores and shows them):
 ``filter_visualization``, ``layer_activation``, ``deep_dream``, ``class_visualization`` and
 ``inverted_representation``.
 
-Modules: ``api`` (``synthesize``, ``SynthesisResult``, the per-chunk ``Job``), ``param`` (pixel and
+Modules: ``api`` (``synthesize``, ``SynthesisResult``, the per-chunk ``Job``, and
+``synthesis_technique``, which registers a technique with what it takes), ``param`` (pixel and
 decorrelated FFT image parameterizations), ``transforms`` (jitter/scale/rotate/blur with one
 ``torch.Generator`` per item), ``objectives`` (the layer tap, unit objectives, regularizers),
 ``techniques`` (the five registered functions) and ``transfer`` (``class_rank``: how a model

@@ -5,13 +5,13 @@ import hashlib
 import numbers
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import registry
+from .. import families, registry
 from ..engine import IMAGENET_MEAN, IMAGENET_STD, fast_layout, model_device
 from ..fold import prepare
 from ..hooks import LayerError, deterministic, prepared
@@ -19,48 +19,21 @@ from ..layers import default_layer, fixed_input_size
 from ..registry import TechniqueError
 from .objectives import LayerTap, tap
 
-UnitKind = Literal["channel", "target"]
-ImageUse = Literal["required", "optional", "none"]
 Units = int | Sequence[int] | Tensor | None
 
 
-@dataclass(frozen=True)
-class Spec:
-    """What a synthesis technique takes besides its parameters: ``channel`` or ``target`` (and
-    whether it must be given), whether it needs, accepts or refuses an input image, and whether
-    a gallery makes it at the model's input size (its ``size`` parameter, unless the manifest
-    sets one)."""
-
-    unit: UnitKind | None
-    unit_required: bool
-    image: ImageUse
-    model_size: bool = False
-
-
-_SPECS: dict[str, Spec] = {}
-
-
-def spec_of(name: str) -> Spec:
-    """What synthesis technique ``name`` takes: a channel or a target, an image or not."""
-    registry.get(name)
-    return _SPECS[name]
-
-
 def synthesis_technique(name: str, *, title: str, paper: str, summary: str, layer: registry.LayerUse,
-                        unit: UnitKind | None, unit_required: bool = False, image: ImageUse = "none",
-                        choices: dict[str, tuple[Any, ...]] | None = None, model_size: bool = False
-                        ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+                        unit: families.UnitKind | None, unit_required: bool = False,
+                        image: families.ImageUse = "none", choices: dict[str, tuple[Any, ...]] | None = None,
+                        model_size: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn(job, **params) -> (image01, trace)`` in the technique registry under
-    ``family="synthesis"``, together with its :class:`Spec`."""
-    reg = registry.technique(name, output="input", family="synthesis", layer=layer, paper=paper,
-                             summary=summary, choices=choices, title=title, kind="image", needs=("passes",))
-
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn = reg(fn)
-        _SPECS[name] = Spec(unit, unit_required, image, model_size)
-        return fn
-
-    return deco
+    ``family="synthesis"``, with what it takes as its :class:`~galleryvis.families.Inputs`:
+    ``channel`` or ``target`` (and whether it must be given), whether it needs, accepts or
+    refuses an input image, and whether a gallery makes it at the model's input size (its
+    ``size`` parameter, unless the manifest sets one)."""
+    return registry.technique(name, output="input", family="synthesis", layer=layer, paper=paper,
+                              summary=summary, choices=choices, title=title, kind="image", needs=("passes",),
+                              inputs=families.Inputs(unit, unit_required, image, model_size))
 
 
 def fit(x: Tensor, size: tuple[int, int] | None) -> Tensor:
@@ -214,11 +187,12 @@ def synthesize(
         trace float32 CPU (steps, N).
     """
     tech = registry.get(technique)
-    if tech.family != "synthesis":
+    api = families.get(tech.family).api
+    if api != "synthesize":
         raise TechniqueError(
-            f"{technique!r} is an {tech.family} technique; use galleryvis.attribute() for it "
+            f"{technique!r} is an {tech.family} technique; use galleryvis.{api}() for it "
             f"(synthesis techniques: {', '.join(registry.names('synthesis'))})")
-    spec = _SPECS[technique]
+    inputs = tech.inputs
     if steps is not None:
         if "steps" not in tech.params:
             raise TechniqueError(f"{technique} is not iterative and takes no steps")
@@ -233,15 +207,15 @@ def synthesize(
         raise LayerError(f"{technique} takes no layer")
 
     for name, value in (("channel", channel), ("target", target)):
-        if value is not None and spec.unit != name:
+        if value is not None and inputs.unit != name:
             raise ValueError(f"{technique} takes no {name}")
-    units, listed = _units(channel if spec.unit == "channel" else target, spec.unit or "unit")
-    if spec.unit_required and units == [None]:
-        raise ValueError(f"{technique} needs {spec.unit}= (an int or a list of ints)")
+    units, listed = _units(channel if inputs.unit == "channel" else target, inputs.unit or "unit")
+    if inputs.unit_required and units == [None]:
+        raise ValueError(f"{technique} needs {inputs.unit}= (an int or a list of ints)")
 
-    if image is not None and spec.image == "none":
+    if image is not None and inputs.image == "none":
         raise ValueError(f"{technique} starts from noise and takes no image")
-    if image is None and spec.image == "required":
+    if image is None and inputs.image == "required":
         raise ValueError(f"{technique} needs image= (a normalized (N,3,H,W) tensor)")
     device = model_device(model)
     mean_t, std_t = _stats(mean, "mean", device), _stats(std, "std", device)
@@ -255,7 +229,7 @@ def synthesize(
         if listed and x.shape[0] == 1:
             x = x.expand(len(units), -1, -1, -1)
         elif listed and x.shape[0] != len(units):
-            raise ValueError(f"{len(units)} {spec.unit}s for {x.shape[0]} images: give one per "
+            raise ValueError(f"{len(units)} {inputs.unit}s for {x.shape[0]} images: give one per "
                              f"image, or one image")
         elif not listed:
             units = units * x.shape[0]
@@ -287,7 +261,7 @@ def synthesize(
             what = f"layer {layer!r} with output {shape}"
         for u in units:
             if u is not None and u >= limit:
-                raise ValueError(f"{technique}: {spec.unit} {u} is out of range for {what}")
+                raise ValueError(f"{technique}: {inputs.unit} {u} is out of range for {what}")
 
         images, traces = [], []
         for i, unit in enumerate(units):  # one item per pass: see the docstring's ``channel``
