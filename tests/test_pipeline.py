@@ -721,3 +721,37 @@ def test_raw_maps_are_a_zip_per_model_when_asked(project):
         cam = np.load(io.BytesIO(zf.read("cat/gradcam.npy")))
     assert cam.dtype == np.float16 and cam.shape == (1, 64, 64)
     assert 'href="downloads/resnet18-maps.zip"' in (site / "build.html").read_text()
+
+
+def test_a_third_family_declared_in_families_alone_is_computed_cached_timed_and_shown(tmp_path, monkeypatch):
+    """A family is one class in galleryvis.families (and its build stage's name): a technique of
+    it is planned, computed, cached, timed and drawn in a table of its own, and left unscored
+    when its family says so, with no other module changed."""
+    from galleryvis import families, progress
+
+    class Concepts(families.Attribution):
+        name, title, scored, split_by_kind, headline = "concepts", "Concepts", False, False, False
+
+    monkeypatch.setitem(families.FAMILIES, "concepts", Concepts())
+    monkeypatch.setattr(progress, "STAGES", (*progress.STAGES, "concepts"))
+    registry.names()  # the built-ins first, then a registry of our own for this test
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @registry.technique("channel_energy", output="cam", layer="one", family="concepts", needs=("forward",),
+                        paper="-", summary="The layer's mean squared activation at each position.")
+    def channel_energy(ctx, *, layer):
+        return ctx.grid(layer).nchw(ctx.forward().acts[layer]).pow(2).mean(1, keepdim=True)
+
+    folder = _random_init_gallery(tmp_path / "three", ["gradcam", "channel_energy"])
+    with (folder / "galleryvis.toml").open("a") as f:
+        f.write("\n[metrics]\nenabled = true\nsanity = false\nsteps = 4\n")
+    summary = _build(folder, batch_size=4)
+    assert (summary.computed, summary.failed) == (2, 0)
+    report = json.loads((folder / "site" / "build.json").read_text())
+    assert {"attribution", "concepts"} <= set(report["stages"]["seconds"])
+    gallery = json.loads((folder / "site" / "gallery.json").read_text())
+    metrics = {c["technique_id"]: c["metrics"] for c in gallery["cells"]}
+    assert "deletion_auc" in metrics["gradcam"] and metrics["channel_energy"] == {}
+    assert "### Concepts" in (folder / "site" / "gallery.md").read_text()
+    again = _build(folder, batch_size=4)
+    assert (again.computed, again.cached) == (0, 2)

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 import galleryvis
-from galleryvis import registry
+from galleryvis import families, registry
 from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
 from galleryvis.hooks import LayerError, capture, hook_count
 from galleryvis.lite import efficientnet_lite
@@ -215,6 +215,11 @@ def test_registered_as_synthesis_family():
     assert registry.get("class_visualization").params["param"] == "fft"
     assert registry.get("class_visualization").params["regularization"] == "none"
     assert "synthesize" in galleryvis.__all__
+    # what each takes lives in its registry entry, as every other fact of a technique does
+    assert [registry.get(n).inputs.unit for n in SYNTHESIS] == ["channel", "channel", "channel", "target", None]
+    assert registry.get("gradcam").inputs == families.Attribution.inputs
+    with pytest.raises(registry.TechniqueError, match="family must be one of attribution, synthesis, got 'concept'"):
+        registry.technique("concept_map", output="cam", paper="-", summary="-", family="concept")
 
 
 def test_filter_visualization_small_net_gain_and_batching():
