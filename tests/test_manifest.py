@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from galleryvis import registry
+from galleryvis import registry, schema
 from galleryvis.manifest import (
     GallerySpec,
     ImageSpec,
@@ -506,14 +506,14 @@ def _section(keys: list[str]) -> st.SearchStrategy:
     return st.dictionaries(st.one_of(st.sampled_from(keys), st.text(max_size=6)), _field_values, max_size=5)
 
 
-_gallery = _section(["title", "description", "output", "device", "colormap", "alpha"])
-_image = _section(["path", "target"])
-_model = _section(["name", "id", "weights", "factory", "seed", "labels", "size", "mean", "std", "layers"])
-_technique = st.one_of(_section(["name", "id", "params"]), st.fixed_dictionaries(
+_gallery = _section([k for k in schema.keys("gallery") if k != "plugins"])  # a plugin would run code
+_image = _section(list(schema.keys("images")))
+_model = _section(list(schema.keys("models")))
+_technique = st.one_of(_section(list(schema.keys("techniques"))), st.fixed_dictionaries(
     {"name": st.sampled_from(registry.names())},
     optional={"params": st.dictionaries(st.sampled_from(["steps", "samples", "sigma", "base", "seed", "x"]),
                                         _field_values, max_size=3), "id": _plausible}))
-_metrics = _section(["enabled", "deletion_insertion", "sanity", "steps", "substrate"])
+_metrics = _section(list(schema.keys("metrics")))
 _near_valid = st.fixed_dictionaries({
     "images": st.lists(st.fixed_dictionaries({"path": st.sampled_from(["img.png", "*.png"])}, optional={
         "target": st.one_of(st.integers(-1, 5), _plausible)}), min_size=1, max_size=2),
@@ -593,8 +593,6 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "manifest.md"
 
 
 def test_the_docs_tables_are_generated_from_the_schema() -> None:
-    from galleryvis import schema
-
     text = DOCS.read_text(encoding="utf-8")
     assert schema.documented_sections(text) == list(schema.SECTIONS)
     # a key added to the schema only, or to the docs only, fails here
@@ -604,8 +602,6 @@ def test_the_docs_tables_are_generated_from_the_schema() -> None:
 
 def test_the_parsed_specs_defaults_and_keys_are_the_schema() -> None:
     import dataclasses
-
-    from galleryvis import schema
 
     specs = {"gallery": GallerySpec, "images": ImageSpec, "models": ModelSpec, "techniques": TechniqueSpec,
              "metrics": MetricsSpec}
@@ -641,7 +637,7 @@ def test_a_spec_without_a_declared_key_is_refused_at_import() -> None:
 def test_every_reader_and_choice_the_schema_names_exists() -> None:
     import typing
 
-    from galleryvis import manifest, metrics, schema, sources
+    from galleryvis import manifest, metrics, sources
     from galleryvis.manifest import _Parser
 
     for fields in schema.SECTIONS.values():
@@ -670,14 +666,11 @@ def _starter_keys() -> dict[str, set[str]]:
 
 
 def test_the_starter_shows_every_declared_key_and_no_other() -> None:
-    from galleryvis import schema
 
     assert _starter_keys() == {name: set(schema.keys(name)) for name in schema.SECTIONS}
 
 
 def test_every_declared_range_is_the_one_the_parser_enforces(folder: Path) -> None:
-    from galleryvis import schema
-
     where = {"gallery": lambda k, v: (f"[gallery]\n{k} = {v}\n", {}),
              "models": lambda k, v: ("", {"models": f'{MODEL}{k} = {v}\n'}),
              "metrics": lambda k, v: (f"[metrics]\n{k} = {v}\n", {})}
@@ -712,8 +705,6 @@ def _wrong_value(type_text: str) -> str:
 
 
 def test_every_declared_type_is_checked_by_the_parser(folder: Path) -> None:
-    from galleryvis import schema
-
     def manifest(section: str, key: str, value: str) -> tuple[str, dict[str, str]]:
         line = f"{key} = {value}\n"
         if section in ("gallery", "metrics"):
