@@ -118,11 +118,18 @@ def _frozen(v: Any) -> Any:
     return v
 
 
+#: torch's hooks on every module (``register_module_forward_hook`` and its kin).
+GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                "_global_backward_pre_hooks")
+
+
 def snapshot(model: nn.Module) -> dict[str, Any]:
     """Every module's ``__dict__`` (parameters, buffers, submodules, hook dicts, flags such as
-    ``training``, ``inplace`` and ``fused_attn``, any shadowing ``forward``), the state dict and
-    each parameter's ``requires_grad`` and ``grad``."""
+    ``training``, ``inplace`` and ``fused_attn``, any shadowing ``forward``), the state dict,
+    each parameter's ``requires_grad`` and ``grad``, torch's global module hooks and grad mode."""
     return {
+        "global": {**{name: _frozen(dict(getattr(nn.modules.module, name, {}))) for name in GLOBAL_HOOKS},
+                   "grad": torch.is_grad_enabled(), "inference": torch.is_inference_mode_enabled()},
         "modules": {name: _frozen(dict(m.__dict__)) for name, m in model.named_modules()},
         "state_dict": _frozen(dict(model.state_dict(keep_vars=True))),
         "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
@@ -160,8 +167,9 @@ def assert_as_before(model: nn.Module, before: dict[str, Any]) -> None:
 
 
 def check(model: nn.Module, run: Callable[[], object], tripped: Callable[[int | None], list[int]]) -> None:
-    """``run()`` leaves ``model`` as before, and so does ``run()`` raising in its last forward. A
-    refusal (:class:`LayerError`: the technique does not apply to the model) must too."""
+    """``run()`` leaves ``model`` as before, and so does ``run()`` raising in its first forward
+    (a probe, as a rule) and in its last (inside every change the run makes). A refusal
+    (:class:`LayerError`: the technique does not apply to the model) must too."""
     before = snapshot(model)
     calls = tripped(None)
     try:
@@ -169,12 +177,11 @@ def check(model: nn.Module, run: Callable[[], object], tripped: Callable[[int | 
     except LayerError:
         pass
     assert_as_before(model, before)
-    if not calls[0]:
-        return
-    tripped(calls[0])
-    with pytest.raises(Trip):
-        run()
-    assert_as_before(model, before)
+    for at in sorted({1, calls[0]}) if calls[0] else ():
+        tripped(at)
+        with pytest.raises(Trip):
+            run()
+        assert_as_before(model, before)
 
 
 # -- every technique ---------------------------------------------------------------------------
