@@ -151,7 +151,8 @@ def _open(site: Path) -> None:
 
 #: ``--device`` of every command that loads models.
 _DEVICE = click.option("--device", default=None, metavar="auto|cpu|cuda|mps",
-                       help="Where the models run (overrides the manifest's [gallery] device).")
+                       help="Where the models run: auto (CUDA, else MPS, else CPU), cpu, cuda or mps; "
+                            "instead of a manifest's [gallery] device.")
 
 
 def _report(output: Path, summary: Summary, quiet: bool) -> None:
@@ -384,7 +385,8 @@ def list_models(as_json: bool) -> None:
 
 @main.command()
 @click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--model", "model_name", default="efficientnet_lite0", show_default=True)
+@click.option("--model", "model_name", default="efficientnet_lite0", show_default=True,
+              help="A model name (galleryvis models lists them).")
 @click.option("--weights", default=None, help="DEFAULT, a weights enum name, a .pth path, or none.")
 @click.option("--technique", "technique", default="gradcam", show_default=True)
 @click.option("--target", default=None, help="Class index or name (default: top-1).")
