@@ -1,7 +1,7 @@
 """Every temporary model change is undone: after each registered technique (attribution and
-synthesis) and each metric, and after an exception raised in the last forward of each, the model
-has the same tensors (values and identity), training flags, hooks, ``requires_grad`` flags and
-module attributes as before. Tiny seeded models: a CNN with batch norm (folded by the engine) in
+synthesis) and each metric, and after an exception in the first and in the last forward of each,
+the model has the same tensors (values and identity), training flags, hooks, ``requires_grad``
+flags and module attributes as before. Tiny seeded models: a CNN with batch norm (folded by the engine) in
 training mode with one frozen convolution, a timm ViT whose attention is fused, and torchvision's
 ViT (``nn.MultiheadAttention``, whose output the attention techniques replace)."""
 from __future__ import annotations
@@ -27,8 +27,6 @@ FAST: dict[str, dict[str, Any]] = {
     "deep_dream": {"steps": 2, "octaves": 1}, "class_visualization": {"steps": 2, "size": 16, "target": 1},
     "inverted_representation": {"steps": 2},
 }
-
-
 SYNTHESIS = set(registry.names("synthesis"))
 #: The synthesis techniques that start from (or reconstruct) an image.
 FROM_IMAGE = {"layer_activation", "deep_dream", "inverted_representation"}
