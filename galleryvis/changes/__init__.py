@@ -1,22 +1,23 @@
-"""Every temporary change galleryvis makes to a model, each a context manager that undoes it on
-exit, also after an exception. Nothing else in galleryvis registers a hook, sets a mode or flag,
-or rewrites a module; it enters one of these.
+"""Every change galleryvis makes to a model: the temporary ones as context managers that undo them
+on exit, also after an exception, and the sanity check's re-initialization, which only a copy of
+the model ever sees. The engine, the techniques, the metrics and synthesis register no hook, set
+no mode or flag and rewrite no module but through these.
 
-================  ==========================================================================
-module            changes
-================  ==========================================================================
-``hooks``         forward hooks: :func:`capture` (layer outputs), :func:`replaced_output`,
-                  :func:`recorded` (every output of a probe), :func:`conv_sizes`,
-                  :func:`first_calls`, :func:`running` (the module stack LRP names),
-                  :func:`counting`; all made by :func:`forward_hooks`
-``modes``         :func:`prepared` (eval mode, frozen parameters, no in-place activations),
-                  :func:`attributes_set` (timm's fused-attention flag), :func:`deterministic`
-``rules``         backward rules: :func:`guided` (guided backprop, deconvnet),
-                  :func:`output_rule` (DeepLIFT), :func:`redirected_relus` (lucid)
-``canonizers``    :class:`Folding` (batch norm folded into convolutions, weights laid out
-                  for the input), :func:`watch` (which convolution feeds which BatchNorm)
-``randomization`` :func:`reinitialize`, the sanity check's re-initialization (of a copy)
-================  ==========================================================================
+==================  ==========================================================================
+module              changes
+==================  ==========================================================================
+``hooks``           forward hooks: :func:`capture` (layer outputs), :func:`replaced_output`,
+                    :func:`recorded` (every output of a probe), :func:`conv_sizes`,
+                    :func:`first_calls`, :func:`running` (the module stack LRP names),
+                    :func:`counting`; all made by :func:`forward_hooks`
+``modes``           :func:`prepared` (eval mode, frozen parameters, no in-place activations),
+                    :func:`attributes_set` (timm's fused-attention flag), :func:`deterministic`
+``rules``           backward rules: :func:`guided` (guided backprop, deconvnet),
+                    :func:`output_rule` (DeepLIFT), :func:`redirected_relus` (lucid)
+``canonizers``      :class:`Folding` (batch norm folded into convolutions, weights laid out
+                    for the input), :func:`watch` (which convolution feeds which BatchNorm)
+``randomization``   :func:`reinitialize`, the sanity check's re-initialization (of a copy)
+==================  ==========================================================================
 
 :func:`hook_count` counts what is left (0 after every galleryvis call). The compositions of
 these (:func:`galleryvis.attention.attentions`, LRP's tracer, synthesis's layer tap) live with
