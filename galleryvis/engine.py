@@ -176,7 +176,7 @@ class Context:
             except targets.ScoreOnlyError as e:
                 if e.who is not None:
                     raise
-                raise targets.ScoreOnlyError(targets.confidence_error(name), who=name) from None
+                raise targets.ScoreOnlyError(targets.confidence_error(name, e.what), name, e.what) from None
         return self._results[key]
 
 

@@ -37,11 +37,11 @@ Rows = Union[slice, Sequence[int], Tensor]
 
 class ScoreOnlyError(ValueError):
     """A confidence was asked of an objective that has only a score (a callable target);
-    ``who``: the technique or metric that asked, once known."""
+    ``who``: the technique or metric that asked, once known; ``what``: the target, in words."""
 
-    def __init__(self, message: str, who: str | None = None) -> None:
+    def __init__(self, message: str, who: str | None = None, what: str = "a callable target") -> None:
         super().__init__(message)
-        self.who = who
+        self.who, self.what = who, what
 
 
 class Objective(ABC):
@@ -56,8 +56,11 @@ class Objective(ABC):
     n: int | None = None
     #: Whether :meth:`resolve` must see the model's output on the clean images first.
     needs_output: bool = False
-    #: Whether :meth:`confidence` is defined.
-    has_confidence: bool = True
+
+    @property
+    def has_confidence(self) -> bool:
+        """Whether :meth:`confidence` is defined (a subclass that overrides it has one)."""
+        return type(self).confidence is not Objective.confidence
 
     @abstractmethod
     def score(self, output: Any) -> Tensor:
@@ -65,7 +68,8 @@ class Objective(ABC):
 
     def confidence(self, output: Any) -> Tensor:
         """One value per row of ``output`` in [0, 1], (rows,)."""
-        raise ScoreOnlyError(f"{type(self).__name__} gives only a score, not a confidence in [0, 1]")
+        what = type(self).__name__
+        raise ScoreOnlyError(f"{what} gives only a score, not a confidence in [0, 1]", what=what)
 
     def relevance(self, output: Tensor) -> Tensor:
         """LRP's starting relevance on ``output`` (a tensor): ``output * d score / d output``,
@@ -220,7 +224,7 @@ class Score(Objective):
     batch the engine runs (chunks, samples, masked copies), so it must score each row on its own,
     the same way for every image (one per image: a list of them)."""
 
-    has_confidence = False
+    has_confidence = False  # type: ignore[assignment]
 
     def __init__(self, fn: Callable[[Any], Tensor], n: int | None = None) -> None:
         if not callable(fn):
@@ -262,10 +266,13 @@ class PerImage(Objective):
         self.items = tuple(items)
         self.n = len(self.items)
         self.needs_output = any(o.needs_output for o in self.items)
-        self.has_confidence = all(o.has_confidence for o in self.items)
 
     def __repr__(self) -> str:
         return f"PerImage({list(self.items)!r})"
+
+    @property
+    def has_confidence(self) -> bool:
+        return all(o.has_confidence for o in self.items)
 
     def _each(self, output: Any, read: Callable[[Objective, Any], Tensor]) -> Tensor:
         """``read`` of every distinct item on the whole ``output``, row ``r`` taken from items[r]'s."""
@@ -365,10 +372,16 @@ def resolve(target: Target, run: Callable[[Tensor], Any], x: Tensor, batch_size:
 def require_confidence(objective: Objective, who: str) -> None:
     """A one-line :class:`ScoreOnlyError` naming ``who`` when ``objective`` has no confidence."""
     if not objective.has_confidence:
-        raise ScoreOnlyError(confidence_error(who), who)
+        items = objective.items if isinstance(objective, PerImage) else (objective,)
+        what = next((_what(o) for o in items if not o.has_confidence), _what(objective))
+        raise ScoreOnlyError(confidence_error(who, what), who, what)
 
 
-def confidence_error(who: str) -> str:
-    """The one line that says ``who`` reads a confidence a callable target does not give."""
-    return (f"{who} reads the target's confidence in [0, 1], and a callable target gives only a score; "
-            f"pass a galleryvis.targets objective such as targets.Class")
+def _what(objective: Objective) -> str:
+    return "a callable target" if isinstance(objective, Score) else type(objective).__name__
+
+
+def confidence_error(who: str, what: str = "a callable target") -> str:
+    """The one line that says ``who`` reads a confidence that ``what`` (the target) does not give."""
+    return (f"{who} reads the target's confidence in [0, 1], and {what} gives only a score; "
+            f"pass a galleryvis.targets objective with one, such as targets.Class")

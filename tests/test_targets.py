@@ -112,6 +112,33 @@ def test_a_callable_is_refused_in_one_line_where_a_confidence_is_read(tiny_seq: 
         attribute(tiny_seq, tiny_x, name, [Class(3), logit(3), 3, 3])
 
 
+class Margin(Objective):
+    """A score-only objective: class ``c``'s logit over the best other one."""
+
+    def __init__(self, c: int, n: int | None = None) -> None:
+        self.c, self.n = c, n
+
+    def score(self, output: Any) -> Tensor:
+        others = torch.cat([output[:, :self.c], output[:, self.c + 1:]], 1)
+        return output[:, self.c] - others.amax(1)
+
+    def rows(self, index: targets.Rows) -> Margin:
+        return Margin(self.c, len(range(self.n or 0)[index]) if isinstance(index, slice) else len(index))
+
+    def at(self, i: int) -> Margin:
+        return Margin(self.c)
+
+
+def test_an_objective_without_a_confidence_is_named_where_one_is_read(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    assert torch.isfinite(attribute(tiny_seq, tiny_x, "vanilla", Margin(3))).all()
+    assert not Margin(3).has_confidence and Class(3).has_confidence and Probe(3).has_confidence
+    with pytest.raises(ScoreOnlyError, match="^rise reads the target's confidence in \\[0, 1\\], and Margin gives only"):
+        attribute(tiny_seq, tiny_x, "rise", Margin(3))
+    maps = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ScoreOnlyError, match="^road reads .* and Margin gives only a score"):
+        metrics.road(tiny_seq, tiny_x, maps, [Class(1), Margin(3), 2, 2], percentile=20, order="morf")
+
+
 def test_gradcam_compatible_scorecam_reads_scores_so_a_callable_works(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
     torch.testing.assert_close(attribute(tiny_seq, tiny_x, "scorecam", logit(3), weighting="gradcam"),
                                attribute(tiny_seq, tiny_x, "scorecam", 3, weighting="gradcam"), rtol=0, atol=0)
