@@ -425,7 +425,7 @@ def test_replaced_output_changes_a_layer_while_inside_and_never_after(tiny_seq: 
 def test_a_technique_that_opts_out_of_folding_keeps_the_whole_call_unfolded(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    from galleryvis.fold import Folding
+    from galleryvis.changes.canonizers import Folding
 
     built: list[int] = []
     build = Folding.build
