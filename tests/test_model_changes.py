@@ -15,6 +15,7 @@ from torch import Tensor, nn
 import galleryvis
 from galleryvis import metrics, registry
 from galleryvis.errors import LayerError
+from galleryvis.synthesis.transfer import class_rank
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 
@@ -199,7 +200,7 @@ def test_technique_leaves_the_model_as_before(models: dict[str, nn.Module], x: T
     check(models[model_name], _technique(name, models[model_name], x), tripped)
 
 
-# -- every metric ------------------------------------------------------------------------------
+# -- every metric (and synthesis's transfer score) --------------------------------------------
 def _maps(x: Tensor) -> Tensor:
     return torch.rand(x.shape[0], 1, *x.shape[2:], generator=torch.Generator().manual_seed(2))
 
@@ -208,6 +209,7 @@ METRICS: dict[str, Callable[[nn.Module, Tensor], object]] = {
     "deletion_insertion": lambda model, x: metrics.deletion_insertion(model, x, _maps(x), [1, 2], steps=4),
     "road": lambda model, x: metrics.road(model, x, _maps(x), [1, 2], percentile=50, order="morf"),
     "sanity": lambda model, x: metrics.sanity(model, x, "vanilla", [1, 2], max_steps=2),
+    "class_rank": lambda model, x: class_rank(model, x[:1].sigmoid(), 1, size=32),
 }
 
 
