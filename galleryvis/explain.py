@@ -17,8 +17,9 @@ from .cache import Cache
 from .engine import default_batch_size
 from .executor import LocalExecutor
 from .fileio import atomic_write
-from .jobs import plan, workspace
+from .jobs import Job, plan, workspace
 from .manifest import ManifestError, parse_manifest
+from .models import ModelAdapter
 from .pipeline import load_cached
 from .progress import Progress
 from .sitewriter import display_kind, pictures
@@ -41,22 +42,22 @@ _FIELD = re.compile(r"(?:[^:]*: )?(?P<field>(?:images|models|techniques)\[0\]\.\
 @dataclass(frozen=True)
 class Explained:
     """What ``explain`` wrote: the file, the model (and whether its weights are random), the
-    technique's title, the class explained and its probability on the photo (None for a
-    synthesis technique, whose picture is not of the photo's class)."""
+    technique's title, what it explained (``'tabby' (class 281)``, ``channel 7 of _blocks.15``,
+    or '' for a technique of neither), and the probability of the class explained on the photo
+    (None unless the technique explains the photo's class)."""
 
     path: Path
     model: str
     random: bool
     technique: str
-    target: int
-    label: str
+    subject: str
     probability: float | None
 
     def line(self) -> str:
-        """One line for the terminal: model, technique, class and probability, file."""
+        """One line for the terminal: model, technique, what it explained, file."""
         model = f"{self.model} (random weights)" if self.random else self.model
-        odds = "" if self.probability is None else f", probability {100 * self.probability:.1f} %"
-        return f"{model}: {self.technique} for {self.label!r} (class {self.target}{odds}) -> {self.path}"
+        subject = f" for {self.subject}" if self.subject else ""
+        return f"{model}: {self.technique}{subject} -> {self.path}"
 
 
 def flagged(exc: ManifestError) -> ManifestError:
@@ -150,5 +151,15 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
         postprocess.save_picture(postprocess.raw_picture(kind, job.result) if chosen == RAW else views[chosen], output)
     reads_class = tech.inputs.image == "required" and tech.inputs.unit == "target"  # of the photo, not made from a class
     probability = float(preds[adapter.id][job.image.id][job.target]) if reads_class else None
-    return Explained(output, adapter.id, adapter.random, tech.title, job.target, adapter.label(job.target),
-                     probability)
+    return Explained(output, adapter.id, adapter.random, tech.title, _subject(job, adapter, probability), probability)
+
+
+def _subject(job: Job, adapter: ModelAdapter, probability: float | None) -> str:
+    """What ``job`` explained, in words: its class (with ``probability``), its channel, or ''."""
+    unit = registry.get(job.tech.name).inputs.unit
+    if unit == "target":
+        odds = "" if probability is None else f", probability {100 * probability:.1f} %"
+        return f"{adapter.label(job.target)!r} (class {job.target}{odds})"
+    if unit == "channel" and job.unit is not None:
+        return f"channel {job.unit}" + (f" of {job.layer}" if isinstance(job.layer, str) else "")
+    return ""

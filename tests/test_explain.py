@@ -3,6 +3,7 @@ suffix names, and errors that name the flag the user typed."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from PIL import Image
 from galleryvis import postprocess
 from galleryvis.cli import main
 from galleryvis.errors import ManifestError
-from galleryvis.explain import flagged, output_problem
+from galleryvis.explain import Explained, flagged, output_problem
 from galleryvis.images import fit
 
 PHOTOS = Path(__file__).resolve().parent.parent / "input_images"
@@ -151,6 +152,18 @@ def test_explain_says_when_the_weights_are_random(here):
     result = _explain("--weights", "none", "--technique", "vanilla", "-o", "v.png")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("efficientnet_lite0 (random weights): Vanilla")
+
+
+def test_a_synthesis_says_what_it_made_and_no_probability(here):
+    result = _explain("--technique", "deep_dream", "--param", "steps=1", "--param", "octaves=1", "-o", "d.png")
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(r"efficientnet_lite0: Deep Dream for channel \d+ of \S+ -> d\.png\n", result.output)
+    assert Image.open(here / "d.png").size == (224, 224)  # a picture the model made, not a map over the photo
+
+
+def test_the_line_names_the_random_weights_and_leaves_out_what_is_unknown():
+    line = Explained(Path("o.png"), "resnet18", True, "Inverted Representation", "", None).line()
+    assert line == "resnet18 (random weights): Inverted Representation -> o.png"
 
 
 @pytest.mark.parametrize("args, start", [
