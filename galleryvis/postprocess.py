@@ -358,7 +358,8 @@ def on_photo(kind: str, raw: np.ndarray, photo: Image.Image, box: Box, *, colorm
     if right <= left or bottom <= top:
         raise ValueError(f"box {box} misses the {width}x{height} photo")
     region = (left, top, right, bottom)
-    values = Image.fromarray(x01.astype(np.float32), "F").resize((right - left, bottom - top), Image.Resampling.BILINEAR)
+    values = Image.fromarray(x01.astype(np.float32), "F").resize((right - left, bottom - top),
+                                                                 Image.Resampling.BILINEAR)
     colour = Image.fromarray(apply_colormap(np.asarray(values), name), "RGB")
     out = frame.copy()
     out.paste(Image.blend(frame.crop(region), colour, alpha), region[:2])

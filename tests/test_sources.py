@@ -233,7 +233,8 @@ def test_suggestions_rank_the_preferred_names_first_then_the_closest_then_the_gi
     from galleryvis.registry import suggest
 
     options = ["efficientnet_b0", "efficientnet_lite1", "efficientnet_lite0"]
-    assert suggest("efficientnet_lite", options) == " (did you mean: efficientnet_lite1, efficientnet_lite0, efficientnet_b0?)"
+    assert suggest("efficientnet_lite", options) == \
+        " (did you mean: efficientnet_lite1, efficientnet_lite0, efficientnet_b0?)"  # equally close: as given
     assert suggest("efficientnet", options, first={"efficientnet_lite0"}) == \
         " (did you mean: efficientnet_lite0, efficientnet_b0, efficientnet_lite1?)"
     assert suggest("zzz", options, first={"efficientnet_lite0"}) == ""  # preferred, but not close
