@@ -1,6 +1,7 @@
 """Attention probabilities of a vision transformer, captured in a context manager that leaves the
 model as it was: torchvision's ``nn.MultiheadAttention``, timm's ``Attention`` (fused or not)
-and Hugging Face ViT attention (``q_proj``/``k_proj``/``v_proj``/``o_proj``, any implementation).
+and Hugging Face ViT, CLIP and SigLIP attention (``q_proj``/``k_proj``/``v_proj`` and
+``o_proj`` or ``out_proj``, any implementation).
 
 Each captured tensor (N, heads, T, T) is the one the attention multiplies the values with, so the
 gradient of a score with respect to it is that of the attention (Chefer et al.).
@@ -22,9 +23,21 @@ def _is_timm(m: nn.Module) -> bool:
         and hasattr(m, "qkv")
 
 
+#: How Hugging Face attention modules name their output projection, scaling and head count:
+#: ViT's, and CLIP's / SigLIP's.
+_HF_NAMES = (("o_proj", "scaling", "num_attention_heads"), ("out_proj", "scale", "num_heads"))
+
+
+def _hf_names(m: nn.Module) -> tuple[str, str, str] | None:
+    """The :data:`_HF_NAMES` entry ``m`` follows, None when it is no Hugging Face attention."""
+    if not all(isinstance(getattr(m, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj")):
+        return None
+    return next((names for names in _HF_NAMES if isinstance(getattr(m, names[0], None), nn.Linear)
+                 and all(hasattr(m, n) for n in names[1:])), None)
+
+
 def _is_hf(m: nn.Module) -> bool:
-    return all(isinstance(getattr(m, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj", "o_proj")) \
-        and hasattr(m, "scaling") and hasattr(m, "num_attention_heads")
+    return _hf_names(m) is not None
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -52,10 +65,11 @@ def _mha(m: nn.MultiheadAttention, x: Tensor) -> tuple[Tensor, Tensor]:
 def _hf(m: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """Hugging Face ViT attention of ``x`` (N, T, D) recomputed eagerly: (output, attention)."""
     n, t, _ = x.shape
-    q, k, v = (getattr(m, p)(x).view(n, t, m.num_attention_heads, -1).transpose(1, 2)
+    out, scaling, heads = _hf_names(m)  # type: ignore[misc]
+    q, k, v = (getattr(m, p)(x).view(n, t, getattr(m, heads), -1).transpose(1, 2)
                for p in ("q_proj", "k_proj", "v_proj"))
-    attn = (q @ k.transpose(-2, -1) * m.scaling).softmax(-1)
-    return m.o_proj((attn @ v).transpose(1, 2).reshape(n, t, -1)), attn
+    attn = (q @ k.transpose(-2, -1) * getattr(m, scaling)).softmax(-1)
+    return getattr(m, out)((attn @ v).transpose(1, 2).reshape(n, t, -1)), attn
 
 
 @contextmanager
@@ -68,7 +82,7 @@ def attentions(model: nn.Module) -> Iterator[list[Tensor]]:
     found = attention_modules(model)
     if not found:
         raise LayerError("the model has no self-attention galleryvis can read (torchvision nn.MultiheadAttention, "
-                         "timm Attention, Hugging Face ViT attention)")
+                         "timm Attention, Hugging Face ViT, CLIP and SigLIP attention)")
     store: list[Tensor] = []
 
     def mha_hook(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:

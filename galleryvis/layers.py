@@ -19,7 +19,8 @@ _CHANNELS_FIRST = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.Ada
 _CHANNELS_LAST = (nn.Linear, nn.LayerNorm)
 #: Parameters holding tokens put before the patch tokens (class, distillation, register tokens),
 #: by the last part of their name, as torchvision, timm and Hugging Face spell them.
-PREFIX_TOKEN_PARAMS = ("class_token", "cls_token", "dist_token", "distillation_token", "reg_token", "register_tokens")
+PREFIX_TOKEN_PARAMS = ("class_token", "cls_token", "dist_token", "distillation_token", "reg_token", "register_tokens",
+                       "class_embedding")  # CLIP's (open_clip, Hugging Face): one token, a 1-D parameter
 
 Layout = Literal["channels_first", "channels_last", "tokens"]
 
@@ -62,8 +63,8 @@ class Grid:
 
 def prefix_tokens(model: nn.Module) -> int:
     """How many tokens ``model`` puts before its patch tokens (:data:`PREFIX_TOKEN_PARAMS`)."""
-    return sum(p.shape[-2] for n, p in model.named_parameters()
-               if n.rpartition(".")[2] in PREFIX_TOKEN_PARAMS and p.dim() >= 2)
+    return sum(p.shape[-2] if p.dim() >= 2 else 1 for n, p in model.named_parameters()
+               if n.rpartition(".")[2] in PREFIX_TOKEN_PARAMS and p.dim() >= 1)
 
 
 def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:

@@ -219,6 +219,56 @@ class Class(Objective):
         return Class(_logits(output, self.n).argmax(1).tolist())
 
 
+class Text(Objective):
+    """An image-text model's similarity with one text: column ``index`` of the logits
+    :class:`galleryvis.imagetext.ImageText` returns over its prompts, ``text`` being that
+    prompt. Make it with ``model.text("a red car")``, which fills in the rest.
+
+    Score: the model's scaled similarity ``scale * cos(image, text)`` (``+ bias`` for
+    SigLIP), the column's logit. Confidence: that pair's alone, never a softmax over the other
+    prompts: with a ``bias`` (SigLIP, trained with a sigmoid per pair) the logit's sigmoid, the
+    model's probability that the text matches; without one (CLIP, trained with a softmax over a
+    batch, which has no per-pair probability) the cosine similarity mapped to [0, 1],
+    ``(1 + cos) / 2``.
+    """
+
+    task: str | None = "image-text"
+
+    def __init__(self, text: str, index: int, scale: float, bias: float | None = None, n: int | None = None) -> None:
+        if not isinstance(index, Integral) or isinstance(index, bool) or index < 0:
+            raise TypeError(f"Text: index must be a prompt's column (an int >= 0), not {index!r}")
+        if not scale > 0:
+            raise ValueError(f"Text: scale must be > 0 (the model's exp(logit_scale)), got {scale!r}")
+        self.text, self.index, self.scale, self.bias, self.n = str(text), int(index), float(scale), bias, n
+
+    def __repr__(self) -> str:
+        return f"Text({self.text!r}, column {self.index}{'' if self.n is None else f', n={self.n}'})"
+
+    def _column(self, output: Any) -> Tensor:
+        logits = _logits(output, self.n)
+        if self.index >= logits.shape[1]:
+            raise ValueError(f"Text({self.text!r}): column {self.index} out of range for {logits.shape[1]} prompts")
+        return logits[:, self.index]
+
+    def score(self, output: Any) -> Tensor:
+        """The text's logit, the model's scaled similarity, per row."""
+        return self._column(output)
+
+    def confidence(self, output: Any) -> Tensor:
+        """The pair's confidence in [0, 1] per row (float32 at least): the logit's sigmoid with a
+        bias (SigLIP), ``(1 + cos) / 2`` without (CLIP)."""
+        logit = self._column(output).float()
+        if self.bias is not None:
+            return logit.sigmoid()
+        return ((1 + logit / self.scale) / 2).clamp(0, 1)
+
+    def rows(self, index: Rows) -> Text:
+        return Text(self.text, self.index, self.scale, self.bias, len(_row_numbers(index, self.n)))
+
+    def at(self, i: int) -> Text:
+        return Text(self.text, self.index, self.scale, self.bias)
+
+
 class Score(Objective):
     """A callable ``fn(output) -> Tensor[rows]``: a score, no confidence. It is applied to every
     batch the engine runs (chunks, samples, masked copies), so it must score each row on its own,

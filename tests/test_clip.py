@@ -1,0 +1,210 @@
+"""Image-text models (galleryvis.imagetext): the wrapper's logits are the model's own, and maps on
+its vision tower agree with the references, per-image Pearson r >= 0.99.
+
+Models: seeded random tiny open_clip CLIP, Hugging Face CLIPModel and SiglipModel (64 px, patch 8,
+two layers), on two photos. Grad-CAM against pytorch-grad-cam with its ViT reshape transform and a
+similarity target (the cosine of the image embedding with a text's, as its CLIP tutorial does);
+attention rollout and attention x gradient against the references of test_agreement.
+Run with ``-s`` to see every r.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_agreement import (ExplicitAttention, check, frozen, gradient_reference, pearson, reshape_transform,
+                            rollout_reference, up)
+from torch import Tensor, nn
+
+import galleryvis
+from galleryvis import targets
+from galleryvis.imagetext import IMAGENET_TEMPLATES, ImageText, imagenet_prompts
+
+open_clip = pytest.importorskip("open_clip")
+pgc = pytest.importorskip("pytorch_grad_cam")
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+PROMPTS = ["a photo of a cat", "a photo of a rocket", "a red car"]
+CONTEXT = 16
+#: kind -> (the last block's first LayerNorm, prefix tokens)
+LAYERS = {"open_clip": ("visual.transformer.resblocks.1.ln_1", 1),
+          "clip": ("vision_model.encoder.layers.1.layer_norm1", 1),
+          "siglip": ("vision_model.encoder.layers.1.layer_norm1", 0)}
+
+
+class Tokenizer:
+    """open_clip's tokenizer (CLIP's vocabulary, shipped in its wheel) with a Hugging Face
+    tokenizer's call: ``input_ids`` and ``attention_mask``, padded to ``max_length``."""
+
+    def __init__(self) -> None:
+        self.inner = open_clip.tokenizer.SimpleTokenizer(context_length=CONTEXT)
+
+    def __call__(self, texts: list[str], max_length: int = CONTEXT, **_: object) -> dict[str, Tensor]:
+        ids = self.inner(texts)[:, :max_length]
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
+def tiny_open_clip(seed: int = 0) -> nn.Module:
+    """A seeded tiny open_clip CLIP: ViT 64 px, patch 8, width 32, two layers; CLIP's vocabulary."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(seed)
+    return CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=2, width=32, head_width=16, image_size=64, patch_size=8),
+                text_cfg=CLIPTextCfg(context_length=CONTEXT, vocab_size=49408, width=32, heads=2, layers=2)).eval()
+
+
+def tiny_hf(kind: str) -> nn.Module:
+    """A seeded tiny Hugging Face CLIPModel or SiglipModel (eager attention), 64 px, patch 8."""
+    transformers = pytest.importorskip("transformers")
+    vision = dict(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64)
+    text = dict(vocab_size=49408, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                max_position_embeddings=CONTEXT)
+    torch.manual_seed(0)
+    if kind == "clip":
+        config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+        return transformers.CLIPModel._from_config(config, attn_implementation="eager").eval()
+    config = transformers.SiglipConfig(text_config=text, vision_config=vision)
+    model = transformers.SiglipModel._from_config(config, attn_implementation="eager").eval()
+    with torch.no_grad():  # a trained SigLIP's scale and bias (its init makes every pair's sigmoid ~0)
+        model.logit_scale.fill_(torch.tensor(10.0).log())
+        model.logit_bias.fill_(-1.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, nn.Module]:
+    return {"open_clip": tiny_open_clip(), "clip": tiny_hf("clip"), "siglip": tiny_hf("siglip")}
+
+
+def wrap(models: dict[str, nn.Module], kind: str, prompts: list = PROMPTS) -> ImageText:
+    return ImageText(models[kind], prompts, None if kind == "open_clip" else Tokenizer())
+
+
+def own_logits(model: nn.Module, kind: str, x: Tensor, texts: list[str]) -> Tensor:
+    """The model's own ``logits_per_image`` for images ``x`` and ``texts``."""
+    with torch.no_grad():
+        if kind == "open_clip":
+            image, text, scale = model(x, open_clip.tokenizer.SimpleTokenizer(context_length=CONTEXT)(texts))
+            return scale * image @ text.T
+        enc = Tokenizer()(texts)
+        return model(pixel_values=x, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits_per_image
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_logits_are_the_models_own(models: dict, photos64: Tensor, kind: str) -> None:
+    clip = wrap(models, kind)
+    with torch.no_grad():
+        ours = clip(photos64)
+    torch.testing.assert_close(ours, own_logits(models[kind], kind, photos64, PROMPTS), rtol=1e-4, atol=1e-5)
+    assert clip.sigmoid == (kind == "siglip")
+    names = dict(models[kind].named_modules())
+    assert all(names[n] is m for n, m in clip.named_modules() if n), "layer names are the whole model's"
+    assert not any("text" in n for n, _ in clip.named_modules()), "the text tower is not part of the wrapper"
+
+
+def test_prompt_groups_average_their_texts(models: dict, photos64: Tensor) -> None:
+    """A group of texts is one prompt: its normalized embeddings' mean, normalized (CLIP's
+    zero-shot classifier); the ImageNet prompts are every template per class."""
+    clip = wrap(models, "open_clip", [("a photo of a cat", "a red car"), "a photo of a rocket"])
+    single = clip.with_prompts(["a photo of a cat", "a red car"])
+    mean = F.normalize(single.text_features.mean(0), dim=0)
+    torch.testing.assert_close(clip.text_features[0], mean)
+    assert clip.labels == ["a photo of a cat", "a photo of a rocket"]
+    prompts = imagenet_prompts(["tabby", "goldfish"])
+    assert len(prompts) == 2 and prompts[1] == tuple(t.format("goldfish") for t in IMAGENET_TEMPLATES)
+
+
+def test_texts_are_encoded_once(models: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_open_clip(1)
+    calls: list[int] = []
+    encode = model.encode_text
+    monkeypatch.setattr(model, "encode_text", lambda tokens: calls.append(len(tokens)) or encode(tokens))
+    clip = ImageText(model, PROMPTS)
+    other = clip.with_prompts([PROMPTS[2], "a dog", PROMPTS[0]])
+    assert calls == [3, 1], "only the new text is encoded"
+    torch.testing.assert_close(other.text_features[0], clip.text_features[2])
+    assert other.visual is clip.visual
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_text_confidence(models: dict, photos64: Tensor, kind: str) -> None:
+    """A free text's confidence is the pair's own: SigLIP's sigmoid of the logit, CLIP's
+    (1 + cos) / 2; a prompt's (targets.Class) is the softmax over the prompts."""
+    clip = wrap(models, kind)
+    with torch.no_grad():
+        logits = clip(photos64)
+    objective = clip.text("a red car").bind(2)
+    logit = own_logits(models[kind], kind, photos64, PROMPTS)[:, 2]
+    torch.testing.assert_close(objective.score(logits), logit, rtol=1e-4, atol=1e-5)
+    expected = logit.sigmoid() if kind == "siglip" else (1 + logit / clip.scale) / 2
+    torch.testing.assert_close(objective.confidence(logits), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(targets.Class(2).bind(2).confidence(logits), logits.softmax(1)[:, 2])
+    with pytest.raises(ValueError, match="not one of this model's prompts; make a model that scores it"):
+        clip.text("a blue car")
+
+
+class Embedding(nn.Module):
+    """The wrapper's vision tower alone: the image embedding pytorch-grad-cam's similarity target reads."""
+
+    def __init__(self, clip: ImageText) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.clip.image_features(x)
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_gradcam_agrees_with_pytorch_grad_cam(models: dict, photos64: Tensor, kind: str) -> None:
+    """Ours on the similarity with "a red car" (targets.Text) and on the best prompt; theirs on
+    the cosine of the image embedding with the text's (a constant factor and offset apart from
+    the logit, which Grad-CAM's ReLU-free weights scale and r ignores)."""
+    clip = wrap(models, kind)
+    layer, prefix = LAYERS[kind]
+    with torch.no_grad():
+        best = clip(photos64).argmax(1).tolist()
+    ours = {"text": galleryvis.attribute(clip, photos64, "gradcam", clip.text("a red car"), layer),
+            "top1": galleryvis.attribute(clip, photos64, "gradcam", None, layer)}
+    embed = Embedding(clip)
+    with frozen(embed), pgc.GradCAM(model=embed, target_layers=[clip.get_submodule(layer)],
+                                    reshape_transform=reshape_transform(8, 8, prefix)) as cam:
+        def similar(prompts: list[int]) -> list:
+            return [lambda out, i=i: F.cosine_similarity(out, clip.text_features[i], dim=0) for i in prompts]
+
+        theirs = {"text": cam(input_tensor=photos64.clone().requires_grad_(True), targets=similar([2, 2])),
+                  "top1": cam(input_tensor=photos64.clone().requires_grad_(True), targets=similar(best))}
+    for what in ours:
+        check(f"gradcam {what}/{kind} {layer}", pearson(ours[what], theirs[what]))
+
+
+def reference_probs(clip: ImageText, x: Tensor, prompt: int) -> tuple[list[Tensor], list[Tensor]]:
+    """Each layer's attention probabilities and their gradients of the prompt's logit: open_clip's
+    attentions recomputed by test_agreement's ExplicitAttention, Hugging Face's own eager
+    attentions (``output_attentions``)."""
+    xg = x.clone().requires_grad_(True)
+    if clip.kind == "open_clip":
+        ref = copy.deepcopy(clip)
+        blocks = [m for m in ref.modules() if isinstance(getattr(m, "attn", None), nn.MultiheadAttention)]
+        for blk in blocks:
+            blk.attn = ExplicitAttention(blk.attn, "mha", blk.attn.num_heads)
+        ref(xg)[:, prompt].sum().backward()
+        return [b.attn.probs.detach() for b in blocks], [b.attn.probs.grad for b in blocks]
+    out = clip.vision_model(pixel_values=xg, output_attentions=True)
+    image = F.normalize(clip.visual_projection(out.pooler_output), dim=-1)
+    probs = list(out.attentions)
+    grads = torch.autograd.grad((clip.scale * image @ clip.text_features[prompt]).sum(), probs)
+    return [p.detach() for p in probs], list(grads)
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "clip"])
+def test_attention_maps_agree(models: dict, photos64: Tensor, kind: str) -> None:
+    clip = wrap(models, kind)
+    probs, grads = reference_probs(clip, photos64, 2)
+    rollout = galleryvis.attribute(clip, photos64, "attention_rollout", clip.text("a red car"))
+    gradient = galleryvis.attribute(clip, photos64, "attention_gradient", clip.text("a red car"))
+    check(f"attention_rollout/{kind}", pearson(rollout, up(rollout_reference(probs, 1, (8, 8)), (64, 64))))
+    check(f"attention_gradient/{kind}", pearson(gradient, up(gradient_reference(probs, grads, 1, (8, 8)), (64, 64))))
