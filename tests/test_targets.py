@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -36,7 +36,8 @@ def attribute(model: nn.Module, x: Tensor, name: str, target: Any, **kw: Any) ->
     return galleryvis.attribute(model, x, name, target, **{**FAST[name], **kw})
 
 
-def logit(c: int):  # noqa: ANN201  (a plain callable target, as a user writes one)
+def logit(c: int) -> Callable[[Tensor], Tensor]:
+    """A plain callable target, as a user writes one: class ``c``'s logit."""
     return lambda out: out[:, c]
 
 
