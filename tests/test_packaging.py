@@ -56,3 +56,11 @@ def test_the_changelog_and_the_release_checklist_are_linked() -> None:
         assert step in releasing, step
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "](CHANGELOG.md)" in readme and "](docs/releasing.md)" in readme
+
+
+def test_every_subpackage_is_in_the_wheel() -> None:
+    """pyproject lists the packages by name: a new folder of the package must be added there,
+    or the wheel installs without it (``.ci/wheel-check`` would find out only at the end of CI)."""
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "galleryvis").rglob("__init__.py")}
+    assert found - listed == set(), f"pyproject.toml's packages miss {sorted(found - listed)}"
