@@ -152,7 +152,7 @@ def test_models_lists_every_source_bundled_first_with_what_works_offline():
     lines = result.output.splitlines()
     assert lines[0].startswith("bundled: ") and lines[1].split() == ["efficientnet_lite0", "works", "offline"]
     heads = [line.split(":")[0] for line in lines if not line.startswith("  ")]
-    assert heads == ["bundled", "torchvision", "timm", "huggingface", "factory"]
+    assert heads[:3] == ["bundled", "torchvision", "timm"] and {"huggingface", "factory"} <= set(heads)
     torchvision = next(i for i, line in enumerate(lines) if line.startswith("torchvision: "))
     assert any(line.split()[:1] == ["resnet50"] for line in lines[torchvision:])
     listing = {entry["source"]: entry for entry in json.loads(CliRunner().invoke(main, ["models", "--json"]).output)}
