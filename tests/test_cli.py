@@ -235,3 +235,10 @@ def test_a_second_build_fails_on_the_lock_before_loading_any_model(folder, monke
         result = CliRunner().invoke(main, ["build", str(folder / "gallery.toml")])
     assert result.exit_code == 2 and "another galleryvis build" in result.output and "--wait" in result.output
     assert loaded == []
+
+
+def test_a_misspelt_model_suggests_the_ones_that_load_offline_first():
+    result = CliRunner().invoke(main, ["layers", "efficientnet_lite"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: efficientnet_lite: unknown model 'efficientnet_lite' "
+                                    "(did you mean: efficientnet_lite0, ")
