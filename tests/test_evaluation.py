@@ -1,0 +1,217 @@
+"""galleryvis.metrics' Quantus-grade metrics against Quantus 0.6 and torchcam, value by value.
+
+Quantus normalises maps by the batch's maximum and takes "black" / "mean" baselines over the
+batch; galleryvis does both per image, so Quantus is called on one image at a time here, and
+baselines are given as numbers where the two define "black" differently.
+"""
+from __future__ import annotations
+
+import warnings
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from galleryvis import metrics
+
+quantus = pytest.importorskip("quantus")
+
+ATOL = 1e-6
+SIZE = 24  # 3 * 24 * 24 elements: features_in_step = 48 keeps a pixel's channels in one step
+
+
+@pytest.fixture(autouse=True)
+def _quantus_on_numpy_2(monkeypatch):
+    """Quantus 0.6 calls np.trapz, which numpy 2.4 removed; np.trapezoid is the same rule."""
+    monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
+    warnings.filterwarnings("ignore", module="quantus")
+
+
+def _cnn(channels: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(channels, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5)).eval()
+
+
+@pytest.fixture(scope="module")
+def work():
+    model = _cnn()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 3, SIZE, SIZE, generator=g)
+    maps = torch.randn(3, 1, SIZE, SIZE, generator=g)
+    y = np.array([0, 3, 1])
+    mask = np.zeros((3, 1, SIZE, SIZE), dtype=bool)
+    mask[:, :, 6:18, 4:20] = True
+    top = int(maps[0, 0].argmax())  # image 0's maximum lies in its mask: the pointing game hits
+    mask[0, 0, top // SIZE, top % SIZE] = True
+    return model, x, maps, y, mask
+
+
+def _quantus(metric, model, x, maps, y, mask=None) -> np.ndarray:
+    """Quantus's value for each image, scored alone (its normalisation and baselines are per batch)."""
+    out = []
+    for i in range(len(x)):
+        v = metric(model=model, x_batch=x[i:i + 1].numpy(), y_batch=y[i:i + 1], a_batch=maps[i:i + 1].numpy(),
+                   s_batch=None if mask is None else mask[i:i + 1], channel_first=True, device="cpu")
+        out.append(float(np.ravel(v)[0]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("name, cls", [("sparseness", "Sparseness"), ("complexity", "Complexity")])
+def test_complexity_metrics_equal_quantus(work, name, cls):
+    model, x, maps, y, _ = work
+    ours = getattr(metrics, name)(model, x, maps, y)
+    theirs = _quantus(getattr(quantus, cls)(disable_warnings=True), model, x, maps, y)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("softmax", [True, False])
+def test_pixel_flipping_equals_quantus(work, softmax):
+    model, x, maps, y, _ = work
+    ours = metrics.pixel_flipping(model, x, maps, y, features_in_step=48, perturb_baseline=-1.5, softmax=softmax)
+    q = quantus.PixelFlipping(features_in_step=48, perturb_baseline=-1.5, return_auc_per_sample=True,
+                              disable_warnings=True)
+    theirs = _quantus(partial(q, softmax=softmax), model, x, maps, y)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=ATOL * (1 if softmax else 10))
+
+
+@pytest.mark.parametrize("order, patch_size", [("morf", 8), ("morf", 5), ("lerf", 5)])
+def test_region_perturbation_equals_quantus_auc(work, order, patch_size):
+    model, x, maps, y, _ = work
+    ours = metrics.region_perturbation(model, x, maps, y, patch_size=patch_size, order=order, regions_evaluation=12,
+                                       perturb_baseline=0.5)
+    q = quantus.RegionPerturbation(patch_size=patch_size, order=order, regions_evaluation=12, perturb_baseline=0.5,
+                                   disable_warnings=True)
+    curves = [np.asarray(q(model=model, x_batch=x[i:i + 1].numpy(), y_batch=y[i:i + 1],
+                           a_batch=maps[i:i + 1].numpy(), channel_first=True, device="cpu"))[0] for i in range(3)]
+    np.testing.assert_allclose(ours, [np.trapezoid(c) for c in curves], rtol=0, atol=ATOL)
+
+
+def test_monotonicity_correlation_equals_quantus(work):
+    model, x, maps, y, _ = work
+    ours = metrics.monotonicity_correlation(model, x, maps, y, features_in_step=48, perturb_baseline=0.3)
+    q = quantus.MonotonicityCorrelation(features_in_step=48, perturb_baseline=0.3, nr_samples=2,
+                                        disable_warnings=True)
+    np.testing.assert_allclose(ours, _quantus(q, model, x, maps, y), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("baseline", ["mean", 0.2])
+def test_irof_equals_quantus(work, baseline):
+    """Quantus 0.6's IROF runs on one-channel inputs only (its mask has one channel)."""
+    model = _cnn(channels=1)
+    x = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    maps, y = work[2], work[3]
+    ours = metrics.irof(model, x, maps, y, perturb_baseline=baseline)
+    q = quantus.IROF(return_aggregate=False, perturb_baseline=baseline, disable_warnings=True)
+    np.testing.assert_allclose(ours, _quantus(q, model, x, maps, y), rtol=0, atol=ATOL)
+
+
+def test_completeness_verdict_equals_quantus_and_relative_error_is_the_gap():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
+    x = torch.randn(3, 3, 8, 8)
+    y = np.array([1, 2, 0])
+    complete = model[1].weight[torch.as_tensor(y)].detach().view(3, 3, 8, 8) * x  # gradient x input: exact here
+    arbitrary = torch.randn(3, 3, 8, 8)
+    for maps in (complete, arbitrary):
+        ours = metrics.completeness(model, x, maps, y, perturb_baseline=0.0)
+        q = quantus.Completeness(perturb_baseline=0.0, normalise=False, disable_warnings=True)
+        assert ours["verdict"].tolist() == _quantus(q, model, x, maps, y).astype(bool).tolist()
+    assert (metrics.completeness(model, x, complete, y, perturb_baseline=0.0)["relative_error"] < 1e-5).all()
+    logits = model(x).detach()[np.arange(3), y] - model(torch.zeros_like(x)).detach()[np.arange(3), y]
+    gap = np.abs(arbitrary.sum((1, 2, 3)).double().numpy() - logits.double().numpy()) / np.abs(logits.double().numpy())
+    np.testing.assert_allclose(metrics.completeness(model, x, arbitrary, y, perturb_baseline=0.0)["relative_error"],
+                               gap, rtol=1e-5)
+
+
+@pytest.mark.parametrize("softmax", [True, False])
+def test_average_drop_and_increase_equal_torchcam(work, softmax):
+    from torchcam.methods import GradCAM
+    from torchcam.metrics import ClassificationMetric
+
+    model, x, _, y, _ = work
+    theirs = []
+    read = partial(torch.softmax, dim=-1) if softmax else None
+    with GradCAM(model, target_layer="2") as extractor:  # torchcam explains what logits_fn returns
+        cams = extractor(y.tolist(), read(model(x)) if read else model(x))[0].detach()
+        metric = ClassificationMetric(extractor, read)
+        for i in range(len(x)):
+            metric.reset()
+            metric.update(x[i:i + 1], class_idx=int(y[i]))
+            theirs.append(metric.summary())
+    drop = metrics.average_drop(model, x, cams, y, softmax=softmax)
+    increase = metrics.average_increase(model, x, cams, y, softmax=softmax)
+    # torchcam divides in float32: on logits (which may be near 0) that is a relative 1e-5
+    np.testing.assert_allclose(drop, [t["avg_drop"] for t in theirs], rtol=0 if softmax else 1e-5, atol=ATOL)
+    assert increase.tolist() == [t["conf_increase"] for t in theirs]
+
+
+@pytest.mark.parametrize("name, cls, settings", [
+    ("pointing_game", "PointingGame", {}),
+    # signed, a random map's total is near 0, where Quantus's float32 sums drift by 1e-5 relative
+    ("relevance_mass_accuracy", "RelevanceMassAccuracy", {"abs": True}),
+    ("relevance_rank_accuracy", "RelevanceRankAccuracy", {}),
+    ("top_k_intersection", "TopKIntersection", {"k": 100}),
+    ("top_k_intersection", "TopKIntersection", {"k": 100, "concept_influence": True}),
+    ("attribution_localisation", "AttributionLocalisation", {}),
+    ("attribution_localisation", "AttributionLocalisation", {"positive_attributions": True, "abs": False}),
+    ("auc_localisation", "AUC", {}),
+])
+def test_localisation_equals_quantus(work, name, cls, settings):
+    model, x, maps, y, mask = work
+    ours = getattr(metrics, name)(model, x, maps, y, mask=mask, **settings)
+    theirs = _quantus(getattr(quantus, cls)(disable_warnings=True, **settings), model, x, maps, y, mask)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=ATOL)
+    if name == "pointing_game":
+        assert ours[0] > 0  # the fixture's hit, so the test sees both outcomes
+
+
+def test_weighted_localisation_weighs_by_the_mask_share(work):
+    """Quantus 0.6 weighs attribution localisation by a size that depends on the batch, and its
+    weighted pointing game raises; galleryvis weighs both by the mask's share of H*W pixels."""
+    model, x, maps, y, mask = work
+    share = mask.reshape(3, -1).mean(1)
+    hit = metrics.pointing_game(model, x, maps, y, mask=mask)
+    np.testing.assert_allclose(metrics.pointing_game(model, x, maps, y, mask=mask, weighted=True), hit * (1 - share))
+    plain = metrics.attribution_localisation(model, x, maps, y, mask=mask)
+    weighted = metrics.attribution_localisation(model, x, maps, y, mask=mask, weighted=True)
+    np.testing.assert_allclose(weighted, plain * share)
+
+
+def test_maps_are_normalised_per_image(work):
+    model, x, maps, y, _ = work
+    scaled = maps.clone()
+    scaled[1] *= 128  # a power of two: the scaled map is exact
+    for metric, settings in ((metrics.sparseness, {}), (metrics.pixel_flipping, {"features_in_step": 48})):
+        np.testing.assert_allclose(metric(model, x, scaled, y, **settings), metric(model, x, maps, y, **settings),
+                                   rtol=0, atol=1e-12)
+
+
+def test_black_is_a_black_photo_in_input_units(work):
+    model, x, maps, y, _ = work
+    black = metrics.pixel_flipping(model, x, maps, y, features_in_step=48, perturb_baseline="black",
+                                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    number = metrics.pixel_flipping(model, x, maps, y, features_in_step=48, perturb_baseline=-2.0)
+    np.testing.assert_array_equal(black, number)
+
+
+def test_results_do_not_depend_on_the_other_images_or_the_batch_size(work):
+    model, x, maps, y, _ = work
+    settings = {"patch_size": 6, "regions_evaluation": 9, "perturb_baseline": 0.1}
+    full = metrics.region_perturbation(model, x, maps, y, **settings)
+    alone = metrics.region_perturbation(model, x[1:2], maps[1:2], y[1:2], **settings)
+    assert alone[0] == full[1]
+    np.testing.assert_allclose(metrics.region_perturbation(model, x, maps, y, batch_size=1, **settings), full,
+                               rtol=0, atol=ATOL)
+
+
+def test_callable_targets_read_scores_and_refuse_confidence_in_one_line(work):
+    model, x, maps, _, _ = work
+    with pytest.raises(ValueError) as error:
+        metrics.pixel_flipping(model, x, maps, lambda out: out[:, 0], features_in_step=48)
+    assert "\n" not in str(error.value) and "pixel_flipping" in str(error.value)
+    by_callable = metrics.pixel_flipping(model, x, maps, lambda out: out[:, 0], features_in_step=48, softmax=False)
+    by_class = metrics.pixel_flipping(model, x, maps, 0, features_in_step=48, softmax=False)
+    np.testing.assert_array_equal(by_callable, by_class)
