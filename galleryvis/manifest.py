@@ -701,8 +701,7 @@ class _Parser:
         if name is not None and "factory" not in entry.written and not _known(name, source):
             from . import sources
 
-            options = sources.source_for(_NameOnly(name, None, None, source=source)).names()
-            self.error(f"{where}.name", f"unknown model {name!r}{registry.suggest(name, options)} "
+            self.error(f"{where}.name", f"unknown model {name!r}{sources.close_names(name, source)} "
                                         "(any torchvision classification model, efficientnet_lite0 / 1 / 2, or "
                                         "a timm: / hf: model)")
         return source, self.weights(v["weights"], where, None if "factory" in entry.written else name or "", source)

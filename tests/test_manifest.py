@@ -284,6 +284,11 @@ def test_unknown_model_suggests(folder: Path) -> None:
     assert msg.startswith("gallery.toml: models[0].name: unknown model 'resnet5' (did you mean: resnet50")
 
 
+def test_unknown_model_suggests_what_loads_offline_first(folder: Path) -> None:
+    msg = only(errors(folder, "", models='[[models]]\nname = "efficientnet_lite"\n'))
+    assert "unknown model 'efficientnet_lite' (did you mean: efficientnet_lite0, " in msg
+
+
 @pytest.mark.parametrize("model, field, problem", [
     ('name = "resnet18"\nweights = "IMAGENET1K_V3"', "models[0].weights",
      "unknown weights 'IMAGENET1K_V3' for resnet18 (did you mean: IMAGENET1K_V1"),
