@@ -254,9 +254,7 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
                 lay = layer_for(a, t)
                 if lay is not None:
                     layers[t.id] = lay if isinstance(lay, str) else ", ".join(lay)
-            # every source fingerprints a random initialization (weights = "none") as "random-init..."
-            model_records.append(ModelRecord(a.id, a.name, a.description, top5, layers,
-                                             random_weights=a.fingerprint.startswith("random-init")))
+            model_records.append(ModelRecord(a.id, a.name, a.description, top5, layers, random_weights=a.random))
         # File-name parts, distinct even for ids that differ only in case or punctuation.
         ids = [m.id for m in manifest.models], [t.id for t in manifest.techniques]
         parts = dict(zip(ids[0], unique_slugs(ids[0]))), dict(zip(ids[1], unique_slugs(ids[1])))
