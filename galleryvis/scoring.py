@@ -14,6 +14,7 @@ from .cache import Cache, cache_key
 from .chunking import Chunking
 from .engine import Call, chunking_of
 from .executor import chunking_for
+from .hooks import counting
 from .jobs import Job, Workspace, model_covers, model_input
 from .manifest import MetricsSpec
 from .models import ModelAdapter
@@ -79,9 +80,11 @@ def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch
             for j in group:
                 cells[(j.model.id, j.image.id) + (() if share else (j.tech.id,))].append(j)
         for (model_id, *_), cell in cells.items():
-            for name, aucs in _deletion_insertion(ws, cell, spec, cache, batch_size).items():
-                baselines[model_id][name].append(aucs)
-            progress.step(len(cell), f"{model_id}: deletion/insertion on {cell[0].image.name}")
+            what = f"{model_id}: deletion/insertion on {cell[0].image.name}"
+            with counting([ws.adapter(cell[0]).model], progress.counter(what, _di_images(len(cell), spec.steps))):
+                for name, aucs in _deletion_insertion(ws, cell, spec, cache, batch_size).items():
+                    baselines[model_id][name].append(aucs)
+            progress.step(len(cell), what)
     if spec.road:
         for (model_id, tech_id), group in groups.items():
             _road(ws, group, spec, cache, batch_size)
@@ -122,6 +125,12 @@ def _transfer_ranks(jobs: list[Job], ws: Workspace, cache: Cache) -> None:
             else:
                 rank = int(entry.array[0])
             j.metrics[f"rank under {other_id}"] = rank
+
+
+def _di_images(maps: int, steps: int) -> int:
+    """Images through the model when deletion / insertion scores ``maps`` maps of one image and
+    the baselines (:func:`galleryvis.metrics.deletion_insertion`'s cost), for the progress."""
+    return (maps + len(BASELINES)) * (2 * steps - 2) + 3
 
 
 def _chunks(adapter: ModelAdapter, cache: Cache, batch_size: int | None) -> Chunking:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..hooks import guided
 from ..metrics import gaussian_blur
+from ..progress import advance
 from ..targets import Class
 from . import param as P
 from .api import Job, synthesis_technique
@@ -58,7 +59,8 @@ def filter_visualization(job: Job, *, steps: int = 128, size: int = 128, lr: flo
     opt = torch.optim.Adam([p.tensor], lr=lr)
     trace = []
     with torch.enable_grad(), redirected_relus(job.model) if redirect else nullcontext():
-        for _ in range(steps):
+        for t in range(steps):
+            advance("filter_visualization", t, steps)
             img = p.image()
             if transforms:
                 img = random_affine(img, job.gens)
@@ -121,12 +123,13 @@ def deep_dream(job: Job, *, steps: int = 10, octaves: int = 3, octave_scale: flo
     objective = unit_square_mean if all(u is None for u in job.units) else unit_mean
     detail = torch.zeros_like(base)
     trace = []
-    for size in sizes:
+    for octave, size in enumerate(sizes):
         octave_base = F.interpolate(base, size=size, mode="bilinear", align_corners=False,
                                     antialias=True) if size != (h, w) else base
         detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
         img = (octave_base + detail).clamp(0, 1)
-        for _ in range(steps):
+        for t in range(steps):
+            advance("deep_dream", octave * steps + t, octaves * steps)
             img.requires_grad_(True)
             with torch.enable_grad():
                 obj = objective(job.features(roll(img, job.gens, jitter)), job.units)
@@ -191,6 +194,7 @@ def class_visualization(job: Job, *, steps: int = 96, size: int = 224, lr: float
     yos = regularization == "yosinski"
     trace = []
     for t in range(steps):
+        advance("class_visualization", t, steps)
         with torch.enable_grad():
             x = z + job.mean
             if yos:
@@ -229,7 +233,8 @@ def _class_fft(job: Job, objective: Class, steps: int, size: int, lr: float) -> 
     opt = torch.optim.Adam([p.tensor], lr=lr)
     trace = []
     with torch.enable_grad():
-        for _ in range(steps):
+        for t in range(steps):
+            advance("class_visualization", t, steps)
             logit = objective.score(job.logits(random_affine(p.image(), job.gens)))
             _ascent_step(opt, p.tensor, -logit.sum())
             trace.append(logit.detach())
@@ -268,6 +273,7 @@ def inverted_representation(job: Job, *, steps: int = 200, lr: float = 0.2, alph
     opt = torch.optim.Adam([x], lr=lr)
     trace = []
     for t in range(steps):
+        advance("inverted_representation", t, steps)
         opt.param_groups[0]["lr"] = lr * 0.1 ** (t / max(1, steps))
         with torch.enable_grad():
             rec = relative_distance(job.features(x), phi0)
