@@ -19,6 +19,8 @@ confidence of that pair alone (:class:`galleryvis.targets.Text`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Callable, Sequence, Union
 
 import torch
@@ -48,6 +50,21 @@ _TEXT_BATCH = 256
 def imagenet_prompts(classes: Sequence[str]) -> list[tuple[str, ...]]:
     """One prompt group per class name: every :data:`IMAGENET_TEMPLATES` filled with it."""
     return [tuple(t.format(c) for t in IMAGENET_TEMPLATES) for c in classes]
+
+
+def zero_shot(model: nn.Module, prompts: str | Sequence[str] | None, tokenizer: Callable[..., Any] | None = None
+              ) -> ImageText:
+    """``model`` as a zero-shot classifier over a manifest's ``prompts``: a list of texts (each a
+    class, labelled by its text), or ``"imagenet"`` (also when None): ImageNet's 1000 classes
+    (galleryvis's class names), each the group of :data:`IMAGENET_TEMPLATES` filled with it."""
+    if prompts is None or prompts == "imagenet":
+        from .labels import imagenet_labels
+
+        classes = imagenet_labels()
+        return ImageText(model, imagenet_prompts(classes), tokenizer, classes)
+    if isinstance(prompts, str):
+        raise ValueError(f'prompts must be a list of texts or "imagenet", not {prompts!r}')
+    return ImageText(model, list(prompts), tokenizer)
 
 
 def kind_of(model: nn.Module) -> str | None:
@@ -115,6 +132,10 @@ class ImageText(nn.Module):
         """Whether the model was trained with a sigmoid loss (it has a ``logit_bias``, as SigLIP):
         each image-text logit is then a probability's log-odds on its own."""
         return self.bias is not None
+
+    def prompts_sha256(self) -> str:
+        """Hex SHA-256 of the prompts: what the logits mean, part of a loaded model's fingerprint."""
+        return hashlib.sha256(json.dumps(self.prompts, ensure_ascii=False).encode()).hexdigest()
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, prompts={len(self.prompts)}"

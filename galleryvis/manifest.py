@@ -50,6 +50,7 @@ class _NameOnly(NamedTuple):
     factory: str | None
     seed: int = 0
     source: str | None = None
+    prompts: tuple[str, ...] | str | None = None
 
 
 def _known(name: str, source: str | None = None) -> bool:
@@ -117,6 +118,7 @@ class ModelSpec:
     std: tuple[float, float, float] | None
     layers: Mapping[str, str | tuple[str, ...]]
     id: str
+    prompts: tuple[str, ...] | str | None
     field: str = ""
 
     def __post_init__(self) -> None:
@@ -542,6 +544,19 @@ class _Parser:
             return tuple(value)
         self.error(where, f"expected a module name such as 'layer4' or an array of them, got {_toml_type(value)}")
         return _BAD
+
+    def read_prompts(self, value: Any, where: str, f: schema.Field) -> Any:
+        """An image-text model's prompts: a non-empty array of distinct texts, or "imagenet"."""
+        if value == "imagenet":
+            return value
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+            self.error(where, f'expected an array of texts or "imagenet", got {_toml_type(value)}')
+            return _BAD
+        repeated = sorted({v for v in value if value.count(v) > 1})
+        if repeated:
+            self.error(where, f"each prompt must be distinct (it is a class); repeated: {repeated}")
+            return _BAD
+        return tuple(value)
 
     def read_target(self, value: Any, where: str, f: schema.Field) -> Any:
         """A class index, a class name, or None for "top1"."""

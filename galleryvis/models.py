@@ -15,6 +15,7 @@ from torch import Tensor
 from .chunking import Chunking
 from .engine import model_device
 from .images import fit, to_tensor
+from .imagetext import ImageText
 from .labels import imagenet_labels
 from .layers import default_layer
 from .sources import LoadedModel, ModelError, source_for
@@ -124,11 +125,15 @@ def load_model(spec: Any, base: Path, device: torch.device, what: str = "model")
     under :func:`seeded` ``spec.seed``) and move it to ``device``.
 
     ``spec`` has ``name``, ``weights``, ``factory``, ``seed``, ``labels``, ``size``, ``mean``,
-    ``std``, ``layers`` and ``id``; relative paths resolve against ``base``; the entry's
-    ``labels``, ``size``, ``mean`` and ``std`` override what the source says.
+    ``std``, ``layers``, ``id`` and ``prompts`` (image-text models only, refused for others);
+    relative paths resolve against ``base``; the entry's ``labels``, ``size``, ``mean`` and
+    ``std`` override what the source says.
     """
     with seeded(spec.seed):
         loaded = source_for(spec).load(spec, base, what)
+    if spec.prompts is not None and not isinstance(loaded.model, ImageText):
+        raise ModelError(f"{what}: prompts are for image-text models (open_clip, Hugging Face CLIP / SigLIP); "
+                         f"{spec.name} is not one")
     labels = _read_labels(base / spec.labels, what) if spec.labels else list(loaded.labels)
     size, mean, std = spec.size or loaded.size, spec.mean or loaded.mean, spec.std or loaded.std
     return ModelAdapter(loaded.model.to(device).eval(), loaded.fingerprint, loaded.description, int(size),

@@ -21,7 +21,7 @@ NO_VALUE: Any = object()
 
 #: What the parser's readers accept; "integer" and "number" need a ``range``, "choice" ``choices``.
 READERS = ("string", "text", "choice", "integer", "number", "boolean", "modules", "triple", "positive_triple",
-           "file", "table", "target", "layer", "names", "factory")
+           "file", "table", "target", "layer", "names", "factory", "prompts")
 
 
 @dataclass(frozen=True)
@@ -144,11 +144,13 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
                                 "`efficientnet_lite0`, the EfficientNet-Lite0 that ships with galleryvis (ImageNet "
                                 "weights included, works offline); with the prefix `timm:` a timm architecture "
                                 "(`timm:vit_small_patch16_224`), with `hf:` a Hugging Face image classifier (a hub "
-                                "id or a local folder, `hf:google/vit-base-patch16-224`). **Required** unless "
+                                "id or a local folder, `hf:google/vit-base-patch16-224`), with `open_clip:` an "
+                                "open_clip architecture (`open_clip:ViT-B-32`) or model config file. **Required** "
+                                "unless "
                                 "`factory` is given.", type="string"),
         Field("source", "string", "where the model comes from; the same as the name's prefix (`source = \"timm\"` "
                                   "with `name = \"vit_small_patch16_224\"`); a prefix that contradicts it is an "
-                                  "error", None, '`"torchvision"`, `"timm"`, `"huggingface"`',
+                                  "error", None, '`"torchvision"`, `"timm"`, `"huggingface"`, `"open_clip"`',
               'the name\'s prefix, else `"torchvision"`'),
         Field("weights", "string", "see below", None, "string", '`"DEFAULT"`'),
         Field("factory", "factory", "your own model: a function, called without arguments, that returns an "
@@ -170,6 +172,12 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("std", "positive_triple", "per-channel normalization standard deviation", None,
               "array of 3 numbers > 0", "from the weights, else ImageNet"),
         Field("layers", "table", "technique name → layer (see below)", {}, "table", "probe"),
+        Field("prompts", "prompts", "an image-text model's prompts (open_clip, Hugging Face CLIP / SigLIP): the texts "
+                                    "it becomes a zero-shot classifier over, one class each (its logits: the model's "
+                                    "scaled image-text similarities), or `\"imagenet\"`: ImageNet's 1000 classes, "
+                                    "each averaged over CLIP's 7 ImageNet templates ([tasks](tasks.md#image-text-"
+                                    "models-clip-siglip)); other models refuse it", None,
+              'array of strings, or `"imagenet"`', '`"imagenet"` for image-text models'),
     ),
     "techniques": (
         Field("name", "string", "a technique name; `galleryvis techniques` lists every one with its parameters and "

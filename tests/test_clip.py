@@ -10,6 +10,9 @@ Run with ``-s`` to see every r.
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,12 +24,15 @@ from torch import Tensor, nn
 import galleryvis
 from galleryvis import targets
 from galleryvis.imagetext import IMAGENET_TEMPLATES, ImageText, imagenet_prompts
+from galleryvis.manifest import ModelSpec, load_manifest
+from galleryvis.models import ModelError, load_model
 
 open_clip = pytest.importorskip("open_clip")
 pgc = pytest.importorskip("pytorch_grad_cam")
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PROMPTS = ["a photo of a cat", "a photo of a rocket", "a red car"]
 CONTEXT = 16
 #: kind -> (the last block's first LayerNorm, prefix tokens)
@@ -84,13 +90,14 @@ def wrap(models: dict[str, nn.Module], kind: str, prompts: list = PROMPTS) -> Im
     return ImageText(models[kind], prompts, None if kind == "open_clip" else Tokenizer())
 
 
-def own_logits(model: nn.Module, kind: str, x: Tensor, texts: list[str]) -> Tensor:
-    """The model's own ``logits_per_image`` for images ``x`` and ``texts``."""
+def own_logits(model: nn.Module, kind: str, x: Tensor, texts: list[str], tokenizer: object = None) -> Tensor:
+    """The model's own ``logits_per_image`` for images ``x`` and ``texts`` (Hugging Face:
+    tokenized by ``tokenizer``, padded to the context length; default :class:`Tokenizer`)."""
     with torch.no_grad():
         if kind == "open_clip":
             image, text, scale = model(x, open_clip.tokenizer.SimpleTokenizer(context_length=CONTEXT)(texts))
             return scale * image @ text.T
-        enc = Tokenizer()(texts)
+        enc = (tokenizer or Tokenizer())(texts, padding="max_length", max_length=CONTEXT, return_tensors="pt")
         return model(pixel_values=x, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits_per_image
 
 
@@ -208,3 +215,96 @@ def test_attention_maps_agree(models: dict, photos64: Tensor, kind: str) -> None
     gradient = galleryvis.attribute(clip, photos64, "attention_gradient", clip.text("a red car"))
     check(f"attention_rollout/{kind}", pearson(rollout, up(rollout_reference(probs, 1, (8, 8)), (64, 64))))
     check(f"attention_gradient/{kind}", pearson(gradient, up(gradient_reference(probs, grads, 1, (8, 8)), (64, 64))))
+
+
+# -- sources and the example ----------------------------------------------------------------------
+TINY_CONFIG = {"embed_dim": 16, "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16,
+                                               "patch_size": 8},
+               "text_cfg": {"context_length": CONTEXT, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    """``tiny.json`` (open_clip's model config format) and a random checkpoint of it, ``tiny.safetensors``."""
+    from safetensors.torch import save_file
+
+    (folder / "tiny.json").write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
+    save_file(tiny_open_clip(3).state_dict(), folder / "tiny.safetensors")
+    return folder / "tiny.safetensors"
+
+
+def test_open_clip_source(tmp_path: Path, photos64: Tensor) -> None:
+    """A config file and a checkpoint load as a zero-shot classifier over the prompts, the
+    checkpoint's weights exactly; the prompts are part of the fingerprint; errors are one line."""
+    path = tiny_checkpoint(tmp_path)
+    spec = ModelSpec(name="open_clip:tiny.json", weights=str(path), prompts=tuple(PROMPTS))
+    adapter = load_model(spec, tmp_path, torch.device("cpu"), "m.toml: models[0]")
+    assert isinstance(adapter.model, ImageText) and adapter.labels == PROMPTS and adapter.size == 64
+    assert not adapter.random and path in adapter.files
+    reference = wrap({"open_clip": tiny_open_clip(3)}, "open_clip")
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.model(photos64), reference(photos64))
+    other = load_model(ModelSpec(name="open_clip:tiny.json", weights=str(path), prompts=tuple(PROMPTS[:2])),
+                       tmp_path, torch.device("cpu"), "m")
+    assert other.fingerprint != adapter.fingerprint
+    imagenet = load_model(ModelSpec(name="open_clip:tiny.json", weights="none"), tmp_path, torch.device("cpu"), "m")
+    assert imagenet.random and len(imagenet.labels) == 1000 and imagenet.labels[281] == "tabby"
+    with pytest.raises(ModelError, match=r'^m: open_clip model tiny.json needs weights = a local checkpoint'):
+        load_model(ModelSpec(name="open_clip:tiny.json"), tmp_path, torch.device("cpu"), "m")
+    with pytest.raises(ModelError, match="^m: prompts are for image-text models .*resnet18 is not one$"):
+        load_model(ModelSpec(name="resnet18", weights="none", prompts=("a cat",)), tmp_path, torch.device("cpu"), "m")
+
+
+def hf_folder(kind: str, folder: Path) -> Path:
+    """A ``save_pretrained`` folder of the tiny Hugging Face model with a CLIP tokenizer built
+    from CLIP's vocabulary (the one open_clip ships)."""
+    transformers = pytest.importorskip("transformers")
+    inner = open_clip.tokenizer.SimpleTokenizer()
+    (folder / "vocab.json").write_text(json.dumps(inner.encoder), encoding="utf-8")
+    merges = sorted(inner.bpe_ranks, key=inner.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
+                                       encoding="utf-8")
+    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                                           bos_token="<start_of_text>", eos_token="<end_of_text>",
+                                           pad_token="<end_of_text>")
+    out = folder / kind
+    tiny_hf(kind).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_hugging_face_image_text_folder(tmp_path: Path, photos64: Tensor, kind: str) -> None:
+    folder = hf_folder(kind, tmp_path)
+    adapter = load_model(ModelSpec(name=f"hf:{folder.name}", prompts=tuple(PROMPTS)), tmp_path,
+                         torch.device("cpu"), "m")
+    assert isinstance(adapter.model, ImageText) and adapter.model.kind == kind and adapter.labels == PROMPTS
+    with torch.no_grad():
+        logits = adapter.model(photos64)
+    tokenizer = pytest.importorskip("transformers").AutoTokenizer.from_pretrained(folder)
+    torch.testing.assert_close(logits, own_logits(tiny_hf(kind), kind, photos64, PROMPTS, tokenizer),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_clip_example_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/clip with a tiny open_clip and its random checkpoint saved here, at batch size 8."""
+    from galleryvis.pipeline import Options, build
+    from galleryvis.render import pages
+
+    folder = tmp_path / "examples" / "clip"
+    shutil.copytree(EXAMPLES / "clip", folder)
+    shutil.copytree(EXAMPLES.parent / "input_images", tmp_path / "input_images")
+    tiny_checkpoint(folder)
+    text = (folder / "galleryvis.toml").read_text(encoding="utf-8")
+    text = text.replace('name = "open_clip:ViT-B-32"', 'name = "open_clip:tiny.json"')
+    text = text.replace('weights = "none"', 'weights = "tiny.safetensors"').replace("steps = 16", "steps = 2")
+    (folder / "galleryvis.toml").write_text(text, encoding="utf-8")
+    monkeypatch.setattr(pages, "_resources", lambda: EXAMPLES.parent / "templates")
+    pages._environments.cache_clear()
+    try:
+        manifest = load_manifest(folder / "galleryvis.toml")
+        result = build(manifest, Options(quiet=True, batch_size=8))
+    finally:
+        pages._environments.cache_clear()
+    assert (result.computed, result.failed) == (2 * 1 * 4, 0)  # images x models x techniques
+    page = (folder / "site" / "index.html").read_text(encoding="utf-8")
+    assert "a photo of a cat" in page

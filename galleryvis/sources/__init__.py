@@ -4,8 +4,8 @@ offers (the names it knows, checking a weights spec, loading into a typed :class
 The manifest asks them which names exist and which weights are valid; ``models.load_model``
 asks them to load. :data:`SOURCES` lists them in the order they are asked: a model entry with
 ``factory`` goes to the factory source, one whose source (``source = "timm"``, or the name's
-``timm:`` / ``hf:`` prefix) is timm or Hugging Face to that source, a bundled name to the
-bundled one, anything else to torchvision.
+``timm:`` / ``hf:`` / ``open_clip:`` prefix) is timm, Hugging Face or open_clip to that source,
+a bundled name to the bundled one, anything else to torchvision.
 """
 from __future__ import annotations
 
@@ -28,16 +28,18 @@ class Spec(Protocol):
     factory: str | None
     seed: int
     source: str | None
+    #: an image-text model's prompts: a list of texts, "imagenet", or None (ImageNet's)
+    prompts: tuple[str, ...] | str | None
 
 
 #: The manifest's ``source`` values; torchvision (with the bundled models) is the default.
-SOURCE_NAMES = ("torchvision", "timm", "huggingface")
+SOURCE_NAMES = ("torchvision", "timm", "huggingface", "open_clip")
 #: Name prefixes that choose a source: ``timm:vit_base_patch16_224``, ``hf:google/vit-base-patch16-224``.
-PREFIXES = {"timm": "timm", "hf": "huggingface"}
+PREFIXES = {"timm": "timm", "hf": "huggingface", "open_clip": "open_clip"}
 
 
 def prefixed_source(name: str) -> str | None:
-    """The source a name's prefix chooses (``timm:`` / ``hf:``), else None."""
+    """The source a name's prefix chooses (``timm:`` / ``hf:`` / ``open_clip:``), else None."""
     head, sep, _ = name.partition(":")
     return PREFIXES.get(head) if sep else None
 
@@ -113,10 +115,11 @@ def _sources() -> Sequence[ModelSource]:
     from .bundled import BundledSource
     from .factory import FactorySource
     from .huggingface import HuggingFaceSource
+    from .open_clip import OpenClipSource
     from .timm import TimmSource
     from .torchvision import TorchvisionSource
 
-    return (FactorySource(), TimmSource(), HuggingFaceSource(), BundledSource(), TorchvisionSource())
+    return (FactorySource(), TimmSource(), HuggingFaceSource(), OpenClipSource(), BundledSource(), TorchvisionSource())
 
 
 def source_for(spec: Spec) -> ModelSource:
@@ -125,7 +128,7 @@ def source_for(spec: Spec) -> ModelSource:
 
 
 #: The order ``galleryvis models`` lists the sources in: the models that work offline first.
-LISTED = ("bundled", "torchvision", "timm", "huggingface", "factory")
+LISTED = ("bundled", "torchvision", "timm", "huggingface", "open_clip", "factory")
 
 
 def listed() -> list[ModelSource]:
@@ -142,6 +145,7 @@ class _Named(NamedTuple):
     weights: str | None = None
     factory: str | None = None
     seed: int = 0
+    prompts: tuple[str, ...] | str | None = None
 
 
 def known(name: str, source: str | None = None) -> bool:

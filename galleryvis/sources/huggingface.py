@@ -1,7 +1,9 @@
 """Hugging Face ``transformers`` image classifiers (optional extra ``galleryvis[huggingface]``):
 ``hf:<hub id or folder>`` or ``source = "huggingface"``, loaded from a local folder
 (``save_pretrained``) or the local hub cache, never downloaded; preprocessing from the image
-processor config, labels from ``id2label``, and ``.logits`` unwrapped."""
+processor config, labels from ``id2label``, and ``.logits`` unwrapped. CLIP and SigLIP models
+(``CLIPModel``, ``SiglipModel``) are image-text models: zero-shot classifiers over the entry's
+``prompts`` (:mod:`galleryvis.imagetext`), with the folder's tokenizer."""
 from __future__ import annotations
 
 import importlib.util
@@ -72,6 +74,8 @@ class HuggingFaceSource:
         folder = _folder(base, ref, what)
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         files = tuple(p for p in (folder / "config.json", folder / "preprocessor_config.json") if p.is_file())
+        if _image_text(config):
+            return _image_text_model(spec, folder, config, weights.upper() == "NONE", files, ref, what)
         if weights.upper() == "NONE":
             model, fingerprint, desc = AutoModelForImageClassification.from_config(config), "random-init", "random weights"
         else:
@@ -84,6 +88,44 @@ class HuggingFaceSource:
         return LoadedModel(Logits(model).eval(), fingerprint, f"Hugging Face {ref}, {desc}",
                            labels=labels, files=files, random=weights.upper() == "NONE",
                            **_preprocessing(folder, config))
+
+
+#: The Hugging Face model types galleryvis reads as image-text models (:func:`galleryvis.imagetext.kind_of`).
+_IMAGE_TEXT_TYPES = ("clip", "siglip", "siglip2")
+
+
+def _image_text(config: Any) -> bool:
+    """Whether ``config`` describes a CLIP-like image-text model (by its ``model_type``)."""
+    return getattr(config, "model_type", "") in _IMAGE_TEXT_TYPES
+
+
+def _image_text_model(spec: Spec, folder: Path, config: Any, random: bool, files: tuple[Path, ...], ref: str,
+                      what: str) -> LoadedModel:
+    """A CLIP / SigLIP folder as a zero-shot classifier over ``spec.prompts`` (its tokenizer from the folder)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from ..imagetext import zero_shot
+    from .weights import random_init
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{what}: {str(folder)!r} holds no tokenizer this image-text model can use: "
+                         f"{str(exc).strip().splitlines()[0]}") from None
+    if random:
+        model = AutoModel.from_config(config)
+        fingerprint, desc = random_init(model, spec.seed), "random weights"
+    else:
+        path = folder_weights(folder, what)
+        model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=path.suffix == ".safetensors")
+        fingerprint, desc, files = f"hf:{file_sha256(path)}", f"weights from {path.name}", files + (path,)
+    try:
+        clip = zero_shot(model.eval(), spec.prompts, tokenizer)
+    except ValueError as exc:
+        raise ModelError(f"{what}: {exc}") from None
+    return LoadedModel(clip, f"{fingerprint}:prompts={clip.prompts_sha256()}",
+                       f"Hugging Face {ref}, {desc}, {len(clip.prompts)} prompts", labels=list(clip.labels),
+                       files=files, random=random, **_preprocessing(folder, config.vision_config))
 
 
 def _folder(base: Path, ref: str, what: str) -> Path:
