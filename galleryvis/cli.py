@@ -222,6 +222,7 @@ def build(manifest: Path | None, cache_dir: Path | str | None, no_cache: bool, f
     summary = run_build(m, opts)
     if dry_run:
         click.echo("\n".join(summary.plan))
+        click.echo(_dry_run_totals(summary, m.path is None))
         return
     _report(m.gallery.output, summary, quiet)
     if profile:
@@ -230,6 +231,20 @@ def build(manifest: Path | None, cache_dir: Path | str | None, no_cache: bool, f
         _open(m.gallery.output)
     if summary.failed:
         sys.exit(1)
+
+
+def _dry_run_totals(summary: Summary, embedded: bool) -> str:
+    """The last lines of ``build --dry-run``: cells to compute and cached, the model passes
+    computing them takes, and whether the manifest is the embedded default."""
+    cells = summary.jobs
+    cached = sum(1 for j in cells if j.cached)
+    lines = [f"total: {len(cells) - cached} cells to compute, {cached} cached; about "
+             f"{summary.expected_passes:,} model passes (images through the models) to compute them, "
+             "before scoring"]
+    if embedded:
+        lines.append("manifest: the embedded default gallery (no galleryvis.toml here; "
+                     "galleryvis init writes one to edit)")
+    return "\n".join(lines)
 
 
 @main.command()

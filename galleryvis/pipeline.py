@@ -21,7 +21,7 @@ from .executor import Executor, LocalExecutor, chunking_key
 from .hooks import counting
 from .jobs import Job, Workspace, plan, plan_lines, prediction_key, workspace
 from .manifest import Manifest
-from .progress import Progress, Stages
+from .progress import Progress, Stages, expected_passes
 from .sitefiles import build_lock
 from .sitewriter import write_site
 
@@ -61,6 +61,7 @@ class Summary:
     total_seconds: float = 0.0
     stages: Stages = field(default_factory=Stages)
     jobs: list[Job] = field(default_factory=list)
+    expected_passes: int = 0  # a dry run's estimate of the images computing its cells sends through the models
 
     def line(self) -> str:
         return (f"{self.computed} computed, {self.cached} cached, {self.failed} failed "
@@ -134,6 +135,7 @@ def _build(manifest: Manifest, opts: Options, executor: Executor | None, cache: 
             todo = load_cached(jobs, cache)
         summary.plan, summary.jobs = plan_lines(jobs), jobs
         if opts.dry_run:
+            summary.expected_passes = expected_passes(todo, ws)
             return summary
         progress = Progress(len(todo) + scoring.task_count(jobs, manifest.metrics), opts.quiet)
         try:

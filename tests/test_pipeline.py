@@ -131,6 +131,35 @@ def test_dry_run_computes_nothing(project):
     assert "mobilenet_v3_small / vanilla: 2 to compute, 0 cached" in summary.plan
 
 
+def _dry_run(*args: str) -> list[str]:
+    result = CliRunner().invoke(main, ["build", "--dry-run", *args])
+    assert result.exit_code == 0, result.output
+    return result.output.splitlines()
+
+
+def test_dry_run_ends_with_the_cells_and_the_model_passes_to_expect(project, monkeypatch):
+    monkeypatch.chdir(project)
+    # 2 models x 2 images x (vanilla, gradcam, guided backprop: 1 pass each; IG: its 4 steps)
+    assert _dry_run()[-1] == ("total: 16 cells to compute, 0 cached; about 28 model passes "
+                                     "(images through the models) to compute them, before scoring")
+    _build(project)
+    (project / "galleryvis.toml").write_text(MANIFEST.replace("steps = 4", "steps = 6"))
+    assert _dry_run()[-1].startswith("total: 4 cells to compute, 12 cached; about 24 model passes ")
+
+
+def test_dry_run_says_when_it_plans_the_embedded_default(tmp_path, monkeypatch):
+    from galleryvis.manifest import default_manifest
+
+    monkeypatch.chdir(tmp_path)
+    lines = _dry_run()
+    assert lines[-1].startswith("manifest: the embedded default gallery")
+    m = default_manifest()
+    cells = sum(int(re.search(r": (\d+) to compute", line).group(1)) for line in lines[:-2])
+    assert lines[-2].startswith(f"total: {cells} cells to compute, 0 cached; about ")
+    assert cells >= len(m.models) * len(m.images) * len(m.techniques) // 2
+    assert not (tmp_path / "site").exists()
+
+
 def test_failing_cell_is_isolated_and_shown(project, monkeypatch):
     real = registry.get("vanilla")
 
