@@ -81,11 +81,12 @@ _LINEAR_OPS = frozenset({"avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg
                          "upsample", "upsample_bilinear", "upsample_nearest"})
 #: Sums: the proportional split (residual connections).
 _SUM = frozenset({"add", "sub", "rsub"})
-#: Relevance passes unchanged: bounded ReLUs, scaling by a constant (one activation), and the
-#: other element-wise nonlinearities (AttnLRP's identity rule). ``mul`` of two activations is a
-#: product (below).
+#: Relevance passes unchanged: bounded ReLUs, scaling by a constant (one activation), the
+#: other element-wise nonlinearities (AttnLRP's identity rule), and an embedding's L2
+#: normalization (CLIP's, before the cosine similarity), its norm held constant as LayerNorm's
+#: statistics are. ``mul`` of two activations is a product (below).
 _PASS = frozenset({"hardtanh", "relu6", "mul", "div", "neg", "gelu", "silu", "hardswish", "mish", "elu",
-                   "celu", "selu", "softplus", "tanh", "sigmoid", "hardsigmoid"})
+                   "celu", "selu", "softplus", "tanh", "sigmoid", "hardsigmoid", "normalize"})
 #: Normalizations over the last dimensions: linear, with their statistics held constant.
 _LAYER_NORM = frozenset({"layer_norm", "rms_norm"})
 #: Matrix products: of two activations the uniform rule, of one the epsilon rule.
