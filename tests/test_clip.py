@@ -217,6 +217,31 @@ def test_attention_maps_agree(models: dict, photos64: Tensor, kind: str) -> None
     check(f"attention_gradient/{kind}", pearson(gradient, up(gradient_reference(probs, grads, 1, (8, 8)), (64, 64))))
 
 
+class HeldNorm(nn.Module):
+    """The wrapper with each image embedding divided by its norm on the clean images, a constant."""
+
+    def __init__(self, clip: ImageText, x: Tensor) -> None:
+        super().__init__()
+        self.clip = clip
+        with torch.no_grad():
+            self.norms = clip.image_features(x).norm(dim=-1, keepdim=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.clip.scale * (self.clip.image_features(x) / self.norms) @ self.clip.text_features.T
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "clip"])
+def test_lrp_holds_the_embedding_norm_constant(models: dict, photos64: Tensor, kind: str) -> None:
+    """AttnLRP through the vision tower and the cosine similarity: the L2 normalization passes
+    relevance as a division by the (constant) norm does, so the map equals that of the same
+    model with each image's norm fixed; and relevance reaches every image."""
+    clip = wrap(models, kind)
+    ours = galleryvis.attribute(clip, photos64, "lrp", clip.text("a red car"))
+    held = galleryvis.attribute(HeldNorm(clip, photos64), photos64, "lrp", 2)
+    torch.testing.assert_close(ours, held)
+    assert (ours.flatten(1).abs().sum(1) > 0).all()
+
+
 # -- sources and the example ----------------------------------------------------------------------
 TINY_CONFIG = {"embed_dim": 16, "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16,
                                                "patch_size": 8},
