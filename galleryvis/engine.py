@@ -281,7 +281,7 @@ class Call:
 
 def attribute_many(
     model: nn.Module,
-    inputs: Tensor,
+    inputs: Tensor | Sequence[Tensor],
     techniques: Sequence[str],
     target: targets.Target,
     layer: LayerArg = None,
@@ -291,14 +291,15 @@ def attribute_many(
     progress: Callable[[str, int], None] | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-) -> dict[str, Tensor]:
+) -> dict[str, Any]:
     """Maps for several techniques, sharing the forward/backward passes they have in common.
 
     ``layer`` is one dotted module name, a list (multi-layer techniques) or a mapping
     technique -> layer; ``params`` maps technique -> parameters; ``mean`` and ``std`` are the
     model's input normalization (a black baseline, LRP's pixel bounds). Returns ``{technique: maps}``
-    with raw float32 CPU maps, (N,3,H,W) or (N,1,H,W) upsampled bilinearly to the input size.
-    ``progress(technique, n_images)`` is called each time a technique finishes a chunk.
+    with raw float32 CPU maps, (N,3,H,W) or (N,1,H,W) upsampled bilinearly to the input size
+    (for a list of images, a list of maps). ``progress(technique, n_images)`` is called each
+    time a technique finishes a chunk.
     """
     params = dict(params or {})
     unknown = set(params) - set(techniques)
@@ -312,7 +313,7 @@ def attribute_many(
 
 def attribute_calls(
     model: nn.Module,
-    inputs: Tensor,
+    inputs: Tensor | Sequence[Tensor],
     calls: Mapping[str, Call],
     target: targets.Target,
     *,
@@ -321,13 +322,18 @@ def attribute_calls(
     within: Callable[[str, int, int], None] | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-) -> dict[str, Tensor]:
+) -> dict[str, Any]:
     """:func:`attribute_many` for calls under ids of the caller's choosing, so one technique can
     run at several layers or with several parameter sets in one call (a gallery's rows, a sanity
     step): every pass they have in common is shared (the chunk's :class:`Context` memoizes by
     technique, layer and parameters). Returns ``{id: maps}``; ``progress(id, n_images)`` when
     a technique finishes a chunk, ``within(id, done, total)`` while a long one (perturbations,
-    Score-CAM, Ablation-CAM, the Shapley family) runs (:meth:`Context.advance`)."""
+    Score-CAM, Ablation-CAM, the Shapley family) runs (:meth:`Context.advance`). ``inputs`` may
+    also be a list of images (C, H, W) of any sizes (a detector's photos): one call each, and a
+    list of maps per id."""
+    if isinstance(inputs, (list, tuple)):
+        return _each_image(model, inputs, calls, target, batch_size=batch_size, progress=progress, within=within,
+                           mean=mean, std=std)
     _check_inputs(inputs)
     device = model_device(model)
     chunks = chunking_of(batch_size, device)
@@ -362,6 +368,21 @@ def attribute_calls(
     return {key: torch.cat(maps) for key, maps in out.items()}
 
 
+def _each_image(model: nn.Module, images: Sequence[Tensor], calls: Mapping[str, Call], target: targets.Target,
+                **options: Any) -> dict[str, Any]:
+    """:func:`attribute_calls` for each of ``images`` (C, H, W) on its own, with its entry of
+    ``target``: ``{id: [one map per image]}``, no image's maps depending on another's."""
+    if not images or any(not isinstance(im, Tensor) or im.dim() != 3 for im in images):
+        shapes = [tuple(im.shape) if isinstance(im, Tensor) else type(im).__name__ for im in images]
+        raise ValueError(f"a list of inputs must hold images (C, H, W), got {shapes}")
+    objective = targets.of(target, len(images))
+    out: dict[str, list[Tensor]] = {key: [] for key in calls}
+    for i, image in enumerate(images):
+        for key, maps in attribute_calls(model, image[None], calls, objective.at(i), **options).items():
+            out[key].append(maps[0])
+    return out
+
+
 #: A call folds batch norm (:func:`galleryvis.fold.folded`) when it runs at least this many
 #: images, or any technique runs passes of its own (SmoothGrad, IG, Score-CAM): preparing costs
 #: a weight copy and two forwards of one image, which a single shared pass does not repay.
@@ -390,7 +411,7 @@ def _finish(m: Tensor, x: Tensor) -> Tensor:
 
 def attribute(
     model: nn.Module,
-    inputs: Tensor,
+    inputs: Tensor | Sequence[Tensor],
     technique: str,
     target: targets.Target,
     layer: str | Sequence[str] | None = None,
@@ -399,12 +420,13 @@ def attribute(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     **params: Any,
-) -> Tensor:
+) -> Tensor | list[Tensor]:
     """Raw attribution maps of one technique for a batch of normalized images.
 
     Args:
         model: any model; with class targets, one returning logits (N, classes).
-        inputs: float tensor (N, 3, H, W), already normalized.
+        inputs: float tensor (N, 3, H, W), already normalized; or a list of images (3, H, W)
+            of any sizes (a detector's photos), each computed on its own.
         technique: a registry name (see :func:`techniques`).
         target: what the maps explain: a class index for all images, one per image, None for
             each image's top-1 class, a :mod:`galleryvis.targets` objective (one per image in a
@@ -421,7 +443,8 @@ def attribute(
         **params: the technique's parameters.
 
     Returns:
-        float32 CPU tensor (N,3,H,W) for input-space techniques, (N,1,H,W) for CAM-style maps.
+        float32 CPU tensor (N,3,H,W) for input-space techniques, (N,1,H,W) for CAM-style maps;
+        for a list of images, a list of maps (3 or 1, H, W).
     """
     return attribute_many(model, inputs, [technique], target, layer, {technique: params},
                           batch_size=batch_size, mean=mean, std=std)[technique]

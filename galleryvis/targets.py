@@ -269,6 +269,122 @@ class Text(Objective):
         return Text(self.text, self.index, self.scale, self.bias)
 
 
+class Detection(Objective):
+    """An object detector's detection (:mod:`galleryvis.detection`): score the matched
+    detection's class score plus its IoU with the reference box (pytorch-grad-cam's
+    ``FasterRCNNBoxScoreTarget``), confidence D-RISE's similarity of the reference detection
+    with the best detection of the (perturbed) image.
+
+    The reference detection of each image is decided once on the clean image (:meth:`resolve`,
+    the engine does it): with neither ``cls`` nor ``box`` its highest-scoring detection
+    ("top1"); with ``cls`` (a class index) the highest-scoring one of that class; with ``box``
+    ``[x0, y0, x1, y1]`` (pixels of the image given to the detector) the one (of class ``cls``
+    when given) that matches it best, IoU >= 0.5, else a one-line ValueError naming the box and
+    the best IoU found. Detections with a score below ``score_threshold`` are ignored and at
+    most ``max_detections`` per image are read, best first, on every image the objective scores.
+    """
+
+    task: str | None = "detection"
+
+    def __init__(self, cls: int | None = None, box: Sequence[float] | Tensor | np.ndarray | None = None, *,
+                 score_threshold: float = 0.0, max_detections: int = 100) -> None:
+        if cls is not None and (not isinstance(cls, Integral) or isinstance(cls, bool) or cls < 0):
+            raise TypeError(f"Detection: cls must be a class index (an int >= 0) or None, not {cls!r}")
+        if box is not None:
+            box = [float(v) for v in torch.as_tensor(box).flatten().tolist()]
+            if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
+                raise ValueError(f"Detection: box must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1, got {box}")
+        if isinstance(max_detections, bool) or not isinstance(max_detections, Integral) or max_detections < 1:
+            raise ValueError(f"Detection: max_detections must be an int >= 1, got {max_detections!r}")
+        self.cls = None if cls is None else int(cls)
+        self.box: list[float] | None = box  # type: ignore[assignment]
+        self.score_threshold, self.max_detections = float(score_threshold), int(max_detections)
+        #: Each row's reference detection once resolved (one for any number of rows while ``n`` is
+        #: None), or the one-line error of a row where none was found, raised when that row is taken.
+        self.refs: tuple[Any, ...] | None = None
+        self.needs_output = True
+
+    def _with(self, refs: Sequence[Any] | None, n: int | None) -> Detection:
+        """This objective's settings with ``refs`` (None: still to be resolved) for ``n`` rows."""
+        d = Detection(self.cls, self.box, score_threshold=self.score_threshold, max_detections=self.max_detections)
+        d.refs = None if refs is None else tuple(refs)
+        d.n, d.needs_output = n, refs is None
+        return d
+
+    def __repr__(self) -> str:
+        what = "top1" if self.cls is None and self.box is None else \
+            ", ".join(f"{k}={v}" for k, v in (("cls", self.cls), ("box", self.box)) if v is not None)
+        return f"Detection({what}{'' if self.n is None else f', n={self.n}'})"
+
+    def _detections(self, output: Any) -> list[Any]:
+        from .detection import read
+
+        return [d.kept(self.score_threshold, self.max_detections) for d in read(output, self.n)]
+
+    def _each(self, output: Any, fn: Callable[[Any, Any], Tensor]) -> Tensor:
+        if self.refs is None:
+            raise ValueError("Detection must be resolved on the detector's output first (targets.resolve)")
+        dets = self._detections(output)
+        refs = self._picked(range(len(dets)))
+        return torch.stack([fn(d, r) for d, r in zip(dets, refs)])
+
+    def score(self, output: Any) -> Tensor:
+        """The matched detection's class score plus its IoU with the reference box, per row."""
+        from .detection import box_score
+
+        return self._each(output, box_score)
+
+    def confidence(self, output: Any) -> Tensor:
+        """D-RISE's similarity of the reference detection with the best detection, per row."""
+        from .detection import similarity
+
+        return self._each(output, similarity)
+
+    def _picked(self, rows: Sequence[int]) -> list[Any]:
+        """The references of ``rows``; the ValueError of the first row whose detection was not found."""
+        refs = [self.refs[0 if self.n is None else i] for i in rows]  # type: ignore[index]
+        missing = next((r for r in refs if isinstance(r, str)), None)
+        if missing is not None:
+            raise ValueError(missing)
+        return refs
+
+    def rows(self, index: Rows) -> Detection:
+        rows = _row_numbers(index, self.n)
+        return self._with(None if self.refs is None else self._picked(rows), len(rows))
+
+    def at(self, i: int) -> Detection:
+        return self._with(None if self.refs is None else self._picked([i]), None)
+
+    def resolve(self, output: Any) -> Detection:
+        """Each row's reference detection on ``output``, the detector's output for the clean images."""
+        from .detection import choose
+
+        if self.refs is not None:
+            return self
+        refs: list[Any] = []
+        for d in self._detections(output):
+            try:
+                refs.append(choose(d, self.cls, self.box))
+            except ValueError as e:  # raised when the row is taken (a per-image list resolves every row)
+                refs.append(str(e))
+        return self._with(refs, len(refs))
+
+    @classmethod
+    def join(cls, parts: Sequence[Objective]) -> Detection | None:
+        """The resolved detections of consecutive chunks as one."""
+        dets = [p for p in parts if isinstance(p, Detection)]
+        if any(d.refs is None or d.n is None for d in dets):
+            return None
+        return dets[0]._with([r for d in dets for r in d.refs], sum(len(d) for d in dets))  # type: ignore[union-attr]
+
+    def reference(self) -> list[Any]:
+        """Each row's reference detection (:class:`galleryvis.detection.Reference`: box, label,
+        score, class vector), once resolved."""
+        if self.refs is None or self.n is None:
+            raise ValueError("Detection must be resolved and bound to images first (targets.resolve)")
+        return self._picked(range(self.n))
+
+
 class Score(Objective):
     """A callable ``fn(output) -> Tensor[rows]``: a score, no confidence. It is applied to every
     batch the engine runs (chunks, samples, masked copies), so it must score each row on its own,

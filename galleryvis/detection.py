@@ -1,0 +1,155 @@
+"""Object detectors: how their raw output is read, matched to a reference detection and scored.
+
+A detector is called as it is: a torchvision detector (Faster R-CNN, RetinaNet, FCOS, SSD, in
+eval mode) takes a batch (N, 3, H, W) of images in [0, 1] (or a list of them) and returns one
+dict per image, ``boxes`` (K, 4) in pixels of the image it was given, ``labels`` (K,) and
+``scores`` (K,); a detector of your own may add ``probs`` (K, classes), each detection's class
+probabilities, and ``objectness`` (K,). :class:`galleryvis.targets.Detection` reads it through
+:func:`read`; the two objectives are defined here:
+
+* :func:`box_score`, for gradient techniques: the matched detection's class score plus its IoU
+  with the reference box, as pytorch-grad-cam's ``FasterRCNNBoxScoreTarget`` defines it (0 when
+  the detection of highest IoU has IoU <= 0.5 or another class);
+* :func:`similarity`, for perturbation techniques and metrics: D-RISE's (Petsiuk et al. 2021)
+  similarity of the reference detection with the best detection of the (perturbed) image,
+  ``max_j IoU(L_t, L_j) * cos(P_t, P_j) * O_j`` (``O_j`` where the detector gives an objectness).
+  A detector that gives one score per box (torchvision) has the class vector ``P`` of a
+  detection taken as its score at its label and zeros elsewhere, so ``cos(P_t, P_j)`` is 1 for
+  the same class and 0 for another.
+
+Imports torch: only the engine's objectives and techniques use it.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+#: The IoU above which a detection matches a reference box (pytorch-grad-cam's and the issue's 0.5).
+IOU_THRESHOLD = 0.5
+
+
+class Detections(NamedTuple):
+    """One image's detections, best first: ``boxes`` (K, 4) x0, y0, x1, y1 in pixels,
+    ``labels`` (K,), ``scores`` (K,), ``probs`` (K, classes) or None, ``objectness`` (K,) or None."""
+
+    boxes: Tensor
+    labels: Tensor
+    scores: Tensor
+    probs: Tensor | None = None
+    objectness: Tensor | None = None
+
+    def kept(self, score_threshold: float, max_detections: int) -> Detections:
+        """The detections of score >= ``score_threshold``, at most ``max_detections``, best first."""
+        keep = (self.scores >= score_threshold).nonzero()[:, 0]
+        keep = keep[self.scores[keep].detach().argsort(descending=True, stable=True)][:max_detections]
+        return Detections(*(None if v is None else v[keep] for v in self))
+
+    def vectors(self) -> Tensor:
+        """Each detection's class vector (K, C): ``probs`` where given, else its score at its
+        label and zeros elsewhere (C: one past the highest label)."""
+        if self.probs is not None:
+            return self.probs
+        classes = int(self.labels.max()) + 1 if len(self.labels) else 1
+        out = self.scores.new_zeros((len(self.scores), classes))
+        return out.scatter(1, self.labels[:, None].long(), self.scores[:, None])
+
+
+class Reference(NamedTuple):
+    """The detection an objective explains in one image: its ``box`` (4,), ``label``,
+    ``score`` and class ``vector`` (C,), all detached."""
+
+    box: Tensor
+    label: int
+    score: float
+    vector: Tensor
+
+
+def _ultralytics(predictions: Tensor) -> list[Detections]:
+    """Ultralytics YOLO's raw predictions (N, 4 + classes, anchors), before NMS: every anchor a
+    detection, its box from (cx, cy, w, h), its class scores (one sigmoid each) as ``probs``."""
+    cx, cy, w, h = predictions[:, :4].unbind(1)
+    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+    probs = predictions[:, 4:].transpose(1, 2)
+    scores, labels = probs.max(-1)
+    return [Detections(*v) for v in zip(boxes, labels, scores, probs)]
+
+
+def read(output: Any, rows: int | None = None) -> list[Detections]:
+    """A detector's raw output as one :class:`Detections` per image: a list or tuple of dicts
+    with ``boxes``, ``labels`` and ``scores`` (torchvision), optionally ``probs`` and
+    ``objectness``; or Ultralytics YOLO's (predictions (N, 4 + classes, anchors), ...) in eval
+    mode. A ValueError naming what came back otherwise."""
+    if isinstance(output, (list, tuple)) and output and isinstance(output[0], Tensor) and output[0].dim() == 3:
+        output = _ultralytics(output[0])
+        if rows is not None and len(output) != rows:
+            raise ValueError(f"the detector returned {len(output)} images' detections for a target of {rows} images")
+        return output
+    ok = isinstance(output, (list, tuple)) and all(
+        isinstance(o, dict) and {"boxes", "labels", "scores"} <= o.keys() for o in output)
+    if not ok:
+        got = type(output).__name__ if not isinstance(output, (list, tuple)) or not output \
+            else f"{type(output).__name__} of {type(output[0]).__name__}"
+        raise ValueError(f"a detection target needs the detector's output as one dict per image with 'boxes', "
+                         f"'labels' and 'scores' (torchvision's); the model returned {got}")
+    if rows is not None and len(output) != rows:
+        raise ValueError(f"the detector returned {len(output)} images' detections for a target of {rows} images")
+    return [Detections(o["boxes"], o["labels"], o["scores"], o.get("probs"), o.get("objectness")) for o in output]
+
+
+def choose(dets: Detections, cls: int | None, box: Sequence[float] | None) -> Reference:
+    """The reference detection of one image: with ``box``, the detection (of class ``cls`` when
+    given) of highest IoU with it, which must be >= :data:`IOU_THRESHOLD`; otherwise the
+    highest-scoring detection (of class ``cls`` when given). A one-line ValueError when none is."""
+    of_class = "" if cls is None else f" of class {cls}"
+    pool = torch.arange(len(dets.scores), device=dets.scores.device)
+    if cls is not None:
+        pool = pool[dets.labels[pool] == cls]
+    if len(pool) == 0:
+        raise ValueError(f"Detection: no detection{of_class} above the score threshold")
+    if box is None:
+        i = int(pool[dets.scores[pool].detach().argmax()])
+    else:
+        ious = box_iou(torch.as_tensor([list(box)], dtype=dets.boxes.dtype, device=dets.boxes.device),
+                       dets.boxes[pool].detach())[0]
+        best = int(ious.argmax())
+        if float(ious[best]) < IOU_THRESHOLD:
+            raise ValueError(f"Detection: no detection{of_class} matches box {[round(float(v), 1) for v in box]} "
+                             f"(IoU >= {IOU_THRESHOLD}); the best IoU found is {float(ious[best]):.2f}")
+        i = int(pool[best])
+    vector = dets.vectors()[i].detach()
+    return Reference(dets.boxes[i].detach(), int(dets.labels[i]), float(dets.scores[i].detach()), vector)
+
+
+def box_score(dets: Detections, ref: Reference) -> Tensor:
+    """pytorch-grad-cam's ``FasterRCNNBoxScoreTarget`` for one reference: the score plus the
+    IoU of the detection of highest IoU with ``ref.box``, when that IoU is > 0.5 and its label
+    is ``ref.label``; 0 otherwise (connected to the graph, so its gradient is zero)."""
+    zero = dets.scores.sum() * 0
+    if len(dets.scores) == 0:
+        return zero
+    ious = box_iou(ref.box[None].to(dets.boxes), dets.boxes)[0]
+    i = ious.argmax()
+    if ious[i] > IOU_THRESHOLD and int(dets.labels[i]) == ref.label:
+        return ious[i] + dets.scores[i]
+    return zero
+
+
+def similarity(dets: Detections, ref: Reference) -> Tensor:
+    """D-RISE's similarity of ``ref`` with the best of ``dets``, in [0, 1] (0 without detections)."""
+    if len(dets.scores) == 0:
+        return dets.scores.new_zeros((), dtype=torch.float32)
+    iou = box_iou(ref.box[None].to(dets.boxes).float(), dets.boxes.float())[0]
+    vectors = dets.vectors().float()
+    ref_vector = ref.vector.to(vectors)
+    width = max(vectors.shape[1], ref_vector.shape[0])
+    vectors = torch.nn.functional.pad(vectors, (0, width - vectors.shape[1]))
+    ref_vector = torch.nn.functional.pad(ref_vector, (0, width - ref_vector.shape[0]))
+    cos = torch.nn.functional.cosine_similarity(vectors, ref_vector[None], dim=1)
+    s = iou * cos.clamp_min(0)
+    if dets.objectness is not None:
+        s = s * dets.objectness.float()
+    return s.max()
+
