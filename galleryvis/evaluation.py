@@ -18,7 +18,10 @@ images of the call: the perturbed copies of one image are run in batches of thei
 Metrics:
 
 * faithfulness: :func:`pixel_flipping`, :func:`region_perturbation`,
-  :func:`monotonicity_correlation` (Nguyen & Martinez 2020), :func:`irof`;
+  :func:`monotonicity_correlation` (Nguyen & Martinez 2020), :func:`irof`,
+  :func:`faithfulness_correlation`;
+* robustness (they take a technique's name instead of maps and explain again):
+  :func:`max_sensitivity`, :func:`avg_sensitivity`;
 * complexity: :func:`sparseness`, :func:`complexity`;
 * axiomatic: :func:`completeness` (Quantus's verdict and the relative error);
 * :func:`average_drop`, :func:`average_increase` (Chattopadhay et al. 2018, as torchcam);
@@ -399,6 +402,118 @@ def irof(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = None, 
             curve = _progressive(read, i, x[i], step_of, count, base) / y
             out[i] = count - _trapezoid(curve[None])[0]
     return out
+
+
+def faithfulness_correlation(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = None, *,
+                             nr_runs: int = 100, subset_size: int = 224, abs: bool = False, normalise: bool = True,
+                             perturb_baseline: Baseline = "black", softmax: bool = False, seed: int = 0,
+                             mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                             batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """Faithfulness Correlation (Bhatt et al. 2020): ``nr_runs`` random subsets of
+    ``subset_size`` input elements (the map broadcast over the channels) are replaced by
+    ``perturb_baseline``; returns the Pearson correlation, over the runs, between the map's sum
+    on the subset and the drop of the target ``f(x) - f(x perturbed)``; higher is more faithful.
+    The subsets are drawn from a generator seeded by ``seed``, the same for every image. Cost:
+    ``nr_runs + 1`` forwards per image.
+    """
+    x = _check_inputs(inputs).to(model_device(model))
+    elements = x[0].numel()
+    if isinstance(subset_size, bool) or not isinstance(subset_size, int) or not 1 <= subset_size <= elements:
+        raise ValueError(f"subset_size must be an int in [1, {elements}] (the input's elements), got {subset_size!r}")
+    if isinstance(nr_runs, bool) or not isinstance(nr_runs, int) or nr_runs < 2:
+        raise ValueError(f"nr_runs must be an int >= 2, got {nr_runs!r}")
+    base = _baseline(perturb_baseline, x, mean, std, ("black",))
+    flat = np.broadcast_to(_maps(maps, x, abs, normalise), tuple(x.shape)).reshape(len(x), -1)
+    out = np.empty(len(x))
+    with _reading(model, x, target, softmax, batch_size, "faithfulness_correlation") as read:
+        for i in range(len(x)):
+            gen = torch.Generator().manual_seed(seed)
+            subsets = torch.stack([torch.randperm(elements, generator=gen)[:subset_size] for _ in range(nr_runs)])
+            image = x[i].flatten()
+            fill = base.expand_as(x[i]).flatten()
+            on_device = subsets.to(x.device)
+
+            def make(lo: int, hi: int) -> Tensor:
+                idx = on_device[lo:hi]
+                return image.repeat(hi - lo, 1).scatter_(1, idx, fill[idx]).view(hi - lo, *x.shape[1:])
+
+            y = read(i, 1, lambda lo, hi: x[i:i + 1])[0]
+            drops = y - read(i, nr_runs, make)
+            out[i] = _pearson(flat[i][subsets.numpy()].sum(-1), drops)
+    return out
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two 1-D arrays, NaN when one is constant."""
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a @ a) * (b @ b))
+    return float(a @ b / den) if den > 0 else float("nan")
+
+
+# --- robustness ---------------------------------------------------------------------------------
+
+
+def _sensitivities(model: nn.Module, inputs: Tensor, technique: str, target: Target, layer: str | Sequence[str] | None,
+                   nr_samples: int, lower_bound: float, upper_bound: float | None, abs: bool, normalise: bool,
+                   seed: int, batch_size: int, mean: Sequence[float], std: Sequence[float],
+                   params: dict) -> np.ndarray:
+    """(N, nr_samples): ||map(x + noise) - map(x)|| / ||map(x)|| (Frobenius) for each image and
+    draw of uniform noise, in [-lower_bound, lower_bound] (or [lower_bound, upper_bound])."""
+    from .engine import attribute
+
+    if isinstance(nr_samples, bool) or not isinstance(nr_samples, int) or nr_samples < 1:
+        raise ValueError(f"nr_samples must be an int >= 1, got {nr_samples!r}")
+    if upper_bound is not None and not upper_bound > lower_bound:
+        raise ValueError(f"upper_bound ({upper_bound}) must be larger than lower_bound ({lower_bound})")
+    x = _check_inputs(inputs).to(model_device(model))
+    with prepared(model), torch.no_grad():
+        objective = targets.resolve(target, model, x, batch_size)
+    low, high = (-lower_bound, lower_bound) if upper_bound is None else (lower_bound, upper_bound)
+    out = np.empty((len(x), nr_samples))
+    for i in range(len(x)):  # one image at a time: its maps do not depend on the other images
+        clean = attribute(model, x[i:i + 1], technique, objective.image(i), layer, batch_size=batch_size, mean=mean,
+                          std=std, **params)
+        a = _maps(clean, x[i:i + 1], abs, normalise).reshape(-1)
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.empty((nr_samples, *x.shape[1:]), dtype=torch.float64).uniform_(low, high, generator=gen)
+        noisy = x[i] + noise.to(x.dtype).to(x.device)
+        again = attribute(model, noisy, technique, objective.image(i, nr_samples), layer, batch_size=batch_size,
+                          mean=mean, std=std, **params)
+        b = _maps(again, noisy, abs, normalise).reshape(nr_samples, -1)
+        out[i] = np.linalg.norm(a - b, axis=-1) / np.linalg.norm(a)
+    return out
+
+
+def max_sensitivity(model: nn.Module, inputs: Tensor, technique: str, target: Target = None,
+                    layer: str | Sequence[str] | None = None, *, nr_samples: int = 200, lower_bound: float = 0.2,
+                    upper_bound: float | None = None, abs: bool = False, normalise: bool = False, seed: int = 0,
+                    batch_size: int = DEFAULT_BATCH_SIZE, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD, technique_params: dict | None = None,
+                    **params: object) -> np.ndarray:
+    """Max-Sensitivity (Yeh et al. 2019): the largest relative change of ``technique``'s map,
+    ``||map(x + noise) - map(x)|| / ||map(x)||``, over ``nr_samples`` draws of uniform noise in
+    [-lower_bound, lower_bound] (or [lower_bound, upper_bound]) added to the model's input, the
+    target staying the clean image's; lower is more robust. Takes the technique's name (and
+    ``layer``, parameters as ``**params`` or ``technique_params`` where a name clashes) instead of
+    maps, since it explains again. The noise comes from a generator seeded by ``seed``, the same
+    for every image. Cost: one explanation of the image and ``nr_samples`` of noisy copies.
+    """
+    return np.nanmax(_sensitivities(model, inputs, technique, target, layer, nr_samples, lower_bound, upper_bound,
+                                    abs, normalise, seed, batch_size, mean, std,
+                                    {**(technique_params or {}), **params}), axis=1)
+
+
+def avg_sensitivity(model: nn.Module, inputs: Tensor, technique: str, target: Target = None,
+                    layer: str | Sequence[str] | None = None, *, nr_samples: int = 200, lower_bound: float = 0.2,
+                    upper_bound: float | None = None, abs: bool = False, normalise: bool = False, seed: int = 0,
+                    batch_size: int = DEFAULT_BATCH_SIZE, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD, technique_params: dict | None = None,
+                    **params: object) -> np.ndarray:
+    """Avg-Sensitivity (Yeh et al. 2019): :func:`max_sensitivity`'s relative changes averaged
+    over the draws instead of their maximum; lower is more robust. Same cost."""
+    return np.nanmean(_sensitivities(model, inputs, technique, target, layer, nr_samples, lower_bound, upper_bound,
+                                     abs, normalise, seed, batch_size, mean, std,
+                                     {**(technique_params or {}), **params}), axis=1)
 
 
 # --- axiomatic ----------------------------------------------------------------------------------

@@ -215,3 +215,70 @@ def test_callable_targets_read_scores_and_refuse_confidence_in_one_line(work):
     by_callable = metrics.pixel_flipping(model, x, maps, lambda out: out[:, 0], features_in_step=48, softmax=False)
     by_class = metrics.pixel_flipping(model, x, maps, 0, features_in_step=48, softmax=False)
     np.testing.assert_array_equal(by_callable, by_class)
+
+
+# --- stochastic metrics: galleryvis's seeded draws agree with Quantus's and captum's in expectation
+
+
+@pytest.fixture(scope="module")
+def spread():
+    """Six images whose scores spread out: maps from faithful (grad x image) to its opposite, and
+    the same images scaled from 0.1 to 10 (the noise of the robustness metrics matters less and less)."""
+    from galleryvis import attribute
+
+    model = _cnn()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, SIZE, SIZE, generator=g)
+    y = np.array([0, 1, 2, 3, 4, 0])
+    grad = attribute(model, x, "grad_x_image", y.tolist()).sum(1, keepdim=True)
+    w = torch.linspace(1, -1, 6).view(6, 1, 1, 1)
+    maps = w * grad + (1 - w.abs()) * torch.randn(6, 1, SIZE, SIZE, generator=g) * grad.abs().mean()
+    return model, x, maps, y, x * torch.logspace(-1, 1, 6).view(6, 1, 1, 1)
+
+
+def _r(a, b) -> float:
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_faithfulness_correlation_agrees_with_quantus_in_expectation(spread):
+    model, x, maps, y, _ = spread
+    ours = metrics.faithfulness_correlation(model, x, maps, y, nr_runs=100, subset_size=64, perturb_baseline=0.0)
+    np.random.seed(0)
+    q = quantus.FaithfulnessCorrelation(nr_runs=100, subset_size=64, perturb_baseline=0.0, return_aggregate=False,
+                                        disable_warnings=True)
+    theirs = q(model=model, x_batch=x.numpy(), y_batch=y, a_batch=maps.numpy(), channel_first=True, device="cpu")
+    assert _r(ours, theirs) >= 0.95
+    assert ours[0] > 0 > ours[-1]
+
+
+def test_sensitivity_agrees_with_quantus_and_captum_in_expectation(spread):
+    from captum.metrics import sensitivity_max
+
+    from galleryvis import attribute
+
+    model, _, _, y, x = spread
+
+    def explain(model, inputs, targets, **kwargs):  # Quantus's explain_func
+        return attribute(model, torch.as_tensor(inputs), "vanilla", [int(t) for t in targets]).numpy()
+
+    np.random.seed(0)
+    torch.manual_seed(0)
+    for ours, cls in ((metrics.max_sensitivity, quantus.MaxSensitivity),
+                      (metrics.avg_sensitivity, quantus.AvgSensitivity)):
+        values = ours(model, x, "vanilla", y, nr_samples=20)
+        theirs = cls(nr_samples=20, disable_warnings=True)(model=model, x_batch=x.numpy(), y_batch=y, a_batch=None,
+                                                          explain_func=explain, channel_first=True, device="cpu")
+        assert _r(values, theirs) >= 0.95, ours.__name__
+    by_captum = sensitivity_max(lambda inputs, target: (attribute(model, inputs[0], "vanilla", target.tolist()),),
+                                (x,), perturb_radius=0.2, n_perturb_samples=20, target=torch.as_tensor(y))
+    assert _r(metrics.max_sensitivity(model, x, "vanilla", y, nr_samples=20), by_captum.numpy()) >= 0.95
+
+
+def test_seeded_draws_are_the_same_for_an_image_alone_or_in_a_batch(spread):
+    model, x, maps, y, scaled = spread
+    settings = {"nr_runs": 10, "subset_size": 64, "perturb_baseline": 0.0}
+    full = metrics.faithfulness_correlation(model, x, maps, y, **settings)
+    assert metrics.faithfulness_correlation(model, x[2:3], maps[2:3], y[2:3], **settings)[0] == full[2]
+    full = metrics.max_sensitivity(model, scaled, "vanilla", y, nr_samples=4)
+    assert metrics.max_sensitivity(model, scaled[4:5], "vanilla", y[4:5], nr_samples=4)[0] == full[4]
+    assert metrics.max_sensitivity(model, scaled, "vanilla", y, nr_samples=4, seed=1).tolist() != full.tolist()
