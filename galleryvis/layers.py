@@ -67,17 +67,25 @@ def prefix_tokens(model: nn.Module) -> int:
                if n.rpartition(".")[2] in PREFIX_TOKEN_PARAMS and p.dim() >= 1)
 
 
+#: Modules whose ``image_size`` is the one input size of their model, by class (qualified by
+#: its module where the bare name is ambiguous): Hugging Face's ViT, CLIP and SigLIP embeddings,
+#: open_clip's vision transformer.
+_FIXED_SIZE = ("ViTPatchEmbeddings", "CLIPVisionEmbeddings", "SiglipVisionEmbeddings",
+               "open_clip.transformer.VisionTransformer")
+
+
 def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
     """The one input size (h, w) ``model`` accepts, where it has one: torchvision's
     ``VisionTransformer`` (``image_size``), timm's patch embeddings with ``strict_img_size``
-    (ViT, DeiT, Swin) and Hugging Face's ``ViTPatchEmbeddings`` (``image_size``); None for
+    (ViT, DeiT, Swin) and the modules of :data:`_FIXED_SIZE` (``image_size``); None for
     models that take any size."""
     vision_transformer = sys.modules.get("torchvision.models.vision_transformer")  # not imported: not one
     for m in model.modules():
         if vision_transformer is not None and isinstance(m, vision_transformer.VisionTransformer):
             return (m.image_size, m.image_size)
         size = getattr(m, "img_size", None) if getattr(m, "strict_img_size", False) else \
-            getattr(m, "image_size", None) if type(m).__name__ == "ViTPatchEmbeddings" else None
+            getattr(m, "image_size", None) if {type(m).__name__, f"{type(m).__module__}.{type(m).__name__}"} \
+            & set(_FIXED_SIZE) else None
         if size is not None:
             h, w = (size, size) if isinstance(size, int) else size
             return (int(h), int(w))
