@@ -242,6 +242,17 @@ def test_lrp_holds_the_embedding_norm_constant(models: dict, photos64: Tensor, k
     assert (ours.flatten(1).abs().sum(1) > 0).all()
 
 
+@pytest.mark.parametrize("kind", ["open_clip", "clip"])
+def test_class_visualization_maximizes_a_prompts_similarity(models: dict, kind: str) -> None:
+    """Feature visualization of a prompt raises its similarity; the image is made at any size
+    and seen at the one size the model takes (64 px), as on other vision transformers."""
+    clip = wrap(models, kind)
+    image, trace = galleryvis.synthesize(clip, "class_visualization", target=2, steps=24, size=48, jitter=0,
+                                         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert image.shape[-2:] == (48, 48)
+    assert trace[-4:].mean() > trace[:4].mean(), trace[:, 0].tolist()
+
+
 # -- sources and the example ----------------------------------------------------------------------
 TINY_CONFIG = {"embed_dim": 16, "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16,
                                                "patch_size": 8},
