@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import families, registry, targets
+from . import families, registry, targets, tasks
 from .chunking import FORWARD_BATCH_FACTOR, Chunking
 from .chunking import measure as measure_chunks
 from .fold import folded
@@ -343,6 +343,9 @@ def attribute_calls(
         if api != "attribute":
             raise registry.TechniqueError(
                 f"{t.name!r} is a {t.family} technique: use galleryvis.{api}(model, {t.name!r}, ...)")
+    task = targets.of(target, inputs.shape[0]).task
+    for t in techs.values():
+        tasks.check(t.name, t.tasks, task)
     resolved = {key: registry.resolve_params(techs[key], c.params) for key, c in calls.items()}
     x = fast_layout(inputs.detach().to(device))
     out: dict[str, list[Tensor]] = {key: [] for key in calls}

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .changes import conv_sizes, prepared, recorded  # conv_sizes: what Patches.of takes, for engine and attribution
 from .errors import LayerError
+from .tasks import heads, spatial_logits
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Dropout2d, nn.Identity)
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
@@ -168,9 +169,29 @@ def probe(model: nn.Module, x: Tensor) -> Records:
 
     A module called several times appears once, with its last call's output.
     """
+    return _probe(model, x)[0]
+
+
+def _probe(model: nn.Module, x: Tensor) -> tuple[Records, object]:
+    """:func:`probe`'s records and the model's output."""
     with recorded(model) as seen, prepared(model), torch.no_grad():
-        model(x)
-    return [(name, tuple(t.shape) if t is not None else None, t) for name, t in seen.items()]
+        output = model(x)
+    return [(name, tuple(t.shape) if t is not None else None, t) for name, t in seen.items()], output
+
+
+def _heads_of(model: nn.Module, output: object) -> tuple[str, ...]:
+    """Where the default layer is not looked for: a segmentation model's heads
+    (:func:`galleryvis.tasks.heads`) when the output is a score map per pixel (the head would
+    otherwise hold the last 4-D layer); nothing for every other model."""
+    try:
+        spatial_logits(output)
+    except ValueError:
+        return ()
+    return heads(model)
+
+
+def _inside(name: str, scope: str) -> bool:
+    return name == scope or name.startswith(scope + ".")
 
 
 def grids_of(model: nn.Module, records: Records, batch: int) -> dict[str, Grid | LayerError]:
@@ -204,8 +225,12 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
     channels-first output (ConvNeXt) gives way to its stage (the outermost enclosing module in a
     container returning that very tensor); otherwise (Swin) the block itself, or, when blocks
     return tuples (Hugging Face Swin), the last leaf on the grid (the final LayerNorm).
+    Segmentation models (a score map per pixel out): the same, outside their heads
+    (``backbone.layer4`` of torchvision's FCN-ResNet50, not its ``classifier``).
     """
-    records = probe(model, x)
+    records, output = _probe(model, x)
+    skip = _heads_of(model, output)
+    records = [r for r in records if not any(_inside(r[0], h) for h in skip)]
     modules = dict(model.named_modules())
     outputs = {n: t for n, _, t in records}
     if not has_layer_norm(model):

@@ -10,6 +10,7 @@ from typing import Any, Callable, Collection, Iterable, Literal, Mapping, get_ar
 
 from . import families
 from .families import Inputs
+from .tasks import DEFAULT_TASKS, TASKS
 
 OutputKind = Literal["input", "cam"]
 LayerUse = Literal["none", "one", "many", "optional"]
@@ -44,7 +45,10 @@ class Technique:
     self-attention (transformers only), so a manifest's implicit every-technique list leaves
     it out. ``family``: its :mod:`~galleryvis.families` entry's name; ``inputs``: what a cell of
     it needs from the plan (a target class or a channel, the input image, the model's input
-    size; default: its family's).
+    size; default: its family's). ``tasks``: the model tasks it supports (:mod:`galleryvis.tasks`;
+    default: every task but those of :data:`~galleryvis.tasks.OPT_IN`, detection); the others are
+    refused in one line before anything is computed. ``tensors``: parameters that also take a
+    tensor in the API (D-RISE's ``masks``).
     """
 
     name: str
@@ -66,8 +70,10 @@ class Technique:
     attention: bool = False
     group: str = ""
     inputs: Inputs = Inputs()
+    tasks: frozenset[str] = frozenset(DEFAULT_TASKS)
     params: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    tensors: frozenset[str] = frozenset()
 
     def describe(self) -> dict[str, Any]:
         """A plain-data description (name, parameters and defaults, output kind, paper)."""
@@ -83,6 +89,7 @@ class Technique:
             "stochastic": self.stochastic,
             "attention": self.attention,
             "group": self.group,
+            "tasks": sorted(self.tasks),
             "version": self.version,
             "params": dict(self.params),
             "choices": {k: list(v) for k, v in self.choices.items()},
@@ -115,6 +122,8 @@ def technique(
     attention: bool = False,
     group: str = "",
     inputs: Inputs | None = None,
+    tasks: tuple[str, ...] = DEFAULT_TASKS,
+    tensors: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn(ctx, **params)`` under ``name``; keyword-only defaults become its parameters.
 
@@ -136,6 +145,8 @@ def technique(
         raise TechniqueError(f"technique {name!r}: needs must be some of {', '.join(NEEDS)}, got {list(needs)}")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise TechniqueError(f"technique {name!r}: version must be a positive int, got {version!r}")
+    if not tasks or set(tasks) - set(TASKS):
+        raise TechniqueError(f"technique {name!r}: tasks must be some of {', '.join(TASKS)}, got {list(tasks)}")
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
@@ -152,7 +163,7 @@ def technique(
             title=title or name.replace("_", " ").title(), kind=kind, needs=frozenset(needs),
             stochastic=stochastic, version=version, fold=fold, split_sign=split_sign, doc=doc,
             signed=signed, family=family, attention=attention, group=group, inputs=inputs or fam.inputs,
-            params=params, choices=dict(choices or {}),
+            tasks=frozenset(tasks), params=params, choices=dict(choices or {}), tensors=frozenset(tensors),
         )
         return fn
 
@@ -227,7 +238,7 @@ def resolve_params(tech: Technique, params: Mapping[str, Any] | None) -> dict[st
                 f"; known: {', '.join(tech.params) or 'none'}"
             )
         default = tech.params[key]
-        if _is_tensor(value) and key in tech.choices:  # e.g. a baseline tensor
+        if _is_tensor(value) and (key in tech.choices or key in tech.tensors):  # e.g. a baseline tensor
             out[key] = value
             continue
         if not _type_ok(default, value):

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 #: Row selections :meth:`Objective.rows` takes: a slice, row numbers or a 1-D integer tensor.
@@ -56,6 +57,8 @@ class Objective(ABC):
     n: int | None = None
     #: Whether :meth:`resolve` must see the model's output on the clean images first.
     needs_output: bool = False
+    #: The task whose output it reads (:data:`galleryvis.tasks.TASKS`); None: any output.
+    task: str | None = None
 
     @property
     def has_confidence(self) -> bool:
@@ -98,6 +101,12 @@ class Objective(ABC):
     def image(self, i: int, copies: int = 1) -> Objective:
         """Image ``i``'s objective for ``copies`` rows: its noisy samples, masked copies, windows."""
         return self.rows([i] * copies)
+
+    @classmethod
+    def join(cls, parts: Sequence[Objective]) -> Objective | None:
+        """One objective for the rows of ``parts`` (bound objectives of this type) in order, or
+        None when the type cannot join them (:func:`resolve` then keeps one per image)."""
+        return None
 
     def split(self, size: int) -> list[Objective]:
         """Consecutive chunks of at most ``size`` rows, as ``Tensor.split`` cuts the images."""
@@ -147,6 +156,8 @@ class Class(Objective):
     class, decided by :meth:`resolve` on the clean images; the engine does it).
     """
 
+    task: str | None = "classification"
+
     def __init__(self, index: int | Sequence[int] | Tensor | np.ndarray | None = None) -> None:
         if isinstance(index, (Tensor, np.ndarray)):
             t = torch.as_tensor(index)
@@ -170,7 +181,8 @@ class Class(Objective):
         return c
 
     def __repr__(self) -> str:
-        return f"Class({'top-1' if self.index is None else self.index}{'' if self.n is None else f', n={self.n}'})"
+        return (f"{type(self).__name__}({'top-1' if self.index is None else self.index}"
+                f"{'' if self.n is None else f', n={self.n}'})")
 
     @staticmethod
     def probabilities(output: Any) -> Tensor:
@@ -202,21 +214,190 @@ class Class(Objective):
     def rows(self, index: Rows) -> Class:
         rows = _row_numbers(index, self.n)
         if self.index is None:
-            return Class._top1(len(rows))
+            return type(self)._top1(len(rows))
         if isinstance(self.index, int):
-            return Class(tuple([self.index] * len(rows)))
-        return Class(tuple(self.index[i] for i in rows))
+            return type(self)(tuple([self.index] * len(rows)))
+        return type(self)(tuple(self.index[i] for i in rows))
 
     def at(self, i: int) -> Class:
         if isinstance(self.index, tuple):
-            return Class(self.index[i])
-        return Class(self.index)
+            return type(self)(self.index[i])
+        return type(self)(self.index)
 
     def resolve(self, output: Any) -> Class:
         """Each row's top-1 class of ``output`` when no index was given."""
         if self.index is not None:
             return self
-        return Class(_logits(output, self.n).argmax(1).tolist())
+        return type(self)(_logits(output, self.n).argmax(1).tolist())
+
+    @classmethod
+    def join(cls, parts: Sequence[Objective]) -> Class:
+        return cls(tuple(i for p in parts for i in p.index))  # type: ignore[attr-defined]
+
+
+class MultiLabel(Class):
+    """A multi-label classifier's class (independent classes, one sigmoid each): score its
+    logit, confidence its sigmoid; ``MultiLabel()`` (top-1): each image's class of highest
+    sigmoid. ``index`` as for :class:`Class`."""
+
+    task: str | None = "multilabel"
+
+    @staticmethod
+    def probabilities(output: Any) -> Tensor:
+        """The sigmoid of every logit of ``output`` (N, classes): every class's confidence."""
+        return _logits(output).sigmoid()
+
+    def confidence(self, output: Any) -> Tensor:
+        """The class logit's sigmoid in each row (float32 at least)."""
+        logits = _logits(output, self.n)
+        return logits.float().gather(1, self._indices(logits)[:, None])[:, 0].sigmoid()
+
+
+def _spatial(output: Any, rows: int | None) -> Tensor:
+    """A segmentation output's scores (N, classes, h, w), N = ``rows`` when given."""
+    from .tasks import spatial_logits
+
+    logits = spatial_logits(output)
+    if rows is not None and logits.shape[0] != rows:
+        raise ValueError(f"the model returned {logits.shape[0]} label maps for a target of {rows} images")
+    return logits
+
+
+class Segment(Objective):
+    """A segmentation model's class over a region: score the sum of the class's logits over the
+    region's pixels, confidence the class's mean softmax probability there (0 for an empty region).
+
+    ``cls``: a class index (every image), a sequence of them (one per image), or None (each
+    image's top-1: the class covering most pixels, background (class 0) excepted unless it is
+    all there is). ``mask``: the region, a boolean (H, W) tensor (every image) or (N, H, W) (one
+    per image); None: the pixels the model assigns to the class (argmax over classes) on the
+    clean image, decided once by :meth:`resolve` (the engine does it), so masked, noisy and
+    interpolated copies are scored over the same pixels. A model's raw output is read as
+    :func:`galleryvis.tasks.spatial_logits` does (a tensor, ``out`` of a dict, ``.logits``),
+    at the model's own resolution; a mask of another size than the scores (SegFormer's are
+    at 1/4 of the input) has them resized bilinearly to it first.
+    """
+
+    task: str | None = "segmentation"
+
+    def __init__(self, cls: int | Sequence[int] | None = None, mask: Tensor | np.ndarray | None = None) -> None:
+        if cls is None or (isinstance(cls, Integral) and not isinstance(cls, bool)):
+            self.cls: int | tuple[int, ...] | None = None if cls is None else int(cls)
+        elif isinstance(cls, Sequence) and not isinstance(cls, str) \
+                and all(isinstance(v, Integral) and not isinstance(v, bool) for v in cls):
+            self.cls = tuple(int(v) for v in cls)
+            self.n = len(self.cls)
+        else:
+            raise TypeError(f"a segmentation class must be an int, a sequence of ints or None, not {cls!r}")
+        self.mask: Tensor | None = None
+        if mask is not None:
+            m = torch.as_tensor(mask)
+            if m.dim() not in (2, 3) or m.dtype != torch.bool:
+                raise ValueError(f"a segmentation mask must be a boolean (H, W) or (N, H, W) tensor, "
+                                 f"got {m.dtype} {tuple(m.shape)}")
+            if m.dim() == 3:
+                if self.n is not None and self.n != m.shape[0]:
+                    raise ValueError(f"{m.shape[0]} masks for {self.n} classes; give one per image")
+                self.n = int(m.shape[0])
+            self.mask = m
+        self.needs_output = self.cls is None or self.mask is None
+
+    @classmethod
+    def _bound(cls, classes: Sequence[int] | None, mask: Tensor | None, n: int) -> Segment:
+        """A segment bound to ``n`` rows: ``classes`` per row (None: top-1), ``mask`` (H, W) or (n, H, W)."""
+        s = cls(None if classes is None else tuple(classes), mask if mask is None or mask.dim() == 3
+                else mask.expand(n, *mask.shape))
+        s.n = n
+        return s
+
+    def __repr__(self) -> str:
+        region = "argmax" if self.mask is None else f"mask {tuple(self.mask.shape)}"
+        return f"Segment({'top-1' if self.cls is None else self.cls}, {region}{'' if self.n is None else f', n={self.n}'})"
+
+    def _classes(self, logits: Tensor) -> Tensor:
+        """One class index per row, checked against the number of classes."""
+        if self.cls is None:
+            raise ValueError("Segment() (top-1) must be resolved on the model's output first (targets.resolve)")
+        values = (self.cls,) if isinstance(self.cls, int) else self.cls
+        if values and (min(values) < 0 or max(values) >= logits.shape[1]):
+            raise ValueError(f"segmentation target {list(values)} out of range for {logits.shape[1]} classes")
+        c = torch.as_tensor(values, dtype=torch.long, device=logits.device)
+        return c.expand(logits.shape[0]) if isinstance(self.cls, int) else c
+
+    def _region(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """``logits`` at the mask's size and the region per row, float (rows, h, w)."""
+        if self.mask is None:
+            labels = logits.detach().argmax(1)
+            return logits, (labels == self._classes(logits)[:, None, None]).to(logits.dtype)
+        mask = self.mask.to(logits.device)
+        if tuple(mask.shape[-2:]) != tuple(logits.shape[-2:]):
+            logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, mask.to(logits.dtype).expand(logits.shape[0], *mask.shape[-2:])
+
+    def _per_class(self, logits: Tensor) -> Tensor:
+        """Each row's class channel of ``logits``, (rows, h, w)."""
+        c = self._classes(logits)[:, None, None, None].expand(-1, 1, *logits.shape[-2:])
+        return logits.gather(1, c)[:, 0]
+
+    def score(self, output: Any) -> Tensor:
+        """The sum of the class's logits over the region, per row."""
+        logits, region = self._region(_spatial(output, self.n))
+        return (self._per_class(logits) * region).sum((1, 2))
+
+    def confidence(self, output: Any) -> Tensor:
+        """The class's mean softmax probability over the region, per row (float32 at least)."""
+        logits, region = self._region(_spatial(output, self.n).float())
+        return (self._per_class(logits.softmax(1)) * region).sum((1, 2)) / region.sum((1, 2)).clamp_min(1)
+
+    def rows(self, index: Rows) -> Segment:
+        rows = _row_numbers(index, self.n)
+        classes = None if self.cls is None else [self.cls] * len(rows) if isinstance(self.cls, int) \
+            else [self.cls[i] for i in rows]
+        mask = self.mask if self.mask is None or self.mask.dim() == 2 else self.mask[rows]
+        return Segment._bound(classes, mask, len(rows))
+
+    def at(self, i: int) -> Segment:
+        return Segment(self.cls[i] if isinstance(self.cls, tuple) else self.cls,
+                       self.mask[i] if self.mask is not None and self.mask.dim() == 3 else self.mask)
+
+    def resolve(self, output: Any) -> Segment:
+        """Each row's top-1 class (when none was given) and region (the pixels the model assigns
+        to the class, when no mask was given) on ``output``, the model's output for the clean images."""
+        if not self.needs_output:
+            return self
+        logits = _spatial(output, self.n).detach()
+        n = logits.shape[0]
+        mask = None if self.mask is None else self.mask.to(logits.device).expand(n, *self.mask.shape[-2:])
+        if mask is not None and tuple(mask.shape[-2:]) != tuple(logits.shape[-2:]):
+            logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+        labels = logits.argmax(1)
+        if self.cls is None:
+            counts = F.one_hot(labels, logits.shape[1])
+            counts = (counts * mask[..., None] if mask is not None else counts).sum((1, 2))
+            others = counts[:, 1:]
+            top = torch.where(others.amax(1) > 0, others.argmax(1) + 1, counts.argmax(1)) if others.shape[1] \
+                else counts.argmax(1)
+            classes = top.tolist()
+        else:
+            classes = [self.cls] * n if isinstance(self.cls, int) else list(self.cls)
+        if mask is None:
+            mask = labels == torch.as_tensor(classes, device=labels.device)[:, None, None]
+        return Segment._bound(classes, mask, n)
+
+    @classmethod
+    def join(cls, parts: Sequence[Objective]) -> Segment | None:
+        """The resolved segments of consecutive chunks as one, when their masks have one size."""
+        segs = [p for p in parts if isinstance(p, Segment)]
+        if any(s.cls is None or s.mask is None for s in segs) or len({s.mask.shape[-2:] for s in segs}) != 1:
+            return None
+        return cls._bound([c for s in segs for c in s.cls], torch.cat([s.mask for s in segs]),  # type: ignore[misc]
+                          sum(len(s) for s in segs))
+
+    def coverage(self) -> Tensor:
+        """The fraction of the image's pixels in each row's region, (rows,) (a resolved segment)."""
+        if self.mask is None:
+            raise ValueError("Segment's region is decided by the model's output: resolve it first (targets.resolve)")
+        return self.mask.flatten(-2).float().mean(-1).expand(len(self))
 
 
 class Text(Objective):
@@ -432,6 +613,8 @@ class PerImage(Objective):
         self.items = tuple(items)
         self.n = len(self.items)
         self.needs_output = any(o.needs_output for o in self.items)
+        given = {o.task for o in self.items} - {None}
+        self.task = given.pop() if len(given) == 1 else None
 
     def __repr__(self) -> str:
         return f"PerImage({list(self.items)!r})"
@@ -475,8 +658,9 @@ class PerImage(Objective):
 def per_image(items: Sequence[Objective]) -> Objective:
     """The objective of images whose objectives are ``items`` (each for any number of rows):
     one :class:`Class` when all are fixed classes, so the usual case runs as one gather."""
-    if all(isinstance(o, Class) and isinstance(o.index, int) for o in items):
-        return Class(tuple(o.index for o in items))  # type: ignore[misc]
+    kind = type(items[0]) if items else Class
+    if issubclass(kind, Class) and all(type(o) is kind and isinstance(o.index, int) for o in items):
+        return kind(tuple(o.index for o in items))  # type: ignore[misc,attr-defined]
     return PerImage(items)
 
 
@@ -530,9 +714,9 @@ def resolve(target: Target, run: Callable[[Tensor], Any], x: Tensor, batch_size:
         return objective
     with torch.no_grad():
         parts = [part.resolve(run(xs)) for xs, part in zip(x.split(batch_size), objective.split(batch_size))]
-    if all(isinstance(p, Class) for p in parts):
-        return Class(tuple(i for p in parts for i in p.index))  # type: ignore[union-attr]
-    return per_image([p.at(i) for p in parts for i in range(len(p))])
+    kind = type(parts[0])
+    joined = kind.join(parts) if all(type(p) is kind for p in parts) else None
+    return joined if joined is not None else per_image([p.at(i) for p in parts for i in range(len(p))])
 
 
 def require_confidence(objective: Objective, who: str) -> None:

@@ -786,6 +786,7 @@ class _Tracer(TorchFunctionMode):
 @technique("lrp", output="input", layer="optional", signed=True,
            choices={"rule": RULES, "attention": ATTENTION_RULES},
            title="Layer-wise Relevance Propagation", kind="signed", needs=("passes",),
+           tasks=("classification", "multilabel", "image-text"),
            paper="Bach et al. 2015, https://doi.org/10.1371/journal.pone.0130140; "
                  "Montavon et al. 2019, https://doi.org/10.1007/978-3-030-28954-6_10; "
                  "Achtibat et al. 2024 (AttnLRP), https://arxiv.org/abs/2402.05602",
