@@ -108,6 +108,31 @@ def test_irof_equals_quantus(work, baseline):
     np.testing.assert_allclose(ours, _quantus(q, model, x, maps, y), rtol=0, atol=ATOL)
 
 
+def test_infidelity_equals_quantus_and_captum(work):
+    """Quantus's infidelity replaces one more square per step (its n_perturb_samples repeats the
+    same steps); captum's, given those perturbations as its samples, is the same mean squared gap."""
+    from captum.metrics import infidelity
+
+    model, x, maps, y, _ = work
+    maps = maps * 0.05  # a map on the scale of the logits' changes
+    ours = metrics.infidelity(model, x, maps, y, perturb_patch_sizes=[4, 6], perturb_baseline=0.3)
+    q = quantus.Infidelity(perturb_patch_sizes=[4, 6], perturb_baseline=0.3, n_perturb_samples=1,
+                           disable_warnings=True)
+    np.testing.assert_allclose(ours, _quantus(q, model, x, maps, y), rtol=1e-6, atol=ATOL)
+
+    squares = (SIZE // 4) ** 2
+    square = (torch.arange(SIZE)[:, None] // 4) * (SIZE // 4) + torch.arange(SIZE)[None] // 4
+
+    def steps(rows):  # captum repeats each image for its samples: sample k removes squares 0 ... k
+        k = torch.arange(len(rows)) % squares
+        removed = torch.where((square[None] <= k.view(-1, 1, 1))[:, None], rows - 0.3, torch.zeros_like(rows))
+        return removed, rows - removed
+
+    theirs = infidelity(model, steps, x, maps.expand_as(x), target=torch.as_tensor(y), n_perturb_samples=squares)
+    np.testing.assert_allclose(metrics.infidelity(model, x, maps, y, perturb_baseline=0.3), theirs.numpy(),
+                               rtol=1e-6, atol=ATOL)
+
+
 def test_completeness_verdict_equals_quantus_and_relative_error_is_the_gap():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
