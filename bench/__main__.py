@@ -20,6 +20,8 @@ from .cases import ORDER, PER_CHANNEL
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("attribution", "metrics", "synthesis", "rebuild", "cluster")
+#: Sections run only when asked for (``--sections`` or their flag): minutes each.
+EXTRA_SECTIONS = ("default",)
 
 FULL = {"size": 224, "repeats": 5, "budget": 3.0, "images": 1,
         "settings": {"ig_steps": 100, "sg_samples": 50, "sg_sigma": 0.15, "syn_steps": 10,
@@ -41,13 +43,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    "%(default)s; the issue's seed numbers for IG and SmoothGrad were taken on AlexNet)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto = cpu and cuda when available")
     p.add_argument("--cases", help=f"comma list of rows (default: all; quick: all but scorecam and ablationcam): {', '.join(ORDER)}")
-    p.add_argument("--sections", default=",".join(SECTIONS), help="comma list of %(default)s")
+    p.add_argument("--sections", default=",".join(SECTIONS), help="comma list of %(default)s (the default), and default: "
+                   "the default gallery's cold build (--default-gallery)")
     p.add_argument("--rebuild", action="store_true", help="only the incremental rebuild section")
     p.add_argument("--rebuild-manifest", help="'default' (the embedded default gallery, issue 5's measure) or a "
                    "manifest path (its site/ is rewritten); default: a small generated gallery")
     p.add_argument("--cluster", action="store_true", help="only the local-vs-Ray section")
     p.add_argument("--cluster-manifest", help="the local-vs-Ray section's gallery: 'default' (the embedded default "
                    "gallery, issue 16's measure; the full run's choice) or a manifest path; quick: a small generated one")
+    p.add_argument("--default-gallery", action="store_true", help="only the default gallery's cold build against "
+                   "the floor of --floor-passes passes of EfficientNet-Lite0 (issue 35: at most 2,000 of them)")
+    p.add_argument("--floor-passes", type=int, help="passes the floor times, half before the build and half after "
+                   "(default 2000; quick 200)")
+    p.add_argument("--keep-site", type=Path, help="copy the default gallery section's built site to this folder")
     p.add_argument("--markdown", action="store_true", help="GitHub Markdown tables (for the README)")
     p.add_argument("--json", type=Path, help="also write every raw record to this file")
     p.add_argument("--size", type=int, help="input size in pixels (default 224; quick 112)")
@@ -165,8 +173,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"error: unknown cases {sorted(unknown)}; known: {', '.join(ORDER)}")
         for case in PER_CHANNEL:
             cfg["settings"][f"{case}_everywhere"] = case in cfg["cases"]  # asked for by name
-    sections = {"rebuild"} if args.rebuild else {"cluster"} if args.cluster else {
-        s.strip() for s in args.sections.split(",")}
+    sections = {"rebuild"} if args.rebuild else {"cluster"} if args.cluster else {"default"} if args.default_gallery \
+        else {s.strip() for s in args.sections.split(",")}
+    unknown_sections = sections - set(SECTIONS) - set(EXTRA_SECTIONS)
+    if unknown_sections:
+        sys.exit(f"error: unknown sections {sorted(unknown_sections)}; known: {', '.join(SECTIONS + EXTRA_SECTIONS)}")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     import torchvision
 
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: unknown torchvision classification models {sorted(unknown_models)} "
                  "(timm models: timm:NAME)")
 
-    from .report import Report, checks_block, cluster_table, extras_table, model_table, rebuild_table
+    from .report import Report, checks_block, cluster_table, extras_table, first_table, model_table, rebuild_table
 
     rep = Report(markdown=args.markdown)
 
@@ -226,6 +237,13 @@ def main(argv: list[str] | None = None) -> None:
             r = cluster.run("quick" if args.quick else "full", chosen, args.images, args.batch_size)
             dump["cluster"] = r
             print(cluster_table(rep, r), flush=True)
+    if "default" in sections:
+        from . import first
+
+        print("running the default gallery section ...", file=sys.stderr, flush=True)
+        r = first.run(args.floor_passes or (200 if args.quick else first.PASSES), args.threads, args.keep_site)
+        dump["default"] = r
+        print(first_table(rep, r, judge=not args.quick), flush=True)
     block = checks_block(rep)
     if block:
         print(block)

@@ -262,6 +262,47 @@ def cluster_table(rep: Report, r: dict[str, Any]) -> str:
     return rep.join(lines)
 
 
+def first_table(rep: Report, r: dict[str, Any], judge: bool = True) -> str:
+    """The default gallery's cold build against the floor of plain passes (:mod:`bench.first`);
+    ``judge=False`` (quick mode: fewer floor passes) prints the ratio without a check."""
+    from galleryvis.progress import STAGES
+
+    from .first import PASSES
+
+    build = r["build"]
+    rows = [["cold build of the default gallery", secs(build["wall"]), secs(build.get("build_seconds")),
+             _summary(build)],
+            [f"{PASSES:,} passes of the floor", secs(r["floor"]), "—",
+             f"{1000 * r['pass']:.1f} ms per pass ({1000 * r['pass_before']:.1f} before the build, "
+             f"{1000 * r['pass_after']:.1f} after; {r['passes']:,} timed)"]]
+    lines = [rep.heading("the default gallery, cold"), "",
+             "floor: EfficientNet-Lite0, 224 px, batch 1, forward + backward to the input, frozen parameters", "",
+             rep.table(["what", "seconds (wall)", "seconds (in build.json)", "cells"], rows)]
+    if build["rc"]:
+        lines.append(f"build failed (exit {build['rc']}): {build['stderr']}")
+        return rep.join(lines)
+    stages = build.get("stages", {})
+    seconds = stages.get("seconds", {})
+    if seconds:
+        lines += ["", rep.table(["stage", "seconds"], [[name, secs(seconds[name])] for name in STAGES
+                                                       if name in seconds])]
+        lines.append(f"model passes in the build: {stages.get('model_passes', '?')} "
+                     f"({stages.get('images_through_models', '?')} images)")
+    transfer = build.get("transfer", [])
+    if transfer:
+        lines += ["", "class visualizations: the target's rank under the gallery's other models (1 = top)", "",
+                  rep.table(["made with", "row", "class", "rank"],
+                            [[t["model"], t["row"] + (f" ({t['image']})" if t["image"] else ""), t["target"],
+                              ", ".join(f"{v} under {k}" for k, v in t["ranks"].items())] for t in transfer])]
+    verdict = (rep.check(f"default gallery: cold build = {r['ratio']:,.0f} passes of the floor (≤ {PASSES:,})",
+                         r["ratio"] <= PASSES) if judge else "(not judged in quick mode)")
+    lines.append(f"\ncold build / one pass of the floor = {r['ratio']:,.0f} passes {verdict} "
+                 f"(target ≤ {PASSES:,}: {secs(r['floor'])} s in this run)")
+    lines.append(f"by CPU time (all threads; steadier on a shared machine): {r['ratio_cpu']:,.0f} passes "
+                 f"({secs(r['build']['cpu'])} s against {1000 * r['pass_cpu']:.1f} ms per pass)")
+    return rep.join(lines)
+
+
 def _summary(b: dict[str, Any]) -> str:
     s = b.get("summary")
     if not s:
@@ -273,6 +314,6 @@ def checks_block(rep: Report) -> str:
     if not rep.checks:
         return ""
     ok = sum(c.ok for c in rep.checks)
-    lines = [rep.heading("targets (issues 3, 5, 6, 16)"), "", f"{ok} of {len(rep.checks)} met:"]
+    lines = [rep.heading("targets (issues 3, 5, 6, 16, 35)"), "", f"{ok} of {len(rep.checks)} met:"]
     lines += [f"- {'✓' if c.ok else '✗'} {c.what}" for c in rep.checks]
     return rep.join(lines)
