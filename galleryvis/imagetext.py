@@ -147,7 +147,8 @@ class ImageText(nn.Module):
         if not todo:
             return
         model = self.source
-        device = next(model.parameters()).device
+        vision = tuple(f"{name}." for name in _VISION[self.kind])  # moved with this module, maybe elsewhere
+        device = next(p.device for n, p in model.named_parameters() if not n.startswith(vision))
         with torch.no_grad(), prepared(model):
             for i in range(0, len(todo), _TEXT_BATCH):
                 chunk = todo[i:i + _TEXT_BATCH]

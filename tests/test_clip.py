@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -152,6 +153,22 @@ def test_text_confidence(models: dict, photos64: Tensor, kind: str) -> None:
     torch.testing.assert_close(targets.Class(2).bind(2).confidence(logits), logits.softmax(1)[:, 2])
     with pytest.raises(ValueError, match="not one of this model's prompts; make a model that scores it"):
         clip.text("a blue car")
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "siglip"])
+def test_deletion_reads_the_texts_confidence(models: dict, photos64: Tensor, kind: str) -> None:
+    """Deletion / insertion of a text's map starts from the pair's own confidence on the intact
+    image (not a softmax over the prompts)."""
+    from galleryvis.metrics import deletion_insertion
+
+    clip = wrap(models, kind)
+    target = clip.text("a red car")
+    maps = galleryvis.attribute(clip, photos64, "gradcam", target)
+    result = deletion_insertion(clip, photos64, maps, target, steps=4)
+    with torch.no_grad():
+        expected = target.bind(2).confidence(clip(photos64))
+    np.testing.assert_allclose(result.deletion_curve[:, 0], expected.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(result.insertion_curve[:, -1], expected.numpy(), rtol=1e-5)
 
 
 class Embedding(nn.Module):
