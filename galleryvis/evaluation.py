@@ -21,7 +21,7 @@ Metrics:
   :func:`monotonicity_correlation` (Nguyen & Martinez 2020), :func:`irof`,
   :func:`faithfulness_correlation`, :func:`infidelity`;
 * robustness (they take a technique's name instead of maps and explain again):
-  :func:`max_sensitivity`, :func:`avg_sensitivity`;
+  :func:`max_sensitivity`, :func:`avg_sensitivity`, :func:`local_lipschitz_estimate`;
 * complexity: :func:`sparseness`, :func:`complexity`;
 * axiomatic: :func:`completeness` (Quantus's verdict and the relative error);
 * :func:`average_drop`, :func:`average_increase` (Chattopadhay et al. 2018, as torchcam);
@@ -494,34 +494,43 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 # --- robustness ---------------------------------------------------------------------------------
 
 
+def _uniform(lower_bound: float, upper_bound: float | None) -> Callable[[torch.Generator, tuple], Tensor]:
+    """Quantus's uniform noise: in [-lower_bound, lower_bound], or [lower_bound, upper_bound]."""
+    if upper_bound is not None and not upper_bound > lower_bound:
+        raise ValueError(f"upper_bound ({upper_bound}) must be larger than lower_bound ({lower_bound})")
+    low, high = (-lower_bound, lower_bound) if upper_bound is None else (lower_bound, upper_bound)
+    return lambda gen, shape: torch.empty(shape, dtype=torch.float64).uniform_(low, high, generator=gen)
+
+
 def _sensitivities(model: nn.Module, inputs: Tensor, technique: str, target: Target, layer: str | Sequence[str] | None,
-                   nr_samples: int, lower_bound: float, upper_bound: float | None, abs: bool, normalise: bool,
-                   seed: int, batch_size: int, mean: Sequence[float], std: Sequence[float],
+                   nr_samples: int, noise: Callable[[torch.Generator, tuple], Tensor], per_input: bool, abs: bool,
+                   normalise: bool, seed: int, batch_size: int, mean: Sequence[float], std: Sequence[float],
                    params: dict) -> np.ndarray:
-    """(N, nr_samples): ||map(x + noise) - map(x)|| / ||map(x)|| (Frobenius) for each image and
-    draw of uniform noise, in [-lower_bound, lower_bound] (or [lower_bound, upper_bound])."""
+    """(N, nr_samples): ||map(x + noise) - map(x)|| over ||map(x)|| (``per_input``: over
+    ||noise|| + 1e-10) for each image and draw of ``noise`` (Euclidean norms over all elements)."""
     from .engine import attribute
 
     if isinstance(nr_samples, bool) or not isinstance(nr_samples, int) or nr_samples < 1:
         raise ValueError(f"nr_samples must be an int >= 1, got {nr_samples!r}")
-    if upper_bound is not None and not upper_bound > lower_bound:
-        raise ValueError(f"upper_bound ({upper_bound}) must be larger than lower_bound ({lower_bound})")
     x = _check_inputs(inputs).to(model_device(model))
     with prepared(model), torch.no_grad():
         objective = targets.resolve(target, model, x, batch_size)
-    low, high = (-lower_bound, lower_bound) if upper_bound is None else (lower_bound, upper_bound)
     out = np.empty((len(x), nr_samples))
     for i in range(len(x)):  # one image at a time: its maps do not depend on the other images
         clean = attribute(model, x[i:i + 1], technique, objective.image(i), layer, batch_size=batch_size, mean=mean,
                           std=std, **params)
         a = _maps(clean, x[i:i + 1], abs, normalise).reshape(-1)
-        gen = torch.Generator().manual_seed(seed)
-        noise = torch.empty((nr_samples, *x.shape[1:]), dtype=torch.float64).uniform_(low, high, generator=gen)
-        noisy = x[i] + noise.to(x.dtype).to(x.device)
+        drawn = noise(torch.Generator().manual_seed(seed), (nr_samples, *x.shape[1:])).to(x.dtype).to(x.device)
+        noisy = x[i] + drawn
         again = attribute(model, noisy, technique, objective.image(i, nr_samples), layer, batch_size=batch_size,
                           mean=mean, std=std, **params)
         b = _maps(again, noisy, abs, normalise).reshape(nr_samples, -1)
-        out[i] = np.linalg.norm(a - b, axis=-1) / np.linalg.norm(a)
+        change = np.linalg.norm(a - b, axis=-1)
+        if per_input:
+            moved = (noisy - x[i]).double().cpu().numpy().reshape(nr_samples, -1)
+            out[i] = change / (np.linalg.norm(moved, axis=-1) + 1e-10)
+        else:
+            out[i] = change / np.linalg.norm(a)
     return out
 
 
@@ -539,9 +548,9 @@ def max_sensitivity(model: nn.Module, inputs: Tensor, technique: str, target: Ta
     maps, since it explains again. The noise comes from a generator seeded by ``seed``, the same
     for every image. Cost: one explanation of the image and ``nr_samples`` of noisy copies.
     """
-    return np.nanmax(_sensitivities(model, inputs, technique, target, layer, nr_samples, lower_bound, upper_bound,
-                                    abs, normalise, seed, batch_size, mean, std,
-                                    {**(technique_params or {}), **params}), axis=1)
+    return np.nanmax(_sensitivities(model, inputs, technique, target, layer, nr_samples,
+                                    _uniform(lower_bound, upper_bound), False, abs, normalise, seed, batch_size, mean,
+                                    std, {**(technique_params or {}), **params}), axis=1)
 
 
 def avg_sensitivity(model: nn.Module, inputs: Tensor, technique: str, target: Target = None,
@@ -552,9 +561,28 @@ def avg_sensitivity(model: nn.Module, inputs: Tensor, technique: str, target: Ta
                     **params: object) -> np.ndarray:
     """Avg-Sensitivity (Yeh et al. 2019): :func:`max_sensitivity`'s relative changes averaged
     over the draws instead of their maximum; lower is more robust. Same cost."""
-    return np.nanmean(_sensitivities(model, inputs, technique, target, layer, nr_samples, lower_bound, upper_bound,
-                                     abs, normalise, seed, batch_size, mean, std,
-                                     {**(technique_params or {}), **params}), axis=1)
+    return np.nanmean(_sensitivities(model, inputs, technique, target, layer, nr_samples,
+                                     _uniform(lower_bound, upper_bound), False, abs, normalise, seed, batch_size,
+                                     mean, std, {**(technique_params or {}), **params}), axis=1)
+
+
+def local_lipschitz_estimate(model: nn.Module, inputs: Tensor, technique: str, target: Target = None,
+                             layer: str | Sequence[str] | None = None, *, nr_samples: int = 200,
+                             perturb_mean: float = 0.0, perturb_std: float = 0.1, abs: bool = False,
+                             normalise: bool = True, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+                             mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                             technique_params: dict | None = None, **params: object) -> np.ndarray:
+    """Local Lipschitz Estimate (Alvarez-Melis & Jaakkola 2018): the largest
+    ``||map(x + noise) - map(x)|| / ||noise||`` over ``nr_samples`` draws of Gaussian noise
+    (``perturb_mean``, ``perturb_std``) added to the model's input; lower is more robust. As
+    :func:`max_sensitivity`, it takes the technique's name and explains each noisy copy again.
+    Cost: one explanation of the image and ``nr_samples`` of noisy copies."""
+    def gaussian(gen: torch.Generator, shape: tuple) -> Tensor:
+        return torch.empty(shape, dtype=torch.float64).normal_(perturb_mean, perturb_std, generator=gen)
+
+    return np.nanmax(_sensitivities(model, inputs, technique, target, layer, nr_samples, gaussian, True, abs,
+                                    normalise, seed, batch_size, mean, std,
+                                    {**(technique_params or {}), **params}), axis=1)
 
 
 # --- axiomatic ----------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def _quantus(metric, model, x, maps, y, mask=None) -> np.ndarray:
     """Quantus's value for each image, scored alone (its normalisation and baselines are per batch)."""
     out = []
     for i in range(len(x)):
-        v = metric(model=model, x_batch=x[i:i + 1].numpy(), y_batch=y[i:i + 1], a_batch=maps[i:i + 1].numpy(),
+        a = None if maps is None else maps[i:i + 1].numpy()  # None: Quantus explains
+        v = metric(model=model, x_batch=x[i:i + 1].numpy(), y_batch=y[i:i + 1], a_batch=a,
                    s_batch=None if mask is None else mask[i:i + 1], channel_first=True, device="cpu")
         out.append(float(np.ravel(v)[0]))
     return np.array(out)
@@ -294,6 +295,9 @@ def test_sensitivity_agrees_with_quantus_and_captum_in_expectation(spread):
         theirs = cls(nr_samples=20, disable_warnings=True)(model=model, x_batch=x.numpy(), y_batch=y, a_batch=None,
                                                           explain_func=explain, channel_first=True, device="cpu")
         assert _r(values, theirs) >= 0.95, ours.__name__
+    lipschitz = metrics.local_lipschitz_estimate(model, x, "vanilla", y, nr_samples=20)
+    per_image = partial(quantus.LocalLipschitzEstimate(nr_samples=20, disable_warnings=True), explain_func=explain)
+    assert _r(lipschitz, _quantus(per_image, model, x, None, y)) >= 0.95  # Quantus normalises per batch
     by_captum = sensitivity_max(lambda inputs, target: (attribute(model, inputs[0], "vanilla", target.tolist()),),
                                 (x,), perturb_radius=0.2, n_perturb_samples=20, target=torch.as_tensor(y))
     assert _r(metrics.max_sensitivity(model, x, "vanilla", y, nr_samples=20), by_captum.numpy()) >= 0.95
