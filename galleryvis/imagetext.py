@@ -95,6 +95,9 @@ class ImageText(nn.Module):
             text of a group).
     """
 
+    #: Its task (:func:`galleryvis.tasks.of_model`): its logits are over prompts, its targets prompts or texts.
+    task = "image-text"
+
     def __init__(self, model: nn.Module, prompts: Sequence[Prompt], tokenizer: Callable[..., Any] | None = None,
                  labels: Sequence[str] | None = None, *, _cache: dict[str, Tensor] | None = None) -> None:
         super().__init__()

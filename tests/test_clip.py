@@ -23,7 +23,7 @@ from test_agreement import (ExplicitAttention, check, frozen, gradient_reference
 from torch import Tensor, nn
 
 import galleryvis
-from galleryvis import targets
+from galleryvis import targets, tasks
 from galleryvis.imagetext import IMAGENET_TEMPLATES, ImageText, imagenet_prompts
 from galleryvis.manifest import ModelSpec, load_manifest
 from galleryvis.models import ModelError, load_model
@@ -108,7 +108,7 @@ def test_logits_are_the_models_own(models: dict, photos64: Tensor, kind: str) ->
     with torch.no_grad():
         ours = clip(photos64)
     torch.testing.assert_close(ours, own_logits(models[kind], kind, photos64, PROMPTS), rtol=1e-4, atol=1e-5)
-    assert clip.sigmoid == (kind == "siglip")
+    assert clip.sigmoid == (kind == "siglip") and tasks.of_model(clip) == "image-text"
     names = dict(models[kind].named_modules())
     assert all(names[n] is m for n, m in clip.named_modules() if n), "layer names are the whole model's"
     assert not any("text" in n for n, _ in clip.named_modules()), "the text tower is not part of the wrapper"
