@@ -23,6 +23,7 @@ Metrics:
 * robustness (they take a technique's name instead of maps and explain again):
   :func:`max_sensitivity`, :func:`avg_sensitivity`, :func:`local_lipschitz_estimate`;
 * complexity: :func:`sparseness`, :func:`complexity`;
+* randomisation: :func:`random_logit`;
 * axiomatic: :func:`completeness` (Quantus's verdict and the relative error);
 * :func:`average_drop`, :func:`average_increase` (Chattopadhay et al. 2018, as torchcam);
 * localisation against a binary ``mask`` per image: :func:`pointing_game`,
@@ -583,6 +584,46 @@ def local_lipschitz_estimate(model: nn.Module, inputs: Tensor, technique: str, t
     return np.nanmax(_sensitivities(model, inputs, technique, target, layer, nr_samples, gaussian, True, abs,
                                     normalise, seed, batch_size, mean, std,
                                     {**(technique_params or {}), **params}), axis=1)
+
+
+# --- randomisation ------------------------------------------------------------------------------
+
+
+def random_logit(model: nn.Module, inputs: Tensor, technique: str, target: Target = None,
+                 layer: str | Sequence[str] | None = None, *, num_classes: int = 1000, seed: int = 42,
+                 abs: bool = False, normalise: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 technique_params: dict | None = None, **params: object) -> np.ndarray:
+    """Random Logit (Sixt et al. 2020): the structural similarity (SSIM over the flattened maps,
+    as Quantus) of ``technique``'s map for the target class with its map for another class,
+    drawn uniformly among the ``num_classes - 1`` others; lower means the map depends on the
+    class. The other class is the first draw of NumPy's ``RandomState(seed)``, the same for every
+    image (Quantus's draw for an image scored alone). A class target only (an int, one per image,
+    or None); others are refused in one line. Cost: two explanations per image.
+    """
+    from skimage.metrics import structural_similarity
+
+    from .engine import attribute
+
+    x = _check_inputs(inputs).to(model_device(model))
+    with prepared(model), torch.no_grad():
+        objective = targets.resolve(target, model, x, batch_size)
+    if not isinstance(objective, targets.Class):
+        raise ValueError(f"random_logit compares a class's map with another class's: it needs a class target "
+                         f"(an int, one per image or None), got {objective!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    tparams = {**(technique_params or {}), **params}
+    out = np.empty(len(x))
+    for i in range(len(x)):
+        own = objective.at(i).index
+        other = int(np.random.RandomState(seed).randint(0, num_classes - 1, 1)[0])
+        other += other >= own  # the other classes, in order, without the target's
+        a, b = (_maps(attribute(model, x[i:i + 1], technique, c, layer, batch_size=batch_size, mean=mean, std=std,
+                                **tparams), x[i:i + 1], abs, normalise).reshape(-1) for c in (own, other))
+        both = np.concatenate([a, b])
+        out[i] = structural_similarity(a, b, data_range=float(both.max() - both.min()))
+    return out
 
 
 # --- axiomatic ----------------------------------------------------------------------------------

@@ -109,6 +109,22 @@ def test_irof_equals_quantus(work, baseline):
     np.testing.assert_allclose(ours, _quantus(q, model, x, maps, y), rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("technique", ["vanilla", "gradcam"])
+def test_random_logit_equals_quantus(work, technique):
+    from galleryvis import attribute
+
+    model, x, _, y, _ = work
+
+    def explain(model, inputs, targets, **kwargs):
+        return attribute(model, torch.as_tensor(inputs), technique, [int(t) for t in targets]).numpy()
+
+    ours = metrics.random_logit(model, x, technique, y, num_classes=5)
+    q = partial(quantus.RandomLogit(num_classes=5, disable_warnings=True), explain_func=explain)
+    np.testing.assert_allclose(ours, _quantus(q, model, x, None, y), rtol=0, atol=ATOL)
+    with pytest.raises(ValueError, match="random_logit .* class target"):
+        metrics.random_logit(model, x, technique, lambda out: out[:, 0], num_classes=5)
+
+
 def test_infidelity_equals_quantus_and_captum(work):
     """Quantus's infidelity replaces one more square per step (its n_perturb_samples repeats the
     same steps); captum's, given those perturbations as its samples, is the same mean squared gap."""
