@@ -24,6 +24,7 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple, TypeVar
 from . import registry, schema
 from .errors import ManifestError
 from .fileio import url_problem, url_scheme
+from .tasks import OPT_IN
 
 # the schema's choices as types (a test checks that they agree)
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -119,6 +120,7 @@ class ModelSpec:
     layers: Mapping[str, str | tuple[str, ...]]
     id: str
     prompts: tuple[str, ...] | str | None
+    task: str | None
     field: str = ""
 
     def __post_init__(self) -> None:
@@ -818,10 +820,12 @@ class _Parser:
 
     def resolve_techniques(self, entries: tuple[_Entry, ...] | None) -> tuple[TechniqueSpec, ...]:
         """Each entry's technique, parameters and layer checked against the registry (without a
-        ``[[techniques]]`` section: every attribution technique but the attention ones)."""
+        ``[[techniques]]`` section: every attribution technique but the attention ones and those
+        of detection alone, :data:`galleryvis.tasks.OPT_IN`)."""
         if entries is None:
             return tuple(TechniqueSpec(n, registry.resolve_params(registry.get(n), {}), n, "techniques")
-                         for n in registry.names("attribution") if not registry.get(n).attention)
+                         for n in registry.names("attribution")
+                         if not registry.get(n).attention and registry.get(n).tasks - OPT_IN)
         specs: list[TechniqueSpec] = []
         for entry in entries:
             where, v, name = entry.where, entry.values, entry.values["name"]

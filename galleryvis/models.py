@@ -19,6 +19,7 @@ from .imagetext import ImageText
 from .labels import imagenet_labels
 from .layers import default_layer
 from .sources import LoadedModel, ModelError, source_for
+from .tasks import TaskError, check_model
 
 __all__ = ["ModelAdapter", "ModelError", "choose_device", "imagenet_labels", "load_model", "seeded"]
 
@@ -47,6 +48,7 @@ class ModelAdapter(LoadedModel):
     name: str = ""
     layers: dict[str, Any] = field(default_factory=dict)
     chunking: Chunking | None = None  # its chunk sizes once measured (executor.chunking_for)
+    task: str = "classification"  # what it does (galleryvis.tasks): the entry's task, else inferred
     _num_classes: int | None = None
     _default_layer: str | None = None
 
@@ -134,8 +136,13 @@ def load_model(spec: Any, base: Path, device: torch.device, what: str = "model")
     if spec.prompts is not None and not isinstance(loaded.model, ImageText):
         raise ModelError(f"{what}: prompts are for image-text models (open_clip, Hugging Face CLIP / SigLIP); "
                          f"{spec.name} is not one")
+    try:
+        task = check_model(spec.task, loaded.model, what)
+    except TaskError as exc:
+        raise ModelError(str(exc)) from None
     labels = _read_labels(base / spec.labels, what) if spec.labels else list(loaded.labels)
     size, mean, std = spec.size or loaded.size, spec.mean or loaded.mean, spec.std or loaded.std
     return ModelAdapter(loaded.model.to(device).eval(), loaded.fingerprint, loaded.description, int(size),
                         tuple(mean), tuple(std), labels, loaded.pinned, loaded.crop_pct, loaded.interpolation,
-                        loaded.files, loaded.random, id=spec.id, name=spec.name, layers=dict(spec.layers or {}))
+                        loaded.files, loaded.random, id=spec.id, name=spec.name, layers=dict(spec.layers or {}),
+                        task=task)

@@ -178,6 +178,12 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
                                     "each averaged over CLIP's 7 ImageNet templates ([tasks](tasks.md#image-text-"
                                     "models-clip-siglip)); other models refuse it", None,
               'array of strings, or `"imagenet"`', '`"imagenet"` for image-text models'),
+        Field("task", "choice", "what the model does, which decides what its targets explain and which techniques "
+                                "run ([tasks](tasks.md)): a classifier's output may be read as `multilabel` (one "
+                                "sigmoid per class) and back; any other task the model cannot do is an error", None,
+              default="inferred: `segmentation` for torchvision's `fcn_*`, `deeplabv3_*`, `lraspp_*` and Hugging "
+                      "Face `*ForSemanticSegmentation`, `image-text` for CLIP-like models, else `classification`",
+              choices=("classification", "multilabel", "segmentation", "image-text", "detection")),
     ),
     "techniques": (
         Field("name", "string", "a technique name; `galleryvis techniques` lists every one with its parameters and "

@@ -1,5 +1,6 @@
-"""Hugging Face ``transformers`` image classifiers (optional extra ``galleryvis[huggingface]``):
-``hf:<hub id or folder>`` or ``source = "huggingface"``, loaded from a local folder
+"""Hugging Face ``transformers`` image classifiers and ``*ForSemanticSegmentation`` models
+(optional extra ``galleryvis[huggingface]``): ``hf:<hub id or folder>`` or ``source =
+"huggingface"``, loaded from a local folder
 (``save_pretrained``) or the local hub cache, never downloaded; preprocessing from the image
 processor config, labels from ``id2label``, and ``.logits`` unwrapped. CLIP and SigLIP models
 (``CLIPModel``, ``SiglipModel``) are image-text models: zero-shot classifiers over the entry's
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 from ..engine import IMAGENET_MEAN, IMAGENET_STD
 from ..images import file_sha256
+from ..tasks import of_model
 from . import LoadedModel, ModelError, Spec, bare_name, source_of
 from .weights import folder_weights, no_named_weights
 
@@ -23,12 +25,14 @@ _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 
 
 
 class Logits(nn.Module):
-    """A Hugging Face classifier that returns its ``.logits`` tensor (its layer names gain the
-    prefix ``model.``)."""
+    """A Hugging Face classifier or segmentation model that returns its ``.logits`` tensor (its
+    layer names gain the prefix ``model.``); ``task``: the wrapped model's
+    (:func:`galleryvis.tasks.of_model`)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.task = of_model(model)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(pixel_values=x).logits
@@ -63,7 +67,7 @@ class HuggingFaceSource:
 
     def load(self, spec: Spec, base: Path, what: str) -> LoadedModel:
         try:
-            from transformers import AutoConfig, AutoModelForImageClassification
+            from transformers import AutoConfig
         except ImportError:
             raise ModelError(f"{what}: Hugging Face models need transformers: "
                              "pip install 'galleryvis[huggingface]'") from None
@@ -76,18 +80,27 @@ class HuggingFaceSource:
         files = tuple(p for p in (folder / "config.json", folder / "preprocessor_config.json") if p.is_file())
         if _image_text(config):
             return _image_text_model(spec, folder, config, weights.upper() == "NONE", files, ref, what)
+        auto = _auto_class(config)
         if weights.upper() == "NONE":
-            model, fingerprint, desc = AutoModelForImageClassification.from_config(config), "random-init", "random weights"
+            model, fingerprint, desc = auto.from_config(config), "random-init", "random weights"
         else:
             path = folder_weights(folder, what)
-            model = AutoModelForImageClassification.from_pretrained(folder, local_files_only=True,
-                                                                    use_safetensors=path.suffix == ".safetensors")
+            model = auto.from_pretrained(folder, local_files_only=True, use_safetensors=path.suffix == ".safetensors")
             fingerprint, desc, files = f"hf:{file_sha256(path)}", f"weights from {path.name}", files + (path,)
         id2label = getattr(config, "id2label", None) or {}
         labels = [str(id2label.get(i, id2label.get(str(i), f"class {i}"))) for i in range(len(id2label))]
         return LoadedModel(Logits(model).eval(), fingerprint, f"Hugging Face {ref}, {desc}",
                            labels=labels, files=files, random=weights.upper() == "NONE",
                            **_preprocessing(folder, config))
+
+
+def _auto_class(config: Any) -> Any:
+    """``AutoModelForSemanticSegmentation`` for a config whose architectures are
+    ``*ForSemanticSegmentation`` (SegFormer, ...), ``AutoModelForImageClassification`` otherwise."""
+    import transformers
+
+    segmentation = any(a.endswith("ForSemanticSegmentation") for a in getattr(config, "architectures", None) or ())
+    return transformers.AutoModelForSemanticSegmentation if segmentation else transformers.AutoModelForImageClassification
 
 
 #: The Hugging Face model types galleryvis reads as image-text models (:func:`galleryvis.imagetext.kind_of`).

@@ -1,4 +1,4 @@
-"""torchvision's classification models: names, weights enums, hub-cache downloads."""
+"""torchvision's classification and segmentation models: names, weights enums, hub-cache downloads."""
 from __future__ import annotations
 
 from functools import cache
@@ -10,6 +10,7 @@ from ..engine import IMAGENET_MEAN, IMAGENET_STD
 from ..images import file_sha256
 from ..labels import imagenet_labels
 from ..registry import suggest
+from ..tasks import TORCHVISION_SEGMENTATION
 from . import LoadedModel, ModelError, Spec, close_names, source_of
 from .weights import is_path, load_into, random_init
 
@@ -18,7 +19,27 @@ from .weights import is_path, load_into, random_init
 def _names() -> tuple[str, ...]:
     import torchvision
 
-    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
+    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)
+                        + torchvision.models.list_models(module=torchvision.models.segmentation)))
+
+
+def _build(name: str, weights: object) -> torch.nn.Module:
+    """torchvision's ``name`` with ``weights``; a segmentation model without them gets no
+    backbone weights either (torchvision would download ImageNet ones)."""
+    import torchvision
+
+    extra = {"weights_backbone": None} if weights is None and name.startswith(TORCHVISION_SEGMENTATION) else {}
+    return torchvision.models.get_model(name, weights=weights, **extra)
+
+
+def _labels(name: str) -> list[str]:
+    """The class names of ``name`` without weights: ImageNet's, or a segmentation model's (the
+    categories of its default weights, Pascal VOC's 21)."""
+    import torchvision
+
+    if name.startswith(TORCHVISION_SEGMENTATION):
+        return list(torchvision.models.get_model_weights(name).DEFAULT.meta["categories"])
+    return imagenet_labels()
 
 
 @cache
@@ -31,8 +52,9 @@ def _weights_enum(name: str) -> tuple[str, tuple[str, ...]]:
 
 
 class TorchvisionSource:
-    """Any torchvision classification model by name; weights ``DEFAULT``, an enum member
-    (``IMAGENET1K_V2``), ``none`` or a local file."""
+    """Any torchvision classification or segmentation model (``fcn_*``, ``deeplabv3_*``,
+    ``lraspp_*``) by name; weights ``DEFAULT``, an enum member (``IMAGENET1K_V2``), ``none`` or
+    a local file."""
 
     name = "torchvision"
     usage = ('name = "resnet50": weights = "DEFAULT" (or an enum name) download once into the torch hub cache '
@@ -74,14 +96,14 @@ class TorchvisionSource:
         name, weights = spec.name, spec.weights
         if name not in _names():
             raise ModelError(f"{what}: unknown model {name!r}{close_names(name)}")
-        labels = imagenet_labels()
+        labels = _labels(name)
         if weights is None or weights.lower() == "none":
-            model = torchvision.models.get_model(name, weights=None)
+            model = _build(name, None)
             return LoadedModel(model, random_init(model, spec.seed), f"random weights (seed {spec.seed})",
                                labels=labels, random=True)
         if is_path(weights):
             path = (base / weights).expanduser()
-            model = torchvision.models.get_model(name, weights=None)
+            model = _build(name, None)
             load_into(model, path, what)
             return LoadedModel(model, file_sha256(path), f"weights from {path.name}", labels=labels, files=(path,))
         enum = torchvision.models.get_model_weights(name)
@@ -100,7 +122,8 @@ class TorchvisionSource:
                 f"offline, copy {Path(w.url).name} there (or set TORCH_HOME), or set weights to a local .pth path"
             ) from None
         t = w.transforms()
-        crop = t.crop_size[0] if hasattr(t, "crop_size") else 224
+        side = getattr(t, "crop_size", None) or getattr(t, "resize_size", None)  # segmentation: resize_size
+        crop = side[0] if side else 224
         return LoadedModel(model, f"{w}:{Path(w.url).name}", f"torchvision {w}", size=int(crop),
                            mean=tuple(getattr(t, "mean", IMAGENET_MEAN)), std=tuple(getattr(t, "std", IMAGENET_STD)),
                            labels=list(w.meta.get("categories") or imagenet_labels()))

@@ -1,0 +1,363 @@
+"""Segmentation and multi-label objectives (galleryvis.targets.Segment / MultiLabel).
+
+Agreement: per-image Pearson r of the raw maps against pytorch-grad-cam's
+``SemanticSegmentationTarget`` (with its documented wrapper returning the model's scores) and
+captum with the same summed-output forward, on seeded random-weight torchvision FCN-ResNet50,
+DeepLabV3-MobileNetV3-Large and LRASPP-MobileNetV3-Large and a tiny Hugging Face SegFormer; the
+region is each image's top-1 class (most pixels, background excepted) on the clean image, as
+the tutorials compute their mask. Run with ``-s`` to see every r.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_agreement import check, frozen, layer_output, pearson, up
+from torch import Tensor, nn
+
+import galleryvis
+from galleryvis import targets, tasks
+from galleryvis.layers import default_layer
+from galleryvis.metrics import deletion_insertion
+
+torchvision = pytest.importorskip("torchvision")
+captum_attr = pytest.importorskip("captum.attr")
+pgc = pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget  # noqa: E402
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+IG_STEPS = 4
+SHARED = ["gradcam", "hirescam", "eigencam", "vanilla", "integrated_gradients"]
+
+
+def calibrated(model: nn.Module, x: Tensor, seed: int) -> nn.Module:
+    """``model`` in eval mode with its batch-norm statistics those of ``x`` (random weights
+    give a single class everywhere otherwise): one training-mode forward at momentum 1."""
+    torch.manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for m in bns:
+        m.momentum = 0.1
+    return model.eval()
+
+
+class Out(nn.Module):
+    """pytorch-grad-cam's documented segmentation wrapper: the model's score tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return tasks.spatial_logits(self.model(x))
+
+
+def tiny_segformer() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(3)
+    config = transformers.SegformerConfig(num_labels=6, depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32],
+                                          decoder_hidden_size=32, num_attention_heads=[1, 1, 2, 2])
+    return transformers.SegformerForSemanticSegmentation(config)
+
+
+def torchvision_model(name: str) -> nn.Module:
+    torch.manual_seed(1)
+    return torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=21)
+
+
+#: name: (builder, CAM layer (pytorch-grad-cam's tutorial's ``backbone.layer4`` and its
+#: counterparts), Score-CAM's layer (one forward per channel: an early one with few), input size).
+MODELS = {
+    "fcn_resnet50": (lambda: torchvision_model("fcn_resnet50"), "backbone.layer4", "backbone.relu", 96),
+    "deeplabv3_mobilenet_v3_large": (lambda: torchvision_model("deeplabv3_mobilenet_v3_large"), "backbone.16",
+                                     "backbone.1", 96),
+    "lraspp_mobilenet_v3_large": (lambda: torchvision_model("lraspp_mobilenet_v3_large"), "backbone.16",
+                                  "backbone.1", 96),
+    "segformer": (tiny_segformer, "segformer.stages.2", "segformer.stages.2", 128),
+}
+
+
+@dataclass
+class Case:
+    name: str
+    model: nn.Module
+    x: Tensor
+    layer: str
+    scorecam_layer: str
+    classes: list[int]
+    masks: Tensor  # (N, h, w) bool, at the scores' resolution
+    ours: dict[str, Tensor]
+
+    def cam(self, cls: str, layer: str | None = None) -> np.ndarray:
+        module = self.model.get_submodule(layer or self.layer)
+        with frozen(self.model), getattr(pgc, cls)(model=Out(self.model), target_layers=[module]) as cam:
+            tg = [SemanticSegmentationTarget(c, m.float().numpy()) for c, m in zip(self.classes, self.masks)]
+            return cam(input_tensor=self.x.clone().requires_grad_(True), targets=tg)
+
+    def captum(self, cls: str, **kw: object) -> Tensor:
+        """captum's ``cls`` per image on the forward that sums the class's scores over its region."""
+        maps = []
+        with frozen(self.model):
+            for i, (c, m) in enumerate(zip(self.classes, self.masks)):
+                def summed(x: Tensor, c: int = c, m: Tensor = m) -> Tensor:
+                    return (tasks.spatial_logits(self.model(x))[:, c] * m).sum((1, 2))
+
+                maps.append(getattr(captum_attr, cls)(summed).attribute(self.x[i:i + 1].clone(), **kw).detach())
+        return torch.cat(maps)
+
+
+def top1_by_hand(scores: Tensor) -> tuple[list[int], Tensor]:
+    """Each image's class covering most pixels other than class 0, and its pixels."""
+    labels = scores.argmax(1)
+    classes = [int(torch.bincount(lab.flatten()[lab.flatten() > 0], minlength=scores.shape[1]).argmax())
+               for lab in labels]
+    return classes, labels == torch.tensor(classes)[:, None, None]
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def case(request: pytest.FixtureRequest, photos112: Tensor) -> Case:
+    build, layer, scorecam_layer, size = MODELS[request.param]
+    x = F.interpolate(photos112, size=(size, size), mode="bilinear", align_corners=False)
+    model = calibrated(build(), x, seed=2)
+    with torch.no_grad():
+        scores = tasks.spatial_logits(model(x))
+    classes, masks = top1_by_hand(scores)
+    assert all(c > 0 for c in classes) and all(m.float().mean() < 1 for m in masks), (classes, "degenerate model")
+    ours = galleryvis.attribute_many(model, x, SHARED, targets.Segment(), layer,
+                                     {"integrated_gradients": {"steps": IG_STEPS}})
+    return Case(request.param, model, x, layer, scorecam_layer, classes, masks, ours)
+
+
+def test_gradcam(case: Case) -> None:
+    check(f"gradcam/{case.name}", pearson(case.ours["gradcam"], case.cam("GradCAM")))
+
+
+def test_hirescam(case: Case) -> None:
+    check(f"hirescam/{case.name}", pearson(case.ours["hirescam"], case.cam("HiResCAM")))
+
+
+def test_scorecam(case: Case) -> None:
+    """``weighting="gradcam"``: pytorch-grad-cam's ScoreCAM (its target on every masked copy)."""
+    layer = case.scorecam_layer
+    ours = galleryvis.attribute(case.model, case.x, "scorecam", targets.Segment(), layer, weighting="gradcam")
+    check(f"scorecam {layer}/{case.name}", pearson(ours, case.cam("ScoreCAM", layer)))
+
+
+def test_eigencam(case: Case) -> None:
+    """As in test_agreement: grad-cam's EigenCAM is ReLU of its projection P (numpy's sign), ours
+    ReLU(s * P) with the sign s that correlates with the channel sum."""
+    a = layer_output(case.model, case.layer, case.x)
+    proj = torch.from_numpy(get_2d_projection(a.numpy().copy()))[:, None]
+    size = case.x.shape[-2:]
+    check(f"eigencam grad-cam vs its projection/{case.name}", pearson(up(F.relu(proj), size), case.cam("EigenCAM")))
+    sign = torch.where(torch.tensor(pearson(proj, a.sum(1, keepdim=True))) < 0, -1.0, 1.0)[:, None, None, None]
+    check(f"eigencam/{case.name}", pearson(case.ours["eigencam"], up(F.relu(sign * proj), size)))
+
+
+def test_vanilla(case: Case) -> None:
+    check(f"vanilla/{case.name}", pearson(case.ours["vanilla"], case.captum("Saliency", abs=False)))
+
+
+def test_integrated_gradients(case: Case) -> None:
+    ref = case.captum("IntegratedGradients", baselines=0.0, n_steps=IG_STEPS, method="gausslegendre")
+    check(f"integrated_gradients/{case.name}", pearson(case.ours["integrated_gradients"], ref))
+
+
+def test_occlusion(case: Case) -> None:
+    """captum repeats the map over the three channels."""
+    window, stride = case.x.shape[-1] // 4, case.x.shape[-1] // 8
+    ours = galleryvis.attribute(case.model, case.x, "occlusion", targets.Segment(), window=window, stride=stride)
+    ref = case.captum("Occlusion", sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
+                      baselines=0.0, perturbations_per_eval=16)
+    check(f"occlusion/{case.name}", pearson(ours, ref[:, :1]))
+
+
+# -- the objective itself ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scores() -> Tensor:
+    torch.manual_seed(0)
+    return torch.randn(3, 5, 6, 8, requires_grad=True)
+
+
+def test_segment_score_and_confidence_by_hand(scores: Tensor) -> None:
+    """score: the class's logits summed over its argmax pixels; confidence: its mean softmax there."""
+    labels = scores.detach().argmax(1)
+    seg = targets.Segment(2).bind(3).resolve(scores)
+    for i in range(3):
+        region = labels[i] == 2
+        assert seg.score(scores)[i].item() == pytest.approx(scores[i, 2][region].sum().item(), rel=1e-6)
+        want = scores[i].detach().softmax(0)[2][region].mean().item() if region.any() else 0.0
+        assert seg.confidence(scores)[i].item() == pytest.approx(want, rel=1e-6)
+    assert torch.equal(seg.coverage(), (labels == 2).float().mean((1, 2)))
+
+
+def test_segment_reads_dicts_and_logits_objects(scores: Tensor) -> None:
+    class Output:
+        logits = scores
+
+    mask = torch.zeros(6, 8, dtype=torch.bool)
+    mask[1:3, 2:7] = True
+    seg = targets.Segment(4, mask=mask)
+    want = scores[:, 4, 1:3, 2:7].sum((1, 2))
+    for output in (scores, {"out": scores, "aux": scores * 0}, Output()):
+        torch.testing.assert_close(seg.score(output), want)
+
+
+def test_segment_mask_at_input_size_upsamples_the_scores(scores: Tensor) -> None:
+    """A (H, W) mask larger than the scores (SegFormer's are at 1/4): the scores resized
+    bilinearly to it, as pytorch-grad-cam's SegFormer tutorial upsamples them."""
+    mask = torch.rand(12, 16) > 0.5
+    big = F.interpolate(scores, size=(12, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(targets.Segment(1, mask=mask).score(scores), (big[:, 1] * mask).sum((1, 2)))
+
+
+def test_segment_top1_skips_background_and_per_image_masks(scores: Tensor) -> None:
+    classes, masks = top1_by_hand(scores.detach())
+    seg = targets.resolve(targets.Segment(), lambda x: x, scores.detach(), batch_size=2)
+    assert isinstance(seg, targets.Segment) and seg.cls == tuple(classes)
+    assert torch.equal(seg.mask, masks)
+    assert seg.rows([2, 0]).cls == (classes[2], classes[0]) and torch.equal(seg.at(1).mask, masks[1])
+    only_background = torch.zeros(1, 3, 2, 2)
+    only_background[:, 0] = 1
+    assert targets.Segment().bind(1).resolve(only_background).cls == (0,)
+    given = torch.zeros(3, 6, 8, dtype=torch.bool)
+    given[:, :2] = True
+    within = targets.Segment(mask=given).resolve(scores.detach())
+    assert within.cls == tuple(top1_by_hand(scores.detach()[..., :2, :])[0]) and torch.equal(within.mask, given)
+
+
+def test_segment_refuses_bad_input(scores: Tensor) -> None:
+    with pytest.raises(ValueError, match="boolean"):
+        targets.Segment(1, mask=torch.ones(6, 8))
+    with pytest.raises(ValueError, match="out of range for 5 classes"):
+        targets.Segment(7).bind(3).resolve(scores).score(scores)
+    with pytest.raises(ValueError, match=r"needs scores of shape \(N, classes, H, W\).*\(3, 5\)"):
+        targets.Segment(1).score(torch.zeros(3, 5))
+
+
+def test_default_layer_is_the_encoders() -> None:
+    """A segmentation model's head holds its last 4-D layer: the default CAM layer is looked for
+    outside it (the backbone's last block, as the tutorials choose by hand)."""
+    x = torch.randn(1, 3, 64, 64)
+    assert default_layer(torchvision_model("fcn_resnet50").eval(), x) == "backbone.layer4"
+    assert default_layer(torchvision_model("lraspp_mobilenet_v3_large").eval(), x) == "backbone.16"
+    assert default_layer(tiny_segformer().eval(), x) == "segformer.stages.3"
+
+
+def test_attribute_with_segment_and_layer_name(photos64: Tensor) -> None:
+    """The issue's call: ``attribute(fcn, x, "gradcam", target=Segment(15), layer="backbone.layer4")``."""
+    fcn = calibrated(torchvision_model("fcn_resnet50"), photos64, seed=2)
+    maps = galleryvis.attribute(fcn, photos64, "gradcam", target=targets.Segment(15), layer="backbone.layer4")
+    assert maps.shape == (2, 1, 64, 64) and torch.isfinite(maps).all()
+
+
+def test_technique_refuses_a_task_in_one_line(photos64: Tensor) -> None:
+    model = tiny_segformer().eval()
+    with pytest.raises(tasks.TaskError, match=r"^lrp does not support segmentation models \(it supports"):
+        galleryvis.attribute(model, photos64, "lrp", targets.Segment(1))
+
+
+# -- multi-label ---------------------------------------------------------------------------------
+class Sigmoid2(nn.Module):
+    """Class ``c`` of a multi-label model as a two-class classifier whose softmax is exactly
+    (sigmoid, 1 - sigmoid) of the logit: log sigmoid(l) and log sigmoid(-l)."""
+
+    def __init__(self, model: nn.Module, c: int) -> None:
+        super().__init__()
+        self.model, self.c = model, c
+
+    def forward(self, x: Tensor) -> Tensor:
+        logit = self.model(x)[:, self.c]
+        return torch.stack([F.logsigmoid(logit), F.logsigmoid(-logit)], 1)
+
+
+@pytest.fixture(scope="module")
+def multilabel(photos64: Tensor) -> nn.Module:
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Conv2d(3, 8, 5, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(32, 6)).eval()
+
+
+def test_multilabel_score_confidence_top1(multilabel: nn.Module, photos64: Tensor) -> None:
+    with torch.no_grad():
+        logits = multilabel(photos64)
+    ml = targets.of(targets.MultiLabel(), 2).resolve(logits)
+    assert isinstance(ml, targets.MultiLabel) and ml.index == tuple(logits.sigmoid().argmax(1).tolist())
+    torch.testing.assert_close(ml.score(logits), logits.gather(1, torch.tensor(ml.index)[:, None])[:, 0])
+    torch.testing.assert_close(ml.confidence(logits), logits.sigmoid().gather(1, torch.tensor(ml.index)[:, None])[:, 0])
+    assert targets.resolve(targets.MultiLabel(), multilabel, photos64, 1).index == ml.index
+
+
+def test_multilabel_rise_reads_the_sigmoid(multilabel: nn.Module, photos64: Tensor) -> None:
+    ours = galleryvis.attribute(multilabel, photos64, "rise", targets.MultiLabel(3), masks=64)
+    by_hand = galleryvis.attribute(Sigmoid2(multilabel, 3), photos64, "rise", 0, masks=64)
+    torch.testing.assert_close(ours, by_hand, rtol=1e-5, atol=1e-7)
+
+
+def test_multilabel_deletion_insertion_read_the_sigmoid(multilabel: nn.Module, photos64: Tensor) -> None:
+    maps = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    ours = deletion_insertion(multilabel, photos64, maps, targets.MultiLabel(3), steps=8)
+    by_hand = deletion_insertion(Sigmoid2(multilabel, 3), photos64, maps, 0, steps=8)
+    for field in ("deletion_curve", "insertion_curve", "deletion_auc", "insertion_auc"):
+        np.testing.assert_allclose(getattr(ours, field), getattr(by_hand, field), rtol=1e-5, atol=1e-7)
+
+
+# -- sources, manifest, tasks --------------------------------------------------------------------
+CPU = torch.device("cpu")
+
+
+def test_torchvision_segmentation_models_load_with_their_task(tmp_path) -> None:
+    """By name with weights "none" (no backbone download either) or a local file: task inferred,
+    Pascal VOC's class names; an explicit task wins; a task the model cannot do is one line."""
+    from galleryvis.manifest import ModelSpec
+    from galleryvis.models import ModelError, load_model
+
+    random = load_model(ModelSpec(name="lraspp_mobilenet_v3_large", weights="none"), tmp_path, CPU)
+    assert random.task == "segmentation" and random.labels[15] == "person" and len(random.labels) == 21
+    torch.save(random.model.state_dict(), tmp_path / "lraspp.pth")
+    local = load_model(ModelSpec(name="lraspp_mobilenet_v3_large", weights="lraspp.pth"), tmp_path, CPU)
+    assert local.task == "segmentation"
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(local.model(x)["out"], random.model(x)["out"])
+    assert load_model(ModelSpec(name="resnet18", weights="none", task="multilabel"), tmp_path, CPU).task == "multilabel"
+    with pytest.raises(ModelError, match=r"^model: task 'classification', but LRASPP is a segmentation model; "
+                                         r"set task = 'segmentation'"):
+        load_model(ModelSpec(name="lraspp_mobilenet_v3_large", weights="none", task="classification"), tmp_path, CPU)
+    with pytest.raises(ModelError, match="task 'segmentation', but ResNet is a classification model"):
+        load_model(ModelSpec(name="resnet18", weights="none", task="segmentation"), tmp_path, CPU)
+
+
+def test_huggingface_segformer_from_a_folder(tmp_path) -> None:
+    """``hf:FOLDER`` of a ``*ForSemanticSegmentation``: loaded as one, task inferred, labels from id2label."""
+    from galleryvis.manifest import ModelSpec
+    from galleryvis.models import load_model
+
+    model = tiny_segformer()
+    model.config.id2label = {i: f"part {i}" for i in range(6)}
+    model.save_pretrained(tmp_path / "seg")
+    adapter = load_model(ModelSpec(name="hf:seg"), tmp_path, CPU)
+    assert adapter.task == "segmentation" and adapter.labels[2] == "part 2"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(tasks.spatial_logits(adapter.model(x)), model.eval()(x).logits)
+
+
+def test_manifest_task_is_one_of_the_tasks(tmp_path) -> None:
+    from galleryvis import schema
+    from galleryvis.errors import ManifestError
+    from galleryvis.manifest import load_manifest
+
+    assert schema.field("models", "task").choices == tasks.TASKS
+    (tmp_path / "galleryvis.toml").write_text('[[models]]\nname = "fcn_resnet50"\nweights = "none"\n'
+                                              'task = "segmentaton"\n', encoding="utf-8")
+    with pytest.raises(ManifestError, match=r"models\[0\]\.task.*must be one of.*did you mean: segmentation"):
+        load_manifest(tmp_path / "galleryvis.toml")
