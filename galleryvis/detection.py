@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 #: The IoU above which a detection matches a reference box (pytorch-grad-cam's and the issue's 0.5).
@@ -148,8 +148,29 @@ def similarity(dets: Detections, ref: Reference) -> Tensor:
     vectors = torch.nn.functional.pad(vectors, (0, width - vectors.shape[1]))
     ref_vector = torch.nn.functional.pad(ref_vector, (0, width - ref_vector.shape[0]))
     cos = torch.nn.functional.cosine_similarity(vectors, ref_vector[None], dim=1)
-    s = iou * cos.clamp_min(0)
+    s = iou * cos
     if dets.objectness is not None:
         s = s * dets.objectness.float()
     return s.max()
 
+
+
+def default_layer(model: nn.Module) -> str | None:
+    """The CAM layer of a known detector, None for any other model: the last block of a
+    torchvision detector's backbone body (``backbone.body.layer4`` of the ResNet-50 FPN ones,
+    the last feature block of the MobileNetV3 ones; a backbone of your own without an FPN:
+    ``backbone``), ``backbone.features`` of SSD and SSDlite,
+    and Ultralytics YOLO's layer before its head (pytorch-grad-cam's YOLO recipe)."""
+    from torchvision.models.detection import fcos, generalized_rcnn, retinanet, ssd
+
+    if isinstance(model, (generalized_rcnn.GeneralizedRCNN, retinanet.RetinaNet, fcos.FCOS)):
+        body = getattr(model.backbone, "body", None)
+        if isinstance(body, nn.Module) and len(body._modules):
+            return f"backbone.body.{list(body._modules)[-1]}"
+        return "backbone"
+    if isinstance(model, ssd.SSD) and isinstance(getattr(model.backbone, "features", None), nn.Module):
+        return "backbone.features"
+    layers = getattr(model, "model", None)
+    if type(model).__name__ == "DetectionModel" and isinstance(layers, nn.Sequential) and len(layers) > 1:
+        return f"model.{len(layers) - 2}"
+    return None

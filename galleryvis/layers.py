@@ -226,8 +226,14 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
     container returning that very tensor); otherwise (Swin) the block itself, or, when blocks
     return tuples (Hugging Face Swin), the last leaf on the grid (the final LayerNorm).
     Segmentation models (a score map per pixel out): the same, outside their heads
-    (``backbone.layer4`` of torchvision's FCN-ResNet50, not its ``classifier``).
+    (``backbone.layer4`` of torchvision's FCN-ResNet50, not its ``classifier``). Detectors
+    (:func:`galleryvis.detection.default_layer`): a layer of their backbone, found without a probe.
     """
+    from .detection import default_layer as detector_layer
+
+    found = detector_layer(model)
+    if found is not None:
+        return found
     records, output = _probe(model, x)
     skip = _heads_of(model, output)
     records = [r for r in records if not any(_inside(r[0], h) for h in skip)]

@@ -23,7 +23,7 @@ from conftest import tiny_sequential
 ATTRIBUTION = registry.names("attribution")
 #: The techniques that read self-attention (transformers only) and the ones CNNs take.
 ATTENTION = [n for n in ATTRIBUTION if registry.get(n).attention]
-CNN_TECHS = [n for n in ATTRIBUTION if n not in ATTENTION]
+CNN_TECHS = [n for n in ATTRIBUTION if n not in ATTENTION and "classification" in registry.get(n).tasks]
 #: The techniques of gradients.py / cam.py / shapley.py (lrp.py is tested by its own file).
 MINE = [n for n in ATTRIBUTION
         if registry.get(n).fn.__module__.rsplit(".", 1)[-1] in ("gradients", "cam", "shapley")]

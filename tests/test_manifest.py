@@ -104,8 +104,9 @@ def test_defaults(folder: Path) -> None:
     m = load(folder, "")
     assert m.gallery == GallerySpec(output=folder / "site")
     assert m.metrics == MetricsSpec()
-    # every attribution technique but those that read self-attention (a CNN has none)
-    attribution = [n for n in registry.names("attribution") if not registry.get(n).attention]
+    # every attribution technique but those that read self-attention (a CNN has none) and D-RISE (detectors only)
+    attribution = [n for n in registry.names("attribution")
+                   if not registry.get(n).attention and "classification" in registry.get(n).tasks]
     assert [t.name for t in m.techniques] == attribution and len(attribution) > 3
     assert all(t.params == registry.get(t.name).params for t in m.techniques)
     assert {i.target for i in m.images} == {None}
@@ -468,7 +469,8 @@ def test_starter_manifest_round_trips(tmp_path: Path, github_pages: bool) -> Non
     assert ("galleryvis-pages.yml" in text) == github_pages
     assert [i.path.name for i in m.images] == ["grey.png"]
     assert [s.name for s in m.models] == ["efficientnet_lite0"]
-    assert len(m.techniques) == len([n for n in registry.names("attribution") if not registry.get(n).attention])
+    assert len(m.techniques) == len([n for n in registry.names("attribution")
+                                     if not registry.get(n).attention and "classification" in registry.get(n).tasks])
 
 
 def test_starter_manifest_examples_are_valid(tmp_path: Path) -> None:

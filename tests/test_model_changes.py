@@ -15,6 +15,7 @@ from torch import Tensor, nn
 import galleryvis
 from galleryvis import metrics, registry
 from galleryvis.errors import LayerError
+from galleryvis.tasks import TaskError
 from galleryvis.synthesis.transfer import class_rank
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
@@ -168,12 +169,13 @@ def assert_as_before(model: nn.Module, before: dict[str, Any]) -> None:
 def check(model: nn.Module, run: Callable[[], object], tripped: Callable[[int | None], list[int]]) -> None:
     """``run()`` leaves ``model`` as before, and so does ``run()`` raising in its first forward
     (a probe, as a rule) and in its last (inside every change the run makes). A refusal
-    (:class:`LayerError`: the technique does not apply to the model) must too."""
+    (:class:`LayerError`: the technique does not apply to the model; :class:`TaskError`: nor to
+    its task) must too."""
     before = snapshot(model)
     calls = tripped(None)
     try:
         run()
-    except LayerError:
+    except (LayerError, TaskError):
         pass
     assert_as_before(model, before)
     for at in sorted({1, calls[0]}) if calls[0] else ():

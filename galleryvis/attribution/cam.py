@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..engine import Context
 from ..registry import technique
+from ..tasks import TASKS
 
 
 def _layer(ctx: Context, layer: str, mode: str = "plain") -> tuple[Tensor, Tensor]:
@@ -33,6 +34,7 @@ def weighted_cam(acts: Tensor, weights: Tensor) -> Tensor:
 
 
 @technique("gradcam", output="cam", layer="one", title="Grad-CAM", needs=("layer_grad",),
+           tasks=TASKS,
            paper="Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391",
            summary="Activations weighted by their spatially averaged gradients.")
 def gradcam(ctx: Context, *, layer: str) -> Tensor:
@@ -42,6 +44,7 @@ def gradcam(ctx: Context, *, layer: str) -> Tensor:
 
 
 @technique("gradcam_pp", output="cam", layer="one", title="Grad-CAM++", needs=("layer_grad",),
+           tasks=TASKS,
            paper="Chattopadhyay et al. 2018, https://arxiv.org/abs/1710.11063",
            summary="Grad-CAM with pixel-wise weights from higher-order gradient terms (exponential score).")
 def gradcam_pp(ctx: Context, *, layer: str) -> Tensor:
@@ -65,6 +68,7 @@ def xgradcam(ctx: Context, *, layer: str) -> Tensor:
 
 
 @technique("hirescam", output="cam", layer="one", title="HiResCAM", needs=("layer_grad",),
+           tasks=TASKS,
            paper="Draelos & Carin 2020, https://arxiv.org/abs/2011.08891",
            summary="Element-wise gradient times activation, summed over channels (no averaging).")
 def hirescam(ctx: Context, *, layer: str) -> Tensor:
@@ -74,6 +78,7 @@ def hirescam(ctx: Context, *, layer: str) -> Tensor:
 
 
 @technique("layercam", output="cam", layer="many", title="LayerCAM", needs=("layer_grad",),
+           tasks=TASKS,
            paper="Jiang et al. 2021, http://mmcheng.net/mftp/Papers/21TIP_LayerCAM.pdf",
            summary="Activations weighted by their positive gradients, element-wise; several layers fused.")
 def layercam(ctx: Context, *, layer: tuple[str, ...]) -> Tensor:
@@ -97,6 +102,7 @@ def _minmax(m: Tensor) -> Tensor:
 
 
 @technique("eigencam", output="cam", layer="one", title="Eigen-CAM", needs=("forward",),
+           tasks=TASKS,
            paper="Muhammad & Yeasin 2020, https://arxiv.org/abs/2008.00299",
            summary="Projection of the activations on their first principal component (no gradients, class-agnostic).")
 def eigencam(ctx: Context, *, layer: str) -> Tensor:

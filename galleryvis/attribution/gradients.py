@@ -8,9 +8,11 @@ from torch import Tensor
 from ..engine import Context
 from ..metrics import gaussian_blur
 from ..registry import technique
+from ..tasks import TASKS
 
 
 @technique("vanilla", output="input", signed=True, title="Vanilla Backpropagation", needs=("input_grad",),
+           tasks=TASKS,
            paper="Simonyan et al. 2013, https://arxiv.org/abs/1312.6034",
            summary="Gradient of the target logit with respect to the input pixels.")
 def vanilla(ctx: Context) -> Tensor:
@@ -40,6 +42,7 @@ _GRADIENT_BASES = ("vanilla", "guided_backprop", "deconvnet", "smoothgrad", "int
 
 @technique("grad_x_image", output="input", signed=True, choices={"base": _GRADIENT_BASES},
            title="Gradient x Image", needs=("input_grad", "passes"),
+           tasks=TASKS,
            paper="Shrikumar et al. 2016, https://arxiv.org/abs/1605.01713",
            summary="A gradient map multiplied element-wise by the input image.")
 def grad_x_image(ctx: Context, *, base: str = "vanilla") -> Tensor:
@@ -51,6 +54,7 @@ def grad_x_image(ctx: Context, *, base: str = "vanilla") -> Tensor:
 
 @technique("smoothgrad", output="input", signed=True, title="SmoothGrad", needs=("passes",), stochastic=True,
            choices={"base": ("vanilla", "guided_backprop"), "variant": ("mean", "squared", "vargrad")},
+           tasks=TASKS,
            paper="Smilkov et al. 2017, https://arxiv.org/abs/1706.03825",
            summary="Gradients averaged over noisy copies of the input.")
 def smoothgrad(ctx: Context, *, samples: int = 50, sigma: float = 0.15, base: str = "vanilla",
@@ -116,6 +120,7 @@ def baseline_image(ctx: Context, x: Tensor, baseline: object) -> Tensor:
            kind="signed", needs=("passes",),
            choices={"method": ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"),
                     "baseline": ("zero", "black", "blur")},
+           tasks=TASKS,
            paper="Sundararajan et al. 2017, https://arxiv.org/abs/1703.01365",
            summary="Gradients integrated along the straight path from a baseline to the input.")
 def integrated_gradients(ctx: Context, *, steps: int = 50, baseline: str = "zero",

@@ -16,6 +16,7 @@ from torch import Tensor
 from ..engine import Context
 from ..hooks import replaced_output
 from ..registry import technique
+from ..tasks import TASKS
 from .cam import layer_acts, weighted_cam
 from .gradients import baseline_image, chunk_sizes
 
@@ -27,6 +28,7 @@ def _windows(size: int, window: int, stride: int) -> list[int]:
 
 @technique("occlusion", output="cam", kind="signed", signed=True, title="Occlusion", group="perturbation",
            needs=("forward", "passes"), choices={"baseline": ("zero", "black", "blur")},
+           tasks=TASKS,
            paper="Zeiler & Fergus 2014, https://arxiv.org/abs/1311.2901",
            summary="Drop of the target logit when a window of the image is replaced, averaged over the windows covering each pixel.")
 def occlusion(ctx: Context, *, window: int = 32, stride: int = 16, baseline: str = "zero") -> Tensor:
@@ -69,6 +71,7 @@ def _rise_masks(grids: Tensor, shifts: Tensor, size: tuple[int, int], cell: tupl
 
 
 @technique("rise", output="cam", title="RISE", group="perturbation", needs=("passes",), stochastic=True,
+           tasks=TASKS,
            paper="Petsiuk et al. 2018, https://arxiv.org/abs/1806.07421",
            summary="Random low-resolution masks, upsampled with random shifts, weighted by the target's probability on the masked image.")
 def rise(ctx: Context, *, masks: int = 1000, cells: int = 7, p: float = 0.5, seed: int = 0) -> Tensor:
