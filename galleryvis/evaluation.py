@@ -21,7 +21,8 @@ Metrics:
   :func:`monotonicity_correlation` (Nguyen & Martinez 2020), :func:`irof`,
   :func:`faithfulness_correlation`, :func:`infidelity`;
 * robustness (they take a technique's name instead of maps and explain again):
-  :func:`max_sensitivity`, :func:`avg_sensitivity`, :func:`local_lipschitz_estimate`;
+  :func:`max_sensitivity`, :func:`avg_sensitivity`, :func:`local_lipschitz_estimate`,
+  :func:`relative_input_stability`;
 * complexity: :func:`sparseness`, :func:`complexity`;
 * randomisation: :func:`random_logit`;
 * axiomatic: :func:`completeness` (Quantus's verdict and the relative error);
@@ -503,12 +504,27 @@ def _uniform(lower_bound: float, upper_bound: float | None) -> Callable[[torch.G
     return lambda gen, shape: torch.empty(shape, dtype=torch.float64).uniform_(low, high, generator=gen)
 
 
+#: How a robustness metric compares: (map (D,), maps of the noisy copies (S, D), image (E,),
+#: noisy copies (S, E)) -> (S,).
+Ratio = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _relative_to_map(a: np.ndarray, b: np.ndarray, x: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """||map(x + noise) - map(x)|| / ||map(x)|| (Euclidean over all elements)."""
+    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(a)
+
+
+def _relative_to_noise(a: np.ndarray, b: np.ndarray, x: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """||map(x + noise) - map(x)|| / (||noise|| + 1e-10)."""
+    return np.linalg.norm(a - b, axis=-1) / (np.linalg.norm(xs - x, axis=-1) + 1e-10)
+
+
 def _sensitivities(model: nn.Module, inputs: Tensor, technique: str, target: Target, layer: str | Sequence[str] | None,
-                   nr_samples: int, noise: Callable[[torch.Generator, tuple], Tensor], per_input: bool, abs: bool,
+                   nr_samples: int, noise: Callable[[torch.Generator, tuple], Tensor], ratio: Ratio, abs: bool,
                    normalise: bool, seed: int, batch_size: int, mean: Sequence[float], std: Sequence[float],
                    params: dict) -> np.ndarray:
-    """(N, nr_samples): ||map(x + noise) - map(x)|| over ||map(x)|| (``per_input``: over
-    ||noise|| + 1e-10) for each image and draw of ``noise`` (Euclidean norms over all elements)."""
+    """(N, nr_samples): ``ratio`` of each image's map and the maps of its ``nr_samples`` copies
+    with ``noise`` added, drawn from a generator seeded by ``seed`` (the same for every image)."""
     from .engine import attribute
 
     if isinstance(nr_samples, bool) or not isinstance(nr_samples, int) or nr_samples < 1:
@@ -526,12 +542,8 @@ def _sensitivities(model: nn.Module, inputs: Tensor, technique: str, target: Tar
         again = attribute(model, noisy, technique, objective.image(i, nr_samples), layer, batch_size=batch_size,
                           mean=mean, std=std, **params)
         b = _maps(again, noisy, abs, normalise).reshape(nr_samples, -1)
-        change = np.linalg.norm(a - b, axis=-1)
-        if per_input:
-            moved = (noisy - x[i]).double().cpu().numpy().reshape(nr_samples, -1)
-            out[i] = change / (np.linalg.norm(moved, axis=-1) + 1e-10)
-        else:
-            out[i] = change / np.linalg.norm(a)
+        flat = noisy.double().cpu().numpy().reshape(nr_samples, -1)
+        out[i] = ratio(a, b, x[i].double().cpu().numpy().reshape(-1), flat)
     return out
 
 
@@ -550,8 +562,8 @@ def max_sensitivity(model: nn.Module, inputs: Tensor, technique: str, target: Ta
     for every image. Cost: one explanation of the image and ``nr_samples`` of noisy copies.
     """
     return np.nanmax(_sensitivities(model, inputs, technique, target, layer, nr_samples,
-                                    _uniform(lower_bound, upper_bound), False, abs, normalise, seed, batch_size, mean,
-                                    std, {**(technique_params or {}), **params}), axis=1)
+                                    _uniform(lower_bound, upper_bound), _relative_to_map, abs, normalise, seed,
+                                    batch_size, mean, std, {**(technique_params or {}), **params}), axis=1)
 
 
 def avg_sensitivity(model: nn.Module, inputs: Tensor, technique: str, target: Target = None,
@@ -563,8 +575,8 @@ def avg_sensitivity(model: nn.Module, inputs: Tensor, technique: str, target: Ta
     """Avg-Sensitivity (Yeh et al. 2019): :func:`max_sensitivity`'s relative changes averaged
     over the draws instead of their maximum; lower is more robust. Same cost."""
     return np.nanmean(_sensitivities(model, inputs, technique, target, layer, nr_samples,
-                                     _uniform(lower_bound, upper_bound), False, abs, normalise, seed, batch_size,
-                                     mean, std, {**(technique_params or {}), **params}), axis=1)
+                                     _uniform(lower_bound, upper_bound), _relative_to_map, abs, normalise, seed,
+                                     batch_size, mean, std, {**(technique_params or {}), **params}), axis=1)
 
 
 def local_lipschitz_estimate(model: nn.Module, inputs: Tensor, technique: str, target: Target = None,
@@ -581,9 +593,33 @@ def local_lipschitz_estimate(model: nn.Module, inputs: Tensor, technique: str, t
     def gaussian(gen: torch.Generator, shape: tuple) -> Tensor:
         return torch.empty(shape, dtype=torch.float64).normal_(perturb_mean, perturb_std, generator=gen)
 
-    return np.nanmax(_sensitivities(model, inputs, technique, target, layer, nr_samples, gaussian, True, abs,
-                                    normalise, seed, batch_size, mean, std,
+    return np.nanmax(_sensitivities(model, inputs, technique, target, layer, nr_samples, gaussian,
+                                    _relative_to_noise, abs, normalise, seed, batch_size, mean, std,
                                     {**(technique_params or {}), **params}), axis=1)
+
+
+def relative_input_stability(model: nn.Module, inputs: Tensor, technique: str, target: Target = None,
+                             layer: str | Sequence[str] | None = None, *, nr_samples: int = 200,
+                             lower_bound: float = 0.02, upper_bound: float | None = 0.2, eps_min: float = 1e-6,
+                             abs: bool = False, normalise: bool = False, seed: int = 0,
+                             batch_size: int = DEFAULT_BATCH_SIZE, mean: Sequence[float] = IMAGENET_MEAN,
+                             std: Sequence[float] = IMAGENET_STD, technique_params: dict | None = None,
+                             **params: object) -> np.ndarray:
+    """Relative Input Stability (Agarwal et al. 2022): the largest ratio of the map's relative
+    change, ``||(map(x') - map(x)) / map(x)||``, to the input's, ``||(x' - x) / x||`` (zeros
+    replaced by ``eps_min``, a denominator of 0 by ``eps_min``), over ``nr_samples`` draws of
+    uniform noise in [lower_bound, upper_bound] (Quantus's default: [0.02, 0.2]; ``upper_bound=None``:
+    [-lower_bound, lower_bound]); lower is more stable. Draws where the prediction changes are kept
+    (Quantus's ``return_nan_when_prediction_changes=False``). Cost: one explanation of the image
+    and ``nr_samples`` of noisy copies."""
+    def ratio(a: np.ndarray, b: np.ndarray, x: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        change = np.linalg.norm((a - b) / (a + (a == 0) * eps_min), axis=-1)
+        moved = np.linalg.norm((x - xs) / (x + (x == 0) * eps_min), axis=-1)
+        return change / (moved + (moved == 0) * eps_min)
+
+    return np.max(_sensitivities(model, inputs, technique, target, layer, nr_samples,
+                                 _uniform(lower_bound, upper_bound), ratio, abs, normalise, seed, batch_size, mean,
+                                 std, {**(technique_params or {}), **params}), axis=1)
 
 
 # --- randomisation ------------------------------------------------------------------------------

@@ -314,6 +314,10 @@ def test_sensitivity_agrees_with_quantus_and_captum_in_expectation(spread):
     lipschitz = metrics.local_lipschitz_estimate(model, x, "vanilla", y, nr_samples=20)
     per_image = partial(quantus.LocalLipschitzEstimate(nr_samples=20, disable_warnings=True), explain_func=explain)
     assert _r(lipschitz, _quantus(per_image, model, x, None, y)) >= 0.95  # Quantus normalises per batch
+    stability = metrics.relative_input_stability(model, x, "vanilla", y, nr_samples=20)
+    q = quantus.RelativeInputStability(nr_samples=20, return_nan_when_prediction_changes=False, disable_warnings=True)
+    assert _r(stability, q(model=model, x_batch=x.numpy(), y_batch=y, a_batch=None, explain_func=explain,
+                           channel_first=True, device="cpu")) >= 0.95
     by_captum = sensitivity_max(lambda inputs, target: (attribute(model, inputs[0], "vanilla", target.tolist()),),
                                 (x,), perturb_radius=0.2, n_perturb_samples=20, target=torch.as_tensor(y))
     assert _r(metrics.max_sensitivity(model, x, "vanilla", y, nr_samples=20), by_captum.numpy()) >= 0.95
