@@ -331,3 +331,35 @@ def test_seeded_draws_are_the_same_for_an_image_alone_or_in_a_batch(spread):
     full = metrics.max_sensitivity(model, scaled, "vanilla", y, nr_samples=4)
     assert metrics.max_sensitivity(model, scaled[4:5], "vanilla", y[4:5], nr_samples=4)[0] == full[4]
     assert metrics.max_sensitivity(model, scaled, "vanilla", y, nr_samples=4, seed=1).tolist() != full.tolist()
+
+
+def test_metrics_leave_a_training_model_with_batch_norm_as_it_was(work):
+    from galleryvis.hooks import hook_count
+
+    _, x, maps, y, mask = work
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)).train()
+    model[1].running_var.fill_(2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    metrics.pixel_flipping(model, x, maps, y, features_in_step=288)
+    metrics.irof(model, x, maps, y, perturb_baseline=0.0)
+    metrics.max_sensitivity(model, x, "vanilla", y, nr_samples=2)
+    metrics.average_drop(model, x, maps, y)
+    assert all(m.training for m in model.modules()) and model[2].inplace and hook_count(model) == 0
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda m, x, a, y, s: metrics.pointing_game(m, x, a, y, mask=s[:, :, :10]), "mask must have shape"),
+    (lambda m, x, a, y, s: metrics.pixel_flipping(m, x, a, y, features_in_step=7), "features_in_step (7)"),
+    (lambda m, x, a, y, s: metrics.region_perturbation(m, x, a, y, perturb_baseline="white"), "perturb_baseline"),
+    (lambda m, x, a, y, s: metrics.top_k_intersection(m, x, a, y, mask=s, k=10 ** 6), "k must be"),
+    (lambda m, x, a, y, s: metrics.sparseness(m, x, a[:2], y), "maps must have shape"),
+])
+def test_user_errors_are_one_line_naming_the_setting(work, call, words):
+    model, x, maps, y, mask = work
+    with pytest.raises(ValueError) as error:
+        call(model, x, maps, y, mask)
+    assert words in str(error.value) and "\n" not in str(error.value)
