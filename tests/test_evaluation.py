@@ -29,6 +29,15 @@ def _quantus_on_numpy_2(monkeypatch):
     warnings.filterwarnings("ignore", module="quantus")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny batches: one thread is faster than several waiting on each other (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _cnn(channels: int = 3) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(channels, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1),
@@ -76,6 +85,14 @@ def test_pixel_flipping_equals_quantus(work, softmax):
                               disable_warnings=True)
     theirs = _quantus(partial(q, softmax=softmax), model, x, maps, y)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=ATOL * (1 if softmax else 10))
+
+
+def test_mean_baseline_is_recomputed_each_step_as_quantus(work):
+    model, x, maps, y, _ = work
+    ours = metrics.pixel_flipping(model, x, maps, y, features_in_step=48, perturb_baseline="mean")
+    q = quantus.PixelFlipping(features_in_step=48, perturb_baseline="mean", return_auc_per_sample=True,
+                              disable_warnings=True)
+    np.testing.assert_allclose(ours, _quantus(q, model, x, maps, y), rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("order, patch_size", [("morf", 8), ("morf", 5), ("lerf", 5)])
@@ -323,11 +340,24 @@ def test_sensitivity_agrees_with_quantus_and_captum_in_expectation(spread):
     assert _r(metrics.max_sensitivity(model, x, "vanilla", y, nr_samples=20), by_captum.numpy()) >= 0.95
 
 
+def test_monotonicity_with_uniform_draws_agrees_with_quantus_in_expectation(spread):
+    model, x, maps, y, _ = spread
+    ours = metrics.monotonicity_correlation(model, x, maps, y, features_in_step=96, nr_samples=10)
+    np.random.seed(0)
+    q = quantus.MonotonicityCorrelation(features_in_step=96, nr_samples=10, disable_warnings=True)
+    theirs = q(model=model, x_batch=x.numpy(), y_batch=y, a_batch=maps.numpy(), channel_first=True, device="cpu")
+    assert _r(ours, theirs) >= 0.95
+
+
 def test_seeded_draws_are_the_same_for_an_image_alone_or_in_a_batch(spread):
     model, x, maps, y, scaled = spread
     settings = {"nr_runs": 10, "subset_size": 64, "perturb_baseline": 0.0}
     full = metrics.faithfulness_correlation(model, x, maps, y, **settings)
     assert metrics.faithfulness_correlation(model, x[2:3], maps[2:3], y[2:3], **settings)[0] == full[2]
+    settings = {"order": "random", "patch_size": 6, "regions_evaluation": 6, "perturb_baseline": 0.0}
+    full = metrics.region_perturbation(model, x, maps, y, **settings)
+    assert metrics.region_perturbation(model, x[3:4], maps[3:4], y[3:4], **settings)[0] == full[3]
+    assert metrics.region_perturbation(model, x, maps, y, seed=1, **settings).tolist() != full.tolist()
     full = metrics.max_sensitivity(model, scaled, "vanilla", y, nr_samples=4)
     assert metrics.max_sensitivity(model, scaled[4:5], "vanilla", y[4:5], nr_samples=4)[0] == full[4]
     assert metrics.max_sensitivity(model, scaled, "vanilla", y, nr_samples=4, seed=1).tolist() != full.tolist()
