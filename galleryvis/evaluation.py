@@ -29,7 +29,8 @@ Metrics:
 * :func:`average_drop`, :func:`average_increase` (Chattopadhay et al. 2018, as torchcam);
 * localisation against a binary ``mask`` per image: :func:`pointing_game`,
   :func:`relevance_mass_accuracy`, :func:`relevance_rank_accuracy`, :func:`top_k_intersection`,
-  :func:`attribution_localisation`, :func:`auc_localisation`.
+  :func:`attribution_localisation`, :func:`auc_localisation` (:func:`box_mask` makes a mask
+  of boxes).
 """
 from __future__ import annotations
 
@@ -740,6 +741,27 @@ def average_increase(model: nn.Module, inputs: Tensor, maps: Tensor, target: Tar
 
 
 # --- localisation -------------------------------------------------------------------------------
+
+
+def box_mask(boxes: Sequence[float] | Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """A binary (height, width) mask of one box ``[x0, y0, x1, y1]`` or the union of a list of
+    them, in pixels of the image the maps explain (x to the right, y down; a box covers the
+    pixels from ``floor(x0)`` to ``ceil(x1)`` exclusive, and the same for y). A box outside the
+    image, empty or not four numbers is a ValueError naming it. Lists, tuples and arrays work."""
+    try:
+        rows = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        rows = np.empty(0)
+    rows = rows[None] if rows.ndim == 1 else rows
+    if rows.ndim != 2 or rows.shape[1:] != (4,) or not len(rows) or isinstance(boxes, (str, bytes)):
+        raise ValueError(f"a box is four numbers [x0, y0, x1, y1] (or give a list of boxes), got {boxes!r}")
+    mask = np.zeros((height, width), dtype=bool)
+    for x0, y0, x1, y1 in rows.tolist():
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise ValueError(f"box {[x0, y0, x1, y1]} must satisfy 0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= "
+                             f"{height} (the image is {width} x {height})")
+        mask[int(np.floor(y0)):int(np.ceil(y1)), int(np.floor(x0)):int(np.ceil(x1))] = True
+    return mask
 
 
 def _located(inputs: Tensor, maps: Tensor, mask: Tensor | np.ndarray, abs: bool, normalise: bool

@@ -751,7 +751,7 @@ def _average_ranks(v: np.ndarray) -> np.ndarray:
 # --- Quantus-grade metrics (galleryvis.evaluation), one value per image -------------------------
 
 from .evaluation import (attribution_localisation, auc_localisation, average_drop, average_increase,  # noqa: E402
-                         avg_sensitivity, completeness, complexity, faithfulness_correlation, infidelity, irof,
+                         avg_sensitivity, box_mask, completeness, complexity, faithfulness_correlation, infidelity, irof,
                          local_lipschitz_estimate, max_sensitivity, monotonicity_correlation, pixel_flipping,
                          pointing_game, random_logit, region_perturbation, relative_input_stability,
                          relevance_mass_accuracy, relevance_rank_accuracy, sparseness, top_k_intersection)

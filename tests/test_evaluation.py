@@ -393,3 +393,15 @@ def test_user_errors_are_one_line_naming_the_setting(work, call, words):
     with pytest.raises(ValueError) as error:
         call(model, x, maps, y, mask)
     assert words in str(error.value) and "\n" not in str(error.value)
+
+
+def test_box_mask_covers_the_boxes_and_refuses_one_outside_the_image():
+    one = metrics.box_mask([1, 2, 4, 3], 5, 6)
+    assert one.shape == (5, 6) and one.sum() == 3 and one[2, 1:4].all()
+    two = metrics.box_mask([[0, 0, 1, 1], [4.5, 3.2, 6, 5]], 5, 6)
+    assert two.sum() == 1 + 2 * 2 and two[0, 0] and two[4, 5]
+    np.testing.assert_array_equal(metrics.box_mask(np.array([[0, 0, 1, 1], [4.5, 3.2, 6, 5]]), 5, 6), two)
+    for bad, words in (([0, 0, 7, 1], "the image is 6 x 5"), ([2, 0, 1, 1], "x0 < x1"), ([1, 2, 3], "four numbers"),
+                       ([[0, 0, 1, 1], [0, 1]], "four numbers"), ("abcd", "four numbers"), ([], "four numbers")):
+        with pytest.raises(ValueError, match=words):
+            metrics.box_mask(bad, 5, 6)
