@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, NamedTuple, TypeVar
 
-from . import registry, schema
+from . import registry, schema, tasks
 from .errors import ManifestError
 from .fileio import url_problem, url_scheme
 from .tasks import OPT_IN
@@ -277,13 +277,19 @@ def check_against_models(manifest: Manifest, adapters: Mapping[str, Any]) -> lis
     ``adapters`` maps model id -> an object with ``labels`` (class names, maybe empty),
     ``num_classes`` and ``module_names``. Checks that every layer in ``models[i].layers``
     exists, and that each image target is a valid class index or a known class name
-    (case-insensitive). Models missing from ``adapters`` are skipped.
+    (case-insensitive). Models missing from ``adapters`` are skipped, and so are those whose
+    ``task`` a gallery cannot show yet (:data:`galleryvis.tasks.GALLERY_TASKS`; one message each).
     """
     label = manifest.label
     errors: list[str] = []
     for model in manifest.models:
         adapter = adapters.get(model.id)
         if adapter is None:
+            continue
+        task = getattr(adapter, "task", "classification")
+        if task not in tasks.GALLERY_TASKS:
+            errors.append(f"{label}: {model.field}.task: galleries of {task} models are not built yet; explain "
+                          f"model {model.id!r} in Python with galleryvis.attribute (docs/tasks.md)")
             continue
         modules = sorted(adapter.module_names)
         for tech, layers in model.layers.items():

@@ -26,6 +26,10 @@ DEFAULT_TASKS: tuple[str, ...] = tuple(t for t in TASKS if t not in OPT_IN)
 #: The tasks whose raw output is logits (N, classes) (a class per image).
 CLASS_TASKS = frozenset({"classification", "multilabel"})
 
+#: The tasks a gallery build can show yet (its plan reads one class per image through softmax
+#: probabilities); the others work in the Python API and are refused by a build in one line.
+GALLERY_TASKS = frozenset({"classification", "image-text"})
+
 #: The torchvision builders of segmentation models (``torchvision.models.segmentation``).
 TORCHVISION_SEGMENTATION = ("fcn_", "deeplabv3_", "lraspp_")
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import IMAGES
 from test_agreement import check, frozen, layer_output, pearson, up
 from torch import Tensor, nn
 
@@ -361,3 +362,24 @@ def test_manifest_task_is_one_of_the_tasks(tmp_path) -> None:
                                               'task = "segmentaton"\n', encoding="utf-8")
     with pytest.raises(ManifestError, match=r"models\[0\]\.task.*must be one of.*did you mean: segmentation"):
         load_manifest(tmp_path / "galleryvis.toml")
+
+
+def test_a_gallery_of_a_segmentation_model_is_refused_in_one_line(tmp_path) -> None:
+    """The build's plan reads one class per image: a segmentation or multi-label model is one
+    manifest error naming the entry (explain it in Python meanwhile)."""
+    from galleryvis.errors import ManifestError
+    from galleryvis.jobs import load_models
+    from galleryvis.manifest import load_manifest
+
+    cat = IMAGES / "cat.png"
+    (tmp_path / "galleryvis.toml").write_text(
+        '[[models]]\nname = "lraspp_mobilenet_v3_large"\nweights = "none"\n\n'
+        '[[models]]\nname = "resnet18"\nweights = "none"\ntask = "multilabel"\n\n'
+        f'[[images]]\npath = "{cat}"\n', encoding="utf-8")
+    with pytest.raises(ManifestError) as exc:
+        load_models(load_manifest(tmp_path / "galleryvis.toml"))
+    assert [m.split(": ", 1)[1] for m in exc.value.errors] == [
+        "models[0].task: galleries of segmentation models are not built yet; explain model "
+        "'lraspp_mobilenet_v3_large' in Python with galleryvis.attribute (docs/tasks.md)",
+        "models[1].task: galleries of multilabel models are not built yet; explain model 'resnet18' in Python "
+        "with galleryvis.attribute (docs/tasks.md)"]
