@@ -88,11 +88,15 @@ class ImageSpec:
     """One input image file (a glob in the manifest becomes one ImageSpec per file).
 
     ``target`` is a class index, a class name from the model's labels, or None (top-1).
+    ``mask`` (a binary image the photo's size) or ``box`` (boxes ``(x0, y0, x1, y1)`` in the
+    photo's pixels) says where the object is, checked against the photo; None when not given.
     ``field`` names the manifest entry it came from, e.g. ``images[2]``.
     """
 
     path: Path
     target: int | str | None
+    mask: Path | None
+    box: tuple[tuple[float, float, float, float], ...] | None
     field: str = ""
 
 
@@ -519,6 +523,22 @@ class _Parser:
             return _BAD
         return numbers
 
+    def read_boxes(self, value: Any, where: str, f: schema.Field) -> Any:
+        """A box ``[x0, y0, x1, y1]`` or a list of them, each with x0 < x1 and y0 < y1."""
+        rows = value if isinstance(value, list) and value and all(isinstance(v, list) for v in value) else [value]
+        boxes = []
+        for row in rows:
+            numbers = [_finite(v) for v in row] if isinstance(row, list) else []
+            if len(numbers) != 4 or None in numbers:
+                self.error(where, f"expected a box [x0, y0, x1, y1] (4 numbers) or a list of boxes, got {row!r}")
+                return _BAD
+            x0, y0, x1, y1 = numbers
+            if not (x0 < x1 and y0 < y1):
+                self.error(where, f"box {row} must have x0 < x1 and y0 < y1")
+                return _BAD
+            boxes.append((x0, y0, x1, y1))
+        return tuple(boxes)
+
     def read_file(self, value: Any, where: str, f: schema.Field) -> Any:
         """A path that must name an existing file."""
         text = self.read_string(value, where, f)
@@ -652,11 +672,52 @@ class _Parser:
                 self.error(where, "missing required key 'path' (an image file or a glob such as 'photos/*.jpg')")
             if v["path"] is schema.NO_VALUE:
                 continue
-            for path in self.expand(v["path"], f"{where}.path"):  # decoded by the pipeline (jobs.read_images)
-                specs.setdefault((path, v["target"]), ImageSpec(path, v["target"], where))
+            paths = self.expand(v["path"], f"{where}.path")  # decoded by the pipeline (jobs.read_images)
+            if v["mask"] is not None or v["box"] is not None:
+                self.ground_truth(v, paths, where)
+            for path in paths:
+                specs.setdefault((path, v["target"]), ImageSpec(path, v["target"], v["mask"], v["box"], where))
         if isinstance(value, list) and not value:
             self.error("images", "empty: add at least one [[images]] section with a `path`")
         return tuple(specs.values())
+
+    def ground_truth(self, v: dict[str, Any], paths: list[Path], where: str) -> None:
+        """Check an entry's ``mask`` or ``box`` against its one photo: a mask of the photo's size
+        with an object pixel, boxes inside the photo."""
+        from PIL import Image, UnidentifiedImageError  # only when a manifest gives ground truth
+
+        key = "mask" if v["mask"] is not None else "box"
+        if v["mask"] is not None and v["box"] is not None:
+            self.error(f"{where}.box", "give the object's mask or its box, not both")
+            return
+        if not paths:  # the path's own error is reported
+            return
+        if _has_magic(v["path"]) or len(paths) != 1:
+            self.error(f"{where}.{key}", f"needs `path` to name one image file, not the glob {v['path']!r}")
+            return
+        try:
+            with Image.open(paths[0]) as photo:
+                width, height = photo.size
+        except (OSError, UnidentifiedImageError) as exc:
+            self.error(f"{where}.path", f"{v['path']!r} is not a readable image: {exc}")
+            return
+        if v["box"] is not None:
+            for box in v["box"]:
+                if not (0 <= box[0] and 0 <= box[1] and box[2] <= width and box[3] <= height):
+                    self.error(f"{where}.box", f"box {list(box)} lies outside the photo {v['path']!r} "
+                                               f"({width} x {height} pixels)")
+            return
+        try:
+            with Image.open(v["mask"]) as mask:
+                size, empty = mask.size, mask.convert("L").getbbox() is None
+        except (OSError, UnidentifiedImageError) as exc:
+            self.error(f"{where}.mask", f"{v['mask'].name!r} is not a readable image: {exc}")
+            return
+        if size != (width, height):
+            self.error(f"{where}.mask", f"{v['mask'].name!r} is {size[0]} x {size[1]} pixels, the photo "
+                                        f"{v['path']!r} {width} x {height}")
+        elif empty:
+            self.error(f"{where}.mask", f"{v['mask'].name!r} has no object pixel (every pixel is 0)")
 
     def expand(self, text: str, where: str) -> list[Path]:
         """The image files ``text`` names: one file, or a glob's files with image suffixes."""

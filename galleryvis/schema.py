@@ -21,7 +21,7 @@ NO_VALUE: Any = object()
 
 #: What the parser's readers accept; "integer" and "number" need a ``range``, "choice" ``choices``.
 READERS = ("string", "text", "choice", "integer", "number", "boolean", "modules", "triple", "positive_triple",
-           "file", "table", "target", "layer", "names", "factory", "prompts")
+           "file", "table", "target", "layer", "names", "factory", "prompts", "boxes")
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,13 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("target", "target", "the class to explain: `\"top1\"` (the model's own prediction, per model), a "
                                   "class index (`281`), or a class name from the model's labels (`\"tabby\"`, "
                                   "matched ignoring case)", None, "integer, string", '`"top1"`'),
+        Field("mask", "file", "where the object is (ground truth for localisation metrics such as "
+                              "`metrics.pointing_game`; the gallery does not score it yet): a binary image (non-zero "
+                              "= object) the size of the photo, relative to the manifest; `path` must name one file",
+              None, "path", "none"),
+        Field("box", "boxes", "where the object is, as a box `[x0, y0, x1, y1]` in the photo's pixels (x to the "
+                              "right, y down) or a list of boxes; instead of `mask`; `path` must name one file",
+              None, "list of 4 numbers, or a list of them", "none"),
     ),
     "models": (
         Field("name", "string", "a torchvision classification model (`alexnet`, `vgg16`, `resnet50`, `densenet121`, "
