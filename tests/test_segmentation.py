@@ -383,3 +383,24 @@ def test_a_gallery_of_a_segmentation_model_is_refused_in_one_line(tmp_path) -> N
         "'lraspp_mobilenet_v3_large' in Python with galleryvis.attribute (docs/tasks.md)",
         "models[1].task: galleries of multilabel models are not built yet; explain model 'resnet18' in Python "
         "with galleryvis.attribute (docs/tasks.md)"]
+
+
+def test_segmentation_deletion_reads_the_regions_mean_probability() -> None:
+    """Deletion's curve on a segmentation model, value by value: point k zeroes the map's top
+    round(k / steps * H * W) pixels (a stable descending sort) and reads the class's softmax
+    probability averaged over the region of the clean image."""
+    model = tiny_segformer().eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    maps = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(6))
+    steps = 4
+    got = deletion_insertion(model, x, maps, targets.Segment(), steps=steps)
+    with torch.no_grad():
+        classes, regions = top1_by_hand(model(x).logits)
+        for i in range(2):
+            order = torch.sort(maps[i].flatten(), descending=True, stable=True).indices
+            for k in range(steps + 1):
+                gone = torch.zeros(64 * 64, dtype=torch.bool)
+                gone[order[:round(k / steps * 64 * 64)]] = True
+                xi = torch.where(gone.view(1, 64, 64), torch.zeros(()), x[i])
+                probs = model(xi[None]).logits[0].softmax(0)[classes[i]]
+                assert got.deletion_curve[i, k] == pytest.approx(probs[regions[i]].mean().item(), rel=1e-4)
