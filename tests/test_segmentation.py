@@ -404,3 +404,17 @@ def test_segmentation_deletion_reads_the_regions_mean_probability() -> None:
                 xi = torch.where(gone.view(1, 64, 64), torch.zeros(()), x[i])
                 probs = model(xi[None]).logits[0].softmax(0)[classes[i]]
                 assert got.deletion_curve[i, k] == pytest.approx(probs[regions[i]].mean().item(), rel=1e-4)
+
+
+def test_models_and_layers_commands_know_segmentation_models() -> None:
+    from click.testing import CliRunner
+
+    from galleryvis.cli import main
+
+    listed = CliRunner().invoke(main, ["models"])
+    assert listed.exit_code == 0 and all(n in listed.output.split() for n in
+                                         ("fcn_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"))
+    result = CliRunner().invoke(main, ["layers", "lraspp_mobilenet_v3_large", "--size", "64"])
+    assert result.exit_code == 0, result.output
+    marked = [line for line in result.output.splitlines() if line.startswith("*")]
+    assert len(marked) == 1 and marked[0].split()[1] == "backbone.16"
