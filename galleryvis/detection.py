@@ -25,7 +25,6 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import box_iou
 
 #: The IoU above which a detection matches a reference box (pytorch-grad-cam's and the issue's 0.5).
 IOU_THRESHOLD = 0.5
@@ -55,6 +54,16 @@ class Detections(NamedTuple):
         classes = int(self.labels.max()) + 1 if len(self.labels) else 1
         out = self.scores.new_zeros((len(self.scores), classes))
         return out.scatter(1, self.labels[:, None].long(), self.scores[:, None])
+
+
+def iou(box: Tensor, boxes: Tensor) -> Tensor:
+    """The IoU of ``box`` (4,) with each of ``boxes`` (K, 4), (K,): torchvision's ``box_iou``,
+    but 0 where the union is empty (two boxes of no area), never NaN."""
+    lt, rb = torch.maximum(box[:2], boxes[:, :2]), torch.minimum(box[2:], boxes[:, 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    area = (box[2:] - box[:2]).clamp_min(0).prod(-1) + (boxes[:, 2:] - boxes[:, :2]).clamp_min(0).prod(-1)
+    union = area - inter
+    return torch.where(union > 0, inter / union.clamp_min(torch.finfo(union.dtype).tiny), torch.zeros_like(union))
 
 
 class Reference(NamedTuple):
@@ -112,8 +121,8 @@ def choose(dets: Detections, cls: int | None, box: Sequence[float] | None) -> Re
     if box is None:
         i = int(pool[dets.scores[pool].detach().argmax()])
     else:
-        ious = box_iou(torch.as_tensor([list(box)], dtype=dets.boxes.dtype, device=dets.boxes.device),
-                       dets.boxes[pool].detach())[0]
+        ious = iou(torch.as_tensor(list(box), dtype=dets.boxes.dtype, device=dets.boxes.device),
+                   dets.boxes[pool].detach())
         best = int(ious.argmax())
         if float(ious[best]) < IOU_THRESHOLD:
             raise ValueError(f"Detection: no detection{of_class} matches box {[round(float(v), 1) for v in box]} "
@@ -130,7 +139,7 @@ def box_score(dets: Detections, ref: Reference) -> Tensor:
     zero = dets.scores.sum() * 0
     if len(dets.scores) == 0:
         return zero
-    ious = box_iou(ref.box[None].to(dets.boxes), dets.boxes)[0]
+    ious = iou(ref.box.to(dets.boxes), dets.boxes)
     i = ious.argmax()
     if ious[i] > IOU_THRESHOLD and int(dets.labels[i]) == ref.label:
         return ious[i] + dets.scores[i]
@@ -141,14 +150,14 @@ def similarity(dets: Detections, ref: Reference) -> Tensor:
     """D-RISE's similarity of ``ref`` with the best of ``dets``, in [0, 1] (0 without detections)."""
     if len(dets.scores) == 0:
         return dets.scores.new_zeros((), dtype=torch.float32)
-    iou = box_iou(ref.box[None].to(dets.boxes).float(), dets.boxes.float())[0]
+    overlap = iou(ref.box.to(dets.boxes).float(), dets.boxes.float())
     vectors = dets.vectors().float()
     ref_vector = ref.vector.to(vectors)
     width = max(vectors.shape[1], ref_vector.shape[0])
     vectors = torch.nn.functional.pad(vectors, (0, width - vectors.shape[1]))
     ref_vector = torch.nn.functional.pad(ref_vector, (0, width - ref_vector.shape[0]))
     cos = torch.nn.functional.cosine_similarity(vectors, ref_vector[None], dim=1)
-    s = iou * cos
+    s = overlap * cos
     if dets.objectness is not None:
         s = s * dets.objectness.float()
     return s.max()
@@ -159,7 +168,7 @@ def default_layer(model: nn.Module) -> str | None:
     """The CAM layer of a known detector, None for any other model: the last block of a
     torchvision detector's backbone body (``backbone.body.layer4`` of the ResNet-50 FPN ones,
     the last feature block of the MobileNetV3 ones; a backbone of your own without an FPN:
-    ``backbone``), ``backbone.features`` of SSD and SSDlite,
+    ``backbone``), the last block of SSD's and SSDlite's ``backbone.features``,
     and Ultralytics YOLO's layer before its head (pytorch-grad-cam's YOLO recipe)."""
     from torchvision.models.detection import fcos, generalized_rcnn, retinanet, ssd
 
@@ -168,8 +177,9 @@ def default_layer(model: nn.Module) -> str | None:
         if isinstance(body, nn.Module) and len(body._modules):
             return f"backbone.body.{list(body._modules)[-1]}"
         return "backbone"
-    if isinstance(model, ssd.SSD) and isinstance(getattr(model.backbone, "features", None), nn.Module):
-        return "backbone.features"
+    features = getattr(model.backbone, "features", None) if isinstance(model, ssd.SSD) else None
+    if isinstance(features, nn.Sequential) and len(features):
+        return f"backbone.features.{len(features) - 1}"
     layers = getattr(model, "model", None)
     if type(model).__name__ == "DetectionModel" and isinstance(layers, nn.Sequential) and len(layers) > 1:
         return f"model.{len(layers) - 2}"

@@ -14,7 +14,7 @@ from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 import galleryvis
 from galleryvis import targets
-from galleryvis.detection import IOU_THRESHOLD, Detections, read, similarity
+from galleryvis.detection import IOU_THRESHOLD, Detections, iou, read, similarity
 from galleryvis.tasks import TaskError
 
 pgc = pytest.importorskip("pytorch_grad_cam")
@@ -263,10 +263,42 @@ def test_default_cam_layer_of_detectors(small: nn.Module, tmp_path, monkeypatch:
     x = torch.rand(1, 3, 64, 64)
     for build, expected in [(tvd.fasterrcnn_mobilenet_v3_large_fpn, "backbone.body.16"),
                             (tvd.retinanet_resnet50_fpn, "backbone.body.layer4"),
-                            (tvd.ssdlite320_mobilenet_v3_large, "backbone.features")]:
+                            (tvd.ssdlite320_mobilenet_v3_large, "backbone.features.1")]:
         model = build(weights=None, weights_backbone=None, num_classes=3).eval()
         assert default_layer(model, x) == expected, build.__name__
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path))
     ultralytics = pytest.importorskip("ultralytics")
     assert default_layer(ultralytics.YOLO("yolov8n.yaml").model, x) == "model.21"
     assert default_layer(small, x) == "backbone"  # a backbone of its own, without an FPN
+
+
+@pytest.mark.parametrize("builder", ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large"])
+def test_other_torchvision_detectors_called_as_they_are(builder: str) -> None:
+    """RetinaNet, FCOS and SSDlite (seeded random weights, score_thresh=0): Grad-CAM at the
+    default layer and D-RISE give finite maps (random FCOS weights give boxes of no area), each
+    image's the same as in a call of its own."""
+    from torchvision.models import detection as tvd
+
+    torch.manual_seed(0)
+    size = {} if builder.startswith("ssd") else {"min_size": 64, "max_size": 64}
+    model = getattr(tvd, builder)(weights=None, weights_backbone=None, num_classes=5, score_thresh=0.0,
+                                  **size).eval()
+    x = torch.stack([photo("cat.png", (64, 64)), photo("coffee.png", (64, 64))])
+    for name, params in (("gradcam", {}), ("drise", {"masks": 4, "cells": 4})):
+        both = galleryvis.attribute(model, x, name, target=targets.Detection(), **params, **RAW)
+        alone = galleryvis.attribute(model, x[1:], name, target=targets.Detection(), **params, **RAW)
+        assert torch.isfinite(both).all(), name
+        torch.testing.assert_close(both[1:], alone, rtol=1e-4, atol=1e-5)
+
+
+def test_iou_is_torchvisions_and_zero_for_boxes_of_no_area() -> None:
+    """Random weights give boxes of no area (FCOS on a masked image): their IoU is 0, not NaN."""
+    gen = torch.Generator().manual_seed(0)
+    corners = torch.rand(6, 2, 2, generator=gen) * 50
+    boxes = torch.cat([corners.amin(1), corners.amax(1)], 1)
+    torch.testing.assert_close(iou(boxes[0], boxes), box_iou(boxes[:1], boxes)[0])
+    flat = torch.tensor([[5.0, 5, 5, 9], [5.0, 5, 5, 9]])
+    assert iou(flat[0], flat).tolist() == [0.0, 0.0]
+    ref = targets.Detection().resolve([{"boxes": flat[:1], "labels": torch.tensor([1]),
+                                        "scores": torch.tensor([0.5])}]).reference()[0]
+    assert float(similarity(Detections(flat, torch.tensor([1, 1]), torch.tensor([0.5, 0.4])), ref)) == 0.0
