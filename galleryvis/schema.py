@@ -183,8 +183,9 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
                                     "it becomes a zero-shot classifier over, one class each (its logits: the model's "
                                     "scaled image-text similarities), or `\"imagenet\"`: ImageNet's 1000 classes, "
                                     "each averaged over CLIP's 7 ImageNet templates ([tasks](tasks.md#image-text-"
-                                    "models-clip-siglip)); other models refuse it", None,
-              'array of strings, or `"imagenet"`', '`"imagenet"` for image-text models'),
+                                    "models-clip-siglip)); left out, the 1000 classes as \"a photo of a {}.\" "
+                                    "(7 times fewer texts to encode); other models refuse it", None,
+              'array of strings, or `"imagenet"`', 'ImageNet\'s classes, one template each'),
         Field("task", "choice", "what the model does, which decides what its targets explain and which techniques "
                                 "run ([tasks](tasks.md)): a classifier's output may be read as `multilabel` (one "
                                 "sigmoid per class) and back; any other task the model cannot do is an error", None,

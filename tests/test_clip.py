@@ -301,6 +301,11 @@ def test_open_clip_source(tmp_path: Path, photos64: Tensor) -> None:
     assert other.fingerprint != adapter.fingerprint
     imagenet = load_model(ModelSpec(name="open_clip:tiny.json", weights="none"), tmp_path, torch.device("cpu"), "m")
     assert imagenet.random and len(imagenet.labels) == 1000 and imagenet.labels[281] == "tabby"
+    assert imagenet.model.prompts[281] == "a photo of a tabby."  # left out: one template per class
+    ensemble = load_model(ModelSpec(name="open_clip:tiny.json", weights="none", prompts="imagenet"), tmp_path,
+                          torch.device("cpu"), "m")
+    assert ensemble.labels == imagenet.labels
+    assert ensemble.model.prompts[281] == tuple(t.format("tabby") for t in IMAGENET_TEMPLATES)
     with pytest.raises(ModelError, match=r'^m: open_clip model tiny.json needs weights = a local checkpoint'):
         load_model(ModelSpec(name="open_clip:tiny.json"), tmp_path, torch.device("cpu"), "m")
     with pytest.raises(ModelError, match="^m: prompts are for image-text models .*resnet18 is not one$"):
