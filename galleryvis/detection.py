@@ -108,10 +108,11 @@ def read(output: Any, rows: int | None = None) -> list[Detections]:
     return [Detections(o["boxes"], o["labels"], o["scores"], o.get("probs"), o.get("objectness")) for o in output]
 
 
-def choose(dets: Detections, cls: int | None, box: Sequence[float] | None) -> Reference:
+def choose(dets: Detections, cls: int | None, box: Sequence[float] | None, rank: int = 1) -> Reference:
     """The reference detection of one image: with ``box``, the detection (of class ``cls`` when
     given) of highest IoU with it, which must be >= :data:`IOU_THRESHOLD`; otherwise the
-    highest-scoring detection (of class ``cls`` when given). A one-line ValueError when none is."""
+    ``rank``-th highest-scoring detection (of class ``cls`` when given). A one-line ValueError
+    when none is."""
     of_class = "" if cls is None else f" of class {cls}"
     pool = torch.arange(len(dets.scores), device=dets.scores.device)
     if cls is not None:
@@ -119,7 +120,10 @@ def choose(dets: Detections, cls: int | None, box: Sequence[float] | None) -> Re
     if len(pool) == 0:
         raise ValueError(f"Detection: no detection{of_class} above the score threshold")
     if box is None:
-        i = int(pool[dets.scores[pool].detach().argmax()])
+        if rank > len(pool):
+            raise ValueError(f"Detection: detection {rank}{of_class} asked, and {len(pool)} are above the "
+                             f"score threshold")
+        i = int(pool[dets.scores[pool].detach().argsort(descending=True, stable=True)[rank - 1]])
     else:
         ious = iou(torch.as_tensor(list(box), dtype=dets.boxes.dtype, device=dets.boxes.device),
                    dets.boxes[pool].detach())

@@ -458,7 +458,8 @@ class Detection(Objective):
 
     The reference detection of each image is decided once on the clean image (:meth:`resolve`,
     the engine does it): with neither ``cls`` nor ``box`` its highest-scoring detection
-    ("top1"); with ``cls`` (a class index) the highest-scoring one of that class; with ``box``
+    ("top1"; ``rank=k``: the k-th highest-scoring, k >= 1); with ``cls`` (a class index) the
+    highest-scoring one of that class (the ``rank``-th); with ``box``
     ``[x0, y0, x1, y1]`` (pixels of the image given to the detector) the one (of class ``cls``
     when given) that matches it best, IoU >= 0.5, else a one-line ValueError naming the box and
     the best IoU found. Detections with a score below ``score_threshold`` are ignored and at
@@ -468,7 +469,7 @@ class Detection(Objective):
     task: str | None = "detection"
 
     def __init__(self, cls: int | None = None, box: Sequence[float] | Tensor | np.ndarray | None = None, *,
-                 score_threshold: float = 0.0, max_detections: int = 100) -> None:
+                 rank: int = 1, score_threshold: float = 0.0, max_detections: int = 100) -> None:
         if cls is not None and (not isinstance(cls, Integral) or isinstance(cls, bool) or cls < 0):
             raise TypeError(f"Detection: cls must be a class index (an int >= 0) or None, not {cls!r}")
         if box is not None:
@@ -477,6 +478,9 @@ class Detection(Objective):
                 raise ValueError(f"Detection: box must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1, got {box}")
         if isinstance(max_detections, bool) or not isinstance(max_detections, Integral) or max_detections < 1:
             raise ValueError(f"Detection: max_detections must be an int >= 1, got {max_detections!r}")
+        if isinstance(rank, bool) or not isinstance(rank, Integral) or rank < 1 or (rank > 1 and box is not None):
+            raise ValueError(f"Detection: rank must be an int >= 1 (and 1 with a box), got {rank!r}")
+        self.rank = int(rank)
         self.cls = None if cls is None else int(cls)
         self.box: list[float] | None = box  # type: ignore[assignment]
         self.score_threshold, self.max_detections = float(score_threshold), int(max_detections)
@@ -487,14 +491,15 @@ class Detection(Objective):
 
     def _with(self, refs: Sequence[Any] | None, n: int | None) -> Detection:
         """This objective's settings with ``refs`` (None: still to be resolved) for ``n`` rows."""
-        d = Detection(self.cls, self.box, score_threshold=self.score_threshold, max_detections=self.max_detections)
+        d = Detection(self.cls, self.box, rank=self.rank, score_threshold=self.score_threshold,
+                      max_detections=self.max_detections)
         d.refs = None if refs is None else tuple(refs)
         d.n, d.needs_output = n, refs is None
         return d
 
     def __repr__(self) -> str:
-        what = "top1" if self.cls is None and self.box is None else \
-            ", ".join(f"{k}={v}" for k, v in (("cls", self.cls), ("box", self.box)) if v is not None)
+        given = (("cls", self.cls), ("box", self.box), ("rank", self.rank if self.rank > 1 else None))
+        what = ", ".join(f"{k}={v}" for k, v in given if v is not None) or "top1"
         return f"Detection({what}{'' if self.n is None else f', n={self.n}'})"
 
     def _detections(self, output: Any) -> list[Any]:
@@ -545,7 +550,7 @@ class Detection(Objective):
         refs: list[Any] = []
         for d in self._detections(output):
             try:
-                refs.append(choose(d, self.cls, self.box))
+                refs.append(choose(d, self.cls, self.box, self.rank))
             except ValueError as e:  # raised when the row is taken (a per-image list resolves every row)
                 refs.append(str(e))
         return self._with(refs, len(refs))

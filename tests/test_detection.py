@@ -94,6 +94,14 @@ def test_detection_targets_choose_and_refuse(frcnn: nn.Module, photos128: Tensor
     # few detections kept: max_detections and score_threshold apply before the choice
     best2 = targets.resolve(targets.Detection(max_detections=1), frcnn, x, 8).reference()[0]
     assert best2.score == top.score
+    # rank: the k-th best (of a class)
+    ranked = out["scores"].sort(descending=True, stable=True).values
+    assert targets.resolve(targets.Detection(rank=3), frcnn, x, 8).reference()[0].score == float(ranked[2])
+    of_class2 = out["scores"][out["labels"] == top.label].sort(descending=True).values
+    second = targets.resolve(targets.Detection(cls=top.label, rank=2), frcnn, x, 8).reference()[0]
+    assert second.label == top.label and second.score == float(of_class2[1])
+    with pytest.raises(ValueError, match=r"^Detection: detection 4 asked, and 3 are above the score threshold$"):
+        targets.resolve(targets.Detection(rank=4, max_detections=3), frcnn, x, 8).split(8)
     with pytest.raises(ValueError, match=r"no detection above the score threshold"):
         targets.resolve(targets.Detection(score_threshold=2.0), frcnn, x, 8).split(8)
     with pytest.raises(ValueError, match=r"^Detection: no detection matches box \[1.0, 1.0, 3.0, 3.0\] "
