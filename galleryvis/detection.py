@@ -30,6 +30,10 @@ from torch import Tensor, nn
 IOU_THRESHOLD = 0.5
 
 
+class NotFound(ValueError):
+    """No detection of an image is the one a target names (none of its class, none matching its box)."""
+
+
 class Detections(NamedTuple):
     """One image's detections, best first: ``boxes`` (K, 4) x0, y0, x1, y1 in pixels,
     ``labels`` (K,), ``scores`` (K,), ``probs`` (K, classes) or None, ``objectness`` (K,) or None."""
@@ -112,16 +116,16 @@ def choose(dets: Detections, cls: int | None, box: Sequence[float] | None, rank:
     """The reference detection of one image: with ``box``, the detection (of class ``cls`` when
     given) of highest IoU with it, which must be >= :data:`IOU_THRESHOLD`; otherwise the
     ``rank``-th highest-scoring detection (of class ``cls`` when given). A one-line ValueError
-    when none is."""
+    when none is (:class:`NotFound`)."""
     of_class = "" if cls is None else f" of class {cls}"
     pool = torch.arange(len(dets.scores), device=dets.scores.device)
     if cls is not None:
         pool = pool[dets.labels[pool] == cls]
     if len(pool) == 0:
-        raise ValueError(f"Detection: no detection{of_class} above the score threshold")
+        raise NotFound(f"Detection: no detection{of_class} above the score threshold")
     if box is None:
         if rank > len(pool):
-            raise ValueError(f"Detection: detection {rank}{of_class} asked, and {len(pool)} are above the "
+            raise NotFound(f"Detection: detection {rank}{of_class} asked, and {len(pool)} are above the "
                              f"score threshold")
         i = int(pool[dets.scores[pool].detach().argsort(descending=True, stable=True)[rank - 1]])
     else:
@@ -129,7 +133,7 @@ def choose(dets: Detections, cls: int | None, box: Sequence[float] | None, rank:
                    dets.boxes[pool].detach())
         best = int(ious.argmax())
         if float(ious[best]) < IOU_THRESHOLD:
-            raise ValueError(f"Detection: no detection{of_class} matches box {[round(float(v), 1) for v in box]} "
+            raise NotFound(f"Detection: no detection{of_class} matches box {[round(float(v), 1) for v in box]} "
                              f"(IoU >= {IOU_THRESHOLD}); the best IoU found is {float(ious[best]):.2f}")
         i = int(pool[best])
     vector = dets.vectors()[i].detach()

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from . import families, registry, targets, tasks
 from .chunking import FORWARD_BATCH_FACTOR, Chunking
 from .chunking import measure as measure_chunks
+from .detection import NotFound
 from .fold import folded
 from .hooks import LayerError, capture, guided, prepared, resolve_layer
 from .layers import Grid, Patches, conv_sizes, default_layer
@@ -381,7 +382,11 @@ def _each_image(model: nn.Module, images: Sequence[Tensor], calls: Mapping[str, 
     objective = targets.of(target, len(images))
     out: dict[str, list[Tensor]] = {key: [] for key in calls}
     for i, image in enumerate(images):
-        for key, maps in attribute_calls(model, image[None], calls, objective.at(i), **options).items():
+        try:
+            done = attribute_calls(model, image[None], calls, objective.at(i), **options)
+        except NotFound as e:
+            raise NotFound(f"image {i}: {e}") from None
+        for key, maps in done.items():
             out[key].append(maps[0])
     return out
 

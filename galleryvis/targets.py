@@ -528,10 +528,12 @@ class Detection(Objective):
 
     def _picked(self, rows: Sequence[int]) -> list[Any]:
         """The references of ``rows``; the ValueError of the first row whose detection was not found."""
+        from .detection import NotFound
+
         refs = [self.refs[0 if self.n is None else i] for i in rows]  # type: ignore[index]
         missing = next((r for r in refs if isinstance(r, str)), None)
         if missing is not None:
-            raise ValueError(missing)
+            raise NotFound(missing)
         return refs
 
     def rows(self, index: Rows) -> Detection:
@@ -543,7 +545,7 @@ class Detection(Objective):
 
     def resolve(self, output: Any) -> Detection:
         """Each row's reference detection on ``output``, the detector's output for the clean images."""
-        from .detection import choose
+        from .detection import NotFound, choose
 
         if self.refs is not None:
             return self
@@ -551,7 +553,7 @@ class Detection(Objective):
         for d in self._detections(output):
             try:
                 refs.append(choose(d, self.cls, self.box, self.rank))
-            except ValueError as e:  # raised when the row is taken (a per-image list resolves every row)
+            except NotFound as e:  # raised when the row is taken (a per-image list resolves every row)
                 refs.append(str(e))
         return self._with(refs, len(refs))
 

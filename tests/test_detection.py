@@ -185,6 +185,8 @@ def test_results_do_not_depend_on_the_other_images(small: nn.Module) -> None:
     kw = {"target": targets.Detection(), "masks": 8, "cells": 4, **RAW}
     both = galleryvis.attribute(small, [a, b], "drise", **kw)
     assert [tuple(m.shape) for m in both] == [(1, 64, 80), (1, 72, 64)]
+    with pytest.raises(ValueError, match=r"^image 1: Detection: no detection matches box \[0.0, 0.0, 1.0, 1.0\]"):
+        galleryvis.attribute(small, [a, b], "vanilla", target=[targets.Detection(), targets.Detection(box=[0, 0, 1, 1])])
     torch.testing.assert_close(both[1], galleryvis.attribute(small, b[None], "drise", **kw)[0])
     c = photo("rocket.jpg", (64, 80))
     grads = galleryvis.attribute(small, torch.stack([a, c]), "vanilla", target=targets.Detection(), **RAW)
