@@ -74,8 +74,11 @@ def zero_shot(model: nn.Module, prompts: str | Sequence[str] | None, tokenizer: 
 
 
 def kind_of(model: nn.Module) -> str | None:
-    """``"open_clip"``, ``"clip"`` (Hugging Face ``CLIPModel``), ``"siglip"`` (``SiglipModel``,
-    ``Siglip2Model``) or None when ``model`` is not an image-text model :class:`ImageText` reads."""
+    """``"open_clip"``, ``"clip"`` (Hugging Face ``CLIPModel``), ``"siglip"`` (``SiglipModel``)
+    or None when ``model`` is not an image-text model :class:`ImageText` reads (``Siglip2Model``
+    takes patches with masks and shapes, not images)."""
+    if type(model).__name__.startswith("Siglip2"):
+        return None
     if isinstance(getattr(model, "visual", None), nn.Module) and callable(getattr(model, "encode_text", None)) \
             and hasattr(model, "logit_scale"):
         return "open_clip"

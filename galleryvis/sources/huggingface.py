@@ -104,7 +104,7 @@ def _auto_class(config: Any) -> Any:
 
 
 #: The Hugging Face model types galleryvis reads as image-text models (:func:`galleryvis.imagetext.kind_of`).
-_IMAGE_TEXT_TYPES = ("clip", "siglip", "siglip2")
+_IMAGE_TEXT_TYPES = ("clip", "siglip")
 
 
 def _image_text(config: Any) -> bool:
