@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -310,6 +311,22 @@ def test_open_clip_source(tmp_path: Path, photos64: Tensor) -> None:
         load_model(ModelSpec(name="open_clip:tiny.json"), tmp_path, torch.device("cpu"), "m")
     with pytest.raises(ModelError, match="^m: prompts are for image-text models .*resnet18 is not one$"):
         load_model(ModelSpec(name="resnet18", weights="none", prompts=("a cat",)), tmp_path, torch.device("cpu"), "m")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[]", 'expected an array of texts or "imagenet", got array []'),
+    ('"imagenet1k"', 'expected an array of texts or "imagenet", got string'),
+    ('["a cat", ""]', 'expected an array of texts or "imagenet"'),
+    ('["a cat", "a dog", "a cat"]', "each prompt must be distinct (it is a class); repeated: ['a cat']"),
+])
+def test_manifest_prompts_errors(tmp_path: Path, value: str, message: str) -> None:
+    from galleryvis.manifest import ManifestError
+
+    (tmp_path / "m.toml").write_text(f'[[images]]\npath = "x.png"\n[[models]]\nname = "open_clip:ViT-B-32"\n'
+                                     f'weights = "none"\nprompts = {value}\n', encoding="utf-8")
+    (tmp_path / "x.png").write_bytes(b"")
+    with pytest.raises(ManifestError, match=re.escape(f"models[0].prompts: {message}")):
+        load_manifest(tmp_path / "m.toml")
 
 
 def hf_folder(kind: str, folder: Path) -> Path:
