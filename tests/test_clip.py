@@ -235,6 +235,20 @@ def test_attention_maps_agree(models: dict, photos64: Tensor, kind: str) -> None
     check(f"attention_gradient/{kind}", pearson(gradient, up(gradient_reference(probs, grads, 1, (8, 8)), (64, 64))))
 
 
+@pytest.mark.parametrize("technique, message", [
+    ("attention_rollout", "attention: only unmasked, batch-first self-attention"),
+    ("lrp", "lrp cannot propagate relevance through 'vision_model.head.attention' (MultiheadAttention)"),
+])
+def test_siglip_attention_pooling_is_refused_in_one_line(models: dict, photos64: Tensor, technique: str,
+                                                        message: str) -> None:
+    """SigLIP pools with an attention whose query is a learned probe, not self-attention."""
+    from galleryvis.errors import LayerError
+
+    with pytest.raises(LayerError, match=re.escape(message)) as info:
+        galleryvis.attribute(wrap(models, "siglip"), photos64, technique, 0)
+    assert "\n" not in str(info.value)
+
+
 class HeldNorm(nn.Module):
     """The wrapper with each image embedding divided by its norm on the clean images, a constant."""
 
