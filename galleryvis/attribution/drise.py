@@ -6,15 +6,12 @@ each copy's detections and gives D-RISE's similarity with the reference detectio
 """
 from __future__ import annotations
 
-import math
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine import Context
 from ..registry import technique
-from .perturbation import _rise_masks
+from .perturbation import confidence_weighted_masks, rise_masks
 
 
 def _given_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
@@ -44,27 +41,8 @@ def drise(ctx: Context, *, masks: int = 1000, cells: int = 16, p: float = 0.5, s
     or (M, H, W) in [0, 1], resized bilinearly to each image. The image (pixels in [0, 1], as
     torchvision's detectors take them) is multiplied by each mask: masked pixels are black.
     The paper's sum divided by the number of masks (a constant factor). (N, 1, H, W)."""
-    n, _, h, w = ctx.x.shape
+    size = tuple(ctx.x.shape[-2:])
     if isinstance(masks, Tensor):
-        given = _given_masks(masks, (h, w))
-        count = len(given)
-    else:
-        if masks < 1 or cells < 1 or not 0 < p <= 1:
-            raise ValueError(f"drise: masks and cells must be >= 1 and p in (0, 1], got {masks}, {cells}, {p}")
-        count = masks
-        cell = (math.ceil(h / cells), math.ceil(w / cells))
-        gen = torch.Generator().manual_seed(seed)
-        grids = (torch.rand((count, 1, cells, cells), generator=gen) < p).float()
-        shifts = torch.stack([torch.randint(0, cell[0], (count,), generator=gen),
-                              torch.randint(0, cell[1], (count,), generator=gen)], 1)
-    total = torch.zeros((n, 1, h, w), device=ctx.x.device)
-    with torch.inference_mode():
-        for i in range(0, count, ctx.forward_batch_size):
-            ctx.advance(i, count)
-            chunk = slice(i, i + ctx.forward_batch_size)
-            m = given[chunk] if isinstance(masks, Tensor) else _rise_masks(grids[chunk], shifts[chunk], (h, w), cell)
-            m = m.to(ctx.x.device, ctx.x.dtype)
-            for k, xk in enumerate(ctx.x):
-                weight = ctx.target.image(k, len(m)).confidence(ctx.output(xk[None] * m))
-                total[k] += (weight.to(m.dtype)[:, None, None, None] * m).sum(0)
-    return total / count
+        given = _given_masks(masks, size)
+        return confidence_weighted_masks(ctx, len(given), lambda chunk: given[chunk]) / len(given)
+    return confidence_weighted_masks(ctx, masks, rise_masks("drise", masks, cells, p, seed, size)) / masks

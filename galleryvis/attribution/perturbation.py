@@ -70,6 +70,38 @@ def _rise_masks(grids: Tensor, shifts: Tensor, size: tuple[int, int], cell: tupl
     return torch.stack([m[:, r:r + size[0], c:c + size[1]] for m, (r, c) in zip(up, shifts.tolist())])
 
 
+def rise_masks(name: str, masks: int, cells: int, p: float, seed: int,
+               size: tuple[int, int]) -> Callable[[slice], Tensor]:
+    """RISE's ``masks`` random masks of ``size`` as a function of a slice of them: binary
+    ``cells`` x ``cells`` grids (each cell kept with probability ``p``) drawn from a CPU
+    generator seeded with ``seed``, each with a random shift within one cell (:func:`_rise_masks`);
+    ``name`` (the technique) in the error on bad settings."""
+    if masks < 1 or cells < 1 or not 0 < p <= 1:
+        raise ValueError(f"{name}: masks and cells must be >= 1 and p in (0, 1], got {masks}, {cells}, {p}")
+    cell = (math.ceil(size[0] / cells), math.ceil(size[1] / cells))
+    gen = torch.Generator().manual_seed(seed)
+    grids = (torch.rand((masks, 1, cells, cells), generator=gen) < p).float()
+    shifts = torch.stack([torch.randint(0, cell[0], (masks,), generator=gen),
+                          torch.randint(0, cell[1], (masks,), generator=gen)], 1)
+    return lambda chunk: _rise_masks(grids[chunk], shifts[chunk], size, cell)
+
+
+def confidence_weighted_masks(ctx: Context, count: int, masks: Callable[[slice], Tensor]) -> Tensor:
+    """sum_i c_i M_i over ``count`` masks (``masks(chunk)``: (m, 1, H, W) in [0, 1]), c_i each
+    image's target confidence on the image times M_i; ``ctx.forward_batch_size`` masked copies
+    per forward under ``torch.inference_mode``. (N, 1, H, W)."""
+    n, _, h, w = ctx.x.shape
+    total = torch.zeros((n, 1, h, w), device=ctx.x.device)
+    with torch.inference_mode():
+        for i in range(0, count, ctx.forward_batch_size):
+            ctx.advance(i, count)
+            m = masks(slice(i, i + ctx.forward_batch_size)).to(ctx.x.device, ctx.x.dtype)
+            for k, xk in enumerate(ctx.x):
+                confidence = ctx.target.image(k, len(m)).confidence(ctx.output(xk[None] * m))
+                total[k] += (confidence[:, None, None, None] * m).sum(0)
+    return total
+
+
 @technique("rise", output="cam", title="RISE", group="perturbation", needs=("passes",), stochastic=True,
            tasks=TASKS,
            paper="Petsiuk et al. 2018, https://arxiv.org/abs/1806.07421",
@@ -82,25 +114,8 @@ def rise(ctx: Context, *, masks: int = 1000, cells: int = 7, p: float = 0.5, see
     normalized input is multiplied by them (masked pixels become the mean colour), as the
     authors' code does. The masks come from a CPU generator seeded with ``seed``, the same for
     every image of every call. (N, 1, H, W)."""
-    if masks < 1 or cells < 1 or not 0 < p <= 1:
-        raise ValueError(f"rise: masks and cells must be >= 1 and p in (0, 1], got {masks}, {cells}, {p}")
-    n, _, h, w = ctx.x.shape
-    cell = (math.ceil(h / cells), math.ceil(w / cells))
-    gen = torch.Generator().manual_seed(seed)
-    grids = (torch.rand((masks, 1, cells, cells), generator=gen) < p).float()
-    shifts = torch.stack([torch.randint(0, cell[0], (masks,), generator=gen),
-                          torch.randint(0, cell[1], (masks,), generator=gen)], 1)
-    total = torch.zeros((n, 1, h, w), device=ctx.x.device)
-    with torch.inference_mode():
-        for i in range(0, masks, ctx.forward_batch_size):
-            ctx.advance(i, masks)
-            chunk = slice(i, i + ctx.forward_batch_size)
-            m = _rise_masks(grids[chunk], shifts[chunk], (h, w), cell)
-            m = m.to(ctx.x.device, ctx.x.dtype)
-            for k, xk in enumerate(ctx.x):
-                prob = ctx.target.image(k, len(m)).confidence(ctx.output(xk[None] * m))
-                total[k] += (prob[:, None, None, None] * m).sum(0)
-    return total / (masks * p)
+    return confidence_weighted_masks(ctx, masks, rise_masks("rise", masks, cells, p, seed, tuple(ctx.x.shape[-2:]))) \
+        / (masks * p)
 
 
 @technique("ablationcam", output="cam", layer="one", title="Ablation-CAM", group="perturbation",
