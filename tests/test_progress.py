@@ -48,8 +48,7 @@ sanity = false
 """
 
 #: Every report drawn and said: no time-based thinning, so what a run shows does not depend on its speed.
-EVERY_REPORT = {"TQDM_MININTERVAL": "0", "TQDM_MINITERS": "0", "GALLERYVIS_PROGRESS_EVERY": "0",
-                "OMP_NUM_THREADS": "1"}
+EVERY_REPORT = {"TQDM_MININTERVAL": "0", "GALLERYVIS_PROGRESS_EVERY": "0", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture
