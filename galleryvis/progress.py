@@ -99,7 +99,7 @@ class Progress:
         if not quiet and total and terminal_width(self.stream) > 0:
             from tqdm import tqdm
 
-            # miniters=0: redrawn whenever it moves (0.1 s apart at most), not after as many
+            # miniters=0: redrawn whenever it moves (at most every 0.1 s), not after as many
             # steps as came per redraw so far, which would hold a slow step's shares back
             self.bar = tqdm(total=total, unit="cell", file=self.stream, bar_format=BAR_FORMAT, miniters=0)
         if not quiet and total:
