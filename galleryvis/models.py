@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .changes import prepared
 from .chunking import Chunking
 from .engine import model_device
 from .images import fit, to_tensor
@@ -86,9 +87,8 @@ class ModelAdapter(LoadedModel):
         return to_tensor(self.fit(img), self.mean, self.std)
 
     def logits(self, x: Tensor) -> Tensor:
-        """Logits for a normalized batch, in eval mode, without autograd."""
-        with torch.no_grad():
-            self.model.eval()
+        """Logits for a normalized batch, in eval mode (restored after), without autograd."""
+        with torch.no_grad(), prepared(self.model):
             return self.model(x.to(self.device)).float().cpu()
 
     def default_layer(self) -> str:
