@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import families, registry, targets, tasks
+from .changes import conv_sizes
 from .chunking import FORWARD_BATCH_FACTOR, Chunking
 from .chunking import measure as measure_chunks
 from .detection import NotFound
 from .fold import folded
 from .hooks import LayerError, capture, guided, prepared, resolve_layer
-from .layers import Grid, Patches, conv_sizes, default_layer
+from .layers import Grid, Patches, default_layer
 
 #: ImageNet normalization, the default for every torchvision classifier.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -9,7 +9,7 @@ from typing import Iterable, Literal
 import torch
 from torch import Tensor, nn
 
-from .changes import conv_sizes, prepared, recorded  # conv_sizes: what Patches.of takes, for engine and attribution
+from .changes import prepared, recorded
 from .errors import LayerError
 from .tasks import heads, spatial_logits
 

@@ -9,7 +9,8 @@ from torch import Tensor
 from ..attention import attentions
 from ..engine import Context
 from ..errors import LayerError
-from ..layers import Patches, conv_sizes
+from ..changes import conv_sizes
+from ..layers import Patches
 from ..registry import technique
 
 

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from ..changes import conv_sizes, forward_hooks, resolve_layer
-from ..changes.rules import redirected_relus  # noqa: F401  (synthesis.techniques imports it from here)
 from ..errors import LayerError
 from ..layers import Patches
 

@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..changes import redirected_relus
 from ..hooks import guided
 from ..metrics import gaussian_blur
 from ..progress import advance
 from ..targets import Class
 from . import param as P
 from .api import Job, synthesis_technique
-from .objectives import (alpha_norm, redirected_relus, relative_distance, total_variation, unit_mean,
+from .objectives import (alpha_norm, relative_distance, total_variation, unit_mean,
                          unit_square_mean)
 from .transforms import random_affine, roll
 
