@@ -12,9 +12,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable, Iterator, Mapping
 
-#: A build's stages, in order: models and images loaded, predictions (targets), the two compute
-#: families, scores, pictures (WebP files and the viewer's values) and pages.
-STAGES = ("load", "predict", "attribution", "synthesis", "scoring", "pictures", "pages")
+from .families import FAMILIES
+
+#: A build's stages, in order: models and images loaded, predictions (targets), each compute
+#: family (:data:`galleryvis.families.FAMILIES`), scores, pictures (WebP files and the viewer's
+#: values) and pages.
+STAGES = ("load", "predict", *FAMILIES, "scoring", "pictures", "pages")
 
 
 @dataclass
