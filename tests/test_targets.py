@@ -279,8 +279,6 @@ NOT_OUTPUTS = {
     ("galleryvis/attribution/lrp.py", "_Tracer._attention"): "LRP's decomposition of attention into a softmax "
                                                              "and products (AttnLRP's softmax rule then applies)",
     ("galleryvis/attribution/cam.py", "scorecam"): "pytorch-grad-cam's softmax of the channel weights",
-    ("galleryvis/synthesis/transfer.py", "class_rank"):
-        "pending: class_rank reads a class's softmax probability; it is to read targets.Class(target).confidence",
 }
 READERS = {"gather", "softmax", "log_softmax"}
 

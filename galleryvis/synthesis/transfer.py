@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..engine import IMAGENET_MEAN, IMAGENET_STD, model_device
 from ..hooks import prepared
+from ..targets import Class
 
 
 def class_rank(model: nn.Module, image01: Tensor, target: int, *, size: int,
@@ -22,5 +23,6 @@ def class_rank(model: nn.Module, image01: Tensor, target: int, *, size: int,
     x = F.interpolate(image01.float().cpu(), size=(size, size), mode="bilinear", align_corners=False,
                       antialias=True)
     with prepared(model), torch.no_grad():
-        logits = model(((x - m) / s).to(model_device(model)))[0].float().cpu()
-    return int((logits > logits[target]).sum()) + 1, float(logits.softmax(0)[target])
+        logits = model(((x - m) / s).to(model_device(model))).float().cpu()
+    objective = Class(target)
+    return int((logits > objective.score(logits)[:, None]).sum()) + 1, float(objective.confidence(logits)[0])
