@@ -64,7 +64,8 @@ def load_image(path: StrPath) -> Image.Image:
         raise _fail(p, "permission denied") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise _fail(p, f"too many pixels to decode safely ({str(e).rstrip('.')})") from e
-    except UnidentifiedImageError as e:
+    except (UnidentifiedImageError, ImportError) as e:  # ImportError: a patched Image.open (Ultralytics
+        # replaces it on import) looks for a plugin package when Pillow cannot identify the file
         raise _fail(p, "not a readable image (unknown format or damaged header)") from e
     except OSError as e:
         raise _fail(p, f"truncated or corrupt image data ({e.strerror or e})") from e

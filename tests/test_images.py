@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +260,15 @@ def test_file_sha256(tmp_path: Path) -> None:
     assert file_sha256(p) == hashlib.sha256(b"galleryvis" * 1000).hexdigest()
     with pytest.raises(ImageError, match="no such file"):
         file_sha256(tmp_path / "missing.bin")
+
+
+def test_a_patched_image_open_does_not_change_the_message(tmp_path: Path) -> None:
+    """Ultralytics replaces ``PIL.Image.open`` on import with one that looks for a HEIF plugin
+    when Pillow cannot identify a file; a text file is still 'not a readable image'."""
+    pytest.importorskip("ultralytics")
+    (tmp_path / "notes.jpg").write_text("not an image")
+    code = ("import ultralytics, sys; from galleryvis.images import load_image, ImageError\n"
+            "try:\n    load_image(sys.argv[1])\nexcept ImageError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "notes.jpg")], capture_output=True, text=True,
+                         check=True, env={**os.environ, "YOLO_OFFLINE": "1"})
+    assert "not a readable image" in out.stdout, out.stdout + out.stderr[-2000:]
