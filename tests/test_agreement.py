@@ -29,7 +29,7 @@ from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients  
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 R_MIN = 0.99
 IG_STEPS = 4

@@ -89,6 +89,7 @@ def _write_gallery(folder: Path, extra: str = "") -> None:
     (folder / "galleryvis.toml").write_text(GALLERY + extra)
 
 
+@pytest.mark.slow
 @pytest.mark.chunk_search
 def test_a_gallery_measures_each_model_once_per_machine_and_an_explicit_batch_size_wins(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,6 +123,7 @@ def test_a_gallery_measures_each_model_once_per_machine_and_an_explicit_batch_si
     assert len(measured) == 2  # measured again where it runs
 
 
+@pytest.mark.slow
 def test_scoring_runs_at_the_models_measured_chunks_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Deletion / insertion gets the measured forward-only chunk and the sanity cascade the
     measured chunks; an explicit batch size wins there as well (forward-only passes 4x)."""

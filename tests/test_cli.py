@@ -111,6 +111,7 @@ def test_dry_run_lists_the_plan(folder):
     assert "efficientnet_lite0 / gradcam: 1 to compute, 0 cached" in result.output
 
 
+@pytest.mark.slow
 def test_init_writes_a_starter_manifest_that_validates(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(PHOTOS, tmp_path / "input_images")

@@ -32,7 +32,7 @@ from galleryvis.models import ModelError, load_model
 open_clip = pytest.importorskip("open_clip")
 pgc = pytest.importorskip("pytorch_grad_cam")
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PROMPTS = ["a photo of a cat", "a photo of a rocket", "a red car"]

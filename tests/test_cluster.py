@@ -19,6 +19,8 @@ from click.testing import CliRunner
 
 from galleryvis.cli import main
 
+pytestmark = pytest.mark.slow  # a Ray cluster per test: `pytest -m "not slow"` leaves them out
+
 PHOTOS = Path(__file__).resolve().parent.parent / "input_images"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,7 +160,6 @@ def _same_site(a: Path, b: Path) -> None:
     assert timing_free[0] == timing_free[1]
 
 
-@pytest.mark.slow
 def test_a_two_node_ray_build_is_byte_identical_to_a_local_build(tmp_path, cluster):
     manifest = _project(tmp_path / "p", MANIFEST)
     local = _build(manifest, "--no-cache")
@@ -172,7 +173,6 @@ def test_a_two_node_ray_build_is_byte_identical_to_a_local_build(tmp_path, clust
     assert "resnet18 / gradcam: 0 to compute, 2 cached" in planned.output
 
 
-@pytest.mark.slow
 def test_a_sigkilled_worker_is_retried_and_a_failing_cell_names_its_node(tmp_path, cluster, plugin, monkeypatch):
     text = MANIFEST.replace('ray_workers = 2', f'ray_workers = 1\nplugins = ["{plugin}"]') + (
         '[[techniques]]\nname = "killed_once"\n[[techniques]]\nname = "always_fails"\n')
@@ -192,7 +192,6 @@ def test_a_sigkilled_worker_is_retried_and_a_failing_cell_names_its_node(tmp_pat
         assert _differing(tmp_path / "ray-site" / pictures, manifest.parent / "site" / pictures) == []
 
 
-@pytest.mark.slow
 def test_a_killed_driver_leaves_every_finished_chunk_in_the_cache(tmp_path, cluster, plugin):
     text = MANIFEST.replace('ray_workers = 2', f'ray_workers = 1\nplugins = ["{plugin}"]').replace(
         'name = "gradcam"', 'name = "slow_after_one"')

@@ -23,6 +23,8 @@ from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget  # noq
 from test_agreement import check, pearson  # noqa: E402
 from conftest import IMAGES  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real detectors against pytorch-grad-cam: `pytest -m "not slow"` leaves them out
+
 #: Pixels in [0, 1]: torchvision's detectors normalize inside.
 RAW = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 

@@ -69,6 +69,7 @@ def test_changes_to_what_the_build_read_rebuild(project: Path) -> None:
     assert "unchanged" in galleryvis(project).stdout
 
 
+@pytest.mark.slow
 def test_a_missing_cache_entry_or_site_rebuilds_and_force_never_trusts_the_stamp(project: Path) -> None:
     assert "unchanged" in galleryvis(project).stdout
     entry = next(p for p in (project / ".galleryvis-cache").glob("??/*.npy"))

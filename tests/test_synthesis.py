@@ -137,6 +137,7 @@ def test_class_visualization_reaches_confidence(lite0):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_class_visualizations_made_with_lite0_are_recognized_by_lite1(lite0):
     # bench/transfer.py measures this over a dozen classes and both directions
     lite1 = efficientnet_lite("efficientnet_lite1")
@@ -147,6 +148,7 @@ def test_class_visualizations_made_with_lite0_are_recognized_by_lite1(lite0):
         assert class_rank(lite1, img, target, size=240)[0] <= 5
 
 
+@pytest.mark.slow
 def test_filter_visualization_raises_channel_activation(lite0):
     layer, channels = "_blocks.10", [0, 2, 4]
     start, _ = galleryvis.synthesize(lite0, "filter_visualization", layer=layer, channel=channels, steps=0)
@@ -222,6 +224,7 @@ def test_registered_as_synthesis_family():
         registry.technique("concept_map", output="cam", paper="-", summary="-", family="concept")
 
 
+@pytest.mark.slow
 def test_filter_visualization_small_net_gain_and_batching():
     net = small_net()
     channels = list(range(8))
