@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -634,6 +634,7 @@ def sanity_many(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     control: bool = True,
+    within: Callable[[int, int], None] | None = None,
 ) -> dict[str, Sanity]:
     """:func:`sanity` for several techniques (``{id: Call}``, as for
     :func:`galleryvis.engine.attribute_calls`) through one cascade: one copy of the model,
@@ -641,7 +642,9 @@ def sanity_many(
     they share their passes. Each technique's result equals its own :func:`sanity` (the same
     cascade and targets; the maps agree to float rounding, which shared passes and batch-norm
     folding can move). ``control=False`` skips the control recomputation (``Sanity.control``
-    is then None): one call fewer, for callers that only read ``similarity``.
+    is then None): one call fewer, for callers that only read ``similarity``. ``within(done,
+    total)``: how far the cascade is, in ``attribute_calls`` calls (finer while a long technique
+    runs), for a progress bar.
     """
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise ValueError(f"max_steps must be an int >= 1 or None, got {max_steps!r}")
@@ -656,14 +659,21 @@ def sanity_many(
     if not order:
         raise ValueError("the model has no parameters to randomize")
 
+    cascade = list(reversed(order))  # logits first
+    groups = _groups(len(cascade), max_steps)
+    total = 1 + control + len(groups)  # attribute_calls calls
+    done = [0]
+
     def explain() -> dict[str, np.ndarray]:
-        maps = attribute_calls(net, x, calls, objective, batch_size=batch_size, mean=mean, std=std)
+        inner = None if within is None else (lambda _key, d, t: within(done[0] * t + d, total * t))
+        maps = attribute_calls(net, x, calls, objective, batch_size=batch_size, mean=mean, std=std, within=inner)
+        done[0] += 1
+        if within is not None:
+            within(done[0], total)
         return {key: m.abs().sum(1).flatten(1).double().numpy() for key, m in maps.items()}
 
     original = explain()
     again = explain() if control else None
-    cascade = list(reversed(order))  # logits first
-    groups = _groups(len(cascade), max_steps)
     curves: dict[str, list[np.ndarray]] = {key: [] for key in calls}
     names: list[tuple[str, ...]] = []
     for lo, hi in groups:

@@ -2,9 +2,10 @@
 per-model ranking, and how other models rank a class visualization's target."""
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -98,8 +99,9 @@ def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch
                 j.skipped["sanity"] = ("not run: [metrics] sanity is off" if not spec.sanity else
                                        "not run: not listed in [metrics] sanity_techniques")
     for (model_id, *_), same_images in sanity.items():
-        _sanity(ws, same_images, spec, cache, batch_size)
-        progress.step(sum(map(len, same_images)), f"{model_id}: sanity of {len(same_images)} technique(s)")
+        what = f"{model_id}: sanity of {len(same_images)} technique(s)"
+        _sanity(ws, same_images, spec, cache, batch_size, functools.partial(progress.within, what))
+        progress.step(sum(map(len, same_images)), what)
     return _rankings(groups, baselines, spec) if spec.deletion_insertion else []
 
 
@@ -209,9 +211,11 @@ def _attach(job: Job, curves: np.ndarray) -> None:
                   "insertion": [round(float(v), 4) for v in curves[1]]}
 
 
-def _sanity(ws: Workspace, groups: list[list[Job]], spec: MetricsSpec, cache: Cache, batch_size: int | None) -> None:
+def _sanity(ws: Workspace, groups: list[list[Job]], spec: MetricsSpec, cache: Cache, batch_size: int | None,
+            within: Callable[[int, int], None]) -> None:
     """The sanity check of several techniques of one model on the same images: what the cache
-    lacks through one cascade (:func:`galleryvis.metrics.sanity_many`)."""
+    lacks through one cascade (:func:`galleryvis.metrics.sanity_many`), ``within(done, total)``
+    as it goes."""
     keys = {g[0].tech.id: [cache_key(kind="sanity", map=j.key, steps=spec.sanity_steps) for j in g] for g in groups}
     values: dict[str, list[float]] = {}
     for tech_id, tech_keys in keys.items():
@@ -227,7 +231,7 @@ def _sanity(ws: Workspace, groups: list[list[Job]], spec: MetricsSpec, cache: Ca
         results = metrics.sanity_many(adapter.model, ws.inputs(todo[0]).to(adapter.device), calls,
                                       [j.target for j in todo[0]], max_steps=spec.sanity_steps,
                                       batch_size=_chunks(adapter, cache, batch_size), mean=adapter.mean,
-                                      std=adapter.std, control=False)
+                                      std=adapter.std, control=False, within=within)
         for tech_id, res in results.items():
             values[tech_id] = [float(v) for v in res.similarity]
             for key, value in zip(keys[tech_id], res.similarity):

@@ -294,6 +294,16 @@ def test_spearman_matches_the_definition() -> None:
     assert math.isnan(spearman(np.ones((1, 4)), a[:1])[0])
 
 
+def test_sanity_many_says_how_far_its_cascade_is(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    """``within(done, total)`` rises to its total, one unit per attribute call (the original
+    maps, the control, two cascade steps), finer while a long technique (occlusion) runs."""
+    told: list[tuple[int, int]] = []
+    sanity_many(tiny_seq, tiny_x, {"occlusion": Call("occlusion", params={"window": 8, "stride": 8})}, 0,
+                max_steps=2, within=lambda done, total: told.append((done, total)))
+    fractions = [d / t for d, t in told]
+    assert fractions == sorted(fractions) and fractions[-1] == 1 and told[-1] == (4, 4)
+    assert len(told) > 4  # the technique's own reports in between
+
 def test_sanity_is_deterministic_leaves_the_model_alone_and_takes_params(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
     before = snapshot(tiny_seq)
     a = sanity(tiny_seq, tiny_x, "smoothgrad", 0, max_steps=None, seed=1,
