@@ -226,7 +226,7 @@ def measure_chunking(model: nn.Module, sample: Tensor) -> Chunking:
     normalized image, (1, 3, H, W)) through the model as :func:`attribute` runs it (parameters
     frozen, batch norm folded, channels_last on the CPU), up to 4x :func:`default_batch_size`.
     A few seconds; pass the result as ``batch_size=`` to every call on that model."""
-    _check_inputs(sample)
+    check_inputs(sample)
     device = model_device(model)
     x1 = fast_layout(sample[:1].detach().to(device))
     with prepared(model), folded(model, x1) as runner:
@@ -247,10 +247,12 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_inputs(inputs: Tensor) -> None:
+def check_inputs(inputs: Tensor) -> Tensor:
+    """``inputs`` detached, once checked to be a float tensor (N, C, H, W) (a ValueError otherwise)."""
     if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
         desc = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         raise ValueError(f"inputs must be a float tensor of shape (N, C, H, W), got {desc}")
+    return inputs.detach()
 
 
 def _layers_for(tech: registry.Technique, layer: str | Sequence[str] | None, model: nn.Module,
@@ -336,7 +338,7 @@ def attribute_calls(
     if isinstance(inputs, (list, tuple)):
         return _each_image(model, inputs, calls, target, batch_size=batch_size, progress=progress, within=within,
                            mean=mean, std=std)
-    _check_inputs(inputs)
+    check_inputs(inputs)
     device = model_device(model)
     chunks = chunking_of(batch_size, device)
     techs = {key: registry.get(c.name) for key, c in calls.items()}

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from . import targets
 from .changes import prepared
-from .engine import DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, fast_layout, model_device
+from .engine import DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, check_inputs, fast_layout, model_device
 from .fold import folded
 
 Target = targets.Target
@@ -54,13 +54,6 @@ Order = Literal["morf", "lerf", "random"]
 
 
 # --- shared pieces ------------------------------------------------------------------------------
-
-
-def _check_inputs(inputs: Tensor) -> Tensor:
-    if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
-        desc = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-        raise ValueError(f"inputs must be a float tensor of shape (N, C, H, W), got {desc}")
-    return inputs.detach()
 
 
 def _maps(maps: Tensor | np.ndarray, x: Tensor, abs: bool, normalise: bool) -> np.ndarray:
@@ -216,7 +209,7 @@ def sparseness(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = 
                normalise: bool = True) -> np.ndarray:
     """Sparseness (Chalasani et al. 2020): the Gini index of the map's values (+ 1e-7), in
     [0, 1]; higher is sparser, a map that concentrates on few features. No model pass."""
-    x = _check_inputs(inputs)
+    x = check_inputs(inputs)
     a = _maps(maps, x, abs, normalise).reshape(x.shape[0], -1) + 1e-7
     a = np.sort(a, axis=-1)
     k = a.shape[1]
@@ -228,7 +221,7 @@ def complexity(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = 
                normalise: bool = True) -> np.ndarray:
     """Complexity (Bhatt et al. 2020): the entropy of the map's values taken as a distribution
     (each value over the sum of |values|); lower is simpler. No model pass."""
-    x = _check_inputs(inputs)
+    x = check_inputs(inputs)
     a = _maps(maps, x, abs, normalise).reshape(x.shape[0], -1)
     p = a / np.abs(a).sum(-1, keepdims=True)
     return -(p * np.log(p + 1e-12)).sum(-1)
@@ -252,7 +245,7 @@ def pixel_flipping(model: nn.Module, inputs: Tensor, maps: Tensor, target: Targe
     ``perturb_baseline``: a number in the model's input units, ``"black"`` (a black photo,
     ``(0 - mean) / std``) or ``"mean"`` (the image's mean before each step).
     """
-    x = _check_inputs(inputs).to(model_device(model))
+    x = check_inputs(inputs).to(model_device(model))
     f = _features_step(features_in_step, x)
     base = _baseline(perturb_baseline, x, mean, std, ("black", "mean"))
     ranks = torch.as_tensor(_element_ranks(_maps(maps, x, abs, normalise), x, descending=True), device=x.device)
@@ -282,7 +275,7 @@ def region_perturbation(model: nn.Module, inputs: Tensor, maps: Tensor, target: 
         raise ValueError(f"unknown order {order!r}; choose 'morf', 'lerf' or 'random'")
     if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
         raise ValueError(f"patch_size must be an int >= 1, got {patch_size!r}")
-    x = _check_inputs(inputs).to(model_device(model))
+    x = check_inputs(inputs).to(model_device(model))
     n, c, h, w = x.shape
     base = _baseline(perturb_baseline, x, mean, std, ("black", "mean"))
     a = np.broadcast_to(_maps(maps, x, abs, normalise), (n, c, h, w)).sum(1)  # (N, H, W)
@@ -328,7 +321,7 @@ def monotonicity_correlation(model: nn.Module, inputs: Tensor, maps: Tensor, tar
     from a generator seeded by ``seed`` (the same for every image); a constant baseline needs one
     draw. Cost: C*H*W / features_in_step forwards per draw and image.
     """
-    x = _check_inputs(inputs).to(model_device(model))
+    x = check_inputs(inputs).to(model_device(model))
     f = _features_step(features_in_step, x)
     base = _baseline(perturb_baseline, x, mean, std, ("black", "uniform"))
     draws = nr_samples if isinstance(base, str) else 1
@@ -385,7 +378,7 @@ def irof(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = None, 
 
     if segmentation_method not in ("slic", "felzenszwalb"):
         raise ValueError(f"unknown segmentation_method {segmentation_method!r}; choose 'slic' or 'felzenszwalb'")
-    x = _check_inputs(inputs).to(model_device(model))
+    x = check_inputs(inputs).to(model_device(model))
     n, c, h, w = x.shape
     base = _baseline(perturb_baseline, x, mean, std, ("black", "mean"))
     a = np.broadcast_to(_maps(maps, x, abs, normalise), (n, c, h, w))
@@ -417,7 +410,7 @@ def faithfulness_correlation(model: nn.Module, inputs: Tensor, maps: Tensor, tar
     The subsets are drawn from a generator seeded by ``seed``, the same for every image. Cost:
     ``nr_runs + 1`` forwards per image.
     """
-    x = _check_inputs(inputs).to(model_device(model))
+    x = check_inputs(inputs).to(model_device(model))
     elements = x[0].numel()
     if isinstance(subset_size, bool) or not isinstance(subset_size, int) or not 1 <= subset_size <= elements:
         raise ValueError(f"subset_size must be an int in [1, {elements}] (the input's elements), got {subset_size!r}")
@@ -456,7 +449,7 @@ def infidelity(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = 
     (one per step). Quantus's ``n_perturb_samples`` repeats this same deterministic computation,
     so it is not a setting here. Cost: 1 + the number of squares per patch size, forwards per image.
     """
-    x = _check_inputs(inputs).to(model_device(model))
+    x = check_inputs(inputs).to(model_device(model))
     n, c, h, w = x.shape
     sizes = list(perturb_patch_sizes)
     if not sizes or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in sizes):
@@ -530,7 +523,7 @@ def _sensitivities(model: nn.Module, inputs: Tensor, technique: str, target: Tar
 
     if isinstance(nr_samples, bool) or not isinstance(nr_samples, int) or nr_samples < 1:
         raise ValueError(f"nr_samples must be an int >= 1, got {nr_samples!r}")
-    x = _check_inputs(inputs).to(model_device(model))
+    x = check_inputs(inputs).to(model_device(model))
     with prepared(model), torch.no_grad():
         objective = targets.resolve(target, model, x, batch_size)
     out = np.empty((len(x), nr_samples))
@@ -642,7 +635,7 @@ def random_logit(model: nn.Module, inputs: Tensor, technique: str, target: Targe
 
     from .engine import attribute
 
-    x = _check_inputs(inputs).to(model_device(model))
+    x = check_inputs(inputs).to(model_device(model))
     with prepared(model), torch.no_grad():
         objective = targets.resolve(target, model, x, batch_size)
     if not isinstance(objective, targets.Class):
@@ -682,7 +675,7 @@ def completeness(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target 
     (Quantus: True, which rescales the map and so breaks the sum the axiom is about). Cost: two
     forwards per image.
     """
-    x = _check_inputs(inputs).to(model_device(model))
+    x = check_inputs(inputs).to(model_device(model))
     base = _baseline(perturb_baseline, x, mean, std, ("black",))
     if isinstance(base, str):
         raise ValueError("completeness needs a constant perturb_baseline")
@@ -704,7 +697,7 @@ def _masked_scores(model: nn.Module, inputs: Tensor, maps: Tensor, target: Targe
                    batch_size: int, who: str) -> tuple[np.ndarray, np.ndarray]:
     """The target on each image and on the image times its map (min-max scaled to [0, 1] at the
     map's resolution, then resized bilinearly): two (N,) arrays."""
-    x = _check_inputs(inputs).to(model_device(model))
+    x = check_inputs(inputs).to(model_device(model))
     m = maps.detach() if isinstance(maps, Tensor) else torch.as_tensor(np.asarray(maps))
     if m.dim() == 4 and m.shape[1] == 1:
         m = m[:, 0]
@@ -767,7 +760,7 @@ def box_mask(boxes: Sequence[float] | Sequence[Sequence[float]], height: int, wi
 def _located(inputs: Tensor, maps: Tensor, mask: Tensor | np.ndarray, abs: bool, normalise: bool
              ) -> tuple[np.ndarray, np.ndarray]:
     """(N, H*W) map values summed over channels and (N, H*W) bool mask."""
-    x = _check_inputs(inputs)
+    x = check_inputs(inputs)
     a = _maps(maps, x, abs, normalise).sum(1).reshape(len(x), -1)
     return a, _masks(mask, x)
 
