@@ -145,10 +145,7 @@ class Context:
     def pixel_value(self, value: float) -> Tensor:
         """Pixel ``value`` in [0, 1] (0: black, 1: white) in the model's input space, shaped
         (1, C, 1, 1) like :attr:`x`, by the model's own :attr:`mean` and :attr:`std`."""
-        shape = (1, -1) + (1,) * (self.x.dim() - 2)
-        mean = torch.as_tensor(self.mean, dtype=self.x.dtype, device=self.x.device).view(shape)
-        std = torch.as_tensor(self.std, dtype=self.x.dtype, device=self.x.device).view(shape)
-        return (value - mean) / std
+        return pixel_value(value, self.x, self.mean, self.std)
 
     def output(self, x: Tensor) -> Any:
         """The model's raw output for ``x``, through :attr:`runner` when given; read it with
@@ -180,6 +177,15 @@ class Context:
                     raise
                 raise targets.ScoreOnlyError(targets.confidence_error(name, e.what), name, e.what) from None
         return self._results[key]
+
+
+def pixel_value(value: float, x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Pixel ``value`` in [0, 1] (0: black, 1: white) in the input space of a model that
+    normalizes with ``mean`` and ``std``, shaped (1, C, 1, 1) with ``x``'s dtype and device."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(shape)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(shape)
+    return (value - m) / s
 
 
 def _map_tensors(fn: Callable[[Tensor], Tensor], output: Any) -> Any:

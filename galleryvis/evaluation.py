@@ -44,7 +44,8 @@ from torch import Tensor, nn
 
 from . import targets
 from .changes import prepared
-from .engine import DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, check_inputs, fast_layout, model_device
+from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, check_inputs, fast_layout, model_device,
+                     pixel_value)
 from .fold import folded
 
 Target = targets.Target
@@ -103,9 +104,7 @@ def _baseline(value: Baseline, x: Tensor, mean: Sequence[float], std: Sequence[f
         c = x.shape[1]
         if len(mean) != c or len(std) != c:
             raise ValueError(f"mean and std need {c} values for perturb_baseline='black'")
-        m = torch.tensor(mean, dtype=x.dtype, device=x.device)
-        s = torch.tensor(std, dtype=x.dtype, device=x.device)
-        return ((0 - m) / s).view(c, 1, 1)
+        return pixel_value(0.0, x, mean, std)[0]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"perturb_baseline must be a number or one of {list(allowed)}, got {value!r}")
     return torch.full((1, 1, 1), float(value), dtype=x.dtype, device=x.device)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from . import targets
 from .engine import (DEFAULT_BATCH_SIZE, IMAGENET_MEAN, IMAGENET_STD, Call, attribute_calls, chunking_of, fast_layout,
-                     model_device)
+                     model_device, pixel_value)
 from .changes import first_calls, prepared, reinitialize
 from .chunking import Chunking
 from .fold import folded
@@ -204,9 +204,7 @@ def deletion_insertion(
         else:
             if len(mean) != c or len(std) != c:
                 raise ValueError(f"mean and std need {c} values for substrate='black'")
-            m = torch.tensor(mean, dtype=x.dtype, device=device).view(1, c, 1, 1)
-            s = torch.tensor(std, dtype=x.dtype, device=device).view(1, c, 1, 1)
-            sub = ((0 - m) / s).expand_as(x)
+            sub = pixel_value(0.0, x, mean, std).expand_as(x)
 
         # One job per distinct input to score, (kind, image, ...); the endpoints shared by the
         # curves (and by the maps of one image) are scored once.
