@@ -17,6 +17,7 @@ from .cache import Cache
 from .engine import default_batch_size
 from .executor import LocalExecutor
 from .fileio import atomic_write
+from .images import central_square
 from .jobs import Job, plan, workspace
 from .manifest import ManifestError, parse_manifest
 from .models import ModelAdapter
@@ -145,7 +146,7 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
         np.save(buf, job.result.astype(np.float32), allow_pickle=False)
         atomic_write(output, buf.getvalue())
     elif chosen == PHOTO:
-        box = postprocess.central_square(*photo.size, adapter.crop_pct)
+        box = central_square(*photo.size, adapter.crop_pct)
         postprocess.save_picture(postprocess.on_photo(kind, job.result, photo, box), output)
     else:
         postprocess.save_picture(postprocess.raw_picture(kind, job.result) if chosen == RAW else views[chosen], output)

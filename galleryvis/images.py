@@ -105,10 +105,16 @@ def fit(img: Image.Image, size: int, crop_pct: float = 1.0, interpolation: str =
         resample = Image.Resampling[interpolation.upper()]
     except KeyError:
         raise ValueError(f"unknown interpolation {interpolation!r}") from None
-    w, h = img.size
-    side = min(w, h) * crop_pct
-    left, top = (w - side) / 2, (h - side) / 2
-    return img.resize((size, size), resample, box=(left, top, left + side, top + side))
+    return img.resize((size, size), resample, box=central_square(*img.size, crop_pct))
+
+
+def central_square(width: int, height: int, crop_pct: float = 1.0) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom): the central square of a ``width`` x ``height`` photo,
+    ``crop_pct`` of its shorter side, which :func:`fit` resamples into a model's input (so what
+    the model sees)."""
+    side = min(width, height) * crop_pct
+    left, top = (width - side) / 2, (height - side) / 2
+    return left, top, left + side, top + side
 
 
 def to_tensor(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -326,14 +326,6 @@ def _check_alpha(alpha: float) -> None:
 Box = tuple[float, float, float, float]
 
 
-def central_square(width: int, height: int, crop_pct: float = 1.0) -> Box:
-    """The central square of a ``width`` x ``height`` photo, ``crop_pct`` of its shorter side:
-    what ``images.fit`` resamples into a model's input, so what the model sees."""
-    side = min(width, height) * crop_pct
-    left, top = (width - side) / 2, (height - side) / 2
-    return left, top, left + side, top + side
-
-
 def on_photo(kind: str, raw: np.ndarray, photo: Image.Image, box: Box, *, colormap: str | None = None,
              diverging: str | None = None, alpha: float = 0.5, outlier_perc: float = OUTLIER_PERC) -> Image.Image:
     """The map over the whole photo, at the photo's size: the map's main display values

@@ -17,6 +17,7 @@ from galleryvis import postprocess
 from galleryvis.cli import main
 from galleryvis.errors import ManifestError
 from galleryvis.explain import Explained, flagged, output_problem
+from galleryvis.images import central_square
 from galleryvis.images import fit
 
 PHOTOS = Path(__file__).resolve().parent.parent / "input_images"
@@ -27,7 +28,7 @@ PHOTOS = Path(__file__).resolve().parent.parent / "input_images"
 def test_central_square_is_what_fit_resamples(size, crop_pct):
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
-    box = postprocess.central_square(*size, crop_pct)
+    box = central_square(*size, crop_pct)
     expected = photo.resize((32, 32), Image.Resampling.BICUBIC, box=box)
     assert np.array_equal(np.asarray(fit(photo, 32, crop_pct)), np.asarray(expected))
 
@@ -40,7 +41,7 @@ def test_the_map_lands_where_the_model_saw_it_and_the_sides_stay_the_photo():
     photo = _grey_photo(640, 400)
     cam = np.zeros((1, 224, 224), np.float32)
     cam[0, :112, :112] = 1.0  # the top-left quarter of what the model saw
-    box = postprocess.central_square(640, 400)
+    box = central_square(640, 400)
     assert box == (120.0, 0.0, 520.0, 400.0)
     out = np.asarray(postprocess.on_photo("cam", cam, photo, box)).astype(int)
     assert out.shape == (400, 640, 3)
@@ -56,7 +57,7 @@ def test_the_map_lands_where_the_model_saw_it_and_the_sides_stay_the_photo():
 def test_a_photo_the_model_saw_whole_has_no_outline():
     cam = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(1, 64, 64)
     photo = _grey_photo(100, 100)
-    out = np.asarray(postprocess.on_photo("cam", cam, photo, postprocess.central_square(100, 100)))
+    out = np.asarray(postprocess.on_photo("cam", cam, photo, central_square(100, 100)))
     assert out.shape == (100, 100, 3)
     assert not (out == 255).all(axis=2).any() and not (out == 0).all(axis=2).any()
 
