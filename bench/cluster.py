@@ -30,7 +30,7 @@ def run(mode: str, manifest_arg: str | None, images: int | None, batch_size: int
     every build with ``batch_size`` (a Ray task is a chunk of that many images per model)."""
     import time
 
-    from galleryvis.cluster import local_cluster
+    from galleryvis.build.cluster import local_cluster
 
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="galleryvis-bench-") as tmp:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from galleryvis.chunking import sync
+from galleryvis.engine.chunking import sync
 
 #: Bundled photos (the repository's input_images/), used as benchmark inputs.
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "input_images"
@@ -42,7 +42,7 @@ def build_model(name: str, seed: int, device: torch.device) -> nn.Module:
 def load_inputs(n: int, size: int, device: torch.device) -> torch.Tensor:
     """``n`` bundled photos (cycled), centre-cropped to ``size``, ImageNet-normalized: (n,3,size,size)."""
     from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
-    from galleryvis.images import fit, load_image, to_tensor
+    from galleryvis.storage.images import fit, load_image, to_tensor
 
     paths = sorted(p for p in IMAGES_DIR.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:

@@ -31,7 +31,7 @@ PASSES = 2000
 def passes_seconds(passes: int) -> tuple[float, float]:
     """Wall and CPU seconds (all threads) of ``passes`` forward + input-gradient backward passes
     of EfficientNet-Lite0 at 224 px, batch 1, after five untimed ones."""
-    from galleryvis.lite import efficientnet_lite0
+    from galleryvis.sources.lite import efficientnet_lite0
 
     model = efficientnet_lite0().eval()
     for p in model.parameters():

@@ -87,7 +87,7 @@ def run(mode: str, manifest_arg: str | None, device: str, threads: int | None) -
             manifest = small_manifest(folder, n_img, techs, "cpu" if device == "cpu" else "auto")
             what = f"{n_img} image(s) x efficientnet_lite0 x {len(techs)} techniques ({', '.join(techs)})"
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import galleryvis.cli, galleryvis.pipeline"], env=env, check=True)
+        subprocess.run([sys.executable, "-c", "import galleryvis.cli, galleryvis.build.pipeline"], env=env, check=True)
         startup = time.perf_counter() - t0
         cold = build_once(folder, manifest, env)
         warm = build_once(folder, manifest, env)

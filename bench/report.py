@@ -235,7 +235,7 @@ def rebuild_table(rep: Report, r: dict[str, Any], judge: bool = True) -> str:
         mark = rep.check(f"shared passes: the cold build {saving:.2f}× cheaper than without (≥ 2×)", saving >= 2) \
             if judge else "(not judged in quick mode)"
         lines.append(f"without shared passes / with = {saving:.2f}× wall clock {mark}")
-        from galleryvis.progress import STAGES
+        from galleryvis.build.progress import STAGES
 
         shared_s, unshared_s = (b.get("stages", {}).get("seconds", {}) for b in (cold, unshared))
         stages = [[name, secs(shared_s.get(name)), secs(unshared_s.get(name))] for name in STAGES if name in shared_s]
@@ -265,7 +265,7 @@ def cluster_table(rep: Report, r: dict[str, Any]) -> str:
 def first_table(rep: Report, r: dict[str, Any], judge: bool = True) -> str:
     """The default gallery's cold build against the floor of plain passes (:mod:`bench.first`);
     ``judge=False`` (quick mode: fewer floor passes) prints the ratio without a check."""
-    from galleryvis.progress import STAGES
+    from galleryvis.build.progress import STAGES
 
     from .first import PASSES
 

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import torch
 
 import galleryvis
-from galleryvis.labels import imagenet_labels
-from galleryvis.lite import VARIANTS, efficientnet_lite
+from galleryvis.sources.labels import imagenet_labels
+from galleryvis.sources.lite import VARIANTS, efficientnet_lite
 from galleryvis.synthesis.transfer import class_rank
 
 #: A dozen ImageNet classes: the default gallery's four (Egyptian cat, espresso, missile, tripod),

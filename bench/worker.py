@@ -44,7 +44,7 @@ def run(spec: dict[str, Any]) -> None:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     import galleryvis
-    from galleryvis.layers import default_layer, fixed_input_size, grids_of, probe
+    from galleryvis.engine.layers import default_layer, fixed_input_size, grids_of, probe
 
     _preload()
     model = build_model(spec["model"], spec["seed"], device)
@@ -221,7 +221,7 @@ def _default(params: Any, name: str) -> Any:
 def _synthesis(b: Bench, spec: dict[str, Any], device: torch.device) -> None:
     """Per-step cost of filter visualization, from two step counts (setup cost cancels)."""
     import galleryvis
-    from galleryvis.layers import fixed_input_size
+    from galleryvis.engine.layers import fixed_input_size
     from galleryvis.synthesis.api import fit
 
     synthesize = getattr(galleryvis, "synthesize", None)

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it (``metrics`` and ``targets`` are the modules themselves)
 _HOMES = {"IMAGENET_MEAN": "engine", "IMAGENET_STD": "engine", "attribute": "engine", "attribute_many": "engine",
-          "techniques": "engine", "synthesize": "synthesis", "metrics": "metrics", "Chunking": "chunking",
+          "techniques": "engine", "synthesize": "synthesis", "metrics": "metrics", "Chunking": "engine.chunking",
           "measure_chunking": "engine", "Context": "engine", "technique": "registry", "targets": "targets"}
 
 

@@ -1,4 +1,4 @@
 """``python -m galleryvis`` runs the command line."""
-from .cli import main
+from galleryvis.cli import main
 
 main()

@@ -7,17 +7,17 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
-from . import __version__
-from .cache import CACHE_DIRNAME
-from .embed import DEFAULT_SECTION
-from .errors import ManifestError
-from .fileio import url_problem
+from galleryvis import __version__
+from galleryvis.storage.cache import CACHE_DIRNAME
+from galleryvis.render.embed import DEFAULT_SECTION
+from galleryvis.errors import ManifestError
+from galleryvis.storage.fileio import url_problem
 
 if TYPE_CHECKING:
     import torch
 
-    from .manifest import Manifest
-    from .pipeline import Summary
+    from galleryvis.config.manifest import Manifest
+    from galleryvis.build.pipeline import Summary
 
 MANIFEST_NAME = "galleryvis.toml"
 
@@ -43,12 +43,12 @@ class _CacheLocation(click.Path):
     filesystem is unknown or not installed is one line, exit 2, before anything is created."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .fileio import url_scheme
+        from galleryvis.storage.fileio import url_scheme
 
         text = str(value)
         if not url_scheme(text) or url_scheme(text) == "file":
             return super().convert(text.removeprefix("file://"), param, ctx)
-        from .cache import location_problem
+        from galleryvis.storage.cache import location_problem
 
         problem = location_problem(text)
         if problem:
@@ -66,9 +66,9 @@ def _errors_as_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .errors import EmbedError, ExecutorError, ImageError, LayerError, ModelError
-        from .registry import TechniqueError
-        from .sitefiles import LockError
+        from galleryvis.errors import EmbedError, ExecutorError, ImageError, LayerError, ModelError
+        from galleryvis.registry import TechniqueError
+        from galleryvis.storage.sitefiles import LockError
 
         try:
             return fn(*args, **kwargs)
@@ -92,7 +92,7 @@ def _manifest_path(path: Path | None) -> Path | None:
 
 
 def _manifest(path: Path | None) -> Manifest:
-    from .manifest import default_manifest, load_manifest
+    from galleryvis.config.manifest import default_manifest, load_manifest
 
     chosen = _manifest_path(path)
     if chosen is None:
@@ -107,7 +107,7 @@ def _unchanged(manifest: Path | None, cache_dir: Path | str | None, batch_size: 
     """The site folder when the last build's stamp says nothing it read has changed (then no torch
     is imported, and its summary line is repeated unless ``quiet``), else None (always for a
     cache at a URL, which keeps no stamp)."""
-    from . import stamp
+    from galleryvis.storage import stamp
 
     if isinstance(cache_dir, str):
         return None
@@ -124,7 +124,7 @@ def _unchanged(manifest: Path | None, cache_dir: Path | str | None, batch_size: 
 def _device(device: str) -> torch.device:
     """``--device`` as a torch device; an unknown or absent one is one line naming the flag,
     before anything loads."""
-    from .models import ModelError, choose_device
+    from galleryvis.sources.loading import ModelError, choose_device
 
     try:
         return choose_device(device)
@@ -212,7 +212,7 @@ def build(manifest: Path | None, cache_dir: Path | str | None, no_cache: bool, f
             if open_site:
                 _open(site)
             return
-    from .pipeline import Options, build as run_build
+    from galleryvis.build.pipeline import Options, build as run_build
 
     m = _on_device(_manifest(manifest), device)
     opts = Options(cache_dir=cache_dir, use_cache=not no_cache, force=force, dry_run=dry_run, quiet=quiet,
@@ -267,16 +267,16 @@ def embed(file: Path, manifest: Path | None, section: str, width: int | None, ca
     """
     import json
 
-    from . import embed as embedding
-    from .records import RECORDS_FILE, Gallery
-    from .render import markdown_tables
+    from galleryvis.render import embed as embedding
+    from galleryvis.render.records import RECORDS_FILE, Gallery
+    from galleryvis.render import markdown_tables
 
     embedding.section(embedding.read(file), section, file)  # bad markers fail before the build
     site, failed = _unchanged(manifest, cache_dir, None, quiet), 0
     if site is not None and (site / RECORDS_FILE).is_file():
         prefix = embedding.site_prefix(file, site)
     else:
-        from .pipeline import Options, build as run_build
+        from galleryvis.build.pipeline import Options, build as run_build
 
         m = _manifest(manifest)
         site = m.gallery.output
@@ -301,14 +301,14 @@ def embed(file: Path, manifest: Path | None, section: str, width: int | None, ca
 @_errors_as_exit
 def init(github_pages: bool, from_git: str | None, force: bool) -> None:
     """Write a commented starter manifest (galleryvis.toml) in the current folder."""
-    from .fileio import atomic_write
-    from .manifest import starter_manifest
+    from galleryvis.storage.fileio import atomic_write
+    from galleryvis.config.manifest import starter_manifest
 
     if from_git is not None and not github_pages:
         _fail("error: --from-git chooses what the Pages workflow installs: add --github-pages")
     targets = {Path(MANIFEST_NAME): starter_manifest(github_pages)}
     if github_pages:
-        from .publish import WORKFLOW_PATH, git_requirement, pages_workflow
+        from galleryvis.render.publish import WORKFLOW_PATH, git_requirement, pages_workflow
 
         try:
             requirement = git_requirement(from_git) if from_git is not None else None
@@ -335,9 +335,9 @@ def layers(model: str, weights: str, size: int | None, device: str) -> None:
     CAM layer."""
     import torch
 
-    from .layers import Grid, default_layer, grids_of, probe
-    from .manifest import ModelSpec
-    from .models import load_model
+    from galleryvis.engine.layers import Grid, default_layer, grids_of, probe
+    from galleryvis.config.manifest import ModelSpec
+    from galleryvis.sources.loading import load_model
 
     where = _device(device)
     adapter = load_model(ModelSpec(name=model, weights=weights), Path.cwd(), where, model)
@@ -359,7 +359,7 @@ def layers(model: str, weights: str, size: int | None, device: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print them as JSON (name, family, parameters, paper, ...).")
 def list_techniques(as_json: bool) -> None:
     """List every technique with its parameters and defaults."""
-    from .engine import techniques
+    from galleryvis.engine import techniques
 
     if as_json:
         import json
@@ -376,7 +376,7 @@ def list_techniques(as_json: bool) -> None:
 def list_models(as_json: bool) -> None:
     """List every model name by source, those that work offline marked (bundled first), with
     how a manifest names each source's models and points at local weights."""
-    from . import sources
+    from galleryvis import sources
 
     listing = []
     for source in sources.listed():
@@ -420,7 +420,7 @@ def explain(image: Path, model_name: str, weights: str | None, technique: str, t
             device: str | None) -> None:
     """Explain the model's class for IMAGE with one technique, through the same engine and cache as
     a build, and print the model, the class explained with its probability, and the file written."""
-    from .explain import explain_one
+    from galleryvis.build.explain import explain_one
 
     if device is not None:
         _device(device)
@@ -438,7 +438,7 @@ def cache() -> None:
 @click.option("--cache-dir", type=_CACHE_FOLDER, default=Path(CACHE_DIRNAME))
 def cache_info(cache_dir: Path) -> None:
     """Entries and size of the cache."""
-    from .cache import Cache
+    from galleryvis.storage.cache import Cache
 
     c = Cache(cache_dir)
     click.echo(f"{cache_dir}: {len(c.keys())} entries, {c.size() / 1e6:.1f} MB")
@@ -451,8 +451,8 @@ def cache_info(cache_dir: Path) -> None:
 @_errors_as_exit
 def cache_clean(manifest: Path | None, cache_dir: Path | None, unreferenced: bool) -> None:
     """Remove all cache entries, or only those MANIFEST no longer references."""
-    from .cache import Cache
-    from .pipeline import Options, referenced_keys
+    from galleryvis.storage.cache import Cache
+    from galleryvis.build.pipeline import Options, referenced_keys
 
     m = _manifest(manifest) if unreferenced else None
     root = cache_dir or ((m.path.parent if m and m.path else Path.cwd()) / CACHE_DIRNAME)

@@ -35,3 +35,9 @@ class EmbedError(ValueError):
 class ExecutorError(RuntimeError):
     """An executor that cannot run: its package missing (Ray), or a worker that does not see
     the driver's model weights or images."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``"Type: first line of the message"``, as a failed cell shows it."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

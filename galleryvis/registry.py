@@ -8,13 +8,13 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Literal, Mapping, get_args
 
-from . import families
-from .families import Inputs
-from .tasks import DEFAULT_TASKS, TASKS
+from galleryvis import families
+from galleryvis.families import Inputs
+from galleryvis.tasks import DEFAULT_TASKS, TASKS
 
 OutputKind = Literal["input", "cam"]
 LayerUse = Literal["none", "one", "many", "optional"]
-#: How the gallery shows a technique's raw map (see :mod:`galleryvis.postprocess`).
+#: How the gallery shows a technique's raw map (see :mod:`galleryvis.render.postprocess`).
 DisplayKind = Literal["cam", "gradient", "signed", "image"]
 #: What a technique takes from the engine: the shared forward (``Context.forward``), the
 #: shared backward's layer gradients or input gradient (``Context.backward``), or passes of
@@ -132,7 +132,7 @@ def technique(
     ``needs`` to everything the engine offers (declare less, and the shared passes skip what
     nobody needs); ``inputs`` to the family's."""
     try:
-        fam = families.get(family)
+        fam = families.named(family)
     except KeyError:
         raise TechniqueError(f"technique {name!r}: family must be one of {', '.join(families.FAMILIES)}, "
                              f"got {family!r}") from None
@@ -212,8 +212,8 @@ def names(family: str | None = None) -> list[str]:
     """Registered technique names in registration order, optionally of one family (a name of
     :data:`~galleryvis.families.FAMILIES`)."""
     _load_builtins()
-    wanted = None if family is None else families.get(family)
-    return [n for n, t in _REGISTRY.items() if wanted is None or families.get(t.family) is wanted]
+    wanted = None if family is None else families.named(family)
+    return [n for n, t in _REGISTRY.items() if wanted is None or families.named(t.family) is wanted]
 
 
 def _type_ok(default: Any, value: Any) -> bool:

@@ -3,7 +3,7 @@
 A model has one task (:data:`TASKS`): ``classification`` (logits (N, classes), softmax
 confidences), ``multilabel`` (logits (N, classes), one sigmoid per class), ``segmentation``
 (a score per class and pixel, (N, classes, h, w)), ``image-text`` (similarities with texts)
-or ``detection`` (boxes with classes and scores, :mod:`galleryvis.detection`).
+or ``detection`` (boxes with classes and scores, :mod:`galleryvis.targets.detection`).
 Sources infer it where they know the model (:func:`of_model`); a manifest's ``task`` wins.
 Techniques declare the tasks they support (the registry's ``tasks``); :func:`check` refuses
 the others in one line before anything is computed. Imports no torch (the site layer reads it).
@@ -19,7 +19,7 @@ Task = Literal["classification", "multilabel", "segmentation", "image-text", "de
 #: Every task, in the order the docs list them.
 TASKS: tuple[str, ...] = get_args(Task)
 #: Tasks a technique supports only where its registry entry names them: a detector's output
-#: (boxes, :mod:`galleryvis.detection`) is explained by few techniques.
+#: (boxes, :mod:`galleryvis.targets.detection`) is explained by few techniques.
 OPT_IN = frozenset({"detection"})
 #: The tasks of a technique that names none.
 DEFAULT_TASKS: tuple[str, ...] = tuple(t for t in TASKS if t not in OPT_IN)

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from galleryvis import IMAGENET_MEAN, IMAGENET_STD
-from galleryvis.lite import efficientnet_lite0
+from galleryvis.sources.lite import efficientnet_lite0
 
 IMAGES = Path(__file__).resolve().parent.parent / "input_images"
 
@@ -24,8 +24,8 @@ def _fixed_chunks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     instead of timing the chunk search (seconds per model and build); tests about the search
     are marked ``chunk_search`` and measure for real."""
     if request.node.get_closest_marker("chunk_search") is None:
-        from galleryvis import executor
-        from galleryvis.chunking import Chunking
+        from galleryvis.build import executor
+        from galleryvis.engine.chunking import Chunking
 
         monkeypatch.setattr(executor, "measure_chunking", lambda model, sample: Chunking.of(8))
 

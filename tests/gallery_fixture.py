@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from galleryvis.sitewriter import colour_scales, values_script
+from galleryvis.build.sitewriter import colour_scales, values_script
 
-from galleryvis.records import (
+from galleryvis.render.records import (
     Cell,
     Gallery,
     ImageRecord,

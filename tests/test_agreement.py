@@ -20,8 +20,9 @@ from torch import Tensor, nn
 
 import galleryvis
 from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
-from galleryvis.layers import default_layer
-from galleryvis.metrics import deletion_insertion, gaussian_blur, random_map
+from galleryvis.engine.layers import default_layer
+from galleryvis.engine import gaussian_blur
+from galleryvis.metrics import deletion_insertion, random_map
 
 captum_attr = pytest.importorskip("captum.attr")
 pgc = pytest.importorskip("pytorch_grad_cam")

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from galleryvis.records import Gallery
+from galleryvis.render.records import Gallery
 from galleryvis.render import render_site
 
 from gallery_fixture import make_gallery

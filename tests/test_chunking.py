@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 import galleryvis
-from galleryvis.chunking import Chunking, fastest
+from galleryvis.engine.chunking import Chunking, fastest
 from test_engine import CNN_TECHS, assert_unchanged, kwargs, snapshot
 
 
@@ -93,9 +93,10 @@ def _write_gallery(folder: Path, extra: str = "") -> None:
 @pytest.mark.chunk_search
 def test_a_gallery_measures_each_model_once_per_machine_and_an_explicit_batch_size_wins(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from galleryvis import engine, executor
-    from galleryvis.manifest import load_manifest
-    from galleryvis.pipeline import Options, build
+    from galleryvis import engine
+    from galleryvis.build import executor
+    from galleryvis.config.manifest import load_manifest
+    from galleryvis.build.pipeline import Options, build
 
     _write_gallery(tmp_path)
     measured, used = [], []
@@ -127,9 +128,10 @@ def test_a_gallery_measures_each_model_once_per_machine_and_an_explicit_batch_si
 def test_scoring_runs_at_the_models_measured_chunks_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Deletion / insertion gets the measured forward-only chunk and the sanity cascade the
     measured chunks; an explicit batch size wins there as well (forward-only passes 4x)."""
-    from galleryvis import executor, metrics
-    from galleryvis.manifest import load_manifest
-    from galleryvis.pipeline import Options, build
+    from galleryvis.build import executor
+    from galleryvis import metrics
+    from galleryvis.config.manifest import load_manifest
+    from galleryvis.build.pipeline import Options, build
 
     _write_gallery(tmp_path, "\n[metrics]\nenabled = true\nsanity_steps = 2\n")
     monkeypatch.setattr(executor, "measure_chunking", lambda model, sample: Chunking(5, 7))

@@ -226,8 +226,8 @@ def test_build_open_opens_the_landing_page(folder, monkeypatch):
 
 
 def test_a_second_build_fails_on_the_lock_before_loading_any_model(folder, monkeypatch):
-    from galleryvis import pipeline
-    from galleryvis.sitefiles import build_lock
+    from galleryvis.build import pipeline
+    from galleryvis.storage.sitefiles import build_lock
 
     loaded: list[object] = []
     monkeypatch.setattr(pipeline, "workspace", lambda manifest: loaded.append(manifest))

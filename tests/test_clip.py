@@ -1,4 +1,4 @@
-"""Image-text models (galleryvis.imagetext): the wrapper's logits are the model's own, and maps on
+"""Image-text models (galleryvis.sources.imagetext): the wrapper's logits are the model's own, and maps on
 its vision tower agree with the references, per-image Pearson r >= 0.99.
 
 Models: seeded random tiny open_clip CLIP, Hugging Face CLIPModel and SiglipModel (64 px, patch 8,
@@ -25,9 +25,9 @@ from torch import Tensor, nn
 
 import galleryvis
 from galleryvis import targets, tasks
-from galleryvis.imagetext import IMAGENET_TEMPLATES, ImageText, imagenet_prompts
-from galleryvis.manifest import ModelSpec, load_manifest
-from galleryvis.models import ModelError, load_model
+from galleryvis.sources.imagetext import IMAGENET_TEMPLATES, ImageText, imagenet_prompts
+from galleryvis.config.manifest import ModelSpec, load_manifest
+from galleryvis.sources.loading import ModelError, load_model
 
 open_clip = pytest.importorskip("open_clip")
 pgc = pytest.importorskip("pytorch_grad_cam")
@@ -334,7 +334,7 @@ def test_open_clip_source(tmp_path: Path, photos64: Tensor) -> None:
     ('["a cat", "a dog", "a cat"]', "each prompt must be distinct (it is a class); repeated: ['a cat']"),
 ])
 def test_manifest_prompts_errors(tmp_path: Path, value: str, message: str) -> None:
-    from galleryvis.manifest import ManifestError
+    from galleryvis.config.manifest import ManifestError
 
     (tmp_path / "m.toml").write_text(f'[[images]]\npath = "x.png"\n[[models]]\nname = "open_clip:ViT-B-32"\n'
                                      f'weights = "none"\nprompts = {value}\n', encoding="utf-8")
@@ -376,7 +376,7 @@ def test_hugging_face_image_text_folder(tmp_path: Path, photos64: Tensor, kind: 
 
 def test_clip_example_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """examples/clip with a tiny open_clip and its random checkpoint saved here, at batch size 8."""
-    from galleryvis.pipeline import Options, build
+    from galleryvis.build.pipeline import Options, build
     from galleryvis.render import pages
 
     folder = tmp_path / "examples" / "clip"

@@ -105,7 +105,7 @@ def cluster():
     their address (this process holds the token while the module runs). Stopped after."""
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray is not installed")
-    from galleryvis.cluster import local_cluster
+    from galleryvis.build.cluster import local_cluster
 
     mp = pytest.MonkeyPatch()
     mp.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))  # for the workers
@@ -219,9 +219,9 @@ def test_a_worker_loads_weights_shipped_by_the_driver_where_their_path_is_missin
     import torch
     import torchvision
 
-    from galleryvis.cluster import _ModelWorker, _weights_file
-    from galleryvis.jobs import load_models
-    from galleryvis.manifest import load_manifest
+    from galleryvis.build.cluster import _ModelWorker, _weights_file
+    from galleryvis.build.jobs import load_models
+    from galleryvis.config.manifest import load_manifest
 
     torch.manual_seed(1)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "w.pth")
@@ -237,10 +237,10 @@ def test_a_worker_loads_weights_shipped_by_the_driver_where_their_path_is_missin
 
 def test_no_shared_passes_reaches_the_ray_workers(tmp_path, monkeypatch):
     pytest.importorskip("ray")
-    from galleryvis import cluster
-    from galleryvis.jobs import Workspace
-    from galleryvis.manifest import load_manifest
-    from galleryvis.pipeline import Options, executor_for
+    from galleryvis.build import cluster
+    from galleryvis.build.jobs import Workspace
+    from galleryvis.config.manifest import load_manifest
+    from galleryvis.build.pipeline import Options, executor_for
 
     manifest = load_manifest(_project(tmp_path / "p", MANIFEST))
     executor = executor_for(manifest, Options(executor="ray", share_passes=False), Workspace({}, {}))

@@ -14,7 +14,7 @@ from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 import galleryvis
 from galleryvis import targets
-from galleryvis.detection import IOU_THRESHOLD, Detections, iou, read, similarity
+from galleryvis.targets.detection import IOU_THRESHOLD, Detections, detections_of, iou, similarity
 from galleryvis.tasks import TaskError
 
 pgc = pytest.importorskip("pytorch_grad_cam")
@@ -176,7 +176,7 @@ def test_similarity_is_the_papers_with_class_probabilities_and_objectness() -> N
     cos = torch.nn.functional.cosine_similarity(probs, torch.tensor([[0.1, 0.6, 0.3]]))
     by_hand = (box_iou(boxes[:1], boxes)[0] * cos * torch.tensor([0.9, 0.7])).max()
     torch.testing.assert_close(similarity(dets, ref), by_hand)
-    assert float(similarity(read([{"boxes": boxes[:0], "labels": torch.tensor([], dtype=torch.long),
+    assert float(similarity(detections_of([{"boxes": boxes[:0], "labels": torch.tensor([], dtype=torch.long),
                                    "scores": torch.tensor([])}])[0], ref)) == 0.0
 
 
@@ -238,7 +238,7 @@ def test_eigencam_on_yolo_agrees_with_pytorch_grad_cams_recipe(tmp_path, monkeyp
     # the raw predictions are read as one detection per anchor: D-RISE's similarity of the top one with itself is 1
     with torch.no_grad():
         out = yolo(x)
-    dets, top = read(out), targets.Detection().resolve(out).reference()
+    dets, top = detections_of(out), targets.Detection().resolve(out).reference()
     assert [float(similarity(d, r)) for d, r in zip(dets, top)] == pytest.approx([1.0, 1.0])
 
 
@@ -270,7 +270,7 @@ def test_default_cam_layer_of_detectors(small: nn.Module, tmp_path, monkeypatch:
     """A layer of the backbone, never of the heads a probe would find last."""
     from torchvision.models import detection as tvd
 
-    from galleryvis.layers import default_layer
+    from galleryvis.engine.layers import default_layer
 
     x = torch.rand(1, 3, 64, 64)
     for build, expected in [(tvd.fasterrcnn_mobilenet_v3_large_fpn, "backbone.body.16"),

@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from galleryvis.cli import main
-from galleryvis.embed import EmbedError, embed, read, replace, section, sections, site_prefix
-from galleryvis.records import Gallery, Prediction, Variant
+from galleryvis.render.embed import EmbedError, embed, read, replace, section, sections, site_prefix
+from galleryvis.render.records import Gallery, Prediction, Variant
 from galleryvis.render import MD_WIDTH, markdown_tables
 
 from gallery_fixture import make_gallery
@@ -226,7 +226,7 @@ def test_embed_replaces_the_section_then_changes_nothing(project):
     assert again.returncode == 0, again.stderr
     assert "unchanged since the last build" in again.stdout and "section 'gallery' unchanged" in again.stdout
     modules = {line.rsplit("|", 1)[-1].strip() for line in again.stderr.splitlines() if line.startswith("import time:")}
-    assert "galleryvis.embed" in modules and not any(m == "torch" or m.startswith("torch.") for m in modules)
+    assert "galleryvis.render.embed" in modules and not any(m == "torch" or m.startswith("torch.") for m in modules)
     assert readme.read_bytes().decode() == after
 
 

@@ -15,7 +15,7 @@ import galleryvis
 from galleryvis import registry
 from galleryvis.engine import Context
 from galleryvis.hooks import LayerError, hook_count
-from galleryvis.layers import Grid, default_layer, grids_of, probe
+from galleryvis.engine.layers import Grid, default_layer, grids_of, probe
 from galleryvis.registry import TechniqueError
 
 from conftest import tiny_sequential
@@ -324,7 +324,7 @@ def test_backward_stops_at_the_cam_layer(tiny_seq: nn.Module, tiny_x: Tensor) ->
 
 
 def test_scorecam_chunks_masks_under_inference_mode(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
-    from galleryvis.chunking import Chunking
+    from galleryvis.engine.chunking import Chunking
 
     model = Counting(tiny_seq)
     # 16 channels; the masked forwards run forward-only chunks of 5
@@ -394,7 +394,7 @@ def test_synthesis_techniques_are_refused_by_attribute(tiny_seq: nn.Module, tiny
 def test_integrated_gradients_is_complete_for_each_baseline(tiny_seq: nn.Module, tiny_x: Tensor,
                                                             baseline: str) -> None:
     # Completeness (Sundararajan et al.): the map sums to f(x) - f(baseline) for the target.
-    from galleryvis.metrics import gaussian_blur
+    from galleryvis.engine import gaussian_blur
 
     sigma = tiny_x.shape[-1] / 20
     ref = {"zero": torch.zeros_like(tiny_x), "blur": gaussian_blur(tiny_x, 2 * max(1, int(3 * sigma)) + 1, sigma),
@@ -425,7 +425,7 @@ def test_replaced_output_changes_a_layer_while_inside_and_never_after(tiny_seq: 
 def test_a_technique_that_opts_out_of_folding_keeps_the_whole_call_unfolded(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    from galleryvis.changes.canonizers import Folding
+    from galleryvis.engine.changes.canonizers import Folding
 
     built: list[int] = []
     build = Folding.build
@@ -556,7 +556,7 @@ def test_ambiguous_layout_raises_unless_the_module_fixes_it() -> None:
 def test_attention_capture_leaves_the_model_as_it_was(transformers: dict[str, nn.Module], name: str) -> None:
     """Inside: the same logits, one (N, heads, T, T) probability tensor per block, rows summing
     to 1; timm's fused attention (switched on here) is back on after, also after a raise."""
-    from galleryvis.attention import attentions
+    from galleryvis.engine.changes.attention import attentions
 
     if name not in transformers:
         pytest.skip("timm is not installed")
@@ -648,7 +648,7 @@ def test_a_long_technique_says_how_far_it_is(name: str, tiny_seq: nn.Module, tin
 
 def test_progress_within_a_step_is_rate_limited_without_a_terminal(capsys: pytest.CaptureFixture[str],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from galleryvis import progress
+    from galleryvis.build import progress
 
     bar = progress.Progress(3, quiet=False)
     bar._said = 100.0  # the last line's time

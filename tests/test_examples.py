@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from galleryvis.manifest import load_manifest
+from galleryvis.config.manifest import load_manifest
 
 timm = pytest.importorskip("timm")
 
@@ -26,7 +26,7 @@ def test_every_example_manifest_is_valid(example: str) -> None:
 
 
 def test_cnn_vs_transformer_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from galleryvis.pipeline import Options, build
+    from galleryvis.build.pipeline import Options, build
     from galleryvis.render import pages
 
     folder = tmp_path / "examples" / "cnn_vs_transformer"

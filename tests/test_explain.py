@@ -13,12 +13,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from galleryvis import postprocess
+from galleryvis.render import postprocess
 from galleryvis.cli import main
 from galleryvis.errors import ManifestError
-from galleryvis.explain import Explained, flagged, output_problem
-from galleryvis.images import central_square
-from galleryvis.images import fit
+from galleryvis.build.explain import Explained, flagged, output_problem
+from galleryvis.storage.images import central_square
+from galleryvis.storage.images import fit
 
 PHOTOS = Path(__file__).resolve().parent.parent / "input_images"
 

@@ -8,8 +8,8 @@ import torchvision
 from torch import Tensor, nn
 
 import galleryvis
-from galleryvis.changes.canonizers import Folding, watch
-from galleryvis.fold import Prepared, folded, prepare, usable
+from galleryvis.engine.changes.canonizers import Folding, watch
+from galleryvis.engine.fold import Prepared, folded, prepare, usable
 from galleryvis.hooks import hook_count
 
 

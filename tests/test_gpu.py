@@ -9,9 +9,9 @@ import torch
 
 import galleryvis
 from galleryvis import metrics, registry
-from galleryvis.images import fit, load_image, to_tensor
-from galleryvis.lite import efficientnet_lite0
-from galleryvis.models import choose_device
+from galleryvis.storage.images import fit, load_image, to_tensor
+from galleryvis.sources.lite import efficientnet_lite0
+from galleryvis.sources.loading import choose_device
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 PHOTOS = Path(__file__).resolve().parent.parent / "input_images"

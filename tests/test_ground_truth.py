@@ -10,7 +10,7 @@ from PIL import Image
 
 from galleryvis import metrics
 from galleryvis.errors import ManifestError
-from galleryvis.manifest import parse_manifest
+from galleryvis.config.manifest import parse_manifest
 
 
 @pytest.fixture()

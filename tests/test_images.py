@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from galleryvis.images import ImageError, file_sha256, fit, load_image, to_tensor
+from galleryvis.storage.images import ImageError, file_sha256, fit, load_image, to_tensor
 
 BUNDLED = Path(__file__).resolve().parents[1] / "input_images"
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -267,7 +267,7 @@ def test_a_patched_image_open_does_not_change_the_message(tmp_path: Path) -> Non
     when Pillow cannot identify a file; a text file is still 'not a readable image'."""
     pytest.importorskip("ultralytics")
     (tmp_path / "notes.jpg").write_text("not an image")
-    code = ("import ultralytics, sys; from galleryvis.images import load_image, ImageError\n"
+    code = ("import ultralytics, sys; from galleryvis.storage.images import load_image, ImageError\n"
             "try:\n    load_image(sys.argv[1])\nexcept ImageError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "notes.jpg")], capture_output=True, text=True,
                          check=True, env={**os.environ, "YOLO_OFFLINE": "1"})

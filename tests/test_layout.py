@@ -134,7 +134,124 @@ def test_the_family_check_finds_each_kind_of_branch() -> None:
     for source in branches:
         assert family_branches(source, names), source
     facts = ["if job.family.scored: pass", "group = FAMILIES[t.family].title",
-             "api = families.get(t.family).api", 'x = registry.names("synthesis")',
+             "api = families.named(t.family).api", 'x = registry.names("synthesis")',
              "if t.kind in grid.FAMILY_TITLES: pass", "pool = [s for s in sources if s.name in family]"]
     for source in facts:
         assert not family_branches(source, names), source
+
+
+# --- layers: each folder of the package is one layer of docs/architecture.md's picture ------------
+
+#: The layers, lowest first: a module imports only from its own layer and the layers below it.
+#: Top-level modules are named one by one; a folder is named by its name.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("vocabulary", ("errors", "tasks", "naming", "registry", "families")),
+    ("storage", ("storage",)),
+    ("site", ("render",)),
+    ("objectives", ("targets",)),
+    ("engine", ("engine", "hooks")),
+    ("techniques", ("attribution", "synthesis")),
+    ("metrics", ("metrics",)),
+    ("model sources", ("sources",)),
+    ("configuration", ("config",)),
+    ("build stages", ("build",)),
+    ("commands", ("cli", "__main__", "")),
+]
+_RANK = {part: rank for rank, (_, parts) in enumerate(LAYERS) for part in parts}
+#: Layers that compute with torch: the configuration layer imports none of them.
+COMPUTE_LAYERS = {"objectives", "engine", "techniques", "metrics"}
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return _RANK[parts[1] if len(parts) > 1 else ""]
+
+
+def _all_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, galleryvis module) of every import in ``path``, inside functions too; imports
+    under ``if TYPE_CHECKING:`` are annotations, not dependencies. ``from galleryvis import
+    __version__`` reads the package's version, which every layer may."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for node in ast.walk(tree)
+                   if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "galleryvis":
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                is_module = (PKG.parent / (full.replace(".", "/") + ".py")).is_file() \
+                    or (PKG.parent / full.replace(".", "/")).is_dir()
+                if not (node.module == "galleryvis" and alias.name == "__version__"):
+                    out.append((node.lineno, full if is_module else node.module))
+        elif isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "galleryvis"]
+    return out
+
+
+def test_every_module_belongs_to_a_layer() -> None:
+    for path in PKG.rglob("*.py"):
+        _layer(_module(path))  # a KeyError names a module outside every layer
+
+
+def test_at_most_a_dozen_modules_at_the_top_of_the_package() -> None:
+    top = sorted(p.name for p in PKG.glob("*.py"))
+    assert len(top) <= 12, top
+
+
+def test_package_imports_are_absolute() -> None:
+    found = [f"{p.relative_to(PKG.parent)}:{n.lineno}" for p in sorted(PKG.rglob("*.py"))
+             for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))) if isinstance(n, ast.ImportFrom) and n.level]
+    assert not found, f"relative imports (the layer rules read absolute ones): {', '.join(found)}"
+
+
+def test_nothing_imports_from_a_layer_above_it() -> None:
+    found = []
+    for path in sorted(PKG.rglob("*.py")):
+        module = _module(path)
+        for line, imported in _all_imports(path):
+            if _layer(imported) > _layer(module):
+                found.append(f"{path.relative_to(PKG.parent)}:{line} ({LAYERS[_layer(module)][0]}) imports "
+                             f"{imported} ({LAYERS[_layer(imported)][0]})")
+    assert not found, "\n".join(found)
+
+
+def test_the_configuration_layer_imports_no_compute_module() -> None:
+    for path in sorted((PKG / "config").rglob("*.py")):
+        for line, imported in _all_imports(path):
+            assert LAYERS[_layer(imported)][0] not in COMPUTE_LAYERS, f"{path.name}:{line} imports {imported}"
+
+
+def _torch_after_importing(modules: list[str]) -> list[str]:
+    import subprocess
+    import sys
+
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + \
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return ast.literal_eval(out.strip())
+
+
+def test_the_site_and_configuration_layers_import_no_torch() -> None:
+    modules = [_module(p) for folder in ("render", "config") for p in sorted((PKG / folder).rglob("*.py"))]
+    modules += ["galleryvis.families", "galleryvis.registry", "galleryvis.tasks"]
+    assert _torch_after_importing(modules) == []
+
+
+def test_no_two_modules_share_a_name_and_no_two_define_the_same_public_name() -> None:
+    """A name says what is inside: no ``attention.py`` beside ``attribution/attention.py``, no two
+    classes called ``Job``, no three functions called ``fit`` (the command line's functions are
+    named after its commands)."""
+    files: dict[str, list[str]] = {}
+    names: dict[str, list[str]] = {}
+    for path in sorted(PKG.rglob("*.py")):
+        rel = str(path.relative_to(PKG.parent))
+        if path.name != "__init__.py":
+            files.setdefault(path.name, []).append(rel)
+        if path.name != "cli.py":
+            for node in ast.parse(path.read_text(encoding="utf-8")).body:
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                    names.setdefault(node.name, []).append(rel)
+    assert not {k: v for k, v in files.items() if len(v) > 1}
+    assert not {k: v for k, v in names.items() if len(v) > 1}

@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 import galleryvis
 from galleryvis.hooks import LayerError, hook_count
-from galleryvis.images import fit, load_image, to_tensor
-from galleryvis.layers import default_layer
-from galleryvis.lite import SameConv2d, efficientnet_lite0
+from galleryvis.storage.images import fit, load_image, to_tensor
+from galleryvis.engine.layers import default_layer
+from galleryvis.sources.lite import SameConv2d, efficientnet_lite0
 from galleryvis.registry import TechniqueError
 
 #: |sum of relevance - target logit| / |target logit| for bias-free nets (float32 maps).

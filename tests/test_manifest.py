@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from galleryvis import registry, schema
-from galleryvis.manifest import (
+from galleryvis import registry
+from galleryvis.config import schema
+from galleryvis.config.manifest import (
     GallerySpec,
     ImageSpec,
     Manifest,
@@ -259,7 +260,7 @@ def test_glob_matching_nothing(folder: Path) -> None:
 
 
 def test_undecodable_image(folder: Path) -> None:
-    from galleryvis.jobs import read_images
+    from galleryvis.build.jobs import read_images
 
     (folder / "photos" / "fake.jpg").write_text("this is text")
     manifest = load(folder, "")  # parsing never decodes: the pipeline does, naming the entry
@@ -603,7 +604,7 @@ def test_the_docs_tables_are_generated_from_the_schema() -> None:
     text = DOCS.read_text(encoding="utf-8")
     assert schema.documented_sections(text) == list(schema.SECTIONS)
     # a key added to the schema only, or to the docs only, fails here
-    assert schema.rewrite_tables(text) == text, "run: python -m galleryvis.schema docs/manifest.md"
+    assert schema.rewrite_tables(text) == text, "run: python -m galleryvis.config.schema docs/manifest.md"
     assert "| `alpha` | number 0 to 1 | `0.5` | opacity of the heatmap in overlay views |" in text
 
 
@@ -626,7 +627,7 @@ def test_the_parsed_specs_defaults_and_keys_are_the_schema() -> None:
 
 
 def test_a_spec_without_a_declared_key_is_refused_at_import() -> None:
-    from galleryvis import manifest
+    from galleryvis.config import manifest
 
     with pytest.raises(TypeError, match=r"lacks the declared keys \['enabled'\]"):
         @manifest._declared("metrics")
@@ -644,8 +645,9 @@ def test_a_spec_without_a_declared_key_is_refused_at_import() -> None:
 def test_every_reader_and_choice_the_schema_names_exists() -> None:
     import typing
 
-    from galleryvis import manifest, metrics, sources
-    from galleryvis.manifest import _Parser
+    from galleryvis.config import manifest
+    from galleryvis import metrics, sources
+    from galleryvis.config.manifest import _Parser
 
     for fields in schema.SECTIONS.values():
         for f in fields:
@@ -744,7 +746,7 @@ from galleryvis import manifest
 parser = manifest._Parser("gallery.toml", Path({str(folder)!r}))
 draft = parser.read(tomllib.loads(Path({str(path)!r}).read_text()))
 read = dict(errors=list(parser.errors), models=len(draft.models), techniques=len(draft.techniques),
-            modules=sorted(m for m in sys.modules if m.split(".")[0] == "torch" or m in ("galleryvis.plugins",
+            modules=sorted(m for m in sys.modules if m.split(".")[0] == "torch" or m in ("galleryvis.config.plugins",
                                                                                         "galleryvis.metrics")))
 parser.resolve(draft)
 print(json.dumps(dict(read, resolved=parser.errors)))

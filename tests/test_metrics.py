@@ -17,10 +17,11 @@ from torch import Tensor, nn
 
 from galleryvis import IMAGENET_MEAN, IMAGENET_STD, attribute
 from galleryvis.hooks import hook_count
-from galleryvis.images import fit, load_image, to_tensor
+from galleryvis.storage.images import fit, load_image, to_tensor
 from galleryvis import metrics
 from galleryvis.engine import Call
-from galleryvis.metrics import (auc, center_gaussian_map, deletion_insertion, gaussian_blur, linear_imputation,
+from galleryvis.engine import gaussian_blur
+from galleryvis.metrics import (auc, center_gaussian_map, deletion_insertion, linear_imputation,
                                 random_map, rank_techniques, road, sanity, sanity_many, spearman)
 
 IMAGES = Path(__file__).resolve().parent.parent / "input_images"

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from galleryvis.fileio import sha256_of
-from galleryvis.manifest import ModelSpec
-from galleryvis.models import ModelError, choose_device, imagenet_labels, load_model
+from galleryvis.storage.fileio import sha256_of
+from galleryvis.config.manifest import ModelSpec
+from galleryvis.sources.loading import ModelError, choose_device, imagenet_labels, load_model
 
 CPU = torch.device("cpu")
 PHOTOS = Path(__file__).resolve().parent.parent / "input_images"
@@ -23,7 +23,7 @@ def lite0_adapter():
 
 @pytest.fixture(scope="module")
 def cat_image():
-    from galleryvis.images import load_image
+    from galleryvis.storage.images import load_image
 
     return load_image(PHOTOS / "cat.png")
 
@@ -225,8 +225,8 @@ def test_a_bundled_model_gallery_does_not_import_torchvision() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from galleryvis.manifest import default_manifest; "
-            "from galleryvis.jobs import load_models; load_models(default_manifest()); "
+    code = ("import sys; from galleryvis.config.manifest import default_manifest; "
+            "from galleryvis.build.jobs import load_models; load_models(default_manifest()); "
             "print('torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
@@ -235,7 +235,8 @@ def test_a_bundled_model_gallery_does_not_import_torchvision() -> None:
 def test_model_sources_own_what_they_know_and_the_manifest_only_asks_them() -> None:
     import inspect
 
-    from galleryvis import manifest, sources
+    from galleryvis.config import manifest
+    from galleryvis import sources
     from galleryvis.sources import LoadedModel, ModelError, source_for
 
     assert [s.name for s in sources.SOURCES] == ["factory", "timm", "huggingface", "open_clip", "bundled",

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from galleryvis import registry
 from galleryvis.cli import main
-from galleryvis.manifest import load_manifest
-from galleryvis.pipeline import Options, build
+from galleryvis.config.manifest import load_manifest
+from galleryvis.build.pipeline import Options, build
 
 PHOTOS = Path(__file__).resolve().parent.parent / "input_images"
 
@@ -148,7 +148,7 @@ def test_dry_run_ends_with_the_cells_and_the_model_passes_to_expect(project, mon
 
 
 def test_dry_run_says_when_it_plans_the_embedded_default(tmp_path, monkeypatch):
-    from galleryvis.manifest import default_manifest
+    from galleryvis.config.manifest import default_manifest
 
     monkeypatch.chdir(tmp_path)
     lines = _dry_run()
@@ -210,7 +210,7 @@ def test_build_killed_midway_leaves_previous_site_intact(project):
 
 
 def test_second_concurrent_build_is_refused_clearly(project):
-    from galleryvis.sitefiles import build_lock
+    from galleryvis.storage.sitefiles import build_lock
 
     with build_lock(project / ".galleryvis-cache"):
         result = CliRunner().invoke(main, ["build", str(project / "galleryvis.toml"), "-q"])
@@ -244,8 +244,9 @@ def test_shared_scoring_gives_each_technique_the_scores_it_gets_alone(project):
     one cascade per model for all its techniques; each cell's scores are those of a call of its
     own (as galleryvis scored before it shared these passes), to 1e-3 (the gallery shows 4
     decimals; shared passes and batch-norm folding, decided per call, move a map's float rounding)."""
-    from galleryvis import metrics, scoring
-    from galleryvis.jobs import workspace
+    from galleryvis import metrics
+    from galleryvis.build import scoring
+    from galleryvis.build.jobs import workspace
 
     toml = MANIFEST + "\n[metrics]\nenabled = true\nsteps = 4\nsanity_steps = 2\n"
     (project / "galleryvis.toml").write_text(toml)
@@ -287,7 +288,7 @@ def test_a_build_without_shared_passes_gives_the_same_maps_and_scores(project):
 
 
 def test_a_build_reports_its_stages_passes_and_costliest_cells(project):
-    from galleryvis.progress import STAGES
+    from galleryvis.build.progress import STAGES
 
     (project / "galleryvis.toml").write_text(MANIFEST + "\n[metrics]\nenabled = true\nsteps = 2\nsanity = false\n")
     result = CliRunner().invoke(main, ["build", str(project / "galleryvis.toml"), "--profile", "-q"])
@@ -477,8 +478,8 @@ def _plain(value: object) -> bool:
 def test_planned_jobs_are_plain_picklable_data(project):
     import pickle
 
-    from galleryvis.cache import Cache
-    from galleryvis.jobs import plan, workspace
+    from galleryvis.storage.cache import Cache
+    from galleryvis.build.jobs import plan, workspace
 
     manifest = load_manifest(project / "galleryvis.toml")
     jobs, _ = plan(manifest, workspace(manifest), Cache(project / "cache"), force=False)
@@ -489,8 +490,8 @@ def test_planned_jobs_are_plain_picklable_data(project):
 
 
 def test_class_visualization_is_planned_at_each_models_input_size_unless_the_manifest_sets_one(project):
-    from galleryvis.cache import Cache
-    from galleryvis.jobs import plan, workspace
+    from galleryvis.storage.cache import Cache
+    from galleryvis.build.jobs import plan, workspace
 
     toml = MANIFEST.replace('name = "resnet18"\nweights = "none"\nsize = 64', 'name = "resnet18"\nweights = "none"\nsize = 48')
     toml += '[[techniques]]\nname = "class_visualization"\n\n' \
@@ -516,7 +517,7 @@ def test_each_class_visualization_shows_its_targets_rank_under_the_other_models(
         assert all(1 <= r <= 1000 and r == int(r) for r in cell["metrics"].values())
     md = (project / "site" / "gallery.md").read_text()
 
-    from galleryvis import scoring
+    from galleryvis.build import scoring
 
     def no_recompute(*_a, **_k):
         raise AssertionError("ranks must come from the cache")
@@ -527,8 +528,8 @@ def test_each_class_visualization_shows_its_targets_rank_under_the_other_models(
 
 
 def test_a_row_with_its_own_class_that_reads_no_image_is_made_once_per_model_and_shown_side_by_side(project):
-    from galleryvis.cache import Cache
-    from galleryvis.jobs import plan, workspace
+    from galleryvis.storage.cache import Cache
+    from galleryvis.build.jobs import plan, workspace
 
     head = MANIFEST.split("[[techniques]]")[0]
     toml = head + ('[[techniques]]\nname = "gradcam"\ntarget = "goldfish"\n\n'
@@ -571,8 +572,8 @@ def test_a_row_with_its_own_class_that_reads_no_image_is_made_once_per_model_and
 
 
 def test_a_build_runs_its_cells_through_the_executor_it_is_given(project):
-    from galleryvis.executor import LocalExecutor
-    from galleryvis.jobs import workspace
+    from galleryvis.build.executor import LocalExecutor
+    from galleryvis.build.jobs import workspace
 
     manifest = load_manifest(project / "galleryvis.toml")
     seen: list[str] = []
@@ -756,7 +757,8 @@ def test_a_third_family_declared_in_families_alone_is_computed_cached_timed_and_
     """A family is one class in galleryvis.families (and its build stage's name): a technique of
     it is planned, computed, cached, timed and drawn in a table of its own, and left unscored
     when its family says so, with no other module changed."""
-    from galleryvis import families, progress
+    from galleryvis import families
+    from galleryvis.build import progress
 
     class Concepts(families.Attribution):
         name, title, scored, split_by_kind, headline = "concepts", "Concepts", False, False, False

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from galleryvis import registry
-from galleryvis.manifest import ManifestError, load_manifest
-from galleryvis.pipeline import Options, build
+from galleryvis.config.manifest import ManifestError, load_manifest
+from galleryvis.build.pipeline import Options, build
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "adding-a-technique.md"
 PHOTOS = Path(__file__).resolve().parent.parent / "input_images"

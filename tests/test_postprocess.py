@@ -9,7 +9,7 @@ import pytest
 from cmap import Colormap
 from PIL import Image
 
-from galleryvis import postprocess as pp
+from galleryvis.render import postprocess as pp
 
 H, W = 12, 16
 RNG = np.random.default_rng(0)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from galleryvis import progress
+from galleryvis.build import progress
 
 PHOTOS = Path(__file__).resolve().parent.parent / "input_images"
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import galleryvis
 from galleryvis.cli import MANIFEST_NAME, main
-from galleryvis.publish import WORKFLOW_PATH, git_requirement
+from galleryvis.render.publish import WORKFLOW_PATH, git_requirement
 
 PIN = f"galleryvis=={galleryvis.__version__}"
 #: init's arguments -> what its workflow installs

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from galleryvis.cache import Cache, CacheWarning
+from galleryvis.storage.cache import Cache, CacheWarning
 from galleryvis.cli import main
 
 PHOTOS = Path(__file__).resolve().parent.parent / "input_images"

@@ -13,7 +13,7 @@ import html5lib
 import pytest
 
 import galleryvis.render as render
-from galleryvis.records import Ranking, TechniqueRecord, Variant
+from galleryvis.render.records import Ranking, TechniqueRecord, Variant
 from galleryvis.render import md_escape, render_site, row_label, site_url, sparkline
 from galleryvis.render.pages import random_weights_note
 

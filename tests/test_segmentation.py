@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 import galleryvis
 from galleryvis import targets, tasks
-from galleryvis.layers import default_layer
+from galleryvis.engine.layers import default_layer
 from galleryvis.metrics import deletion_insertion
 
 torchvision = pytest.importorskip("torchvision")
@@ -319,8 +319,8 @@ CPU = torch.device("cpu")
 def test_torchvision_segmentation_models_load_with_their_task(tmp_path) -> None:
     """By name with weights "none" (no backbone download either) or a local file: task inferred,
     Pascal VOC's class names; an explicit task wins; a task the model cannot do is one line."""
-    from galleryvis.manifest import ModelSpec
-    from galleryvis.models import ModelError, load_model
+    from galleryvis.config.manifest import ModelSpec
+    from galleryvis.sources.loading import ModelError, load_model
 
     random = load_model(ModelSpec(name="lraspp_mobilenet_v3_large", weights="none"), tmp_path, CPU)
     assert random.task == "segmentation" and random.labels[15] == "person" and len(random.labels) == 21
@@ -339,8 +339,8 @@ def test_torchvision_segmentation_models_load_with_their_task(tmp_path) -> None:
 
 def test_huggingface_segformer_from_a_folder(tmp_path) -> None:
     """``hf:FOLDER`` of a ``*ForSemanticSegmentation``: loaded as one, task inferred, labels from id2label."""
-    from galleryvis.manifest import ModelSpec
-    from galleryvis.models import load_model
+    from galleryvis.config.manifest import ModelSpec
+    from galleryvis.sources.loading import load_model
 
     model = tiny_segformer()
     model.config.id2label = {i: f"part {i}" for i in range(6)}
@@ -353,9 +353,9 @@ def test_huggingface_segformer_from_a_folder(tmp_path) -> None:
 
 
 def test_manifest_task_is_one_of_the_tasks(tmp_path) -> None:
-    from galleryvis import schema
+    from galleryvis.config import schema
     from galleryvis.errors import ManifestError
-    from galleryvis.manifest import load_manifest
+    from galleryvis.config.manifest import load_manifest
 
     assert schema.field("models", "task").choices == tasks.TASKS
     (tmp_path / "galleryvis.toml").write_text('[[models]]\nname = "fcn_resnet50"\nweights = "none"\n'
@@ -368,8 +368,8 @@ def test_a_gallery_of_a_segmentation_model_is_refused_in_one_line(tmp_path) -> N
     """The build's plan reads one class per image: a segmentation or multi-label model is one
     manifest error naming the entry (explain it in Python meanwhile)."""
     from galleryvis.errors import ManifestError
-    from galleryvis.jobs import load_models
-    from galleryvis.manifest import load_manifest
+    from galleryvis.build.jobs import load_models
+    from galleryvis.config.manifest import load_manifest
 
     cat = IMAGES / "cat.png"
     (tmp_path / "galleryvis.toml").write_text(

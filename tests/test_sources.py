@@ -11,8 +11,8 @@ from PIL import Image
 from torch import nn
 
 import galleryvis
-from galleryvis.manifest import ManifestError, load_manifest
-from galleryvis.models import ModelAdapter, ModelError, load_model
+from galleryvis.config.manifest import ManifestError, load_manifest
+from galleryvis.sources.loading import ModelAdapter, ModelError, load_model
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -65,7 +65,7 @@ def test_timm_folder_through_the_manifest(timm_vit: nn.Module, timm_folder: Path
         # the crop: 80 % of the shorter side, bilinear, to 32 px
         img = Image.new("RGB", (40, 30), "red")
         expected = img.resize((32, 32), Image.Resampling.BILINEAR, box=(8, 3, 32, 27))
-        assert adapter.fit(img).tobytes() == expected.tobytes()
+        assert adapter.crop(img).tobytes() == expected.tobytes()
 
 
 def test_timm_weights_file_and_random(tmp_path: Path) -> None:
@@ -164,7 +164,7 @@ def test_a_build_uses_each_sources_preprocessing_and_escapes_its_labels(
     """The timm folder and the Hugging Face folder in one gallery: every attribution call gets
     the model's own mean and std, and the labels from the configs reach the pages escaped."""
     import galleryvis.engine
-    from galleryvis.pipeline import Options, build
+    from galleryvis.build.pipeline import Options, build
     from galleryvis.render import pages
 
     seen: list[tuple[tuple[float, ...], tuple[float, ...]]] = []
@@ -208,7 +208,7 @@ def test_default_cam_layers_of_hugging_face_models() -> None:
     from transformers import (ConvNextConfig, ConvNextForImageClassification, DeiTConfig,
                               DeiTForImageClassificationWithTeacher, SwinConfig, SwinForImageClassification)
 
-    from galleryvis.layers import default_layer
+    from galleryvis.engine.layers import default_layer
     from galleryvis.sources.huggingface import Logits
 
     torch.manual_seed(0)

@@ -19,8 +19,8 @@ import galleryvis
 from galleryvis import families, registry
 from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
 from galleryvis.hooks import LayerError, capture, hook_count
-from galleryvis.lite import efficientnet_lite
-from galleryvis.metrics import gaussian_blur
+from galleryvis.sources.lite import efficientnet_lite
+from galleryvis.engine import gaussian_blur
 from galleryvis.registry import TechniqueError
 from galleryvis.synthesis import param as P
 from galleryvis.synthesis import transforms as T
@@ -85,7 +85,7 @@ def small_net(cls: type[SmallNet] = SmallNet, *args: int) -> SmallNet:
 
 @pytest.fixture(scope="module")
 def lite0() -> nn.Module:
-    from galleryvis.lite import efficientnet_lite0
+    from galleryvis.sources.lite import efficientnet_lite0
 
     return efficientnet_lite0()
 
@@ -622,7 +622,7 @@ def test_synthesis_on_transformers(transformers: dict[str, nn.Module], name: str
 
 
 def test_fixed_input_sizes_are_read_from_the_model(transformers: dict[str, nn.Module]) -> None:
-    from galleryvis.layers import fixed_input_size
+    from galleryvis.engine.layers import fixed_input_size
 
     sizes = {name: fixed_input_size(model) for name, model in transformers.items()}
     assert sizes["vit"] == (64, 64) and sizes["swin"] is None and sizes["convnext"] is None

@@ -274,8 +274,8 @@ def test_a_dict_output_with_a_class_target_says_what_it_needs(tiny_seq: nn.Modul
 #: Calls of gather / softmax / log_softmax outside galleryvis/targets.py that are not about a
 #: model's output, by (module, function) with the reason; any other such call fails the test.
 NOT_OUTPUTS = {
-    ("galleryvis/attention.py", "self_attention"): "attention probabilities of a packed self-attention, recomputed",
-    ("galleryvis/attention.py", "_hf"): "attention probabilities of a Hugging Face ViT attention, recomputed",
+    ("galleryvis/engine/changes/attention.py", "self_attention"): "attention probabilities of a packed self-attention, recomputed",
+    ("galleryvis/engine/changes/attention.py", "_hf"): "attention probabilities of a Hugging Face ViT attention, recomputed",
     ("galleryvis/attribution/lrp.py", "_Tracer._attention"): "LRP's decomposition of attention into a softmax "
                                                              "and products (AttnLRP's softmax rule then applies)",
     ("galleryvis/attribution/cam.py", "scorecam"): "pytorch-grad-cam's softmax of the channel weights",

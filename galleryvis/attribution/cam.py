@@ -3,7 +3,7 @@
 Each returns (N, 1, h, w) at the layer's resolution (the engine upsamples bilinearly), except
 paper Score-CAM, which returns the input size because its ReLU follows the upsampling. A layer
 may output (N, C, H, W), channels last (N, H, W, C, Swin) or tokens (N, T, D, ViT): the
-:class:`~galleryvis.layers.Grid` of :meth:`Context.grid` maps it to (N, C, h, w) first.
+:class:`~galleryvis.engine.layers.Grid` of :meth:`Context.grid` maps it to (N, C, h, w) first.
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..engine import Context
-from ..registry import technique
-from ..tasks import TASKS
+from galleryvis.engine import Context
+from galleryvis.registry import technique
+from galleryvis.tasks import TASKS
 
 
 def _layer(ctx: Context, layer: str, mode: str = "plain") -> tuple[Tensor, Tensor]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..engine import Context
-from ..registry import technique
-from .perturbation import confidence_weighted_masks, rise_masks
+from galleryvis.engine import Context
+from galleryvis.registry import technique
+from galleryvis.attribution.perturbation import confidence_weighted_masks, rise_masks
 
 
 def _given_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:

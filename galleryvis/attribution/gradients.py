@@ -5,10 +5,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..engine import Context
-from ..metrics import gaussian_blur
-from ..registry import technique
-from ..tasks import TASKS
+from galleryvis.engine import Context
+from galleryvis.engine import gaussian_blur
+from galleryvis.registry import technique
+from galleryvis.tasks import TASKS
 
 
 @technique("vanilla", output="input", signed=True, title="Vanilla Backpropagation", needs=("input_grad",),

@@ -59,12 +59,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..attention import self_attention
-from ..changes import capture, running
-from ..changes.canonizers import fold_batchnorm
-from ..engine import Context
-from ..errors import LayerError
-from ..registry import technique
+from galleryvis.engine.changes.attention import self_attention
+from galleryvis.engine.changes import capture, running
+from galleryvis.engine.changes.canonizers import fold_batchnorm
+from galleryvis.engine import Context
+from galleryvis.errors import LayerError
+from galleryvis.registry import technique
 
 RULES = ("epsilon", "gamma", "alpha_beta", "zplus", "composite")
 #: Inside attention: AttnLRP's softmax and uniform rules, or CP-LRP's constant attention.
@@ -471,7 +471,7 @@ class _Tracer(TorchFunctionMode):
     # -- where we are -------------------------------------------------------------------------
     @contextmanager
     def tracking(self) -> Iterator[None]:
-        """Keep :attr:`running` up to date while inside (:func:`galleryvis.changes.running`)."""
+        """Keep :attr:`running` up to date while inside (:func:`galleryvis.engine.changes.running`)."""
         with running(self.model) as self.running:
             yield
 

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..engine import Context
-from ..hooks import replaced_output
-from ..registry import technique
-from ..tasks import TASKS
-from .cam import layer_acts, weighted_cam
-from .gradients import baseline_image, chunk_sizes
+from galleryvis.engine import Context
+from galleryvis.hooks import replaced_output
+from galleryvis.registry import technique
+from galleryvis.tasks import TASKS
+from galleryvis.attribution.cam import layer_acts, weighted_cam
+from galleryvis.attribution.gradients import baseline_image, chunk_sizes
 
 
 def _windows(size: int, window: int, stride: int) -> list[int]:

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine import Context, fast_layout
-from ..hooks import RELU_FAMILY, output_rule
-from ..registry import technique
-from .gradients import baseline_image
+from galleryvis.engine import Context, fast_layout
+from galleryvis.hooks import RELU_FAMILY, output_rule
+from galleryvis.registry import technique
+from galleryvis.attribution.gradients import baseline_image
 
 FEATURES = ("grid", "slic")
 BASELINES = ("zero", "black", "blur")

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 
 from galleryvis.families import FAMILIES
 from galleryvis.naming import slug, unique_slugs
-from galleryvis.records import (Cell, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, Size,
+from galleryvis.render.records import (Cell, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, Size,
                                 TechniqueRecord, Variant)
 
 

@@ -1,6 +1,6 @@
 """Plain records in, a static site out: HTML pages, ``gallery.md``, ``style.css``, a favicon.
 
-Rendering never computes: it reads :class:`~galleryvis.records.Gallery` (paths, labels,
+Rendering never computes: it reads :class:`~galleryvis.render.records.Gallery` (paths, labels,
 scores) and writes text. The pictures are already in the output folder at the paths the
 records give, relative to the site root; every page sits in that root, so those paths are
 the links.
@@ -32,10 +32,10 @@ from typing import Any, Callable, Iterable
 
 import jinja2
 
-from galleryvis.fileio import atomic_write
-from galleryvis.records import Gallery, ModelRecord, TechniqueRecord
-from .grid import FAMILY_TITLES, METRICS, Slot, SiteModel, Table, titlecase, fmt_number, split_papers, target_text
-from .safe import MdSafe, md_finalize, embed_markdown, md_escape, render_markdown, site_url
+from galleryvis.storage.fileio import atomic_write
+from galleryvis.render.records import Gallery, ModelRecord, TechniqueRecord
+from galleryvis.render.grid import FAMILY_TITLES, METRICS, Slot, SiteModel, Table, titlecase, fmt_number, split_papers, target_text
+from galleryvis.render.safe import MdSafe, md_finalize, embed_markdown, md_escape, render_markdown, site_url
 
 
 _TECHNIQUE_NAME = re.compile(r"[A-Za-z0-9_-]+")

@@ -15,9 +15,9 @@ from typing import NamedTuple, Protocol, Sequence
 
 from torch import nn
 
-from ..engine import IMAGENET_MEAN, IMAGENET_STD
-from ..errors import ModelError
-from ..registry import suggest
+from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
+from galleryvis.errors import ModelError
+from galleryvis.registry import suggest
 
 
 class Spec(Protocol):
@@ -112,12 +112,12 @@ class ModelSource(Protocol):
 
 
 def _sources() -> Sequence[ModelSource]:
-    from .bundled import BundledSource
-    from .factory import FactorySource
-    from .huggingface import HuggingFaceSource
-    from .open_clip import OpenClipSource
-    from .timm import TimmSource
-    from .torchvision import TorchvisionSource
+    from galleryvis.sources.bundled import BundledSource
+    from galleryvis.sources.factory import FactorySource
+    from galleryvis.sources.huggingface import HuggingFaceSource
+    from galleryvis.sources.open_clip import OpenClipSource
+    from galleryvis.sources.timm import TimmSource
+    from galleryvis.sources.torchvision import TorchvisionSource
 
     return (FactorySource(), TimmSource(), HuggingFaceSource(), OpenClipSource(), BundledSource(), TorchvisionSource())
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..errors import ModelError
-from ..images import file_sha256
-from ..labels import imagenet_labels
-from . import LoadedModel, Spec, source_of
-from .weights import load_into, no_named_weights, random_init
+from galleryvis.errors import ModelError
+from galleryvis.storage.images import file_sha256
+from galleryvis.sources.labels import imagenet_labels
+from galleryvis.sources import LoadedModel, Spec, source_of
+from galleryvis.sources.weights import load_into, no_named_weights, random_init
 
 #: Models galleryvis ships itself, beside torchvision's classification models.
 BUNDLED_MODELS: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -36,7 +36,7 @@ class BundledSource:
         return name in BUNDLED_MODELS
 
     def offline(self) -> frozenset[str]:
-        from ..lite import VARIANTS
+        from galleryvis.sources.lite import VARIANTS
 
         return frozenset(n for n in BUNDLED_MODELS if importlib.util.find_spec(VARIANTS[n].package) is not None)
 
@@ -47,7 +47,7 @@ class BundledSource:
         return no_named_weights(name, weights)
 
     def load(self, spec: Spec, base: Path, what: str) -> LoadedModel:
-        from ..lite import VARIANTS, efficientnet_lite, weights_path
+        from galleryvis.sources.lite import VARIANTS, efficientnet_lite, weights_path
 
         weights = spec.weights
         pretrained = weights is None or weights.upper() == "DEFAULT"

@@ -7,9 +7,9 @@ from typing import Callable
 
 from torch import nn
 
-from ..images import file_sha256
-from . import LoadedModel, ModelError, Spec
-from .weights import load_into, no_named_weights, state_sha256
+from galleryvis.storage.images import file_sha256
+from galleryvis.sources import LoadedModel, ModelError, Spec
+from galleryvis.sources.weights import load_into, no_named_weights, state_sha256
 
 
 def _factory(spec: str, what: str) -> Callable[[], nn.Module]:

@@ -4,7 +4,7 @@
 (``save_pretrained``) or the local hub cache, never downloaded; preprocessing from the image
 processor config, labels from ``id2label``, and ``.logits`` unwrapped. CLIP and SigLIP models
 (``CLIPModel``, ``SiglipModel``) are image-text models: zero-shot classifiers over the entry's
-``prompts`` (:mod:`galleryvis.imagetext`), with the folder's tokenizer."""
+``prompts`` (:mod:`galleryvis.sources.imagetext`), with the folder's tokenizer."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,11 +14,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..engine import IMAGENET_MEAN, IMAGENET_STD
-from ..images import file_sha256
-from ..tasks import of_model
-from . import LoadedModel, ModelError, Spec, bare_name, source_of
-from .weights import folder_weights, no_named_weights
+from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
+from galleryvis.storage.images import file_sha256
+from galleryvis.tasks import of_model
+from galleryvis.sources import LoadedModel, ModelError, Spec, bare_name, source_of
+from galleryvis.sources.weights import folder_weights, no_named_weights
 
 #: PIL's resampling codes, as image processor configs write them.
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -103,7 +103,7 @@ def _auto_class(config: Any) -> Any:
     return transformers.AutoModelForSemanticSegmentation if segmentation else transformers.AutoModelForImageClassification
 
 
-#: The Hugging Face model types galleryvis reads as image-text models (:func:`galleryvis.imagetext.kind_of`).
+#: The Hugging Face model types galleryvis reads as image-text models (:func:`galleryvis.sources.imagetext.kind_of`).
 _IMAGE_TEXT_TYPES = ("clip", "siglip")
 
 
@@ -117,8 +117,8 @@ def _image_text_model(spec: Spec, folder: Path, config: Any, random: bool, files
     """A CLIP / SigLIP folder as a zero-shot classifier over ``spec.prompts`` (its tokenizer from the folder)."""
     from transformers import AutoModel, AutoTokenizer
 
-    from ..imagetext import zero_shot
-    from .weights import random_init
+    from galleryvis.sources.imagetext import zero_shot
+    from galleryvis.sources.weights import random_init
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)

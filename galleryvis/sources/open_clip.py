@@ -2,7 +2,7 @@
 or ``source = "open_clip"``, an architecture open_clip registers (``ViT-B-32``) or a model config
 file in open_clip's format (``open_clip:tiny.json``, relative to the manifest); weights a local
 checkpoint (a state dict, ``.pt`` or ``.safetensors``) or ``none``, never downloaded. The model
-becomes a zero-shot classifier over the entry's ``prompts`` (:mod:`galleryvis.imagetext`)."""
+becomes a zero-shot classifier over the entry's ``prompts`` (:mod:`galleryvis.sources.imagetext`)."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,9 +12,9 @@ from typing import Any
 
 from torch import nn
 
-from ..images import file_sha256
-from . import LoadedModel, ModelError, Spec, bare_name, close_names, source_of
-from .weights import load_state_dict, random_init
+from galleryvis.storage.images import file_sha256
+from galleryvis.sources import LoadedModel, ModelError, Spec, bare_name, close_names, source_of
+from galleryvis.sources.weights import load_state_dict, random_init
 
 
 def _open_clip(what: str) -> Any:
@@ -59,7 +59,7 @@ class OpenClipSource:
                          f"not {weights!r} (galleryvis never downloads open_clip's pretrained tags)")
 
     def load(self, spec: Spec, base: Path, what: str) -> LoadedModel:
-        from ..imagetext import zero_shot
+        from galleryvis.sources.imagetext import zero_shot
 
         open_clip = _open_clip(what)
         name, weights = bare_name(spec.name), spec.weights

@@ -9,10 +9,10 @@ from typing import Any
 
 from torch import nn
 
-from ..images import file_sha256
-from ..labels import imagenet_labels
-from . import LoadedModel, ModelError, Spec, bare_name, close_names, source_of
-from .weights import folder_weights, load_into, no_named_weights
+from galleryvis.storage.images import file_sha256
+from galleryvis.sources.labels import imagenet_labels
+from galleryvis.sources import LoadedModel, ModelError, Spec, bare_name, close_names, source_of
+from galleryvis.sources.weights import folder_weights, load_into, no_named_weights
 
 
 def _timm(what: str) -> Any:

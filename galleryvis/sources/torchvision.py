@@ -6,13 +6,13 @@ from pathlib import Path
 
 import torch
 
-from ..engine import IMAGENET_MEAN, IMAGENET_STD
-from ..images import file_sha256
-from ..labels import imagenet_labels
-from ..registry import suggest
-from ..tasks import TORCHVISION_SEGMENTATION
-from . import LoadedModel, ModelError, Spec, close_names, source_of
-from .weights import is_path, load_into, random_init
+from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
+from galleryvis.storage.images import file_sha256
+from galleryvis.sources.labels import imagenet_labels
+from galleryvis.registry import suggest
+from galleryvis.tasks import TORCHVISION_SEGMENTATION
+from galleryvis.sources import LoadedModel, ModelError, Spec, close_names, source_of
+from galleryvis.sources.weights import is_path, load_into, random_init
 
 
 @cache

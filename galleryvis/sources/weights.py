@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import ModelError
+from galleryvis.sources import ModelError
 
 
 def load_state_dict(path: Path, what: str) -> dict[str, Tensor]:

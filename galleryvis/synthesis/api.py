@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import families, registry
-from ..engine import IMAGENET_MEAN, IMAGENET_STD, fast_layout, model_device
-from ..fold import prepare
-from ..hooks import LayerError, deterministic, prepared
-from ..layers import default_layer, fixed_input_size
-from ..registry import TechniqueError
-from .objectives import LayerTap, tap
+from galleryvis import families, registry
+from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD, fast_layout, model_device
+from galleryvis.engine.fold import prepare
+from galleryvis.hooks import LayerError, deterministic, prepared
+from galleryvis.engine.layers import default_layer, fixed_input_size
+from galleryvis.registry import TechniqueError
+from galleryvis.synthesis.objectives import LayerTap, tap
 
 Units = int | Sequence[int] | Tensor | None
 
@@ -36,7 +36,7 @@ def synthesis_technique(name: str, *, title: str, paper: str, summary: str, laye
                               inputs=families.Inputs(unit, unit_required, image, model_size))
 
 
-def fit(x: Tensor, size: tuple[int, int] | None) -> Tensor:
+def resized_to(x: Tensor, size: tuple[int, int] | None) -> Tensor:
     """``x`` resized (bilinear, differentiable) to ``size``, the one input size a model such as a
     ViT accepts; unchanged when ``size`` is None (a model that takes any size) or already met."""
     if size is None or tuple(x.shape[-2:]) == size:
@@ -45,7 +45,7 @@ def fit(x: Tensor, size: tuple[int, int] | None) -> Tensor:
 
 
 @dataclass
-class Job:
+class Chunk:
     """What a synthesis technique sees for one chunk of items.
 
     ``units[i]`` is item ``i``'s channel (or class); ``gens[i]`` its own random generator, seeded
@@ -63,19 +63,26 @@ class Job:
     device: torch.device
     tap: LayerTap | None = None
     input_size: tuple[int, int] | None = None
+    report: Callable[[int, int], None] | None = None
 
     @property
     def n(self) -> int:
         return len(self.units)
 
-    def fit(self, x: Tensor) -> Tensor:
-        """``x`` at :attr:`input_size` (:func:`fit`)."""
-        return fit(x, self.input_size)
+    def advance(self, done: int, total: int) -> None:
+        """Tell the caller how far a long technique is: ``done`` of its ``total`` steps on this
+        chunk. Free when nobody listens."""
+        if self.report is not None:
+            self.report(done, total)
+
+    def at_input_size(self, x: Tensor) -> Tensor:
+        """``x`` at :attr:`input_size` (:func:`resized_to`)."""
+        return resized_to(x, self.input_size)
 
     def normalize(self, x01: Tensor) -> Tensor:
         """Image space [0, 1] -> the model's input space (channels_last on the CPU), at the
         model's input size where it has a fixed one."""
-        return fast_layout(self.fit((x01 - self.mean) / self.std))
+        return fast_layout(self.at_input_size((x01 - self.mean) / self.std))
 
     def to01(self, x: Tensor) -> Tensor:
         """The model's input space -> image space (not clamped)."""
@@ -155,6 +162,7 @@ def synthesize(
     seed: int = 0,
     mean: Sequence[float] | Tensor = IMAGENET_MEAN,
     std: Sequence[float] | Tensor = IMAGENET_STD,
+    within: Callable[[int, int], None] | None = None,
     **params: Any,
 ) -> SynthesisResult:
     """Optimize or reconstruct images with a feature-visualization technique.
@@ -180,6 +188,8 @@ def synthesize(
         seed: items are seeded from ``(seed, unit)``: a fixed seed gives the same images, and a
             batched call the same images as separate calls.
         mean, std: the model's input normalization.
+        within: called ``(done, total)`` while a long technique runs (steps of every item), so
+            a caller's progress moves; None: nobody listens.
         **params: the technique's parameters (validated against the registry).
 
     Returns:
@@ -187,7 +197,7 @@ def synthesize(
         trace float32 CPU (steps, N).
     """
     tech = registry.get(technique)
-    api = families.get(tech.family).api
+    api = families.named(tech.family).api
     if api != "synthesize":
         raise TechniqueError(
             f"{technique!r} is an {tech.family} technique; use galleryvis.{api}() for it "
@@ -241,7 +251,7 @@ def synthesize(
         else:
             size = resolved.get("size", 224)
             probe_x = (torch.full((1, 3, size, size), 0.5, device=device) - mean_t) / std_t
-        probe_x = fit(probe_x, input_size)
+        probe_x = resized_to(probe_x, input_size)
         layer_tap = None
         if tech.layer != "none" and layer is None:
             layer = default_layer(model, probe_x)
@@ -265,10 +275,12 @@ def synthesize(
 
         images, traces = [], []
         for i, unit in enumerate(units):  # one item per pass: see the docstring's ``channel``
-            job = Job(model=model, layer=layer, units=[unit],
-                      image=None if x is None else x[i:i + 1],
-                      gens=[torch.Generator().manual_seed(_item_seed(seed, unit))],
-                      mean=mean_t, std=std_t, device=device, tap=layer_tap, input_size=input_size)
+            job = Chunk(model=model, layer=layer, units=[unit],
+                          image=None if x is None else x[i:i + 1],
+                          gens=[torch.Generator().manual_seed(_item_seed(seed, unit))],
+                          mean=mean_t, std=std_t, device=device, tap=layer_tap, input_size=input_size,
+                          report=None if within is None else
+                          (lambda done, total, i=i: within(i * total + done, len(units) * total)))
             img, trace = tech.fn(job, **resolved)
             images.append(img.detach().float().clamp(0, 1).cpu())
             traces.append(trace.detach().float().cpu())

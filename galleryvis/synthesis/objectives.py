@@ -10,9 +10,9 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..changes import conv_sizes, forward_hooks, resolve_layer
-from ..errors import LayerError
-from ..layers import Patches
+from galleryvis.engine.changes import conv_sizes, forward_hooks, resolve_layer
+from galleryvis.errors import LayerError
+from galleryvis.engine.layers import Patches
 
 
 class _Reached(Exception):
@@ -27,7 +27,7 @@ class LayerTap:
     is the layer's output, as in :func:`galleryvis.hooks.capture`. Later calls stop the forward
     right after that call, so nothing past the layer is computed (the per-step cost of an early
     layer is a fraction of a full forward+backward). A token (N, T, D) or channels-last
-    (N, H, W, C) output is returned as (N, C, h, w) (its :class:`~galleryvis.layers.Grid`,
+    (N, H, W, C) output is returned as (N, C, h, w) (its :class:`~galleryvis.engine.layers.Grid`,
     decided in each forward, whose input size the transforms change), so a unit is always a
     channel. Use it through :func:`tap`.
     """

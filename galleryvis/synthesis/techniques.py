@@ -15,16 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..changes import redirected_relus
-from ..hooks import guided
-from ..metrics import gaussian_blur
-from ..progress import advance
-from ..targets import Class
-from . import param as P
-from .api import Job, synthesis_technique
-from .objectives import (alpha_norm, relative_distance, total_variation, unit_mean,
+from galleryvis.engine.changes import redirected_relus
+from galleryvis.hooks import guided
+from galleryvis.engine import gaussian_blur
+from galleryvis.targets import Class
+from galleryvis.synthesis import param as P
+from galleryvis.synthesis.api import Chunk, synthesis_technique
+from galleryvis.synthesis.objectives import (alpha_norm, relative_distance, total_variation, unit_mean,
                          unit_square_mean)
-from .transforms import random_affine, roll
+from galleryvis.synthesis.transforms import random_affine, roll
 
 
 def _ascent_step(opt: torch.optim.Optimizer, tensor: Tensor, loss: Tensor) -> None:
@@ -44,7 +43,7 @@ def _trace(values: list[Tensor], n: int, device: torch.device) -> Tensor:
     choices={"param": ("fft", "pixel")},
     paper="Erhan et al. 2009; Olah et al. 2017, https://distill.pub/2017/feature-visualization/",
     summary="An image, optimized from noise, that maximizes the mean activation of one channel.")
-def filter_visualization(job: Job, *, steps: int = 128, size: int = 128, lr: float = 0.05,
+def filter_visualization(job: Chunk, *, steps: int = 128, size: int = 128, lr: float = 0.05,
                          param: str = "fft", transforms: bool = True, redirect: bool = True
                          ) -> tuple[Tensor, Tensor]:
     """Adam ascent on the channel's mean activation. ``param="fft"`` (default): lucent's
@@ -61,7 +60,7 @@ def filter_visualization(job: Job, *, steps: int = 128, size: int = 128, lr: flo
     trace = []
     with torch.enable_grad(), redirected_relus(job.model) if redirect else nullcontext():
         for t in range(steps):
-            advance("filter_visualization", t, steps)
+            job.advance(t, steps)
             img = p.image()
             if transforms:
                 img = random_affine(img, job.gens)
@@ -78,7 +77,7 @@ def filter_visualization(job: Job, *, steps: int = 128, size: int = 128, lr: flo
     choices={"scaling": ("symmetric", "minmax")},
     paper="Springenberg et al. 2014, https://arxiv.org/abs/1412.6806",
     summary="Guided backpropagation from one channel (or the whole layer) of a chosen layer.")
-def layer_activation(job: Job, *, scaling: str = "symmetric", clip: float = 0.99) -> tuple[Tensor, Tensor]:
+def layer_activation(job: Chunk, *, scaling: str = "symmetric", clip: float = 0.99) -> tuple[Tensor, Tensor]:
     """Guided-backprop gradient g of the channel's mean activation (the whole layer's when no
     channel is given) w.r.t. the input image, mapped per image to [0, 1] for display:
     ``symmetric`` (default) maps 0 to grey, 0.5 + g / (2 q), q the ``clip`` quantile of |g|,
@@ -89,7 +88,7 @@ def layer_activation(job: Job, *, scaling: str = "symmetric", clip: float = 0.99
     assert job.image is not None and job.tap is not None
     x = job.image.detach().clone().requires_grad_(True)
     with torch.enable_grad(), guided(job.model, "guided"):
-        obj = unit_mean(job.tap(job.fit(x)), job.units)
+        obj = unit_mean(job.tap(job.at_input_size(x)), job.units)
         (g,) = torch.autograd.grad(obj.sum(), x)
     flat = g.flatten(1)
     if scaling == "minmax":
@@ -106,7 +105,7 @@ def layer_activation(job: Job, *, scaling: str = "symmetric", clip: float = 0.99
     "deep_dream", title="Deep Dream", layer="one", unit="channel", image="required",
     paper="Mordvintsev et al. 2015, https://research.google/blog/inceptionism-going-deeper-into-neural-networks/",
     summary="Gradient ascent on a photo, over several scales (octaves), amplifying what a layer sees.")
-def deep_dream(job: Job, *, steps: int = 10, octaves: int = 3, octave_scale: float = 1.4,
+def deep_dream(job: Chunk, *, steps: int = 10, octaves: int = 3, octave_scale: float = 1.4,
                lr: float = 0.02, jitter: int = 16) -> tuple[Tensor, Tensor]:
     """Mordvintsev's loop. ``steps`` per octave; the photo is shrunk by ``octave_scale`` per
     octave, dreamed smallest first, and the detail added so far is carried up to the next scale.
@@ -130,7 +129,7 @@ def deep_dream(job: Job, *, steps: int = 10, octaves: int = 3, octave_scale: flo
         detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
         img = (octave_base + detail).clamp(0, 1)
         for t in range(steps):
-            advance("deep_dream", octave * steps + t, octaves * steps)
+            job.advance(octave * steps + t, octaves * steps)
             img.requires_grad_(True)
             with torch.enable_grad():
                 obj = objective(job.features(roll(img, job.gens, jitter)), job.units)
@@ -151,7 +150,7 @@ def deep_dream(job: Job, *, steps: int = 10, octaves: int = 3, octave_scale: flo
           "https://arxiv.org/abs/1506.06579; Olah et al. 2017, https://distill.pub/2017/feature-visualization/",
     summary="An image optimized to maximize one class logit: decorrelated Fourier parameterization "
             "with random transforms, or the seed's pixels with optional regularization.")
-def class_visualization(job: Job, *, steps: int = 96, size: int = 224, lr: float = 0.05,
+def class_visualization(job: Chunk, *, steps: int = 96, size: int = 224, lr: float = 0.05,
                         param: str = "fft", regularization: str = "none", l1_weight: float = 0.1,
                         l2_weight: float = 1.0, decay: float = 0.01, blur_every: int = 4,
                         blur_sigma: float = 1.0, norm_pct: float = 0.3, contrib_pct: float = 0.1,
@@ -195,7 +194,7 @@ def class_visualization(job: Job, *, steps: int = 96, size: int = 224, lr: float
     yos = regularization == "yosinski"
     trace = []
     for t in range(steps):
-        advance("class_visualization", t, steps)
+        job.advance(t, steps)
         with torch.enable_grad():
             x = z + job.mean
             if yos:
@@ -226,7 +225,7 @@ def class_visualization(job: Job, *, steps: int = 96, size: int = 224, lr: float
     return (z + job.mean).detach(), _trace(trace, job.n, job.device)
 
 
-def _class_fft(job: Job, objective: Class, steps: int, size: int, lr: float) -> tuple[Tensor, Tensor]:
+def _class_fft(job: Chunk, objective: Class, steps: int, size: int, lr: float) -> tuple[Tensor, Tensor]:
     """``class_visualization`` with ``param="fft"``: Adam on the spectrum, seen through random transforms."""
     start = None if job.image is None else job.to01(job.image).clamp(0, 1)
     hw = (size, size) if start is None else (start.shape[-2], start.shape[-1])
@@ -235,7 +234,7 @@ def _class_fft(job: Job, objective: Class, steps: int, size: int, lr: float) -> 
     trace = []
     with torch.enable_grad():
         for t in range(steps):
-            advance("class_visualization", t, steps)
+            job.advance(t, steps)
             logit = objective.score(job.logits(random_affine(p.image(), job.gens)))
             _ascent_step(opt, p.tensor, -logit.sum())
             trace.append(logit.detach())
@@ -253,7 +252,7 @@ def _above_quantile(v: Tensor, q: float) -> Tensor:
     "inverted_representation", title="Inverted Representation", layer="one", unit=None, image="required",
     paper="Mahendran & Vedaldi 2015, https://arxiv.org/abs/1412.0035",
     summary="An image reconstructed from a layer's representation of a photo, with natural-image priors.")
-def inverted_representation(job: Job, *, steps: int = 200, lr: float = 0.2, alpha: float = 6.0,
+def inverted_representation(job: Chunk, *, steps: int = 200, lr: float = 0.2, alpha: float = 6.0,
                             alpha_weight: float = 1.0, beta: float = 2.0, tv_weight: float = -1.0
                             ) -> tuple[Tensor, Tensor]:
     """Minimize ||phi(x) - phi(x0)||^2 / ||phi(x0)||^2 + alpha_weight * R_alpha + tv_weight * R_TV
@@ -266,7 +265,7 @@ def inverted_representation(job: Job, *, steps: int = 200, lr: float = 0.2, alph
     layer width): see :func:`default_tv_weight`. Trace (steps, N): the reconstruction term."""
     assert job.image is not None and job.tap is not None
     with torch.no_grad():
-        phi0 = job.tap(job.fit(job.image)).detach()
+        phi0 = job.tap(job.at_input_size(job.image)).detach()
     if tv_weight < 0:
         tv_weight = default_tv_weight(job.image.shape[-1], phi0.shape[-1] if phi0.dim() == 4 else 1)
     x = torch.cat([0.5 + 0.05 * torch.randn(1, *job.image.shape[1:], generator=g) for g in job.gens])
@@ -274,7 +273,7 @@ def inverted_representation(job: Job, *, steps: int = 200, lr: float = 0.2, alph
     opt = torch.optim.Adam([x], lr=lr)
     trace = []
     for t in range(steps):
-        advance("inverted_representation", t, steps)
+        job.advance(t, steps)
         opt.param_groups[0]["lr"] = lr * 0.1 ** (t / max(1, steps))
         with torch.enable_grad():
             rec = relative_distance(job.features(x), phi0)

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine import IMAGENET_MEAN, IMAGENET_STD, model_device
-from ..hooks import prepared
-from ..targets import Class
+from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD, model_device
+from galleryvis.hooks import prepared
+from galleryvis.targets import Class
 
 
 def class_rank(model: nn.Module, image01: Tensor, target: int, *, size: int,

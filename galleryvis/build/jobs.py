@@ -1,0 +1,252 @@
+"""The plan stage: every cell of a gallery as a plain, picklable :class:`Job`.
+
+A job names what to compute (model spec, image file and hash, technique spec, resolved
+parameters, layer, target, cache key) and carries its outcome (map, error, scores), never a
+loaded model or a decoded image: those live in a :class:`Workspace`, which an
+:class:`~galleryvis.build.executor.Executor` builds or rebuilds wherever it runs.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from galleryvis import families, registry
+from galleryvis.storage.cache import Cache, cache_key
+from galleryvis.storage.images import ImageError, file_sha256, load_image
+from galleryvis.config.manifest import Manifest, ManifestError, ModelSpec, TechniqueSpec, check_against_models
+from galleryvis.sources.loading import ModelAdapter, ModelError, choose_device, load_model
+from galleryvis.naming import unique_slugs
+from galleryvis.targets import Class
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An input image: its slug ``id``, file ``name``, ``path``, content ``sha`` and ``target``."""
+
+    id: str
+    name: str
+    path: Path
+    sha: str
+    target: int | str | None = None
+
+
+@dataclass
+class Job:
+    """One cell to produce, and what came of it. Plain data: it pickles, and holds no model.
+
+    ``model`` is the manifest's model spec, ``image`` the input, ``tech`` the technique entry
+    with its ``params`` resolved, ``layer`` and ``target`` as resolved for this model, ``key``
+    the cache key and ``covers`` what it is the hash of (recorded in the cache entry).
+    ``result`` (the raw map, or a synthesis image), ``error``, ``cached``, ``metrics``,
+    ``curves``, ``trace``, ``unit`` (the channel a synthesis cell optimized) and ``seconds``
+    (its share of the compute and scoring time: a pass shared by techniques is charged to the
+    first that ran it, one shared by images is split evenly) are filled by the compute and
+    scoring stages.
+    """
+
+    model: ModelSpec
+    image: ImageRef
+    tech: TechniqueSpec
+    params: dict[str, Any]
+    layer: Any
+    target: int
+    key: str
+    covers: dict[str, Any] = field(default_factory=dict)
+    result: np.ndarray | None = None
+    error: str = ""
+    cached: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    trace: list[float] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it was not computed
+    unit: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # "compute" / "scoring": its share of the time
+
+    @property
+    def family(self) -> families.Family:
+        """The technique's family (how the cell is computed, stored and shown)."""
+        return families.named(registry.get(self.tech.name).family)
+
+    @property
+    def per_image(self) -> bool:
+        """Whether the cell depends on its image (see :func:`reads_image`)."""
+        return reads_image(self.tech)
+
+
+def reads_image(tspec: TechniqueSpec) -> bool:
+    """Whether a row's cells depend on the image: not those of a technique that does not need
+    the image (class visualization) when the row names its own ``target``; such a row has one
+    cell per model, planned with the first image (which it does not read)."""
+    return tspec.target is None or registry.get(tspec.name).inputs.image == "required"
+
+
+@dataclass
+class LoadedImage:
+    """An input image decoded, with each model's input made once."""
+
+    ref: ImageRef
+    pil: Image.Image
+    _inputs: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def input_for(self, adapter: ModelAdapter) -> torch.Tensor:
+        """The model's normalized (3, size, size) input for this image, made once per model."""
+        if adapter.id not in self._inputs:
+            self._inputs[adapter.id] = adapter.preprocess(self.pil)
+        return self._inputs[adapter.id]
+
+
+@dataclass
+class Workspace:
+    """The loaded side of a build: models by id and decoded images by id."""
+
+    models: dict[str, ModelAdapter]
+    images: dict[str, LoadedImage]
+
+    def adapter(self, job: Job) -> ModelAdapter:
+        return self.models[job.model.id]
+
+    def image(self, job: Job) -> LoadedImage:
+        return self.images[job.image.id]
+
+    def inputs(self, jobs: list[Job]) -> torch.Tensor:
+        """The jobs' model inputs stacked (N, 3, size, size); all jobs of one model."""
+        adapter = self.adapter(jobs[0])
+        return torch.stack([self.image(j).input_for(adapter) for j in jobs])
+
+
+def load_models(manifest: Manifest) -> dict[str, ModelAdapter]:
+    """Every model of the manifest, loaded; all problems (also layer/target checks) at once."""
+    errors: list[str] = []
+    try:
+        device = choose_device(manifest.gallery.device)
+    except ModelError as exc:
+        raise ManifestError([f"{manifest.label}: gallery.device: {exc}"]) from None
+    adapters: dict[str, ModelAdapter] = {}
+    for spec in manifest.models:
+        try:
+            adapters[spec.id] = load_model(spec, manifest.root, device, f"{manifest.label}: {spec.field}")
+        except ModelError as exc:
+            errors.append(str(exc))
+    errors += check_against_models(manifest, adapters)
+    if errors:
+        raise ManifestError(errors)
+    return adapters
+
+
+def read_images(manifest: Manifest) -> list[LoadedImage]:
+    """The manifest's images, decoded, hashed and given unique slug ids (used by build and explain);
+    every file that does not decode is reported at once, naming its manifest entry."""
+    ids = unique_slugs([s.path.stem for s in manifest.images])
+    out, errors = [], []
+    for i, s in zip(ids, manifest.images):
+        try:
+            out.append(LoadedImage(ImageRef(i, s.path.name, s.path, file_sha256(s.path), s.target), load_image(s.path)))
+        except ImageError as exc:
+            errors.append(f"{manifest.label}: {s.field}.path: {exc}")
+    if errors:
+        raise ManifestError(list(dict.fromkeys(errors)))
+    return out
+
+
+def workspace(manifest: Manifest) -> Workspace:
+    """The manifest's models loaded and images decoded."""
+    return Workspace(load_models(manifest), {img.ref.id: img for img in read_images(manifest)})
+
+
+def _target_index(adapter: ModelAdapter, target: int | str | None, top1: int) -> int:
+    if target is None:
+        return top1
+    if isinstance(target, int):
+        return target
+    lowered = [name.lower() for name in adapter.labels]
+    return lowered.index(target.lower())
+
+
+def model_covers(adapter: ModelAdapter) -> dict[str, Any]:
+    """What decides a model's outputs: its weights (their fingerprint) and its preprocessing."""
+    return {"model": adapter.name, "fingerprint": adapter.fingerprint, **adapter.preprocessing}
+
+
+def model_input(adapter: ModelAdapter, img: ImageRef) -> dict[str, Any]:
+    """What decides a model's output for an image: the image's hash and :func:`model_covers`;
+    part of every cache key of a cell that reads its image."""
+    return {"image": img.sha, **model_covers(adapter)}
+
+
+def prediction_key(adapter: ModelAdapter, img: ImageRef) -> str:
+    """The cache key of a model's softmax probabilities for an image."""
+    return cache_key(kind="predict", **model_input(adapter, img))
+
+
+def _predictions(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache) -> dict[str, np.ndarray]:
+    """Softmax probabilities per image id, from the cache when possible."""
+    out: dict[str, np.ndarray] = {}
+    for img in images:
+        key = prediction_key(adapter, img.ref)
+        entry = cache.get(key)
+        if entry is None:
+            probs = Class.probabilities(adapter.logits(img.input_for(adapter)[None]))[0].numpy()
+            cache.put(key, probs.astype(np.float32),
+                      {"image": img.ref.name, "model": adapter.id, "covers": model_input(adapter, img.ref)})
+        else:
+            probs = entry.array
+        out[img.ref.id] = probs
+    return out
+
+
+def layer_for(adapter: ModelAdapter, tspec: TechniqueSpec) -> Any:
+    """The technique entry's own layer, else the model's layer for that technique, else the
+    model's default CAM layer for techniques that need one."""
+    tech = registry.get(tspec.name)
+    chosen = tspec.layer if tspec.layer is not None else adapter.layer_for(tech.name)
+    if chosen is None and tech.layer in ("one", "many"):
+        chosen = adapter.default_layer()
+    if tech.layer == "many" and isinstance(chosen, str):
+        chosen = (chosen,)
+    return chosen if chosen is None or isinstance(chosen, str) else tuple(chosen)
+
+
+def plan(manifest: Manifest, ws: Workspace, cache: Cache, force: bool
+         ) -> tuple[list[Job], dict[str, dict[str, np.ndarray]]]:
+    """Every cell with its cache key, and each model's predictions; cached cells are marked."""
+    jobs: list[Job] = []
+    preds: dict[str, dict[str, np.ndarray]] = {}
+    images = list(ws.images.values())
+    device_class = "cpu"
+    for spec in manifest.models:
+        adapter = ws.models[spec.id]
+        device_class = adapter.device.type
+        preds[spec.id] = _predictions(adapter, images, cache)
+        for tspec in manifest.techniques:
+            tech = registry.get(tspec.name)
+            params = registry.resolve_params(tech, tspec.params)
+            if tech.inputs.model_size and "size" not in tspec.given:
+                params["size"] = adapter.size
+            layer = layer_for(adapter, tspec)
+            each_image = reads_image(tspec)
+            for img in images if each_image else images[:1]:
+                wanted = img.ref.target if tspec.target is None else tspec.target
+                target = _target_index(adapter, wanted, int(preds[spec.id][img.ref.id].argmax()))
+                covers = {"kind": families.named(tech.family).stores,
+                          **(model_input(adapter, img.ref) if reads_image else model_covers(adapter)),
+                          "technique": tech.name, "version": tech.version,
+                          "params": params, "layer": layer, "target": target, "device": device_class}
+                job = Job(spec, img.ref, tspec, params, layer, target, cache_key(**covers), covers)
+                if not force and cache.has(job.key):
+                    job.cached = True
+                jobs.append(job)
+    return jobs, preds
+
+
+def plan_lines(jobs: list[Job]) -> list[str]:
+    """One line per (model, technique): how many cells are to compute and how many cached."""
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for j in jobs:
+        counts[(j.model.id, j.tech.id)][0 if not j.cached else 1] += 1
+    return [f"{m} / {t}: {c[0]} to compute, {c[1]} cached" for (m, t), c in counts.items()]

@@ -1,0 +1,285 @@
+"""The site stage: computed jobs -> pictures -> plain records -> pages, in a staged folder."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import time
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from galleryvis.render import postprocess
+from galleryvis import registry
+from galleryvis.storage.fileio import atomic_write
+from galleryvis.storage.images import fit
+from galleryvis.build.jobs import Job, LoadedImage, Workspace, layer_for
+from galleryvis.config.manifest import Manifest
+from galleryvis.sources.loading import ModelAdapter
+from galleryvis.naming import unique_slugs
+from galleryvis.build.progress import Stages
+from galleryvis.render.records import (RECORDS_FILE, Cell, ColourScale, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, Size,
+                      TechniqueRecord, Variant)
+from galleryvis.storage.sitefiles import staged
+
+#: Thumbnail box in CSS pixels; the full-resolution view serves 2x screens (``srcset``).
+THUMB = 160
+#: WebP settings of every picture: lossy, deterministic for the same pixels (quality 55 keeps the
+#: complete gallery, 38 rows x 3 photos x 2 models, under 8 MB; the maps are smooth enough).
+WEBP = {"quality": 55, "method": 6}
+#: The viewer's map values: at most this many samples on the long side (box-averaged).
+VALUES_SIZE = 40
+
+#: The sentence each ``[gallery] scale`` puts on the pages.
+SCALING = {
+    "per-map": "each map on its own scale",
+    "per-image": "one scale per technique and image, shared by the models",
+    "per-row": "one scale per technique row, shared by every image and model",
+}
+
+
+def display_kind(tech: registry.Technique, raw: np.ndarray) -> str:
+    """The postprocess kind a cell is drawn as: a one-channel gradient is a heatmap."""
+    return "cam" if tech.kind == "gradient" and raw.shape[0] == 1 else tech.kind
+
+
+def pictures(tech: registry.Technique, raw: np.ndarray, image: Image.Image, colormap: str | None = None,
+             alpha: float = 0.5, scale: postprocess.Limits | None = None,
+             outlier_perc: float = postprocess.OUTLIER_PERC) -> list[tuple[str, str, Image.Image]]:
+    """The display variants of one cell's raw map, chosen by the technique's display kind."""
+    return postprocess.variants(display_kind(tech, raw), raw.astype(np.float32), image, colormap=colormap,
+                                alpha=alpha, guided=tech.split_sign, scale=scale, outlier_perc=outlier_perc)
+
+
+def title(tid: str, name: str) -> str:
+    """The row title: the technique's display name, plus what sets this entry apart
+    (``"layercam (block 4)"`` -> ``"LayerCAM (block 4)"``)."""
+    base = registry.get(name).title
+    if tid == name:
+        return base
+    rest = tid[len(name):].strip() if tid.startswith(name) else tid
+    return f"{base} {rest}" if rest.startswith("(") else f"{base} ({rest})"
+
+
+def _webp(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="WEBP", **WEBP)
+    return buf.getvalue()
+
+
+def _save(img: Image.Image, out: Path, rel: str) -> tuple[str, str, Size, Size]:
+    """Save a picture (WebP, full resolution) and its thumbnail under ``out``; their paths and sizes."""
+    thumb = postprocess.thumbnail(img, THUMB)
+    thumb_rel = "thumbs/" + rel
+    atomic_write(out / rel, _webp(img))
+    atomic_write(out / thumb_rel, _webp(thumb))
+    return rel, thumb_rel, Size(*img.size), Size(*thumb.size)
+
+
+def values_script(rel: str, kind: str, raw: np.ndarray) -> bytes:
+    """The map's display values for the viewer, as a script that works from ``file://`` too:
+    ``galleryvisMap({...})`` with the values box-averaged to at most :data:`VALUES_SIZE` on the
+    long side and quantized to 16 bits between ``lo`` and ``hi`` (little-endian, base64)."""
+    values = postprocess.display_values(kind, raw).astype(np.float32)
+    h, w = values.shape
+    f = max(1, math.ceil(max(h, w) / VALUES_SIZE))
+    small = np.asarray(Image.fromarray(values, "F").resize((max(1, w // f), max(1, h // f)), Image.Resampling.BOX))
+    lo, hi = float(small.min()), float(small.max())
+    q = np.rint((small - lo) / (hi - lo) * 65535) if hi > lo else np.zeros_like(small)
+    data = base64.b64encode(q.astype("<u2").tobytes()).decode("ascii")
+    payload = {"src": rel, "w": small.shape[1], "h": small.shape[0], "lo": lo, "hi": hi,
+               "quantity": postprocess.QUANTITY[postprocess.MAIN_VARIANT[kind]],
+               "q": data}
+    return f"galleryvisMap({json.dumps(payload, sort_keys=True)});\n".encode()
+
+
+def _range_text(span: tuple[float, float]) -> str:
+    return f"{span[0]:.3g} to {span[1]:.3g}"
+
+
+def _folder(job: Job) -> str:
+    """The folder of a cell's files, under its model's: its image's id, ``_`` for a row that reads no image."""
+    return job.image.id if job.per_image else "_"
+
+
+def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_pil: Image.Image,
+                 parts: tuple[dict[str, str], dict[str, str]], scale: postprocess.Limits | None,
+                 scale_keys: set[str]) -> Cell:
+    """The cell's record; its pictures go under the model's and the technique's name ``parts``.
+    ``scale`` is the shared value range of its group (None: the map's own)."""
+    tech = registry.get(job.tech.name)
+    adapter = ws.adapter(job)
+    explains_class = tech.inputs.unit == "target"
+    label = adapter.label(job.target) if explains_class else f"channel {job.unit}" if job.unit is not None else ""
+    image_id = job.image.id if job.per_image else ""  # a row that does not read its image: one cell per model
+    if job.error:
+        return Cell(job.model.id, image_id, job.tech.id, job.target, label, "failed", error=job.error)
+    assert job.result is not None
+    raw = job.result.astype(np.float32)
+    kind = display_kind(tech, raw)
+    g = manifest.gallery
+    pics = pictures(tech, raw, image_pil, g.colormap, g.alpha, scale, g.outlier_perc)
+    stem = f"img/{parts[0][job.model.id]}/{_folder(job)}/{parts[1][job.tech.id]}"
+    variants = []
+    for key, vlabel, pic in pics:
+        src, thumb, size, tsize = _save(pic, out, f"{stem}-{key}.webp")
+        alt = f"{title(job.tech.id, tech.name)} {vlabel.lower()}, model {job.model.id}, " \
+              + (f"image {job.image.name}, " if image_id else "") \
+              + (f"class {label} ({job.target})" if explains_class else label)
+        variants.append(Variant(key, vlabel, src, thumb, alt.rstrip(", "), size, tsize, key if key in scale_keys else "",
+                                _range_text(scale[key]) if scale is not None and key in scale else ""))
+    values = ""
+    if kind != "image":
+        values = f"{stem}.js"
+        atomic_write(out / values, values_script(values, kind, raw))
+    target = job.target if label == adapter.label(job.target) else None
+    return Cell(job.model.id, image_id, job.tech.id, target, label, "ok", variants=variants,
+                metrics=dict(job.metrics), curves=dict(job.curves), trace=list(job.trace), values=values,
+                skipped=dict(job.skipped))
+
+
+def _technique_records(manifest: Manifest) -> list[TechniqueRecord]:
+    out = []
+    for tspec in manifest.techniques:
+        tech = registry.get(tspec.name)
+        params = registry.resolve_params(tech, tspec.params)
+        out.append(TechniqueRecord(tspec.id, tech.name, title(tspec.id, tech.name), tech.family,
+                                   {k: v for k, v in params.items()}, tech.doc or tech.summary, tech.paper,
+                                   tech.kind, tech.group))
+    return out
+
+
+def _scale_mode(manifest: Manifest, tech_id: str) -> str:
+    spec = next(t for t in manifest.techniques if t.id == tech_id)
+    return spec.scale or manifest.gallery.scale
+
+
+def shared_limits(manifest: Manifest, jobs: list[Job]) -> dict[int, postprocess.Limits]:
+    """Each successful job's shared value range (by ``id(job)``), for techniques whose scale is
+    per image or per row; per-map cells are left out (each uses its own)."""
+    groups: dict[tuple[Any, ...], list[Job]] = defaultdict(list)
+    for j in jobs:
+        if j.result is None or j.error:
+            continue
+        mode = _scale_mode(manifest, j.tech.id)
+        kind = display_kind(registry.get(j.tech.name), j.result)
+        if mode != "per-map" and kind != "image":
+            groups[(j.tech.id, kind, j.image.id if mode == "per-image" else None)].append(j)
+    out = {}
+    for (_, kind, _), group in groups.items():
+        span = postprocess.limits(kind, [j.result for j in group], manifest.gallery.outlier_perc)
+        out.update({id(j): span for j in group})
+    return out
+
+
+def _stops(colormap: str, n: int = 9) -> list[str]:
+    rgb = postprocess.apply_colormap(np.linspace(0.0, 1.0, n), colormap)
+    return [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in rgb.tolist()]
+
+
+def colour_scales(colormap: str | None = None, outlier_perc: float = postprocess.OUTLIER_PERC) -> dict[str, ColourScale]:
+    """The colour bar of every variant key, with what its ends mean."""
+    heat = colormap or postprocess.DEFAULT_COLORMAP
+    div = postprocess.DEFAULT_DIVERGING
+    clip = f"the top {outlier_perc:g} % of magnitudes clipped" if outlier_perc else "no clipping"
+    lo_h, hi_h = postprocess.ENDS[heat]
+    lo_d, hi_d = postprocess.ENDS[div]
+    q = postprocess.QUANTITY
+    grey = _stops("gray")
+    scales = [
+        ColourScale("color", "gray", grey, q["color"], f"dark: negative ({clip})", "bright: positive", "mid grey: 0"),
+        ColourScale("saliency", "gray", grey, q["saliency"], "black: 0", f"white: largest ({clip})"),
+        ColourScale("positive", "gray", grey, q["positive"], "black: 0", f"white: largest ({clip})"),
+        ColourScale("negative", "gray", grey, q["negative"], "black: 0", f"white: largest ({clip})"),
+        ColourScale("map", "gray", grey, q["map"], "black: lowest", "white: highest"),
+        ColourScale("heatmap", heat, _stops(heat), q["heatmap"], f"{lo_h}: lowest", f"{hi_h}: highest"),
+        ColourScale("overlay", heat, _stops(heat), q["overlay"], f"{lo_h}: lowest", f"{hi_h}: highest"),
+        ColourScale("diverging", div, _stops(div), q["diverging"], f"{lo_d}: negative", f"{hi_d}: positive ({clip})",
+                    "white: 0"),
+    ]
+    return {s.key: s for s in scales}
+
+
+def _raw_maps_zip(jobs: list[Job], parts: dict[str, str]) -> bytes:
+    """Every successful cell's raw map of one model as ``<image>/<technique>.npy`` (float16), in
+    a zip whose bytes depend only on the maps (a row that reads no image under ``_/``)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        for j in sorted(jobs, key=lambda j: (j.image.id, j.tech.id)):
+            npy = io.BytesIO()
+            np.save(npy, j.result.astype(np.float16), allow_pickle=False)  # type: ignore[union-attr]
+            info = zipfile.ZipInfo(f"{_folder(j)}/{parts[j.tech.id]}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, npy.getvalue())
+    return buf.getvalue()
+
+
+def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[str, dict[str, np.ndarray]],
+               rankings: list[Ranking], counts: dict[str, int], timings: Callable[[], dict[str, Any]], out: Path,
+               provenance: dict[str, Any] | None = None, stages: Stages | None = None) -> None:
+    """Render every page and picture into a staged folder that replaces ``out`` when complete;
+    ``counts`` (computed / cached / failed) show on the pages, ``timings()`` (asked for once the
+    pages are written, so it holds their time too: ``stages`` gets the pictures and pages
+    stages) goes to build.json and ``provenance`` (versions, device, seeds, fingerprints,
+    manifest hash, date) to the build page."""
+    from galleryvis.render import render_site
+
+    stages = stages or Stages()
+    with staged(out) as tmp:
+        t_pictures = time.perf_counter()
+        fitted: dict[tuple[str, Any], Image.Image] = {}
+
+        def crop(img: LoadedImage, adapter: ModelAdapter | None) -> Image.Image:
+            """The model's crop of the image (its size, crop and interpolation); 224 px for the listing."""
+            key = (img.ref.id, repr(adapter.preprocessing) if adapter else None)
+            if key not in fitted:
+                fitted[key] = adapter.crop(img.pil) if adapter else fit(img.pil, 224)
+            return fitted[key]
+
+        image_records = []
+        for img in ws.images.values():
+            src, thumb, size, tsize = _save(crop(img, None), tmp, f"img/input/{img.ref.id}.webp")
+            image_records.append(ImageRecord(img.ref.id, img.ref.name, src, thumb, size, tsize))
+        model_records = []
+        for spec in manifest.models:
+            a = ws.models[spec.id]
+            top5 = {i: [Prediction(int(k), a.label(int(k)), round(float(p[k]), 4)) for k in np.argsort(-p)[:5]]
+                    for i, p in preds[spec.id].items()}
+            layers = {}
+            for t in manifest.techniques:
+                lay = layer_for(a, t)
+                if lay is not None:
+                    layers[t.id] = lay if isinstance(lay, str) else ", ".join(lay)
+            model_records.append(ModelRecord(a.id, a.name, a.description, top5, layers, random_weights=a.random))
+        # File-name parts, distinct even for ids that differ only in case or punctuation.
+        ids = [m.id for m in manifest.models], [t.id for t in manifest.techniques]
+        parts = dict(zip(ids[0], unique_slugs(ids[0]))), dict(zip(ids[1], unique_slugs(ids[1])))
+        shared = shared_limits(manifest, jobs)
+        scales = colour_scales(manifest.gallery.colormap, manifest.gallery.outlier_perc)
+        cells = [_cell_record(job, ws, tmp, manifest, crop(ws.image(job), ws.adapter(job)), parts,
+                              shared.get(id(job)), set(scales)) for job in jobs]
+        downloads = {}
+        for spec in manifest.models if manifest.gallery.raw_maps else ():
+            done = [j for j in jobs if j.model.id == spec.id and j.result is not None and not j.error]
+            if done:
+                rel = f"downloads/{parts[0][spec.id]}-maps.zip"
+                atomic_write(tmp / rel, _raw_maps_zip(done, parts[1]))
+                downloads[spec.id] = rel
+        modes = {_scale_mode(manifest, t.id) for t in manifest.techniques}
+        scaling = "; ".join(SCALING[m] for m in ("per-map", "per-image", "per-row") if m in modes)
+        gallery = Gallery(manifest.gallery.title, manifest.gallery.description, image_records, model_records,
+                          _technique_records(manifest), cells, rankings, counts, scales=scales,
+                          scaling=scaling, base_url=manifest.gallery.base_url, build=provenance or {},
+                          downloads=downloads)
+        t_pages = time.perf_counter()
+        stages.add("pictures", t_pages - t_pictures)
+        render_site(gallery, tmp)
+        atomic_write(tmp / RECORDS_FILE, gallery.to_json())
+        stages.add("pages", time.perf_counter() - t_pages)
+        atomic_write(tmp / "build.json", json.dumps({**timings(), "provenance": provenance or {}}, indent=2,
+                                                   sort_keys=True).encode())

@@ -1,0 +1,148 @@
+"""Loaded models: the device, the :class:`ModelAdapter` a build works with, and loading a
+manifest model entry through its source (:mod:`galleryvis.sources`)."""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from galleryvis.engine.changes import prepared
+from galleryvis.engine.chunking import Chunking
+from galleryvis.engine import model_device
+from galleryvis.storage.images import fit, to_tensor
+from galleryvis.sources.imagetext import ImageText
+from galleryvis.sources.labels import imagenet_labels
+from galleryvis.engine.layers import default_layer
+from galleryvis.sources import LoadedModel, ModelError, source_for
+from galleryvis.tasks import TaskError, check_model
+
+__all__ = ["ModelAdapter", "ModelError", "choose_device", "imagenet_labels", "load_model", "seeded"]
+
+
+def choose_device(preference: str = "auto") -> torch.device:
+    """``auto``: CUDA, else MPS, else CPU; an explicitly requested device that is absent raises."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' requested but CUDA is not available; use \"auto\" or \"cpu\"")
+    if preference == "mps" and not has_mps:
+        raise ModelError("device 'mps' requested but MPS is not available; use \"auto\" or \"cpu\"")
+    if preference not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"unknown device {preference!r}; use auto, cpu, cuda or mps")
+    return torch.device(preference)
+
+
+@dataclass
+class ModelAdapter(LoadedModel):
+    """A loaded classifier with what the gallery needs: its source's record (model,
+    fingerprint, description, preprocessing, labels) under the manifest entry's ``id`` and
+    ``name``, with its ``layers`` per technique."""
+
+    id: str = ""
+    name: str = ""
+    layers: dict[str, Any] = field(default_factory=dict)
+    chunking: Chunking | None = None  # its chunk sizes once measured (executor.chunking_for)
+    task: str = "classification"  # what it does (galleryvis.tasks): the entry's task, else inferred
+    _num_classes: int | None = None
+    _default_layer: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    @property
+    def module_names(self) -> set[str]:
+        return {n for n, _ in self.model.named_modules() if n}
+
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is None:
+            self._num_classes = int(self.logits(torch.zeros(1, 3, self.size, self.size)).shape[1])
+        return self._num_classes
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What makes an image this model's input (part of every cache key of the model): size,
+        mean, std, interpolation and crop percentage."""
+        return {"size": self.size, "mean": self.mean, "std": self.std, "interpolation": self.interpolation,
+                "crop_pct": self.crop_pct}
+
+    def label(self, index: int) -> str:
+        """The class name of ``index`` ("class 7" when the model has no labels)."""
+        return self.labels[index] if 0 <= index < len(self.labels) else f"class {index}"
+
+    def crop(self, img: Image.Image) -> Image.Image:
+        """The crop of ``img`` the model sees (its size, crop percentage and interpolation)."""
+        return fit(img, self.size, self.crop_pct, self.interpolation)
+
+    def preprocess(self, img: Image.Image) -> Tensor:
+        """The model-input crop of ``img``, normalized, as a (3, size, size) tensor."""
+        return to_tensor(self.crop(img), self.mean, self.std)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Logits for a normalized batch, in eval mode (restored after), without autograd."""
+        with torch.no_grad(), prepared(self.model):
+            return self.model(x.to(self.device)).float().cpu()
+
+    def default_layer(self) -> str:
+        """The last convolutional block (probe forward), cached."""
+        if self._default_layer is None:
+            self._default_layer = default_layer(self.model, torch.zeros(1, 3, self.size, self.size, device=self.device))
+        return self._default_layer
+
+    def layer_for(self, technique: str) -> Any:
+        """The manifest's layer for ``technique``, else None (the engine's default)."""
+        return self.layers.get(technique)
+
+
+def _read_labels(path: Path, what: str) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelError(f"{what}: cannot read labels file {str(path)!r}: {exc.strerror}") from None
+    if path.suffix == ".json":
+        data = json.loads(text)
+        return [str(v) for v in (data if isinstance(data, list) else [data[k] for k in sorted(data, key=int)])]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Inside, torch's CPU random generator starts from ``seed``; after, it is as it was, so a
+    model built inside initializes the same every time and no caller's random stream moves."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+def load_model(spec: Any, base: Path, device: torch.device, what: str = "model") -> ModelAdapter:
+    """Build the model a manifest ``ModelSpec`` describes (through the source that handles it,
+    under :func:`seeded` ``spec.seed``) and move it to ``device``.
+
+    ``spec`` has ``name``, ``weights``, ``factory``, ``seed``, ``labels``, ``size``, ``mean``,
+    ``std``, ``layers``, ``id`` and ``prompts`` (image-text models only, refused for others);
+    relative paths resolve against ``base``; the entry's ``labels``, ``size``, ``mean`` and
+    ``std`` override what the source says.
+    """
+    with seeded(spec.seed):
+        loaded = source_for(spec).load(spec, base, what)
+    if spec.prompts is not None and not isinstance(loaded.model, ImageText):
+        raise ModelError(f"{what}: prompts are for image-text models (open_clip, Hugging Face CLIP / SigLIP); "
+                         f"{spec.name} is not one")
+    try:
+        task = check_model(spec.task, loaded.model, what)
+    except TaskError as exc:
+        raise ModelError(str(exc)) from None
+    labels = _read_labels(base / spec.labels, what) if spec.labels else list(loaded.labels)
+    size, mean, std = spec.size or loaded.size, spec.mean or loaded.mean, spec.std or loaded.std
+    return ModelAdapter(loaded.model.to(device).eval(), loaded.fingerprint, loaded.description, int(size),
+                        tuple(mean), tuple(std), labels, loaded.pinned, loaded.crop_pct, loaded.interpolation,
+                        loaded.files, loaded.random, id=spec.id, name=spec.name, layers=dict(spec.layers or {}),
+                        task=task)
