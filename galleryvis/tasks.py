@@ -23,12 +23,14 @@ TASKS: tuple[str, ...] = get_args(Task)
 OPT_IN = frozenset({"detection"})
 #: The tasks of a technique that names none.
 DEFAULT_TASKS: tuple[str, ...] = tuple(t for t in TASKS if t not in OPT_IN)
+#: The task of a model that declares none and that no source knows better.
+DEFAULT_TASK: str = "classification"
 #: The tasks whose raw output is logits (N, classes) (a class per image).
 CLASS_TASKS = frozenset({"classification", "multilabel"})
 
-#: The tasks a gallery build can show yet (its plan reads one class per image through softmax
-#: probabilities); the others work in the Python API and are refused by a build in one line.
-GALLERY_TASKS = frozenset({"classification", "image-text"})
+#: The tasks a gallery build can show yet (its plan reads one class per image, through the model's
+#: class confidences); the others work in the Python API and are refused by a build in one line.
+GALLERY_TASKS = frozenset({"classification", "multilabel", "image-text"})
 
 #: The torchvision builders of segmentation models (``torchvision.models.segmentation``).
 TORCHVISION_SEGMENTATION = ("fcn_", "deeplabv3_", "lraspp_")

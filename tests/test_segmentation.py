@@ -365,8 +365,8 @@ def test_manifest_task_is_one_of_the_tasks(tmp_path) -> None:
 
 
 def test_a_gallery_of_a_segmentation_model_is_refused_in_one_line(tmp_path) -> None:
-    """The build's plan reads one class per image: a segmentation or multi-label model is one
-    manifest error naming the entry (explain it in Python meanwhile)."""
+    """The build's plan reads one class per image: a segmentation model is one manifest error
+    naming the entry (explain it in Python meanwhile)."""
     from galleryvis.errors import ManifestError
     from galleryvis.build.jobs import load_models
     from galleryvis.config.manifest import load_manifest
@@ -380,9 +380,51 @@ def test_a_gallery_of_a_segmentation_model_is_refused_in_one_line(tmp_path) -> N
         load_models(load_manifest(tmp_path / "galleryvis.toml"))
     assert [m.split(": ", 1)[1] for m in exc.value.errors] == [
         "models[0].task: galleries of segmentation models are not built yet; explain model "
-        "'lraspp_mobilenet_v3_large' in Python with galleryvis.attribute (docs/tasks.md)",
-        "models[1].task: galleries of multilabel models are not built yet; explain model 'resnet18' in Python "
-        "with galleryvis.attribute (docs/tasks.md)"]
+        "'lraspp_mobilenet_v3_large' in Python with galleryvis.attribute (docs/tasks.md)"]
+
+
+def test_a_multilabel_gallery_reads_each_class_by_its_sigmoid(tmp_path) -> None:
+    """A multi-label model in a gallery: its top-5 are the sigmoids of its logits, each image
+    explains its class of highest sigmoid, deletion / insertion follow that class's sigmoid (as
+    ``metrics.deletion_insertion`` with ``targets.MultiLabel`` gives them) and the ranking's
+    protocol says so; the same model read as a classifier caches apart (softmax)."""
+    import json
+
+    from galleryvis.build.pipeline import Options, build
+    from galleryvis.config.manifest import load_manifest
+    from galleryvis.sources.loading import load_model
+    from galleryvis.storage.images import load_image
+
+    cat = IMAGES / "cat.png"
+    manifest = (f'[[images]]\npath = "{cat}"\n\n[[models]]\nname = "resnet18"\nweights = "none"\nsize = 64\n'
+                'task = "multilabel"\n\n[[techniques]]\nname = "gradcam"\n\n[metrics]\nenabled = true\n'
+                'sanity = false\nsteps = 4\n')
+    (tmp_path / "galleryvis.toml").write_text(manifest, encoding="utf-8")
+    loaded = load_manifest(tmp_path / "galleryvis.toml")
+    summary = build(loaded, Options(quiet=True, batch_size=2))
+    assert (summary.computed, summary.failed) == (1, 0)
+    gallery = json.loads((loaded.gallery.output / "gallery.json").read_text(encoding="utf-8"))
+
+    adapter = load_model(loaded.models[0], tmp_path, torch.device("cpu"))
+    assert adapter.task == "multilabel"
+    x = adapter.preprocess(load_image(cat).convert("RGB"))[None]
+    sigmoids = adapter.logits(x)[0].sigmoid()
+    top = gallery["models"][0]["predictions"][gallery["images"][0]["id"]]
+    assert [p["index"] for p in top] == sigmoids.topk(5).indices.tolist()
+    np.testing.assert_allclose([p["prob"] for p in top], sigmoids.topk(5).values.numpy(), atol=1e-4)
+
+    cell = gallery["cells"][0]
+    target = int(sigmoids.argmax())
+    assert cell["target_index"] == target
+    gradcam = galleryvis.attribute(adapter.model, x, "gradcam", target=targets.MultiLabel(target))
+    expected = deletion_insertion(adapter.model, x, gradcam, targets.MultiLabel(target), steps=4)
+    assert cell["metrics"]["deletion_auc"] == pytest.approx(float(expected.deletion_auc[0]), abs=1e-4)
+    assert cell["metrics"]["insertion_auc"] == pytest.approx(float(expected.insertion_auc[0]), abs=1e-4)
+    assert "target sigmoid" in gallery["rankings"][0]["protocol"]
+
+    (tmp_path / "galleryvis.toml").write_text(manifest.replace('task = "multilabel"\n', ""), encoding="utf-8")
+    again = build(load_manifest(tmp_path / "galleryvis.toml"), Options(quiet=True, batch_size=2))
+    assert again.computed == 1, "a classifier's softmax cells must not come from the multi-label cache"
 
 
 def test_segmentation_deletion_reads_the_regions_mean_probability() -> None:

@@ -22,7 +22,7 @@ from galleryvis.storage.images import ImageError, file_sha256, load_image
 from galleryvis.config.manifest import Manifest, ManifestError, ModelSpec, TechniqueSpec, check_against_models
 from galleryvis.sources.loading import ModelAdapter, ModelError, choose_device, load_model
 from galleryvis.naming import unique_slugs
-from galleryvis.targets import Class
+from galleryvis.tasks import DEFAULT_TASK
 
 
 @dataclass(frozen=True)
@@ -169,8 +169,10 @@ def _target_index(adapter: ModelAdapter, target: int | str | None, top1: int) ->
 
 
 def model_covers(adapter: ModelAdapter) -> dict[str, Any]:
-    """What decides a model's outputs: its weights (their fingerprint) and its preprocessing."""
-    return {"model": adapter.name, "fingerprint": adapter.fingerprint, **adapter.preprocessing}
+    """What decides a model's outputs: its weights (their fingerprint) and its preprocessing; and
+    how they are read, where that is not as a classifier's (a multi-label model's sigmoids)."""
+    read_as = {} if adapter.task == DEFAULT_TASK else {"task": adapter.task}
+    return {"model": adapter.name, "fingerprint": adapter.fingerprint, **adapter.preprocessing, **read_as}
 
 
 def model_input(adapter: ModelAdapter, img: ImageRef) -> dict[str, Any]:
@@ -180,18 +182,19 @@ def model_input(adapter: ModelAdapter, img: ImageRef) -> dict[str, Any]:
 
 
 def prediction_key(adapter: ModelAdapter, img: ImageRef) -> str:
-    """The cache key of a model's softmax probabilities for an image."""
+    """The cache key of a model's class confidences for an image."""
     return cache_key(kind="predict", **model_input(adapter, img))
 
 
 def _predictions(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache) -> dict[str, np.ndarray]:
-    """Softmax probabilities per image id, from the cache when possible."""
+    """Every class's confidence (:meth:`~galleryvis.sources.loading.ModelAdapter.confidences`)
+    per image id, from the cache when possible."""
     out: dict[str, np.ndarray] = {}
     for img in images:
         key = prediction_key(adapter, img.ref)
         entry = cache.get(key)
         if entry is None:
-            probs = Class.probabilities(adapter.logits(img.input_for(adapter)[None]))[0].numpy()
+            probs = adapter.confidences(img.input_for(adapter)[None])[0].numpy()
             cache.put(key, probs.astype(np.float32),
                       {"image": img.ref.name, "model": adapter.id, "covers": model_input(adapter, img.ref)})
         else:

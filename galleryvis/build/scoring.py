@@ -102,7 +102,7 @@ def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch
         what = f"{model_id}: sanity of {len(same_images)} technique(s)"
         _sanity(ws, same_images, spec, cache, batch_size, functools.partial(progress.within, what))
         progress.step(sum(map(len, same_images)), what)
-    return _rankings(groups, baselines, spec) if spec.deletion_insertion else []
+    return _rankings(ws, groups, baselines, spec) if spec.deletion_insertion else []
 
 
 def _transfer_ranks(jobs: list[Job], ws: Workspace, cache: Cache) -> None:
@@ -163,7 +163,7 @@ def _deletion_insertion(ws: Workspace, cell: list[Job], spec: MetricsSpec, cache
         t0 = time.perf_counter()
         maps = torch.cat([m.sum(1, keepdim=True) for _, m, _ in todo])  # what the ranking sums anyway
         res = metrics.deletion_insertion(
-            adapter.model, x.to(adapter.device), maps.to(adapter.device), [first.target],
+            adapter.model, x.to(adapter.device), maps.to(adapter.device), [adapter.objective(first.target)],
             steps=spec.steps, substrate=spec.substrate, rank_by=[r for _, _, r in todo],  # type: ignore[misc]
             images=[0] * len(todo), mean=adapter.mean, std=adapter.std,
             batch_size=_chunks(adapter, cache, batch_size).forward)
@@ -192,7 +192,8 @@ def _road(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, batc
             jobs = [group[i] for i in todo]
             maps = torch.from_numpy(np.stack([j.result for j in jobs]).astype(np.float32))
             fresh = metrics.road(adapter.model, ws.inputs(jobs).to(adapter.device), maps.to(adapter.device),
-                                 [j.target for j in jobs], percentile=spec.road_percentile, order=order,  # type: ignore[arg-type]
+                                 [adapter.objective(j.target) for j in jobs], percentile=spec.road_percentile,
+                                 order=order,  # type: ignore[arg-type]
                                  rank_by=_rank_by(jobs[0].tech.name),  # type: ignore[arg-type]
                                  batch_size=_chunks(adapter, cache, batch_size).forward)
             for i, v in zip(todo, fresh):
@@ -229,7 +230,7 @@ def _sanity(ws: Workspace, groups: list[list[Job]], spec: MetricsSpec, cache: Ca
         adapter = ws.adapter(first)
         calls = {g[0].tech.id: Call(g[0].tech.name, g[0].layer, g[0].params) for g in todo}
         results = metrics.sanity_many(adapter.model, ws.inputs(todo[0]).to(adapter.device), calls,
-                                      [j.target for j in todo[0]], max_steps=spec.sanity_steps,
+                                      [adapter.objective(j.target) for j in todo[0]], max_steps=spec.sanity_steps,
                                       batch_size=_chunks(adapter, cache, batch_size), mean=adapter.mean,
                                       std=adapter.std, control=False, within=within)
         for tech_id, res in results.items():
@@ -247,18 +248,20 @@ def _sanity(ws: Workspace, groups: list[list[Job]], spec: MetricsSpec, cache: Ca
                 j.skipped["sanity"] = "undefined: a map without spread has no rank correlation"
 
 
-def _rankings(groups: dict[tuple[str, str], list[Job]], baselines: dict[str, dict[str, list[tuple[float, float]]]],
-              spec: MetricsSpec) -> list[Ranking]:
+def _rankings(ws: Workspace, groups: dict[tuple[str, str], list[Job]],
+              baselines: dict[str, dict[str, list[tuple[float, float]]]], spec: MetricsSpec) -> list[Ranking]:
     per_model: dict[str, dict[str, tuple[float, float]]] = defaultdict(dict)
     for (model_id, tech_id), group in groups.items():
         scored = [j.metrics for j in group if "deletion_auc" in j.metrics]
         if scored:
             per_model[model_id][tech_id] = (float(np.mean([m["deletion_auc"] for m in scored])),
                                             float(np.mean([m["insertion_auc"] for m in scored])))
-    protocol = (f"Petsiuk et al. 2018: {spec.steps} steps, deleted pixels -> {spec.substrate}, "
-                "inserted onto a blurred copy, target softmax probability; mean over images")
+    first = {model_id: group[0] for (model_id, _), group in groups.items()}
     out = []
     for model_id, scores in per_model.items():
+        read_as = ws.adapter(first[model_id]).objective(0).confidence_words
+        protocol = (f"Petsiuk et al. 2018: {spec.steps} steps, deleted pixels -> {spec.substrate}, "
+                    f"inserted onto a blurred copy, target {read_as}; mean over images")
         for name, values in baselines[model_id].items():
             scores[name] = (float(np.mean([d for d, _ in values])), float(np.mean([i for _, i in values])))
         rows = [{"technique": r["technique"], "deletion_auc": round(r["deletion"], 4),

@@ -234,7 +234,8 @@ def deletion_insertion(
     curves = {curve: np.array([[values[slots[(curve, i, k)]] for k in range(steps + 1)] for i in range(n)],
                               dtype=np.float64).reshape(n, steps + 1)
               for curve in ("del", "ins")}
-    protocol = _protocol(steps, substrate, score, rank_of, blur_kernel, blur_sigma)
+    protocol = _protocol(steps, substrate, objective.confidence_words if score == "probability" else "logit", rank_of,
+                         blur_kernel, blur_sigma)
     return DeletionInsertion(
         deletion_auc=auc(curves["del"]), insertion_auc=auc(curves["ins"]),
         deletion_curve=curves["del"], insertion_curve=curves["ins"],
@@ -262,8 +263,7 @@ def auc(curves: np.ndarray) -> np.ndarray:
     return (curves.sum(-1) - (curves[..., 0] + curves[..., -1]) / 2) / steps
 
 
-def _protocol(steps: int, substrate: str, score: str, rank_by: Sequence[str], kernel: int, sigma: float) -> str:
-    what = "softmax probability" if score == "probability" else "logit"
+def _protocol(steps: int, substrate: str, what: str, rank_by: Sequence[str], kernel: int, sigma: float) -> str:
     rank = " or ".join({"signed": "signed value", "abs": "|value|"}[r] for r in sorted(set(rank_by), reverse=True))
     return (f"deletion/insertion (Petsiuk et al. 2018): {steps} steps of {100 / steps:.3g}% of the pixels, "
             f"ranked by the map's channel-summed {rank}; deleted pixels become {_SUBSTRATE_TEXT[substrate]}; "

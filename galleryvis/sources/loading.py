@@ -20,6 +20,7 @@ from galleryvis.sources.imagetext import ImageText
 from galleryvis.sources.labels import imagenet_labels
 from galleryvis.engine.layers import default_layer
 from galleryvis.sources import LoadedModel, ModelError, source_for
+from galleryvis.targets import CLASS_OBJECTIVES, Class
 from galleryvis.tasks import TaskError, check_model
 
 __all__ = ["ModelAdapter", "ModelError", "choose_device", "imagenet_labels", "load_model", "seeded"]
@@ -90,6 +91,15 @@ class ModelAdapter(LoadedModel):
         """Logits for a normalized batch, in eval mode (restored after), without autograd."""
         with torch.no_grad(), prepared(self.model):
             return self.model(x.to(self.device)).float().cpu()
+
+    def objective(self, index: int) -> Class:
+        """Class ``index`` as this model's task reads it (a softmax probability for a classifier,
+        a sigmoid for a multi-label one)."""
+        return CLASS_OBJECTIVES[self.task](index)
+
+    def confidences(self, x: Tensor) -> Tensor:
+        """Every class's confidence for a normalized batch (:meth:`objective`'s), (N, classes)."""
+        return CLASS_OBJECTIVES[self.task].probabilities(self.logits(x))
 
     def default_layer(self) -> str:
         """The last convolutional block (probe forward), cached."""

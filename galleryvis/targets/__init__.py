@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from numbers import Integral
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -59,6 +59,8 @@ class Objective(ABC):
     needs_output: bool = False
     #: The task whose output it reads (:data:`galleryvis.tasks.TASKS`); None: any output.
     task: str | None = None
+    #: What :meth:`confidence` is, in words a protocol line shows.
+    confidence_words: str = "confidence"
 
     @property
     def has_confidence(self) -> bool:
@@ -157,6 +159,7 @@ class Class(Objective):
     """
 
     task: str | None = "classification"
+    confidence_words = "softmax probability"
 
     def __init__(self, index: int | Sequence[int] | Tensor | np.ndarray | None = None) -> None:
         if isinstance(index, (Tensor, np.ndarray)):
@@ -241,6 +244,7 @@ class MultiLabel(Class):
     sigmoid. ``index`` as for :class:`Class`."""
 
     task: str | None = "multilabel"
+    confidence_words = "sigmoid"
 
     @staticmethod
     def probabilities(output: Any) -> Tensor:
@@ -251,6 +255,11 @@ class MultiLabel(Class):
         """The class logit's sigmoid in each row (float32 at least)."""
         logits = _logits(output, self.n)
         return logits.float().gather(1, self._indices(logits)[:, None])[:, 0].sigmoid()
+
+
+#: The objective of one class for each task whose output is a class per image (an image-text
+#: model's prompts are its classes).
+CLASS_OBJECTIVES: Mapping[str, type[Class]] = {"classification": Class, "multilabel": MultiLabel, "image-text": Class}
 
 
 def _spatial(output: Any, rows: int | None) -> Tensor:
