@@ -30,7 +30,7 @@ CLASS_TASKS = frozenset({"classification", "multilabel"})
 
 #: The tasks a gallery build can show yet (its plan reads one class per image, through the model's
 #: class confidences); the others work in the Python API and are refused by a build in one line.
-GALLERY_TASKS = frozenset({"classification", "multilabel", "image-text"})
+GALLERY_TASKS = frozenset({"classification", "multilabel", "segmentation", "image-text"})
 
 #: The torchvision builders of segmentation models (``torchvision.models.segmentation``).
 TORCHVISION_SEGMENTATION = ("fcn_", "deeplabv3_", "lraspp_")

@@ -10,6 +10,7 @@ the tutorials compute their mask. Run with ``-s`` to see every r.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -364,23 +365,81 @@ def test_manifest_task_is_one_of_the_tasks(tmp_path) -> None:
         load_manifest(tmp_path / "galleryvis.toml")
 
 
-def test_a_gallery_of_a_segmentation_model_is_refused_in_one_line(tmp_path) -> None:
-    """The build's plan reads one class per image: a segmentation model is one manifest error
-    naming the entry (explain it in Python meanwhile)."""
-    from galleryvis.errors import ManifestError
-    from galleryvis.build.jobs import load_models
+def _half_mask(photo: Path, folder: Path) -> Path:
+    """A binary image the photo's size: its left half."""
+    from PIL import Image
+
+    with Image.open(photo) as img:
+        w, h = img.size
+    mask = Image.new("L", (w, h), 0)
+    mask.paste(255, (0, 0, w // 2, h))
+    mask.save(folder / "left.png")
+    return folder / "left.png"
+
+
+def test_a_segmentation_gallery_explains_a_class_over_its_pixels_or_a_given_region(tmp_path) -> None:
+    """A segmentation model in a gallery: "top1" is the class covering most pixels (background
+    excepted), `{ class, mask }` explains a class over a given region; deletion / insertion read
+    the class's mean probability over that region (as ``metrics.deletion_insertion`` with
+    ``targets.Segment`` gives them), and the top-5 are the classes' shares of the pixels."""
+    import json
+
+    from galleryvis.build.pipeline import Options, build
     from galleryvis.config.manifest import load_manifest
+    from galleryvis.sources.loading import load_model
+    from galleryvis.storage.images import load_image
 
     cat = IMAGES / "cat.png"
+    mask = _half_mask(cat, tmp_path)
     (tmp_path / "galleryvis.toml").write_text(
-        '[[models]]\nname = "lraspp_mobilenet_v3_large"\nweights = "none"\n\n'
-        '[[models]]\nname = "resnet18"\nweights = "none"\ntask = "multilabel"\n\n'
-        f'[[images]]\npath = "{cat}"\n', encoding="utf-8")
+        f'[[images]]\npath = "{cat}"\n\n[[images]]\npath = "{cat}"\ntarget = {{ class = 8, mask = "left.png" }}\n\n'
+        '[[models]]\nname = "lraspp_mobilenet_v3_large"\nweights = "none"\nsize = 64\n\n'
+        '[[techniques]]\nname = "gradcam"\n\n[metrics]\nenabled = true\nsanity = false\nsteps = 4\n',
+        encoding="utf-8")
+    loaded = load_manifest(tmp_path / "galleryvis.toml")
+    summary = build(loaded, Options(quiet=True, batch_size=2))
+    assert (summary.computed, summary.failed) == (2, 0)
+    gallery = json.loads((loaded.gallery.output / "gallery.json").read_text(encoding="utf-8"))
+
+    adapter = load_model(loaded.models[0], tmp_path, torch.device("cpu"))
+    assert adapter.task == "segmentation"
+    x = adapter.preprocess(load_image(cat).convert("RGB"))[None]
+    with torch.no_grad():
+        shares = targets.Segment.probabilities(adapter.model(x))[0]
+    top = gallery["models"][0]["predictions"][gallery["images"][0]["id"]]
+    shown = [(k, round(float(shares[k]), 4)) for k in shares.topk(5).indices.tolist() if shares[k] > 0]
+    assert sorted((p["index"], p["prob"]) for p in top) == sorted(shown)
+    top1 = int(targets.Segment.top1(shares[None])[0])
+    region = torch.zeros(64, 64, dtype=torch.bool)
+    region[:, :32] = True
+    for cell, objective in zip(gallery["cells"], (targets.Segment(top1), targets.Segment(8, mask=region))):
+        assert cell["target_index"] == objective.cls
+        gradcam = galleryvis.attribute(adapter.model, x, "gradcam", target=objective)
+        expected = deletion_insertion(adapter.model, x, gradcam, objective, steps=4)
+        assert cell["metrics"]["deletion_auc"] == pytest.approx(float(expected.deletion_auc[0]), abs=1e-4)
+        assert cell["metrics"]["insertion_auc"] == pytest.approx(float(expected.insertion_auc[0]), abs=1e-4)
+
+
+def test_a_region_must_fit_its_photo_and_a_segmentation_model(tmp_path) -> None:
+    """A region of another size than the photo, or on a classifier, is one manifest error naming
+    the image entry."""
+    from galleryvis.build.jobs import load_models
+    from galleryvis.config.manifest import load_manifest
+    from galleryvis.errors import ManifestError
+    from PIL import Image
+
+    cat = IMAGES / "cat.png"
+    Image.new("L", (10, 10), 255).save(tmp_path / "small.png")
+    (tmp_path / "galleryvis.toml").write_text(
+        f'[[images]]\npath = "{cat}"\ntarget = {{ class = 8, mask = "small.png" }}\n\n'
+        '[[models]]\nname = "resnet18"\nweights = "none"\n', encoding="utf-8")
+    with pytest.raises(ManifestError, match=r"images\[0\]\.target\.mask: 'small\.png' is 10 x 10 pixels, the photo"):
+        load_manifest(tmp_path / "galleryvis.toml")
+    _half_mask(cat, tmp_path).rename(tmp_path / "small.png")
     with pytest.raises(ManifestError) as exc:
         load_models(load_manifest(tmp_path / "galleryvis.toml"))
     assert [m.split(": ", 1)[1] for m in exc.value.errors] == [
-        "models[0].task: galleries of segmentation models are not built yet; explain model "
-        "'lraspp_mobilenet_v3_large' in Python with galleryvis.attribute (docs/tasks.md)"]
+        "images[0].target.mask: a region is for segmentation models; model 'resnet18' is a classification model"]
 
 
 def test_a_multilabel_gallery_reads_each_class_by_its_sigmoid(tmp_path) -> None:

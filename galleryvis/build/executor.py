@@ -17,7 +17,7 @@ import torch
 
 from galleryvis import families, registry
 from galleryvis.engine import Call, attribute_calls
-from galleryvis.targets import Class
+from galleryvis.targets import Class, Segment
 from galleryvis.engine.changes import capture, prepared
 from galleryvis.synthesis import synthesize
 from galleryvis.storage.cache import Cache, cache_key
@@ -128,7 +128,7 @@ def _chunk(executor: LocalExecutor, chunk: list[list[Job]], chunks: Chunking, se
     take the others down), halving the batch on OOM."""
     adapter = executor.ws.adapter(chunk[0][0])
     x = executor.ws.inputs([cell[0] for cell in chunk])
-    targets = [adapter.objective(cell[0].target) for cell in chunk]
+    targets = [executor.ws.objective(cell[0]) for cell in chunk]
     columns = list(zip(*chunk))  # one tuple of jobs (one per image) per technique
     for group in [columns] if executor.share else [[col] for col in columns]:
         try:
@@ -144,7 +144,7 @@ def _chunk(executor: LocalExecutor, chunk: list[list[Job]], chunks: Chunking, se
                         job.error = one_line(exc)
 
 
-def _attribute(adapter: ModelAdapter, x: torch.Tensor, targets: list[Class], cols: list[tuple[Job, ...]],
+def _attribute(adapter: ModelAdapter, x: torch.Tensor, targets: list[Class | Segment], cols: list[tuple[Job, ...]],
                chunks: Chunking, seconds: dict[str, float], progress: Progress) -> None:
     col_of = {c[0].tech.id: c for c in cols}
     calls = {c[0].tech.id: Call(c[0].tech.name, c[0].layer, c[0].params) for c in cols}

@@ -19,9 +19,11 @@ from PIL import Image
 from galleryvis import families, registry
 from galleryvis.storage.cache import Cache, cache_key
 from galleryvis.storage.images import ImageError, file_sha256, load_image
-from galleryvis.config.manifest import Manifest, ManifestError, ModelSpec, TechniqueSpec, check_against_models
+from galleryvis.config.manifest import (Manifest, ManifestError, ModelSpec, Region, TechniqueSpec,
+                                        check_against_models)
 from galleryvis.sources.loading import ModelAdapter, ModelError, choose_device, load_model
 from galleryvis.naming import unique_slugs
+from galleryvis.targets import Class, Segment
 from galleryvis.tasks import DEFAULT_TASK
 
 
@@ -58,6 +60,7 @@ class Job:
     target: int
     key: str
     covers: dict[str, Any] = field(default_factory=dict)
+    region: Path | None = None  # a segmentation target's region (a mask file), None: the class's own pixels
     result: np.ndarray | None = None
     error: str = ""
     cached: bool = False
@@ -113,6 +116,10 @@ class Workspace:
 
     def image(self, job: Job) -> LoadedImage:
         return self.images[job.image.id]
+
+    def objective(self, job: Job) -> Class | Segment:
+        """What the job's cell explains, as its model's task reads its target (and region)."""
+        return self.adapter(job).objective(job.target, job.region)
 
     def inputs(self, jobs: list[Job]) -> torch.Tensor:
         """The jobs' model inputs stacked (N, 3, size, size); all jobs of one model."""
@@ -235,12 +242,14 @@ def plan(manifest: Manifest, ws: Workspace, cache: Cache, force: bool
             each_image = reads_image(tspec)
             for img in images if each_image else images[:1]:
                 wanted = img.ref.target if tspec.target is None else tspec.target
-                target = _target_index(adapter, wanted, int(preds[spec.id][img.ref.id].argmax()))
+                cls, region = (wanted.cls, wanted.mask) if isinstance(wanted, Region) else (wanted, None)
+                target = _target_index(adapter, cls, adapter.top1(torch.from_numpy(preds[spec.id][img.ref.id])))
                 covers = {"kind": families.named(tech.family).stores,
-                          **(model_input(adapter, img.ref) if reads_image else model_covers(adapter)),
+                          **(model_input(adapter, img.ref) if each_image else model_covers(adapter)),
                           "technique": tech.name, "version": tech.version,
-                          "params": params, "layer": layer, "target": target, "device": device_class}
-                job = Job(spec, img.ref, tspec, params, layer, target, cache_key(**covers), covers)
+                          "params": params, "layer": layer, "target": target, "device": device_class,
+                          **({} if region is None else {"region": file_sha256(region)})}
+                job = Job(spec, img.ref, tspec, params, layer, target, cache_key(**covers), covers, region)
                 if not force and cache.has(job.key):
                     job.cached = True
                 jobs.append(job)

@@ -163,7 +163,7 @@ def _deletion_insertion(ws: Workspace, cell: list[Job], spec: MetricsSpec, cache
         t0 = time.perf_counter()
         maps = torch.cat([m.sum(1, keepdim=True) for _, m, _ in todo])  # what the ranking sums anyway
         res = metrics.deletion_insertion(
-            adapter.model, x.to(adapter.device), maps.to(adapter.device), [adapter.objective(first.target)],
+            adapter.model, x.to(adapter.device), maps.to(adapter.device), [ws.objective(first)],
             steps=spec.steps, substrate=spec.substrate, rank_by=[r for _, _, r in todo],  # type: ignore[misc]
             images=[0] * len(todo), mean=adapter.mean, std=adapter.std,
             batch_size=_chunks(adapter, cache, batch_size).forward)
@@ -192,7 +192,7 @@ def _road(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, batc
             jobs = [group[i] for i in todo]
             maps = torch.from_numpy(np.stack([j.result for j in jobs]).astype(np.float32))
             fresh = metrics.road(adapter.model, ws.inputs(jobs).to(adapter.device), maps.to(adapter.device),
-                                 [adapter.objective(j.target) for j in jobs], percentile=spec.road_percentile,
+                                 [ws.objective(j) for j in jobs], percentile=spec.road_percentile,
                                  order=order,  # type: ignore[arg-type]
                                  rank_by=_rank_by(jobs[0].tech.name),  # type: ignore[arg-type]
                                  batch_size=_chunks(adapter, cache, batch_size).forward)
@@ -230,7 +230,7 @@ def _sanity(ws: Workspace, groups: list[list[Job]], spec: MetricsSpec, cache: Ca
         adapter = ws.adapter(first)
         calls = {g[0].tech.id: Call(g[0].tech.name, g[0].layer, g[0].params) for g in todo}
         results = metrics.sanity_many(adapter.model, ws.inputs(todo[0]).to(adapter.device), calls,
-                                      [adapter.objective(j.target) for j in todo[0]], max_steps=spec.sanity_steps,
+                                      [ws.objective(j) for j in todo[0]], max_steps=spec.sanity_steps,
                                       batch_size=_chunks(adapter, cache, batch_size), mean=adapter.mean,
                                       std=adapter.std, control=False, within=within)
         for tech_id, res in results.items():

@@ -248,8 +248,8 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         model_records = []
         for spec in manifest.models:
             a = ws.models[spec.id]
-            top5 = {i: [Prediction(int(k), a.label(int(k)), round(float(p[k]), 4)) for k in np.argsort(-p)[:5]]
-                    for i, p in preds[spec.id].items()}
+            top5 = {i: [Prediction(int(k), a.label(int(k)), round(float(p[k]), 4)) for k in np.argsort(-p)[:5] if p[k] > 0]
+                    for i, p in preds[spec.id].items()}  # a segmentation's classes: those it shows
             layers = {}
             for t in manifest.techniques:
                 lay = layer_for(a, t)

@@ -84,18 +84,28 @@ def _declared(section: str) -> Callable[[type[_Spec]], type[_Spec]]:
     return make
 
 
+class Region(NamedTuple):
+    """An image target given as a table with a region, ``{ class = "dog", mask = "dog-mask.png" }``:
+    the class (an index, a name, or None for the top-1 class) and the binary image, the photo's
+    size, of the pixels a segmentation model's class is explained over."""
+
+    cls: int | str | None
+    mask: Path
+
+
 @_declared("images")
 class ImageSpec:
     """One input image file (a glob in the manifest becomes one ImageSpec per file).
 
-    ``target`` is a class index, a class name from the model's labels, or None (top-1).
+    ``target`` is a class index, a class name from the model's labels, None (top-1), or a
+    :class:`Region` (a segmentation class over a given region).
     ``mask`` (a binary image the photo's size) or ``box`` (boxes ``(x0, y0, x1, y1)`` in the
     photo's pixels) says where the object is, checked against the photo; None when not given.
     ``field`` names the manifest entry it came from, e.g. ``images[2]``.
     """
 
     path: Path
-    target: int | str | None
+    target: int | str | Region | None
     mask: Path | None
     box: tuple[tuple[float, float, float, float], ...] | None
     field: str = ""
@@ -316,23 +326,27 @@ def check_against_models(manifest: Manifest, adapters: Mapping[str, Any]) -> lis
         lowered = {name.lower(): name for name in adapter.labels}
         reported: set[tuple[str, int | str]] = set()
         for entry in (*manifest.images, *manifest.techniques):
-            if entry.target is None or (entry.field, entry.target) in reported:
-                continue
-            reported.add((entry.field, entry.target))
+            target = entry.target.cls if isinstance(entry.target, Region) else entry.target
             where = f"{label}: {entry.field}.target"
-            if isinstance(entry.target, int) and entry.target >= adapter.num_classes:
+            if isinstance(entry.target, Region) and task != "segmentation" and (entry.field, "mask") not in reported:
+                reported.add((entry.field, "mask"))
+                errors.append(f"{where}.mask: a region is for segmentation models; model {model.id!r} is a {task} model")
+            if target is None or (entry.field, target) in reported:
+                continue
+            reported.add((entry.field, target))
+            if isinstance(target, int) and target >= adapter.num_classes:
                 errors.append(
-                    f"{where}: class index {entry.target} is out of range for model {model.id!r} "
+                    f"{where}: class index {target} is out of range for model {model.id!r} "
                     f"({adapter.num_classes} classes: 0..{adapter.num_classes - 1})"
                 )
-            elif isinstance(entry.target, str) and not adapter.labels:
+            elif isinstance(target, str) and not adapter.labels:
                 errors.append(
-                    f"{where}: model {model.id!r} has no class names, so target {entry.target!r} "
+                    f"{where}: model {model.id!r} has no class names, so target {target!r} "
                     "cannot be looked up (give the model a `labels` file, or use a class index)"
                 )
-            elif isinstance(entry.target, str) and entry.target.lower() not in lowered:
-                hint = registry.suggest(entry.target, adapter.labels, fold_case=True)
-                errors.append(f"{where}: model {model.id!r} has no class {entry.target!r}{hint}")
+            elif isinstance(target, str) and target.lower() not in lowered:
+                hint = registry.suggest(target, adapter.labels, fold_case=True)
+                errors.append(f"{where}: model {model.id!r} has no class {target!r}{hint}")
     return errors
 
 
@@ -588,7 +602,21 @@ class _Parser:
         return tuple(value)
 
     def read_target(self, value: Any, where: str, f: schema.Field) -> Any:
-        """A class index, a class name, or None for "top1"."""
+        """A class index, a class name, or None for "top1"; a table ``{ class = ..., mask = ... }``
+        (a :class:`Region` when it gives a mask, else its class)."""
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - {"class", "mask"})
+            if unknown:
+                self.error(where, f"unknown key {unknown[0]!r} in a target table (keys: class, mask)")
+                return _BAD
+            cls = self.read_target(value.get("class", "top1"), f"{where}.class", f)
+            mask = value.get("mask")
+            if cls is _BAD or mask is None:
+                return cls
+            if not isinstance(mask, str) or not mask.strip():
+                self.error(f"{where}.mask", f"expected the path of a binary image, got {_toml_type(mask)}")
+                return _BAD
+            return Region(cls, self.path(mask))
         if isinstance(value, str) and value.strip().lower() == "top1":
             return None
         if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -676,6 +704,8 @@ class _Parser:
             paths = self.expand(v["path"], f"{where}.path")  # decoded by the pipeline (jobs.read_images)
             if v["mask"] is not None or v["box"] is not None:
                 self.ground_truth(v, paths, where)
+            if isinstance(v["target"], Region):
+                self.region(v["target"].mask, v["path"], paths, f"{where}.target.mask")
             for path in paths:
                 specs.setdefault((path, v["target"]), ImageSpec(path, v["target"], v["mask"], v["box"], where))
         if isinstance(value, list) and not value:
@@ -708,17 +738,38 @@ class _Parser:
                     self.error(f"{where}.box", f"box {list(box)} lies outside the photo {v['path']!r} "
                                                f"({width} x {height} pixels)")
             return
-        try:
-            with Image.open(v["mask"]) as mask:
-                size, empty = mask.size, mask.convert("L").getbbox() is None
-        except (OSError, UnidentifiedImageError) as exc:
-            self.error(f"{where}.mask", f"{v['mask'].name!r} is not a readable image: {exc}")
+        self.mask_of(v["mask"], v["path"], (width, height), f"{where}.mask")
+
+    def region(self, mask: Path, text: str, paths: list[Path], where: str) -> None:
+        """Check a target's region against its one photo (as :meth:`ground_truth` checks a mask)."""
+        from PIL import Image, UnidentifiedImageError
+
+        if not paths:
             return
-        if size != (width, height):
-            self.error(f"{where}.mask", f"{v['mask'].name!r} is {size[0]} x {size[1]} pixels, the photo "
-                                        f"{v['path']!r} {width} x {height}")
+        if _has_magic(text) or len(paths) != 1:
+            self.error(where, f"needs `path` to name one image file, not the glob {text!r}")
+            return
+        try:
+            with Image.open(paths[0]) as photo:
+                size = photo.size
+        except (OSError, UnidentifiedImageError):
+            return  # the pipeline reports an unreadable photo
+        self.mask_of(mask, text, size, where)
+
+    def mask_of(self, mask: Path, text: str, size: tuple[int, int], where: str) -> None:
+        """A binary image of the photo ``text``'s ``size`` with an object pixel, or one error."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(mask) as img:
+                got, empty = img.size, img.convert("L").getbbox() is None
+        except (OSError, UnidentifiedImageError) as exc:
+            self.error(where, f"{mask.name!r} is not a readable image: {exc}")
+            return
+        if got != size:
+            self.error(where, f"{mask.name!r} is {got[0]} x {got[1]} pixels, the photo {text!r} {size[0]} x {size[1]}")
         elif empty:
-            self.error(f"{where}.mask", f"{v['mask'].name!r} has no object pixel (every pixel is 0)")
+            self.error(where, f"{mask.name!r} has no object pixel (every pixel is 0)")
 
     def expand(self, text: str, where: str) -> list[Path]:
         """The image files ``text`` names: one file, or a glob's files with image suffixes."""
@@ -909,6 +960,9 @@ class _Parser:
                 continue
             layer = None if v["layer"] is None else self.layer_for(tech, v["layer"], f"{where}.layer")
             target = v["target"]
+            if isinstance(target, Region):
+                self.error(f"{where}.target.mask", "a region is given per image (`[[images]] target`), not per technique")
+                target = None
             if target is not None and tech.inputs.unit != "target":
                 self.error(f"{where}.target", f"technique {name!r} optimizes a {tech.inputs.unit}, not a class")
                 target = None

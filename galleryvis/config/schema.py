@@ -133,9 +133,13 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("path", "string", "an image file, or a glob: `*` matches within a folder name, `**` any number of "
                                 "folders (`\"photos/**/*.jpg\"`), `?` one character, `[ab]` one of the characters",
               type="string, **required**"),
-        Field("target", "target", "the class to explain: `\"top1\"` (the model's own prediction, per model), a "
+        Field("target", "target", "the class to explain: `\"top1\"` (the model's own prediction, per model; a "
+                                  "segmentation model's class covering most pixels, background excepted), a "
                                   "class index (`281`), or a class name from the model's labels (`\"tabby\"`, "
-                                  "matched ignoring case)", None, "integer, string", '`"top1"`'),
+                                  "matched ignoring case); for a segmentation model also a table "
+                                  "`{ class = \"dog\", mask = \"dog-mask.png\" }`: the class explained over the "
+                                  "region of a binary image the photo's size (without `mask`: the pixels the model "
+                                  "assigns to the class)", None, "integer, string, table", '`"top1"`'),
         Field("mask", "file", "where the object is (ground truth for localisation metrics such as "
                               "`metrics.pointing_game`; the gallery does not score it yet): a binary image (non-zero "
                               "= object) the size of the photo, relative to the manifest; `path` must name one file",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -20,7 +21,7 @@ from galleryvis.sources.imagetext import ImageText
 from galleryvis.sources.labels import imagenet_labels
 from galleryvis.engine.layers import default_layer
 from galleryvis.sources import LoadedModel, ModelError, source_for
-from galleryvis.targets import CLASS_OBJECTIVES, Class
+from galleryvis.targets import CLASS_OBJECTIVES, Class, Segment
 from galleryvis.tasks import TaskError, check_model
 
 __all__ = ["ModelAdapter", "ModelError", "choose_device", "imagenet_labels", "load_model", "seeded"]
@@ -65,7 +66,7 @@ class ModelAdapter(LoadedModel):
     @property
     def num_classes(self) -> int:
         if self._num_classes is None:
-            self._num_classes = int(self.logits(torch.zeros(1, 3, self.size, self.size)).shape[1])
+            self._num_classes = int(self.confidences(torch.zeros(1, 3, self.size, self.size)).shape[1])
         return self._num_classes
 
     @property
@@ -92,14 +93,27 @@ class ModelAdapter(LoadedModel):
         with torch.no_grad(), prepared(self.model):
             return self.model(x.to(self.device)).float().cpu()
 
-    def objective(self, index: int) -> Class:
+    def objective(self, index: int, region: Path | None = None) -> Class | Segment:
         """Class ``index`` as this model's task reads it (a softmax probability for a classifier,
-        a sigmoid for a multi-label one)."""
-        return CLASS_OBJECTIVES[self.task](index)
+        a sigmoid for a multi-label one, the class's logits over its pixels for a segmentation
+        model); ``region``: a binary image of the photo's size, the pixels a segmentation class
+        is explained over instead (cropped as the photo is)."""
+        if region is None:
+            return CLASS_OBJECTIVES[self.task](index)
+        with Image.open(region) as img:
+            mask = np.asarray(self.crop(img.convert("L"))) >= 128
+        return Segment(index, mask=torch.from_numpy(mask))
 
     def confidences(self, x: Tensor) -> Tensor:
-        """Every class's confidence for a normalized batch (:meth:`objective`'s), (N, classes)."""
-        return CLASS_OBJECTIVES[self.task].probabilities(self.logits(x))
+        """Every class's confidence (a segmentation model: its share of the pixels) for a
+        normalized batch, (N, classes), float32 on the CPU."""
+        with torch.no_grad(), prepared(self.model):
+            output = self.model(x.to(self.device))
+        return CLASS_OBJECTIVES[self.task].probabilities(output).float().cpu()
+
+    def top1(self, confidences: Tensor) -> int:
+        """The class a ``"top1"`` target explains, from one image's :meth:`confidences`."""
+        return int(CLASS_OBJECTIVES[self.task].top1(confidences[None])[0])
 
     def default_layer(self) -> str:
         """The last convolutional block (probe forward), cached."""

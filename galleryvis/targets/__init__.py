@@ -192,6 +192,11 @@ class Class(Objective):
         """The softmax over classes of ``output`` (N, classes): every class's confidence."""
         return _logits(output).softmax(1)
 
+    @staticmethod
+    def top1(confidences: Tensor) -> Tensor:
+        """Each row's class of highest confidence (:meth:`probabilities`), (N,)."""
+        return confidences.argmax(1)
+
     def _indices(self, logits: Tensor) -> Tensor:
         """One class index per row of ``logits``, checked against its number of classes."""
         if self.index is None:
@@ -255,11 +260,6 @@ class MultiLabel(Class):
         """The class logit's sigmoid in each row (float32 at least)."""
         logits = _logits(output, self.n)
         return logits.float().gather(1, self._indices(logits)[:, None])[:, 0].sigmoid()
-
-
-#: The objective of one class for each task whose output is a class per image (an image-text
-#: model's prompts are its classes).
-CLASS_OBJECTIVES: Mapping[str, type[Class]] = {"classification": Class, "multilabel": MultiLabel, "image-text": Class}
 
 
 def _spatial(output: Any, rows: int | None) -> Tensor:
@@ -383,10 +383,7 @@ class Segment(Objective):
         if self.cls is None:
             counts = F.one_hot(labels, logits.shape[1])
             counts = (counts * mask[..., None] if mask is not None else counts).sum((1, 2))
-            others = counts[:, 1:]
-            top = torch.where(others.amax(1) > 0, others.argmax(1) + 1, counts.argmax(1)) if others.shape[1] \
-                else counts.argmax(1)
-            classes = top.tolist()
+            classes = Segment.top1(counts).tolist()
         else:
             classes = [self.cls] * n if isinstance(self.cls, int) else list(self.cls)
         if mask is None:
@@ -402,11 +399,35 @@ class Segment(Objective):
         return cls._bound([c for s in segs for c in s.cls], torch.cat([s.mask for s in segs]),  # type: ignore[misc]
                           sum(len(s) for s in segs))
 
+    @staticmethod
+    def probabilities(output: Any) -> Tensor:
+        """The share of each image's pixels the model assigns to each class (argmax over classes,
+        at the model's resolution), (N, classes): what a gallery lists as a segmentation's top classes."""
+        logits = _spatial(output, None)
+        return F.one_hot(logits.argmax(1), logits.shape[1]).flatten(1, 2).float().mean(1)
+
+    @staticmethod
+    def top1(confidences: Tensor) -> Tensor:
+        """Each row's class covering most pixels, background (class 0) excepted unless it is all
+        there is (as :meth:`resolve` decides ``Segment()``), from :meth:`probabilities`' shares."""
+        others = confidences[:, 1:]
+        if not others.shape[1]:
+            return confidences.argmax(1)
+        return torch.where(others.amax(1) > 0, others.argmax(1) + 1, confidences.argmax(1))
+
     def coverage(self) -> Tensor:
         """The fraction of the image's pixels in each row's region, (rows,) (a resolved segment)."""
         if self.mask is None:
             raise ValueError("Segment's region is decided by the model's output: resolve it first (targets.resolve)")
         return self.mask.flatten(-2).float().mean(-1).expand(len(self))
+
+
+#: The objective of one class for each task whose output names classes: its logit read by softmax
+#: (classification; an image-text model's prompts are its classes) or by its own sigmoid
+#: (multilabel), or its logits over the pixels the model assigns to it (segmentation). Each has
+#: ``probabilities(output)`` (every class's confidence or share, (N, classes)) and ``top1``.
+CLASS_OBJECTIVES: Mapping[str, type[Class] | type[Segment]] = {
+    "classification": Class, "multilabel": MultiLabel, "image-text": Class, "segmentation": Segment}
 
 
 class Text(Objective):
