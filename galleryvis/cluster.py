@@ -6,8 +6,8 @@ local executor does); each chunk, and each synthesis cell, is one task. Every mo
 ``workers`` actors (:class:`_ModelWorker`), each of which loads the model once, from the job's
 model spec (a weights file's bytes shipped through Ray's object store), on its node, and runs its tasks through a :class:`~galleryvis.executor.LocalExecutor`
 (so a failing technique or image is isolated, and the batch halved on out-of-memory, exactly
-as locally), storing results in the shared cache. A worker that dies is replaced by a new one and the
-tasks it had not finished are sent again (:data:`RETRIES` times at most; counted in
+as locally), storing results in the shared cache. A worker that dies is replaced by a new one
+and the tasks it had not finished are sent again (:data:`RETRIES` times at most; counted in
 :attr:`RayExecutor.faults`). The driver counts finished tasks on one progress bar and renders.
 """
 from __future__ import annotations
@@ -195,8 +195,9 @@ class RayExecutor:
 
     ``address``: the cluster (``ray://host:10001`` or ``host:6379``); None: ``RAY_ADDRESS``,
     else a local Ray instance started for this build. ``num_gpus``: GPUs per worker (None: 1
-    where the jobs were planned for CUDA, else 0); ``num_cpus``: CPUs per worker (what Ray reserves;
-    a worker computes with the driver's torch threads, so that its maps equal a local build's); ``workers``: actors per model.
+    where the jobs were planned for CUDA, else 0); ``num_cpus``: CPUs per worker (what Ray
+    reserves; a worker computes with the driver's torch threads, so that its maps equal a local
+    build's); ``workers``: actors per model. ``faults``: what the last :meth:`run` survived.
     """
 
     def __init__(self, root: Path, plugins: tuple[str, ...], batch_size: int | None, *, address: str | None = None,
@@ -209,6 +210,7 @@ class RayExecutor:
         self.faults = Faults()
 
     def run(self, jobs: Sequence[Job], cache: Cache, progress: Progress, seconds: dict[str, float]) -> None:
+        self.faults = Faults()
         if not jobs:
             return
         ray = _ray()
@@ -233,8 +235,9 @@ class RayExecutor:
             if job.model.id not in pools:
                 weights = _weights_file(job.model)
                 shipped = ray.put(weights.read_bytes()) if weights is not None else None  # once per build
-                starts[job.model.id] = partial(actor.remote, job.model, self.root, self.plugins, device, self.batch_size,
-                                               self.fail_fast, shipped, self.share, torch.get_num_threads())
+                starts[job.model.id] = partial(actor.remote, job.model, self.root, self.plugins, device,
+                                               self.batch_size, self.fail_fast, shipped, self.share,
+                                               torch.get_num_threads())
                 pools[job.model.id] = [starts[job.model.id]() for _ in range(self.workers)]
         cache_ref = ray.put(cache)
         pending: dict[Any, tuple[list[Job], int, int, Any]] = {}  # task -> (its jobs, worker slot, retries, worker)
@@ -288,10 +291,10 @@ def _retryable(ray: Any, exc: BaseException) -> bool:
     memory, its node lost: the task is sent again, to a new worker), not because of its own code
     or its worker's failing ``__init__`` (which a new worker would only repeat).
 
-    Ray's own ``max_restarts`` / ``max_task_retries`` are not used: a task sent to a worker that
-    Ray is restarting spends a retry on every attempt while the new process loads its model, and a
-    worker dead for good (restarts spent, or dead while loading) fails every task queued on it
-    with ``ActorDiedError``."""
+    The executor does this itself rather than through Ray's ``max_restarts`` /
+    ``max_task_retries``: with those, a worker that Ray gave up on (its restarts spent, or a
+    restart that failed) fails every task queued on it with ``ActorDiedError``, where a new worker
+    can still take them; and Ray's retries are invisible to the driver, which counts them here."""
     errors = ray.exceptions
     if isinstance(exc, errors.RayActorError):
         return not exc.actor_init_failed
