@@ -192,7 +192,7 @@ def main() -> None:
 @click.option("--ray-workers", type=click.IntRange(1, 1024), default=None,
               help="Ray workers per model (default: [gallery] ray_workers, else 1).")
 @click.option("--num-cpus", type=click.IntRange(1, 1024), default=None,
-              help="CPUs (torch threads) per Ray worker (default: [gallery] num_cpus, else 1).")
+              help="CPUs per Ray worker (default: [gallery] num_cpus, else 1).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--profile", is_flag=True, help="Print seconds per stage, model passes and the costliest cells.")
 @click.option("--no-shared-passes", "share_passes", flag_value=False, default=True,

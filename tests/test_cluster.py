@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow  # a Ray cluster per test: `pytest -m "not slow"` 
 
 PHOTOS = Path(__file__).resolve().parent.parent / "input_images"
 REPO = Path(__file__).resolve().parent.parent
+FAULTS = Path(tempfile.gettempdir()) / f"gv-faults-{os.getpid()}"  # see galleryvis.build.faults
 
 MANIFEST = """
 [gallery]
@@ -105,10 +106,13 @@ def cluster():
     their address (this process holds the token while the module runs). Stopped after."""
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray is not installed")
+    from galleryvis.build import faults
     from galleryvis.build.cluster import local_cluster
 
     mp = pytest.MonkeyPatch()
     mp.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))  # for the workers
+    FAULTS.mkdir(exist_ok=True)
+    mp.setenv(faults.ENV, str(FAULTS))  # the nodes' workers inherit it: a test arms a kill with a file there
     try:
         with local_cluster(Path(f"/tmp/gv-ray-{os.getpid()}"), nodes=2, cpus=1) as started:
             for name, value in started.env.items():
@@ -116,6 +120,7 @@ def cluster():
             yield started.address
     finally:
         mp.undo()
+        shutil.rmtree(FAULTS, ignore_errors=True)
 
 
 def _project(folder: Path, manifest: str) -> Path:
@@ -269,3 +274,115 @@ def test_asking_for_ray_without_it_installed_is_one_line_exit_2(tmp_path, monkey
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ['error: the ray executor needs Ray: pip install "galleryvis[ray]"']
     assert not (manifest.parent / "site").exists()
+
+
+FAULTY = """
+[gallery]
+title = "fault test"
+ray_workers = 1
+
+[[images]]
+path = "cat.png"
+
+[[images]]
+path = "coffee.png"
+
+[[models]]
+name = "resnet18"
+weights = "none"
+size = 48
+
+[[techniques]]
+name = "gradcam"
+
+[[techniques]]
+name = "integrated_gradients"
+params = { steps = 8 }
+"""
+
+
+def _arm(*kills: tuple[str, str]) -> list[Path]:
+    """Arm one kill per (point, model or image id) in the cluster's fault folder; their files."""
+    for old in FAULTS.iterdir():
+        old.unlink()
+    armed = [FAULTS / f"{point}-{n}" for n, (point, _) in enumerate(kills)]
+    for path, (_, name) in zip(armed, kills):
+        path.write_text(name)
+    return armed
+
+
+@pytest.fixture(scope="module")
+def two_threads():
+    """Torch on two threads in this process (the driver), restored after: the workers have one
+    CPU each, so their sums would round otherwise than the local build's."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def local_pictures(tmp_path_factory, two_threads) -> Path:
+    """FAULTY built locally, on two threads: its site."""
+    manifest = _project(tmp_path_factory.mktemp("local") / "p", FAULTY)
+    result = _build(manifest, "--no-cache", "--batch-size", "1")
+    assert result.exit_code == 0, result.output
+    return manifest.parent / "site"
+
+
+def _ray_build(tmp_path: Path, cluster: str, *kills: tuple[str, str], workers: int = 1):
+    """FAULTY built on the cluster, one image a task, with ``kills`` armed: the CLI's result, the
+    site, and build.json's fault counts; every kill fired."""
+    armed = _arm(*kills)
+    manifest = _project(tmp_path / "p", FAULTY.replace("ray_workers = 1", f"ray_workers = {workers}"))
+    result = CliRunner().invoke(main, ["build", str(manifest), "--batch-size", "1", "--executor", "ray",
+                                       "--ray-address", cluster])
+    assert "Traceback" not in result.output, result.output
+    assert [p.name for p in armed if not p.exists()] == [p.name for p in armed], result.output  # all fired
+    site = manifest.parent / "site"
+    return result, site, json.loads((site / "build.json").read_text())["summary"].get("faults")
+
+
+def test_one_cpu_workers_draw_the_pictures_of_a_local_build_on_two_threads(tmp_path, cluster, local_pictures):
+    result, site, faults = _ray_build(tmp_path, cluster)
+    assert result.exit_code == 0, result.output
+    assert faults == {"workers_restarted": 0, "tasks_retried": 0}
+    assert "0 failed, 0 workers restarted, 0 tasks retried in " in result.output
+    for pictures in ("img", "thumbs"):  # integrated gradients' clipped pictures included
+        assert _differing(local_pictures / pictures, site / pictures) == []
+
+
+@pytest.mark.parametrize("kill, restarted, retried", [
+    (("load", "resnet18"), 1, 2),  # while loading the model: both queued tasks go to a new worker
+    (("start", "cat"), 1, 2),  # during the first task (the second is queued on the same worker)
+    (("start", "coffee"), 1, 1),  # between tasks: cat.png's is done, coffee.png's not begun
+    (("end", "coffee"), 1, 1),  # the last task of the group, computed and cached but not returned
+], ids=["loading", "first-task", "between-tasks", "last-task"])
+def test_a_worker_killed_anywhere_never_fails_the_build(tmp_path, cluster, local_pictures, kill, restarted, retried):
+    result, site, faults = _ray_build(tmp_path, cluster, kill)
+    assert result.exit_code == 0, result.output
+    assert faults == {"workers_restarted": restarted, "tasks_retried": retried}
+    assert f"{restarted} worker restarted, {retried} task{'s' if retried > 1 else ''} retried" in result.output
+    for pictures in ("img", "thumbs"):  # the local build's gallery, byte for byte
+        assert _differing(local_pictures / pictures, site / pictures) == []
+
+
+def test_workers_killed_one_after_the_other_never_fail_the_build(tmp_path, cluster, local_pictures):
+    result, site, faults = _ray_build(tmp_path, cluster, ("start", "cat"), ("start", "cat"), workers=2)
+    assert result.exit_code == 0, result.output
+    assert faults == {"workers_restarted": 2, "tasks_retried": 2}  # cat.png's task, on a new worker each time
+    for pictures in ("img", "thumbs"):
+        assert _differing(local_pictures / pictures, site / pictures) == []
+
+
+def test_a_task_that_kills_every_worker_fails_alone_after_its_retries(tmp_path, cluster, local_pictures):
+    from galleryvis.build.cluster import RETRIES
+
+    result, site, faults = _ray_build(tmp_path, cluster, *[("start", "coffee")] * (RETRIES + 1))
+    assert result.exit_code == 1
+    failures = [line for line in result.output.splitlines() if line.startswith("failed:")]
+    assert len(failures) == 2 and all("coffee.png" in f and "ActorDiedError" in f for f in failures), failures
+    assert faults == {"workers_restarted": RETRIES, "tasks_retried": RETRIES}
+    assert _differing(local_pictures / "img" / "resnet18" / "cat", site / "img" / "resnet18" / "cat") == []

@@ -60,7 +60,7 @@ def photos128() -> Tensor:
     return torch.stack([photo("cat.png", (128, 128)), photo("coffee.png", (128, 128))])
 
 
-def detections_of(model: nn.Module, x: Tensor) -> list[dict[str, Tensor]]:
+def predicted(model: nn.Module, x: Tensor) -> list[dict[str, Tensor]]:
     with torch.no_grad():
         return model(x)
 
@@ -68,7 +68,7 @@ def detections_of(model: nn.Module, x: Tensor) -> list[dict[str, Tensor]]:
 def test_gradcam_agrees_with_pytorch_grad_cam_box_score_target(frcnn: nn.Module, photos128: Tensor) -> None:
     """Grad-CAM at backbone.body.layer4 with FasterRCNNBoxScoreTarget on each image's best
     detection, against galleryvis's Detection(cls, box) of the same detection."""
-    out = detections_of(frcnn, photos128)
+    out = predicted(frcnn, photos128)
     labels = [int(o["labels"][0]) for o in out]
     boxes = [o["boxes"][0] for o in out]
     with GradCAM(frcnn, target_layers=[frcnn.backbone.body.layer4]) as cam:
@@ -80,7 +80,7 @@ def test_gradcam_agrees_with_pytorch_grad_cam_box_score_target(frcnn: nn.Module,
 
 def test_detection_targets_choose_and_refuse(frcnn: nn.Module, photos128: Tensor) -> None:
     x = photos128[:1]
-    (out,) = detections_of(frcnn, x)
+    (out,) = predicted(frcnn, x)
     top = targets.resolve(targets.Detection(), frcnn, x, 8).reference()[0]
     assert top.label == int(out["labels"][out["scores"].argmax()]) and top.score == float(out["scores"].max())
     cls = int(out["labels"][-1])
@@ -200,7 +200,7 @@ def test_results_do_not_depend_on_the_other_images(small: nn.Module) -> None:
 def test_the_box_score_is_pytorch_grad_cams(small: nn.Module) -> None:
     """Detection's score is FasterRCNNBoxScoreTarget's value, and 0 when the box finds no match."""
     x = photo("cat.png", (64, 64))[None]
-    out = detections_of(small, x)
+    out = predicted(small, x)
     box, label = out[0]["boxes"][3], int(out[0]["labels"][3])
     objective = targets.resolve(targets.Detection(cls=label, box=box.tolist()), small, x, 8)
     expected = FasterRCNNBoxScoreTarget([label], [box.numpy()], IOU_THRESHOLD)(out[0])
@@ -258,7 +258,7 @@ def test_deletion_insertion_reads_the_drise_similarity(small: nn.Module) -> None
 def test_detection_techniques_leave_the_detector_as_before(small: nn.Module, name: str) -> None:
     from test_model_changes import assert_as_before, snapshot
 
-    detections_of(small, torch.rand(1, 3, 64, 64))  # torchvision's RoI pooler sets its scales on its first forward
+    predicted(small, torch.rand(1, 3, 64, 64))  # torchvision's RoI pooler sets its scales on its first forward
     before = snapshot(small)
     params = {"drise": {"masks": 4, "cells": 4}, "gradcam": {"layer": "backbone.2"}, "smoothgrad": {"samples": 2},
               "occlusion": {"window": 32, "stride": 32}}[name]

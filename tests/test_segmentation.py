@@ -390,7 +390,7 @@ def test_a_segmentation_gallery_explains_a_class_over_its_pixels_or_a_given_regi
     from galleryvis.storage.images import load_image
 
     cat = IMAGES / "cat.png"
-    mask = _half_mask(cat, tmp_path)
+    _half_mask(cat, tmp_path)
     (tmp_path / "galleryvis.toml").write_text(
         f'[[images]]\npath = "{cat}"\n\n[[images]]\npath = "{cat}"\ntarget = {{ class = 8, mask = "left.png" }}\n\n'
         '[[models]]\nname = "lraspp_mobilenet_v3_large"\nweights = "none"\nsize = 64\n\n'

@@ -6,8 +6,9 @@ local executor does); each chunk, and each synthesis cell, is one task. Every mo
 ``workers`` actors (:class:`_ModelWorker`), each of which loads the model once, from the job's
 model spec (a weights file's bytes shipped through Ray's object store), on its node, and runs its tasks through a :class:`~galleryvis.build.executor.LocalExecutor`
 (so a failing technique or image is isolated, and the batch halved on out-of-memory, exactly
-as locally), storing results in the shared cache. A killed worker is restarted and its
-task retried. The driver counts finished tasks on one progress bar and renders.
+as locally), storing results in the shared cache. A worker that dies is replaced by a new one
+and the tasks it had not finished are sent again (:data:`RETRIES` times at most; counted in
+:attr:`RayExecutor.faults`). The driver counts finished tasks on one progress bar and renders.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -25,12 +27,13 @@ from galleryvis.storage.cache import Cache
 from galleryvis.engine import default_batch_size
 from galleryvis.errors import ExecutorError
 from galleryvis.build.executor import LocalExecutor, compute_of
+from galleryvis.build.faults import Faults, checkpoint
 from galleryvis.errors import one_line
 from galleryvis.build.jobs import Job, LoadedImage, Workspace
 from galleryvis.config.manifest import ModelSpec
 from galleryvis.build.progress import Progress
 
-#: How often Ray restarts a killed worker, and retries the task it was running.
+#: How often a task is sent again after its worker died under it (each time to a new worker).
 RETRIES = 3
 
 
@@ -123,16 +126,21 @@ class _ModelWorker:
     """A Ray actor: one model, loaded once on its node, computing tasks of that model's jobs."""
 
     def __init__(self, spec: ModelSpec, root: Path, plugins: tuple[str, ...], device: str,
-                 batch_size: int | None, fail_fast: bool, weights: bytes | None = None, share: bool = True) -> None:
+                 batch_size: int | None, fail_fast: bool, weights: bytes | None = None, share: bool = True,
+                 threads: int | None = None) -> None:
         """``weights``: the bytes of the spec's weights file, shipped by the driver (the file is
         written to a temporary folder on this node, loaded and removed); None: none to ship.
-        ``batch_size`` None: the chunk sizes measured on this node (``executor.chunking_for``)."""
+        ``batch_size`` None: the chunk sizes measured on this node (``executor.chunking_for``).
+        ``threads``: torch's intra-op threads, the driver's (None: Ray's, ``num_cpus``), since a
+        CPU's sums round by how they are split among threads (see docs/scale-out.md)."""
         import dataclasses
         import tempfile
 
         from galleryvis.config import plugins as plugin_modules
         from galleryvis.sources.loading import choose_device, load_model
 
+        if threads is not None:
+            torch.set_num_threads(threads)
         plugin_modules.load_entry_points()
         for name in plugins:
             plugin_modules.load(name, root)
@@ -141,6 +149,7 @@ class _ModelWorker:
                 local = Path(folder) / Path(str(spec.weights)).name
                 local.write_bytes(weights)
                 spec = dataclasses.replace(spec, weights=str(local))
+            checkpoint("load", [spec.id])
             self.adapter = load_model(spec, root, choose_device(device), spec.field)
         self.batch_size, self.fail_fast, self.share = batch_size, fail_fast, share
         self.images: dict[str, LoadedImage] = {}
@@ -150,6 +159,8 @@ class _ModelWorker:
         """Run ``jobs`` (one chunk); their outcomes, seconds per technique id, and this node."""
         from galleryvis.storage.images import file_sha256, load_image
 
+        names = [self.adapter.id, *(job.image.id for job in jobs)]
+        checkpoint("start", names)
         for job in jobs:
             if job.covers["fingerprint"] != self.adapter.fingerprint:
                 raise ExecutorError(f"{job.model.id}: the weights on node {self.node} differ from the driver's")
@@ -161,6 +172,7 @@ class _ModelWorker:
         ws = Workspace({self.adapter.id: self.adapter}, self.images)
         seconds: dict[str, float] = {}
         LocalExecutor(ws, self.batch_size, self.fail_fast, self.share).run(jobs, cache, Progress(0, True), seconds)
+        checkpoint("end", names)
         return [Outcome(j.result, j.error, j.trace, j.unit) for j in jobs], seconds, self.node
 
 
@@ -184,8 +196,9 @@ class RayExecutor:
 
     ``address``: the cluster (``ray://host:10001`` or ``host:6379``); None: ``RAY_ADDRESS``,
     else a local Ray instance started for this build. ``num_gpus``: GPUs per worker (None: 1
-    where the jobs were planned for CUDA, else 0); ``num_cpus``: CPUs per worker (Ray sets its
-    torch threads to it); ``workers``: actors per model.
+    where the jobs were planned for CUDA, else 0); ``num_cpus``: CPUs per worker (what Ray
+    reserves; a worker computes with the driver's torch threads, so that its maps equal a local
+    build's); ``workers``: actors per model. ``faults``: what the last :meth:`run` survived.
     """
 
     def __init__(self, root: Path, plugins: tuple[str, ...], batch_size: int | None, *, address: str | None = None,
@@ -195,8 +208,10 @@ class RayExecutor:
         self.root, self.plugins, self.batch_size = root, plugins, batch_size
         self.address, self.num_gpus, self.num_cpus = address, num_gpus, num_cpus
         self.workers, self.fail_fast, self.share = workers, fail_fast, share
+        self.faults = Faults()
 
     def run(self, jobs: Sequence[Job], cache: Cache, progress: Progress, seconds: dict[str, float]) -> None:
+        self.faults = Faults()
         if not jobs:
             return
         ray = _ray()
@@ -213,35 +228,49 @@ class RayExecutor:
     def _run(self, ray: Any, jobs: Sequence[Job], cache: Cache, progress: Progress, seconds: dict[str, float]) -> None:
         device = jobs[0].covers["device"]
         gpus = self.num_gpus if self.num_gpus is not None else (1.0 if device == "cuda" else 0.0)
-        actor = ray.remote(num_cpus=self.num_cpus, num_gpus=gpus, max_restarts=RETRIES, max_task_retries=RETRIES)(_ModelWorker)
+        # Ray neither restarts a worker nor retries its tasks: this loop does both (see _retryable)
+        actor = ray.remote(num_cpus=self.num_cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0)(_ModelWorker)
+        starts: dict[str, Callable[[], Any]] = {}  # model id -> starts one more of its workers
         pools: dict[str, list[Any]] = {}
         for job in jobs:
             if job.model.id not in pools:
                 weights = _weights_file(job.model)
                 shipped = ray.put(weights.read_bytes()) if weights is not None else None  # once per build
-                pools[job.model.id] = [actor.remote(job.model, self.root, self.plugins, device, self.batch_size,
-                                                    self.fail_fast, shipped, self.share) for _ in range(self.workers)]
+                starts[job.model.id] = partial(actor.remote, job.model, self.root, self.plugins, device,
+                                               self.batch_size, self.fail_fast, shipped, self.share,
+                                               torch.get_num_threads())
+                pools[job.model.id] = [starts[job.model.id]() for _ in range(self.workers)]
         cache_ref = ray.put(cache)
-        pending: dict[Any, list[Job]] = {}
+        pending: dict[Any, tuple[list[Job], int, int, Any]] = {}  # task -> (its jobs, worker slot, retries, worker)
+
+        def submit(unit: list[Job], slot: int, retries: int) -> None:
+            worker = pools[unit[0].model.id][slot]
+            pending[worker.compute.remote(unit, cache_ref)] = (unit, slot, retries, worker)
+
         left = {model_id: 0 for model_id in pools}  # tasks per model not yet finished
         for n, unit in enumerate(units(jobs, self.batch_size or default_batch_size(torch.device(device)))):
-            pool = pools[unit[0].model.id]
-            pending[pool[n % len(pool)].compute.remote(unit, cache_ref)] = unit
+            submit(unit, n % self.workers, 0)
             left[unit[0].model.id] += 1
         while pending:
             (done,), _ = ray.wait(list(pending), num_returns=1)
-            unit = pending.pop(done)
-            left[unit[0].model.id] -= 1
-            if not left[unit[0].model.id]:  # free its workers' CPUs and GPUs for the next model's
-                for worker in pools[unit[0].model.id]:
-                    ray.kill(worker)
+            unit, slot, retries, worker = pending.pop(done)
+            pool = pools[unit[0].model.id]
             try:
                 outcomes, spent, node = ray.get(done)
             except ray.exceptions.RayError as exc:
+                if _retryable(ray, exc) and retries < RETRIES:
+                    if pool[slot] is worker:  # the first of its tasks to report its death: start another
+                        ray.kill(worker)  # (it may be alive but unreachable)
+                        pool[slot] = starts[unit[0].model.id]()
+                        self.faults.restarted += 1
+                    self.faults.retried += 1
+                    submit(unit, slot, retries + 1)
+                    continue
                 if self.fail_fast:
                     raise
+                why = one_line(exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc)
                 for job in unit:
-                    job.error = one_line(exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc)
+                    job.error = f"{why} (retried {retries} times)" if retries else why
                 node = "?"
             else:
                 for job, outcome in zip(unit, outcomes):
@@ -251,4 +280,23 @@ class RayExecutor:
                         cache.used.add(job.key)
                 for tech_id, s in spent.items():
                     seconds[tech_id] = seconds.get(tech_id, 0.0) + s
+            left[unit[0].model.id] -= 1
+            if not left[unit[0].model.id]:  # free its workers' CPUs and GPUs for the next model's
+                for live in pool:
+                    ray.kill(live)
             progress.mark(unit, f"{unit[0].model.id}: {len({j.image.id for j in unit})} image(s) on {node}")
+
+
+def _retryable(ray: Any, exc: BaseException) -> bool:
+    """Whether a task failed because its worker died or became unreachable (killed, out of
+    memory, its node lost: the task is sent again, to a new worker), not because of its own code
+    or its worker's failing ``__init__`` (which a new worker would only repeat).
+
+    The executor does this itself rather than through Ray's ``max_restarts`` /
+    ``max_task_retries``: with those, a worker that Ray gave up on (its restarts spent, or a
+    restart that failed) fails every task queued on it with ``ActorDiedError``, where a new worker
+    can still take them; and Ray's retries are invisible to the driver, which counts them here."""
+    errors = ray.exceptions
+    if isinstance(exc, errors.RayActorError):
+        return not exc.actor_init_failed
+    return isinstance(exc, (errors.WorkerCrashedError, errors.ObjectLostError, errors.LocalRayletDiedError))

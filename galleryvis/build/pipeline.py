@@ -20,6 +20,7 @@ from galleryvis.build import scoring
 from galleryvis.storage import stamp
 from galleryvis.storage.cache import CACHE_DIRNAME, Cache, CacheWarning
 from galleryvis.build.executor import Executor, LocalExecutor, chunking_key
+from galleryvis.build.faults import Faults
 from galleryvis.hooks import counting
 from galleryvis.build.jobs import Job, Workspace, plan, plan_lines, prediction_key, workspace
 from galleryvis.config.manifest import Manifest
@@ -64,9 +65,11 @@ class Summary:
     stages: Stages = field(default_factory=Stages)
     jobs: list[Job] = field(default_factory=list)
     expected_passes: int = 0  # a dry run's estimate of the images computing its cells sends through the models
+    faults: Faults | None = None  # workers restarted and tasks retried, by an executor that has workers
 
     def line(self) -> str:
-        return (f"{self.computed} computed, {self.cached} cached, {self.failed} failed "
+        faults = f", {self.faults.line()}" if self.faults is not None else ""
+        return (f"{self.computed} computed, {self.cached} cached, {self.failed} failed{faults} "
                 f"in {self.total_seconds:.1f} s ({self.stages.line()})")
 
     def profile(self, top: int = 10) -> str:
@@ -149,6 +152,7 @@ def _build(manifest: Manifest, opts: Options, executor: Executor | None, cache: 
                 rankings = scoring.score(jobs, ws, manifest.metrics, cache, opts.batch_size, progress, opts.share_passes)
         finally:
             progress.close()
+        summary.faults = getattr(executor, "faults", None)
         summary.computed = sum(1 for j in todo if not j.error)
         summary.cached = sum(1 for j in jobs if j.cached)
         summary.failed = sum(1 for j in jobs if j.error)
@@ -157,7 +161,8 @@ def _build(manifest: Manifest, opts: Options, executor: Executor | None, cache: 
 
         def timings() -> dict[str, Any]:
             summary.total_seconds = time.perf_counter() - t_start
-            return {"summary": {**counts, "total_seconds": round(summary.total_seconds, 3)},
+            faults = {"faults": summary.faults.to_json()} if summary.faults is not None else {}
+            return {"summary": {**counts, **faults, "total_seconds": round(summary.total_seconds, 3)},
                     "seconds_per_technique": {k: round(v, 3) for k, v in sorted(summary.seconds.items())},
                     "stages": stages.to_json(), "failures": summary.failures}
 
