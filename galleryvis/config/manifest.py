@@ -170,8 +170,8 @@ class TechniqueSpec:
 class GallerySpec:
     """Gallery-wide settings; ``description`` is Markdown, ``output`` an absolute folder,
     ``cache`` a folder or an fsspec URL (None: ``.galleryvis-cache`` beside the manifest),
-    ``num_gpus`` None for 1 per Ray worker on a GPU, else 0; ``num_cpus``: CPUs per Ray worker
-    (Ray sets its torch threads to this)."""
+    ``num_gpus`` None for 1 per Ray worker on a GPU, else 0; ``num_cpus``: CPUs Ray reserves per
+    worker (its torch threads are the driver's, so its pictures are the local build's)."""
 
     title: str
     description: str
