@@ -412,8 +412,9 @@ def test_a_segmentation_gallery_explains_a_class_over_its_pixels_or_a_given_regi
     top1 = int(targets.Segment.top1(shares[None])[0])
     region = torch.zeros(64, 64, dtype=torch.bool)
     region[:, :32] = True
-    for cell, objective in zip(gallery["cells"], (targets.Segment(top1), targets.Segment(8, mask=region))):
-        assert cell["target_index"] == objective.cls
+    labels = (f"{adapter.label(top1)}, {float(shares[top1]):.0%} of pixels", f"{adapter.label(8)}, over the given region")
+    for cell, objective, label in zip(gallery["cells"], (targets.Segment(top1), targets.Segment(8, mask=region)), labels):
+        assert (cell["target_index"], cell["target_label"]) == (objective.cls, label)
         gradcam = galleryvis.attribute(adapter.model, x, "gradcam", target=objective)
         expected = deletion_insertion(adapter.model, x, gradcam, objective, steps=4)
         assert cell["metrics"]["deletion_auc"] == pytest.approx(float(expected.deletion_auc[0]), abs=1e-4)

@@ -109,13 +109,14 @@ def _folder(job: Job) -> str:
 
 def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_pil: Image.Image,
                  parts: tuple[dict[str, str], dict[str, str]], scale: postprocess.Limits | None,
-                 scale_keys: set[str]) -> Cell:
+                 scale_keys: set[str], confidences: np.ndarray) -> Cell:
     """The cell's record; its pictures go under the model's and the technique's name ``parts``.
     ``scale`` is the shared value range of its group (None: the map's own)."""
     tech = registry.get(job.tech.name)
     adapter = ws.adapter(job)
     explains_class = tech.inputs.unit == "target"
-    label = adapter.label(job.target) if explains_class else f"channel {job.unit}" if job.unit is not None else ""
+    label = adapter.target_label(job.target, float(confidences[job.target]), job.region) if explains_class \
+        else f"channel {job.unit}" if job.unit is not None else ""
     image_id = job.image.id if job.per_image else ""  # a row that does not read its image: one cell per model
     if job.error:
         return Cell(job.model.id, image_id, job.tech.id, job.target, label, "failed", error=job.error)
@@ -137,7 +138,7 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     if kind != "image":
         values = f"{stem}.js"
         atomic_write(out / values, values_script(values, kind, raw))
-    target = job.target if label == adapter.label(job.target) else None
+    target = job.target if explains_class else None
     return Cell(job.model.id, image_id, job.tech.id, target, label, "ok", variants=variants,
                 metrics=dict(job.metrics), curves=dict(job.curves), trace=list(job.trace), values=values,
                 skipped=dict(job.skipped))
@@ -262,7 +263,7 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         shared = shared_limits(manifest, jobs)
         scales = colour_scales(manifest.gallery.colormap, manifest.gallery.outlier_perc)
         cells = [_cell_record(job, ws, tmp, manifest, crop(ws.image(job), ws.adapter(job)), parts,
-                              shared.get(id(job)), set(scales)) for job in jobs]
+                              shared.get(id(job)), set(scales), preds[job.model.id][job.image.id]) for job in jobs]
         downloads = {}
         for spec in manifest.models if manifest.gallery.raw_maps else ():
             done = [j for j in jobs if j.model.id == spec.id and j.result is not None and not j.error]

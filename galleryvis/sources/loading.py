@@ -80,6 +80,15 @@ class ModelAdapter(LoadedModel):
         """The class name of ``index`` ("class 7" when the model has no labels)."""
         return self.labels[index] if 0 <= index < len(self.labels) else f"class {index}"
 
+    def target_label(self, index: int, confidence: float, region: Path | None = None) -> str:
+        """Class ``index`` as a gallery names it: its name, and for a segmentation class which
+        pixels it is explained over ("person, 18 % of pixels" by its ``confidence``, the share of
+        the pixels the model gives it; "dog, over the given region")."""
+        name = self.label(index)
+        if self.task != "segmentation":
+            return name
+        return f"{name}, over the given region" if region is not None else f"{name}, {confidence:.0%} of pixels"
+
     def crop(self, img: Image.Image) -> Image.Image:
         """The crop of ``img`` the model sees (its size, crop percentage and interpolation)."""
         return fit(img, self.size, self.crop_pct, self.interpolation)
