@@ -48,3 +48,23 @@ def test_cnn_vs_transformer_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         pages._environments.cache_clear()
     assert (result.computed, result.failed) == (2 * 4 * 4, 0)  # images x models x techniques
     assert (folder / "site" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_segmentation_builds(tmp_path: Path) -> None:
+    """The segmentation example at 96 px: every cell computed, the region column named."""
+    import json
+
+    from galleryvis.build.pipeline import Options, build
+
+    folder = tmp_path / "examples" / "segmentation"
+    shutil.copytree(EXAMPLES / "segmentation", folder)
+    shutil.copytree(EXAMPLES.parent / "input_images", tmp_path / "input_images")
+    text = (folder / "galleryvis.toml").read_text(encoding="utf-8")
+    (folder / "galleryvis.toml").write_text(text.replace("size = 320", "size = 96").replace("steps = 16", "steps = 2"),
+                                            encoding="utf-8")
+    result = build(load_manifest(folder / "galleryvis.toml"), Options(quiet=True, batch_size=2))
+    assert (result.computed, result.failed) == (3 * 4, 0)  # images x techniques
+    cells = json.loads((folder / "site" / "gallery.json").read_text(encoding="utf-8"))["cells"]
+    assert {c["target_label"] for c in cells if c["image_id"].startswith("cameraman-2")} == {
+        "person, over the given region"}
