@@ -762,4 +762,7 @@ from .evaluation import (attribution_localisation, auc_localisation, average_dro
                          avg_sensitivity, box_mask, completeness, complexity, faithfulness_correlation, infidelity, irof,
                          local_lipschitz_estimate, max_sensitivity, monotonicity_correlation, pixel_flipping,
                          pointing_game, random_logit, region_perturbation, relative_input_stability,
-                         relevance_mass_accuracy, relevance_rank_accuracy, sparseness, top_k_intersection)
+                         relevance_mass_accuracy, relevance_rank_accuracy, sparseness, sufficiency,
+                         top_k_intersection)
+from .meta_evaluation import (METRICS, Agreement, MetricInfo, agreement, agreement_by_category,  # noqa: E402
+                              kendall_tau_b, metrics_table)
