@@ -452,7 +452,8 @@ def test_sufficiency_leaves_out_features_constant_over_the_call(clustered):
     model, x, maps = clustered
     banded = maps.clone()
     banded[:, :, :4] = 0
-    theirs = quantus.Sufficiency(disable_warnings=True)(model=model, x_batch=x.numpy(), y_batch=np.zeros(10, dtype=int),
-                                                        a_batch=banded.numpy(), channel_first=True, device="cpu")
+    q = quantus.Sufficiency(disable_warnings=True)
+    theirs = q(model=model, x_batch=x.numpy(), y_batch=np.zeros(10, dtype=int), a_batch=banded.numpy(),
+               channel_first=True, device="cpu")
     assert (np.asarray(theirs) == 0).all()
     np.testing.assert_array_equal(metrics.sufficiency(model, x, banded, None), metrics.sufficiency(model, x, maps, None))
