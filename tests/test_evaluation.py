@@ -405,3 +405,55 @@ def test_box_mask_covers_the_boxes_and_refuses_one_outside_the_image():
                        ([[0, 0, 1, 1], [0, 1]], "four numbers"), ("abcd", "four numbers"), ([], "four numbers")):
         with pytest.raises(ValueError, match=words):
             metrics.box_mask(bad, 5, 6)
+
+
+# --- sufficiency: a metric over the images of the call --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """Ten 32 px images the model puts in three classes, with maps in three clusters (one map
+    alone), each map's largest |value| 1 so Quantus's batch normalisation is the per-image one."""
+    model = _cnn()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(10, 3, 32, 32, generator=g) * 4 + torch.randn(10, 3, 1, 1, generator=g) * 2
+    centres = torch.randn(3, 1, 32, 32, generator=g)
+    maps = centres[torch.tensor([0, 1, 0, 2, 1, 0, 0, 1, 2, 0])] + 0.1 * torch.randn(10, 1, 32, 32, generator=g)
+    maps[9] = torch.randn(1, 32, 32, generator=g)
+    return model, x, maps / maps.abs().amax((1, 2, 3), keepdim=True)
+
+
+@pytest.mark.parametrize("threshold", [0.6, 0.95])
+def test_sufficiency_equals_quantus_and_is_nan_without_neighbours(clustered, threshold):
+    model, x, maps = clustered
+    ours = metrics.sufficiency(model, x, maps, None, threshold=threshold)
+    q = quantus.Sufficiency(threshold=threshold, disable_warnings=True)
+    theirs = np.asarray(q(model=model, x_batch=x.numpy(), y_batch=np.zeros(10, dtype=int), a_batch=maps.numpy(),
+                          channel_first=True, device="cpu"))
+    alone = np.isnan(ours)
+    np.testing.assert_allclose(ours[~alone], theirs[~alone], rtol=0, atol=ATOL)
+    assert (theirs[alone] == 0).all()  # Quantus: 0 for an image no other map is close to
+    assert alone.tolist() == ([False] * 9 + [True] if threshold == 0.6 else [False] * 10)
+    assert len(set(ours[~alone].round(6))) >= 3
+
+
+def test_sufficiency_reads_predicted_classes_and_refuses_other_targets(clustered):
+    model, x, maps = clustered
+    top1 = metrics.sufficiency(model, x, maps, None)
+    np.testing.assert_array_equal(metrics.sufficiency(model, x, maps, [4] * 10), top1)  # the target is not read
+    assert np.isnan(metrics.sufficiency(model, x[:1], maps[:1], None)).all()
+    with pytest.raises(ValueError, match="sufficiency compares predicted classes") as error:
+        metrics.sufficiency(model, x, maps, lambda out: out[:, 0])
+    assert "\n" not in str(error.value)
+
+
+def test_sufficiency_leaves_out_features_constant_over_the_call(clustered):
+    """Quantus's standardised distance divides by their zero variance: every distance is NaN, every value 0."""
+    model, x, maps = clustered
+    banded = maps.clone()
+    banded[:, :, :4] = 0
+    q = quantus.Sufficiency(disable_warnings=True)
+    theirs = q(model=model, x_batch=x.numpy(), y_batch=np.zeros(10, dtype=int), a_batch=banded.numpy(),
+               channel_first=True, device="cpu")
+    assert (np.asarray(theirs) == 0).all()
+    np.testing.assert_array_equal(metrics.sufficiency(model, x, banded, None), metrics.sufficiency(model, x, maps, None))

@@ -76,7 +76,7 @@ def test_an_importable_module_and_an_entry_point_are_plugins_too(tmp_path: Path,
     dist = pkg / "galleryvis_test_plugin-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: galleryvis-test-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[galleryvis.config.plugins]\nmine = ep_plugin\n")
+    (dist / "entry_points.txt").write_text("[galleryvis.plugins]\nmine = ep_plugin\n")
     monkeypatch.syspath_prepend(str(pkg))
     load_manifest(manifest(tmp_path, '["named_plugin"]', "ep_saliency"))
     assert registry.get("named_saliency").title == "Named"

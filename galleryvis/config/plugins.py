@@ -6,7 +6,7 @@ A plug-in is any module that calls :func:`galleryvis.registry.technique` (or
 - listed in the manifest, ``[gallery] plugins = ["my_techniques", "extra.py"]``: an importable
   module name, or a ``.py`` file relative to the manifest's folder;
 - installed with an entry point in the group :data:`ENTRY_POINT_GROUP`
-  (``[project.entry-points."galleryvis.config.plugins"] mine = "my_package.techniques"``), loaded by
+  (``[project.entry-points."galleryvis.plugins"] mine = "my_package.techniques"``), loaded by
   every build.
 
 Each module is imported once per process (files under a name derived from their absolute
@@ -26,7 +26,7 @@ from types import ModuleType
 
 from galleryvis import registry
 
-ENTRY_POINT_GROUP = "galleryvis.config.plugins"
+ENTRY_POINT_GROUP = "galleryvis.plugins"
 
 
 class PluginError(ImportError):

@@ -111,7 +111,7 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
         Field("plugins", "modules", "technique plugins to import before the techniques are checked: module names, "
                                     "or `.py` files relative to the manifest ([how to write one](adding-a-technique"
                                     ".md#a-technique-as-a-plugin-no-change-to-galleryvis)); installed packages' "
-                                    "`galleryvis.config.plugins` entry points are always loaded", (), "list of strings"),
+                                    "`galleryvis.plugins` entry points are always loaded", (), "list of strings"),
         Field("cache", "string", "the cache: a folder (relative to the manifest), or an fsspec URL: "
                                  "`s3://bucket/prefix` (with `pip install \"galleryvis[s3]\"`), `gs://bucket/prefix` "
                                  "(gcsfs), `file:///abs/folder`; `--cache-dir` overrides it ([the cache on S3 or "

@@ -32,12 +32,15 @@ from galleryvis.metrics.evaluation import (attribution_localisation, auc_localis
                                            max_sensitivity, monotonicity_correlation, pixel_flipping, pointing_game,
                                            random_logit, region_perturbation, relative_input_stability,
                                            relevance_mass_accuracy, relevance_rank_accuracy, sparseness,
-                                           top_k_intersection)
+                                           sufficiency, top_k_intersection)
+from galleryvis.metrics.meta_evaluation import (METRICS, Agreement, MetricInfo, agreement,
+                                                agreement_by_category, kendall_tau_b, metrics_table)
 from galleryvis.metrics.gallery import (DeletionInsertion, Sanity, auc, center_gaussian_map, deletion_insertion,
                                         linear_imputation, random_map, rank_techniques, road, sanity, sanity_many,
                                         spearman)
 
-__all__ = ["DeletionInsertion", "Sanity", "attribution_localisation", "auc", "auc_localisation", "average_drop",
+__all__ = ["METRICS", "Agreement", "DeletionInsertion", "MetricInfo", "Sanity", "agreement", "agreement_by_category",
+           "kendall_tau_b", "metrics_table", "sufficiency", "attribution_localisation", "auc", "auc_localisation", "average_drop",
            "average_increase", "avg_sensitivity", "box_mask", "center_gaussian_map", "completeness", "complexity",
            "deletion_insertion", "faithfulness_correlation", "infidelity", "irof", "linear_imputation",
            "local_lipschitz_estimate", "max_sensitivity", "monotonicity_correlation", "pixel_flipping",

@@ -13,13 +13,15 @@ normalised per image (Quantus divides by the batch's extremes); ``perturb_baseli
 a black photo in the model's input units, ``(0 - mean) / std`` (Quantus takes the tensor's
 minimum: pass a number to compare); ``"mean"`` is each image's own mean (Quantus's IROF takes
 the batch's); curve metrics return their area per image. A result never depends on the other
-images of the call: the perturbed copies of one image are run in batches of their own.
+images of the call (sufficiency aside, which compares them by definition): the perturbed
+copies of one image are run in batches of their own.
 
 Metrics:
 
 * faithfulness: :func:`pixel_flipping`, :func:`region_perturbation`,
   :func:`monotonicity_correlation` (Nguyen & Martinez 2020), :func:`irof`,
-  :func:`faithfulness_correlation`, :func:`infidelity`;
+  :func:`faithfulness_correlation`, :func:`infidelity`, :func:`sufficiency` (over the images of
+  the call);
 * robustness (they take a technique's name instead of maps and explain again):
   :func:`max_sensitivity`, :func:`avg_sensitivity`, :func:`local_lipschitz_estimate`,
   :func:`relative_input_stability`;
@@ -484,6 +486,40 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     den = np.sqrt((a @ a) * (b @ b))
     return float(a @ b / den) if den > 0 else float("nan")
+
+
+def sufficiency(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = None, *, threshold: float = 0.6,
+                distance_func: str = "seuclidean", abs: bool = True, normalise: bool = True,
+                batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """Sufficiency (Dasgupta et al. 2022): of the other images of the call whose maps lie within
+    ``threshold`` of this image's map, the share the model predicts the same class for; higher
+    is better; NaN where no other map is that close. Distances are scipy's ``cdist`` with
+    ``distance_func`` between the flattened maps, divided by the largest distance of the call;
+    for ``"seuclidean"`` the features constant over the call are left out (Quantus: NaN
+    distances). The prediction is each image's top-1 class; ``target`` only says which kind
+    (a class target, a :class:`~galleryvis.targets.Class` or ``MultiLabel``). Unlike every
+    other metric here, an image's value depends on the other images of the call, by
+    definition. Cost: one forward per image."""
+    from scipy.spatial.distance import cdist
+
+    x = check_inputs(inputs).to(model_device(model))
+    a = _maps(maps, x, abs, normalise).reshape(len(x), -1)
+    objective = targets.of(target, len(x))
+    if not isinstance(objective, targets.Class):
+        raise ValueError(f"sufficiency compares predicted classes: it needs a class target (ints, one per image, "
+                         f"or None), got {objective!r}")
+    with _reading(model, x, type(objective)(), False, batch_size, "sufficiency") as read:
+        predicted = np.asarray(read.objective.index)
+    if len(x) < 2:
+        return np.full(len(x), np.nan)
+    if distance_func == "seuclidean":
+        a = a[:, a.var(0, ddof=1) > 0]
+    d = cdist(a, a, distance_func) if a.shape[1] else np.zeros((len(x), len(x)))
+    close = (normalise_by_max(d[None])[0] <= threshold) & ~np.eye(len(x), dtype=bool)
+    same = predicted[:, None] == predicted[None]
+    count = close.sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count > 0, (close & same).sum(-1) / count, np.nan)
 
 
 # --- robustness ---------------------------------------------------------------------------------

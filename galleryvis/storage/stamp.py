@@ -66,7 +66,7 @@ def _environment() -> dict[str, Any]:
             versions[name] = None
     own = sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for root in _own_folders()
                  for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    plugins = sorted(f"{ep.name}={ep.value}" for ep in importlib.metadata.entry_points(group="galleryvis.config.plugins"))
+    plugins = sorted(f"{ep.name}={ep.value}" for ep in importlib.metadata.entry_points(group="galleryvis.plugins"))
     return {"format": _FORMAT, "versions": versions, "python": sys.version, "machine": platform.node(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "galleryvis_files": hashlib.sha256(json.dumps(own).encode()).hexdigest(), "entry_points": plugins}
