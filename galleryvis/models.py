@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .changes import prepared
 from .chunking import Chunking
+from .detection import limit
 from .engine import model_device
 from .images import fit, to_tensor
 from .imagetext import ImageText
@@ -63,6 +64,8 @@ class ModelAdapter(LoadedModel):
 
     @property
     def num_classes(self) -> int:
+        if self._num_classes is None and self.task == "detection":  # boxes, not logits: its labels
+            self._num_classes = len(self.labels)
         if self._num_classes is None:
             self._num_classes = int(self.logits(torch.zeros(1, 3, self.size, self.size)).shape[1])
         return self._num_classes
@@ -140,6 +143,12 @@ def load_model(spec: Any, base: Path, device: torch.device, what: str = "model")
         task = check_model(spec.task, loaded.model, what)
     except TaskError as exc:
         raise ModelError(str(exc)) from None
+    limits = {k: getattr(spec, k, None) for k in ("score_threshold", "max_detections")}
+    given = next((k for k, v in limits.items() if v is not None), None)
+    if given is not None and task != "detection":
+        raise ModelError(f"{what}: {given} is for detection models; {spec.name} is a {task} model")
+    if given is not None:
+        limit(loaded.model, **limits)
     labels = _read_labels(base / spec.labels, what) if spec.labels else list(loaded.labels)
     size, mean, std = spec.size or loaded.size, spec.mean or loaded.mean, spec.std or loaded.std
     return ModelAdapter(loaded.model.to(device).eval(), loaded.fingerprint, loaded.description, int(size),
