@@ -125,6 +125,7 @@ def test_a_detector_with_a_wrong_task_or_a_classifier_with_detection_keys_is_ref
         parse({"name": "ssd300_vgg16", "score_threshold": 2})
 
 
+@pytest.mark.slow  # about 10 s on a shared CPU: three Faster R-CNNs
 def test_torchvision_score_threshold_and_max_detections() -> None:
     """The limits are the detector's own thresholds, which they may lower below torchvision's
     0.05: its output is the unlimited detector's (threshold 0, every detection) with the scores
@@ -229,9 +230,12 @@ def test_yolo_checkpoints_load_safely(tmp_path: Path) -> None:
         torch.testing.assert_close(loaded.model(x)[0], model(x)[0])
     free = load("ultralytics:yolov8n")
     torch.save(free.model.state_dict(), tmp_path / "state.pt")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in free.model.state_dict().items()}, tmp_path / "state.safetensors")
     with torch.no_grad():
-        torch.testing.assert_close(load("ultralytics:yolov8n", str(tmp_path / "state.pt")).model(x)[0],
-                                   free.model(x)[0])
+        for name in ("state.pt", "state.safetensors"):
+            torch.testing.assert_close(load("ultralytics:yolov8n", str(tmp_path / name)).model(x)[0], free.model(x)[0])
     torch.save({"model": model, "train_args": argparse.Namespace(lr=0.1)}, tmp_path / "odd.pt")
     with pytest.raises(ModelError, match=r"^m.toml: models\[0\]: refusing to load .*odd.pt': it holds "
                                          r"argparse.Namespace, neither a module of torch.nn or ultralytics.nn nor "

@@ -131,7 +131,7 @@ def source_for(spec: Spec) -> ModelSource:
 
 
 #: The order ``galleryvis models`` lists the sources in: the models that work offline first.
-LISTED = ("bundled", "torchvision", "ultralytics", "timm", "huggingface", "open_clip", "factory")
+LISTED = ("bundled", "torchvision", "timm", "huggingface", "open_clip", "ultralytics", "factory")
 
 
 def listed() -> list[ModelSource]:

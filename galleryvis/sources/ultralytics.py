@@ -1,9 +1,9 @@
 """Ultralytics YOLO detectors (optional extra ``galleryvis[yolo]``): ``ultralytics:<model>`` or
 ``source = "ultralytics"``, any Ultralytics model whose head is ``Detect`` (``yolov8n``,
 ``yolo11s``, ``yolov5n-p6``, ...). Weights: a local checkpoint ``.pt`` (as Ultralytics saves
-it, read with ``torch.load(weights_only=True)`` allowing only Ultralytics' and torch's modules,
-or a plain state dict), ``DEFAULT`` (``<model>.pt`` beside the manifest) or ``none`` (random
-weights from the model's config); never downloaded. The model is Ultralytics'
+it, read with ``torch.load(weights_only=True)`` allowing only Ultralytics' and torch's modules),
+a plain state dict (``.safetensors`` too), ``DEFAULT`` (``<model>.pt`` beside the manifest) or
+``none`` (random weights from the model's config); never downloaded. The model is Ultralytics'
 ``DetectionModel`` itself (its layer names are ``model.0`` ... ``model.22``), taking pixels in
 [0, 1] at sides that are multiples of its stride (32); class names from the checkpoint, COCO's
 80 for an 80-class model without its own."""
@@ -21,7 +21,7 @@ from torch import nn
 
 from ..images import file_sha256
 from . import LoadedModel, ModelError, Spec, bare_name, close_names, source_of
-from .weights import load_into, no_named_weights, random_init
+from .weights import load_into, load_state_dict, no_named_weights, random_init
 
 #: The plain-data classes an Ultralytics checkpoint may hold besides modules (its training arguments).
 _DATA_GLOBALS = ("ultralytics.utils.IterableSimpleNamespace", "types.SimpleNamespace")
@@ -155,11 +155,10 @@ class UltralyticsSource:
                                f"Ultralytics {name}, random weights (seed {spec.seed})", labels=_labels(model),
                                random=True, **size)
         path = (base / (weights if weights and weights.upper() != "DEFAULT" else f"{name}.pt")).expanduser()
-        if weights is None or weights.upper() == "DEFAULT":
-            if not path.is_file():
-                raise ModelError(f"{what}: no {path.name} beside the manifest ({str(path)!r}); Ultralytics models "
-                                 f'are never downloaded: set weights to a local .pt, or "none"')
-        held = _checkpoint(path, what)
+        if (weights is None or weights.upper() == "DEFAULT") and not path.is_file():
+            raise ModelError(f"{what}: no {path.name} beside the manifest ({str(path)!r}); Ultralytics models "
+                             f'are never downloaded: set weights to a local .pt, or "none"')
+        held = load_state_dict(path, what) if path.suffix == ".safetensors" else _checkpoint(path, what)
         model = (held.get("ema") or held.get("model")) if isinstance(held, dict) else held
         if isinstance(model, nn.Module):
             model = model.float()
