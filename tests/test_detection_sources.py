@@ -5,21 +5,22 @@ here, never downloaded), their task, class names and preprocessing, the manifest
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from conftest import IMAGES
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 import galleryvis
 from galleryvis import targets
 from galleryvis.detection import read
 from galleryvis.manifest import ManifestError, ModelSpec, parse_manifest
 from galleryvis.models import ModelAdapter, ModelError, load_model
-from conftest import IMAGES  # noqa: E402
 
 CPU = torch.device("cpu")
 
