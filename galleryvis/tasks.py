@@ -35,6 +35,10 @@ GALLERY_TASKS = frozenset({"classification", "multilabel", "segmentation", "imag
 #: The torchvision builders of segmentation models (``torchvision.models.segmentation``).
 TORCHVISION_SEGMENTATION = ("fcn_", "deeplabv3_", "lraspp_")
 
+#: Ultralytics' detection model class (YOLO's ``.model``; its segmentation and pose models
+#: subclass it and are not detectors).
+ULTRALYTICS_DETECTOR = "ultralytics.nn.tasks.DetectionModel"
+
 
 class TaskError(ValueError):
     """A technique asked for a task it does not support, or a model for one it cannot do."""
@@ -50,13 +54,17 @@ def check(technique: str, supported: Collection[str], task: str | None) -> None:
 def of_model(model: nn.Module) -> str:
     """The task ``model`` was built for: its own ``task`` attribute when it declares one of
     :data:`TASKS` (a wrapper can); segmentation for torchvision's segmentation models and Hugging
-    Face's ``*ForSemanticSegmentation``; classification otherwise."""
+    Face's ``*ForSemanticSegmentation``; detection for torchvision's detectors, Hugging Face's
+    ``*ForObjectDetection`` and Ultralytics' ``DetectionModel``; classification otherwise."""
     declared = getattr(model, "task", None)
     if declared in TASKS:
         return str(declared)
     names = {c.__module__ + "." + c.__name__ for c in type(model).__mro__}
     if any(n.startswith("torchvision.models.segmentation.") or n.endswith("ForSemanticSegmentation") for n in names):
         return "segmentation"
+    if any(n.startswith("torchvision.models.detection.") or n.endswith("ForObjectDetection") for n in names) \
+            or f"{type(model).__module__}.{type(model).__name__}" == ULTRALYTICS_DETECTOR:
+        return "detection"
     return "classification"
 
 

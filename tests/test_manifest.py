@@ -687,7 +687,8 @@ def test_every_declared_range_is_the_one_the_parser_enforces(folder: Path) -> No
     assert {(s, f.key) for s, f in ranged} == {("gallery", "alpha"), ("gallery", "outlier_perc"), ("models", "size"),
                                                ("gallery", "num_gpus"), ("gallery", "ray_workers"),
                                                ("gallery", "num_cpus"),
-                                               ("models", "seed"), ("metrics", "steps"), ("metrics", "sanity_steps"),
+                                               ("models", "seed"), ("models", "score_threshold"),
+                                               ("models", "max_detections"), ("metrics", "steps"), ("metrics", "sanity_steps"),
                                                ("metrics", "road_percentile")}
     for section, f in ranged:
         low, high = f.range

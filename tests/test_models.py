@@ -239,14 +239,15 @@ def test_model_sources_own_what_they_know_and_the_manifest_only_asks_them() -> N
     from galleryvis import sources
     from galleryvis.sources import LoadedModel, ModelError, source_for
 
-    assert [s.name for s in sources.SOURCES] == ["factory", "timm", "huggingface", "open_clip", "bundled",
-                                                  "torchvision"]
+    assert [s.name for s in sources.SOURCES] == ["factory", "timm", "huggingface", "open_clip", "ultralytics",
+                                                  "bundled", "torchvision"]
     assert source_for(ModelSpec(name="x", factory="pkg.mod:fn")).name == "factory"
     assert source_for(ModelSpec(name="efficientnet_lite0")).name == "bundled"
     assert source_for(ModelSpec(name="timm:vit_small_patch16_224")).name == "timm"
     assert source_for(ModelSpec(name="vit_small_patch16_224", source="timm")).name == "timm"
     assert source_for(ModelSpec(name="hf:google/vit-base-patch16-224")).name == "huggingface"
     assert source_for(ModelSpec(name="open_clip:ViT-B-32")).name == "open_clip"
+    assert source_for(ModelSpec(name="ultralytics:yolov8n")).name == "ultralytics"
     tv = source_for(ModelSpec(name="resnet18"))
     assert tv.name == "torchvision" and "resnet18" in tv.names()
     assert tv.check_weights("resnet18", "ResNet18_Weights.IMAGENET1K_V1") == "IMAGENET1K_V1"

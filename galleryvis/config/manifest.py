@@ -136,6 +136,8 @@ class ModelSpec:
     id: str
     prompts: tuple[str, ...] | str | None
     task: str | None
+    score_threshold: float | None
+    max_detections: int | None
     field: str = ""
 
     def __post_init__(self) -> None:
@@ -847,6 +849,9 @@ class _Parser:
         ok = len(self.errors)
         v = dict(entry.values, source=source[0], weights=source[1])
         v["layers"] = self.layers(v["layers"], f"{entry.where}.layers")
+        for key in ("score_threshold", "max_detections"):
+            if v[key] is not None and v["task"] not in (None, "detection"):
+                self.error(f"{entry.where}.{key}", f"only detection models take it, and task is {v['task']!r}")
         if not entry.ok or len(self.errors) > ok:
             return None
         if v["name"] is schema.NO_VALUE:

@@ -156,12 +156,15 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
                                 "weights included, works offline); with the prefix `timm:` a timm architecture "
                                 "(`timm:vit_small_patch16_224`), with `hf:` a Hugging Face image classifier (a hub "
                                 "id or a local folder, `hf:google/vit-base-patch16-224`), with `open_clip:` an "
-                                "open_clip architecture (`open_clip:ViT-B-32`) or model config file. **Required** "
+                                "open_clip architecture (`open_clip:ViT-B-32`) or model config file, with `ultralytics:` an "
+                                "Ultralytics YOLO detector (`ultralytics:yolov8n`); torchvision's segmentation models "
+                                "and detectors (`fasterrcnn_resnet50_fpn_v2`, `retinanet_resnet50_fpn`, "
+                                "`ssd300_vgg16`, …) go by their names. **Required** "
                                 "unless "
                                 "`factory` is given.", type="string"),
         Field("source", "string", "where the model comes from; the same as the name's prefix (`source = \"timm\"` "
                                   "with `name = \"vit_small_patch16_224\"`); a prefix that contradicts it is an "
-                                  "error", None, '`"torchvision"`, `"timm"`, `"huggingface"`, `"open_clip"`',
+                                  "error", None, '`"torchvision"`, `"timm"`, `"huggingface"`, `"open_clip"`, `"ultralytics"`',
               'the name\'s prefix, else `"torchvision"`'),
         Field("weights", "string", "see below", None, "string", '`"DEFAULT"`'),
         Field("factory", "factory", "your own model: a function, called without arguments, that returns an "
@@ -194,8 +197,16 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
                                 "run ([tasks](tasks.md)): a classifier's output may be read as `multilabel` (one "
                                 "sigmoid per class) and back; any other task the model cannot do is an error", None,
               default="inferred: `segmentation` for torchvision's `fcn_*`, `deeplabv3_*`, `lraspp_*` and Hugging "
-                      "Face `*ForSemanticSegmentation`, `image-text` for CLIP-like models, else `classification`",
+                      "Face `*ForSemanticSegmentation`, `detection` for torchvision's detectors, Ultralytics' and "
+                      "Hugging Face `*ForObjectDetection`, `image-text` for CLIP-like models, else "
+                      "`classification`",
               choices=("classification", "multilabel", "segmentation", "image-text", "detection")),
+        Field("score_threshold", "number", "a detector's: its detections of a lower score are ignored (by every "
+                                           "target and technique); other models refuse it", None,
+              default="the detector's own (torchvision's 0.05, else 0)", range=(0, 1)),
+        Field("max_detections", "integer", "a detector's: at most this many detections per image are read, the "
+                                           "highest-scoring first; other models refuse it", None,
+              default="the detector's own (torchvision's 100, else all)", range=(1, 100000)),
     ),
     "techniques": (
         Field("name", "string", "a technique name; `galleryvis techniques` lists every one with its parameters and "

@@ -227,7 +227,7 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
     return tuples (Hugging Face Swin), the last leaf on the grid (the final LayerNorm).
     Segmentation models (a score map per pixel out): the same, outside their heads
     (``backbone.layer4`` of torchvision's FCN-ResNet50, not its ``classifier``). Detectors
-    (:func:`galleryvis.targets.detection.default_layer`): a layer of their backbone, found without a probe.
+    (:func:`galleryvis.targets.detection.detector_layer`): a layer of their backbone, found without a probe.
     """
     from galleryvis.targets.detection import detector_layer
 

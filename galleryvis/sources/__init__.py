@@ -4,7 +4,8 @@ offers (the names it knows, checking a weights spec, loading into a typed :class
 The manifest asks them which names exist and which weights are valid; ``models.load_model``
 asks them to load. :data:`SOURCES` lists them in the order they are asked: a model entry with
 ``factory`` goes to the factory source, one whose source (``source = "timm"``, or the name's
-``timm:`` / ``hf:`` / ``open_clip:`` prefix) is timm, Hugging Face or open_clip to that source,
+``timm:`` / ``hf:`` / ``open_clip:`` / ``ultralytics:`` prefix) is timm, Hugging Face, open_clip or
+Ultralytics to that source,
 a bundled name to the bundled one, anything else to torchvision.
 """
 from __future__ import annotations
@@ -33,13 +34,13 @@ class Spec(Protocol):
 
 
 #: The manifest's ``source`` values; torchvision (with the bundled models) is the default.
-SOURCE_NAMES = ("torchvision", "timm", "huggingface", "open_clip")
+SOURCE_NAMES = ("torchvision", "timm", "huggingface", "open_clip", "ultralytics")
 #: Name prefixes that choose a source: ``timm:vit_base_patch16_224``, ``hf:google/vit-base-patch16-224``.
-PREFIXES = {"timm": "timm", "hf": "huggingface", "open_clip": "open_clip"}
+PREFIXES = {"timm": "timm", "hf": "huggingface", "open_clip": "open_clip", "ultralytics": "ultralytics"}
 
 
 def prefixed_source(name: str) -> str | None:
-    """The source a name's prefix chooses (``timm:`` / ``hf:`` / ``open_clip:``), else None."""
+    """The source a name's prefix chooses (``timm:`` / ``hf:`` / ``open_clip:`` / ``ultralytics:``), else None."""
     head, sep, _ = name.partition(":")
     return PREFIXES.get(head) if sep else None
 
@@ -118,8 +119,10 @@ def _sources() -> Sequence[ModelSource]:
     from galleryvis.sources.open_clip import OpenClipSource
     from galleryvis.sources.timm import TimmSource
     from galleryvis.sources.torchvision import TorchvisionSource
+    from galleryvis.sources.ultralytics import UltralyticsSource
 
-    return (FactorySource(), TimmSource(), HuggingFaceSource(), OpenClipSource(), BundledSource(), TorchvisionSource())
+    return (FactorySource(), TimmSource(), HuggingFaceSource(), OpenClipSource(), UltralyticsSource(), BundledSource(),
+            TorchvisionSource())
 
 
 def source_for(spec: Spec) -> ModelSource:
@@ -128,7 +131,7 @@ def source_for(spec: Spec) -> ModelSource:
 
 
 #: The order ``galleryvis models`` lists the sources in: the models that work offline first.
-LISTED = ("bundled", "torchvision", "timm", "huggingface", "open_clip", "factory")
+LISTED = ("bundled", "torchvision", "timm", "huggingface", "open_clip", "ultralytics", "factory")
 
 
 def listed() -> list[ModelSource]:

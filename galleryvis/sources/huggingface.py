@@ -1,4 +1,5 @@
-"""Hugging Face ``transformers`` image classifiers and ``*ForSemanticSegmentation`` models
+"""Hugging Face ``transformers`` image classifiers, ``*ForSemanticSegmentation`` models and
+``*ForObjectDetection`` detectors (DETR, RT-DETR, ...; :class:`Boxes`)
 (optional extra ``galleryvis[huggingface]``): ``hf:<hub id or folder>`` or ``source =
 "huggingface"``, loaded from a local folder
 (``save_pretrained``) or the local hub cache, never downloaded; preprocessing from the image
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
@@ -36,6 +39,38 @@ class Logits(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(pixel_values=x).logits
+
+
+class Boxes(nn.Module):
+    """A Hugging Face ``*ForObjectDetection`` model (DETR, RT-DETR, Deformable DETR, ...) that
+    returns torchvision's output, one dict per image: each query a detection, ``boxes`` in pixels
+    of the input (from its ``pred_boxes``, centre and size relative to the input),
+    ``probs`` its class probabilities (a softmax without the last, "no object", class where the
+    logits have one more class than the labels, DETR's; one sigmoid per class otherwise,
+    RT-DETR's), ``scores`` and ``labels`` their maximum and its class. Its layer names gain the
+    prefix ``model.``; ``cam_layer``: the last stage of its backbone
+    (:func:`galleryvis.targets.detection.detector_layer`)."""
+
+    task = "detection"
+
+    def __init__(self, model: nn.Module, num_labels: int) -> None:
+        super().__init__()
+        self.model = model
+        self.num_labels = num_labels
+        stages = [n for n, _ in self.named_modules() if re.search(r"\.backbone\..*(\.stages\.\d+|\.layer\d+)$", n)]
+        self.cam_layer = stages[-1] if stages else None
+
+    def forward(self, x: Tensor) -> list[dict[str, Tensor]]:
+        out = self.model(pixel_values=x)
+        logits = out.logits
+        probs = logits.softmax(-1)[..., :-1] if logits.shape[-1] == self.num_labels + 1 else logits.sigmoid()
+        cx, cy, w, h = out.pred_boxes.unbind(-1)
+        height, width = x.shape[-2:]
+        boxes = torch.stack([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width,
+                             (cy + h / 2) * height], -1)
+        scores, labels = probs.max(-1)
+        return [{"boxes": b, "labels": lab, "scores": s, "probs": p}
+                for b, lab, s, p in zip(boxes, labels, scores, probs)]
 
 
 class HuggingFaceSource:
@@ -89,16 +124,25 @@ class HuggingFaceSource:
             fingerprint, desc, files = f"hf:{file_sha256(path)}", f"weights from {path.name}", files + (path,)
         id2label = getattr(config, "id2label", None) or {}
         labels = [str(id2label.get(i, id2label.get(str(i), f"class {i}"))) for i in range(len(id2label))]
-        return LoadedModel(Logits(model).eval(), fingerprint, f"Hugging Face {ref}, {desc}",
+        wrapped = Boxes(model, len(labels)) if _detector(config) else Logits(model)
+        return LoadedModel(wrapped.eval(), fingerprint, f"Hugging Face {ref}, {desc}",
                            labels=labels, files=files, random=weights.upper() == "NONE",
                            **_preprocessing(folder, config))
 
 
+def _detector(config: Any) -> bool:
+    """Whether ``config``'s architectures are ``*ForObjectDetection`` (DETR, RT-DETR, ...)."""
+    return any(a.endswith("ForObjectDetection") for a in getattr(config, "architectures", None) or ())
+
+
 def _auto_class(config: Any) -> Any:
     """``AutoModelForSemanticSegmentation`` for a config whose architectures are
-    ``*ForSemanticSegmentation`` (SegFormer, ...), ``AutoModelForImageClassification`` otherwise."""
+    ``*ForSemanticSegmentation`` (SegFormer, ...), ``AutoModelForObjectDetection`` for
+    ``*ForObjectDetection``, ``AutoModelForImageClassification`` otherwise."""
     import transformers
 
+    if _detector(config):
+        return transformers.AutoModelForObjectDetection
     segmentation = any(a.endswith("ForSemanticSegmentation") for a in getattr(config, "architectures", None) or ())
     return transformers.AutoModelForSemanticSegmentation if segmentation else transformers.AutoModelForImageClassification
 
@@ -160,7 +204,8 @@ def _folder(base: Path, ref: str, what: str) -> Path:
 
 def _preprocessing(folder: Path, config: Any) -> dict[str, Any]:
     """Size, mean, std, crop and interpolation from ``preprocessor_config.json`` (ImageNet
-    statistics and the config's ``image_size`` without one)."""
+    statistics and the config's ``image_size`` without one; pixels in [0, 1] where it says
+    ``do_normalize: false``, RT-DETR's)."""
     path = folder / "preprocessor_config.json"
     proc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
@@ -173,6 +218,7 @@ def _preprocessing(folder: Path, config: Any) -> dict[str, Any]:
     crop = side(proc.get("crop_size")) if proc.get("do_center_crop") else None
     size = crop or resize
     crop_pct = float(proc.get("crop_pct") or (crop / resize if crop and crop < resize else 1.0))
-    return {"size": size, "mean": tuple(proc.get("image_mean", IMAGENET_MEAN)),
-            "std": tuple(proc.get("image_std", IMAGENET_STD)), "crop_pct": min(crop_pct, 1.0),
+    raw = proc.get("do_normalize") is False
+    return {"size": size, "mean": (0.0, 0.0, 0.0) if raw else tuple(proc.get("image_mean", IMAGENET_MEAN)),
+            "std": (1.0, 1.0, 1.0) if raw else tuple(proc.get("image_std", IMAGENET_STD)), "crop_pct": min(crop_pct, 1.0),
             "interpolation": _RESAMPLE.get(proc.get("resample", 2), "bilinear")}

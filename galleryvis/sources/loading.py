@@ -21,6 +21,7 @@ from galleryvis.sources.imagetext import ImageText
 from galleryvis.sources.labels import imagenet_labels
 from galleryvis.engine.layers import default_layer
 from galleryvis.sources import LoadedModel, ModelError, source_for
+from galleryvis.targets.detection import limit
 from galleryvis.targets import CLASS_OBJECTIVES, Class, Segment
 from galleryvis.tasks import TaskError, check_model
 
@@ -65,6 +66,8 @@ class ModelAdapter(LoadedModel):
 
     @property
     def num_classes(self) -> int:
+        if self._num_classes is None and self.task == "detection":  # boxes, not logits: its labels
+            self._num_classes = len(self.labels)
         if self._num_classes is None:
             self._num_classes = int(self.confidences(torch.zeros(1, 3, self.size, self.size)).shape[1])
         return self._num_classes
@@ -173,6 +176,12 @@ def load_model(spec: Any, base: Path, device: torch.device, what: str = "model")
         task = check_model(spec.task, loaded.model, what)
     except TaskError as exc:
         raise ModelError(str(exc)) from None
+    limits = {k: getattr(spec, k, None) for k in ("score_threshold", "max_detections")}
+    given = next((k for k, v in limits.items() if v is not None), None)
+    if given is not None and task != "detection":
+        raise ModelError(f"{what}: {given} is for detection models; {spec.name} is a {task} model")
+    if given is not None:
+        limit(loaded.model, **limits)
     labels = _read_labels(base / spec.labels, what) if spec.labels else list(loaded.labels)
     size, mean, std = spec.size or loaded.size, spec.mean or loaded.mean, spec.std or loaded.std
     return ModelAdapter(loaded.model.to(device).eval(), loaded.fingerprint, loaded.description, int(size),

@@ -1,8 +1,9 @@
-"""torchvision's classification and segmentation models: names, weights enums, hub-cache downloads."""
+"""torchvision's classification, segmentation and detection models: names, weights enums, hub-cache downloads."""
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,26 +21,44 @@ def _names() -> tuple[str, ...]:
     import torchvision
 
     return tuple(sorted(torchvision.models.list_models(module=torchvision.models)
-                        + torchvision.models.list_models(module=torchvision.models.segmentation)))
+                        + torchvision.models.list_models(module=torchvision.models.segmentation)
+                        + list(_detectors())))
+
+
+@cache
+def _detectors() -> tuple[str, ...]:
+    """torchvision's detectors (``torchvision.models.detection``: Faster / Mask / Keypoint
+    R-CNN, RetinaNet, FCOS, SSD, SSDlite)."""
+    import torchvision
+
+    return tuple(torchvision.models.list_models(module=torchvision.models.detection))
 
 
 def _build(name: str, weights: object) -> torch.nn.Module:
-    """torchvision's ``name`` with ``weights``; a segmentation model without them gets no
-    backbone weights either (torchvision would download ImageNet ones)."""
+    """torchvision's ``name`` with ``weights``; a segmentation model or detector without them
+    gets no backbone weights either (torchvision would download ImageNet ones)."""
     import torchvision
 
-    extra = {"weights_backbone": None} if weights is None and name.startswith(TORCHVISION_SEGMENTATION) else {}
+    extra = {"weights_backbone": None} if weights is None and (
+        name.startswith(TORCHVISION_SEGMENTATION) or name in _detectors()) else {}
     return torchvision.models.get_model(name, weights=weights, **extra)
 
 
 def _labels(name: str) -> list[str]:
-    """The class names of ``name`` without weights: ImageNet's, or a segmentation model's (the
-    categories of its default weights, Pascal VOC's 21)."""
+    """The class names of ``name`` without weights: ImageNet's, or a segmentation model's or
+    detector's (the categories of its default weights: Pascal VOC's 21, COCO's 91 with
+    ``__background__`` and ``N/A`` at the indices COCO leaves out)."""
     import torchvision
 
-    if name.startswith(TORCHVISION_SEGMENTATION):
+    if name.startswith(TORCHVISION_SEGMENTATION) or name in _detectors():
         return list(torchvision.models.get_model_weights(name).DEFAULT.meta["categories"])
     return imagenet_labels()
+
+
+def _detector_input(model: torch.nn.Module) -> dict[str, Any]:
+    """A detector's preprocessing: pixels in [0, 1] (its transform normalizes inside, so the
+    adapter must not), the shorter side its transform resizes to as ``size``."""
+    return {"size": int(model.transform.min_size[0]), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 
 
 @cache
@@ -52,8 +71,8 @@ def _weights_enum(name: str) -> tuple[str, tuple[str, ...]]:
 
 
 class TorchvisionSource:
-    """Any torchvision classification or segmentation model (``fcn_*``, ``deeplabv3_*``,
-    ``lraspp_*``) by name; weights ``DEFAULT``, an enum member (``IMAGENET1K_V2``), ``none`` or
+    """Any torchvision classification, segmentation (``fcn_*``, ``deeplabv3_*``, ``lraspp_*``)
+    or detection model (``fasterrcnn_*``, ``maskrcnn_*``, ``retinanet_*``, ``fcos_*``, ``ssd*``) by name; weights ``DEFAULT``, an enum member (``IMAGENET1K_V2``), ``none`` or
     a local file."""
 
     name = "torchvision"
@@ -99,13 +118,16 @@ class TorchvisionSource:
         labels = _labels(name)
         if weights is None or weights.lower() == "none":
             model = _build(name, None)
+            extra = _detector_input(model) if name in _detectors() else {}
             return LoadedModel(model, random_init(model, spec.seed), f"random weights (seed {spec.seed})",
-                               labels=labels, random=True)
+                               labels=labels, random=True, **extra)
         if is_path(weights):
             path = (base / weights).expanduser()
             model = _build(name, None)
             load_into(model, path, what)
-            return LoadedModel(model, file_sha256(path), f"weights from {path.name}", labels=labels, files=(path,))
+            extra = _detector_input(model) if name in _detectors() else {}
+            return LoadedModel(model, file_sha256(path), f"weights from {path.name}", labels=labels, files=(path,),
+                               **extra)
         enum = torchvision.models.get_model_weights(name)
         options = ["DEFAULT"] + [w.name for w in enum]
         key = weights.split(".")[-1]
@@ -121,6 +143,9 @@ class TorchvisionSource:
                 f"{what}: cannot fetch weights {w} ({type(exc).__name__}): torch looked for {str(cached)!r}; "
                 f"offline, copy {Path(w.url).name} there (or set TORCH_HOME), or set weights to a local .pth path"
             ) from None
+        if name in _detectors():
+            return LoadedModel(model, f"{w}:{Path(w.url).name}", f"torchvision {w}", labels=list(w.meta["categories"]),
+                               **_detector_input(model))
         t = w.transforms()
         side = getattr(t, "crop_size", None) or getattr(t, "resize_size", None)  # segmentation: resize_size
         crop = side[0] if side else 224

@@ -21,6 +21,7 @@ Imports torch: only the engine's objectives and techniques use it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -32,6 +33,12 @@ IOU_THRESHOLD = 0.5
 
 class NotFound(ValueError):
     """No detection of an image is the one a target names (none of its class, none matching its box)."""
+
+
+def _best(scores: Tensor, score_threshold: float, max_detections: int | None) -> Tensor:
+    """The indices of the scores >= ``score_threshold``, best first, at most ``max_detections``."""
+    keep = (scores >= score_threshold).nonzero()[:, 0]
+    return keep[scores[keep].detach().argsort(descending=True, stable=True)][:max_detections]
 
 
 class Detections(NamedTuple):
@@ -46,8 +53,7 @@ class Detections(NamedTuple):
 
     def kept(self, score_threshold: float, max_detections: int) -> Detections:
         """The detections of score >= ``score_threshold``, at most ``max_detections``, best first."""
-        keep = (self.scores >= score_threshold).nonzero()[:, 0]
-        keep = keep[self.scores[keep].detach().argsort(descending=True, stable=True)][:max_detections]
+        keep = _best(self.scores, score_threshold, max_detections)
         return Detections(*(None if v is None else v[keep] for v in self))
 
     def vectors(self) -> Tensor:
@@ -177,9 +183,14 @@ def detector_layer(model: nn.Module) -> str | None:
     torchvision detector's backbone body (``backbone.body.layer4`` of the ResNet-50 FPN ones,
     the last feature block of the MobileNetV3 ones; a backbone of your own without an FPN:
     ``backbone``), the last block of SSD's and SSDlite's ``backbone.features``,
-    and Ultralytics YOLO's layer before its head (pytorch-grad-cam's YOLO recipe)."""
+    Ultralytics YOLO's layer before its head (pytorch-grad-cam's YOLO recipe), and the one a
+    model names in its ``cam_layer`` (a Hugging Face detector's last backbone stage,
+    :class:`galleryvis.sources.huggingface.Boxes`)."""
     from torchvision.models.detection import fcos, generalized_rcnn, retinanet, ssd
 
+    declared = getattr(model, "cam_layer", None)
+    if isinstance(declared, str):
+        return declared
     if isinstance(model, (generalized_rcnn.GeneralizedRCNN, retinanet.RetinaNet, fcos.FCOS)):
         body = getattr(model.backbone, "body", None)
         if isinstance(body, nn.Module) and len(body._modules):
@@ -192,3 +203,46 @@ def detector_layer(model: nn.Module) -> str | None:
     if type(model).__name__ == "DetectionModel" and isinstance(layers, nn.Sequential) and len(layers) > 1:
         return f"model.{len(layers) - 2}"
     return None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A detector's own ``score_threshold`` and ``max_detections`` (a manifest model's keys), as
+    a forward hook on the detector: its output becomes one torchvision dict per image (``boxes``,
+    ``labels``, ``scores``, with ``probs`` and ``objectness`` where :func:`read` finds them and
+    any other per-detection tensor, Mask R-CNN's ``masks``), holding only the detections of
+    score >= ``score_threshold``, at most ``max_detections``, best first (gradients flow)."""
+
+    score_threshold: float = 0.0
+    max_detections: int | None = None
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> list[dict[str, Tensor]]:
+        dicts = output if isinstance(output, (list, tuple)) and all(isinstance(o, dict) for o in output) else None
+        out = []
+        for i, d in enumerate(detections_of(output)):
+            keep = _best(d.scores, self.score_threshold, self.max_detections)
+            given = dict(zip(Detections._fields, d))
+            extra = {k: v for k, v in (dicts[i] if dicts is not None else {}).items() if k not in given}
+            out.append({k: v[keep] if isinstance(v, Tensor) and v.dim() and v.shape[0] == len(d.scores) else v
+                        for k, v in {**given, **extra}.items() if v is not None})
+        return out
+
+
+def limit(model: nn.Module, score_threshold: float | None = None, max_detections: int | None = None) -> None:
+    """Make ``model`` (a detector) give only the detections of score >= ``score_threshold``, at
+    most ``max_detections`` per image, best first: a torchvision detector's own thresholds are
+    set to them (``box_score_thresh`` / ``score_thresh``, ``box_detections_per_img`` /
+    ``detections_per_img``, so a threshold below its default 0.05 and more than its 100
+    detections count), and a :class:`Limits` hook reads every detector's output. Nothing
+    happens when neither is given."""
+    if score_threshold is None and max_detections is None:
+        return
+    for owner in (getattr(model, "roi_heads", None), model):
+        if owner is not None and hasattr(owner, "score_thresh") and hasattr(owner, "detections_per_img"):
+            if score_threshold is not None:
+                owner.score_thresh = float(score_threshold)
+            if max_detections is not None:
+                owner.detections_per_img = int(max_detections)
+            break
+    model.register_forward_hook(Limits(float(score_threshold or 0.0), max_detections))
+
