@@ -359,3 +359,17 @@ def test_drops_need_a_confidence(tiny_seq: nn.Sequential, tiny_x: Tensor) -> Non
         concepts(tiny_seq, tiny_x, lambda out: out[:, 1], layer="6")
     with pytest.raises(ValueError, match=r"channels must be \(k,\) or \(N, k\) for 4 images"):
         concept_drop(tiny_seq, tiny_x, torch.zeros(3, 2, dtype=torch.long), 1, layer="6")
+
+
+@pytest.mark.parametrize("name", ["vit", "swin"])
+def test_token_and_channels_last_layers_give_concepts_of_their_last_dimension(
+        transformers: dict[str, nn.Module], name: str) -> None:
+    """ViT's tokens (N, T, D) and Swin's channels-last (N, H, W, C) default layers: the channels are
+    D and C; asking for an image's top channels by number gives their shares and maps again."""
+    model, x = transformers[name], torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    top = concepts(model, x, [1, 2], top_k=3, random_channels=4)
+    assert top.layer == default_layer(model, x[:1]) and top.maps.shape == (2, 3, 64, 64)
+    assert top.drops is not None and torch.isfinite(top.drops).all() and hook_count(model) == 0
+    asked = concepts(model, x[:1], [1], layer=top.layer, channels=top.channels[0].tolist(), drop=False)
+    torch.testing.assert_close(asked.shares[0], top.shares[0])
+    torch.testing.assert_close(asked.maps[0], top.maps[0], rtol=1e-4, atol=1e-6)
