@@ -373,3 +373,15 @@ def test_token_and_channels_last_layers_give_concepts_of_their_last_dimension(
     asked = concepts(model, x[:1], [1], layer=top.layer, channels=top.channels[0].tolist(), drop=False)
     torch.testing.assert_close(asked.shares[0], top.shares[0])
     torch.testing.assert_close(asked.maps[0], top.maps[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_real_lite0s_top_concept_costs_more_confidence_than_random_channels(lite0: nn.Module) -> None:
+    """cat.png and coffee.png at 112 px, top-1 classes, default layer: zeroing the top concept
+    costs 2.7 and 12.5 points of confidence (measured), the median of 16 random channels 0.00."""
+    from conftest import load_photo
+
+    x = torch.cat([load_photo("cat.png", 112), load_photo("coffee.png", 112)])
+    found = concepts(lite0, x, top_k=1)
+    assert found.drops is not None and found.random_drops is not None
+    assert (found.drops[:, 0] > found.random_drops + 0.01).all()
