@@ -807,6 +807,24 @@ def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsi
     ``attention``: ``attnlrp`` (softmax and uniform rules inside attention, Achtibat et al.
     2024) or ``cp`` (attention weights held constant, Ali et al. 2022).
     """
+    x, out, at = traced(ctx, layer, rule=rule, epsilon=epsilon, gamma=gamma, alpha=alpha, attention=attention)
+    r0 = ctx.target.relevance(out)  # the target logit alone for a class
+    if at is None:
+        (rel,) = torch.autograd.grad(out, x, r0)
+        return rel.detach()
+    (rel,) = torch.autograd.grad(out, at, r0, allow_unused=True)
+    if rel is None:
+        raise LayerError(f"layer {layer!r} carries no relevance to the output")
+    return ctx.grid(layer).nchw(rel.detach()).sum(1, keepdim=True)
+
+
+def traced(ctx: Context, layer: str | None = None, *, rule: str = "composite", epsilon: float = 0.25,
+           gamma: float = 0.25, alpha: float = 1.0, attention: str = "attnlrp") -> tuple[Tensor, Tensor, Tensor | None]:
+    """One LRP forward of ``ctx``'s images with :func:`lrp`'s parameters: ``(x, out, at)``, the
+    input (a leaf), the model's output and, with ``layer``, the tensor whose gradient is the
+    relevance at that layer's output (None without). Relevance flows as the gradient of ``out``
+    with ``ctx.target.relevance(out)``; the graph may be walked several times
+    (``retain_graph=True``). Hooks and the mode are gone when it returns."""
     if epsilon < 0 or gamma < 0 or alpha < 1:
         raise ValueError(f"lrp: epsilon and gamma must be >= 0 and alpha >= 1 (beta = alpha - 1), "
                          f"got epsilon={epsilon}, gamma={gamma}, alpha={alpha}")
@@ -821,15 +839,9 @@ def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsi
         with tracer:
             out = model(x0)
         out = tracer.check_output(out)
-        r0 = ctx.target.relevance(out)  # the target logit alone for a class
-        if layer is None:
-            (rel,) = torch.autograd.grad(out, x, r0)
-            return rel.detach()
-        if layer not in acts:
-            raise LayerError(f"layer {layer!r} is not called in the model's forward")
-        # a layer folded with its BatchNorm has no relevance of its own: the pair's output has it
-        at = tracer.folded.get(acts[layer].grad_fn, acts[layer])
-        (rel,) = torch.autograd.grad(out, at, r0, allow_unused=True)
-    if rel is None:
-        raise LayerError(f"layer {layer!r} carries no relevance to the output")
-    return ctx.grid(layer).nchw(rel.detach()).sum(1, keepdim=True)
+    if layer is None:
+        return x, out, None
+    if layer not in acts:
+        raise LayerError(f"layer {layer!r} is not called in the model's forward")
+    # a layer folded with its BatchNorm has no relevance of its own: the pair's output has it
+    return x, out, tracer.folded.get(acts[layer].grad_fn, acts[layer])

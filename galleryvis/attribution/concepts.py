@@ -1,0 +1,263 @@
+"""Concept Relevance Propagation (Achtibat et al. 2023, https://doi.org/10.1038/s42256-023-00711-8):
+what the model saw, not only where. The relevance that the engine's LRP (:mod:`.lrp`) brings to a
+layer is split by the layer's channels ("concepts"); each channel's share of it ranks them, and
+each gets its conditional heatmap: the same LRP from that layer down to the pixels with the
+relevance kept at that channel alone (only what flows through the layer, as zennit-crp's
+``CondAttribution`` with ``exclude_parallel=True``: a skip connection around the layer carries
+none).
+
+:func:`concept_drop` asks whether a concept is real: how much the target's confidence drops when
+the channel is zeroed at the layer, beside the median drop for random channels of that layer.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from galleryvis import registry, targets
+from galleryvis.engine.changes import prepared, replaced_output, resolve_layer
+from galleryvis.engine.chunking import Chunking
+from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD, Context, check_inputs, chunking_of, fast_layout, model_device
+from galleryvis.errors import LayerError
+from galleryvis.engine.layers import Grid, default_layer
+from galleryvis.attribution.lrp import traced
+
+#: Random channels whose median drop :func:`concept_drop` sets beside each concept's, by default.
+RANDOM_CHANNELS = 16
+
+
+@dataclass(frozen=True)
+class Concepts:
+    """Concepts of a batch of N images at one ``layer``, k per image (float32 / int64 CPU tensors).
+
+    ``channels`` (N, k): the layer's channels, each image's most relevant first (or those asked
+    for, in that order). ``shares`` (N, k): each channel's relevance (summed over the layer's
+    positions) over the sum of the absolute relevance of all the layer's channels (signed; the
+    shares of all channels have absolute values summing to 1). ``maps`` (N, k, H, W): each
+    channel's conditional heatmap at the input, summed over the colour channels. ``drops`` (N, k):
+    the target's confidence minus its confidence with the channel zeroed at the layer;
+    ``random_drops`` (N,): the median of that over ``random_channels`` channels drawn at random
+    (both None, and ``random_channels`` 0, without ``drop``).
+    """
+
+    layer: str
+    channels: Tensor
+    shares: Tensor
+    maps: Tensor
+    drops: Tensor | None = None
+    random_drops: Tensor | None = None
+    random_channels: int = 0
+
+    def __len__(self) -> int:
+        return int(self.channels.shape[0])
+
+
+def concepts(
+    model: nn.Module,
+    x: Tensor,
+    target: targets.Target = None,
+    layer: str | None = None,
+    channels: Sequence[int] | None = None,
+    top_k: int = 4,
+    *,
+    drop: bool = True,
+    random_channels: int = RANDOM_CHANNELS,
+    seed: int = 0,
+    batch_size: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    **params: Any,
+) -> Concepts:
+    """The ``top_k`` concepts (channels) of each image at ``layer`` by share of relevance, with
+    their conditional heatmaps; with ``channels``, those channels for every image instead.
+
+    ``x``: normalized images (N, C, H, W). ``target``: as :func:`galleryvis.attribute` takes it
+    (None: each image's top-1 class). ``layer``: a dotted module name (default: the CAM default
+    layer, :func:`galleryvis.engine.layers.default_layer`); a module called several times is read at
+    its last call. ``params``: the LRP's parameters (``rule``, ``epsilon``, ``gamma``, ...), as
+    ``galleryvis.attribute(..., "lrp", ...)`` takes them. ``drop``: also each concept's
+    confidence drop and the median drop of ``random_channels`` random channels drawn with
+    ``seed`` (:func:`concept_drop`; needs a target with a confidence). ``batch_size``, ``mean``,
+    ``std``: as for :func:`galleryvis.attribute`. The model comes back as it went in, also
+    after an exception.
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1:
+        raise ValueError(f"concepts: top_k must be an int >= 1, got {top_k!r}")
+    asked = None if channels is None else _channel_list(channels)
+    if drop:
+        _check_random(random_channels)
+    resolved = registry.resolve_params(registry.get("lrp"), params)
+    parts: list[tuple[Tensor, ...]] = []
+    with _call(model, x, target, layer, batch_size, mean, std, "concepts with drop=True" if drop else None) as call:
+        for ctx in call.contexts():
+            found = _concepts(ctx, call.layer, asked, int(top_k), resolved)
+            parts.append(found + (_drops(ctx, call.layer, found[0], random_channels, seed) if drop else ()))
+    out = [torch.cat(p) for p in zip(*parts)]
+    if not drop:
+        return Concepts(call.layer, *out)
+    assert call.grid is not None
+    return Concepts(call.layer, *out, random_channels=min(random_channels, _channel_count(call.grid)))
+
+
+def concept_drop(
+    model: nn.Module,
+    x: Tensor,
+    channels: Sequence[int] | Tensor,
+    target: targets.Target = None,
+    layer: str | None = None,
+    *,
+    random_channels: int = RANDOM_CHANNELS,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Whether concepts are real: ``(drops, random_drops)``, float32 CPU. ``drops`` (N, k): the
+    target's confidence (:meth:`galleryvis.targets.Objective.confidence`, a class's softmax
+    probability) minus its confidence with channel ``channels[i, j]`` (or ``channels[j]`` for
+    every image) of ``layer``'s output set to zero; ``random_drops`` (N,): the median drop over
+    ``random_channels`` distinct channels of the layer (all of them if it has fewer), drawn by a
+    generator seeded with ``seed``, the same for every image. ``target`` and ``layer`` as for
+    :func:`concepts`."""
+    _check_random(random_channels)
+    chosen = (channels if isinstance(channels, Tensor) else torch.tensor(_channel_list(channels))).long().cpu()
+    out = []
+    with _call(model, x, target, layer, batch_size, confidence_for="concept_drop") as call:
+        n = call.x.shape[0]
+        chosen = chosen.expand(n, -1) if chosen.dim() == 1 else chosen
+        if chosen.dim() != 2 or chosen.shape[0] != n or not chosen.numel():
+            raise ValueError(f"concept_drop: channels must be (k,) or (N, k) for {n} images, "
+                             f"got {tuple(channels.shape) if isinstance(channels, Tensor) else channels}")
+        for ctx, rows in zip(call.contexts(), chosen.split(call.chunks.backward)):
+            out.append(_drops(ctx, call.layer, rows, random_channels, seed))
+    drops, rand = (torch.cat(p) for p in zip(*out))
+    return drops, rand
+
+
+# -- one call ---------------------------------------------------------------------------------------
+@dataclass
+class _Call:
+    """What both functions share: the images on the model's device, the resolved layer and
+    target, the chunking; :meth:`contexts` gives a :class:`Context` per chunk."""
+
+    model: nn.Module
+    x: Tensor
+    objective: targets.Objective
+    layer: str
+    chunks: Chunking
+    mean: Sequence[float]
+    std: Sequence[float]
+    grid: Grid | None = None  # the layer's, from the last context
+
+    def contexts(self) -> Iterator[Context]:
+        size = self.chunks.backward
+        for xs, ts in zip(self.x.split(size), self.objective.split(size)):
+            ctx = Context(self.model, xs, ts, (self.layer,), size, self.chunks.forward, mean=self.mean, std=self.std)
+            self.grid = ctx.grid(self.layer)
+            yield ctx
+
+
+@contextmanager
+def _call(model: nn.Module, x: Tensor, target: targets.Target, layer: str | None, batch_size: int | None,
+          mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+          confidence_for: str | None = None) -> Iterator[_Call]:
+    """The set-up of a call: inputs checked, the model prepared (eval mode, frozen parameters,
+    no in-place activations; :func:`galleryvis.engine.changes.prepared`, undone on exit), the layer
+    resolved (default: the CAM layer), the target bound to the images with top-1 classes
+    decided and, for ``confidence_for`` (who reads it), checked to have a confidence."""
+    x = fast_layout(check_inputs(x).to(model_device(model)))
+    chunks = chunking_of(batch_size, x.device)
+    with prepared(model):
+        name = default_layer(model, x[:1]) if layer is None else layer
+        resolve_layer(model, name)
+        objective = targets.resolve(target, model, x, chunks.forward)
+        if confidence_for is not None:
+            targets.require_confidence(objective, confidence_for)
+        yield _Call(model, x, objective, name, chunks, mean, std)
+
+
+# -- the parts ----------------------------------------------------------------------------------------
+def _concepts(ctx: Context, layer: str, channels: list[int] | None, top_k: int,
+              params: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+    """(channels, shares, maps) of one chunk: one LRP forward, the relevance at the layer, and
+    one backward from the layer per concept rank."""
+    x, out, at = traced(ctx, layer, **params)
+    assert at is not None
+    (rel,) = torch.autograd.grad(out, at, ctx.target.relevance(out), retain_graph=True, allow_unused=True)
+    if rel is None:
+        raise LayerError(f"layer {layer!r} carries no relevance to the output")
+    grid = ctx.grid(layer)
+    count = _channel_count(grid)
+    per_channel = _channel_axis_first(rel, grid).flatten(2).sum(2)  # (n, C)
+    shares = per_channel / per_channel.abs().sum(1, keepdim=True).clamp_min(torch.finfo(rel.dtype).tiny)
+    if channels is None:
+        if top_k > count:
+            raise ValueError(f"concepts: top_k={top_k} is more than the {count} channels of layer {layer!r}")
+        chosen = shares.topk(top_k, dim=1).indices
+    else:
+        chosen = torch.tensor(channels, device=rel.device).expand(rel.shape[0], -1)
+        _check_range(chosen, count, layer)
+    maps = []
+    for j in range(chosen.shape[1]):
+        keep = grid.per_channel(F.one_hot(chosen[:, j], count).to(rel.dtype))
+        (r,) = torch.autograd.grad(at, x, rel * keep, retain_graph=j < chosen.shape[1] - 1)
+        maps.append(r.detach().sum(1))
+    return (chosen.cpu(), shares.take_along_dim(chosen, 1).detach().float().cpu(),
+            torch.stack(maps, 1).float().cpu().contiguous())
+
+
+def _drops(ctx: Context, layer: str, chosen: Tensor, random_channels: int, seed: int) -> tuple[Tensor, Tensor]:
+    """(drops (n, k), median random drops (n,)) of one chunk: ``chosen`` (n, k) zeroed one rank at
+    a time, then each of the random channels."""
+    grid = ctx.grid(layer)
+    count = _channel_count(grid)
+    _check_range(chosen, count, layer)
+    drawn = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:random_channels]
+    n = len(ctx.x)
+    with torch.no_grad():
+        base = ctx.target.confidence(ctx.forward().output)
+        drops = torch.stack([base - _zeroed(ctx, layer, grid, chosen[:, j]) for j in range(chosen.shape[1])], 1)
+        rand = torch.stack([base - _zeroed(ctx, layer, grid, c.expand(n)) for c in drawn], 1)
+    return drops.float().cpu(), rand.float().quantile(0.5, dim=1).cpu()  # the mean of the middle two if even
+
+
+def _zeroed(ctx: Context, layer: str, grid: Grid, channel: Tensor) -> Tensor:
+    """The target's confidence with channel ``channel[i]`` of ``layer``'s output zeroed for image i."""
+    keep = grid.per_channel(1 - F.one_hot(channel.to(ctx.x.device), _channel_count(grid)))
+
+    def zero(out: Tensor) -> Tensor:
+        return out * keep.to(out.dtype)
+
+    with replaced_output(ctx.model, layer, zero):
+        return ctx.target.confidence(ctx.output(ctx.x))
+
+
+def _channel_count(grid: Grid) -> int:
+    return grid.shape[0] if grid.layout == "channels_first" else grid.shape[-1]
+
+
+def _channel_axis_first(t: Tensor, grid: Grid) -> Tensor:
+    """A layer output (or its relevance) with its channels at dim 1 (N, C, positions...)."""
+    return t if grid.layout == "channels_first" else t.movedim(-1, 1)
+
+
+def _channel_list(channels: Sequence[int]) -> list[int]:
+    if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or not channels or \
+            any(isinstance(c, bool) or not isinstance(c, Integral) for c in channels):
+        raise ValueError(f"channels must be a non-empty sequence of ints, got {channels!r}")
+    return [int(c) for c in channels]
+
+
+def _check_random(random_channels: int) -> None:
+    if isinstance(random_channels, bool) or not isinstance(random_channels, Integral) or random_channels < 1:
+        raise ValueError(f"random_channels must be an int >= 1, got {random_channels!r}")
+
+
+def _check_range(chosen: Tensor, count: int, layer: str) -> None:
+    bad = chosen[(chosen < 0) | (chosen >= count)]
+    if bad.numel():
+        raise ValueError(f"channel {int(bad[0])} is out of range for layer {layer!r} with {count} channels")
