@@ -93,14 +93,13 @@ def _write_gallery(folder: Path, extra: str = "") -> None:
 @pytest.mark.chunk_search
 def test_a_gallery_measures_each_model_once_per_machine_and_an_explicit_batch_size_wins(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from galleryvis import engine
     from galleryvis.build import executor
     from galleryvis.config.manifest import load_manifest
     from galleryvis.build.pipeline import Options, build
 
     _write_gallery(tmp_path)
     measured, used = [], []
-    real_measure, real_attribute = executor.measure_chunking, engine.attribute_calls
+    real_measure, real_attribute = executor.measure_chunking, executor.attribute_calls
 
     def counting_measure(model: nn.Module, sample: Tensor) -> Chunking:
         measured.append((tuple(sample.shape), real_measure(model, sample)))
@@ -111,7 +110,7 @@ def test_a_gallery_measures_each_model_once_per_machine_and_an_explicit_batch_si
         return real_attribute(*args, batch_size=batch_size, **kw)
 
     monkeypatch.setattr(executor, "measure_chunking", counting_measure)
-    monkeypatch.setattr(engine, "attribute_calls", recording)  # what the attribution family calls
+    monkeypatch.setattr(executor, "attribute_calls", recording)  # what the compute stage calls
     manifest = load_manifest(tmp_path / "galleryvis.toml")
     build(manifest, Options(quiet=True))
     assert [shape for shape, _ in measured] == [(1, 3, 32, 32)] and used == [measured[0][1]]

@@ -646,7 +646,8 @@ def test_every_reader_and_choice_the_schema_names_exists() -> None:
     import typing
 
     from galleryvis.config import manifest
-    from galleryvis import metrics, sources
+    from galleryvis import sources
+    from galleryvis.metrics import gallery as metrics
     from galleryvis.config.manifest import _Parser
 
     for fields in schema.SECTIONS.values():
@@ -743,7 +744,7 @@ def test_reading_a_manifest_imports_no_torch_and_loads_no_plugin(folder: Path) -
     code = f"""
 import json, sys, tomllib
 from pathlib import Path
-from galleryvis import manifest
+from galleryvis.config import manifest
 parser = manifest._Parser("gallery.toml", Path({str(folder)!r}))
 draft = parser.read(tomllib.loads(Path({str(path)!r}).read_text()))
 read = dict(errors=list(parser.errors), models=len(draft.models), techniques=len(draft.techniques),

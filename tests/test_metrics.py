@@ -19,6 +19,7 @@ from galleryvis import IMAGENET_MEAN, IMAGENET_STD, attribute
 from galleryvis.hooks import hook_count
 from galleryvis.storage.images import fit, load_image, to_tensor
 from galleryvis import metrics
+from galleryvis.metrics import gallery as gallery_metrics
 from galleryvis.engine import Call
 from galleryvis.engine import gaussian_blur
 from galleryvis.metrics import (auc, center_gaussian_map, deletion_insertion, linear_imputation,
@@ -330,18 +331,18 @@ def test_sanity_many_runs_every_technique_through_one_cascade_as_sanity_would(
     calls = {"vanilla": Call("vanilla"), "gradcam at 6": Call("gradcam", "6"), "gradcam at 3": Call("gradcam", "3"),
              "ig": Call("integrated_gradients", params={"steps": 4}),
              "ig, no x input": Call("integrated_gradients", params={"steps": 4, "multiply_by_inputs": False})}
-    real, seen = metrics.attribute_calls, []
+    real, seen = gallery_metrics.attribute_calls, []
 
     def counted(model, x, calls, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         seen.append(sorted(calls))
         return real(model, x, calls, *args, **kwargs)
 
-    monkeypatch.setattr(metrics, "attribute_calls", counted)
+    monkeypatch.setattr(gallery_metrics, "attribute_calls", counted)
     before = snapshot(tiny_seq)
     many = sanity_many(tiny_seq, tiny_x, calls, 0, max_steps=2, seed=1, control=False)
     assert_untouched(tiny_seq, before)
     assert seen == [sorted(calls)] * 3  # the original maps, then one call per cascade step
-    monkeypatch.setattr(metrics, "attribute_calls", real)
+    monkeypatch.setattr(gallery_metrics, "attribute_calls", real)
     for key, call in calls.items():
         alone = sanity(tiny_seq, tiny_x, call.name, 0, call.layer, max_steps=2, seed=1, technique_params=call.params)
         assert many[key].cascade == alone.cascade and many[key].protocol == alone.protocol

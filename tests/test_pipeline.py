@@ -338,9 +338,9 @@ road_percentile = 30
 
 
 def test_out_of_memory_retries_with_smaller_chunks(project, monkeypatch):
-    from galleryvis import engine
+    from galleryvis.build import executor
 
-    real = engine.attribute_calls
+    real = executor.attribute_calls
     sizes = []
 
     def tight(model, x, *args, batch_size, **kw):
@@ -349,7 +349,7 @@ def test_out_of_memory_retries_with_smaller_chunks(project, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(model, x, *args, batch_size=batch_size, **kw)
 
-    monkeypatch.setattr(engine, "attribute_calls", tight)  # what the attribution family calls
+    monkeypatch.setattr(executor, "attribute_calls", tight)  # what the compute stage calls
     summary = _build(project, batch_size=8)
     assert summary.failed == 0 and summary.computed == 16
     assert sizes[:3] == [(8, 32), (4, 16), (2, 8)]
@@ -754,16 +754,18 @@ def test_raw_maps_are_a_zip_per_model_when_asked(project):
 
 
 def test_a_third_family_declared_in_families_alone_is_computed_cached_timed_and_shown(tmp_path, monkeypatch):
-    """A family is one class in galleryvis.families (and its build stage's name): a technique of
-    it is planned, computed, cached, timed and drawn in a table of its own, and left unscored
-    when its family says so, with no other module changed."""
+    """A family is its facts in galleryvis.families and how its cells are computed in the compute
+    stage's COMPUTE (here: as attribution's are), and its build stage's name: a technique of it is
+    planned, computed, cached, timed and drawn in a table of its own, and left unscored when its
+    family says so, with no other module changed."""
     from galleryvis import families
-    from galleryvis.build import progress
+    from galleryvis.build import executor, progress
 
     class Concepts(families.Attribution):
         name, title, scored, split_by_kind, headline = "concepts", "Concepts", False, False, False
 
     monkeypatch.setitem(families.FAMILIES, "concepts", Concepts())
+    monkeypatch.setitem(executor.COMPUTE, "concepts", executor.AttributionCompute())
     monkeypatch.setattr(progress, "STAGES", (*progress.STAGES, "concepts"))
     registry.names()  # the built-ins first, then a registry of our own for this test
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))

@@ -130,17 +130,17 @@ def test_lines_within_a_step_come_at_most_every_interval(monkeypatch: pytest.Mon
     assert out.getvalue().splitlines() == ["[0/2] lite0: smoothgrad 50%"]  # 5 s: quiet; 10.5 s: a line; 0.5 s: quiet
 
 
-def test_work_without_a_callback_reports_to_the_progress_a_build_shows() -> None:
-    out = io.StringIO()
-    bar = progress.Progress(3, quiet=False, stream=out, every=0.0)
-    progress.advance("class_visualization", 1, 4)
-    bar.close()
-    progress.advance("class_visualization", 2, 4)  # closed: nobody listens
-    assert out.getvalue().splitlines() == ["[0/3] class_visualization 25%"]
-    quiet = progress.Progress(3, quiet=True, stream=out)
-    progress.advance("class_visualization", 3, 4)
-    quiet.close()
-    assert out.getvalue().count("\n") == 1
+def test_a_synthesis_technique_reports_its_steps_to_the_caller() -> None:
+    """A synthesis technique's steps reach the caller's ``within`` (every item's, in order), as
+    the compute stage hands it a build's progress."""
+    import galleryvis
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    seen: list[tuple[int, int]] = []
+    galleryvis.synthesize(model, "filter_visualization", layer="0", channel=[0, 1], steps=3, size=16,
+                          within=lambda done, total: seen.append((done, total)))
+    assert seen == [(k, 6) for k in range(6)]
 
 
 def test_the_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

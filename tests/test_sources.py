@@ -163,18 +163,18 @@ def test_a_build_uses_each_sources_preprocessing_and_escapes_its_labels(
         timm_folder: Path, hf_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The timm folder and the Hugging Face folder in one gallery: every attribution call gets
     the model's own mean and std, and the labels from the configs reach the pages escaped."""
-    import galleryvis.engine
+    from galleryvis.build import executor
     from galleryvis.build.pipeline import Options, build
     from galleryvis.render import pages
 
     seen: list[tuple[tuple[float, ...], tuple[float, ...]]] = []
-    real = galleryvis.engine.attribute_calls
+    real = executor.attribute_calls
 
     def spy(*args, **kwargs):  # noqa: ANN002, ANN003
         seen.append((tuple(kwargs["mean"]), tuple(kwargs["std"])))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(galleryvis.engine, "attribute_calls", spy)  # what the attribution family calls
+    monkeypatch.setattr(executor, "attribute_calls", spy)  # what the compute stage calls
     # this checkout's templates, whichever checkout the installed package points at
     monkeypatch.setattr(pages, "_resources", lambda: Path(__file__).resolve().parent.parent / "templates")
     pages._environments.cache_clear()
