@@ -30,6 +30,16 @@ def _fixed_chunks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
         monkeypatch.setattr(executor, "measure_chunking", lambda model, sample: Chunking.of(8))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's tests (restored after): tiny batches run faster
+    without threads waiting on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def load_photo(name: str, size: int = 224) -> Tensor:
     """A photo from input_images/: short side resized to ``size``, centre crop, ImageNet
     normalization; (1, 3, size, size) float32."""

@@ -29,13 +29,8 @@ def _quantus_on_numpy_2(monkeypatch):
     warnings.filterwarnings("ignore", module="quantus")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batches: one thread is faster than several waiting on each other (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: Tiny batches: one thread is faster than several waiting on each other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cnn(channels: int = 3) -> nn.Module:

@@ -19,13 +19,8 @@ from galleryvis import metrics
 stats = pytest.importorskip("scipy.stats")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batches: one thread is faster than several waiting on each other (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: Tiny batches: one thread is faster than several waiting on each other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _scipy_tau(a: np.ndarray, b: np.ndarray) -> float:
