@@ -377,6 +377,7 @@ def _half_mask(photo: Path, folder: Path) -> Path:
     return folder / "left.png"
 
 
+@pytest.mark.slow
 def test_a_segmentation_gallery_explains_a_class_over_its_pixels_or_a_given_region(tmp_path) -> None:
     """A segmentation model in a gallery: "top1" is the class covering most pixels (background
     excepted), `{ class, mask }` explains a class over a given region; deletion / insertion read
@@ -443,6 +444,7 @@ def test_a_region_must_fit_its_photo_and_a_segmentation_model(tmp_path) -> None:
         "images[0].target.mask: a region is for segmentation models; model 'resnet18' is a classification model"]
 
 
+@pytest.mark.slow
 def test_a_multilabel_gallery_reads_each_class_by_its_sigmoid(tmp_path) -> None:
     """A multi-label model in a gallery: its top-5 are the sigmoids of its logits, each image
     explains its class of highest sigmoid, deletion / insertion follow that class's sigmoid (as
