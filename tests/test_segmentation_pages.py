@@ -105,6 +105,24 @@ def test_the_prediction_is_the_models_argmax_label_map(built) -> None:
             assert picture[edge].mean() > 200
 
 
+def test_the_label_map_is_cached_by_content_and_kept_by_the_cache_cleaner(built) -> None:
+    """The build stores each image's label map under the model's and the image's content (two
+    entries of the same photo share one), and ``galleryvis cache clean`` keeps it."""
+    from galleryvis.build.jobs import label_map_key, read_images
+    from galleryvis.build.pipeline import Options, referenced_keys
+    from galleryvis.config.manifest import load_manifest
+    from galleryvis.storage.cache import CACHE_DIRNAME, Cache
+
+    site, _, adapter, folder = built
+    manifest = load_manifest(site.parent / "galleryvis.toml")
+    cache = Cache(site.parent / CACHE_DIRNAME)
+    keys = {label_map_key(adapter, img.ref) for img in read_images(manifest)}  # type: ignore[arg-type]
+    assert len(keys) == 1
+    entry = cache.get(next(iter(keys)))
+    assert entry is not None and np.array_equal(entry.array, _by_hand(adapter, folder)[2])
+    assert keys <= referenced_keys(manifest, Options(quiet=True))
+
+
 def test_the_legend_names_the_classes_with_their_share_of_pixels(built) -> None:
     site, records, adapter, folder = built
     _, small, _ = _by_hand(adapter, folder)
