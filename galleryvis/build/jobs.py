@@ -210,6 +210,39 @@ def _predictions(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache)
     return out
 
 
+def label_map_key(adapter: ModelAdapter, img: ImageRef) -> str:
+    """The cache key of a segmentation model's label map of an image."""
+    return cache_key(kind="labels", **model_input(adapter, img))
+
+
+def label_maps(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache) -> dict[str, np.ndarray]:
+    """A segmentation model's predicted class of every pixel of its crop of each image
+    (:meth:`~galleryvis.sources.loading.ModelAdapter.label_map`, as uint8 or uint16) per image
+    id, from the cache when possible; empty for a model of another task."""
+    if adapter.task != "segmentation":
+        return {}
+    out: dict[str, np.ndarray] = {}
+    for img in images:
+        key = label_map_key(adapter, img.ref)
+        entry = cache.get(key)
+        if entry is None:
+            labels = adapter.label_map(img.input_for(adapter)[None])[0].numpy()
+            labels = labels.astype(np.uint8 if labels.max() < 256 else np.uint16)
+            cache.put(key, labels, {"image": img.ref.name, "model": adapter.id, "covers": model_input(adapter, img.ref)})
+        else:
+            labels = entry.array
+        out[img.ref.id] = labels
+    return out
+
+
+def resolve_target(adapter: ModelAdapter, wanted: int | str | Region | None, confidences: np.ndarray
+                   ) -> tuple[int, Path | None]:
+    """A target as a model reads it: its class index (``None``: the model's top-1 from the
+    image's ``confidences``) and its region (a mask file; None: the class's own pixels)."""
+    cls, region = (wanted.cls, wanted.mask) if isinstance(wanted, Region) else (wanted, None)
+    return _target_index(adapter, cls, adapter.top1(torch.from_numpy(confidences))), region
+
+
 def layer_for(adapter: ModelAdapter, tspec: TechniqueSpec) -> Any:
     """The technique entry's own layer, else the model's layer for that technique, else the
     model's default CAM layer for techniques that need one."""
@@ -242,8 +275,7 @@ def plan(manifest: Manifest, ws: Workspace, cache: Cache, force: bool
             each_image = reads_image(tspec)
             for img in images if each_image else images[:1]:
                 wanted = img.ref.target if tspec.target is None else tspec.target
-                cls, region = (wanted.cls, wanted.mask) if isinstance(wanted, Region) else (wanted, None)
-                target = _target_index(adapter, cls, adapter.top1(torch.from_numpy(preds[spec.id][img.ref.id])))
+                target, region = resolve_target(adapter, wanted, preds[spec.id][img.ref.id])
                 covers = {"kind": families.named(tech.family).stores,
                           **(model_input(adapter, img.ref) if each_image else model_covers(adapter)),
                           "technique": tech.name, "version": tech.version,

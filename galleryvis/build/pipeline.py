@@ -22,7 +22,8 @@ from galleryvis.storage.cache import CACHE_DIRNAME, Cache, CacheWarning
 from galleryvis.build.executor import Executor, LocalExecutor, chunking_key
 from galleryvis.build.faults import Faults
 from galleryvis.hooks import counting
-from galleryvis.build.jobs import Job, Workspace, plan, plan_lines, prediction_key, workspace
+from galleryvis.build.jobs import (Job, Workspace, label_map_key, label_maps, plan, plan_lines, prediction_key,
+                                   workspace)
 from galleryvis.config.manifest import Manifest
 from galleryvis.build.progress import Progress, Stages, expected_passes
 from galleryvis.storage.sitefiles import build_lock
@@ -142,6 +143,9 @@ def _build(manifest: Manifest, opts: Options, executor: Executor | None, cache: 
         if opts.dry_run:
             summary.expected_passes = expected_passes(todo, ws)
             return summary
+        with stages.stage("predict"):
+            labels = {spec.id: label_maps(ws.models[spec.id], list(ws.images.values()), cache)
+                      for spec in manifest.models}
         progress = Progress(len(todo) + scoring.task_count(jobs, manifest.metrics), opts.quiet)
         try:
             executor.run(todo, cache, progress, summary.seconds)
@@ -167,7 +171,7 @@ def _build(manifest: Manifest, opts: Options, executor: Executor | None, cache: 
                     "stages": stages.to_json(), "failures": summary.failures}
 
         write_site(manifest, ws, jobs, preds, rankings, counts, timings, out, provenance(manifest, ws, device),
-                   stages)
+                   stages, labels)
         if opts.use_cache and cache.root is not None and not summary.failed:
             _stamp(manifest, ws, cache, opts, out, summary)
     return summary
@@ -227,11 +231,13 @@ def _stamp(manifest: Manifest, ws: Workspace, cache: Cache, opts: Options, out: 
 
 
 def referenced_keys(manifest: Manifest, opts: Options) -> set[str]:
-    """Every cache key the manifest uses (predictions, maps, and its models' chunk sizes on this machine)."""
+    """Every cache key the manifest uses (predictions, segmentations' label maps, maps, and its
+    models' chunk sizes on this machine)."""
     ws = workspace(manifest)
     cache = Cache(cache_dir(manifest, opts), enabled=opts.use_cache)
     jobs, _ = plan(manifest, ws, cache, force=False)
     return {j.key for j in jobs} | {prediction_key(a, i.ref) for a in ws.models.values() for i in ws.images.values()} \
+        | {label_map_key(a, i.ref) for a in ws.models.values() if a.task == "segmentation" for i in ws.images.values()} \
         | {chunking_key(a) for a in ws.models.values()}
 
 

@@ -18,13 +18,13 @@ from galleryvis.render import postprocess
 from galleryvis import registry
 from galleryvis.storage.fileio import atomic_write
 from galleryvis.storage.images import fit
-from galleryvis.build.jobs import Job, LoadedImage, Workspace, layer_for
-from galleryvis.config.manifest import Manifest
+from galleryvis.build.jobs import Job, LoadedImage, Workspace, layer_for, resolve_target
+from galleryvis.config.manifest import Manifest, Region
 from galleryvis.sources.loading import ModelAdapter
 from galleryvis.naming import unique_slugs
 from galleryvis.build.progress import Stages
-from galleryvis.render.records import (RECORDS_FILE, Cell, ColourScale, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, Size,
-                      TechniqueRecord, Variant)
+from galleryvis.render.records import (RECORDS_FILE, Cell, ColourScale, Gallery, ImageRecord, LabelClass, ModelRecord,
+                                       Prediction, Ranking, Segmentation, Size, TechniqueRecord, Variant)
 from galleryvis.storage.sitefiles import staged
 
 #: Thumbnail box in CSS pixels; the full-resolution view serves 2x screens (``srcset``).
@@ -220,14 +220,57 @@ def _raw_maps_zip(jobs: list[Job], parts: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
+#: How many of a segmentation's classes its legend names (most pixels first); the explained one always.
+LEGEND_CLASSES = 6
+
+
+def _segmentation_records(adapter: ModelAdapter, ws: Workspace, preds: dict[str, np.ndarray],
+                          labels: dict[str, np.ndarray], out: Path, folder: str, alpha: float,
+                          crop: Callable[[LoadedImage, ModelAdapter], Image.Image]
+                          ) -> tuple[dict[str, Segmentation], dict[str, Variant]]:
+    """A segmentation model's pictures under ``folder``: per image id, its prediction (the label
+    map over its crop, the class the image's target explains outlined, with the legend) and,
+    where the image's target gives a region, its crop with the region outlined."""
+    segs: dict[str, Segmentation] = {}
+    regions: dict[str, Variant] = {}
+    for img in ws.images.values():
+        if img.ref.id not in labels and not isinstance(img.ref.target, Region):
+            continue
+        target, region = resolve_target(adapter, img.ref.target, preds[img.ref.id])
+        base = crop(img, adapter)
+        stem = f"{folder}/{img.ref.id}/_"
+        if region is not None:
+            alt = f"Image {img.ref.name} as model {adapter.id} sees it, the region {region.name} outlined"
+            pic = postprocess.outline(base, adapter.region_mask(region))
+            src, thumb, size, tsize = _save(pic, out, f"{stem}region.webp")
+            regions[img.ref.id] = Variant("region", "Region", src, thumb, alt, size, tsize)
+        if img.ref.id not in labels:
+            continue
+        lab = labels[img.ref.id]
+        shares = preds[img.ref.id]
+        shown = sorted({int(k) for k in np.flatnonzero(shares > 0)} | {target}, key=lambda k: (-shares[k], k))
+        shown = [k for i, k in enumerate(shown) if i < LEGEND_CLASSES or k == target]
+        classes = [LabelClass(k, adapter.label(k), round(float(shares[k]), 4), postprocess.label_colour(k), k == target)
+                   for k in shown]
+        alt = (f"Prediction of model {adapter.id} on image {img.ref.name}: its label map, "
+               f"{adapter.label(target)} outlined")
+        src, thumb, size, tsize = _save(postprocess.label_picture(lab, base, alpha, target), out, f"{stem}prediction.webp")
+        png = f"{stem}prediction-labels.png"
+        atomic_write(out / png, postprocess.label_png(lab))
+        segs[img.ref.id] = Segmentation(Variant("prediction", "Prediction", src, thumb, alt, size, tsize), png, classes)
+    return segs, regions
+
+
 def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[str, dict[str, np.ndarray]],
                rankings: list[Ranking], counts: dict[str, int], timings: Callable[[], dict[str, Any]], out: Path,
-               provenance: dict[str, Any] | None = None, stages: Stages | None = None) -> None:
+               provenance: dict[str, Any] | None = None, stages: Stages | None = None,
+               labels: dict[str, dict[str, np.ndarray]] | None = None) -> None:
     """Render every page and picture into a staged folder that replaces ``out`` when complete;
     ``counts`` (computed / cached / failed) show on the pages, ``timings()`` (asked for once the
     pages are written, so it holds their time too: ``stages`` gets the pictures and pages
     stages) goes to build.json and ``provenance`` (versions, device, seeds, fingerprints,
-    manifest hash, date) to the build page."""
+    manifest hash, date) to the build page; ``labels``, each segmentation model's label map
+    per image id (:func:`~galleryvis.build.jobs.label_maps`), its "Prediction" row."""
     from galleryvis.render import render_site
 
     stages = stages or Stages()
@@ -246,6 +289,9 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         for img in ws.images.values():
             src, thumb, size, tsize = _save(crop(img, None), tmp, f"img/input/{img.ref.id}.webp")
             image_records.append(ImageRecord(img.ref.id, img.ref.name, src, thumb, size, tsize))
+        # File-name parts, distinct even for ids that differ only in case or punctuation.
+        ids = [m.id for m in manifest.models], [t.id for t in manifest.techniques]
+        parts = dict(zip(ids[0], unique_slugs(ids[0]))), dict(zip(ids[1], unique_slugs(ids[1])))
         model_records = []
         for spec in manifest.models:
             a = ws.models[spec.id]
@@ -256,10 +302,10 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
                 lay = layer_for(a, t)
                 if lay is not None:
                     layers[t.id] = lay if isinstance(lay, str) else ", ".join(lay)
-            model_records.append(ModelRecord(a.id, a.name, a.description, top5, layers, random_weights=a.random))
-        # File-name parts, distinct even for ids that differ only in case or punctuation.
-        ids = [m.id for m in manifest.models], [t.id for t in manifest.techniques]
-        parts = dict(zip(ids[0], unique_slugs(ids[0]))), dict(zip(ids[1], unique_slugs(ids[1])))
+            segs, regions = _segmentation_records(a, ws, preds[spec.id], (labels or {}).get(spec.id, {}), tmp,
+                                                  f"img/{parts[0][spec.id]}", manifest.gallery.alpha, crop)
+            model_records.append(ModelRecord(a.id, a.name, a.description, top5, layers, random_weights=a.random,
+                                             segmentations=segs, regions=regions))
         shared = shared_limits(manifest, jobs)
         scales = colour_scales(manifest.gallery.colormap, manifest.gallery.outlier_perc)
         cells = [_cell_record(job, ws, tmp, manifest, crop(ws.image(job), ws.adapter(job)), parts,

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 from galleryvis.families import FAMILIES
 from galleryvis.naming import slug, unique_slugs
 from galleryvis.render.records import (Cell, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, Size,
-                                TechniqueRecord, Variant)
+                                       TechniqueRecord, Variant)
 
 
 #: A cell whose map keeps at least this rank correlation after the model's weights are
@@ -62,6 +62,12 @@ def target_text(label: str, index: int | None) -> str:
     if index is None:
         return label[:1].upper() + label[1:]
     return f"Target class: {label} ({index})" if label else f"Target class: {index}"
+
+
+def share_text(share: float) -> str:
+    """A share of the pixels in whole percent: ``"18 %"``; ``"<1 %"`` for a share above 0 that
+    rounds to 0."""
+    return "<1 %" if 0 < share < 0.005 else f"{share * 100:.0f} %"
 
 
 def titlecase(text: str) -> str:
@@ -153,7 +159,8 @@ class Column:
 
 @dataclass
 class Slot:
-    """One data cell of a grid row; ``kind`` is image, original, failed, missing, absent or spanned."""
+    """One data cell of a grid row; ``kind`` is image, original, prediction (a segmentation's label
+    map), failed, missing, absent or spanned."""
 
     kind: str
     cell: Cell | None = None
@@ -173,6 +180,9 @@ class Slot:
     plot: str = ""
     error: str = ""
     curves: list[tuple[str, Sparkline]] = field(default_factory=list)
+    legend: list[tuple[str, str, str, bool]] = field(default_factory=list)  # a prediction's (colour, class, share, explained)
+    rest: str = ""  # the share of the pixels of the classes its legend leaves out ("" when none)
+    labels: str = ""  # a prediction's label map (a PNG of class indices)
 
 
 @dataclass
@@ -301,11 +311,11 @@ class SiteModel:
             col.target = target_text(*key) if key else ""
         rows: list[Row] = []
         if original:
-            rows.append(Row("Original Image", [
-                Slot("original", src=col.image.src, thumb=col.image.thumb or col.image.src,
-                     alt=f"Original image {col.image.name}", size=col.image.size, thumb_size=col.image.thumb_size)
-                for col in columns
-            ], first=True, id=f"{prefix}original"))
+            rows.append(Row("Original Image", [self.original(col.model, col.image) for col in columns],
+                            first=True, id=f"{prefix}original"))
+            if any(col.image.id in col.model.segmentations for col in columns):
+                rows.append(Row("Prediction", [self.prediction(col.model, col.image) for col in columns],
+                                sub="argmax over classes", id=f"{prefix}prediction"))
         for tech in techs:
             cells = [self.g.cell(col.model.id, col.image.id, tech.id) for col in columns]  # type: ignore[union-attr]
             if all(c is None for c in cells):
@@ -330,7 +340,7 @@ class SiteModel:
                     row.slots.append(self.slot(col.model, col.image, col.target_key, tech, cell, v, j, len(variants),
                                                plots))
             rows.extend(group)
-        if len(rows) == int(original):
+        if all(row.technique is None for row in rows):
             return None
         return Table(caption, corner, columns, rows)
 
@@ -354,6 +364,28 @@ class SiteModel:
         columns = [Column(models[0], None, t.id, self.technique_page[t.id]) for t in techs]
         return Table(caption, "Model", columns, rows)
 
+    def original(self, model: ModelRecord, image: ImageRecord) -> Slot:
+        """The original image of a column: the model's crop with its region outlined where the
+        column's target gives one, else the image."""
+        pic = model.regions.get(image.id)
+        if pic is not None:
+            return Slot("original", src=pic.src, thumb=pic.thumb, alt=pic.alt, size=pic.size, thumb_size=pic.thumb_size,
+                        note="region outlined")
+        return Slot("original", src=image.src, thumb=image.thumb or image.src, alt=f"Original image {image.name}",
+                    size=image.size, thumb_size=image.thumb_size)
+
+    def prediction(self, model: ModelRecord, image: ImageRecord) -> Slot:
+        """A segmentation model's label map of ``image`` with its legend; ``missing`` for a model
+        that has none."""
+        seg = model.segmentations.get(image.id)
+        if seg is None:
+            return Slot("missing")
+        pic = seg.picture
+        rest = 1.0 - sum(c.share for c in seg.classes)
+        return Slot("prediction", src=pic.src, thumb=pic.thumb, alt=pic.alt, size=pic.size, thumb_size=pic.thumb_size,
+                    legend=[(c.colour, c.label, share_text(c.share), c.explained) for c in seg.classes],
+                    rest=share_text(rest) if rest >= 0.005 else "", labels=seg.labels)
+
     def slot(self, model: ModelRecord, image: ImageRecord | None, target_key: tuple[str, int | None] | None,
              tech: TechniqueRecord, cell: Cell | None, v: Variant | None, j: int, span: int, plots: bool) -> Slot:
         """One data cell: ``model`` on ``image`` (None: a cell that reads no image); its target
@@ -367,7 +399,8 @@ class SiteModel:
         found = next((x for x in cell.variants if v is not None and x.key == v.key), None)
         slot = Slot("absent", cell) if found is None else Slot(
             "image", cell, found, found.src, found.thumb or found.src,
-            self.alt(tech, found, model, image, cell), found.size, found.thumb_size, image.src if image else "",
+            self.alt(tech, found, model, image, cell), found.size, found.thumb_size,
+            (model.regions[image.id].src if image.id in model.regions else image.src) if image else "",
         )
         if j == 0:
             if (cell.target_label, cell.target_index) != target_key and (cell.target_label or cell.target_index is not None):

@@ -121,8 +121,10 @@ def md_picture(src: str, thumb: str, alt: str, width: int, prefix: str = "") -> 
 def _md_cell(slot: Slot, prefix: str = "", width: int | None = None) -> MdSafe:
     """One Markdown table cell (already escaped); pictures as :func:`md_picture`."""
     parts: list[str] = []
-    if slot.kind in ("image", "original"):
+    if slot.kind in ("image", "original", "prediction"):
         parts.append(md_picture(slot.src, slot.thumb, slot.alt, width or slot.thumb_size.width or MD_WIDTH, prefix))
+    if slot.legend:
+        parts.append(", ".join(md_escape(f"{label} {share}") for _, label, share, _ in slot.legend))
     elif slot.kind == "failed":
         parts.append(f"**Failed:** {md_escape(_first_line(slot.error, 200))}")
     elif slot.kind == "missing":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from cmap import Colormap
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from galleryvis.storage.fileio import atomic_write
 from galleryvis.registry import suggest
@@ -356,17 +356,90 @@ def on_photo(kind: str, raw: np.ndarray, photo: Image.Image, box: Box, *, colorm
     out = frame.copy()
     out.paste(Image.blend(frame.crop(region), colour, alpha), region[:2])
     if region != (0, 0, width, height):
-        _outline(out, region)
+        box_mask = np.zeros((height, width), bool)
+        box_mask[top:bottom, left:right] = True
+        out = outline(out, box_mask)
     return out
 
 
-def _outline(img: Image.Image, region: tuple[int, int, int, int]) -> None:
-    """A white line just inside ``region`` with a black one around it: visible on any photo."""
-    left, top, right, bottom = region
+def _erode(mask: np.ndarray, r: int) -> np.ndarray:
+    """``mask`` eroded by a (2r + 1)-pixel square, the picture's border continued outwards."""
+    h, w = mask.shape
+    padded = np.pad(mask, r, mode="edge")
+    rows = np.logical_and.reduce([padded[k:k + h] for k in range(2 * r + 1)])
+    return np.logical_and.reduce([rows[:, k:k + w] for k in range(2 * r + 1)])
+
+
+def outline(img: Image.Image, mask: np.ndarray) -> Image.Image:
+    """A copy of ``img`` with the edge of a region drawn: a white line just inside ``mask`` (a
+    boolean (H, W) array of the picture's size) and a black one just outside, visible on any
+    photo; ``min(size) / 200`` pixels wide (at least 1). The picture's own border is no edge.
+
+    Raises:
+        ValueError: a mask of another size than the picture.
+    """
+    m = np.asarray(mask, dtype=bool)
+    if m.shape != (img.height, img.width):
+        raise ValueError(f"the region is {m.shape[1]}x{m.shape[0]} but the picture is {img.width}x{img.height}")
     line = max(1, round(min(img.size) / 200))
-    draw = ImageDraw.Draw(img)
-    draw.rectangle((left - line, top - line, right - 1 + line, bottom - 1 + line), outline=(0, 0, 0), width=line)
-    draw.rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 255), width=line)
+    out = np.array(img.convert("RGB"))
+    out[~m & ~_erode(~m, line)] = 0
+    out[m & ~_erode(m, line)] = 255
+    return Image.fromarray(out, "RGB")
+
+
+# -- label maps ------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def palette() -> np.ndarray:
+    """The categorical colours of a label map, (K, 3) uint8, class ``i`` in colour ``i % K``:
+    black for class 0 (a segmentation's background), then Tableau's 20 (its ten strong colours,
+    then their light ones), then Glasbey's (white left out). Read-only."""
+    tab = [c.color.rgba8[:3] for c in Colormap("tableau:tab20").color_stops]
+    glasbey = [c.color.rgba8[:3] for c in Colormap("glasbey:glasbey").color_stops][1:]
+    table = np.array([(0, 0, 0), *tab[0::2], *tab[1::2], *glasbey], dtype=np.uint8)
+    table.setflags(write=False)
+    return table
+
+
+def label_colour(index: int) -> str:
+    """Class ``index``'s colour in a label map (:func:`palette`) as CSS ``#rrggbb``."""
+    r, g, b = palette()[index % len(palette())].tolist()
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def label_picture(labels: np.ndarray, image: Image.Image, alpha: float = 0.5,
+                  explained: int | None = None) -> Image.Image:
+    """A label map (an (H, W) array of class indices) drawn over ``image`` (its size): each
+    class in its :func:`palette` colour, blended as ``alpha * colour + (1 - alpha) * image``,
+    the pixels of class ``explained`` outlined (:func:`outline`).
+
+    Raises:
+        ValueError: ``alpha`` out of range, or an image of another size than the labels.
+    """
+    _check_alpha(alpha)
+    lab = np.asarray(labels)
+    if lab.shape != (image.height, image.width):
+        raise ValueError(f"the labels are {lab.shape[1]}x{lab.shape[0]} but the image is {image.width}x{image.height}")
+    colours = Image.fromarray(palette()[lab.astype(np.intp) % len(palette())], "RGB")
+    out = Image.blend(image.convert("RGB"), colours, alpha)
+    if explained is not None and (lab == explained).any():
+        out = outline(out, lab == explained)
+    return out
+
+
+def label_png(labels: np.ndarray) -> bytes:
+    """A label map as a lossless PNG whose pixel values are the class indices: a palette PNG in
+    the :func:`palette` colours (up to 256 classes), else 16-bit grey; bytes that depend only on
+    the labels."""
+    lab = np.asarray(labels)
+    buf = io.BytesIO()
+    if int(lab.max(initial=0)) < 256:
+        img = Image.fromarray(lab.astype(np.uint8), "P")
+        img.putpalette(palette()[:256].tobytes())
+    else:
+        img = Image.fromarray(lab.astype(np.uint16), "I;16")
+    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
 
 
 def raw_picture(kind: str, raw: np.ndarray) -> Image.Image:

@@ -42,10 +42,53 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One rendered picture of a cell (e.g. ``heatmap``), paths relative to the site root;
+    ``scale`` names its :class:`ColourScale`, ``range`` is the value range its colours span
+    when the map shares a scale with others (``""`` when it has its own)."""
+
+    key: str
+    label: str
+    src: str
+    thumb: str
+    alt: str
+    size: Size = Size(0, 0)
+    thumb_size: Size = Size(0, 0)
+    scale: str = ""
+    range: str = ""
+
+
+@dataclass(frozen=True)
+class LabelClass:
+    """One class a segmentation shows: its index, name, share of the pixels, colour in the label
+    map (CSS ``#rrggbb``) and whether the image's column explains it."""
+
+    index: int
+    label: str
+    share: float
+    colour: str
+    explained: bool = False
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A segmentation model's prediction for one image: ``picture``, its label map in
+    categorical colours over the model's crop (the explained class outlined); ``labels``, the
+    label map as a lossless PNG whose pixel values are the class indices; ``classes``, the
+    legend (the classes it shows, most pixels first, and the explained one)."""
+
+    picture: Variant
+    labels: str
+    classes: list[LabelClass]
+
+
+@dataclass(frozen=True)
 class ModelRecord:
     """A model with its top-5 predictions per image id and the layers its techniques used;
     ``random_weights``: built with random weights (``weights = "none"``), so its classes are no
-    predictions and every page that shows them says so."""
+    predictions and every page that shows them says so. A segmentation model also has its
+    ``segmentations`` per image id, and ``regions``: per image id whose target gives a region,
+    the model's crop with that region outlined."""
 
     id: str
     name: str
@@ -53,6 +96,8 @@ class ModelRecord:
     predictions: dict[str, list[Prediction]]
     layers: dict[str, str]
     random_weights: bool = False
+    segmentations: dict[str, Segmentation] = field(default_factory=dict)
+    regions: dict[str, Variant] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,23 +113,6 @@ class TechniqueRecord:
     paper: str
     kind: str = ""  # the registry's display kind: gradient, cam, signed or image
     group: str = ""  # the registry's table group ("" = the one of its kind)
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One rendered picture of a cell (e.g. ``heatmap``), paths relative to the site root;
-    ``scale`` names its :class:`ColourScale`, ``range`` is the value range its colours span
-    when the map shares a scale with others (``""`` when it has its own)."""
-
-    key: str
-    label: str
-    src: str
-    thumb: str
-    alt: str
-    size: Size = Size(0, 0)
-    thumb_size: Size = Size(0, 0)
-    scale: str = ""
-    range: str = ""
 
 
 @dataclass(frozen=True)
@@ -162,9 +190,14 @@ class Gallery:
 
     def to_json(self) -> bytes:
         """The records as :data:`RECORDS_FILE` holds them: without ``summary`` (this build's
-        counts, which build.json has), so an unchanged rebuild writes the same bytes."""
-        return json.dumps(replace(self, summary={}).to_dict(), ensure_ascii=False, separators=(",", ":"),
-                          default=str).encode()
+        counts, which build.json has), so an unchanged rebuild writes the same bytes; a model's
+        ``segmentations`` and ``regions`` only when it has some."""
+        data = replace(self, summary={}).to_dict()
+        for model in data["models"]:  # a segmentation's own fields only where it has them
+            for key in ("segmentations", "regions"):
+                if not model[key]:
+                    del model[key]
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str).encode()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Gallery:

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -23,7 +24,7 @@ from galleryvis.engine.layers import default_layer
 from galleryvis.sources import LoadedModel, ModelError, source_for
 from galleryvis.targets.detection import limit
 from galleryvis.targets import CLASS_OBJECTIVES, Class, Segment
-from galleryvis.tasks import TaskError, check_model
+from galleryvis.tasks import TaskError, check_model, spatial_logits
 
 __all__ = ["ModelAdapter", "ModelError", "choose_device", "imagenet_labels", "load_model", "seeded"]
 
@@ -112,9 +113,22 @@ class ModelAdapter(LoadedModel):
         is explained over instead (cropped as the photo is)."""
         if region is None:
             return CLASS_OBJECTIVES[self.task](index)
+        return Segment(index, mask=torch.from_numpy(self.region_mask(region)))
+
+    def region_mask(self, region: Path) -> np.ndarray:
+        """A region file (a binary image of the photo's size) cropped as the photo is: a boolean
+        (size, size) array, True where the cropped mask is at least half white."""
         with Image.open(region) as img:
-            mask = np.asarray(self.crop(img.convert("L"))) >= 128
-        return Segment(index, mask=torch.from_numpy(mask))
+            return np.asarray(self.crop(img.convert("L"))) >= 128
+
+    def label_map(self, x: Tensor) -> Tensor:
+        """A segmentation model's predicted class of every pixel of a normalized batch: the argmax
+        over classes at the model's resolution, upsampled (nearest pixel centre) to the input's
+        size; (N, H, W) int64 on the CPU."""
+        with torch.no_grad(), prepared(self.model):
+            scores = spatial_logits(self.model(x.to(self.device)))
+        labels = scores.argmax(1, keepdim=True).float()
+        return F.interpolate(labels, size=tuple(x.shape[-2:]), mode="nearest-exact")[:, 0].long().cpu()
 
     def confidences(self, x: Tensor) -> Tensor:
         """Every class's confidence (a segmentation model: its share of the pixels) for a
