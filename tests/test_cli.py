@@ -200,7 +200,7 @@ def test_device_overrides_the_manifest_and_is_checked_first(folder):
                  ["explain", str(folder / "cat.png"), "-o", str(folder / "x.png")]):
         for device, problem in (("tpu", "unknown device 'tpu'"), ("cuda", "CUDA is not available")):
             result = CliRunner().invoke(main, [*args, "--device", device])
-            assert result.exit_code == 2 and result.output.startswith(f"error: --device: ") and problem in result.output
+            assert result.exit_code == 2 and result.output.startswith("error: --device: ") and problem in result.output
             assert len(result.output.splitlines()) == 1, result.output
     assert not (folder / "x.png").exists()
 

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from galleryvis import IMAGENET_MEAN, IMAGENET_STD, attribute
 from galleryvis.hooks import hook_count
 from galleryvis.storage.images import fit, load_image, to_tensor
-from galleryvis import metrics
 from galleryvis.metrics import gallery as gallery_metrics
 from galleryvis.engine import Call
 from galleryvis.engine import gaussian_blur

@@ -94,7 +94,7 @@ def concepts(
         _check_random(random_channels)
     resolved = registry.resolve_params(registry.get("lrp"), params)
     parts: list[tuple[Tensor, ...]] = []
-    with _call(model, x, target, layer, batch_size, mean, std, "concepts with drop=True" if drop else None) as call:
+    with layer_call(model, x, target, layer, batch_size, mean, std, "concepts with drop=True" if drop else None) as call:
         for ctx in call.contexts():
             found = _concepts(ctx, call.layer, asked, int(top_k), resolved)
             parts.append(found + (_drops(ctx, call.layer, found[0], random_channels, seed) if drop else ()))
@@ -126,7 +126,7 @@ def concept_drop(
     _check_random(random_channels)
     chosen = (channels if isinstance(channels, Tensor) else torch.tensor(_channel_list(channels))).long().cpu()
     out = []
-    with _call(model, x, target, layer, batch_size, confidence_for="concept_drop") as call:
+    with layer_call(model, x, target, layer, batch_size, confidence_for="concept_drop") as call:
         n = call.x.shape[0]
         chosen = chosen.expand(n, -1) if chosen.dim() == 1 else chosen
         if chosen.dim() != 2 or chosen.shape[0] != n or not chosen.numel():
@@ -140,7 +140,7 @@ def concept_drop(
 
 # -- one call ---------------------------------------------------------------------------------------
 @dataclass
-class _Call:
+class LayerCall:
     """What both functions share: the images on the model's device, the resolved layer and
     target, the chunking; :meth:`contexts` gives a :class:`Context` per chunk."""
 
@@ -162,9 +162,9 @@ class _Call:
 
 
 @contextmanager
-def _call(model: nn.Module, x: Tensor, target: targets.Target, layer: str | None, batch_size: int | None,
+def layer_call(model: nn.Module, x: Tensor, target: targets.Target, layer: str | None, batch_size: int | None,
           mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-          confidence_for: str | None = None) -> Iterator[_Call]:
+          confidence_for: str | None = None) -> Iterator[LayerCall]:
     """The set-up of a call: inputs checked, the model prepared (eval mode, frozen parameters,
     no in-place activations; :func:`galleryvis.engine.changes.prepared`, undone on exit), the layer
     resolved (default: the CAM layer), the target bound to the images with top-1 classes
@@ -177,7 +177,7 @@ def _call(model: nn.Module, x: Tensor, target: targets.Target, layer: str | None
         objective = targets.resolve(target, model, x, chunks.forward)
         if confidence_for is not None:
             targets.require_confidence(objective, confidence_for)
-        yield _Call(model, x, objective, name, chunks, mean, std)
+        yield LayerCall(model, x, objective, name, chunks, mean, std)
 
 
 # -- the parts ----------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from galleryvis import targets
-from galleryvis.attribution.concepts import _call
+from galleryvis.attribution.concepts import layer_call
 from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD, Context
 from galleryvis.engine.layers import Grid
 from galleryvis.hooks import replaced_output
@@ -113,7 +113,7 @@ def factorize(
     class). The model comes back as it went in, also after an exception."""
     _check_components(n_components)
     parts = []
-    with _call(model, x, target, layer, batch_size, mean, std) as call:
+    with layer_call(model, x, target, layer, batch_size, mean, std) as call:
         for ctx in call.contexts():
             parts.append(_factors(ctx, call.layer, int(n_components)))
     maps, concepts, outputs, best = zip(*parts)
