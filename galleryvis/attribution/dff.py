@@ -91,7 +91,8 @@ class Factors:
         each (N, k, top_k)."""
         if self.scores is None or self.scores.dim() != 3:
             raise ValueError("top_classes needs a model whose output is logits (N, classes)")
-        probabilities, indices = self.scores.softmax(-1).topk(top_k, dim=-1)
+        softmax = targets.Class.probabilities(self.scores.flatten(0, 1)).view_as(self.scores)
+        probabilities, indices = softmax.topk(top_k, dim=-1)
         return indices, probabilities
 
 
