@@ -65,3 +65,50 @@ def test_masks_and_boxes_are_read_per_image(root: Path) -> None:
 def test_a_bad_mask_or_box_is_an_error_naming_the_image(root: Path, entry: dict, words: str) -> None:
     errors = _errors(root, entry)
     assert len(errors) == 1 and errors[0].startswith("gallery.toml: " + words), errors
+
+
+def test_a_gallery_computes_the_metrics_it_names_with_the_ground_truth_it_has(tmp_path: Path) -> None:
+    """``[metrics] compute``: each named metric for every map, value by value what
+    ``galleryvis.metrics`` gives on the same maps and objectives; a localisation metric on the
+    image with a box, the other image saying why it has none; an unknown name is one manifest
+    error naming the field."""
+    import json
+    import shutil
+
+    import torch
+
+    import galleryvis
+    from galleryvis.build.jobs import load_models
+    from galleryvis.build.pipeline import Options, build
+    from galleryvis.config.manifest import load_manifest
+    from galleryvis.storage.images import load_image
+
+    photos = Path(__file__).resolve().parent.parent / "input_images"
+    for name in ("cat.png", "coffee.png"):
+        shutil.copy(photos / name, tmp_path / name)
+    text = ('[[images]]\npath = "cat.png"\nbox = [120, 20, 360, 280]\n\n[[images]]\npath = "coffee.png"\n\n'
+            '[[models]]\nname = "resnet18"\nweights = "none"\nsize = 48\n\n[[techniques]]\nname = "gradcam"\n\n'
+            '[metrics]\nenabled = true\ndeletion_insertion = false\nsanity = false\n'
+            'compute = ["sparseness", "average_drop", "completeness", "pointing_game"]\n')
+    (tmp_path / "galleryvis.toml").write_text(text, encoding="utf-8")
+    manifest = load_manifest(tmp_path / "galleryvis.toml")
+    assert build(manifest, Options(quiet=True, batch_size=2)).failed == 0
+    cells = {c["image_id"]: c for c in json.loads((tmp_path / "site" / "gallery.json").read_text())["cells"]}
+
+    adapter = load_models(manifest)["resnet18"]
+    x = torch.stack([adapter.preprocess(load_image(tmp_path / n).convert("RGB")) for n in ("cat.png", "coffee.png")])
+    target = galleryvis.targets.Class(adapter.confidences(x).argmax(1).tolist())
+    maps = galleryvis.attribute(adapter.model, x, "gradcam", target=target)
+    for name in ("sparseness", "average_drop"):
+        expected = getattr(metrics, name)(adapter.model, x, maps, target)
+        assert [cells[i]["metrics"][name] for i in ("cat", "coffee")] == pytest.approx(expected.tolist(), abs=2e-4)
+    error = metrics.completeness(adapter.model, x, maps, target, mean=adapter.mean, std=adapter.std)["relative_error"]
+    assert [cells[i]["metrics"]["completeness"] for i in ("cat", "coffee")] == pytest.approx(error.tolist(), rel=1e-3)
+    box = np.asarray(adapter.crop(Image.fromarray(metrics.box_mask([120, 20, 360, 280], 300, 451).astype(np.uint8) * 255)))
+    hit = metrics.pointing_game(adapter.model, x[:1], maps[:1], target.rows([0]), mask=torch.from_numpy(box >= 128)[None])
+    assert cells["cat"]["metrics"]["pointing_game"] == pytest.approx(float(hit[0]))
+    assert "no ground truth" in cells["coffee"]["skipped"]["pointing_game"]
+
+    (tmp_path / "galleryvis.toml").write_text(text.replace('"sparseness"', '"sparsenes"'), encoding="utf-8")
+    with pytest.raises(ManifestError, match=r"metrics\.compute: unknown metric 'sparsenes' \(did you mean: sparseness"):
+        load_models(load_manifest(tmp_path / "galleryvis.toml"))

@@ -640,6 +640,7 @@ def test_a_spec_without_a_declared_key_is_refused_at_import() -> None:
             road_percentile: float
             sanity_steps: int
             sanity_techniques: tuple[str, ...] | None
+            compute: tuple[str, ...]
 
 
 def test_every_reader_and_choice_the_schema_names_exists() -> None:

@@ -24,6 +24,7 @@ from galleryvis.config.manifest import (Manifest, ManifestError, ModelSpec, Regi
 from galleryvis.sources.loading import ModelAdapter, ModelError, choose_device, load_model
 from galleryvis.naming import unique_slugs
 from galleryvis.targets import Class, Segment
+from galleryvis.metrics import unknown_metrics
 from galleryvis.tasks import DEFAULT_TASK
 
 
@@ -36,6 +37,8 @@ class ImageRef:
     path: Path
     sha: str
     target: int | str | None = None
+    mask: Path | None = None  # where the object is, for localisation metrics: a binary image of the photo's size
+    box: tuple[tuple[float, float, float, float], ...] | None = None  # or its boxes, in the photo's pixels
 
 
 @dataclass
@@ -141,6 +144,7 @@ def load_models(manifest: Manifest) -> dict[str, ModelAdapter]:
         except ModelError as exc:
             errors.append(str(exc))
     errors += check_against_models(manifest, adapters)
+    errors += [f"{manifest.label}: metrics.compute: {problem}" for problem in unknown_metrics(manifest.metrics.compute)]
     if errors:
         raise ManifestError(errors)
     return adapters
@@ -153,7 +157,7 @@ def read_images(manifest: Manifest) -> list[LoadedImage]:
     out, errors = [], []
     for i, s in zip(ids, manifest.images):
         try:
-            out.append(LoadedImage(ImageRef(i, s.path.name, s.path, file_sha256(s.path), s.target), load_image(s.path)))
+            out.append(LoadedImage(ImageRef(i, s.path.name, s.path, file_sha256(s.path), s.target, s.mask, s.box), load_image(s.path)))
         except ImageError as exc:
             errors.append(f"{manifest.label}: {s.field}.path: {exc}")
     if errors:

@@ -3,15 +3,19 @@ per-model ranking, and how other models rank a class visualization's target."""
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections import defaultdict
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
 from galleryvis import metrics, registry
 from galleryvis.storage.cache import Cache, cache_key
+from galleryvis.storage.images import file_sha256
+from galleryvis.targets import per_image
 from galleryvis.engine.chunking import Chunking
 from galleryvis.engine import Call, chunking_of
 from galleryvis.build.executor import chunking_for
@@ -50,12 +54,13 @@ def _sanity_wanted(spec: MetricsSpec, name: str) -> bool:
 
 def task_count(jobs: list[Job], spec: MetricsSpec) -> int:
     """How many progress steps :func:`score` takes at most for these jobs (fewer when cells fail):
-    one per cell of a scored family (attribution) for deletion / insertion and for ROAD, one per
-    cell the sanity check scores."""
+    one per cell of a scored family (attribution) for deletion / insertion, for ROAD and for the
+    metrics ``compute`` names, one per cell the sanity check scores."""
     if not spec.enabled:
         return 0
     cells = [j for j in jobs if j.family.scored]
-    return sum(int(spec.deletion_insertion) + int(spec.road) + int(_sanity_wanted(spec, j.tech.name)) for j in cells)
+    return sum(int(spec.deletion_insertion) + int(spec.road) + int(bool(spec.compute))
+               + int(_sanity_wanted(spec, j.tech.name)) for j in cells)
 
 
 def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch_size: int | None,
@@ -102,7 +107,71 @@ def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch
         what = f"{model_id}: sanity of {len(same_images)} technique(s)"
         _sanity(ws, same_images, spec, cache, batch_size, functools.partial(progress.within, what))
         progress.step(sum(map(len, same_images)), what)
+    for (model_id, tech_id), group in groups.items() if spec.compute else ():
+        what = f"{model_id}: {', '.join(spec.compute)} of {tech_id}"
+        _evaluations(ws, group, spec, cache, batch_size)
+        progress.step(len(group), what)
     return _rankings(ws, groups, baselines, spec) if spec.deletion_insertion else []
+
+
+def _evaluations(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, batch_size: int | None) -> None:
+    """``[metrics] compute`` for the maps of one (model, technique), through the cache: each
+    metric of :mod:`galleryvis.metrics` at its defaults, with the target's objective; a metric that
+    explains again gets the technique, its layer and parameters instead of the maps; a
+    localisation metric runs on the images with ground truth (``mask`` or ``box``) and says why
+    it did not on the others. Completeness is shown as its relative error."""
+    adapter = ws.adapter(group[0])
+    for name in spec.compute:
+        fn = getattr(metrics, name)
+        params = inspect.signature(fn).parameters
+        keys = [cache_key(kind="metric", name=name, map=j.key, **({"truth": _truth_covers(j)} if "mask" in params
+                                                                   else {})) for j in group]
+        values = {k: float(e.array[0]) for k in keys if (e := cache.get(k)) is not None}
+        todo = [(j, k) for j, k in zip(group, keys) if k not in values]
+        if "mask" in params:
+            for j, _ in todo:
+                if j.image.mask is None and j.image.box is None:
+                    j.skipped[name] = "not run: the image has no ground truth (`[[images]] mask` or `box`)"
+            todo = [(j, k) for j, k in todo if name not in j.skipped]
+        if todo:
+            jobs = [j for j, _ in todo]
+            x = ws.inputs(jobs).to(adapter.device)
+            objective = per_image([ws.objective(j) for j in jobs])
+            given = {"mean": adapter.mean, "std": adapter.std, "batch_size": _chunks(adapter, cache, batch_size).forward}
+            kwargs = {k: v for k, v in given.items() if k in params}
+            if "mask" in params:
+                kwargs["mask"] = torch.from_numpy(np.stack([_truth(ws, j) for j in jobs]))
+            if "technique" in params:
+                first = jobs[0]
+                out = fn(adapter.model, x, first.tech.name, objective, first.layer, technique_params=first.params, **kwargs)
+            else:
+                maps = torch.from_numpy(np.stack([j.result for j in jobs]).astype(np.float32)).to(adapter.device)
+                out = fn(adapter.model, x, maps, objective, **kwargs)
+            out = np.asarray(out)
+            out = out["relative_error"] if out.dtype.names else out  # completeness: its relative error
+            for (j, key), value in zip(todo, out.astype(np.float64)):
+                values[key] = float(value)
+                cache.put(key, np.array([value], dtype=np.float32), {"metric": name, "image": j.image.name})
+        for j, key in zip(group, keys):
+            if key in values and np.isfinite(values[key]):
+                j.metrics[name] = round(values[key], 4)
+            elif key in values:
+                j.skipped[name] = "undefined for this map (see docs/metrics.md)"
+
+
+def _truth_covers(job: Job) -> dict[str, Any]:
+    """What a localisation metric's ground truth is: the mask file's hash, or the boxes."""
+    return {"mask": file_sha256(job.image.mask) if job.image.mask else None, "box": job.image.box}
+
+
+def _truth(ws: Workspace, job: Job) -> np.ndarray:
+    """The image's ground truth cropped as the model sees the photo: a boolean (size, size) array."""
+    adapter = ws.adapter(job)
+    if job.image.mask is not None:
+        return adapter.region_mask(job.image.mask)
+    width, height = ws.image(job).pil.size
+    boxes = Image.fromarray(metrics.box_mask(job.image.box, height, width).astype(np.uint8) * 255)
+    return np.asarray(adapter.crop(boxes)) >= 128
 
 
 def _transfer_ranks(jobs: list[Job], ws: Workspace, cache: Cache) -> None:

@@ -197,7 +197,8 @@ class GallerySpec:
 class MetricsSpec:
     """Faithfulness metrics: deletion/insertion curves (``steps`` points, pixels replaced by
     ``substrate``), ROAD at ``road_percentile`` % removed (both orders) and the
-    cascading-randomization sanity check."""
+    cascading-randomization sanity check; ``compute``: further metrics of :mod:`galleryvis.metrics` by
+    name (checked when the build loads its models)."""
 
     enabled: bool
     deletion_insertion: bool
@@ -208,6 +209,7 @@ class MetricsSpec:
     road_percentile: float
     sanity_steps: int
     sanity_techniques: tuple[str, ...] | None
+    compute: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -242,6 +242,11 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
                                          "this multiplies the technique's cost", 3, range=(1, 100)),
         Field("sanity_techniques", "names", "run the sanity check only for these (it is the expensive part)", None,
               "array of technique names", "every technique"),
+        Field("compute", "names", "Quantus-grade metrics of `galleryvis.metrics` computed for every attribution map "
+                                  "at their defaults, each shown beside the map (e.g. `[\"sparseness\", "
+                                  "\"pixel_flipping\", \"pointing_game\"]`; [docs/metrics.md](metrics.md) gives each "
+                                  "one's cost in model passes); localisation metrics on the images with a `mask` or "
+                                  "`box`", (), "array of metric names", "none"),
     ),
 }
 

@@ -34,13 +34,14 @@ from galleryvis.metrics.evaluation import (attribution_localisation, auc_localis
                                            relevance_mass_accuracy, relevance_rank_accuracy, sparseness,
                                            sufficiency, top_k_intersection)
 from galleryvis.metrics.meta_evaluation import (METRICS, Agreement, MetricInfo, agreement,
-                                                agreement_by_category, kendall_tau_b, metrics_table)
+                                                agreement_by_category, kendall_tau_b, metrics_table,
+                                                unknown_metrics)
 from galleryvis.metrics.gallery import (DeletionInsertion, Sanity, auc, center_gaussian_map, deletion_insertion,
                                         linear_imputation, random_map, rank_techniques, road, sanity, sanity_many,
                                         spearman)
 
 __all__ = ["METRICS", "Agreement", "DeletionInsertion", "MetricInfo", "Sanity", "agreement", "agreement_by_category",
-           "kendall_tau_b", "metrics_table", "sufficiency", "attribution_localisation", "auc", "auc_localisation", "average_drop",
+           "kendall_tau_b", "metrics_table", "sufficiency", "unknown_metrics", "attribution_localisation", "auc", "auc_localisation", "average_drop",
            "average_increase", "avg_sensitivity", "box_mask", "center_gaussian_map", "completeness", "complexity",
            "deletion_insertion", "faithfulness_correlation", "infidelity", "irof", "linear_imputation",
            "local_lipschitz_estimate", "max_sensitivity", "monotonicity_correlation", "pixel_flipping",

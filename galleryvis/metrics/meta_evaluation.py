@@ -124,6 +124,14 @@ METRICS: dict[str, MetricInfo] = {
 }
 
 
+def unknown_metrics(names: Sequence[str]) -> list[str]:
+    """One message for each of ``names`` that :data:`METRICS` does not declare (with a did-you-mean)."""
+    from galleryvis.registry import suggest
+
+    return [f"unknown metric {name!r}{suggest(name, METRICS)} (docs/metrics.md lists them)"
+            for name in names if name not in METRICS]
+
+
 def metrics_table() -> str:
     """docs/metrics.md's table of the metrics (Markdown), by category, from :data:`METRICS`."""
     rows = ["| metric | category | question | better | model passes per image | reference |",
