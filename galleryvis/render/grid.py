@@ -29,13 +29,13 @@ FAMILY_TITLES = {"gradient": "Gradients", "cam": "Class activation maps",
 
 #: The metrics a cell may carry, in display order: ``(name, short name, meaning, better)``.
 METRICS = {
-    "deletion_auc": ("Deletion AUC", "Del", "the class probability as the most relevant pixels are removed first; "
+    "deletion_auc": ("Deletion AUC", "Del", "the target's confidence as the most relevant pixels are removed first; "
                      "a faithful map makes it fall fast", "lower"),
-    "insertion_auc": ("Insertion AUC", "Ins", "the class probability as the most relevant pixels are inserted "
+    "insertion_auc": ("Insertion AUC", "Ins", "the target's confidence as the most relevant pixels are inserted "
                       "first onto a blurred copy; a faithful map makes it rise fast", "higher"),
-    "road_morf": ("ROAD MoRF", "MoRF", "the class probability after the most relevant pixels are removed by noisy "
+    "road_morf": ("ROAD MoRF", "MoRF", "the target's confidence after the most relevant pixels are removed by noisy "
                   "linear imputation (ROAD); a faithful map makes it low", "lower"),
-    "road_lerf": ("ROAD LeRF", "LeRF", "the class probability after the least relevant pixels are removed by noisy "
+    "road_lerf": ("ROAD LeRF", "LeRF", "the target's confidence after the least relevant pixels are removed by noisy "
                   "linear imputation (ROAD); a faithful map keeps it high", "higher"),
     "sanity": ("Sanity ρ", "ρ", "rank correlation with the map after the model's top layers are re-initialized "
                "(cascading randomization); a map that barely changes ignores what the model learned", "lower"),
