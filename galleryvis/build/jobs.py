@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -200,17 +200,25 @@ def prediction_key(adapter: ModelAdapter, img: ImageRef) -> str:
 def _predictions(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache) -> dict[str, np.ndarray]:
     """Every class's confidence (:meth:`~galleryvis.sources.loading.ModelAdapter.confidences`)
     per image id, from the cache when possible."""
+    return _per_image(adapter, images, cache, prediction_key,
+                      lambda x: adapter.confidences(x)[0].numpy().astype(np.float32))
+
+
+def _per_image(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache,
+               key_of: Callable[[ModelAdapter, ImageRef], str], compute: Callable[[torch.Tensor], np.ndarray]
+               ) -> dict[str, np.ndarray]:
+    """``compute`` of each image's model input (a batch of one) per image id, cached under
+    ``key_of(adapter, image)``, from the cache when possible."""
     out: dict[str, np.ndarray] = {}
     for img in images:
-        key = prediction_key(adapter, img.ref)
+        key = key_of(adapter, img.ref)
         entry = cache.get(key)
         if entry is None:
-            probs = adapter.confidences(img.input_for(adapter)[None])[0].numpy()
-            cache.put(key, probs.astype(np.float32),
-                      {"image": img.ref.name, "model": adapter.id, "covers": model_input(adapter, img.ref)})
+            out[img.ref.id] = compute(img.input_for(adapter)[None])
+            cache.put(key, out[img.ref.id], {"image": img.ref.name, "model": adapter.id,
+                                             "covers": model_input(adapter, img.ref)})
         else:
-            probs = entry.array
-        out[img.ref.id] = probs
+            out[img.ref.id] = entry.array
     return out
 
 
@@ -225,18 +233,12 @@ def label_maps(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache) -
     id, from the cache when possible; empty for a model of another task."""
     if adapter.task != "segmentation":
         return {}
-    out: dict[str, np.ndarray] = {}
-    for img in images:
-        key = label_map_key(adapter, img.ref)
-        entry = cache.get(key)
-        if entry is None:
-            labels = adapter.label_map(img.input_for(adapter)[None])[0].numpy()
-            labels = labels.astype(np.uint8 if labels.max() < 256 else np.uint16)
-            cache.put(key, labels, {"image": img.ref.name, "model": adapter.id, "covers": model_input(adapter, img.ref)})
-        else:
-            labels = entry.array
-        out[img.ref.id] = labels
-    return out
+
+    def labels(x: torch.Tensor) -> np.ndarray:
+        out = adapter.label_map(x)[0].numpy()
+        return out.astype(np.uint8 if out.max() < 256 else np.uint16)
+
+    return _per_image(adapter, images, cache, label_map_key, labels)
 
 
 def resolve_target(adapter: ModelAdapter, wanted: int | str | Region | None, confidences: np.ndarray
