@@ -6,6 +6,7 @@ training mode with one frozen convolution, a timm ViT whose attention is fused, 
 ViT (``nn.MultiheadAttention``, whose output the attention techniques replace)."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -213,6 +214,30 @@ METRICS: dict[str, Callable[[nn.Module, Tensor], object]] = {
     "sanity": lambda model, x: metrics.sanity(model, x, "vanilla", [1, 2], max_steps=2),
     "class_rank": lambda model, x: class_rank(model, x[:1].sigmoid(), 1, size=32),
 }
+#: Small settings for the Quantus-grade metrics, where a metric takes them.
+FAST_METRICS: dict[str, Any] = {"nr_samples": 2, "nr_runs": 2, "subset_size": 64, "features_in_step": 512,
+                                "regions_evaluation": 2, "patch_size": 16, "perturb_patch_sizes": [16], "num_classes": 10}
+
+
+def _evaluation(name: str) -> Callable[[nn.Module, Tensor], object]:
+    """A call of ``galleryvis.metrics.<name>`` at small settings: maps, or the technique
+    "vanilla" for a metric that explains again; a square of the image as the object's mask."""
+    fn = getattr(metrics, name)
+    params = inspect.signature(fn).parameters
+
+    def run(model: nn.Module, x: Tensor) -> object:
+        kwargs = {k: v for k, v in FAST_METRICS.items() if k in params}
+        if "mask" in params:
+            mask = torch.zeros(x.shape[0], *x.shape[2:], dtype=torch.bool)
+            mask[:, 8:24, 8:24] = True
+            kwargs["mask"] = mask
+        explained = "vanilla" if "technique" in params else _maps(x)
+        return fn(model, x, explained, [1, 2], **kwargs)
+
+    return run
+
+
+METRICS.update({name: _evaluation(name) for name in metrics.METRICS})
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))

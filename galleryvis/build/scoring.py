@@ -137,7 +137,8 @@ def _evaluations(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cach
             jobs = [j for j, _ in todo]
             x = ws.inputs(jobs).to(adapter.device)
             objective = per_image([ws.objective(j) for j in jobs])
-            given = {"mean": adapter.mean, "std": adapter.std, "batch_size": _chunks(adapter, cache, batch_size).forward}
+            given = {"mean": adapter.mean, "std": adapter.std, "num_classes": adapter.num_classes,
+                     "batch_size": _chunks(adapter, cache, batch_size).forward}
             kwargs = {k: v for k, v in given.items() if k in params}
             if "mask" in params:
                 kwargs["mask"] = torch.from_numpy(np.stack([_truth(ws, j) for j in jobs]))
