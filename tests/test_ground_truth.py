@@ -108,6 +108,9 @@ def test_a_gallery_computes_the_metrics_it_names_with_the_ground_truth_it_has(tm
     hit = metrics.pointing_game(adapter.model, x[:1], maps[:1], target.rows([0]), mask=torch.from_numpy(box >= 128)[None])
     assert cells["cat"]["metrics"]["pointing_game"] == pytest.approx(float(hit[0]))
     assert "no ground truth" in cells["coffee"]["skipped"]["pointing_game"]
+    question = metrics.METRICS["sparseness"].question
+    html = (tmp_path / "site" / "model-resnet18.html").read_text(encoding="utf-8")
+    assert f"Sparseness: {question}; higher is better" in html  # each metric's hint says what it asks
 
     (tmp_path / "galleryvis.toml").write_text(text.replace('"sparseness"', '"sparsenes"'), encoding="utf-8")
     with pytest.raises(ManifestError, match=r"metrics\.compute: unknown metric 'sparsenes' \(did you mean: sparseness"):

@@ -16,6 +16,7 @@ from PIL import Image
 
 from galleryvis.render import postprocess
 from galleryvis import registry
+from galleryvis.metrics import METRICS
 from galleryvis.storage.fileio import atomic_write
 from galleryvis.storage.images import fit
 from galleryvis.build.jobs import Job, LoadedImage, Workspace, layer_for, resolve_target
@@ -322,7 +323,9 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         gallery = Gallery(manifest.gallery.title, manifest.gallery.description, image_records, model_records,
                           _technique_records(manifest), cells, rankings, counts, scales=scales,
                           scaling=scaling, base_url=manifest.gallery.base_url, build=provenance or {},
-                          downloads=downloads)
+                          downloads=downloads,
+                          metric_notes={name: [METRICS[name].question, "higher" if METRICS[name].higher_is_better
+                                               else "lower"] for name in manifest.metrics.compute})
         t_pages = time.perf_counter()
         stages.add("pictures", t_pages - t_pictures)
         render_site(gallery, tmp)

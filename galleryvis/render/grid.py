@@ -270,7 +270,8 @@ class SiteModel:
         keys = [k for k in METRICS if k in cell.metrics] + sorted(k for k in cell.metrics if k not in METRICS)
         out = []
         for k in keys:
-            name, short, meaning, better = METRICS.get(k, (titlecase(k.replace("_", " ")), k, "", ""))
+            name, short, meaning, better = METRICS.get(k, (titlecase(k.replace("_", " ")), k,
+                                                           *self.g.metric_notes.get(k, ("", ""))))
             hint = f"{name}: {meaning}; {better} is better" if meaning else name
             value = cell.metrics[k]
             flagged = (

@@ -175,6 +175,8 @@ class Gallery:
     base_url: str = ""  # the published site's address; gallery.md links pages there
     build: dict[str, Any] = field(default_factory=dict)  # provenance: versions, device, seeds, hashes
     downloads: dict[str, str] = field(default_factory=dict)  # model id -> zip of its raw maps
+    #: ``[metrics] compute``'s metrics: name -> (question it answers, "higher" or "lower" is better)
+    metric_notes: dict[str, list[str]] = field(default_factory=dict)
 
     @cached_property
     def _index(self) -> dict[tuple[str, str, str], Cell]:
@@ -191,8 +193,10 @@ class Gallery:
     def to_json(self) -> bytes:
         """The records as :data:`RECORDS_FILE` holds them: without ``summary`` (this build's
         counts, which build.json has), so an unchanged rebuild writes the same bytes; a model's
-        ``segmentations`` and ``regions`` only when it has some."""
+        ``segmentations`` and ``regions`` only when it has some, and ``metric_notes`` likewise."""
         data = replace(self, summary={}).to_dict()
+        if not data["metric_notes"]:
+            del data["metric_notes"]
         for model in data["models"]:  # a segmentation's own fields only where it has them
             for key in ("segmentations", "regions"):
                 if not model[key]:
