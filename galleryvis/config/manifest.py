@@ -708,8 +708,9 @@ class _Parser:
             paths = self.expand(v["path"], f"{where}.path")  # decoded by the pipeline (jobs.read_images)
             if v["mask"] is not None or v["box"] is not None:
                 self.ground_truth(v, paths, where)
-            if isinstance(v["target"], Region):
-                self.region(v["target"].mask, v["path"], paths, f"{where}.target.mask")
+            if isinstance(v["target"], Region) and (
+                    size := self.one_photo(v["path"], paths, f"{where}.target.mask", None)) is not None:
+                self.mask_of(v["target"].mask, v["path"], size, f"{where}.target.mask")
             for path in paths:
                 specs.setdefault((path, v["target"]), ImageSpec(path, v["target"], v["mask"], v["box"], where))
         if isinstance(value, list) and not value:
@@ -719,46 +720,41 @@ class _Parser:
     def ground_truth(self, v: dict[str, Any], paths: list[Path], where: str) -> None:
         """Check an entry's ``mask`` or ``box`` against its one photo: a mask of the photo's size
         with an object pixel, boxes inside the photo."""
-        from PIL import Image, UnidentifiedImageError  # only when a manifest gives ground truth
-
         key = "mask" if v["mask"] is not None else "box"
         if v["mask"] is not None and v["box"] is not None:
             self.error(f"{where}.box", "give the object's mask or its box, not both")
             return
-        if not paths:  # the path's own error is reported
-            return
-        if _has_magic(v["path"]) or len(paths) != 1:
-            self.error(f"{where}.{key}", f"needs `path` to name one image file, not the glob {v['path']!r}")
-            return
-        try:
-            with Image.open(paths[0]) as photo:
-                width, height = photo.size
-        except (OSError, UnidentifiedImageError) as exc:
-            self.error(f"{where}.path", f"{v['path']!r} is not a readable image: {exc}")
+        size = self.one_photo(v["path"], paths, f"{where}.{key}", f"{where}.path")
+        if size is None:
             return
         if v["box"] is not None:
+            width, height = size
             for box in v["box"]:
                 if not (0 <= box[0] and 0 <= box[1] and box[2] <= width and box[3] <= height):
                     self.error(f"{where}.box", f"box {list(box)} lies outside the photo {v['path']!r} "
                                                f"({width} x {height} pixels)")
             return
-        self.mask_of(v["mask"], v["path"], (width, height), f"{where}.mask")
+        self.mask_of(v["mask"], v["path"], size, f"{where}.mask")
 
-    def region(self, mask: Path, text: str, paths: list[Path], where: str) -> None:
-        """Check a target's region against its one photo (as :meth:`ground_truth` checks a mask)."""
-        from PIL import Image, UnidentifiedImageError
+    def one_photo(self, text: str, paths: list[Path], where: str, path_where: str | None) -> tuple[int, int] | None:
+        """The size of the one photo an entry's ``path`` (``text``) names, for what is checked
+        against it at ``where``; None when its ``path`` has its own error, when it is a glob
+        (reported at ``where``) or when the photo does not decode (reported at ``path_where``;
+        None: the pipeline reports it)."""
+        from PIL import Image, UnidentifiedImageError  # only when a manifest gives ground truth or a region
 
-        if not paths:
-            return
+        if not paths:  # the path's own error is reported
+            return None
         if _has_magic(text) or len(paths) != 1:
             self.error(where, f"needs `path` to name one image file, not the glob {text!r}")
-            return
+            return None
         try:
             with Image.open(paths[0]) as photo:
-                size = photo.size
-        except (OSError, UnidentifiedImageError):
-            return  # the pipeline reports an unreadable photo
-        self.mask_of(mask, text, size, where)
+                return photo.size
+        except (OSError, UnidentifiedImageError) as exc:
+            if path_where is not None:
+                self.error(path_where, f"{text!r} is not a readable image: {exc}")
+            return None
 
     def mask_of(self, mask: Path, text: str, size: tuple[int, int], where: str) -> None:
         """A binary image of the photo ``text``'s ``size`` with an object pixel, or one error."""
