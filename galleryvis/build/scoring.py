@@ -171,8 +171,7 @@ def _truth(ws: Workspace, job: Job) -> np.ndarray:
     if job.image.mask is not None:
         return adapter.region_mask(job.image.mask)
     width, height = ws.image(job).pil.size
-    boxes = Image.fromarray(metrics.box_mask(job.image.box, height, width).astype(np.uint8) * 255)
-    return np.asarray(adapter.crop(boxes)) >= 128
+    return adapter.crop_mask(Image.fromarray(metrics.box_mask(job.image.box, height, width).astype(np.uint8) * 255))
 
 
 def _transfer_ranks(jobs: list[Job], ws: Workspace, cache: Cache) -> None:

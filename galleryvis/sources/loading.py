@@ -101,10 +101,15 @@ class ModelAdapter(LoadedModel):
         """The model-input crop of ``img``, normalized, as a (3, size, size) tensor."""
         return to_tensor(self.crop(img), self.mean, self.std)
 
-    def logits(self, x: Tensor) -> Tensor:
-        """Logits for a normalized batch, in eval mode (restored after), without autograd."""
+    def output(self, x: Tensor) -> Any:
+        """The model's raw output for a normalized batch, in eval mode (restored after), without
+        autograd, on the model's device."""
         with torch.no_grad(), prepared(self.model):
-            return self.model(x.to(self.device)).float().cpu()
+            return self.model(x.to(self.device))
+
+    def logits(self, x: Tensor) -> Tensor:
+        """A classifier's logits for a normalized batch (:meth:`output`), float32 on the CPU."""
+        return self.output(x).float().cpu()
 
     def objective(self, index: int, region: Path | None = None) -> Class | Segment:
         """Class ``index`` as this model's task reads it (a softmax probability for a classifier,
@@ -119,23 +124,25 @@ class ModelAdapter(LoadedModel):
         """A region file (a binary image of the photo's size) cropped as the photo is: a boolean
         (size, size) array, True where the cropped mask is at least half white."""
         with Image.open(region) as img:
-            return np.asarray(self.crop(img.convert("L"))) >= 128
+            return self.crop_mask(img)
+
+    def crop_mask(self, mask: Image.Image) -> np.ndarray:
+        """A binary image of the photo's size cropped as the photo is (:meth:`crop`): a boolean
+        (size, size) array, True where the cropped mask is at least half white."""
+        return np.asarray(self.crop(mask.convert("L"))) >= 128
 
     def label_map(self, x: Tensor) -> Tensor:
         """A segmentation model's predicted class of every pixel of a normalized batch: the argmax
         over classes at the model's resolution, upsampled (nearest pixel centre) to the input's
         size; (N, H, W) int64 on the CPU."""
-        with torch.no_grad(), prepared(self.model):
-            scores = spatial_logits(self.model(x.to(self.device)))
+        scores = spatial_logits(self.output(x))
         labels = scores.argmax(1, keepdim=True).float()
         return F.interpolate(labels, size=tuple(x.shape[-2:]), mode="nearest-exact")[:, 0].long().cpu()
 
     def confidences(self, x: Tensor) -> Tensor:
         """Every class's confidence (a segmentation model: its share of the pixels) for a
         normalized batch, (N, classes), float32 on the CPU."""
-        with torch.no_grad(), prepared(self.model):
-            output = self.model(x.to(self.device))
-        return CLASS_OBJECTIVES[self.task].probabilities(output).float().cpu()
+        return CLASS_OBJECTIVES[self.task].probabilities(self.output(x)).float().cpu()
 
     def top1(self, confidences: Tensor) -> int:
         """The class a ``"top1"`` target explains, from one image's :meth:`confidences`."""
