@@ -28,6 +28,7 @@ from galleryvis import targets, tasks
 from galleryvis.sources.imagetext import IMAGENET_TEMPLATES, ImageText, imagenet_prompts
 from galleryvis.config.manifest import ModelSpec, load_manifest
 from galleryvis.sources.loading import ModelError, load_model
+from galleryvis.storage.images import load_image
 
 open_clip = pytest.importorskip("open_clip")
 pgc = pytest.importorskip("pytorch_grad_cam")
@@ -152,8 +153,32 @@ def test_text_confidence(models: dict, photos64: Tensor, kind: str) -> None:
     expected = logit.sigmoid() if kind == "siglip" else (1 + logit / clip.scale) / 2
     torch.testing.assert_close(objective.confidence(logits), expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(targets.Class(2).bind(2).confidence(logits), logits.softmax(1)[:, 2])
-    with pytest.raises(ValueError, match="not one of this model's prompts; make a model that scores it"):
+    with pytest.raises(ValueError, match="neither a prompt nor a free text of this model; make a model that scores"):
         clip.text("a blue car")
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_free_texts_leave_the_prompts_as_they_were(models: dict, photos64: Tensor, kind: str) -> None:
+    """Free texts are scored after the prompts: the prompts' logits, their softmax (a class
+    objective with ``classes``) and top-1 are unchanged; a text's score is its similarity logit."""
+    clip = wrap(models, kind)
+    wide = clip.with_texts(["a blue car", PROMPTS[1]])  # a prompt is not repeated as a text
+    assert wide.texts == ("a blue car",) and wide.classes == len(PROMPTS)
+    with torch.no_grad():
+        logits, more = clip(photos64), wide(photos64)
+    assert more.shape == (2, len(PROMPTS) + 1)
+    torch.testing.assert_close(more[:, :len(PROMPTS)], logits)
+    prompt = targets.Class(1, classes=wide.classes)
+    torch.testing.assert_close(prompt.bind(2).confidence(more), logits.softmax(1)[:, 1])
+    torch.testing.assert_close(prompt.bind(2).score(more), logits[:, 1])
+    assert targets.Class(classes=wide.classes).bind(2).resolve(more).index == tuple(logits.argmax(1).tolist())
+    text = wide.text("a blue car")
+    assert text.index == len(PROMPTS)
+    alone = clip.with_prompts(["a blue car"])
+    with torch.no_grad():
+        torch.testing.assert_close(text.bind(2).score(more), alone(photos64)[:, 0])
+        cos = F.cosine_similarity(alone.image_features(photos64), alone.text_features[:1], dim=-1)
+    torch.testing.assert_close(text.bind(2).similarity(more), cos, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["open_clip", "siglip"])
@@ -343,6 +368,37 @@ def test_manifest_prompts_errors(tmp_path: Path, value: str, message: str) -> No
         load_manifest(tmp_path / "m.toml")
 
 
+@pytest.mark.parametrize("target, message", [
+    ('{ text = "" }', "images[0].target.text: expected a non-empty text to compare the image with, got string ''"),
+    ("{ text = 3 }", "images[0].target.text: expected a non-empty text to compare the image with, got integer 3"),
+    ('{ text = "a cat", class = 2 }', "images[0].target: a target table gives a text, or a class (and a mask), "
+                                      "not both"),
+    ('{ txt = "a cat" }', "images[0].target: unknown key 'txt' in a target table (keys: class, mask, text)"),
+])
+def test_manifest_text_target_errors(tmp_path: Path, target: str, message: str) -> None:
+    from galleryvis.config.manifest import ManifestError
+
+    (tmp_path / "m.toml").write_text(f'[[images]]\npath = "x.png"\ntarget = {target}\n[[models]]\n'
+                                     'name = "resnet18"\nweights = "none"\n', encoding="utf-8")
+    (tmp_path / "x.png").write_bytes(b"")
+    with pytest.raises(ManifestError) as exc:
+        load_manifest(tmp_path / "m.toml")
+    assert [m.split(": ", 1)[1] for m in exc.value.errors] == [message]
+
+
+def test_a_text_target_needs_an_image_text_model(tmp_path: Path) -> None:
+    from galleryvis.build.jobs import load_models
+    from galleryvis.config.manifest import ManifestError
+
+    (tmp_path / "m.toml").write_text(f'[[images]]\npath = "{EXAMPLES.parent / "input_images" / "cat.png"}"\n'
+                                     'target = { text = "a red car" }\n[[models]]\nname = "resnet18"\n'
+                                     'weights = "none"\n', encoding="utf-8")
+    with pytest.raises(ManifestError) as exc:
+        load_models(load_manifest(tmp_path / "m.toml"))
+    assert [m.split(": ", 1)[1] for m in exc.value.errors] == [
+        "images[0].target.text: a text is for image-text models; model 'resnet18' is a classification model"]
+
+
 def hf_folder(kind: str, folder: Path) -> Path:
     """A ``save_pretrained`` folder of the tiny Hugging Face model with a CLIP tokenizer built
     from CLIP's vocabulary (the one open_clip ships)."""
@@ -394,6 +450,29 @@ def test_clip_example_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         result = build(manifest, Options(quiet=True, batch_size=8))
     finally:
         pages._environments.cache_clear()
-    assert (result.computed, result.failed) == (2 * 1 * 4, 0)  # images x models x techniques
+    assert (result.computed, result.failed) == (3 * 1 * 4, 0)  # images x models x techniques
     page = (folder / "site" / "index.html").read_text(encoding="utf-8")
     assert "a photo of a cat" in page
+    gallery = json.loads((folder / "site" / "gallery.json").read_text(encoding="utf-8"))
+    text_cells = [c for c in gallery["cells"] if c["target_label"].startswith("text ")]
+    assert sorted(c["technique_id"] for c in text_cells) == ["attention_rollout", "gradcam", "integrated_gradients"]
+    assert all(c["target_index"] is None for c in text_cells)
+    # the text's cells equal the API's on a model whose one prompt is that text; its header gives the cosine
+    adapter = load_model(manifest.models[0], folder, torch.device("cpu"), "m")
+    alone = adapter.model.with_prompts(["a red car"])
+    x = adapter.preprocess(load_image(EXAMPLES.parent / "input_images" / "rocket.jpg"))[None]
+    job = next(j for j in result.jobs if j.text == "a red car" and j.tech.id == "gradcam")
+    expected = galleryvis.attribute(alone, x, "gradcam", alone.text("a red car"), job.layer)[0]
+    np.testing.assert_allclose(job.result, expected.numpy(), rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        cos = F.cosine_similarity(alone.image_features(x), alone.text_features, dim=-1)
+    assert text_cells[0]["target_label"] == f'text "a red car", similarity {float(cos):.2f}'
+    # without the free text, every other cell is still in the cache: the prompts' columns are as they were
+    text = (folder / "galleryvis.toml").read_text(encoding="utf-8")
+    (folder / "galleryvis.toml").write_text(text.replace('target = { text = "a red car" }', 'target = "top1"'),
+                                            encoding="utf-8")
+    try:
+        again = build(load_manifest(folder / "galleryvis.toml"), Options(quiet=True, batch_size=8))
+    finally:
+        pages._environments.cache_clear()
+    assert (again.computed, again.cached) == (0, 2 * 4)

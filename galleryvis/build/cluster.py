@@ -169,6 +169,7 @@ class _ModelWorker:
                 if file_sha256(ref.path) != ref.sha:
                     raise ExecutorError(f"{ref.path} on node {self.node} differs from the driver's copy")
                 self.images[ref.id] = LoadedImage(ref, load_image(ref.path))
+        self.adapter.score_texts([job.text for job in jobs if job.text is not None])
         ws = Workspace({self.adapter.id: self.adapter}, self.images)
         seconds: dict[str, float] = {}
         LocalExecutor(ws, self.batch_size, self.fail_fast, self.share).run(jobs, cache, Progress(0, True), seconds)

@@ -17,7 +17,7 @@ import torch
 
 from galleryvis import families, registry
 from galleryvis.engine import Call, attribute_calls
-from galleryvis.targets import Class, Segment
+from galleryvis.targets import Objective
 from galleryvis.engine.changes import capture, prepared
 from galleryvis.synthesis import synthesize
 from galleryvis.storage.cache import Cache, cache_key
@@ -144,7 +144,7 @@ def _chunk(executor: LocalExecutor, chunk: list[list[Job]], chunks: Chunking, se
                         job.error = one_line(exc)
 
 
-def _attribute(adapter: ModelAdapter, x: torch.Tensor, targets: list[Class | Segment], cols: list[tuple[Job, ...]],
+def _attribute(adapter: ModelAdapter, x: torch.Tensor, targets: list[Objective], cols: list[tuple[Job, ...]],
                chunks: Chunking, seconds: dict[str, float], progress: Progress) -> None:
     col_of = {c[0].tech.id: c for c in cols}
     calls = {c[0].tech.id: Call(c[0].tech.name, c[0].layer, c[0].params) for c in cols}
@@ -214,8 +214,8 @@ def _synthesize(ws: Workspace, job: Job, progress: Progress) -> None:
         kwargs["layer"] = job.layer
     if inputs.image == "required":
         kwargs["image"] = x
-    if inputs.unit == "target":
-        kwargs["target"] = job.target
+    if inputs.unit == "target":  # a free text's logit column is this model's own (texts were added in any order)
+        kwargs["target"] = job.target if job.text is None else ws.objective(job).index  # type: ignore[attr-defined]
     elif inputs.unit == "channel":
         job.unit = kwargs["channel"] = _top_channel(adapter, x, job.layer)
     what = f"{job.model.id}: {job.tech.id}"

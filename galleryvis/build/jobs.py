@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -19,11 +19,11 @@ from PIL import Image
 from galleryvis import families, registry
 from galleryvis.storage.cache import Cache, cache_key
 from galleryvis.storage.images import ImageError, file_sha256, load_image
-from galleryvis.config.manifest import (Manifest, ManifestError, ModelSpec, Region, TechniqueSpec,
+from galleryvis.config.manifest import (FreeText, Manifest, ManifestError, ModelSpec, Region, TechniqueSpec,
                                         check_against_models)
 from galleryvis.sources.loading import ModelAdapter, ModelError, choose_device, load_model
 from galleryvis.naming import unique_slugs
-from galleryvis.targets import Class, Segment
+from galleryvis.targets import Objective
 from galleryvis.metrics import unknown_metrics
 from galleryvis.tasks import DEFAULT_TASK
 
@@ -36,7 +36,7 @@ class ImageRef:
     name: str
     path: Path
     sha: str
-    target: int | str | None = None
+    target: int | str | Region | FreeText | None = None
     mask: Path | None = None  # where the object is, for localisation metrics: a binary image of the photo's size
     box: tuple[tuple[float, float, float, float], ...] | None = None  # or its boxes, in the photo's pixels
 
@@ -64,6 +64,8 @@ class Job:
     key: str
     covers: dict[str, Any] = field(default_factory=dict)
     region: Path | None = None  # a segmentation target's region (a mask file), None: the class's own pixels
+    text: str | None = None  # an image-text target's free text (``target``: its logit column), None: a class
+    similarity: float | None = None  # that text's cosine similarity with the image (plan stage)
     result: np.ndarray | None = None
     error: str = ""
     cached: bool = False
@@ -120,9 +122,9 @@ class Workspace:
     def image(self, job: Job) -> LoadedImage:
         return self.images[job.image.id]
 
-    def objective(self, job: Job) -> Class | Segment:
-        """What the job's cell explains, as its model's task reads its target (and region)."""
-        return self.adapter(job).objective(job.target, job.region)
+    def objective(self, job: Job) -> Objective:
+        """What the job's cell explains, as its model's task reads its target (and region or text)."""
+        return self.adapter(job).objective(job.target, job.region, job.text)
 
     def inputs(self, jobs: list[Job]) -> torch.Tensor:
         """The jobs' model inputs stacked (N, 3, size, size); all jobs of one model."""
@@ -144,6 +146,10 @@ def load_models(manifest: Manifest) -> dict[str, ModelAdapter]:
         except ModelError as exc:
             errors.append(str(exc))
     errors += check_against_models(manifest, adapters)
+    texts = free_texts(manifest)
+    for adapter in adapters.values():
+        if texts and adapter.task == "image-text":
+            adapter.score_texts(texts)
     errors += [f"{manifest.label}: metrics.compute: {problem}" for problem in unknown_metrics(manifest.metrics.compute)]
     if errors:
         raise ManifestError(errors)
@@ -222,6 +228,15 @@ def _per_image(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache,
     return out
 
 
+def _similarity(adapter: ModelAdapter, img: LoadedImage, text: str, cache: Cache) -> float:
+    """The cosine similarity of ``img`` with ``text`` by ``adapter`` (an image-text model), cached."""
+    def compute(x: torch.Tensor) -> np.ndarray:
+        objective = adapter.objective(0, text=text).bind(1)
+        return objective.similarity(adapter.output(x)).cpu().numpy().astype(np.float32)  # type: ignore[attr-defined]
+
+    return float(_per_image(adapter, [img], cache, lambda a, ref: similarity_key(a, ref, text), compute)[img.ref.id][0])
+
+
 def label_map_key(adapter: ModelAdapter, img: ImageRef) -> str:
     """The cache key of a segmentation model's label map of an image."""
     return cache_key(kind="labels", **model_input(adapter, img))
@@ -241,12 +256,34 @@ def label_maps(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache) -
     return _per_image(adapter, images, cache, label_map_key, labels)
 
 
-def resolve_target(adapter: ModelAdapter, wanted: int | str | Region | None, confidences: np.ndarray
-                   ) -> tuple[int, Path | None]:
-    """A target as a model reads it: its class index (``None``: the model's top-1 from the
-    image's ``confidences``) and its region (a mask file; None: the class's own pixels)."""
+class Resolved(NamedTuple):
+    """A target as a model reads it: ``target`` its class index (an image-text model's free
+    text: the text's logit column), ``region`` a segmentation class's mask file (None: the
+    class's own pixels), ``text`` the free text (None: a class)."""
+
+    target: int
+    region: Path | None = None
+    text: str | None = None
+
+
+def resolve_target(adapter: ModelAdapter, wanted: int | str | Region | FreeText | None, confidences: np.ndarray
+                   ) -> Resolved:
+    """``wanted`` as ``adapter`` reads it (``None``: the model's top-1 from the image's ``confidences``)."""
+    if isinstance(wanted, FreeText):
+        return Resolved(adapter.objective(0, text=wanted.text).index, None, wanted.text)  # type: ignore[attr-defined]
     cls, region = (wanted.cls, wanted.mask) if isinstance(wanted, Region) else (wanted, None)
-    return _target_index(adapter, cls, adapter.top1(torch.from_numpy(confidences))), region
+    return Resolved(_target_index(adapter, cls, adapter.top1(torch.from_numpy(confidences))), region)
+
+
+def free_texts(manifest: Manifest) -> list[str]:
+    """Every free text the manifest's targets compare images with, in order, once each."""
+    return list(dict.fromkeys(e.target.text for e in (*manifest.images, *manifest.techniques)
+                              if isinstance(e.target, FreeText)))
+
+
+def similarity_key(adapter: ModelAdapter, img: ImageRef, text: str) -> str:
+    """The cache key of an image-text model's cosine similarity of an image with a text."""
+    return cache_key(kind="similarity", text=text, **model_input(adapter, img))
 
 
 def layer_for(adapter: ModelAdapter, tspec: TechniqueSpec) -> Any:
@@ -281,13 +318,15 @@ def plan(manifest: Manifest, ws: Workspace, cache: Cache, force: bool
             each_image = reads_image(tspec)
             for img in images if each_image else images[:1]:
                 wanted = img.ref.target if tspec.target is None else tspec.target
-                target, region = resolve_target(adapter, wanted, preds[spec.id][img.ref.id])
+                target, region, text = resolve_target(adapter, wanted, preds[spec.id][img.ref.id])
                 covers = {"kind": families.named(tech.family).stores,
                           **(model_input(adapter, img.ref) if each_image else model_covers(adapter)),
                           "technique": tech.name, "version": tech.version,
-                          "params": params, "layer": layer, "target": target, "device": device_class,
-                          **({} if region is None else {"region": file_sha256(region)})}
-                job = Job(spec, img.ref, tspec, params, layer, target, cache_key(**covers), covers, region)
+                          "params": params, "layer": layer, "target": target if text is None else {"text": text},
+                          "device": device_class, **({} if region is None else {"region": file_sha256(region)})}
+                job = Job(spec, img.ref, tspec, params, layer, target, cache_key(**covers), covers, region, text)
+                if text is not None and each_image:
+                    job.similarity = _similarity(adapter, img, text, cache)
                 if not force and cache.has(job.key):
                     job.cached = True
                 jobs.append(job)

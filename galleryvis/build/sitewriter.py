@@ -115,12 +115,13 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     ``scale`` is the shared value range of its group (None: the map's own)."""
     tech = registry.get(job.tech.name)
     adapter = ws.adapter(job)
-    explains_class = tech.inputs.unit == "target"
+    explains_class = tech.inputs.unit == "target" and job.text is None
     label = adapter.target_label(job.target, float(confidences[job.target]), job.region) if explains_class \
-        else f"channel {job.unit}" if job.unit is not None else ""
+        else _text_label(job) if job.text is not None else f"channel {job.unit}" if job.unit is not None else ""
+    target = job.target if explains_class else None
     image_id = job.image.id if job.per_image else ""  # a row that does not read its image: one cell per model
     if job.error:
-        return Cell(job.model.id, image_id, job.tech.id, job.target, label, "failed", error=job.error)
+        return Cell(job.model.id, image_id, job.tech.id, target, label, "failed", error=job.error)
     assert job.result is not None
     raw = job.result.astype(np.float32)
     kind = display_kind(tech, raw)
@@ -139,10 +140,15 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     if kind != "image":
         values = f"{stem}.js"
         atomic_write(out / values, values_script(values, kind, raw))
-    target = job.target if explains_class else None
     return Cell(job.model.id, image_id, job.tech.id, target, label, "ok", variants=variants,
                 metrics=dict(job.metrics), curves=dict(job.curves), trace=list(job.trace), values=values,
                 skipped=dict(job.skipped))
+
+
+def _text_label(job: Job) -> str:
+    """An image-text cell's free text as its column names it: ``text "a red car", similarity 0.27``."""
+    return f"text {json.dumps(job.text, ensure_ascii=False)}" + \
+        ("" if job.similarity is None else f", similarity {job.similarity:.2f}")
 
 
 def _technique_records(manifest: Manifest) -> list[TechniqueRecord]:

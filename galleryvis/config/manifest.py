@@ -84,6 +84,13 @@ def _declared(section: str) -> Callable[[type[_Spec]], type[_Spec]]:
     return make
 
 
+class FreeText(NamedTuple):
+    """An image-text model's target given as a table with a text, ``{ text = "a red car" }``:
+    the similarity of the image with any text, not only a prompt."""
+
+    text: str
+
+
 class Region(NamedTuple):
     """An image target given as a table with a region, ``{ class = "dog", mask = "dog-mask.png" }``:
     the class (an index, a name, or None for the top-1 class) and the binary image, the photo's
@@ -97,15 +104,16 @@ class Region(NamedTuple):
 class ImageSpec:
     """One input image file (a glob in the manifest becomes one ImageSpec per file).
 
-    ``target`` is a class index, a class name from the model's labels, None (top-1), or a
-    :class:`Region` (a segmentation class over a given region).
+    ``target`` is a class index, a class name from the model's labels, None (top-1), a
+    :class:`Region` (a segmentation class over a given region) or a :class:`FreeText` (an
+    image-text model's similarity with a text).
     ``mask`` (a binary image the photo's size) or ``box`` (boxes ``(x0, y0, x1, y1)`` in the
     photo's pixels) says where the object is, checked against the photo; None when not given.
     ``field`` names the manifest entry it came from, e.g. ``images[2]``.
     """
 
     path: Path
-    target: int | str | Region | None
+    target: int | str | Region | FreeText | None
     mask: Path | None
     box: tuple[tuple[float, float, float, float], ...] | None
     field: str = ""
@@ -151,7 +159,7 @@ class TechniqueSpec:
 
     ``id`` is unique within a manifest and defaults to ``name``, so one technique can be
     listed twice with different parameters. ``given``: the parameters the manifest wrote.
-    ``target``: the row's own class (None: each image's target).
+    ``target``: the row's own class or text (None: each image's target).
     """
 
     name: str
@@ -161,7 +169,7 @@ class TechniqueSpec:
     layer: str | tuple[str, ...] | None
     scale: Scale | None
     given: frozenset[str] = frozenset()
-    target: int | str | None
+    target: int | str | FreeText | None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -335,6 +343,11 @@ def check_against_models(manifest: Manifest, adapters: Mapping[str, Any]) -> lis
             if isinstance(entry.target, Region) and task != "segmentation" and (entry.field, "mask") not in reported:
                 reported.add((entry.field, "mask"))
                 errors.append(f"{where}.mask: a region is for segmentation models; model {model.id!r} is a {task} model")
+            if isinstance(entry.target, FreeText):
+                if task != "image-text" and (entry.field, "text") not in reported:
+                    reported.add((entry.field, "text"))
+                    errors.append(f"{where}.text: a text is for image-text models; model {model.id!r} is a {task} model")
+                continue
             if target is None or (entry.field, target) in reported:
                 continue
             reported.add((entry.field, target))
@@ -607,12 +620,14 @@ class _Parser:
 
     def read_target(self, value: Any, where: str, f: schema.Field) -> Any:
         """A class index, a class name, or None for "top1"; a table ``{ class = ..., mask = ... }``
-        (a :class:`Region` when it gives a mask, else its class)."""
+        (a :class:`Region` when it gives a mask, else its class) or ``{ text = ... }`` (a :class:`FreeText`)."""
         if isinstance(value, Mapping):
-            unknown = sorted(set(value) - {"class", "mask"})
+            unknown = sorted(set(value) - {"class", "mask", "text"})
             if unknown:
-                self.error(where, f"unknown key {unknown[0]!r} in a target table (keys: class, mask)")
+                self.error(where, f"unknown key {unknown[0]!r} in a target table (keys: class, mask, text)")
                 return _BAD
+            if "text" in value:
+                return self.free_text(value, where)
             cls = self.read_target(value.get("class", "top1"), f"{where}.class", f)
             mask = value.get("mask")
             if cls is _BAD or mask is None:
@@ -633,6 +648,17 @@ class _Parser:
             self.error(where, 'must not be empty (use "top1" for the predicted class)')
             return _BAD
         return value
+
+    def free_text(self, value: Mapping[str, Any], where: str) -> Any:
+        """The :class:`FreeText` of a target table ``{ text = "..." }`` (alone: no class, no mask)."""
+        text = value["text"]
+        if len(value) > 1:
+            self.error(where, "a target table gives a text, or a class (and a mask), not both")
+        elif not isinstance(text, str) or not text.strip():
+            self.error(f"{where}.text", f"expected a non-empty text to compare the image with, got {_toml_type(text)}")
+        else:
+            return FreeText(text)
+        return _BAD
 
     def path(self, text: str) -> Path:
         """``text`` as a path: ``~`` expanded, relative paths joined to the manifest's folder."""

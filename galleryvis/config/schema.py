@@ -139,7 +139,9 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
                                   "matched ignoring case); for a segmentation model also a table "
                                   "`{ class = \"dog\", mask = \"dog-mask.png\" }`: the class explained over the "
                                   "region of a binary image the photo's size (without `mask`: the pixels the model "
-                                  "assigns to the class)", None, "integer, string, table", '`"top1"`'),
+                                  "assigns to the class); for an image-text model also `{ text = \"a red car\" }`: "
+                                  "the similarity of the photo with any text, not only a prompt", None,
+              "integer, string, table", '`"top1"`'),
         Field("mask", "file", "where the object is (ground truth for localisation metrics such as "
                               "`metrics.pointing_game`; the gallery does not score it yet): a binary image (non-zero "
                               "= object) the size of the photo, relative to the manifest; `path` must name one file",
@@ -219,11 +221,11 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
               "string or array", "the model's `layers` entry, else its last conv block"),
         Field("scale", "choice", "this entry's colour-scale sharing", None, default="the gallery's `scale`",
               choices=_SCALES),
-        Field("target", "target", "the class every cell of this row explains or optimizes (an index or a class "
-                                  "name, as for images); a class visualization with a `target` does not depend on "
+        Field("target", "target", "the class every cell of this row explains or optimizes (an index, a class "
+                                  "name or an image-text model's `{ text = ... }`, as for images); a class visualization with a `target` does not depend on "
                                   "the image, so it is made once per model and shown in a table of its own, beside "
                                   "the other rows like it (the seed's regularization comparison, below)", None,
-              "integer, string", "each image's `target`"),
+              "integer, string, table", "each image's `target`"),
     ),
     "metrics": (
         Field("enabled", "boolean", "compute metrics at all (they cost extra forward passes)", False),

@@ -102,13 +102,18 @@ class ImageText(nn.Module):
             text model's maximum length, as SigLIP was trained.
         labels: one name per prompt for pages and messages (default: the prompt, or the first
             text of a group).
+        texts: free texts scored after the prompts (columns ``len(prompts)`` on), which are no
+            classes: :attr:`classes` counts the prompts alone, and a class objective made with
+            ``classes=model.classes`` reads its softmax over them (:meth:`text` makes a text's
+            objective).
     """
 
     #: Its task (:func:`galleryvis.tasks.of_model`): its logits are over prompts, its targets prompts or texts.
     task = "image-text"
 
     def __init__(self, model: nn.Module, prompts: Sequence[Prompt], tokenizer: Callable[..., Any] | None = None,
-                 labels: Sequence[str] | None = None, *, _cache: dict[str, Tensor] | None = None) -> None:
+                 labels: Sequence[str] | None = None, *, texts: Sequence[str] = (),
+                 _cache: dict[str, Tensor] | None = None) -> None:
         super().__init__()
         kind = kind_of(model)
         if kind is None:
@@ -131,6 +136,9 @@ class ImageText(nn.Module):
             [p if isinstance(p, str) else p[0] for p in self.prompts]
         if len(self.labels) != len(self.prompts):
             raise ValueError(f"ImageText: {len(self.labels)} labels for {len(self.prompts)} prompts")
+        self.texts: tuple[str, ...] = tuple(t for t in dict.fromkeys(texts) if t not in self.prompts)
+        if any(not isinstance(t, str) or not t.strip() for t in self.texts):
+            raise ValueError("ImageText: every free text must be a non-empty string")
         bias = getattr(model, "logit_bias", None)
         self._cache = {} if _cache is None else _cache
         device = next(self.parameters()).device
@@ -138,6 +146,11 @@ class ImageText(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().reshape(()).to(device),
                              persistent=False)
         self.register_buffer("text_features", self._prompt_features().to(device), persistent=False)
+
+    @property
+    def classes(self) -> int:
+        """How many leading logit columns are classes: the prompts (free texts follow them)."""
+        return len(self.prompts)
 
     @property
     def sigmoid(self) -> bool:
@@ -150,7 +163,7 @@ class ImageText(nn.Module):
         return hashlib.sha256(json.dumps(self.prompts, ensure_ascii=False).encode()).hexdigest()
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, prompts={len(self.prompts)}"
+        return f"kind={self.kind!r}, prompts={len(self.prompts)}" + (f", texts={len(self.texts)}" if self.texts else "")
 
     # -- text side ------------------------------------------------------------------------------
     def _encode(self, texts: list[str]) -> None:
@@ -177,23 +190,33 @@ class ImageText(nn.Module):
                     self._cache[text] = row
 
     def _prompt_features(self) -> Tensor:
-        """(prompts, D): each prompt's normalized embedding (a group's: the normalized mean)."""
-        groups = [(p,) if isinstance(p, str) else p for p in self.prompts]
+        """(prompts + texts, D): each prompt's normalized embedding (a group's: the normalized
+        mean), then each free text's."""
+        groups = [(p,) if isinstance(p, str) else p for p in self.prompts] + [(t,) for t in self.texts]
         self._encode([t for g in groups for t in g])
         return torch.stack([F.normalize(torch.stack([self._cache[t] for t in g]).mean(0), dim=-1) for g in groups])
 
-    def with_prompts(self, prompts: Sequence[Prompt], labels: Sequence[str] | None = None) -> ImageText:
-        """The same model (the very modules) over other prompts; texts encoded before are reused."""
-        view = ImageText(self.source, prompts, self.tokenizer, labels, _cache=self._cache)
+    def with_prompts(self, prompts: Sequence[Prompt], labels: Sequence[str] | None = None,
+                     texts: Sequence[str] = ()) -> ImageText:
+        """The same model (the very modules) over other prompts (and free ``texts``); texts
+        encoded before are reused."""
+        view = ImageText(self.source, prompts, self.tokenizer, labels, texts=texts, _cache=self._cache)
         return view.to(self.text_features.device)
 
+    def with_texts(self, texts: Sequence[str]) -> ImageText:
+        """The same model over the same prompts, with the free ``texts`` scored after them: the
+        prompts' logits, and so their softmax, stay as they are."""
+        return self.with_prompts(self.prompts, self.labels, texts)
+
     def text(self, text: str) -> Text:
-        """The objective of prompt ``text`` as a free text (:class:`galleryvis.targets.Text`): its
-        scaled similarity, and the pair's own confidence (not the softmax over the prompts)."""
-        if text not in self.prompts:
-            raise ValueError(f"{text!r} is not one of this model's prompts; make a model that scores it with "
-                             f".with_prompts([{text!r}])")
-        return Text(text, self.prompts.index(text), float(self.scale), None if self.bias is None else float(self.bias))
+        """The objective of ``text``, a prompt or a free text of this model, as a free text
+        (:class:`galleryvis.targets.Text`): its scaled similarity, and the pair's own confidence
+        (not the softmax over the prompts)."""
+        columns = [*self.prompts, *self.texts]
+        if text not in columns:
+            raise ValueError(f"{text!r} is neither a prompt nor a free text of this model; make a model that "
+                             f"scores it with .with_texts([{text!r}])")
+        return Text(text, columns.index(text), float(self.scale), None if self.bias is None else float(self.bias))
 
     # -- image side -----------------------------------------------------------------------------
     def image_features(self, x: Tensor) -> Tensor:
@@ -205,7 +228,7 @@ class ImageText(nn.Module):
         return self.visual_projection(pooled) if self.kind == "clip" else pooled
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, prompts): ``scale * cos(image, prompt)`` (``+ bias`` for SigLIP), the model's logits."""
+        """(N, prompts + texts): ``scale * cos(image, prompt)`` (``+ bias`` for SigLIP), the model's logits."""
         image = F.normalize(self.image_features(x), dim=-1)
         logits = self.scale.to(image.dtype) * image @ self.text_features.to(image.dtype).T
         return logits if self.bias is None else logits + self.bias.to(image.dtype)

@@ -6,7 +6,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from galleryvis.sources.labels import imagenet_labels
 from galleryvis.engine.layers import default_layer
 from galleryvis.sources import LoadedModel, ModelError, source_for
 from galleryvis.targets.detection import limit
-from galleryvis.targets import CLASS_OBJECTIVES, Class, Segment
+from galleryvis.targets import CLASS_OBJECTIVES, Class, Objective, Segment
 from galleryvis.tasks import TaskError, check_model, spatial_logits
 
 __all__ = ["ModelAdapter", "ModelError", "choose_device", "imagenet_labels", "load_model", "seeded"]
@@ -111,14 +111,27 @@ class ModelAdapter(LoadedModel):
         """A classifier's logits for a normalized batch (:meth:`output`), float32 on the CPU."""
         return self.output(x).float().cpu()
 
-    def objective(self, index: int, region: Path | None = None) -> Class | Segment:
+    def objective(self, index: int, region: Path | None = None, text: str | None = None) -> Objective:
         """Class ``index`` as this model's task reads it (a softmax probability for a classifier,
-        a sigmoid for a multi-label one, the class's logits over its pixels for a segmentation
-        model); ``region``: a binary image of the photo's size, the pixels a segmentation class
-        is explained over instead (cropped as the photo is)."""
-        if region is None:
-            return CLASS_OBJECTIVES[self.task](index)
-        return Segment(index, mask=torch.from_numpy(self.region_mask(region)))
+        over the prompts alone for an image-text model, a sigmoid for a multi-label one, the
+        class's logits over its pixels for a segmentation model); ``region``: a binary image of
+        the photo's size, the pixels a segmentation class is explained over instead (cropped as
+        the photo is); ``text``: an image-text model's free text (:meth:`score_texts`) instead
+        of a class (:class:`~galleryvis.targets.Text`)."""
+        if text is not None:
+            return self.model.text(text)
+        if region is not None:
+            return Segment(index, mask=torch.from_numpy(self.region_mask(region)))
+        if self.task == "image-text":
+            return Class(index, classes=self.model.classes)
+        return CLASS_OBJECTIVES[self.task](index)
+
+    def score_texts(self, texts: Sequence[str]) -> None:
+        """Make an image-text model also score the free ``texts`` (after its prompts, and after
+        the texts it already scores, which stay); the prompts' logits do not change."""
+        new = [t for t in texts if t not in (*self.model.prompts, *self.model.texts)]
+        if new:
+            self.model = self.model.with_texts([*self.model.texts, *new])
 
     def region_mask(self, region: Path) -> np.ndarray:
         """A region file (a binary image of the photo's size) cropped as the photo is: a boolean
@@ -142,7 +155,10 @@ class ModelAdapter(LoadedModel):
     def confidences(self, x: Tensor) -> Tensor:
         """Every class's confidence (a segmentation model: its share of the pixels) for a
         normalized batch, (N, classes), float32 on the CPU."""
-        return CLASS_OBJECTIVES[self.task].probabilities(self.output(x)).float().cpu()
+        out = self.output(x)
+        if self.task == "image-text":
+            out = out[:, :self.model.classes]  # the prompts: free texts are no classes
+        return CLASS_OBJECTIVES[self.task].probabilities(out).float().cpu()
 
     def top1(self, confidences: Tensor) -> int:
         """The class a ``"top1"`` target explains, from one image's :meth:`confidences`."""

@@ -155,13 +155,17 @@ class Class(Objective):
 
     ``index``: an int (that class for every image, any number of rows), a sequence or 1-D
     tensor of ints (one per image, bound to that many rows), or None (each image's top-1
-    class, decided by :meth:`resolve` on the clean images; the engine does it).
+    class, decided by :meth:`resolve` on the clean images; the engine does it). ``classes``:
+    how many leading logit columns are classes (an image-text model's prompts, before its free
+    texts: :attr:`galleryvis.sources.imagetext.ImageText.classes`), the softmax and the top-1
+    over those alone; None: every column.
     """
 
     task: str | None = "classification"
     confidence_words = "softmax probability"
 
-    def __init__(self, index: int | Sequence[int] | Tensor | np.ndarray | None = None) -> None:
+    def __init__(self, index: int | Sequence[int] | Tensor | np.ndarray | None = None, *,
+                 classes: int | None = None) -> None:
         if isinstance(index, (Tensor, np.ndarray)):
             t = torch.as_tensor(index)
             index = t.flatten().tolist() if t.dim() else t.item()
@@ -174,7 +178,17 @@ class Class(Objective):
             self.n = len(self.index)
         else:
             raise TypeError(f"a class index must be an int, a sequence of ints or None, not {type(index).__name__}")
+        if classes is not None and (isinstance(classes, bool) or not isinstance(classes, Integral) or classes < 1):
+            raise ValueError(f"classes must be a number of logit columns >= 1, got {classes!r}")
+        self.classes = None if classes is None else int(classes)
         self.needs_output = index is None
+
+    def _like(self, index: int | Sequence[int] | None, n: int | None = None) -> Class:
+        """An objective of this type and ``classes`` for ``index`` (None bound to ``n`` rows: top-1 each)."""
+        c = type(self)(index, classes=self.classes)
+        if index is None:
+            c.n = n
+        return c
 
     @classmethod
     def _top1(cls, n: int) -> Class:
@@ -185,6 +199,7 @@ class Class(Objective):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({'top-1' if self.index is None else self.index}"
+                f"{'' if self.classes is None else f', classes={self.classes}'}"
                 f"{'' if self.n is None else f', n={self.n}'})")
 
     @staticmethod
@@ -196,6 +211,13 @@ class Class(Objective):
     def top1(confidences: Tensor) -> Tensor:
         """Each row's class of highest confidence (:meth:`probabilities`), (N,)."""
         return confidences.argmax(1)
+
+    def _classes(self, output: Any) -> Tensor:
+        """The logits of ``output`` over the classes alone (the leading ``classes`` columns)."""
+        logits = _logits(output, self.n)
+        if self.classes is not None and self.classes > logits.shape[1]:
+            raise ValueError(f"the model returned {logits.shape[1]} logits for {self.classes} classes")
+        return logits if self.classes is None else logits[:, :self.classes]
 
     def _indices(self, logits: Tensor) -> Tensor:
         """One class index per row of ``logits``, checked against its number of classes."""
@@ -211,36 +233,39 @@ class Class(Objective):
 
     def score(self, output: Any) -> Tensor:
         """The class logit of each row."""
-        logits = _logits(output, self.n)
+        logits = self._classes(output)
         return logits.gather(1, self._indices(logits)[:, None])[:, 0]
 
     def confidence(self, output: Any) -> Tensor:
         """The class's softmax probability in each row (float32 at least)."""
-        logits = _logits(output, self.n)
+        logits = self._classes(output)
         return logits.float().softmax(1).gather(1, self._indices(logits)[:, None])[:, 0]
 
     def rows(self, index: Rows) -> Class:
         rows = _row_numbers(index, self.n)
         if self.index is None:
-            return type(self)._top1(len(rows))
+            return self._like(None, len(rows))
         if isinstance(self.index, int):
-            return type(self)(tuple([self.index] * len(rows)))
-        return type(self)(tuple(self.index[i] for i in rows))
+            return self._like(tuple([self.index] * len(rows)))
+        return self._like(tuple(self.index[i] for i in rows))
 
     def at(self, i: int) -> Class:
         if isinstance(self.index, tuple):
-            return type(self)(self.index[i])
-        return type(self)(self.index)
+            return self._like(self.index[i])
+        return self._like(self.index)
 
     def resolve(self, output: Any) -> Class:
         """Each row's top-1 class of ``output`` when no index was given."""
         if self.index is not None:
             return self
-        return type(self)(_logits(output, self.n).argmax(1).tolist())
+        return self._like(self._classes(output).argmax(1).tolist())
 
     @classmethod
-    def join(cls, parts: Sequence[Objective]) -> Class:
-        return cls(tuple(i for p in parts for i in p.index))  # type: ignore[attr-defined]
+    def join(cls, parts: Sequence[Objective]) -> Class | None:
+        """The parts' classes as one objective, when they read the same ``classes``."""
+        if len({p.classes for p in parts}) > 1:  # type: ignore[attr-defined]
+            return None
+        return cls(tuple(i for p in parts for i in p.index), classes=parts[0].classes)  # type: ignore[attr-defined]
 
 
 class MultiLabel(Class):
@@ -468,10 +493,14 @@ class Text(Objective):
     def confidence(self, output: Any) -> Tensor:
         """The pair's confidence in [0, 1] per row (float32 at least): the logit's sigmoid with a
         bias (SigLIP), ``(1 + cos) / 2`` without (CLIP)."""
-        logit = self._column(output).float()
         if self.bias is not None:
-            return logit.sigmoid()
-        return ((1 + logit / self.scale) / 2).clamp(0, 1)
+            return self._column(output).float().sigmoid()
+        return ((1 + self.similarity(output)) / 2).clamp(0, 1)
+
+    def similarity(self, output: Any) -> Tensor:
+        """The cosine similarity of each row's image with the text, (rows,) float32 at least:
+        the logit without the model's ``bias`` and ``scale``."""
+        return (self._column(output).float() - (self.bias or 0.0)) / self.scale
 
     def rows(self, index: Rows) -> Text:
         return Text(self.text, self.index, self.scale, self.bias, len(_row_numbers(index, self.n)))
