@@ -10,6 +10,7 @@ Run with ``-s`` to see every r.
 from __future__ import annotations
 
 import copy
+import html
 import json
 import re
 import shutil
@@ -467,6 +468,8 @@ def test_clip_example_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with torch.no_grad():
         cos = F.cosine_similarity(alone.image_features(x), alone.text_features, dim=-1)
     assert text_cells[0]["target_label"] == f'text "a red car", similarity {float(cos):.2f}'
+    model_page = html.unescape(next((folder / "site").glob("model-*.html")).read_text(encoding="utf-8"))
+    assert f'Text "a red car", similarity {float(cos):.2f}</' in model_page  # the column's header
     # without the free text, every other cell is still in the cache: the prompts' columns are as they were
     text = (folder / "galleryvis.toml").read_text(encoding="utf-8")
     (folder / "galleryvis.toml").write_text(text.replace('target = { text = "a red car" }', 'target = "top1"'),

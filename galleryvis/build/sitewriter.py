@@ -121,7 +121,8 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     target = job.target if explains_class else None
     image_id = job.image.id if job.per_image else ""  # a row that does not read its image: one cell per model
     if job.error:
-        return Cell(job.model.id, image_id, job.tech.id, target, label, "failed", error=job.error)
+        return Cell(job.model.id, image_id, job.tech.id, target, label, "failed", error=job.error,
+                    text=job.text is not None)
     assert job.result is not None
     raw = job.result.astype(np.float32)
     kind = display_kind(tech, raw)
@@ -142,7 +143,7 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
         atomic_write(out / values, values_script(values, kind, raw))
     return Cell(job.model.id, image_id, job.tech.id, target, label, "ok", variants=variants,
                 metrics=dict(job.metrics), curves=dict(job.curves), trace=list(job.trace), values=values,
-                skipped=dict(job.skipped))
+                skipped=dict(job.skipped), text=job.text is not None)
 
 
 def _text_label(job: Job) -> str:

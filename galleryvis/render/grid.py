@@ -247,11 +247,13 @@ class SiteModel:
 
     # -- grids -------------------------------------------------------------------------------
     def column_target(self, model: ModelRecord, image: ImageRecord, techs: list[TechniqueRecord]) -> tuple[str, int | None] | None:
-        """The most common class target of that model's cells on that image (first in row order
-        on ties); cells whose unit is not a class (a channel) count only when no cell has one."""
+        """The most common target (a class or a free text) of that model's cells on that image
+        (first in row order on ties); cells whose unit is not a target (a channel) count only
+        when no cell has one."""
         cells = [c for t in techs if (c := self.g.cell(model.id, image.id, t.id)) is not None]
-        classes = Counter((c.target_label, c.target_index) for c in cells if c.target_index is not None)
-        others = Counter((c.target_label, c.target_index) for c in cells if c.target_index is None and c.target_label)
+        classes = Counter((c.target_label, c.target_index) for c in cells if c.target_index is not None or c.text)
+        others = Counter((c.target_label, c.target_index) for c in cells
+                         if c.target_index is None and c.target_label and not c.text)
         counts = classes or others
         return counts.most_common(1)[0][0] if counts else None
 

@@ -147,6 +147,7 @@ class Cell:
     curves: dict[str, list[float]] = field(default_factory=dict)  # e.g. deletion / insertion
     values: str = ""  # relative path of the map's values for the viewer (a script, see viewer.js)
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it was not computed
+    text: bool = False  # its target is an image-text model's free text (target_label names it), not a class
 
 
 @dataclass(frozen=True)
