@@ -7,16 +7,14 @@ busy cores.
 from __future__ import annotations
 
 import copy
-import importlib
-import sys
 import types
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import gradient_times_input
 from torch import Tensor, nn
 
 import galleryvis
@@ -546,35 +544,6 @@ def test_composite_equals_zennits_epsilon_gamma_box(name: str) -> None:
 
 
 # -- transformers and ConvNeXt: AttnLRP ----------------------------------------------------------
-@pytest.fixture(scope="module")
-def lxt_patches() -> Iterator[types.ModuleType]:
-    """``lxt.efficient.patches``, the AttnLRP authors' rules in their Gradient x Input form. lxt
-    2.1's ``lxt.efficient`` package imports every language model it patches, some from modules
-    transformers 5 removed, so its plain modules are imported without that ``__init__``."""
-    lxt = pytest.importorskip("lxt")
-    names = ("lxt.efficient", "lxt.efficient.rules", "lxt.efficient.patches")
-    saved = {n: sys.modules.get(n) for n in names}
-    package = types.ModuleType("lxt.efficient")
-    package.__path__ = [str(Path(lxt.__file__).parent / "efficient")]
-    sys.modules["lxt.efficient"] = package
-    try:
-        yield importlib.import_module("lxt.efficient.patches")
-    finally:
-        for n, module in saved.items():
-            if module is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = module
-
-
-def gradient_times_input(model: nn.Module, x: Tensor, target: int) -> Tensor:
-    """lxt's relevance: the input times the gradient of the target logit (through its patches)."""
-    model = copy.deepcopy(model).requires_grad_(False)
-    x = x.clone().requires_grad_(True)
-    model(x)[:, target].sum().backward()
-    return (x * x.grad).detach()
-
-
 def hf_vit() -> nn.Module:
     """A tiny random Hugging Face ViT (64 px, patch 8) returning its logits, SDPA attention."""
     from transformers import ViTConfig, ViTForImageClassification
