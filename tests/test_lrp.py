@@ -661,6 +661,35 @@ def test_softmax_gets_attnlrps_rule() -> None:
     torch.testing.assert_close(rel, x * (r_s - s * r_s.sum(1, keepdim=True)))
 
 
+def test_an_l2_normalization_gets_lxts_identity_rule() -> None:
+    """CLIP's similarity head: an embedding, its L2 normalization and the scaled cosine with fixed
+    text embeddings. lxt's explicit rules (``lxt.explicit.functional``: ``linear_epsilon`` for both
+    maps, ``normalize`` the identity rule of AttnLRP's Proposition 3.4, which its OpenCLIP
+    composite in the authors' repository applies) give the same relevance value by value: the
+    norm is held constant. (A plain gradient through the norm would give the embedding relevance
+    x * grad summing to 0: the cosine does not change when the embedding is scaled.)"""
+    lf = pytest.importorskip("lxt.explicit.functional")
+
+    class Similarity(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Linear(48, 8)
+            self.register_buffer("text", 10 * F.normalize(torch.randn(3, 8), dim=-1))  # logit scale 10
+
+        def forward(self, x: Tensor) -> Tensor:
+            return F.normalize(self.embed(x.flatten(1)), dim=-1) @ self.text.T
+
+    model, x = Similarity().eval(), images(2, 4)
+    ours = galleryvis.attribute(model, x, "lrp", 1, rule="epsilon", epsilon=1e-9).flatten(1)
+    leaf = x.flatten(1).requires_grad_(True)
+    embedding = lf.linear_epsilon(leaf, model.embed.weight.detach(), model.embed.bias.detach(), 1e-9)
+    out = lf.linear_epsilon(lf.normalize(embedding, dim=-1), model.text, None, 1e-9)
+    out.backward(torch.eye(3)[1] * out.detach())  # lxt's explicit form: relevance flows backwards
+    torch.testing.assert_close(ours, leaf.grad, rtol=1e-4, atol=1e-6)
+    assert ours.abs().sum(1).min() > 0
+
+
 TRANSFORMERS = ["vit", "swin", "convnext", "timm_vit", "deit", "timm_swin", "hf_vit"]
 
 
