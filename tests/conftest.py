@@ -1,8 +1,14 @@
 """Shared fixtures: tiny seeded models, VGG16 / ResNet-18 with seeded random weights, the real
-EfficientNet-Lite0 with real photos. Everything is module or session scoped; no test may leave
-a change on these models (that is what the engine promises and what test_engine checks)."""
+EfficientNet-Lite0 with real photos, lxt's AttnLRP patches. Everything is module or session
+scoped; no test may leave a change on these models (that is what the engine promises and what
+test_engine checks)."""
 from __future__ import annotations
 
+import copy
+import importlib
+import sys
+import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -183,10 +189,10 @@ def tiny_transformers() -> dict[str, nn.Module]:
         }
     # seed 1: no top-1 CAM of tests/test_agreement.py is zero everywhere (with seed 0 timm Swin's
     # LayerCAM of rocket.jpg is, and a correlation with a constant map is undefined)
-    return {name: _seeded(lambda build=build: _trained_like(build()), 1) for name, build in builds.items()}
+    return {name: _seeded(lambda build=build: trained_like(build()), 1) for name, build in builds.items()}
 
 
-def _trained_like(model: nn.Module, classes: int = 10) -> nn.Module:
+def trained_like(model: nn.Module, classes: int = 10) -> nn.Module:
     """Statistics of a trained net where initialization is degenerate: LayerNorm weights and
     biases spread around 1 and 0 (at 1 and 0 a token's channels sum to zero exactly), class
     heads of weight std 0.5 (gradients of a trained net's size; torchvision zero-initializes
@@ -205,3 +211,33 @@ def _trained_like(model: nn.Module, classes: int = 10) -> nn.Module:
 def transformers() -> dict[str, nn.Module]:
     """:func:`tiny_transformers`, built once."""
     return tiny_transformers()
+
+
+# -- lxt, the AttnLRP authors' reference ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def lxt_patches() -> Iterator[types.ModuleType]:
+    """``lxt.efficient.patches``, the AttnLRP authors' rules in their Gradient x Input form. lxt
+    2.1's ``lxt.efficient`` package imports every language model it patches, some from modules
+    transformers 5 removed, so its plain modules are imported without that ``__init__``."""
+    lxt = pytest.importorskip("lxt")
+    names = ("lxt.efficient", "lxt.efficient.rules", "lxt.efficient.patches")
+    saved = {n: sys.modules.get(n) for n in names}
+    package = types.ModuleType("lxt.efficient")
+    package.__path__ = [str(Path(lxt.__file__).parent / "efficient")]
+    sys.modules["lxt.efficient"] = package
+    try:
+        yield importlib.import_module("lxt.efficient.patches")
+    finally:
+        for n, module in saved.items():
+            if module is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = module
+
+
+def gradient_times_input(model: nn.Module, x: Tensor, target: int) -> Tensor:
+    """lxt's relevance: the input times the gradient of the target logit (through its patches)."""
+    model = copy.deepcopy(model).requires_grad_(False)
+    x = x.clone().requires_grad_(True)
+    model(x)[:, target].sum().backward()
+    return (x * x.grad).detach()

@@ -4,7 +4,8 @@ its vision tower agree with the references, per-image Pearson r >= 0.99.
 Models: seeded random tiny open_clip CLIP, Hugging Face CLIPModel and SiglipModel (64 px, patch 8,
 two layers), on two photos. Grad-CAM against pytorch-grad-cam with its ViT reshape transform and a
 similarity target (the cosine of the image embedding with a text's, as its CLIP tutorial does);
-attention rollout and attention x gradient against the references of test_agreement.
+attention rollout and attention x gradient against the references of test_agreement; LRP (AttnLRP,
+CP-LRP) against lxt's patches on open_clip and Hugging Face CLIP.
 Run with ``-s`` to see every r.
 """
 from __future__ import annotations
@@ -14,12 +15,14 @@ import html
 import json
 import re
 import shutil
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import gradient_times_input, trained_like
 from test_agreement import (ExplicitAttention, check, frozen, gradient_reference, pearson, reshape_transform,
                             rollout_reference, up)
 from torch import Tensor, nn
@@ -298,6 +301,61 @@ def test_lrp_holds_the_embedding_norm_constant(models: dict, photos64: Tensor, k
     held = galleryvis.attribute(HeldNorm(clip, photos64), photos64, "lrp", 2)
     torch.testing.assert_close(ours, held)
     assert (ours.flatten(1).abs().sum(1) > 0).all()
+
+
+def lxt_rules(kind: str, attention: str, lxt: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lxt's AttnLRP (or CP-LRP) patches on the classes of an open_clip or Hugging Face CLIP
+    vision tower, undone by ``monkeypatch``: the identity rule on GELU / QuickGELU, LayerNorm with
+    its std held, and inside attention q and k's gradient quartered and v's halved (AttnLRP, lxt's
+    ``wrap_attention_forward``) or q and k held (CP-LRP). lxt 2.1 has no patch for open_clip's
+    ``nn.MultiheadAttention`` under AttnLRP (only ``cp_multi_head_attention_forward``), so its
+    forward is written out here with the packed projections and lxt's wrapper around the attention."""
+    if kind == "clip":
+        from transformers.activations import QuickGELUActivation
+        from transformers.models.clip import modeling_clip
+
+        act, norm = QuickGELUActivation, nn.LayerNorm
+        wrap_attention = lxt.wrap_attention_forward if attention == "attnlrp" else lxt.cp_wrap_attention_forward
+        monkeypatch.setattr(modeling_clip, "eager_attention_forward",
+                            wrap_attention(modeling_clip.eager_attention_forward))
+    else:
+        act, norm = nn.GELU, open_clip.transformer.LayerNorm
+        monkeypatch.setattr(nn.MultiheadAttention, "original_forward", nn.MultiheadAttention.forward, raising=False)
+        if attention == "cp":
+            monkeypatch.setattr(nn.MultiheadAttention, "forward", lxt.cp_multi_head_attention_forward)
+        else:
+            attend = lxt.wrap_attention_forward(lambda module, q, k, v: F.scaled_dot_product_attention(q, k, v))
+
+            def forward(self: nn.MultiheadAttention, query: Tensor, *_: object, **__: object) -> tuple[Tensor, None]:
+                n, t, d = query.shape  # self-attention, batch first: open_clip passes x as q, k and v
+                q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).view(
+                    n, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+                return self.out_proj(attend(self, q, k, v).transpose(1, 2).reshape(n, t, d)), None
+            monkeypatch.setattr(nn.MultiheadAttention, "forward", forward)
+    monkeypatch.setattr(act, "original_forward", act.forward, raising=False)
+    monkeypatch.setattr(act, "forward", lxt.non_linear_forward)
+    monkeypatch.setattr(norm, "forward", lxt.layer_norm_forward)
+
+
+@pytest.mark.parametrize("attention", ["attnlrp", "cp"])
+@pytest.mark.parametrize("kind", ["open_clip", "clip"])
+def test_lrp_equals_lxt_on_clip(photos64: Tensor, lxt_patches: types.ModuleType, monkeypatch: pytest.MonkeyPatch,
+                               kind: str, attention: str) -> None:
+    """LRP of the logit of "a red car" (scale * cos(image, text)) against lxt 2.1's Gradient x
+    Input under its patches (:func:`lxt_rules`), on the tiny models with LayerNorms spread as
+    trained (weights around 1, biases around 0). lxt 2.1 has no OpenCLIP or Hugging Face CLIP
+    support of its own; its generic patches are applied to the models' modules. The embedding's
+    L2 norm is held in both (:class:`HeldNorm` for lxt: lxt 2.1's efficient patches have no rule
+    for it; its explicit ``normalize``, the identity rule, holds it too, test_lrp), and so is the
+    text embedding: all of the logit's relevance goes to the image."""
+    model = trained_like(tiny_open_clip() if kind == "open_clip" else tiny_hf("clip"))
+    clip = wrap({kind: model}, kind)
+    ours = galleryvis.attribute(clip, photos64, "lrp", 2, rule="epsilon", epsilon=1e-9, attention=attention)
+    lxt_rules(kind, attention, lxt_patches, monkeypatch)
+    theirs = gradient_times_input(HeldNorm(clip, photos64), photos64, 2)
+    monkeypatch.undo()
+    check(f"lrp {attention}/{kind} vs lxt", pearson(ours, theirs), 0.9999)
+    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-4 * float(theirs.abs().max()))
 
 
 @pytest.mark.parametrize("kind", ["open_clip", "clip"])

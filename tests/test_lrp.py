@@ -7,16 +7,14 @@ busy cores.
 from __future__ import annotations
 
 import copy
-import importlib
-import sys
 import types
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import gradient_times_input
 from torch import Tensor, nn
 
 import galleryvis
@@ -546,35 +544,6 @@ def test_composite_equals_zennits_epsilon_gamma_box(name: str) -> None:
 
 
 # -- transformers and ConvNeXt: AttnLRP ----------------------------------------------------------
-@pytest.fixture(scope="module")
-def lxt_patches() -> Iterator[types.ModuleType]:
-    """``lxt.efficient.patches``, the AttnLRP authors' rules in their Gradient x Input form. lxt
-    2.1's ``lxt.efficient`` package imports every language model it patches, some from modules
-    transformers 5 removed, so its plain modules are imported without that ``__init__``."""
-    lxt = pytest.importorskip("lxt")
-    names = ("lxt.efficient", "lxt.efficient.rules", "lxt.efficient.patches")
-    saved = {n: sys.modules.get(n) for n in names}
-    package = types.ModuleType("lxt.efficient")
-    package.__path__ = [str(Path(lxt.__file__).parent / "efficient")]
-    sys.modules["lxt.efficient"] = package
-    try:
-        yield importlib.import_module("lxt.efficient.patches")
-    finally:
-        for n, module in saved.items():
-            if module is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = module
-
-
-def gradient_times_input(model: nn.Module, x: Tensor, target: int) -> Tensor:
-    """lxt's relevance: the input times the gradient of the target logit (through its patches)."""
-    model = copy.deepcopy(model).requires_grad_(False)
-    x = x.clone().requires_grad_(True)
-    model(x)[:, target].sum().backward()
-    return (x * x.grad).detach()
-
-
 def hf_vit() -> nn.Module:
     """A tiny random Hugging Face ViT (64 px, patch 8) returning its logits, SDPA attention."""
     from transformers import ViTConfig, ViTForImageClassification
@@ -690,6 +659,35 @@ def test_softmax_gets_attnlrps_rule() -> None:
     s = x.softmax(-1)
     r_s = s * head.weight[0].detach()
     torch.testing.assert_close(rel, x * (r_s - s * r_s.sum(1, keepdim=True)))
+
+
+def test_an_l2_normalization_gets_lxts_identity_rule() -> None:
+    """CLIP's similarity head: an embedding, its L2 normalization and the scaled cosine with fixed
+    text embeddings. lxt's explicit rules (``lxt.explicit.functional``: ``linear_epsilon`` for both
+    maps, ``normalize`` the identity rule of AttnLRP's Proposition 3.4, which its OpenCLIP
+    composite in the authors' repository applies) give the same relevance value by value: the
+    norm is held constant. (A plain gradient through the norm would give the embedding relevance
+    x * grad summing to 0: the cosine does not change when the embedding is scaled.)"""
+    lf = pytest.importorskip("lxt.explicit.functional")
+
+    class Similarity(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Linear(48, 8)
+            self.register_buffer("text", 10 * F.normalize(torch.randn(3, 8), dim=-1))  # logit scale 10
+
+        def forward(self, x: Tensor) -> Tensor:
+            return F.normalize(self.embed(x.flatten(1)), dim=-1) @ self.text.T
+
+    model, x = Similarity().eval(), images(2, 4)
+    ours = galleryvis.attribute(model, x, "lrp", 1, rule="epsilon", epsilon=1e-9).flatten(1)
+    leaf = x.flatten(1).requires_grad_(True)
+    embedding = lf.linear_epsilon(leaf, model.embed.weight.detach(), model.embed.bias.detach(), 1e-9)
+    out = lf.linear_epsilon(lf.normalize(embedding, dim=-1), model.text, None, 1e-9)
+    out.backward(torch.eye(3)[1] * out.detach())  # lxt's explicit form: relevance flows backwards
+    torch.testing.assert_close(ours, leaf.grad, rtol=1e-4, atol=1e-6)
+    assert ours.abs().sum(1).min() > 0
 
 
 TRANSFORMERS = ["vit", "swin", "convnext", "timm_vit", "deit", "timm_swin", "hf_vit"]
