@@ -98,6 +98,20 @@ def spatial_logits(output: Any) -> Tensor:
     return output
 
 
+def class_logits(output: Any, task: str) -> Tensor:
+    """One score per image and class, (N, classes), of a model of ``task``: a classifier's
+    logits as they are; a segmentation model's mean logit of each class over the image (what
+    feature visualization maximizes for it)."""
+    if task == "segmentation":
+        return spatial_logits(output).mean((2, 3))
+    from torch import Tensor
+
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(f"the model must return logits of shape (N, classes); it returned {shape}")
+    return output
+
+
 #: The names torchvision (``classifier``, ``aux_classifier``) and Hugging Face
 #: (``decode_head``, ``auxiliary_head``) give a segmentation model's heads.
 HEADS = ("classifier", "aux_classifier", "decode_head", "auxiliary_head")

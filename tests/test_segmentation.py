@@ -268,6 +268,36 @@ def test_technique_refuses_a_task_in_one_line(photos64: Tensor) -> None:
         galleryvis.attribute(model, photos64, "lrp", targets.Segment(1))
 
 
+class TinySegmenter(nn.Module):
+    """Two convolutions returning torchvision's ``{"out": scores}`` at the input's size."""
+
+    task = "segmentation"
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {"out": self.body(x)}
+
+
+def test_class_visualization_maximizes_the_class_mean_logit_over_the_image() -> None:
+    """Feature visualization of a segmentation class: the trace is the class's mean logit over
+    the image (checked on the result), and it rises; a detector is refused in one line."""
+    model = TinySegmenter().eval()
+    result = galleryvis.synthesize(model, "class_visualization", target=2, steps=8, size=32, jitter=0,
+                                   blur_every=0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    assert result.trace[-1, 0] > result.trace[0, 0]
+    with torch.no_grad():
+        mean_logit = model(result.image)["out"][:, 2].mean()
+    assert float(mean_logit) > float(result.trace[0, 0])
+    detector = TinySegmenter()
+    detector.task = "detection"
+    with pytest.raises(tasks.TaskError, match=r"^class_visualization does not support detection models \(it supports"):
+        galleryvis.synthesize(detector, "class_visualization", target=0, steps=1, size=32)
+
+
 # -- multi-label ---------------------------------------------------------------------------------
 class Sigmoid2(nn.Module):
     """Class ``c`` of a multi-label model as a two-class classifier whose softmax is exactly

@@ -18,6 +18,7 @@ from galleryvis.hooks import LayerError, deterministic, prepared
 from galleryvis.engine.layers import default_layer, fixed_input_size
 from galleryvis.registry import TechniqueError
 from galleryvis.synthesis.objectives import LayerTap, tap
+from galleryvis.tasks import check, class_logits, of_model
 
 Units = int | Sequence[int] | Tensor | None
 
@@ -64,6 +65,7 @@ class Chunk:
     tap: LayerTap | None = None
     input_size: tuple[int, int] | None = None
     report: Callable[[int, int], None] | None = None
+    task: str = "classification"  # the model's (galleryvis.tasks): how its output gives class logits
 
     @property
     def n(self) -> int:
@@ -94,8 +96,9 @@ class Chunk:
         return self.tap(self.normalize(x01))
 
     def logits(self, x01: Tensor) -> Tensor:
-        """The model's logits (N, classes) for images in [0, 1]."""
-        return self.model(self.normalize(x01))
+        """The model's logits (N, classes) for images in [0, 1] (a segmentation model's: each
+        class's mean logit over the image, :func:`galleryvis.tasks.class_logits`)."""
+        return class_logits(self.model(self.normalize(x01)), self.task)
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,8 @@ def synthesize(
         raise TechniqueError(
             f"{technique!r} is an {tech.family} technique; use galleryvis.{api}() for it "
             f"(synthesis techniques: {', '.join(registry.names('synthesis'))})")
+    task = of_model(model)
+    check(technique, tech.tasks, task)
     inputs = tech.inputs
     if steps is not None:
         if "steps" not in tech.params:
@@ -260,9 +265,7 @@ def synthesize(
         stack.enter_context(prepare(model, fast_layout(probe_x), [layer] if layer else []).active())
         if tech.layer == "none":
             with torch.no_grad():
-                out = model(probe_x)
-            if not isinstance(out, Tensor) or out.dim() != 2:
-                raise ValueError("the model must return logits of shape (N, classes)")
+                out = class_logits(model(probe_x), task)
             limit, what = out.shape[1], f"the model's {out.shape[1]} classes"
         else:
             layer_tap = stack.enter_context(tap(model, layer))
@@ -275,7 +278,7 @@ def synthesize(
 
         images, traces = [], []
         for i, unit in enumerate(units):  # one item per pass: see the docstring's ``channel``
-            job = Chunk(model=model, layer=layer, units=[unit],
+            job = Chunk(model=model, layer=layer, units=[unit], task=task,
                           image=None if x is None else x[i:i + 1],
                           gens=[torch.Generator().manual_seed(_item_seed(seed, unit))],
                           mean=mean_t, std=std_t, device=device, tap=layer_tap, input_size=input_size,
