@@ -264,8 +264,8 @@ def test_attribute_with_segment_and_layer_name(photos64: Tensor) -> None:
 
 def test_technique_refuses_a_task_in_one_line(photos64: Tensor) -> None:
     model = tiny_segformer().eval()
-    with pytest.raises(tasks.TaskError, match=r"^lrp does not support segmentation models \(it supports"):
-        galleryvis.attribute(model, photos64, "lrp", targets.Segment(1))
+    with pytest.raises(tasks.TaskError, match=r"^drise does not support segmentation models \(it supports detection\)$"):
+        galleryvis.attribute(model, photos64, "drise", targets.Segment(1))
 
 
 class TinySegmenter(nn.Module):

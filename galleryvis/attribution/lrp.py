@@ -15,13 +15,14 @@ Which operations get which rule is decided per *operation*, not per module: duri
 forward, a :class:`~torch.overrides.TorchFunctionMode` sees every torch function the model
 calls, in module code and in ``forward`` code alike, and
 
-- convolutions (any ``groups``, so depthwise too; ``F.pad`` before them, as in TF-style
-  "SAME" convolutions, is a routing op below) and ``linear`` get the layer's rule, with the
+- convolutions (any ``groups``, so depthwise too, and any ``dilation``; ``F.pad`` before them,
+  as in TF-style "SAME" convolutions, is a routing op below), transposed convolutions
+  (decoders' learned upsampling) and ``linear`` get the layer's rule, with the
   arguments of that very call: a ``Conv2d`` subclass that pads first is handled without
   knowing its class;
 - ``batch_norm`` right after one of them is folded into it (canonization);
-- average pooling, ``mean``, ``sum`` and interpolation (parameter-free linear maps) get the
-  epsilon rule through the op itself;
+- average pooling (also adaptive), ``mean``, ``sum`` and interpolation (bilinear, nearest, ...:
+  parameter-free linear maps) get the epsilon rule through the op itself;
 - additions (``h + x``, ``out += identity``: residual connections) split the relevance of
   the sum z = a + b in proportion to the contributions, R_a = a R_z / (z + eps sign z): the
   plain gradient of an add would hand all of R_z to *both* terms and double it;
@@ -65,6 +66,7 @@ from galleryvis.engine.changes.canonizers import fold_batchnorm
 from galleryvis.engine import Context
 from galleryvis.errors import LayerError
 from galleryvis.registry import technique
+from galleryvis.tasks import spatial_logits
 
 RULES = ("epsilon", "gamma", "alpha_beta", "zplus", "composite")
 #: Inside attention: AttnLRP's softmax and uniform rules, or CP-LRP's constant attention.
@@ -72,7 +74,8 @@ ATTENTION_RULES = ("attnlrp", "cp")
 
 # -- operations, by the name of the torch function (in-place variants are mapped to these) ---
 #: Convolutions and linear layers: the layer's rule.
-_AFFINE = frozenset({"conv1d", "conv2d", "conv3d", "linear"})
+_AFFINE = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+                     "linear"})
 #: Folded into the convolution / Linear whose output it receives (Montavon et al. 2019 §10.3).
 _NORM = frozenset({"batch_norm"})
 #: Parameter-free linear maps: the epsilon rule through the op itself.
@@ -121,12 +124,12 @@ _INPLACE_ARG = {"relu": 1, "relu6": 1, "hardtanh": 3, "threshold": 3, "dropout":
                 "dropout1d": 3, "dropout2d": 3, "dropout3d": 3, "alpha_dropout": 3,
                 "feature_alpha_dropout": 3}
 
-_SUPPORTED = ("convolutions (grouped and depthwise too, after F.pad or not), Linear, BatchNorm "
-              "after a convolution/Linear (folded), LayerNorm/RMSNorm, additions (residual connections), "
-              "ReLU, ReLU6/Hardtanh, GELU/SiLU/sigmoid/tanh and other element-wise activations, products "
-              "of activations (matmul, gates), softmax, attention, max and average pooling (also "
-              "adaptive), mean, interpolation, scaling by constants, dropout, reshapes, indexing, "
-              "padding and concatenation")
+_SUPPORTED = ("convolutions (grouped, depthwise and dilated too, after F.pad or not), transposed "
+              "convolutions, Linear, BatchNorm after a convolution/Linear (folded), LayerNorm/RMSNorm, "
+              "additions (residual connections), ReLU, ReLU6/Hardtanh, GELU/SiLU/sigmoid/tanh and other "
+              "element-wise activations, products of activations (matmul, gates), softmax, attention, max "
+              "and average pooling (also adaptive), mean, interpolation (bilinear, nearest, ...), scaling "
+              "by constants, dropout, reshapes, indexing, padding and concatenation")
 
 #: ``F.multi_head_attention_forward``'s parameters, in order, and their defaults.
 _MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
@@ -413,11 +416,26 @@ def _own_bounds(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class _Layer:
-    """One convolution / linear call: its input, affine map, parameters and pixel bounds."""
+    """One convolution / linear call: its input, affine map, parameters and pixel bounds;
+    ``transposed``: the groups of a transposed convolution (whose weight is (in, out / groups,
+    ...)), 0 for the others (output channels first)."""
 
     def __init__(self, x: Tensor, f: Affine, w: Tensor, b: Tensor | None, dense: bool,
-                 bounds: tuple[Tensor, Tensor] | None) -> None:
+                 bounds: tuple[Tensor, Tensor] | None, transposed: int = 0) -> None:
         self.x, self.f, self.w, self.b, self.dense, self.bounds = x, f, w, b, dense, bounds
+        self.transposed = transposed
+
+    @property
+    def out_channels(self) -> int:
+        return self.w.shape[1] * self.transposed if self.transposed else self.w.shape[0]
+
+    def fold(self, mean: Tensor, var: Tensor, eps: float, gamma: Tensor | None,
+             beta: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Weight and bias of this layer followed by an eval-mode BatchNorm (in its own layout)."""
+        if not self.transposed:
+            return fold_batchnorm(self.w, self.b, mean, var, eps, gamma, beta)
+        w, b = fold_batchnorm(_swap_channels(self.w, self.transposed), self.b, mean, var, eps, gamma, beta)
+        return _swap_channels(w, self.transposed), b
 
     def rule(self, rule: str, epsilon: float, gamma: float, alpha: float,
              folded: tuple[Tensor, Tensor] | None = None) -> Rule:
@@ -434,9 +452,25 @@ class _Layer:
         return alpha_beta_rule(self.f, w, b, 1.0 if rule == "zplus" else alpha)
 
 
+def _swap_channels(w: Tensor, groups: int) -> Tensor:
+    """A grouped weight (a, b, ...) as (groups * b, a / groups, ...), group by group: a transposed
+    convolution's weight with its output channels first, and back (it is its own inverse)."""
+    a, b, *k = w.shape
+    return w.reshape(groups, a // groups, b, *k).transpose(1, 2).reshape(groups * b, a // groups, *k)
+
+
 def _affine_map(name: str, p: dict[str, Any]) -> Affine:
     if name == "linear":
         return Affine(F.linear, lambda s, w, _x: s @ w)
+    if name.startswith("conv_transpose"):
+        # the transpose of a transposed convolution is the convolution (when output_padding
+        # only adds rows the convolution's stride skips, as PyTorch requires unless dilated)
+        conv_t, conv = getattr(torch, name), getattr(torch, name.replace("_transpose", ""))
+        stride, padding, extra, groups, dilation = (p[k] for k in ("stride", "padding", "output_padding",
+                                                                   "groups", "dilation"))
+        closed = all(e < s for e, s in zip(_tuple(extra, 3), _tuple(stride, 3)))
+        return Affine(lambda x, w, b: conv_t(x, w, b, stride, padding, extra, groups, dilation),
+                      (lambda s, w, _x: conv(s, w, None, stride, padding, dilation, groups)) if closed else None)
     conv = getattr(torch, name)
     stride, padding, dilation, groups = p["stride"], p["padding"], p["dilation"], p["groups"]
     grad_input = getattr(torch.nn.grad, f"{name}_input")
@@ -445,6 +479,11 @@ def _affine_map(name: str, p: dict[str, Any]) -> Affine:
         return grad_input(x.shape, w, s, stride, padding, dilation, groups)
     return Affine(lambda x, w, b: conv(x, w, b, stride, padding, dilation, groups),
                   None if isinstance(padding, str) else transpose)
+
+
+def _tuple(v: int | Sequence[int], n: int) -> tuple[int, ...]:
+    """A convolution's int-or-sequence argument as a tuple of ``n`` (an int repeated)."""
+    return (v,) * n if isinstance(v, int) else tuple(v)
 
 
 class _Tracer(TorchFunctionMode):
@@ -577,6 +616,10 @@ class _Tracer(TorchFunctionMode):
                 kwargs: dict[str, Any], deps: list[Tensor]) -> Tensor:
         if name == "linear":
             p = _bind(("input", "weight", "bias"), args, kwargs, {"bias": None})
+        elif name.startswith("conv_transpose"):
+            p = _bind(("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation"),
+                      args, kwargs, {"bias": None, "stride": 1, "padding": 0, "output_padding": 0, "groups": 1,
+                                     "dilation": 1})
         else:
             p = _bind(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args,
                       kwargs, {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
@@ -586,7 +629,8 @@ class _Tracer(TorchFunctionMode):
         if bounds is None and self.affine_calls == 0:
             bounds = _own_bounds(x)  # the first layer, after ops the pixel bounds cannot follow
         self.affine_calls += 1
-        layer = _Layer(x, _affine_map(name, p), w, b, name == "linear", bounds)
+        layer = _Layer(x, _affine_map(name, p), w, b, name == "linear", bounds,
+                       p["groups"] if name.startswith("conv_transpose") else 0)
         with torch.no_grad():
             out = func(*args, **kwargs)
         new = _Relevance.wrap(x, out, layer.rule(*self.params))
@@ -605,11 +649,11 @@ class _Tracer(TorchFunctionMode):
             node = node.next_functions[0][0]
         layer = self.layers.get(node)
         mean, var = p["running_mean"].detach(), p["running_var"].detach()
-        if layer is None or layer.w.shape[0] != mean.numel() or (layer.dense and layer.x.dim() != 2):
+        if layer is None or layer.out_channels != mean.numel() or (layer.dense and layer.x.dim() != 2):
             raise self.refuse("is a BatchNorm that does not directly follow a convolution or Linear "
                               "(it is folded into the layer whose output it normalizes)")
         gamma, beta = (None if p[k] is None else p[k].detach() for k in ("weight", "bias"))
-        w, b = fold_batchnorm(layer.w, layer.b, mean, var, p["eps"], gamma, beta)
+        w, b = layer.fold(mean, var, p["eps"], gamma, beta)
         with torch.no_grad():
             out = func(*args, **kwargs)
         # canonization: layer + BN act as one layer, from the layer's input to the BN's output
@@ -758,7 +802,8 @@ class _Tracer(TorchFunctionMode):
     def check_output(self, out: object) -> Tensor:
         """The logits, once every node between them and the input is known to be handled."""
         if not isinstance(out, Tensor):
-            raise LayerError(f"lrp needs a model that returns a tensor, not {type(out).__name__}")
+            raise LayerError(f"lrp needs a model that returns a tensor, not {type(out).__name__} (a segmentation "
+                             "model's dict or .logits is read with a targets.Segment target)")
         if out.grad_fn is None:
             raise LayerError("lrp: the model's output does not depend on its input")
         self.running.clear()
@@ -786,7 +831,7 @@ class _Tracer(TorchFunctionMode):
 @technique("lrp", output="input", layer="optional", signed=True,
            choices={"rule": RULES, "attention": ATTENTION_RULES},
            title="Layer-wise Relevance Propagation", kind="signed", needs=("passes",),
-           tasks=("classification", "multilabel", "image-text"),
+           tasks=("classification", "multilabel", "segmentation", "image-text"),
            paper="Bach et al. 2015, https://doi.org/10.1371/journal.pone.0130140; "
                  "Montavon et al. 2019, https://doi.org/10.1007/978-3-030-28954-6_10; "
                  "Achtibat et al. 2024 (AttnLRP), https://arxiv.org/abs/2402.05602",
@@ -794,7 +839,8 @@ class _Tracer(TorchFunctionMode):
                    "layer down to the pixels (or to a layer) by per-layer rules.")
 def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsilon: float = 0.25,
         gamma: float = 0.25, alpha: float = 1.0, attention: str = "attnlrp") -> Tensor:
-    """Relevance of the target logit, raw and signed: (N, C, H, W) at the input, or with
+    """Relevance of the target logit (for ``targets.Segment``, each pixel of the region starts
+    with its own class logit), raw and signed: (N, C, H, W) at the input, or with
     ``layer`` the relevance at that module's output summed over channels, (N, 1, h, w) on the
     layer's grid (tokens and channels-last outputs as CAMs read them).
 
@@ -821,7 +867,9 @@ def lrp(ctx: Context, *, layer: str | None = None, rule: str = "composite", epsi
 def traced(ctx: Context, layer: str | None = None, *, rule: str = "composite", epsilon: float = 0.25,
            gamma: float = 0.25, alpha: float = 1.0, attention: str = "attnlrp") -> tuple[Tensor, Tensor, Tensor | None]:
     """One LRP forward of ``ctx``'s images with :func:`lrp`'s parameters: ``(x, out, at)``, the
-    input (a leaf), the model's output and, with ``layer``, the tensor whose gradient is the
+    input (a leaf), the model's output (a segmentation target's: its scores per class and pixel,
+    read from a dict's ``"out"`` or an object's ``.logits`` as :func:`galleryvis.tasks.spatial_logits`
+    does) and, with ``layer``, the tensor whose gradient is the
     relevance at that layer's output (None without). Relevance flows as the gradient of ``out``
     with ``ctx.target.relevance(out)``; the graph may be walked several times
     (``retain_graph=True``). Hooks and the mode are gone when it returns."""
@@ -838,6 +886,8 @@ def traced(ctx: Context, layer: str | None = None, *, rule: str = "composite", e
         acts = stack.enter_context(capture(model, [layer] if layer else []))
         with tracer:
             out = model(x0)
+        if ctx.target.task == "segmentation":  # a dict's "out", an object's .logits
+            out = spatial_logits(out)
         out = tracer.check_output(out)
     if layer is None:
         return x, out, None
