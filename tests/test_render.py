@@ -254,6 +254,23 @@ def test_compare_index_puts_the_rankings_side_by_side(tmp_path):
     assert "| *random* | -0.100 (\\#2) | — |" in md
 
 
+def test_compare_pages_set_models_of_one_task_side_by_side(tmp_path):
+    """A classifier and a segmenter are compared in tables of their own (their maps explain
+    different targets), each table's row ids unique on the page."""
+    gallery = make_gallery(tmp_path)
+    models = [gallery.models[0], replace(gallery.models[1], task="segmentation")]
+    render_site(replace(gallery, models=models), tmp_path)
+    tree = parse(tmp_path / "compare-cat.html")
+    heads = [header_texts(g) for g in grids(tree)]
+    assert [len(h) for h in heads] == [2, 2, 2, 2]  # attribution and synthesis, per task: one model each
+    assert heads[0][1].startswith("AlexNet") and heads[2][1].startswith("ResNet-18")
+    titles = [text(h) for h in tree.iter("h2")]
+    assert any(t.endswith("classification models") for t in titles) and any(t.endswith("segmentation models")
+                                                                             for t in titles)
+    ids = [el.get("id") for el in tree.iter() if el.get("id")]
+    assert len(ids) == len(set(ids))
+
+
 def test_rankings_are_compared_only_when_two_models_have_one(site):
     root, gallery, _ = site
     assert [r.model_id for r in gallery.rankings] == ["alexnet"]  # its own page's ranking says it all

@@ -313,7 +313,7 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
             segs, regions = _segmentation_records(a, ws, preds[spec.id], (labels or {}).get(spec.id, {}), tmp,
                                                   f"img/{parts[0][spec.id]}", manifest.gallery.alpha, crop)
             model_records.append(ModelRecord(a.id, a.name, a.description, top5, layers, random_weights=a.random,
-                                             segmentations=segs, regions=regions))
+                                             segmentations=segs, regions=regions, task=a.task))
         shared = shared_limits(manifest, jobs)
         scales = colour_scales(manifest.gallery.colormap, manifest.gallery.outlier_perc)
         cells = [_cell_record(job, ws, tmp, manifest, crop(ws.image(job), ws.adapter(job)), parts,

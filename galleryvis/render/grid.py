@@ -421,21 +421,22 @@ class SiteModel:
         return slot
 
     def _family_tables(self, subject: str, columns: Callable[[], list[Column]], noun: str,
-                       per_model: bool, models: list[ModelRecord]) -> list[tuple[str, Table]]:
+                       per_model: bool, models: list[ModelRecord], prefix: str = "") -> list[tuple[str, Table]]:
         """One grid per technique family (fresh columns each: a grid sets their targets), then
         the family's rows that read no image for ``models`` (:meth:`side_by_side`); a model's
-        page also shows the original images and each technique's layer."""
+        page also shows the original images and each technique's layer. Row ids start with
+        ``prefix`` (unique on a page)."""
         out = []
         for family, techs in self.families():
             title = FAMILY_TITLES.get(family, titlecase(family.replace("_", " ")))
             table = self.grid(f"{subject}: {title.lower()}; rows are techniques and their variants, "
                               f"columns are {noun}", "Technique", columns(), techs,
-                              original=per_model, sub_layer=per_model, prefix=f"{slug(family)}-")
+                              original=per_model, sub_layer=per_model, prefix=f"{prefix}{slug(family)}-")
             if table:
                 out.append((title, table))
             beside = self.side_by_side(f"{subject}: {title.lower()} of a class of their own, made from no image; "
                                        "columns are techniques, rows are models", models, techs,
-                                       prefix=f"{slug(family)}-side-")
+                                       prefix=f"{prefix}{slug(family)}-side-")
             if beside:
                 out.append((f"{title} side by side", beside))
         return out
@@ -454,10 +455,19 @@ class SiteModel:
             "images and models", True, self.g.models)
 
     def compare_tables(self, image: ImageRecord) -> list[tuple[str, Table]]:
-        """The models side by side on ``image`` (rows that read no image are on the model pages)."""
-        return self._family_tables(
-            image.name, lambda: [Column(m, image, m.name, self.model_page[m.id]) for m in self.g.models],
-            "models", False, [])
+        """The models side by side on ``image``, those of one task together (a segmenter's maps
+        explain other targets than a classifier's); rows that read no image are on the model pages."""
+        by_task: dict[str, list[ModelRecord]] = {}
+        for m in self.g.models:
+            by_task.setdefault(m.task, []).append(m)
+        out = []
+        for task, models in by_task.items():
+            subject = image.name if len(by_task) == 1 else f"{image.name}, {task} models"
+            tables = self._family_tables(subject, lambda models=models: [  # type: ignore[misc]
+                Column(m, image, m.name, self.model_page[m.id]) for m in models], "models", False, [],
+                prefix="" if len(by_task) == 1 else f"{slug(task)}-")
+            out += [(title if len(by_task) == 1 else f"{title}: {task} models", t) for title, t in tables]
+        return out
 
     def technique_tables(self, tech: TechniqueRecord) -> list[tuple[ModelRecord, Table]]:
         out = []

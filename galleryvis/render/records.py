@@ -98,6 +98,7 @@ class ModelRecord:
     random_weights: bool = False
     segmentations: dict[str, Segmentation] = field(default_factory=dict)
     regions: dict[str, Variant] = field(default_factory=dict)
+    task: str = "classification"  # what it does (galleryvis.tasks): compare pages set models of one task side by side
 
 
 @dataclass(frozen=True)
