@@ -237,9 +237,9 @@ def metric_tables(cells: list[Cell], techniques: list[TechniqueRecord], images: 
                   tasks: dict[str, str]) -> list[MetricTable]:
     """Each model's metrics table (``tasks``: model id -> its task, in page order): every metric of
     :data:`TABLE_CATEGORIES` its successful cells have, ordered by category, averaged per technique
-    over the cells that have it (to 4 decimals, as the cells hold theirs) and ranked in its column
-    by its direction; ``images`` is the gallery's image count. A model without such a metric gets
-    no table."""
+    over the cells that have it (to 6 decimals) and ranked in its column by its direction, means
+    equal to the 4 decimals the pages show sharing a rank; ``images`` is the gallery's image count.
+    A model without such a metric gets no table."""
     keys = list(TABLE_CATEGORIES)
     out = []
     for model_id, task in tasks.items():
@@ -256,10 +256,11 @@ def metric_tables(cells: list[Cell], techniques: list[TechniqueRecord], images: 
         columns = [MetricColumn(k, TABLE_CATEGORIES[k], _better(k)) for k in shown]
         rows: dict[str, dict[str, MetricValue]] = {t.id: {} for t in techniques if t.id in values}
         for col in columns:
-            means = {t: round(float(np.mean(per[col.key])), 4) for t, per in values.items() if col.key in per}
+            means = {t: round(float(np.mean(per[col.key])), 6) for t, per in values.items() if col.key in per}
             sign = 1 if col.better == "higher" else -1
+            shown = {t: sign * round(mean, 4) for t, mean in means.items()}
             for t, mean in means.items():
-                rank = 1 + sum(sign * other > sign * mean for other in means.values())
+                rank = 1 + sum(other > shown[t] for other in shown.values())
                 rows[t][col.key] = MetricValue(mean, len(values[t][col.key]), rank, rank == 1 and len(means) > 1)
         out.append(MetricTable(model_id, task, images, columns, rows))
     return out

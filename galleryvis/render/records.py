@@ -171,8 +171,8 @@ class MetricColumn:
 @dataclass(frozen=True)
 class MetricValue:
     """A technique's value of one metric on one model: the ``mean`` of its cells' values, the
-    number of ``images`` they cover, its ``rank`` in the column (1 = best; ties share the better
-    rank: 1, 1, 3) and whether it is the column's ``best`` (only where two or more have a value)."""
+    number of ``images`` they cover, its ``rank`` in the column (1 = best; means equal to the 4
+    decimals the pages show share the better rank: 1, 1, 3) and whether it is the column's ``best`` (only where two or more have a value)."""
 
     mean: float
     images: int
