@@ -1,7 +1,7 @@
 """A hand-built gallery for the rendering tests: 2 images x 2 models x 4 techniques.
 
 It has one failed cell, an image with a hostile name, a file name with a space and
-non-ASCII letters, metrics (one sanity score flagged), a ranking, an objective trace and a
+non-ASCII letters, metrics (one sanity score flagged) and their tables, a ranking, an objective trace and a
 plot, so every branch of the pages shows up. Tiny PNGs are written with PIL.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from galleryvis.build.sitewriter import colour_scales, values_script
+from galleryvis.build.sitewriter import colour_scales, metric_tables, values_script
 
 from galleryvis.render.records import (
     Cell,
@@ -125,4 +125,5 @@ def make_gallery(root: Path) -> Gallery:
         description_md="A gallery for **tests**.\n\n# Heading\n\n<script>alert(2)</script>\n",
         images=images, models=models, techniques=techniques, cells=cells, rankings=rankings,
         summary={"computed": 1}, scales=colour_scales(), scaling="each map on its own scale",
+        metric_tables=metric_tables(cells, techniques, len(images), {mid: "classification" for mid, _, _ in MODELS}),
     )

@@ -15,8 +15,10 @@ import numpy as np
 from PIL import Image
 
 from galleryvis.render import postprocess
+from galleryvis.render.grid import METRICS as SCORES
 from galleryvis import registry
 from galleryvis.metrics import METRICS
+from galleryvis.metrics.meta_evaluation import CATEGORIES, GALLERY_CATEGORIES
 from galleryvis.storage.fileio import atomic_write
 from galleryvis.storage.images import fit
 from galleryvis.build.jobs import Job, LoadedImage, Workspace, layer_for, resolve_target
@@ -24,8 +26,9 @@ from galleryvis.config.manifest import Manifest, Region
 from galleryvis.sources.loading import ModelAdapter
 from galleryvis.naming import unique_slugs
 from galleryvis.build.progress import Stages
-from galleryvis.render.records import (RECORDS_FILE, Cell, ColourScale, Gallery, ImageRecord, LabelClass, ModelRecord,
-                                       Prediction, Ranking, Segmentation, Size, TechniqueRecord, Variant)
+from galleryvis.render.records import (RECORDS_FILE, Cell, ColourScale, Gallery, ImageRecord, LabelClass, MetricColumn,
+                                       MetricTable, MetricValue, ModelRecord, Prediction, Ranking, Segmentation, Size,
+                                       TechniqueRecord, Variant)
 from galleryvis.storage.sitefiles import staged
 
 #: Thumbnail box in CSS pixels; the full-resolution view serves 2x screens (``srcset``).
@@ -228,6 +231,48 @@ def _raw_maps_zip(jobs: list[Job], parts: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
+#: Each metric a metrics table shows, with its category: the gallery's own scores, then ``[metrics] compute``'s.
+TABLE_CATEGORIES: dict[str, str] = {**GALLERY_CATEGORIES, **{k: m.category for k, m in METRICS.items()}}
+
+
+def _better(key: str) -> str:
+    """Which way ``key`` is better, "higher" or "lower", as its declaration says."""
+    return SCORES[key][3] if key in SCORES else "higher" if METRICS[key].higher_is_better else "lower"
+
+
+def metric_tables(cells: list[Cell], techniques: list[TechniqueRecord], images: int,
+                  tasks: dict[str, str]) -> list[MetricTable]:
+    """Each model's metrics table (``tasks``: model id -> its task, in page order): every metric of
+    :data:`TABLE_CATEGORIES` its successful cells have, ordered by category, averaged per technique
+    over the cells that have it (to 6 decimals) and ranked in its column by its direction, means
+    equal to the 4 decimals the pages show sharing a rank; ``images`` is the gallery's image count.
+    A model without such a metric gets no table."""
+    keys = list(TABLE_CATEGORIES)
+    out = []
+    for model_id, task in tasks.items():
+        values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for c in cells:
+            if c.model_id == model_id and c.status == "ok":
+                for k, v in c.metrics.items():
+                    if k in TABLE_CATEGORIES:
+                        values[c.technique_id][k].append(float(v))
+        if not values:
+            continue
+        shown = sorted({k for per in values.values() for k in per},
+                       key=lambda k: (CATEGORIES.index(TABLE_CATEGORIES[k]), keys.index(k)))
+        columns = [MetricColumn(k, TABLE_CATEGORIES[k], _better(k)) for k in shown]
+        rows: dict[str, dict[str, MetricValue]] = {t.id: {} for t in techniques if t.id in values}
+        for col in columns:
+            means = {t: round(float(np.mean(per[col.key])), 6) for t, per in values.items() if col.key in per}
+            sign = 1 if col.better == "higher" else -1
+            shown = {t: sign * round(mean, 4) for t, mean in means.items()}
+            for t, mean in means.items():
+                rank = 1 + sum(other > shown[t] for other in shown.values())
+                rows[t][col.key] = MetricValue(mean, len(values[t][col.key]), rank, rank == 1 and len(means) > 1)
+        out.append(MetricTable(model_id, task, images, columns, rows))
+    return out
+
+
 #: How many of a segmentation's classes its legend names (most pixels first); the explained one always.
 LEGEND_CLASSES = 6
 
@@ -327,12 +372,15 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
                 downloads[spec.id] = rel
         modes = {_scale_mode(manifest, t.id) for t in manifest.techniques}
         scaling = "; ".join(SCALING[m] for m in ("per-map", "per-image", "per-row") if m in modes)
+        techniques = _technique_records(manifest)
         gallery = Gallery(manifest.gallery.title, manifest.gallery.description, image_records, model_records,
-                          _technique_records(manifest), cells, rankings, counts, scales=scales,
+                          techniques, cells, rankings, counts, scales=scales,
                           scaling=scaling, base_url=manifest.gallery.base_url, build=provenance or {},
                           downloads=downloads,
-                          metric_notes={name: [METRICS[name].question, "higher" if METRICS[name].higher_is_better
-                                               else "lower"] for name in manifest.metrics.compute})
+                          metric_notes={name: [METRICS[name].question, _better(name)]
+                                        for name in manifest.metrics.compute},
+                          metric_tables=metric_tables(cells, techniques, len(image_records),
+                                                      {spec.id: ws.models[spec.id].task for spec in manifest.models}))
         t_pages = time.perf_counter()
         stages.add("pictures", t_pages - t_pictures)
         render_site(gallery, tmp)

@@ -124,6 +124,14 @@ METRICS: dict[str, MetricInfo] = {
 }
 
 
+#: The category of each score the gallery computes of its own (:mod:`galleryvis.metrics.gallery`),
+#: by its name in a cell's scores; as Quantus files its counterparts (ROAD and pixel flipping are
+#: faithfulness, the model parameter randomisation test is randomisation).
+GALLERY_CATEGORIES: dict[str, Category] = {"deletion_auc": "faithfulness", "insertion_auc": "faithfulness",
+                                           "road_morf": "faithfulness", "road_lerf": "faithfulness",
+                                           "sanity": "randomisation"}
+
+
 def unknown_metrics(names: Sequence[str]) -> list[str]:
     """One message for each of ``names`` that :data:`METRICS` does not declare (with a did-you-mean)."""
     from galleryvis.registry import suggest

@@ -10,8 +10,8 @@ from typing import Any, Callable, Iterable
 
 from galleryvis.families import FAMILIES
 from galleryvis.naming import slug, unique_slugs
-from galleryvis.render.records import (Cell, Gallery, ImageRecord, ModelRecord, Prediction, Ranking, Size,
-                                       TechniqueRecord, Variant)
+from galleryvis.render.records import (Cell, Gallery, ImageRecord, MetricTable, ModelRecord, Prediction, Ranking,
+                                       Size, TechniqueRecord, Variant)
 
 
 #: A cell whose map keeps at least this rank correlation after the model's weights are
@@ -40,6 +40,10 @@ METRICS = {
     "sanity": ("Sanity ρ", "ρ", "rank correlation with the map after the model's top layers are re-initialized "
                "(cascading randomization); a map that barely changes ignores what the model learned", "lower"),
 }
+
+
+#: The arrow a metrics table's header shows for each direction.
+ARROWS = {"higher": "↑", "lower": "↓"}
 
 
 #: The variants the landing page shows, one technique each, in this order.
@@ -219,6 +223,51 @@ class Table:
         return list(seen)
 
 
+@dataclass
+class MetricHeader:
+    """A metrics table's column: the metric's name, which way is better (and its arrow), what it
+    measures (``meaning``, "" when unknown)."""
+
+    key: str
+    title: str
+    category: str
+    better: str
+    arrow: str
+    meaning: str
+
+    @property
+    def hint(self) -> str:
+        """The header's hover text: name, meaning, direction."""
+        return f"{self.title}: {self.meaning}; {self.better} is better" if self.meaning else \
+            f"{self.title}; {self.better} is better"
+
+
+@dataclass
+class MetricEntry:
+    """One value of a metrics table: its text (the mean), its rank among the ``of`` values of its
+    column, whether it is the best, and ``note``: "2 of 3 images" when it covers fewer than all."""
+
+    text: str
+    rank: int
+    of: int
+    best: bool
+    note: str = ""
+
+
+@dataclass
+class MetricsView:
+    """A metrics table to draw: ``groups`` (category, columns) over the ``headers``; with several
+    ``models``, one column per model under each header; ``rows``: (technique title, page, one
+    entry per column or None where the technique lacks the metric); ``starts``: per column,
+    whether it opens a group (a category, or a metric's models), where a rule separates them."""
+
+    groups: list[tuple[str, int]]
+    headers: list[MetricHeader]
+    models: list[ModelRecord]
+    rows: list[tuple[str, str, list[MetricEntry | None]]]
+    starts: list[bool]
+
+
 class SiteModel:
     """Page names and lookups for one gallery."""
 
@@ -267,13 +316,17 @@ class SiteModel:
             + (f", image {image.name}" if image else "") + (f", {target[0].lower()}{target[1:]}" if target else "")
         )
 
+    def describe(self, key: str) -> tuple[str, str, str, str]:
+        """``(name, short name, meaning, better)`` of a metric: the gallery's own from
+        :data:`METRICS`, ``[metrics] compute``'s from the gallery's ``metric_notes``."""
+        return METRICS.get(key, (titlecase(key.replace("_", " ")), key, *self.g.metric_notes.get(key, ("", ""))))
+
     def metrics(self, cell: Cell) -> list[tuple[str, str, str, bool]]:
         """``(short name, value, hint, flagged)`` for each metric: known ones first, then sorted."""
         keys = [k for k in METRICS if k in cell.metrics] + sorted(k for k in cell.metrics if k not in METRICS)
         out = []
         for k in keys:
-            name, short, meaning, better = METRICS.get(k, (titlecase(k.replace("_", " ")), k,
-                                                           *self.g.metric_notes.get(k, ("", ""))))
+            name, short, meaning, better = self.describe(k)
             hint = f"{name}: {meaning}; {better} is better" if meaning else name
             value = cell.metrics[k]
             flagged = (
@@ -565,3 +618,47 @@ class SiteModel:
                 cells.append((fmt_number(v) if not isinstance(v, str) else v, href))
             rows.append((bool(row.get("baseline")), cells))
         return headers, keys, rows
+
+    def metrics_view(self, tables: list[MetricTable]) -> MetricsView:
+        """The metrics tables of ``tables``' models as one view: their columns (the first table's
+        order, then what only later ones have, kept by category) with one column per model under
+        each, and a row per technique that has a value (the gallery's order)."""
+        columns = {c.key: c for t in tables for c in t.columns}
+        categories = list(dict.fromkeys(c.category for c in columns.values()))
+        keys = sorted(columns, key=lambda k: categories.index(columns[k].category))
+        headers = []
+        for k in keys:
+            name, _, meaning, _ = self.describe(k)
+            better = columns[k].better
+            headers.append(MetricHeader(k, name, columns[k].category, better, ARROWS[better], meaning))
+        counts = {(n, k): sum(k in row for row in t.rows.values()) for n, t in enumerate(tables) for k in keys}
+        rows = []
+        for tech in self.g.techniques:
+            if not any(tech.id in t.rows for t in tables):
+                continue
+            entries: list[MetricEntry | None] = []
+            for k in keys:
+                for n, t in enumerate(tables):
+                    v = t.rows.get(tech.id, {}).get(k)
+                    entries.append(None if v is None else MetricEntry(
+                        fmt_number(v.mean, 4), v.rank, counts[(n, k)], v.best,
+                        f"{v.images} of {t.images} images" if v.images < t.images else ""))
+            rows.append((tech.title, self.technique_page[tech.id], entries))
+        groups = [(c, sum(h.category == c for h in headers)) for c in categories]
+        opens = [i == 0 or h.category != headers[i - 1].category for i, h in enumerate(headers)]
+        starts = [n == 0 and (opens[i] or len(tables) > 1) for i in range(len(headers)) for n in range(len(tables))]
+        return MetricsView(groups, headers, [self.models[t.model_id] for t in tables], rows, starts)
+
+    def model_metrics(self, model: ModelRecord) -> MetricsView | None:
+        """``model``'s metrics table, None when it has none."""
+        tables = [t for t in self.g.metric_tables if t.model_id == model.id]
+        return self.metrics_view(tables) if tables else None
+
+    def metrics_comparison(self) -> list[tuple[str, MetricsView]]:
+        """The metrics tables of each task's models side by side, for each task that has two
+        or more models with one: ``(task, view)``."""
+        by_task: dict[str, list[MetricTable]] = {}
+        for t in self.g.metric_tables:
+            if t.model_id in self.models:
+                by_task.setdefault(t.task, []).append(t)
+        return [(task, self.metrics_view(tables)) for task, tables in by_task.items() if len(tables) > 1]

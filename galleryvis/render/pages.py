@@ -10,12 +10,13 @@ viewer and the row filter, shipped with the site):
 
 * ``index.html``: title, description, headline results per model, the ranking summary,
   top-5 predictions;
-* ``model-<model>.html``: the ranking, then rows = techniques and their variants, columns = images;
+* ``model-<model>.html``: the ranking, the metrics table, then rows = techniques and their variants, columns = images;
 * ``compare.html`` and ``compare-<image>.html``: one image, rows = technique variants, columns = models;
+  ``compare.html`` also puts the rankings and the metrics tables side by side;
 * ``techniques.html`` and ``technique-<technique>.html``: its description and the grid across
   models and images;
 * ``build.html``: provenance (versions, device, seeds, weights fingerprints, manifest hash);
-* ``gallery.md``: the per-model tables in GitHub-flavoured Markdown.
+* ``gallery.md``: the per-model tables (and metrics tables) in GitHub-flavoured Markdown.
 
 Everything from the records is escaped (jinja2 autoescape for HTML, :func:`md_escape` for
 Markdown), and the same records always give byte-identical files.
@@ -202,6 +203,7 @@ def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
         tables = site.model_tables(m)
         page("model.html.j2", site.model_page[m.id], page_title=m.name, current=site.model_page[m.id],
              model=m, tables=tables, scales=scales(tables), has_scores=scored(tables),
+             metrics_view=site.model_metrics(m),
              rankings=[site.ranking(r) + (r.protocol,) for r in gallery.rankings if r.model_id == m.id])
     page("compare_index.html.j2", "compare.html", page_title="Compare models", current="compare.html")
     for img in gallery.images:
@@ -219,7 +221,8 @@ def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
              tables=tables, scales=scales(tables), has_scores=scored(tables))
     page("build.html.j2", "build.html", page_title="Build", current="build.html")
     model_md = [
-        (m, site.model_tables(m), [site.ranking(r) + (r.protocol,) for r in gallery.rankings if r.model_id == m.id])
+        (m, site.model_tables(m), [site.ranking(r) + (r.protocol,) for r in gallery.rankings if r.model_id == m.id],
+         site.model_metrics(m))
         for m in gallery.models
     ]
     md_text = mdenv.get_template("gallery.md.j2").render(

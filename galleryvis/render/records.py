@@ -161,6 +161,41 @@ class Ranking:
 
 
 @dataclass(frozen=True)
+class MetricColumn:
+    """A column of a :class:`MetricTable`: the metric's ``key`` in :attr:`Cell.metrics`, its
+    ``category`` (faithfulness, robustness, ...) and which way is ``better`` ("higher" or "lower")."""
+
+    key: str
+    category: str
+    better: str
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """A technique's value of one metric on one model: the ``mean`` of its cells' values, the
+    number of ``images`` they cover, its ``rank`` in the column (1 = best; means equal to the 4
+    decimals the pages show share the better rank: 1, 1, 3) and whether it is the column's ``best`` (only where two or more have a value)."""
+
+    mean: float
+    images: int
+    rank: int
+    best: bool
+
+
+@dataclass(frozen=True)
+class MetricTable:
+    """A model's metrics table: ``columns`` by category, ``rows``: technique id -> metric key ->
+    its value (a metric the technique lacks is absent); ``images``: the gallery's image count,
+    ``task``: the model's (only one task's models are compared side by side)."""
+
+    model_id: str
+    task: str
+    images: int
+    columns: list[MetricColumn]
+    rows: dict[str, dict[str, MetricValue]]
+
+
+@dataclass(frozen=True)
 class Gallery:
     """Everything a site shows."""
 
@@ -179,6 +214,8 @@ class Gallery:
     downloads: dict[str, str] = field(default_factory=dict)  # model id -> zip of its raw maps
     #: ``[metrics] compute``'s metrics: name -> (question it answers, "higher" or "lower" is better)
     metric_notes: dict[str, list[str]] = field(default_factory=dict)
+    #: per model, each scored technique's metrics averaged over the images, ranked per metric
+    metric_tables: list[MetricTable] = field(default_factory=list)
 
     @cached_property
     def _index(self) -> dict[tuple[str, str, str], Cell]:
@@ -195,10 +232,12 @@ class Gallery:
     def to_json(self) -> bytes:
         """The records as :data:`RECORDS_FILE` holds them: without ``summary`` (this build's
         counts, which build.json has), so an unchanged rebuild writes the same bytes; a model's
-        ``segmentations`` and ``regions`` only when it has some, and ``metric_notes`` likewise."""
+        ``segmentations`` and ``regions`` only when it has some, and ``metric_notes`` and
+        ``metric_tables`` likewise."""
         data = replace(self, summary={}).to_dict()
-        if not data["metric_notes"]:
-            del data["metric_notes"]
+        for key in ("metric_notes", "metric_tables"):
+            if not data[key]:
+                del data[key]
         for model in data["models"]:  # a segmentation's own fields only where it has them
             for key in ("segmentations", "regions"):
                 if not model[key]:
