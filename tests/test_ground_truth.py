@@ -88,12 +88,15 @@ def test_a_gallery_computes_the_metrics_it_names_with_the_ground_truth_it_has(tm
         shutil.copy(photos / name, tmp_path / name)
     text = ('[[images]]\npath = "cat.png"\nbox = [120, 20, 360, 280]\n\n[[images]]\npath = "coffee.png"\n\n'
             '[[models]]\nname = "resnet18"\nweights = "none"\nsize = 48\n\n[[techniques]]\nname = "gradcam"\n\n'
+            '[[techniques]]\nname = "vanilla"\n\n'
             '[metrics]\nenabled = true\ndeletion_insertion = false\nsanity = false\n'
             'compute = ["sparseness", "average_drop", "completeness", "pointing_game"]\n')
     (tmp_path / "galleryvis.toml").write_text(text, encoding="utf-8")
     manifest = load_manifest(tmp_path / "galleryvis.toml")
     assert build(manifest, Options(quiet=True, batch_size=2)).failed == 0
-    cells = {c["image_id"]: c for c in json.loads((tmp_path / "site" / "gallery.json").read_text())["cells"]}
+    every = json.loads((tmp_path / "site" / "gallery.json").read_text())["cells"]
+    cells = {c["image_id"]: c for c in every if c["technique_id"] == "gradcam"}
+    gradients = {c["image_id"]: c for c in every if c["technique_id"] == "vanilla"}
 
     adapter = load_models(manifest)["resnet18"]
     x = torch.stack([adapter.preprocess(load_image(tmp_path / n).convert("RGB")) for n in ("cat.png", "coffee.png")])
@@ -102,6 +105,11 @@ def test_a_gallery_computes_the_metrics_it_names_with_the_ground_truth_it_has(tm
     for name in ("sparseness", "average_drop"):
         expected = getattr(metrics, name)(adapter.model, x, maps, target)
         assert [cells[i]["metrics"][name] for i in ("cat", "coffee")] == pytest.approx(expected.tolist(), abs=2e-4)
+    # a gradient map (three channels) is read by a one-channel metric as the gallery ranks it: |map| summed
+    saliency = galleryvis.attribute(adapter.model, x, "vanilla", target=target).abs().sum(1, keepdim=True)
+    expected = metrics.average_drop(adapter.model, x, saliency, target)
+    assert [gradients[i]["metrics"]["average_drop"] for i in ("cat", "coffee")] == pytest.approx(expected.tolist(),
+                                                                                                 abs=2e-4)
     error = metrics.completeness(adapter.model, x, maps, target, mean=adapter.mean, std=adapter.std)["relative_error"]
     assert [cells[i]["metrics"]["completeness"] for i in ("cat", "coffee")] == pytest.approx(error.tolist(), rel=1e-3)
     box = np.asarray(adapter.crop(Image.fromarray(metrics.box_mask([120, 20, 360, 280], 300, 451).astype(np.uint8) * 255)))
@@ -115,3 +123,26 @@ def test_a_gallery_computes_the_metrics_it_names_with_the_ground_truth_it_has(tm
     (tmp_path / "galleryvis.toml").write_text(text.replace('"sparseness"', '"sparsenes"'), encoding="utf-8")
     with pytest.raises(ManifestError, match=r"metrics\.compute: unknown metric 'sparsenes' \(did you mean: sparseness"):
         load_models(load_manifest(tmp_path / "galleryvis.toml"))
+
+
+def test_a_metric_that_fails_is_reported_in_its_cells_and_the_build_goes_on(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import shutil
+
+    from galleryvis.build.pipeline import Options, build
+    from galleryvis.config.manifest import load_manifest
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise ValueError("maps must have shape (N, H, W)\nsecond line")
+
+    monkeypatch.setattr(metrics, "sparseness", broken)
+    shutil.copy(Path(__file__).resolve().parent.parent / "input_images" / "cat.png", tmp_path / "cat.png")
+    (tmp_path / "galleryvis.toml").write_text(
+        '[[images]]\npath = "cat.png"\n\n[[models]]\nname = "resnet18"\nweights = "none"\nsize = 48\n\n'
+        '[[techniques]]\nname = "gradcam"\n\n[metrics]\nenabled = true\ndeletion_insertion = false\n'
+        'sanity = false\ncompute = ["sparseness", "complexity"]\n', encoding="utf-8")
+    assert build(load_manifest(tmp_path / "galleryvis.toml"), Options(quiet=True, batch_size=1)).failed == 0
+    (cell,) = json.loads((tmp_path / "site" / "gallery.json").read_text())["cells"]
+    assert cell["skipped"]["sparseness"] == "failed: ValueError: maps must have shape (N, H, W)"
+    assert "complexity" in cell["metrics"]

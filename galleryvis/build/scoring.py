@@ -15,10 +15,11 @@ from PIL import Image
 from galleryvis import metrics, registry
 from galleryvis.storage.cache import Cache, cache_key
 from galleryvis.storage.images import file_sha256
-from galleryvis.targets import per_image
+from galleryvis.targets import Objective, per_image
 from galleryvis.engine.chunking import Chunking
 from galleryvis.engine import Call, chunking_of
 from galleryvis.build.executor import chunking_for
+from galleryvis.errors import one_line
 from galleryvis.hooks import counting
 from galleryvis.build.jobs import Job, Workspace, model_covers, model_input
 from galleryvis.config.manifest import MetricsSpec
@@ -142,13 +143,12 @@ def _evaluations(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cach
             kwargs = {k: v for k, v in given.items() if k in params}
             if "mask" in params:
                 kwargs["mask"] = torch.from_numpy(np.stack([_truth(ws, j) for j in jobs]))
-            if "technique" in params:
-                first = jobs[0]
-                out = fn(adapter.model, x, first.tech.name, objective, first.layer, technique_params=first.params, **kwargs)
-            else:
-                maps = torch.from_numpy(np.stack([j.result for j in jobs]).astype(np.float32)).to(adapter.device)
-                out = fn(adapter.model, x, maps, objective, **kwargs)
-            out = np.asarray(out)
+            try:
+                out = np.asarray(_evaluate(fn, name, adapter, x, jobs, objective, kwargs))
+            except Exception as exc:  # noqa: BLE001  (one metric of one row fails, not the build)
+                for j in jobs:
+                    j.skipped[name] = f"failed: {one_line(exc)}"
+                continue
             out = out["relative_error"] if out.dtype.names else out  # completeness: its relative error
             for (j, key), value in zip(todo, out.astype(np.float64)):
                 values[key] = float(value)
@@ -158,6 +158,20 @@ def _evaluations(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cach
                 j.metrics[name] = round(values[key], 4)
             elif key in values:
                 j.skipped[name] = "undefined for this map (see docs/metrics.md)"
+
+
+def _evaluate(fn: Callable[..., Any], name: str, adapter: ModelAdapter, x: torch.Tensor, jobs: list[Job],
+              objective: Objective, kwargs: dict[str, Any]) -> Any:
+    """One metric on the jobs' maps (a metric that explains again: on their technique); a metric
+    that reads one value per pixel gets a map of several channels as the gallery ranks it
+    (summed over channels, by magnitude for gradient maps)."""
+    first = jobs[0]
+    if "technique" in inspect.signature(fn).parameters:
+        return fn(adapter.model, x, first.tech.name, objective, first.layer, technique_params=first.params, **kwargs)
+    maps = torch.from_numpy(np.stack([j.result for j in jobs]).astype(np.float32)).to(adapter.device)
+    if metrics.METRICS[name].one_channel and maps.shape[1] > 1:
+        maps = (maps.abs() if _rank_by(first.tech.name) == "abs" else maps).sum(1, keepdim=True)
+    return fn(adapter.model, x, maps, objective, **kwargs)
 
 
 def _truth_covers(job: Job) -> dict[str, Any]:

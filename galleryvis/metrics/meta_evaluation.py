@@ -26,17 +26,21 @@ CATEGORIES: tuple[str, ...] = ("faithfulness", "robustness", "complexity", "rand
 @dataclass(frozen=True)
 class MetricInfo:
     """One metric's declaration: ``category``; ``higher_is_better``; ``passes``, its model passes
-    per image as a formula of its settings; ``question`` it answers; ``reference``."""
+    per image as a formula of its settings; ``question`` it answers; ``reference``;
+    ``one_channel``: it reads one value per pixel (a CAM), so a gallery gives it a map of several
+    channels as its one-channel view."""
 
     category: Category
     higher_is_better: bool
     passes: str
     question: str
     reference: str
+    one_channel: bool = False
 
 
-def _m(category: Category, better: str, passes: str, question: str, reference: str) -> MetricInfo:
-    return MetricInfo(category, {"higher": True, "lower": False}[better], passes, question, reference)
+def _m(category: Category, better: str, passes: str, question: str, reference: str, one_channel: bool = False
+       ) -> MetricInfo:
+    return MetricInfo(category, {"higher": True, "lower": False}[better], passes, question, reference, one_channel)
 
 
 #: Every metric of :mod:`galleryvis.metrics.evaluation` by its name in :mod:`galleryvis.metrics`.
@@ -72,10 +76,10 @@ METRICS: dict[str, MetricInfo] = {
         "share; over the images of the call)", "Dasgupta et al. 2022"),
     "average_drop": _m(
         "faithfulness", "lower", "2", "how much of the target is lost on the image times its map?",
-        "Chattopadhay et al. 2018 (Grad-CAM++)"),
+        "Chattopadhay et al. 2018 (Grad-CAM++)", one_channel=True),
     "average_increase": _m(
         "faithfulness", "higher", "2", "is the target higher on the image times its map? (1 or 0)",
-        "Chattopadhay et al. 2018"),
+        "Chattopadhay et al. 2018", one_channel=True),
     "max_sensitivity": _m(
         "robustness", "lower", "1 + `nr_samples` explanations",
         "how much does the map change under small input noise? (largest ‖Δmap‖ / ‖map‖ over `nr_samples` "
