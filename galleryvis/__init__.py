@@ -1,7 +1,7 @@
 """galleryvis: a manifest of images x models x techniques in, a static gallery of CNN visualizations out.
 
-Public API: :func:`attribute`, :func:`attribute_many`, :func:`techniques`, :func:`concepts` and
-:func:`concept_drop`, :func:`synthesize`,
+Public API: :func:`attribute`, :func:`attribute_many`, :func:`techniques`, :func:`concepts`,
+:func:`concept_drop` and :func:`reference_examples`, :func:`synthesize`,
 :func:`measure_chunking` with its :class:`Chunking`, and the :mod:`galleryvis.metrics` module. They are imported on first use, so that the command
 line can answer an unchanged rebuild without importing torch.
 """
@@ -11,7 +11,7 @@ from importlib import import_module
 from typing import Any
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Chunking", "Context", "attribute", "attribute_many", "concept_drop",
-           "concepts", "measure_chunking",
+           "concepts", "measure_chunking", "reference_examples",
            "metrics", "synthesize", "targets", "technique", "techniques"]
 __version__ = "0.1.0"
 
@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 _HOMES = {"IMAGENET_MEAN": "engine", "IMAGENET_STD": "engine", "attribute": "engine", "attribute_many": "engine",
           "techniques": "engine", "synthesize": "synthesis", "metrics": "metrics", "Chunking": "engine.chunking",
           "measure_chunking": "engine", "Context": "engine", "technique": "registry", "targets": "targets",
-          "concepts": "attribution.concepts", "concept_drop": "attribution.concepts"}
+          "concepts": "attribution.concepts", "concept_drop": "attribution.concepts",
+          "reference_examples": "attribution.references"}
 
 
 def __getattr__(name: str) -> Any:

@@ -104,7 +104,7 @@ def reference_examples(
             positions.append(where.cpu())
         name = call.layer
     v, p = torch.cat(values).T, torch.cat(positions).T  # (C, N)
-    order = v.argsort(1, descending=True, stable=True)[:, :top]
+    order = v.argsort(dim=1, descending=True, stable=True)[:, :top]
     return References(name, mode, order, v.gather(1, order), p.gather(1, order))
 
 
