@@ -289,7 +289,7 @@ def _segmentation_records(adapter: ModelAdapter, ws: Workspace, preds: dict[str,
     for img in ws.images.values():
         if img.ref.id not in labels and not isinstance(img.ref.target, Region):
             continue
-        target, region = resolve_target(adapter, img.ref.target, preds[img.ref.id])
+        target, region, _ = resolve_target(adapter, img.ref.target, preds[img.ref.id])
         base = crop(img, adapter)
         stem = f"{folder}/{img.ref.id}/_"
         if region is not None:
