@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from galleryvis.build.sitewriter import metric_tables
-from galleryvis.render.records import Cell, Gallery, ModelRecord, TechniqueRecord
+from galleryvis.render.records import Cell, Gallery, MetricAgreement, ModelRecord, TechniqueRecord
 
 PHOTOS = Path(__file__).resolve().parent.parent / "input_images"
 
@@ -151,6 +151,10 @@ def test_pages_show_the_tables_with_bold_ranks_dashes_and_arrows(built: Path) ->
     data = json.loads((built / "gallery.json").read_text(encoding="utf-8"))
     table = data["metric_tables"][0]
     keys = [c["key"] for c in table["columns"]]
+    landing = (built / "index.html").read_text(encoding="utf-8")  # the meta-evaluation, per model and category
+    assert table["agreement"]
+    for a in table["agreement"]:
+        assert f"<b>{a['category']}</b>: τ = {a['tau']:.2f}, the metrics" in landing
     titles = {t["id"]: t["title"] for t in data["techniques"]}
     rows = _html_rows(built / "model-resnet18.html", "metrics-table")
     assert list(rows) == [titles[t] for t in table["rows"]]
@@ -237,12 +241,21 @@ def test_ties_share_the_better_rank_and_every_tied_best_is_bold() -> None:
     assert [(rows[t]["sparseness"].mean, rows[t]["sparseness"].rank, rows[t]["sparseness"].best) for t in "xz"] \
         == [(0.4, 1, True), (0.40001, 1, True)]
 
+    # the meta-evaluation: faithfulness's two metrics rank x, y, z alike (Kendall's tau-b, scipy's); one metric alone is none
+    from scipy.stats import kendalltau
+
+    expected = kendalltau([-0.3, -0.3, -0.7], [0.6, 0.6, 0.5]).statistic  # deletion turned: lower is better
+    assert table.agreement == [MetricAgreement("faithfulness", ["deletion_auc", "insertion_auc"],
+                                               pytest.approx(expected), 3)]
+
     from galleryvis.render.grid import SiteModel
 
     gallery = Gallery("t", "", [], [ModelRecord("m", "M", "", {}, {})], [_tech(t) for t in "xyz"], cells,
                       metric_tables=[table])
     back = Gallery.from_dict(json.loads(gallery.to_json()))  # as gallery.json carries it
     assert back.metric_tables == [table]
+    assert SiteModel(back).agreements() == [(back.models[0], [
+        ("faithfulness", "1.00", "agree", "Deletion AUC, Insertion AUC; 3 techniques")])]
     view = SiteModel(back).model_metrics(back.models[0])
     assert [(h.title, h.arrow) for h in view.headers] == [("Deletion AUC", "↓"), ("Insertion AUC", "↑"),
                                                           ("Sparseness", "↑"), ("Sanity ρ", "↓")]

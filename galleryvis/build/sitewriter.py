@@ -17,7 +17,7 @@ from PIL import Image
 from galleryvis.render import postprocess
 from galleryvis.render.grid import METRICS as SCORES
 from galleryvis import registry
-from galleryvis.metrics import METRICS
+from galleryvis.metrics import METRICS, agreement
 from galleryvis.metrics.meta_evaluation import CATEGORIES, GALLERY_CATEGORIES
 from galleryvis.storage.fileio import atomic_write
 from galleryvis.storage.images import fit
@@ -26,8 +26,8 @@ from galleryvis.config.manifest import Manifest, Region
 from galleryvis.sources.loading import ModelAdapter
 from galleryvis.naming import unique_slugs
 from galleryvis.build.progress import Stages
-from galleryvis.render.records import (RECORDS_FILE, Cell, ColourScale, Gallery, ImageRecord, LabelClass, MetricColumn,
-                                       MetricTable, MetricValue, ModelRecord, Prediction, Ranking, Segmentation, Size,
+from galleryvis.render.records import (RECORDS_FILE, Cell, ColourScale, Gallery, ImageRecord, LabelClass,
+                                       MetricAgreement, MetricColumn, MetricTable, MetricValue, ModelRecord, Prediction, Ranking, Segmentation, Size,
                                        TechniqueRecord, Variant)
 from galleryvis.storage.sitefiles import staged
 
@@ -269,7 +269,24 @@ def metric_tables(cells: list[Cell], techniques: list[TechniqueRecord], images: 
             for t, mean in means.items():
                 rank = 1 + sum(other > shown[t] for other in shown.values())
                 rows[t][col.key] = MetricValue(mean, len(values[t][col.key]), rank, rank == 1 and len(means) > 1)
-        out.append(MetricTable(model_id, task, images, columns, rows))
+        out.append(MetricTable(model_id, task, images, columns, rows, _agreement(columns, rows)))
+    return out
+
+
+def _agreement(columns: list[MetricColumn], rows: dict[str, dict[str, MetricValue]]) -> list[MetricAgreement]:
+    """The meta-evaluation of a model's table: per category of two metrics or more, the mean
+    Kendall's tau-b of their columns' means over the techniques (:func:`galleryvis.metrics.agreement`);
+    a category whose metrics share fewer than two ranked techniques is left out."""
+    out = []
+    for category in dict.fromkeys(c.category for c in columns):
+        mine = [c for c in columns if c.category == category]
+        scores = {c.key: [rows[t][c.key].mean if c.key in rows[t] else float("nan") for t in rows] for c in mine}
+        ranked = sum(all(c.key in rows[t] for c in mine) for t in rows)
+        if len(mine) < 2 or ranked < 2:
+            continue
+        found = agreement(scores, higher_is_better=[c.better == "higher" for c in mine])
+        if np.isfinite(found.mean):
+            out.append(MetricAgreement(category, [c.key for c in mine], round(found.mean, 4), ranked))
     return out
 
 

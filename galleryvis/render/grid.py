@@ -649,6 +649,22 @@ class SiteModel:
         starts = [n == 0 and (opens[i] or len(tables) > 1) for i in range(len(headers)) for n in range(len(tables))]
         return MetricsView(groups, headers, [self.models[t.model_id] for t in tables], rows, starts)
 
+    def agreements(self) -> list[tuple[ModelRecord, list[tuple[str, str, str, str]]]]:
+        """The landing page's meta-evaluation: per model with one, for each category ``(category,
+        tau, verdict, what)``: Kendall's tau in two decimals, whether the metrics agree on the
+        ranking of the techniques (tau >= 0.6), partly (>= 0.2) or not, and which metrics over
+        how many techniques."""
+        out = []
+        for t in self.g.metric_tables:
+            if t.agreement and t.model_id in self.models:
+                lines = []
+                for a in t.agreement:
+                    verdict = "agree" if a.tau >= 0.6 else "partly agree" if a.tau >= 0.2 else "disagree"
+                    names = ", ".join(self.describe(k)[0] for k in a.metrics)
+                    lines.append((a.category, f"{a.tau:.2f}", verdict, f"{names}; {a.techniques} techniques"))
+                out.append((self.models[t.model_id], lines))
+        return out
+
     def model_metrics(self, model: ModelRecord) -> MetricsView | None:
         """``model``'s metrics table, None when it has none."""
         tables = [t for t in self.g.metric_tables if t.model_id == model.id]

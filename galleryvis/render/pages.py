@@ -198,7 +198,7 @@ def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
          description=render_markdown(gallery.description_md, shift=1), teasers=teasers,
          teaser_scales=scales(teasers),
          summaries=[(site.models[r.model_id], *site.ranking_summary(r)) for r in gallery.rankings
-                    if r.model_id in site.models])
+                    if r.model_id in site.models], agreements=site.agreements())
     for m in gallery.models:
         tables = site.model_tables(m)
         page("model.html.j2", site.model_page[m.id], page_title=m.name, current=site.model_page[m.id],

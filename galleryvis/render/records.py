@@ -183,16 +183,30 @@ class MetricValue:
 
 
 @dataclass(frozen=True)
+class MetricAgreement:
+    """How far the ``metrics`` of one ``category`` agree on the ranking of a model's techniques:
+    ``tau``, the mean of Kendall's tau-b between each pair of them over the ``techniques`` both
+    rank (1: the same order, 0: unrelated, -1: reversed; each metric turned so higher is better)."""
+
+    category: str
+    metrics: list[str]
+    tau: float
+    techniques: int
+
+
+@dataclass(frozen=True)
 class MetricTable:
     """A model's metrics table: ``columns`` by category, ``rows``: technique id -> metric key ->
     its value (a metric the technique lacks is absent); ``images``: the gallery's image count,
-    ``task``: the model's (only one task's models are compared side by side)."""
+    ``task``: the model's (only one task's models are compared side by side); ``agreement``:
+    for each category of two metrics or more, whether they rank the techniques alike."""
 
     model_id: str
     task: str
     images: int
     columns: list[MetricColumn]
     rows: dict[str, dict[str, MetricValue]]
+    agreement: list[MetricAgreement] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
