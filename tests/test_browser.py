@@ -263,6 +263,33 @@ def test_the_row_filter_hides_other_rows(browser: Any, base_url: str, site_root:
     assert not problems
 
 
+def test_a_metrics_header_sorts_the_techniques_best_first_then_reversed(browser: Any, base_url: str,
+                                                                         site_root: Path):
+    context, page, problems = _open(browser, base_url + _model_page(site_root))
+    try:
+        table = page.locator("table#metrics-table")
+        read = ("t => Array.from(t.tBodies[0].rows).map(r => [r.querySelector('th').textContent, "
+                "r.cells[{i}].dataset.value === undefined ? null : parseFloat(r.cells[{i}].dataset.value)])")
+        heads = table.locator("thead th[data-better]")
+        assert heads.count() >= 2
+        for i in range(heads.count()):
+            higher = heads.nth(i).get_attribute("data-better") == "higher"
+            before = table.evaluate(read.format(i=i + 1))
+            heads.nth(i).locator("button.sort").click()
+            first = table.evaluate(read.format(i=i + 1))
+            values = [v for _, v in first if v is not None]
+            assert values == sorted(values, reverse=higher), (i, first)
+            assert [v for _, v in first[len(values):]] == [None] * (len(first) - len(values))  # dashes last
+            assert heads.nth(i).get_attribute("aria-sort") == ("descending" if higher else "ascending")
+            heads.nth(i).locator("button.sort").click()
+            again = [v for _, v in table.evaluate(read.format(i=i + 1)) if v is not None]
+            assert again == sorted(values, reverse=not higher)
+            assert sorted(map(tuple, before)) == sorted(map(tuple, first))  # the same rows, reordered
+    finally:
+        context.close()
+    assert not problems
+
+
 def test_no_page_scrolls_sideways_on_a_phone(browser: Any, base_url: str, site_root: Path):
     wide = {}
     for name in _pages(site_root):

@@ -266,6 +266,7 @@ class MetricsView:
     models: list[ModelRecord]
     rows: list[tuple[str, str, list[MetricEntry | None]]]
     starts: list[bool]
+    protocol: str = ""  # how the gallery's own scores were measured (the ranking's protocol)
 
 
 class SiteModel:
@@ -647,7 +648,9 @@ class SiteModel:
         groups = [(c, sum(h.category == c for h in headers)) for c in categories]
         opens = [i == 0 or h.category != headers[i - 1].category for i, h in enumerate(headers)]
         starts = [n == 0 and (opens[i] or len(tables) > 1) for i in range(len(headers)) for n in range(len(tables))]
-        return MetricsView(groups, headers, [self.models[t.model_id] for t in tables], rows, starts)
+        protocols = [r.protocol for r in self.g.rankings if r.model_id in {t.model_id for t in tables} and r.protocol]
+        return MetricsView(groups, headers, [self.models[t.model_id] for t in tables], rows, starts,
+                           protocols[0] if protocols else "")
 
     def agreements(self) -> list[tuple[ModelRecord, list[tuple[str, str, str, str]]]]:
         """The landing page's meta-evaluation: per model with one, for each category ``(category,
