@@ -241,3 +241,18 @@ def gradient_times_input(model: nn.Module, x: Tensor, target: int) -> Tensor:
     x = x.clone().requires_grad_(True)
     model(x)[:, target].sum().backward()
     return (x * x.grad).detach()
+
+
+def calibrated(model: nn.Module, x: Tensor, seed: int) -> nn.Module:
+    """``model`` in eval mode with its batch-norm statistics those of ``x`` (random weights
+    give a single class everywhere otherwise): one training-mode forward at momentum 1."""
+    torch.manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for m in bns:
+        m.momentum = 0.1
+    return model.eval()

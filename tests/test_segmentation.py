@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import IMAGES
+from conftest import IMAGES, calibrated
 from test_agreement import check, frozen, layer_output, pearson, up
 from torch import Tensor, nn
 
@@ -35,21 +35,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"
 
 IG_STEPS = 4
 SHARED = ["gradcam", "hirescam", "eigencam", "vanilla", "integrated_gradients"]
-
-
-def calibrated(model: nn.Module, x: Tensor, seed: int) -> nn.Module:
-    """``model`` in eval mode with its batch-norm statistics those of ``x`` (random weights
-    give a single class everywhere otherwise): one training-mode forward at momentum 1."""
-    torch.manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(x)
-    for m in bns:
-        m.momentum = 0.1
-    return model.eval()
 
 
 class Out(nn.Module):

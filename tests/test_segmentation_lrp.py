@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import calibrated
 from test_concepts import STABILIZER, engine_composite
 from torch import Tensor, nn
 
@@ -302,19 +303,6 @@ def torchvision_segmenter(name: str) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=CLASSES)
 
 
-def calibrated(model: nn.Module, x: Tensor) -> nn.Module:
-    """Batch-norm statistics those of ``x`` (random weights give one class everywhere otherwise)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(x)
-    for m in bns:
-        m.momentum = 0.1
-    return model.eval()
-
-
 def tiny_segformer() -> nn.Module:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(3)
@@ -340,7 +328,7 @@ def test_lrp_runs_on_segmentation_models(name: str) -> None:
     finite maps, not all zero, for a class, a class over a region, the top-1 and at a layer."""
     build, layer = SEGMENTERS[name]
     x = images()
-    model = calibrated(build(), x)
+    model = calibrated(build(), x, seed=1)
     with torch.no_grad():
         labels = tasks.spatial_logits(model(x)).argmax(1)
     common = int(labels.flatten().mode().values)  # a class with pixels in one image at least
