@@ -256,7 +256,7 @@ def load_model(spec: Any, base: Path, device: torch.device, what: str = "model")
         limit(loaded.model, **limits)
     labels = _read_labels(base / spec.labels, what) if spec.labels else list(loaded.labels)
     size, mean, std = spec.size or loaded.size, spec.mean or loaded.mean, spec.std or loaded.std
-    if task == "detection":  # a detector normalizes inside (its transform): it takes pixels in [0, 1]
+    if task == "detection" and spec.factory:  # a detector of your own normalizes inside, as torchvision's do
         mean, std = spec.mean or (0.0, 0.0, 0.0), spec.std or (1.0, 1.0, 1.0)
     transform = getattr(loaded.model, "transform", None)
     if spec.size and task == "detection" and hasattr(transform, "min_size") and hasattr(transform, "max_size"):
