@@ -341,3 +341,34 @@ def test_boxes_are_drawn_in_their_colours_faint_or_outlined() -> None:
     assert outlined[25, 30].tolist() == [100, 100, 100]
     with pytest.raises(ValueError, match="^2 boxes need as many colours and texts, got 1 and 0$"):
         postprocess.draw_boxes(grey, [(0, 0, 1, 1), (1, 1, 2, 2)], ["#000000"])
+
+
+def test_the_pages_load_in_a_browser_and_the_viewer_draws_over_the_outlined_detection(built: dict[str, Any]) -> None:
+    from test_browser import ARGS, BROKEN_IMAGES, CHROMIUM, sync_api  # skips where chromium or playwright is missing
+
+    region = built["gallery"]["models"][0]["regions"]["coffee"]["src"]
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto((built["site"] / "model-det.html").as_uri(), wait_until="load")
+            assert page.evaluate(BROKEN_IMAGES) == []
+            page.locator(f'a.pic[data-image="{region}"]').first.click()
+            assert page.locator("dialog.viewer").evaluate("d => d.open")
+            assert page.locator(".viewer-base").get_attribute("src") == region
+            assert "coffee.png" in page.locator(".viewer-title").inner_text()
+            assert problems == []
+        finally:
+            browser.close()
+
+
+def test_a_detector_runs_in_chunks_of_the_default_batch_size_untimed(built: dict[str, Any]) -> None:
+    from galleryvis.build.executor import chunking_for
+    from galleryvis.engine import default_batch_size
+    from galleryvis.engine.chunking import Chunking
+
+    adapter = workspace(built["manifest"]).models["det"]
+    assert chunking_for(adapter, Cache(None, enabled=False)) == Chunking.of(default_batch_size(adapter.device))

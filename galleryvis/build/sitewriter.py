@@ -296,31 +296,29 @@ def _detection_records(adapter: ModelAdapter, ws: Workspace, preds: dict[str, np
     for img in ws.images.values():
         dets = preds[img.ref.id]
         try:
-            _, _, _, ref, rank = resolve_target(adapter, img.ref.target, dets, img.pil.size)
+            ref, rank = resolve_target(adapter, img.ref.target, dets, img.pil.size)[3:]
+            k = rank[0] - 1  # type: ignore[index]
         except ValueError:  # the plan reported it
-            ref, rank = None, None
-        boxes = [DetectedBox(int(d[5]), adapter.label(int(d[5])), round(float(d[4]), 4), postprocess.label_colour(int(d[5])),
-                             [round(float(v), 2) for v in d[:4]], rank is not None and i == rank[0] - 1)
+            ref, k = None, -1
+        boxes = [DetectedBox(int(d[5]), adapter.label(int(d[5])), round(float(d[4]), 4),
+                             postprocess.label_colour(int(d[5])), [round(float(v), 2) for v in d[:4]], i == k)
                  for i, d in enumerate(dets)]
+        coords: list[postprocess.Box] = [(b.box[0], b.box[1], b.box[2], b.box[3]) for b in boxes]
+        colours = [b.colour for b in boxes]
+        named = f"{boxes[k].label} {boxes[k].score:.2f}" if ref is not None else ""
         base = crop(img, adapter)
         stem = f"{folder}/{img.ref.id}/_"
-        coords = [tuple(b.box) for b in boxes]
-        colours = [b.colour for b in boxes]
-        named = f"{adapter.label(boxes[rank[0] - 1].index)} {boxes[rank[0] - 1].score:.2f}" if rank else ""
-        pic = postprocess.draw_boxes(base, coords, colours, [f"{b.label} {b.score:.2f}" for b in boxes])  # type: ignore[arg-type]
+        pic = postprocess.draw_boxes(base, coords, colours, [f"{b.label} {b.score:.2f}" for b in boxes])
+        alt = f"Detections of model {adapter.id} on image {img.ref.name}: {len(boxes)} boxes"
         if ref is not None:
-            pic = postprocess.outline_box(pic, ref)
-        alt = f"Detections of model {adapter.id} on image {img.ref.name}: {len(boxes)} boxes" + \
-              (f", {named} outlined" if named else "")
-        src, thumb, size, tsize = _save(pic, out, f"{stem}detections.webp")
-        found[img.ref.id] = Detected(Variant("detections", "Detections", src, thumb, alt, size, tsize), boxes)
-        if ref is not None:
-            others = [c for i, c in enumerate(coords) if i != rank[0] - 1]  # type: ignore[index]
-            faint = postprocess.draw_boxes(base, others, [c for i, c in enumerate(colours) if i != rank[0] - 1],  # type: ignore[arg-type,index]
-                                           alpha=0.5)
+            pic, alt = postprocess.outline_box(pic, ref), f"{alt}, {named} outlined"
+            others = [i for i in range(len(boxes)) if i != k]
+            faint = postprocess.draw_boxes(base, [coords[i] for i in others], [colours[i] for i in others], alpha=0.5)
             regions[img.ref.id] = _region(postprocess.outline_box(faint, ref, named), out, stem, "Detection",
                                           f"Image {img.ref.name} as model {adapter.id} sees it, the detection "
                                           f"{named} outlined, the others faint")
+        src, thumb, size, tsize = _save(pic, out, f"{stem}detections.webp")
+        found[img.ref.id] = Detected(Variant("detections", "Detections", src, thumb, alt, size, tsize), boxes)
     return found, regions
 
 
@@ -358,10 +356,12 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         model_records = []
         for spec in manifest.models:
             a = ws.models[spec.id]
-            top5 = {i: [Prediction(int(k), a.label(int(k)), round(float(p[k]), 4)) for k in np.argsort(-p)[:5] if p[k] > 0]
-                    for i, p in preds[spec.id].items()} if a.task != "detection" else {  # a segmentation's: those it shows
-                i: [Prediction(int(d[5]), a.label(int(d[5])), round(float(d[4]), 4)) for d in p[:5]]
-                for i, p in preds[spec.id].items()}  # a detector's: its best detections
+            if a.task == "detection":  # a detector's: its best detections
+                top5 = {i: [Prediction(int(d[5]), a.label(int(d[5])), round(float(d[4]), 4)) for d in p[:5]]
+                        for i, p in preds[spec.id].items()}
+            else:  # a segmentation's classes: those it shows
+                top5 = {i: [Prediction(int(k), a.label(int(k)), round(float(p[k]), 4)) for k in np.argsort(-p)[:5]
+                            if p[k] > 0] for i, p in preds[spec.id].items()}
             layers = {}
             for t in manifest.techniques:
                 lay = layer_for(a, t)
