@@ -284,7 +284,7 @@ def resolve_target(adapter: ModelAdapter, wanted: int | str | Region | FreeText 
                    confidences: np.ndarray, photo: tuple[int, int] | None = None) -> Resolved:
     """``wanted`` as ``adapter`` reads it (``None``: the model's top-1 from the image's
     ``confidences``; a detector's: the detection it names among the image's detections,
-    :func:`_prediction`, a box given in the pixels of a photo of size ``photo``)."""
+    :func:`_predictions`, a box given in the pixels of a photo of size ``photo``)."""
     if adapter.task == "detection":
         return resolve_detection(adapter, wanted, confidences, photo)
     if isinstance(wanted, FreeText):
