@@ -28,9 +28,10 @@ DEFAULT_TASK: str = "classification"
 #: The tasks whose raw output is logits (N, classes) (a class per image).
 CLASS_TASKS = frozenset({"classification", "multilabel"})
 
-#: The tasks a gallery build can show yet (its plan reads one class per image, through the model's
-#: class confidences); the others work in the Python API and are refused by a build in one line.
-GALLERY_TASKS = frozenset({"classification", "multilabel", "segmentation", "image-text"})
+#: The tasks a gallery build can show (its plan reads one class per image, through the model's
+#: class confidences, or one detection, through a detector's detections); a task outside it works
+#: in the Python API and is refused by a build in one line.
+GALLERY_TASKS = frozenset(TASKS)
 
 #: The torchvision builders of segmentation models (``torchvision.models.segmentation``).
 TORCHVISION_SEGMENTATION = ("fcn_", "deeplabv3_", "lraspp_")

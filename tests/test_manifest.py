@@ -684,14 +684,15 @@ def test_the_starter_shows_every_declared_key_and_no_other() -> None:
 def test_every_declared_range_is_the_one_the_parser_enforces(folder: Path) -> None:
     where = {"gallery": lambda k, v: (f"[gallery]\n{k} = {v}\n", {}),
              "models": lambda k, v: ("", {"models": f'{MODEL}{k} = {v}\n'}),
-             "metrics": lambda k, v: (f"[metrics]\n{k} = {v}\n", {})}
+             "metrics": lambda k, v: (f"[metrics]\n{k} = {v}\n", {}),
+             "images": lambda k, v: ("", {"images": f'[[images]]\npath = "photos/*"\n{k} = {v}\n'})}
     ranged = [(s, f) for s, fields in schema.SECTIONS.items() for f in fields if f.range is not None]
     assert {(s, f.key) for s, f in ranged} == {("gallery", "alpha"), ("gallery", "outlier_perc"), ("models", "size"),
                                                ("gallery", "num_gpus"), ("gallery", "ray_workers"),
                                                ("gallery", "num_cpus"),
                                                ("models", "seed"), ("models", "score_threshold"),
                                                ("models", "max_detections"), ("metrics", "steps"), ("metrics", "sanity_steps"),
-                                               ("metrics", "road_percentile")}
+                                               ("metrics", "road_percentile"), ("images", "top")}
     for section, f in ranged:
         low, high = f.range
         step = 1 if f.type.startswith("integer") else 0.01

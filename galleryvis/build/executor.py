@@ -22,7 +22,7 @@ from galleryvis.engine.changes import capture, prepared
 from galleryvis.synthesis import synthesize
 from galleryvis.storage.cache import Cache, cache_key
 from galleryvis.engine.chunking import Chunking, machine
-from galleryvis.engine import measure_chunking
+from galleryvis.engine import default_batch_size, measure_chunking
 from galleryvis.build.jobs import Job, Workspace, model_covers
 from galleryvis.errors import one_line
 from galleryvis.sources.loading import ModelAdapter
@@ -54,7 +54,9 @@ def chunking_key(adapter: ModelAdapter) -> str:
 def chunking_for(adapter: ModelAdapter, cache: Cache) -> Chunking:
     """The model's chunk sizes on this machine: measured once (:func:`~galleryvis.engine.measure_chunking`),
     kept on the loaded model, and cached (:func:`chunking_key`), so a later build on the same
-    machine does not measure."""
+    machine does not measure; a detector's (its output is boxes) the engine's default batch size."""
+    if adapter.chunking is None and adapter.task == "detection":  # boxes, not logits: not timed
+        adapter.chunking = Chunking.of(default_batch_size(adapter.device))
     if adapter.chunking is None:
         key = chunking_key(adapter)
         entry = cache.get(key)

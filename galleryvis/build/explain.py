@@ -152,7 +152,8 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
     else:
         postprocess.save_picture(postprocess.raw_picture(kind, job.result) if chosen == RAW else views[chosen], output)
     reads_class = tech.inputs.image == "required" and tech.inputs.unit == "target"  # of the photo, not made from a class
-    probability = float(preds[adapter.id][job.image.id][job.target]) if reads_class else None
+    read = preds[adapter.id][job.image.id]  # a detector's: its detections, the explained one's score
+    probability = float(read[job.rank[0] - 1, 4] if job.rank else read[job.target]) if reads_class else None
     return Explained(output, adapter.id, adapter.random, tech.title, _subject(job, adapter, probability), probability)
 
 

@@ -19,11 +19,12 @@ from PIL import Image
 from galleryvis import families, registry
 from galleryvis.storage.cache import Cache, cache_key
 from galleryvis.storage.images import ImageError, file_sha256, load_image
-from galleryvis.config.manifest import (FreeText, Manifest, ManifestError, ModelSpec, Region, TechniqueSpec,
-                                        check_against_models)
+from galleryvis.config.manifest import (DetectionTarget, FreeText, Manifest, ManifestError, ModelSpec, Region,
+                                        TechniqueSpec, check_against_models)
 from galleryvis.sources.loading import ModelAdapter, ModelError, choose_device, load_model
 from galleryvis.naming import unique_slugs
 from galleryvis.targets import Objective
+from galleryvis.targets.detection import Detections, NotFound, pick
 from galleryvis.metrics import unknown_metrics
 from galleryvis.tasks import DEFAULT_TASK
 
@@ -36,9 +37,10 @@ class ImageRef:
     name: str
     path: Path
     sha: str
-    target: int | str | Region | FreeText | None = None
+    target: int | str | Region | FreeText | DetectionTarget | None = None
     mask: Path | None = None  # where the object is, for localisation metrics: a binary image of the photo's size
     box: tuple[tuple[float, float, float, float], ...] | None = None  # or its boxes, in the photo's pixels
+    field: str = ""  # the manifest entry it came from, e.g. ``images[2]``
 
 
 @dataclass
@@ -66,6 +68,8 @@ class Job:
     region: Path | None = None  # a segmentation target's region (a mask file), None: the class's own pixels
     text: str | None = None  # an image-text target's free text (``target``: its logit column), None: a class
     similarity: float | None = None  # that text's cosine similarity with the image (plan stage)
+    box: tuple[float, float, float, float] | None = None  # a detector's explained detection (model input pixels)
+    rank: tuple[int, int] | None = None  # and its place k among the image's n kept detections, (k, n)
     result: np.ndarray | None = None
     error: str = ""
     cached: bool = False
@@ -124,7 +128,7 @@ class Workspace:
 
     def objective(self, job: Job) -> Objective:
         """What the job's cell explains, as its model's task reads its target (and region or text)."""
-        return self.adapter(job).objective(job.target, job.region, job.text)
+        return self.adapter(job).objective(job.target, job.region, job.text, job.box)
 
     def inputs(self, jobs: list[Job]) -> torch.Tensor:
         """The jobs' model inputs stacked (N, 3, size, size); all jobs of one model."""
@@ -163,7 +167,8 @@ def read_images(manifest: Manifest) -> list[LoadedImage]:
     out, errors = [], []
     for i, s in zip(ids, manifest.images):
         try:
-            out.append(LoadedImage(ImageRef(i, s.path.name, s.path, file_sha256(s.path), s.target, s.mask, s.box), load_image(s.path)))
+            out.append(LoadedImage(ImageRef(i, s.path.name, s.path, file_sha256(s.path), s.target, s.mask, s.box,
+                                            s.field), load_image(s.path)))
         except ImageError as exc:
             errors.append(f"{manifest.label}: {s.field}.path: {exc}")
     if errors:
@@ -189,6 +194,8 @@ def model_covers(adapter: ModelAdapter) -> dict[str, Any]:
     """What decides a model's outputs: its weights (their fingerprint) and its preprocessing; and
     how they are read, where that is not as a classifier's (a multi-label model's sigmoids)."""
     read_as = {} if adapter.task == DEFAULT_TASK else {"task": adapter.task}
+    if adapter.task == "detection":
+        read_as.update(score_threshold=adapter.score_threshold, max_detections=adapter.max_detections)
     return {"model": adapter.name, "fingerprint": adapter.fingerprint, **adapter.preprocessing, **read_as}
 
 
@@ -199,13 +206,16 @@ def model_input(adapter: ModelAdapter, img: ImageRef) -> dict[str, Any]:
 
 
 def prediction_key(adapter: ModelAdapter, img: ImageRef) -> str:
-    """The cache key of a model's class confidences for an image."""
+    """The cache key of a model's class confidences (a detector's detections) for an image."""
     return cache_key(kind="predict", **model_input(adapter, img))
 
 
 def _predictions(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache) -> dict[str, np.ndarray]:
     """Every class's confidence (:meth:`~galleryvis.sources.loading.ModelAdapter.confidences`)
-    per image id, from the cache when possible."""
+    per image id, from the cache when possible; a detector's kept detections instead (:meth:`~galleryvis.
+    sources.loading.ModelAdapter.detections`: (K, 6) boxes in the model input's pixels, score, class)."""
+    if adapter.task == "detection":
+        return _per_image(adapter, images, cache, prediction_key, lambda x: adapter.detections(x)[0])
     return _per_image(adapter, images, cache, prediction_key,
                       lambda x: adapter.confidences(x)[0].numpy().astype(np.float32))
 
@@ -259,20 +269,52 @@ def label_maps(adapter: ModelAdapter, images: list[LoadedImage], cache: Cache) -
 class Resolved(NamedTuple):
     """A target as a model reads it: ``target`` its class index (an image-text model's free
     text: the text's logit column), ``region`` a segmentation class's mask file (None: the
-    class's own pixels), ``text`` the free text (None: a class)."""
+    class's own pixels), ``text`` the free text (None: a class); a detector's: ``box``, its
+    explained detection's box in the model input's pixels, and ``rank``, that detection's place k
+    among the image's n kept detections, (k, n)."""
 
     target: int
     region: Path | None = None
     text: str | None = None
+    box: tuple[float, float, float, float] | None = None
+    rank: tuple[int, int] | None = None
 
 
-def resolve_target(adapter: ModelAdapter, wanted: int | str | Region | FreeText | None, confidences: np.ndarray
-                   ) -> Resolved:
-    """``wanted`` as ``adapter`` reads it (``None``: the model's top-1 from the image's ``confidences``)."""
+def resolve_target(adapter: ModelAdapter, wanted: int | str | Region | FreeText | DetectionTarget | None,
+                   confidences: np.ndarray, photo: tuple[int, int] | None = None) -> Resolved:
+    """``wanted`` as ``adapter`` reads it (``None``: the model's top-1 from the image's
+    ``confidences``; a detector's: the detection it names among the image's detections,
+    :func:`_predictions`, a box given in the pixels of a photo of size ``photo``)."""
+    if adapter.task == "detection":
+        return resolve_detection(adapter, wanted, confidences, photo)
     if isinstance(wanted, FreeText):
         return Resolved(adapter.objective(0, text=wanted.text).index, None, wanted.text)  # type: ignore[attr-defined]
     cls, region = (wanted.cls, wanted.mask) if isinstance(wanted, Region) else (wanted, None)
     return Resolved(_target_index(adapter, cls, adapter.top1(torch.from_numpy(confidences))), region)
+
+
+def resolve_detection(adapter: ModelAdapter, wanted: int | str | DetectionTarget | None, detections: np.ndarray,
+                      photo: tuple[int, int] | None) -> Resolved:
+    """The detection ``wanted`` names among an image's kept ``detections`` ((K, 6), best first):
+    its class, box and place; a box in the pixels of a photo of size ``photo`` (width, height) is
+    mapped into the model input's pixels first (:meth:`~galleryvis.sources.loading.ModelAdapter.input_box`).
+    A one-line :class:`~galleryvis.targets.detection.NotFound` when none is."""
+    asked = wanted if isinstance(wanted, DetectionTarget) else DetectionTarget(wanted)  # type: ignore[arg-type]
+    cls = None if asked.cls is None else _target_index(adapter, asked.cls, 0)
+    box = None
+    if asked.box is not None:
+        assert photo is not None, "a box target needs the photo's size"
+        box = adapter.input_box(asked.box, photo)
+        if box is None:
+            raise NotFound(f"box {list(asked.box)} lies outside the crop of the photo model {adapter.id!r} sees")
+    t = torch.from_numpy(np.asarray(detections, dtype=np.float32)).reshape(-1, 6)
+    try:
+        i = pick(Detections(t[:, :4], t[:, 5].long(), t[:, 4]), cls, box, asked.rank)
+    except NotFound as exc:
+        what = "" if cls is None else f" ({adapter.label(cls)})"
+        raise NotFound(str(exc).removeprefix("Detection: ").replace(f"class {cls}", f"class {cls}{what}", 1)) from None
+    x0, y0, x1, y1, _, label = (float(v) for v in detections[i])
+    return Resolved(int(label), box=(x0, y0, x1, y1), rank=(i + 1, len(detections)))
 
 
 def free_texts(manifest: Manifest) -> list[str]:
@@ -305,6 +347,7 @@ def plan(manifest: Manifest, ws: Workspace, cache: Cache, force: bool
     preds: dict[str, dict[str, np.ndarray]] = {}
     images = list(ws.images.values())
     device_class = "cpu"
+    errors: list[str] = []
     for spec in manifest.models:
         adapter = ws.models[spec.id]
         device_class = adapter.device.type
@@ -318,18 +361,32 @@ def plan(manifest: Manifest, ws: Workspace, cache: Cache, force: bool
             each_image = reads_image(tspec)
             for img in images if each_image else images[:1]:
                 wanted = img.ref.target if tspec.target is None else tspec.target
-                target, region, text = resolve_target(adapter, wanted, preds[spec.id][img.ref.id])
+                try:
+                    target, region, text, box, rank = resolve_target(adapter, wanted, preds[spec.id][img.ref.id],
+                                                                     img.pil.size)
+                except NotFound as exc:
+                    errors.append(f"{manifest.label}: {img.ref.field or 'images'}.target: image {img.ref.name!r}, "
+                                  f"model {spec.id!r}: {exc}")
+                    continue
+                read = target if text is None else {"text": text}
+                if box is not None:  # what the detection target asked, and the detection it names
+                    asked = wanted if isinstance(wanted, DetectionTarget) else DetectionTarget(wanted)  # type: ignore[arg-type]
+                    read = {"detection": [asked.cls, asked.box, asked.rank], "class": target,
+                            "box": [round(v, 3) for v in box]}
                 covers = {"kind": families.named(tech.family).stores,
                           **(model_input(adapter, img.ref) if each_image else model_covers(adapter)),
                           "technique": tech.name, "version": tech.version,
-                          "params": params, "layer": layer, "target": target if text is None else {"text": text},
+                          "params": params, "layer": layer, "target": read,
                           "device": device_class, **({} if region is None else {"region": file_sha256(region)})}
-                job = Job(spec, img.ref, tspec, params, layer, target, cache_key(**covers), covers, region, text)
+                job = Job(spec, img.ref, tspec, params, layer, target, cache_key(**covers), covers, region, text,
+                          box=box, rank=rank)
                 if text is not None and each_image:
                     job.similarity = _similarity(adapter, img, text, cache)
                 if not force and cache.has(job.key):
                     job.cached = True
                 jobs.append(job)
+    if errors:
+        raise ManifestError(list(dict.fromkeys(errors)))
     return jobs, preds
 
 

@@ -26,8 +26,9 @@ from galleryvis.config.manifest import Manifest, Region
 from galleryvis.sources.loading import ModelAdapter
 from galleryvis.naming import unique_slugs
 from galleryvis.build.progress import Stages
-from galleryvis.render.records import (RECORDS_FILE, Cell, ColourScale, Gallery, ImageRecord, LabelClass,
-                                       MetricAgreement, MetricColumn, MetricTable, MetricValue, ModelRecord, Prediction, Ranking, Segmentation, Size,
+from galleryvis.render.records import (RECORDS_FILE, Cell, ColourScale, Detected, DetectedBox, Gallery, ImageRecord,
+                                       LabelClass, MetricAgreement, MetricColumn, MetricTable, MetricValue, ModelRecord,
+                                       Prediction, Ranking, Segmentation, Size,
                                        TechniqueRecord, Variant)
 from galleryvis.storage.sitefiles import staged
 
@@ -119,7 +120,8 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     tech = registry.get(job.tech.name)
     adapter = ws.adapter(job)
     explains_class = tech.inputs.unit == "target" and job.text is None
-    label = adapter.target_label(job.target, float(confidences[job.target]), job.region) if explains_class \
+    confidence = float(confidences[job.rank[0] - 1, 4] if job.rank is not None else confidences[job.target])
+    label = adapter.target_label(job.target, confidence, job.region, job.rank) if explains_class \
         else _text_label(job) if job.text is not None else f"channel {job.unit}" if job.unit is not None else ""
     target = job.target if explains_class else None
     image_id = job.image.id if job.per_image else ""  # a row that does not read its image: one cell per model
@@ -131,6 +133,8 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     kind = display_kind(tech, raw)
     g = manifest.gallery
     pics = pictures(tech, raw, image_pil, g.colormap, g.alpha, scale, g.outlier_perc)
+    if job.box is not None:  # a detector's explained detection, on every picture of the cell
+        pics = [(key, vlabel, _boxed(pic, job.box, adapter.size, label.split(",")[0])) for key, vlabel, pic in pics]
     stem = f"img/{parts[0][job.model.id]}/{_folder(job)}/{parts[1][job.tech.id]}"
     variants = []
     for key, vlabel, pic in pics:
@@ -147,6 +151,13 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     return Cell(job.model.id, image_id, job.tech.id, target, label, "ok", variants=variants,
                 metrics=dict(job.metrics), curves=dict(job.curves), trace=list(job.trace), values=values,
                 skipped=dict(job.skipped), text=job.text is not None)
+
+
+def _boxed(pic: Image.Image, box: tuple[float, float, float, float], size: int, text: str) -> Image.Image:
+    """``pic`` (a picture of the model's ``size`` x ``size`` input, at any resolution) with
+    ``box`` (the input's pixels) outlined and named ``text``."""
+    f = pic.width / size
+    return postprocess.outline_box(pic, (box[0] * f, box[1] * f, box[2] * f, box[3] * f), text)
 
 
 def _text_label(job: Job) -> str:
@@ -306,14 +317,12 @@ def _segmentation_records(adapter: ModelAdapter, ws: Workspace, preds: dict[str,
     for img in ws.images.values():
         if img.ref.id not in labels and not isinstance(img.ref.target, Region):
             continue
-        target, region, _ = resolve_target(adapter, img.ref.target, preds[img.ref.id])
+        target, region = resolve_target(adapter, img.ref.target, preds[img.ref.id])[:2]
         base = crop(img, adapter)
         stem = f"{folder}/{img.ref.id}/_"
         if region is not None:
             alt = f"Image {img.ref.name} as model {adapter.id} sees it, the region {region.name} outlined"
-            pic = postprocess.outline(base, adapter.region_mask(region))
-            src, thumb, size, tsize = _save(pic, out, f"{stem}region.webp")
-            regions[img.ref.id] = Variant("region", "Region", src, thumb, alt, size, tsize)
+            regions[img.ref.id] = _region(postprocess.outline(base, adapter.region_mask(region)), out, stem, "Region", alt)
         if img.ref.id not in labels:
             continue
         lab = labels[img.ref.id]
@@ -329,6 +338,51 @@ def _segmentation_records(adapter: ModelAdapter, ws: Workspace, preds: dict[str,
         atomic_write(out / png, postprocess.label_png(lab))
         segs[img.ref.id] = Segmentation(Variant("prediction", "Prediction", src, thumb, alt, size, tsize), png, classes)
     return segs, regions
+
+
+def _region(pic: Image.Image, out: Path, stem: str, label: str, alt: str) -> Variant:
+    """A column's original picture with what it explains outlined (a region, a detection), saved."""
+    src, thumb, size, tsize = _save(pic, out, f"{stem}region.webp")
+    return Variant("region", label, src, thumb, alt, size, tsize)
+
+
+def _detection_records(adapter: ModelAdapter, ws: Workspace, preds: dict[str, np.ndarray], out: Path, folder: str,
+                       crop: Callable[[LoadedImage, ModelAdapter], Image.Image]
+                       ) -> tuple[dict[str, Detected], dict[str, Variant]]:
+    """A detector's pictures under ``folder``, per image id: its detections (every kept one in its
+    class's colour, named with its score, the one the image's target explains outlined) and its
+    crop with the explained detection outlined and the others faint."""
+    found: dict[str, Detected] = {}
+    regions: dict[str, Variant] = {}
+    if adapter.task != "detection":
+        return found, regions
+    for img in ws.images.values():
+        dets = preds[img.ref.id]
+        try:
+            ref, rank = resolve_target(adapter, img.ref.target, dets, img.pil.size)[3:]
+            k = rank[0] - 1  # type: ignore[index]
+        except ValueError:  # the plan reported it
+            ref, k = None, -1
+        boxes = [DetectedBox(int(d[5]), adapter.label(int(d[5])), round(float(d[4]), 4),
+                             postprocess.label_colour(int(d[5])), [round(float(v), 2) for v in d[:4]], i == k)
+                 for i, d in enumerate(dets)]
+        coords: list[postprocess.Box] = [(b.box[0], b.box[1], b.box[2], b.box[3]) for b in boxes]
+        colours = [b.colour for b in boxes]
+        named = f"{boxes[k].label} {boxes[k].score:.2f}" if ref is not None else ""
+        base = crop(img, adapter)
+        stem = f"{folder}/{img.ref.id}/_"
+        pic = postprocess.draw_boxes(base, coords, colours, [f"{b.label} {b.score:.2f}" for b in boxes])
+        alt = f"Detections of model {adapter.id} on image {img.ref.name}: {len(boxes)} boxes"
+        if ref is not None:
+            pic, alt = postprocess.outline_box(pic, ref), f"{alt}, {named} outlined"
+            others = [i for i in range(len(boxes)) if i != k]
+            faint = postprocess.draw_boxes(base, [coords[i] for i in others], [colours[i] for i in others], alpha=0.5)
+            regions[img.ref.id] = _region(postprocess.outline_box(faint, ref, named), out, stem, "Detection",
+                                          f"Image {img.ref.name} as model {adapter.id} sees it, the detection "
+                                          f"{named} outlined, the others faint")
+        src, thumb, size, tsize = _save(pic, out, f"{stem}detections.webp")
+        found[img.ref.id] = Detected(Variant("detections", "Detections", src, thumb, alt, size, tsize), boxes)
+    return found, regions
 
 
 def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[str, dict[str, np.ndarray]],
@@ -365,8 +419,12 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         model_records = []
         for spec in manifest.models:
             a = ws.models[spec.id]
-            top5 = {i: [Prediction(int(k), a.label(int(k)), round(float(p[k]), 4)) for k in np.argsort(-p)[:5] if p[k] > 0]
-                    for i, p in preds[spec.id].items()}  # a segmentation's classes: those it shows
+            if a.task == "detection":  # a detector's: its best detections
+                top5 = {i: [Prediction(int(d[5]), a.label(int(d[5])), round(float(d[4]), 4)) for d in p[:5]]
+                        for i, p in preds[spec.id].items()}
+            else:  # a segmentation's classes: those it shows
+                top5 = {i: [Prediction(int(k), a.label(int(k)), round(float(p[k]), 4)) for k in np.argsort(-p)[:5]
+                            if p[k] > 0] for i, p in preds[spec.id].items()}
             layers = {}
             for t in manifest.techniques:
                 lay = layer_for(a, t)
@@ -374,8 +432,10 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
                     layers[t.id] = lay if isinstance(lay, str) else ", ".join(lay)
             segs, regions = _segmentation_records(a, ws, preds[spec.id], (labels or {}).get(spec.id, {}), tmp,
                                                   f"img/{parts[0][spec.id]}", manifest.gallery.alpha, crop)
+            found, boxed = _detection_records(a, ws, preds[spec.id], tmp, f"img/{parts[0][spec.id]}", crop)
             model_records.append(ModelRecord(a.id, a.name, a.description, top5, layers, random_weights=a.random,
-                                             segmentations=segs, regions=regions, task=a.task))
+                                             segmentations=segs, regions={**regions, **boxed}, detections=found,
+                                             task=a.task))
         shared = shared_limits(manifest, jobs)
         scales = colour_scales(manifest.gallery.colormap, manifest.gallery.outlier_perc)
         cells = [_cell_record(job, ws, tmp, manifest, crop(ws.image(job), ws.adapter(job)), parts,

@@ -100,20 +100,33 @@ class Region(NamedTuple):
     mask: Path
 
 
+class DetectionTarget(NamedTuple):
+    """A detector's target: the detection of class ``cls`` (an index, a name, or None for any)
+    that matches ``box`` (``(x0, y0, x1, y1)`` in the photo's pixels, ``{ class = "dog", box =
+    [...] }``) best, or without a box its ``rank``-th highest-scoring one (``top = K`` makes one
+    image per rank)."""
+
+    cls: int | str | None
+    box: tuple[float, float, float, float] | None = None
+    rank: int = 1
+
+
 @_declared("images")
 class ImageSpec:
     """One input image file (a glob in the manifest becomes one ImageSpec per file).
 
     ``target`` is a class index, a class name from the model's labels, None (top-1), a
     :class:`Region` (a segmentation class over a given region) or a :class:`FreeText` (an
-    image-text model's similarity with a text).
+    image-text model's similarity with a text) or a :class:`DetectionTarget` (a detector's
+    detection matching a box, or one of its ``top`` best; ``top``: the entry's K, None when not given).
     ``mask`` (a binary image the photo's size) or ``box`` (boxes ``(x0, y0, x1, y1)`` in the
     photo's pixels) says where the object is, checked against the photo; None when not given.
     ``field`` names the manifest entry it came from, e.g. ``images[2]``.
     """
 
     path: Path
-    target: int | str | Region | FreeText | None
+    target: int | str | Region | FreeText | DetectionTarget | None
+    top: int | None
     mask: Path | None
     box: tuple[tuple[float, float, float, float], ...] | None
     field: str = ""
@@ -314,6 +327,10 @@ def check_against_models(manifest: Manifest, adapters: Mapping[str, Any]) -> lis
         if adapter is None:
             continue
         task = getattr(adapter, "task", "classification")
+        if task != "detection":
+            keys = {(e.field, key): what for e in manifest.images for key, what in _detection_keys(e)}
+            errors += [f"{label}: {where}.{key}: {what} is for detection models; model {model.id!r} is a {task} model"
+                       for (where, key), what in keys.items()]
         if task not in tasks.GALLERY_TASKS:
             errors.append(f"{label}: {model.field}.task: galleries of {task} models are not built yet; explain "
                           f"model {model.id!r} in Python with galleryvis.attribute (docs/tasks.md)")
@@ -338,7 +355,7 @@ def check_against_models(manifest: Manifest, adapters: Mapping[str, Any]) -> lis
         lowered = {name.lower(): name for name in adapter.labels}
         reported: set[tuple[str, int | str]] = set()
         for entry in (*manifest.images, *manifest.techniques):
-            target = entry.target.cls if isinstance(entry.target, Region) else entry.target
+            target = entry.target.cls if isinstance(entry.target, (Region, DetectionTarget)) else entry.target
             where = f"{label}: {entry.field}.target"
             if isinstance(entry.target, Region) and task != "segmentation" and (entry.field, "mask") not in reported:
                 reported.add((entry.field, "mask"))
@@ -365,6 +382,17 @@ def check_against_models(manifest: Manifest, adapters: Mapping[str, Any]) -> lis
                 hint = registry.suggest(target, adapter.labels, fold_case=True)
                 errors.append(f"{where}: model {model.id!r} has no class {target!r}{hint}")
     return errors
+
+
+def _detection_keys(entry: ImageSpec) -> list[tuple[str, str]]:
+    """The keys of an image entry that only a detector reads, as (key, what it gives): a target's
+    box, ``top``."""
+    out = []
+    if isinstance(entry.target, DetectionTarget) and entry.target.box is not None:
+        out.append(("target.box", "a box target"))
+    if entry.top is not None:
+        out.append(("top", "top = K (a detector's K best detections)"))
+    return out
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -620,15 +648,25 @@ class _Parser:
 
     def read_target(self, value: Any, where: str, f: schema.Field) -> Any:
         """A class index, a class name, or None for "top1"; a table ``{ class = ..., mask = ... }``
-        (a :class:`Region` when it gives a mask, else its class) or ``{ text = ... }`` (a :class:`FreeText`)."""
+        (a :class:`Region` when it gives a mask, else its class), ``{ class = ..., box = [...] }``
+        (a :class:`DetectionTarget`) or ``{ text = ... }`` (a :class:`FreeText`)."""
         if isinstance(value, Mapping):
-            unknown = sorted(set(value) - {"class", "mask", "text"})
+            unknown = sorted(set(value) - {"class", "mask", "text", "box"})
             if unknown:
-                self.error(where, f"unknown key {unknown[0]!r} in a target table (keys: class, mask, text)")
+                self.error(where, f"unknown key {unknown[0]!r} in a target table (keys: class, mask, box, text)")
                 return _BAD
             if "text" in value:
                 return self.free_text(value, where)
             cls = self.read_target(value.get("class", "top1"), f"{where}.class", f)
+            if "box" in value:
+                if "mask" in value:
+                    self.error(where, "a target table gives a mask (segmentation) or a box (detection), not both")
+                    return _BAD
+                box = self.read_boxes(value["box"], f"{where}.box", f)
+                if box is not _BAD and len(box) != 1:
+                    self.error(f"{where}.box", f"expected one box [x0, y0, x1, y1], got {len(box)}")
+                    return _BAD
+                return _BAD if cls is _BAD or box is _BAD else DetectionTarget(cls, box[0])
             mask = value.get("mask")
             if cls is _BAD or mask is None:
                 return cls
@@ -653,7 +691,7 @@ class _Parser:
         """The :class:`FreeText` of a target table ``{ text = "..." }`` (alone: no class, no mask)."""
         text = value["text"]
         if len(value) > 1:
-            self.error(where, "a target table gives a text, or a class (and a mask), not both")
+            self.error(where, "a target table gives a text, or a class (and a mask or a box), not both")
         elif not isinstance(text, str) or not text.strip():
             self.error(f"{where}.text", f"expected a non-empty text to compare the image with, got {_toml_type(text)}")
         else:
@@ -723,7 +761,7 @@ class _Parser:
         if value is None:
             self.error("images", "missing: add at least one [[images]] section with a `path`")
             return ()
-        specs: dict[tuple[Path, int | str | None], ImageSpec] = {}  # one spec per (file, target)
+        specs: dict[tuple[Path, Any], ImageSpec] = {}  # one spec per (file, target)
         for i, entry in enumerate(self.array_of_tables(value, "images", "[[images]]")):
             where = f"images[{i}]"
             v, written, _ = self.section("images", entry, where)
@@ -737,8 +775,12 @@ class _Parser:
             if isinstance(v["target"], Region) and (
                     size := self.one_photo(v["path"], paths, f"{where}.target.mask", None)) is not None:
                 self.mask_of(v["target"].mask, v["path"], size, f"{where}.target.mask")
+            if isinstance(v["target"], DetectionTarget) and v["target"].box is not None and (
+                    size := self.one_photo(v["path"], paths, f"{where}.target.box", None)) is not None:
+                self.inside(v["target"].box, v["path"], size, f"{where}.target.box")
             for path in paths:
-                specs.setdefault((path, v["target"]), ImageSpec(path, v["target"], v["mask"], v["box"], where))
+                for target in self.ranks(v["target"], v["top"], f"{where}.top"):
+                    specs.setdefault((path, target), ImageSpec(path, target, v["top"], v["mask"], v["box"], where))
         if isinstance(value, list) and not value:
             self.error("images", "empty: add at least one [[images]] section with a `path`")
         return tuple(specs.values())
@@ -754,13 +796,29 @@ class _Parser:
         if size is None:
             return
         if v["box"] is not None:
-            width, height = size
             for box in v["box"]:
-                if not (0 <= box[0] and 0 <= box[1] and box[2] <= width and box[3] <= height):
-                    self.error(f"{where}.box", f"box {list(box)} lies outside the photo {v['path']!r} "
-                                               f"({width} x {height} pixels)")
+                self.inside(box, v["path"], size, f"{where}.box")
             return
         self.mask_of(v["mask"], v["path"], size, f"{where}.mask")
+
+    def inside(self, box: tuple[float, ...], text: str, size: tuple[int, int], where: str) -> None:
+        """A box ``[x0, y0, x1, y1]`` inside the photo ``text`` of ``size``, or one error."""
+        width, height = size
+        if not (0 <= box[0] and 0 <= box[1] and box[2] <= width and box[3] <= height):
+            self.error(where, f"box {list(box)} lies outside the photo {text!r} ({width} x {height} pixels)")
+
+    def ranks(self, target: Any, top: int | None, where: str) -> list[Any]:
+        """An entry's targets, one per image spec: ``target``, or with ``top = K`` the K best
+        detections (of the target's class) as :class:`DetectionTarget` ranks 1 .. K."""
+        if top is None:
+            return [target]
+        if isinstance(target, (Region, FreeText)) or (isinstance(target, DetectionTarget) and target.box is not None):
+            what = "a box" if isinstance(target, DetectionTarget) else "a mask" if isinstance(target, Region) else "a text"
+            self.error(where, f"top = K explains a detector's K best detections; its target gives {what}, "
+                              "which names one")
+            return [target]
+        cls = target.cls if isinstance(target, DetectionTarget) else target
+        return [DetectionTarget(cls, None, k) for k in range(1, top + 1)]
 
     def one_photo(self, text: str, paths: list[Path], where: str, path_where: str | None) -> tuple[int, int] | None:
         """The size of the one photo an entry's ``path`` (``text``) names, for what is checked
@@ -989,8 +1047,10 @@ class _Parser:
                 continue
             layer = None if v["layer"] is None else self.layer_for(tech, v["layer"], f"{where}.layer")
             target = v["target"]
-            if isinstance(target, Region):
-                self.error(f"{where}.target.mask", "a region is given per image (`[[images]] target`), not per technique")
+            if isinstance(target, (Region, DetectionTarget)):
+                key = "mask" if isinstance(target, Region) else "box"
+                self.error(f"{where}.target.{key}", f"a {'region' if key == 'mask' else 'box'} is given per image "
+                                                    "(`[[images]] target`), not per technique")
                 target = None
             if target is not None and tech.inputs.unit != "target":
                 self.error(f"{where}.target", f"technique {name!r} optimizes a {tech.inputs.unit}, not a class")

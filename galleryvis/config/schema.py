@@ -140,8 +140,14 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
                                   "`{ class = \"dog\", mask = \"dog-mask.png\" }`: the class explained over the "
                                   "region of a binary image the photo's size (without `mask`: the pixels the model "
                                   "assigns to the class); for an image-text model also `{ text = \"a red car\" }`: "
-                                  "the similarity of the photo with any text, not only a prompt", None,
+                                  "the similarity of the photo with any text, not only a prompt; for a detector "
+                                  "`\"top1\"` is its highest-scoring detection, a class its highest-scoring "
+                                  "detection of that class, and `{ class = \"dog\", box = [x0, y0, x1, y1] }` (the "
+                                  "class optional) the detection that matches the box (the photo's pixels) best, "
+                                  "IoU >= 0.5", None,
               "integer, string, table", '`"top1"`'),
+        Field("top", "integer", "a detector's K best detections (of the target's class, when it names one), one "
+                                "column each; detectors only", None, default="1", range=(1, 100)),
         Field("mask", "file", "where the object is (ground truth for localisation metrics such as "
                               "`metrics.pointing_game`; the gallery does not score it yet): a binary image (non-zero "
                               "= object) the size of the photo, relative to the manifest; `path` must name one file",

@@ -45,6 +45,9 @@ METRICS = {
 #: The arrow a metrics table's header shows for each direction.
 ARROWS = {"higher": "↑", "lower": "↓"}
 
+#: How many of a detector's detections the legend of its "Detections" row names (the explained one always).
+LEGEND_BOXES = 6
+
 
 #: The variants the landing page shows, one technique each, in this order.
 HEADLINE_VARIANTS = ("overlay", "saliency", "diverging")
@@ -187,6 +190,7 @@ class Slot:
     legend: list[tuple[str, str, str, bool]] = field(default_factory=list)  # a prediction's (colour, class, share, explained)
     rest: str = ""  # the share of the pixels of the classes its legend leaves out ("" when none)
     labels: str = ""  # a prediction's label map (a PNG of class indices)
+    legend_label: str = ""  # what its legend lists, in words
 
 
 @dataclass
@@ -373,6 +377,9 @@ class SiteModel:
             if any(col.image.id in col.model.segmentations for col in columns):
                 rows.append(Row("Prediction", [self.prediction(col.model, col.image) for col in columns],
                                 sub="argmax over classes", id=f"{prefix}prediction"))
+            if any(col.image.id in col.model.detections for col in columns):
+                rows.append(Row("Detections", [self.detections(col.model, col.image) for col in columns],
+                                sub="kept detections, best first", id=f"{prefix}detections"))
         for tech in techs:
             cells = [self.g.cell(col.model.id, col.image.id, tech.id) for col in columns]  # type: ignore[union-attr]
             if all(c is None for c in cells):
@@ -427,7 +434,7 @@ class SiteModel:
         pic = model.regions.get(image.id)
         if pic is not None:
             return Slot("original", src=pic.src, thumb=pic.thumb, alt=pic.alt, size=pic.size, thumb_size=pic.thumb_size,
-                        note="region outlined")
+                        note=f"{pic.label.lower()} outlined")
         return Slot("original", src=image.src, thumb=image.thumb or image.src, alt=f"Original image {image.name}",
                     size=image.size, thumb_size=image.thumb_size)
 
@@ -441,7 +448,22 @@ class SiteModel:
         rest = 1.0 - sum(c.share for c in seg.classes)
         return Slot("prediction", src=pic.src, thumb=pic.thumb, alt=pic.alt, size=pic.size, thumb_size=pic.thumb_size,
                     legend=[(c.colour, c.label, share_text(c.share), c.explained) for c in seg.classes],
-                    rest=share_text(rest) if rest >= 0.005 else "", labels=seg.labels)
+                    rest=share_text(rest) if rest >= 0.005 else "", labels=seg.labels,
+                    legend_label="Classes in the label map, share of pixels")
+
+    def detections(self, model: ModelRecord, image: ImageRecord) -> Slot:
+        """A detector's detections of ``image`` drawn on its crop, with a legend of the first
+        :data:`LEGEND_BOXES` (and the explained one): class and score; ``missing`` for a model
+        that has none."""
+        found = model.detections.get(image.id)
+        if found is None:
+            return Slot("missing")
+        pic = found.picture
+        shown = [b for i, b in enumerate(found.boxes) if i < LEGEND_BOXES or b.explained]
+        left = len(found.boxes) - len(shown)
+        return Slot("prediction", src=pic.src, thumb=pic.thumb, alt=pic.alt, size=pic.size, thumb_size=pic.thumb_size,
+                    legend=[(b.colour, b.label, f"{b.score:.2f}", b.explained) for b in shown],
+                    rest=f"{left} more" if left else "", legend_label="Detections, best first: class, score")
 
     def slot(self, model: ModelRecord, image: ImageRecord | None, target_key: tuple[str, int | None] | None,
              tech: TechniqueRecord, cell: Cell | None, v: Variant | None, j: int, span: int, plots: bool) -> Slot:

@@ -22,6 +22,7 @@ import functools
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cmap import Colormap
@@ -356,9 +357,68 @@ def on_photo(kind: str, raw: np.ndarray, photo: Image.Image, box: Box, *, colorm
     out = frame.copy()
     out.paste(Image.blend(frame.crop(region), colour, alpha), region[:2])
     if region != (0, 0, width, height):
-        box_mask = np.zeros((height, width), bool)
-        box_mask[top:bottom, left:right] = True
-        out = outline(out, box_mask)
+        out = outline(out, _box_mask(out.size, region))
+    return out
+
+
+def _box_mask(size: tuple[int, int], box: Box) -> np.ndarray:
+    """The pixels of a box ``(x0, y0, x1, y1)`` (pixels, to the nearest pixel edge) in a picture
+    of ``size`` (width, height): a boolean (height, width) array, clipped to the picture."""
+    width, height = size
+    left, top = min(width, max(0, round(box[0]))), min(height, max(0, round(box[1])))
+    right, bottom = min(width, max(0, round(box[2]))), min(height, max(0, round(box[3])))
+    mask = np.zeros((height, width), bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def _tag(draw: Any, xy: tuple[float, float], text: str, fill: tuple[int, int, int], width: int) -> None:
+    """``text`` on a tag of colour ``fill`` whose top-left corner is at ``xy`` (kept inside a
+    picture ``width`` wide), in white or black, whichever reads better on it."""
+    left, top, right, bottom = draw.textbbox((0, 0), text)
+    x = min(max(0.0, xy[0]), max(0.0, width - (right - left) - 2))
+    draw.rectangle((x, xy[1], x + right - left + 2, xy[1] + bottom + 2), fill=fill)
+    light = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2] < 140
+    draw.text((x + 1, xy[1] + 1 - top / 2), text, fill=(255, 255, 255) if light else (0, 0, 0))
+
+
+def draw_boxes(img: Image.Image, boxes: list[Box], colours: list[str], texts: list[str] | None = None,
+               alpha: float = 1.0) -> Image.Image:
+    """A copy of ``img`` with ``boxes`` ``(x0, y0, x1, y1)`` (its pixels) drawn, each in its CSS
+    colour (``#rrggbb``), blended as ``alpha * line + (1 - alpha) * picture`` (faint below 1),
+    ``min(size) / 200`` pixels wide (at least 1), with its text (class and score) on a tag of
+    its colour at its top-left corner when ``texts`` gives one; the later boxes over the earlier.
+
+    Raises:
+        ValueError: ``alpha`` out of range, or not as many colours (and texts) as boxes.
+    """
+    from PIL import ImageDraw
+
+    _check_alpha(alpha)
+    if len(colours) != len(boxes) or (texts is not None and len(texts) != len(boxes)):
+        raise ValueError(f"{len(boxes)} boxes need as many colours and texts, got {len(colours)} and "
+                         f"{len(texts or ())}")
+    base = img.convert("RGB")
+    layer = base.copy()
+    draw = ImageDraw.Draw(layer)
+    line = max(1, round(min(img.size) / 200))
+    for i, (box, colour) in enumerate(zip(boxes, colours)):
+        fill = tuple(int(colour[k:k + 2], 16) for k in (1, 3, 5))
+        draw.rectangle(tuple(float(v) for v in box), outline=fill, width=line)
+        if texts is not None and texts[i]:
+            _tag(draw, (float(box[0]), float(box[1])), texts[i], fill, img.width)  # type: ignore[arg-type]
+    return Image.blend(base, layer, alpha)
+
+
+def outline_box(img: Image.Image, box: Box, text: str = "") -> Image.Image:
+    """A copy of ``img`` with a box ``(x0, y0, x1, y1)`` (its pixels) outlined as :func:`outline`
+    outlines a region (white just inside, black just outside) and ``text`` on a black tag at its
+    top-left corner (inside the picture)."""
+    from PIL import ImageDraw
+
+    out = outline(img, _box_mask(img.size, box))
+    if text:
+        _tag(ImageDraw.Draw(out), (float(box[0]), float(box[1])), text, (0, 0, 0), out.width)
     return out
 
 

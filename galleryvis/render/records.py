@@ -83,12 +83,36 @@ class Segmentation:
 
 
 @dataclass(frozen=True)
+class DetectedBox:
+    """One detection a detector keeps: its class index and name, score, colour (CSS ``#rrggbb``,
+    its class's in a label map), box ``[x0, y0, x1, y1]`` in the model input's pixels and whether
+    the image's column explains it."""
+
+    index: int
+    label: str
+    score: float
+    colour: str
+    box: list[float]
+    explained: bool = False
+
+
+@dataclass(frozen=True)
+class Detected:
+    """A detector's detections of one image: ``picture``, the model's crop with every kept
+    detection drawn (the explained one outlined); ``boxes``, those detections, best first."""
+
+    picture: Variant
+    boxes: list[DetectedBox]
+
+
+@dataclass(frozen=True)
 class ModelRecord:
     """A model with its top-5 predictions per image id and the layers its techniques used;
     ``random_weights``: built with random weights (``weights = "none"``), so its classes are no
     predictions and every page that shows them says so. A segmentation model also has its
     ``segmentations`` per image id, and ``regions``: per image id whose target gives a region,
-    the model's crop with that region outlined."""
+    the model's crop with that region outlined. A detector has its ``detections`` per image id,
+    and ``regions`` holds its crop with the explained detection outlined (the others faint)."""
 
     id: str
     name: str
@@ -99,6 +123,7 @@ class ModelRecord:
     segmentations: dict[str, Segmentation] = field(default_factory=dict)
     regions: dict[str, Variant] = field(default_factory=dict)
     task: str = "classification"  # what it does (galleryvis.tasks): compare pages set models of one task side by side
+    detections: dict[str, Detected] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -246,14 +271,14 @@ class Gallery:
     def to_json(self) -> bytes:
         """The records as :data:`RECORDS_FILE` holds them: without ``summary`` (this build's
         counts, which build.json has), so an unchanged rebuild writes the same bytes; a model's
-        ``segmentations`` and ``regions`` only when it has some, and ``metric_notes`` and
+        ``segmentations``, ``regions`` and ``detections`` only when it has some, and ``metric_notes`` and
         ``metric_tables`` likewise."""
         data = replace(self, summary={}).to_dict()
         for key in ("metric_notes", "metric_tables"):
             if not data[key]:
                 del data[key]
-        for model in data["models"]:  # a segmentation's own fields only where it has them
-            for key in ("segmentations", "regions"):
+        for model in data["models"]:  # a segmentation's and a detector's own fields only where it has them
+            for key in ("segmentations", "regions", "detections"):
                 if not model[key]:
                     del model[key]
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str).encode()

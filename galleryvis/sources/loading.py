@@ -17,13 +17,13 @@ from torch import Tensor
 from galleryvis.engine.changes import prepared
 from galleryvis.engine.chunking import Chunking
 from galleryvis.engine import model_device
-from galleryvis.storage.images import fit, to_tensor
+from galleryvis.storage.images import central_square, fit, to_tensor
 from galleryvis.sources.imagetext import ImageText
 from galleryvis.sources.labels import imagenet_labels
 from galleryvis.engine.layers import default_layer
 from galleryvis.sources import LoadedModel, ModelError, source_for
-from galleryvis.targets.detection import limit
-from galleryvis.targets import CLASS_OBJECTIVES, Class, Objective, Segment
+from galleryvis.targets.detection import detections_of, limit
+from galleryvis.targets import CLASS_OBJECTIVES, Class, Detection, Objective, Segment
 from galleryvis.tasks import TaskError, check_model, spatial_logits
 
 __all__ = ["ModelAdapter", "ModelError", "choose_device", "imagenet_labels", "load_model", "seeded"]
@@ -54,6 +54,8 @@ class ModelAdapter(LoadedModel):
     layers: dict[str, Any] = field(default_factory=dict)
     chunking: Chunking | None = None  # its chunk sizes once measured (executor.chunking_for)
     task: str = "classification"  # what it does (galleryvis.tasks): the entry's task, else inferred
+    score_threshold: float = 0.0  # a detector's: detections of a lower score are ignored
+    max_detections: int = 100  # a detector's: at most this many detections per image are read
     _num_classes: int | None = None
     _default_layer: str | None = None
 
@@ -84,11 +86,16 @@ class ModelAdapter(LoadedModel):
         """The class name of ``index`` ("class 7" when the model has no labels)."""
         return self.labels[index] if 0 <= index < len(self.labels) else f"class {index}"
 
-    def target_label(self, index: int, confidence: float, region: Path | None = None) -> str:
+    def target_label(self, index: int, confidence: float, region: Path | None = None,
+                     rank: tuple[int, int] | None = None) -> str:
         """Class ``index`` as a gallery names it: its name, and for a segmentation class which
         pixels it is explained over ("person, 18 % of pixels" by its ``confidence``, the share of
-        the pixels the model gives it; "dog, over the given region")."""
+        the pixels the model gives it; "dog, over the given region"); for a detector's detection
+        (``rank``: its place k among the image's n kept detections) its score and place ("dog
+        0.91, box 1 of 3")."""
         name = self.label(index)
+        if rank is not None:
+            return f"{name} {confidence:.2f}, box {rank[0]} of {rank[1]}"
         if self.task != "segmentation":
             return name
         return f"{name}, over the given region" if region is not None else f"{name}, {confidence:.0%} of pixels"
@@ -111,13 +118,19 @@ class ModelAdapter(LoadedModel):
         """A classifier's logits for a normalized batch (:meth:`output`), float32 on the CPU."""
         return self.output(x).float().cpu()
 
-    def objective(self, index: int, region: Path | None = None, text: str | None = None) -> Objective:
+    def objective(self, index: int, region: Path | None = None, text: str | None = None,
+                  box: Sequence[float] | None = None) -> Objective:
         """Class ``index`` as this model's task reads it (a softmax probability for a classifier,
         over the prompts alone for an image-text model, a sigmoid for a multi-label one, the
-        class's logits over its pixels for a segmentation model); ``region``: a binary image of
+        class's logits over its pixels for a segmentation model, a detector's detection of that
+        class matching ``box``, in the model input's pixels (:class:`~galleryvis.targets.Detection`
+        with the model's ``score_threshold`` and ``max_detections``; without a box its
+        highest-scoring one)); ``region``: a binary image of
         the photo's size, the pixels a segmentation class is explained over instead (cropped as
         the photo is); ``text``: an image-text model's free text (:meth:`score_texts`) instead
         of a class (:class:`~galleryvis.targets.Text`)."""
+        if self.task == "detection":
+            return Detection(index, box, score_threshold=self.score_threshold, max_detections=self.max_detections)
         if text is not None:
             return self.model.text(text)
         if region is not None:
@@ -132,6 +145,27 @@ class ModelAdapter(LoadedModel):
         new = [t for t in texts if t not in (*self.model.prompts, *self.model.texts)]
         if new:
             self.model = self.model.with_texts([*self.model.texts, *new])
+
+    def detections(self, x: Tensor) -> list[np.ndarray]:
+        """A detector's kept detections (score >= ``score_threshold``, at most ``max_detections``,
+        best first) of each image of a prepared batch: (K, 6) float32 arrays of x0, y0, x1, y1 (the
+        model input's pixels), score, class index."""
+        out = []
+        for d in detections_of(self.output(x)):
+            d = d.kept(self.score_threshold, self.max_detections)
+            out.append(torch.cat([d.boxes.float(), d.scores[:, None].float(), d.labels[:, None].float()], 1)
+                       .cpu().numpy().astype(np.float32))
+        return out
+
+    def input_box(self, box: Sequence[float], photo: tuple[int, int]) -> tuple[float, float, float, float] | None:
+        """A box ``[x0, y0, x1, y1]`` in the pixels of a photo of size ``photo`` (width, height),
+        in the model input's pixels: cropped and resized as the photo is (:meth:`crop`), clipped
+        to the crop; None when no part of it is in the crop."""
+        left, top, right, _ = central_square(*photo, self.crop_pct)
+        scale = self.size / (right - left)
+        x0, x1 = (min(max((v - left) * scale, 0.0), float(self.size)) for v in (box[0], box[2]))
+        y0, y1 = (min(max((v - top) * scale, 0.0), float(self.size)) for v in (box[1], box[3]))
+        return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
 
     def region_mask(self, region: Path) -> np.ndarray:
         """A region file (a binary image of the photo's size) cropped as the photo is: a boolean
@@ -214,6 +248,7 @@ def load_model(spec: Any, base: Path, device: torch.device, what: str = "model")
     except TaskError as exc:
         raise ModelError(str(exc)) from None
     limits = {k: getattr(spec, k, None) for k in ("score_threshold", "max_detections")}
+    reads = {k: v for k, v in limits.items() if v is not None}
     given = next((k for k, v in limits.items() if v is not None), None)
     if given is not None and task != "detection":
         raise ModelError(f"{what}: {given} is for detection models; {spec.name} is a {task} model")
@@ -221,7 +256,12 @@ def load_model(spec: Any, base: Path, device: torch.device, what: str = "model")
         limit(loaded.model, **limits)
     labels = _read_labels(base / spec.labels, what) if spec.labels else list(loaded.labels)
     size, mean, std = spec.size or loaded.size, spec.mean or loaded.mean, spec.std or loaded.std
+    if task == "detection" and spec.factory:  # a detector of your own normalizes inside, as torchvision's do
+        mean, std = spec.mean or (0.0, 0.0, 0.0), spec.std or (1.0, 1.0, 1.0)
+    transform = getattr(loaded.model, "transform", None)
+    if spec.size and task == "detection" and hasattr(transform, "min_size") and hasattr(transform, "max_size"):
+        transform.min_size, transform.max_size = (int(size),), int(size)  # it sees the crop as it is
     return ModelAdapter(loaded.model.to(device).eval(), loaded.fingerprint, loaded.description, int(size),
                         tuple(mean), tuple(std), labels, loaded.pinned, loaded.crop_pct, loaded.interpolation,
                         loaded.files, loaded.random, id=spec.id, name=spec.name, layers=dict(spec.layers or {}),
-                        task=task)
+                        task=task, **reads)

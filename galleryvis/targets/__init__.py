@@ -526,6 +526,7 @@ class Detection(Objective):
     """
 
     task: str | None = "detection"
+    confidence_words = "D-RISE similarity"
 
     def __init__(self, cls: int | None = None, box: Sequence[float] | Tensor | np.ndarray | None = None, *,
                  rank: int = 1, score_threshold: float = 0.0, max_detections: int = 100) -> None:

@@ -119,9 +119,16 @@ def detections_of(output: Any, rows: int | None = None) -> list[Detections]:
 
 
 def choose(dets: Detections, cls: int | None, box: Sequence[float] | None, rank: int = 1) -> Reference:
-    """The reference detection of one image: with ``box``, the detection (of class ``cls`` when
-    given) of highest IoU with it, which must be >= :data:`IOU_THRESHOLD`; otherwise the
-    ``rank``-th highest-scoring detection (of class ``cls`` when given). A one-line ValueError
+    """The reference detection of one image (:func:`pick`), detached."""
+    i = pick(dets, cls, box, rank)
+    vector = dets.vectors()[i].detach()
+    return Reference(dets.boxes[i].detach(), int(dets.labels[i]), float(dets.scores[i].detach()), vector)
+
+
+def pick(dets: Detections, cls: int | None, box: Sequence[float] | None, rank: int = 1) -> int:
+    """The index of the reference detection of one image: with ``box``, the detection (of class
+    ``cls`` when given) of highest IoU with it, which must be >= :data:`IOU_THRESHOLD`; otherwise
+    the ``rank``-th highest-scoring detection (of class ``cls`` when given). A one-line ValueError
     when none is (:class:`NotFound`)."""
     of_class = "" if cls is None else f" of class {cls}"
     pool = torch.arange(len(dets.scores), device=dets.scores.device)
@@ -142,8 +149,7 @@ def choose(dets: Detections, cls: int | None, box: Sequence[float] | None, rank:
             raise NotFound(f"Detection: no detection{of_class} matches box {[round(float(v), 1) for v in box]} "
                              f"(IoU >= {IOU_THRESHOLD}); the best IoU found is {float(ious[best]):.2f}")
         i = int(pool[best])
-    vector = dets.vectors()[i].detach()
-    return Reference(dets.boxes[i].detach(), int(dets.labels[i]), float(dets.scores[i].detach()), vector)
+    return i
 
 
 def box_score(dets: Detections, ref: Reference) -> Tensor:
