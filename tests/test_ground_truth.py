@@ -116,13 +116,39 @@ def test_a_gallery_computes_the_metrics_it_names_with_the_ground_truth_it_has(tm
     hit = metrics.pointing_game(adapter.model, x[:1], maps[:1], target.rows([0]), mask=torch.from_numpy(box >= 128)[None])
     assert cells["cat"]["metrics"]["pointing_game"] == pytest.approx(float(hit[0]))
     assert "no ground truth" in cells["coffee"]["skipped"]["pointing_game"]
+    # the original image row (and the viewer under the maps) outlines the ground truth the metrics read
+    (model,) = json.loads((tmp_path / "site" / "gallery.json").read_text())["models"]
+    assert list(model["regions"]) == ["cat"] and model["regions"]["cat"]["label"] == "Ground truth"
+    outlined = np.asarray(Image.open(tmp_path / "site" / model["regions"]["cat"]["src"]).convert("L"))
+    plain = np.asarray(adapter.crop(load_image(tmp_path / "cat.png").convert("RGB")).convert("L"))
+    inside = _half_mask_edge(box)
+    assert np.abs(outlined.astype(int) - plain)[inside].mean() > 40  # drawn along the box's edge
+    assert np.abs(outlined.astype(int) - plain)[~_near(inside, 3)].mean() < 8  # and nowhere else
     question = metrics.METRICS["sparseness"].question
     html = (tmp_path / "site" / "model-resnet18.html").read_text(encoding="utf-8")
+    assert "ground truth outlined" in html
     assert f"Sparseness: {question}; higher is better" in html  # each metric's hint says what it asks
 
     (tmp_path / "galleryvis.toml").write_text(text.replace('"sparseness"', '"sparsenes"'), encoding="utf-8")
     with pytest.raises(ManifestError, match=r"metrics\.compute: unknown metric 'sparsenes' \(did you mean: sparseness"):
         load_models(load_manifest(tmp_path / "galleryvis.toml"))
+
+
+def _half_mask_edge(mask: np.ndarray) -> np.ndarray:
+    """The pixels of a boolean mask on its edge (inside, next to a pixel outside)."""
+    m = np.asarray(mask) >= 128 if np.asarray(mask).dtype != bool else np.asarray(mask)
+    padded = np.pad(m, 1, constant_values=False)
+    inner = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return m & ~inner
+
+
+def _near(edge: np.ndarray, d: int) -> np.ndarray:
+    """Pixels within ``d`` (Chebyshev) of ``edge``."""
+    out = edge.copy()
+    for dy in range(-d, d + 1):
+        for dx in range(-d, d + 1):
+            out |= np.roll(np.roll(edge, dy, 0), dx, 1)
+    return out
 
 
 def test_a_metric_that_fails_is_reported_in_its_cells_and_the_build_goes_on(tmp_path: Path,

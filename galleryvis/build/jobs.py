@@ -25,7 +25,7 @@ from galleryvis.sources.loading import ModelAdapter, ModelError, choose_device, 
 from galleryvis.naming import unique_slugs
 from galleryvis.targets import Objective
 from galleryvis.targets.detection import Detections, NotFound, pick
-from galleryvis.metrics import unknown_metrics
+from galleryvis.metrics import box_mask, unknown_metrics
 from galleryvis.tasks import DEFAULT_TASK
 
 
@@ -315,6 +315,17 @@ def resolve_detection(adapter: ModelAdapter, wanted: int | str | DetectionTarget
         raise NotFound(str(exc).removeprefix("Detection: ").replace(f"class {cls}", f"class {cls}{what}", 1)) from None
     x0, y0, x1, y1, _, label = (float(v) for v in detections[i])
     return Resolved(int(label), box=(x0, y0, x1, y1), rank=(i + 1, len(detections)))
+
+
+def truth_mask(adapter: ModelAdapter, img: LoadedImage) -> np.ndarray | None:
+    """Where the image's object is (its ``mask``, or its boxes), cropped as ``adapter`` sees the
+    photo: a boolean (size, size) array; None for an image without ground truth."""
+    if img.ref.mask is not None:
+        return adapter.region_mask(img.ref.mask)
+    if img.ref.box is None:
+        return None
+    width, height = img.pil.size
+    return adapter.crop_mask(Image.fromarray(box_mask(img.ref.box, height, width).astype(np.uint8) * 255))
 
 
 def free_texts(manifest: Manifest) -> list[str]:

@@ -10,7 +10,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from galleryvis import metrics, registry
 from galleryvis.storage.cache import Cache, cache_key
@@ -21,7 +20,7 @@ from galleryvis.engine import Call, chunking_of
 from galleryvis.build.executor import chunking_for
 from galleryvis.errors import one_line
 from galleryvis.hooks import counting
-from galleryvis.build.jobs import Job, Workspace, model_covers, model_input
+from galleryvis.build.jobs import Job, Workspace, model_covers, model_input, truth_mask
 from galleryvis.config.manifest import MetricsSpec
 from galleryvis.sources.loading import ModelAdapter
 from galleryvis.render.records import Ranking
@@ -142,7 +141,7 @@ def _evaluations(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cach
                      "batch_size": _chunks(adapter, cache, batch_size).forward}
             kwargs = {k: v for k, v in given.items() if k in params}
             if "mask" in params:
-                kwargs["mask"] = torch.from_numpy(np.stack([_truth(ws, j) for j in jobs]))
+                kwargs["mask"] = torch.from_numpy(np.stack([truth_mask(ws.adapter(j), ws.image(j)) for j in jobs]))
             try:
                 out = np.asarray(_evaluate(fn, name, adapter, x, jobs, objective, kwargs))
             except Exception as exc:  # noqa: BLE001  (one metric of one row fails, not the build)
@@ -177,15 +176,6 @@ def _evaluate(fn: Callable[..., Any], name: str, adapter: ModelAdapter, x: torch
 def _truth_covers(job: Job) -> dict[str, Any]:
     """What a localisation metric's ground truth is: the mask file's hash, or the boxes."""
     return {"mask": file_sha256(job.image.mask) if job.image.mask else None, "box": job.image.box}
-
-
-def _truth(ws: Workspace, job: Job) -> np.ndarray:
-    """The image's ground truth cropped as the model sees the photo: a boolean (size, size) array."""
-    adapter = ws.adapter(job)
-    if job.image.mask is not None:
-        return adapter.region_mask(job.image.mask)
-    width, height = ws.image(job).pil.size
-    return adapter.crop_mask(Image.fromarray(metrics.box_mask(job.image.box, height, width).astype(np.uint8) * 255))
 
 
 def _transfer_ranks(jobs: list[Job], ws: Workspace, cache: Cache) -> None:

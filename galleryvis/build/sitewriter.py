@@ -9,7 +9,7 @@ import time
 import zipfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 from PIL import Image
@@ -21,7 +21,7 @@ from galleryvis.metrics import METRICS, agreement
 from galleryvis.metrics.meta_evaluation import CATEGORIES, GALLERY_CATEGORIES
 from galleryvis.storage.fileio import atomic_write
 from galleryvis.storage.images import fit
-from galleryvis.build.jobs import Job, LoadedImage, Workspace, layer_for, resolve_target
+from galleryvis.build.jobs import Job, LoadedImage, Workspace, layer_for, resolve_target, truth_mask
 from galleryvis.config.manifest import Manifest, Region
 from galleryvis.sources.loading import ModelAdapter
 from galleryvis.naming import unique_slugs
@@ -346,6 +346,23 @@ def _region(pic: Image.Image, out: Path, stem: str, label: str, alt: str) -> Var
     return Variant("region", label, src, thumb, alt, size, tsize)
 
 
+def _truth_records(adapter: ModelAdapter, ws: Workspace, out: Path, folder: str,
+                   crop: Callable[[LoadedImage, ModelAdapter], Image.Image], outlined: Collection[str]
+                   ) -> dict[str, Variant]:
+    """Per image id with ground truth (``mask`` or ``box``), the model's crop with it outlined:
+    where the localisation metrics look for the object; not for the images in ``outlined``, whose
+    target outlines its own region or detection."""
+    found: dict[str, Variant] = {}
+    for img in ws.images.values():
+        truth = None if img.ref.id in outlined else truth_mask(adapter, img)
+        if truth is not None:
+            what = f"its mask {img.ref.mask.name}" if img.ref.mask is not None else "its box"
+            alt = f"Image {img.ref.name} as model {adapter.id} sees it, the object ({what}) outlined"
+            found[img.ref.id] = _region(postprocess.outline(crop(img, adapter), truth), out,
+                                        f"{folder}/{img.ref.id}/_", "Ground truth", alt)
+    return found
+
+
 def _detection_records(adapter: ModelAdapter, ws: Workspace, preds: dict[str, np.ndarray], out: Path, folder: str,
                        crop: Callable[[LoadedImage, ModelAdapter], Image.Image]
                        ) -> tuple[dict[str, Detected], dict[str, Variant]]:
@@ -433,8 +450,9 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
             segs, regions = _segmentation_records(a, ws, preds[spec.id], (labels or {}).get(spec.id, {}), tmp,
                                                   f"img/{parts[0][spec.id]}", manifest.gallery.alpha, crop)
             found, boxed = _detection_records(a, ws, preds[spec.id], tmp, f"img/{parts[0][spec.id]}", crop)
+            truth = _truth_records(a, ws, tmp, f"img/{parts[0][spec.id]}", crop, regions.keys() | boxed.keys())
             model_records.append(ModelRecord(a.id, a.name, a.description, top5, layers, random_weights=a.random,
-                                             segmentations=segs, regions={**regions, **boxed}, detections=found,
+                                             segmentations=segs, regions={**truth, **regions, **boxed}, detections=found,
                                              task=a.task))
         shared = shared_limits(manifest, jobs)
         scales = colour_scales(manifest.gallery.colormap, manifest.gallery.outlier_perc)
