@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from galleryvis import families, registry, targets, tasks
-from galleryvis.engine.changes import conv_sizes
+from galleryvis.engine.changes import capture, conv_sizes, guided, prepared, resolve_layer
 from galleryvis.engine.chunking import FORWARD_BATCH_FACTOR, Chunking
 from galleryvis.engine.chunking import measure as measure_chunks
 from galleryvis.targets.detection import NotFound
 from galleryvis.engine.fold import folded
-from galleryvis.hooks import LayerError, capture, guided, prepared, resolve_layer
+from galleryvis.errors import LayerError
 from galleryvis.engine.layers import Grid, Patches, default_layer
 
 #: ImageNet normalization, the default for every torchvision classifier.
