@@ -72,6 +72,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ig-steps", type=int, help="integrated gradients steps (default 100; quick 8)")
     p.add_argument("--sg-samples", type=int, help="SmoothGrad samples (default 50; quick 4)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="what the attribution and segmentation "
+                   "tables time: wall-clock seconds (the default) or the process's CPU seconds, all threads (steadier "
+                   "on a shared machine; with --threads 1, the work itself; CPU only)")
     p.add_argument("--seed", type=int, default=0, help="weights and noise seed (default %(default)s)")
     p.add_argument("--isolate", action="store_true", help="a fresh process per measurement (slower; the "
                    "default is one process per model and device)")
@@ -140,7 +143,9 @@ def header(args: argparse.Namespace, rep: Any) -> str:
         f"torch {torch.__version__} · {vers}",
         f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {args.threads or torch.get_num_threads()}"
         + (f" · CUDA: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
-        "s/image: median seconds of the timed calls (after one warm-up call) divided by the images per call; "
+        ("s/image: median CPU seconds of the process (all threads, --clock cpu) of the timed calls"
+         if args.clock == "cpu" else "s/image: median seconds of the timed calls")
+        + " (after one warm-up call) divided by the images per call; "
         "runs: timed calls (* = a single call, slower than the budget, warm-up only)",
         f"peak MB: {memory_label(torch.device('cpu'))}"
         + ("; on CUDA: " + memory_label(torch.device("cuda")) if torch.cuda.is_available() else ""),
@@ -183,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown_sections:
         sys.exit(f"error: unknown sections {sorted(unknown_sections)}; known: {', '.join(SECTIONS + EXTRA_SECTIONS)}")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.clock == "cpu" and "cuda" in devices(args.device):
+        sys.exit("error: --clock cpu times CPU seconds; pass --device cpu")
     import torchvision
 
     unknown_models = {m for m in models if not m.startswith("timm:")} - set(
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
                         "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
                         "repeats": cfg["repeats"], "budget": cfg["budget"], "settings": cfg["settings"],
                         "cases": cfg["cases"] if "attribution" in sections else [], "extras": extras,
-                        "seed_scorecam": args.seed_scorecam}
+                        "seed_scorecam": args.seed_scorecam, "clock": args.clock}
                 print(f"running {model} on {device} ...", file=sys.stderr, flush=True)
                 records = _run_model(spec, args.isolate, log)
                 dump["runs"].append({"spec": spec, "records": records})
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             spec = {"model": args.seg_model, "device": device, "size": cfg["size"], "images": cfg["images"],
                     "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
                     "repeats": cfg["repeats"], "budget": cfg["budget"], "settings": cfg["settings"],
-                    "cases": rows, "extras": [], "seed_scorecam": False}
+                    "cases": rows, "extras": [], "seed_scorecam": False, "clock": args.clock}
             print(f"running {args.seg_model} on {device} ...", file=sys.stderr, flush=True)
             records = _run_model(spec, args.isolate, log)
             dump["runs"].append({"spec": spec, "records": records})

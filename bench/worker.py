@@ -22,7 +22,7 @@ from galleryvis.hooks import capture, resolve_layer
 
 from .cases import CASES, PER_CHANNEL, Bench, input_gradient
 from .common import (PeakMemory, Skip, build_model, calibrate, frozen, load_inputs, measure, segment_targets,
-                     timed)
+                     timed, use_clock)
 
 #: Photos a segmentation model's batch-norm statistics are taken from (the four bundled ones).
 CALIBRATION_IMAGES = 4
@@ -46,6 +46,7 @@ def _result(case: str, impl: str, label: str, kind: str, fn: Callable[[], object
 
 def run(spec: dict[str, Any]) -> None:
     device = torch.device(spec["device"])
+    use_clock(spec.get("clock", "wall"))
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     import galleryvis
