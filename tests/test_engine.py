@@ -326,6 +326,24 @@ def test_a_top1_target_costs_no_pass_of_its_own(tiny_seq: nn.Module, tiny_x: Ten
         torch.testing.assert_close(maps[name], given[name])
 
 
+def test_a_context_decides_its_top1_target_on_its_first_pass(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    """A Context given Class() decides it from its first backward, or, read before any pass, from
+    the shared forward it then keeps; neither costs a forward of its own."""
+    model = Counting(tiny_seq)
+    with torch.no_grad():
+        top1 = tiny_seq(tiny_x).argmax(1).tolist()
+    ctx = Context(model, tiny_x, galleryvis.targets.Class())
+    assert not ctx.decided
+    ctx.backward()
+    assert ctx.decided and list(ctx.target.index) == top1 and len(model.calls) == 1
+    read = Context(model, tiny_x, galleryvis.targets.Class())
+    assert list(read.target.index) == top1 and len(model.calls) == 2
+    read.forward()
+    assert len(model.calls) == 2
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        read.nothing  # noqa: B018
+
+
 def test_backward_stops_at_the_cam_layer(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
     reached: list[str] = []
 
