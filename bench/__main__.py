@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cases import ORDER, PER_CHANNEL
+from .cases import ORDER, PER_CHANNEL, SEGMENT_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("attribution", "metrics", "synthesis", "rebuild", "cluster")
+SECTIONS = ("attribution", "segmentation", "metrics", "synthesis", "rebuild", "cluster")
+#: The segmentation section's model (issue 30): a torchvision segmentation model, random weights.
+SEGMENTATION_MODEL = "deeplabv3_mobilenet_v3_large"
 #: Sections run only when asked for (``--sections`` or their flag): minutes each.
 EXTRA_SECTIONS = ("default",)
 
@@ -41,6 +43,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    "fewer repeats, 1-image rebuild): checks that everything runs")
     p.add_argument("--models", default="vgg16,resnet50,alexnet", help="torchvision model names (default: "
                    "%(default)s; the issue's seed numbers for IG and SmoothGrad were taken on AlexNet)")
+    p.add_argument("--seg-model", default=SEGMENTATION_MODEL, help="the segmentation section's torchvision "
+                   "segmentation model (default %(default)s; also fcn_resnet50, lraspp_mobilenet_v3_large, ...)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto = cpu and cuda when available")
     p.add_argument("--cases", help=f"comma list of rows (default: all; quick: all but scorecam and ablationcam): {', '.join(ORDER)}")
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma list of %(default)s (the default), and default: "
@@ -68,6 +72,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ig-steps", type=int, help="integrated gradients steps (default 100; quick 8)")
     p.add_argument("--sg-samples", type=int, help="SmoothGrad samples (default 50; quick 4)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="what the attribution and segmentation "
+                   "tables time: wall-clock seconds (the default) or the process's CPU seconds, all threads (steadier "
+                   "on a shared machine; with --threads 1, the work itself; CPU only)")
     p.add_argument("--seed", type=int, default=0, help="weights and noise seed (default %(default)s)")
     p.add_argument("--isolate", action="store_true", help="a fresh process per measurement (slower; the "
                    "default is one process per model and device)")
@@ -136,7 +143,9 @@ def header(args: argparse.Namespace, rep: Any) -> str:
         f"torch {torch.__version__} · {vers}",
         f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {args.threads or torch.get_num_threads()}"
         + (f" · CUDA: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
-        "s/image: median seconds of the timed calls (after one warm-up call) divided by the images per call; "
+        ("s/image: median CPU seconds of the process (all threads, --clock cpu) of the timed calls"
+         if args.clock == "cpu" else "s/image: median seconds of the timed calls")
+        + " (after one warm-up call) divided by the images per call; "
         "runs: timed calls (* = a single call, slower than the budget, warm-up only)",
         f"peak MB: {memory_label(torch.device('cpu'))}"
         + ("; on CUDA: " + memory_label(torch.device("cuda")) if torch.cuda.is_available() else ""),
@@ -179,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown_sections:
         sys.exit(f"error: unknown sections {sorted(unknown_sections)}; known: {', '.join(SECTIONS + EXTRA_SECTIONS)}")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.clock == "cpu" and "cuda" in devices(args.device):
+        sys.exit("error: --clock cpu times CPU seconds; pass --device cpu")
     import torchvision
 
     unknown_models = {m for m in models if not m.startswith("timm:")} - set(
@@ -186,6 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     if unknown_models:
         sys.exit(f"error: unknown torchvision classification models {sorted(unknown_models)} "
                  "(timm models: timm:NAME)")
+    if "segmentation" in sections and args.seg_model not in torchvision.models.list_models(
+            torchvision.models.segmentation):
+        sys.exit(f"error: --seg-model {args.seg_model!r} is not a torchvision segmentation model; known: "
+                 f"{', '.join(torchvision.models.list_models(torchvision.models.segmentation))}")
 
     from .report import Report, checks_block, cluster_table, extras_table, first_table, model_table, rebuild_table
 
@@ -206,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
                         "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
                         "repeats": cfg["repeats"], "budget": cfg["budget"], "settings": cfg["settings"],
                         "cases": cfg["cases"] if "attribution" in sections else [], "extras": extras,
-                        "seed_scorecam": args.seed_scorecam}
+                        "seed_scorecam": args.seed_scorecam, "clock": args.clock}
                 print(f"running {model} on {device} ...", file=sys.stderr, flush=True)
                 records = _run_model(spec, args.isolate, log)
                 dump["runs"].append({"spec": spec, "records": records})
@@ -216,6 +231,19 @@ def main(argv: list[str] | None = None) -> None:
                 extra = extras_table(rep, records, refs, model, device)
                 if extra:
                     print(extra, flush=True)
+    if "segmentation" in sections:
+        rows = [row for case, row in SEGMENT_ROWS.items() if case in cfg["cases"]]
+        if not rows:
+            print(f"segmentation: skipped (its rows are {', '.join(SEGMENT_ROWS)}; --cases has neither)", flush=True)
+        for device in devices(args.device) if rows else []:
+            spec = {"model": args.seg_model, "device": device, "size": cfg["size"], "images": cfg["images"],
+                    "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
+                    "repeats": cfg["repeats"], "budget": cfg["budget"], "settings": cfg["settings"],
+                    "cases": rows, "extras": [], "seed_scorecam": False, "clock": args.clock}
+            print(f"running {args.seg_model} on {device} ...", file=sys.stderr, flush=True)
+            records = _run_model(spec, args.isolate, log)
+            dump["runs"].append({"spec": spec, "records": records})
+            print(model_table(rep, records, settings), flush=True)
     if "rebuild" in sections:
         from . import rebuild
 

@@ -20,7 +20,12 @@ COMBINATION = ("vanilla", "grad_x_image", "gradcam", "layercam")
 
 @dataclass
 class Bench:
-    """What a case needs: the model, inputs, per-image targets, the CAM layer and settings."""
+    """What a case needs: the model, inputs, per-image targets, the CAM layer and settings.
+
+    A segmentation model's ``targets`` are each image's top-1 class and ``masks`` (N, H, W) bool
+    its region (the pixels the model assigns to that class), which the peers are given;
+    galleryvis gets ``targets.Segment()`` and finds them itself (:attr:`objective`).
+    """
 
     model: nn.Module
     x: Tensor
@@ -28,10 +33,21 @@ class Bench:
     layer: str
     batch_size: int
     settings: dict[str, Any] = field(default_factory=dict)
+    masks: Tensor | None = None
 
     @property
     def sequential(self) -> bool:
         return is_sequential(self.model)
+
+    @property
+    def objective(self) -> Any:
+        """What galleryvis is asked to explain: the classes, or for a segmentation model each
+        image's top-1 class over its region, left to galleryvis to resolve (``Segment()``)."""
+        if self.masks is None:
+            return self.targets
+        from galleryvis.targets import Segment
+
+        return Segment()
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,9 @@ class Case:
     # Forward + input-gradient passes per image that any implementation needs, and the reference
     # (frozen-parameter pass at batch 1 or at the chunk size) they are priced at: the floor row.
     floor: Callable[[dict[str, Any]], tuple[int, str]] | None = None
+    # Before timing, every implementation's maps against galleryvis's: at least this Pearson r per
+    # image, so that the timings compare the same work (None: not checked).
+    agreement: float | None = None
 
 
 #: The multiples of ``--batch-size`` that galleryvis's and the peers' batch settings are swept
@@ -71,7 +90,7 @@ def _ours_setting(technique: str, multiple: int = 1, **mapping: str) -> Callable
             raise Skip(f"technique {technique!r} is not registered yet")
         params = {k: b.layer if v == "@layer" else b.settings[v] if v in b.settings else v
                   for k, v in mapping.items()}
-        return lambda: galleryvis.attribute(b.model, b.x, technique, b.targets, batch_size=multiple * b.batch_size,
+        return lambda: galleryvis.attribute(b.model, b.x, technique, b.objective, batch_size=multiple * b.batch_size,
                                             **params)
     return make
 
@@ -100,18 +119,24 @@ def _ours_layer(technique: str) -> Callable[[Bench], Callable[[], object]]:
 
         if technique not in registry.names():
             raise Skip(f"technique {technique!r} is not registered yet")
-        return lambda: galleryvis.attribute(b.model, b.x, technique, b.targets, b.layer, batch_size=b.batch_size)
+        return lambda: galleryvis.attribute(b.model, b.x, technique, b.objective, b.layer,
+                                            batch_size=b.batch_size)
     return make
 
 
-def _call(fn: Callable[..., object], *, layer: bool = False, batch: int = 0,
+def _call(fn: Callable[..., object], *, layer: bool = False, batch: int = 0, segment: bool = False,
           **mapping: str) -> Callable[[Bench], Callable[[], object]]:
-    """A seed-style or peer runner ``fn(model, x, targets, [layer], **settings)``, given
-    ``batch_size = batch`` × ``--batch-size`` unless ``batch`` is 0."""
+    """A seed-style or peer runner ``fn(model, x, targets, [masks], [layer], **settings)``, given
+    ``batch_size = batch`` × ``--batch-size`` unless ``batch`` is 0, and the segmentation regions
+    (``masks``) when ``segment``."""
     def make(b: Bench) -> Callable[[], object]:
         kwargs: dict[str, Any] = {k: b.settings[v] for k, v in mapping.items()}
         if layer and b.settings["reshape"] is not None and "reshape_transform" not in mapping:
             raise Skip(f"it reads the CAM layer as (N, C, H, W), and {b.layer!r} is not")
+        if segment:
+            if b.masks is None:
+                raise Skip("it explains a segmentation model's region, and this model has none")
+            kwargs["masks"] = b.masks
         if layer:
             kwargs["layer"] = b.layer
         if batch:
@@ -249,11 +274,41 @@ CASES: dict[str, Case] = {c.key: c for c in [
 ORDER = ("vanilla", "gradcam", "combination", "integrated_gradients", "smoothgrad", "lrp", "scorecam",
          "occlusion", "rise", "ablationcam", "gradient_shap", "kernel_shap", "lime", "deeplift")
 
+#: The segmentation section's rows: a torchvision segmentation model explained for each image's
+#: top-1 class over the pixels the model assigns to it (galleryvis: ``targets.Segment()``; the
+#: peers: the same class and region, found once before timing, as their tutorials do).
+SEGMENTATION: dict[str, Case] = {c.key: c for c in [
+    Case("segment_gradcam", lambda s: "Grad-CAM, top-1 segment", (
+        Impl("galleryvis", "galleryvis.attribute(target=Segment())", "galleryvis", _ours_layer("gradcam")),
+        _peer(peers.gradcam_segment_gradcam, "pytorch-grad-cam GradCAM + SemanticSegmentationTarget", layer=True,
+              segment=True),
+    ), agreement=0.99),
+    Case("segment_integrated_gradients", lambda s: f"integrated gradients, {s['ig_steps']} steps, top-1 segment", (
+        *_ours_sweep("integrated_gradients", "galleryvis.attribute(target=Segment())", steps="ig_steps",
+                     method="gausslegendre", baseline="zero"),
+        *_peer_sweep(peers.captum_segment_integrated_gradients,
+                     "captum IntegratedGradients (logits summed over the mask), internal_batch_size",
+                     steps="ig_steps", segment=True),
+    ), floor=lambda s: (s["ig_steps"], "fwdbwd_bs"), agreement=0.99),
+]}
+#: The classifier rows the segmentation rows stand for (``--cases gradcam`` selects both).
+SEGMENT_ROWS = {"gradcam": "segment_gradcam", "integrated_gradients": "segment_integrated_gradients"}
+SEGMENT_ORDER = tuple(SEGMENT_ROWS.values())
+CASES.update(SEGMENTATION)
 
-def input_gradient(model: nn.Module, x: Tensor, targets: list[int]) -> Tensor:
-    """One forward + backward w.r.t. the input only, parameters frozen: the cost floor."""
+
+def input_gradient(model: nn.Module, x: Tensor, targets: list[int], masks: Tensor | None = None) -> Tensor:
+    """One forward + backward w.r.t. the input only, parameters frozen: the cost floor. The score
+    is each row's class logit, or with ``masks`` (N, H, W) its class logits summed over the mask."""
+    from galleryvis.tasks import spatial_logits
+
     xg = x.detach().requires_grad_(True)
+    classes = torch.tensor(targets, device=x.device)
     with frozen(model), torch.enable_grad():
         out = model(xg)
-        (g,) = torch.autograd.grad(out.gather(1, torch.tensor(targets, device=x.device)[:, None]).sum(), xg)
+        if masks is None:
+            score = out.gather(1, classes[:, None])
+        else:
+            score = peers.segment_scores(spatial_logits(out), classes, masks.float())
+        (g,) = torch.autograd.grad(score.sum(), xg)
     return g

@@ -25,18 +25,63 @@ class Skip(Exception):
     """An implementation that cannot run here (package missing, technique not registered...)."""
 
 
+#: Classes of a torchvision segmentation model built by the bench (its weights' PASCAL VOC 21).
+SEGMENTATION_CLASSES = 21
+
+
 def build_model(name: str, seed: int, device: torch.device) -> nn.Module:
-    """A torchvision classifier with ``weights=None`` (``timm:NAME``: a timm one without its
-    pretrained weights), initialized from ``seed``, in eval mode."""
+    """A torchvision classifier or segmentation model (``fcn_*``, ``deeplabv3_*``, ``lraspp_*``:
+    :data:`SEGMENTATION_CLASSES` classes, no backbone weights either) with ``weights=None``
+    (``timm:NAME``: a timm one without its pretrained weights), initialized from ``seed``, in
+    eval mode."""
     import torchvision
+
+    from galleryvis.tasks import TORCHVISION_SEGMENTATION
 
     torch.manual_seed(seed)
     if name.startswith("timm:"):
         import timm
 
         return timm.create_model(name.removeprefix("timm:"), pretrained=False).eval().to(device)
-    model = torchvision.models.get_model(name, weights=None)
+    if name.startswith(TORCHVISION_SEGMENTATION):
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None,
+                                             num_classes=SEGMENTATION_CLASSES)
+    else:
+        model = torchvision.models.get_model(name, weights=None)
     return model.eval().to(device)
+
+
+def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """``model`` in eval mode with its batch-norm statistics those of the images ``x`` (one
+    training-mode forward at momentum 1; no weight changes): a random-weight segmentation model
+    otherwise gives one class to every pixel, so its argmax regions would be the whole image."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()
+
+
+def segment_targets(model: nn.Module, x: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    """Each image's top-1 segment as segmentation tutorials find it: one forward, the argmax class
+    of every pixel, the class covering most pixels (background, class 0, only where it is all
+    there is) and its pixels: the classes and the masks (N, H, W) bool at the output's size."""
+    from galleryvis.tasks import spatial_logits
+
+    with torch.no_grad():
+        labels = spatial_logits(model(x)).argmax(1)
+    classes = []
+    for lab in labels:
+        counts = torch.bincount(lab.flatten())
+        if counts[1:].any():
+            counts[0] = 0
+        classes.append(int(counts.argmax()))
+    return classes, labels == torch.tensor(classes, device=labels.device)[:, None, None]
 
 
 def load_inputs(n: int, size: int, device: torch.device) -> torch.Tensor:
@@ -166,12 +211,25 @@ class Measurement:
         return statistics.median(self.times)
 
 
+#: The clocks :func:`timed` can read: wall-clock seconds (the default), or the CPU seconds of the
+#: process, all its threads (``--clock cpu``: on a machine that others share it moves far less,
+#: and with ``--threads 1`` it is the work itself; CPU devices only).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = CLOCKS["wall"]
+
+
+def use_clock(name: str) -> None:
+    """Make :func:`timed` read clock ``name`` of :data:`CLOCKS` from now on (in this process)."""
+    global _clock
+    _clock = CLOCKS[name]
+
+
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
     sync(device)
-    t0 = time.perf_counter()
+    t0 = _clock()
     out = fn()
     sync(device)
-    dt = time.perf_counter() - t0
+    dt = _clock() - t0
     del out
     return dt
 

@@ -223,3 +223,58 @@ def combination(model: nn.Module, x: Tensor, targets: list[int], layer: str,
             "gradcam": gradcam_gradcam(model, x, targets, layer, reshape_transform),
             "layercam": gradcam_layercam(model, x, targets, layer, reshape_transform)}
 
+
+
+# -- segmentation: the class's logits summed over a region ------------------------------------
+
+
+class SegmentationOutput(nn.Module):
+    """The wrapper pytorch-grad-cam's segmentation tutorial puts around a torchvision model:
+    its forward returns the score tensor (``out`` of the dict), (N, classes, H, W)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        from galleryvis.tasks import spatial_logits
+
+        return spatial_logits(self.model(x))
+
+
+def segment_scores(output: Tensor, classes: Tensor, masks: Tensor) -> Tensor:
+    """Each row's class logits summed over its region: ``output`` (N, classes, H, W), ``classes``
+    (N,) and ``masks`` (N, H, W) float; (N,)."""
+    index = classes.long()[:, None, None, None].expand(-1, 1, *output.shape[-2:])
+    return (output.gather(1, index)[:, 0] * masks).sum((1, 2))
+
+
+def captum_segment_integrated_gradients(model: nn.Module, x: Tensor, targets: list[int], masks: Tensor,
+                                        steps: int, batch_size: int) -> Tensor:
+    """captum's IntegratedGradients on a forward that returns each image's summed class logits over
+    its region (the classes and masks travel as ``additional_forward_args``, which captum expands
+    with the steps); ``internal_batch_size=batch_size``."""
+    _need("captum")
+    from captum.attr import IntegratedGradients
+
+    wrapped = SegmentationOutput(model)
+    classes = torch.tensor(targets, device=x.device)
+
+    def summed(xs: Tensor, cls: Tensor, region: Tensor) -> Tensor:
+        return segment_scores(wrapped(xs), cls, region)
+
+    return IntegratedGradients(summed).attribute(x, baselines=0.0, n_steps=steps, method="gausslegendre",
+                                                 additional_forward_args=(classes, masks.float()),
+                                                 internal_batch_size=batch_size)
+
+
+def gradcam_segment_gradcam(model: nn.Module, x: Tensor, targets: list[int], masks: Tensor, layer: str) -> Tensor:
+    """pytorch-grad-cam's GradCAM on the tutorial's wrapper, one ``SemanticSegmentationTarget(class,
+    mask)`` per image."""
+    _need("pytorch_grad_cam")
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    cams = [SemanticSegmentationTarget(c, m.float().cpu().numpy()) for c, m in zip(targets, masks)]
+    with pytorch_grad_cam.GradCAM(model=SegmentationOutput(model), target_layers=[resolve_layer(model, layer)]) as cam:
+        return torch.from_numpy(cam(input_tensor=x, targets=cams))

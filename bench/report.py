@@ -1,10 +1,12 @@
 """Turning worker results into tables (aligned text or GitHub Markdown) and target checks."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cases import CASES, ORDER, PER_CHANNEL
+from .cases import CASES, ORDER, PER_CHANNEL, SEGMENT_ORDER
+from .common import SEGMENTATION_CLASSES as CLASSES
 
 
 @dataclass
@@ -90,7 +92,12 @@ def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, 
     lines = [rep.heading(
         f"{model} · {device} · {info.get('threads', '?')} threads · {settings['size']}×{settings['size']} · "
         f"{settings['images']} image(s) · batch_size {settings['batch_size']}")]
-    if info:
+    if info and "regions" in info:
+        regions = ", ".join(f"{c} ({100 * r:.0f} %)" for c, r in zip(info["targets"], info["regions"]))
+        lines.append(f"{info['params_m']:.1f} M parameters (weights=None, {CLASSES} classes, seed {settings['seed']}, "
+                     f"batch-norm statistics of the bundled photos), CAM layer `{info['layer']}`, targets: each "
+                     f"image's top-1 segment, its class and the share of pixels the model gives it: {regions}")
+    elif info:
         lines.append(f"{info['params_m']:.1f} M parameters (weights=None, seed {settings['seed']}), "
                      f"CAM layer `{info['layer']}`, targets {info['targets']} (top-1)")
     if refs:
@@ -104,7 +111,8 @@ def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, 
 
     headers = ["technique", "implementation", "s/image", "peak MB", "speedup", "runs", "target"]
     rows: list[list[str]] = []
-    for key in ORDER:
+    agreements: list[str] = []
+    for key in ORDER + SEGMENT_ORDER:
         if key in skipped:
             continue
         rs = results.get(key)
@@ -135,6 +143,8 @@ def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, 
                 + (f" ±{50 * r['spread']:.0f} %" if r.get("spread") is not None else "")
             rows.append([tech, r["label"], secs(r["per_image"]), mb(r.get("peak_mb")),
                          "—" if r is ours else times(speed), runs, target])
+            if case.agreement is not None and "agreement" in r:
+                agreements.append(_agreement(rep, f"{model}/{device} {key}", r, case.agreement))
         floor = case.floor(settings) if case.floor else None
         if floor and floor[1] in refs and ours:
             rows.append(_floor_row(floor, refs, ours, rs, settings))
@@ -150,9 +160,21 @@ def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, 
                 row[6] = f"≤ 1.1× {rep.check(f'{model}/{device} {key}: {ratio:.2f}× of C × batched forward (≤ 1.1×)', ratio <= 1.1)}"
             rows.append(row)
     lines.append(rep.table(headers, rows))
+    if agreements:
+        lines.append("maps against galleryvis's, before timing (the lowest Pearson r over the images):")
+        lines += agreements
     for key, why in skipped.items():
         lines.append(f"{CASES[key].label(settings)}: not run on {model} ({why})")
     return rep.join(lines)
+
+
+def _agreement(rep: Report, what: str, r: dict[str, Any], r_min: float) -> str:
+    """One implementation's agreement with galleryvis's maps as a list item with its check."""
+    value = r["agreement"]
+    ok = value is not None and not math.isnan(value) and value >= r_min
+    shown = "—" if value is None or math.isnan(value) else f"{value:.4f}"
+    mark = rep.check(f"{what}: {r['label']} computes galleryvis's maps (r = {shown} ≥ {r_min:g})", ok)
+    return f"- {r['label']}: r = {shown} (≥ {r_min:g} {mark})"
 
 
 def _floor_row(floor: tuple[int, str], refs: dict[str, Any], ours: dict[str, Any], rs: list[dict[str, Any]],
@@ -314,6 +336,6 @@ def checks_block(rep: Report) -> str:
     if not rep.checks:
         return ""
     ok = sum(c.ok for c in rep.checks)
-    lines = [rep.heading("targets (issues 3, 5, 6, 16, 35)"), "", f"{ok} of {len(rep.checks)} met:"]
+    lines = [rep.heading("targets (issues 3, 5, 6, 16, 30, 35)"), "", f"{ok} of {len(rep.checks)} met:"]
     lines += [f"- {'✓' if c.ok else '✗'} {c.what}" for c in rep.checks]
     return rep.join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import math
 import statistics
 import sys
 import traceback
@@ -20,7 +21,11 @@ import torch
 from galleryvis.hooks import capture, resolve_layer
 
 from .cases import CASES, PER_CHANNEL, Bench, input_gradient
-from .common import PeakMemory, Skip, build_model, frozen, load_inputs, measure, timed
+from .common import (PeakMemory, Skip, build_model, calibrate, frozen, load_inputs, measure, segment_targets,
+                     timed, use_clock)
+
+#: Photos a segmentation model's batch-norm statistics are taken from (the four bundled ones).
+CALIBRATION_IMAGES = 4
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -41,9 +46,11 @@ def _result(case: str, impl: str, label: str, kind: str, fn: Callable[[], object
 
 def run(spec: dict[str, Any]) -> None:
     device = torch.device(spec["device"])
+    use_clock(spec.get("clock", "wall"))
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     import galleryvis
+    from galleryvis import tasks
     from galleryvis.engine.layers import default_layer, fixed_input_size, grids_of, probe
 
     _preload()
@@ -53,8 +60,13 @@ def run(spec: dict[str, Any]) -> None:
         raise ValueError(f"{spec['model']} takes only {fixed[0]}x{fixed[1]} inputs; the bench's photos are square")
     size = spec["size"] if fixed is None else fixed[0]
     x = load_inputs(spec["images"], size, device)
-    with torch.no_grad():
-        targets = model(x).argmax(1).tolist()
+    masks = None
+    if tasks.of_model(model) == "segmentation":
+        calibrate(model, load_inputs(CALIBRATION_IMAGES, size, device))
+        targets, masks = segment_targets(model, x)
+    else:
+        with torch.no_grad():
+            targets = model(x).argmax(1).tolist()
     layer = spec.get("layer") or default_layer(model, x[:1])
     bs = spec["batch_size"]
     grid = grids_of(model, probe(model, x[:1]), 1)[layer]
@@ -62,14 +74,18 @@ def run(spec: dict[str, Any]) -> None:
         raise grid
     # grad-cam's documented reshape transform where the layer is not (N, C, H, W): a ViT's tokens
     reshape = None if grid.layout == "channels_first" else grid.nchw
-    bench = Bench(model, x, targets, layer, bs, {**spec["settings"], "reshape": reshape})
+    bench = Bench(model, x, targets, layer, bs, {**spec["settings"], "reshape": reshape}, masks)
     n = x.shape[0]
+
+    def fwdbwd(xs: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """The plain pass on ``xs``, whose rows are those images' copies (their targets, regions)."""
+        return input_gradient(model, xs, [targets[i] for i in rows], None if masks is None else masks[rows])
 
     # warm-up: allocator and kernels at batch 1 and at the chunk size
     xb = x[:1].expand(bs, -1, -1, -1).contiguous()
-    timed(lambda: input_gradient(model, xb, targets[:1] * bs), device)
+    timed(lambda: fwdbwd(xb, [0] * bs), device)
     for _ in range(2):
-        timed(lambda: input_gradient(model, x[:1], targets[:1]), device)
+        timed(lambda: fwdbwd(x[:1], [0]), device)
         with torch.inference_mode():
             timed(lambda: model(xb), device)
 
@@ -81,14 +97,15 @@ def run(spec: dict[str, Any]) -> None:
             refs["forward_bs"] = _result("reference", "forward_bs", f"forward, batch {bs}", "reference",
                                          lambda: model(xb), spec, bs, device)
         refs["fwdbwd_b1"] = _result("reference", "fwdbwd_b1", "forward + input-gradient backward, batch 1",
-                                    "reference", lambda: input_gradient(model, x[:1], targets[:1]), spec, 1, device)
+                                    "reference", lambda: fwdbwd(x[:1], [0]), spec, 1, device)
         refs["fwdbwd_bs"] = _result("reference", "fwdbwd_bs", f"forward + input-gradient backward, batch {bs}",
-                                    "reference", lambda: input_gradient(model, xb, targets[:1] * bs), spec, bs, device)
+                                    "reference", lambda: fwdbwd(xb, [0] * bs), spec, bs, device)
         for r in refs.values():
             emit(r)
     emit({"type": "info", "model": spec["model"], "device": str(device), "size": size, "layer": layer, "targets": targets,
           "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "threads": torch.get_num_threads(),
-          "galleryvis": getattr(galleryvis, "__version__", "?")})
+          "galleryvis": getattr(galleryvis, "__version__", "?"), "task": tasks.of_model(model),
+          **({} if masks is None else {"regions": masks.float().mean((1, 2)).tolist()})})
 
     for case_key in spec["cases"]:
         case = CASES[case_key]
@@ -112,7 +129,7 @@ def run(spec: dict[str, Any]) -> None:
                 ready.append((base, impl.make(bench)))
             except Skip as exc:
                 emit({**base, "skipped": str(exc)})
-        for record in _interleaved(ready, spec, n, device, model):
+        for record in _interleaved(ready, spec, n, device, model, case.agreement):
             emit(record)
 
     for name in spec.get("extras", []):
@@ -126,20 +143,23 @@ def run(spec: dict[str, Any]) -> None:
 
 
 def _interleaved(ready: list[tuple[dict[str, Any], Callable[[], object]]], spec: dict[str, Any], n_images: int,
-                 device: torch.device, model: torch.nn.Module) -> list[dict[str, Any]]:
+                 device: torch.device, model: torch.nn.Module, agreement: float | None = None) -> list[dict[str, Any]]:
     """One case's implementations timed in interleaved rounds: each one's warm-up call (its peak
     memory), then ``repeats`` rounds in which every implementation runs once, starting one
     further along each round, so that a slow phase of a shared machine falls on all of them. A
     call slower than ``budget`` is not repeated; one slower than ``budget / k`` joins ``k``
-    rounds. A failing implementation is a row with its error, not a crash."""
+    rounds. A failing implementation is a row with its error, not a crash. With ``agreement``
+    (the case's), each warm-up call's maps are kept and every row gets ``agreement``: the lowest
+    Pearson r over the images against the first galleryvis row's maps."""
     records: dict[int, dict[str, Any]] = {}
     times: dict[int, list[float]] = {}
     rounds: dict[int, int] = {}
+    maps: dict[int, Any] = {}
     for i, (base, fn) in enumerate(ready):
         mem = PeakMemory(device)
         mem.start()
         try:
-            first = timed(fn, device)
+            first = timed(fn if agreement is None else lambda i=i, fn=fn: maps.__setitem__(i, fn()), device)
         except Exception as exc:  # noqa: BLE001
             traceback.print_exc(file=sys.stderr)
             records[i] = {**base, "error": _error(exc)}
@@ -149,6 +169,12 @@ def _interleaved(ready: list[tuple[dict[str, Any], Callable[[], object]]], spec:
         records[i] = {**base, "peak_mb": mem.stop(), "first": first}
         times[i] = []
         rounds[i] = spec["repeats"] if first <= 0 else min(spec["repeats"], int(spec["budget"] // first))
+    ours = next((i for i in maps if ready[i][0]["kind"] == "galleryvis"), None)
+    if ours is not None:
+        for i, m in maps.items():
+            if i != ours:
+                records[i]["agreement"] = _lowest_r(m, maps[ours])
+    maps.clear()
     live = list(times)
     for r in range(spec["repeats"]):
         start = r % len(live) if live else 0
@@ -173,6 +199,19 @@ def _interleaved(ready: list[tuple[dict[str, Any], Callable[[], object]]], spec:
                        spread=(max(ts) - min(ts)) / median if len(ts) > 1 and median > 0 else None)
         out.append(rec)
     return out
+
+
+def _lowest_r(a: Any, b: Any) -> float:
+    """The lowest Pearson r over the images of two implementations' maps (N first; a map of one
+    channel against one of three compares the flattened values as they are), NaN where their
+    sizes differ or a map is constant."""
+    from galleryvis.metrics.evaluation import _pearson
+
+    a, b = (torch.as_tensor(m).detach().double().cpu() for m in (a, b))
+    if a.shape[0] != b.shape[0] or a[0].numel() != b[0].numel():
+        return float("nan")
+    rs = [_pearson(u.flatten().numpy(), v.flatten().numpy()) for u, v in zip(a, b)]
+    return float("nan") if any(math.isnan(r) for r in rs) else min(rs)
 
 
 def _preload() -> None:

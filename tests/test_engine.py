@@ -289,12 +289,16 @@ class Counting(nn.Module):
         return self.inner(x)
 
 
-@pytest.mark.parametrize("techs, per_chunk", [
+SHARING = [
     (["vanilla", "grad_x_image", "gradcam", "layercam"], 1),
     (["vanilla", "grad_x_image", "gradcam", "gradcam_pp", "xgradcam", "hirescam", "layercam", "eigencam"], 1),
     (["eigencam", "gradcam"], 1),  # forward-only techniques reuse the backward's forward
     (["guided_backprop", "guided_gradcam"], 2),  # the guided pass + the plain one for Grad-CAM
-])
+    (["eigencam"], 1),
+]
+
+
+@pytest.mark.parametrize("techs, per_chunk", SHARING)
 def test_attribute_many_shares_passes(tiny_seq: nn.Module, tiny_x: Tensor, techs: list[str], per_chunk: int) -> None:
     model = Counting(tiny_seq)
     x = torch.cat([tiny_x, tiny_x[:1]])  # 5 images, batch_size 2: 3 chunks
@@ -304,6 +308,40 @@ def test_attribute_many_shares_passes(tiny_seq: nn.Module, tiny_x: Tensor, techs
     for name in techs:
         single = galleryvis.attribute(tiny_seq, x, name, 6, **kwargs(name))
         torch.testing.assert_close(maps[name], single)
+
+
+@pytest.mark.parametrize("techs, per_chunk", SHARING)
+def test_a_top1_target_costs_no_pass_of_its_own(tiny_seq: nn.Module, tiny_x: Tensor, techs: list[str],
+                                                per_chunk: int) -> None:
+    """target=None: each chunk's first shared pass decides the top-1 classes; the maps are those
+    of the classes given."""
+    model = Counting(tiny_seq)
+    x = torch.cat([tiny_x, tiny_x[:1]])
+    maps = galleryvis.attribute_many(model, x, techs, None, "inner." + SEQ_LAYER, batch_size=2)
+    assert len(model.calls) == 3 * per_chunk
+    with torch.no_grad():
+        top1 = tiny_seq(x).argmax(1).tolist()
+    given = galleryvis.attribute_many(tiny_seq, x, techs, top1, SEQ_LAYER, batch_size=2)
+    for name in techs:
+        torch.testing.assert_close(maps[name], given[name])
+
+
+def test_a_context_decides_its_top1_target_on_its_first_pass(tiny_seq: nn.Module, tiny_x: Tensor) -> None:
+    """A Context given Class() decides it from its first backward, or, read before any pass, from
+    the shared forward it then keeps; neither costs a forward of its own."""
+    model = Counting(tiny_seq)
+    with torch.no_grad():
+        top1 = tiny_seq(tiny_x).argmax(1).tolist()
+    ctx = Context(model, tiny_x, galleryvis.targets.Class())
+    assert not ctx.decided
+    ctx.backward()
+    assert ctx.decided and list(ctx.target.index) == top1 and len(model.calls) == 1
+    read = Context(model, tiny_x, galleryvis.targets.Class())
+    assert list(read.target.index) == top1 and len(model.calls) == 2
+    read.forward()
+    assert len(model.calls) == 2
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        read.nothing  # noqa: B018
 
 
 def test_backward_stops_at_the_cam_layer(tiny_seq: nn.Module, tiny_x: Tensor) -> None:

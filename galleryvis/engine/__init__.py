@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from galleryvis import families, registry, targets, tasks
-from galleryvis.engine.changes import conv_sizes
+from galleryvis.engine.changes import capture, conv_sizes, guided, prepared, resolve_layer
 from galleryvis.engine.chunking import FORWARD_BATCH_FACTOR, Chunking
 from galleryvis.engine.chunking import measure as measure_chunks
 from galleryvis.targets.detection import NotFound
 from galleryvis.engine.fold import folded
-from galleryvis.hooks import LayerError, capture, guided, prepared, resolve_layer
+from galleryvis.errors import LayerError
 from galleryvis.engine.layers import Grid, Patches, default_layer
 
 #: ImageNet normalization, the default for every torchvision classifier.
@@ -51,6 +51,10 @@ class Context:
     :class:`~galleryvis.targets.Objective` bound to the chunk's images; any form
     :func:`galleryvis.targets.of` takes but None is turned into one), shared passes.
 
+    A target that depends on the model's output (a top-1 class, a segment's region: ``needs_output``)
+    is decided by the chunk's first pass on its images, :meth:`backward` or :meth:`forward`, from that
+    pass's output, so it costs no forward of its own; read before either, it runs :meth:`forward`.
+
     Techniques read scores and confidences through :attr:`target` only (``ctx.target.image(i, n)``
     for ``n`` copies of image ``i``), call :meth:`backward` (memoized per backward mode, so every
     technique in an ``attribute_many`` call shares one forward/backward), :meth:`forward` (activations only,
@@ -60,7 +64,7 @@ class Context:
 
     model: nn.Module
     x: Tensor
-    target: targets.Objective
+    target: targets.Objective = field(repr=False)
     layers: tuple[str, ...] = ()
     batch_size: int = DEFAULT_BATCH_SIZE
     forward_batch_size: int = FORWARD_BATCH_FACTOR * DEFAULT_BATCH_SIZE  # copies per forward-only pass
@@ -71,11 +75,36 @@ class Context:
     report: Callable[[int, int], None] | None = None  # (done, total) within the running technique
     _passes: dict[str, Pass] = field(default_factory=dict)
     _results: dict[Any, Tensor] = field(default_factory=dict)
+    _pending: targets.Objective | None = field(default=None, init=False, repr=False)  # the target, undecided
 
     def __post_init__(self) -> None:
         if self.target is None:
             raise ValueError("Context needs the top-1 classes resolved first (galleryvis.targets.resolve)")
-        self.target = targets.of(self.target, self.x.shape[0])
+        objective = targets.of(self.target, self.x.shape[0])
+        if objective.needs_output:
+            self._pending = objective
+            del self.target  # read before a pass decides it: __getattr__
+        else:
+            self.target = objective
+
+    def __getattr__(self, name: str) -> Any:
+        """Only reached for an attribute not set: :attr:`target` before a pass decided it."""
+        if name == "target" and self.__dict__.get("_pending") is not None:
+            self.forward()
+            return self.__dict__["target"]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def decided(self) -> bool:
+        """Whether :attr:`target` is decided (a target that needs no output always is)."""
+        return self._pending is None
+
+    def _decide(self, output: Any) -> None:
+        """The pending target decided on ``output``, the model's output for this chunk's images."""
+        if self._pending is not None:
+            with torch.inference_mode(False), torch.no_grad():
+                self.target = self._pending.resolve(_map_tensors(Tensor.clone, _map_tensors(Tensor.detach, output)))
+            self._pending = None
 
     # -- shared passes ----------------------------------------------------------------------
     def backward(self, mode: str = "plain") -> Pass:
@@ -86,6 +115,7 @@ class Context:
             with torch.enable_grad(), guided(self.model, mode), conv_sizes(self.model) as sizes, \
                     capture(self.model, self.layers) as acts:
                 output = self.output(x)
+                self._decide(output)
                 score = self.target.score(output).sum()
                 missing = [n for n in self.layers if n not in acts]
                 if missing:
@@ -114,6 +144,7 @@ class Context:
             self._passes["forward"] = Pass(_map_tensors(Tensor.clone, output), None,
                                            {k: v.clone() for k, v in acts.items()}, {},
                                            frozenset(sizes))
+            self._decide(self._passes["forward"].output)
         return next(iter(self._passes.values()))
 
     def grid(self, layer: str) -> Grid:
@@ -390,10 +421,11 @@ def attribute_calls(
             resolve_layer(model, n)
         need_input = any("input_grad" in t.needs for t in techs.values())
         with folded(model, x[:1], all_layers, enabled=_folds(list(techs.values()), x.shape[0])) as runner:
-            objective = targets.resolve(target, runner, x, chunks.forward)
+            objective = targets.of(target, x.shape[0])  # a top-1 is decided by each chunk's first pass
             for xs, ts in zip(x.split(chunks.backward), objective.split(chunks.backward)):
                 ctx = Context(model, xs, ts, all_layers, chunks.backward, chunks.forward, need_input, runner, mean,
                               std)
+                _decide_first(ctx, list(techs.values()))
                 for key in sorted(calls, key=lambda k: _forward_only(techs[k])):  # reuse a backward's forward
                     ctx.report = None if within is None else functools.partial(within, key)
                     m = ctx.run(calls[key].name, layer_of[key], **resolved[key])
@@ -434,6 +466,20 @@ def _folds(techs: Sequence[registry.Technique], n_images: int) -> bool:
     if not all(t.fold for t in techs):
         return False
     return n_images >= FOLD_MIN_IMAGES or any("passes" in t.needs for t in techs)
+
+
+def _decide_first(ctx: Context, techs: Sequence[registry.Technique]) -> None:
+    """Decide a chunk's top-1 target before its techniques run, on a pass they share: the plain
+    backward when one of them reads layer gradients (its forward half decides), else the shared
+    forward; left to the first backward when every technique only reads shared backward passes
+    (vanilla, guided backprop: their own mode's forward decides). So a technique never reads the
+    target for the first time inside a model change of its own (LRP, ablation)."""
+    if ctx.decided or all(t.needs & {"layer_grad", "input_grad"} and "passes" not in t.needs for t in techs):
+        return
+    if any("layer_grad" in t.needs for t in techs):
+        ctx.backward("plain")
+    else:
+        ctx.forward()
 
 
 def _forward_only(tech: registry.Technique) -> bool:
