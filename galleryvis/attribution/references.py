@@ -97,7 +97,7 @@ def reference_examples(
             grid = ctx.grid(call.layer)
             flat = _channel_axis_first(per.detach(), grid).flatten(2).float()  # (n, C, positions)
             where = flat.argmax(2)
-            v = flat.sum(2) if max_target == "sum" else flat.gather(2, where[..., None])[..., 0]
+            v = flat.sum(2) if max_target == "sum" else flat.amax(2)
             if abs_norm:
                 v = v / (v.abs().sum(1, keepdim=True) + _STABILIZER)
             values.append(v.cpu())
