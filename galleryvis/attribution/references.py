@@ -105,7 +105,7 @@ def reference_examples(
         name = call.layer
     v, p = torch.cat(values).T, torch.cat(positions).T  # (C, N)
     order = v.argsort(dim=1, descending=True, stable=True)[:, :top]
-    return References(name, mode, order, v.gather(1, order), p.gather(1, order))
+    return References(name, mode, order, v.take_along_dim(order, 1), p.take_along_dim(order, 1))
 
 
 def reference_heatmaps(
