@@ -234,3 +234,51 @@ def test_a_real_model_points_at_the_objects_drawn_by_hand(tmp_path: Path) -> Non
     assert [cells[i]["pointing_game"] for i in ids] == [1.0, 0.0, 1.0]
     share = truth_t.float().mean((1, 2)).tolist()
     assert all(cells[i]["relevance_mass_accuracy"] > s for i, s in zip(ids, share)), (cells, share)
+
+
+def test_a_metric_runs_once_for_the_maps_of_every_technique(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``[metrics] compute`` calls a metric once for all the maps of one shape, whatever their
+    technique (their perturbed inputs batched together), and once per technique for a metric
+    whose values compare the images of its call (sufficiency); the values are those of separate
+    calls."""
+    import json
+    import shutil
+
+    from galleryvis.build.pipeline import Options, build
+    from galleryvis.config.manifest import load_manifest
+
+    calls: dict[str, list[int]] = {"sparseness": [], "sufficiency": []}
+    for name in calls:
+        real = getattr(metrics, name)
+
+        def counted(model, x, *args, _real=real, _name=name, **kwargs):  # type: ignore[no-untyped-def]
+            calls[_name].append(len(x))
+            return _real(model, x, *args, **kwargs)
+
+        monkeypatch.setattr(metrics, name, counted)
+    photos = Path(__file__).resolve().parent.parent / "input_images"
+    for n in ("cat.png", "coffee.png"):
+        shutil.copy(photos / n, tmp_path / n)
+    (tmp_path / "galleryvis.toml").write_text(
+        '[[images]]\npath = "cat.png"\n\n[[images]]\npath = "coffee.png"\n\n[[models]]\nname = "resnet18"\n'
+        'weights = "none"\nsize = 48\n\n[[techniques]]\nname = "gradcam"\n\n[[techniques]]\nname = "gradcam_pp"\n\n'
+        '[metrics]\nenabled = true\ndeletion_insertion = false\nsanity = false\n'
+        'compute = ["sparseness", "sufficiency"]\n', encoding="utf-8")
+    assert build(load_manifest(tmp_path / "galleryvis.toml"), Options(quiet=True, batch_size=2)).failed == 0
+    assert calls == {"sparseness": [4], "sufficiency": [2, 2]}
+    monkeypatch.undo()
+    cells = json.loads((tmp_path / "site" / "gallery.json").read_text())["cells"]
+    import torch
+
+    import galleryvis
+    from galleryvis.build.jobs import load_models
+    from galleryvis.storage.images import load_image
+
+    adapter = load_models(load_manifest(tmp_path / "galleryvis.toml"))["resnet18"]
+    x = torch.stack([adapter.preprocess(load_image(tmp_path / n).convert("RGB")) for n in ("cat.png", "coffee.png")])
+    target = galleryvis.targets.Class(adapter.confidences(x).argmax(1).tolist())
+    for tech in ("gradcam", "gradcam_pp"):
+        maps = galleryvis.attribute(adapter.model, x, tech, target=target)
+        got = {c["image_id"]: c["metrics"]["sparseness"] for c in cells if c["technique_id"] == tech}
+        assert [got["cat"], got["coffee"]] == pytest.approx(metrics.sparseness(adapter.model, x, maps, target).tolist(),
+                                                            abs=2e-4)

@@ -6,7 +6,7 @@ import functools
 import inspect
 import time
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -107,17 +107,21 @@ def score(jobs: list[Job], ws: Workspace, spec: MetricsSpec, cache: Cache, batch
         what = f"{model_id}: sanity of {len(same_images)} technique(s)"
         _sanity(ws, same_images, spec, cache, batch_size, functools.partial(progress.within, what))
         progress.step(sum(map(len, same_images)), what)
-    for (model_id, tech_id), group in groups.items() if spec.compute else ():
-        what = f"{model_id}: {', '.join(spec.compute)} of {tech_id}"
+    by_model: dict[str, list[Job]] = defaultdict(list)
+    for (model_id, _), group in groups.items() if spec.compute else ():
+        by_model[model_id] += group
+    for model_id, group in by_model.items():
+        what = f"{model_id}: {', '.join(spec.compute)} of {len({j.tech.id for j in group})} technique(s)"
         _evaluations(ws, group, spec, cache, batch_size)
         progress.step(len(group), what)
     return _rankings(ws, groups, baselines, spec) if spec.deletion_insertion else []
 
 
 def _evaluations(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cache, batch_size: int | None) -> None:
-    """``[metrics] compute`` for the maps of one (model, technique), through the cache: each
-    metric of :mod:`galleryvis.metrics` at its defaults, with the target's objective; a metric that
-    explains again gets the technique, its layer and parameters instead of the maps; a
+    """``[metrics] compute`` for the maps of one model, through the cache: each metric of
+    :mod:`galleryvis.metrics` at its defaults, with the target's objective, in one call for the
+    maps of every technique (their perturbed inputs batched together; :func:`_calls`); a metric
+    that explains again gets the technique, its layer and parameters instead of the maps; a
     localisation metric runs on the images with ground truth (``mask`` or ``box``) and says why
     it did not on the others. Completeness is shown as its relative error."""
     adapter = ws.adapter(group[0])
@@ -133,8 +137,8 @@ def _evaluations(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cach
                 if j.image.mask is None and j.image.box is None:
                     j.skipped[name] = "not run: the image has no ground truth (`[[images]] mask` or `box`)"
             todo = [(j, k) for j, k in todo if name not in j.skipped]
-        if todo:
-            jobs = [j for j, _ in todo]
+        for call in _calls(name, params, todo):
+            jobs = [j for j, _ in call]
             x = ws.inputs(jobs).to(adapter.device)
             objective = per_image([ws.objective(j) for j in jobs])
             given = {"mean": adapter.mean, "std": adapter.std, "num_classes": adapter.num_classes,
@@ -149,7 +153,7 @@ def _evaluations(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cach
                     j.skipped[name] = f"failed: {one_line(exc)}"
                 continue
             out = out["relative_error"] if out.dtype.names else out  # completeness: its relative error
-            for (j, key), value in zip(todo, out.astype(np.float64)):
+            for (j, key), value in zip(call, out.astype(np.float64)):
                 values[key] = float(value)
                 cache.put(key, np.array([value], dtype=np.float32), {"metric": name, "image": j.image.name})
         for j, key in zip(group, keys):
@@ -159,17 +163,36 @@ def _evaluations(ws: Workspace, group: list[Job], spec: MetricsSpec, cache: Cach
                 j.skipped[name] = "undefined for this map (see docs/metrics.md)"
 
 
+def _calls(name: str, params: Mapping[str, Any], todo: list[tuple[Job, str]]) -> list[list[tuple[Job, str]]]:
+    """The calls of metric ``name`` for ``todo`` (jobs and their cache keys): one for all the maps
+    of a shape, whatever their technique, so that the perturbed inputs of every technique of an
+    image share their forward passes; one per technique for a metric that explains again (it
+    takes a technique) or whose values compare the images of its call."""
+    calls: dict[Any, list[tuple[Job, str]]] = defaultdict(list)
+    for job, key in todo:
+        alone = "technique" in params or metrics.METRICS[name].compares_images
+        calls[job.tech.id if alone else _view(name, job).shape].append((job, key))
+    return list(calls.values())
+
+
+def _view(name: str, job: Job) -> np.ndarray:
+    """The job's map as metric ``name`` reads it: as it is, or, for a metric that reads one value
+    per pixel, a map of several channels as the gallery ranks it (summed over channels, by
+    magnitude for gradient maps)."""
+    m = np.asarray(job.result, dtype=np.float32)
+    if metrics.METRICS[name].one_channel and m.shape[0] > 1:
+        m = (np.abs(m) if _rank_by(job.tech.name) == "abs" else m).sum(0, keepdims=True)
+    return m
+
+
 def _evaluate(fn: Callable[..., Any], name: str, adapter: ModelAdapter, x: torch.Tensor, jobs: list[Job],
               objective: Objective, kwargs: dict[str, Any]) -> Any:
-    """One metric on the jobs' maps (a metric that explains again: on their technique); a metric
-    that reads one value per pixel gets a map of several channels as the gallery ranks it
-    (summed over channels, by magnitude for gradient maps)."""
+    """One metric on the jobs' maps (:func:`_view`), or, for a metric that explains again, on
+    their technique."""
     first = jobs[0]
     if "technique" in inspect.signature(fn).parameters:
         return fn(adapter.model, x, first.tech.name, objective, first.layer, technique_params=first.params, **kwargs)
-    maps = torch.from_numpy(np.stack([j.result for j in jobs]).astype(np.float32)).to(adapter.device)
-    if metrics.METRICS[name].one_channel and maps.shape[1] > 1:
-        maps = (maps.abs() if _rank_by(first.tech.name) == "abs" else maps).sum(1, keepdim=True)
+    maps = torch.from_numpy(np.stack([_view(name, j) for j in jobs])).to(adapter.device)
     return fn(adapter.model, x, maps, objective, **kwargs)
 
 

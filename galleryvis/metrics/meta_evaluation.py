@@ -28,7 +28,8 @@ class MetricInfo:
     """One metric's declaration: ``category``; ``higher_is_better``; ``passes``, its model passes
     per image as a formula of its settings; ``question`` it answers; ``reference``;
     ``one_channel``: it reads one value per pixel (a CAM), so a gallery gives it a map of several
-    channels as its one-channel view."""
+    channels as its one-channel view; ``compares_images``: an image's value depends on the other
+    images of the call (so a gallery calls it on one technique's maps at a time)."""
 
     category: Category
     higher_is_better: bool
@@ -36,11 +37,13 @@ class MetricInfo:
     question: str
     reference: str
     one_channel: bool = False
+    compares_images: bool = False
 
 
-def _m(category: Category, better: str, passes: str, question: str, reference: str, one_channel: bool = False
-       ) -> MetricInfo:
-    return MetricInfo(category, {"higher": True, "lower": False}[better], passes, question, reference, one_channel)
+def _m(category: Category, better: str, passes: str, question: str, reference: str, one_channel: bool = False,
+       compares_images: bool = False) -> MetricInfo:
+    return MetricInfo(category, {"higher": True, "lower": False}[better], passes, question, reference, one_channel,
+                      compares_images)
 
 
 #: Every metric of :mod:`galleryvis.metrics.evaluation` by its name in :mod:`galleryvis.metrics`.
@@ -73,7 +76,7 @@ METRICS: dict[str, MetricInfo] = {
     "sufficiency": _m(
         "faithfulness", "higher", "1",
         "do the other images with a map within `threshold` of this one get the same predicted class? (their "
-        "share; over the images of the call)", "Dasgupta et al. 2022"),
+        "share; over the images of the call)", "Dasgupta et al. 2022", compares_images=True),
     "average_drop": _m(
         "faithfulness", "lower", "2", "how much of the target is lost on the image times its map?",
         "Chattopadhay et al. 2018 (Grad-CAM++)", one_channel=True),
