@@ -501,6 +501,8 @@ def test_clip_example_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     text = (folder / "galleryvis.toml").read_text(encoding="utf-8")
     text = text.replace('name = "open_clip:ViT-B-32"', 'name = "open_clip:tiny.json"')
     text = text.replace('weights = "none"', 'weights = "tiny.safetensors"').replace("steps = 16", "steps = 2")
+    text += ('\n[[techniques]]\nname = "class_visualization"\ntarget = { text = "a blue boat" }\n'
+             'params = { steps = 3, size = 32 }\n')  # a picture of a free text: its similarity maximized
     (folder / "galleryvis.toml").write_text(text, encoding="utf-8")
     monkeypatch.setattr(pages, "_resources", lambda: EXAMPLES.parent / "templates")
     pages._environments.cache_clear()
@@ -509,11 +511,13 @@ def test_clip_example_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         result = build(manifest, Options(quiet=True, batch_size=8))
     finally:
         pages._environments.cache_clear()
-    assert (result.computed, result.failed) == (3 * 1 * 4, 0)  # images x models x techniques
+    assert (result.computed, result.failed) == (3 * 1 * 4 + 1, 0)  # images x models x techniques, one picture
+    boat = next(j for j in result.jobs if j.tech.name == "class_visualization")
+    assert boat.text == "a blue boat" and len(boat.trace) == 3  # the trace: the text's logit, step by step
     page = (folder / "site" / "index.html").read_text(encoding="utf-8")
     assert "a photo of a cat" in page
     gallery = json.loads((folder / "site" / "gallery.json").read_text(encoding="utf-8"))
-    text_cells = [c for c in gallery["cells"] if c["target_label"].startswith("text ")]
+    text_cells = [c for c in gallery["cells"] if c["target_label"].startswith('text "a red car"')]
     assert sorted(c["technique_id"] for c in text_cells) == ["attention_rollout", "gradcam", "integrated_gradients"]
     assert all(c["target_index"] is None for c in text_cells)
     # the text's cells equal the API's on a model whose one prompt is that text; its header gives the cosine
@@ -536,4 +540,4 @@ def test_clip_example_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         again = build(load_manifest(folder / "galleryvis.toml"), Options(quiet=True, batch_size=8))
     finally:
         pages._environments.cache_clear()
-    assert (again.computed, again.cached) == (0, 2 * 4)
+    assert (again.computed, again.cached) == (0, 2 * 4 + 1)

@@ -120,9 +120,11 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     tech = registry.get(job.tech.name)
     adapter = ws.adapter(job)
     explains_class = tech.inputs.unit == "target" and job.text is None
-    confidence = float(confidences[job.rank[0] - 1, 4] if job.rank is not None else confidences[job.target])
-    label = adapter.target_label(job.target, confidence, job.region, job.rank) if explains_class \
-        else _text_label(job) if job.text is not None else f"channel {job.unit}" if job.unit is not None else ""
+    if explains_class:  # a detection's confidence is its score, a class's its probability or share of the pixels
+        confidence = float(confidences[job.rank[0] - 1, 4] if job.rank is not None else confidences[job.target])
+        label = adapter.target_label(job.target, confidence, job.region, job.rank)
+    else:
+        label = _text_label(job) if job.text is not None else f"channel {job.unit}" if job.unit is not None else ""
     target = job.target if explains_class else None
     image_id = job.image.id if job.per_image else ""  # a row that does not read its image: one cell per model
     if job.error:
