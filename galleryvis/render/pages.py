@@ -14,6 +14,8 @@ viewer and the row filter, shipped with the site):
 * ``compare.html`` and ``compare-<image>.html``: one image, rows = technique variants, columns = models;
 * ``techniques.html`` and ``technique-<technique>.html``: its description and the grid across
   models and images;
+* ``atlas-<model>-<technique>.html``: a concept row's atlas: every concept in some image's top-k,
+  the largest confidence drop first, with its maps, classes and feature visualization;
 * ``build.html``: provenance (versions, device, seeds, weights fingerprints, manifest hash);
 * ``gallery.md``: the per-model tables in GitHub-flavoured Markdown.
 
@@ -34,7 +36,8 @@ import jinja2
 
 from galleryvis.storage.fileio import atomic_write
 from galleryvis.render.records import Gallery, ModelRecord, TechniqueRecord
-from galleryvis.render.grid import FAMILY_TITLES, METRICS, Slot, SiteModel, Table, titlecase, fmt_number, split_papers, target_text
+from galleryvis.render.grid import (FAMILY_TITLES, METRICS, Slot, SiteModel, Table, concept_anchor, drop_text, titlecase,
+                                    fmt_number, split_papers, target_text)
 from galleryvis.render.safe import MdSafe, md_finalize, embed_markdown, md_escape, render_markdown, site_url
 
 
@@ -66,6 +69,9 @@ def _environments() -> tuple[jinja2.Environment, jinja2.Environment]:
     html.filters["first_line"] = _first_line
     html.globals["target_text"] = target_text
     html.globals["random_weights_note"] = random_weights_note
+    html.globals["drop_text"] = drop_text
+    html.globals["percent"] = lambda share: f"{share * 100:.0f} %"
+    html.globals["anchor"] = concept_anchor
     # In the Markdown environment every {{ value }} is escaped unless it is built as MdSafe.
     mdenv = jinja2.Environment(autoescape=False, finalize=md_finalize, **common)
     mdenv.filters["url"] = lambda p: MdSafe(site_url(p))
@@ -201,8 +207,16 @@ def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
     for m in gallery.models:
         tables = site.model_tables(m)
         page("model.html.j2", site.model_page[m.id], page_title=m.name, current=site.model_page[m.id],
-             model=m, tables=tables, scales=scales(tables), has_scores=scored(tables),
+             model=m, tables=tables, scales=scales(tables), has_scores=scored(tables), atlases=site.atlases(m.id),
              rankings=[site.ranking(r) + (r.protocol,) for r in gallery.rankings if r.model_id == m.id])
+    for atlas in gallery.atlases:
+        name = site.atlas_page.get((atlas.model_id, atlas.technique_id))
+        if name is None:
+            continue
+        m, t = site.models[atlas.model_id], site.techniques[atlas.technique_id]
+        page("atlas.html.j2", name, page_title=f"Concept atlas of {m.name} at {atlas.layer}", current=name,
+             atlas=atlas, model=m, tech=t, row_id=site.row_id(t.id),
+             scales=list(dict.fromkeys(a.picture.scale for c in atlas.concepts for a in c.appearances if a.picture.scale)))
     page("compare_index.html.j2", "compare.html", page_title="Compare models", current="compare.html")
     for img in gallery.images:
         tables = site.compare_tables(img)
