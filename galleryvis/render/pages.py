@@ -70,7 +70,7 @@ def _environments() -> tuple[jinja2.Environment, jinja2.Environment]:
     html.globals["target_text"] = target_text
     html.globals["random_weights_note"] = random_weights_note
     html.globals["drop_text"] = drop_text
-    html.globals["percent"] = lambda share: f"{share * 100:.0f} %"
+    html.globals["percent"] = lambda share: f"{share * 100:.0f}\u00a0%"
     html.globals["anchor"] = concept_anchor
     # In the Markdown environment every {{ value }} is escaped unless it is built as MdSafe.
     mdenv = jinja2.Environment(autoescape=False, finalize=md_finalize, **common)
