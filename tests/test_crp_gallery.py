@@ -207,3 +207,26 @@ def test_the_atlas_takes_a_filter_visualization_of_the_same_channel_and_layer() 
     assert by[7].random_drop == pytest.approx(0.02)
     assert [a.image_id for a in by[7].appearances] == ["b", "a"]  # the larger share first
     assert [(k.label, k.images) for k in by[7].classes] == [("cat", 2)]
+
+
+def test_the_registered_crp_is_one_chunk_of_concepts() -> None:
+    import torchvision
+
+    from galleryvis import registry
+    from galleryvis.attribution.concepts import layer_call
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    tech = registry.get("crp")
+    assert tech.family == "concepts" and tech.params["top_k"] == 4
+    with layer_call(model, x, [3, 5], "layer3", None) as call:
+        (ctx,) = list(call.contexts())
+        got = tech.fn(ctx, layer=call.layer, top_k=2, random_channels=4, gamma=0.5)
+    want = concepts(model, x, [3, 5], "layer3", top_k=2, random_channels=4, gamma=0.5)
+    assert torch.equal(got.channels, want.channels) and got.random_channels == want.random_channels == 4
+    for a, b in zip((got.shares, got.maps, got.drops, got.random_drops),
+                    (want.shares, want.maps, want.drops, want.random_drops)):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="top_k must be an int >= 1"):
+        tech.fn(ctx, layer="layer3", top_k=0)

@@ -129,6 +129,11 @@ def _md_cell(slot: Slot, prefix: str = "", width: int | None = None) -> MdSafe:
     parts: list[str] = []
     if slot.kind in ("image", "original", "prediction"):
         parts.append(md_picture(slot.src, slot.thumb, slot.alt, width or slot.thumb_size.width or MD_WIDTH, prefix))
+    for c in slot.concepts:  # a concept cell: each map with its caption and drop
+        parts.append(md_picture(c.picture.src, c.picture.thumb, c.picture.alt, (width or MD_WIDTH) // 2, prefix)
+                     + " " + md_escape(f"{c.caption}, drop {c.drop}"))
+    if slot.random:
+        parts.append(md_escape(f"random channels: drop {slot.random}"))
     if slot.legend:
         parts.append(", ".join(md_escape(f"{label} {share}") for _, label, share, _ in slot.legend))
     elif slot.kind == "failed":
