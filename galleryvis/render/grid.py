@@ -266,10 +266,9 @@ class SiteModel:
         self.compare_page = dict(zip(self.images, (f"compare-{s}.html" for s in unique_slugs(self.images))))
         self.technique_slug = dict(zip(self.techniques, unique_slugs(self.techniques)))
         self.technique_page = {t: f"technique-{s}.html" for t, s in self.technique_slug.items()}
-        atlas_ids = [f"{self.model_slug[a.model_id]}-{self.technique_slug[a.technique_id]}" for a in gallery.atlases
-                     if a.model_id in self.models and a.technique_id in self.techniques]
-        self.atlas_page = {(a.model_id, a.technique_id): f"atlas-{s}.html"
-                           for a, s in zip(gallery.atlases, unique_slugs(atlas_ids))}
+        shown = [a for a in gallery.atlases if a.model_id in self.models and a.technique_id in self.techniques]
+        atlas_ids = [f"{self.model_slug[a.model_id]}-{self.technique_slug[a.technique_id]}" for a in shown]
+        self.atlas_page = {(a.model_id, a.technique_id): f"atlas-{s}.html" for a, s in zip(shown, unique_slugs(atlas_ids))}
         threshold = gallery.summary.get("sanity_threshold", SANITY_THRESHOLD)
         self.sanity_threshold = float(threshold) if isinstance(threshold, (int, float)) else SANITY_THRESHOLD
 
