@@ -1,7 +1,8 @@
 """Technique families: the facts every family of techniques declares.
 
 A technique's registry entry names its family (``attribution``: maps of where the evidence for
-a class lies; ``synthesis``: images optimized or reconstructed through the model). The family
+a class lies; ``synthesis``: images optimized or reconstructed through the model; ``concepts``:
+what the model saw at a layer, channel by channel). The family
 says what a cell of its techniques needs from the plan (:class:`Inputs`, the default of its
 techniques), which public function computes it, what the cache stores for it, how the gallery
 shows it and whether it is scored; how its cells are computed is the compute stage's
@@ -97,8 +98,27 @@ class Synthesis:
     split_by_kind = False
     headline = False
 
+class ConceptFamily:
+    """What the model saw at a layer, not only where (Concept Relevance Propagation): a cell holds
+    the image's top concepts (channels), each with its conditional map, its share of the layer's
+    relevance and the target's confidence drop when it is removed, beside the median drop for
+    random channels; cells of one model and row computed in chunks of images through
+    ``concepts``."""
+
+    name = "concepts"
+    title = "Concepts"
+    kind = "signed"
+    inputs = Inputs()
+    api = "concepts"
+    stores = "concepts"
+    keeps = ("concepts",)
+    scored = False
+    transfer_ranked = False
+    split_by_kind = False
+    headline = False
+
 #: Every family by name, in the order a build computes them.
-_ALL: tuple[Family, ...] = (Attribution(), Synthesis())
+_ALL: tuple[Family, ...] = (Attribution(), Synthesis(), ConceptFamily())
 FAMILIES: Mapping[str, Family] = {f.name: f for f in _ALL}
 
 

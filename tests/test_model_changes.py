@@ -31,6 +31,8 @@ FAST: dict[str, dict[str, Any]] = {
     "inverted_representation": {"steps": 2},
 }
 SYNTHESIS = set(registry.names("synthesis"))
+#: The concept techniques (``crp``), computed through ``galleryvis.concepts``.
+CONCEPTS = set(registry.names("concepts"))
 #: The synthesis techniques that start from (or reconstruct) an image.
 FROM_IMAGE = {"layer_activation", "deep_dream", "inverted_representation"}
 
@@ -193,6 +195,8 @@ def _technique(name: str, model: nn.Module, x: Tensor) -> Callable[[], object]:
         if name in FROM_IMAGE:
             params["image"] = x[:1]
         return lambda: galleryvis.synthesize(model, name, **params)
+    if name in CONCEPTS:
+        return lambda: galleryvis.concepts(model, x, [1, 2], top_k=2, random_channels=2)
     return lambda: galleryvis.attribute(model, x, name, [1, 2], **params)
 
 

@@ -753,24 +753,24 @@ def test_raw_maps_are_a_zip_per_model_when_asked(project):
     assert 'href="downloads/resnet18-maps.zip"' in (site / "build.html").read_text()
 
 
-def test_a_third_family_declared_in_families_alone_is_computed_cached_timed_and_shown(tmp_path, monkeypatch):
-    """A family is its facts in galleryvis.families and how its cells are computed in the compute
+def test_another_family_declared_in_families_alone_is_computed_cached_timed_and_shown(tmp_path, monkeypatch):
+    """Another family is its facts in galleryvis.families and how its cells are computed in the compute
     stage's COMPUTE (here: as attribution's are), and its build stage's name: a technique of it is
     planned, computed, cached, timed and drawn in a table of its own, and left unscored when its
     family says so, with no other module changed."""
     from galleryvis import families
     from galleryvis.build import executor, progress
 
-    class Concepts(families.Attribution):
-        name, title, scored, split_by_kind, headline = "concepts", "Concepts", False, False, False
+    class Energy(families.Attribution):
+        name, title, scored, split_by_kind, headline = "energy", "Energy", False, False, False
 
-    monkeypatch.setitem(families.FAMILIES, "concepts", Concepts())
-    monkeypatch.setitem(executor.COMPUTE, "concepts", executor.AttributionCompute())
-    monkeypatch.setattr(progress, "STAGES", (*progress.STAGES, "concepts"))
+    monkeypatch.setitem(families.FAMILIES, "energy", Energy())
+    monkeypatch.setitem(executor.COMPUTE, "energy", executor.AttributionCompute())
+    monkeypatch.setattr(progress, "STAGES", (*progress.STAGES, "energy"))
     registry.names()  # the built-ins first, then a registry of our own for this test
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
-    @registry.technique("channel_energy", output="cam", layer="one", family="concepts", needs=("forward",),
+    @registry.technique("channel_energy", output="cam", layer="one", family="energy", needs=("forward",),
                         paper="-", summary="The layer's mean squared activation at each position.")
     def channel_energy(ctx, *, layer):
         return ctx.grid(layer).nchw(ctx.forward().acts[layer]).pow(2).mean(1, keepdim=True)
@@ -781,10 +781,10 @@ def test_a_third_family_declared_in_families_alone_is_computed_cached_timed_and_
     summary = _build(folder, batch_size=4)
     assert (summary.computed, summary.failed) == (2, 0)
     report = json.loads((folder / "site" / "build.json").read_text())
-    assert {"attribution", "concepts"} <= set(report["stages"]["seconds"])
+    assert {"attribution", "energy"} <= set(report["stages"]["seconds"])
     gallery = json.loads((folder / "site" / "gallery.json").read_text())
     metrics = {c["technique_id"]: c["metrics"] for c in gallery["cells"]}
     assert "deletion_auc" in metrics["gradcam"] and metrics["channel_energy"] == {}
-    assert "### Concepts" in (folder / "site" / "gallery.md").read_text()
+    assert "### Energy" in (folder / "site" / "gallery.md").read_text()
     again = _build(folder, batch_size=4)
     assert (again.computed, again.cached) == (0, 2)

@@ -26,10 +26,13 @@ from galleryvis.engine.chunking import Chunking
 from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD, Context, check_inputs, chunking_of, fast_layout, model_device
 from galleryvis.errors import LayerError
 from galleryvis.engine.layers import Grid, default_layer
-from galleryvis.attribution.lrp import traced
+from galleryvis.attribution.lrp import ATTENTION_RULES, RULES, lrp, traced
+from galleryvis.registry import technique
 
 #: Random channels whose median drop :func:`concept_drop` sets beside each concept's, by default.
 RANDOM_CHANNELS = 16
+#: The LRP's parameter defaults, which ``crp`` shares.
+_LRP: dict[str, Any] = dict(lrp.__kwdefaults__ or {})
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,7 @@ def concepts(
     parts: list[tuple[Tensor, ...]] = []
     with layer_call(model, x, target, layer, batch_size, mean, std, "concepts with drop=True" if drop else None) as call:
         for ctx in call.contexts():
-            found = _concepts(ctx, call.layer, asked, int(top_k), resolved)
-            parts.append(found + (_drops(ctx, call.layer, found[0], random_channels, seed) if drop else ()))
+            parts.append(_chunk(ctx, call.layer, asked, int(top_k), resolved, random_channels if drop else 0, seed))
     out = [torch.cat(p) for p in zip(*parts)]
     if not drop:
         return Concepts(call.layer, *out)
@@ -180,7 +182,35 @@ def layer_call(model: nn.Module, x: Tensor, target: targets.Target, layer: str |
         yield LayerCall(model, x, objective, name, chunks, mean, std)
 
 
+@technique("crp", output="input", layer="one", family="concepts", signed=True, needs=("passes",),
+           choices={"rule": RULES, "attention": ATTENTION_RULES}, tasks=("classification", "multilabel", "image-text"),
+           title="Concept Relevance Propagation",
+           paper="Achtibat et al. 2023, https://doi.org/10.1038/s42256-023-00711-8",
+           summary="The image's top concepts (channels) of a layer by share of LRP relevance, each with its "
+                   "conditional heatmap and the target's confidence drop when the channel is removed.")
+def crp(ctx: Context, *, layer: str, top_k: int = 4, random_channels: int = RANDOM_CHANNELS, seed: int = 0,
+        rule: str = _LRP["rule"], epsilon: float = _LRP["epsilon"], gamma: float = _LRP["gamma"],
+        alpha: float = _LRP["alpha"], attention: str = _LRP["attention"]) -> Concepts:
+    """One chunk's :func:`concepts` at ``layer``: the ``top_k`` concepts of each image with their
+    conditional maps (LRP with the parameters ``lrp`` takes), their confidence drops and the median
+    drop of ``random_channels`` random channels drawn with ``seed``. A gallery's ``crp`` row computes
+    its cells through :func:`concepts` with these parameters."""
+    if isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1:
+        raise ValueError(f"crp: top_k must be an int >= 1, got {top_k!r}")
+    _check_random(random_channels)
+    params = {"rule": rule, "epsilon": epsilon, "gamma": gamma, "alpha": alpha, "attention": attention}
+    found = _chunk(ctx, layer, None, int(top_k), params, random_channels, seed)
+    return Concepts(layer, *found, random_channels=min(random_channels, _channel_count(ctx.grid(layer))))
+
+
 # -- the parts ----------------------------------------------------------------------------------------
+def _chunk(ctx: Context, layer: str, channels: list[int] | None, top_k: int, params: dict[str, Any],
+           random_channels: int, seed: int) -> tuple[Tensor, ...]:
+    """(channels, shares, maps) of one chunk, and (drops, random drops) unless ``random_channels`` is 0."""
+    found = _concepts(ctx, layer, channels, top_k, params)
+    return found + (_drops(ctx, layer, found[0], random_channels, seed) if random_channels else ())
+
+
 def _concepts(ctx: Context, layer: str, channels: list[int] | None, top_k: int,
               params: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
     """(channels, shares, maps) of one chunk: one LRP forward, the relevance at the layer, and

@@ -55,8 +55,7 @@ class Outcome:
 
     result: Any
     error: str
-    trace: list[float]
-    unit: int | None
+    kept: dict[str, Any]  # the job fields its family keeps (a synthesis cell's trace and unit)
 
 
 @dataclass(frozen=True)
@@ -174,7 +173,8 @@ class _ModelWorker:
         seconds: dict[str, float] = {}
         LocalExecutor(ws, self.batch_size, self.fail_fast, self.share).run(jobs, cache, Progress(0, True), seconds)
         checkpoint("end", names)
-        return [Outcome(j.result, j.error, j.trace, j.unit) for j in jobs], seconds, self.node
+        return [Outcome(j.result, j.error, {name: getattr(j, name) for name in j.family.keeps}) for j in jobs], \
+            seconds, self.node
 
 
 def _weights_file(spec: ModelSpec) -> Path | None:
@@ -275,7 +275,9 @@ class RayExecutor:
                 node = "?"
             else:
                 for job, outcome in zip(unit, outcomes):
-                    job.result, job.trace, job.unit = outcome.result, outcome.trace, outcome.unit
+                    job.result = outcome.result
+                    for name, value in outcome.kept.items():
+                        setattr(job, name, value)
                     job.error = f"{outcome.error} (on node {node})" if outcome.error else ""
                     if job.result is not None:
                         cache.used.add(job.key)

@@ -3,7 +3,8 @@
 :class:`LocalExecutor` runs in this process: each technique family's jobs, family after family,
 through the family's :meth:`~galleryvis.families.Family.compute` (attribution: cells chunked by
 the sizes :func:`chunking_for` measures unless the build gives a ``batch_size``, failures
-isolated, the chunk halved on out-of-memory; synthesis: cell by cell). Another executor (a
+isolated, the chunk halved on out-of-memory; synthesis: cell by cell; concepts: chunks of images
+of one row through ``concepts``). Another executor (a
 cluster) implements the same protocol on the same plain :class:`~galleryvis.build.jobs.Job`.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from galleryvis.engine import Call, attribute_calls
 from galleryvis.targets import Objective
 from galleryvis.engine.changes import capture, prepared
 from galleryvis.synthesis import synthesize
+from galleryvis.attribution.concepts import concepts
 from galleryvis.storage.cache import Cache, cache_key
 from galleryvis.engine.chunking import Chunking, machine
 from galleryvis.engine import default_batch_size, measure_chunking
@@ -238,9 +240,73 @@ def _top_channel(adapter: ModelAdapter, x: torch.Tensor, layer: str) -> int:
     return int(a.flatten(2).mean(2)[0].argmax()) if a.dim() == 4 else int(a[0].argmax())
 
 
+def _rows(jobs: Sequence[Job]) -> list[list[Job]]:
+    """Jobs by model and row (technique id), in order."""
+    by_row: dict[tuple[str, str], list[Job]] = defaultdict(list)
+    for job in jobs:
+        by_row[(job.model.id, job.tech.id)].append(job)
+    return list(by_row.values())
+
+
+class ConceptsCompute:
+    """Concepts: the cells of one model and row in chunks of images, each chunk in one
+    :func:`~galleryvis.attribution.concepts.concepts` call with the row's parameters; a failing
+    chunk retried one image at a time, so one failing image does not take the others down."""
+
+    def tasks(self, jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
+        """Chunks of ``batch_size`` images of one model and row."""
+        return [row[i:i + batch_size] for row in _rows(jobs) for i in range(0, len(row), batch_size)]
+
+    def compute(self, executor: LocalExecutor, jobs: Sequence[Job], cache: Cache, progress: Progress,
+                seconds: dict[str, float]) -> None:
+        """Chunks of each model's measured sizes (or the executor's ``batch_size``)."""
+        for row in _rows(jobs):
+            adapter = executor.ws.adapter(row[0])
+            chunks = Chunking.of(executor.batch_size) if executor.batch_size else chunking_for(adapter, cache)
+            for start in range(0, len(row), chunks.backward):
+                chunk = row[start:start + chunks.backward]
+                t0 = time.perf_counter()
+                try:
+                    _concept_cells(executor.ws, chunk, chunks)
+                except Exception:  # noqa: BLE001  (isolate: retry one image at a time)
+                    if executor.fail_fast:
+                        raise
+                    for job in chunk:
+                        try:
+                            _concept_cells(executor.ws, [job], chunks)
+                        except Exception as exc:  # noqa: BLE001
+                            job.error = one_line(exc)
+                spent = time.perf_counter() - t0
+                for job in chunk:
+                    job.seconds["compute"] = spent / len(chunk)
+                    if job.result is not None and not job.error:
+                        store(cache, job)
+                seconds[row[0].tech.id] = seconds.get(row[0].tech.id, 0.0) + spent
+                progress.mark(chunk, f"{row[0].model.id}: {row[0].tech.id}, {len(chunk)} image(s)")
+
+
+def _concept_cells(ws: Workspace, jobs: list[Job], chunks: Chunking) -> None:
+    """The concept cells of one model and row for ``jobs``' images: each job's maps (k, H, W) and
+    its ``concepts`` (layer, channels, shares, drops, the median drop of random channels)."""
+    adapter = ws.adapter(jobs[0])
+    params = dict(jobs[0].params)
+    found = concepts(adapter.model, ws.inputs(jobs), [ws.objective(j) for j in jobs], jobs[0].layer,
+                     batch_size=chunks, mean=adapter.mean, std=adapter.std, **params)
+    maps = found.maps.numpy()
+    if not np.isfinite(maps).all():
+        raise FloatingPointError(f"{jobs[0].tech.name} produced NaN or Inf values")
+    assert found.drops is not None and found.random_drops is not None
+    for i, job in enumerate(jobs):
+        job.result = maps[i]
+        job.concepts = {"layer": found.layer, "channels": found.channels[i].tolist(),
+                        "shares": found.shares[i].tolist(), "drops": found.drops[i].tolist(),
+                        "random_drop": float(found.random_drops[i]), "random_channels": found.random_channels}
+
+
 #: How each family's cells are computed, by the family's name.
 COMPUTE: Mapping[str, FamilyCompute] = {families.Attribution.name: AttributionCompute(),
-                                        families.Synthesis.name: SynthesisCompute()}
+                                        families.Synthesis.name: SynthesisCompute(),
+                                        families.ConceptFamily.name: ConceptsCompute()}
 
 
 def compute_of(family: families.Family) -> FamilyCompute:

@@ -51,7 +51,8 @@ class Job:
     with its ``params`` resolved, ``layer`` and ``target`` as resolved for this model, ``key``
     the cache key and ``covers`` what it is the hash of (recorded in the cache entry).
     ``result`` (the raw map, or a synthesis image), ``error``, ``cached``, ``metrics``,
-    ``curves``, ``trace``, ``unit`` (the channel a synthesis cell optimized) and ``seconds``
+    ``curves``, ``trace``, ``unit`` (the channel a synthesis cell optimized), ``concepts`` (a
+    concept cell's channels with their shares and drops, beside its maps) and ``seconds``
     (its share of the compute and scoring time: a pass shared by techniques is charged to the
     first that ran it, one shared by images is split evenly) are filled by the compute and
     scoring stages.
@@ -78,6 +79,7 @@ class Job:
     trace: list[float] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it was not computed
     unit: int | None = None
+    concepts: dict[str, Any] | None = None  # a concept cell's layer, channels, shares, drops and random drop
     seconds: dict[str, float] = field(default_factory=dict)  # "compute" / "scoring": its share of the time
 
     @property

@@ -258,6 +258,7 @@ def load_cached(jobs: list[Job], cache: Cache) -> list[Job]:
             todo.append(j)
         else:
             j.result = entry.array
-            j.trace = list(entry.meta.get("trace", []))
-            j.unit = entry.meta.get("unit")
+            for name in j.family.keeps:  # what the cache keeps beside the array (a synthesis cell's trace)
+                if name in entry.meta:
+                    setattr(j, name, entry.meta[name])
     return todo

@@ -26,10 +26,10 @@ from galleryvis.config.manifest import Manifest, Region
 from galleryvis.sources.loading import ModelAdapter
 from galleryvis.naming import unique_slugs
 from galleryvis.build.progress import Stages
-from galleryvis.render.records import (RECORDS_FILE, Cell, ColourScale, Detected, DetectedBox, Gallery, ImageRecord,
-                                       LabelClass, MetricAgreement, MetricColumn, MetricTable, MetricValue, ModelRecord,
-                                       Prediction, Ranking, Segmentation, Size,
-                                       TechniqueRecord, Variant)
+from galleryvis.render.records import (RECORDS_FILE, Appearance, Atlas, AtlasConcept, Cell, ClassShare, ColourScale,
+                                       Concept, Detected, DetectedBox, Gallery, ImageRecord, LabelClass, MetricAgreement,
+                                       MetricColumn, MetricTable, MetricValue, ModelRecord, Prediction, Ranking,
+                                       Segmentation, Size, TechniqueRecord, Variant)
 from galleryvis.storage.sitefiles import staged
 
 #: Thumbnail box in CSS pixels; the full-resolution view serves 2x screens (``srcset``).
@@ -132,12 +132,19 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
                     text=job.text is not None)
     assert job.result is not None
     raw = job.result.astype(np.float32)
-    kind = display_kind(tech, raw)
     g = manifest.gallery
+    stem = f"img/{parts[0][job.model.id]}/{_folder(job)}/{parts[1][job.tech.id]}"
+    if job.concepts is not None:
+        what = f"model {job.model.id}, image {job.image.name}, " \
+            + (f"class {label} ({job.target})" if explains_class else label)
+        facts = job.concepts
+        return Cell(job.model.id, image_id, job.tech.id, target, label, "ok", text=job.text is not None,
+                    concepts=_concept_pictures(facts, raw, image_pil, out, stem, manifest, what.rstrip(", ")),
+                    random_drop=facts.get("random_drop"), random_channels=int(facts.get("random_channels", 0)))
+    kind = display_kind(tech, raw)
     pics = pictures(tech, raw, image_pil, g.colormap, g.alpha, scale, g.outlier_perc)
     if job.box is not None:  # a detector's explained detection, on every picture of the cell
         pics = [(key, vlabel, _boxed(pic, job.box, adapter.size, label.split(",")[0])) for key, vlabel, pic in pics]
-    stem = f"img/{parts[0][job.model.id]}/{_folder(job)}/{parts[1][job.tech.id]}"
     variants = []
     for key, vlabel, pic in pics:
         src, thumb, size, tsize = _save(pic, out, f"{stem}-{key}.webp")
@@ -160,6 +167,68 @@ def _boxed(pic: Image.Image, box: tuple[float, float, float, float], size: int, 
     ``box`` (the input's pixels) outlined and named ``text``."""
     f = pic.width / size
     return postprocess.outline_box(pic, (box[0] * f, box[1] * f, box[2] * f, box[3] * f), text)
+
+
+def _concept_pictures(facts: dict[str, Any], raw: np.ndarray, image: Image.Image, out: Path, stem: str,
+                      manifest: Manifest, what: str) -> list[Concept]:
+    """A concept cell's concepts: each conditional map (``raw``, (k, H, W)) drawn as a signed map
+    on its own scale, saved as ``<stem>-ch<channel>.webp`` with its viewer values."""
+    g = manifest.gallery
+    channels, shares = facts["channels"], facts["shares"]
+    drops = facts.get("drops") or [None] * len(channels)
+    found = []
+    for j, (channel, share, drop) in enumerate(zip(channels, shares, drops)):
+        m = raw[j][None]
+        key, vlabel, pic = postprocess.variants("signed", m, image, colormap=g.colormap, alpha=g.alpha,
+                                                outlier_perc=g.outlier_perc)[0]
+        rel = f"{stem}-ch{channel}"
+        src, thumb, size, tsize = _save(pic, out, f"{rel}.webp")
+        alt = (f"Concept {channel} of layer {facts['layer']}: its conditional relevance map, "
+               f"{share * 100:.0f} % of the layer's relevance; {what}")
+        atomic_write(out / f"{rel}.js", values_script(f"{rel}.js", "signed", m))
+        found.append(Concept(int(channel), float(share), None if drop is None else float(drop),
+                             Variant(key, vlabel, src, thumb, alt, size, tsize, key), f"{rel}.js"))
+    return found
+
+
+def concept_atlases(jobs: list[Job], cells: list[Cell]) -> list[Atlas]:
+    """One atlas per model and concept row (``cells`` are the records of ``jobs``, in order): every
+    channel in some cell's top-k with where it appears, the classes it matters for, its mean
+    confidence drop (the order: largest first) and, where a filter visualization cell of the same
+    model shows that channel of that layer, its picture."""
+    rows: dict[tuple[str, str], list[tuple[Job, Cell]]] = defaultdict(list)
+    features: dict[tuple[str, str, int], tuple[str, Variant]] = {}
+    for job, cell in zip(jobs, cells):
+        if cell.concepts:
+            rows[(job.model.id, job.tech.id)].append((job, cell))
+        elif job.unit is not None and isinstance(job.layer, str) and cell.status == "ok" and cell.variants:
+            features.setdefault((job.model.id, job.layer, job.unit), (job.tech.id, cell.variants[0]))
+    atlases = []
+    for (model_id, tech_id), pairs in rows.items():
+        layer = pairs[0][0].concepts["layer"]  # type: ignore[index]
+        seen: dict[int, list[tuple[Cell, int, Concept]]] = defaultdict(list)
+        for _, cell in pairs:
+            for rank, c in enumerate(cell.concepts, 1):
+                seen[c.channel].append((cell, rank, c))
+        entries = []
+        for channel, where in seen.items():
+            drops = [c.drop for _, _, c in where if c.drop is not None]
+            randoms = [cell.random_drop for cell, _, _ in where if cell.random_drop is not None]
+            apps = sorted((Appearance(cell.image_id, cell.target_index, cell.target_label, rank, c.share, c.drop,
+                                      c.picture, c.values) for cell, rank, c in where),
+                          key=lambda a: (-a.share, a.image_id))
+            classes: dict[tuple[int | None, str], list[float]] = defaultdict(list)
+            for a in apps:
+                classes[(a.target_index, a.target_label)].append(a.share)
+            ranked = sorted((ClassShare(i, lab, len(s), max(s)) for (i, lab), s in classes.items()),
+                            key=lambda c: (-c.images, -c.share, c.label))
+            feature = features.get((model_id, layer, channel))
+            entries.append(AtlasConcept(channel, sum(drops) / len(drops) if drops else None,
+                                        sum(randoms) / len(randoms) if randoms else None, apps, ranked,
+                                        feature[1] if feature else None, feature[0] if feature else ""))
+        entries.sort(key=lambda e: (e.drop is None, -(e.drop or 0.0), e.channel))
+        atlases.append(Atlas(model_id, tech_id, layer, max(c.random_channels for _, c in pairs), entries))
+    return atlases
 
 
 def _text_label(job: Job) -> str:
@@ -189,7 +258,7 @@ def shared_limits(manifest: Manifest, jobs: list[Job]) -> dict[int, postprocess.
     per image or per row; per-map cells are left out (each uses its own)."""
     groups: dict[tuple[Any, ...], list[Job]] = defaultdict(list)
     for j in jobs:
-        if j.result is None or j.error:
+        if j.result is None or j.error or j.concepts is not None:  # a concept cell's maps: each on its own scale
             continue
         mode = _scale_mode(manifest, j.tech.id)
         kind = display_kind(registry.get(j.tech.name), j.result)
@@ -473,7 +542,7 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         gallery = Gallery(manifest.gallery.title, manifest.gallery.description, image_records, model_records,
                           techniques, cells, rankings, counts, scales=scales,
                           scaling=scaling, base_url=manifest.gallery.base_url, build=provenance or {},
-                          downloads=downloads,
+                          downloads=downloads, atlases=concept_atlases(jobs, cells),
                           metric_notes={name: [METRICS[name].question, _better(name)]
                                         for name in manifest.metrics.compute},
                           metric_tables=metric_tables(cells, techniques, len(image_records),

@@ -405,7 +405,7 @@ def attribute_calls(
         api = families.named(t.family).api
         if api != "attribute":
             raise registry.TechniqueError(
-                f"{t.name!r} is a {t.family} technique: use galleryvis.{api}(model, {t.name!r}, ...)")
+                f"{t.name!r} is a {t.family} technique: use galleryvis.{api}() for it")
     task = targets.of(target, inputs.shape[0]).task
     for t in techs.values():
         tasks.check(t.name, t.tasks, task)

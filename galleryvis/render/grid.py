@@ -10,8 +10,8 @@ from typing import Any, Callable, Iterable
 
 from galleryvis.families import FAMILIES
 from galleryvis.naming import slug, unique_slugs
-from galleryvis.render.records import (Cell, Gallery, ImageRecord, MetricTable, ModelRecord, Prediction, Ranking,
-                                       Size, TechniqueRecord, Variant)
+from galleryvis.render.records import (Atlas, Cell, Gallery, ImageRecord, MetricTable, ModelRecord, Prediction,
+                                       Ranking, Size, TechniqueRecord, Variant)
 
 
 #: A cell whose map keeps at least this rank correlation after the model's weights are
@@ -164,10 +164,42 @@ class Column:
     target_key: tuple[str, int | None] | None = None
 
 
+def concept_caption(channel: int, share: float) -> str:
+    """A concept's caption: its channel and its share of the layer's relevance, ``"ch 17 · 23 %"``."""
+    return f"ch {channel} · {share * 100:.0f} %"
+
+
+def drop_text(drop: float | None) -> str:
+    """A confidence drop as the pages print it: ``"0.124"``, ``"3.6e-04"`` below 0.001 in size, ``"—"``
+    when not measured."""
+    if drop is None:
+        return "—"
+    return f"{drop:.3f}" if drop == 0 or abs(drop) >= 0.001 else f"{drop:.1e}"
+
+
+def concept_anchor(channel: int) -> str:
+    """The id of a concept's entry on its atlas page."""
+    return f"concept-{channel}"
+
+
+@dataclass(frozen=True)
+class ConceptView:
+    """One concept of a concept slot: its picture and viewer values, ``caption``
+    (:func:`concept_caption`), ``href`` (its atlas entry), ``drop`` and the ``hint`` that says
+    what the drop means."""
+
+    picture: Variant
+    values: str
+    caption: str
+    href: str
+    drop: str
+    hint: str
+
+
 @dataclass
 class Slot:
     """One data cell of a grid row; ``kind`` is image, original, prediction (a segmentation's label
-    map), failed, missing, absent or spanned."""
+    map), concepts (a concept cell's maps), failed, missing, absent or spanned."""
 
     kind: str
     cell: Cell | None = None
@@ -191,6 +223,8 @@ class Slot:
     rest: str = ""  # the share of the pixels of the classes its legend leaves out ("" when none)
     labels: str = ""  # a prediction's label map (a PNG of class indices)
     legend_label: str = ""  # what its legend lists, in words
+    concepts: list[ConceptView] = field(default_factory=list)  # a concept cell's concepts, most relevant first
+    random: str = ""  # a concept cell's median drop for random channels, as text
 
 
 @dataclass
@@ -286,6 +320,9 @@ class SiteModel:
         self.compare_page = dict(zip(self.images, (f"compare-{s}.html" for s in unique_slugs(self.images))))
         self.technique_slug = dict(zip(self.techniques, unique_slugs(self.techniques)))
         self.technique_page = {t: f"technique-{s}.html" for t, s in self.technique_slug.items()}
+        shown = [a for a in gallery.atlases if a.model_id in self.models and a.technique_id in self.techniques]
+        atlas_ids = [f"{self.model_slug[a.model_id]}-{self.technique_slug[a.technique_id]}" for a in shown]
+        self.atlas_page = {(a.model_id, a.technique_id): f"atlas-{s}.html" for a, s in zip(shown, unique_slugs(atlas_ids))}
         threshold = gallery.summary.get("sanity_threshold", SANITY_THRESHOLD)
         self.sanity_threshold = float(threshold) if isinstance(threshold, (int, float)) else SANITY_THRESHOLD
 
@@ -476,11 +513,16 @@ class SiteModel:
                 return Slot("missing", rowspan=span)
             return Slot("failed", cell, rowspan=span, error=cell.error or "failed (no message)")
         found = next((x for x in cell.variants if v is not None and x.key == v.key), None)
-        slot = Slot("absent", cell) if found is None else Slot(
-            "image", cell, found, found.src, found.thumb or found.src,
-            self.alt(tech, found, model, image, cell), found.size, found.thumb_size,
-            (model.regions[image.id].src if image.id in model.regions else image.src) if image else "",
-        )
+        if cell.concepts:
+            slot = self.concept_slot(model, image, cell)
+        elif found is None:
+            slot = Slot("absent", cell)
+        else:
+            slot = Slot(
+                "image", cell, found, found.src, found.thumb or found.src,
+                self.alt(tech, found, model, image, cell), found.size, found.thumb_size,
+                (model.regions[image.id].src if image.id in model.regions else image.src) if image else "",
+            )
         if j == 0:
             if (cell.target_label, cell.target_index) != target_key and (cell.target_label or cell.target_index is not None):
                 slot.note = target_text(cell.target_label, cell.target_index)
@@ -495,6 +537,30 @@ class SiteModel:
                 slot.curves = [(name, sp) for name, values in sorted(cell.curves.items())
                                if (sp := sparkline(values)) is not None]
         return slot
+
+    def atlases(self, model_id: str) -> list[tuple[Atlas, str, TechniqueRecord]]:
+        """The model's concept atlases with their pages and rows."""
+        return [(a, self.atlas_page[(a.model_id, a.technique_id)], self.techniques[a.technique_id])
+                for a in self.g.atlases if a.model_id == model_id and (a.model_id, a.technique_id) in self.atlas_page]
+
+    def row_id(self, tech_id: str) -> str:
+        """The id of a technique's first row in the family tables (model and compare pages)."""
+        group = next(f for f, techs in self.families() if any(t.id == tech_id for t in techs))
+        return f"{slug(group)}-{self.technique_slug[tech_id]}"
+
+    def concept_slot(self, model: ModelRecord, image: ImageRecord | None, cell: Cell) -> Slot:
+        """A concept cell: its maps with their captions (each linked to its concept's atlas entry)
+        and drops; ``variant`` is the first map's (for the colour legend)."""
+        page = self.atlas_page.get((model.id, cell.technique_id), "")
+        random = drop_text(cell.random_drop)
+        views = [ConceptView(c.picture, c.values, concept_caption(c.channel, c.share),
+                             f"{page}#{concept_anchor(c.channel)}" if page else "", drop_text(c.drop),
+                             f"the target's confidence drops by {drop_text(c.drop)} when channel {c.channel} is "
+                             f"zeroed; {random} is the median drop for {cell.random_channels} random channels")
+                 for c in cell.concepts]
+        under = (model.regions[image.id].src if image.id in model.regions else image.src) if image else ""
+        first = cell.concepts[0].picture
+        return Slot("concepts", cell, first, image=under, concepts=views, random=random)
 
     def _family_tables(self, subject: str, columns: Callable[[], list[Column]], noun: str,
                        per_model: bool, models: list[ModelRecord], prefix: str = "") -> list[tuple[str, Table]]:

@@ -15,6 +15,8 @@ viewer and the row filter, shipped with the site):
   ``compare.html`` also puts the rankings and the metrics tables side by side;
 * ``techniques.html`` and ``technique-<technique>.html``: its description and the grid across
   models and images;
+* ``atlas-<model>-<technique>.html``: a concept row's atlas: every concept in some image's top-k,
+  the largest confidence drop first, with its maps, classes and feature visualization;
 * ``build.html``: provenance (versions, device, seeds, weights fingerprints, manifest hash);
 * ``gallery.md``: the per-model tables (and metrics tables) in GitHub-flavoured Markdown.
 
@@ -35,7 +37,8 @@ import jinja2
 
 from galleryvis.storage.fileio import atomic_write
 from galleryvis.render.records import Gallery, ModelRecord, TechniqueRecord
-from galleryvis.render.grid import FAMILY_TITLES, METRICS, Slot, SiteModel, Table, titlecase, fmt_number, split_papers, target_text
+from galleryvis.render.grid import (FAMILY_TITLES, METRICS, Slot, SiteModel, Table, concept_anchor, drop_text, titlecase,
+                                    fmt_number, split_papers, target_text)
 from galleryvis.render.safe import MdSafe, md_finalize, embed_markdown, md_escape, render_markdown, site_url
 
 
@@ -67,6 +70,9 @@ def _environments() -> tuple[jinja2.Environment, jinja2.Environment]:
     html.filters["first_line"] = _first_line
     html.globals["target_text"] = target_text
     html.globals["random_weights_note"] = random_weights_note
+    html.globals["drop_text"] = drop_text
+    html.globals["percent"] = lambda share: f"{share * 100:.0f}\u00a0%"
+    html.globals["anchor"] = concept_anchor
     # In the Markdown environment every {{ value }} is escaped unless it is built as MdSafe.
     mdenv = jinja2.Environment(autoescape=False, finalize=md_finalize, **common)
     mdenv.filters["url"] = lambda p: MdSafe(site_url(p))
@@ -124,6 +130,11 @@ def _md_cell(slot: Slot, prefix: str = "", width: int | None = None) -> MdSafe:
     parts: list[str] = []
     if slot.kind in ("image", "original", "prediction"):
         parts.append(md_picture(slot.src, slot.thumb, slot.alt, width or slot.thumb_size.width or MD_WIDTH, prefix))
+    for c in slot.concepts:  # a concept cell: each map with its caption and drop
+        parts.append(md_picture(c.picture.src, c.picture.thumb, c.picture.alt, (width or MD_WIDTH) // 2, prefix)
+                     + " " + md_escape(f"{c.caption}, drop {c.drop}"))
+    if slot.random:
+        parts.append(md_escape(f"random channels: drop {slot.random}"))
     if slot.legend:
         parts.append(", ".join(md_escape(f"{label} {share}") for _, label, share, _ in slot.legend))
     elif slot.kind == "failed":
@@ -202,9 +213,17 @@ def render_site(gallery: Gallery, out_dir: Path) -> list[Path]:
     for m in gallery.models:
         tables = site.model_tables(m)
         page("model.html.j2", site.model_page[m.id], page_title=m.name, current=site.model_page[m.id],
-             model=m, tables=tables, scales=scales(tables), has_scores=scored(tables),
+             model=m, tables=tables, scales=scales(tables), has_scores=scored(tables), atlases=site.atlases(m.id),
              metrics_view=site.model_metrics(m),
              rankings=[site.ranking(r) + (r.protocol,) for r in gallery.rankings if r.model_id == m.id])
+    for atlas in gallery.atlases:
+        name = site.atlas_page.get((atlas.model_id, atlas.technique_id))
+        if name is None:
+            continue
+        m, t = site.models[atlas.model_id], site.techniques[atlas.technique_id]
+        page("atlas.html.j2", name, page_title=f"Concept atlas of {m.name} at {atlas.layer}", current=name,
+             atlas=atlas, model=m, tech=t, row_id=site.row_id(t.id),
+             scales=list(dict.fromkeys(a.picture.scale for c in atlas.concepts for a in c.appearances if a.picture.scale)))
     page("compare_index.html.j2", "compare.html", page_title="Compare models", current="compare.html")
     for img in gallery.images:
         tables = site.compare_tables(img)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -10,6 +11,8 @@ from typing import Any
 
 #: The site file that holds a gallery's records (``galleryvis embed`` reads it back).
 RECORDS_FILE = "gallery.json"
+#: A cell's fields that only a concept cell fills (left out of :data:`RECORDS_FILE` elsewhere).
+_CONCEPT_FIELDS = ("concepts", "random_drop", "random_channels")
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,20 @@ class ColourScale:
 
 
 @dataclass(frozen=True)
+class Concept:
+    """One concept of a concept cell (:mod:`galleryvis.attribution.concepts`): the layer's
+    ``channel``, its signed ``share`` of the layer's relevance, the target's confidence ``drop``
+    when the channel is zeroed (None: not measured), its conditional map ``picture`` and the
+    viewer's ``values`` (a script, see viewer.js)."""
+
+    channel: int
+    share: float
+    drop: float | None
+    picture: Variant
+    values: str = ""
+
+
+@dataclass(frozen=True)
 class Cell:
     """The result of one (model, image, technique): its pictures, scores, or its error."""
 
@@ -174,6 +191,64 @@ class Cell:
     values: str = ""  # relative path of the map's values for the viewer (a script, see viewer.js)
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it was not computed
     text: bool = False  # its target is an image-text model's free text (target_label names it), not a class
+    concepts: list[Concept] = field(default_factory=list)  # a concept cell's concepts, most relevant first
+    random_drop: float | None = None  # a concept cell's median confidence drop for random channels
+    random_channels: int = 0  # how many random channels that median is over
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """A concept in one cell's top-k: the image, the class the cell explains, the concept's rank
+    there (1: most relevant), its share, drop and conditional map (the cell's picture)."""
+
+    image_id: str
+    target_index: int | None
+    target_label: str
+    rank: int
+    share: float
+    drop: float | None
+    picture: Variant
+    values: str = ""
+
+
+@dataclass(frozen=True)
+class ClassShare:
+    """A class a concept matters for: how many of the images explaining it have the concept in
+    their top-k, and its largest share there."""
+
+    index: int | None
+    label: str
+    images: int
+    share: float
+
+
+@dataclass(frozen=True)
+class AtlasConcept:
+    """One entry of a concept atlas: the ``channel``, its mean confidence ``drop`` over the cells
+    that have it in their top-k and the mean of those cells' random-channel medians
+    (``random_drop``), its ``appearances`` (largest share first), the ``classes`` it matters for
+    and its ``feature`` visualization (a filter visualization cell of that channel and layer, if
+    the gallery has one; ``feature_technique`` its row)."""
+
+    channel: int
+    drop: float | None
+    random_drop: float | None
+    appearances: list[Appearance]
+    classes: list[ClassShare]
+    feature: Variant | None = None
+    feature_technique: str = ""
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """The concept atlas of one model and concept row (one layer): every concept in some image's
+    top-k, largest mean drop first."""
+
+    model_id: str
+    technique_id: str
+    layer: str
+    random_channels: int
+    concepts: list[AtlasConcept]
 
 
 @dataclass(frozen=True)
@@ -255,6 +330,7 @@ class Gallery:
     metric_notes: dict[str, list[str]] = field(default_factory=dict)
     #: per model, each scored technique's metrics averaged over the images, ranked per metric
     metric_tables: list[MetricTable] = field(default_factory=list)
+    atlases: list[Atlas] = field(default_factory=list)  # one per model and concept row
 
     @cached_property
     def _index(self) -> dict[tuple[str, str, str], Cell]:
@@ -271,12 +347,16 @@ class Gallery:
     def to_json(self) -> bytes:
         """The records as :data:`RECORDS_FILE` holds them: without ``summary`` (this build's
         counts, which build.json has), so an unchanged rebuild writes the same bytes; a model's
-        ``segmentations``, ``regions`` and ``detections`` only when it has some, and ``metric_notes`` and
-        ``metric_tables`` likewise."""
+        ``segmentations``, ``regions`` and ``detections`` only when it has some, ``metric_notes``,
+        ``metric_tables``, ``atlases`` and a cell's ``concepts`` likewise."""
         data = replace(self, summary={}).to_dict()
-        for key in ("metric_notes", "metric_tables"):
+        for key in ("metric_notes", "metric_tables", "atlases"):
             if not data[key]:
                 del data[key]
+        for cell in data["cells"]:  # a concept cell's own fields only where it has them
+            if not cell["concepts"]:
+                for key in _CONCEPT_FIELDS:
+                    del cell[key]
         for model in data["models"]:  # a segmentation's and a detector's own fields only where it has them
             for key in ("segmentations", "regions", "detections"):
                 if not model[key]:
@@ -297,6 +377,9 @@ def _load(hint: Any, value: Any) -> Any:
         return hint(**{f.name: _load(hints[f.name], value[f.name])
                        for f in dataclasses.fields(hint) if f.name in value})
     args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and value is not None:  # an optional record
+        inner = [a for a in args if a is not type(None)]
+        return _load(inner[0], value) if len(inner) == 1 else value
     if typing.get_origin(hint) is list:
         return [_load(args[0], v) for v in value]
     if typing.get_origin(hint) is dict:
