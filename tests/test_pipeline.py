@@ -294,7 +294,7 @@ def test_a_build_reports_its_stages_passes_and_costliest_cells(project):
     result = CliRunner().invoke(main, ["build", str(project / "galleryvis.toml"), "--profile", "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads((project / "site" / "build.json").read_text())["stages"]
-    assert set(report["seconds"]) == set(STAGES) - {"synthesis"}  # no synthesis row here
+    assert set(report["seconds"]) == set(STAGES) - {"synthesis", "concepts"}  # no synthesis or concept row here
     assert all(v >= 0 for v in report["seconds"].values())
     # predictions (4) + the cells' shared passes + deletion / insertion: well over a dozen forwards
     assert report["model_passes"] > 12 and report["images_through_models"] >= report["model_passes"]
