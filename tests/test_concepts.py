@@ -385,3 +385,42 @@ def test_the_real_lite0s_top_concept_costs_more_confidence_than_random_channels(
     found = concepts(lite0, x, top_k=1)
     assert found.drops is not None and found.random_drops is not None
     assert (found.drops[:, 0] > found.random_drops + 0.01).all()
+
+
+# -- token layers: the same computation done by hand with lxt ----------------------------------------
+@pytest.mark.parametrize("layer", ["encoder.layers.encoder_layer_1.mlp", "encoder.layers.encoder_layer_0"])
+def test_concepts_of_a_token_layer_equal_lxts_rules_by_hand(transformers: dict[str, nn.Module], lxt_patches: Any,
+                                                            monkeypatch: pytest.MonkeyPatch, layer: str) -> None:
+    """Channels of a ViT's token layer (N, tokens, D): under lxt's CP-LRP patches (identity on
+    GELU, LayerNorm with its std held, attention held), relevance is gradient x input; a concept's
+    map is the backward from the layer's output with the relevance kept at that channel of every
+    token (what flows through the layer alone, as zennit-crp's ``exclude_parallel``), its share the
+    channel's relevance over all tokens over the sum of the channels' absolute ones."""
+    model = transformers["vit"]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    ours = concepts(model, x, [3, 5], layer=layer, top_k=3, drop=False, rule="epsilon", epsilon=1e-9, attention="cp")
+
+    monkeypatch.setattr(nn.GELU, "original_forward", nn.GELU.forward, raising=False)
+    monkeypatch.setattr(nn.GELU, "forward", lxt_patches.non_linear_forward)
+    monkeypatch.setattr(nn.LayerNorm, "forward", lxt_patches.layer_norm_forward)
+    monkeypatch.setattr(nn.MultiheadAttention, "original_forward", nn.MultiheadAttention.forward, raising=False)
+    monkeypatch.setattr(nn.MultiheadAttention, "forward", lxt_patches.cp_multi_head_attention_forward)
+    reference = copy.deepcopy(model).requires_grad_(False)
+    kept: dict[str, Tensor] = {}
+    handle = reference.get_submodule(layer).register_forward_hook(lambda _m, _i, out: kept.setdefault("h", out))
+    leaf = x.clone().requires_grad_(True)
+    logits = reference(leaf)
+    handle.remove()
+    h = kept["h"]
+    (grad_h,) = torch.autograd.grad(logits[:, [3, 5]].diagonal().sum(), h, retain_graph=True)
+    monkeypatch.undo()
+    per_channel = (h * grad_h).detach().sum(1)  # (N, D): each channel's relevance over the tokens
+    shares = per_channel / per_channel.abs().sum(1, keepdim=True)
+    for i in range(2):
+        torch.testing.assert_close(ours.channels[i], shares[i].topk(3).indices)
+        torch.testing.assert_close(ours.shares[i], shares[i].topk(3).values, rtol=0, atol=MAX_SHARE_ERROR)
+        for j, c in enumerate(ours.channels[i].tolist()):
+            keep = torch.zeros_like(grad_h)
+            keep[i, :, c] = 1
+            (grad_x,) = torch.autograd.grad(h, leaf, grad_h * keep, retain_graph=True)
+            assert pearson(ours.maps[i, j], (leaf * grad_x).detach()[i].sum(0)) >= 0.9999, (i, c)
