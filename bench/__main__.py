@@ -23,7 +23,7 @@ SECTIONS = ("attribution", "segmentation", "metrics", "synthesis", "rebuild", "c
 #: The segmentation section's model (issue 30): a torchvision segmentation model, random weights.
 SEGMENTATION_MODEL = "deeplabv3_mobilenet_v3_large"
 #: Sections run only when asked for (``--sections`` or their flag): minutes each.
-EXTRA_SECTIONS = ("default",)
+EXTRA_SECTIONS = ("default", "quantus")
 
 FULL = {"size": 224, "repeats": 5, "budget": 3.0, "images": 1,
         "settings": {"ig_steps": 100, "sg_samples": 50, "sg_sigma": 0.15, "syn_steps": 10,
@@ -48,7 +48,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto = cpu and cuda when available")
     p.add_argument("--cases", help=f"comma list of rows (default: all; quick: all but scorecam and ablationcam): {', '.join(ORDER)}")
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma list of %(default)s (the default), and default: "
-                   "the default gallery's cold build (--default-gallery)")
+                   "the default gallery's cold build (--default-gallery), quantus: each metric against Quantus 0.6")
     p.add_argument("--rebuild", action="store_true", help="only the incremental rebuild section")
     p.add_argument("--rebuild-manifest", help="'default' (the embedded default gallery, issue 5's measure) or a "
                    "manifest path (its site/ is rewritten); default: a small generated gallery")
@@ -272,6 +272,14 @@ def main(argv: list[str] | None = None) -> None:
         r = first.run(args.floor_passes or (200 if args.quick else first.PASSES), args.threads, args.keep_site)
         dump["default"] = r
         print(first_table(rep, r, judge=not args.quick), flush=True)
+    if "quantus" in sections:
+        from . import quantus
+
+        print("running the quantus section ...", file=sys.stderr, flush=True)
+        r = quantus.run(models[0], args.quick, args.seed, args.batch_size, cfg["repeats"], cfg["budget"],
+                        threads=args.threads)
+        dump["quantus"] = r
+        print(quantus.table(rep, r), flush=True)
     block = checks_block(rep)
     if block:
         print(block)

@@ -261,6 +261,22 @@ def test_results_do_not_depend_on_the_other_images_or_the_batch_size(work):
                                rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("call", [
+    lambda m, x, a, y, **kw: metrics.completeness(m, x, a, y, perturb_baseline=0.0, **kw)["relative_error"],
+    lambda m, x, a, y, **kw: metrics.average_drop(m, x, a[:, 0], y, **kw),
+    lambda m, x, a, y, **kw: metrics.faithfulness_correlation(m, x, a, y, nr_runs=5, subset_size=64, **kw),
+    lambda m, x, a, y, **kw: metrics.random_logit(m, x, "vanilla", y, num_classes=5, **kw),
+    lambda m, x, a, y, **kw: metrics.max_sensitivity(m, x, "vanilla", y, nr_samples=3, **kw),
+])
+def test_images_sharing_batches_score_as_each_image_alone(work, call):
+    """Clean passes, two-copy metrics and explanations share batches across images: an image's
+    value is its value alone (to float rounding)."""
+    model, x, maps, y, _ = work
+    full = call(model, x, maps, y)
+    alone = np.concatenate([call(model, x[i:i + 1], maps[i:i + 1], y[i:i + 1]) for i in range(3)])
+    np.testing.assert_allclose(full, alone, rtol=1e-6, atol=ATOL)
+
+
 def test_callable_targets_read_scores_and_refuse_confidence_in_one_line(work):
     model, x, maps, _, _ = work
     with pytest.raises(ValueError) as error:

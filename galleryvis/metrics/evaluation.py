@@ -13,8 +13,11 @@ normalised per image (Quantus divides by the batch's extremes); ``perturb_baseli
 a black photo in the model's input units, ``(0 - mean) / std`` (Quantus takes the tensor's
 minimum: pass a number to compare); ``"mean"`` is each image's own mean (Quantus's IROF takes
 the batch's); curve metrics return their area per image. A result never depends on the other
-images of the call (sufficiency aside, which compares them by definition): the perturbed
-copies of one image are run in batches of their own.
+images of the call (sufficiency aside, which compares them by definition) beyond float
+rounding: the perturbed copies of one image are run in batches of their own, while the clean
+passes of all images, and the two copies per image of completeness and Average Drop /
+Increase, share batches of ``batch_size`` rows; a robustness metric explains each image and
+its noisy copies in one call.
 
 Metrics:
 
@@ -122,12 +125,24 @@ def _trapezoid(curves: np.ndarray) -> np.ndarray:
     return np.trapezoid(curves, dx=1, axis=-1) if curves.shape[-1] > 1 else np.zeros(len(curves))
 
 
+#: Fewest copies a metric's call runs for its passes to be folded (:func:`galleryvis.engine.fold.folded`).
+FOLD_MIN_ROWS = 32
+
+
 class _Reader:
     """Runs perturbed copies of one image through the model in chunks and reads the target."""
 
     def __init__(self, run: Callable[[Tensor], object], objective: targets.Objective, softmax: bool,
-                 batch_size: int) -> None:
-        self.run, self.objective, self.softmax, self.batch_size = run, objective, softmax, batch_size
+                 batch_size: int, x: Tensor) -> None:
+        self.run, self.objective, self.softmax, self.batch_size, self.x = run, objective, softmax, batch_size, x
+        self._clean: np.ndarray | None = None
+
+    def clean(self, i: int) -> float:
+        """The target on the clean image ``i``: every image's clean pass is run at the first
+        call, together in chunks of ``batch_size``, instead of one pass of one image each."""
+        if self._clean is None:
+            self._clean = self.rows(range(len(self.x)), self.x)
+        return float(self._clean[i])
 
     def __call__(self, i: int, count: int, make: Callable[[int, int], Tensor]) -> np.ndarray:
         """The target's value on ``make(lo, hi)`` (copies ``lo ... hi-1`` of image ``i``), (count,) float64."""
@@ -140,18 +155,34 @@ class _Reader:
             values.append(out.double().cpu())
         return torch.cat(values).numpy() if values else np.zeros(0)
 
+    def rows(self, images: Sequence[int], inputs: Tensor) -> np.ndarray:
+        """The target on ``inputs`` (row ``k`` a copy of image ``images[k]``), all images' rows
+        together in chunks of ``batch_size``: for metrics with a few copies per image, where
+        chunks of one image's copies alone would run nearly empty. (rows,) float64."""
+        values = []
+        for lo in range(0, len(images), self.batch_size):
+            hi = min(lo + self.batch_size, len(images))
+            output = self.run(fast_layout(inputs[lo:hi]))
+            t = self.objective.rows(list(images[lo:hi]))
+            out = t.confidence(output) if self.softmax else t.score(output)
+            values.append(out.double().cpu())
+        return torch.cat(values).numpy() if values else np.zeros(0)
+
 
 @contextmanager
-def _reading(model: nn.Module, x: Tensor, target: Target, softmax: bool, batch_size: int, who: str
-             ) -> Iterator[_Reader]:
-    """The model prepared (eval mode, frozen, every forward folded) with the target bound to ``x``."""
+def _reading(model: nn.Module, x: Tensor, target: Target, softmax: bool, batch_size: int, who: str,
+             rows: int | None = None) -> Iterator[_Reader]:
+    """The model prepared (eval mode, frozen, every forward folded) with the target bound to
+    ``x``. ``rows``: the copies the call runs, when known; below :data:`FOLD_MIN_ROWS` the
+    passes run unfolded (folding costs a weight copy and two probe forwards)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    with prepared(model), torch.inference_mode(), folded(model, x[:1]) as runner:
+    fold = rows is None or rows >= FOLD_MIN_ROWS
+    with prepared(model), torch.inference_mode(), folded(model, x[:1], enabled=fold) as runner:
         objective = targets.resolve(target, runner, x, batch_size)
         if softmax:
             targets.require_confidence(objective, f"{who} (softmax=True)")
-        yield _Reader(runner, objective, softmax, batch_size)
+        yield _Reader(runner, objective, softmax, batch_size, x)
 
 
 def _progressive(read: _Reader, i: int, x: Tensor, step_of: Tensor, steps: int, baseline: Tensor | str
@@ -294,7 +325,7 @@ def region_perturbation(model: nn.Module, inputs: Tensor, maps: Tensor, target: 
             position = np.empty(count, dtype=np.int64)
             position[ordered] = np.arange(count)
             step_of = torch.as_tensor(position[patch] + 1, device=x.device).expand(c, h, w)
-            clean = read(i, 1, lambda lo, hi: x[i:i + 1])
+            clean = read.clean(i)
             curve = clean - _progressive(read, i, x[i], step_of, steps, base)
             out[i] = _trapezoid(curve[None])[0]
     return out
@@ -336,7 +367,7 @@ def monotonicity_correlation(model: nn.Module, inputs: Tensor, maps: Tensor, tar
     with _reading(model, x, target, softmax, batch_size, "monotonicity_correlation") as read:
         for i in range(len(x)):
             group_of = torch.as_tensor(ranks[i] // f, device=x.device).view(x.shape[1:])
-            y = read(i, 1, lambda lo, hi: x[i:i + 1])[0]
+            y = read.clean(i)
             if isinstance(base, str):
                 gen = torch.Generator().manual_seed(seed)
                 fills = torch.empty(draws, groups, dtype=torch.float64).uniform_(uniform_low, uniform_high,
@@ -393,7 +424,7 @@ def irof(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = None, 
             position = np.empty(count, dtype=np.int64)
             position[_descending(relevance)] = np.arange(count)
             step_of = torch.as_tensor(position[segments] + 1, device=x.device).expand(c, h, w)
-            y = read(i, 1, lambda lo, hi: x[i:i + 1])[0]
+            y = read.clean(i)
             curve = _progressive(read, i, x[i], step_of, count, base) / y
             out[i] = count - _trapezoid(curve[None])[0]
     return out
@@ -432,7 +463,7 @@ def faithfulness_correlation(model: nn.Module, inputs: Tensor, maps: Tensor, tar
                 idx = on_device[lo:hi]
                 return image.repeat(hi - lo, 1).scatter_(1, idx, fill[idx]).view(hi - lo, *x.shape[1:])
 
-            y = read(i, 1, lambda lo, hi: x[i:i + 1])[0]
+            y = read.clean(i)
             drops = y - read(i, nr_runs, make)
             out[i] = _pearson(flat[i][subsets.numpy()].sum(-1), drops)
     return out
@@ -460,7 +491,7 @@ def infidelity(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = 
     out = np.zeros(n)
     with _reading(model, x, target, softmax, batch_size, "infidelity") as read:
         for i in range(n):
-            y = read(i, 1, lambda lo, hi: x[i:i + 1])[0]
+            y = read.clean(i)
             removed = (a[i] * (x[i].double().cpu() - base.expand_as(x[i]).double().cpu())).flatten()
             for size in sizes:
                 step_of, steps = _squares(h, w, size)
@@ -508,7 +539,7 @@ def sufficiency(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target =
     if not isinstance(objective, targets.Class):
         raise ValueError(f"sufficiency compares predicted classes: it needs a class target (ints, one per image, "
                          f"or None), got {objective!r}")
-    with _reading(model, x, type(objective)(), False, batch_size, "sufficiency") as read:
+    with _reading(model, x, type(objective)(), False, batch_size, "sufficiency", rows=len(x)) as read:
         predicted = np.asarray(read.objective.index)
     if len(x) < 2:
         return np.full(len(x), np.nan)
@@ -561,17 +592,15 @@ def _sensitivities(model: nn.Module, inputs: Tensor, technique: str, target: Tar
     x = check_inputs(inputs).to(model_device(model))
     with prepared(model), torch.no_grad():
         objective = targets.resolve(target, model, x, batch_size)
+    drawn = noise(torch.Generator().manual_seed(seed), (nr_samples, *x.shape[1:])).to(x.dtype).to(x.device)
     out = np.empty((len(x), nr_samples))
-    for i in range(len(x)):  # one image at a time: its maps do not depend on the other images
-        clean = attribute(model, x[i:i + 1], technique, objective.image(i), layer, batch_size=batch_size, mean=mean,
-                          std=std, **params)
-        a = _maps(clean, x[i:i + 1], abs, normalise).reshape(-1)
-        drawn = noise(torch.Generator().manual_seed(seed), (nr_samples, *x.shape[1:])).to(x.dtype).to(x.device)
-        noisy = x[i] + drawn
-        again = attribute(model, noisy, technique, objective.image(i, nr_samples), layer, batch_size=batch_size,
-                          mean=mean, std=std, **params)
-        b = _maps(again, noisy, abs, normalise).reshape(nr_samples, -1)
-        flat = noisy.double().cpu().numpy().reshape(nr_samples, -1)
+    for i in range(len(x)):  # one call per image, its clean copy first: its maps do not depend on the other images
+        both = torch.cat([x[i:i + 1], x[i] + drawn])
+        maps = attribute(model, both, technique, objective.image(i, nr_samples + 1), layer, batch_size=batch_size,
+                         mean=mean, std=std, **params)
+        a = _maps(maps[:1], both[:1], abs, normalise).reshape(-1)
+        b = _maps(maps[1:], both[1:], abs, normalise).reshape(nr_samples, -1)
+        flat = both[1:].double().cpu().numpy().reshape(nr_samples, -1)
         out[i] = ratio(a, b, x[i].double().cpu().numpy().reshape(-1), flat)
     return out
 
@@ -679,13 +708,16 @@ def random_logit(model: nn.Module, inputs: Tensor, technique: str, target: Targe
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
     tparams = {**(technique_params or {}), **params}
+    draw = int(np.random.RandomState(seed).randint(0, num_classes - 1, 1)[0])
+    own = [int(objective.at(i).index) for i in range(len(x))]
+    other = [draw + (draw >= c) for c in own]  # the other classes, in order, without the target's
+    pairs = x.repeat_interleave(2, dim=0)  # every image's two maps in one call
+    maps = attribute(model, pairs, technique, [c for pair in zip(own, other) for c in pair], layer,
+                     batch_size=batch_size, mean=mean, std=std, **tparams)
+    flat = _maps(maps, pairs, abs, normalise).reshape(len(x), 2, -1)
     out = np.empty(len(x))
     for i in range(len(x)):
-        own = objective.at(i).index
-        other = int(np.random.RandomState(seed).randint(0, num_classes - 1, 1)[0])
-        other += other >= own  # the other classes, in order, without the target's
-        a, b = (_maps(attribute(model, x[i:i + 1], technique, c, layer, batch_size=batch_size, mean=mean, std=std,
-                                **tparams), x[i:i + 1], abs, normalise).reshape(-1) for c in (own, other))
+        a, b = flat[i]
         both = np.concatenate([a, b])
         out[i] = structural_similarity(a, b, data_range=float(both.max() - both.min()))
     return out
@@ -716,12 +748,13 @@ def completeness(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target 
         raise ValueError("completeness needs a constant perturb_baseline")
     total = _maps(maps, x, abs, normalise).reshape(len(x), -1)
     out = np.empty(len(x), dtype=COMPLETENESS)
-    with _reading(model, x, target, softmax, batch_size, "completeness") as read:
-        for i in range(len(x)):
-            both = read(i, 2, lambda lo, hi: torch.stack([x[i], base.expand_as(x[i])])[lo:hi])
-            diff = np.float32(both[0]) - np.float32(both[1])
-            out[i] = (total[i].astype(np.float32).sum() == diff,
-                      np.abs(total[i].sum() - (both[0] - both[1])) / np.abs(both[0] - both[1]))
+    n = len(x)
+    with _reading(model, x, target, softmax, batch_size, "completeness", rows=2 * n) as read:
+        values = read.rows([*range(n), *range(n)], torch.cat([x, base.expand_as(x)]))
+    y, yb = values[:n], values[n:]
+    for i in range(n):
+        out[i] = (total[i].astype(np.float32).sum() == np.float32(y[i]) - np.float32(yb[i]),
+                  np.abs(total[i].sum() - (y[i] - yb[i])) / np.abs(y[i] - yb[i]))
     return out
 
 
@@ -742,11 +775,10 @@ def _masked_scores(model: nn.Module, inputs: Tensor, maps: Tensor, target: Targe
     low = m.amin((1, 2), keepdim=True)
     m = (m - low) / ((m - low).amax((1, 2), keepdim=True) + 1e-8)
     m = F.interpolate(m[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False).to(x)
-    clean, masked = np.empty(len(x)), np.empty(len(x))
-    with _reading(model, x, target, softmax, batch_size, who) as read:
-        for i in range(len(x)):
-            clean[i], masked[i] = read(i, 2, lambda lo, hi: torch.stack([x[i], m[i] * x[i]])[lo:hi])
-    return clean, masked
+    n = len(x)
+    with _reading(model, x, target, softmax, batch_size, who, rows=2 * n) as read:
+        values = read.rows([*range(n), *range(n)], torch.cat([x, m * x]))
+    return values[:n], values[n:]
 
 
 def average_drop(model: nn.Module, inputs: Tensor, maps: Tensor, target: Target = None, *, softmax: bool = True,
