@@ -12,6 +12,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from galleryvis.engine.chunking import FORWARD_BATCH_FACTOR
+
 from . import peers, seed_style
 from .common import Skip, frozen, is_sequential
 
@@ -91,9 +93,9 @@ class Case:
 SWEEP = (1, 4)
 
 
-def _ours_setting(technique: str, multiple: int = 1, **mapping: str) -> Callable[[Bench], Callable[[], object]]:
+def _ours_setting(technique: str, multiple: float = 1, **mapping: str) -> Callable[[Bench], Callable[[], object]]:
     """galleryvis with parameters taken from ``Bench.settings`` (``param=setting_name``), at
-    ``batch_size = multiple`` × ``--batch-size``."""
+    ``batch_size = multiple`` × ``--batch-size`` (at least 1)."""
     def make(b: Bench) -> Callable[[], object]:
         import galleryvis
         from galleryvis import registry
@@ -102,18 +104,20 @@ def _ours_setting(technique: str, multiple: int = 1, **mapping: str) -> Callable
             raise Skip(f"technique {technique!r} is not registered yet")
         params = {k: b.layer if v == "@layer" else b.settings[v] if v in b.settings else v
                   for k, v in mapping.items()}
-        return lambda: galleryvis.attribute(b.model, b.x, technique, b.objective, batch_size=multiple * b.batch_size,
+        batch = max(1, int(multiple * b.batch_size))
+        return lambda: galleryvis.attribute(b.model, b.x, technique, b.objective, batch_size=batch,
                                             **b.normalization, **params)
     return make
 
 
 def _ours_sweep(technique: str, label: str = "galleryvis.attribute", *, layer: bool = False,
-                **mapping: str) -> tuple[Impl, ...]:
-    """galleryvis at each :data:`SWEEP` batch setting, one row each; the report judges its best."""
+                multiples: tuple[float, ...] = SWEEP, **mapping: str) -> tuple[Impl, ...]:
+    """galleryvis at each batch setting of ``multiples`` (:data:`SWEEP`), one row each; the report
+    judges its best."""
     if layer:
         mapping = {**mapping, "layer": "@layer"}
-    return tuple(Impl(f"galleryvis_x{m}", f"{label}, batch_size {m}× --batch-size", "galleryvis",
-                      _ours_setting(technique, m, **mapping)) for m in SWEEP)
+    return tuple(Impl(f"galleryvis_x{m:g}", f"{label}, batch_size {m:g}× --batch-size", "galleryvis",
+                      _ours_setting(technique, m, **mapping)) for m in multiples)
 
 
 def _ours_many(b: Bench) -> Callable[[], object]:
@@ -322,7 +326,9 @@ DETECTION: dict[str, Case] = {c.key: c for c in [
               detect=True),
     ), agreement=0.99),
     Case("detect_drise", lambda s: f"D-RISE, {s['drise_masks']} masks, best detection", (
-        *_ours_sweep("drise", "galleryvis.attribute(target=Detection())", masks="drise_mask_tensor"),
+        # galleryvis runs 4x batch_size masked copies per forward: ¼× and 1× give the peer's counts
+        *_ours_sweep("drise", "galleryvis.attribute(target=Detection())", masks="drise_mask_tensor",
+                     multiples=(1 / FORWARD_BATCH_FACTOR, 1)),
         *_peer_sweep(peers.torch_drise, "the paper's formula in plain PyTorch, masked copies per forward",
                      detect=True, masks="drise_mask_tensor"),
     ), gradient=False, floor=lambda s: (s["drise_masks"], "forward_bs"), agreement=0.99),
