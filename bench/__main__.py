@@ -16,24 +16,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cases import ORDER, PER_CHANNEL, SEGMENT_ROWS
+from .cases import DETECT_ROWS, ORDER, PER_CHANNEL, SEGMENT_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("attribution", "segmentation", "metrics", "synthesis", "rebuild", "cluster")
+SECTIONS = ("attribution", "segmentation", "detection", "metrics", "synthesis", "rebuild", "cluster")
 #: The segmentation section's model (issue 30): a torchvision segmentation model, random weights.
 SEGMENTATION_MODEL = "deeplabv3_mobilenet_v3_large"
+#: The detection section's model (issue 31), full run and quick: a torchvision detector, random weights.
+DETECTION_MODELS = {"full": "fasterrcnn_resnet50_fpn", "quick": "fasterrcnn_mobilenet_v3_large_fpn"}
 #: Sections run only when asked for (``--sections`` or their flag): minutes each.
 EXTRA_SECTIONS = ("default", "quantus")
 
 FULL = {"size": 224, "repeats": 5, "budget": 3.0, "images": 1,
         "settings": {"ig_steps": 100, "sg_samples": 50, "sg_sigma": 0.15, "syn_steps": 10,
                      "occ_window": 32, "occ_stride": 16, "rise_masks": 1000, "gs_samples": 50, "gs_stdev": 0.1,
-                     "shap_samples": 256, "shap_segments": 49},
+                     "shap_samples": 256, "shap_segments": 49, "drise_masks": 256, "drise_cells": 16},
         "cases": list(ORDER)}
 QUICK = {"size": 112, "repeats": 2, "budget": 1.0, "images": 1,
          "settings": {"ig_steps": 8, "sg_samples": 4, "sg_sigma": 0.15, "syn_steps": 3,
                       "occ_window": 32, "occ_stride": 16, "rise_masks": 32, "gs_samples": 4, "gs_stdev": 0.1,
-                      "shap_samples": 16, "shap_segments": 16},
+                      "shap_samples": 16, "shap_segments": 16, "drise_masks": 64, "drise_cells": 16},
          "cases": [c for c in ORDER if c not in PER_CHANNEL]}
 
 
@@ -45,6 +47,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    "%(default)s; the issue's seed numbers for IG and SmoothGrad were taken on AlexNet)")
     p.add_argument("--seg-model", default=SEGMENTATION_MODEL, help="the segmentation section's torchvision "
                    "segmentation model (default %(default)s; also fcn_resnet50, lraspp_mobilenet_v3_large, ...)")
+    p.add_argument("--det-model", help="the detection section's torchvision detector (default "
+                   f"{DETECTION_MODELS['full']}; quick {DETECTION_MODELS['quick']}; also retinanet_resnet50_fpn, ...)")
+    p.add_argument("--drise-masks", type=int, help="D-RISE's masks in the detection section (default 256; quick 64)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto = cpu and cuda when available")
     p.add_argument("--cases", help=f"comma list of rows (default: all; quick: all but scorecam and ablationcam): {', '.join(ORDER)}")
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma list of %(default)s (the default), and default: "
@@ -175,6 +180,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg["settings"]["ig_steps"] = args.ig_steps
     if args.sg_samples:
         cfg["settings"]["sg_samples"] = args.sg_samples
+    if args.drise_masks:
+        cfg["settings"]["drise_masks"] = args.drise_masks
+    det_model = args.det_model or DETECTION_MODELS["quick" if args.quick else "full"]
     if args.cases:
         cfg["cases"] = [c.strip() for c in args.cases.split(",") if c.strip()]
         unknown = set(cfg["cases"]) - set(ORDER)
@@ -201,6 +209,10 @@ def main(argv: list[str] | None = None) -> None:
             torchvision.models.segmentation):
         sys.exit(f"error: --seg-model {args.seg_model!r} is not a torchvision segmentation model; known: "
                  f"{', '.join(torchvision.models.list_models(torchvision.models.segmentation))}")
+
+    if "detection" in sections and det_model not in torchvision.models.list_models(torchvision.models.detection):
+        sys.exit(f"error: --det-model {det_model!r} is not a torchvision detector; known: "
+                 f"{', '.join(torchvision.models.list_models(torchvision.models.detection))}")
 
     from .report import Report, checks_block, cluster_table, extras_table, first_table, model_table, rebuild_table
 
@@ -241,6 +253,19 @@ def main(argv: list[str] | None = None) -> None:
                     "repeats": cfg["repeats"], "budget": cfg["budget"], "settings": cfg["settings"],
                     "cases": rows, "extras": [], "seed_scorecam": False, "clock": args.clock}
             print(f"running {args.seg_model} on {device} ...", file=sys.stderr, flush=True)
+            records = _run_model(spec, args.isolate, log)
+            dump["runs"].append({"spec": spec, "records": records})
+            print(model_table(rep, records, settings), flush=True)
+    if "detection" in sections:
+        rows = [row for case, row in DETECT_ROWS.items() if case in cfg["cases"]]
+        if not rows:
+            print(f"detection: skipped (its rows are {', '.join(DETECT_ROWS)}; --cases has neither)", flush=True)
+        for device in devices(args.device) if rows else []:
+            spec = {"model": det_model, "device": device, "size": cfg["size"], "images": cfg["images"],
+                    "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
+                    "repeats": cfg["repeats"], "budget": cfg["budget"], "settings": cfg["settings"],
+                    "cases": rows, "extras": [], "seed_scorecam": False, "clock": args.clock}
+            print(f"running {det_model} on {device} ...", file=sys.stderr, flush=True)
             records = _run_model(spec, args.isolate, log)
             dump["runs"].append({"spec": spec, "records": records})
             print(model_table(rep, records, settings), flush=True)

@@ -12,6 +12,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from galleryvis.engine.chunking import FORWARD_BATCH_FACTOR
+
 from . import peers, seed_style
 from .common import Skip, frozen, is_sequential
 
@@ -24,7 +26,9 @@ class Bench:
 
     A segmentation model's ``targets`` are each image's top-1 class and ``masks`` (N, H, W) bool
     its region (the pixels the model assigns to that class), which the peers are given;
-    galleryvis gets ``targets.Segment()`` and finds them itself (:attr:`objective`).
+    galleryvis gets ``targets.Segment()`` and finds them itself (:attr:`objective`). A
+    detector's are each image's best detection, its label and ``boxes`` (N, 4); galleryvis gets
+    ``targets.Detection()`` and its inputs' normalization (:attr:`normalization`: pixels in [0, 1]).
     """
 
     model: nn.Module
@@ -34,6 +38,14 @@ class Bench:
     batch_size: int
     settings: dict[str, Any] = field(default_factory=dict)
     masks: Tensor | None = None
+    boxes: Tensor | None = None
+
+    @property
+    def normalization(self) -> dict[str, Any]:
+        """galleryvis's ``mean`` and ``std`` where the inputs are not ImageNet-normalized (a detector's)."""
+        from .common import RAW
+
+        return {} if self.boxes is None else RAW
 
     @property
     def sequential(self) -> bool:
@@ -43,10 +55,12 @@ class Bench:
     def objective(self) -> Any:
         """What galleryvis is asked to explain: the classes, or for a segmentation model each
         image's top-1 class over its region, left to galleryvis to resolve (``Segment()``)."""
+        from galleryvis.targets import Detection, Segment
+
+        if self.boxes is not None:
+            return Detection()
         if self.masks is None:
             return self.targets
-        from galleryvis.targets import Segment
-
         return Segment()
 
 
@@ -79,9 +93,9 @@ class Case:
 SWEEP = (1, 4)
 
 
-def _ours_setting(technique: str, multiple: int = 1, **mapping: str) -> Callable[[Bench], Callable[[], object]]:
+def _ours_setting(technique: str, multiple: float = 1, **mapping: str) -> Callable[[Bench], Callable[[], object]]:
     """galleryvis with parameters taken from ``Bench.settings`` (``param=setting_name``), at
-    ``batch_size = multiple`` × ``--batch-size``."""
+    ``batch_size = multiple`` × ``--batch-size`` (at least 1)."""
     def make(b: Bench) -> Callable[[], object]:
         import galleryvis
         from galleryvis import registry
@@ -90,18 +104,20 @@ def _ours_setting(technique: str, multiple: int = 1, **mapping: str) -> Callable
             raise Skip(f"technique {technique!r} is not registered yet")
         params = {k: b.layer if v == "@layer" else b.settings[v] if v in b.settings else v
                   for k, v in mapping.items()}
-        return lambda: galleryvis.attribute(b.model, b.x, technique, b.objective, batch_size=multiple * b.batch_size,
-                                            **params)
+        batch = max(1, int(multiple * b.batch_size))
+        return lambda: galleryvis.attribute(b.model, b.x, technique, b.objective, batch_size=batch,
+                                            **b.normalization, **params)
     return make
 
 
 def _ours_sweep(technique: str, label: str = "galleryvis.attribute", *, layer: bool = False,
-                **mapping: str) -> tuple[Impl, ...]:
-    """galleryvis at each :data:`SWEEP` batch setting, one row each; the report judges its best."""
+                multiples: tuple[float, ...] = SWEEP, **mapping: str) -> tuple[Impl, ...]:
+    """galleryvis at each batch setting of ``multiples`` (:data:`SWEEP`), one row each; the report
+    judges its best."""
     if layer:
         mapping = {**mapping, "layer": "@layer"}
-    return tuple(Impl(f"galleryvis_x{m}", f"{label}, batch_size {m}× --batch-size", "galleryvis",
-                      _ours_setting(technique, m, **mapping)) for m in SWEEP)
+    return tuple(Impl(f"galleryvis_x{m:g}", f"{label}, batch_size {m:g}× --batch-size", "galleryvis",
+                      _ours_setting(technique, m, **mapping)) for m in multiples)
 
 
 def _ours_many(b: Bench) -> Callable[[], object]:
@@ -120,15 +136,15 @@ def _ours_layer(technique: str) -> Callable[[Bench], Callable[[], object]]:
         if technique not in registry.names():
             raise Skip(f"technique {technique!r} is not registered yet")
         return lambda: galleryvis.attribute(b.model, b.x, technique, b.objective, b.layer,
-                                            batch_size=b.batch_size)
+                                            batch_size=b.batch_size, **b.normalization)
     return make
 
 
 def _call(fn: Callable[..., object], *, layer: bool = False, batch: int = 0, segment: bool = False,
-          **mapping: str) -> Callable[[Bench], Callable[[], object]]:
-    """A seed-style or peer runner ``fn(model, x, targets, [masks], [layer], **settings)``, given
-    ``batch_size = batch`` × ``--batch-size`` unless ``batch`` is 0, and the segmentation regions
-    (``masks``) when ``segment``."""
+          detect: bool = False, **mapping: str) -> Callable[[Bench], Callable[[], object]]:
+    """A seed-style or peer runner ``fn(model, x, targets, [masks], [boxes], [layer], **settings)``,
+    given ``batch_size = batch`` × ``--batch-size`` unless ``batch`` is 0, the segmentation regions
+    (``masks``) when ``segment`` and the detections' boxes (``boxes``) when ``detect``."""
     def make(b: Bench) -> Callable[[], object]:
         kwargs: dict[str, Any] = {k: b.settings[v] for k, v in mapping.items()}
         if layer and b.settings["reshape"] is not None and "reshape_transform" not in mapping:
@@ -137,6 +153,10 @@ def _call(fn: Callable[..., object], *, layer: bool = False, batch: int = 0, seg
             if b.masks is None:
                 raise Skip("it explains a segmentation model's region, and this model has none")
             kwargs["masks"] = b.masks
+        if detect:
+            if b.boxes is None:
+                raise Skip("it explains a detector's detection, and this model has none")
+            kwargs["boxes"] = b.boxes
         if layer:
             kwargs["layer"] = b.layer
         if batch:
@@ -149,7 +169,7 @@ def _probe_peer(fn: Callable[..., object], make: Callable[[Bench], Callable[[], 
                 ) -> Callable[[Bench], Callable[[], object]]:
     """Fail early (Skip) when the peer's package is missing."""
     def wrapped(b: Bench) -> Callable[[], object]:
-        module = {"captum": "captum", "gradcam": "pytorch_grad_cam"}[fn.__name__.split("_")[0]]
+        module = {"captum": "captum", "gradcam": "pytorch_grad_cam", "torch": "torch"}[fn.__name__.split("_")[0]]
         peers._need(module)  # noqa: SLF001
         return make(b)
     return wrapped
@@ -296,17 +316,43 @@ SEGMENT_ROWS = {"gradcam": "segment_gradcam", "integrated_gradients": "segment_i
 SEGMENT_ORDER = tuple(SEGMENT_ROWS.values())
 CASES.update(SEGMENTATION)
 
+#: The detection section's rows: a torchvision detector explained for each image's best
+#: detection (galleryvis: ``targets.Detection()``; the others: its label and box, found once
+#: before timing). D-RISE's masks are the same tensor on both sides (``drise_masks`` of them).
+DETECTION: dict[str, Case] = {c.key: c for c in [
+    Case("detect_gradcam", lambda s: "Grad-CAM, best detection", (
+        Impl("galleryvis", "galleryvis.attribute(target=Detection())", "galleryvis", _ours_layer("gradcam")),
+        _peer(peers.gradcam_detect_gradcam, "pytorch-grad-cam GradCAM + FasterRCNNBoxScoreTarget", layer=True,
+              detect=True),
+    ), agreement=0.99),
+    Case("detect_drise", lambda s: f"D-RISE, {s['drise_masks']} masks, best detection", (
+        # galleryvis runs 4x batch_size masked copies per forward: ¼× and 1× give the peer's counts
+        *_ours_sweep("drise", "galleryvis.attribute(target=Detection())", masks="drise_mask_tensor",
+                     multiples=(1 / FORWARD_BATCH_FACTOR, 1)),
+        *_peer_sweep(peers.torch_drise, "the paper's formula in plain PyTorch, masked copies per forward",
+                     detect=True, masks="drise_mask_tensor"),
+    ), gradient=False, floor=lambda s: (s["drise_masks"], "forward_bs"), agreement=0.99),
+]}
+#: The classifier rows the detection rows stand for (``--cases rise`` selects D-RISE).
+DETECT_ROWS = {"gradcam": "detect_gradcam", "rise": "detect_drise"}
+DETECT_ORDER = tuple(DETECT_ROWS.values())
+CASES.update(DETECTION)
 
-def input_gradient(model: nn.Module, x: Tensor, targets: list[int], masks: Tensor | None = None) -> Tensor:
+
+def input_gradient(model: nn.Module, x: Tensor, targets: list[int], masks: Tensor | None = None,
+                   boxes: Tensor | None = None) -> Tensor:
     """One forward + backward w.r.t. the input only, parameters frozen: the cost floor. The score
-    is each row's class logit, or with ``masks`` (N, H, W) its class logits summed over the mask."""
+    is each row's class logit, or with ``masks`` (N, H, W) its class logits summed over the mask,
+    or with ``boxes`` (N, 4) a detector's box score of the detection of that label and box."""
     from galleryvis.tasks import spatial_logits
 
     xg = x.detach().requires_grad_(True)
     classes = torch.tensor(targets, device=x.device)
     with frozen(model), torch.enable_grad():
         out = model(xg)
-        if masks is None:
+        if boxes is not None:
+            score = peers.box_scores(out, classes, boxes)
+        elif masks is None:
             score = out.gather(1, classes[:, None])
         else:
             score = peers.segment_scores(spatial_logits(out), classes, masks.float())

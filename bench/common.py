@@ -29,11 +29,13 @@ class Skip(Exception):
 SEGMENTATION_CLASSES = 21
 
 
-def build_model(name: str, seed: int, device: torch.device) -> nn.Module:
+def build_model(name: str, seed: int, device: torch.device, size: int | None = None) -> nn.Module:
     """A torchvision classifier or segmentation model (``fcn_*``, ``deeplabv3_*``, ``lraspp_*``:
     :data:`SEGMENTATION_CLASSES` classes, no backbone weights either) with ``weights=None``
     (``timm:NAME``: a timm one without its pretrained weights), initialized from ``seed``, in
-    eval mode."""
+    eval mode. A torchvision detector (``torchvision.models.detection``) has no backbone weights
+    either, ``box_score_thresh=0`` (random weights still give boxes) and, given ``size``, that
+    size as its transform's ``min_size`` and ``max_size`` (the photos are not upscaled to 800 px)."""
     import torchvision
 
     from galleryvis.tasks import TORCHVISION_SEGMENTATION
@@ -46,6 +48,10 @@ def build_model(name: str, seed: int, device: torch.device) -> nn.Module:
     if name.startswith(TORCHVISION_SEGMENTATION):
         model = torchvision.models.get_model(name, weights=None, weights_backbone=None,
                                              num_classes=SEGMENTATION_CLASSES)
+    elif name in torchvision.models.list_models(torchvision.models.detection):
+        sizes = {} if size is None else {"min_size": size, "max_size": size}
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None, box_score_thresh=0.0,
+                                             **sizes)
     else:
         model = torchvision.models.get_model(name, weights=None)
     return model.eval().to(device)
@@ -84,15 +90,30 @@ def segment_targets(model: nn.Module, x: torch.Tensor) -> tuple[list[int], torch
     return classes, labels == torch.tensor(classes, device=labels.device)[:, None, None]
 
 
-def load_inputs(n: int, size: int, device: torch.device) -> torch.Tensor:
-    """``n`` bundled photos (cycled), centre-cropped to ``size``, ImageNet-normalized: (n,3,size,size)."""
+#: A detector's input normalization: pixels in [0, 1] (torchvision's detectors normalize inside).
+RAW = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
+
+def detection_targets(model: nn.Module, x: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    """Each image's best detection as the detection tutorials find it: one forward, the detection
+    of highest score: the labels and the boxes (N, 4) in pixels."""
+    with torch.no_grad():
+        out = model(x)
+    best = [int(o["scores"].argmax()) for o in out]
+    return [int(o["labels"][i]) for o, i in zip(out, best)], torch.stack([o["boxes"][i] for o, i in zip(out, best)])
+
+
+def load_inputs(n: int, size: int, device: torch.device, raw: bool = False) -> torch.Tensor:
+    """``n`` bundled photos (cycled), centre-cropped to ``size``, ImageNet-normalized (``raw``:
+    pixels in [0, 1], as a detector takes them): (n,3,size,size)."""
     from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
     from galleryvis.storage.images import fit, load_image, to_tensor
 
     paths = sorted(p for p in IMAGES_DIR.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise FileNotFoundError(f"no images in {IMAGES_DIR}")
-    imgs = [to_tensor(fit(load_image(paths[i % len(paths)]), size), IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = (RAW["mean"], RAW["std"]) if raw else (IMAGENET_MEAN, IMAGENET_STD)
+    imgs = [to_tensor(fit(load_image(paths[i % len(paths)]), size), mean, std)
             for i in range(n)]
     return torch.stack([t[0] if t.dim() == 4 else t for t in imgs]).to(device)
 

@@ -278,3 +278,56 @@ def gradcam_segment_gradcam(model: nn.Module, x: Tensor, targets: list[int], mas
     cams = [SemanticSegmentationTarget(c, m.float().cpu().numpy()) for c, m in zip(targets, masks)]
     with pytorch_grad_cam.GradCAM(model=SegmentationOutput(model), target_layers=[resolve_layer(model, layer)]) as cam:
         return torch.from_numpy(cam(input_tensor=x, targets=cams))
+
+
+# -- detection: each image's best detection --------------------------------------------------
+
+
+def box_scores(output: list[dict[str, Tensor]], labels: Tensor, boxes: Tensor) -> Tensor:
+    """pytorch-grad-cam's ``FasterRCNNBoxScoreTarget`` for each image's reference detection: the
+    score plus the IoU of the detection of highest IoU with ``boxes[i]`` when that IoU is > 0.5
+    and its label is ``labels[i]``, else 0 (connected to the graph); (N,)."""
+    from torchvision.ops import box_iou
+
+    out = []
+    for o, label, box in zip(output, labels, boxes):
+        ious = box_iou(box[None], o["boxes"])[0] if len(o["boxes"]) else o["scores"][:0]
+        i = ious.argmax() if len(ious) else None
+        hit = i is not None and ious[i] > 0.5 and o["labels"][i] == label
+        out.append(ious[i] + o["scores"][i] if hit else o["scores"].sum() * 0)
+    return torch.stack(out)
+
+
+def gradcam_detect_gradcam(model: nn.Module, x: Tensor, targets: list[int], boxes: Tensor, layer: str) -> Tensor:
+    """pytorch-grad-cam's Faster R-CNN tutorial: GradCAM with one ``FasterRCNNBoxScoreTarget(labels,
+    boxes)`` per image, the detector called as it is (it runs the whole batch in one call: no
+    batch setting)."""
+    _need("pytorch_grad_cam")
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+
+    cams = [FasterRCNNBoxScoreTarget([t], [b.detach().cpu().numpy()]) for t, b in zip(targets, boxes)]
+    with pytorch_grad_cam.GradCAM(model=model, target_layers=[resolve_layer(model, layer)]) as cam:
+        return torch.from_numpy(cam(input_tensor=x, targets=cams))
+
+
+def torch_drise(model: nn.Module, x: Tensor, targets: list[int], boxes: Tensor, masks: Tensor,
+                batch_size: int) -> Tensor:
+    """D-RISE (Petsiuk et al. 2021, eq. 2 and 3) in plain PyTorch for each image's reference
+    detection (label ``targets[i]``, box ``boxes[i]``): ``batch_size`` masked copies per forward
+    under ``torch.inference_mode``, w = max_j IoU(L_t, L_j) cos(P_t, P_j) over each copy's
+    detections (a torchvision detection's class vector is its score at its label: the cosine is
+    1 for the same label, 0 for another), the map sum_i w_i M_i / M. ``masks`` (M, 1, H, W)."""
+    from torchvision.ops import box_iou
+
+    maps = []
+    with torch.inference_mode():
+        for xi, label, box in zip(x, targets, boxes):
+            total = torch.zeros(masks.shape[-2:], device=x.device)
+            for start in range(0, len(masks), batch_size):
+                m = masks[start:start + batch_size]
+                w = torch.stack([(box_iou(box[None], d["boxes"])[0] * (d["labels"] == label)).max()
+                                 if len(d["boxes"]) else box.new_zeros(()) for d in model(xi[None] * m)])
+                total += (w[:, None, None] * m[:, 0]).sum(0)
+            maps.append(total / len(masks))
+    return torch.stack(maps)

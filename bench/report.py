@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cases import CASES, ORDER, PER_CHANNEL, SEGMENT_ORDER
+from .cases import CASES, DETECT_ORDER, ORDER, PER_CHANNEL, SEGMENT_ORDER
 from .common import SEGMENTATION_CLASSES as CLASSES
 
 
@@ -97,6 +97,11 @@ def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, 
         lines.append(f"{info['params_m']:.1f} M parameters (weights=None, {CLASSES} classes, seed {settings['seed']}, "
                      f"batch-norm statistics of the bundled photos), CAM layer `{info['layer']}`, targets: each "
                      f"image's top-1 segment, its class and the share of pixels the model gives it: {regions}")
+    elif info and "boxes" in info:
+        best = ", ".join(f"{c} [{', '.join(f'{v:.0f}' for v in b)}]" for c, b in zip(info["targets"], info["boxes"]))
+        lines.append(f"{info['params_m']:.1f} M parameters (weights=None, no backbone weights, box_score_thresh 0, "
+                     f"seed {settings['seed']}), CAM layer `{info['layer']}`, targets: each image's best detection, "
+                     f"its label and box: {best}")
     elif info:
         lines.append(f"{info['params_m']:.1f} M parameters (weights=None, seed {settings['seed']}), "
                      f"CAM layer `{info['layer']}`, targets {info['targets']} (top-1)")
@@ -112,7 +117,7 @@ def model_table(rep: Report, records: list[dict[str, Any]], settings: dict[str, 
     headers = ["technique", "implementation", "s/image", "peak MB", "speedup", "runs", "target"]
     rows: list[list[str]] = []
     agreements: list[str] = []
-    for key in ORDER + SEGMENT_ORDER:
+    for key in ORDER + SEGMENT_ORDER + DETECT_ORDER:
         if key in skipped:
             continue
         rs = results.get(key)

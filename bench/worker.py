@@ -21,8 +21,8 @@ import torch
 from galleryvis.hooks import capture, resolve_layer
 
 from .cases import CASES, PER_CHANNEL, Bench, input_gradient
-from .common import (PeakMemory, Skip, build_model, calibrate, frozen, load_inputs, measure, segment_targets,
-                     timed, use_clock)
+from .common import (PeakMemory, Skip, build_model, calibrate, detection_targets, frozen, load_inputs, measure,
+                     segment_targets, timed, use_clock)
 
 #: Photos a segmentation model's batch-norm statistics are taken from (the four bundled ones).
 CALIBRATION_IMAGES = 4
@@ -54,16 +54,19 @@ def run(spec: dict[str, Any]) -> None:
     from galleryvis.engine.layers import default_layer, fixed_input_size, grids_of, probe
 
     _preload()
-    model = build_model(spec["model"], spec["seed"], device)
+    model = build_model(spec["model"], spec["seed"], device, spec["size"])
+    task = tasks.of_model(model)
     fixed = fixed_input_size(model)  # a ViT takes one size: --quick's 112 px would not run
     if fixed is not None and fixed[0] != fixed[1]:
         raise ValueError(f"{spec['model']} takes only {fixed[0]}x{fixed[1]} inputs; the bench's photos are square")
     size = spec["size"] if fixed is None else fixed[0]
-    x = load_inputs(spec["images"], size, device)
-    masks = None
-    if tasks.of_model(model) == "segmentation":
+    x = load_inputs(spec["images"], size, device, raw=task == "detection")
+    masks = boxes = None
+    if task == "segmentation":
         calibrate(model, load_inputs(CALIBRATION_IMAGES, size, device))
         targets, masks = segment_targets(model, x)
+    elif task == "detection":
+        targets, boxes = detection_targets(model, x)
     else:
         with torch.no_grad():
             targets = model(x).argmax(1).tolist()
@@ -74,12 +77,19 @@ def run(spec: dict[str, Any]) -> None:
         raise grid
     # grad-cam's documented reshape transform where the layer is not (N, C, H, W): a ViT's tokens
     reshape = None if grid.layout == "channels_first" else grid.nchw
-    bench = Bench(model, x, targets, layer, bs, {**spec["settings"], "reshape": reshape}, masks)
+    settings = {**spec["settings"], "reshape": reshape}
+    if task == "detection":  # D-RISE's masks, one tensor for every implementation
+        from galleryvis.attribution.perturbation import rise_masks
+
+        settings["drise_mask_tensor"] = rise_masks("drise", settings["drise_masks"], settings["drise_cells"], 0.5,
+                                                   spec["seed"], tuple(x.shape[-2:]))(slice(None)).to(device)
+    bench = Bench(model, x, targets, layer, bs, settings, masks, boxes)
     n = x.shape[0]
 
     def fwdbwd(xs: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """The plain pass on ``xs``, whose rows are those images' copies (their targets, regions)."""
-        return input_gradient(model, xs, [targets[i] for i in rows], None if masks is None else masks[rows])
+        return input_gradient(model, xs, [targets[i] for i in rows], None if masks is None else masks[rows],
+                              None if boxes is None else boxes[rows])
 
     # warm-up: allocator and kernels at batch 1 and at the chunk size
     xb = x[:1].expand(bs, -1, -1, -1).contiguous()
@@ -104,8 +114,9 @@ def run(spec: dict[str, Any]) -> None:
             emit(r)
     emit({"type": "info", "model": spec["model"], "device": str(device), "size": size, "layer": layer, "targets": targets,
           "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "threads": torch.get_num_threads(),
-          "galleryvis": getattr(galleryvis, "__version__", "?"), "task": tasks.of_model(model),
-          **({} if masks is None else {"regions": masks.float().mean((1, 2)).tolist()})})
+          "galleryvis": getattr(galleryvis, "__version__", "?"), "task": task,
+          **({} if masks is None else {"regions": masks.float().mean((1, 2)).tolist()}),
+          **({} if boxes is None else {"boxes": boxes.tolist()})})
 
     for case_key in spec["cases"]:
         case = CASES[case_key]

@@ -314,3 +314,19 @@ def test_iou_is_torchvisions_and_zero_for_boxes_of_no_area() -> None:
     ref = targets.Detection().resolve([{"boxes": flat[:1], "labels": torch.tensor([1]),
                                         "scores": torch.tensor([0.5])}]).reference()[0]
     assert float(similarity(Detections(flat, torch.tensor([1, 1]), torch.tensor([0.5, 0.4])), ref)) == 0.0
+
+
+def test_drise_on_a_detector_with_batch_norm_spends_no_pass_on_folding() -> None:
+    """Folding is checked on a probe's logits and a detector gives none: D-RISE runs the clean
+    image once (its reference detection) and the masked copies, nothing else."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU())
+    backbone.out_channels = 8  # type: ignore[assignment]
+    model = FasterRCNN(backbone, num_classes=3, min_size=32, max_size=32, box_score_thresh=0.0,
+                       rpn_anchor_generator=AnchorGenerator(((16,),), ((1.0,),)),
+                       box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2)).eval()
+    calls = []
+    model.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
+    galleryvis.attribute(model, photo("cat.png", (32, 32))[None], "drise", target=targets.Detection(), masks=12,
+                         cells=4, batch_size=2, **RAW)
+    assert calls == [1, 8, 4]  # batch_size 2: 8 masked copies per forward

@@ -420,7 +420,7 @@ def attribute_calls(
         for n in all_layers:
             resolve_layer(model, n)
         need_input = any("input_grad" in t.needs for t in techs.values())
-        with folded(model, x[:1], all_layers, enabled=_folds(list(techs.values()), x.shape[0])) as runner:
+        with folded(model, x[:1], all_layers, enabled=_folds(list(techs.values()), x.shape[0], model)) as runner:
             objective = targets.of(target, x.shape[0])  # a top-1 is decided by each chunk's first pass
             for xs, ts in zip(x.split(chunks.backward), objective.split(chunks.backward)):
                 ctx = Context(model, xs, ts, all_layers, chunks.backward, chunks.forward, need_input, runner, mean,
@@ -460,10 +460,12 @@ def _each_image(model: nn.Module, images: Sequence[Tensor], calls: Mapping[str, 
 FOLD_MIN_IMAGES = 8
 
 
-def _folds(techs: Sequence[registry.Technique], n_images: int) -> bool:
+def _folds(techs: Sequence[registry.Technique], n_images: int, model: nn.Module) -> bool:
     """Whether a call folds, decided once before its first pass (every pass then runs the same
-    weights); never when a technique opts out (``fold=False``)."""
-    if not all(t.fold for t in techs):
+    weights); never when a technique opts out (``fold=False``), nor for a detector: folding is
+    checked on a probe's logits, and a detector's boxes are none (its probe forward, 1 in 65 of
+    D-RISE's passes at 64 masks, would be spent on a refusal)."""
+    if not all(t.fold for t in techs) or tasks.of_model(model) == "detection":
         return False
     return n_images >= FOLD_MIN_IMAGES or any("passes" in t.needs for t in techs)
 
