@@ -19,13 +19,13 @@ from typing import Any
 from .cases import DETECT_ROWS, ORDER, PER_CHANNEL, SEGMENT_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("attribution", "segmentation", "detection", "metrics", "synthesis", "rebuild", "cluster")
+SECTIONS = ("attribution", "segmentation", "metrics", "synthesis", "rebuild", "cluster")
 #: The segmentation section's model (issue 30): a torchvision segmentation model, random weights.
 SEGMENTATION_MODEL = "deeplabv3_mobilenet_v3_large"
 #: The detection section's model (issue 31), full run and quick: a torchvision detector, random weights.
 DETECTION_MODELS = {"full": "fasterrcnn_resnet50_fpn", "quick": "fasterrcnn_mobilenet_v3_large_fpn"}
 #: Sections run only when asked for (``--sections`` or their flag): minutes each.
-EXTRA_SECTIONS = ("default", "quantus")
+EXTRA_SECTIONS = ("default", "quantus", "detection")
 
 FULL = {"size": 224, "repeats": 5, "budget": 3.0, "images": 1,
         "settings": {"ig_steps": 100, "sg_samples": 50, "sg_sigma": 0.15, "syn_steps": 10,
