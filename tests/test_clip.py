@@ -430,9 +430,9 @@ def test_manifest_prompts_errors(tmp_path: Path, value: str, message: str) -> No
 @pytest.mark.parametrize("target, message", [
     ('{ text = "" }', "images[0].target.text: expected a non-empty text to compare the image with, got string ''"),
     ("{ text = 3 }", "images[0].target.text: expected a non-empty text to compare the image with, got integer 3"),
-    ('{ text = "a cat", class = 2 }', "images[0].target: a target table gives a text, or a class (and a mask), "
-                                      "not both"),
-    ('{ txt = "a cat" }', "images[0].target: unknown key 'txt' in a target table (keys: class, mask, text)"),
+    ('{ text = "a cat", class = 2 }', "images[0].target: a target table gives a text, or a class (and a mask or a "
+                                      "box), not both"),
+    ('{ txt = "a cat" }', "images[0].target: unknown key 'txt' in a target table (keys: class, mask, box, text)"),
 ])
 def test_manifest_text_target_errors(tmp_path: Path, target: str, message: str) -> None:
     from galleryvis.config.manifest import ManifestError

@@ -220,7 +220,7 @@ def test_registered_as_synthesis_family():
     # what each takes lives in its registry entry, as every other fact of a technique does
     assert [registry.get(n).inputs.unit for n in SYNTHESIS] == ["channel", "channel", "channel", "target", None]
     assert registry.get("gradcam").inputs == families.Attribution.inputs
-    with pytest.raises(registry.TechniqueError, match="family must be one of attribution, synthesis, got 'concept'"):
+    with pytest.raises(registry.TechniqueError, match="family must be one of attribution, synthesis, concepts, got 'concept'"):
         registry.technique("concept_map", output="cam", paper="-", summary="-", family="concept")
 
 
