@@ -121,6 +121,14 @@ def _open(browser: Any, url: str) -> tuple[Any, Any, list[str]]:
     return context, page, problems
 
 
+def _reveal(link: Any) -> Any:
+    """``link`` (an ``a.pic``) scrolled into view with its lazily loaded thumbnail in place (the
+    fixture's pictures declare no size, so an unloaded one is 0 px high and cannot be clicked)."""
+    link.evaluate("a => a.scrollIntoView({block: 'center'})")
+    link.locator("img").evaluate("i => i.complete ? true : new Promise(done => { i.onload = i.onerror = done; })")
+    return link
+
+
 def test_site_has_pages(site_root: Path):
     names = _pages(site_root)
     assert "index.html" in names and any(n.startswith("model-") for n in names)
@@ -170,7 +178,7 @@ def test_the_viewer_opens_reads_values_moves_and_closes(browser: Any, base_url: 
         pytest.skip("reads the values of the hand-built site's maps (a left-to-right ramp)")
     context, page, problems = _open(browser, base_url + "model-alexnet.html")
     try:
-        link = page.locator("a.pic[data-values]").first
+        link = _reveal(page.locator("a.pic[data-values]").first)
         link.click()
         dialog = page.locator("dialog.viewer")
         assert dialog.evaluate("d => d.open")
@@ -220,7 +228,7 @@ def test_a_picture_made_from_no_image_is_shown_whole_without_sliders(browser: An
     try:
         first = page.locator("a.pic[data-image]").first
         first.evaluate("a => { a.setAttribute('data-image', ''); a.removeAttribute('data-values'); }")
-        page.locator("a.pic[data-image]").nth(1).click()
+        _reveal(page.locator("a.pic[data-image]").nth(1)).click()
         page.locator(".viewer-opacity").fill("30")
         page.locator(".viewer-close").focus()  # arrow keys on a slider move the slider
         page.keyboard.press("ArrowLeft")  # onto the picture made from no image
