@@ -384,5 +384,7 @@ def test_a_task_that_kills_every_worker_fails_alone_after_its_retries(tmp_path, 
     assert result.exit_code == 1
     failures = [line for line in result.output.splitlines() if line.startswith("failed:")]
     assert len(failures) == 2 and all("coffee.png" in f and "ActorDiedError" in f for f in failures), failures
-    assert faults == {"workers_restarted": RETRIES, "tasks_retried": RETRIES}
+    # each death restarts one worker and sends coffee's task again; a task queued behind it on the
+    # dying worker (cat's, when it has not run yet) is sent again too, so that count depends on timing
+    assert faults["workers_restarted"] == RETRIES and RETRIES <= faults["tasks_retried"] <= 2 * RETRIES, faults
     assert _differing(local_pictures / "img" / "resnet18" / "cat", site / "img" / "resnet18" / "cat") == []
