@@ -104,7 +104,7 @@ def concepts(
     if not drop:
         return Concepts(call.layer, *out)
     assert call.grid is not None
-    return Concepts(call.layer, *out, random_channels=min(random_channels, _channel_count(call.grid)))
+    return Concepts(call.layer, *out, random_channels=min(random_channels, call.grid.channels))
 
 
 def concept_drop(
@@ -200,7 +200,7 @@ def crp(ctx: Context, *, layer: str, top_k: int = 4, random_channels: int = RAND
     _check_random(random_channels)
     params = {"rule": rule, "epsilon": epsilon, "gamma": gamma, "alpha": alpha, "attention": attention}
     found = _chunk(ctx, layer, None, int(top_k), params, random_channels, seed)
-    return Concepts(layer, *found, random_channels=min(random_channels, _channel_count(ctx.grid(layer))))
+    return Concepts(layer, *found, random_channels=min(random_channels, ctx.grid(layer).channels))
 
 
 # -- the parts ----------------------------------------------------------------------------------------
@@ -221,8 +221,8 @@ def _concepts(ctx: Context, layer: str, channels: list[int] | None, top_k: int,
     if rel is None:
         raise LayerError(f"layer {layer!r} carries no relevance to the output")
     grid = ctx.grid(layer)
-    count = _channel_count(grid)
-    per_channel = _channel_axis_first(rel, grid).flatten(2).sum(2)  # (n, C)
+    count = grid.channels
+    per_channel = grid.channels_at_1(rel).flatten(2).sum(2)  # (n, C)
     shares = per_channel / per_channel.abs().sum(1, keepdim=True).clamp_min(torch.finfo(rel.dtype).tiny)
     if channels is None:
         if top_k > count:
@@ -230,7 +230,7 @@ def _concepts(ctx: Context, layer: str, channels: list[int] | None, top_k: int,
         chosen = shares.topk(top_k, dim=1).indices
     else:
         chosen = torch.tensor(channels, device=rel.device).expand(rel.shape[0], -1)
-        _check_range(chosen, count, layer)
+        grid.check_channels(chosen, layer)
     maps = []
     for j in range(chosen.shape[1]):
         keep = grid.per_channel(F.one_hot(chosen[:, j], count).to(rel.dtype))
@@ -244,8 +244,8 @@ def _drops(ctx: Context, layer: str, chosen: Tensor, random_channels: int, seed:
     """(drops (n, k), median random drops (n,)) of one chunk: ``chosen`` (n, k) zeroed one rank at
     a time, then each of the random channels."""
     grid = ctx.grid(layer)
-    count = _channel_count(grid)
-    _check_range(chosen, count, layer)
+    count = grid.channels
+    grid.check_channels(chosen, layer)
     drawn = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:random_channels]
     n = len(ctx.x)
     with torch.no_grad():
@@ -257,22 +257,13 @@ def _drops(ctx: Context, layer: str, chosen: Tensor, random_channels: int, seed:
 
 def _zeroed(ctx: Context, layer: str, grid: Grid, channel: Tensor) -> Tensor:
     """The target's confidence with channel ``channel[i]`` of ``layer``'s output zeroed for image i."""
-    keep = grid.per_channel(1 - F.one_hot(channel.to(ctx.x.device), _channel_count(grid)))
+    keep = grid.per_channel(1 - F.one_hot(channel.to(ctx.x.device), grid.channels))
 
     def zero(out: Tensor) -> Tensor:
         return out * keep.to(out.dtype)
 
     with replaced_output(ctx.model, layer, zero):
         return ctx.target.confidence(ctx.output(ctx.x))
-
-
-def _channel_count(grid: Grid) -> int:
-    return grid.shape[0] if grid.layout == "channels_first" else grid.shape[-1]
-
-
-def _channel_axis_first(t: Tensor, grid: Grid) -> Tensor:
-    """A layer output (or its relevance) with its channels at dim 1 (N, C, positions...)."""
-    return t if grid.layout == "channels_first" else t.movedim(-1, 1)
 
 
 def _channel_list(channels: Sequence[int]) -> list[int]:
@@ -285,9 +276,3 @@ def _channel_list(channels: Sequence[int]) -> list[int]:
 def _check_random(random_channels: int) -> None:
     if isinstance(random_channels, bool) or not isinstance(random_channels, Integral) or random_channels < 1:
         raise ValueError(f"random_channels must be an int >= 1, got {random_channels!r}")
-
-
-def _check_range(chosen: Tensor, count: int, layer: str) -> None:
-    bad = chosen[(chosen < 0) | (chosen >= count)]
-    if bad.numel():
-        raise ValueError(f"channel {int(bad[0])} is out of range for layer {layer!r} with {count} channels")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from galleryvis import registry, targets
-from galleryvis.attribution.concepts import _channel_axis_first, _channel_count, _check_range, layer_call
+from galleryvis.attribution.concepts import layer_call
 from galleryvis.attribution.lrp import traced
 from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD, gaussian_blur
 from galleryvis.errors import LayerError
@@ -95,7 +95,7 @@ def reference_examples(
             else:
                 per = at
             grid = ctx.grid(call.layer)
-            flat = _channel_axis_first(per.detach(), grid).flatten(2).float()  # (n, C, positions)
+            flat = grid.channels_at_1(per.detach()).flatten(2).float()  # (n, C, positions)
             where = flat.argmax(2)
             v = flat.sum(2) if max_target == "sum" else flat.amax(2)
             if abs_norm:
@@ -136,12 +136,12 @@ def reference_heatmaps(
             xs, _, at = traced(ctx, call.layer, **resolved)
             assert at is not None
             grid = ctx.grid(call.layer)
-            count = _channel_count(grid)
-            _check_range(torch.tensor([[channel]]), count, call.layer)
+            count = grid.channels
+            grid.check_channels(torch.tensor([[channel]]), call.layer)
             n = xs.shape[0]
             keep = grid.per_channel(F.one_hot(torch.full((n,), int(channel), device=xs.device), count).to(at.dtype))
             if wanted is not None:  # one position of the grid: (n, 1, positions...) with channels first
-                grid_shape = _channel_axis_first(at, grid).shape[2:]
+                grid_shape = grid.channels_at_1(at).shape[2:]
                 one = F.one_hot(wanted[start:start + n].to(xs.device), grid_shape.numel()).to(at.dtype)
                 one = one.view(n, 1, *grid_shape)
                 keep = keep * (one if grid.layout == "channels_first" else one.movedim(1, -1))

@@ -53,6 +53,22 @@ class Grid:
             return v[:, :, None, None]
         return v[:, None, None, :] if self.layout == "channels_last" else v[:, None, :]
 
+    @property
+    def channels(self) -> int:
+        """How many channels (concepts) this layer's output has."""
+        return self.shape[0] if self.layout == "channels_first" else self.shape[-1]
+
+    def channels_at_1(self, t: Tensor) -> Tensor:
+        """``t`` (this layer's output or its relevance) with its channels at dim 1 (N, C, positions...),
+        every position kept (a token layer's prefix tokens too)."""
+        return t if self.layout == "channels_first" else t.movedim(-1, 1)
+
+    def check_channels(self, channels: Tensor, layer: str) -> None:
+        """Raise ``ValueError`` naming ``layer`` if some of ``channels`` is not one of its channels."""
+        bad = channels[(channels < 0) | (channels >= self.channels)]
+        if bad.numel():
+            raise ValueError(f"channel {int(bad[0])} is out of range for layer {layer!r} with {self.channels} channels")
+
     def __str__(self) -> str:
         size = "x".join(map(str, self.size))
         if self.layout == "channels_first":
