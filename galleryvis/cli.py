@@ -331,11 +331,11 @@ def init(github_pages: bool, from_git: str | None, force: bool) -> None:
 @_errors_as_exit
 def layers(model: str, weights: str, size: int | None, device: str) -> None:
     """Print MODEL's named modules with output shapes and the grid CAMs map each to (h x w,
-    channels last, or tokens with the class/register tokens dropped); '*' marks the default
-    CAM layer."""
+    channels last, tokens with the class/register tokens dropped, or a detector's FPN levels
+    resized to the smallest); '*' marks the default CAM layer."""
     import torch
 
-    from galleryvis.engine.layers import Grid, default_layer, grids_of, probe
+    from galleryvis.engine.layers import Grid, default_layer, probe_grids
     from galleryvis.config.manifest import ModelSpec
     from galleryvis.sources.loading import load_model
 
@@ -343,9 +343,8 @@ def layers(model: str, weights: str, size: int | None, device: str) -> None:
     adapter = load_model(ModelSpec(name=model, weights=weights), Path.cwd(), where, model)
     x = torch.zeros(1, 3, size or adapter.size, size or adapter.size, device=where)
     default = default_layer(adapter.model, x)
-    records = probe(adapter.model, x)
+    records, grids = probe_grids(adapter.model, x)
     shapes = {name: shape for name, shape, _ in records}
-    grids = grids_of(adapter.model, records, 1)
     for name, module in adapter.model.named_modules():
         if name:
             shape = "x".join(map(str, shapes[name])) if shapes.get(name) else "-"

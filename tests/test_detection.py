@@ -209,6 +209,84 @@ def test_the_box_score_is_pytorch_grad_cams(small: nn.Module) -> None:
     assert objective.score(far).tolist() == [0.0]
 
 
+def fpn_levels(model: nn.Module, x: Tensor, labels: list[int], boxes: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """The FPN's maps (``model.backbone``'s dict) and the gradients of pytorch-grad-cam's
+    ``FasterRCNNBoxScoreTarget`` summed over the images w.r.t. them (zeros where the score does not
+    reach a map: the RPN's proposals are detached, so nothing reads "pool"), by a hook of the test's own."""
+    seen: dict[str, Tensor] = {}
+
+    def keep(_m: nn.Module, _i: object, out: dict[str, Tensor]) -> None:
+        seen.update(out)
+        for v in out.values():
+            v.retain_grad()
+
+    handle = model.backbone.register_forward_hook(keep)
+    try:
+        out = model(x)
+    finally:
+        handle.remove()
+    score = sum(FasterRCNNBoxScoreTarget([lab], [b.numpy()])(o) for lab, b, o in zip(labels, boxes, out))
+    score.backward()
+    return [v.detach() for v in seen.values()], [torch.zeros_like(v) if v.grad is None else v.grad for v in seen.values()]
+
+
+def test_cams_at_the_fpn_read_it_as_pytorch_grad_cams_reshape_transform(frcnn: nn.Module, photos128: Tensor) -> None:
+    """At ``backbone`` (a dict of five maps), Eigen-CAM equals pytorch-grad-cam's EigenCAM with
+    ``fasterrcnn_reshape_transform`` (the maps' magnitudes resized to the smallest level,
+    concatenated); Grad-CAM weights those by the gradients resized the same way (pytorch-grad-cam
+    records no gradient for a dict output, so its Grad-CAM cannot run there): checked by hand."""
+    from pytorch_grad_cam import EigenCAM
+    from pytorch_grad_cam.utils.reshape_transforms import fasterrcnn_reshape_transform
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    x = photos128
+
+    def up(m: Tensor) -> Tensor:
+        return torch.nn.functional.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    with EigenCAM(frcnn, [frcnn.backbone], reshape_transform=fasterrcnn_reshape_transform) as cam:
+        theirs = cam(x, targets=[lambda out: out] * len(x))  # the targets are not read
+        acts = cam.activations_and_grads.activations[0]
+    assert acts.shape[1] == 5 * 256
+    proj = torch.from_numpy(get_2d_projection(acts.numpy()))[:, None]
+    check("eigencam fpn grad-cam vs its projection", pearson(up(torch.relu(proj)), theirs))
+    sign = torch.where(torch.tensor(pearson(proj, acts.sum(1))) < 0, -1.0, 1.0)[:, None, None, None]
+    ours = galleryvis.attribute(frcnn, x, "eigencam", layer="backbone", target=targets.Detection(), **RAW)
+    check("eigencam fpn", pearson(ours, up(torch.relu(sign * proj))))
+
+    out = predicted(frcnn, x)
+    labels, boxes = [int(o["labels"][0]) for o in out], [o["boxes"][0] for o in out]
+    maps, grads = fpn_levels(frcnn, x, labels, boxes)
+    size = maps[-1].shape[-2:]  # the "pool" level, the smallest
+    a = fasterrcnn_reshape_transform(dict(zip(map(str, range(len(maps))), maps)) | {"pool": maps[-1]})[:, :5 * 256]
+    g = torch.cat([torch.nn.functional.interpolate(v, size, mode="bilinear") for v in grads], 1)
+    by_hand = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
+    ours = galleryvis.attribute(frcnn, x, "gradcam", layer="backbone", **RAW,
+                                target=[targets.Detection(cls=lab, box=b.tolist()) for lab, b in zip(labels, boxes)])
+    check("gradcam fpn by hand", pearson(ours, up(by_hand)))
+
+
+@pytest.mark.parametrize("name", ["hirescam", "gradcam_pp", "layercam"])
+def test_the_other_cams_run_at_the_fpn(frcnn: nn.Module, photos128: Tensor, name: str) -> None:
+    """HiResCAM, Grad-CAM++ and LayerCAM take the FPN as Grad-CAM does: a map per image on the
+    smallest level's grid (upsampled to the image), finite, not blank."""
+    maps = galleryvis.attribute(frcnn, photos128, name, layer="backbone", target=targets.Detection(), **RAW)
+    assert maps.shape == (2, 1, 128, 128) and torch.isfinite(maps).all()
+    assert (maps.flatten(1).amax(1) > 0).all()
+
+
+def test_layers_lists_the_fpn_with_its_levels() -> None:
+    """``galleryvis layers`` shows a detector's FPN with the grid its levels are read on."""
+    from click.testing import CliRunner
+
+    from galleryvis.cli import main
+
+    result = CliRunner().invoke(main, ["layers", "fasterrcnn_mobilenet_v3_large_fpn", "--size", "64"])
+    assert result.exit_code == 0, result.output
+    line = next(row for row in result.output.splitlines() if row.split()[:1] == ["backbone"])
+    assert line.rstrip().endswith("(3 levels: 25x25, 25x25, 13x13)")
+
+
 def test_eigencam_on_yolo_agrees_with_pytorch_grad_cams_recipe(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Eigen-CAM on a seeded random-weight YOLOv8n (built from its config, no download) at the
     layer before the head, as pytorch-grad-cam's YOLO tutorial takes it. The first principal

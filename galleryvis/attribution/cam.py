@@ -2,8 +2,9 @@
 
 Each returns (N, 1, h, w) at the layer's resolution (the engine upsamples bilinearly), except
 paper Score-CAM, which returns the input size because its ReLU follows the upsampling. A layer
-may output (N, C, H, W), channels last (N, H, W, C, Swin) or tokens (N, T, D, ViT): the
-:class:`~galleryvis.engine.layers.Grid` of :meth:`Context.grid` maps it to (N, C, h, w) first.
+may output (N, C, H, W), channels last (N, H, W, C, Swin), tokens (N, T, D, ViT) or a dict of
+maps (a detector's FPN, ``backbone``): the :class:`~galleryvis.engine.layers.Grid` of
+:meth:`Context.grid` maps it to (N, C, h, w) first.
 """
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ def _layer(ctx: Context, layer: str, mode: str = "plain") -> tuple[Tensor, Tenso
     """The layer's activations and gradients on the image's grid, (N, C, h, w) each."""
     p = ctx.backward(mode)
     grid = ctx.grid(layer)
-    return grid.nchw(p.acts[layer]), grid.nchw(p.grads[layer])
+    return grid.activations(p.acts[layer]), grid.nchw(p.grads[layer])
 
 
 def layer_acts(ctx: Context, layer: str) -> Tensor:
     """The layer's activations on the image's grid, (N, C, h, w), from the shared forward."""
-    return ctx.grid(layer).nchw(ctx.forward().acts[layer])
+    return ctx.grid(layer).activations(ctx.forward().acts[layer])
 
 
 def weighted_cam(acts: Tensor, weights: Tensor) -> Tensor:

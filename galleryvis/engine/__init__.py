@@ -43,6 +43,7 @@ class Pass:
     acts: dict[str, Tensor]
     grads: dict[str, Tensor]
     conv_sizes: frozenset[tuple[int, int]] = frozenset()
+    levels: dict[str, tuple[tuple[int, ...], ...]] = field(default_factory=dict)  # a dict layer's maps (Captured)
 
 
 @dataclass
@@ -132,7 +133,7 @@ class Context:
             self._passes[mode] = Pass(
                 _map_tensors(Tensor.detach, output), None if input_grad is None else input_grad.detach(),
                 {k: v.detach() for k, v in acts.items()}, {k: v.detach() for k, v in layer_grads.items()},
-                frozenset(sizes),
+                frozenset(sizes), dict(acts.levels),
             )
         return self._passes[mode]
 
@@ -143,7 +144,7 @@ class Context:
                 output = self.output(self.x)
             self._passes["forward"] = Pass(_map_tensors(Tensor.clone, output), None,
                                            {k: v.clone() for k, v in acts.items()}, {},
-                                           frozenset(sizes))
+                                           frozenset(sizes), dict(acts.levels))
             self._decide(self._passes["forward"].output)
         return next(iter(self._passes.values()))
 
@@ -152,6 +153,8 @@ class Context:
         decided from its shape in the shared forward and the convolution outputs of that forward;
         :meth:`Grid.nchw` maps it and its gradient to (N, C, h, w)."""
         p = self.forward()
+        if layer in p.levels:
+            return Grid.of_levels(p.levels[layer])
         return Patches.of(self.model, p.conv_sizes).grid(layer, tuple(p.acts[layer].shape), self.x.shape[0],
                                                          resolve_layer(self.model, layer))
 

@@ -1,12 +1,13 @@
 """Finding layers: the default CAM layer by a probe forward, every layer's output shape, and how a
-layer's output lies on the image (:class:`Grid`: channels first, channels last, or tokens)."""
+layer's output lies on the image (:class:`Grid`: channels first, channels last, tokens, or an FPN's levels)."""
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from galleryvis.engine.changes import prepared, recorded
@@ -23,18 +24,31 @@ _CHANNELS_LAST = (nn.Linear, nn.LayerNorm)
 PREFIX_TOKEN_PARAMS = ("class_token", "cls_token", "dist_token", "distillation_token", "reg_token", "register_tokens",
                        "class_embedding")  # CLIP's (open_clip, Hugging Face): one token, a 1-D parameter
 
-Layout = Literal["channels_first", "channels_last", "tokens"]
+Layout = Literal["channels_first", "channels_last", "tokens", "levels"]
 
 
 @dataclass(frozen=True)
 class Grid:
     """How a layer's output (``shape``, without the batch) lies on the image's ``size`` = (h, w)
-    grid: (N, C, H, W), (N, H, W, C), or tokens (N, T, D) whose first ``prefix`` are dropped."""
+    grid: (N, C, H, W), (N, H, W, C), tokens (N, T, D) whose first ``prefix`` are dropped, or
+    ``levels``: a layer returning a dict of (N, C, H, W) maps (a feature pyramid), captured as
+    its maps flattened and concatenated (N, total) (:func:`galleryvis.engine.changes.capture`),
+    each level read resized to the smallest one's size and the levels' channels concatenated,
+    as pytorch-grad-cam's ``fasterrcnn_reshape_transform`` reads an FPN (:meth:`Grid.of_levels`)."""
 
     layout: Layout
     size: tuple[int, int]
     shape: tuple[int, ...]
     prefix: int = 0
+    levels: tuple[tuple[int, int, int], ...] = ()
+
+    @classmethod
+    def of_levels(cls, levels: Sequence[tuple[int, ...]]) -> Grid:
+        """The grid of a layer whose output is a dict of maps of ``levels`` = (C, H, W) each, in
+        order; read on the smallest level's grid (the last of equal ones)."""
+        shapes = tuple((int(c), int(h), int(w)) for c, h, w in levels)
+        _, h, w = min(reversed(shapes), key=lambda s: s[1] * s[2])
+        return cls("levels", (h, w), (sum(c * h * w for c, h, w in shapes),), levels=shapes)
 
     def nchw(self, t: Tensor) -> Tensor:
         """``t`` (this layer's output or its gradient) as (N, C, h, w)."""
@@ -45,22 +59,42 @@ class Grid:
             return t
         if self.layout == "channels_last":
             return t.permute(0, 3, 1, 2)
+        if self.layout == "levels":
+            parts = t.split([c * h * w for c, h, w in self.levels], 1)
+            return torch.cat([F.interpolate(p.reshape(len(t), *s), self.size, mode="bilinear", align_corners=False)
+                              if s[1:] != self.size else p.reshape(len(t), *s) for p, s in zip(parts, self.levels)], 1)
         return t[:, self.prefix:].transpose(1, 2).reshape(t.shape[0], t.shape[2], *self.size)
+
+    def activations(self, t: Tensor) -> Tensor:
+        """This layer's output as CAMs read it, (N, C, h, w): :meth:`nchw`, of the magnitudes
+        for ``levels`` (pytorch-grad-cam's ``fasterrcnn_reshape_transform``: an FPN's maps are
+        signed, their absolute values say how strongly a feature is present)."""
+        return self.nchw(t.abs() if self.layout == "levels" else t)
 
     def per_channel(self, v: Tensor) -> Tensor:
         """(N, C) values shaped to broadcast over this layer's own output (every token alike)."""
         if self.layout == "channels_first":
             return v[:, :, None, None]
+        if self.layout == "levels":
+            parts = v.split([c for c, _, _ in self.levels], 1)
+            return torch.cat([p[:, :, None].expand(-1, -1, h * w).reshape(len(v), -1)
+                              for p, (_, h, w) in zip(parts, self.levels)], 1)
         return v[:, None, None, :] if self.layout == "channels_last" else v[:, None, :]
 
     @property
     def channels(self) -> int:
         """How many channels (concepts) this layer's output has."""
+        if self.layout == "levels":
+            return sum(c for c, _, _ in self.levels)
         return self.shape[0] if self.layout == "channels_first" else self.shape[-1]
 
     def channels_at_1(self, t: Tensor) -> Tensor:
         """``t`` (this layer's output or its relevance) with its channels at dim 1 (N, C, positions...),
-        every position kept (a token layer's prefix tokens too)."""
+        every position kept (a token layer's prefix tokens too). Levels of several sizes have no
+        one such tensor: :class:`LayerError`."""
+        if self.layout == "levels":
+            raise LayerError("a layer returning several levels (a feature pyramid) has no one grid of positions; "
+                             "name a layer of one level")
         return t if self.layout == "channels_first" else t.movedim(-1, 1)
 
     def check_channels(self, channels: Tensor, layer: str) -> None:
@@ -75,6 +109,8 @@ class Grid:
             return size
         if self.layout == "channels_last":
             return f"{size} (channels last)"
+        if self.layout == "levels":
+            return f"{size} ({len(self.levels)} levels: " + ", ".join(f"{h}x{w}" for _, h, w in self.levels) + ")"
         return f"{size} (tokens" + (f", {self.prefix} dropped)" if self.prefix else ")")
 
 
@@ -188,11 +224,20 @@ def probe(model: nn.Module, x: Tensor) -> Records:
     return _probe(model, x)[0]
 
 
-def _probe(model: nn.Module, x: Tensor) -> tuple[Records, object]:
-    """:func:`probe`'s records and the model's output."""
+def _probe(model: nn.Module, x: Tensor) -> tuple[Records, object, dict[str, tuple[tuple[int, ...], ...]]]:
+    """:func:`probe`'s records, the model's output, and the maps' shapes of each layer returning
+    a dict of maps (:class:`~galleryvis.engine.changes.forward_hooks.Captured`)."""
     with recorded(model) as seen, prepared(model), torch.no_grad():
         output = model(x)
-    return [(name, tuple(t.shape) if t is not None else None, t) for name, t in seen.items()], output
+    return [(name, tuple(t.shape) if t is not None else None, t) for name, t in seen.items()], output, seen.levels
+
+
+def probe_grids(model: nn.Module, x: Tensor) -> tuple[Records, dict[str, Grid | LayerError]]:
+    """:func:`probe`'s records and :func:`grids_of` them, a layer returning a dict of maps (an
+    FPN) read as :meth:`Grid.of_levels`."""
+    records, _, levels = _probe(model, x)
+    grids = grids_of(model, records, x.shape[0])
+    return records, grids | {name: Grid.of_levels(shapes) for name, shapes in levels.items()}
 
 
 def _heads_of(model: nn.Module, output: object) -> tuple[str, ...]:
@@ -250,7 +295,7 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
     found = detector_layer(model)
     if found is not None:
         return found
-    records, output = _probe(model, x)
+    records, output, _ = _probe(model, x)
     skip = _heads_of(model, output)
     records = [r for r in records if not any(_inside(r[0], h) for h in skip)]
     modules = dict(model.named_modules())

@@ -3,7 +3,7 @@ made by :func:`forward_hooks` and removed when its block ends, also after an exc
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,30 +34,61 @@ def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable[..., Any]]], *, pre:
         yield
 
 
+class Captured(dict):
+    """:func:`capture`'s ``{name: tensor}``, and in :attr:`levels` the (C, H, W) of each map of a
+    layer that returned a dict of maps (an FPN), by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.levels: dict[str, tuple[tuple[int, ...], ...]] = {}
+
+
 @contextmanager
-def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+def capture(model: nn.Module, names: Sequence[str]) -> Iterator[Captured]:
     """Record the output of each named module on every forward (the last call wins).
 
     The module's output is replaced by a clone, so in-place operations that follow it in the
     forward pass (``out += identity``) cannot change the recorded tensor. Under grad mode, an
     output that does not require grad (input and parameters frozen) becomes a leaf that does:
-    the backward then reaches every captured layer and stops at the first of them.
+    the backward then reaches every captured layer and stops at the first of them. A layer
+    returning a dict of (N, C, H, W) maps (an FPN's levels) is recorded as its maps flattened
+    and concatenated, (N, total), and returns the same dict made of that tensor's parts (so
+    gradients reach the recorded tensor); their shapes go to :attr:`Captured.levels`.
     """
-    store: dict[str, Tensor] = {}
+    store = Captured()
 
-    def hook_of(name: str) -> Callable[[nn.Module, object, object], Tensor]:
-        def hook(_m: nn.Module, _inp: object, out: object) -> Tensor:
-            if not isinstance(out, Tensor):
-                raise LayerError(f"layer {name!r} returns {type(out).__name__}, not a tensor")
+    def hook_of(name: str) -> Callable[[nn.Module, object, object], object]:
+        def hook(_m: nn.Module, _inp: object, out: object) -> object:
+            maps = _maps(out)
+            if maps is not None:
+                store.levels[name] = tuple(tuple(v.shape[1:]) for v in maps.values())
+                out = torch.cat([v.flatten(1) for v in maps.values()], 1)
+            elif not isinstance(out, Tensor):
+                raise LayerError(f"layer {name!r} returns {type(out).__name__}, not a tensor or a dict of "
+                                 f"(N, C, H, W) maps")
             if torch.is_grad_enabled() and out.is_floating_point() and not out.requires_grad:
                 out = out.detach().requires_grad_(True)
             store[name] = out
-            return out.clone()
+            if maps is None:
+                return out.clone()
+            parts = out.clone().split([v[0].numel() for v in maps.values()], 1)
+            return type(maps)((k, p.reshape(v.shape)) for (k, v), p in zip(maps.items(), parts))
         return hook
 
     unique = list(dict.fromkeys(names))
     with forward_hooks([(resolve_layer(model, name), hook_of(name)) for name in unique]):
         yield store
+
+
+def _maps(out: object) -> Mapping[Any, Tensor] | None:
+    """``out`` if it is a non-empty dict of floating (N, C, H, W) tensors of one batch size, else None."""
+    if not isinstance(out, Mapping) or not out:
+        return None
+    values = list(out.values())
+    if all(isinstance(v, Tensor) and v.dim() == 4 and v.is_floating_point() and len(v) == len(values[0])
+           for v in values):
+        return out
+    return None
 
 
 @contextmanager
@@ -76,16 +107,19 @@ def replaced_output(model: nn.Module, name: str, fn: Callable[[Tensor], Tensor])
 
 
 @contextmanager
-def recorded(model: nn.Module) -> Iterator[dict[str, Tensor | None]]:
+def recorded(model: nn.Module) -> Iterator[Captured]:
     """While inside, every named submodule's output of each forward goes into the yielded
     ``{name: tensor or None}``, in completion order (a module called again moves to the end
-    with its last output)."""
-    seen: dict[str, Tensor | None] = {}
+    with its last output); a dict of maps is None there, its maps' shapes in ``levels``."""
+    seen = Captured()
 
     def hook_of(name: str) -> Callable[[nn.Module, object, object], None]:
         def hook(_m: nn.Module, _i: object, out: object) -> None:
             seen.pop(name, None)
             seen[name] = out if isinstance(out, Tensor) else None
+            maps = _maps(out)
+            if maps is not None:
+                seen.levels[name] = tuple(tuple(v.shape[1:]) for v in maps.values())
         return hook
 
     with forward_hooks([(m, hook_of(name)) for name, m in model.named_modules() if name]):
