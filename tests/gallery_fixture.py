@@ -125,5 +125,5 @@ def make_gallery(root: Path) -> Gallery:
         description_md="A gallery for **tests**.\n\n# Heading\n\n<script>alert(2)</script>\n",
         images=images, models=models, techniques=techniques, cells=cells, rankings=rankings,
         summary={"computed": 1}, scales=colour_scales(), scaling="each map on its own scale",
-        metric_tables=metric_tables(cells, techniques, len(images), {mid: "classification" for mid, _, _ in MODELS}),
+        metric_tables=metric_tables(cells, techniques, len(images), [mid for mid, _, _ in MODELS]),
     )

@@ -323,15 +323,15 @@ def _better(key: str) -> str:
 
 
 def metric_tables(cells: list[Cell], techniques: list[TechniqueRecord], images: int,
-                  tasks: dict[str, str]) -> list[MetricTable]:
-    """Each model's metrics table (``tasks``: model id -> its task, in page order): every metric of
+                  models: list[str]) -> list[MetricTable]:
+    """Each model's metrics table (``models``: their ids in page order): every metric of
     :data:`TABLE_CATEGORIES` its successful cells have, ordered by category, averaged per technique
     over the cells that have it (to 6 decimals) and ranked in its column by its direction, means
     equal to the 4 decimals the pages show sharing a rank; ``images`` is the gallery's image count.
     A model without such a metric gets no table."""
     keys = list(TABLE_CATEGORIES)
     out = []
-    for model_id, task in tasks.items():
+    for model_id in models:
         values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for c in cells:
             if c.model_id == model_id and c.status == "ok":
@@ -351,7 +351,7 @@ def metric_tables(cells: list[Cell], techniques: list[TechniqueRecord], images: 
             for t, mean in means.items():
                 rank = 1 + sum(other > shown[t] for other in shown.values())
                 rows[t][col.key] = MetricValue(mean, len(values[t][col.key]), rank, rank == 1 and len(means) > 1)
-        out.append(MetricTable(model_id, task, images, columns, rows, _agreement(columns, rows)))
+        out.append(MetricTable(model_id, images, columns, rows, _agreement(columns, rows)))
     return out
 
 
@@ -546,7 +546,7 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
                           metric_notes={name: [METRICS[name].question, _better(name)]
                                         for name in manifest.metrics.compute},
                           metric_tables=metric_tables(cells, techniques, len(image_records),
-                                                      {spec.id: ws.models[spec.id].task for spec in manifest.models}))
+                                                      [spec.id for spec in manifest.models]))
         t_pages = time.perf_counter()
         stages.add("pictures", t_pages - t_pictures)
         render_site(gallery, tmp)

@@ -767,5 +767,5 @@ class SiteModel:
         by_task: dict[str, list[MetricTable]] = {}
         for t in self.g.metric_tables:
             if t.model_id in self.models:
-                by_task.setdefault(t.task, []).append(t)
+                by_task.setdefault(self.models[t.model_id].task, []).append(t)
         return [(task, self.metrics_view(tables)) for task, tables in by_task.items() if len(tables) > 1]

@@ -297,12 +297,10 @@ class MetricAgreement:
 @dataclass(frozen=True)
 class MetricTable:
     """A model's metrics table: ``columns`` by category, ``rows``: technique id -> metric key ->
-    its value (a metric the technique lacks is absent); ``images``: the gallery's image count,
-    ``task``: the model's (only one task's models are compared side by side); ``agreement``:
-    for each category of two metrics or more, whether they rank the techniques alike."""
+    its value (a metric the technique lacks is absent); ``images``: the gallery's image count;
+    ``agreement``: for each category of two metrics or more, whether they rank the techniques alike."""
 
     model_id: str
-    task: str
     images: int
     columns: list[MetricColumn]
     rows: dict[str, dict[str, MetricValue]]
