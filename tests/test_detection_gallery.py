@@ -317,7 +317,7 @@ def test_the_example_builds(folder: Path, tmp_path: Path) -> None:
     manifest = load_manifest(_write(example, "galleryvis.toml",
                                     text.replace(line, f'target = {{ class = "{name}", box = {box} }}')))
     result = build(manifest, Options(quiet=True, batch_size=2))
-    assert (result.computed, result.failed) == (4 * 4, 0)  # columns x techniques
+    assert (result.computed, result.failed) == (4 * 5, 0)  # columns x techniques
     gallery = json.loads((example / "site" / "gallery.json").read_text(encoding="utf-8"))
     labels = {c["image_id"]: c["target_label"] for c in gallery["cells"] if c["technique_id"] == "gradcam"}
     assert labels["cat"] == f"{name} {dets[1, 4]:.2f}, box 2 of 5"
