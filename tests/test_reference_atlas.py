@@ -108,13 +108,14 @@ class _Counted:
         return self.fn(*args, **kwargs)
 
 
-def _build(root: Path, monkeypatch: pytest.MonkeyPatch, heatmaps: list[int] | None = None) -> tuple[Summary, int]:
+def _build(root: Path, monkeypatch: pytest.MonkeyPatch, heatmaps: list[int] | None = None,
+           quiet: bool = True) -> tuple[Summary, int]:
     """Build the folder's gallery: its summary and how many rankings it computed (``heatmaps``
     gets how many reference heatmap calls)."""
     counted, crops = _Counted(reference_examples), _Counted(reference_heatmaps)
     monkeypatch.setattr(reference_pass, "reference_examples", counted)
     monkeypatch.setattr(reference_pass, "reference_heatmaps", crops)
-    summary = build(load_manifest(root / "galleryvis.toml"), Options(quiet=True, batch_size=4))
+    summary = build(load_manifest(root / "galleryvis.toml"), Options(quiet=quiet, batch_size=4))
     assert not summary.failures
     if heatmaps is not None:
         heatmaps.append(crops.calls)
@@ -170,7 +171,7 @@ def test_the_atlas_shows_reference_examples_equal_to_reference_examples(built: t
 
 @pytest.mark.slow
 def test_a_rebuild_runs_no_reference_pass_and_a_changed_file_reruns_it(
-        built: tuple[Path, Summary, int], monkeypatch: pytest.MonkeyPatch) -> None:
+        built: tuple[Path, Summary, int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     root, _, _ = built
     before = (root / "site" / "gallery.json").read_bytes()
     heatmaps: list[int] = []
@@ -183,8 +184,14 @@ def test_a_rebuild_runs_no_reference_pass_and_a_changed_file_reruns_it(
     changed = root / "refs" / "b.jpg"
     Image.open(PHOTOS / "cat.png").convert("RGB").resize((70, 90)).save(changed)
     try:
-        _, calls = _build(root, monkeypatch, heatmaps)
+        capsys.readouterr()
+        monkeypatch.setenv("GALLERYVIS_PROGRESS_EVERY", "0")
+        _, calls = _build(root, monkeypatch, heatmaps, quiet=False)
         assert calls == 2 and heatmaps[-1] > 0
+        # its progress, as the cells' (plain lines: no terminal here): its share while it runs, then its step
+        lines = capsys.readouterr().err.splitlines()
+        assert lines[-1] == f"[1/1] small: reference examples at {LAYER} (eta 0 s)"
+        assert re.fullmatch(rf"\[0/1\] small: reference examples at {LAYER} [1-9]\d?%", lines[-2]), lines
     finally:
         _reference_set(root)
 

@@ -30,6 +30,7 @@ from galleryvis.build.progress import Progress
 from galleryvis.config.manifest import Manifest
 from galleryvis.engine.chunking import Chunking
 from galleryvis.errors import ImageError, ManifestError
+from galleryvis.hooks import counting
 from galleryvis.sources.loading import ModelAdapter
 from galleryvis.storage.cache import Cache, cache_key
 from galleryvis.storage.images import file_sha256, load_image
@@ -187,38 +188,48 @@ def compute_references(manifest: Manifest, ws: Workspace, jobs: list[Job], cache
         adapter = ws.models[group.model_id]
         what = f"{adapter.id}: reference examples at {group.layer}"
         found = RowReferences(group.layer, refs.files)
-        if group.channels:
-            chunks = Chunking.of(batch_size) if batch_size else chunking_for(adapter, cache)
-            key = ranking_key(adapter, group.layer, refs.shas, group.params)
-            entry = None if force else cache.get(key)
-            if entry is None:
-                ranked = _rankings(adapter, refs, group, chunks)
-                cache.put(key, ranked, {"model": adapter.id, "layer": group.layer, "files": [p.name for p in refs.files]})
-            else:
-                ranked = entry.array
-            for i, channel in enumerate(sorted(group.channels)):
-                progress.within(what, i, len(group.channels))
-                bkey = boxes_key(key, channel)
-                hit = None if force else cache.get(bkey)
-                if hit is None:
-                    boxes = _boxes(adapter, refs, group, ranked, channel, chunks)
-                    cache.put(bkey, boxes, {"model": adapter.id, "layer": group.layer, "channel": channel})
-                else:
-                    boxes = hit.array
-                found.examples[channel] = {
-                    mode: [Example(int(f), float(v), (int(b[0]), int(b[1]), int(b[2]), int(b[3])))
-                           for f, v, b in zip(ranked[m, 0, channel], ranked[m, 1, channel], boxes[m])]
-                    for m, mode in enumerate(MODES)}
+        # the bar moves with the images sent through the model: the set twice, then each concept's examples
+        images = 2 * len(refs.files) + 2 * min(EXAMPLES, len(refs.files)) * len(group.channels)
+        with counting([adapter.model], progress.counter(what, images)):
+            _compute(adapter, refs, group, found, cache, batch_size, force)
         for row in group.rows:
             out[(group.model_id, row)] = found
         progress.step(1, what)
     return out
 
 
+def _compute(adapter: ModelAdapter, refs: ReferenceSet, group: _Group, found: RowReferences, cache: Cache,
+             batch_size: int | None, force: bool) -> None:
+    """One reference pass into ``found``: the rankings, then each channel's boxes, each from the
+    cache where it has them (unless ``force``)."""
+    if not group.channels:
+        return
+    chunks = Chunking.of(batch_size) if batch_size else chunking_for(adapter, cache)
+    key = ranking_key(adapter, group.layer, refs.shas, group.params)
+    entry = None if force else cache.get(key)
+    if entry is None:
+        ranked = _rankings(adapter, refs, group, chunks)
+        cache.put(key, ranked, {"model": adapter.id, "layer": group.layer, "files": [p.name for p in refs.files]})
+    else:
+        ranked = entry.array
+    for channel in sorted(group.channels):
+        bkey = boxes_key(key, channel)
+        hit = None if force else cache.get(bkey)
+        if hit is None:
+            boxes = _boxes(adapter, refs, group, ranked, channel, chunks)
+            cache.put(bkey, boxes, {"model": adapter.id, "layer": group.layer, "channel": channel})
+        else:
+            boxes = hit.array
+        found.examples[channel] = {
+            mode: [Example(int(f), float(v), (int(b[0]), int(b[1]), int(b[2]), int(b[3])))
+                   for f, v, b in zip(ranked[m, 0, channel], ranked[m, 1, channel], boxes[m])]
+            for m, mode in enumerate(MODES)}
+
+
 def reference_keys(manifest: Manifest, ws: Workspace, jobs: list[Job], cache: Cache) -> set[str]:
     """The cache keys the reference stage of a build of these (planned) jobs reads: each pass's
     rankings and the boxes of the channels in its row's cached cells."""
-    groups = [g for g in _groups(jobs, with_channels=False)]
+    groups = _groups(jobs, with_channels=False)
     if not groups:
         return set()
     refs = ReferenceSet(manifest, ws)
