@@ -49,7 +49,8 @@ class Family(Protocol):
     scores and the ranking; ``transfer_ranked``: its class images are ranked by the gallery's
     other models. ``split_by_kind``: the gallery draws one table per display kind (with a
     title in the grid's titles) instead of one for the family; ``headline``: the landing page
-    shows its techniques."""
+    shows its techniques; ``reference_examples``: its rows' concept atlases show each concept's
+    reference examples (a reference pass per model, layer and reference set)."""
 
     name: str
     title: str
@@ -62,6 +63,7 @@ class Family(Protocol):
     transfer_ranked: bool
     split_by_kind: bool
     headline: bool
+    reference_examples: bool
 
 class Attribution:
     """Maps of where a model's evidence for a class lies: cells of one model and technique set
@@ -80,6 +82,7 @@ class Attribution:
     transfer_ranked = False
     split_by_kind = True
     headline = True
+    reference_examples = False
 
 class Synthesis:
     """Images optimized or reconstructed through a model (feature visualization): each cell
@@ -97,6 +100,7 @@ class Synthesis:
     transfer_ranked = True
     split_by_kind = False
     headline = False
+    reference_examples = False
 
 class ConceptFamily:
     """What the model saw at a layer, not only where (Concept Relevance Propagation): a cell holds
@@ -116,6 +120,7 @@ class ConceptFamily:
     transfer_ranked = False
     split_by_kind = False
     headline = False
+    reference_examples = True
 
 #: Every family by name, in the order a build computes them.
 _ALL: tuple[Family, ...] = (Attribution(), Synthesis(), ConceptFamily())

@@ -15,6 +15,7 @@ from PIL import Image
 from galleryvis import registry
 from galleryvis.config import schema
 from galleryvis.config.manifest import (
+    ConceptsSpec,
     GallerySpec,
     ImageSpec,
     Manifest,
@@ -612,7 +613,7 @@ def test_the_parsed_specs_defaults_and_keys_are_the_schema() -> None:
     import dataclasses
 
     specs = {"gallery": GallerySpec, "images": ImageSpec, "models": ModelSpec, "techniques": TechniqueSpec,
-             "metrics": MetricsSpec}
+             "metrics": MetricsSpec, "concepts": ConceptsSpec}
     assert set(specs) == set(schema.SECTIONS)
     for section, spec in specs.items():
         # where an entry was written and which parameters it wrote are not keys of their own

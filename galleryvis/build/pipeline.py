@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from galleryvis import families
-from galleryvis.build import scoring
+from galleryvis.build import reference_pass, scoring
 from galleryvis.storage import stamp
 from galleryvis.storage.cache import CACHE_DIRNAME, Cache, CacheWarning
 from galleryvis.build.executor import Executor, LocalExecutor, chunking_key
@@ -146,12 +146,16 @@ def _build(manifest: Manifest, opts: Options, executor: Executor | None, cache: 
         with stages.stage("predict"):
             labels = {spec.id: label_maps(ws.models[spec.id], list(ws.images.values()), cache)
                       for spec in manifest.models}
-        progress = Progress(len(todo) + scoring.task_count(jobs, manifest.metrics), opts.quiet)
+        progress = Progress(len(todo) + reference_pass.pass_count(jobs) + scoring.task_count(jobs, manifest.metrics),
+                            opts.quiet)
         try:
             executor.run(todo, cache, progress, summary.seconds)
             for family, family_jobs in families.partition(todo):
                 ids = {j.tech.id for j in family_jobs}
                 stages.add(family.name, sum(summary.seconds.get(i, 0.0) for i in ids))
+            with stages.stage("references"):
+                examples = reference_pass.compute_references(manifest, ws, jobs, cache, progress, opts.batch_size,
+                                                         opts.force)
             with stages.stage("scoring"):
                 rankings = scoring.score(jobs, ws, manifest.metrics, cache, opts.batch_size, progress, opts.share_passes)
         finally:
@@ -171,7 +175,7 @@ def _build(manifest: Manifest, opts: Options, executor: Executor | None, cache: 
                     "stages": stages.to_json(), "failures": summary.failures}
 
         write_site(manifest, ws, jobs, preds, rankings, counts, timings, out, provenance(manifest, ws, device),
-                   stages, labels)
+                   stages, labels, examples)
         if opts.use_cache and cache.root is not None and not summary.failed:
             _stamp(manifest, ws, cache, opts, out, summary)
     return summary
@@ -212,7 +216,7 @@ def _stamp(manifest: Manifest, ws: Workspace, cache: Cache, opts: Options, out: 
     if not all(adapter.pinned for adapter in ws.models.values()):
         path.unlink(missing_ok=True)
         return
-    files = [img.ref.path for img in ws.images.values()]
+    files = [img.ref.path for img in ws.images.values()] + list(manifest.concepts.reference or ())
     for spec in manifest.models:
         files += [Path(p).absolute() for p in ws.models[spec.id].files]
         files += [spec.labels] if spec.labels else []
@@ -231,12 +235,13 @@ def _stamp(manifest: Manifest, ws: Workspace, cache: Cache, opts: Options, out: 
 
 
 def referenced_keys(manifest: Manifest, opts: Options) -> set[str]:
-    """Every cache key the manifest uses (predictions, segmentations' label maps, maps, and its
-    models' chunk sizes on this machine)."""
+    """Every cache key the manifest uses (predictions, segmentations' label maps, maps, the
+    concept atlases' reference examples, and its models' chunk sizes on this machine)."""
     ws = workspace(manifest)
     cache = Cache(cache_dir(manifest, opts), enabled=opts.use_cache)
     jobs, _ = plan(manifest, ws, cache, force=False)
-    return {j.key for j in jobs} | {prediction_key(a, i.ref) for a in ws.models.values() for i in ws.images.values()} \
+    return {j.key for j in jobs} | reference_pass.reference_keys(manifest, ws, jobs, cache) \
+        | {prediction_key(a, i.ref) for a in ws.models.values() for i in ws.images.values()} \
         | {label_map_key(a, i.ref) for a in ws.models.values() if a.task == "segmentation" for i in ws.images.values()} \
         | {chunking_key(a) for a in ws.models.values()}
 

@@ -13,9 +13,9 @@ from typing import IO, Any, Callable, Iterable, Iterator, Mapping
 from galleryvis.families import FAMILIES
 
 #: A build's stages, in order: models and images loaded, predictions (targets), each compute
-#: family (:data:`galleryvis.families.FAMILIES`), scores, pictures (WebP files and the viewer's
-#: values) and pages.
-STAGES = ("load", "predict", *FAMILIES, "scoring", "pictures", "pages")
+#: family (:data:`galleryvis.families.FAMILIES`), the concept atlases' reference examples, scores,
+#: pictures (WebP files and the viewer's values) and pages.
+STAGES = ("load", "predict", *FAMILIES, "references", "scoring", "pictures", "pages")
 
 
 @dataclass

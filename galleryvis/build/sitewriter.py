@@ -8,6 +8,7 @@ import math
 import time
 import zipfile
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Collection
 
@@ -20,16 +21,17 @@ from galleryvis import registry
 from galleryvis.metrics import METRICS, agreement
 from galleryvis.metrics.meta_evaluation import CATEGORIES, GALLERY_CATEGORIES
 from galleryvis.storage.fileio import atomic_write
-from galleryvis.storage.images import fit
+from galleryvis.storage.images import central_square, fit, load_image
 from galleryvis.build.jobs import Job, LoadedImage, Workspace, layer_for, resolve_target, truth_mask
 from galleryvis.config.manifest import Manifest, Region
 from galleryvis.sources.loading import ModelAdapter
 from galleryvis.naming import unique_slugs
 from galleryvis.build.progress import Stages
+from galleryvis.build.reference_pass import MODES, RowReferences
 from galleryvis.render.records import (RECORDS_FILE, Appearance, Atlas, AtlasConcept, Cell, ClassShare, ColourScale,
                                        Concept, Detected, DetectedBox, Gallery, ImageRecord, LabelClass, MetricAgreement,
                                        MetricColumn, MetricTable, MetricValue, ModelRecord, Prediction, Ranking,
-                                       Segmentation, Size, TechniqueRecord, Variant)
+                                       ReferenceExample, Segmentation, Size, TechniqueRecord, Variant)
 from galleryvis.storage.sitefiles import staged
 
 #: Thumbnail box in CSS pixels; the full-resolution view serves 2x screens (``srcset``).
@@ -37,6 +39,8 @@ THUMB = 160
 #: WebP settings of every picture: lossy, deterministic for the same pixels (quality 55 keeps the
 #: complete gallery, 38 rows x 3 photos x 2 models, under 8 MB; the maps are smooth enough).
 WEBP = {"quality": 55, "method": 6}
+#: A reference example's crop on the atlas, in CSS pixels on its long side; its file is twice that.
+REFERENCE_THUMB = 80
 #: The viewer's map values: at most this many samples on the long side (box-averaged).
 VALUES_SIZE = 40
 
@@ -191,11 +195,69 @@ def _concept_pictures(facts: dict[str, Any], raw: np.ndarray, image: Image.Image
     return found
 
 
-def concept_atlases(jobs: list[Job], cells: list[Cell]) -> list[Atlas]:
+#: A concept's reference examples per mode (:data:`~galleryvis.build.reference_pass.MODES`), by channel.
+Examples = dict[int, dict[str, list[ReferenceExample]]]
+
+
+def reference_records(found: dict[tuple[str, str], RowReferences], ws: Workspace, out: Path,
+                      parts: dict[str, str]) -> dict[tuple[str, str], Examples]:
+    """The reference examples of each (model id, concept row) as records, each example's picture
+    (the part of the photo its box covers, as the model crops the photo, :data:`REFERENCE_THUMB`
+    CSS pixels on its long side) saved once under ``img/<model>/refs/``."""
+    photos = {img.ref.path: img.pil for img in ws.images.values()}
+    slugs: dict[Path, str] = {}
+    saved: dict[str, Variant] = {}
+    records: dict[tuple[str, str], Examples] = {}
+    for (model_id, row), refs in found.items():
+        adapter = ws.models[model_id]
+        if not slugs.keys() >= set(refs.files):
+            slugs.update(zip(refs.files, unique_slugs([p.stem for p in refs.files])))
+        per_channel: Examples = {}
+        for channel, modes in refs.examples.items():
+            per_channel[channel] = {}
+            for mode in MODES:
+                shown = []
+                for rank, ex in enumerate(modes[mode], 1):
+                    path = refs.files[ex.file]
+                    rel = f"img/{parts[model_id]}/refs/{slugs[path]}-{'-'.join(map(str, ex.box))}.webp"
+                    if rel not in saved:
+                        if path not in photos:
+                            photos[path] = load_image(path)
+                        saved[rel] = _reference_picture(photos[path], adapter, ex.box, out, rel)
+                    what = "relevant" if mode == "relevance" else "active"
+                    alt = (f"Most {what} reference example {rank} of concept {channel} of layer {refs.layer}: "
+                           f"{path.name}, {ex.value * 100:.2g} % of the layer's {mode}, cropped to where the "
+                           f"concept's relevance lies")
+                    shown.append(ReferenceExample(path.name, ex.value, list(ex.box),
+                                                  replace(saved[rel], alt=alt)))
+                per_channel[channel][mode] = shown
+        records[(model_id, row)] = per_channel
+    return records
+
+
+def _reference_picture(photo: Image.Image, adapter: ModelAdapter, box: tuple[int, int, int, int], out: Path,
+                       rel: str) -> Variant:
+    """The part of ``photo`` a box of the model's input (``(row0, row1, col0, col1)``) covers,
+    resampled from the photo itself, saved at twice :data:`REFERENCE_THUMB` on its long side."""
+    left, top, right, _ = central_square(*photo.size, adapter.crop_pct)
+    f = (right - left) / adapter.size  # photo pixels per input pixel
+    r0, r1, c0, c1 = box
+    region = (left + c0 * f, top + r0 * f, left + (c1 + 1) * f, top + (r1 + 1) * f)
+    long_side = max(r1 - r0, c1 - c0) + 1
+    w, h = (max(1, round(2 * REFERENCE_THUMB * n / long_side)) for n in (c1 - c0 + 1, r1 - r0 + 1))
+    pic = photo.resize((w, h), Image.Resampling.BICUBIC, box=region)
+    atomic_write(out / rel, _webp(pic))
+    shown = Size(max(1, w // 2), max(1, h // 2))
+    return Variant("reference", "Reference example", rel, rel, "", Size(w, h), shown)
+
+
+def concept_atlases(jobs: list[Job], cells: list[Cell],
+                    examples: dict[tuple[str, str], Examples] | None = None) -> list[Atlas]:
     """One atlas per model and concept row (``cells`` are the records of ``jobs``, in order): every
     channel in some cell's top-k with where it appears, the classes it matters for, its mean
-    confidence drop (the order: largest first) and, where a filter visualization cell of the same
-    model shows that channel of that layer, its picture."""
+    confidence drop (the order: largest first), its reference examples (``examples``, by model
+    and row, :func:`reference_records`) and, where a filter visualization cell of the same model
+    shows that channel of that layer, its picture."""
     rows: dict[tuple[str, str], list[tuple[Job, Cell]]] = defaultdict(list)
     features: dict[tuple[str, str, int], tuple[str, Variant]] = {}
     for job, cell in zip(jobs, cells):
@@ -206,6 +268,7 @@ def concept_atlases(jobs: list[Job], cells: list[Cell]) -> list[Atlas]:
     atlases = []
     for (model_id, tech_id), pairs in rows.items():
         layer = pairs[0][0].concepts["layer"]  # type: ignore[index]
+        refs = (examples or {}).get((model_id, tech_id), {})
         seen: dict[int, list[tuple[Cell, int, Concept]]] = defaultdict(list)
         for _, cell in pairs:
             for rank, c in enumerate(cell.concepts, 1):
@@ -223,9 +286,11 @@ def concept_atlases(jobs: list[Job], cells: list[Cell]) -> list[Atlas]:
             ranked = sorted((ClassShare(i, lab, len(s), max(s)) for (i, lab), s in classes.items()),
                             key=lambda c: (-c.images, -c.share, c.label))
             feature = features.get((model_id, layer, channel))
+            shown = refs.get(channel, {})
             entries.append(AtlasConcept(channel, sum(drops) / len(drops) if drops else None,
                                         sum(randoms) / len(randoms) if randoms else None, apps, ranked,
-                                        feature[1] if feature else None, feature[0] if feature else ""))
+                                        feature[1] if feature else None, feature[0] if feature else "",
+                                        shown.get("relevance", []), shown.get("activation", [])))
         entries.sort(key=lambda e: (e.drop is None, -(e.drop or 0.0), e.channel))
         atlases.append(Atlas(model_id, tech_id, layer, max(c.random_channels for _, c in pairs), entries))
     return atlases
@@ -476,13 +541,15 @@ def _detection_records(adapter: ModelAdapter, ws: Workspace, preds: dict[str, np
 def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[str, dict[str, np.ndarray]],
                rankings: list[Ranking], counts: dict[str, int], timings: Callable[[], dict[str, Any]], out: Path,
                provenance: dict[str, Any] | None = None, stages: Stages | None = None,
-               labels: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+               labels: dict[str, dict[str, np.ndarray]] | None = None,
+               references: dict[tuple[str, str], RowReferences] | None = None) -> None:
     """Render every page and picture into a staged folder that replaces ``out`` when complete;
     ``counts`` (computed / cached / failed) show on the pages, ``timings()`` (asked for once the
     pages are written, so it holds their time too: ``stages`` gets the pictures and pages
     stages) goes to build.json and ``provenance`` (versions, device, seeds, fingerprints,
     manifest hash, date) to the build page; ``labels``, each segmentation model's label map
-    per image id (:func:`~galleryvis.build.jobs.label_maps`), its "Prediction" row."""
+    per image id (:func:`~galleryvis.build.jobs.label_maps`), its "Prediction" row; ``references``,
+    each concept row's reference examples (:func:`~galleryvis.build.reference_pass.compute_references`)."""
     from galleryvis.render import render_site
 
     stages = stages or Stages()
@@ -542,7 +609,8 @@ def write_site(manifest: Manifest, ws: Workspace, jobs: list[Job], preds: dict[s
         gallery = Gallery(manifest.gallery.title, manifest.gallery.description, image_records, model_records,
                           techniques, cells, rankings, counts, scales=scales,
                           scaling=scaling, base_url=manifest.gallery.base_url, build=provenance or {},
-                          downloads=downloads, atlases=concept_atlases(jobs, cells),
+                          downloads=downloads,
+                          atlases=concept_atlases(jobs, cells, reference_records(references or {}, ws, tmp, parts[0])),
                           metric_notes={name: [METRICS[name].question, _better(name)]
                                         for name in manifest.metrics.compute},
                           metric_tables=metric_tables(cells, techniques, len(image_records),

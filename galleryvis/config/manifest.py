@@ -233,6 +233,14 @@ class MetricsSpec:
     compute: tuple[str, ...]
 
 
+@_declared("concepts")
+class ConceptsSpec:
+    """The concept atlases' settings: ``reference``, the files of the reference set each
+    concept's examples come from (a glob expanded, sorted); None: the gallery's own images."""
+
+    reference: tuple[Path, ...] | None
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A validated manifest. ``path`` is None for the embedded default; ``root`` is the folder
@@ -245,6 +253,7 @@ class Manifest:
     models: tuple[ModelSpec, ...]
     techniques: tuple[TechniqueSpec, ...]
     metrics: MetricsSpec
+    concepts: ConceptsSpec = field(default_factory=ConceptsSpec)
 
     @property
     def label(self) -> str:
@@ -308,7 +317,7 @@ def parse_manifest(data: Mapping[str, Any], *, path: Path | None, root: Path) ->
     models, techniques = p.resolve(draft)
     if p.errors:
         raise ManifestError(list(dict.fromkeys(p.errors)))
-    return Manifest(path, p.root, draft.gallery, draft.images, models, techniques, draft.metrics)
+    return Manifest(path, p.root, draft.gallery, draft.images, models, techniques, draft.metrics, draft.concepts)
 
 
 def check_against_models(manifest: Manifest, adapters: Mapping[str, Any]) -> list[str]:
@@ -435,6 +444,7 @@ class _Draft(NamedTuple):
     models: tuple[_Entry, ...]
     techniques: tuple[_Entry, ...] | None
     metrics: MetricsSpec
+    concepts: ConceptsSpec
 
 
 class _Parser:
@@ -455,7 +465,7 @@ class _Parser:
         top = self.table(data, "", tuple(schema.SECTIONS))
         return _Draft(self.gallery(top.get("gallery", {})), self.images(top.get("images")),
                       self.models(top.get("models")), self.techniques(top.get("techniques")),
-                      self.metrics(top.get("metrics", {})))
+                      self.metrics(top.get("metrics", {})), self.concepts(top.get("concepts", {})))
 
     def resolve(self, draft: _Draft) -> tuple[tuple[ModelSpec, ...], tuple[TechniqueSpec, ...]]:
         """The model and technique specs of ``draft``: model names and weights asked of the model
@@ -910,6 +920,14 @@ class _Parser:
     def metrics(self, value: Any) -> MetricsSpec:
         v, _, _ = self.section("metrics", value, "metrics")
         return MetricsSpec(**v)
+
+    def concepts(self, value: Any) -> ConceptsSpec:
+        """``[concepts]``: the reference set's files, a glob expanded as an image path is (decoded
+        by the build, which names a file that does not decode at ``concepts.reference``)."""
+        v, _, _ = self.section("concepts", value, "concepts")
+        if v["reference"] is not None:
+            v["reference"] = tuple(self.expand(v["reference"], "concepts.reference")) or None
+        return ConceptsSpec(**v)
 
     # what the model sources, the plug-ins and the registry know
 

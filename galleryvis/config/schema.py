@@ -256,6 +256,12 @@ SECTIONS: dict[str, tuple[Field, ...]] = {
                                   "one's cost in model passes); localisation metrics on the images with a `mask` or "
                                   "`box`", (), "array of metric names", "none"),
     ),
+    "concepts": (
+        Field("reference", "string", "the reference set a concept atlas shows each concept's most relevant and most "
+                                     "active examples from ([concepts](concepts.md#reference-examples-in-the-atlas)): "
+                                     "an image file or a glob relative to the manifest (`\"refs/**/*.jpg\"`), as "
+                                     "`[[images]] path`", None, "string", "the gallery's images"),
+    ),
 }
 
 

@@ -223,12 +223,26 @@ class ClassShare:
 
 
 @dataclass(frozen=True)
+class ReferenceExample:
+    """A concept's reference example: the reference file's ``name``, the concept's ``value`` on
+    it (its share of the image's relevance, or of its activation, at the layer), the ``box``
+    where the concept's relevance lies in the model's input (``[row0, row1, col0, col1]``,
+    inclusive) and the ``picture`` of that part of the photo."""
+
+    name: str
+    value: float
+    box: list[int]
+    picture: Variant
+
+
+@dataclass(frozen=True)
 class AtlasConcept:
     """One entry of a concept atlas: the ``channel``, its mean confidence ``drop`` over the cells
     that have it in their top-k and the mean of those cells' random-channel medians
     (``random_drop``), its ``appearances`` (largest share first), the ``classes`` it matters for
     and its ``feature`` visualization (a filter visualization cell of that channel and layer, if
-    the gallery has one; ``feature_technique`` its row)."""
+    the gallery has one; ``feature_technique`` its row); its reference examples, best first: the
+    ``most_relevant`` (relevance maximization) and the ``most_active`` (activation maximization)."""
 
     channel: int
     drop: float | None
@@ -237,6 +251,8 @@ class AtlasConcept:
     classes: list[ClassShare]
     feature: Variant | None = None
     feature_technique: str = ""
+    most_relevant: list[ReferenceExample] = field(default_factory=list)
+    most_active: list[ReferenceExample] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
