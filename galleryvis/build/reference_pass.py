@@ -162,16 +162,17 @@ def _rankings(adapter: ModelAdapter, refs: ReferenceSet, group: _Group, chunks: 
 def _boxes(adapter: ModelAdapter, refs: ReferenceSet, group: _Group, ranked: np.ndarray, channel: int,
            chunks: Chunking) -> np.ndarray:
     """Each example's box of ``channel`` (modes, top, 4), int64: the crop of its heatmap started
-    at the example's neuron."""
+    at the example's neuron; one heatmap per distinct (image, neuron) of both modes (a small set
+    often ranks the same images by relevance and by activation)."""
     x = refs.inputs(adapter)
-    out = []
-    for m in range(len(MODES)):
-        files = ranked[m, 0, channel].astype(np.int64)
-        maps = reference_heatmaps(adapter.model, x[torch.from_numpy(files)], channel, group.layer,
-                                  torch.from_numpy(ranked[m, 2, channel].astype(np.int64)), batch_size=chunks,
-                                  mean=adapter.mean, std=adapter.std, **group.params)
-        out.append([crop_box(heat) for heat in maps])
-    return np.asarray(out, dtype=np.int64)
+    pairs = [(int(f), int(p)) for m in range(len(MODES))
+             for f, p in zip(ranked[m, 0, channel], ranked[m, 2, channel])]
+    distinct = list(dict.fromkeys(pairs))
+    files, positions = (torch.tensor(v, dtype=torch.long) for v in zip(*distinct))
+    maps = reference_heatmaps(adapter.model, x[files], channel, group.layer, positions, batch_size=chunks,
+                              mean=adapter.mean, std=adapter.std, **group.params)
+    box = {pair: crop_box(heat) for pair, heat in zip(distinct, maps)}
+    return np.asarray([box[pair] for pair in pairs], dtype=np.int64).reshape(len(MODES), -1, 4)
 
 
 def compute_references(manifest: Manifest, ws: Workspace, jobs: list[Job], cache: Cache, progress: Progress,
@@ -188,7 +189,7 @@ def compute_references(manifest: Manifest, ws: Workspace, jobs: list[Job], cache
         adapter = ws.models[group.model_id]
         what = f"{adapter.id}: reference examples at {group.layer}"
         found = RowReferences(group.layer, refs.files)
-        # the bar moves with the images sent through the model: the set twice, then each concept's examples
+        # the bar moves with the images sent through the model: the set twice, then at most each concept's examples
         images = 2 * len(refs.files) + 2 * min(EXAMPLES, len(refs.files)) * len(group.channels)
         with counting([adapter.model], progress.counter(what, images)):
             _compute(adapter, refs, group, found, cache, batch_size, force)
