@@ -217,7 +217,8 @@ def reference_records(found: dict[tuple[str, str], RowReferences], ws: Workspace
             per_channel[channel] = {}
             for mode in MODES:
                 shown = []
-                for rank, ex in enumerate(modes[mode], 1):
+                # an image whose share is not positive is no example of the concept (a small set has few)
+                for rank, ex in enumerate((ex for ex in modes[mode] if ex.value > 0), 1):
                     path = refs.files[ex.file]
                     rel = f"img/{parts[model_id]}/refs/{slugs[path]}-{'-'.join(map(str, ex.box))}.webp"
                     if rel not in saved:
