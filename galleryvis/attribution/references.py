@@ -130,7 +130,8 @@ def reference_heatmaps(
     if wanted is not None and wanted.numel() != x.shape[0]:
         raise ValueError(f"reference_heatmaps: {wanted.numel()} positions for {x.shape[0]} images")
     maps = []
-    with layer_call(model, x, None, layer, batch_size, mean, std) as call:
+    # no target is read (the LRP starts at the layer): class 0 spares the forward that finds top-1 classes
+    with layer_call(model, x, 0, layer, batch_size, mean, std) as call:
         start = 0
         for ctx in call.contexts():
             xs, _, at = traced(ctx, call.layer, **resolved)
