@@ -12,7 +12,9 @@ from torch import Tensor, nn
 
 import galleryvis
 from galleryvis import targets
+from galleryvis.attribution import concepts as concepts_module
 from galleryvis.attribution.concepts import Concepts, concept_drop, concepts
+from galleryvis.engine.changes import forward_hooks
 from galleryvis.errors import LayerError
 from galleryvis.hooks import hook_count
 from galleryvis.engine.layers import default_layer
@@ -306,6 +308,65 @@ def test_drops_are_seeded(tiny_seq: nn.Sequential, tiny_x: Tensor) -> None:
     # more random channels than the layer has: all of them
     every = concept_drop(tiny_seq, tiny_x, [0], 1, layer="6", random_channels=100)[1]
     assert torch.equal(every, concept_drop(tiny_seq, tiny_x, [0], 1, layer="6", random_channels=16, seed=5)[1])
+
+
+# -- drops through copies of the layer's output ----------------------------------------------------------
+class MixesRows(nn.Module):
+    """Subtracts a tenth of the batch's mean: a model after which the rows of a batch are not independent."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x - 0.1 * x.mean(0, keepdim=True)
+
+
+def drops_and_forwards(model: nn.Module, x: Tensor, layer: str, copies: bool, monkeypatch: pytest.MonkeyPatch,
+                       **kwargs: Any) -> tuple[Tensor, Tensor, int]:
+    """(drops, random drops, forwards of the model begun) of :func:`concept_drop` for class 1 and the
+    channels 0, 2 and 5; without ``copies``, by one forward of the chunk per channel (the old way)."""
+    with monkeypatch.context() as patch:
+        if not copies:
+            patch.setattr(concepts_module, "_copied", lambda *_args: None)
+        calls: list[int] = []
+        with forward_hooks([(model, lambda *_args: calls.append(1))], pre=True):
+            drops, rand = concept_drop(model, x, [0, 2, 5], 1, layer=layer, **kwargs)
+    return drops, rand, len(calls)
+
+
+def test_copies_of_the_layer_give_the_drops_of_a_forward_per_channel(
+        tiny_seq: nn.Sequential, tiny_x: Tensor, resnet18: nn.Module, transformers: dict[str, nn.Module],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CNN, a ResNet inside a residual block (the identity around the layer comes from before it, of
+    batch 1), a ViT's token layer and its MLP (a residual around it): the same drops as one forward of
+    the chunk per channel, in one forward per image instead of one per channel (plus the shared one);
+    with a small batch size, several forwards of copies per image."""
+    x64, x32 = (torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(3)) for s in (64, 32))
+    cases = [(tiny_seq, tiny_x, "3", {}), (tiny_seq, tiny_x, "6", {"batch_size": 2}),
+             (resnet18, x32, "layer2.1.conv2", {}),
+             (transformers["vit"], x64, "encoder.layers.encoder_layer_0", {}),
+             (transformers["vit"], x64, "encoder.layers.encoder_layer_1.mlp", {})]
+    for model, x, layer, kwargs in cases:
+        new = drops_and_forwards(model, x, layer, True, monkeypatch, random_channels=6, **kwargs)
+        old = drops_and_forwards(model, x, layer, False, monkeypatch, random_channels=6, **kwargs)
+        torch.testing.assert_close(new[:2], old[:2], rtol=0, atol=2e-6, msg=layer)
+        per_forward = 4 * kwargs.get("batch_size", 8) - 1  # zeroed copies beside the untouched one
+        chunks = -(-len(x) // kwargs.get("batch_size", 8))
+        assert new[2] == chunks + len(x) * -(-9 // per_forward), layer
+        assert old[2] == chunks * (1 + 9), layer
+    assert hook_count(tiny_seq) == hook_count(resnet18) == 0
+
+
+def test_where_copies_do_not_go_through_the_model_a_forward_per_channel_gives_the_drops(
+        resnet18: nn.Module, tiny_seq: nn.Sequential, tiny_x: Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ResNet's downsampling path (the block adds it in place to its batch-1 main path: the forward
+    raises) and a model whose rows mix after the layer (the untouched copy's confidence is not the
+    clean one): each falls back to one forward per channel, with its values and the model unchanged."""
+    mixing = nn.Sequential(*tiny_seq[:7], MixesRows(), *tiny_seq[7:]).eval()
+    x32 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    for model, x, layer in [(resnet18, x32, "layer3.0.downsample"), (mixing, tiny_x, "6")]:
+        new = drops_and_forwards(model, x, layer, True, monkeypatch, random_channels=4)
+        old = drops_and_forwards(model, x, layer, False, monkeypatch, random_channels=4)
+        assert torch.equal(new[0], old[0]) and torch.equal(new[1], old[1]), layer
+        assert new[2] == old[2] + 1, layer  # the one forward of copies that failed
+        assert hook_count(model) == 0 and not model.training
 
 
 class FailsOnCall(nn.Module):

@@ -242,17 +242,20 @@ def _concepts(ctx: Context, layer: str, channels: list[int] | None, top_k: int,
 
 def _drops(ctx: Context, layer: str, chosen: Tensor, random_channels: int, seed: int) -> tuple[Tensor, Tensor]:
     """(drops (n, k), median random drops (n,)) of one chunk: ``chosen`` (n, k) zeroed one rank at
-    a time, then each of the random channels."""
+    a time, then each of the random channels; through :func:`_copied` where the model allows it,
+    else one forward of the chunk per channel (:func:`_zeroed`)."""
     grid = ctx.grid(layer)
-    count = grid.channels
     grid.check_channels(chosen, layer)
-    drawn = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:random_channels]
-    n = len(ctx.x)
+    drawn = torch.randperm(grid.channels, generator=torch.Generator().manual_seed(seed))[:random_channels]
+    n, k = chosen.shape
+    every = torch.cat([chosen.cpu(), drawn.expand(n, -1)], 1)  # (n, k + random): each column one forward
     with torch.no_grad():
         base = ctx.target.confidence(ctx.forward().output)
-        drops = torch.stack([base - _zeroed(ctx, layer, grid, chosen[:, j]) for j in range(chosen.shape[1])], 1)
-        rand = torch.stack([base - _zeroed(ctx, layer, grid, c.expand(n)) for c in drawn], 1)
-    return drops.float().cpu(), rand.float().quantile(0.5, dim=1).cpu()  # the mean of the middle two if even
+        kept = _copied(ctx, layer, grid, every, base)
+        if kept is None:
+            kept = torch.stack([_zeroed(ctx, layer, grid, every[:, j]) for j in range(every.shape[1])], 1)
+        lost = base[:, None] - kept
+    return lost[:, :k].float().cpu(), lost[:, k:].float().quantile(0.5, dim=1).cpu()  # even: the middle two's mean
 
 
 def _zeroed(ctx: Context, layer: str, grid: Grid, channel: Tensor) -> Tensor:
@@ -264,6 +267,61 @@ def _zeroed(ctx: Context, layer: str, grid: Grid, channel: Tensor) -> Tensor:
 
     with replaced_output(ctx.model, layer, zero):
         return ctx.target.confidence(ctx.output(ctx.x))
+
+
+class _NotCopyable(Exception):
+    """The model does not carry a batch of copies of the layer's output through to its output."""
+
+
+def _copied(ctx: Context, layer: str, grid: Grid, every: Tensor, base: Tensor) -> Tensor | None:
+    """The target's confidences (n, m) with channel ``every[i, j]`` of ``layer``'s output zeroed
+    for image i, what :func:`_zeroed` gives column by column, for the cost of one forward of the
+    layers before ``layer`` per image: each forward runs one image up to the layer, whose output
+    is replaced by a batch of copies, the first untouched and each other with one channel zeroed,
+    so the layers after it run once on the batch (a tensor from before the layer, as on a skip
+    connection, is of batch 1 and broadcasts against it). Up to the chunk's forward batch size
+    of copies per forward. None, for the caller to fall back on :func:`_zeroed`, where the model
+    does not allow it: the layer's output is not of batch 1 for one image, the model's output is
+    not of one row per copy, the untouched copy's confidence is not ``base[i]`` (the batch's rows
+    not independent), or the first such forward raises (a later one raising is an error of its own)."""
+    n, m = every.shape
+    per = max(1, ctx.forward_batch_size - 1)  # zeroed copies per forward, beside the untouched one
+    kept = torch.empty(n, m, dtype=base.dtype, device=base.device)
+    tried = False
+    for i in range(n):
+        for start in range(0, m, per):
+            try:
+                conf = _copies(ctx, layer, grid, i, every[i, start:start + per])
+            except _NotCopyable:
+                return None
+            except Exception:  # noqa: BLE001  (the model cannot take the copies: fall back)
+                if tried:
+                    raise
+                return None
+            tried = True
+            if not torch.allclose(conf[0], base[i], rtol=1e-4, atol=1e-6):
+                return None
+            kept[i, start:start + per] = conf[1:]
+    return kept
+
+
+def _copies(ctx: Context, layer: str, grid: Grid, i: int, channels: Tensor) -> Tensor:
+    """Image ``i``'s confidences (1 + len(channels),): untouched, then with each of ``channels``
+    zeroed at ``layer``, by one forward (:func:`_copied`)."""
+    count = len(channels) + 1
+    zeroed = 1 - F.one_hot(channels.to(ctx.x.device), grid.channels)
+    keep = grid.per_channel(torch.cat([torch.ones_like(zeroed[:1]), zeroed]))
+
+    def spread(out: Tensor) -> Tensor:  # a module called again (shared) sees the copies: zeroed again
+        if out.shape[0] not in (1, count):
+            raise _NotCopyable(f"layer {layer!r} gives a batch of {out.shape[0]} for one image")
+        return out * keep.to(out.dtype)
+
+    with replaced_output(ctx.model, layer, spread):
+        conf = ctx.target.image(i, count).confidence(ctx.output(ctx.x[i:i + 1]))
+    if tuple(conf.shape) != (count,):
+        raise _NotCopyable(f"the model gives {tuple(conf.shape)} confidences for {count} copies")
+    return conf
 
 
 def _channel_list(channels: Sequence[int]) -> list[int]:
