@@ -453,14 +453,16 @@ def test_a_compare_page_puts_two_detectors_side_by_side_on_their_best_match_to_o
         assert [b["explained"] for b in model["detections"]["cat"]["boxes"]] == [k == best for k in range(len(found))]
         x0, y0, x1, y1 = (round(float(v)) for v in found[best, :4])
         pictures = [model["regions"]["cat"]["src"]] + [v["src"] for c in cells for v in c["variants"]]
-        edges = [(inside, outside) for inside, outside in ((x0, x0 - 1), (x1 - 1, x1)) if 0 <= outside < 64]
+        rows, cols = slice(y0 + 2, max(y0 + 3, y1 - 2)), slice(x0 + 2, max(x0 + 3, x1 - 2))
+        edges = [(np.s_[rows, inside], np.s_[rows, outside]) for inside, outside in ((x0, x0 - 1), (x1 - 1, x1))
+                 if 0 <= outside < 64] + [(np.s_[inside, cols], np.s_[outside, cols])
+                                          for inside, outside in ((y0, y0 - 1), (y1 - 1, y1)) if 0 <= outside < 64]
         assert edges and len(pictures) == 1 + 2 * 3
-        for src in pictures:  # the box's left and right edges: white just inside, black just outside
+        for src in pictures:  # the box's edges inside the picture: white just inside, black just outside
             picture = np.asarray(Image.open(site / src).convert("L"), dtype=float)
             assert picture.shape == (64, 64)
-            rows = slice(y0 + 2, max(y0 + 3, y1 - 2))
             for inside, outside in edges:
-                assert picture[rows, inside].mean() > 170 and picture[rows, outside].mean() < 80, (src, inside)
+                assert picture[inside].mean() > 170 and picture[outside].mean() < 80, (src, inside)
     assert page.count('class="note">detection outlined</p>') == 2 * 2  # each family's grid: both models' originals
     assert 'id="cam-original"' in page and 'id="cam-detections"' in page and 'id="perturbation-detections"' in page
     assert "each column names the detection that model's maps explain" in page
