@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from galleryvis.engine import IMAGENET_MEAN, IMAGENET_STD
 from galleryvis.hooks import resolve_layer
 
-from .common import Skip
+from .common import Skip, detection_targets
 
 
 def version(package: str) -> str | None:
@@ -311,18 +311,21 @@ def gradcam_detect_gradcam(model: nn.Module, x: Tensor, targets: list[int], boxe
         return torch.from_numpy(cam(input_tensor=x, targets=cams))
 
 
-def torch_drise(model: nn.Module, x: Tensor, targets: list[int], boxes: Tensor, masks: Tensor,
-                batch_size: int) -> Tensor:
-    """D-RISE (Petsiuk et al. 2021, eq. 2 and 3) in plain PyTorch for each image's reference
-    detection (label ``targets[i]``, box ``boxes[i]``): ``batch_size`` masked copies per forward
-    under ``torch.inference_mode``, w = max_j IoU(L_t, L_j) cos(P_t, P_j) over each copy's
-    detections (a torchvision detection's class vector is its score at its label: the cosine is
-    1 for the same label, 0 for another), the map sum_i w_i M_i / M. ``masks`` (M, 1, H, W)."""
+def torch_drise(model: nn.Module, x: Tensor, targets: list[int], masks: Tensor, batch_size: int) -> Tensor:
+    """D-RISE (Petsiuk et al. 2021, eq. 2 and 3) in plain PyTorch for each image's best detection,
+    found first as a user of the formula must (pytorch-grad-cam's detection tutorial runs the
+    detector first): one forward of the clean images, the detection of highest score
+    (:func:`bench.common.detection_targets`; ``targets`` is not read). Then ``batch_size``
+    masked copies per forward under ``torch.inference_mode``, w = max_j IoU(L_t, L_j) cos(P_t, P_j)
+    over each copy's detections (a torchvision detection's class vector is its score at its
+    label: the cosine is 1 for the same label, 0 for another), the map sum_i w_i M_i / M.
+    ``masks`` (M, 1, H, W)."""
     from torchvision.ops import box_iou
 
     maps = []
     with torch.inference_mode():
-        for xi, label, box in zip(x, targets, boxes):
+        labels, boxes = detection_targets(model, x)
+        for xi, label, box in zip(x, labels, boxes):
             total = torch.zeros(masks.shape[-2:], device=x.device)
             for start in range(0, len(masks), batch_size):
                 m = masks[start:start + batch_size]

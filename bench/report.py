@@ -182,22 +182,25 @@ def _agreement(rep: Report, what: str, r: dict[str, Any], r_min: float) -> str:
     return f"- {r['label']}: r = {shown} (≥ {r_min:g} {mark})"
 
 
-def _floor_row(floor: tuple[int, str], refs: dict[str, Any], ours: dict[str, Any], rs: list[dict[str, Any]],
-               settings: dict[str, Any]) -> list[str]:
+def _floor_row(floor: tuple[int, str] | tuple[int, str, int], refs: dict[str, Any], ours: dict[str, Any],
+               rs: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
     """The cost of the passes themselves in plain PyTorch (frozen parameters, same batch): what
     any implementation computing these gradients pays; the seed-style loop's and the fastest
     peer's time over it are the largest speedups such an implementation gets (galleryvis's own
     gains beyond it: channels_last weights and inputs, batch-norm folding)."""
-    passes, ref_key = floor
-    t = passes * refs[ref_key]["per_image"]
+    passes, ref_key, *more = floor
+    single = more[0] if more else 0  # passes of the same kind at batch 1 besides
+    kind = ref_key.rsplit("_", 1)[0]
+    t = passes * refs[ref_key]["per_image"] + single * refs[f"{kind}_b1"]["per_image"]
     batch = 1 if ref_key.endswith("_b1") else settings["batch_size"]
     pass_ = "forward" if ref_key.startswith("forward_") else "forward + input-gradient backward"
-    what = pass_ if passes == 1 else f"{passes} × ({pass_})"
+    what = (pass_ if passes == 1 else f"{passes} × ({pass_})") + f" at batch {batch}" \
+        + (f" + {single} at batch 1" if single else "")
     seed = next((r for r in rs if r["kind"] == "seed" and "per_image" in r), None)
     peer = min((r["per_image"] for r in rs if r["kind"] == "peer" and "per_image" in r), default=None)
     note = "; ".join(([f"seed-style ÷ this = {times(seed['per_image'] / t)}"] if seed else [])
                      + ([f"fastest peer ÷ this = {times(peer / t)}"] if peer else []))
-    return ["", f"reference: {what} at batch {batch}, plain PyTorch, frozen parameters", secs(t), "—",
+    return ["", f"reference: {what}, plain PyTorch, frozen parameters", secs(t), "—",
             times(t / ours["per_image"]), "", note]
 
 

@@ -343,6 +343,26 @@ def test_boxes_are_drawn_in_their_colours_faint_or_outlined() -> None:
         postprocess.draw_boxes(grey, [(0, 0, 1, 1), (1, 1, 2, 2)], ["#000000"])
 
 
+def test_the_explained_boxs_tag_hides_none_of_the_box() -> None:
+    """Above the box where there is room, else below it (a box at the picture's top), else
+    inside its top-left corner (a box as tall as the picture)."""
+    from galleryvis.render import postprocess
+
+    grey = Image.new("RGB", (100, 80), (100, 100, 100))
+    for box, where in [((10, 30, 50, 60), "above"), ((10, 0, 30, 8), "below"), ((5, 2, 95, 78), "inside")]:
+        changed = (np.asarray(postprocess.outline_box(grey, box)) != np.asarray(
+            postprocess.outline_box(grey, box, "dog 0.91"))).any(-1)
+        rows = np.nonzero(changed.any(1))[0]
+        x0, y0, x1, y1 = box
+        assert changed[:, :x0].sum() == 0 and len(rows), box  # the tag starts at the box's left edge
+        if where == "above":
+            assert rows.max() < y0 - 1  # the black line just outside the top edge stays
+        elif where == "below":
+            assert rows.min() > y1  # the black line just outside the bottom edge stays
+        else:
+            assert rows.min() == y0
+
+
 def test_the_pages_load_in_a_browser_and_the_viewer_draws_over_the_outlined_detection(built: dict[str, Any]) -> None:
     from test_browser import ARGS, BROKEN_IMAGES, CHROMIUM, sync_api  # skips where chromium or playwright is missing
 
@@ -372,3 +392,77 @@ def test_a_detector_runs_in_chunks_of_the_default_batch_size_untimed(built: dict
 
     adapter = workspace(built["manifest"]).models["det"]
     assert chunking_for(adapter, Cache(None, enabled=False)) == Chunking.of(default_batch_size(adapter.device))
+
+
+#: Two torchvision detectors of the compare page's test, each with its seed.
+PAIR = (("fasterrcnn_mobilenet_v3_large_fpn", 0), ("fasterrcnn_mobilenet_v3_large_320_fpn", 1))
+CAT = 17  # COCO's "cat"
+
+
+def _pair_manifest(folder: Path, photo: Path, target: str) -> Path:
+    models = "".join(f'[[models]]\nname = "{name}"\nweights = "{name}.pth"\nsize = 64\nscore_threshold = 0.0\n'
+                     f"max_detections = 20\n" for name, _ in PAIR)
+    return _write(folder, "pair.toml", f'[gallery]\ntitle = "Two detectors"\noutput = "pair"\n'
+                  f'[[images]]\npath = "{photo}"\n{target}\n{models}'
+                  '[[techniques]]\nname = "gradcam"\n[[techniques]]\nname = "drise"\n'
+                  'params = { masks = 8, cells = 4 }\n')
+
+
+@pytest.mark.slow
+def test_a_compare_page_puts_two_detectors_side_by_side_on_their_best_match_to_one_box(folder: Path) -> None:
+    """Two torchvision detectors with seeded random weights saved locally (each's "cat" logit
+    raised, so that both find cats), one photo whose target is a cat's box that both find (the
+    mean of the two models' closest pair of boxes): each model's cells explain its own best match
+    to the box, the compare page names each one in its column's header, starts with each model's
+    original image (its detection outlined) and its Detections row, and every picture of a
+    column has that column's box outlined."""
+    import torchvision
+    from torchvision.ops import box_iou
+
+    for name, seed in PAIR:
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None)
+        with torch.no_grad():
+            model.roi_heads.box_predictor.cls_score.bias[CAT] += 4.0
+        torch.save(model.state_dict(), folder / f"{name}.pth")
+    path = PHOTOS / "cat.png"
+    photo = Image.open(path).convert("RGB")
+    ws = workspace(load_manifest(_pair_manifest(folder, path, "")))
+    adapters = [ws.models[name] for name, _ in PAIR]
+    dets = [a.detections(a.preprocess(photo)[None])[0] for a in adapters]
+    boxes = [torch.tensor([photo_box(a, d[:4], photo.size) for d in found]) for a, found in zip(adapters, dets)]
+    overlap = box_iou(*boxes)
+    i, j = divmod(int(overlap.argmax()), overlap.shape[1])
+    assert overlap[i, j] > 0.8 and dets[0][i, 5] == dets[1][j, 5] == CAT
+    asked = [round(float(v), 1) for v in (boxes[0][i] + boxes[1][j]) / 2]
+    manifest = load_manifest(_pair_manifest(folder, path, f'target = {{ class = "cat", box = {asked} }}'))
+    summary = build(manifest, Options(use_cache=False, batch_size=8, quiet=True))
+    assert (summary.computed, summary.failed) == (4, 0)
+    site = folder / "pair"
+    gallery = json.loads((site / "gallery.json").read_text(encoding="utf-8"))
+    page = (site / "compare-cat.html").read_text(encoding="utf-8")
+    for (name, _), adapter, found in zip(PAIR, adapters, dets):
+        # its best match to the box, in its own detections (the model input's pixels)
+        ious = box_iou(torch.tensor([adapter.input_box(asked, photo.size)]), torch.from_numpy(found[:, :4]))[0]
+        best = int((ious * torch.from_numpy(found[:, 5] == CAT)).argmax())
+        label = f"cat {found[best, 4]:.2f}, box {best + 1} of {len(found)}"
+        cells = [c for c in gallery["cells"] if c["model_id"] == name]
+        assert [(c["target_label"], c["target_index"], c["status"]) for c in cells] == [(label, CAT, "ok")] * 2
+        assert f'{name}</a> <span class="target">Target class: {label} ({CAT})</span>' in page
+        model = next(m for m in gallery["models"] if m["id"] == name)
+        assert [b["explained"] for b in model["detections"]["cat"]["boxes"]] == [k == best for k in range(len(found))]
+        x0, y0, x1, y1 = (round(float(v)) for v in found[best, :4])
+        pictures = [model["regions"]["cat"]["src"]] + [v["src"] for c in cells for v in c["variants"]]
+        rows, cols = slice(y0 + 2, max(y0 + 3, y1 - 2)), slice(x0 + 2, max(x0 + 3, x1 - 2))
+        edges = [(np.s_[rows, inside], np.s_[rows, outside]) for inside, outside in ((x0, x0 - 1), (x1 - 1, x1))
+                 if 0 <= outside < 64] + [(np.s_[inside, cols], np.s_[outside, cols])
+                                          for inside, outside in ((y0, y0 - 1), (y1 - 1, y1)) if 0 <= outside < 64]
+        assert edges and len(pictures) == 1 + 2 * 3
+        for src in pictures:  # the box's edges inside the picture: white just inside, black just outside
+            picture = np.asarray(Image.open(site / src).convert("L"), dtype=float)
+            assert picture.shape == (64, 64)
+            for inside, outside in edges:
+                assert picture[inside].mean() > 170 and picture[outside].mean() < 80, (src, inside)
+    assert page.count('class="note">detection outlined</p>') == 2 * 2  # each family's grid: both models' originals
+    assert 'id="cam-original"' in page and 'id="cam-detections"' in page and 'id="perturbation-detections"' in page
+    assert "each column names the detection that model's maps explain" in page

@@ -16,7 +16,7 @@ from PIL import Image
 from galleryvis.render import postprocess
 from galleryvis.cli import main
 from galleryvis.errors import ManifestError
-from galleryvis.build.explain import Explained, flagged, output_problem
+from galleryvis.build.explain import Explained, confidence_text, flagged, output_problem
 from galleryvis.storage.images import central_square
 from galleryvis.storage.images import fit
 
@@ -166,6 +166,36 @@ def test_a_synthesis_says_what_it_made_and_no_probability(here):
 def test_the_line_names_the_random_weights_and_leaves_out_what_is_unknown():
     line = Explained(Path("o.png"), "resnet18", True, "Inverted Representation", "", None).line()
     assert line == "resnet18 (random weights): Inverted Representation -> o.png"
+
+
+def test_the_confidence_is_named_by_what_it_is_for_the_models_task():
+    assert confidence_text("classification", 0.354) == "probability 35.4 %"
+    assert confidence_text("multilabel", 0.9) == "probability 90.0 %"
+    assert confidence_text("image-text", 0.5) == "probability 50.0 % over the prompts"
+    assert confidence_text("segmentation", 0.18) == "18 % of the pixels"
+    assert confidence_text("segmentation", 0.001) == "<1 % of the pixels"
+    assert confidence_text("detection", 0.912, (1, 3)) == "score 0.91, box 1 of 3"
+
+
+@pytest.mark.slow
+def test_explain_on_a_detector_names_the_detections_score_not_a_probability(here):
+    """A torchvision Faster R-CNN (MobileNetV3 320 FPN) with seeded random weights saved
+    locally, its "cat" logit raised so that its detections pass the default score threshold:
+    the line names the explained detection's score and place, as the gallery's header does."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights=None, weights_backbone=None)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[17] += 4.0  # COCO's "cat"
+    torch.save(model.state_dict(), here / "det.pth")
+    result = _explain("--model", "fasterrcnn_mobilenet_v3_large_320_fpn", "--weights", "det.pth", "-o", "det.png")
+    assert result.exit_code == 0, result.output
+    (line,) = result.output.splitlines()
+    assert re.fullmatch(r"fasterrcnn_mobilenet_v3_large_320_fpn: Grad-CAM for 'cat' \(class 17, score 0\.\d\d, "
+                        r"box 1 of \d+\) -> det\.png", line), line
+    assert "probability" not in line
 
 
 @pytest.mark.parametrize("args, start", [

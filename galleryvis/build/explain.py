@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from galleryvis.render import postprocess
+from galleryvis.render.grid import share_text
 from galleryvis import registry, sources
 from galleryvis.storage.cache import Cache
 from galleryvis.engine import default_batch_size
@@ -44,16 +45,17 @@ _FIELD = re.compile(r"(?:[^:]*: )?(?P<field>(?:images|models|techniques)\[0\]\.\
 @dataclass(frozen=True)
 class Explained:
     """What ``explain`` wrote: the file, the model (and whether its weights are random), the
-    technique's title, what it explained (``'tabby' (class 281)``, ``channel 7 of _blocks.15``,
-    or '' for a technique of neither), and the probability of the class explained on the photo
-    (None unless the technique explains the photo's class)."""
+    technique's title, what it explained (``'tabby' (class 281, probability 35.4 %)``, ``channel 7
+    of _blocks.15``, or '' for a technique of neither), and the model's confidence in the target
+    explained on the photo, as :func:`confidence_text` names it by the model's task (None unless
+    the technique explains the photo's target)."""
 
     path: Path
     model: str
     random: bool
     technique: str
     subject: str
-    probability: float | None
+    confidence: float | None
 
     def line(self) -> str:
         """One line for the terminal: model, technique, what it explained, file."""
@@ -153,15 +155,28 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
         postprocess.save_picture(postprocess.raw_picture(kind, job.result) if chosen == RAW else views[chosen], output)
     reads_class = tech.inputs.image == "required" and tech.inputs.unit == "target"  # of the photo, not made from a class
     read = preds[adapter.id][job.image.id]  # a detector's: its detections, the explained one's score
-    probability = float(read[job.rank[0] - 1, 4] if job.rank else read[job.target]) if reads_class else None
-    return Explained(output, adapter.id, adapter.random, tech.title, _subject(job, adapter, probability), probability)
+    confidence = float(read[job.rank[0] - 1, 4] if job.rank else read[job.target]) if reads_class else None
+    return Explained(output, adapter.id, adapter.random, tech.title, _subject(job, adapter, confidence), confidence)
 
 
-def _subject(job: Job, adapter: ModelAdapter, probability: float | None) -> str:
-    """What ``job`` explained, in words: its class (with ``probability``), its channel, or ''."""
+def confidence_text(task: str, confidence: float, rank: tuple[int, int] | None = None) -> str:
+    """The model's confidence in the target it explains, named as what it is for ``task``: a
+    detection's score and its place ``rank`` (k, n) among the image's kept detections ("score
+    0.91, box 1 of 3"), a segmentation class's share of the pixels ("18 % of the pixels"), an
+    image-text model's softmax over its prompts, a classifier's softmax (a multi-label one's
+    sigmoid) probability ("probability 35.4 %")."""
+    if task == "detection":
+        return f"score {confidence:.2f}" + ("" if rank is None else f", box {rank[0]} of {rank[1]}")
+    if task == "segmentation":
+        return f"{share_text(confidence)} of the pixels"
+    return f"probability {100 * confidence:.1f} %" + (" over the prompts" if task == "image-text" else "")
+
+
+def _subject(job: Job, adapter: ModelAdapter, confidence: float | None) -> str:
+    """What ``job`` explained, in words: its class (with its ``confidence``), its channel, or ''."""
     unit = registry.get(job.tech.name).inputs.unit
     if unit == "target":
-        odds = "" if probability is None else f", probability {100 * probability:.1f} %"
+        odds = "" if confidence is None else f", {confidence_text(adapter.task, confidence, job.rank)}"
         return f"{adapter.label(job.target)!r} (class {job.target}{odds})"
     if unit == "channel" and job.unit is not None:
         return f"channel {job.unit}" + (f" of {job.layer}" if isinstance(job.layer, str) else "")

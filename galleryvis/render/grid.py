@@ -563,17 +563,20 @@ class SiteModel:
         return Slot("concepts", cell, first, image=under, concepts=views, random=random)
 
     def _family_tables(self, subject: str, columns: Callable[[], list[Column]], noun: str,
-                       per_model: bool, models: list[ModelRecord], prefix: str = "") -> list[tuple[str, Table]]:
+                       per_model: bool, models: list[ModelRecord], prefix: str = "",
+                       original: bool | None = None) -> list[tuple[str, Table]]:
         """One grid per technique family (fresh columns each: a grid sets their targets), then
         the family's rows that read no image for ``models`` (:meth:`side_by_side`); a model's
-        page also shows the original images and each technique's layer. Row ids start with
-        ``prefix`` (unique on a page)."""
+        page also shows the original images and each technique's layer (``original``: the
+        original images' rows whatever ``per_model`` says). Row ids start with ``prefix``
+        (unique on a page)."""
         out = []
         for family, techs in self.families():
             title = FAMILY_TITLES.get(family, titlecase(family.replace("_", " ")))
             table = self.grid(f"{subject}: {title.lower()}; rows are techniques and their variants, "
                               f"columns are {noun}", "Technique", columns(), techs,
-                              original=per_model, sub_layer=per_model, prefix=f"{prefix}{slug(family)}-")
+                              original=per_model if original is None else original, sub_layer=per_model,
+                              prefix=f"{prefix}{slug(family)}-")
             if table:
                 out.append((title, table))
             beside = self.side_by_side(f"{subject}: {title.lower()} of a class of their own, made from no image; "
@@ -598,7 +601,9 @@ class SiteModel:
 
     def compare_tables(self, image: ImageRecord) -> list[tuple[str, Table]]:
         """The models side by side on ``image``, those of one task together (a segmenter's maps
-        explain other targets than a classifier's); rows that read no image are on the model pages."""
+        explain other targets than a classifier's); rows that read no image are on the model pages.
+        Detectors explain a detection each (their best match to one box, say): their grids start
+        with each model's original image, its explained detection outlined, and its Detections row."""
         by_task: dict[str, list[ModelRecord]] = {}
         for m in self.g.models:
             by_task.setdefault(m.task, []).append(m)
@@ -607,7 +612,8 @@ class SiteModel:
             subject = image.name if len(by_task) == 1 else f"{image.name}, {task} models"
             tables = self._family_tables(subject, lambda models=models: [  # type: ignore[misc]
                 Column(m, image, m.name, self.model_page[m.id]) for m in models], "models", False, [],
-                prefix="" if len(by_task) == 1 else f"{slug(task)}-")
+                prefix="" if len(by_task) == 1 else f"{slug(task)}-",
+                original=any(image.id in m.detections for m in models))
             out += [(title if len(by_task) == 1 else f"{title}: {task} models", t) for title, t in tables]
         return out
 

@@ -413,12 +413,18 @@ def draw_boxes(img: Image.Image, boxes: list[Box], colours: list[str], texts: li
 def outline_box(img: Image.Image, box: Box, text: str = "") -> Image.Image:
     """A copy of ``img`` with a box ``(x0, y0, x1, y1)`` (its pixels) outlined as :func:`outline`
     outlines a region (white just inside, black just outside) and ``text`` on a black tag at its
-    top-left corner (inside the picture)."""
+    left edge, where it hides none of the box: just above its outline, else (a box at the
+    picture's top) just below it, else (no room either side) inside its top-left corner."""
     from PIL import ImageDraw
 
     out = outline(img, _box_mask(img.size, box))
     if text:
-        _tag(ImageDraw.Draw(out), (float(box[0]), float(box[1])), text, (0, 0, 0), out.width)
+        draw = ImageDraw.Draw(out)
+        _, top, _, bottom = draw.textbbox((0, 0), text)
+        tall, line = bottom + 3, max(1, round(min(img.size) / 200))  # the tag's height (_tag), the outline's width
+        above, below = float(box[1]) - line - tall, float(box[3]) + line
+        y = above if above >= 0 else below if below + tall <= out.height else float(box[1])
+        _tag(draw, (float(box[0]), y), text, (0, 0, 0), out.width)
     return out
 
 
