@@ -9,6 +9,7 @@ import importlib
 import sys
 import types
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@contextmanager
+def factory_folder(root: Path, module: str) -> Iterator[Path]:
+    """While inside: ``root`` on ``sys.path`` (its factory ``module`` importable by a manifest) and
+    pages drawn with this checkout's templates, whichever checkout the installed package points at;
+    both undone on exit."""
+    from galleryvis.render import pages
+
+    sys.path.insert(0, str(root))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(pages, "_resources", lambda: Path(__file__).resolve().parent.parent / "templates")
+            pages._environments.cache_clear()
+            yield root
+    finally:
+        pages._environments.cache_clear()
+        sys.path.remove(str(root))
+        sys.modules.pop(module, None)
 
 
 def load_photo(name: str, size: int = 224) -> Tensor:

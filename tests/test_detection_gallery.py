@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
@@ -25,6 +24,7 @@ from galleryvis.build.pipeline import Options, build
 from galleryvis.config.manifest import check_against_models, load_manifest
 from galleryvis.errors import ManifestError
 from galleryvis.sources.loading import ModelAdapter
+from conftest import factory_folder
 from galleryvis.storage.cache import Cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,19 +82,11 @@ steps = 4
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A manifest folder with the factory module (importable while the tests run) and labels;
     pages drawn with this checkout's templates, whichever checkout the installed package points at."""
-    from galleryvis.render import pages
-
     root = tmp_path_factory.mktemp("detgallery")
     (root / "detfactory.py").write_text(FACTORY, encoding="utf-8")
     (root / "labels.txt").write_text("\n".join(LABELS), encoding="utf-8")
-    sys.path.insert(0, str(root))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pages, "_resources", lambda: ROOT / "templates")
-        pages._environments.cache_clear()
+    with factory_folder(root, "detfactory"):
         yield root
-    pages._environments.cache_clear()
-    sys.path.remove(str(root))
-    sys.modules.pop("detfactory", None)
 
 
 def photo_box(adapter: ModelAdapter, box: Any, photo: tuple[int, int]) -> list[float]:

@@ -20,6 +20,7 @@ from galleryvis.build.jobs import workspace
 from galleryvis.build.pipeline import Options, Summary, build, referenced_keys
 from galleryvis.config.manifest import ManifestError, load_manifest
 from galleryvis.render.records import Gallery
+from conftest import factory_folder
 from galleryvis.storage.cache import CACHE_DIRNAME, Cache
 from galleryvis.storage.images import load_image
 
@@ -78,22 +79,14 @@ def _reference_set(root: Path) -> None:
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A manifest folder with the factory module (importable while the tests run), two photos and
     a reference set; pages drawn with this checkout's templates."""
-    from galleryvis.render import pages
-
     root = tmp_path_factory.mktemp("refatlas")
     (root / "refsfactory.py").write_text(FACTORY, encoding="utf-8")
     for name in ("cat.png", "coffee.png"):
         Image.open(PHOTOS / name).convert("RGB").resize((96, 80)).save(root / name)
     _reference_set(root)
     (root / "galleryvis.toml").write_text(MANIFEST + '\n[concepts]\nreference = "refs/**/*.jpg"\n')
-    sys.path.insert(0, str(root))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pages, "_resources", lambda: ROOT / "templates")
-        pages._environments.cache_clear()
+    with factory_folder(root, "refsfactory"):
         yield root
-    pages._environments.cache_clear()
-    sys.path.remove(str(root))
-    sys.modules.pop("refsfactory", None)
 
 
 class _Counted:
