@@ -170,6 +170,25 @@ def _load() -> float | None:
         return None
 
 
+def _task_section(section: str, table: dict[str, str], model: str, args: argparse.Namespace, cfg: dict[str, Any],
+                  dump: dict[str, Any], log: list[str], rep: Any, settings: Any) -> None:
+    """The segmentation or detection section: ``table``'s rows (classifier case -> the task's
+    row) that ``--cases`` selects, on ``model``, on each device, printed as one model's table."""
+    from .report import model_table
+
+    rows = [row for case, row in table.items() if case in cfg["cases"]]
+    if not rows:
+        print(f"{section}: skipped (its rows are {', '.join(table)}; --cases has neither)", flush=True)
+    for device in devices(args.device) if rows else []:
+        spec = {"model": model, "device": device, "size": cfg["size"], "images": cfg["images"],
+                "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
+                "repeats": cfg["repeats"], "budget": cfg["budget"], "settings": cfg["settings"],
+                "cases": rows, "extras": [], "seed_scorecam": False, "clock": args.clock}
+        print(f"running {model} on {device} ...", file=sys.stderr, flush=True)
+        records = _run_model(spec, args.isolate, log)
+        dump["runs"].append({"spec": spec, "records": records})
+        print(model_table(rep, records, settings), flush=True)
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     cfg = json.loads(json.dumps(QUICK if args.quick else FULL))
@@ -243,32 +262,9 @@ def main(argv: list[str] | None = None) -> None:
                 extra = extras_table(rep, records, refs, model, device)
                 if extra:
                     print(extra, flush=True)
-    if "segmentation" in sections:
-        rows = [row for case, row in SEGMENT_ROWS.items() if case in cfg["cases"]]
-        if not rows:
-            print(f"segmentation: skipped (its rows are {', '.join(SEGMENT_ROWS)}; --cases has neither)", flush=True)
-        for device in devices(args.device) if rows else []:
-            spec = {"model": args.seg_model, "device": device, "size": cfg["size"], "images": cfg["images"],
-                    "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
-                    "repeats": cfg["repeats"], "budget": cfg["budget"], "settings": cfg["settings"],
-                    "cases": rows, "extras": [], "seed_scorecam": False, "clock": args.clock}
-            print(f"running {args.seg_model} on {device} ...", file=sys.stderr, flush=True)
-            records = _run_model(spec, args.isolate, log)
-            dump["runs"].append({"spec": spec, "records": records})
-            print(model_table(rep, records, settings), flush=True)
-    if "detection" in sections:
-        rows = [row for case, row in DETECT_ROWS.items() if case in cfg["cases"]]
-        if not rows:
-            print(f"detection: skipped (its rows are {', '.join(DETECT_ROWS)}; --cases has neither)", flush=True)
-        for device in devices(args.device) if rows else []:
-            spec = {"model": det_model, "device": device, "size": cfg["size"], "images": cfg["images"],
-                    "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
-                    "repeats": cfg["repeats"], "budget": cfg["budget"], "settings": cfg["settings"],
-                    "cases": rows, "extras": [], "seed_scorecam": False, "clock": args.clock}
-            print(f"running {det_model} on {device} ...", file=sys.stderr, flush=True)
-            records = _run_model(spec, args.isolate, log)
-            dump["runs"].append({"spec": spec, "records": records})
-            print(model_table(rep, records, settings), flush=True)
+    for section, table, model in (("segmentation", SEGMENT_ROWS, args.seg_model), ("detection", DETECT_ROWS, det_model)):
+        if section in sections:
+            _task_section(section, table, model, args, cfg, dump, log, rep, settings)
     if "rebuild" in sections:
         from . import rebuild
 
