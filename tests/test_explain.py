@@ -178,12 +178,27 @@ def test_the_confidence_is_named_by_what_it_is_for_the_models_task():
 
 
 @pytest.mark.slow
-def test_explain_on_a_detector_names_the_detections_score_not_a_probability(here):
+def test_explain_on_a_detector_names_the_detections_score_not_a_probability(here, monkeypatch):
     """A torchvision Faster R-CNN (MobileNetV3 320 FPN) with seeded random weights saved
     locally, its "cat" logit raised so that its detections pass the default score threshold:
-    the line names the explained detection's score and place, as the gallery's header does."""
+    the line names the explained detection's score and place, as the gallery's header does, and
+    the picture written is the map over the photo with that detection outlined and tagged
+    within what the model saw."""
+    import numpy as np
     import torch
     import torchvision
+    from PIL import Image
+
+    from galleryvis.render import postprocess
+
+    drawn = []
+
+    def outline_box(img, box, text=""):
+        drawn.append((box, text, real(img, box, text)))
+        return drawn[-1][2]
+
+    real = postprocess.outline_box
+    monkeypatch.setattr(postprocess, "outline_box", outline_box)
 
     torch.manual_seed(0)
     model = torchvision.models.get_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights=None, weights_backbone=None)
@@ -196,6 +211,13 @@ def test_explain_on_a_detector_names_the_detections_score_not_a_probability(here
     assert re.fullmatch(r"fasterrcnn_mobilenet_v3_large_320_fpn: Grad-CAM for 'cat' \(class 17, score 0\.\d\d, "
                         r"box 1 of \d+\) -> det\.png", line), line
     assert "probability" not in line
+    box, text, picture = [d for d in drawn if d[1]][-1]  # the last one tagged: the photo's (the variants' come first)
+    photo = Image.open(PHOTOS / "cat.png")
+    side = min(photo.size)
+    left, top = (photo.width - side) / 2, (photo.height - side) / 2
+    assert re.fullmatch(r"cat 0\.\d\d", text) and box[0] < box[2] and box[1] < box[3]
+    assert left <= box[0] and top <= box[1] and box[2] <= left + side and box[3] <= top + side
+    assert np.array_equal(np.asarray(Image.open(here / "det.png").convert("RGB")), np.asarray(picture.convert("RGB")))
 
 
 @pytest.mark.parametrize("args, start", [

@@ -25,7 +25,7 @@ from galleryvis.config.manifest import ManifestError, parse_manifest
 from galleryvis.sources.loading import ModelAdapter
 from galleryvis.build.pipeline import load_cached
 from galleryvis.build.progress import Progress
-from galleryvis.build.sitewriter import display_kind, pictures
+from galleryvis.build.sitewriter import boxed, display_kind, pictures
 
 #: The default view: the map over the whole photo (:func:`postprocess.on_photo`).
 PHOTO = "photo"
@@ -138,7 +138,12 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
     assert job.result is not None
     tech = registry.get(technique)
     kind = display_kind(tech, job.result)
-    views = {key: picture for key, _, picture in pictures(tech, job.result, adapter.crop(photo))}
+    reads_class = tech.inputs.image == "required" and tech.inputs.unit == "target"  # of the photo, not made from a class
+    read = preds[adapter.id][job.image.id]  # a detector's: its detections, the explained one's score
+    confidence = float(read[job.rank[0] - 1, 4] if job.rank else read[job.target]) if reads_class else None
+    tag = f"{adapter.label(job.target)} {confidence:.2f}" if job.box is not None and confidence is not None else ""
+    views = {key: boxed(picture, job.box, adapter.size, tag) if tag else picture  # the explained detection
+             for key, _, picture in pictures(tech, job.result, adapter.crop(photo))}
     choices = ([] if kind == "image" else [PHOTO]) + list(views) + [RAW]
     chosen = variant or choices[0]
     if chosen not in choices:
@@ -150,12 +155,10 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
         atomic_write(output, buf.getvalue())
     elif chosen == PHOTO:
         box = central_square(*photo.size, adapter.crop_pct)
-        postprocess.save_picture(postprocess.on_photo(kind, job.result, photo, box), output)
+        shown = postprocess.on_photo(kind, job.result, photo, box)
+        postprocess.save_picture(boxed(shown, job.box, adapter.size, tag, box) if tag else shown, output)
     else:
         postprocess.save_picture(postprocess.raw_picture(kind, job.result) if chosen == RAW else views[chosen], output)
-    reads_class = tech.inputs.image == "required" and tech.inputs.unit == "target"  # of the photo, not made from a class
-    read = preds[adapter.id][job.image.id]  # a detector's: its detections, the explained one's score
-    confidence = float(read[job.rank[0] - 1, 4] if job.rank else read[job.target]) if reads_class else None
     return Explained(output, adapter.id, adapter.random, tech.title, _subject(job, adapter, confidence), confidence)
 
 

@@ -148,7 +148,7 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
     kind = display_kind(tech, raw)
     pics = pictures(tech, raw, image_pil, g.colormap, g.alpha, scale, g.outlier_perc)
     if job.box is not None:  # a detector's explained detection, on every picture of the cell
-        pics = [(key, vlabel, _boxed(pic, job.box, adapter.size, label.split(",")[0])) for key, vlabel, pic in pics]
+        pics = [(key, vlabel, boxed(pic, job.box, adapter.size, label.split(",")[0])) for key, vlabel, pic in pics]
     variants = []
     for key, vlabel, pic in pics:
         src, thumb, size, tsize = _save(pic, out, f"{stem}-{key}.webp")
@@ -166,11 +166,16 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
                 skipped=dict(job.skipped), text=job.text is not None)
 
 
-def _boxed(pic: Image.Image, box: tuple[float, float, float, float], size: int, text: str) -> Image.Image:
-    """``pic`` (a picture of the model's ``size`` x ``size`` input, at any resolution) with
-    ``box`` (the input's pixels) outlined and named ``text``."""
-    f = pic.width / size
-    return postprocess.outline_box(pic, (box[0] * f, box[1] * f, box[2] * f, box[3] * f), text)
+def boxed(pic: Image.Image, box: tuple[float, float, float, float], size: int, text: str,
+          region: tuple[float, float, float, float] | None = None) -> Image.Image:
+    """``pic`` with ``box`` (pixels of the model's ``size`` x ``size`` input) outlined and named
+    ``text``; the input lies on ``region`` (left, top, right, bottom) of ``pic`` (default: all of
+    it, a picture of the input at any resolution; :func:`~galleryvis.storage.images.central_square`
+    for the map over the whole photo)."""
+    left, top, right, bottom = region or (0, 0, pic.width, pic.height)
+    fx, fy = (right - left) / size, (bottom - top) / size
+    return postprocess.outline_box(pic, (left + box[0] * fx, top + box[1] * fy, left + box[2] * fx, top + box[3] * fy),
+                                   text)
 
 
 def _concept_pictures(facts: dict[str, Any], raw: np.ndarray, image: Image.Image, out: Path, stem: str,
