@@ -434,6 +434,8 @@ def test_default_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     # the seed's rows, and every technique that shares their passes
     assert SEED_ROWS <= {t.name for t in m.techniques}
     assert len({t.id for t in m.techniques}) == len(m.techniques)
+    # what the model saw, not only where: a concept row (its atlases linked from the landing page)
+    assert [(t.name, t.layer) for t in m.techniques if t.name == "crp"] == [("crp", "_blocks.10")]
     # the seed's regularization comparison: flamingo (130) from pixels with none / L1 / L2, beside the default
     flamingo = [(t.params["param"], t.params["regularization"]) for t in m.techniques if t.target == 130]
     assert flamingo == [("pixel", "none"), ("pixel", "l1"), ("pixel", "l2"), ("fft", "none")]
