@@ -273,3 +273,39 @@ def test_every_kind_of_change_is_seen(change: str) -> None:
         model[3].inplace = False
     with pytest.raises(AssertionError):
         assert_as_before(model, before)
+
+
+def test_a_dict_of_maps_is_read_as_levels_but_a_model_output_record_is_refused() -> None:
+    """A layer returning a plain dict of (N, C, H, W) maps (torchvision's FPN) is captured as its
+    levels; one returning Hugging Face's ``ModelOutput`` (whose pooled output is a 1x1 map too)
+    is refused in one line, not read as levels."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.ResNetForImageClassification(transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)).eval()
+
+    class Logits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hf = hf
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.hf(pixel_values=x).logits
+
+    class Pyramid(nn.Module):  # two levels as a dict, then their pooled sum
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, 2, 1), nn.Conv2d(3, 4, 3, 4, 1)
+            self.levels = nn.Identity()
+            self.head = nn.Linear(4, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            levels = self.levels({"0": self.a(x), "1": self.b(x)})
+            return self.head(sum(v.mean((2, 3)) for v in levels.values()))
+
+    x = torch.rand(2, 3, 32, 32)
+    with pytest.raises(LayerError, match=r"^layer 'hf.resnet' returns BaseModelOutputWithPoolingAndNoAttention, "
+                                         r"not a tensor or a dict of \(N, C, H, W\) maps$"):
+        galleryvis.attribute(Logits().eval(), x, "gradcam", None, layer="hf.resnet")
+    maps = galleryvis.attribute(Pyramid().eval(), x, "gradcam", None, layer="levels")
+    assert maps.shape == (2, 1, 32, 32) and torch.isfinite(maps).all()

@@ -2,6 +2,7 @@
 made by :func:`forward_hooks` and removed when its block ends, also after an exception."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -81,8 +82,11 @@ def capture(model: nn.Module, names: Sequence[str]) -> Iterator[Captured]:
 
 
 def _maps(out: object) -> Mapping[Any, Tensor] | None:
-    """``out`` if it is a non-empty dict of floating (N, C, H, W) tensors of one batch size, else None."""
-    if not isinstance(out, Mapping) or not out:
+    """``out`` if it is a non-empty plain ``dict`` or ``OrderedDict`` (what torchvision's FPN and
+    ``IntermediateLayerGetter`` return) of floating (N, C, H, W) tensors of one batch size, else
+    None: a model's output record (Hugging Face's ``ModelOutput``, whose pooled output is a map
+    too) is no set of levels."""
+    if type(out) not in (dict, OrderedDict) or not out:
         return None
     values = list(out.values())
     if all(isinstance(v, Tensor) and v.dim() == 4 and v.is_floating_point() and len(v) == len(values[0])
