@@ -187,8 +187,37 @@
     });
   }
 
+  // -- sortable metrics tables: a header's button orders the rows best first, then reversed ------
+  function sortable(table) {
+    var heads = Array.prototype.slice.call(table.querySelectorAll("thead th[data-better]"));
+    heads.forEach(function (th, i) {
+      var button = th.querySelector("button.sort");
+      if (!button) return;
+      button.addEventListener("click", function () {
+        var best = th.dataset.state !== "best";  // the first click: best first; the next reverses
+        var sign = (th.dataset.better === "higher") === best ? -1 : 1;  // -1: descending
+        heads.forEach(function (other) { other.removeAttribute("aria-sort"); delete other.dataset.state; });
+        th.dataset.state = best ? "best" : "worst";
+        th.setAttribute("aria-sort", sign < 0 ? "descending" : "ascending");
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows);
+        var value = function (tr) {
+          var td = tr.cells[i + 1], v = td && parseFloat(td.dataset.value);
+          return isNaN(v) ? null : v;
+        };
+        rows.sort(function (a, b) {
+          var va = value(a), vb = value(b);
+          if (va === null || vb === null) return (va === null) - (vb === null) || a.dataset.order - b.dataset.order;
+          return sign * (va - vb) || a.dataset.order - b.dataset.order;
+        });
+        rows.forEach(function (tr) { body.appendChild(tr); });
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     setup();
     document.querySelectorAll("input.row-filter").forEach(filter);
+    document.querySelectorAll("table.metrics").forEach(sortable);
   });
 })();
