@@ -211,7 +211,7 @@ def test_explain_on_a_detector_names_the_detections_score_not_a_probability(here
     assert re.fullmatch(r"fasterrcnn_mobilenet_v3_large_320_fpn: Grad-CAM for 'cat' \(class 17, score 0\.\d\d, "
                         r"box 1 of \d+\) -> det\.png", line), line
     assert "probability" not in line
-    box, text, picture = [d for d in drawn if d[1]][-1]  # the last one tagged: the photo's (the variants' come first)
+    box, text, picture = [d for d in drawn if d[1]][-1]  # the last one tagged: the explained detection's
     photo = Image.open(PHOTOS / "cat.png")
     side = min(photo.size)
     left, top = (photo.width - side) / 2, (photo.height - side) / 2

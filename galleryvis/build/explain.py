@@ -141,9 +141,7 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
     reads_class = tech.inputs.image == "required" and tech.inputs.unit == "target"  # of the photo, not made from a class
     read = preds[adapter.id][job.image.id]  # a detector's: its detections, the explained one's score
     confidence = float(read[job.rank[0] - 1, 4] if job.rank else read[job.target]) if reads_class else None
-    tag = f"{adapter.label(job.target)} {confidence:.2f}" if job.box is not None and confidence is not None else ""
-    views = {key: boxed(picture, job.box, adapter.size, tag) if tag else picture  # the explained detection
-             for key, _, picture in pictures(tech, job.result, adapter.crop(photo))}
+    views = {key: picture for key, _, picture in pictures(tech, job.result, adapter.crop(photo))}
     choices = ([] if kind == "image" else [PHOTO]) + list(views) + [RAW]
     chosen = variant or choices[0]
     if chosen not in choices:
@@ -153,12 +151,17 @@ def explain_one(image: Path, model: str, weights: str | None, technique: str, ta
         buf = io.BytesIO()
         np.save(buf, job.result.astype(np.float32), allow_pickle=False)
         atomic_write(output, buf.getvalue())
-    elif chosen == PHOTO:
-        box = central_square(*photo.size, adapter.crop_pct)
-        shown = postprocess.on_photo(kind, job.result, photo, box)
-        postprocess.save_picture(boxed(shown, job.box, adapter.size, tag, box) if tag else shown, output)
     else:
-        postprocess.save_picture(postprocess.raw_picture(kind, job.result) if chosen == RAW else views[chosen], output)
+        tag = f"{adapter.label(job.target)} {confidence:.2f}" if job.box is not None and confidence is not None else ""
+        if chosen == PHOTO:
+            shown = postprocess.on_photo(kind, job.result, photo, central_square(*photo.size, adapter.crop_pct))
+            if tag:  # the explained detection, where the crop puts it on the photo
+                shown = postprocess.outline_box(shown, adapter.photo_box(job.box, photo.size), tag)
+        else:
+            shown = postprocess.raw_picture(kind, job.result) if chosen == RAW else views[chosen]
+            if tag and chosen != RAW:  # the explained detection, on the model's input
+                shown = boxed(shown, job.box, adapter.size, tag)
+        postprocess.save_picture(shown, output)
     return Explained(output, adapter.id, adapter.random, tech.title, _subject(job, adapter, confidence), confidence)
 
 

@@ -21,7 +21,7 @@ from galleryvis import registry
 from galleryvis.metrics import METRICS, agreement
 from galleryvis.metrics.meta_evaluation import CATEGORIES, GALLERY_CATEGORIES
 from galleryvis.storage.fileio import atomic_write
-from galleryvis.storage.images import central_square, fit, load_image
+from galleryvis.storage.images import fit, load_image
 from galleryvis.build.jobs import Job, LoadedImage, Workspace, layer_for, resolve_target, truth_mask
 from galleryvis.config.manifest import Manifest, Region
 from galleryvis.sources.loading import ModelAdapter
@@ -166,16 +166,11 @@ def _cell_record(job: Job, ws: Workspace, out: Path, manifest: Manifest, image_p
                 skipped=dict(job.skipped), text=job.text is not None)
 
 
-def boxed(pic: Image.Image, box: tuple[float, float, float, float], size: int, text: str,
-          region: tuple[float, float, float, float] | None = None) -> Image.Image:
-    """``pic`` with ``box`` (pixels of the model's ``size`` x ``size`` input) outlined and named
-    ``text``; the input lies on ``region`` (left, top, right, bottom) of ``pic`` (default: all of
-    it, a picture of the input at any resolution; :func:`~galleryvis.storage.images.central_square`
-    for the map over the whole photo)."""
-    left, top, right, bottom = region or (0, 0, pic.width, pic.height)
-    fx, fy = (right - left) / size, (bottom - top) / size
-    return postprocess.outline_box(pic, (left + box[0] * fx, top + box[1] * fy, left + box[2] * fx, top + box[3] * fy),
-                                   text)
+def boxed(pic: Image.Image, box: tuple[float, float, float, float], size: int, text: str) -> Image.Image:
+    """``pic`` (a picture of the model's ``size`` x ``size`` input, at any resolution) with
+    ``box`` (the input's pixels) outlined and named ``text``."""
+    f = pic.width / size
+    return postprocess.outline_box(pic, (box[0] * f, box[1] * f, box[2] * f, box[3] * f), text)
 
 
 def _concept_pictures(facts: dict[str, Any], raw: np.ndarray, image: Image.Image, out: Path, stem: str,
@@ -245,10 +240,8 @@ def _reference_picture(photo: Image.Image, adapter: ModelAdapter, box: tuple[int
                        rel: str) -> Variant:
     """The part of ``photo`` a box of the model's input (``(row0, row1, col0, col1)``) covers,
     resampled from the photo itself, saved at twice :data:`REFERENCE_THUMB` on its long side."""
-    left, top, right, _ = central_square(*photo.size, adapter.crop_pct)
-    f = (right - left) / adapter.size  # photo pixels per input pixel
     r0, r1, c0, c1 = box
-    region = (left + c0 * f, top + r0 * f, left + (c1 + 1) * f, top + (r1 + 1) * f)
+    region = adapter.photo_box((c0, r0, c1 + 1, r1 + 1), photo.size)
     long_side = max(r1 - r0, c1 - c0) + 1
     w, h = (max(1, round(2 * REFERENCE_THUMB * n / long_side)) for n in (c1 - c0 + 1, r1 - r0 + 1))
     pic = photo.resize((w, h), Image.Resampling.BICUBIC, box=region)

@@ -167,6 +167,14 @@ class ModelAdapter(LoadedModel):
         y0, y1 = (min(max((v - top) * scale, 0.0), float(self.size)) for v in (box[1], box[3]))
         return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
 
+    def photo_box(self, box: Sequence[float], photo: tuple[int, int]) -> tuple[float, float, float, float]:
+        """A box ``(x0, y0, x1, y1)`` in the model input's pixels, in the pixels of a photo of size
+        ``photo`` (width, height): where the photo's crop (:meth:`crop`) puts it, the inverse of
+        :meth:`input_box`."""
+        left, top, right, _ = central_square(*photo, self.crop_pct)
+        f = (right - left) / self.size  # photo pixels per input pixel
+        return left + box[0] * f, top + box[1] * f, left + box[2] * f, top + box[3] * f
+
     def region_mask(self, region: Path) -> np.ndarray:
         """A region file (a binary image of the photo's size) cropped as the photo is: a boolean
         (size, size) array, True where the cropped mask is at least half white."""
